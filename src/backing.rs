@@ -1,0 +1,173 @@
+//! Where the engine's bytes live: a file or block device, or memory in tests.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::cow::ReadAt;
+
+/// Positional I/O with explicit durability, the only operations the engine needs.
+pub trait Backing: ReadAt + Send + Sync {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes every completed write durable (fdatasync).
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+/// Size of a regular file or a block device (whose metadata length is 0).
+pub fn file_or_device_size(file: &File) -> io::Result<u64> {
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        Ok(meta.len())
+    } else {
+        let mut handle = file;
+        handle.seek(SeekFrom::End(0))
+    }
+}
+
+/// A file (or block device) with its path, so errors can name it.
+#[derive(Debug)]
+pub struct FileBacking {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileBacking {
+    pub fn open(path: &Path, writable: bool) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)?;
+        Ok(FileBacking {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// An exclusive advisory lock so two cowctl processes never drive one COW at once.
+    pub fn lock_exclusive(&self) -> io::Result<()> {
+        self.file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => io::Error::from(io::ErrorKind::WouldBlock),
+            std::fs::TryLockError::Error(e) => e,
+        })
+    }
+}
+
+impl ReadAt for FileBacking {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        file_or_device_size(&self.file)
+    }
+}
+
+impl Backing for FileBacking {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// One recorded operation on a [`MemBacking`].
+#[derive(Debug, Clone)]
+pub enum MemOp {
+    Write { offset: u64, data: Vec<u8> },
+    Sync,
+}
+
+/// A fixed-size in-memory device that records every write and sync, so tests can
+/// rebuild what a crash at any point would have left on disk.
+#[derive(Debug)]
+pub struct MemBacking {
+    inner: Mutex<MemInner>,
+}
+
+#[derive(Debug)]
+struct MemInner {
+    bytes: Vec<u8>,
+    log: Vec<MemOp>,
+    fail_writes_from: Option<usize>,
+}
+
+impl MemBacking {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        MemBacking {
+            inner: Mutex::new(MemInner {
+                bytes,
+                log: Vec::new(),
+                fail_writes_from: None,
+            }),
+        }
+    }
+
+    pub fn zeroed(len: usize) -> Self {
+        Self::new(vec![0; len])
+    }
+
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.lock().bytes.clone()
+    }
+
+    pub fn log(&self) -> Vec<MemOp> {
+        self.lock().log.clone()
+    }
+
+    /// Makes every write after the first `n` logged operations fail with EIO.
+    pub fn fail_writes_after(&self, n: usize) {
+        self.lock().fail_writes_from = Some(n);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ReadAt for MemBacking {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.lock().bytes.as_slice().read_exact_at(buf, offset)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.lock().bytes.len() as u64)
+    }
+}
+
+impl Backing for MemBacking {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut inner = self.lock();
+        if inner.fail_writes_from.is_some_and(|n| inner.log.len() >= n) {
+            return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+        }
+        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let end = start + buf.len();
+        if end > inner.bytes.len() {
+            // A block device does not grow: writing past its end is an I/O error.
+            return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+        }
+        inner.bytes[start..end].copy_from_slice(buf);
+        inner.log.push(MemOp::Write {
+            offset,
+            data: buf.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.lock().log.push(MemOp::Sync);
+        Ok(())
+    }
+}

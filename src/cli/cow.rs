@@ -1,0 +1,140 @@
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::print_json;
+use crate::cowfile;
+use crate::units::{human, ByteSize};
+
+#[derive(Debug, Subcommand)]
+pub enum CowCommand {
+    /// Create a sparse COW file ready for the kernel's snapshot target or the engine.
+    Create {
+        cowfile: PathBuf,
+        /// Size of the COW file, e.g. 200MiB.
+        #[arg(long)]
+        size: ByteSize,
+        /// Chunk size: a power of two number of sectors, e.g. 32KiB.
+        #[arg(long, default_value = "16KiB")]
+        chunk: ByteSize,
+    },
+    /// Show the header, the exception count and what `dmsetup status` would print.
+    Inspect {
+        cowfile: PathBuf,
+        /// Chunk size a table would give; used only when the file is a new (zeroed) snapshot.
+        #[arg(long)]
+        chunk: Option<ByteSize>,
+    },
+    /// Write the PC's whole disk (golden image plus COW) as a raw image.
+    Flatten {
+        /// The golden image the COW was made against.
+        #[arg(long)]
+        base: PathBuf,
+        cowfile: PathBuf,
+        /// Output raw image; must not exist.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Chunk size a table would give; used only when the file is a new (zeroed) snapshot.
+        #[arg(long)]
+        chunk: Option<ByteSize>,
+    },
+    /// Return a COW file to the golden state: zero the header, punch out its blocks.
+    Reset { cowfile: PathBuf },
+}
+
+pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        CowCommand::Create {
+            cowfile,
+            size,
+            chunk,
+        } => {
+            let c = cowfile::create(&cowfile, size, chunk)?;
+            if json {
+                return print_json(&c);
+            }
+            println!(
+                "created {}: {} sparse, chunk {} ({} sectors), room for {} data chunks ({})",
+                c.path.display(),
+                ByteSize(c.size_bytes),
+                chunk,
+                c.chunk_sectors,
+                c.data_chunks,
+                human(c.data_chunks * chunk.bytes())
+            );
+        }
+        CowCommand::Inspect { cowfile, chunk } => {
+            let i = cowfile::inspect(&cowfile, chunk)?;
+            if json {
+                return print_json(&i);
+            }
+            let state = match i.state {
+                crate::cow::HeaderState::New => {
+                    "new (magic 0: the kernel starts an empty snapshot)"
+                }
+                crate::cow::HeaderState::Valid => "valid",
+                crate::cow::HeaderState::Invalid => {
+                    "INVALID (valid = 0: the kernel refuses all I/O)"
+                }
+            };
+            println!(
+                "file          {} ({})",
+                i.path.display(),
+                human(i.file_bytes)
+            );
+            println!("state         {state}");
+            println!("version       {}", i.version);
+            println!(
+                "chunk         {} sectors ({})",
+                i.chunk_sectors,
+                ByteSize::from_sectors(u64::from(i.chunk_sectors))
+            );
+            println!(
+                "exceptions    {} in {} area(s) of {}",
+                i.exceptions, i.areas, i.exceptions_per_area
+            );
+            println!("dm status     {}", i.status);
+            println!(
+                "data fill     {:.1}% ({} of {})",
+                i.data_fill_percent,
+                human((i.sectors_allocated - i.metadata_sectors) * 512),
+                human(i.total_sectors * 512)
+            );
+        }
+        CowCommand::Flatten {
+            base,
+            cowfile,
+            output,
+            chunk,
+        } => {
+            let f = cowfile::flatten(&base, &cowfile, &output, chunk)?;
+            if json {
+                return print_json(&f);
+            }
+            println!(
+                "wrote {} ({}, {} of it from the COW)",
+                f.output.display(),
+                human(f.bytes),
+                human(f.bytes_from_cow_chunks)
+            );
+        }
+        CowCommand::Reset { cowfile } => {
+            let r = cowfile::reset(&cowfile)?;
+            if json {
+                return print_json(&r);
+            }
+            let how = if r.holes_punched {
+                "holes punched"
+            } else {
+                "header zeroed, file system cannot punch holes"
+            };
+            println!(
+                "reset {} in {:.3} ms ({how}, {} freed)",
+                r.path.display(),
+                r.elapsed.as_secs_f64() * 1e3,
+                human(r.bytes_freed)
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! Whole-file operations on COW files: create, inspect, flatten, reset.
+//! Each refuses to destroy data it was not asked to destroy.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::backing::FileBacking;
+use crate::cow::{Geometry, Header, HeaderState, LoadedStore, SNAP_MAGIC};
+use crate::engine::{Engine, EngineOptions, OverflowPolicy, SnapshotState};
+use crate::units::{ByteSize, SECTOR};
+
+#[derive(Debug, Serialize)]
+pub struct Created {
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    pub chunk_sectors: u32,
+    pub data_chunks: u64,
+}
+
+/// Creates a sparse COW file with a valid header and an empty area 0.
+pub fn create(path: &Path, size: ByteSize, chunk: ByteSize) -> Result<Created> {
+    let g = Geometry::from_bytes(chunk.bytes()).with_context(|| format!("--chunk {chunk}"))?;
+    if !size.bytes().is_multiple_of(SECTOR) {
+        bail!("--size {size} is not a whole number of 512-byte sectors");
+    }
+    let needed = 3 * g.chunk_bytes();
+    if size.bytes() < needed {
+        bail!(
+            "--size {size} is too small for chunk size {chunk}: a COW needs at least {} (header, first metadata area, one data chunk)",
+            ByteSize(needed)
+        );
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "{} already exists; cowctl never overwrites a COW file (use `cowctl cow reset` to return it to the golden state)",
+                path.display()
+            ),
+            _ => anyhow::Error::new(e).context(format!("cannot create {}", path.display())),
+        })?;
+    file.set_len(size.bytes())
+        .with_context(|| format!("cannot size {} to {size}", path.display()))?;
+    file.write_all_at(&Header::new(g.chunk_sectors(), true).encode(), 0)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write the header of {}", path.display()))?;
+    Ok(Created {
+        path: path.to_path_buf(),
+        size_bytes: size.bytes(),
+        chunk_sectors: g.chunk_sectors(),
+        data_chunks: g.data_chunk_capacity(size.bytes()),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub path: PathBuf,
+    /// `new` (magic 0, the kernel starts a fresh snapshot), `valid` or `invalid`.
+    pub state: HeaderState,
+    pub valid: bool,
+    pub version: u32,
+    pub chunk_sectors: u32,
+    pub exceptions_per_area: u64,
+    pub areas: u64,
+    pub exceptions: u64,
+    pub file_bytes: u64,
+    pub sectors_allocated: u64,
+    pub total_sectors: u64,
+    pub metadata_sectors: u64,
+    pub data_fill_percent: f64,
+    /// What `dmsetup status` prints after `snapshot` once the kernel has loaded this file.
+    pub status: String,
+}
+
+/// Reads a COW file without changing it. `table_chunk` matters only for a new (magic 0) file.
+pub fn inspect(path: &Path, table_chunk: Option<ByteSize>) -> Result<Inspection> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let table_chunk_sectors = table_chunk
+        .map(|c| Geometry::from_bytes(c.bytes()).map(|g| g.chunk_sectors()))
+        .transpose()
+        .with_context(|| "--chunk")?;
+    let store = LoadedStore::load(&file, table_chunk_sectors)
+        .with_context(|| format!("{} is not a usable COW file", path.display()))?;
+    let usage = store.usage();
+    let status = if store.state == HeaderState::Invalid {
+        "Invalid".to_string()
+    } else {
+        usage.to_string()
+    };
+    Ok(Inspection {
+        path: path.to_path_buf(),
+        state: store.state,
+        valid: store.header.valid != 0,
+        version: store.header.version,
+        chunk_sectors: store.geometry.chunk_sectors(),
+        exceptions_per_area: store.geometry.exceptions_per_area(),
+        areas: store.areas(),
+        exceptions: store.exceptions.len() as u64,
+        file_bytes: store.cow_bytes,
+        sectors_allocated: usage.sectors_allocated,
+        total_sectors: usage.total_sectors,
+        metadata_sectors: usage.metadata_sectors,
+        data_fill_percent: usage.data_fill_percent(),
+        status,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Flattened {
+    pub output: PathBuf,
+    pub bytes: u64,
+    pub bytes_from_cow_chunks: u64,
+}
+
+/// Writes the PC's whole disk (golden image with the COW laid over it) as a raw image.
+/// Zero blocks become holes. Refuses to overwrite an existing file.
+pub fn flatten(
+    base: &Path,
+    cow: &Path,
+    out: &Path,
+    table_chunk: Option<ByteSize>,
+) -> Result<Flattened> {
+    let engine = open_engine(base, cow, table_chunk, true)?;
+    if engine.state() == SnapshotState::Invalid {
+        bail!(
+            "{} is an invalid snapshot: its data cannot be trusted, so it is not flattened",
+            cow.display()
+        );
+    }
+    for input in [base, cow] {
+        if same_file(input, out) {
+            bail!(
+                "output {} is the same file as input {}",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => {
+                anyhow::anyhow!("output {} already exists; remove it first", out.display())
+            }
+            _ => anyhow::Error::new(e).context(format!("cannot create {}", out.display())),
+        })?;
+    let size = engine.size();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = usize::try_from((size - pos).min(buf.len() as u64)).expect("at most 1 MiB");
+        engine
+            .read_at(&mut buf[..n], pos)
+            .with_context(|| format!("reading the disk at byte {pos}"))?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            file.write_all_at(&buf[..n], pos)
+                .with_context(|| format!("writing {} at byte {pos}", out.display()))?;
+        }
+        pos += n as u64;
+    }
+    file.set_len(size)?;
+    file.flush()?;
+    file.sync_all()
+        .with_context(|| format!("flushing {}", out.display()))?;
+    Ok(Flattened {
+        output: out.to_path_buf(),
+        bytes: size,
+        bytes_from_cow_chunks: engine.exception_count() as u64 * engine.geometry().chunk_bytes(),
+    })
+}
+
+/// Opens the engine on a golden image and a COW file.
+pub fn open_engine(
+    base: &Path,
+    cow: &Path,
+    table_chunk: Option<ByteSize>,
+    read_only: bool,
+) -> Result<Engine> {
+    let origin = FileBacking::open(base, false)
+        .with_context(|| format!("cannot open golden image {}", base.display()))?;
+    let cow_file = FileBacking::open(cow, !read_only)
+        .with_context(|| format!("cannot open COW file {}", cow.display()))?;
+    if !read_only {
+        lock(&cow_file)?;
+    }
+    let table_chunk_sectors = table_chunk
+        .map(|c| Geometry::from_bytes(c.bytes()).map(|g| g.chunk_sectors()))
+        .transpose()?;
+    let options = EngineOptions {
+        table_chunk_sectors,
+        overflow: OverflowPolicy::Refuse,
+        read_only,
+    };
+    Engine::open(Box::new(origin), Box::new(cow_file), options).with_context(|| {
+        format!(
+            "cannot open COW file {} over {}",
+            cow.display(),
+            base.display()
+        )
+    })
+}
+
+fn lock(cow: &FileBacking) -> Result<()> {
+    cow.lock_exclusive().map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock => anyhow::anyhow!(
+            "COW file {} is in use by another cowctl process",
+            cow.path().display()
+        ),
+        _ => anyhow::Error::new(e).context(format!("cannot lock {}", cow.path().display())),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Reset {
+    pub path: PathBuf,
+    pub seconds: f64,
+    pub bytes_freed: u64,
+    /// False when the file system cannot punch holes: then only the header was zeroed and
+    /// the old chunks stay allocated (but unused) until overwritten.
+    pub holes_punched: bool,
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+/// Returns a COW file to the golden state in time independent of its size: punch out every
+/// block (the file reads as zeros, so magic 0 = the kernel starts a new snapshot). Where
+/// punching is not supported, zero the header chunk instead.
+pub fn reset(path: &Path) -> Result<Reset> {
+    let start = Instant::now();
+    let cow = FileBacking::open(path, true)
+        .with_context(|| format!("cannot open COW file {}", path.display()))?;
+    lock(&cow)?;
+    let file = cow.file();
+    let meta = file.metadata()?;
+    let len = crate::backing::file_or_device_size(file)?;
+    let mut raw = [0u8; crate::cow::HEADER_SIZE];
+    let header = file
+        .read_exact_at(&mut raw, 0)
+        .ok()
+        .map(|()| Header::decode(&raw));
+    if let Some(h) = header.filter(|h| h.magic != 0 && h.magic != SNAP_MAGIC) {
+        bail!(
+            "{} does not start with a snapshot header (magic 0x{:08x}); refusing to wipe what may not be a COW file",
+            path.display(),
+            h.magic
+        );
+    }
+    let blocks_before = meta.blocks() * 512;
+    let punched = punch_all(file, len).is_ok();
+    if !punched {
+        let chunk = header
+            .and_then(|h| Geometry::new(h.chunk_sectors).ok())
+            .map_or(64 << 10, |g| g.chunk_bytes());
+        let zeroes = vec![0u8; usize::try_from(chunk.min(len)).expect("at most 1 GiB")];
+        file.write_all_at(&zeroes, 0)
+            .with_context(|| format!("cannot zero the header of {}", path.display()))?;
+    }
+    file.sync_all()
+        .with_context(|| format!("cannot flush {}", path.display()))?;
+    let blocks_after = file.metadata()?.blocks() * 512;
+    let elapsed = start.elapsed();
+    Ok(Reset {
+        path: path.to_path_buf(),
+        seconds: elapsed.as_secs_f64(),
+        bytes_freed: blocks_before.saturating_sub(blocks_after),
+        holes_punched: punched,
+        elapsed,
+    })
+}
+
+fn punch_all(file: &File, len: u64) -> nix::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    let len = i64::try_from(len).map_err(|_| nix::errno::Errno::EFBIG)?;
+    fallocate(
+        std::os::fd::AsRawFd::as_raw_fd(file),
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        0,
+        len,
+    )
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}

@@ -1,0 +1,251 @@
+//! The allocator and commit protocol of the persistent store, in the kernel's order:
+//! data chunks are written first; then, per batch, the next area is zeroed if the current
+//! one is full, the device is flushed, the area is written, and the device is flushed again.
+//! Writers that commit while others are still copying wait for the last one, which commits
+//! the whole batch with one pair of flushes (the kernel's `pending_count`).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use super::error::EngineError;
+use crate::backing::Backing;
+use crate::cow::{
+    DiskException, Geometry, Header, LoadedStore, Usage, DISK_EXCEPTION_SIZE, HEADER_SIZE,
+};
+
+/// What happens when a write needs a chunk and none is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum OverflowPolicy {
+    /// `P`: the snapshot is invalidated and `valid = 0` is persisted.
+    #[serde(rename = "P")]
+    Invalidate,
+    /// `PO`: writes fail from then on, reads keep working, the file stays valid.
+    #[serde(rename = "PO")]
+    Refuse,
+}
+
+impl OverflowPolicy {
+    pub fn table_flag(self) -> &'static str {
+        match self {
+            OverflowPolicy::Invalidate => "P",
+            OverflowPolicy::Refuse => "PO",
+        }
+    }
+}
+
+/// The snapshot's state, as the kernel's status line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotState {
+    Active,
+    Overflow,
+    Invalid,
+}
+
+const ACTIVE: u8 = 0;
+const OVERFLOW: u8 = 1;
+const INVALID: u8 = 2;
+
+pub(super) struct Metadata {
+    geometry: Geometry,
+    policy: OverflowPolicy,
+    state: AtomicU8,
+    inner: Mutex<Inner>,
+    committed: Condvar,
+}
+
+struct Inner {
+    cow_bytes: u64,
+    next_free: u64,
+    current_area: u64,
+    current_committed: u64,
+    area: Vec<u8>,
+    zeroes: Vec<u8>,
+    pending: u64,
+    generation: u64,
+    last_batch_ok: bool,
+    invalid_persisted: bool,
+}
+
+impl Metadata {
+    pub(super) fn new(store: &LoadedStore, policy: OverflowPolicy) -> Self {
+        let valid = store.header.valid != 0;
+        Metadata {
+            geometry: store.geometry,
+            policy,
+            state: AtomicU8::new(if valid { ACTIVE } else { INVALID }),
+            inner: Mutex::new(Inner {
+                cow_bytes: store.cow_bytes,
+                next_free: store.next_free,
+                current_area: store.current_area,
+                current_committed: store.current_committed,
+                area: store.area.clone(),
+                zeroes: vec![0; store.area.len()],
+                pending: 0,
+                generation: 0,
+                last_batch_ok: true,
+                invalid_persisted: !valid,
+            }),
+            committed: Condvar::new(),
+        }
+    }
+
+    pub(super) fn state(&self) -> SnapshotState {
+        match self.state.load(Ordering::Acquire) {
+            ACTIVE => SnapshotState::Active,
+            OVERFLOW => SnapshotState::Overflow,
+            _ => SnapshotState::Invalid,
+        }
+    }
+
+    pub(super) fn check_readable(&self) -> Result<(), EngineError> {
+        match self.state() {
+            SnapshotState::Invalid => Err(EngineError::Invalid),
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn check_writable(&self) -> Result<(), EngineError> {
+        match self.state() {
+            SnapshotState::Active => Ok(()),
+            SnapshotState::Overflow => Err(EngineError::Overflow),
+            SnapshotState::Invalid => Err(EngineError::Invalid),
+        }
+    }
+
+    pub(super) fn usage(&self) -> Usage {
+        let inner = self.lock();
+        Usage::compute(
+            self.geometry,
+            inner.next_free,
+            inner.current_area,
+            inner.cow_bytes,
+        )
+    }
+
+    /// The COW grew (or the caller says it did): later allocations may use the new room.
+    /// Like the kernel, an overflow stays until the store is reopened.
+    pub(super) fn set_cow_bytes(&self, cow_bytes: u64) {
+        self.lock().cow_bytes = cow_bytes;
+    }
+
+    /// `persistent_prepare_exception`: reserve the next data chunk.
+    pub(super) fn prepare(&self, cow: &dyn Backing) -> Result<u64, EngineError> {
+        let mut inner = self.lock();
+        self.check_writable()?;
+        if !self.geometry.fits(inner.next_free, inner.cow_bytes) {
+            return Err(match self.policy {
+                OverflowPolicy::Refuse => {
+                    let _ = self.state.compare_exchange(
+                        ACTIVE,
+                        OVERFLOW,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    EngineError::Overflow
+                }
+                OverflowPolicy::Invalidate => {
+                    self.invalidate(&mut inner, cow);
+                    EngineError::Invalid
+                }
+            });
+        }
+        let chunk = inner.next_free;
+        inner.next_free = self.geometry.skip_metadata(chunk + 1);
+        inner.pending += 1;
+        Ok(chunk)
+    }
+
+    /// `persistent_commit_exception`: record the exception and, when no other exception is
+    /// in flight or the area is full, write the batch. `copied` is false when the data copy
+    /// failed, which invalidates the snapshot as in the kernel.
+    pub(super) fn commit(
+        &self,
+        cow: &dyn Backing,
+        e: DiskException,
+        copied: bool,
+    ) -> Result<(), EngineError> {
+        let mut inner = self.lock();
+        if !copied {
+            self.invalidate(&mut inner, cow);
+        }
+        let per_area = self.geometry.exceptions_per_area();
+        let at = usize::try_from(inner.current_committed).expect("entry index fits in memory")
+            * DISK_EXCEPTION_SIZE;
+        e.encode_into(&mut inner.area[at..at + DISK_EXCEPTION_SIZE]);
+        inner.current_committed += 1;
+        inner.pending -= 1;
+
+        if inner.pending > 0 && inner.current_committed != per_area {
+            let generation = inner.generation;
+            while inner.generation == generation {
+                inner = self
+                    .committed
+                    .wait(inner)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            return if inner.last_batch_ok {
+                Ok(())
+            } else {
+                Err(EngineError::Invalid)
+            };
+        }
+
+        let ok = self.write_batch(&mut inner, cow);
+        if !ok {
+            self.invalidate(&mut inner, cow);
+        }
+        if inner.current_committed == per_area {
+            inner.current_committed = 0;
+            inner.current_area += 1;
+            inner.area.fill(0);
+        }
+        inner.last_batch_ok = ok;
+        inner.generation += 1;
+        self.committed.notify_all();
+        if ok {
+            Ok(())
+        } else {
+            Err(EngineError::Invalid)
+        }
+    }
+
+    fn write_batch(&self, inner: &mut Inner, cow: &dyn Backing) -> bool {
+        if self.state() == SnapshotState::Invalid {
+            return false;
+        }
+        let g = self.geometry;
+        if inner.current_committed == g.exceptions_per_area() {
+            // Zero the next area before this one is sealed, or a reload would read
+            // stale entries there. Past the end of the COW this fails, as it does in
+            // the kernel (the bio is beyond the device), and the snapshot is invalid.
+            let next = g.area_location(inner.current_area + 1);
+            if !g.fits(next, inner.cow_bytes)
+                || cow.write_all_at(&inner.zeroes, g.offset(next)).is_err()
+            {
+                return false;
+            }
+        }
+        let area_offset = g.offset(g.area_location(inner.current_area));
+        cow.sync_data().is_ok()
+            && cow.write_all_at(&inner.area, area_offset).is_ok()
+            && cow.sync_data().is_ok()
+    }
+
+    /// `persistent_drop_snapshot`: persist `valid = 0`.
+    fn invalidate(&self, inner: &mut Inner, cow: &dyn Backing) {
+        self.state.store(INVALID, Ordering::Release);
+        if !inner.invalid_persisted {
+            inner.invalid_persisted = true;
+            let header = Header::new(self.geometry.chunk_sectors(), false).encode();
+            // Best effort, as in the kernel ("write header failed" is only logged).
+            let _ = cow
+                .write_all_at(&header[..HEADER_SIZE], 0)
+                .and_then(|()| cow.sync_data());
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,276 @@
+//! The userspace COW engine: a block device over a read-only golden image and a COW file
+//! in the kernel's dm-snapshot persistent format, so the kernel can take the file over.
+//!
+//! Reads look the chunk up in the exception table (O(1)) and go to the COW or the origin.
+//! Writes to a chunk with an exception go straight to its COW chunk; the first write to a
+//! chunk allocates one, copies the rest of the chunk from the origin (unless the write
+//! covers it whole), writes it, and commits the exception before the write completes —
+//! the same point at which the kernel completes it.
+
+mod error;
+mod metadata;
+
+use std::sync::{Mutex, RwLock};
+
+pub use error::EngineError;
+pub use metadata::{OverflowPolicy, SnapshotState};
+
+use crate::backing::Backing;
+use crate::chunkmap::ChunkMap;
+use crate::cow::{DiskException, Geometry, Header, HeaderState, LoadedStore, ReadAt, Usage};
+use metadata::Metadata;
+
+/// Writers allocating chunks serialize per stripe, so two first writes to one chunk never
+/// allocate it twice, while writes to other chunks proceed.
+const STRIPES: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// The chunk size a dm table would give: used only for a new (magic 0) COW.
+    pub table_chunk_sectors: Option<u32>,
+    pub overflow: OverflowPolicy,
+    /// Never write to the COW, not even to initialise a new one.
+    pub read_only: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            table_chunk_sectors: None,
+            overflow: OverflowPolicy::Refuse,
+            read_only: false,
+        }
+    }
+}
+
+pub struct Engine {
+    origin: Box<dyn ReadAt + Send + Sync>,
+    cow: Box<dyn Backing>,
+    geometry: Geometry,
+    origin_bytes: u64,
+    read_only: bool,
+    table: RwLock<ChunkMap>,
+    meta: Metadata,
+    stripes: Box<[Mutex<()>]>,
+}
+
+impl Engine {
+    pub fn open(
+        origin: Box<dyn ReadAt + Send + Sync>,
+        cow: Box<dyn Backing>,
+        options: EngineOptions,
+    ) -> Result<Engine, EngineError> {
+        let origin_bytes = origin
+            .size()
+            .map_err(EngineError::io("reading the golden image size", 0))?;
+        let mut store = LoadedStore::load(cow.as_ref(), options.table_chunk_sectors)?;
+        let g = store.geometry;
+        if store.state == HeaderState::New && !options.read_only {
+            initialise(cow.as_ref(), g)?;
+            store.state = HeaderState::Valid;
+        }
+        let origin_chunks = origin_bytes.div_ceil(g.chunk_bytes());
+        if let Some(&old_chunk) = store.exceptions.keys().find(|&&c| c >= origin_chunks) {
+            return Err(EngineError::OldChunkPastOrigin {
+                old_chunk,
+                origin_chunks,
+            });
+        }
+        let meta = Metadata::new(&store, options.overflow);
+        Ok(Engine {
+            origin,
+            cow,
+            geometry: g,
+            origin_bytes,
+            read_only: options.read_only,
+            table: RwLock::new(std::mem::take(&mut store.exceptions)),
+            meta,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
+    /// Size of the disk the engine presents: the golden image's size.
+    pub fn size(&self) -> u64 {
+        self.origin_bytes
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    pub fn state(&self) -> SnapshotState {
+        self.meta.state()
+    }
+
+    /// What `dmsetup status` would print for this COW right now.
+    pub fn usage(&self) -> Usage {
+        self.meta.usage()
+    }
+
+    pub fn exception_count(&self) -> usize {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Tells the engine the COW file has grown to `cow_bytes`.
+    pub fn set_cow_size(&self, cow_bytes: u64) {
+        self.meta.set_cow_bytes(cow_bytes);
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), EngineError> {
+        self.check_range(offset, buf.len())?;
+        self.meta.check_readable()?;
+        let cb = self.geometry.chunk_bytes();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let chunk = pos / cb;
+            let within = pos % cb;
+            let n = segment_len(cb, within, buf.len() - done);
+            let seg = &mut buf[done..done + n];
+            match self.lookup(chunk) {
+                Some(new) => {
+                    let at = self.geometry.offset(new) + within;
+                    self.cow
+                        .read_exact_at(seg, at)
+                        .map_err(EngineError::io("reading the COW", at))?
+                }
+                None => self
+                    .origin
+                    .read_exact_at(seg, pos)
+                    .map_err(EngineError::io("reading the golden image", pos))?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), EngineError> {
+        if self.read_only {
+            return Err(EngineError::ReadOnly);
+        }
+        self.check_range(offset, buf.len())?;
+        let cb = self.geometry.chunk_bytes();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let n = segment_len(cb, pos % cb, buf.len() - done);
+            self.write_in_chunk(pos / cb, pos % cb, &buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Makes every completed write durable. Exceptions are already committed when their
+    /// write completes, so only data in existing chunks can still be in the page cache.
+    pub fn flush(&self) -> Result<(), EngineError> {
+        self.meta.check_readable()?;
+        self.cow
+            .sync_data()
+            .map_err(EngineError::io("flushing the COW", 0))
+    }
+
+    fn write_in_chunk(&self, chunk: u64, within: u64, data: &[u8]) -> Result<(), EngineError> {
+        self.meta.check_writable()?;
+        if let Some(new) = self.lookup(chunk) {
+            return self.write_mapped(new, within, data);
+        }
+        let _guard = self.stripes[stripe(chunk)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(new) = self.lookup(chunk) {
+            return self.write_mapped(new, within, data);
+        }
+        let new = self.meta.prepare(self.cow.as_ref())?;
+        let copied = self.copy_out(chunk, new, within, data);
+        let e = DiskException {
+            old_chunk: chunk,
+            new_chunk: new,
+        };
+        self.meta.commit(self.cow.as_ref(), e, copied.is_ok())?;
+        copied?;
+        self.table
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(chunk, new);
+        Ok(())
+    }
+
+    fn write_mapped(&self, new: u64, within: u64, data: &[u8]) -> Result<(), EngineError> {
+        let at = self.geometry.offset(new) + within;
+        self.cow
+            .write_all_at(data, at)
+            .map_err(EngineError::io("writing the COW", at))
+    }
+
+    /// Writes the new chunk: the origin's bytes with `data` laid over them.
+    fn copy_out(&self, chunk: u64, new: u64, within: u64, data: &[u8]) -> Result<(), EngineError> {
+        let cb = self.geometry.chunk_bytes();
+        let dest = self.geometry.offset(new);
+        if within == 0 && data.len() as u64 == cb {
+            return self
+                .cow
+                .write_all_at(data, dest)
+                .map_err(EngineError::io("writing the COW", dest));
+        }
+        let start = chunk * cb;
+        let in_origin = cb.min(self.origin_bytes - start);
+        let mut buf = vec![0u8; usize::try_from(cb).expect("chunk sizes are at most 1 GiB")];
+        let origin_part = &mut buf[..usize::try_from(in_origin).expect("within a chunk")];
+        self.origin
+            .read_exact_at(origin_part, start)
+            .map_err(EngineError::io("reading the golden image", start))?;
+        let w = usize::try_from(within).expect("within a chunk");
+        buf[w..w + data.len()].copy_from_slice(data);
+        self.cow
+            .write_all_at(&buf, dest)
+            .map_err(EngineError::io("writing the COW", dest))
+    }
+
+    fn lookup(&self, chunk: u64) -> Option<u64> {
+        self.table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&chunk)
+            .copied()
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<(), EngineError> {
+        let len = len as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= self.origin_bytes => Ok(()),
+            _ => Err(EngineError::OutOfRange {
+                offset,
+                len,
+                size: self.origin_bytes,
+            }),
+        }
+    }
+}
+
+/// Starts a new snapshot in a COW whose magic is 0, as the kernel does — but zeroes
+/// area 0 before writing the header, so a crash in between cannot expose stale entries.
+fn initialise(cow: &dyn Backing, g: Geometry) -> Result<(), EngineError> {
+    let zeroes =
+        vec![0u8; usize::try_from(g.chunk_bytes()).expect("chunk sizes are at most 1 GiB")];
+    let area0 = g.offset(g.area_location(0));
+    cow.write_all_at(&zeroes, area0)
+        .map_err(EngineError::io("zeroing area 0", area0))?;
+    cow.sync_data()
+        .map_err(EngineError::io("flushing the COW", 0))?;
+    let mut header_chunk = zeroes;
+    header_chunk[..crate::cow::HEADER_SIZE]
+        .copy_from_slice(&Header::new(g.chunk_sectors(), true).encode());
+    cow.write_all_at(&header_chunk, 0)
+        .map_err(EngineError::io("writing the header", 0))?;
+    cow.sync_data()
+        .map_err(EngineError::io("flushing the COW", 0))
+}
+
+fn segment_len(chunk_bytes: u64, within: u64, remaining: usize) -> usize {
+    let room = chunk_bytes - within;
+    usize::try_from(room).map_or(remaining, |room| room.min(remaining))
+}
+
+fn stripe(chunk: u64) -> usize {
+    (chunk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % STRIPES
+}

@@ -1,0 +1,10 @@
+//! cowctl: serve many diskless PCs from one golden image, each through its own
+//! copy-on-write file in the kernel's dm-snapshot persistent format.
+
+pub mod backing;
+pub mod chunkmap;
+pub mod cli;
+pub mod cow;
+pub mod cowfile;
+pub mod engine;
+pub mod units;
