@@ -43,7 +43,10 @@ pub struct LoadedStore {
 impl LoadedStore {
     /// Loads a store. `table_chunk_sectors` is the chunk size a table would give; as in the
     /// kernel, a header's own chunk size overrides it, and it decides only for a new snapshot.
-    pub fn load(src: &dyn ReadAt, table_chunk_sectors: Option<u32>) -> Result<Self, FormatError> {
+    pub fn load<R: ReadAt + ?Sized>(
+        src: &R,
+        table_chunk_sectors: Option<u32>,
+    ) -> Result<Self, FormatError> {
         let cow_bytes = src.size().map_err(|source| FormatError::Io {
             what: "COW size",
             offset: 0,
@@ -98,7 +101,7 @@ impl LoadedStore {
     }
 
     /// `read_exceptions`: areas 0, 1, 2 ... until one is not full.
-    fn read_exceptions(&mut self, src: &dyn ReadAt) -> Result<(), FormatError> {
+    fn read_exceptions<R: ReadAt + ?Sized>(&mut self, src: &R) -> Result<(), FormatError> {
         let g = self.geometry;
         let per_area = g.exceptions_per_area();
         let mut new_chunks: HashMap<u64, u64> = HashMap::new();

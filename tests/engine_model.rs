@@ -1,0 +1,310 @@
+//! The engine against a plain in-memory model of the disk: random writes (unaligned, across
+//! chunk and area boundaries, on into overflow), every byte compared after each flush and
+//! after reopening the files, under both overflow policies.
+
+#![allow(clippy::cast_possible_truncation)] // tests index small in-memory images
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use cowctl::backing::FileBacking;
+use cowctl::engine::{Engine, EngineError, EngineOptions, OverflowPolicy, SnapshotState};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write {
+        offset_seed: u64,
+        len: usize,
+        aligned: bool,
+        fill: u8,
+    },
+    Flush,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (any::<u64>(), 1usize..3000, any::<bool>(), any::<u8>())
+            .prop_map(|(offset_seed, len, aligned, fill)| Op::Write { offset_seed, len, aligned, fill }),
+        2 => Just(Op::Flush),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// The model: what the disk must read back, and which chunks have been copied.
+struct Model {
+    data: Vec<u8>,
+    chunk: u64,
+    per_area: u64,
+    cow_bytes: u64,
+    mapped: HashSet<u64>,
+    capacity: u64,
+    state: SnapshotState,
+    policy: OverflowPolicy,
+}
+
+impl Model {
+    /// Counts data chunks the simple way: every chunk after 0 and 1 that is not an area.
+    fn capacity(chunk: u64, per_area: u64, cow_bytes: u64) -> u64 {
+        (2..cow_bytes / chunk)
+            .filter(|c| c % (per_area + 1) != 1)
+            .count() as u64
+    }
+
+    /// Applies a write chunk by chunk as the kernel splits it; returns the error it must give.
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Option<&'static str> {
+        match self.state {
+            SnapshotState::Invalid => return Some("invalid"),
+            SnapshotState::Overflow => return Some("overflow"),
+            SnapshotState::Active => {}
+        }
+        let mut pos = offset;
+        let end = offset + bytes.len() as u64;
+        while pos < end {
+            let c = pos / self.chunk;
+            let seg_end = ((c + 1) * self.chunk).min(end);
+            if !self.mapped.contains(&c) {
+                if self.mapped.len() as u64 == self.capacity {
+                    return Some(match self.policy {
+                        OverflowPolicy::Refuse => {
+                            self.state = SnapshotState::Overflow;
+                            "overflow"
+                        }
+                        OverflowPolicy::Invalidate => {
+                            self.state = SnapshotState::Invalid;
+                            "invalid"
+                        }
+                    });
+                }
+                self.mapped.insert(c);
+                let n = self.mapped.len() as u64;
+                if n.is_multiple_of(self.per_area) {
+                    // The area just filled: the kernel zeroes the next one, and fails if it
+                    // lies past the end of the COW.
+                    let next_area = 1 + (self.per_area + 1) * (n / self.per_area);
+                    if (next_area + 1) * self.chunk > self.cow_bytes {
+                        self.state = SnapshotState::Invalid;
+                        return Some("invalid");
+                    }
+                }
+            }
+            let (a, b) = ((pos - offset) as usize, (seg_end - offset) as usize);
+            self.data[pos as usize..seg_end as usize].copy_from_slice(&bytes[a..b]);
+            pos = seg_end;
+        }
+        None
+    }
+}
+
+fn kind(e: &EngineError) -> &'static str {
+    match e {
+        EngineError::Overflow => "overflow",
+        EngineError::Invalid => "invalid",
+        _ => "other",
+    }
+}
+
+fn open(golden: &Path, cow: &Path, chunk_sectors: u32, policy: OverflowPolicy) -> Engine {
+    let options = EngineOptions {
+        table_chunk_sectors: Some(chunk_sectors),
+        overflow: policy,
+        read_only: false,
+    };
+    Engine::open(
+        Box::new(FileBacking::open(golden, false).unwrap()),
+        Box::new(FileBacking::open(cow, true).unwrap()),
+        options,
+    )
+    .unwrap()
+}
+
+fn compare_all(engine: &Engine, model: &Model, when: &str) -> Result<(), TestCaseError> {
+    if model.state == SnapshotState::Invalid {
+        let mut b = [0u8; 1];
+        prop_assert!(
+            matches!(engine.read_at(&mut b, 0), Err(EngineError::Invalid)),
+            "reads must fail when invalid ({when})"
+        );
+        return Ok(());
+    }
+    let mut got = vec![0u8; model.data.len()];
+    engine
+        .read_at(&mut got, 0)
+        .map_err(|e| TestCaseError::fail(format!("read failed {when}: {e}")))?;
+    if let Some(i) = got.iter().zip(&model.data).position(|(a, b)| a != b) {
+        return Err(TestCaseError::fail(format!(
+            "byte {i} differs {when}: engine {} model {}",
+            got[i], model.data[i]
+        )));
+    }
+    prop_assert_eq!(
+        engine.exception_count(),
+        model.mapped.len(),
+        "exceptions {}",
+        when
+    );
+    let usage = engine.usage();
+    prop_assert_eq!(
+        usage.data_sectors(),
+        model.mapped.len() as u64 * model.chunk / 512,
+        "data sectors {}",
+        when
+    );
+    prop_assert_eq!(usage.total_sectors, model.cow_bytes / 512);
+    Ok(())
+}
+
+fn run(
+    chunk_pow: u32,
+    golden_sectors: u64,
+    golden_tail: u64,
+    cow_chunks: u64,
+    new_cow: bool,
+    po: bool,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let chunk_sectors = 1u32 << chunk_pow;
+    let chunk = u64::from(chunk_sectors) * 512;
+    let golden_len = golden_sectors * 512 + golden_tail;
+    let golden: Vec<u8> = (0..golden_len)
+        .map(|i| (i * 7 % 251) as u8 ^ 0x5a)
+        .collect();
+    let golden_path: PathBuf = dir.path().join("golden.img");
+    std::fs::write(&golden_path, &golden).unwrap();
+    let cow_path = dir.path().join("pc.cow");
+    let cow_bytes = cow_chunks * chunk;
+    if new_cow {
+        std::fs::File::create(&cow_path)
+            .unwrap()
+            .set_len(cow_bytes)
+            .unwrap();
+    } else {
+        cowctl::cowfile::create(
+            &cow_path,
+            cowctl::units::ByteSize(cow_bytes),
+            cowctl::units::ByteSize(chunk),
+        )
+        .unwrap();
+    }
+    let policy = if po {
+        OverflowPolicy::Refuse
+    } else {
+        OverflowPolicy::Invalidate
+    };
+    let per_area = chunk / 16;
+    let mut model = Model {
+        data: golden.clone(),
+        chunk,
+        per_area,
+        cow_bytes,
+        mapped: HashSet::new(),
+        capacity: Model::capacity(chunk, per_area, cow_bytes),
+        state: SnapshotState::Active,
+        policy,
+    };
+    let mut engine = open(&golden_path, &cow_path, chunk_sectors, policy);
+    for (step, op) in ops.into_iter().enumerate() {
+        match op {
+            Op::Write {
+                offset_seed,
+                len,
+                aligned,
+                fill,
+            } => {
+                let mut offset = offset_seed % golden_len;
+                if aligned {
+                    offset -= offset % chunk;
+                }
+                let len = (len as u64).min(golden_len - offset) as usize;
+                let bytes: Vec<u8> = (0..len).map(|i| fill.wrapping_add(i as u8)).collect();
+                let expected = model.write(offset, &bytes);
+                let got = engine.write_at(&bytes, offset).err();
+                prop_assert_eq!(
+                    got.as_ref().map(kind),
+                    expected,
+                    "step {}: write {} at {}",
+                    step,
+                    len,
+                    offset
+                );
+                prop_assert_eq!(engine.state(), model.state, "state after step {}", step);
+            }
+            Op::Flush => {
+                let r = engine.flush();
+                prop_assert_eq!(r.is_err(), model.state == SnapshotState::Invalid);
+                compare_all(&engine, &model, &format!("after flush at step {step}"))?;
+            }
+            Op::Reopen => {
+                drop(engine);
+                engine = open(&golden_path, &cow_path, chunk_sectors, policy);
+                if model.state == SnapshotState::Overflow {
+                    model.state = SnapshotState::Active; // overflow lives in memory only
+                }
+                prop_assert_eq!(engine.state(), model.state);
+                compare_all(&engine, &model, &format!("after reopen at step {step}"))?;
+            }
+        }
+    }
+    drop(engine);
+    let engine = open(&golden_path, &cow_path, chunk_sectors, policy);
+    if model.state == SnapshotState::Overflow {
+        model.state = SnapshotState::Active;
+    }
+    compare_all(&engine, &model, "at the end")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn engine_matches_model(
+        chunk_pow in 0u32..4,
+        golden_sectors in 8u64..160,
+        golden_tail in prop_oneof![3 => Just(0u64), 1 => 1u64..512],
+        cow_chunks in 3u64..140,
+        new_cow in any::<bool>(),
+        po in any::<bool>(),
+        ops in proptest::collection::vec(op(), 1..60),
+    ) {
+        run(chunk_pow, golden_sectors, golden_tail, cow_chunks, new_cow, po, ops)?;
+    }
+}
+
+/// The kernel's quirk on its own: when the last data chunk before an area fills that area
+/// and the next area would lie past the end of the COW, even `PO` goes invalid.
+#[test]
+fn filling_the_last_area_exactly_at_the_end_invalidates_even_with_po() {
+    // 1-sector chunks: 32 entries per area. 34 chunks = header, area 0, 32 data chunks.
+    let ops = (0..32)
+        .map(|i| Op::Write {
+            offset_seed: i * 512,
+            len: 512,
+            aligned: true,
+            fill: i as u8,
+        })
+        .collect();
+    run(0, 64, 0, 34, false, true, ops).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("g");
+    let c = dir.path().join("c");
+    std::fs::write(&g, vec![1u8; 64 * 512]).unwrap();
+    cowctl::cowfile::create(
+        &c,
+        cowctl::units::ByteSize(34 * 512),
+        cowctl::units::ByteSize(512),
+    )
+    .unwrap();
+    let e = open(&g, &c, 1, OverflowPolicy::Refuse);
+    for i in 0..31u64 {
+        e.write_at(&[2u8; 512], i * 512).unwrap();
+    }
+    assert!(matches!(
+        e.write_at(&[2u8; 512], 31 * 512),
+        Err(EngineError::Invalid)
+    ));
+    drop(e);
+    let i = cowctl::cowfile::inspect(&c, None).unwrap();
+    assert!(!i.valid, "valid = 0 must be persisted");
+}
