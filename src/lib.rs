@@ -6,5 +6,6 @@ pub mod chunkmap;
 pub mod cli;
 pub mod cow;
 pub mod cowfile;
+pub mod dm;
 pub mod engine;
 pub mod units;

@@ -49,3 +49,4 @@ impl CowImage {
         self
     }
 }
+pub mod kernel;

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine with a Rust toolchain (>= 1.89):
+# installs what it needs, checks formatting and lints, runs the host tests, runs the
+# kernel tests in a qemu VM with Debian's stock kernel, and shows that the tests catch a
+# deliberately broken on-disk format. Run as root (apt-get, loop devices in the VM).
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+command -v cargo >/dev/null || { echo "test: cargo not found; install Rust >= 1.89 (rustup)" >&2; exit 1; }
+scripts/vm.sh prepare # apt packages (qemu, busybox, open-iscsi, ...) and the VM kernel
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+
+echo "== host tests"
+log=$(mktemp)
+cargo test --release 2>&1 | tee "$log"
+host_passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+
+echo "== kernel tests (VM)"
+scripts/test-kernel.sh | tee "$log"
+kernel_passed=$(sed -n 's/^kernel: \([0-9]*\) passed.*/\1/p' "$log")
+
+echo "== the tests catch a broken format"
+scripts/check-tests-catch-breakage.sh
+
+echo "total: $((host_passed + kernel_passed)) passed, 0 failed"

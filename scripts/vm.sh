@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Real-kernel test VM: Debian's stock kernel under qemu (TCG), booting into the host's own
+# root file system (shared read-only over 9p, with a tmpfs overlay on top), so every binary
+# built or installed on the host runs in the guest at the same path.
+#
+#   scripts/vm.sh prepare            install what is needed, cache the kernel and initramfs
+#   scripts/vm.sh run CMD [ARG...]   boot, run CMD as root in the guest (cwd = this repo),
+#                                    print the guest log, exit with CMD's status
+#
+# Environment: COWCTL_VM_CACHE (default: <repo>/vm-cache), COWCTL_VM_TIMEOUT (seconds, 1500),
+# COWCTL_VM_MEM (MiB, 2048), COWCTL_VM_LOG (guest log file; default: in the results dir).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${COWCTL_VM_CACHE:-$repo/vm-cache}
+packages=(qemu-system-x86 busybox-static kmod cpio open-iscsi vblade aoetools fio dmsetup)
+
+need_packages() {
+    local missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        echo "vm: installing ${missing[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    fi
+}
+
+# Newest linux-image-<version>-amd64 that linux-image-amd64 depends on.
+kernel_package() {
+    apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+}
+
+prepare() {
+    need_packages
+    local pkg kver
+    pkg=$(kernel_package)
+    [[ -n $pkg ]] || { apt-get update -qq; pkg=$(kernel_package); }
+    [[ -n $pkg ]] || { echo "vm: cannot find the linux-image-amd64 package" >&2; exit 1; }
+    kver=${pkg#linux-image-}
+    local kdir=$cache/$kver
+    if [[ ! -f $kdir/ready ]]; then
+        echo "vm: fetching kernel $kver" >&2
+        rm -rf "$kdir"
+        mkdir -p "$kdir"
+        (cd "$kdir" && apt-get download -q "$pkg" >&2 2>/dev/null && dpkg-deb -x ./*.deb root && rm -f ./*.deb)
+        depmod -b "$kdir/root" "$kver"
+        touch "$kdir/ready"
+    fi
+    local initrd=$kdir/initrd-$(sha256sum "$repo/scripts/vm/initramfs-init" | cut -c1-12).cpio.gz
+    if [[ ! -f $initrd ]]; then
+        build_initrd "$kdir/root" "$kver" "$initrd"
+    fi
+    ln -sfn "$kver" "$cache/current"
+    ln -sfn "$(basename "$initrd")" "$kdir/initrd.cpio.gz"
+    echo "$kdir"
+}
+
+build_initrd() {
+    local root=$1 kver=$2 out=$3 stage
+    stage=$(mktemp -d)
+    mkdir -p "$stage"/{bin,dev,proc,sys,lower,upper,newroot,mods}
+    cp /bin/busybox "$stage/bin/busybox"
+    # Modules for virtio + 9p + overlay, each after the modules it depends on (modules.dep).
+    local dep=$root/lib/modules/$kver/modules.dep
+    local -A seen=()
+    add_module() {
+        local path=$1 d
+        [[ -n ${seen[$path]:-} ]] && return
+        seen[$path]=1
+        for d in $(awk -F': ' -v m="$path" '$1 == m { print $2 }' "$dep"); do add_module "$d"; done
+        cp "$root/lib/modules/$kver/$path" "$stage/mods/"
+        basename "$path" >>"$stage/mods/order"
+    }
+    : >"$stage/mods/order"
+    local m path
+    for m in virtio_pci 9pnet_virtio 9p overlay; do
+        path=$(awk -F: -v m="$m" '{ n = $1; sub(/.*\//, "", n); sub(/\.ko.*/, "", n) } n == m { print $1; exit }' "$dep")
+        [[ -n $path ]] && add_module "$path" # absent: built into this kernel
+    done
+    install -m 0755 "$repo/scripts/vm/initramfs-init" "$stage/init"
+    (cd "$stage" && find . | cpio -o -H newc --quiet | gzip -1) >"$out"
+    rm -rf "$stage"
+}
+
+run() {
+    (($#)) || { echo "usage: scripts/vm.sh run CMD [ARG...]" >&2; exit 2; }
+    local kdir results rc
+    kdir=$(prepare)
+    local kver
+    kver=$(basename "$kdir")
+    results=$(mktemp -d /tmp/cowctl-vm.XXXXXX)
+    {
+        printf 'COWCTL_REPO=%q\n' "$repo"
+        printf 'COWCTL_KVER=%q\n' "$kver"
+        printf 'COWCTL_MODULES=%q\n' "$kdir/root/lib/modules/$kver"
+        printf 'COWCTL_CMD=('; printf '%q ' "$@"; printf ')\n'
+        env | grep -E '^(COWCTL_TEST_|RUST_BACKTRACE|RUST_LOG)' | sed 's/^/export /' || true
+    } >"$results/job"
+    local log=${COWCTL_VM_LOG:-$results/console.log}
+    set +e
+    timeout --foreground "${COWCTL_VM_TIMEOUT:-1500}" qemu-system-x86_64 \
+        -accel tcg,thread=multi -cpu max -smp 2 -m "${COWCTL_VM_MEM:-2048}" \
+        -nographic -no-reboot -nodefaults -serial stdio \
+        -kernel "$kdir/root/boot/vmlinuz-$kver" -initrd "$kdir/initrd.cpio.gz" \
+        -append "console=ttyS0 panic=-1 quiet loglevel=1 cowctl.repo=$repo" \
+        -device virtio-rng-pci \
+        -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+        -virtfs "local,path=$results,mount_tag=results,security_model=none,multidevs=remap" \
+        </dev/null 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    if [[ -f $results/exit-code ]]; then
+        rc=$(cat "$results/exit-code")
+    elif ((rc == 124)); then
+        echo "vm: timed out after ${COWCTL_VM_TIMEOUT:-1500} s" >&2
+        rc=124
+    else
+        echo "vm: the guest stopped without reporting a result (qemu exit $rc)" >&2
+        rc=1
+    fi
+    echo "vm: guest command exited $rc; results in $results" >&2
+    return "$rc"
+}
+
+case ${1:-} in
+    prepare) prepare >/dev/null ;;
+    run) shift; run "$@" ;;
+    *) echo "usage: scripts/vm.sh prepare | run CMD [ARG...]" >&2; exit 2 ;;
+esac
