@@ -4,8 +4,12 @@
 pub mod backing;
 pub mod chunkmap;
 pub mod cli;
+pub mod control;
 pub mod cow;
 pub mod cowfile;
 pub mod dm;
 pub mod engine;
+pub mod iqn;
+pub mod kernel;
+pub mod manifest;
 pub mod units;

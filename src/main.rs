@@ -3,7 +3,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = cowctl::cli::Cli::parse();
     match cowctl::cli::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // One sentence: the context chain joined, outermost first.
             eprintln!("cowctl: {e:#}");

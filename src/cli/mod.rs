@@ -1,5 +1,6 @@
 //! The command line: parsing and printing only; the work happens in the library.
 
+mod control;
 mod cow;
 
 use clap::{Parser, Subcommand};
@@ -14,6 +15,9 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The manifest (default: $COWCTL_MANIFEST, else /etc/cowctl/cowctl.yaml).
+    #[arg(short = 'f', long, global = true)]
+    pub manifest: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -23,11 +27,39 @@ pub enum Command {
     /// Work on COW files in the kernel's dm-snapshot persistent format.
     #[command(subcommand)]
     Cow(cow::CowCommand),
+    /// Check the manifest and list every error at once.
+    Validate,
+    /// Show what `apply` would change in the kernel.
+    Plan,
+    /// Make the kernel serve every PC of the manifest (create COWs, loops, snapshots, exports).
+    Apply,
+    /// Remove exports, snapshots and loops of these PCs (all when none named); COW files stay.
+    Down { pcs: Vec<String> },
+    /// Each PC's state and COW fill; exits 2 when a PC is over the warning threshold or broken.
+    Status {
+        pcs: Vec<String>,
+        /// Redraw every N seconds.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
+    },
+    /// Return PCs to the golden image, also while they are exported and in use.
+    Reset {
+        pcs: Vec<String>,
+        #[arg(long, conflicts_with = "pcs")]
+        all: bool,
+    },
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let f = cli.manifest.as_deref();
     match cli.command {
-        Command::Cow(c) => cow::run(c, cli.json),
+        Command::Cow(c) => cow::run(c, cli.json).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Validate => control::validate(f, cli.json),
+        Command::Plan => control::plan(f, cli.json),
+        Command::Apply => control::apply(f, cli.json),
+        Command::Down { pcs } => control::down(f, &pcs, cli.json),
+        Command::Status { pcs, watch } => control::status(f, &pcs, cli.json, watch),
+        Command::Reset { pcs, all } => control::reset(f, &pcs, all, cli.json),
     }
 }
 

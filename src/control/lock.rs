@@ -1,0 +1,49 @@
+//! One mutating cowctl at a time: an exclusive lock on <run dir>/lock that says who holds it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+pub struct Lock {
+    _file: File,
+}
+
+pub fn acquire(run_dir: &Path, what: &str) -> Result<Lock> {
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let path = run_dir.join("lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if let Err(e) = file.try_lock() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        match e {
+            std::fs::TryLockError::WouldBlock => bail!(
+                "another cowctl is at work ({}); try again when it is done",
+                holder.trim()
+            ),
+            std::fs::TryLockError::Error(e) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    writeln!(
+        file,
+        "pid {} running `cowctl {what}` since unix time {since}",
+        std::process::id()
+    )?;
+    Ok(Lock { _file: file })
+}

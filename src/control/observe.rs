@@ -1,0 +1,49 @@
+//! Observed state: what the kernel has now (loops in sysfs, cowctl's dm devices, the LIO
+//! tree in configfs, live vblades).
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+
+use super::PREFIX;
+use crate::dm::TableLine;
+use crate::kernel::aoe::RunningVblade;
+use crate::kernel::lio::{Lio, ObservedTarget};
+use crate::kernel::loopdev::LoopInfo;
+use crate::kernel::Kernel;
+
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub loops: Vec<LoopInfo>,
+    /// cowctl's dm devices and their tables.
+    pub dm: BTreeMap<String, TableLine>,
+    pub targets: Vec<ObservedTarget>,
+    pub vblades: Vec<RunningVblade>,
+}
+
+impl Observed {
+    pub fn read(k: &Kernel) -> Result<Observed> {
+        let mut dm = BTreeMap::new();
+        for name in k.dm.list(PREFIX)? {
+            let table = k.dm.table(&name)?;
+            dm.insert(name, table);
+        }
+        Ok(Observed {
+            loops: k.loops.list()?,
+            dm,
+            targets: Lio {
+                fs: k.configfs.as_ref(),
+            }
+            .observe()?,
+            vblades: k.vblade.list()?,
+        })
+    }
+
+    pub fn target(&self, iqn: &str) -> Option<&ObservedTarget> {
+        self.targets.iter().find(|t| t.iqn == iqn)
+    }
+
+    pub fn vblade(&self, pc: &str) -> Option<&RunningVblade> {
+        self.vblades.iter().find(|v| v.pc == pc)
+    }
+}

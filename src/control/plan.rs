@@ -1,0 +1,396 @@
+//! From desired and observed state to an ordered list of actions: `apply` builds bottom-up
+//! (COW file, loops, snapshot, export), `down` tears down top-down (export, snapshot, loops).
+//! Checks that need no kernel change (images, COW files, golden records, interfaces,
+//! portals, CHAP secret) run first and are all reported at once.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use super::observe::Observed;
+use super::{dm_name, sidecar, Ctx, PREFIX};
+use crate::cow::{HeaderState, LoadedStore};
+use crate::dm::DevRef;
+use crate::kernel::loopdev;
+use crate::manifest::{Export, Pc};
+use crate::units::ByteSize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    CreateCow {
+        pc: String,
+        path: PathBuf,
+        size: ByteSize,
+        chunk: ByteSize,
+    },
+    RecordGolden {
+        pc: String,
+        image: String,
+    },
+    AttachImage {
+        image: String,
+        path: PathBuf,
+    },
+    AttachCow {
+        pc: String,
+        path: PathBuf,
+    },
+    CreateSnapshot {
+        pc: String,
+    },
+    ExportIscsi {
+        pc: String,
+        target: String,
+    },
+    RecreateIscsi {
+        pc: String,
+        target: String,
+    },
+    StartVblade {
+        pc: String,
+        address: String,
+    },
+    StopVblade {
+        pc: String,
+    },
+    UnexportIscsi {
+        target: String,
+    },
+    RemoveSnapshot {
+        name: String,
+    },
+    DetachLoop {
+        dev: PathBuf,
+        backing: PathBuf,
+    },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::CreateCow { pc, path, size, chunk } => write!(f, "create {pc}'s COW {} ({size} sparse, chunk {chunk})", path.display()),
+            Action::RecordGolden { pc, image } => write!(f, "record that {pc}'s COW belongs to golden image {image}"),
+            Action::AttachImage { image, path } => write!(f, "attach golden image {image} ({}) read-only to a loop device", path.display()),
+            Action::AttachCow { pc, path } => write!(f, "attach {pc}'s COW {} to a loop device", path.display()),
+            Action::CreateSnapshot { pc } => write!(f, "create dm snapshot {} for {pc}", dm_name(pc)),
+            Action::ExportIscsi { pc, target } => write!(f, "export {pc} as iSCSI target {target}"),
+            Action::RecreateIscsi { pc, target } => write!(f, "re-create iSCSI target {target} of {pc}: it differs from the manifest (drops its sessions)"),
+            Action::StartVblade { pc, address } => write!(f, "start vblade {address} for {pc}"),
+            Action::StopVblade { pc } => write!(f, "stop {pc}'s vblade"),
+            Action::UnexportIscsi { target } => write!(f, "remove iSCSI target {target}"),
+            Action::RemoveSnapshot { name } => write!(f, "remove dm snapshot {name}"),
+            Action::DetachLoop { dev, backing } => write!(f, "detach {} ({})", dev.display(), backing.display()),
+        }
+    }
+}
+
+/// What `apply` would do now.
+pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
+    preflight(ctx)?;
+    let mut actions = Vec::new();
+    let mut images_attached: BTreeSet<String> = BTreeSet::new();
+    for pc in &ctx.manifest.pcs {
+        let image = ctx.image(pc);
+        let name = dm_name(&pc.name);
+        if !pc.cow.exists() {
+            actions.push(Action::CreateCow {
+                pc: pc.name.clone(),
+                path: pc.cow.clone(),
+                size: pc.cow_size,
+                chunk: pc.chunk,
+            });
+        }
+        if !sidecar::sidecar_path(&pc.cow).exists() {
+            actions.push(Action::RecordGolden {
+                pc: pc.name.clone(),
+                image: image.name.clone(),
+            });
+        }
+        let image_loop = loopdev::find(&obs.loops, &image.path, true);
+        if image_loop.is_none() && images_attached.insert(image.name.clone()) {
+            actions.push(Action::AttachImage {
+                image: image.name.clone(),
+                path: image.path.clone(),
+            });
+        }
+        let cow_loop = loopdev::find(&obs.loops, &pc.cow, false);
+        if cow_loop.is_none() {
+            actions.push(Action::AttachCow {
+                pc: pc.name.clone(),
+                path: pc.cow.clone(),
+            });
+        }
+        match obs.dm.get(&name) {
+            None => actions.push(Action::CreateSnapshot {
+                pc: pc.name.clone(),
+            }),
+            Some(table) => {
+                let s = &table.snapshot;
+                let same = |d: &DevRef, l: Option<&loopdev::LoopInfo>| {
+                    l.is_some_and(|l| d.to_string() == l.number.to_string())
+                };
+                if !same(&s.origin, image_loop)
+                    || !same(&s.cow, cow_loop)
+                    || s.mode != pc.overflow
+                    || s.chunk_sectors != pc.chunk_sectors()
+                {
+                    bail!(
+                        "{name} exists with table \"{table}\", which is not what the manifest asks for {}; run `cowctl down {}` first (COW files stay)",
+                        pc.name,
+                        pc.name
+                    );
+                }
+            }
+        }
+        match &pc.export {
+            Export::Iscsi { target, .. } => match obs.target(target.as_str()) {
+                None => actions.push(Action::ExportIscsi {
+                    pc: pc.name.clone(),
+                    target: target.to_string(),
+                }),
+                Some(t) => {
+                    let spec_ok = obs.dm.contains_key(&name)
+                        && super::apply::target_spec(ctx, pc, None)
+                            .is_ok_and(|spec| t.matches_ignoring_device(&spec));
+                    if !spec_ok {
+                        actions.push(Action::RecreateIscsi {
+                            pc: pc.name.clone(),
+                            target: target.to_string(),
+                        });
+                    }
+                }
+            },
+            Export::Aoe { .. } => {
+                let want = super::apply::vblade_spec(ctx, pc, None)
+                    .map(|s| s.args())
+                    .ok();
+                match obs.vblade(&pc.name) {
+                    Some(v)
+                        if want.as_ref().is_some_and(|w| {
+                            w[..w.len() - 1] == v.args[..v.args.len().saturating_sub(1)]
+                        }) => {}
+                    Some(_) => {
+                        actions.push(Action::StopVblade {
+                            pc: pc.name.clone(),
+                        });
+                        actions.push(Action::StartVblade {
+                            pc: pc.name.clone(),
+                            address: pc.export.to_string(),
+                        });
+                    }
+                    None => actions.push(Action::StartVblade {
+                        pc: pc.name.clone(),
+                        address: pc.export.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+    // Devices of PCs no longer in the manifest are taken down (their COW files stay).
+    let orphans: Vec<String> = obs
+        .dm
+        .keys()
+        .filter_map(|n| n.strip_prefix(PREFIX))
+        .filter(|pc| ctx.manifest.pc(pc).is_none())
+        .map(String::from)
+        .collect();
+    actions.extend(teardown(ctx, obs, &orphans, true));
+    Ok(actions)
+}
+
+/// What `down` would do for these PCs.
+pub fn plan_down(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Action> {
+    let names: Vec<String> = pcs.iter().map(|p| p.name.clone()).collect();
+    teardown(ctx, obs, &names, names.len() < ctx.manifest.pcs.len())
+}
+
+fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let mut removed: BTreeSet<String> = BTreeSet::new();
+    for pc in pcs {
+        let name = dm_name(pc);
+        // Exports first: whatever the manifest says now, remove what serves this device.
+        for t in &obs.targets {
+            if t.backstore
+                .as_deref()
+                .is_some_and(|b| b.ends_with(&format!("/{name}")))
+            {
+                actions.push(Action::UnexportIscsi {
+                    target: t.iqn.clone(),
+                });
+            }
+        }
+        if obs.vblade(pc).is_some() {
+            actions.push(Action::StopVblade { pc: pc.clone() });
+        }
+        if let Some(table) = obs.dm.get(&name) {
+            actions.push(Action::RemoveSnapshot { name: name.clone() });
+            removed.insert(name.clone());
+            if let Some(l) = obs
+                .loops
+                .iter()
+                .find(|l| table.snapshot.cow.to_string() == l.number.to_string())
+            {
+                actions.push(Action::DetachLoop {
+                    dev: l.dev.clone(),
+                    backing: l.backing.clone(),
+                });
+            }
+        } else if let Some(p) = ctx.manifest.pc(pc) {
+            if let Some(l) = loopdev::find(&obs.loops, &p.cow, false) {
+                actions.push(Action::DetachLoop {
+                    dev: l.dev.clone(),
+                    backing: l.backing.clone(),
+                });
+            }
+        }
+    }
+    // Golden image loops: detach those no remaining snapshot uses, except (for apply) the
+    // images the manifest's PCs still need.
+    let in_use: BTreeSet<String> = obs
+        .dm
+        .iter()
+        .filter(|(n, _)| !removed.contains(*n))
+        .map(|(_, t)| t.snapshot.origin.to_string())
+        .collect();
+    for l in obs
+        .loops
+        .iter()
+        .filter(|l| l.read_only && !in_use.contains(&l.number.to_string()))
+    {
+        let was_origin = obs.dm.iter().any(|(n, t)| {
+            removed.contains(n) && t.snapshot.origin.to_string() == l.number.to_string()
+        });
+        let image = ctx.manifest.images.values().find(|i| i.path == l.backing);
+        let needed = keep_needed_images
+            && image.is_some_and(|i| ctx.manifest.pcs.iter().any(|p| p.image == i.name));
+        let leftover = !keep_needed_images && image.is_some();
+        if (was_origin || leftover) && !needed {
+            actions.push(Action::DetachLoop {
+                dev: l.dev.clone(),
+                backing: l.backing.clone(),
+            });
+        }
+    }
+    actions
+}
+
+/// Checks that need no kernel change, all reported at once.
+fn preflight(ctx: &Ctx) -> Result<()> {
+    let mut problems = Vec::new();
+    let mut fingerprints = std::collections::BTreeMap::new();
+    for image in ctx
+        .manifest
+        .images
+        .values()
+        .filter(|i| ctx.manifest.pcs.iter().any(|p| p.image == i.name))
+    {
+        match sidecar::fingerprint(&image.path) {
+            Ok(g) if g.size % 512 != 0 || g.size == 0 => problems.push(format!(
+                "golden image {} is {} bytes, not a whole number of sectors",
+                image.path.display(),
+                g.size
+            )),
+            Ok(g) => {
+                fingerprints.insert(image.name.clone(), g);
+            }
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    for pc in &ctx.manifest.pcs {
+        if pc.cow.exists() {
+            match std::fs::File::open(&pc.cow)
+                .map_err(anyhow::Error::from)
+                .and_then(|f| Ok(LoadedStore::load(&f, Some(pc.chunk_sectors()))?))
+            {
+                Ok(s)
+                    if s.state != HeaderState::New
+                        && s.geometry.chunk_sectors() != pc.chunk_sectors() =>
+                {
+                    problems.push(format!(
+                        "{}: COW {} has chunks of {} sectors but the manifest says {}",
+                        pc.name,
+                        pc.cow.display(),
+                        s.geometry.chunk_sectors(),
+                        pc.chunk
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(format!(
+                    "{}: COW {} is not usable: {e:#}",
+                    pc.name,
+                    pc.cow.display()
+                )),
+            }
+            if let Some(g) = fingerprints.get(&pc.image) {
+                if let Err(e) = sidecar::check(&pc.name, &pc.cow, g) {
+                    problems.push(format!("{e:#}"));
+                }
+            }
+        } else if let Some(dir) = pc.cow.parent().filter(|d| !d.exists()) {
+            problems.push(format!(
+                "{}: the COW's directory {} does not exist",
+                pc.name,
+                dir.display()
+            ));
+        }
+    }
+    problems.extend(network_problems(ctx));
+    if let Some(chap) = ctx.manifest.iscsi.as_ref().and_then(|i| i.chap.as_ref()) {
+        if let Err(e) = super::apply::read_secret(&chap.secret_file) {
+            problems.push(format!("{e:#}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "cannot apply {}:\n  - {}",
+            ctx.manifest.path.display(),
+            problems.join("\n  - ")
+        )
+    }
+}
+
+/// Portals must be on an interface that is up (or the wildcard); AoE interfaces must be up.
+fn network_problems(ctx: &Ctx) -> Vec<String> {
+    let uses_iscsi = ctx
+        .manifest
+        .pcs
+        .iter()
+        .any(|p| matches!(p.export, Export::Iscsi { .. }));
+    let uses_aoe = ctx
+        .manifest
+        .pcs
+        .iter()
+        .any(|p| matches!(p.export, Export::Aoe { .. }));
+    if !uses_iscsi && !uses_aoe {
+        return Vec::new();
+    }
+    let ifaces = match ctx.kernel.net.interfaces() {
+        Ok(i) => i,
+        Err(e) => return vec![format!("cannot read network interfaces: {e:#}")],
+    };
+    let mut out = Vec::new();
+    if let Some(iscsi) = ctx.manifest.iscsi.as_ref().filter(|_| uses_iscsi) {
+        for p in &iscsi.portals {
+            let ip: IpAddr = p.0.ip();
+            if !ip.is_unspecified() && !ifaces.iter().any(|i| i.up && i.addresses.contains(&ip)) {
+                out.push(format!(
+                    "iSCSI portal {p}: no interface that is up has address {ip}"
+                ));
+            }
+        }
+    }
+    if let Some(aoe) = ctx.manifest.aoe.as_ref().filter(|_| uses_aoe) {
+        match ifaces.iter().find(|i| i.name == aoe.interface) {
+            None => out.push(format!("AoE interface {} does not exist", aoe.interface)),
+            Some(i) if !i.up => out.push(format!("AoE interface {} is down", aoe.interface)),
+            Some(_) => {}
+        }
+    }
+    out
+}

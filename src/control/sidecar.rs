@@ -1,0 +1,97 @@
+//! Which golden image a COW was made against, recorded beside it (`<cow>.golden`): the
+//! image's size and a fingerprint of its content. A COW laid over another image reads as
+//! garbage, which is how qcow2 users lose data when a backing file is replaced.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Samples hashed for a fingerprint: spread over the whole image, so a different or
+/// rewritten image is caught without reading all of it.
+const SAMPLES: u64 = 256;
+const SAMPLE: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Golden {
+    pub image: PathBuf,
+    pub size: u64,
+    pub fingerprint: String,
+}
+
+pub fn sidecar_path(cow: &Path) -> PathBuf {
+    let mut p = cow.as_os_str().to_owned();
+    p.push(".golden");
+    PathBuf::from(p)
+}
+
+/// Size and sampled SHA-256 of an image (its first and last 4 KiB always included).
+pub fn fingerprint(image: &Path) -> Result<Golden> {
+    let f = File::open(image)
+        .with_context(|| format!("cannot open golden image {}", image.display()))?;
+    let size = crate::backing::file_or_device_size(&f)?;
+    let mut h = Sha256::new();
+    h.update(size.to_le_bytes());
+    let mut buf = vec![0u8; SAMPLE];
+    let last = size.saturating_sub(SAMPLE as u64);
+    for i in 0..=SAMPLES {
+        let at = if i == SAMPLES {
+            last
+        } else {
+            last / SAMPLES * i
+        };
+        let n = usize::try_from((size - at).min(SAMPLE as u64)).expect("at most 4 KiB");
+        f.read_exact_at(&mut buf[..n], at)
+            .with_context(|| format!("reading {}", image.display()))?;
+        h.update(&buf[..n]);
+    }
+    let fingerprint = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Golden {
+        image: image.to_path_buf(),
+        size,
+        fingerprint,
+    })
+}
+
+pub fn write(cow: &Path, golden: &Golden) -> Result<()> {
+    let p = sidecar_path(cow);
+    let tmp = p.with_extension("golden.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(golden)? + "\n")
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &p).with_context(|| format!("cannot write {}", p.display()))
+}
+
+pub fn read(cow: &Path) -> Result<Option<Golden>> {
+    let p = sidecar_path(cow);
+    match std::fs::read_to_string(&p) {
+        Ok(t) => Ok(Some(serde_json::from_str(&t).with_context(|| {
+            format!("{} is not a golden-image record", p.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+    }
+}
+
+/// Refuses a COW that was made against another image than `image`.
+pub fn check(pc: &str, cow: &Path, image: &Golden) -> Result<()> {
+    let Some(recorded) = read(cow)? else {
+        return Ok(());
+    };
+    if recorded.size != image.size || recorded.fingerprint != image.fingerprint {
+        bail!(
+            "{pc}: COW {} was made against golden image {} ({} bytes, fingerprint {}…), not {} ({} bytes, fingerprint {}…); \
+             attaching it would show garbage. Reset the COW (cowctl reset {pc}) or point the PC at its own image",
+            cow.display(),
+            recorded.image.display(),
+            recorded.size,
+            &recorded.fingerprint[..12.min(recorded.fingerprint.len())],
+            image.image.display(),
+            image.size,
+            &image.fingerprint[..12]
+        );
+    }
+    Ok(())
+}

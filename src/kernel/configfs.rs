@@ -1,0 +1,115 @@
+//! The few file operations LIO's configfs tree needs, under a swappable root, so the LIO
+//! logic runs unchanged on a fake tree in tests.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+pub const LIO_ROOT: &str = "/sys/kernel/config/target";
+
+pub trait ConfigFs {
+    fn exists(&self, path: &str) -> bool;
+    fn mkdir(&self, path: &str) -> Result<()>;
+    fn rmdir(&self, path: &str) -> Result<()>;
+    fn write(&self, path: &str, value: &str) -> Result<()>;
+    fn read(&self, path: &str) -> Result<String>;
+    fn symlink(&self, target: &str, link: &str) -> Result<()>;
+    fn unlink(&self, link: &str) -> Result<()>;
+    /// Names in a directory (files, directories and links), sorted.
+    fn list(&self, path: &str) -> Result<Vec<String>>;
+    /// Names of the symbolic links in a directory.
+    fn links(&self, path: &str) -> Result<Vec<String>>;
+    /// Where a link points, relative to the root.
+    fn readlink(&self, link: &str) -> Result<String>;
+}
+
+pub struct RealConfigFs {
+    root: PathBuf,
+}
+
+impl RealConfigFs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RealConfigFs { root: root.into() }
+    }
+
+    fn p(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+}
+
+impl ConfigFs for RealConfigFs {
+    fn exists(&self, path: &str) -> bool {
+        self.p(path).symlink_metadata().is_ok()
+    }
+    fn mkdir(&self, path: &str) -> Result<()> {
+        std::fs::create_dir(self.p(path))
+            .with_context(|| format!("mkdir {}", self.p(path).display()))
+    }
+    fn rmdir(&self, path: &str) -> Result<()> {
+        std::fs::remove_dir(self.p(path))
+            .with_context(|| format!("rmdir {}", self.p(path).display()))
+    }
+    fn write(&self, path: &str, value: &str) -> Result<()> {
+        std::fs::write(self.p(path), value)
+            .with_context(|| format!("writing {value:?} to {}", self.p(path).display()))
+    }
+    fn read(&self, path: &str) -> Result<String> {
+        std::fs::read_to_string(self.p(path))
+            .with_context(|| format!("reading {}", self.p(path).display()))
+    }
+    fn symlink(&self, target: &str, link: &str) -> Result<()> {
+        std::os::unix::fs::symlink(self.p(target), self.p(link)).with_context(|| {
+            format!(
+                "linking {} to {}",
+                self.p(link).display(),
+                self.p(target).display()
+            )
+        })
+    }
+    fn unlink(&self, link: &str) -> Result<()> {
+        std::fs::remove_file(self.p(link))
+            .with_context(|| format!("unlinking {}", self.p(link).display()))
+    }
+    fn list(&self, path: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = match std::fs::read_dir(self.p(path)) {
+            Ok(d) => d
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", self.p(path).display())),
+        };
+        names.sort();
+        Ok(names)
+    }
+    fn links(&self, path: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list(path)?
+            .into_iter()
+            .filter(|n| {
+                self.p(path)
+                    .join(n)
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_symlink())
+            })
+            .collect())
+    }
+    fn readlink(&self, link: &str) -> Result<String> {
+        let t = std::fs::read_link(self.p(link))
+            .with_context(|| format!("reading link {}", self.p(link).display()))?;
+        Ok(t.strip_prefix(&self.root)
+            .unwrap_or(&t)
+            .display()
+            .to_string())
+    }
+}
+
+/// Joins configfs path parts.
+pub fn join(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("/")
+}

@@ -1,0 +1,230 @@
+//! Device-mapper through its ioctls (the `devicemapper` crate), with cowctl's typed lines.
+
+use anyhow::{anyhow, Context, Result};
+use devicemapper::{DevId, DmFlags, DmName, DmOptions, DM};
+
+use super::DevNum;
+use crate::dm::{StatusLine, TableLine};
+
+/// One target of a table: what `dmsetup table` prints after the start sector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub length: u64,
+    pub kind: String,
+    pub params: String,
+}
+
+impl Target {
+    pub fn snapshot(line: &TableLine) -> Target {
+        let full = line.to_string();
+        // "<start> <length> snapshot <params>"
+        let params = full.splitn(4, ' ').nth(3).unwrap_or_default().to_string();
+        Target {
+            length: line.length,
+            kind: "snapshot".into(),
+            params,
+        }
+    }
+
+    /// Fails all I/O: parks a device while its snapshot is replaced.
+    pub fn error(length: u64) -> Target {
+        Target {
+            length,
+            kind: "error".into(),
+            params: String::new(),
+        }
+    }
+}
+
+pub trait DeviceMapper {
+    /// Names of the devices whose name starts with `prefix`.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Creates `name` with `table` and activates it.
+    fn create(&self, name: &str, table: &Target) -> Result<DevNum>;
+    /// Loads `table` into the inactive slot and swaps it in (suspend, swap, resume).
+    fn replace(&self, name: &str, table: &Target) -> Result<()>;
+    fn suspend(&self, name: &str) -> Result<()>;
+    fn resume(&self, name: &str) -> Result<()>;
+    fn remove(&self, name: &str) -> Result<()>;
+    fn number(&self, name: &str) -> Result<DevNum>;
+    /// The active table of a snapshot device (devices as major:minor).
+    fn table(&self, name: &str) -> Result<TableLine>;
+    fn status(&self, name: &str) -> Result<StatusLine>;
+    /// A block device node for `name`: devtmpfs's /dev/dm-N, or one made under `dir` when
+    /// there is none (nothing waits for udev to make /dev/mapper nodes).
+    fn node(&self, name: &str, dir: &std::path::Path) -> Result<std::path::PathBuf>;
+}
+
+#[derive(Default)]
+pub struct IoctlDm {
+    dm: std::sync::OnceLock<std::result::Result<DM, String>>,
+}
+
+impl IoctlDm {
+    fn dm(&self) -> Result<&DM> {
+        self.dm
+            .get_or_init(|| DM::new().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| anyhow!("device-mapper is not available (/dev/mapper/control): {e}"))
+    }
+}
+
+fn dm_name(name: &str) -> Result<&DmName> {
+    DmName::new(name).map_err(|e| anyhow!("{name:?} is not a device-mapper name: {e}"))
+}
+
+fn line(name: &str, rows: Vec<(u64, u64, String, String)>) -> Result<String> {
+    match rows.as_slice() {
+        [(start, len, kind, params)] => Ok(format!("{start} {len} {kind} {params}")),
+        _ => Err(anyhow!("{name} has {} targets, not one", rows.len())),
+    }
+}
+
+/// /dev/dm-<minor> if it is the right device, else a node made in `dir`.
+pub fn block_node(name: &str, number: DevNum, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let rdev = makedev(u64::from(number.major), u64::from(number.minor));
+    let is_it = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device() && m.rdev() == rdev)
+    };
+    let devtmpfs = std::path::PathBuf::from(format!("/dev/dm-{}", number.minor));
+    if is_it(&devtmpfs) {
+        return Ok(devtmpfs);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let own = dir.join(name);
+    if !is_it(&own) {
+        let _ = std::fs::remove_file(&own);
+        mknod(&own, SFlag::S_IFBLK, Mode::from_bits_truncate(0o600), rdev)
+            .with_context(|| format!("cannot make {}", own.display()))?;
+    }
+    Ok(own)
+}
+
+impl DeviceMapper for IoctlDm {
+    fn node(&self, name: &str, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+        block_node(name, self.number(name)?, dir)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .dm()?
+            .list_devices()
+            .context("cannot list device-mapper devices")?
+            .into_iter()
+            .map(|(n, _, _)| n.to_string())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn create(&self, name: &str, table: &Target) -> Result<DevNum> {
+        let dm = self.dm()?;
+        let n = dm_name(name)?;
+        let info = dm
+            .device_create(n, None, DmOptions::default())
+            .with_context(|| format!("cannot create dm device {name}"))?;
+        let id = DevId::Name(n);
+        let loaded = dm
+            .table_load(
+                &id,
+                &[(0, table.length, table.kind.clone(), table.params.clone())],
+                DmOptions::default(),
+            )
+            .and_then(|_| dm.device_suspend(&id, DmOptions::default()));
+        if let Err(e) = loaded {
+            // Undo our part: a device without a table is of no use to anyone.
+            let _ = dm.device_remove(&id, DmOptions::default());
+            return Err(anyhow!(
+                "cannot load table \"{} {}\" into {name}: {e}",
+                table.kind,
+                table.params
+            ));
+        }
+        let d = info.device();
+        Ok(DevNum {
+            major: d.major,
+            minor: d.minor,
+        })
+    }
+
+    fn replace(&self, name: &str, table: &Target) -> Result<()> {
+        let dm = self.dm()?;
+        let id = DevId::Name(dm_name(name)?);
+        dm.table_load(
+            &id,
+            &[(0, table.length, table.kind.clone(), table.params.clone())],
+            DmOptions::default(),
+        )
+        .with_context(|| {
+            format!(
+                "cannot load table \"{} {}\" into {name}",
+                table.kind, table.params
+            )
+        })?;
+        dm.device_suspend(&id, DmOptions::default())
+            .with_context(|| format!("cannot resume {name}"))?;
+        Ok(())
+    }
+
+    fn suspend(&self, name: &str) -> Result<()> {
+        let dm = self.dm()?;
+        let id = DevId::Name(dm_name(name)?);
+        dm.device_suspend(&id, DmOptions::default().set_flags(DmFlags::DM_SUSPEND))
+            .with_context(|| format!("cannot suspend {name}"))?;
+        Ok(())
+    }
+
+    fn resume(&self, name: &str) -> Result<()> {
+        let dm = self.dm()?;
+        let id = DevId::Name(dm_name(name)?);
+        dm.device_suspend(&id, DmOptions::default())
+            .with_context(|| format!("cannot resume {name}"))?;
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) -> Result<()> {
+        let dm = self.dm()?;
+        let id = DevId::Name(dm_name(name)?);
+        dm.device_remove(&id, DmOptions::default())
+            .with_context(|| format!("cannot remove dm device {name} (is it still in use?)"))?;
+        Ok(())
+    }
+
+    fn number(&self, name: &str) -> Result<DevNum> {
+        let d = self
+            .dm()?
+            .device_info(&DevId::Name(dm_name(name)?))
+            .with_context(|| format!("no dm device {name}"))?
+            .device();
+        Ok(DevNum {
+            major: d.major,
+            minor: d.minor,
+        })
+    }
+
+    fn table(&self, name: &str) -> Result<TableLine> {
+        let dm = self.dm()?;
+        let id = DevId::Name(dm_name(name)?);
+        let (_, rows) = dm
+            .table_status(
+                &id,
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            )
+            .with_context(|| format!("cannot read the table of {name}"))?;
+        let l = line(name, rows)?;
+        l.parse().map_err(|e| anyhow!("{name}: {e}"))
+    }
+
+    fn status(&self, name: &str) -> Result<StatusLine> {
+        let dm = self.dm()?;
+        let id = DevId::Name(dm_name(name)?);
+        let (_, rows) = dm
+            .table_status(&id, DmOptions::default())
+            .with_context(|| format!("cannot read the status of {name}"))?;
+        let l = line(name, rows)?;
+        l.parse().map_err(|e| anyhow!("{name}: {e}"))
+    }
+}

@@ -1,0 +1,460 @@
+//! A recording fake of every kernel subsystem, for fast tests of planning and ordering.
+//! Every call is logged as one line ("dm create cowctl-pc-01", "configfs mkdir iscsi/…"),
+//! and any call can be made to fail. Its configfs refuses to remove a directory that still
+//! holds directories or links made by the caller, as configfs does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{anyhow, bail, Result};
+
+use super::aoe::{RunningVblade, VbladeSpec, Vblades};
+use super::configfs::ConfigFs;
+use super::devmapper::{DeviceMapper, Target};
+use super::loopdev::{LoopInfo, Loops};
+use super::net::{Interface, Net};
+use super::{DevNum, Kernel};
+use crate::dm::{StatusLine, TableLine};
+
+#[derive(Debug, Clone)]
+pub struct FakeDm {
+    pub number: DevNum,
+    pub target: Target,
+    pub suspended: bool,
+    /// What `status` answers after the target kind; default an empty snapshot.
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    /// `made` is false for the groups configfs creates by itself.
+    Dir {
+        made: bool,
+    },
+    File(String),
+    Link(String),
+}
+
+#[derive(Debug, Default)]
+pub struct FakeState {
+    pub loops: Vec<LoopInfo>,
+    pub dm: BTreeMap<String, FakeDm>,
+    configfs: BTreeMap<String, Node>,
+    pub vblades: BTreeMap<String, RunningVblade>,
+    pub interfaces: Vec<Interface>,
+    pub log: Vec<String>,
+    /// A call whose log line starts with this fails (once it is set).
+    pub fail_on: Option<String>,
+    next_minor: u32,
+}
+
+#[derive(Clone, Default)]
+pub struct Fake(Arc<Mutex<FakeState>>);
+
+impl Fake {
+    /// A fake host with `lo` (127.0.0.1) and `eth0` (10.0.0.1) up.
+    pub fn new() -> Fake {
+        let f = Fake::default();
+        f.state().interfaces = vec![
+            Interface {
+                name: "lo".into(),
+                up: true,
+                addresses: vec!["127.0.0.1".parse().unwrap()],
+            },
+            Interface {
+                name: "eth0".into(),
+                up: true,
+                addresses: vec!["10.0.0.1".parse().unwrap()],
+            },
+        ];
+        f
+    }
+
+    pub fn kernel(&self) -> Kernel {
+        Kernel {
+            loops: Box::new(self.clone()),
+            dm: Box::new(self.clone()),
+            configfs: Box::new(self.clone()),
+            vblade: Box::new(self.clone()),
+            net: Box::new(self.clone()),
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.state().log.clone()
+    }
+
+    pub fn clear_log(&self) {
+        self.state().log.clear();
+    }
+
+    pub fn fail_on(&self, prefix: &str) {
+        self.state().fail_on = Some(prefix.to_string());
+    }
+
+    /// Paths in the fake configfs that the caller made (directories and links).
+    pub fn configfs_made(&self) -> Vec<String> {
+        self.state()
+            .configfs
+            .iter()
+            .filter(|(_, n)| matches!(n, Node::Dir { made: true } | Node::Link(_)))
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    fn call(&self, line: String) -> Result<MutexGuard<'_, FakeState>> {
+        let mut s = self.state();
+        let fail = s
+            .fail_on
+            .as_ref()
+            .is_some_and(|f| line.starts_with(f.as_str()));
+        s.log.push(line.clone());
+        if fail {
+            bail!("fake failure: {line}");
+        }
+        Ok(s)
+    }
+}
+
+impl Loops for Fake {
+    fn list(&self) -> Result<Vec<LoopInfo>> {
+        Ok(self.state().loops.clone())
+    }
+    fn attach(&self, file: &Path, read_only: bool) -> Result<LoopInfo> {
+        let mut s = self.call(format!(
+            "loop attach {}{}",
+            file.display(),
+            if read_only { " ro" } else { "" }
+        ))?;
+        let n = (0..)
+            .find(|n| !s.loops.iter().any(|l| l.number.minor == *n))
+            .unwrap();
+        let info = LoopInfo {
+            dev: PathBuf::from(format!("/dev/loop{n}")),
+            number: DevNum { major: 7, minor: n },
+            backing: file.to_path_buf(),
+            read_only,
+        };
+        s.loops.push(info.clone());
+        Ok(info)
+    }
+    fn detach(&self, dev: &Path) -> Result<()> {
+        let mut s = self.call(format!("loop detach {}", dev.display()))?;
+        let d = dev.display().to_string();
+        if let Some((name, _)) =
+            s.dm.iter()
+                .find(|(_, t)| t.target.params.split(' ').take(2).any(|p| p == d))
+        {
+            bail!("{d} is in use by dm device {name}");
+        }
+        let before = s.loops.len();
+        s.loops.retain(|l| l.dev != dev);
+        if s.loops.len() == before {
+            bail!("no loop {}", dev.display());
+        }
+        Ok(())
+    }
+    fn set_capacity(&self, dev: &Path) -> Result<()> {
+        self.call(format!("loop capacity {}", dev.display()))
+            .map(drop)
+    }
+}
+
+impl DeviceMapper for Fake {
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .state()
+            .dm
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+    fn create(&self, name: &str, table: &Target) -> Result<DevNum> {
+        let mut s = self.call(format!("dm create {name} {} {}", table.kind, table.params))?;
+        if s.dm.contains_key(name) {
+            bail!("dm device {name} exists");
+        }
+        let number = DevNum {
+            major: 253,
+            minor: s.next_minor,
+        };
+        s.next_minor += 1;
+        s.dm.insert(
+            name.to_string(),
+            FakeDm {
+                number,
+                target: table.clone(),
+                suspended: false,
+                status: None,
+            },
+        );
+        Ok(number)
+    }
+    fn replace(&self, name: &str, table: &Target) -> Result<()> {
+        let mut s = self.call(format!("dm replace {name} {}", table.kind))?;
+        let d =
+            s.dm.get_mut(name)
+                .ok_or_else(|| anyhow!("no dm device {name}"))?;
+        d.target = table.clone();
+        d.suspended = false;
+        d.status = None;
+        Ok(())
+    }
+    fn suspend(&self, name: &str) -> Result<()> {
+        let mut s = self.call(format!("dm suspend {name}"))?;
+        s.dm.get_mut(name)
+            .ok_or_else(|| anyhow!("no dm device {name}"))?
+            .suspended = true;
+        Ok(())
+    }
+    fn resume(&self, name: &str) -> Result<()> {
+        let mut s = self.call(format!("dm resume {name}"))?;
+        s.dm.get_mut(name)
+            .ok_or_else(|| anyhow!("no dm device {name}"))?
+            .suspended = false;
+        Ok(())
+    }
+    fn remove(&self, name: &str) -> Result<()> {
+        let mut s = self.call(format!("dm remove {name}"))?;
+        let node = format!(
+            "/dev/dm-{}",
+            s.dm.get(name)
+                .ok_or_else(|| anyhow!("no dm device {name}"))?
+                .number
+                .minor
+        );
+        let held_by_lio = s
+            .configfs
+            .iter()
+            .any(|(p, n)| p.ends_with("/udev_path") && *n == Node::File(node.clone()));
+        let held_by_vblade = s.vblades.values().any(|v| v.args.last() == Some(&node));
+        if held_by_lio || held_by_vblade {
+            bail!(
+                "dm device {name} is busy (open by {})",
+                if held_by_lio {
+                    "an iblock backstore"
+                } else {
+                    "vblade"
+                }
+            );
+        }
+        s.dm.remove(name);
+        Ok(())
+    }
+    fn number(&self, name: &str) -> Result<DevNum> {
+        self.state()
+            .dm
+            .get(name)
+            .map(|d| d.number)
+            .ok_or_else(|| anyhow!("no dm device {name}"))
+    }
+    fn table(&self, name: &str) -> Result<TableLine> {
+        let s = self.state();
+        let d =
+            s.dm.get(name)
+                .ok_or_else(|| anyhow!("no dm device {name}"))?;
+        // The kernel prints devices as major:minor.
+        let mut params: Vec<String> = d.target.params.split(' ').map(String::from).collect();
+        for p in params.iter_mut().take(2) {
+            if let Some(l) = s.loops.iter().find(|l| l.dev.display().to_string() == *p) {
+                *p = l.number.to_string();
+            }
+        }
+        format!(
+            "0 {} {} {}",
+            d.target.length,
+            d.target.kind,
+            params.join(" ")
+        )
+        .parse()
+        .map_err(|e| anyhow!("{e}"))
+    }
+    fn node(&self, name: &str, _dir: &Path) -> Result<PathBuf> {
+        Ok(PathBuf::from(format!(
+            "/dev/dm-{}",
+            self.number(name)?.minor
+        )))
+    }
+    fn status(&self, name: &str) -> Result<StatusLine> {
+        let s = self.state();
+        let d =
+            s.dm.get(name)
+                .ok_or_else(|| anyhow!("no dm device {name}"))?;
+        let chunk: u64 = d
+            .target
+            .params
+            .split(' ')
+            .nth(3)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(8);
+        let status = d
+            .status
+            .clone()
+            .unwrap_or_else(|| format!("{}/{} {}", 2 * chunk, 2 * d.target.length, 2 * chunk));
+        format!("0 {} snapshot {status}", d.target.length)
+            .parse()
+            .map_err(|e| anyhow!("{e}"))
+    }
+}
+
+impl FakeState {
+    fn ensure_parents(&mut self, path: &str) {
+        let mut p = String::new();
+        for part in path
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map(|(_, rest)| rest.to_vec())
+            .unwrap_or_default()
+        {
+            if !p.is_empty() {
+                p.push('/');
+            }
+            p.push_str(part);
+            self.configfs
+                .entry(p.clone())
+                .or_insert(Node::Dir { made: false });
+        }
+    }
+}
+
+impl ConfigFs for Fake {
+    fn exists(&self, path: &str) -> bool {
+        self.state().configfs.contains_key(path)
+    }
+    fn mkdir(&self, path: &str) -> Result<()> {
+        let mut s = self.call(format!("configfs mkdir {path}"))?;
+        if s.configfs
+            .get(path)
+            .is_some_and(|n| *n == Node::Dir { made: true })
+        {
+            bail!("{path} exists");
+        }
+        s.ensure_parents(path);
+        s.configfs
+            .insert(path.to_string(), Node::Dir { made: true });
+        Ok(())
+    }
+    fn rmdir(&self, path: &str) -> Result<()> {
+        let mut s = self.call(format!("configfs rmdir {path}"))?;
+        let prefix = format!("{path}/");
+        let busy: Vec<String> = s
+            .configfs
+            .iter()
+            .filter(|(p, n)| {
+                p.starts_with(&prefix) && matches!(n, Node::Dir { made: true } | Node::Link(_))
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        if !busy.is_empty() {
+            bail!("rmdir {path}: not empty ({})", busy.join(", "));
+        }
+        s.configfs
+            .retain(|p, _| p != path && !p.starts_with(&prefix));
+        Ok(())
+    }
+    fn write(&self, path: &str, value: &str) -> Result<()> {
+        let line = if path.ends_with("password") {
+            format!("configfs write {path} <secret>")
+        } else {
+            format!("configfs write {path} {value}")
+        };
+        let mut s = self.call(line)?;
+        s.ensure_parents(path);
+        s.configfs
+            .insert(path.to_string(), Node::File(value.to_string()));
+        Ok(())
+    }
+    fn read(&self, path: &str) -> Result<String> {
+        match self.state().configfs.get(path) {
+            Some(Node::File(v)) => Ok(v.clone()),
+            _ => bail!("no file {path}"),
+        }
+    }
+    fn symlink(&self, target: &str, link: &str) -> Result<()> {
+        let mut s = self.call(format!("configfs link {link} -> {target}"))?;
+        if !s.configfs.contains_key(target) {
+            bail!("link target {target} does not exist");
+        }
+        s.ensure_parents(link);
+        s.configfs
+            .insert(link.to_string(), Node::Link(target.to_string()));
+        Ok(())
+    }
+    fn unlink(&self, link: &str) -> Result<()> {
+        let mut s = self.call(format!("configfs unlink {link}"))?;
+        match s.configfs.remove(link) {
+            Some(Node::Link(_)) => Ok(()),
+            _ => bail!("no link {link}"),
+        }
+    }
+    fn list(&self, path: &str) -> Result<Vec<String>> {
+        let prefix = format!("{path}/");
+        Ok(self
+            .state()
+            .configfs
+            .keys()
+            .filter_map(|p| p.strip_prefix(&prefix))
+            .filter(|rest| !rest.contains('/'))
+            .map(String::from)
+            .collect())
+    }
+    fn links(&self, path: &str) -> Result<Vec<String>> {
+        let prefix = format!("{path}/");
+        Ok(self
+            .state()
+            .configfs
+            .iter()
+            .filter(|(_, n)| matches!(n, Node::Link(_)))
+            .filter_map(|(p, _)| p.strip_prefix(&prefix))
+            .filter(|rest| !rest.contains('/'))
+            .map(String::from)
+            .collect())
+    }
+    fn readlink(&self, link: &str) -> Result<String> {
+        match self.state().configfs.get(link) {
+            Some(Node::Link(t)) => Ok(t.clone()),
+            _ => bail!("no link {link}"),
+        }
+    }
+}
+
+impl Vblades for Fake {
+    fn list(&self) -> Result<Vec<RunningVblade>> {
+        Ok(self.state().vblades.values().cloned().collect())
+    }
+    fn start(&self, spec: &VbladeSpec) -> Result<u32> {
+        let mut s = self.call(format!(
+            "vblade start {} {}",
+            spec.pc,
+            spec.args().join(" ")
+        ))?;
+        let pid = 1000 + u32::try_from(s.vblades.len()).unwrap_or(0);
+        s.vblades.insert(
+            spec.pc.clone(),
+            RunningVblade {
+                pc: spec.pc.clone(),
+                pid,
+                args: spec.args(),
+            },
+        );
+        Ok(pid)
+    }
+    fn stop(&self, pc: &str) -> Result<()> {
+        let mut s = self.call(format!("vblade stop {pc}"))?;
+        s.vblades.remove(pc);
+        Ok(())
+    }
+}
+
+impl Net for Fake {
+    fn interfaces(&self) -> Result<Vec<Interface>> {
+        Ok(self.state().interfaces.clone())
+    }
+}

@@ -1,0 +1,102 @@
+//! Loop devices: read from sysfs, attached and detached with loop ioctls (`loopdev`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::DevNum;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopInfo {
+    /// `/dev/loopN`.
+    pub dev: PathBuf,
+    pub number: DevNum,
+    pub backing: PathBuf,
+    pub read_only: bool,
+}
+
+pub trait Loops {
+    fn list(&self) -> Result<Vec<LoopInfo>>;
+    fn attach(&self, file: &Path, read_only: bool) -> Result<LoopInfo>;
+    fn detach(&self, dev: &Path) -> Result<()>;
+    /// Re-reads the backing file's size (after the COW grew).
+    fn set_capacity(&self, dev: &Path) -> Result<()>;
+}
+
+/// Finds the loop attached to `file` with the wanted mode.
+pub fn find<'a>(loops: &'a [LoopInfo], file: &Path, read_only: bool) -> Option<&'a LoopInfo> {
+    loops
+        .iter()
+        .find(|l| l.backing == file && l.read_only == read_only)
+}
+
+pub struct SysLoops;
+
+impl Loops for SysLoops {
+    fn list(&self) -> Result<Vec<LoopInfo>> {
+        let mut out = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/sys/block") else {
+            return Ok(out);
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !name.starts_with("loop") {
+                continue;
+            }
+            let sys = entry.path();
+            let Ok(backing) = std::fs::read_to_string(sys.join("loop/backing_file")) else {
+                continue;
+            };
+            let backing = backing
+                .trim_end_matches('\n')
+                .trim_end_matches(" (deleted)");
+            let number: DevNum = std::fs::read_to_string(sys.join("dev"))?
+                .parse()
+                .map_err(anyhow::Error::msg)?;
+            let ro = std::fs::read_to_string(sys.join("ro"))
+                .map(|s| s.trim() == "1")
+                .unwrap_or(false);
+            out.push(LoopInfo {
+                dev: PathBuf::from("/dev").join(&name),
+                number,
+                backing: PathBuf::from(backing),
+                read_only: ro,
+            });
+        }
+        out.sort_by(|a, b| a.dev.cmp(&b.dev));
+        Ok(out)
+    }
+
+    fn attach(&self, file: &Path, read_only: bool) -> Result<LoopInfo> {
+        let control = loopdev::LoopControl::open()
+            .context("cannot open /dev/loop-control (is the loop module loaded?)")?;
+        let dev = control.next_free().context("no free loop device")?;
+        dev.with()
+            .read_only(read_only)
+            .attach(file)
+            .with_context(|| format!("cannot attach {} to a loop device", file.display()))?;
+        let path = dev.path().context("loop device has no path")?;
+        self.list()?
+            .into_iter()
+            .find(|l| l.dev == path)
+            .with_context(|| {
+                format!(
+                    "{} vanished after attaching {}",
+                    path.display(),
+                    file.display()
+                )
+            })
+    }
+
+    fn detach(&self, dev: &Path) -> Result<()> {
+        loopdev::LoopDevice::open(dev)
+            .and_then(|d| d.detach())
+            .with_context(|| format!("cannot detach {}", dev.display()))
+    }
+
+    fn set_capacity(&self, dev: &Path) -> Result<()> {
+        loopdev::LoopDevice::open(dev)
+            .and_then(|d| d.set_capacity())
+            .with_context(|| format!("cannot update the size of {}", dev.display()))
+    }
+}

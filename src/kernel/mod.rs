@@ -1,0 +1,62 @@
+//! One module per kernel subsystem, each behind a narrow trait: the real implementation
+//! talks to the kernel (ioctls, sysfs, configfs, processes); `fake` records calls for fast
+//! tests of the planning logic. The kernel is the source of truth: nothing here keeps state.
+
+pub mod aoe;
+pub mod configfs;
+pub mod devmapper;
+pub mod fake;
+pub mod lio;
+pub mod loopdev;
+pub mod net;
+
+use std::fmt;
+
+/// A block device number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct DevNum {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl fmt::Display for DevNum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+impl std::str::FromStr for DevNum {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not major:minor"))?;
+        Ok(DevNum {
+            major: a.parse().map_err(|_| format!("{s:?} is not major:minor"))?,
+            minor: b.parse().map_err(|_| format!("{s:?} is not major:minor"))?,
+        })
+    }
+}
+
+/// Everything the control plane needs from the kernel, passed in explicitly.
+pub struct Kernel {
+    pub loops: Box<dyn loopdev::Loops>,
+    pub dm: Box<dyn devmapper::DeviceMapper>,
+    pub configfs: Box<dyn configfs::ConfigFs>,
+    pub vblade: Box<dyn aoe::Vblades>,
+    pub net: Box<dyn net::Net>,
+}
+
+impl Kernel {
+    /// The real kernel; `run_dir` holds the lock and vblade pid files.
+    pub fn real(run_dir: &std::path::Path) -> Kernel {
+        Kernel {
+            loops: Box::new(loopdev::SysLoops),
+            dm: Box::new(devmapper::IoctlDm::default()),
+            configfs: Box::new(configfs::RealConfigFs::new(configfs::LIO_ROOT)),
+            vblade: Box::new(aoe::ProcessVblades::new(run_dir.join("vblade"))),
+            net: Box::new(net::Netlink),
+        }
+    }
+}

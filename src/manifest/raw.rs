@@ -1,0 +1,82 @@
+//! The manifest as written: serde structs that reject unknown fields. Per-PC fields are
+//! strings (or numbers) until ranges are expanded.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImage {
+    pub path: PathBuf,
+    pub version: Option<String>,
+}
+
+/// A field that may hold a range: a string or a plain number.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Text {
+    Str(String),
+    Int(u64),
+}
+
+impl Text {
+    pub fn as_string(&self) -> String {
+        match self {
+            Text::Str(s) => s.clone(),
+            Text::Int(n) => n.to_string(),
+        }
+    }
+}
+
+/// Fields of a PC; also the `defaults` every PC starts from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPc {
+    pub name: Option<Text>,
+    pub image: Option<Text>,
+    /// The COW file; default `<cow_dir>/<name>.cow`.
+    pub cow: Option<Text>,
+    pub cow_dir: Option<Text>,
+    pub cow_size: Option<Text>,
+    pub chunk: Option<Text>,
+    /// `P` or `PO`.
+    pub overflow: Option<Text>,
+    /// `iscsi` or `aoe`.
+    pub export: Option<Text>,
+    pub mac: Option<Text>,
+    pub ip: Option<Text>,
+    /// The PC's iSCSI initiator name, for its ACL.
+    pub initiator: Option<Text>,
+    pub shelf: Option<Text>,
+    pub slot: Option<Text>,
+    /// MACs allowed to reach an AoE export; default: the PC's `mac`.
+    pub aoe_macs: Option<Vec<Text>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIscsi {
+    pub iqn_prefix: String,
+    #[serde(default)]
+    pub portals: Vec<String>,
+    /// `initiator` (an ACL per PC) or `open`.
+    pub acl: Option<String>,
+    pub chap: Option<RawChap>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChap {
+    pub username: String,
+    pub secret_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAoe {
+    pub interface: String,
+}
+
+pub type RawImages = BTreeMap<String, RawImage>;

@@ -1,0 +1,418 @@
+//! The control plane against the recording fake kernel: what is planned, in which order it
+//! reaches the kernel, and what is refused. The real kernel runs the same code in the VM
+//! (tests/kernel_control.rs).
+
+use std::path::{Path, PathBuf};
+
+use cowctl::control::observe::Observed;
+use cowctl::control::plan::{plan_apply, plan_down, Action};
+use cowctl::control::{apply, lock, reset, status, Ctx};
+use cowctl::kernel::fake::Fake;
+use cowctl::manifest::Manifest;
+
+struct Room {
+    dir: tempfile::TempDir,
+    manifest: Manifest,
+    fake: Fake,
+}
+
+impl Room {
+    /// Two iSCSI PCs with ACLs and CHAP, one AoE PC, all on one image.
+    fn new() -> Room {
+        Room::with(|_| {})
+    }
+
+    fn with(edit: impl FnOnce(&mut String)) -> Room {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("golden.img"), vec![7u8; 1 << 20]).unwrap();
+        std::fs::write(dir.path().join("other.img"), vec![8u8; 1 << 20]).unwrap();
+        std::fs::write(dir.path().join("chap.secret"), "a-secret-of-16ch\n").unwrap();
+        std::fs::create_dir(dir.path().join("cow")).unwrap();
+        let mut text = manifest_text(dir.path());
+        edit(&mut text);
+        let manifest =
+            Manifest::parse(&dir.path().join("room.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        Room {
+            dir,
+            manifest,
+            fake: Fake::new(),
+        }
+    }
+
+    /// The same room with a changed manifest, on the same fake kernel and files.
+    fn ctx_with<T>(
+        &self,
+        edit: impl FnOnce(String) -> String,
+        f: impl FnOnce(&Ctx, &Observed) -> T,
+    ) -> T {
+        let m = Manifest::parse(
+            Path::new("room.yaml"),
+            &edit(manifest_text(self.dir.path())),
+        )
+        .unwrap();
+        let kernel = self.fake.kernel();
+        let ctx = Ctx {
+            manifest: &m,
+            kernel: &kernel,
+            run_dir: self.run_dir(),
+        };
+        f(&ctx, &Observed::read(&kernel).unwrap())
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    fn ctx_do<T>(&self, f: impl FnOnce(&Ctx, &Observed) -> T) -> T {
+        let kernel = self.fake.kernel();
+        let ctx = Ctx {
+            manifest: &self.manifest,
+            kernel: &kernel,
+            run_dir: self.run_dir(),
+        };
+        let obs = Observed::read(&kernel).unwrap();
+        f(&ctx, &obs)
+    }
+
+    fn plan(&self) -> anyhow::Result<Vec<Action>> {
+        self.ctx_do(plan_apply)
+    }
+
+    fn apply(&self) -> anyhow::Result<()> {
+        self.ctx_do(|ctx, obs| {
+            let actions = plan_apply(ctx, obs)?;
+            apply::run(ctx, &actions, &mut |_, _| {})
+        })
+    }
+
+    fn down(&self, names: &[&str]) -> anyhow::Result<()> {
+        self.ctx_do(|ctx, obs| {
+            let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            let pcs = ctx.manifest.select(&names)?;
+            apply::run(ctx, &plan_down(ctx, obs, &pcs), &mut |_, _| {})
+        })
+    }
+
+    fn cow(&self, pc: &str) -> PathBuf {
+        self.dir.path().join(format!("cow/{pc}.cow"))
+    }
+}
+
+fn position(log: &[String], prefix: &str) -> usize {
+    log.iter()
+        .position(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in\n{}", log.join("\n")))
+}
+
+fn exact(log: &[String], line: &str) -> usize {
+    log.iter()
+        .position(|l| l == line)
+        .unwrap_or_else(|| panic!("no {line:?} in\n{}", log.join("\n")))
+}
+
+#[test]
+fn apply_builds_bottom_up_and_shares_the_image_loop() {
+    let room = Room::new();
+    let plan = room.plan().unwrap();
+    let shown: Vec<String> = plan.iter().map(|a| a.to_string()).collect();
+    assert_eq!(
+        plan.iter()
+            .filter(|a| matches!(a, Action::AttachImage { .. }))
+            .count(),
+        1,
+        "{shown:#?}"
+    );
+    assert_eq!(plan.len(), 3 * 5 + 1, "{shown:#?}");
+    room.apply().unwrap();
+    let log = room.fake.log();
+    assert!(
+        position(
+            &log,
+            &format!("loop attach {}/golden.img ro", room.dir.path().display())
+        ) < position(&log, "dm create cowctl-pc-1")
+    );
+    assert!(
+        position(&log, "dm create cowctl-pc-1")
+            < position(&log, "configfs mkdir core/iblock_0/cowctl-pc-1")
+    );
+    assert!(
+        position(&log, "configfs mkdir core/iblock_0/cowctl-pc-1")
+            < position(&log, "configfs mkdir iscsi/iqn.2024-01.lan.test:pc-1")
+    );
+    assert!(position(&log, "configfs write iscsi/iqn.2024-01.lan.test:pc-1/tpgt_1/acls/iqn.2024-01.lan.pc:pc-1/auth/password <secret>") < position(&log, "configfs write iscsi/iqn.2024-01.lan.test:pc-1/tpgt_1/enable 1"));
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("vblade start pc-3 -m 00:00:00:00:00:00 9 3 lo /dev/dm-2")),
+        "{log:#?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("a-secret-of-16ch")),
+        "the CHAP secret must never be logged"
+    );
+    for pc in ["pc-1", "pc-2", "pc-3"] {
+        let info = cowctl::cowfile::inspect(&room.cow(pc), None).unwrap();
+        assert_eq!(info.chunk_sectors, 8);
+        assert!(
+            cowctl::control::sidecar::read(&room.cow(pc))
+                .unwrap()
+                .is_some(),
+            "{pc} has its golden record"
+        );
+    }
+}
+
+#[test]
+fn a_second_apply_does_nothing() {
+    let room = Room::new();
+    room.apply().unwrap();
+    let plan = room.plan().unwrap();
+    assert!(
+        plan.is_empty(),
+        "{:#?}",
+        plan.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn down_tears_down_top_down_and_keeps_cow_files() {
+    let room = Room::new();
+    room.apply().unwrap();
+    room.fake.clear_log();
+    room.down(&[]).unwrap();
+    let log = room.fake.log();
+    let iqn = "iscsi/iqn.2024-01.lan.test:pc-1";
+    assert!(
+        position(&log, &format!("configfs write {iqn}/tpgt_1/enable 0"))
+            < position(&log, &format!("configfs unlink {iqn}/tpgt_1/acls"))
+    );
+    let np = position(
+        &log,
+        &format!("configfs rmdir {iqn}/tpgt_1/np/127.0.0.1:3260"),
+    );
+    assert!(np < exact(&log, &format!("configfs rmdir {iqn}/tpgt_1")));
+    assert!(
+        exact(&log, &format!("configfs rmdir {iqn}"))
+            < position(&log, "configfs rmdir core/iblock_0/cowctl-pc-1")
+    );
+    assert!(
+        position(&log, "configfs rmdir core/iblock_0/cowctl-pc-1")
+            < position(&log, "dm remove cowctl-pc-1")
+    );
+    assert!(position(&log, "vblade stop pc-3") < position(&log, "dm remove cowctl-pc-3"));
+    assert!(
+        room.fake.configfs_made().is_empty(),
+        "configfs leftovers: {:?}",
+        room.fake.configfs_made()
+    );
+    assert!(room.fake.state().dm.is_empty() && room.fake.state().loops.is_empty());
+    assert!(room.cow("pc-1").exists() && room.cow("pc-3").exists());
+    // And back: the same COWs are attached again.
+    room.apply().unwrap();
+    assert_eq!(room.fake.state().dm.len(), 3);
+}
+
+#[test]
+fn down_of_one_pc_keeps_the_shared_image_loop() {
+    let room = Room::new();
+    room.apply().unwrap();
+    room.down(&["pc-2"]).unwrap();
+    let s = room.fake.state();
+    assert_eq!(
+        s.dm.keys().cloned().collect::<Vec<_>>(),
+        ["cowctl-pc-1", "cowctl-pc-3"]
+    );
+    assert!(
+        s.loops.iter().any(|l| l.read_only),
+        "the image loop is still used by pc-1 and pc-3"
+    );
+}
+
+#[test]
+fn a_failing_step_undoes_its_part_and_says_which_step() {
+    let room = Room::new();
+    room.fake
+        .fail_on("configfs mkdir iscsi/iqn.2024-01.lan.test:pc-2/tpgt_1/np");
+    let err = format!("{:#}", room.apply().unwrap_err());
+    assert!(
+        err.contains("export pc-2 as iSCSI target iqn.2024-01.lan.test:pc-2")
+            && err.contains("step "),
+        "{err}"
+    );
+    let made = room.fake.configfs_made();
+    assert!(
+        !made.iter().any(|p| p.contains("pc-2")),
+        "pc-2's half-made target is left: {made:?}"
+    );
+    assert!(
+        made.iter().any(|p| p.contains("pc-1")),
+        "pc-1's finished export stays"
+    );
+    room.fake.state().fail_on = None;
+    room.apply().unwrap();
+    assert!(room.plan().unwrap().is_empty());
+}
+
+#[test]
+fn a_cow_made_against_another_image_is_refused() {
+    let room = Room::new();
+    room.apply().unwrap();
+    room.down(&[]).unwrap();
+    // Every PC now points at the other image, with the COW files made against the first.
+    let err = room.ctx_with(
+        |t| t.replace("  image: g\n", "  image: o\n"),
+        |ctx, obs| format!("{:#}", plan_apply(ctx, obs).unwrap_err()),
+    );
+    assert!(
+        err.contains("pc-1: COW")
+            && err.contains("was made against golden image")
+            && err.contains("golden.img"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pc-3: COW"),
+        "every PC is named at once: {err}"
+    );
+}
+
+fn manifest_text(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "images:\n  g:\n    path: {d}/golden.img\n  o:\n    path: {d}/other.img\n\
+         defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 2MiB\n  chunk: 4KiB\n\
+         iscsi:\n  iqn_prefix: iqn.2024-01.lan.test\n  portals: [127.0.0.1:3260]\n  chap:\n    username: lab\n    secret_file: {d}/chap.secret\n\
+         aoe:\n  interface: lo\n\
+         pcs:\n  - name: pc-{{1..2}}\n    initiator: iqn.2024-01.lan.pc:{{name}}\n  - name: pc-3\n    export: aoe\n    shelf: 9\n    slot: 3\n    mac: 00:00:00:00:00:00\n"
+    )
+}
+
+#[test]
+fn missing_portal_addresses_and_interfaces_are_named_before_anything_changes() {
+    let room = Room::with(|t| {
+        *t = t
+            .replace("portals: [127.0.0.1:3260]", "portals: [192.0.2.7:3260]")
+            .replace("interface: lo", "interface: eth9");
+    });
+    let err = format!("{:#}", room.plan().unwrap_err());
+    assert!(
+        err.contains("iSCSI portal 192.0.2.7:3260: no interface that is up has address 192.0.2.7"),
+        "{err}"
+    );
+    assert!(err.contains("AoE interface eth9 does not exist"), "{err}");
+    assert!(
+        room.fake.log().is_empty(),
+        "nothing may reach the kernel: {:?}",
+        room.fake.log()
+    );
+}
+
+#[test]
+fn reset_while_exported_pauses_io_and_swaps_in_a_fresh_snapshot() {
+    let room = Room::new();
+    room.apply().unwrap();
+    // Give pc-1's COW some content to lose.
+    let engine = cowctl::cowfile::open_engine(
+        &room.dir.path().join("golden.img"),
+        &room.cow("pc-1"),
+        None,
+        false,
+    )
+    .unwrap();
+    engine.write_at(&[1u8; 4096], 0).unwrap();
+    drop(engine);
+    room.fake.clear_log();
+    let r = room
+        .ctx_do(|ctx, obs| reset::reset(ctx, obs, ctx.manifest.pc("pc-1").unwrap()))
+        .unwrap();
+    assert!(r.live);
+    let log = room.fake.log();
+    let tpg = "configfs write iscsi/iqn.2024-01.lan.test:pc-1/tpgt_1/enable";
+    assert!(position(&log, &format!("{tpg} 0")) < position(&log, "dm replace cowctl-pc-1 error"));
+    assert!(
+        position(&log, "dm replace cowctl-pc-1 error")
+            < position(&log, "dm replace cowctl-pc-1 snapshot")
+    );
+    assert!(
+        position(&log, "dm replace cowctl-pc-1 snapshot") < position(&log, &format!("{tpg} 1"))
+    );
+    assert_eq!(
+        cowctl::cowfile::inspect(&room.cow("pc-1"), None)
+            .unwrap()
+            .state,
+        cowctl::cow::HeaderState::New
+    );
+    // AoE: the vblade is stopped and started again.
+    room.fake.clear_log();
+    room.ctx_do(|ctx, obs| reset::reset(ctx, obs, ctx.manifest.pc("pc-3").unwrap()))
+        .unwrap();
+    let log = room.fake.log();
+    assert!(position(&log, "vblade stop pc-3") < position(&log, "dm replace cowctl-pc-3 error"));
+    assert!(
+        position(&log, "dm replace cowctl-pc-3 snapshot") < position(&log, "vblade start pc-3")
+    );
+}
+
+#[test]
+fn status_warns_over_the_threshold_and_on_broken_snapshots() {
+    let room = Room::new();
+    room.apply().unwrap();
+    {
+        let mut s = room.fake.state();
+        s.dm.get_mut("cowctl-pc-1").unwrap().status = Some("3200/4096 16".into());
+        s.dm.get_mut("cowctl-pc-2").unwrap().status = Some("Invalid".into());
+    }
+    let rows = room
+        .ctx_do(|ctx, obs| status::collect(ctx, obs, &ctx.manifest.pcs.iter().collect::<Vec<_>>()));
+    assert_eq!(
+        (rows[0].state, rows[0].warn, rows[0].used_percent),
+        (status::PcState::Active, true, Some(78.125))
+    );
+    assert_eq!(
+        (rows[1].state, rows[1].warn),
+        (status::PcState::Invalid, true)
+    );
+    assert!(!rows[2].warn);
+    let shown = status::render(&rows, 75.0);
+    assert!(
+        shown.contains("WARNING: pc-1 is 78.1% full (warning at 75%)"),
+        "{shown}"
+    );
+    assert!(shown.contains("WARNING: pc-2 is invalid"), "{shown}");
+    assert!(shown.lines().next().unwrap().starts_with("PC "), "{shown}");
+}
+
+#[test]
+fn a_pc_removed_from_the_manifest_is_taken_down() {
+    let room = Room::new();
+    room.apply().unwrap();
+    let plan = room.ctx_with(
+        |t| t.replace("pc-{1..2}", "pc-{1..1}"),
+        |ctx, obs| plan_apply(ctx, obs).unwrap(),
+    );
+    let shown: Vec<String> = plan.iter().map(|a| a.to_string()).collect();
+    assert_eq!(
+        shown[0], "remove iSCSI target iqn.2024-01.lan.test:pc-2",
+        "{shown:#?}"
+    );
+    assert_eq!(shown[1], "remove dm snapshot cowctl-pc-2", "{shown:#?}");
+    assert!(
+        shown[2].starts_with("detach /dev/loop") && shown[2].ends_with("pc-2.cow)"),
+        "{shown:#?}"
+    );
+    assert_eq!(plan.len(), 3, "the shared image loop stays: {shown:#?}");
+}
+
+#[test]
+fn a_second_mutating_cowctl_is_told_who_holds_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = lock::acquire(dir.path(), "apply").unwrap();
+    let err = lock::acquire(dir.path(), "reset")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("another cowctl is at work")
+            && err.contains("`cowctl apply`")
+            && err.contains(&std::process::id().to_string()),
+        "{err}"
+    );
+}

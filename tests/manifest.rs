@@ -1,0 +1,123 @@
+//! Manifests: the example room, defaults and ranges, and every error at once with its place.
+
+use std::path::Path;
+
+use cowctl::manifest::{Export, Manifest};
+
+fn parse(text: &str) -> Result<Manifest, cowctl::manifest::ManifestErrors> {
+    Manifest::parse(Path::new("room.yaml"), text)
+}
+
+#[test]
+fn the_example_is_a_room_of_fourteen_pcs() {
+    let m = Manifest::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/example.yaml"
+    )))
+    .unwrap();
+    assert_eq!(m.pcs.len(), 14);
+    let pc3 = m.pc("pc-03").unwrap();
+    assert_eq!(pc3.cow, Path::new("/srv/cowctl/cow/pc-03.cow"));
+    assert_eq!(pc3.ip.unwrap().to_string(), "10.0.0.103");
+    assert_eq!(pc3.mac.unwrap().to_string(), "52:54:00:00:00:03");
+    assert_eq!(pc3.chunk_sectors(), 64);
+    match &pc3.export {
+        Export::Iscsi { target, initiator } => {
+            assert_eq!(target.as_str(), "iqn.2024-01.lan.classroom:pc-03");
+            assert_eq!(
+                initiator.as_ref().unwrap().as_str(),
+                "iqn.2024-01.lan.classroom:pc-03"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.warn_percent, 75.0);
+}
+
+const BASE: &str = "images:\n  g:\n    path: /img/g.img\niscsi:\n  iqn_prefix: iqn.2024-01.lan.x\n  portals: [127.0.0.1]\n  acl: open\naoe:\n  interface: lo\ndefaults:\n  image: g\n  cow_dir: /cow\n  cow_size: 1GiB\n";
+
+#[test]
+fn pcs_mix_exports_and_override_defaults() {
+    let m = parse(&format!(
+        "{BASE}pcs:\n  - name: a\n  - name: b\n    export: aoe\n    shelf: 1\n    slot: 2\n    mac: 00:00:00:00:00:00\n    cow_size: 2GiB\n    overflow: P\n"
+    ))
+    .unwrap();
+    assert_eq!(m.pcs.len(), 2);
+    assert_eq!(m.pcs[1].export.to_string(), "e1.2");
+    assert_eq!(m.pcs[1].cow_size.to_string(), "2GiB");
+    assert_eq!(m.pcs[0].export.to_string(), "iqn.2024-01.lan.x:a");
+}
+
+#[test]
+fn every_error_is_listed_at_once_with_line_and_column() {
+    let text = format!(
+        "{BASE}pcs:\n  - name: pc-{{1..3}}\n    ip: 10.0.0.{{1..2}}\n  - name: Bad_Name\n    ipp: 1.2.3.4\n  - name: c\n    image: nope\n    chunk: 3KiB\n  - name: a1\n    export: aoe\n"
+    );
+    let err = parse(&text).unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.starts_with("room.yaml has 7 errors"), "{shown}");
+    let lines: Vec<&str> = shown.lines().skip(1).map(str::trim).collect();
+    assert_eq!(lines.len(), 7, "{shown}");
+    assert!(
+        lines[0].starts_with("room.yaml:16:5: pcs[0].ip: range gives 2 values but name gives 3"),
+        "{shown}"
+    );
+    assert!(
+        lines[1].starts_with("room.yaml:18:5: pcs[1].ipp: unknown field `ipp`"),
+        "{shown}"
+    );
+    assert!(
+        lines[2].starts_with("room.yaml:20:5: pcs[2].image: c: image \"nope\" is not listed"),
+        "{shown}"
+    );
+    assert!(
+        lines[3].starts_with(
+            "room.yaml:21:5: pcs[2].chunk: c: chunk size of 6 sectors is not a power of two"
+        ),
+        "{shown}"
+    );
+    assert!(
+        lines[4].starts_with("room.yaml:22:")
+            && lines[4].contains("pcs[3].shelf: a1: an AoE export needs a shelf"),
+        "{shown}"
+    );
+    assert!(
+        lines[5].contains("pcs[3].slot") && lines[6].contains("pcs[3].mac"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn secrets_in_the_manifest_are_refused_with_advice() {
+    let text = "images: {}\niscsi:\n  iqn_prefix: iqn.2024-01.lan.x\n  portals: [127.0.0.1]\n  chap:\n    username: u\n    secret: hunter2\npcs: []\n";
+    let shown = parse(text).unwrap_err().to_string();
+    assert!(
+        shown.contains("room.yaml:7:5: iscsi.chap.secret: CHAP secrets never go in the manifest"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn duplicates_are_named_with_the_first_user() {
+    let text = format!(
+        "{BASE}pcs:\n  - name: a\n    ip: 10.0.0.1\n  - name: b\n    ip: 10.0.0.1\n  - name: a\n"
+    );
+    let shown = parse(&text).unwrap_err().to_string();
+    assert!(
+        shown.contains("pcs[1].ip: b: ip 10.0.0.1 is already used by a"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("pcs[2].name: a: name a is already used by a"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_yaml_syntax_error_has_its_position() {
+    let shown = parse("pcs: [\n").unwrap_err().to_string();
+    assert!(
+        shown.contains("room.yaml:2:1:") || shown.contains("room.yaml:1:"),
+        "{shown}"
+    );
+}
