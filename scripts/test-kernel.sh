@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Runs the kernel test suite (the #[ignore]d tests of tests/kernel_*.rs) as root inside
 # the qemu VM with Debian's stock kernel. Fails if any test fails or none ran.
-#   scripts/test-kernel.sh [TEST-NAME-FILTER]
+#   scripts/test-kernel.sh [TEST-NAME-FILTER]     (COWCTL_KERNEL_SUITE=kernel_control: one suite)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
 scripts/vm.sh prepare
 cargo build --release --bins
-mapfile -t binaries < <(cargo test --release --no-run --message-format=json --test 'kernel_*' 2>/dev/null |
+mapfile -t binaries < <(cargo test --release --no-run --message-format=json --test "${COWCTL_KERNEL_SUITE:-kernel_*}" 2>/dev/null |
     python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -25,7 +25,7 @@ for bin in "${binaries[@]}"; do
         sed -u "s/\x1b\[[0-9;]*m//g" | tee -a "$log" || status=1
 done
 passed=$(grep -aoE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
-failed=$(grep -aoE '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -aoE 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s += $6} END {print s + 0}')
 echo "kernel: $passed passed, $failed failed"
 if ((status != 0 || failed != 0 || passed == 0)); then
     echo "test-kernel: FAILED (status $status, $passed passed, $failed failed)" >&2

@@ -32,6 +32,19 @@ impl RealConfigFs {
         RealConfigFs { root: root.into() }
     }
 
+    /// Loads LIO's core (and mounts configfs) the first time the tree is needed.
+    fn ready(&self) {
+        if !self.root.exists() {
+            super::modprobe("target_core_mod");
+            super::modprobe("target_core_iblock");
+            if !self.root.exists() {
+                let _ = std::process::Command::new("mount")
+                    .args(["-t", "configfs", "configfs", "/sys/kernel/config"])
+                    .status();
+            }
+        }
+    }
+
     fn p(&self, path: &str) -> PathBuf {
         self.root.join(path)
     }
@@ -42,6 +55,7 @@ impl ConfigFs for RealConfigFs {
         self.p(path).symlink_metadata().is_ok()
     }
     fn mkdir(&self, path: &str) -> Result<()> {
+        self.ready();
         std::fs::create_dir(self.p(path))
             .with_context(|| format!("mkdir {}", self.p(path).display()))
     }

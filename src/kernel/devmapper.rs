@@ -63,7 +63,10 @@ pub struct IoctlDm {
 impl IoctlDm {
     fn dm(&self) -> Result<&DM> {
         self.dm
-            .get_or_init(|| DM::new().map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                super::modprobe("dm-snapshot");
+                DM::new().map_err(|e| e.to_string())
+            })
             .as_ref()
             .map_err(|e| anyhow!("device-mapper is not available (/dev/mapper/control): {e}"))
     }

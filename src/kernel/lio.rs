@@ -231,6 +231,11 @@ impl Lio<'_> {
 
     fn create_target(&self, spec: &TargetSpec, so: &str) -> Result<()> {
         let fs = self.fs;
+        if !fs.exists("iscsi") {
+            // Registers the iSCSI fabric (the kernel loads iscsi_target_mod).
+            fs.mkdir("iscsi")
+                .context("registering the iSCSI fabric (is iscsi_target_mod available?)")?;
+        }
         let target = join(&["iscsi", spec.iqn.as_str()]);
         let tpg = Self::tpg(spec.iqn.as_str());
         fs.mkdir(&target)?;

@@ -68,6 +68,9 @@ impl Loops for SysLoops {
     }
 
     fn attach(&self, file: &Path, read_only: bool) -> Result<LoopInfo> {
+        if !Path::new("/dev/loop-control").exists() {
+            super::modprobe("loop");
+        }
         let control = loopdev::LoopControl::open()
             .context("cannot open /dev/loop-control (is the loop module loaded?)")?;
         let dev = control.next_free().context("no free loop device")?;

@@ -39,6 +39,14 @@ impl std::str::FromStr for DevNum {
     }
 }
 
+/// Loads a kernel module; quietly does nothing if it is built in or already loaded.
+pub fn modprobe(module: &str) {
+    let _ = std::process::Command::new("modprobe")
+        .arg(module)
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 /// Everything the control plane needs from the kernel, passed in explicitly.
 pub struct Kernel {
     pub loops: Box<dyn loopdev::Loops>,

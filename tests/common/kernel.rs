@@ -211,3 +211,248 @@ impl Rng {
         (0..n).map(|_| self.next() as u8).collect()
     }
 }
+
+/// open-iscsi's daemon, with an initiator per named iface. Logs out and stops on drop.
+pub struct Iscsid {
+    child: std::process::Child,
+}
+
+impl Iscsid {
+    pub fn start() -> Iscsid {
+        for m in [
+            "iscsi_tcp",
+            "sd_mod",
+            "target_core_mod",
+            "target_core_iblock",
+            "iscsi_target_mod",
+        ] {
+            modprobe(m);
+        }
+        std::fs::create_dir_all("/etc/iscsi").unwrap();
+        if !Path::new("/etc/iscsi/initiatorname.iscsi").exists() {
+            std::fs::write(
+                "/etc/iscsi/initiatorname.iscsi",
+                "InitiatorName=iqn.1993-08.org.debian:01:cowctl-vm\n",
+            )
+            .unwrap();
+        }
+        std::fs::create_dir_all("/run/lock/iscsi").unwrap();
+        let child = Command::new("iscsid")
+            .arg("-f")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("iscsid");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Iscsid { child }
+    }
+
+    /// An iface whose logins present `initiator` as their name.
+    pub fn iface(&self, name: &str, initiator: &str) {
+        let _ = Command::new("iscsiadm")
+            .args(["-m", "iface", "-I", name, "-o", "new"])
+            .output();
+        sh(
+            "iscsiadm",
+            &[
+                "-m",
+                "iface",
+                "-I",
+                name,
+                "-o",
+                "update",
+                "-n",
+                "iface.initiatorname",
+                "-v",
+                initiator,
+            ],
+        );
+    }
+
+    /// Logs in through `iface`; returns the SCSI disk, or iscsiadm's complaint.
+    pub fn login(
+        &self,
+        iface: &str,
+        target: &str,
+        chap: Option<(&str, &str)>,
+    ) -> Result<PathBuf, String> {
+        let node = |extra: &[&str]| {
+            let mut a = vec![
+                "-m",
+                "node",
+                "-T",
+                target,
+                "-p",
+                "127.0.0.1:3260",
+                "-I",
+                iface,
+            ];
+            a.extend_from_slice(extra);
+            Command::new("iscsiadm").args(&a).output().unwrap()
+        };
+        let _ = node(&["-o", "delete"]);
+        let out = node(&["-o", "new"]);
+        assert!(
+            out.status.success(),
+            "iscsiadm node new: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        node(&[
+            "-o",
+            "update",
+            "-n",
+            "node.session.initial_login_retry_max",
+            "-v",
+            "1",
+        ]);
+        if let Some((user, password)) = chap {
+            node(&[
+                "-o",
+                "update",
+                "-n",
+                "node.session.auth.authmethod",
+                "-v",
+                "CHAP",
+            ]);
+            node(&[
+                "-o",
+                "update",
+                "-n",
+                "node.session.auth.username",
+                "-v",
+                user,
+            ]);
+            node(&[
+                "-o",
+                "update",
+                "-n",
+                "node.session.auth.password",
+                "-v",
+                password,
+            ]);
+        }
+        let out = node(&["--login"]);
+        if !out.status.success() {
+            let _ = node(&["-o", "delete"]);
+            return Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        for _ in 0..100 {
+            if let Some(disk) = session_disk(target) {
+                return Ok(disk);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("logged in to {target} but no SCSI disk appeared");
+    }
+
+    pub fn logout(&self, iface: &str, target: &str) {
+        let _ = Command::new("iscsiadm")
+            .args([
+                "-m",
+                "node",
+                "-T",
+                target,
+                "-p",
+                "127.0.0.1:3260",
+                "-I",
+                iface,
+                "--logout",
+            ])
+            .output();
+        let _ = Command::new("iscsiadm")
+            .args([
+                "-m",
+                "node",
+                "-T",
+                target,
+                "-p",
+                "127.0.0.1:3260",
+                "-I",
+                iface,
+                "-o",
+                "delete",
+            ])
+            .output();
+    }
+
+    /// Waits until the session to `target` is logged in again (after its target was paused).
+    pub fn wait_logged_in(&self, target: &str) -> std::time::Duration {
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(90) {
+            if session_dir(target).is_some_and(|d| {
+                std::fs::read_to_string(d.join("state")).is_ok_and(|s| s.trim() == "LOGGED_IN")
+            }) {
+                return start.elapsed();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("the initiator did not log in to {target} again within 90 s");
+    }
+}
+
+impl Drop for Iscsid {
+    fn drop(&mut self) {
+        let _ = Command::new("iscsiadm")
+            .args(["-m", "node", "-U", "all"])
+            .output();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn session_dir(target: &str) -> Option<PathBuf> {
+    std::fs::read_dir("/sys/class/iscsi_session")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::read_to_string(p.join("targetname")).is_ok_and(|t| t.trim() == target))
+}
+
+/// The sdX of the session to `target`, found in sysfs (no udev).
+fn session_disk(target: &str) -> Option<PathBuf> {
+    let session = session_dir(target)?;
+    let device = std::fs::canonicalize(session.join("device")).ok()?;
+    let mut stack = vec![device];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).ok()?.flatten() {
+            let p = e.path();
+            if e.file_name() == "block" {
+                let disk = std::fs::read_dir(&p).ok()?.flatten().next()?.file_name();
+                let node = PathBuf::from("/dev").join(disk);
+                return node.exists().then_some(node);
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) && !e.file_type().unwrap().is_symlink() {
+                stack.push(p);
+            }
+        }
+    }
+    None
+}
+
+/// Reads a whole block device with O_DIRECT.
+pub fn read_device(dev: &Path) -> Vec<u8> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(dev)
+        .unwrap();
+    let len = cowctl::backing::file_or_device_size(&f).unwrap() as usize;
+    let mut buf = AlignedBuf::new(len);
+    f.read_exact_at(buf.as_mut(), 0).unwrap();
+    buf.as_ref().to_vec()
+}
+
+/// Writes with O_DIRECT at a sector-aligned offset.
+pub fn write_device(dev: &Path, offset: u64, data: &[u8]) {
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(dev)
+        .unwrap();
+    f.write_all_at(AlignedBuf::from(data).as_ref(), offset)
+        .unwrap();
+}

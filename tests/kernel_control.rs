@@ -1,0 +1,332 @@
+//! The control plane against the real kernel with real initiators (VM only, through
+//! scripts/test-kernel.sh): iscsiadm over LIO with ACLs and CHAP, the aoe module over
+//! vblade on `lo`, live reset, down/apply round trips, and refusals.
+
+#![allow(clippy::cast_possible_truncation)] // tests index small in-memory images
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::kernel::{modprobe, read_device, require_vm, sh, write_device, Iscsid, Rng};
+
+const GOLDEN: usize = 8 << 20;
+const SECRET: &str = "cowctl-test-secret";
+const TARGET1: &str = "iqn.2024-01.lan.test:pc-1";
+const INIT1: &str = "iqn.2024-01.lan.pc:pc-1";
+
+struct Site {
+    dir: tempfile::TempDir,
+    golden: Vec<u8>,
+}
+
+impl Site {
+    /// A golden image, a CHAP secret and a manifest: pc-1 and pc-2 over iSCSI with ACLs and
+    /// CHAP, pc-3 over AoE on lo.
+    fn new() -> Site {
+        require_vm();
+        for m in [
+            "dm-snapshot",
+            "loop",
+            "target_core_mod",
+            "target_core_iblock",
+            "iscsi_target_mod",
+        ] {
+            modprobe(m);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let golden = Rng(42).bytes(GOLDEN);
+        std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
+        std::fs::write(dir.path().join("other.img"), Rng(7).bytes(GOLDEN)).unwrap();
+        std::fs::write(dir.path().join("chap.secret"), format!("{SECRET}\n")).unwrap();
+        std::fs::create_dir(dir.path().join("cow")).unwrap();
+        let s = Site { dir, golden };
+        s.write_manifest("g");
+        s
+    }
+
+    fn write_manifest(&self, image: &str) {
+        let d = self.dir.path().display();
+        std::fs::write(
+            self.manifest(),
+            format!(
+                "images:\n  g:\n    path: {d}/golden.img\n    version: \"1\"\n  o:\n    path: {d}/other.img\n\
+                 defaults:\n  image: {image}\n  cow_dir: {d}/cow\n  cow_size: 4MiB\n  chunk: 4KiB\n\
+                 iscsi:\n  iqn_prefix: iqn.2024-01.lan.test\n  portals: [127.0.0.1:3260]\n  chap:\n    username: lab\n    secret_file: {d}/chap.secret\n\
+                 aoe:\n  interface: lo\n\
+                 warn_percent: 50\n\
+                 pcs:\n  - name: pc-{{1..2}}\n    initiator: iqn.2024-01.lan.pc:{{name}}\n  - name: pc-3\n    export: aoe\n    shelf: 9\n    slot: 3\n    mac: 00:00:00:00:00:00\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    fn manifest(&self) -> PathBuf {
+        self.dir.path().join("room.yaml")
+    }
+
+    fn cowctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_cowctl"))
+            .args(["-f", self.manifest().to_str().unwrap()])
+            .args(args)
+            .env("COWCTL_RUN_DIR", self.dir.path().join("run"))
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cowctl(args);
+        assert!(
+            out.status.success(),
+            "cowctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        eprintln!("$ cowctl {}\n{text}", args.join(" "));
+        text
+    }
+
+    fn status(&self) -> Vec<serde_json::Value> {
+        let out = self.cowctl(&["--json", "status"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn used(&self, pc: &str) -> u64 {
+        self.status().iter().find(|r| r["name"] == pc).unwrap()["used_sectors"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = self.cowctl(&["down"]);
+    }
+}
+
+/// Nothing of cowctl's is left in the kernel.
+fn assert_clean(dir: &Path) {
+    let dm = sh("dmsetup", &["ls"]);
+    assert!(!dm.contains("cowctl-"), "dm leftovers: {dm}");
+    let loops = sh("losetup", &["-a"]);
+    assert!(
+        !loops.contains(&dir.display().to_string()),
+        "loop leftovers: {loops}"
+    );
+    let targets: Vec<_> = std::fs::read_dir("/sys/kernel/config/target/iscsi")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n.to_string_lossy().starts_with("iqn."))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(targets.is_empty(), "configfs targets left: {targets:?}");
+    let sos = sh(
+        "sh",
+        &[
+            "-c",
+            "ls -d /sys/kernel/config/target/core/iblock_*/cowctl-* 2>/dev/null || true",
+        ],
+    );
+    assert!(
+        sos.trim().is_empty(),
+        "configfs storage objects left: {sos}"
+    );
+}
+
+#[test]
+#[ignore = "needs the real kernel: scripts/test-kernel.sh"]
+fn iscsi_login_write_status_live_reset_down_apply() {
+    let site = Site::new();
+    let iscsid = Iscsid::start();
+    site.ok(&["apply"]);
+    let again = site.ok(&["plan"]);
+    assert!(
+        again.contains("nothing to do"),
+        "a second apply must be a no-op: {again}"
+    );
+    assert!(site.ok(&["apply"]).contains("nothing to do"));
+
+    iscsid.iface("pc1", INIT1);
+    let disk = iscsid
+        .login("pc1", TARGET1, Some(("lab", SECRET)))
+        .expect("pc-1 logs in with its own name and CHAP");
+    let rows = site.status();
+    assert_eq!(
+        rows[0]["initiators"],
+        serde_json::json!([INIT1]),
+        "connected initiators come from configfs"
+    );
+    assert_eq!(rows[0]["state"], "active");
+
+    // The PC writes; the kernel's fill rises.
+    let before = site.used("pc-1");
+    let data = Rng(5).bytes(3 << 20);
+    write_device(&disk, 1 << 20, &data);
+    let after = site.used("pc-1");
+    assert!(
+        after >= before + (3 << 20) / 512,
+        "fill rose from {before} to {after} sectors"
+    );
+    let mut expected = site.golden.clone();
+    expected[1 << 20..(1 << 20) + data.len()].copy_from_slice(&data);
+    assert!(
+        read_device(&disk) == expected,
+        "the initiator reads what it wrote"
+    );
+    let out = site.cowctl(&["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "over warn_percent 50: exit 2\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("WARNING: pc-1 is"));
+
+    // Reset while logged in: the initiator reconnects and sees the golden image.
+    let shown = site.ok(&["reset", "pc-1"]);
+    assert!(
+        shown.contains("reset pc-1 in") && shown.contains("while exported"),
+        "{shown}"
+    );
+    let waited = iscsid.wait_logged_in(TARGET1);
+    eprintln!("initiator logged in again after {waited:?}");
+    assert!(
+        read_device(&disk) == site.golden,
+        "after the reset the PC reads the golden image"
+    );
+    assert!(site.used("pc-1") <= 16, "the COW is empty again");
+    // It keeps working: write again, then down and apply keep the content.
+    write_device(&disk, 0, &data[..1 << 20]);
+    let mut expected = site.golden.clone();
+    expected[..1 << 20].copy_from_slice(&data[..1 << 20]);
+    iscsid.logout("pc1", TARGET1);
+
+    site.ok(&["down"]);
+    assert_clean(site.dir.path());
+    assert!(
+        site.dir.path().join("cow/pc-1.cow").exists(),
+        "down keeps COW files"
+    );
+    site.ok(&["apply"]);
+    let disk = iscsid.login("pc1", TARGET1, Some(("lab", SECRET))).unwrap();
+    assert!(
+        read_device(&disk) == expected,
+        "down + apply brings the PC back with its COW content"
+    );
+    iscsid.logout("pc1", TARGET1);
+    site.ok(&["down"]);
+    assert_clean(site.dir.path());
+}
+
+#[test]
+#[ignore = "needs the real kernel: scripts/test-kernel.sh"]
+fn strangers_and_wrong_chap_secrets_are_refused() {
+    let site = Site::new();
+    let iscsid = Iscsid::start();
+    site.ok(&["apply"]);
+    iscsid.iface("stranger", "iqn.2024-01.lan.evil:intruder");
+    let refused = iscsid
+        .login("stranger", TARGET1, Some(("lab", SECRET)))
+        .expect_err("an initiator without an ACL got in");
+    eprintln!("stranger refused: {refused}");
+    assert!(
+        refused.contains("authorization failure"),
+        "refused for another reason: {refused}"
+    );
+    iscsid.iface("pc1", INIT1);
+    let refused = iscsid
+        .login("pc1", TARGET1, Some(("lab", "not-the-right-secret")))
+        .expect_err("a wrong CHAP secret got in");
+    eprintln!("wrong secret refused: {refused}");
+    assert!(
+        refused.contains("authorization failure"),
+        "refused for another reason: {refused}"
+    );
+    let refused = iscsid
+        .login("pc1", TARGET1, None)
+        .expect_err("a login without CHAP got in");
+    assert!(
+        refused.contains("authorization failure"),
+        "refused for another reason: {refused}"
+    );
+    // pc-2's initiator may not use pc-1's disk either.
+    iscsid.iface("pc2", "iqn.2024-01.lan.pc:pc-2");
+    assert!(
+        iscsid.login("pc2", TARGET1, Some(("lab", SECRET))).is_err(),
+        "pc-2 logged in to pc-1's disk"
+    );
+    assert!(
+        iscsid.login("pc1", TARGET1, Some(("lab", SECRET))).is_ok(),
+        "pc-1 itself still gets in"
+    );
+    iscsid.logout("pc1", TARGET1);
+}
+
+#[test]
+#[ignore = "needs the real kernel: scripts/test-kernel.sh"]
+fn aoe_on_lo_serves_the_dm_device() {
+    let site = Site::new();
+    site.ok(&["apply"]);
+    let dm = PathBuf::from(format!(
+        "/dev/dm-{}",
+        sh(
+            "dmsetup",
+            &["info", "-c", "--noheadings", "-o", "minor", "cowctl-pc-3"]
+        )
+        .trim()
+    ));
+    write_device(&dm, 4096 * 3, &Rng(9).bytes(8192));
+    sh("modprobe", &["aoe", "aoe_iflist=lo"]);
+    let disk = PathBuf::from("/dev/etherd/e9.3");
+    for _ in 0..150 {
+        let _ = Command::new("aoe-discover").output();
+        if disk.exists() && std::fs::metadata(&disk).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(disk.exists(), "the aoe driver found no e9.3 on lo");
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen = std::fs::read(&disk).unwrap_or_default();
+        if seen.len() == GOLDEN {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        seen == read_device(&dm),
+        "the AoE disk differs from the dm device"
+    );
+    // The vblade is supervised: killed, it is restarted by the next apply.
+    let pid = std::fs::read_to_string(site.dir.path().join("run/vblade/pc-3.pid")).unwrap();
+    sh("kill", &[pid.trim()]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let plan = site.ok(&["plan"]);
+    assert!(plan.contains("start vblade e9.3 for pc-3"), "{plan}");
+    site.ok(&["apply"]);
+    assert!(site.ok(&["plan"]).contains("nothing to do"));
+    site.ok(&["down"]);
+    assert_clean(site.dir.path());
+}
+
+#[test]
+#[ignore = "needs the real kernel: scripts/test-kernel.sh"]
+fn a_cow_made_against_another_image_is_refused() {
+    let site = Site::new();
+    site.ok(&["apply"]);
+    site.ok(&["down"]);
+    site.write_manifest("o");
+    let out = site.cowctl(&["apply"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("was made against golden image"),
+        "{err}"
+    );
+    eprintln!("{err}");
+    assert_clean(site.dir.path());
+}
