@@ -101,6 +101,9 @@ fn check(
             });
         }
     }
+    // The engine invalidates the snapshot where the kernel would (an area filling up the
+    // COW's last chunk); then valid = 0 may be on disk and no data is promised any more.
+    let invalidated = engine.state() == cowctl::engine::SnapshotState::Invalid;
     let log = cow.log();
     let mut rng = subset_seed;
     for cut in 0..=log.len() {
@@ -133,7 +136,15 @@ fn check(
             let store = store.map_err(|e| {
                 TestCaseError::fail(format!("crash after op {cut} (variant {variant}): {e}"))
             })?;
-            prop_assert!(store.state != HeaderState::Invalid);
+            if store.state == HeaderState::Invalid {
+                prop_assert!(
+                    invalidated,
+                    "crash after op {} (variant {}): invalid, but the engine never invalidated it",
+                    cut,
+                    variant
+                );
+                continue;
+            }
             let reopened = Engine::open(
                 Box::new(MemBacking::new(golden.clone())),
                 Box::new(MemBacking::new(image)),
