@@ -7,6 +7,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 command -v cargo >/dev/null || { echo "demo: cargo not found; install Rust >= 1.89 (rustup)" >&2; exit 1; }
+scripts/provision.sh
 cargo build --release --quiet
 if [[ -e /dev/mapper/control ]] || modprobe dm-snapshot 2>/dev/null; then
     exec scripts/demo/kernel-roundtrip.sh

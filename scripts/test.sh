@@ -8,7 +8,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
 command -v cargo >/dev/null || { echo "test: cargo not found; install Rust >= 1.89 (rustup)" >&2; exit 1; }
-scripts/vm.sh prepare # apt packages (qemu, busybox, open-iscsi, ...) and the VM kernel
+scripts/provision.sh --tests # build and test packages (libdevmapper-dev, qemu, open-iscsi, ...)
+scripts/vm.sh prepare        # the VM kernel and initramfs
 
 echo "== format and lints"
 cargo fmt --all -- --check
@@ -22,6 +23,9 @@ host_passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4
 echo "== kernel tests (VM)"
 scripts/test-kernel.sh | tee "$log"
 kernel_passed=$(sed -n 's/^kernel: \([0-9]*\) passed.*/\1/p' "$log")
+
+echo "== the Vagrant provisioning, in the VM"
+scripts/vm.sh run scripts/vm/vagrant-check.sh | sed -u 's/\x1b\[[0-9;?]*[a-zA-Z]//g' | grep -a "vagrant-check:"
 
 echo "== the tests catch a broken format"
 scripts/check-tests-catch-breakage.sh

@@ -8,36 +8,22 @@
 #                                    print the guest log, exit with CMD's status
 #
 # Environment: COWCTL_VM_CACHE (default: <repo>/vm-cache), COWCTL_VM_TIMEOUT (seconds, 1500),
-# COWCTL_VM_MEM (MiB, 2048), COWCTL_VM_LOG (guest log file; default: in the results dir).
+# COWCTL_VM_MEM (MiB, 2048), COWCTL_VM_LOG (guest log file; default: in the results dir),
+# COWCTL_VM_SCRATCH_GB (a sparse scratch disk of that size as /dev/vda, removed afterwards).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${COWCTL_VM_CACHE:-$repo/vm-cache}
-packages=(qemu-system-x86 busybox-static kmod cpio open-iscsi vblade aoetools fio dmsetup)
-
-need_packages() {
-    local missing=()
-    for p in "${packages[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    if ((${#missing[@]})); then
-        echo "vm: installing ${missing[*]}" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-    fi
-}
-
 # Newest linux-image-<version>-amd64 that linux-image-amd64 depends on.
 kernel_package() {
     apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
 }
 
 prepare() {
-    need_packages
+    "$repo/scripts/provision.sh" --tests
     local pkg kver
     pkg=$(kernel_package)
-    [[ -n $pkg ]] || { apt-get update -qq; pkg=$(kernel_package); }
+    [[ -n $pkg ]] || { apt-get update -qq >&2; pkg=$(kernel_package); }
     [[ -n $pkg ]] || { echo "vm: cannot find the linux-image-amd64 package" >&2; exit 1; }
     kver=${pkg#linux-image-}
     local kdir=$cache/$kver
@@ -100,18 +86,24 @@ run() {
         env | grep -E '^(COWCTL_TEST_|RUST_BACKTRACE|RUST_LOG)' | sed 's/^/export /' || true
     } >"$results/job"
     local log=${COWCTL_VM_LOG:-$results/console.log}
+    local scratch=()
+    if [[ -n ${COWCTL_VM_SCRATCH_GB:-} ]]; then
+        truncate -s "${COWCTL_VM_SCRATCH_GB}G" "$results/scratch.img"
+        scratch=(-drive "file=$results/scratch.img,format=raw,if=virtio,cache=unsafe")
+    fi
     set +e
     timeout --foreground "${COWCTL_VM_TIMEOUT:-1500}" qemu-system-x86_64 \
         -accel tcg,thread=multi -cpu max -smp 2 -m "${COWCTL_VM_MEM:-2048}" \
         -nographic -no-reboot -nodefaults -serial stdio \
         -kernel "$kdir/root/boot/vmlinuz-$kver" -initrd "$kdir/initrd.cpio.gz" \
         -append "console=ttyS0 panic=-1 quiet loglevel=1 cowctl.repo=$repo" \
-        -device virtio-rng-pci \
+        -device virtio-rng-pci "${scratch[@]}" \
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
         -virtfs "local,path=$results,mount_tag=results,security_model=none,multidevs=remap" \
         </dev/null 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
+    rm -f "$results/scratch.img"
     if [[ -f $results/exit-code ]]; then
         rc=$(cat "$results/exit-code")
     elif ((rc == 124)); then

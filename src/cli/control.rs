@@ -67,6 +67,16 @@ fn print_plan(actions: &[plan::Action], json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Runs a plan, printing each step as it starts (unless the output is JSON).
+fn run_printing(ctx: &Ctx, actions: &[plan::Action], json: bool) -> Result<()> {
+    let n = actions.len();
+    control::apply::run(ctx, actions, &mut |i, a| {
+        if !json {
+            println!("[{}/{n}] {a}", i + 1);
+        }
+    })
+}
+
 pub fn plan(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
     with_ctx(flag, |ctx| {
         let obs = Observed::read(ctx.kernel)?;
@@ -83,12 +93,7 @@ pub fn apply(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
         if actions.is_empty() && !json {
             println!("nothing to do: the kernel already matches the manifest");
         }
-        let n = actions.len();
-        control::apply::run(ctx, &actions, &mut |i, a| {
-            if !json {
-                println!("[{}/{n}] {a}", i + 1);
-            }
-        })?;
+        run_printing(ctx, &actions, json)?;
         if json {
             return print_plan(&actions, true).map(|()| ExitCode::SUCCESS);
         }
@@ -102,12 +107,7 @@ pub fn down(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode>
         let selected = ctx.manifest.select(pcs)?;
         let obs = Observed::read(ctx.kernel)?;
         let actions = plan::plan_down(ctx, &obs, &selected);
-        let n = actions.len();
-        control::apply::run(ctx, &actions, &mut |i, a| {
-            if !json {
-                println!("[{}/{n}] {a}", i + 1);
-            }
-        })?;
+        run_printing(ctx, &actions, json)?;
         if json {
             print_plan(&actions, true)?;
         } else if actions.is_empty() {

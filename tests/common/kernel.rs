@@ -276,20 +276,7 @@ impl Iscsid {
         target: &str,
         chap: Option<(&str, &str)>,
     ) -> Result<PathBuf, String> {
-        let node = |extra: &[&str]| {
-            let mut a = vec![
-                "-m",
-                "node",
-                "-T",
-                target,
-                "-p",
-                "127.0.0.1:3260",
-                "-I",
-                iface,
-            ];
-            a.extend_from_slice(extra);
-            Command::new("iscsiadm").args(&a).output().unwrap()
-        };
+        let node = |extra: &[&str]| iscsiadm_node(iface, target, extra);
         let _ = node(&["-o", "delete"]);
         let out = node(&["-o", "new"]);
         assert!(
@@ -350,33 +337,8 @@ impl Iscsid {
     }
 
     pub fn logout(&self, iface: &str, target: &str) {
-        let _ = Command::new("iscsiadm")
-            .args([
-                "-m",
-                "node",
-                "-T",
-                target,
-                "-p",
-                "127.0.0.1:3260",
-                "-I",
-                iface,
-                "--logout",
-            ])
-            .output();
-        let _ = Command::new("iscsiadm")
-            .args([
-                "-m",
-                "node",
-                "-T",
-                target,
-                "-p",
-                "127.0.0.1:3260",
-                "-I",
-                iface,
-                "-o",
-                "delete",
-            ])
-            .output();
+        let _ = iscsiadm_node(iface, target, &["--logout"]);
+        let _ = iscsiadm_node(iface, target, &["-o", "delete"]);
     }
 
     /// Waits until the session to `target` is logged in again (after its target was paused).
@@ -402,6 +364,22 @@ impl Drop for Iscsid {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `iscsiadm -m node` for one target on the VM's portal through one iface.
+fn iscsiadm_node(iface: &str, target: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "-m",
+        "node",
+        "-T",
+        target,
+        "-p",
+        "127.0.0.1:3260",
+        "-I",
+        iface,
+    ];
+    args.extend_from_slice(extra);
+    Command::new("iscsiadm").args(&args).output().unwrap()
 }
 
 fn session_dir(target: &str) -> Option<PathBuf> {

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what cowctl needs on Debian 12 (as root). Shared by the test VM (scripts/vm.sh),
+# the test and demo commands, and the Vagrantfile.
+#   scripts/provision.sh          build + run a kernel-backed server
+#   scripts/provision.sh --tests  and everything the tests use (qemu, initiators, ...)
+set -euo pipefail
+build=(gcc pkg-config libdevmapper-dev libclang-dev)
+run=(kmod dmsetup vblade util-linux iproute2)
+tests=(qemu-system-x86 busybox-static cpio open-iscsi aoetools fio python3)
+want=("${build[@]}" "${run[@]}")
+[[ ${1:-} == --tests ]] && want+=("${tests[@]}")
+missing=()
+for p in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "provision: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
