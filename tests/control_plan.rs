@@ -419,3 +419,34 @@ fn a_second_mutating_cowctl_is_told_who_holds_the_lock() {
         "{err}"
     );
 }
+
+#[test]
+fn without_device_mapper_apply_stops_and_status_reads_the_cow_files() {
+    let room = Room::new();
+    cowctl::cowfile::create(
+        &room.cow("pc-1"),
+        cowctl::units::ByteSize(2 << 20),
+        cowctl::units::ByteSize(4096),
+    )
+    .unwrap();
+    room.fake.state().no_dm = true;
+    let kernel = room.fake.kernel();
+    assert!(
+        Observed::read(&kernel).is_err(),
+        "plan and apply need device-mapper"
+    );
+    let ctx = Ctx {
+        manifest: &room.manifest,
+        kernel: &kernel,
+        run_dir: room.run_dir(),
+    };
+    let obs = Observed::read_lenient(&kernel).unwrap();
+    let rows = status::collect(&ctx, &obs, &room.manifest.pcs.iter().collect::<Vec<_>>());
+    assert_eq!(rows[0].state, status::PcState::NotApplied);
+    assert_eq!(
+        (rows[0].used_sectors, rows[0].total_sectors),
+        (Some(16), Some(4096)),
+        "numbers from the COW file"
+    );
+    assert_eq!(rows[1].used_sectors, None, "pc-2 has no COW yet");
+}

@@ -121,3 +121,14 @@ fn a_yaml_syntax_error_has_its_position() {
         "{shown}"
     );
 }
+
+#[test]
+fn a_missing_manifest_says_how_to_name_one() {
+    let err = Manifest::load(Path::new("/nonexistent/cowctl.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "cannot read the manifest /nonexistent/cowctl.yaml: No such file or directory (os error 2) (name one with -f or $COWCTL_MANIFEST)"
+    );
+}

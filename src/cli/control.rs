@@ -121,7 +121,7 @@ pub fn down(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode>
 
 fn status_once(ctx: &Ctx, pcs: &[String], json: bool) -> Result<ExitCode> {
     let selected = ctx.manifest.select(pcs)?;
-    let obs = Observed::read(ctx.kernel)?;
+    let obs = Observed::read_lenient(ctx.kernel)?;
     let rows = status::collect(ctx, &obs, &selected);
     if json {
         print_json(&rows)?;

@@ -68,7 +68,17 @@ impl IoctlDm {
                 DM::new().map_err(|e| e.to_string())
             })
             .as_ref()
-            .map_err(|e| anyhow!("device-mapper is not available (/dev/mapper/control): {e}"))
+            .map_err(|e| {
+                tracing_free_debug(e);
+                anyhow!("device-mapper is not available on this kernel (no /dev/mapper/control, and `modprobe dm-snapshot` did not add it)")
+            })
+    }
+}
+
+/// The crate's own error text adds nothing for an admin; keep it for `RUST_LOG`-less debugging.
+fn tracing_free_debug(e: &str) {
+    if std::env::var_os("COWCTL_DEBUG").is_some() {
+        eprintln!("cowctl: debug: {e}");
     }
 }
 

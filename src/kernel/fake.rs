@@ -46,6 +46,8 @@ pub struct FakeState {
     pub log: Vec<String>,
     /// A call whose log line starts with this fails (once it is set).
     pub fail_on: Option<String>,
+    /// A kernel without device-mapper.
+    pub no_dm: bool,
     next_minor: u32,
 }
 
@@ -167,6 +169,9 @@ impl Loops for Fake {
 
 impl DeviceMapper for Fake {
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        if self.state().no_dm {
+            bail!("device-mapper is not available on this kernel");
+        }
         Ok(self
             .state()
             .dm

@@ -52,6 +52,16 @@ pub struct ManifestErrors {
 
 impl fmt::Display for ManifestErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let [e] = self.errors.as_slice() {
+            if e.line == 0 {
+                return write!(
+                    f,
+                    "cannot read the manifest {}: {} (name one with -f or $COWCTL_MANIFEST)",
+                    self.path.display(),
+                    e.message
+                );
+            }
+        }
         let n = self.errors.len();
         write!(
             f,
@@ -95,7 +105,7 @@ impl Manifest {
                 line: 0,
                 column: 0,
                 field: String::new(),
-                message: format!("cannot read: {e}"),
+                message: e.to_string(),
             }],
         })?;
         Manifest::parse(path, &text)
