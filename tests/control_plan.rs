@@ -329,13 +329,19 @@ fn reset_while_exported_pauses_io_and_swaps_in_a_fresh_snapshot() {
     assert!(r.live);
     let log = room.fake.log();
     let tpg = "configfs write iscsi/iqn.2024-01.lan.test:pc-1/tpgt_1/enable";
+    let cow = format!("loop attach {}", room.cow("pc-1").display());
     assert!(position(&log, &format!("{tpg} 0")) < position(&log, "dm replace cowctl-pc-1 error"));
     assert!(
-        position(&log, "dm replace cowctl-pc-1 error")
-            < position(&log, "dm replace cowctl-pc-1 snapshot")
+        position(&log, "dm replace cowctl-pc-1 error") < position(&log, &cow),
+        "the fresh COW is attached while parked"
     );
+    assert!(position(&log, &cow) < position(&log, "dm replace cowctl-pc-1 snapshot"));
     assert!(
         position(&log, "dm replace cowctl-pc-1 snapshot") < position(&log, &format!("{tpg} 1"))
+    );
+    assert!(
+        position(&log, &format!("{tpg} 1")) < position(&log, "loop detach"),
+        "the old COW is freed after the PC is back"
     );
     assert_eq!(
         cowctl::cowfile::inspect(&room.cow("pc-1"), None)
@@ -343,6 +349,29 @@ fn reset_while_exported_pauses_io_and_swaps_in_a_fresh_snapshot() {
             .state,
         cowctl::cow::HeaderState::New
     );
+    assert!(
+        !cowctl::control::reset::discard_path(&room.cow("pc-1")).exists(),
+        "the old COW is deleted"
+    );
+    {
+        let s = room.fake.state();
+        let table = &s.dm["cowctl-pc-1"].target.params;
+        let cow_loop = s
+            .loops
+            .iter()
+            .find(|l| l.backing == room.cow("pc-1"))
+            .unwrap();
+        assert!(
+            table.contains(&cow_loop.dev.display().to_string()),
+            "the snapshot uses the fresh COW's loop: {table}"
+        );
+        assert_eq!(
+            s.loops.len(),
+            4,
+            "one image loop and three COW loops: {:?}",
+            s.loops
+        );
+    }
     // AoE: the vblade is stopped and started again.
     room.fake.clear_log();
     room.ctx_do(|ctx, obs| reset::reset(ctx, obs, ctx.manifest.pc("pc-3").unwrap()))

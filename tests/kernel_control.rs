@@ -189,7 +189,7 @@ fn iscsi_login_write_status_live_reset_down_apply() {
     // Reset while logged in: the initiator reconnects and sees the golden image.
     let shown = site.ok(&["reset", "pc-1"]);
     assert!(
-        shown.contains("reset pc-1 in") && shown.contains("while exported"),
+        shown.contains("reset pc-1: I/O paused") && shown.contains("while exported"),
         "{shown}"
     );
     let waited = iscsid.wait_logged_in(TARGET1);

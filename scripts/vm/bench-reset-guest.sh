@@ -36,7 +36,8 @@ YAML
     dd if=/dev/zero of="$dev" bs=1M count="$fill_mib" oflag=direct status=none
     status=$(dmsetup status cowctl-pc-01 | cut -d' ' -f4-)
     before=$(du -k "$d/cow/pc-01.cow" | cut -f1)
-    took=$("$cowctl" -f "$d/room.yaml" --json reset pc-01 | python3 -c 'import json,sys; print("%.1f ms" % (json.load(sys.stdin)[0]["seconds"] * 1000))')
+    "$cowctl" -f "$d/room.yaml" --json reset pc-01 >"$d/reset.json" 2>"$d/reset.err" || { echo "bench: reset failed: $(cat "$d/reset.err")"; exit 1; }
+    took=$(python3 -c 'import json,sys; print("%.1f ms" % (json.load(sys.stdin)[0]["seconds"] * 1000))' <"$d/reset.json")
     after=$(dmsetup status cowctl-pc-01 | cut -d' ' -f4-)
     left=$(du -k "$d/cow/pc-01.cow" | cut -f1)
     echo "| $size_mib MiB | $status | $((before / 1024)) MiB | $took | $after | $(((before - left) / 1024)) MiB |"

@@ -164,16 +164,20 @@ pub fn reset(flag: Option<&Path>, pcs: &[String], all: bool, json: bool) -> Resu
         for pc in selected {
             let r = control::reset::reset(ctx, &obs, pc)?;
             if !json {
-                let how = if r.live {
-                    "while exported: I/O paused, sessions dropped and resumed"
+                if r.live {
+                    println!(
+                        "reset {}: I/O paused {:.1} ms while exported (sessions dropped and resumed); old COW freed after {:.1} ms",
+                        r.pc,
+                        r.seconds * 1e3,
+                        r.total_seconds * 1e3
+                    );
                 } else {
-                    "not applied: COW file reset"
-                };
-                println!(
-                    "reset {} in {:.1} ms ({how})",
-                    r.pc,
-                    r.elapsed.as_secs_f64() * 1e3
-                );
+                    println!(
+                        "reset {} in {:.1} ms (not applied: COW file reset)",
+                        r.pc,
+                        r.seconds * 1e3
+                    );
+                }
             }
             done.push(r);
         }

@@ -82,7 +82,14 @@ fn step(ctx: &Ctx, action: &Action) -> Result<()> {
             let _ = std::fs::remove_file(ctx.node_dir().join(name));
             Ok(())
         }
-        Action::DetachLoop { dev, .. } => k.loops.detach(dev),
+        Action::DetachLoop { dev, backing } => {
+            k.loops.detach(dev)?;
+            // The old COW of an interrupted reset: the reset was asked for, so it goes.
+            if backing.extension().is_some_and(|e| e == "discard") {
+                let _ = std::fs::remove_file(backing);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -189,6 +189,16 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
             }
         }
     }
+    // A reset that was interrupted may have left the old COW set aside on its loop.
+    for pc in &ctx.manifest.pcs {
+        let discard = super::reset::discard_path(&pc.cow);
+        if let Some(l) = obs.loops.iter().find(|l| l.backing == discard) {
+            actions.push(Action::DetachLoop {
+                dev: l.dev.clone(),
+                backing: l.backing.clone(),
+            });
+        }
+    }
     // Devices of PCs no longer in the manifest are taken down (their COW files stay).
     let orphans: Vec<String> = obs
         .dm
