@@ -145,7 +145,9 @@ pub fn status(
     with_ctx(flag, |ctx| match watch {
         None => status_once(ctx, pcs, json),
         Some(secs) => loop {
-            print!("\x1b[H\x1b[2J");
+            if !json {
+                print!("\x1b[H\x1b[2J");
+            }
             status_once(ctx, pcs, json)?;
             std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
         },

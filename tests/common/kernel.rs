@@ -243,7 +243,25 @@ impl Iscsid {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("iscsid");
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // Ready when iscsiadm can reach it: 0 (sessions) or 21 (no sessions), not 20
+        // (cannot connect to iscsid).
+        let start = std::time::Instant::now();
+        loop {
+            let code = Command::new("iscsiadm")
+                .args(["-m", "session"])
+                .output()
+                .unwrap()
+                .status
+                .code();
+            if matches!(code, Some(0 | 21)) {
+                break;
+            }
+            assert!(
+                start.elapsed().as_secs() < 30,
+                "iscsid did not come up (iscsiadm exit {code:?})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         Iscsid { child }
     }
 
@@ -327,8 +345,14 @@ impl Iscsid {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        // The disk shows in sysfs before the kernel has finished adding it: wait until it
+        // opens and has a size (a re-login can briefly answer ENXIO).
+        let usable = |d: &Path| {
+            std::fs::File::open(d)
+                .is_ok_and(|f| cowctl::backing::file_or_device_size(&f).is_ok_and(|n| n > 0))
+        };
         for _ in 0..100 {
-            if let Some(disk) = session_disk(target) {
+            if let Some(disk) = session_disk(target).filter(|d| usable(d)) {
                 return Ok(disk);
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
