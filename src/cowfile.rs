@@ -21,6 +21,8 @@ pub struct Created {
     pub size_bytes: u64,
     pub chunk_sectors: u32,
     pub data_chunks: u64,
+    /// The size asked for, when it was rounded up by a chunk (see `Geometry::fill_invalidates`).
+    pub requested_bytes: Option<u64>,
 }
 
 /// Creates a sparse COW file with a valid header and an empty area 0.
@@ -36,6 +38,13 @@ pub fn create(path: &Path, size: ByteSize, chunk: ByteSize) -> Result<Created> {
             ByteSize(needed)
         );
     }
+    // A size whose fill would invalidate a PO snapshot gets one more chunk.
+    let requested = size;
+    let size = if g.fill_invalidates(size.bytes()) {
+        ByteSize(size.bytes() - size.bytes() % g.chunk_bytes() + g.chunk_bytes())
+    } else {
+        size
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -58,6 +67,7 @@ pub fn create(path: &Path, size: ByteSize, chunk: ByteSize) -> Result<Created> {
         size_bytes: size.bytes(),
         chunk_sectors: g.chunk_sectors(),
         data_chunks: g.data_chunk_capacity(size.bytes()),
+        requested_bytes: (requested != size).then_some(requested.bytes()),
     })
 }
 

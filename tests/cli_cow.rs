@@ -76,6 +76,42 @@ fn create_makes_a_sparse_cow_the_kernel_would_load_empty() {
 }
 
 #[test]
+fn create_rounds_up_a_size_whose_fill_would_invalidate_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let cow = dir.path().join("pc.cow");
+    // 34 chunks of 512 bytes: the 32 data chunks of area 0 end the file.
+    let out = cowctl()
+        .args([
+            "cow",
+            "create",
+            p(&cow),
+            "--size",
+            "17408",
+            "--chunk",
+            "512",
+        ])
+        .assert()
+        .success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(text.contains("rounded up by one chunk"), "{text}");
+    assert_eq!(std::fs::metadata(&cow).unwrap().len(), 35 * 512);
+    let other = dir.path().join("other.cow");
+    let c = json(&[
+        "cow",
+        "create",
+        p(&other),
+        "--size",
+        "17408",
+        "--chunk",
+        "512",
+    ]);
+    assert_eq!(
+        (c["size_bytes"].as_u64(), c["requested_bytes"].as_u64()),
+        (Some(35 * 512), Some(34 * 512))
+    );
+}
+
+#[test]
 fn create_never_overwrites_and_explains_bad_sizes() {
     let dir = tempfile::tempdir().unwrap();
     let cow = dir.path().join("pc.cow");

@@ -119,6 +119,18 @@ fn open(golden: &Path, cow: &Path, chunk_sectors: u32, policy: OverflowPolicy) -
     .unwrap()
 }
 
+/// A COW file of exactly `bytes` with a valid header (`cow create` would round some sizes up).
+fn write_cow(path: &Path, chunk_sectors: u32, bytes: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(bytes).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &f,
+        &cowctl::cow::Header::new(chunk_sectors, true).encode(),
+        0,
+    )
+    .unwrap();
+}
+
 fn compare_all(engine: &Engine, model: &Model, when: &str) -> Result<(), TestCaseError> {
     if model.state == SnapshotState::Invalid {
         let mut b = [0u8; 1];
@@ -181,12 +193,7 @@ fn run(
             .set_len(cow_bytes)
             .unwrap();
     } else {
-        cowctl::cowfile::create(
-            &cow_path,
-            cowctl::units::ByteSize(cow_bytes),
-            cowctl::units::ByteSize(chunk),
-        )
-        .unwrap();
+        write_cow(&cow_path, chunk_sectors, cow_bytes);
     }
     let policy = if po {
         OverflowPolicy::Refuse
@@ -290,12 +297,7 @@ fn filling_the_last_area_exactly_at_the_end_invalidates_even_with_po() {
     let g = dir.path().join("g");
     let c = dir.path().join("c");
     std::fs::write(&g, vec![1u8; 64 * 512]).unwrap();
-    cowctl::cowfile::create(
-        &c,
-        cowctl::units::ByteSize(34 * 512),
-        cowctl::units::ByteSize(512),
-    )
-    .unwrap();
+    write_cow(&c, 1, 34 * 512);
     let e = open(&g, &c, 1, OverflowPolicy::Refuse);
     for i in 0..31u64 {
         e.write_at(&[2u8; 512], i * 512).unwrap();
@@ -307,4 +309,25 @@ fn filling_the_last_area_exactly_at_the_end_invalidates_even_with_po() {
     drop(e);
     let i = cowctl::cowfile::inspect(&c, None).unwrap();
     assert!(!i.valid, "valid = 0 must be persisted");
+
+    // `cow create` rounds such a size up by a chunk, and then a full COW just overflows.
+    let safe = dir.path().join("safe");
+    let made = cowctl::cowfile::create(
+        &safe,
+        cowctl::units::ByteSize(34 * 512),
+        cowctl::units::ByteSize(512),
+    )
+    .unwrap();
+    assert_eq!(
+        (made.size_bytes, made.requested_bytes),
+        (35 * 512, Some(34 * 512))
+    );
+    let e = open(&g, &safe, 1, OverflowPolicy::Refuse);
+    for i in 0..32u64 {
+        e.write_at(&[2u8; 512], i * 512).unwrap();
+    }
+    assert!(matches!(
+        e.write_at(&[2u8; 512], 32 * 512),
+        Err(EngineError::Overflow)
+    ));
 }

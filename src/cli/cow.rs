@@ -62,6 +62,12 @@ pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
                 c.data_chunks,
                 human(c.data_chunks * chunk.bytes())
             );
+            if let Some(asked) = c.requested_bytes {
+                println!(
+                    "note: {} was rounded up by one chunk: at exactly that size a full COW invalidates the snapshot instead of overflowing",
+                    ByteSize(asked)
+                );
+            }
         }
         CowCommand::Inspect { cowfile, chunk } => {
             let i = cowfile::inspect(&cowfile, chunk)?;

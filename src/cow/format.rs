@@ -198,6 +198,15 @@ impl Geometry {
         chunk * self.chunk_bytes()
     }
 
+    /// True when the COW's last whole chunk is the last data chunk of an area. Filling such
+    /// a COW makes the kernel zero the next area past the end of the device, which fails and
+    /// invalidates the snapshot even with `PO` (seen in the test VM); one more chunk avoids it.
+    pub fn fill_invalidates(&self, cow_bytes: u64) -> bool {
+        let chunks = cow_bytes / self.chunk_bytes();
+        chunks > HEADER_CHUNKS
+            && (chunks - HEADER_CHUNKS).is_multiple_of(self.exceptions_per_area() + 1)
+    }
+
     /// Number of data chunks a COW of `cow_bytes` can ever hold.
     pub fn data_chunk_capacity(&self, cow_bytes: u64) -> u64 {
         let chunks = cow_bytes / self.chunk_bytes();
@@ -261,6 +270,17 @@ mod tests {
             }
             assert_eq!(g.data_chunk_capacity(bytes), n, "{chunks} chunks");
         }
+    }
+
+    #[test]
+    fn sizes_whose_fill_invalidates_are_recognised() {
+        let g = Geometry::new(1).unwrap(); // 32 entries per area, stride 33
+        let hits: Vec<u64> = (0..120).filter(|&c| g.fill_invalidates(c * 512)).collect();
+        assert_eq!(hits, [34, 67, 100]);
+        assert!(
+            g.fill_invalidates(34 * 512 + 100),
+            "a partial last chunk changes nothing"
+        );
     }
 
     #[test]
