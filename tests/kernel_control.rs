@@ -47,13 +47,22 @@ impl Site {
     }
 
     fn write_manifest(&self, image: &str) {
+        self.write_manifest_with(
+            image,
+            "  acl: initiator\n  chap:\n    username: lab\n    secret_file: {d}/chap.secret\n",
+        );
+    }
+
+    /// `iscsi` lines after the portals: the ACL mode and CHAP (`{d}` is the site's folder).
+    fn write_manifest_with(&self, image: &str, access: &str) {
         let d = self.dir.path().display();
+        let access = access.replace("{d}", &d.to_string());
         std::fs::write(
             self.manifest(),
             format!(
                 "images:\n  g:\n    path: {d}/golden.img\n    version: \"1\"\n  o:\n    path: {d}/other.img\n\
                  defaults:\n  image: {image}\n  cow_dir: {d}/cow\n  cow_size: 4MiB\n  chunk: 4KiB\n\
-                 iscsi:\n  iqn_prefix: iqn.2024-01.lan.test\n  portals: [127.0.0.1:3260]\n  chap:\n    username: lab\n    secret_file: {d}/chap.secret\n\
+                 iscsi:\n  iqn_prefix: iqn.2024-01.lan.test\n  portals: [127.0.0.1:3260]\n{access}\
                  aoe:\n  interface: lo\n\
                  warn_percent: 50\n\
                  pcs:\n  - name: pc-{{1..2}}\n    initiator: iqn.2024-01.lan.pc:{{name}}\n  - name: pc-3\n    export: aoe\n    shelf: 9\n    slot: 3\n    mac: 00:00:00:00:00:00\n"
@@ -328,5 +337,32 @@ fn a_cow_made_against_another_image_is_refused() {
         "{err}"
     );
     eprintln!("{err}");
+    assert_clean(site.dir.path());
+}
+
+#[test]
+#[ignore = "needs the real kernel: scripts/test-kernel.sh"]
+fn open_mode_lets_any_initiator_in() {
+    let site = Site::new();
+    site.write_manifest_with("g", "  acl: open\n");
+    let iscsid = Iscsid::start();
+    site.ok(&["apply"]);
+    assert!(site.ok(&["plan"]).contains("nothing to do"));
+    iscsid.iface("anyone", "iqn.2024-01.lan.somewhere:any-pc");
+    let disk = iscsid
+        .login("anyone", TARGET1, None)
+        .expect("open mode admits any initiator without CHAP");
+    assert!(
+        read_device(&disk) == site.golden,
+        "the open target serves pc-1's disk"
+    );
+    let rows = site.status();
+    assert_eq!(
+        rows[0]["initiators"],
+        serde_json::json!(["iqn.2024-01.lan.somewhere:any-pc"]),
+        "demo-mode sessions are listed"
+    );
+    iscsid.logout("anyone", TARGET1);
+    site.ok(&["down"]);
     assert_clean(site.dir.path());
 }
