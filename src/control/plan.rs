@@ -168,10 +168,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
                     .map(|s| s.args())
                     .ok();
                 match obs.vblade(&pc.name) {
-                    Some(v)
-                        if want.as_ref().is_some_and(|w| {
-                            w[..w.len() - 1] == v.args[..v.args.len().saturating_sub(1)]
-                        }) => {}
+                    Some(v) if want.as_ref().is_some_and(|w| same_vblade(w, &v.args)) => {}
                     Some(_) => {
                         actions.push(Action::StopVblade {
                             pc: pc.name.clone(),
@@ -209,6 +206,15 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
         .collect();
     actions.extend(teardown(ctx, obs, &orphans, true));
     Ok(actions)
+}
+
+/// A running vblade serves what the manifest asks when every argument but the last (the
+/// device node, which may be spelled differently) is the same.
+fn same_vblade(wanted: &[String], running: &[String]) -> bool {
+    match (wanted.split_last(), running.split_last()) {
+        (Some((_, w)), Some((_, r))) => w == r,
+        _ => false,
+    }
 }
 
 /// What `down` would do for these PCs.
