@@ -89,6 +89,9 @@ pub struct Inspection {
     pub data_fill_percent: f64,
     /// What `dmsetup status` prints after `snapshot` once the kernel has loaded this file.
     pub status: String,
+    /// Filling this COW would invalidate the snapshot even with `PO` (see
+    /// `Geometry::fill_invalidates`).
+    pub fill_invalidates: bool,
 }
 
 /// Reads a COW file without changing it. `table_chunk` matters only for a new (magic 0) file.
@@ -121,6 +124,7 @@ pub fn inspect(path: &Path, table_chunk: Option<ByteSize>) -> Result<Inspection>
         metadata_sectors: usage.metadata_sectors,
         data_fill_percent: usage.data_fill_percent(),
         status,
+        fill_invalidates: store.geometry.fill_invalidates(store.cow_bytes),
     })
 }
 

@@ -95,6 +95,28 @@ fn create_rounds_up_a_size_whose_fill_would_invalidate_the_snapshot() {
     let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(text.contains("rounded up by one chunk"), "{text}");
     assert_eq!(std::fs::metadata(&cow).unwrap().len(), 35 * 512);
+    assert_eq!(
+        json(&["cow", "inspect", p(&cow)])["fill_invalidates"],
+        false
+    );
+    // A file made elsewhere at exactly that size is flagged.
+    let raw = dir.path().join("raw.cow");
+    let mut bytes = vec![0u8; 34 * 512];
+    bytes[..16].copy_from_slice(&cowctl::cow::Header::new(1, true).encode());
+    std::fs::write(&raw, bytes).unwrap();
+    assert_eq!(json(&["cow", "inspect", p(&raw)])["fill_invalidates"], true);
+    let shown = cowctl()
+        .args(["cow", "inspect", p(&raw)])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let shown = String::from_utf8(shown).unwrap();
+    assert!(
+        shown.contains("invalidates the snapshot even with PO"),
+        "{shown}"
+    );
     let other = dir.path().join("other.cow");
     let c = json(&[
         "cow",

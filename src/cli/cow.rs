@@ -100,6 +100,9 @@ pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
                 i.exceptions, i.areas, i.exceptions_per_area
             );
             println!("dm status     {}", i.status);
+            if i.fill_invalidates {
+                println!("warning       when this COW fills, the kernel invalidates the snapshot even with PO: its last chunk ends a metadata area (grow it by one chunk)");
+            }
             println!(
                 "data fill     {:.1}% ({} of {})",
                 i.data_fill_percent,
