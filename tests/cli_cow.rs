@@ -40,6 +40,10 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+fn flatten(golden: &Path, cow: &Path, out: &Path) -> serde_json::Value {
+    json(&["cow", "flatten", "--base", p(golden), p(cow), "-o", p(out)])
+}
+
 #[test]
 fn create_makes_a_sparse_cow_the_kernel_would_load_empty() {
     let dir = tempfile::tempdir().unwrap();
@@ -219,15 +223,7 @@ fn flatten_writes_the_pcs_disk_and_reset_returns_it_to_golden() {
     assert!(i["data_fill_percent"].as_f64().unwrap() > 0.0);
 
     let out = dir.path().join("disk.raw");
-    json(&[
-        "cow",
-        "flatten",
-        "--base",
-        p(&golden),
-        p(&cow),
-        "-o",
-        p(&out),
-    ]);
+    flatten(&golden, &cow, &out);
     assert!(
         std::fs::read(&out).unwrap() == expected,
         "flattened disk differs"
@@ -266,15 +262,7 @@ fn flatten_writes_the_pcs_disk_and_reset_returns_it_to_golden() {
     assert_eq!(i["state"], "new");
     assert_eq!(i["exceptions"], 0);
     let out2 = dir.path().join("disk2.raw");
-    json(&[
-        "cow",
-        "flatten",
-        "--base",
-        p(&golden),
-        p(&cow),
-        "-o",
-        p(&out2),
-    ]);
+    flatten(&golden, &cow, &out2);
     assert!(
         std::fs::read(&out2).unwrap() == image,
         "after reset the disk is golden again"

@@ -68,6 +68,15 @@ pub enum Action {
     },
 }
 
+impl Action {
+    fn detach(l: &loopdev::LoopInfo) -> Action {
+        Action::DetachLoop {
+            dev: l.dev.clone(),
+            backing: l.backing.clone(),
+        }
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -190,10 +199,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
     for pc in &ctx.manifest.pcs {
         let discard = super::reset::discard_path(&pc.cow);
         if let Some(l) = obs.loops.iter().find(|l| l.backing == discard) {
-            actions.push(Action::DetachLoop {
-                dev: l.dev.clone(),
-                backing: l.backing.clone(),
-            });
+            actions.push(Action::detach(l));
         }
     }
     // Devices of PCs no longer in the manifest are taken down (their COW files stay).
@@ -250,17 +256,11 @@ fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool)
                 .iter()
                 .find(|l| table.snapshot.cow.to_string() == l.number.to_string())
             {
-                actions.push(Action::DetachLoop {
-                    dev: l.dev.clone(),
-                    backing: l.backing.clone(),
-                });
+                actions.push(Action::detach(l));
             }
         } else if let Some(p) = ctx.manifest.pc(pc) {
             if let Some(l) = loopdev::find(&obs.loops, &p.cow, false) {
-                actions.push(Action::DetachLoop {
-                    dev: l.dev.clone(),
-                    backing: l.backing.clone(),
-                });
+                actions.push(Action::detach(l));
             }
         }
     }
@@ -285,10 +285,7 @@ fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool)
             && image.is_some_and(|i| ctx.manifest.pcs.iter().any(|p| p.image == i.name));
         let leftover = !keep_needed_images && image.is_some();
         if (was_origin || leftover) && !needed {
-            actions.push(Action::DetachLoop {
-                dev: l.dev.clone(),
-                backing: l.backing.clone(),
-            });
+            actions.push(Action::detach(l));
         }
     }
     actions
