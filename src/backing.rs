@@ -100,7 +100,6 @@ pub struct MemBacking {
 struct MemInner {
     bytes: Vec<u8>,
     log: Vec<MemOp>,
-    fail_writes_from: Option<usize>,
 }
 
 impl MemBacking {
@@ -109,7 +108,6 @@ impl MemBacking {
             inner: Mutex::new(MemInner {
                 bytes,
                 log: Vec::new(),
-                fail_writes_from: None,
             }),
         }
     }
@@ -124,11 +122,6 @@ impl MemBacking {
 
     pub fn log(&self) -> Vec<MemOp> {
         self.lock().log.clone()
-    }
-
-    /// Makes every write after the first `n` logged operations fail with EIO.
-    pub fn fail_writes_after(&self, n: usize) {
-        self.lock().fail_writes_from = Some(n);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
@@ -149,9 +142,6 @@ impl ReadAt for MemBacking {
 impl Backing for MemBacking {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut inner = self.lock();
-        if inner.fail_writes_from.is_some_and(|n| inner.log.len() >= n) {
-            return Err(io::Error::from_raw_os_error(nix::libc::EIO));
-        }
         let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
         let end = start + buf.len();
         if end > inner.bytes.len() {

@@ -49,13 +49,13 @@ const INVALID: u8 = 2;
 pub(super) struct Metadata {
     geometry: Geometry,
     policy: OverflowPolicy,
+    cow_bytes: u64,
     state: AtomicU8,
     inner: Mutex<Inner>,
     committed: Condvar,
 }
 
 struct Inner {
-    cow_bytes: u64,
     next_free: u64,
     current_area: u64,
     current_committed: u64,
@@ -73,9 +73,9 @@ impl Metadata {
         Metadata {
             geometry: store.geometry,
             policy,
+            cow_bytes: store.cow_bytes,
             state: AtomicU8::new(if valid { ACTIVE } else { INVALID }),
             inner: Mutex::new(Inner {
-                cow_bytes: store.cow_bytes,
                 next_free: store.next_free,
                 current_area: store.current_area,
                 current_committed: store.current_committed,
@@ -119,21 +119,15 @@ impl Metadata {
             self.geometry,
             inner.next_free,
             inner.current_area,
-            inner.cow_bytes,
+            self.cow_bytes,
         )
-    }
-
-    /// The COW grew (or the caller says it did): later allocations may use the new room.
-    /// Like the kernel, an overflow stays until the store is reopened.
-    pub(super) fn set_cow_bytes(&self, cow_bytes: u64) {
-        self.lock().cow_bytes = cow_bytes;
     }
 
     /// `persistent_prepare_exception`: reserve the next data chunk.
     pub(super) fn prepare(&self, cow: &dyn Backing) -> Result<u64, EngineError> {
         let mut inner = self.lock();
         self.check_writable()?;
-        if !self.geometry.fits(inner.next_free, inner.cow_bytes) {
+        if !self.geometry.fits(inner.next_free, self.cow_bytes) {
             return Err(match self.policy {
                 OverflowPolicy::Refuse => {
                     let _ = self.state.compare_exchange(
@@ -220,7 +214,7 @@ impl Metadata {
             // stale entries there. Past the end of the COW this fails, as it does in
             // the kernel (the bio is beyond the device), and the snapshot is invalid.
             let next = g.area_location(inner.current_area + 1);
-            if !g.fits(next, inner.cow_bytes)
+            if !g.fits(next, self.cow_bytes)
                 || cow.write_all_at(&inner.zeroes, g.offset(next)).is_err()
             {
                 return false;

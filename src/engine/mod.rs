@@ -111,11 +111,6 @@ impl Engine {
         self.table.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Tells the engine the COW file has grown to `cow_bytes`.
-    pub fn set_cow_size(&self, cow_bytes: u64) {
-        self.meta.set_cow_bytes(cow_bytes);
-    }
-
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), EngineError> {
         self.check_range(offset, buf.len())?;
         self.meta.check_readable()?;

@@ -43,8 +43,6 @@ pub trait DeviceMapper {
     fn create(&self, name: &str, table: &Target) -> Result<DevNum>;
     /// Loads `table` into the inactive slot and swaps it in (suspend, swap, resume).
     fn replace(&self, name: &str, table: &Target) -> Result<()>;
-    fn suspend(&self, name: &str) -> Result<()>;
-    fn resume(&self, name: &str) -> Result<()>;
     fn remove(&self, name: &str) -> Result<()>;
     fn number(&self, name: &str) -> Result<DevNum>;
     /// The active table of a snapshot device (devices as major:minor).
@@ -177,22 +175,6 @@ impl DeviceMapper for IoctlDm {
                 table.kind, table.params
             )
         })?;
-        dm.device_suspend(&id, DmOptions::default())
-            .with_context(|| format!("cannot resume {name}"))?;
-        Ok(())
-    }
-
-    fn suspend(&self, name: &str) -> Result<()> {
-        let dm = self.dm()?;
-        let id = DevId::Name(dm_name(name)?);
-        dm.device_suspend(&id, DmOptions::default().set_flags(DmFlags::DM_SUSPEND))
-            .with_context(|| format!("cannot suspend {name}"))?;
-        Ok(())
-    }
-
-    fn resume(&self, name: &str) -> Result<()> {
-        let dm = self.dm()?;
-        let id = DevId::Name(dm_name(name)?);
         dm.device_suspend(&id, DmOptions::default())
             .with_context(|| format!("cannot resume {name}"))?;
         Ok(())

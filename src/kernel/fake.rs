@@ -21,7 +21,6 @@ use crate::dm::{StatusLine, TableLine};
 pub struct FakeDm {
     pub number: DevNum,
     pub target: Target,
-    pub suspended: bool,
     /// What `status` answers after the target kind; default an empty snapshot.
     pub status: Option<String>,
 }
@@ -161,10 +160,6 @@ impl Loops for Fake {
         }
         Ok(())
     }
-    fn set_capacity(&self, dev: &Path) -> Result<()> {
-        self.call(format!("loop capacity {}", dev.display()))
-            .map(drop)
-    }
 }
 
 impl DeviceMapper for Fake {
@@ -195,7 +190,6 @@ impl DeviceMapper for Fake {
             FakeDm {
                 number,
                 target: table.clone(),
-                suspended: false,
                 status: None,
             },
         );
@@ -207,22 +201,7 @@ impl DeviceMapper for Fake {
             s.dm.get_mut(name)
                 .ok_or_else(|| anyhow!("no dm device {name}"))?;
         d.target = table.clone();
-        d.suspended = false;
         d.status = None;
-        Ok(())
-    }
-    fn suspend(&self, name: &str) -> Result<()> {
-        let mut s = self.call(format!("dm suspend {name}"))?;
-        s.dm.get_mut(name)
-            .ok_or_else(|| anyhow!("no dm device {name}"))?
-            .suspended = true;
-        Ok(())
-    }
-    fn resume(&self, name: &str) -> Result<()> {
-        let mut s = self.call(format!("dm resume {name}"))?;
-        s.dm.get_mut(name)
-            .ok_or_else(|| anyhow!("no dm device {name}"))?
-            .suspended = false;
         Ok(())
     }
     fn remove(&self, name: &str) -> Result<()> {

@@ -19,8 +19,6 @@ pub trait Loops {
     fn list(&self) -> Result<Vec<LoopInfo>>;
     fn attach(&self, file: &Path, read_only: bool) -> Result<LoopInfo>;
     fn detach(&self, dev: &Path) -> Result<()>;
-    /// Re-reads the backing file's size (after the COW grew).
-    fn set_capacity(&self, dev: &Path) -> Result<()>;
 }
 
 /// Finds the loop attached to `file` with the wanted mode.
@@ -95,11 +93,5 @@ impl Loops for SysLoops {
         loopdev::LoopDevice::open(dev)
             .and_then(|d| d.detach())
             .with_context(|| format!("cannot detach {}", dev.display()))
-    }
-
-    fn set_capacity(&self, dev: &Path) -> Result<()> {
-        loopdev::LoopDevice::open(dev)
-            .and_then(|d| d.set_capacity())
-            .with_context(|| format!("cannot update the size of {}", dev.display()))
     }
 }

@@ -150,8 +150,6 @@ impl Snapshot {
         f.read_exact_at(buf.as_mut(), 0).unwrap();
         buf.as_ref().to_vec()
     }
-
-    pub fn remove(self) {}
 }
 
 impl Drop for Snapshot {
