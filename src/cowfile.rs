@@ -94,13 +94,16 @@ pub struct Inspection {
     pub fill_invalidates: bool,
 }
 
+/// A `--chunk` size as the sector count a dm table would carry.
+fn table_chunk_sectors(chunk: Option<ByteSize>) -> Result<Option<u32>> {
+    let sectors = chunk.map(|c| Geometry::from_bytes(c.bytes()).map(|g| g.chunk_sectors()));
+    sectors.transpose().context("--chunk")
+}
+
 /// Reads a COW file without changing it. `table_chunk` matters only for a new (magic 0) file.
 pub fn inspect(path: &Path, table_chunk: Option<ByteSize>) -> Result<Inspection> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let table_chunk_sectors = table_chunk
-        .map(|c| Geometry::from_bytes(c.bytes()).map(|g| g.chunk_sectors()))
-        .transpose()
-        .with_context(|| "--chunk")?;
+    let table_chunk_sectors = table_chunk_sectors(table_chunk)?;
     let store = LoadedStore::load(&file, table_chunk_sectors)
         .with_context(|| format!("{} is not a usable COW file", path.display()))?;
     let usage = store.usage();
@@ -208,9 +211,7 @@ pub fn open_engine(
     if !read_only {
         lock(&cow_file)?;
     }
-    let table_chunk_sectors = table_chunk
-        .map(|c| Geometry::from_bytes(c.bytes()).map(|g| g.chunk_sectors()))
-        .transpose()?;
+    let table_chunk_sectors = table_chunk_sectors(table_chunk)?;
     let options = EngineOptions {
         table_chunk_sectors,
         overflow: OverflowPolicy::Refuse,

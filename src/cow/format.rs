@@ -158,6 +158,11 @@ impl Geometry {
         u64::from(self.chunk_sectors) * SECTOR
     }
 
+    /// The chunk size as a buffer length.
+    pub fn chunk_len(&self) -> usize {
+        usize::try_from(self.chunk_bytes()).expect("chunk sizes are at most 1 GiB")
+    }
+
     pub fn exceptions_per_area(&self) -> u64 {
         self.chunk_bytes() / DISK_EXCEPTION_SIZE as u64
     }

@@ -88,7 +88,7 @@ impl LoadedStore {
             exceptions: ChunkMap::default(),
             current_area: 0,
             current_committed: 0,
-            area: vec![0; chunk_len(geometry)],
+            area: vec![0; geometry.chunk_len()],
             next_free: geometry.first_data_chunk(),
         };
         match state {
@@ -105,7 +105,7 @@ impl LoadedStore {
         let g = self.geometry;
         let per_area = g.exceptions_per_area();
         let mut new_chunks: HashMap<u64, u64> = HashMap::new();
-        let mut area_buf = vec![0u8; chunk_len(g)];
+        let mut area_buf = vec![0u8; g.chunk_len()];
         let mut max_new = None;
         for area in 0.. {
             self.check_area_fits(area)?;
@@ -226,10 +226,6 @@ impl LoadedStore {
     pub fn areas(&self) -> u64 {
         self.current_area + 1
     }
-}
-
-fn chunk_len(g: Geometry) -> usize {
-    usize::try_from(g.chunk_bytes()).expect("chunk sizes are at most 1 GiB")
 }
 
 impl ReadAt for [u8] {

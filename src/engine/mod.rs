@@ -209,7 +209,7 @@ impl Engine {
         }
         let start = chunk * cb;
         let in_origin = cb.min(self.origin_bytes - start);
-        let mut buf = vec![0u8; usize::try_from(cb).expect("chunk sizes are at most 1 GiB")];
+        let mut buf = vec![0u8; self.geometry.chunk_len()];
         let origin_part = &mut buf[..usize::try_from(in_origin).expect("within a chunk")];
         self.origin
             .read_exact_at(origin_part, start)
@@ -245,8 +245,7 @@ impl Engine {
 /// Starts a new snapshot in a COW whose magic is 0, as the kernel does — but zeroes
 /// area 0 before writing the header, so a crash in between cannot expose stale entries.
 fn initialise(cow: &dyn Backing, g: Geometry) -> Result<(), EngineError> {
-    let zeroes =
-        vec![0u8; usize::try_from(g.chunk_bytes()).expect("chunk sizes are at most 1 GiB")];
+    let zeroes = vec![0u8; g.chunk_len()];
     let area0 = g.offset(g.area_location(0));
     cow.write_all_at(&zeroes, area0)
         .map_err(EngineError::io("zeroing area 0", area0))?;

@@ -67,16 +67,23 @@ impl IoctlDm {
             })
             .as_ref()
             .map_err(|e| {
-                tracing_free_debug(e);
+                debug_detail(e);
                 anyhow!("device-mapper is not available on this kernel (no /dev/mapper/control, and `modprobe dm-snapshot` did not add it)")
             })
     }
 }
 
-/// The crate's own error text adds nothing for an admin; keep it for `RUST_LOG`-less debugging.
-fn tracing_free_debug(e: &str) {
+/// The crate's own error text adds nothing for an admin; `COWCTL_DEBUG=1` shows it.
+fn debug_detail(e: &str) {
     if std::env::var_os("COWCTL_DEBUG").is_some() {
         eprintln!("cowctl: debug: {e}");
+    }
+}
+
+impl IoctlDm {
+    /// The control handle and the id of device `name`.
+    fn device<'a>(&self, name: &'a str) -> Result<(&DM, DevId<'a>)> {
+        Ok((self.dm()?, DevId::Name(dm_name(name)?)))
     }
 }
 
@@ -162,8 +169,7 @@ impl DeviceMapper for IoctlDm {
     }
 
     fn replace(&self, name: &str, table: &Target) -> Result<()> {
-        let dm = self.dm()?;
-        let id = DevId::Name(dm_name(name)?);
+        let (dm, id) = self.device(name)?;
         dm.table_load(
             &id,
             &[(0, table.length, table.kind.clone(), table.params.clone())],
@@ -181,17 +187,16 @@ impl DeviceMapper for IoctlDm {
     }
 
     fn remove(&self, name: &str) -> Result<()> {
-        let dm = self.dm()?;
-        let id = DevId::Name(dm_name(name)?);
+        let (dm, id) = self.device(name)?;
         dm.device_remove(&id, DmOptions::default())
             .with_context(|| format!("cannot remove dm device {name} (is it still in use?)"))?;
         Ok(())
     }
 
     fn number(&self, name: &str) -> Result<DevNum> {
-        let d = self
-            .dm()?
-            .device_info(&DevId::Name(dm_name(name)?))
+        let (dm, id) = self.device(name)?;
+        let d = dm
+            .device_info(&id)
             .with_context(|| format!("no dm device {name}"))?
             .device();
         Ok(DevNum {
@@ -201,8 +206,7 @@ impl DeviceMapper for IoctlDm {
     }
 
     fn table(&self, name: &str) -> Result<TableLine> {
-        let dm = self.dm()?;
-        let id = DevId::Name(dm_name(name)?);
+        let (dm, id) = self.device(name)?;
         let (_, rows) = dm
             .table_status(
                 &id,
@@ -214,8 +218,7 @@ impl DeviceMapper for IoctlDm {
     }
 
     fn status(&self, name: &str) -> Result<StatusLine> {
-        let dm = self.dm()?;
-        let id = DevId::Name(dm_name(name)?);
+        let (dm, id) = self.device(name)?;
         let (_, rows) = dm
             .table_status(&id, DmOptions::default())
             .with_context(|| format!("cannot read the status of {name}"))?;
