@@ -77,6 +77,7 @@ fn open(s: &Setup) -> Engine {
             table_chunk_sectors: None,
             overflow: OverflowPolicy::Refuse,
             read_only: false,
+            commit: cowctl::engine::CommitMode::PerWrite,
         },
     )
     .unwrap()

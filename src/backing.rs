@@ -13,6 +13,11 @@ pub trait Backing: ReadAt + Send + Sync {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every completed write durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
+    /// Makes a range read as zeros, freeing its blocks where the storage can.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let zeroes = vec![0u8; usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?];
+        self.write_all_at(&zeroes, offset)
+    }
 }
 
 /// Size of a regular file or a block device (whose metadata length is 0).
@@ -79,6 +84,23 @@ impl Backing for FileBacking {
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        let (Ok(o), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match fallocate(std::os::fd::AsRawFd::as_raw_fd(&self.file), punch, o, l) {
+            Ok(()) => Ok(()),
+            // Block devices and some file systems cannot punch: write the zeros.
+            Err(_) => {
+                let zeroes =
+                    vec![0u8; usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?];
+                self.write_all_at(&zeroes, offset)
+            }
+        }
     }
 }
 

@@ -216,6 +216,7 @@ pub fn open_engine(
         table_chunk_sectors,
         overflow: OverflowPolicy::Refuse,
         read_only,
+        commit: crate::engine::CommitMode::PerWrite,
     };
     Engine::open(Box::new(origin), Box::new(cow_file), options).with_context(|| {
         format!(

@@ -12,4 +12,5 @@ pub mod engine;
 pub mod iqn;
 pub mod kernel;
 pub mod manifest;
+pub mod nbd;
 pub mod units;

@@ -23,6 +23,7 @@ fn open(dir: &std::path::Path) -> Engine {
         table_chunk_sectors: Some(8),
         overflow: OverflowPolicy::Refuse,
         read_only: false,
+        commit: cowctl::engine::CommitMode::PerWrite,
     };
     Engine::open(
         Box::new(FileBacking::open(&dir.join("golden"), false).unwrap()),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use cowctl::backing::{Backing, MemBacking, MemOp};
 use cowctl::cow::{HeaderState, LoadedStore, ReadAt};
-use cowctl::engine::{Engine, EngineOptions, OverflowPolicy};
+use cowctl::engine::{CommitMode, Engine, EngineOptions, OverflowPolicy};
 use proptest::prelude::*;
 
 /// Lets the test keep a handle on the device the engine owns.
@@ -49,6 +49,7 @@ fn check(
     chunk_sectors: u32,
     cow_chunks: u64,
     new_cow: bool,
+    commit: CommitMode,
     writes: Vec<(u64, usize, u8, bool)>,
     subset_seed: u64,
 ) -> Result<(), TestCaseError> {
@@ -69,6 +70,7 @@ fn check(
         table_chunk_sectors: Some(chunk_sectors),
         overflow: OverflowPolicy::Refuse,
         read_only: false,
+        commit,
     };
     let engine = Engine::open(
         Box::new(MemBacking::new(golden.clone())),
@@ -180,9 +182,28 @@ proptest! {
         chunk_pow in 0u32..3,
         cow_chunks in 4u64..90,
         new_cow in any::<bool>(),
+        on_flush in any::<bool>(),
         writes in proptest::collection::vec((any::<u64>(), 1usize..1500, 1u8..255, proptest::bool::weighted(0.3)), 1..30),
         seed in any::<u64>(),
     ) {
-        check(1 << chunk_pow, cow_chunks, new_cow, writes, seed)?;
+        let commit = if on_flush { CommitMode::OnFlush } else { CommitMode::PerWrite };
+        check(1 << chunk_pow, cow_chunks, new_cow, commit, writes, seed)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    /// Commit-on-flush writes several metadata areas in one flush; with 32 entries per area
+    /// and rare flushes, a flush regularly seals more than one, so a crash between its
+    /// writes must still find the first unsealed area on disk partial.
+    #[test]
+    fn a_crash_inside_a_flush_that_seals_several_areas_loses_nothing_flushed(
+        cow_chunks in 70u64..200,
+        new_cow in any::<bool>(),
+        writes in proptest::collection::vec((any::<u64>(), 1usize..1500, 1u8..255, proptest::bool::weighted(0.04)), 40..90),
+        seed in any::<u64>(),
+    ) {
+        check(1, cow_chunks, new_cow, CommitMode::OnFlush, writes, seed)?;
     }
 }

@@ -8,7 +8,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use cowctl::backing::FileBacking;
-use cowctl::engine::{Engine, EngineError, EngineOptions, OverflowPolicy, SnapshotState};
+use cowctl::engine::{
+    CommitMode, Engine, EngineError, EngineOptions, OverflowPolicy, SnapshotState,
+};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -21,6 +23,15 @@ enum Op {
     },
     Flush,
     Reopen,
+    Trim {
+        offset_seed: u64,
+        len: usize,
+    },
+    Zero {
+        offset_seed: u64,
+        len: usize,
+        no_hole: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -29,12 +40,16 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(offset_seed, len, aligned, fill)| Op::Write { offset_seed, len, aligned, fill }),
         2 => Just(Op::Flush),
         1 => Just(Op::Reopen),
+        1 => (any::<u64>(), 1usize..6000).prop_map(|(offset_seed, len)| Op::Trim { offset_seed, len }),
+        1 => (any::<u64>(), 1usize..6000, any::<bool>())
+            .prop_map(|(offset_seed, len, no_hole)| Op::Zero { offset_seed, len, no_hole }),
     ]
 }
 
 /// The model: what the disk must read back, and which chunks have been copied.
 struct Model {
     data: Vec<u8>,
+    golden: Vec<u8>,
     chunk: u64,
     per_area: u64,
     cow_bytes: u64,
@@ -95,6 +110,51 @@ impl Model {
         }
         None
     }
+
+    fn writable(&self) -> Option<&'static str> {
+        match self.state {
+            SnapshotState::Invalid => Some("invalid"),
+            SnapshotState::Overflow => Some("overflow"),
+            SnapshotState::Active => None,
+        }
+    }
+
+    /// The kernel's discard with discard_zeroes_cow: whole chunks with an exception read
+    /// zeros afterwards; everything else is left as it is.
+    fn trim(&mut self, offset: u64, len: u64) -> Option<&'static str> {
+        if let Some(e) = self.writable() {
+            return Some(e);
+        }
+        for c in offset.div_ceil(self.chunk)..(offset + len) / self.chunk {
+            if self.mapped.contains(&c) {
+                let end = ((c + 1) * self.chunk).min(self.data.len() as u64);
+                self.data[(c * self.chunk) as usize..end as usize].fill(0);
+            }
+        }
+        None
+    }
+
+    /// Zeros read back; a chunk is only allocated where the golden bytes are not zero.
+    fn zero(&mut self, offset: u64, len: u64) -> Option<&'static str> {
+        let mut pos = offset;
+        while pos < offset + len {
+            if let Some(e) = self.writable() {
+                return Some(e);
+            }
+            let c = pos / self.chunk;
+            let seg_end = ((c + 1) * self.chunk).min(offset + len);
+            let (a, b) = (pos as usize, seg_end as usize);
+            if self.mapped.contains(&c) {
+                self.data[a..b].fill(0);
+            } else if self.golden[a..b].iter().any(|&x| x != 0) {
+                if let Some(e) = self.write(pos, &vec![0u8; b - a]) {
+                    return Some(e);
+                }
+            }
+            pos = seg_end;
+        }
+        None
+    }
 }
 
 fn kind(e: &EngineError) -> &'static str {
@@ -106,10 +166,21 @@ fn kind(e: &EngineError) -> &'static str {
 }
 
 fn open(golden: &Path, cow: &Path, chunk_sectors: u32, policy: OverflowPolicy) -> Engine {
+    open_with(golden, cow, chunk_sectors, policy, CommitMode::PerWrite)
+}
+
+fn open_with(
+    golden: &Path,
+    cow: &Path,
+    chunk_sectors: u32,
+    policy: OverflowPolicy,
+    commit: CommitMode,
+) -> Engine {
     let options = EngineOptions {
         table_chunk_sectors: Some(chunk_sectors),
         overflow: policy,
         read_only: false,
+        commit,
     };
     Engine::open(
         Box::new(FileBacking::open(golden, false).unwrap()),
@@ -167,6 +238,7 @@ fn compare_all(engine: &Engine, model: &Model, when: &str) -> Result<(), TestCas
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // one per property dimension
 fn run(
     chunk_pow: u32,
     golden_sectors: u64,
@@ -174,8 +246,14 @@ fn run(
     cow_chunks: u64,
     new_cow: bool,
     po: bool,
+    on_flush: bool,
     ops: Vec<Op>,
 ) -> Result<(), TestCaseError> {
+    let commit = if on_flush {
+        CommitMode::OnFlush
+    } else {
+        CommitMode::PerWrite
+    };
     let dir = tempfile::tempdir().unwrap();
     let chunk_sectors = 1u32 << chunk_pow;
     let chunk = u64::from(chunk_sectors) * 512;
@@ -203,6 +281,7 @@ fn run(
     let per_area = chunk / 16;
     let mut model = Model {
         data: golden.clone(),
+        golden: golden.clone(),
         chunk,
         per_area,
         cow_bytes,
@@ -211,7 +290,7 @@ fn run(
         state: SnapshotState::Active,
         policy,
     };
-    let mut engine = open(&golden_path, &cow_path, chunk_sectors, policy);
+    let mut engine = open_with(&golden_path, &cow_path, chunk_sectors, policy, commit);
     for (step, op) in ops.into_iter().enumerate() {
         match op {
             Op::Write {
@@ -238,6 +317,39 @@ fn run(
                 );
                 prop_assert_eq!(engine.state(), model.state, "state after step {}", step);
             }
+            Op::Trim { offset_seed, len } => {
+                let offset = offset_seed % golden_len;
+                let len = (len as u64).min(golden_len - offset);
+                let expected = model.trim(offset, len);
+                let got = engine.trim(offset, len).err();
+                prop_assert_eq!(
+                    got.as_ref().map(kind),
+                    expected,
+                    "step {}: trim {} at {}",
+                    step,
+                    len,
+                    offset
+                );
+            }
+            Op::Zero {
+                offset_seed,
+                len,
+                no_hole,
+            } => {
+                let offset = offset_seed % golden_len;
+                let len = (len as u64).min(golden_len - offset);
+                let expected = model.zero(offset, len);
+                let got = engine.write_zeroes(offset, len, no_hole).err();
+                prop_assert_eq!(
+                    got.as_ref().map(kind),
+                    expected,
+                    "step {}: zero {} at {}",
+                    step,
+                    len,
+                    offset
+                );
+                prop_assert_eq!(engine.state(), model.state, "state after step {}", step);
+            }
             Op::Flush => {
                 let r = engine.flush();
                 prop_assert_eq!(r.is_err(), model.state == SnapshotState::Invalid);
@@ -245,7 +357,7 @@ fn run(
             }
             Op::Reopen => {
                 drop(engine);
-                engine = open(&golden_path, &cow_path, chunk_sectors, policy);
+                engine = open_with(&golden_path, &cow_path, chunk_sectors, policy, commit);
                 if model.state == SnapshotState::Overflow {
                     model.state = SnapshotState::Active; // overflow lives in memory only
                 }
@@ -255,7 +367,7 @@ fn run(
         }
     }
     drop(engine);
-    let engine = open(&golden_path, &cow_path, chunk_sectors, policy);
+    let engine = open_with(&golden_path, &cow_path, chunk_sectors, policy, commit);
     if model.state == SnapshotState::Overflow {
         model.state = SnapshotState::Active;
     }
@@ -273,9 +385,10 @@ proptest! {
         cow_chunks in 3u64..140,
         new_cow in any::<bool>(),
         po in any::<bool>(),
+        on_flush in any::<bool>(),
         ops in proptest::collection::vec(op(), 1..60),
     ) {
-        run(chunk_pow, golden_sectors, golden_tail, cow_chunks, new_cow, po, ops)?;
+        run(chunk_pow, golden_sectors, golden_tail, cow_chunks, new_cow, po, on_flush, ops)?;
     }
 }
 
@@ -284,7 +397,7 @@ proptest! {
 #[test]
 fn filling_the_last_area_exactly_at_the_end_invalidates_even_with_po() {
     // 1-sector chunks: 32 entries per area. 34 chunks = header, area 0, 32 data chunks.
-    let ops = (0..32)
+    let ops: Vec<Op> = (0..32)
         .map(|i| Op::Write {
             offset_seed: i * 512,
             len: 512,
@@ -292,7 +405,8 @@ fn filling_the_last_area_exactly_at_the_end_invalidates_even_with_po() {
             fill: i as u8,
         })
         .collect();
-    run(0, 64, 0, 34, false, true, ops).unwrap();
+    run(0, 64, 0, 34, false, true, false, ops.clone()).unwrap();
+    run(0, 64, 0, 34, false, true, true, ops).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let g = dir.path().join("g");
     let c = dir.path().join("c");

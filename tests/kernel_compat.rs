@@ -99,6 +99,7 @@ impl Case {
             table_chunk_sectors: Some(self.chunk_sectors),
             overflow: self.policy(),
             read_only: false,
+            commit: cowctl::engine::CommitMode::PerWrite,
         };
         Engine::open(
             Box::new(cowctl::backing::FileBacking::open(&self.golden, false).unwrap()),

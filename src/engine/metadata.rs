@@ -3,6 +3,13 @@
 //! one is full, the device is flushed, the area is written, and the device is flushed again.
 //! Writers that commit while others are still copying wait for the last one, which commits
 //! the whole batch with one pair of flushes (the kernel's `pending_count`).
+//!
+//! With [`CommitMode::OnFlush`] new exceptions are only recorded in memory and written at the
+//! next flush, which is the contract of NBD (and of a disk's write cache): a write is durable
+//! once a flush that started after it completes. The flush keeps every crash point loadable:
+//! data, flush, the areas after the first unsealed one (and the empty area that follows the
+//! last full one), flush, then the first unsealed area — until it is on disk the kernel stops
+//! reading there and never sees the later areas — and a last flush.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -33,6 +40,16 @@ impl OverflowPolicy {
     }
 }
 
+/// When a new exception reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CommitMode {
+    /// Before the write that made it completes, as in the kernel.
+    #[default]
+    PerWrite,
+    /// At the next flush: a write is durable once a later flush completes.
+    OnFlush,
+}
+
 /// The snapshot's state, as the kernel's status line names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,6 +66,7 @@ const INVALID: u8 = 2;
 pub(super) struct Metadata {
     geometry: Geometry,
     policy: OverflowPolicy,
+    mode: CommitMode,
     cow_bytes: u64,
     state: AtomicU8,
     inner: Mutex<Inner>,
@@ -65,14 +83,19 @@ struct Inner {
     generation: u64,
     last_batch_ok: bool,
     invalid_persisted: bool,
+    /// OnFlush: areas filled in memory and not yet written, oldest first.
+    sealed: Vec<(u64, Vec<u8>)>,
+    /// OnFlush: the current area has entries that are not on disk.
+    dirty: bool,
 }
 
 impl Metadata {
-    pub(super) fn new(store: &LoadedStore, policy: OverflowPolicy) -> Self {
+    pub(super) fn new(store: &LoadedStore, policy: OverflowPolicy, mode: CommitMode) -> Self {
         let valid = store.header.valid != 0;
         Metadata {
             geometry: store.geometry,
             policy,
+            mode,
             cow_bytes: store.cow_bytes,
             state: AtomicU8::new(if valid { ACTIVE } else { INVALID }),
             inner: Mutex::new(Inner {
@@ -85,9 +108,15 @@ impl Metadata {
                 generation: 0,
                 last_batch_ok: true,
                 invalid_persisted: !valid,
+                sealed: Vec::new(),
+                dirty: false,
             }),
             committed: Condvar::new(),
         }
+    }
+
+    pub(super) fn mode(&self) -> CommitMode {
+        self.mode
     }
 
     pub(super) fn state(&self) -> SnapshotState {
@@ -169,6 +198,9 @@ impl Metadata {
         e.encode_into(&mut inner.area[at..at + DISK_EXCEPTION_SIZE]);
         inner.current_committed += 1;
         inner.pending -= 1;
+        if self.mode == CommitMode::OnFlush {
+            return self.record(&mut inner, cow);
+        }
 
         if inner.pending > 0 && inner.current_committed != per_area {
             let generation = inner.generation;
@@ -201,6 +233,76 @@ impl Metadata {
             Ok(())
         } else {
             Err(EngineError::Invalid)
+        }
+    }
+
+    /// OnFlush: the entry is in the current area in memory; seal the area when it is full.
+    fn record(&self, inner: &mut Inner, cow: &dyn Backing) -> Result<(), EngineError> {
+        if self.state() == SnapshotState::Invalid {
+            return Err(EngineError::Invalid);
+        }
+        inner.dirty = true;
+        let g = self.geometry;
+        if inner.current_committed == g.exceptions_per_area() {
+            // Where the kernel would zero the next area past the end of the COW, it fails
+            // and invalidates the snapshot: do the same now rather than at the flush.
+            if !g.fits(g.area_location(inner.current_area + 1), self.cow_bytes) {
+                self.invalidate(inner, cow);
+                return Err(EngineError::Invalid);
+            }
+            let full = std::mem::replace(&mut inner.area, inner.zeroes.clone());
+            inner.sealed.push((inner.current_area, full));
+            inner.current_area += 1;
+            inner.current_committed = 0;
+        }
+        Ok(())
+    }
+
+    /// Makes every completed write durable: in OnFlush mode, writes the recorded exceptions
+    /// in crash-safe order (see the module comment); otherwise just flushes the data.
+    pub(super) fn flush(&self, cow: &dyn Backing) -> Result<(), EngineError> {
+        let sync = |what| cow.sync_data().map_err(EngineError::io(what, 0));
+        if self.mode == CommitMode::PerWrite {
+            return sync("flushing the COW");
+        }
+        let mut inner = self.lock();
+        if self.state() == SnapshotState::Invalid {
+            return Err(EngineError::Invalid);
+        }
+        if inner.sealed.is_empty() && !inner.dirty {
+            return sync("flushing the COW");
+        }
+        let g = self.geometry;
+        let write_area = |area: u64, bytes: &[u8]| {
+            let at = g.offset(g.area_location(area));
+            cow.write_all_at(bytes, at)
+                .map_err(EngineError::io("writing a metadata area", at))
+        };
+        let result = (|| {
+            sync("flushing the COW's data")?;
+            if let Some(((first, first_bytes), later)) = inner.sealed.split_first() {
+                for (area, bytes) in later {
+                    write_area(*area, bytes)?;
+                }
+                write_area(inner.current_area, &inner.area)?;
+                sync("flushing the COW's metadata")?;
+                write_area(*first, first_bytes)?;
+            } else {
+                write_area(inner.current_area, &inner.area)?;
+            }
+            sync("flushing the COW's metadata")
+        })();
+        match result {
+            Ok(()) => {
+                inner.sealed.clear();
+                inner.dirty = false;
+                Ok(())
+            }
+            Err(e) => {
+                // As in the kernel: a failed metadata write invalidates the snapshot.
+                self.invalidate(&mut inner, cow);
+                Err(e)
+            }
         }
     }
 

@@ -13,7 +13,7 @@ mod metadata;
 use std::sync::{Mutex, RwLock};
 
 pub use error::EngineError;
-pub use metadata::{OverflowPolicy, SnapshotState};
+pub use metadata::{CommitMode, OverflowPolicy, SnapshotState};
 
 use crate::backing::Backing;
 use crate::chunkmap::ChunkMap;
@@ -31,6 +31,7 @@ pub struct EngineOptions {
     pub overflow: OverflowPolicy,
     /// Never write to the COW, not even to initialise a new one.
     pub read_only: bool,
+    pub commit: CommitMode,
 }
 
 impl Default for EngineOptions {
@@ -39,6 +40,7 @@ impl Default for EngineOptions {
             table_chunk_sectors: None,
             overflow: OverflowPolicy::Refuse,
             read_only: false,
+            commit: CommitMode::PerWrite,
         }
     }
 }
@@ -76,7 +78,7 @@ impl Engine {
                 origin_chunks,
             });
         }
-        let meta = Metadata::new(&store, options.overflow);
+        let meta = Metadata::new(&store, options.overflow, options.commit);
         Ok(Engine {
             origin,
             cow,
@@ -114,29 +116,50 @@ impl Engine {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), EngineError> {
         self.check_range(offset, buf.len())?;
         self.meta.check_readable()?;
-        let cb = self.geometry.chunk_bytes();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let chunk = pos / cb;
-            let within = pos % cb;
-            let n = segment_len(cb, within, buf.len() - done);
-            let seg = &mut buf[done..done + n];
-            match self.lookup(chunk) {
-                Some(new) => {
-                    let at = self.geometry.offset(new) + within;
-                    self.cow
-                        .read_exact_at(seg, at)
-                        .map_err(EngineError::io("reading the COW", at))?
-                }
-                None => self
+        // One read per run of chunks that lie back to back in the same file, so a large
+        // read of untouched (or sequentially copied) chunks is one system call.
+        for run in self.runs(offset, buf.len()) {
+            let seg = &mut buf[run.start..run.end];
+            match run.source {
+                Source::Cow(at) => self
+                    .cow
+                    .read_exact_at(seg, at)
+                    .map_err(EngineError::io("reading the COW", at))?,
+                Source::Origin(at) => self
                     .origin
-                    .read_exact_at(seg, pos)
-                    .map_err(EngineError::io("reading the golden image", pos))?,
+                    .read_exact_at(seg, at)
+                    .map_err(EngineError::io("reading the golden image", at))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits `len` bytes at `offset` into runs that are contiguous in one file.
+    fn runs(&self, offset: u64, len: usize) -> Vec<Run> {
+        let cb = self.geometry.chunk_bytes();
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        let mut runs: Vec<Run> = Vec::new();
+        let mut done = 0usize;
+        while done < len {
+            let pos = offset + done as u64;
+            let n = segment_len(cb, pos % cb, len - done);
+            let source = match table.get(&(pos / cb)) {
+                Some(&new) => Source::Cow(self.geometry.offset(new) + pos % cb),
+                None => Source::Origin(pos),
+            };
+            match runs.last_mut() {
+                Some(last) if last.source.continues_with(source, last.end - last.start) => {
+                    last.end += n
+                }
+                _ => runs.push(Run {
+                    source,
+                    start: done,
+                    end: done + n,
+                }),
             }
             done += n;
         }
-        Ok(())
+        runs
     }
 
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), EngineError> {
@@ -155,13 +178,75 @@ impl Engine {
         Ok(())
     }
 
-    /// Makes every completed write durable. Exceptions are already committed when their
-    /// write completes, so only data in existing chunks can still be in the page cache.
+    /// Makes every completed write durable: data still in the page cache and, with
+    /// [`CommitMode::OnFlush`], the exceptions recorded since the last flush.
     pub fn flush(&self) -> Result<(), EngineError> {
         self.meta.check_readable()?;
-        self.cow
-            .sync_data()
-            .map_err(EngineError::io("flushing the COW", 0))
+        self.meta.flush(self.cow.as_ref())
+    }
+
+    /// A discard, as the kernel's snapshot target does it with `discard_zeroes_cow`: every
+    /// chunk the range covers whole and that has an exception is zeroed in the COW (its
+    /// blocks are punched out where the file system can); other chunks are left alone, so
+    /// they keep reading the golden image. The exception itself stays: the format has no way
+    /// to remove one, so the fill level does not drop.
+    pub fn trim(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        if self.read_only {
+            return Err(EngineError::ReadOnly);
+        }
+        self.check_range_u64(offset, len)?;
+        self.meta.check_writable()?;
+        let cb = self.geometry.chunk_bytes();
+        let first = offset.div_ceil(cb);
+        let end = (offset + len) / cb;
+        for chunk in first..end {
+            if let Some(new) = self.lookup(chunk) {
+                let at = self.geometry.offset(new);
+                self.cow
+                    .discard(at, cb)
+                    .map_err(EngineError::io("zeroing a COW chunk", at))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the range read as zeros. Chunks without an exception whose golden bytes are
+    /// already zero need nothing; a whole chunk with one is punched out unless `no_hole`;
+    /// everything else is an ordinary write of zeros.
+    pub fn write_zeroes(&self, offset: u64, len: u64, no_hole: bool) -> Result<(), EngineError> {
+        if self.read_only {
+            return Err(EngineError::ReadOnly);
+        }
+        self.check_range_u64(offset, len)?;
+        let cb = self.geometry.chunk_bytes();
+        let zeroes = vec![0u8; self.geometry.chunk_len()];
+        let mut origin = vec![0u8; self.geometry.chunk_len()];
+        let mut pos = offset;
+        while pos < offset + len {
+            let within = pos % cb;
+            let n = cb.min(offset + len - pos).min(cb - within);
+            let seg = usize::try_from(n).expect("within a chunk");
+            self.meta.check_writable()?;
+            match self.lookup(pos / cb) {
+                Some(new) if n == cb && !no_hole => {
+                    let at = self.geometry.offset(new);
+                    self.cow
+                        .discard(at, cb)
+                        .map_err(EngineError::io("zeroing a COW chunk", at))?;
+                }
+                Some(new) => self.write_mapped(new, within, &zeroes[..seg])?,
+                None => {
+                    self.origin
+                        .read_exact_at(&mut origin[..seg], pos)
+                        .map_err(EngineError::io("reading the golden image", pos))?;
+                    if origin[..seg].iter().any(|&b| b != 0) {
+                        self.write_in_chunk(pos / cb, within, &zeroes[..seg])?;
+                    }
+                }
+            }
+            pos += n;
+        }
+        Ok(())
     }
 
     fn write_in_chunk(&self, chunk: u64, within: u64, data: &[u8]) -> Result<(), EngineError> {
@@ -230,7 +315,10 @@ impl Engine {
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<(), EngineError> {
-        let len = len as u64;
+        self.check_range_u64(offset, len as u64)
+    }
+
+    fn check_range_u64(&self, offset: u64, len: u64) -> Result<(), EngineError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.origin_bytes => Ok(()),
             _ => Err(EngineError::OutOfRange {
@@ -238,6 +326,15 @@ impl Engine {
                 len,
                 size: self.origin_bytes,
             }),
+        }
+    }
+}
+
+impl Drop for Engine {
+    /// Closing commits what a flush would: exceptions recorded in memory reach the disk.
+    fn drop(&mut self) {
+        if self.meta.mode() == CommitMode::OnFlush && self.meta.state() != SnapshotState::Invalid {
+            let _ = self.meta.flush(self.cow.as_ref());
         }
     }
 }
@@ -258,6 +355,31 @@ fn initialise(cow: &dyn Backing, g: Geometry) -> Result<(), EngineError> {
         .map_err(EngineError::io("writing the header", 0))?;
     cow.sync_data()
         .map_err(EngineError::io("flushing the COW", 0))
+}
+
+/// Where a run of a read comes from: a byte offset in the COW or in the golden image.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Cow(u64),
+    Origin(u64),
+}
+
+impl Source {
+    /// True when `next` starts right where a run of `len` bytes from `self` ends.
+    fn continues_with(self, next: Source, len: usize) -> bool {
+        match (self, next) {
+            (Source::Cow(a), Source::Cow(b)) | (Source::Origin(a), Source::Origin(b)) => {
+                a + len as u64 == b
+            }
+            _ => false,
+        }
+    }
+}
+
+struct Run {
+    source: Source,
+    start: usize,
+    end: usize,
 }
 
 fn segment_len(chunk_bytes: u64, within: u64, remaining: usize) -> usize {

@@ -1,0 +1,52 @@
+//! An NBD server for the userspace engine: the fixed newstyle handshake with NBD_OPT_GO /
+//! NBD_OPT_INFO and block sizes, and a transmission phase with FLUSH, FUA, TRIM and
+//! WRITE_ZEROES. Pure protocol over `Read + Write`, so it is fuzzed in memory; sockets and
+//! exports live in `crate::service`.
+
+pub mod handshake;
+pub mod transmission;
+pub mod wire;
+
+use std::io;
+
+pub use handshake::{handshake, ExportInfo, Exports, Outcome};
+pub use transmission::{serve, Device, End};
+pub use wire::Errno;
+
+use crate::engine::{Engine, EngineError};
+
+/// The errno a client sees for an engine error.
+pub fn errno(e: &EngineError) -> Errno {
+    match e {
+        // A full COW is a full disk; the PC's file system copes with ENOSPC.
+        EngineError::Overflow => Errno::NoSpc,
+        EngineError::ReadOnly => Errno::Perm,
+        EngineError::OutOfRange { .. } => Errno::Inval,
+        EngineError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
+            Errno::NoSpc
+        }
+        _ => Errno::Io,
+    }
+}
+
+impl Device for Engine {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Errno> {
+        Engine::read_at(self, buf, offset).map_err(|e| errno(&e))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), Errno> {
+        Engine::write_at(self, buf, offset).map_err(|e| errno(&e))
+    }
+
+    fn flush(&self) -> Result<(), Errno> {
+        Engine::flush(self).map_err(|e| errno(&e))
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> Result<(), Errno> {
+        Engine::trim(self, offset, len).map_err(|e| errno(&e))
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, no_hole: bool) -> Result<(), Errno> {
+        Engine::write_zeroes(self, offset, len, no_hole).map_err(|e| errno(&e))
+    }
+}

@@ -1,0 +1,155 @@
+//! The transmission phase: requests in, simple replies out, one at a time per connection.
+//! Every request is checked before the device sees it — magic, flags, offset + length
+//! overflow, the export's end, the payload cap — so a device only ever gets in-range I/O,
+//! and no buffer is sized by the client beyond `MAX_PAYLOAD`. Replies are buffered and
+//! sent when no further request is already waiting, so a deep queue costs few syscalls.
+
+use std::io::{self, BufRead, Write};
+
+use super::handshake::skip;
+use super::wire::*;
+
+/// The block device behind an export. Offsets and lengths are already checked.
+pub trait Device {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Errno>;
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), Errno>;
+    fn flush(&self) -> Result<(), Errno>;
+    fn trim(&self, offset: u64, len: u64) -> Result<(), Errno>;
+    fn write_zeroes(&self, offset: u64, len: u64, no_hole: bool) -> Result<(), Errno>;
+}
+
+/// How a connection's transmission phase ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// NBD_CMD_DISC, or the client closed between requests.
+    Disconnected,
+    /// The client broke the protocol (bad magic, an oversized WRITE): the connection is closed.
+    ProtocolError(String),
+}
+
+const KNOWN_FLAGS: u16 = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO | (1 << 2) | (1 << 3);
+
+/// Serves requests until the client leaves. I/O errors on the connection are returned.
+pub fn serve<R: BufRead, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    device: &dyn Device,
+    size: u64,
+    read_only: bool,
+) -> io::Result<End> {
+    let mut scratch: Vec<u8> = Vec::new();
+    loop {
+        // Send what is buffered when nothing else is waiting, before blocking on a read.
+        if r.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
+            w.flush()?;
+        }
+        let req = match Request::read_from(r) {
+            Ok(req) => req,
+            Err(RequestError::Closed) => return Ok(End::Disconnected),
+            Err(RequestError::BadMagic(m)) => {
+                w.flush()?;
+                return Ok(End::ProtocolError(format!(
+                    "request magic 0x{m:08x} is not NBD_REQUEST_MAGIC"
+                )));
+            }
+            Err(RequestError::Io(e)) => return Err(e),
+        };
+        let len = u64::from(req.length);
+        // A WRITE's payload must be consumed even when the request is refused, or the
+        // stream loses its framing; past the cap it is not worth reading.
+        if req.command == Command::Write && req.length > MAX_PAYLOAD {
+            w.flush()?;
+            return Ok(End::ProtocolError(format!(
+                "a WRITE of {} bytes is over the {MAX_PAYLOAD}-byte maximum payload",
+                req.length
+            )));
+        }
+        let in_range = req.end(len).is_some_and(|end| end <= size);
+        let error = if req.flags & !KNOWN_FLAGS != 0 {
+            if req.command == Command::Write {
+                skip(r, len)?;
+            }
+            Err(Errno::Inval)
+        } else {
+            match req.command {
+                Command::Read => {
+                    if req.length > MAX_PAYLOAD || !in_range {
+                        Err(Errno::Inval)
+                    } else {
+                        let n = req.length as usize;
+                        if scratch.len() < n {
+                            scratch.resize(n, 0);
+                        }
+                        match device.read_at(&mut scratch[..n], req.offset) {
+                            Ok(()) => {
+                                write_simple_reply(w, req.handle, 0)?;
+                                w.write_all(&scratch[..n])?;
+                                continue;
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                }
+                Command::Write => {
+                    let n = req.length as usize;
+                    if scratch.len() < n {
+                        scratch.resize(n, 0);
+                    }
+                    r.read_exact(&mut scratch[..n])?;
+                    if read_only {
+                        Err(Errno::Perm)
+                    } else if !in_range {
+                        Err(Errno::NoSpc)
+                    } else {
+                        device
+                            .write_at(&scratch[..n], req.offset)
+                            .and_then(|()| fua(device, req.flags))
+                    }
+                }
+                Command::Disconnect => {
+                    w.flush()?;
+                    return Ok(End::Disconnected);
+                }
+                Command::Flush => device.flush(),
+                Command::Trim => {
+                    if read_only {
+                        Err(Errno::Perm)
+                    } else if !in_range {
+                        Err(Errno::Inval)
+                    } else {
+                        device
+                            .trim(req.offset, len)
+                            .and_then(|()| fua(device, req.flags))
+                    }
+                }
+                Command::WriteZeroes => {
+                    if read_only {
+                        Err(Errno::Perm)
+                    } else if req.flags & CMD_FLAG_FAST_ZERO != 0 {
+                        // Not advertised: the spec asks for EINVAL.
+                        Err(Errno::Inval)
+                    } else if !in_range {
+                        Err(Errno::NoSpc)
+                    } else {
+                        let no_hole = req.flags & CMD_FLAG_NO_HOLE != 0;
+                        device
+                            .write_zeroes(req.offset, len, no_hole)
+                            .and_then(|()| fua(device, req.flags))
+                    }
+                }
+                // A hint with no effect on content; clients send it unadvertised.
+                Command::Cache if in_range => Ok(()),
+                Command::Cache | Command::Other(_) => Err(Errno::Inval),
+            }
+        };
+        write_simple_reply(w, req.handle, error.err().map_or(0, |e| e as u32))?;
+    }
+}
+
+fn fua(device: &dyn Device, flags: u16) -> Result<(), Errno> {
+    if flags & CMD_FLAG_FUA != 0 {
+        device.flush()
+    } else {
+        Ok(())
+    }
+}
