@@ -204,20 +204,25 @@ pub fn open_engine(
     table_chunk: Option<ByteSize>,
     read_only: bool,
 ) -> Result<Engine> {
-    let origin = FileBacking::open(base, false)
-        .with_context(|| format!("cannot open golden image {}", base.display()))?;
-    let cow_file = FileBacking::open(cow, !read_only)
-        .with_context(|| format!("cannot open COW file {}", cow.display()))?;
-    if !read_only {
-        lock(&cow_file)?;
-    }
-    let table_chunk_sectors = table_chunk_sectors(table_chunk)?;
     let options = EngineOptions {
-        table_chunk_sectors,
+        table_chunk_sectors: table_chunk_sectors(table_chunk)?,
         overflow: OverflowPolicy::Refuse,
         read_only,
         commit: crate::engine::CommitMode::PerWrite,
     };
+    open_engine_with(base, cow, options)
+}
+
+/// Opens the engine with every option given; a writable COW is locked against other
+/// cowctl processes for as long as the engine lives.
+pub fn open_engine_with(base: &Path, cow: &Path, options: EngineOptions) -> Result<Engine> {
+    let origin = FileBacking::open(base, false)
+        .with_context(|| format!("cannot open golden image {}", base.display()))?;
+    let cow_file = FileBacking::open(cow, !options.read_only)
+        .with_context(|| format!("cannot open COW file {}", cow.display()))?;
+    if !options.read_only {
+        lock(&cow_file)?;
+    }
     Engine::open(Box::new(origin), Box::new(cow_file), options).with_context(|| {
         format!(
             "cannot open COW file {} over {}",

@@ -13,4 +13,5 @@ pub mod iqn;
 pub mod kernel;
 pub mod manifest;
 pub mod nbd;
+pub mod service;
 pub mod units;

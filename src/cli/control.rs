@@ -6,16 +6,30 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::print_json;
+use super::userspace;
+use crate::control::backend::{self, Resolved};
+use crate::control::reset::Reset;
 use crate::control::{self, lock, observe::Observed, plan, status, Ctx};
 use crate::kernel::Kernel;
 use crate::manifest::{resolve_path, Manifest};
+
+const KERNEL_MATCHES: &str = "the kernel already matches the manifest";
+pub(super) const SERVICE_MATCHES: &str = "the service already serves the manifest";
 
 fn load(flag: Option<&Path>) -> Result<Manifest> {
     Ok(Manifest::load(&resolve_path(flag))?)
 }
 
-fn with_ctx<T>(flag: Option<&Path>, f: impl FnOnce(&Ctx) -> Result<T>) -> Result<T> {
+/// The manifest, when the userspace backend serves it; otherwise runs `f` on the kernel.
+fn kernel_or<T>(
+    flag: Option<&Path>,
+    userspace: impl FnOnce(&Manifest) -> Result<T>,
+    f: impl FnOnce(&Ctx) -> Result<T>,
+) -> Result<T> {
     let manifest = load(flag)?;
+    if backend::resolve(&manifest) == Resolved::Userspace {
+        return userspace(&manifest);
+    }
     let run_dir = control::default_run_dir();
     let kernel = Kernel::real(&run_dir);
     f(&Ctx {
@@ -54,12 +68,17 @@ pub fn validate(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
     }
 }
 
-fn print_plan(actions: &[plan::Action], json: bool) -> Result<()> {
+/// The plan, numbered; `nothing` is what an empty plan means on this backend.
+pub(super) fn print_plan<A: std::fmt::Display>(
+    actions: &[A],
+    nothing: &str,
+    json: bool,
+) -> Result<()> {
     if json {
         return print_json(&actions.iter().map(|a| a.to_string()).collect::<Vec<_>>());
     }
     if actions.is_empty() {
-        println!("nothing to do: the kernel already matches the manifest");
+        println!("nothing to do: {nothing}");
     }
     for (i, a) in actions.iter().enumerate() {
         println!("{:>3}. {a}", i + 1);
@@ -78,57 +97,78 @@ fn run_printing(ctx: &Ctx, actions: &[plan::Action], json: bool) -> Result<()> {
 }
 
 pub fn plan(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
-    with_ctx(flag, |ctx| {
-        let obs = Observed::read(ctx.kernel)?;
-        print_plan(&plan::plan_apply(ctx, &obs)?, json)?;
-        Ok(ExitCode::SUCCESS)
-    })
+    kernel_or(
+        flag,
+        |m| userspace::plan(m, json),
+        |ctx| {
+            let obs = Observed::read(ctx.kernel)?;
+            print_plan(&plan::plan_apply(ctx, &obs)?, KERNEL_MATCHES, json)?;
+            Ok(ExitCode::SUCCESS)
+        },
+    )
 }
 
 pub fn apply(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
-    with_ctx(flag, |ctx| {
-        let _lock = lock::acquire(&ctx.run_dir, "apply")?;
-        let obs = Observed::read(ctx.kernel)?;
-        let actions = plan::plan_apply(ctx, &obs)?;
-        if actions.is_empty() && !json {
-            println!("nothing to do: the kernel already matches the manifest");
-        }
-        run_printing(ctx, &actions, json)?;
-        if json {
-            return print_plan(&actions, true).map(|()| ExitCode::SUCCESS);
-        }
-        status_once(ctx, &[], false)
-    })
+    kernel_or(
+        flag,
+        |m| userspace::apply(m, json),
+        |ctx| {
+            let _lock = lock::acquire(&ctx.run_dir, "apply")?;
+            let obs = Observed::read(ctx.kernel)?;
+            let actions = plan::plan_apply(ctx, &obs)?;
+            if actions.is_empty() && !json {
+                println!("nothing to do: {KERNEL_MATCHES}");
+            }
+            run_printing(ctx, &actions, json)?;
+            if json {
+                return print_plan(&actions, KERNEL_MATCHES, true).map(|()| ExitCode::SUCCESS);
+            }
+            status_once(ctx, &[], false)
+        },
+    )
 }
 
 pub fn down(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode> {
-    with_ctx(flag, |ctx| {
-        let _lock = lock::acquire(&ctx.run_dir, "down")?;
-        let selected = ctx.manifest.select(pcs)?;
-        let obs = Observed::read(ctx.kernel)?;
-        let actions = plan::plan_down(ctx, &obs, &selected);
-        run_printing(ctx, &actions, json)?;
-        if json {
-            print_plan(&actions, true)?;
-        } else if actions.is_empty() {
-            println!("nothing to do: none of these PCs is applied");
-        } else {
-            println!("down: COW files are kept");
-        }
-        Ok(ExitCode::SUCCESS)
-    })
+    kernel_or(
+        flag,
+        |m| userspace::down(m, pcs, json),
+        |ctx| {
+            let _lock = lock::acquire(&ctx.run_dir, "down")?;
+            let selected = ctx.manifest.select(pcs)?;
+            let obs = Observed::read(ctx.kernel)?;
+            let actions = plan::plan_down(ctx, &obs, &selected);
+            run_printing(ctx, &actions, json)?;
+            if json {
+                print_plan(&actions, KERNEL_MATCHES, true)?;
+            } else if actions.is_empty() {
+                println!("nothing to do: none of these PCs is applied");
+            } else {
+                println!("down: COW files are kept");
+            }
+            Ok(ExitCode::SUCCESS)
+        },
+    )
 }
 
 fn status_once(ctx: &Ctx, pcs: &[String], json: bool) -> Result<ExitCode> {
     let selected = ctx.manifest.select(pcs)?;
     let obs = Observed::read_lenient(ctx.kernel)?;
     let rows = status::collect(ctx, &obs, &selected);
+    print_status(&rows, ctx.manifest.warn_percent, json)
+}
+
+/// Prints the status table (or JSON); exits 2 when a PC needs attention, so cron and
+/// monitoring can act on it.
+pub(super) fn print_status(
+    rows: &[status::PcStatus],
+    warn_percent: f64,
+    json: bool,
+) -> Result<ExitCode> {
     if json {
         print_json(&rows)?;
     } else {
-        print!("{}", status::render(&rows, ctx.manifest.warn_percent));
+        print!("{}", status::render(rows, warn_percent));
     }
-    // Non-zero when a PC needs attention, so cron and monitoring can act on it.
     Ok(if rows.iter().any(|r| r.warn) {
         ExitCode::from(2)
     } else {
@@ -142,50 +182,76 @@ pub fn status(
     json: bool,
     watch: Option<u64>,
 ) -> Result<ExitCode> {
-    with_ctx(flag, |ctx| match watch {
-        None => status_once(ctx, pcs, json),
+    let once = |ctx: Option<&Ctx>| match ctx {
+        Some(ctx) => status_once(ctx, pcs, json),
+        None => userspace::status(&load(flag)?, pcs, json),
+    };
+    let run = |ctx: Option<&Ctx>| match watch {
+        None => once(ctx),
         Some(secs) => loop {
             if !json {
                 print!("\x1b[H\x1b[2J");
             }
-            status_once(ctx, pcs, json)?;
+            once(ctx)?;
             std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
         },
-    })
+    };
+    kernel_or(flag, |_| run(None), |ctx| run(Some(ctx)))
 }
 
 pub fn reset(flag: Option<&Path>, pcs: &[String], all: bool, json: bool) -> Result<ExitCode> {
-    with_ctx(flag, |ctx| {
-        if pcs.is_empty() && !all {
-            anyhow::bail!("name the PCs to reset, or say --all");
+    if pcs.is_empty() && !all {
+        anyhow::bail!("name the PCs to reset, or say --all");
+    }
+    kernel_or(
+        flag,
+        |m| userspace::reset(m, pcs, json),
+        |ctx| {
+            let _lock = lock::acquire(&ctx.run_dir, "reset")?;
+            let selected = ctx.manifest.select(pcs)?;
+            let obs = Observed::read(ctx.kernel)?;
+            let resets = selected
+                .into_iter()
+                .map(|pc| control::reset::reset(ctx, &obs, pc))
+                .collect::<Result<Vec<_>>>()?;
+            print_resets(&resets, "sessions dropped and resumed", json)
+        },
+    )
+}
+
+/// One line per reset, or JSON; `how` says what the PC's clients saw.
+pub(super) fn print_resets(resets: &[Reset], how: &str, json: bool) -> Result<ExitCode> {
+    if json {
+        print_json(&resets)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in resets {
+        if r.live {
+            println!(
+                "reset {}: I/O paused {:.1} ms while exported ({how}); old COW freed after {:.1} ms",
+                r.pc,
+                r.seconds * 1e3,
+                r.total_seconds * 1e3
+            );
+        } else {
+            println!(
+                "reset {} in {:.1} ms (not applied: COW file reset)",
+                r.pc,
+                r.seconds * 1e3
+            );
         }
-        let _lock = lock::acquire(&ctx.run_dir, "reset")?;
-        let selected = ctx.manifest.select(pcs)?;
-        let obs = Observed::read(ctx.kernel)?;
-        let mut done = Vec::new();
-        for pc in selected {
-            let r = control::reset::reset(ctx, &obs, pc)?;
-            if !json {
-                if r.live {
-                    println!(
-                        "reset {}: I/O paused {:.1} ms while exported (sessions dropped and resumed); old COW freed after {:.1} ms",
-                        r.pc,
-                        r.seconds * 1e3,
-                        r.total_seconds * 1e3
-                    );
-                } else {
-                    println!(
-                        "reset {} in {:.1} ms (not applied: COW file reset)",
-                        r.pc,
-                        r.seconds * 1e3
-                    );
-                }
-            }
-            done.push(r);
-        }
-        if json {
-            print_json(&done)?;
-        }
-        Ok(ExitCode::SUCCESS)
-    })
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn serve(flag: Option<&Path>, start_empty: bool) -> Result<ExitCode> {
+    let manifest = load(flag)?;
+    if backend::resolve(&manifest) == Resolved::Kernel {
+        anyhow::bail!(
+            "{} is served by the kernel (device-mapper is here and backend is {}): `cowctl apply` serves it; set backend: userspace to serve it with cowctl's engine over NBD",
+            manifest.path.display(),
+            serde_json::to_string(&manifest.backend)?.trim_matches('"')
+        );
+    }
+    userspace::serve(&manifest, start_empty)
 }

@@ -2,6 +2,7 @@
 
 mod control;
 mod cow;
+mod userspace;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,12 @@ pub enum Command {
         #[arg(long, conflicts_with = "pcs")]
         all: bool,
     },
+    /// Serve every PC with cowctl's engine over NBD (the userspace backend), in the foreground.
+    Serve {
+        /// Serve nothing until the first `cowctl apply` (how apply starts the service).
+        #[arg(long, hide = true)]
+        start_empty: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
@@ -60,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Down { pcs } => control::down(f, &pcs, cli.json),
         Command::Status { pcs, watch } => control::status(f, &pcs, cli.json, watch),
         Command::Reset { pcs, all } => control::reset(f, &pcs, all, cli.json),
+        Command::Serve { start_empty } => control::serve(f, start_empty),
     }
 }
 

@@ -16,9 +16,19 @@ use crate::manifest::{AclMode, Export, Pc};
 
 /// Runs `actions` in order; `progress` hears of each before it starts.
 pub fn run(ctx: &Ctx, actions: &[Action], progress: &mut dyn FnMut(usize, &Action)) -> Result<()> {
+    run_steps(actions, |a| step(ctx, a), progress)
+}
+
+/// Runs steps in order, stopping at the first failure with a sentence that names the step
+/// and what was done before it. Shared by the kernel and userspace backends.
+pub fn run_steps<A: std::fmt::Display>(
+    actions: &[A],
+    mut step: impl FnMut(&A) -> Result<()>,
+    progress: &mut dyn FnMut(usize, &A),
+) -> Result<()> {
     for (i, action) in actions.iter().enumerate() {
         progress(i, action);
-        if let Err(e) = step(ctx, action) {
+        if let Err(e) = step(action) {
             let done = if i == 0 {
                 "nothing was changed before it".to_string()
             } else {

@@ -3,6 +3,7 @@
 //! between runs except what the kernel and the files hold.
 
 pub mod apply;
+pub mod backend;
 pub mod lock;
 pub mod observe;
 pub mod plan;

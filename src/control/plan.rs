@@ -15,7 +15,7 @@ use super::{dm_name, sidecar, Ctx, PREFIX};
 use crate::cow::{HeaderState, LoadedStore};
 use crate::dm::DevRef;
 use crate::kernel::loopdev;
-use crate::manifest::{Export, Pc};
+use crate::manifest::{Export, Manifest, Pc};
 use crate::units::ByteSize;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +193,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
                     }),
                 }
             }
+            Export::Nbd => {} // refused by preflight
         }
     }
     // A reset that was interrupted may have left the old COW set aside on its loop.
@@ -293,13 +294,45 @@ fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool)
 
 /// Checks that need no kernel change, all reported at once.
 fn preflight(ctx: &Ctx) -> Result<()> {
+    let mut problems = file_problems(ctx.manifest);
+    for pc in ctx.manifest.pcs.iter().filter(|p| p.export == Export::Nbd) {
+        problems.push(format!(
+            "{}: export nbd is served by the userspace engine only (set backend: userspace)",
+            pc.name
+        ));
+    }
+    problems.extend(network_problems(ctx));
+    if let Some(chap) = ctx.manifest.iscsi.as_ref().and_then(|i| i.chap.as_ref()) {
+        if let Err(e) = super::apply::read_secret(&chap.secret_file) {
+            problems.push(format!("{e:#}"));
+        }
+    }
+    refuse_if_any(ctx.manifest, problems)
+}
+
+/// Fails with every problem, one per line, when there are any.
+pub fn refuse_if_any(manifest: &Manifest, problems: Vec<String>) -> Result<()> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "cannot apply {}:\n  - {}",
+            manifest.path.display(),
+            problems.join("\n  - ")
+        )
+    }
+}
+
+/// What both backends check before serving: golden images readable and whole sectors;
+/// existing COW files loadable, of the manifest's chunk size, and recorded against the
+/// image they are about to be laid over; new COWs' directories present.
+pub fn file_problems(manifest: &Manifest) -> Vec<String> {
     let mut problems = Vec::new();
     let mut fingerprints = std::collections::BTreeMap::new();
-    for image in ctx
-        .manifest
+    for image in manifest
         .images
         .values()
-        .filter(|i| ctx.manifest.pcs.iter().any(|p| p.image == i.name))
+        .filter(|i| manifest.pcs.iter().any(|p| p.image == i.name))
     {
         match sidecar::fingerprint(&image.path) {
             Ok(g) if g.size % 512 != 0 || g.size == 0 => problems.push(format!(
@@ -313,7 +346,7 @@ fn preflight(ctx: &Ctx) -> Result<()> {
             Err(e) => problems.push(format!("{e:#}")),
         }
     }
-    for pc in &ctx.manifest.pcs {
+    for pc in &manifest.pcs {
         if pc.cow.exists() {
             match std::fs::File::open(&pc.cow)
                 .map_err(anyhow::Error::from)
@@ -351,21 +384,7 @@ fn preflight(ctx: &Ctx) -> Result<()> {
             ));
         }
     }
-    problems.extend(network_problems(ctx));
-    if let Some(chap) = ctx.manifest.iscsi.as_ref().and_then(|i| i.chap.as_ref()) {
-        if let Err(e) = super::apply::read_secret(&chap.secret_file) {
-            problems.push(format!("{e:#}"));
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        bail!(
-            "cannot apply {}:\n  - {}",
-            ctx.manifest.path.display(),
-            problems.join("\n  - ")
-        )
-    }
+    problems
 }
 
 /// Portals must be on an interface that is up (or the wildcard); AoE interfaces must be up.

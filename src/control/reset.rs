@@ -26,7 +26,7 @@ use crate::kernel::lio::Lio;
 use crate::kernel::loopdev::{self, LoopInfo};
 use crate::manifest::{Export, Pc};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Reset {
     pub pc: String,
     /// True when the PC was exported (and its I/O paused) during the reset.

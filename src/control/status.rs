@@ -2,14 +2,15 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::observe::Observed;
 use super::{dm_name, Ctx};
+use crate::cow::Usage;
 use crate::dm::SnapshotStatus;
-use crate::manifest::{Export, Pc};
+use crate::manifest::{Export, Manifest, Pc};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PcState {
     Active,
@@ -33,12 +34,12 @@ impl PcState {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PcStatus {
     pub name: String,
     pub image: String,
     pub image_version: Option<String>,
-    /// The iSCSI target IQN, or eSHELF.SLOT for AoE.
+    /// The iSCSI target IQN, eSHELF.SLOT for AoE, or the NBD URI.
     pub export: String,
     pub state: PcState,
     /// The kernel's `sectors_allocated`: header, metadata and data chunks in use.
@@ -48,6 +49,7 @@ pub struct PcStatus {
     /// `used_sectors / total_sectors`: at 100 % the snapshot overflows.
     pub used_percent: Option<f64>,
     pub warn: bool,
+    /// iSCSI initiators logged in, or NBD clients connected.
     pub initiators: Vec<String>,
     pub cow: PathBuf,
 }
@@ -57,7 +59,6 @@ pub fn collect(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<PcStatus> {
 }
 
 fn one(ctx: &Ctx, obs: &Observed, pc: &Pc) -> PcStatus {
-    let image = ctx.image(pc);
     let name = dm_name(&pc.name);
     let (state, usage) = if obs.dm.contains_key(&name) {
         match ctx.kernel.dm.status(&name).map(|s| s.status) {
@@ -68,26 +69,58 @@ fn one(ctx: &Ctx, obs: &Observed, pc: &Pc) -> PcStatus {
             Ok(SnapshotStatus::Unknown) | Err(_) => (PcState::Unknown, None),
         }
     } else {
-        match crate::cowfile::inspect(&pc.cow, Some(pc.chunk)) {
-            Ok(i) if !i.valid => (PcState::Invalid, None),
-            Ok(i) => (
-                PcState::NotApplied,
-                Some(crate::cow::Usage {
-                    sectors_allocated: i.sectors_allocated,
-                    total_sectors: i.total_sectors,
-                    metadata_sectors: i.metadata_sectors,
-                }),
-            ),
-            Err(_) => (PcState::NotApplied, None),
-        }
+        from_cow_file(pc)
     };
+    let initiators = match &pc.export {
+        Export::Iscsi { target, .. } => obs
+            .target(target.as_str())
+            .map(|t| t.sessions.clone())
+            .unwrap_or_default(),
+        Export::Aoe { .. } | Export::Nbd => Vec::new(),
+    };
+    row(
+        ctx.manifest,
+        pc,
+        state,
+        usage,
+        pc.export.to_string(),
+        initiators,
+    )
+}
+
+/// State and usage of a PC that is not being served, read from its COW file.
+pub fn from_cow_file(pc: &Pc) -> (PcState, Option<Usage>) {
+    match crate::cowfile::inspect(&pc.cow, Some(pc.chunk)) {
+        Ok(i) if !i.valid => (PcState::Invalid, None),
+        Ok(i) => (
+            PcState::NotApplied,
+            Some(Usage {
+                sectors_allocated: i.sectors_allocated,
+                total_sectors: i.total_sectors,
+                metadata_sectors: i.metadata_sectors,
+            }),
+        ),
+        Err(_) => (PcState::NotApplied, None),
+    }
+}
+
+/// One status row: fill and warning worked out the same way for every backend.
+pub fn row(
+    manifest: &Manifest,
+    pc: &Pc,
+    state: PcState,
+    usage: Option<Usage>,
+    export: String,
+    initiators: Vec<String>,
+) -> PcStatus {
+    let image = &manifest.images[&pc.image];
     // An overflowed snapshot is full by definition.
     let usage = usage.or_else(|| {
         (state == PcState::Overflow).then(|| {
             let total = std::fs::metadata(&pc.cow)
                 .map(|m| m.len() / 512)
                 .unwrap_or(0);
-            crate::cow::Usage {
+            Usage {
                 sectors_allocated: total,
                 total_sectors: total,
                 metadata_sectors: 0,
@@ -95,22 +128,15 @@ fn one(ctx: &Ctx, obs: &Observed, pc: &Pc) -> PcStatus {
         })
     });
     let used_percent = usage.map(|u| u.allocated_percent());
-    let initiators = match &pc.export {
-        Export::Iscsi { target, .. } => obs
-            .target(target.as_str())
-            .map(|t| t.sessions.clone())
-            .unwrap_or_default(),
-        Export::Aoe { .. } => Vec::new(),
-    };
     let warn = matches!(
         state,
         PcState::Overflow | PcState::Invalid | PcState::MergeFailed
-    ) || used_percent.is_some_and(|p| p >= ctx.manifest.warn_percent);
+    ) || used_percent.is_some_and(|p| p >= manifest.warn_percent);
     PcStatus {
         name: pc.name.clone(),
         image: image.name.clone(),
         image_version: image.version.clone(),
-        export: pc.export.to_string(),
+        export,
         state,
         used_sectors: usage.map(|u| u.sectors_allocated),
         total_sectors: usage.map(|u| u.total_sectors),

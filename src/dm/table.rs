@@ -52,6 +52,16 @@ pub enum StoreMode {
     N,
 }
 
+impl StoreMode {
+    /// What the engine does when the COW fills, for this table flag.
+    pub fn overflow_policy(self) -> crate::engine::OverflowPolicy {
+        match self {
+            StoreMode::PO => crate::engine::OverflowPolicy::Refuse,
+            StoreMode::P | StoreMode::N => crate::engine::OverflowPolicy::Invalidate,
+        }
+    }
+}
+
 impl FromStr for StoreMode {
     type Err = ParseError;
 

@@ -54,6 +54,8 @@ pub struct Engine {
     table: RwLock<ChunkMap>,
     meta: Metadata,
     stripes: Box<[Mutex<()>]>,
+    /// Set when the COW is about to be thrown away: closing then commits nothing.
+    abandoned: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -88,7 +90,14 @@ impl Engine {
             table: RwLock::new(std::mem::take(&mut store.exceptions)),
             meta,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            abandoned: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The COW is about to be discarded (a reset): closing the engine writes nothing more.
+    pub fn abandon(&self) {
+        self.abandoned
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Size of the disk the engine presents: the golden image's size.
@@ -333,7 +342,11 @@ impl Engine {
 impl Drop for Engine {
     /// Closing commits what a flush would: exceptions recorded in memory reach the disk.
     fn drop(&mut self) {
-        if self.meta.mode() == CommitMode::OnFlush && self.meta.state() != SnapshotState::Invalid {
+        let abandoned = self.abandoned.load(std::sync::atomic::Ordering::Acquire);
+        if self.meta.mode() == CommitMode::OnFlush
+            && self.meta.state() != SnapshotState::Invalid
+            && !abandoned
+        {
             let _ = self.meta.flush(self.cow.as_ref());
         }
     }

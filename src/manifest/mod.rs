@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use serde_norway::Value;
 
 use positions::Positions;
-use raw::{RawAoe, RawImages, RawIscsi, RawPc, Text};
-pub use types::{AclMode, AoeConfig, Chap, Export, Image, IscsiConfig, Mac, Pc, Portal};
+use raw::{RawAoe, RawImages, RawIscsi, RawNbd, RawPc, Text};
+pub use types::{
+    AclMode, AoeConfig, Backend, Chap, Export, Image, IscsiConfig, Mac, NbdConfig, Pc, Portal,
+};
 
 use crate::cow::Geometry;
 use crate::dm::StoreMode;
@@ -32,6 +34,8 @@ pub struct Manifest {
     pub aoe: Option<AoeConfig>,
     /// Warn when a PC's COW is this full (percent).
     pub warn_percent: f64,
+    pub backend: Backend,
+    pub nbd: NbdConfig,
 }
 
 /// One problem in a manifest, with where it is.
@@ -214,6 +218,7 @@ impl Builder {
         };
         let (mut images, mut defaults, mut iscsi, mut aoe, mut warn, mut pcs) =
             (None, RawPc::default(), None, None, None, Vec::new());
+        let (mut backend, mut nbd) = (None, None);
         for (k, v) in map {
             let key = k.as_str().unwrap_or("").to_string();
             match key.as_str() {
@@ -223,7 +228,9 @@ impl Builder {
                 "aoe" => aoe = self.section::<RawAoe>("aoe", v),
                 "warn_percent" => warn = self.section::<f64>("warn_percent", v),
                 "pcs" => pcs = self.section::<Vec<Value>>("pcs", v).unwrap_or_default(),
-                other => self.error(other, format!("unknown section {other:?} (expected images, defaults, pcs, iscsi, aoe, warn_percent)")),
+                "backend" => backend = self.section::<String>("backend", v),
+                "nbd" => nbd = self.section::<RawNbd>("nbd", v),
+                other => self.error(other, format!("unknown section {other:?} (expected images, defaults, pcs, iscsi, aoe, nbd, backend, warn_percent)")),
             }
         }
         if defaults.name.is_some() {
@@ -234,6 +241,19 @@ impl Builder {
         let aoe = aoe.map(|r| AoeConfig {
             interface: r.interface,
         });
+        let backend = match backend.as_deref() {
+            None | Some("auto") => Backend::Auto,
+            Some("kernel") => Backend::Kernel,
+            Some("userspace") => Backend::Userspace,
+            Some(other) => {
+                self.error(
+                    "backend",
+                    format!("{other:?} is not a backend (auto, kernel or userspace)"),
+                );
+                Backend::Auto
+            }
+        };
+        let nbd = nbd.map_or_else(NbdConfig::default, |r| self.nbd(r));
         let warn_percent = warn.unwrap_or(75.0);
         if !(warn_percent > 0.0 && warn_percent <= 100.0) {
             self.error(
@@ -268,7 +288,32 @@ impl Builder {
             iscsi,
             aoe,
             warn_percent,
+            backend,
+            nbd,
         })
+    }
+
+    fn nbd(&mut self, r: RawNbd) -> NbdConfig {
+        let mut cfg = NbdConfig::default();
+        if let Some(l) = r.listen {
+            match l.parse::<Portal>() {
+                Ok(p) if l.parse::<std::net::SocketAddr>().is_ok() => cfg.listen = p.0,
+                _ => self.error(
+                    "nbd.listen",
+                    format!("{l:?} is not an address with a port, such as 0.0.0.0:10809"),
+                ),
+            }
+        }
+        if let Some(s) = r.socket {
+            if !s.is_absolute() {
+                self.error(
+                    "nbd.socket",
+                    format!("{} is not an absolute path", s.display()),
+                );
+            }
+            cfg.socket = Some(s);
+        }
+        cfg
     }
 
     fn images(&mut self, raw: RawImages) -> BTreeMap<String, Image> {
@@ -508,10 +553,11 @@ impl Builder {
         let export = match value("export").as_deref() {
             None | Some("iscsi") => self.iscsi_export(&at, name, value, iscsi),
             Some("aoe") => self.aoe_export(&at, name, value, raw, defaults, mac, aoe),
+            Some("nbd") => Some(Export::Nbd),
             Some(other) => {
                 self.error(
                     &at("export"),
-                    format!("{name}: {other:?} is not an export (iscsi or aoe)"),
+                    format!("{name}: {other:?} is not an export (iscsi, aoe or nbd)"),
                 );
                 None
             }
@@ -529,6 +575,7 @@ impl Builder {
             export: export?,
             mac,
             ip,
+            read_only: raw.read_only.or(defaults.read_only).unwrap_or(false),
         })
     }
 

@@ -53,6 +53,8 @@ pub struct RawPc {
     pub slot: Option<Text>,
     /// MACs allowed to reach an AoE export; default: the PC's `mac`.
     pub aoe_macs: Option<Vec<Text>>,
+    /// Serve the disk read-only (the COW is never written).
+    pub read_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +79,13 @@ pub struct RawChap {
 #[serde(deny_unknown_fields)]
 pub struct RawAoe {
     pub interface: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNbd {
+    pub listen: Option<String>,
+    pub socket: Option<PathBuf>,
 }
 
 pub type RawImages = BTreeMap<String, RawImage>;

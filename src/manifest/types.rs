@@ -30,6 +30,7 @@ pub struct Pc {
     pub export: Export,
     pub mac: Option<Mac>,
     pub ip: Option<IpAddr>,
+    pub read_only: bool,
 }
 
 impl Pc {
@@ -50,6 +51,8 @@ pub enum Export {
         slot: u8,
         macs: Vec<Mac>,
     },
+    /// Only the userspace backend's NBD server (which serves every PC, whatever its export).
+    Nbd,
 }
 
 impl fmt::Display for Export {
@@ -57,6 +60,37 @@ impl fmt::Display for Export {
         match self {
             Export::Iscsi { target, .. } => write!(f, "{target}"),
             Export::Aoe { shelf, slot, .. } => write!(f, "e{shelf}.{slot}"),
+            Export::Nbd => write!(f, "nbd"),
+        }
+    }
+}
+
+/// Who serves the PCs' disks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The kernel when it has device-mapper's snapshot target, else the userspace engine.
+    Auto,
+    /// loop + dm-snapshot + LIO / vblade.
+    Kernel,
+    /// cowctl's own engine, served over NBD by `cowctl serve`.
+    Userspace,
+}
+
+/// The userspace backend's NBD server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NbdConfig {
+    /// TCP address; the default is every address on port 10809 (NBD's IANA port).
+    pub listen: SocketAddr,
+    /// Unix socket; the default is `nbd.sock` in cowctl's run directory.
+    pub socket: Option<PathBuf>,
+}
+
+impl Default for NbdConfig {
+    fn default() -> Self {
+        NbdConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 10809)),
+            socket: None,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! and no buffer is sized by the client beyond `MAX_PAYLOAD`. Replies are buffered and
 //! sent when no further request is already waiting, so a deep queue costs few syscalls.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufReader, Read, Write};
 
 use super::handshake::skip;
 use super::wire::*;
@@ -30,8 +30,8 @@ pub enum End {
 const KNOWN_FLAGS: u16 = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO | (1 << 2) | (1 << 3);
 
 /// Serves requests until the client leaves. I/O errors on the connection are returned.
-pub fn serve<R: BufRead, W: Write>(
-    r: &mut R,
+pub fn serve<R: Read, W: Write>(
+    r: &mut BufReader<R>,
     w: &mut W,
     device: &dyn Device,
     size: u64,
@@ -39,8 +39,9 @@ pub fn serve<R: BufRead, W: Write>(
 ) -> io::Result<End> {
     let mut scratch: Vec<u8> = Vec::new();
     loop {
-        // Send what is buffered when nothing else is waiting, before blocking on a read.
-        if r.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
+        // Send what is buffered when no further request is already read, before a read
+        // that may block.
+        if r.buffer().is_empty() {
             w.flush()?;
         }
         let req = match Request::read_from(r) {

@@ -1,0 +1,132 @@
+//! The control socket of `cowctl serve`: one JSON request per connection, one JSON reply.
+//! `cowctl plan/apply/status/reset/down` use it on the userspace backend, so they print
+//! the same things as on the kernel backend.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::control::reset::Reset;
+use crate::control::status::PcStatus;
+
+/// Requests larger than this are refused (the largest real one names a manifest path).
+const MAX_REQUEST: u64 = 64 << 10;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Plan {
+        manifest: PathBuf,
+    },
+    Apply {
+        manifest: PathBuf,
+    },
+    Status,
+    Reset {
+        pcs: Vec<String>,
+    },
+    /// Stop serving these PCs; all of them (and the service exits) when empty.
+    Down {
+        pcs: Vec<String>,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub error: Option<String>,
+    /// Steps planned or done, in order.
+    #[serde(default)]
+    pub steps: Vec<String>,
+    #[serde(default)]
+    pub status: Vec<PcStatus>,
+    #[serde(default)]
+    pub resets: Vec<Reset>,
+}
+
+pub fn socket_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("cowctl.sock")
+}
+
+/// Sends a request to the service; None when no service is listening.
+pub fn call(run_dir: &Path, request: &Request) -> Result<Option<Response>> {
+    let path = socket_path(run_dir);
+    let mut stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot reach cowctl serve at {}", path.display()))
+        }
+    };
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .with_context(|| format!("no reply from cowctl serve at {}", path.display()))?;
+    if reply.is_empty() {
+        anyhow::bail!(
+            "cowctl serve at {} closed the connection without replying",
+            path.display()
+        );
+    }
+    let response: Response =
+        serde_json::from_str(&reply).context("a malformed reply from cowctl serve")?;
+    match &response.error {
+        Some(e) => Err(anyhow::anyhow!("{e}")),
+        None => Ok(Some(response)),
+    }
+}
+
+/// Reads one request from a control connection.
+pub fn read_request(stream: &UnixStream) -> Result<Request> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = String::new();
+    BufReader::new(std::io::Read::take(stream, MAX_REQUEST)).read_line(&mut line)?;
+    serde_json::from_str(&line).context("not a cowctl control request")
+}
+
+pub fn write_response(mut stream: &UnixStream, response: &Response) -> Result<()> {
+    let mut line = serde_json::to_vec(response)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_through_json() {
+        for r in [
+            Request::Apply {
+                manifest: "/etc/cowctl/cowctl.yaml".into(),
+            },
+            Request::Status,
+            Request::Reset {
+                pcs: vec!["pc-01".into()],
+            },
+            Request::Down { pcs: vec![] },
+        ] {
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        }
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"op":"status"}"#
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! The exports `cowctl serve` offers: one slot per PC with its engine and the connections
+//! using it. Reset and down go through [`Slot::quiesce`]: new requests wait, every
+//! connection is shut down and its thread finishes the request it is in (its reply may not
+//! arrive), and only then is the engine swapped or closed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Result};
+
+use crate::engine::Engine;
+use crate::manifest::Pc;
+use crate::nbd::{ExportInfo, Exports};
+
+/// How long a reset or down waits for connections to finish their current request.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An engine being served, with the manifest entry it was opened from.
+pub struct Served {
+    pub engine: Arc<Engine>,
+    pub pc: Pc,
+    pub image_path: std::path::PathBuf,
+}
+
+pub struct Slot {
+    pub name: String,
+    inner: Mutex<Inner>,
+    changed: Condvar,
+}
+
+struct Inner {
+    served: Option<Served>,
+    paused: bool,
+    conns: BTreeMap<u64, Conn>,
+    next_id: u64,
+    resets: u64,
+    last_reset: Option<SystemTime>,
+}
+
+struct Conn {
+    peer: String,
+    close: Box<dyn Fn() + Send>,
+}
+
+/// Removes its connection from the slot when the connection's thread ends.
+pub struct ConnGuard {
+    slot: Arc<Slot>,
+    id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut inner = self.slot.lock();
+        inner.conns.remove(&self.id);
+        self.slot.changed.notify_all();
+    }
+}
+
+impl Slot {
+    pub fn new(name: &str, served: Served) -> Arc<Slot> {
+        Arc::new(Slot {
+            name: name.to_string(),
+            inner: Mutex::new(Inner {
+                served: Some(served),
+                paused: false,
+                conns: BTreeMap::new(),
+                next_id: 0,
+                resets: 0,
+                last_reset: None,
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn info(&self) -> Option<ExportInfo> {
+        let inner = self.lock();
+        inner.served.as_ref().map(export_info)
+    }
+
+    /// The engine and manifest entry being served, if any.
+    pub fn with_served<T>(&self, f: impl FnOnce(&Served) -> T) -> Option<T> {
+        self.lock().served.as_ref().map(f)
+    }
+
+    pub fn peers(&self) -> Vec<String> {
+        self.lock().conns.values().map(|c| c.peer.clone()).collect()
+    }
+
+    pub fn resets(&self) -> (u64, Option<SystemTime>) {
+        let inner = self.lock();
+        (inner.resets, inner.last_reset)
+    }
+
+    /// Registers a connection that entered transmission; waits while a reset is under
+    /// way. None when the export was closed meanwhile.
+    pub fn attach(
+        self: &Arc<Slot>,
+        peer: String,
+        close: Box<dyn Fn() + Send>,
+    ) -> Option<(Arc<Engine>, ExportInfo, ConnGuard)> {
+        let mut inner = self.lock();
+        while inner.paused {
+            inner = self.changed.wait(inner).unwrap_or_else(|p| p.into_inner());
+        }
+        let served = inner.served.as_ref()?;
+        let (engine, info) = (served.engine.clone(), export_info(served));
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.conns.insert(id, Conn { peer, close });
+        Some((
+            engine,
+            info,
+            ConnGuard {
+                slot: self.clone(),
+                id,
+            },
+        ))
+    }
+
+    /// Stops all I/O: closes every connection, waits until each has finished, then lets
+    /// `f` decide what is served next (None closes the export) and whether it went well.
+    /// Returns how long I/O was paused. `f` gets the old engine as the only reference to
+    /// it, so dropping it closes the file.
+    pub fn quiesce(
+        &self,
+        f: impl FnOnce(Option<Served>) -> (Option<Served>, Result<()>),
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        let mut inner = self.lock();
+        while inner.paused {
+            inner = self.changed.wait(inner).unwrap_or_else(|p| p.into_inner());
+        }
+        inner.paused = true;
+        for c in inner.conns.values() {
+            (c.close)();
+        }
+        let deadline = start + DRAIN_TIMEOUT;
+        while !inner.conns.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                inner.paused = false;
+                self.changed.notify_all();
+                bail!(
+                    "{}'s connections did not finish within {} s",
+                    self.name,
+                    DRAIN_TIMEOUT.as_secs()
+                );
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let (next, result) = f(inner.served.take());
+        inner.served = next;
+        inner.paused = false;
+        self.changed.notify_all();
+        result.map(|()| start.elapsed())
+    }
+
+    pub fn note_reset(&self) {
+        let mut inner = self.lock();
+        inner.resets += 1;
+        inner.last_reset = Some(SystemTime::now());
+    }
+}
+
+fn export_info(s: &Served) -> ExportInfo {
+    let chunk = u32::try_from(s.engine.geometry().chunk_bytes()).unwrap_or(u32::MAX);
+    ExportInfo {
+        size: s.engine.size(),
+        read_only: s.pc.read_only,
+        // A power of two of at least 512, at most the largest payload: the chunk size.
+        preferred_block: chunk.clamp(4096, crate::nbd::wire::MAX_PAYLOAD),
+        description: format!("cowctl PC {} on golden image {}", s.pc.name, s.pc.image),
+    }
+}
+
+/// Every PC's slot, by name.
+#[derive(Default)]
+pub struct Registry {
+    slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+}
+
+impl Registry {
+    pub fn get(&self, name: &str) -> Option<Arc<Slot>> {
+        self.read().get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Slot>> {
+        self.read().values().cloned().collect()
+    }
+
+    pub fn insert(&self, slot: Arc<Slot>) {
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(slot.name.clone(), slot);
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Slot>>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Exports for Registry {
+    fn lookup(&self, name: &str) -> Option<ExportInfo> {
+        self.get(name)?.info()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .filter(|s| s.info().is_some())
+            .map(|s| s.name.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,133 @@
+//! NBD listeners (TCP and a unix socket) and one thread per connection: handshake, then
+//! transmission against the PC's engine until the client leaves or a reset closes it.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::exports::Registry;
+use crate::nbd::{self, Outcome};
+
+/// A client that has not chosen an export by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const BUFFER: usize = 256 << 10;
+
+/// What a connection needs of its socket besides reading and writing.
+trait Socket: Read + Write + Send + Sized + 'static {
+    fn duplicate(&self) -> std::io::Result<Self>;
+    fn shut(&self);
+    fn set_timeout(&self, t: Option<Duration>);
+}
+
+impl Socket for TcpStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn shut(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+    fn set_timeout(&self, t: Option<Duration>) {
+        let _ = self.set_read_timeout(t);
+    }
+}
+
+impl Socket for UnixStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn shut(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+    fn set_timeout(&self, t: Option<Duration>) {
+        let _ = self.set_read_timeout(t);
+    }
+}
+
+pub fn accept_tcp(listener: TcpListener, registry: Arc<Registry>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        // Replies to small requests must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "tcp".to_string(), |a| a.to_string());
+        spawn(stream, peer, registry.clone());
+    }
+}
+
+pub fn accept_unix(listener: UnixListener, registry: Arc<Registry>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        spawn(stream, "unix".to_string(), registry.clone());
+    }
+}
+
+fn spawn<S: Socket>(stream: S, peer: String, registry: Arc<Registry>) {
+    let _ = std::thread::Builder::new()
+        .name(format!("nbd {peer}"))
+        .spawn(move || {
+            if let Err(e) = connection(stream, &peer, &registry) {
+                tracing::debug!("NBD connection from {peer} ended: {e:#}");
+            }
+        });
+}
+
+fn connection<S: Socket>(stream: S, peer: &str, registry: &Registry) -> anyhow::Result<()> {
+    stream.set_timeout(Some(HANDSHAKE_TIMEOUT));
+    let mut rw = ReadWrite {
+        r: stream.duplicate()?,
+        w: stream.duplicate()?,
+    };
+    let Outcome::Go { name, .. } = nbd::handshake(&mut rw, registry)? else {
+        return Ok(());
+    };
+    stream.set_timeout(None);
+    let Some(slot) = registry.get(&name) else {
+        return Ok(());
+    };
+    let closer = stream.duplicate()?;
+    let Some((engine, info, guard)) =
+        slot.attach(peer.to_string(), Box::new(move || closer.shut()))
+    else {
+        return Ok(());
+    };
+    tracing::info!("{peer} connected to {name}");
+    let mut r = BufReader::with_capacity(BUFFER, rw.r);
+    let mut w = BufWriter::with_capacity(BUFFER, rw.w);
+    let end = nbd::serve(&mut r, &mut w, engine.as_ref(), info.size, info.read_only);
+    // The engine goes before the guard, so a reset that waits for this connection gets
+    // the only reference to it.
+    drop(engine);
+    drop(guard);
+    match end {
+        Ok(nbd::End::ProtocolError(why)) => {
+            tracing::warn!("closed {peer}'s connection to {name}: {why}")
+        }
+        Ok(nbd::End::Disconnected) => tracing::info!("{peer} disconnected from {name}"),
+        Err(e) => tracing::info!("{peer}'s connection to {name} closed: {e}"),
+    }
+    Ok(())
+}
+
+/// One socket as a `Read + Write` pair of handles.
+struct ReadWrite<S> {
+    r: S,
+    w: S,
+}
+
+impl<S: Read> Read for ReadWrite<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.r.read(buf)
+    }
+}
+
+impl<S: Write> Write for ReadWrite<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.w.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}

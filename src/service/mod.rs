@@ -1,0 +1,353 @@
+//! The userspace backend: `cowctl serve` runs every PC on the engine and serves its disk
+//! over NBD (export name = PC name) on TCP and a unix socket. Its control socket answers
+//! plan, apply, status, reset and down, so those commands behave as on the kernel backend.
+//! The service is the source of truth for what is served; no state file is kept.
+
+pub mod control;
+pub mod exports;
+pub mod listen;
+pub mod plan;
+pub mod run;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::control::apply::run_steps;
+use crate::control::reset::{discard_path, Reset};
+use crate::control::status::{self, PcState, PcStatus};
+use crate::control::{plan as kplan, sidecar};
+use crate::engine::{CommitMode, EngineOptions, SnapshotState};
+use crate::manifest::{Manifest, Pc};
+use exports::{Registry, Served, Slot};
+use plan::{ServedPc, Step};
+
+pub struct Service {
+    registry: Arc<Registry>,
+    /// The manifest of the last apply: names images and the PCs `status` lists.
+    manifest: Mutex<Manifest>,
+    /// Where the NBD server listens; a manifest that moves it needs a restart.
+    listen: SocketAddr,
+    /// One control operation at a time, as the lock file does for the kernel backend.
+    ops: Mutex<()>,
+}
+
+impl Service {
+    pub fn new(manifest: Manifest, registry: Arc<Registry>) -> Service {
+        Service {
+            listen: manifest.nbd.listen,
+            manifest: Mutex::new(manifest),
+            registry,
+            ops: Mutex::new(()),
+        }
+    }
+
+    fn manifest(&self) -> Manifest {
+        self.manifest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn served(&self) -> BTreeMap<String, ServedPc> {
+        self.registry
+            .all()
+            .iter()
+            .filter_map(|s| {
+                s.with_served(|sv| {
+                    (
+                        s.name.clone(),
+                        ServedPc {
+                            image_path: sv.image_path.clone(),
+                            cow: sv.pc.cow.clone(),
+                            chunk: sv.pc.chunk,
+                            overflow: sv.pc.overflow,
+                            read_only: sv.pc.read_only,
+                        },
+                    )
+                })
+            })
+            .collect()
+    }
+
+    pub fn plan(&self, manifest: &Manifest) -> Result<Vec<Step>> {
+        if manifest.nbd.listen != self.listen {
+            bail!(
+                "nbd.listen changed from {} to {}: restart cowctl serve to listen there",
+                self.listen,
+                manifest.nbd.listen
+            );
+        }
+        kplan::refuse_if_any(manifest, kplan::file_problems(manifest))?;
+        Ok(plan::plan(manifest, &self.served()))
+    }
+
+    /// Makes the service serve `manifest`; returns the steps taken.
+    pub fn apply(&self, manifest: Manifest) -> Result<Vec<String>> {
+        let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let steps = self.plan(&manifest)?;
+        let mut done = Vec::new();
+        let result = run_steps(&steps, |s| self.step(&manifest, s), &mut |_, s| {
+            done.push(s.to_string())
+        });
+        // Status and later resets follow the new manifest even after a partial apply.
+        *self.manifest.lock().unwrap_or_else(|p| p.into_inner()) = manifest;
+        result.map(|()| done)
+    }
+
+    fn step(&self, m: &Manifest, step: &Step) -> Result<()> {
+        let pc = |name: &str| {
+            m.pc(name)
+                .ok_or_else(|| anyhow!("{name} is not in the manifest"))
+        };
+        match step {
+            Step::CreateCow {
+                path, size, chunk, ..
+            } => crate::cowfile::create(path, *size, *chunk).map(drop),
+            Step::RecordGolden { pc: name, .. } => {
+                let p = pc(name)?;
+                sidecar::write(&p.cow, &sidecar::fingerprint(&m.images[&p.image].path)?)
+            }
+            Step::Serve { pc: name, .. } => {
+                let served = open(m, pc(name)?)?;
+                self.registry.insert(Slot::new(name, served));
+                Ok(())
+            }
+            Step::Reopen { pc: name } => {
+                let p = pc(name)?;
+                let slot = self.slot(name)?;
+                slot.quiesce(|old| {
+                    drop(old);
+                    match open(m, p) {
+                        Ok(s) => (Some(s), Ok(())),
+                        Err(e) => (None, Err(e)),
+                    }
+                })
+                .map(drop)
+            }
+            Step::Stop { pc: name } => self.stop(name),
+        }
+    }
+
+    fn slot(&self, name: &str) -> Result<Arc<Slot>> {
+        self.registry
+            .get(name)
+            .ok_or_else(|| anyhow!("{name} is not being served"))
+    }
+
+    /// Stops serving a PC: its connections end, its exceptions are committed, its COW is
+    /// closed (and stays).
+    fn stop(&self, name: &str) -> Result<()> {
+        let slot = self.slot(name)?;
+        slot.quiesce(|old| {
+            let flushed = match old.as_ref().map(|s| s.engine.flush()) {
+                None | Some(Ok(())) | Some(Err(crate::engine::EngineError::Invalid)) => Ok(()),
+                Some(Err(e)) => Err(e).with_context(|| format!("flushing {name}'s COW")),
+            };
+            (None, flushed)
+        })?;
+        self.registry.remove(name);
+        Ok(())
+    }
+
+    pub fn status(&self) -> Vec<PcStatus> {
+        let m = self.manifest();
+        m.pcs.iter().map(|pc| self.row(&m, pc)).collect()
+    }
+
+    fn row(&self, m: &Manifest, pc: &Pc) -> PcStatus {
+        let slot = self.registry.get(&pc.name);
+        let live = slot
+            .as_ref()
+            .and_then(|s| s.with_served(|sv| (sv.engine.state(), sv.engine.usage())));
+        let (state, usage) = match live {
+            Some((s, u)) => (
+                match s {
+                    SnapshotState::Active => PcState::Active,
+                    SnapshotState::Overflow => PcState::Overflow,
+                    SnapshotState::Invalid => PcState::Invalid,
+                },
+                (s != SnapshotState::Invalid).then_some(u),
+            ),
+            None => status::from_cow_file(pc),
+        };
+        let peers = slot.map(|s| s.peers()).unwrap_or_default();
+        status::row(
+            m,
+            pc,
+            state,
+            usage,
+            export_uri(self.listen, &pc.name),
+            peers,
+        )
+    }
+
+    /// Returns PCs to the golden image. A served PC's connections are closed (the client
+    /// sees its socket shut; every request it got a reply for reached the old COW, which
+    /// is thrown away), a fresh COW replaces the old one, and new connections read the
+    /// golden image. The old file is freed after I/O resumes.
+    pub fn reset(&self, names: &[String]) -> Result<Vec<Reset>> {
+        let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.manifest();
+        let pcs = m.select(names)?;
+        pcs.iter().map(|pc| self.reset_one(&m, pc)).collect()
+    }
+
+    fn reset_one(&self, m: &Manifest, pc: &Pc) -> Result<Reset> {
+        let start = Instant::now();
+        let Some(slot) = self.registry.get(&pc.name) else {
+            let r = crate::cowfile::reset(&pc.cow)?;
+            return Ok(Reset {
+                pc: pc.name.clone(),
+                live: false,
+                seconds: r.seconds,
+                total_seconds: start.elapsed().as_secs_f64(),
+                elapsed: r.elapsed,
+            });
+        };
+        let discard = discard_path(&pc.cow);
+        let paused = slot
+            .quiesce(|old| swap_in_fresh_cow(m, pc, old, &discard))
+            .with_context(|| format!("resetting {}", pc.name))?;
+        slot.note_reset();
+        std::fs::remove_file(&discard)
+            .with_context(|| format!("cannot remove {}", discard.display()))?;
+        Ok(Reset {
+            pc: pc.name.clone(),
+            live: true,
+            seconds: paused.as_secs_f64(),
+            total_seconds: start.elapsed().as_secs_f64(),
+            elapsed: paused,
+        })
+    }
+
+    /// Stops serving these PCs (all when none are named). Returns the steps and whether
+    /// nothing is served any more.
+    pub fn down(&self, names: &[String]) -> Result<(Vec<String>, bool)> {
+        let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.manifest();
+        let served = self.served();
+        let targets: Vec<String> = if names.is_empty() {
+            served.keys().cloned().collect()
+        } else {
+            m.select(names)?
+                .iter()
+                .map(|p| p.name.clone())
+                .filter(|n| served.contains_key(n))
+                .collect()
+        };
+        let steps: Vec<Step> = targets.into_iter().map(|pc| Step::Stop { pc }).collect();
+        let mut done = Vec::new();
+        run_steps(
+            &steps,
+            |s| match s {
+                Step::Stop { pc } => self.stop(pc),
+                _ => Ok(()),
+            },
+            &mut |_, s| done.push(s.to_string()),
+        )?;
+        Ok((done, self.served().is_empty()))
+    }
+}
+
+/// Opens a PC's engine as the service runs it: exceptions committed at flush (NBD's
+/// contract), the manifest's overflow rule, read-only when asked.
+fn open(m: &Manifest, pc: &Pc) -> Result<Served> {
+    let image_path = m.images[&pc.image].path.clone();
+    let options = EngineOptions {
+        table_chunk_sectors: Some(pc.chunk_sectors()),
+        overflow: pc.overflow.overflow_policy(),
+        read_only: pc.read_only,
+        commit: CommitMode::OnFlush,
+    };
+    let engine = crate::cowfile::open_engine_with(&image_path, &pc.cow, options)?;
+    Ok(Served {
+        engine: Arc::new(engine),
+        pc: pc.clone(),
+        image_path,
+    })
+}
+
+/// The reset's swap, run while the PC's I/O is stopped: the old COW is set aside, a fresh
+/// sparse one of the same size takes its path and is opened, and only then is the old
+/// engine abandoned (nothing more is written to it). On failure the old COW keeps serving.
+fn swap_in_fresh_cow(
+    m: &Manifest,
+    pc: &Pc,
+    old: Option<Served>,
+    discard: &Path,
+) -> (Option<Served>, Result<()>) {
+    let Some(old) = old else {
+        return (None, Err(anyhow!("{} is not being served", pc.name)));
+    };
+    let size = match std::fs::metadata(&pc.cow) {
+        Ok(meta) => meta.len(),
+        Err(e) => {
+            let e = anyhow::Error::new(e).context(format!("cannot read {}", pc.cow.display()));
+            return (Some(old), Err(e));
+        }
+    };
+    if let Err(e) = std::fs::rename(&pc.cow, discard) {
+        let e = anyhow::Error::new(e).context(format!("cannot move {} aside", pc.cow.display()));
+        return (Some(old), Err(e));
+    }
+    let fresh = (|| -> Result<Served> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&pc.cow)
+            .with_context(|| format!("cannot create {}", pc.cow.display()))?;
+        file.set_len(size)?;
+        file.sync_all()?;
+        open(m, pc)
+    })();
+    match fresh {
+        Ok(s) => {
+            old.engine.abandon();
+            (Some(s), Ok(()))
+        }
+        Err(e) => {
+            // The old engine still has its file open: put the name back and keep serving it.
+            let _ = std::fs::remove_file(&pc.cow);
+            match std::fs::rename(discard, &pc.cow) {
+                Ok(()) => (Some(old), Err(e)),
+                Err(e2) => (
+                    Some(old),
+                    Err(e.context(format!(
+                        "and {} could not be moved back to {}: {e2}",
+                        discard.display(),
+                        pc.cow.display()
+                    ))),
+                ),
+            }
+        }
+    }
+}
+
+/// How a client names a PC's export: `nbd://HOST:PORT/NAME`.
+pub fn export_uri(listen: SocketAddr, pc: &str) -> String {
+    let host = if listen.ip().is_unspecified() {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into())
+    } else {
+        match listen.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    format!("nbd://{host}:{}/{pc}", listen.port())
+}
+
+/// The unix socket clients can use: `nbd.socket`, else `nbd.sock` in the run directory.
+pub fn nbd_socket(m: &Manifest, run_dir: &Path) -> PathBuf {
+    m.nbd
+        .socket
+        .clone()
+        .unwrap_or_else(|| run_dir.join("nbd.sock"))
+}

@@ -1,0 +1,181 @@
+//! `cowctl serve`: bind the NBD and control sockets, serve the manifest, answer control
+//! requests, and on SIGTERM or SIGINT commit every COW and exit.
+
+use std::net::TcpListener;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+
+use super::control::{self, Request, Response};
+use super::exports::Registry;
+use super::{listen, nbd_socket, Service};
+use crate::manifest::Manifest;
+
+pub struct Options {
+    pub manifest: PathBuf,
+    pub run_dir: PathBuf,
+    /// Serve nothing until the first `apply` (how `cowctl apply` starts the service, so it
+    /// can print the steps itself).
+    pub start_empty: bool,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    let manifest = Manifest::load(&opts.manifest)?;
+    std::fs::create_dir_all(&opts.run_dir)
+        .with_context(|| format!("cannot create {}", opts.run_dir.display()))?;
+    let control_path = control::socket_path(&opts.run_dir);
+    if UnixStream::connect(&control_path).is_ok() {
+        bail!(
+            "cowctl serve is already running (its control socket {} answers)",
+            control_path.display()
+        );
+    }
+    let tcp = TcpListener::bind(manifest.nbd.listen).with_context(|| {
+        format!(
+            "cannot listen for NBD on {} (nbd.listen in {})",
+            manifest.nbd.listen,
+            opts.manifest.display()
+        )
+    })?;
+    let nbd_path = nbd_socket(&manifest, &opts.run_dir);
+    let unix = bind_unix(&nbd_path)?;
+    let control_listener = bind_unix(&control_path)?;
+
+    // Signals are taken by one thread; every thread spawned from here inherits the mask.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGHUP);
+    signals.thread_block()?;
+
+    let registry = Arc::new(Registry::default());
+    let service = Arc::new(Service::new(manifest.clone(), registry.clone()));
+    tracing::info!(
+        "serving NBD on {} and {}; control socket {}",
+        manifest.nbd.listen,
+        nbd_path.display(),
+        control_path.display()
+    );
+    if !opts.start_empty {
+        for step in service.apply(manifest)? {
+            tracing::info!("{step}");
+        }
+    }
+    let r = registry.clone();
+    std::thread::spawn(move || listen::accept_tcp(tcp, r));
+    let r = registry.clone();
+    std::thread::spawn(move || listen::accept_unix(unix, r));
+    let s = service.clone();
+    let sockets = [nbd_path.clone(), control_path.clone()];
+    std::thread::spawn(move || loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => tracing::info!("SIGHUP ignored: run `cowctl apply` to reload"),
+            Ok(sig) => {
+                tracing::info!("{sig}: committing every COW and exiting");
+                shut_down(&s, &sockets, 0);
+            }
+            Err(_) => {}
+        }
+    });
+    for conn in control_listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let s = service.clone();
+        let sockets = [nbd_path.clone(), control_path.clone()];
+        std::thread::spawn(move || handle_control(&s, &conn, &sockets));
+    }
+    Ok(())
+}
+
+fn handle_control(service: &Service, conn: &UnixStream, sockets: &[PathBuf]) {
+    let mut exit = false;
+    let response = match control::read_request(conn) {
+        Err(e) => error(e),
+        Ok(req) => {
+            tracing::info!("control: {req:?}");
+            answer(service, req, &mut exit).unwrap_or_else(error)
+        }
+    };
+    let _ = control::write_response(conn, &response);
+    if exit {
+        tracing::info!("nothing is served any more: exiting");
+        shut_down(service, sockets, 0);
+    }
+}
+
+fn answer(service: &Service, req: Request, exit: &mut bool) -> Result<Response> {
+    Ok(match req {
+        Request::Plan { manifest } => Response {
+            steps: service
+                .plan(&Manifest::load(&manifest)?)?
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ..Response::default()
+        },
+        Request::Apply { manifest } => {
+            let steps = service.apply(Manifest::load(&manifest)?)?;
+            Response {
+                steps,
+                status: service.status(),
+                ..Response::default()
+            }
+        }
+        Request::Status => Response {
+            status: service.status(),
+            ..Response::default()
+        },
+        Request::Reset { pcs } => Response {
+            resets: service.reset(&pcs)?,
+            ..Response::default()
+        },
+        Request::Down { pcs } => {
+            let (steps, nothing_left) = service.down(&pcs)?;
+            *exit = pcs.is_empty() && nothing_left;
+            Response {
+                steps,
+                ..Response::default()
+            }
+        }
+    })
+}
+
+fn error(e: anyhow::Error) -> Response {
+    Response {
+        error: Some(format!("{e:#}")),
+        ..Response::default()
+    }
+}
+
+/// Stops serving every PC (committing its COW) and exits the process.
+fn shut_down(service: &Service, sockets: &[PathBuf], code: i32) -> ! {
+    if let Err(e) = service.down(&[]) {
+        tracing::error!("{e:#}");
+    }
+    for s in sockets {
+        let _ = std::fs::remove_file(s);
+    }
+    std::process::exit(code)
+}
+
+/// Binds a unix socket, replacing a stale one nobody answers on.
+fn bind_unix(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by another process", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let l =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    // The control socket resets disks: only its owner may use it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
