@@ -6,7 +6,7 @@
 set -euo pipefail
 build=(gcc pkg-config libdevmapper-dev libclang-dev)
 run=(kmod dmsetup vblade util-linux iproute2)
-tests=(qemu-system-x86 busybox-static cpio open-iscsi aoetools fio python3)
+tests=(qemu-system-x86 qemu-utils busybox-static cpio open-iscsi aoetools fio python3 libnbd-bin nbdkit)
 want=("${build[@]}" "${run[@]}")
 [[ ${1:-} == --tests ]] && want+=("${tests[@]}")
 missing=()

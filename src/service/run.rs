@@ -43,6 +43,9 @@ pub fn run(opts: &Options) -> Result<()> {
     let nbd_path = nbd_socket(&manifest, &opts.run_dir);
     let unix = bind_unix(&nbd_path)?;
     let control_listener = bind_unix(&control_path)?;
+    let pid_path = opts.run_dir.join("serve.pid");
+    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write {}", pid_path.display()))?;
 
     // Signals are taken by one thread; every thread spawned from here inherits the mask.
     let mut signals = SigSet::empty();
@@ -69,7 +72,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let r = registry.clone();
     std::thread::spawn(move || listen::accept_unix(unix, r));
     let s = service.clone();
-    let sockets = [nbd_path.clone(), control_path.clone()];
+    let sockets = [nbd_path.clone(), control_path.clone(), pid_path.clone()];
     std::thread::spawn(move || loop {
         match signals.wait() {
             Ok(Signal::SIGHUP) => tracing::info!("SIGHUP ignored: run `cowctl apply` to reload"),
@@ -83,7 +86,7 @@ pub fn run(opts: &Options) -> Result<()> {
     for conn in control_listener.incoming() {
         let Ok(conn) = conn else { continue };
         let s = service.clone();
-        let sockets = [nbd_path.clone(), control_path.clone()];
+        let sockets = [nbd_path.clone(), control_path.clone(), pid_path.clone()];
         std::thread::spawn(move || handle_control(&s, &conn, &sockets));
     }
     Ok(())
@@ -149,7 +152,7 @@ fn error(e: anyhow::Error) -> Response {
     }
 }
 
-/// Stops serving every PC (committing its COW) and exits the process.
+/// Stops serving every PC (committing its COW), removes the sockets and pid file, exits.
 fn shut_down(service: &Service, sockets: &[PathBuf], code: i32) -> ! {
     if let Err(e) = service.down(&[]) {
         tracing::error!("{e:#}");
