@@ -347,7 +347,7 @@ fn status_reset_and_down_work_through_the_service_while_clients_are_connected() 
 
     // A client stays connected; status names it, reset drops it, and its next connection
     // reads the golden image.
-    let mut client = Command::new("qemu-io")
+    let client = Command::new("qemu-io")
         .args([
             "-f",
             "raw",
