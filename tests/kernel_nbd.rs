@@ -1,0 +1,99 @@
+//! The userspace backend's COW files belong to the kernel too (VM only, through
+//! scripts/test-kernel.sh): `cowctl serve` is killed with SIGKILL while a client writes,
+//! and the kernel's dm-snapshot loads what it left, with every flushed write in it.
+
+#![allow(clippy::cast_possible_truncation)] // tests index small in-memory images
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::kernel::{modprobe, require_vm, sh, Rng, Snapshot};
+use cowctl::dm::SnapshotStatus;
+
+const GOLDEN: usize = 16 << 20;
+
+#[test]
+#[ignore]
+fn a_cow_left_by_a_killed_service_loads_in_the_kernel_with_every_flushed_write() {
+    require_vm();
+    modprobe("dm-snapshot");
+    modprobe("loop");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let golden = Rng(5).bytes(GOLDEN);
+    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
+    std::fs::create_dir(dir.path().join("cow")).unwrap();
+    let manifest = dir.path().join("room.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
+             defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 32MiB\n  chunk: 4KiB\n\
+             nbd:\n  listen: 127.0.0.1:10809\npcs:\n  - name: pc-1\n    export: nbd\n"
+        ),
+    )
+    .unwrap();
+    let cowctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cowctl"))
+            .args(args)
+            .env("COWCTL_RUN_DIR", dir.path().join("run"))
+            .env("COWCTL_MANIFEST", &manifest)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cowctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = cowctl(&["apply"]);
+    assert!(out.contains("serve pc-1 over NBD"), "{out}");
+
+    let uri = "nbd://127.0.0.1:10809/pc-1";
+    sh(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x11 0 3M", "-c", "flush", uri],
+    );
+    let mut args = vec!["-f".to_string(), "raw".to_string()];
+    for p in [0x22, 0x33].iter().cycle().take(40) {
+        args.extend(["-c".to_string(), format!("write -P {p} 4M 8M")]);
+    }
+    args.push(uri.to_string());
+    let mut writer = Command::new("qemu-io")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let pid = std::fs::read_to_string(dir.path().join("run/serve.pid")).unwrap();
+    sh("kill", &["-KILL", pid.trim()]);
+    let _ = writer.wait();
+
+    let snap = Snapshot::create(
+        "cowctl-test-nbd-kill",
+        &dir.path().join("golden.img"),
+        &dir.path().join("cow/pc-1.cow"),
+        "PO",
+        8,
+    );
+    assert!(
+        matches!(snap.status(), SnapshotStatus::Usage(u) if u.sectors_allocated > 3 << 11),
+        "the kernel loads the store with the flushed exceptions"
+    );
+    let disk = snap.read_all();
+    assert!(
+        disk[..3 << 20].iter().all(|&b| b == 0x11),
+        "flushed writes are there"
+    );
+    for (i, (&got, &gold)) in disk.iter().zip(&golden).enumerate().skip(3 << 20) {
+        let in_flight = (4 << 20..12 << 20).contains(&i) && (got == 0x22 || got == 0x33);
+        assert!(
+            got == gold || in_flight,
+            "byte {i} is {got}: neither golden nor written"
+        );
+    }
+}
