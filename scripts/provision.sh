@@ -5,8 +5,8 @@
 #   scripts/provision.sh --tests  and everything the tests use (qemu, initiators, ...)
 set -euo pipefail
 build=(gcc pkg-config libdevmapper-dev libclang-dev)
-run=(kmod dmsetup vblade util-linux iproute2)
-tests=(qemu-system-x86 qemu-utils busybox-static cpio open-iscsi aoetools fio python3 libnbd-bin nbdkit)
+run=(kmod dmsetup vblade util-linux iproute2 qemu-utils libnbd-bin)
+tests=(qemu-system-x86 busybox-static cpio open-iscsi aoetools fio python3 libnbd-bin nbdkit)
 want=("${build[@]}" "${run[@]}")
 [[ ${1:-} == --tests ]] && want+=("${tests[@]}")
 missing=()

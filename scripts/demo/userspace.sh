@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The demo room on a machine without device-mapper: cowctl's own engine serves every PC of
+# manifests/demo.yaml over NBD. Leaves the service running and says how to connect.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export PATH=$repo/target/release:$PATH COWCTL_MANIFEST=$repo/manifests/demo.yaml
+demo=/var/lib/cowctl-demo
+say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+
+mkdir -p "$demo/cow"
+[[ -e $demo/golden.img ]] || head -c $((64 << 20)) /dev/zero | tr '\0' 'G' >"$demo/golden.img"
+[[ -e $demo/chap.secret ]] || (umask 077 && echo "demo-secret-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')" >"$demo/chap.secret")
+
+say cowctl validate
+say cowctl plan
+say cowctl apply
+if command -v qemu-io >/dev/null; then
+    echo; echo "== pc-01 writes 8 MiB over NBD and flushes"
+    say qemu-io -f raw -c 'write -P 0x55 0 8M' -c flush nbd://127.0.0.1:10809/pc-01
+fi
+say cowctl status || true
+cat <<INFO
+
+cowctl serve is running (log: /run/cowctl/serve.log). Connect to a PC's disk:
+  nbdinfo nbd://127.0.0.1:10809/pc-01
+  qemu-img info nbd://127.0.0.1:10809/pc-02
+  qemu-img info 'nbd+unix:///pc-03?socket=/run/cowctl/nbd.sock'
+Manage the room:
+  COWCTL_MANIFEST=$COWCTL_MANIFEST $repo/target/release/cowctl status
+  COWCTL_MANIFEST=$COWCTL_MANIFEST $repo/target/release/cowctl reset pc-01
+  COWCTL_MANIFEST=$COWCTL_MANIFEST $repo/target/release/cowctl down      # stops the service; COW files stay
+INFO
