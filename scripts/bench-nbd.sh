@@ -4,12 +4,12 @@
 # its cow filter, and nbdkit serving a copy of the raw image with no COW (the ceiling).
 # Each server starts from an empty overlay and runs: 4 KiB randwrite qd16, 4 KiB randread
 # qd16 (over what it wrote and the golden image), 1 MiB sequential read qd4.
-#   scripts/bench-nbd.sh            (RUNTIME=10 seconds per job, CHUNK=4KiB for cowctl)
+#   scripts/bench-nbd.sh            (RUNTIME=10 seconds per job, CHUNK=32KiB for cowctl, the manifest default)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 runtime=${RUNTIME:-10}
-chunk=${CHUNK:-4KiB}
+chunk=${CHUNK:-32KiB}
 scripts/provision.sh --tests >/dev/null
 cargo build --release --quiet
 work=$(mktemp -d /var/tmp/cowctl-bench.XXXXXX)

@@ -75,6 +75,10 @@ impl ReadAt for FileBacking {
     fn size(&self) -> io::Result<u64> {
         file_or_device_size(&self.file)
     }
+
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(&self.file))
+    }
 }
 
 impl Backing for FileBacking {

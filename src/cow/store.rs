@@ -18,6 +18,11 @@ pub trait ReadAt {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Size in bytes.
     fn size(&self) -> io::Result<u64>;
+    /// The file behind it, when there is one: lets a server send bytes straight from the
+    /// page cache (sendfile) instead of copying them through a buffer.
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
 }
 
 /// A persistent store as loaded: the header, the exception table and the allocator state.

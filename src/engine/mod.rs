@@ -143,6 +143,34 @@ impl Engine {
         Ok(())
     }
 
+    /// Where `len` bytes at `offset` lie: runs of (file, offset, length) in order, for a
+    /// server that sends them straight from the page cache. None when a backing has no file.
+    pub fn extents(&self, offset: u64, len: usize) -> Option<Result<Vec<Extent<'_>>, EngineError>> {
+        let (cow_fd, origin_fd) = (self.cow.fd()?, self.origin.fd()?);
+        if let Err(e) = self
+            .check_range(offset, len)
+            .and_then(|()| self.meta.check_readable())
+        {
+            return Some(Err(e));
+        }
+        let extents = self
+            .runs(offset, len)
+            .into_iter()
+            .map(|run| {
+                let (fd, at) = match run.source {
+                    Source::Cow(at) => (cow_fd, at),
+                    Source::Origin(at) => (origin_fd, at),
+                };
+                Extent {
+                    fd,
+                    offset: at,
+                    len: run.end - run.start,
+                }
+            })
+            .collect();
+        Some(Ok(extents))
+    }
+
     /// Splits `len` bytes at `offset` into runs that are contiguous in one file.
     fn runs(&self, offset: u64, len: usize) -> Vec<Run> {
         let cb = self.geometry.chunk_bytes();
@@ -368,6 +396,14 @@ fn initialise(cow: &dyn Backing, g: Geometry) -> Result<(), EngineError> {
         .map_err(EngineError::io("writing the header", 0))?;
     cow.sync_data()
         .map_err(EngineError::io("flushing the COW", 0))
+}
+
+/// A piece of a read: `len` bytes of the file `fd` at `offset`.
+#[derive(Debug, Clone, Copy)]
+pub struct Extent<'a> {
+    pub fd: std::os::fd::BorrowedFd<'a>,
+    pub offset: u64,
+    pub len: usize,
 }
 
 /// Where a run of a read comes from: a byte offset in the COW or in the golden image.

@@ -10,7 +10,7 @@ pub mod wire;
 use std::io;
 
 pub use handshake::{handshake, ExportInfo, Exports, Outcome};
-pub use transmission::{serve, Device, End};
+pub use transmission::{serve, Device, End, Sink};
 pub use wire::Errno;
 
 use crate::engine::{Engine, EngineError};
@@ -32,6 +32,14 @@ pub fn errno(e: &EngineError) -> Errno {
 impl Device for Engine {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Errno> {
         Engine::read_at(self, buf, offset).map_err(|e| errno(&e))
+    }
+
+    fn extents(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Option<Result<Vec<crate::engine::Extent<'_>>, Errno>> {
+        Engine::extents(self, offset, len).map(|r| r.map_err(|e| errno(&e)))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), Errno> {

@@ -5,13 +5,59 @@
 //! sent when no further request is already waiting, so a deep queue costs few syscalls.
 
 use std::io::{self, BufReader, Read, Write};
+use std::os::fd::BorrowedFd;
 
 use super::handshake::skip;
 use super::wire::*;
+use crate::engine::Extent;
+
+/// Reads at least this large go out straight from the page cache; smaller ones are copied
+/// into the reply buffer, so a deep queue of them still leaves in few sends.
+const SEND_FILE_MIN: usize = 64 << 10;
+
+/// Where replies go. A socket sends file bytes with sendfile (one copy, in the kernel);
+/// anything else reads them into memory and writes them.
+pub trait Sink: Write {
+    /// A reply header followed by file bytes, as one stream.
+    fn send_reply_from_files(&mut self, header: &[u8], extents: &[Extent<'_>]) -> io::Result<()> {
+        self.write_all(header)?;
+        for e in extents {
+            self.send_file(e.fd, e.offset, e.len)?;
+        }
+        Ok(())
+    }
+
+    fn send_file(&mut self, fd: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<()> {
+        let mut buf = vec![0u8; len.min(1 << 20)];
+        let (mut offset, mut left) = (offset, len);
+        while left > 0 {
+            let n = left.min(buf.len());
+            let got = nix::sys::uio::pread(
+                fd,
+                &mut buf[..n],
+                i64::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?,
+            )?;
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.write_all(&buf[..got])?;
+            offset += got as u64;
+            left -= got;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for Vec<u8> {}
 
 /// The block device behind an export. Offsets and lengths are already checked.
 pub trait Device {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Errno>;
+    /// Where a read's bytes lie in files, so large reads can go out with sendfile; None
+    /// when the device has no files (then `read_at` serves).
+    fn extents(&self, _offset: u64, _len: usize) -> Option<Result<Vec<Extent<'_>>, Errno>> {
+        None
+    }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), Errno>;
     fn flush(&self) -> Result<(), Errno>;
     fn trim(&self, offset: u64, len: u64) -> Result<(), Errno>;
@@ -30,7 +76,7 @@ pub enum End {
 const KNOWN_FLAGS: u16 = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO | (1 << 2) | (1 << 3);
 
 /// Serves requests until the client leaves. I/O errors on the connection are returned.
-pub fn serve<R: Read, W: Write>(
+pub fn serve<R: Read, W: Sink>(
     r: &mut BufReader<R>,
     w: &mut W,
     device: &dyn Device,
@@ -76,6 +122,20 @@ pub fn serve<R: Read, W: Write>(
                 Command::Read => {
                     if req.length > MAX_PAYLOAD || !in_range {
                         Err(Errno::Inval)
+                    } else if let Some(extents) = (req.length as usize >= SEND_FILE_MIN)
+                        .then(|| device.extents(req.offset, req.length as usize))
+                        .flatten()
+                        .filter(|e| worth_sending(e.as_ref(), req.length as usize))
+                    {
+                        match extents {
+                            Ok(extents) => {
+                                let mut header = Vec::with_capacity(16);
+                                write_simple_reply(&mut header, req.handle, 0)?;
+                                w.send_reply_from_files(&header, &extents)?;
+                                continue;
+                            }
+                            Err(e) => Err(e),
+                        }
                     } else {
                         let n = req.length as usize;
                         if scratch.len() < n {
@@ -145,6 +205,12 @@ pub fn serve<R: Read, W: Write>(
         };
         write_simple_reply(w, req.handle, error.err().map_or(0, |e| e as u32))?;
     }
+}
+
+/// sendfile pays a call per extent: worth it while extents average at least 32 KiB (a COW
+/// written in random order at small chunks is cheaper to gather through the buffer).
+fn worth_sending(extents: Result<&Vec<Extent<'_>>, &Errno>, len: usize) -> bool {
+    extents.map_or(true, |e| e.len() * (32 << 10) <= len)
 }
 
 fn fua(device: &dyn Device, flags: u16) -> Result<(), Errno> {

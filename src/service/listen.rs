@@ -3,6 +3,7 @@
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 const BUFFER: usize = 256 << 10;
 
 /// What a connection needs of its socket besides reading and writing.
-trait Socket: Read + Write + Send + Sized + 'static {
+trait Socket: Read + Write + AsFd + Send + Sized + 'static {
     fn duplicate(&self) -> std::io::Result<Self>;
     fn shut(&self);
     fn set_timeout(&self, t: Option<Duration>);
@@ -95,7 +96,7 @@ fn connection<S: Socket>(stream: S, peer: &str, registry: &Registry) -> anyhow::
     };
     tracing::info!("{peer} connected to {name}");
     let mut r = BufReader::with_capacity(BUFFER, rw.r);
-    let mut w = BufWriter::with_capacity(BUFFER, rw.w);
+    let mut w = SocketSink(BufWriter::with_capacity(BUFFER, rw.w));
     let end = nbd::serve(&mut r, &mut w, engine.as_ref(), info.size, info.read_only);
     // The engine goes before the guard, so a reset that waits for this connection gets
     // the only reference to it.
@@ -109,6 +110,59 @@ fn connection<S: Socket>(stream: S, peer: &str, registry: &Registry) -> anyhow::
         Err(e) => tracing::info!("{peer}'s connection to {name} closed: {e}"),
     }
     Ok(())
+}
+
+/// Buffered replies on a socket; large reads go out with sendfile.
+struct SocketSink<S: Write + AsFd>(BufWriter<S>);
+
+impl<S: Write + AsFd> Write for SocketSink<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<S: Write + AsFd> nbd::Sink for SocketSink<S> {
+    /// The header goes with MSG_MORE, so the kernel sends it in one segment with the data.
+    fn send_reply_from_files(
+        &mut self,
+        header: &[u8],
+        extents: &[crate::engine::Extent<'_>],
+    ) -> std::io::Result<()> {
+        use nix::sys::socket::{send, MsgFlags};
+        self.0.flush()?;
+        let fd = self.0.get_ref().as_fd().as_raw_fd();
+        let mut sent = 0;
+        while sent < header.len() {
+            sent += send(
+                fd,
+                &header[sent..],
+                MsgFlags::from_bits_retain(nix::libc::MSG_MORE),
+            )?;
+        }
+        for e in extents {
+            self.send_file(e.fd, e.offset, e.len)?;
+        }
+        Ok(())
+    }
+
+    fn send_file(&mut self, fd: BorrowedFd<'_>, offset: u64, len: usize) -> std::io::Result<()> {
+        self.0.flush()?;
+        let out = self.0.get_ref().as_fd();
+        let (mut offset, mut left) = (offset, len);
+        while left > 0 {
+            let mut at = i64::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+            let n = nix::sys::sendfile::sendfile64(out, fd, Some(&mut at), left)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            offset += n as u64;
+            left -= n;
+        }
+        Ok(())
+    }
 }
 
 /// One socket as a `Read + Write` pair of handles.
