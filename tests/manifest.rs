@@ -132,3 +132,39 @@ fn a_missing_manifest_says_how_to_name_one() {
         "cannot read the manifest /nonexistent/cowctl.yaml: No such file or directory (os error 2) (name one with -f or $COWCTL_MANIFEST)"
     );
 }
+
+#[test]
+fn backend_nbd_and_read_only_parse_with_defaults() {
+    use cowctl::manifest::Backend;
+    let m = parse(&format!("{BASE}pcs:\n  - name: a\n")).unwrap();
+    assert_eq!(m.backend, Backend::Auto);
+    assert_eq!(m.nbd.listen.to_string(), "0.0.0.0:10809");
+    assert_eq!(m.nbd.socket, None);
+    assert!(!m.pcs[0].read_only);
+    let m = parse(&format!(
+        "{BASE}backend: userspace\nnbd:\n  listen: \"[::1]:10900\"\n  socket: /run/x.sock\npcs:\n  - name: a\n    export: nbd\n    read_only: true\n"
+    ))
+    .unwrap();
+    assert_eq!(m.backend, Backend::Userspace);
+    assert_eq!(m.nbd.listen.to_string(), "[::1]:10900");
+    assert_eq!(m.nbd.socket.as_deref(), Some(Path::new("/run/x.sock")));
+    assert_eq!(m.pcs[0].export, Export::Nbd);
+    assert!(m.pcs[0].read_only);
+}
+
+#[test]
+fn bad_backend_and_nbd_fields_are_named() {
+    let err = parse(&format!(
+        "{BASE}backend: fuse\nnbd:\n  listen: 10809\n  socket: rel.sock\npcs:\n  - name: a\n    export: nfs\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "backend: \"fuse\" is not a backend (auto, kernel or userspace)",
+        "nbd.listen: \"10809\" is not an address with a port",
+        "nbd.socket: rel.sock is not an absolute path",
+        "pcs[0].export: a: \"nfs\" is not an export (iscsi, aoe or nbd)",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+}

@@ -499,3 +499,49 @@ fn a_killed_service_keeps_every_write_flushed_before_it_died() {
         );
     }
 }
+
+#[test]
+fn apply_follows_manifest_changes_on_a_running_service() {
+    let room = Room::new();
+    room.cowctl(&["apply"]);
+    let manifest = room.path("room.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    // pc-2 becomes read-only, pc-ro leaves the manifest, pc-3 joins.
+    let changed = text.replace(
+        "  - name: pc-{1..2}\n  - name: pc-ro\n    read_only: true\n",
+        "  - name: pc-1\n  - name: pc-2\n    read_only: true\n  - name: pc-3\n",
+    );
+    assert_ne!(changed, text);
+    std::fs::write(&manifest, changed).unwrap();
+    let plan = room.cowctl(&["plan"]);
+    for want in [
+        "re-open pc-2: its manifest entry changed (drops its connections)",
+        "serve pc-3 over NBD",
+        "stop serving pc-ro over NBD (its COW stays)",
+    ] {
+        assert!(plan.contains(want), "missing {want:?} in {plan}");
+    }
+    assert!(!plan.contains("pc-1"), "{plan}");
+    room.cowctl(&["apply"]);
+    let info: serde_json::Value =
+        serde_json::from_str(&run("nbdinfo", &["--json", &room.uri("pc-2")])).unwrap();
+    assert_eq!(info["exports"][0]["is_read_only"], true);
+    let list = run("nbdinfo", &["--list", "--json", &room.uri("")]);
+    assert!(
+        list.contains("\"pc-3\"") && !list.contains("\"pc-ro\""),
+        "{list}"
+    );
+    assert!(room.cowctl(&["plan"]).contains("nothing to do"));
+    // A manifest that moves the NBD address needs a restart, and says so.
+    let moved = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{}", room.port), "127.0.0.1:1");
+    std::fs::write(&manifest, moved).unwrap();
+    let out = room.cowctl_output(&["apply"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("restart cowctl serve to listen there"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -295,10 +295,10 @@ impl Builder {
 
     fn nbd(&mut self, r: RawNbd) -> NbdConfig {
         let mut cfg = NbdConfig::default();
-        if let Some(l) = r.listen {
-            match l.parse::<Portal>() {
-                Ok(p) if l.parse::<std::net::SocketAddr>().is_ok() => cfg.listen = p.0,
-                _ => self.error(
+        if let Some(l) = r.listen.map(|t| t.as_string()) {
+            match l.parse::<std::net::SocketAddr>() {
+                Ok(a) => cfg.listen = a,
+                Err(_) => self.error(
                     "nbd.listen",
                     format!("{l:?} is not an address with a port, such as 0.0.0.0:10809"),
                 ),

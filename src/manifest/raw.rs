@@ -84,7 +84,7 @@ pub struct RawAoe {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNbd {
-    pub listen: Option<String>,
+    pub listen: Option<Text>,
     pub socket: Option<PathBuf>,
 }
 
