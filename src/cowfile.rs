@@ -197,6 +197,19 @@ pub fn flatten(
     })
 }
 
+/// A new, empty, sparse file of `size` bytes at `path`, flushed; never replaces one. Reads as
+/// zeros, so the kernel and the engine both start a new snapshot in it (magic 0).
+pub fn create_empty(path: &Path, size: u64) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.set_len(size)?;
+    file.sync_all()?;
+    Ok(())
+}
+
 /// Opens the engine on a golden image and a COW file.
 pub fn open_engine(
     base: &Path,

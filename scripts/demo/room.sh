@@ -5,8 +5,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export PATH=$repo/target/release:$PATH COWCTL_MANIFEST=$repo/manifests/demo.yaml
-demo=/var/lib/cowctl-demo
-say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+source "$repo/scripts/demo/setup.sh"
 target=iqn.2024-01.lan.demo:pc-01
 cleanup() {
     iscsiadm -m node -T "$target" -p 127.0.0.1:3260 -I cowdemo --logout >/dev/null 2>&1 || true
@@ -15,9 +14,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$demo/cow"
-[[ -e $demo/golden.img ]] || head -c $((64 << 20)) /dev/zero | tr '\0' 'G' >"$demo/golden.img"
-[[ -e $demo/chap.secret ]] || (umask 077 && echo "demo-secret-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')" >"$demo/chap.secret")
 
 say cowctl validate
 say cowctl plan

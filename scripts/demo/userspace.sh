@@ -4,12 +4,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export PATH=$repo/target/release:$PATH COWCTL_MANIFEST=$repo/manifests/demo.yaml
-demo=/var/lib/cowctl-demo
-say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
-
-mkdir -p "$demo/cow"
-[[ -e $demo/golden.img ]] || head -c $((64 << 20)) /dev/zero | tr '\0' 'G' >"$demo/golden.img"
-[[ -e $demo/chap.secret ]] || (umask 077 && echo "demo-secret-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')" >"$demo/chap.secret")
+source "$repo/scripts/demo/setup.sh"
 
 say cowctl validate
 say cowctl plan

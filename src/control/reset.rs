@@ -131,13 +131,7 @@ fn swap(
     let fresh = (|| -> Result<LoopInfo> {
         std::fs::rename(&pc.cow, discard)
             .with_context(|| format!("cannot move {} aside", pc.cow.display()))?;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&pc.cow)
-            .with_context(|| format!("cannot create {}", pc.cow.display()))?;
-        file.set_len(size)?;
-        file.sync_all()?;
+        crate::cowfile::create_empty(&pc.cow, size)?;
         k.loops.attach(&pc.cow, false)
     })();
     match fresh {

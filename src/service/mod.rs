@@ -295,16 +295,7 @@ fn swap_in_fresh_cow(
         let e = anyhow::Error::new(e).context(format!("cannot move {} aside", pc.cow.display()));
         return (Some(old), Err(e));
     }
-    let fresh = (|| -> Result<Served> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&pc.cow)
-            .with_context(|| format!("cannot create {}", pc.cow.display()))?;
-        file.set_len(size)?;
-        file.sync_all()?;
-        open(m, pc)
-    })();
+    let fresh = crate::cowfile::create_empty(&pc.cow, size).and_then(|()| open(m, pc));
     match fresh {
         Ok(s) => {
             old.engine.abandon();
