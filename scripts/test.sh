@@ -37,6 +37,16 @@ else
     echo "test: scripts/demo.sh served the demo room over NBD and nbdinfo reached pc-01"
 fi
 
+echo "== the systemd unit"
+if command -v systemd-analyze >/dev/null; then
+    unit_dir=$(mktemp -d)
+    sed "s#/usr/local/bin/cowctl#$repo/target/release/cowctl#" scripts/systemd/cowctl-serve.service >"$unit_dir/cowctl-serve.service"
+    systemd-analyze verify "$unit_dir/cowctl-serve.service"
+    echo "test: systemd-analyze verify accepts scripts/systemd/cowctl-serve.service"
+else
+    echo "test: no systemd-analyze here; the unit was not verified"
+fi
+
 echo "== the Vagrant provisioning, in the VM"
 scripts/vm.sh run scripts/vm/vagrant-check.sh | sed -u 's/\x1b\[[0-9;?]*[a-zA-Z]//g' | grep -a "vagrant-check:"
 
