@@ -155,7 +155,7 @@ fn backend_nbd_and_read_only_parse_with_defaults() {
 #[test]
 fn bad_backend_and_nbd_fields_are_named() {
     let err = parse(&format!(
-        "{BASE}backend: fuse\nnbd:\n  listen: 10809\n  socket: rel.sock\npcs:\n  - name: a\n    export: nfs\n"
+        "{BASE}backend: fuse\nnbd:\n  listen: 10809\n  socket: rel.sock\n  acl: mac\npcs:\n  - name: a\n    export: nfs\n"
     ))
     .unwrap_err()
     .to_string();
@@ -163,6 +163,7 @@ fn bad_backend_and_nbd_fields_are_named() {
         "backend: \"fuse\" is not a backend (auto, kernel or userspace)",
         "nbd.listen: \"10809\" is not an address with a port",
         "nbd.socket: rel.sock is not an absolute path",
+        "nbd.acl: \"mac\" is not an NBD ACL mode",
         "pcs[0].export: a: \"nfs\" is not an export (iscsi, aoe or nbd)",
     ] {
         assert!(err.contains(want), "missing {want:?} in {err}");

@@ -545,3 +545,32 @@ fn apply_follows_manifest_changes_on_a_running_service() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn with_the_ip_acl_a_pc_reaches_only_its_own_export_over_tcp() {
+    let room = Room::new();
+    let manifest = room.path("room.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "  - name: pc-{1..2}\n",
+        "  - name: pc-1\n    ip: 127.0.0.1\n  - name: pc-2\n    ip: 10.9.9.9\n",
+    ) + "";
+    let text = text.replace("nbd:\n", "nbd:\n  acl: ip\n");
+    std::fs::write(&manifest, text).unwrap();
+    room.cowctl(&["apply"]);
+    // From 127.0.0.1: pc-1 is there, pc-2 and pc-ro (no ip) do not exist.
+    run("nbdinfo", &["--size", &room.uri("pc-1")]);
+    let out = Command::new("nbdinfo")
+        .args(["--size", &room.uri("pc-2")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no export named 'pc-2'"), "{err}");
+    let list = run("nbdinfo", &["--list", "--json", &room.uri("")]);
+    assert!(
+        list.contains("\"pc-1\"") && !list.contains("\"pc-2\"") && !list.contains("\"pc-ro\""),
+        "{list}"
+    );
+    // The unix socket is root's: every export.
+    run("nbdinfo", &["--size", &room.unix_uri("pc-2")]);
+}

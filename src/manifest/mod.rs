@@ -15,7 +15,8 @@ use serde_norway::Value;
 use positions::Positions;
 use raw::{RawAoe, RawImages, RawIscsi, RawNbd, RawPc, Text};
 pub use types::{
-    AclMode, AoeConfig, Backend, Chap, Export, Image, IscsiConfig, Mac, NbdConfig, Pc, Portal,
+    AclMode, AoeConfig, Backend, Chap, Export, Image, IscsiConfig, Mac, NbdAcl, NbdConfig, Pc,
+    Portal,
 };
 
 use crate::cow::Geometry;
@@ -303,6 +304,16 @@ impl Builder {
                     format!("{l:?} is not an address with a port, such as 0.0.0.0:10809"),
                 ),
             }
+        }
+        match r.acl.as_deref() {
+            None | Some("open") => {}
+            Some("ip") => cfg.acl = NbdAcl::Ip,
+            Some(other) => self.error(
+                "nbd.acl",
+                format!(
+                    "{other:?} is not an NBD ACL mode (open, or ip: each PC from its own ip only)"
+                ),
+            ),
         }
         if let Some(s) = r.socket {
             if !s.is_absolute() {

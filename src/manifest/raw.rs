@@ -86,6 +86,8 @@ pub struct RawAoe {
 pub struct RawNbd {
     pub listen: Option<Text>,
     pub socket: Option<PathBuf>,
+    /// `open` or `ip`.
+    pub acl: Option<String>,
 }
 
 pub type RawImages = BTreeMap<String, RawImage>;

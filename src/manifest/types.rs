@@ -84,6 +84,17 @@ pub struct NbdConfig {
     pub listen: SocketAddr,
     /// Unix socket; the default is `nbd.sock` in cowctl's run directory.
     pub socket: Option<PathBuf>,
+    pub acl: NbdAcl,
+}
+
+/// Who may open a PC's export over TCP (the unix socket is root's only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NbdAcl {
+    /// Any client.
+    Open,
+    /// Only the PC's own `ip`; to others the export does not exist.
+    Ip,
 }
 
 impl Default for NbdConfig {
@@ -91,6 +102,7 @@ impl Default for NbdConfig {
         NbdConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 10809)),
             socket: None,
+            acl: NbdAcl::Open,
         }
     }
 }

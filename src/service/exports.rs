@@ -9,8 +9,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Result};
 
+use std::net::IpAddr;
+
 use crate::engine::Engine;
-use crate::manifest::Pc;
+use crate::manifest::{NbdAcl, Pc};
 use crate::nbd::{ExportInfo, Exports};
 
 /// How long a reset or down waits for connections to finish their current request.
@@ -21,6 +23,26 @@ pub struct Served {
     pub engine: Arc<Engine>,
     pub pc: Pc,
     pub image_path: std::path::PathBuf,
+    pub acl: NbdAcl,
+}
+
+impl Served {
+    /// With `nbd.acl: ip`, a TCP client must come from the PC's own address; the unix
+    /// socket (`peer` None) is root's and always allowed.
+    pub fn allows(&self, peer: Option<IpAddr>) -> bool {
+        match (self.acl, peer) {
+            (NbdAcl::Open, _) | (_, None) => true,
+            (NbdAcl::Ip, Some(ip)) => self.pc.ip.is_some_and(|own| own == canonical(ip)),
+        }
+    }
+}
+
+/// An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 pub struct Slot {
@@ -77,9 +99,14 @@ impl Slot {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn info(&self) -> Option<ExportInfo> {
+    /// The export as `peer` may see it: None when it is closed or not for that peer.
+    pub fn info_for(&self, peer: Option<IpAddr>) -> Option<ExportInfo> {
         let inner = self.lock();
-        inner.served.as_ref().map(export_info)
+        inner
+            .served
+            .as_ref()
+            .filter(|s| s.allows(peer))
+            .map(export_info)
     }
 
     /// The engine and manifest entry being served, if any.
@@ -101,13 +128,14 @@ impl Slot {
     pub fn attach(
         self: &Arc<Slot>,
         peer: String,
+        peer_ip: Option<IpAddr>,
         close: Box<dyn Fn() + Send>,
     ) -> Option<(Arc<Engine>, ExportInfo, ConnGuard)> {
         let mut inner = self.lock();
         while inner.paused {
             inner = self.changed.wait(inner).unwrap_or_else(|p| p.into_inner());
         }
-        let served = inner.served.as_ref()?;
+        let served = inner.served.as_ref().filter(|s| s.allows(peer_ip))?;
         let (engine, info) = (served.engine.clone(), export_info(served));
         let id = inner.next_id;
         inner.next_id += 1;
@@ -216,15 +244,23 @@ impl Registry {
     }
 }
 
-impl Exports for Registry {
+/// The registry as one client sees it: with `nbd.acl: ip`, exports of other PCs do not
+/// exist for it (the handshake answers "unknown export", LIST leaves them out).
+pub struct PeerView<'a> {
+    pub registry: &'a Registry,
+    pub peer: Option<IpAddr>,
+}
+
+impl Exports for PeerView<'_> {
     fn lookup(&self, name: &str) -> Option<ExportInfo> {
-        self.get(name)?.info()
+        self.registry.get(name)?.info_for(self.peer)
     }
 
     fn names(&self) -> Vec<String> {
-        self.all()
+        self.registry
+            .all()
             .into_iter()
-            .filter(|s| s.info().is_some())
+            .filter(|s| s.info_for(self.peer).is_some())
             .map(|s| s.name.clone())
             .collect()
     }

@@ -2,13 +2,13 @@
 //! transmission against the PC's engine until the client leaves or a reset closes it.
 
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::exports::Registry;
+use super::exports::{PeerView, Registry};
 use crate::nbd::{self, Outcome};
 
 /// A client that has not chosen an export by then is dropped.
@@ -51,37 +51,43 @@ pub fn accept_tcp(listener: TcpListener, registry: Arc<Registry>) {
         let Ok(stream) = stream else { continue };
         // Replies to small requests must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let peer = stream
-            .peer_addr()
-            .map_or_else(|_| "tcp".to_string(), |a| a.to_string());
-        spawn(stream, peer, registry.clone());
+        let Ok(addr) = stream.peer_addr() else {
+            continue;
+        };
+        spawn(stream, addr.to_string(), Some(addr.ip()), registry.clone());
     }
 }
 
 pub fn accept_unix(listener: UnixListener, registry: Arc<Registry>) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        spawn(stream, "unix".to_string(), registry.clone());
+        spawn(stream, "unix".to_string(), None, registry.clone());
     }
 }
 
-fn spawn<S: Socket>(stream: S, peer: String, registry: Arc<Registry>) {
+fn spawn<S: Socket>(stream: S, peer: String, ip: Option<IpAddr>, registry: Arc<Registry>) {
     let _ = std::thread::Builder::new()
         .name(format!("nbd {peer}"))
         .spawn(move || {
-            if let Err(e) = connection(stream, &peer, &registry) {
+            if let Err(e) = connection(stream, &peer, ip, &registry) {
                 tracing::debug!("NBD connection from {peer} ended: {e:#}");
             }
         });
 }
 
-fn connection<S: Socket>(stream: S, peer: &str, registry: &Registry) -> anyhow::Result<()> {
+fn connection<S: Socket>(
+    stream: S,
+    peer: &str,
+    ip: Option<IpAddr>,
+    registry: &Registry,
+) -> anyhow::Result<()> {
     stream.set_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut rw = ReadWrite {
         r: stream.duplicate()?,
         w: stream.duplicate()?,
     };
-    let Outcome::Go { name, .. } = nbd::handshake(&mut rw, registry)? else {
+    let view = PeerView { registry, peer: ip };
+    let Outcome::Go { name, .. } = nbd::handshake(&mut rw, &view)? else {
         return Ok(());
     };
     stream.set_timeout(None);
@@ -90,7 +96,7 @@ fn connection<S: Socket>(stream: S, peer: &str, registry: &Registry) -> anyhow::
     };
     let closer = stream.duplicate()?;
     let Some((engine, info, guard)) =
-        slot.attach(peer.to_string(), Box::new(move || closer.shut()))
+        slot.attach(peer.to_string(), ip, Box::new(move || closer.shut()))
     else {
         return Ok(());
     };

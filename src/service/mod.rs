@@ -67,6 +67,8 @@ impl Service {
                             chunk: sv.pc.chunk,
                             overflow: sv.pc.overflow,
                             read_only: sv.pc.read_only,
+                            acl: sv.acl,
+                            ip: sv.pc.ip,
                         },
                     )
                 })
@@ -269,6 +271,7 @@ fn open(m: &Manifest, pc: &Pc) -> Result<Served> {
         engine: Arc::new(engine),
         pc: pc.clone(),
         image_path,
+        acl: m.nbd.acl,
     })
 }
 

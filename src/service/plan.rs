@@ -16,6 +16,8 @@ pub struct ServedPc {
     pub chunk: ByteSize,
     pub overflow: crate::dm::StoreMode,
     pub read_only: bool,
+    pub acl: crate::manifest::NbdAcl,
+    pub ip: Option<std::net::IpAddr>,
 }
 
 impl ServedPc {
@@ -26,6 +28,8 @@ impl ServedPc {
             chunk: pc.chunk,
             overflow: pc.overflow,
             read_only: pc.read_only,
+            acl: manifest.nbd.acl,
+            ip: pc.ip,
         }
     }
 }
