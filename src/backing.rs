@@ -18,6 +18,14 @@ pub trait Backing: ReadAt + Send + Sync {
         let zeroes = vec![0u8; usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?];
         self.write_all_at(&zeroes, offset)
     }
+    /// Makes the storage `len` bytes long (only ever longer): the COW grows.
+    fn grow(&self, len: u64) -> io::Result<()> {
+        let _ = len;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this storage cannot grow",
+        ))
+    }
 }
 
 /// Size of a regular file or a block device (whose metadata length is 0).
@@ -88,6 +96,20 @@ impl Backing for FileBacking {
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn grow(&self, len: u64) -> io::Result<()> {
+        let meta = self.file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a block device cannot be grown from here",
+            ));
+        }
+        if len > meta.len() {
+            self.file.set_len(len)?;
+        }
+        Ok(())
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -184,6 +206,15 @@ impl Backing for MemBacking {
 
     fn sync_data(&self) -> io::Result<()> {
         self.lock().log.push(MemOp::Sync);
+        Ok(())
+    }
+
+    fn grow(&self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let mut inner = self.lock();
+        if len > inner.bytes.len() {
+            inner.bytes.resize(len, 0);
+        }
         Ok(())
     }
 }

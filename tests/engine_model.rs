@@ -1,5 +1,5 @@
 //! The engine against a plain in-memory model of the disk: random writes (unaligned, across
-//! chunk and area boundaries, on into overflow), every byte compared after each flush and
+//! chunk and area boundaries, on into overflow, with the COW growing), every byte compared after each flush and
 //! after reopening the files, under both overflow policies.
 
 #![allow(clippy::cast_possible_truncation)] // tests index small in-memory images
@@ -32,6 +32,10 @@ enum Op {
         len: usize,
         no_hole: bool,
     },
+    /// Auto-extend: the COW grows by this many chunks while the engine runs.
+    Grow {
+        chunks: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -43,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u64>(), 1usize..6000).prop_map(|(offset_seed, len)| Op::Trim { offset_seed, len }),
         1 => (any::<u64>(), 1usize..6000, any::<bool>())
             .prop_map(|(offset_seed, len, no_hole)| Op::Zero { offset_seed, len, no_hole }),
+        1 => (1u64..40).prop_map(|chunks| Op::Grow { chunks }),
     ]
 }
 
@@ -361,6 +366,13 @@ fn run(
                     offset
                 );
                 prop_assert_eq!(engine.state(), model.state, "state after step {}", step);
+            }
+            Op::Grow { chunks } => {
+                let old = engine.grow(model.cow_bytes + chunks * chunk);
+                prop_assert_eq!(old.ok(), Some(model.cow_bytes), "step {}: grow", step);
+                model.cow_bytes += chunks * chunk;
+                model.capacity = Model::capacity(chunk, per_area, model.cow_bytes);
+                prop_assert_eq!(engine.usage().total_sectors, model.cow_bytes / 512);
             }
             Op::Flush => {
                 let r = engine.flush();

@@ -169,3 +169,57 @@ fn bad_backend_and_nbd_fields_are_named() {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }
 }
+
+#[test]
+fn http_and_autoextend_parse_with_defaults() {
+    let m = parse(&format!(
+        "{BASE}http:\n  token_file: /etc/cowctl/token\npcs:\n  - name: a\n    reset_on_boot: true\n    self_reset: true\n    autoextend:\n      max: 4GiB\n  - name: b\n"
+    ))
+    .unwrap();
+    let http = m.http.unwrap();
+    assert_eq!(http.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(
+        http.admin_listen.to_string(),
+        "127.0.0.1:8081",
+        "admin stays on loopback"
+    );
+    let a = m.pcs[0].autoextend.unwrap();
+    assert_eq!((a.threshold, a.step, a.max.bytes()), (70.0, 20.0, 4 << 30));
+    assert!(m.pcs[0].reset_on_boot && m.pcs[0].self_reset);
+    assert!(!m.pcs[1].reset_on_boot && !m.pcs[1].self_reset && m.pcs[1].autoextend.is_none());
+    assert!(parse(&format!("{BASE}pcs:\n  - name: a\n"))
+        .unwrap()
+        .http
+        .is_none());
+}
+
+#[test]
+fn bad_http_and_autoextend_fields_are_named() {
+    let err = parse(&format!(
+        "{BASE}http:\n  listen: 8080\n  admin_listen: localhost\n  token_file: token\n  server: pxe\n  tls: yes\npcs:\n  - name: a\n    autoextend:\n      threshold: 100\n      step: 0\n      max: 1GiB\n  - name: b\n    autoextend: {{max: lots}}\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "http.tls: unknown field `tls`",
+        "pcs[0].autoextend.threshold: a: 100 is not a percentage from 1 to below 100",
+        "pcs[0].autoextend.step: a: 0 is not a percentage of the COW from 1 to 1000",
+        "pcs[0].autoextend.max: a: a maximum of 1GiB leaves no room to grow a COW of 1GiB",
+        "pcs[1].autoextend.max: b: ",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+    let err = parse(&format!(
+        "{BASE}http:\n  listen: 8080\n  admin_listen: localhost\n  token_file: token\n  server: pxe\npcs:\n  - name: a\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "http.listen: \"8080\" is not an address with a port, such as 0.0.0.0:8080",
+        "http.admin_listen: \"localhost\" is not an address with a port, such as 127.0.0.1:8081",
+        "http.token_file: token is not an absolute path",
+        "http.server: \"pxe\" is not an IP address",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+}

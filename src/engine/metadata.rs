@@ -11,7 +11,7 @@
 //! last full one), flush, then the first unsealed area — until it is on disk the kernel stops
 //! reading there and never sees the later areas — and a last flush.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::error::EngineError;
@@ -67,7 +67,8 @@ pub(super) struct Metadata {
     geometry: Geometry,
     policy: OverflowPolicy,
     mode: CommitMode,
-    cow_bytes: u64,
+    /// Grows (never shrinks) while the engine runs: see `grow`.
+    cow_bytes: AtomicU64,
     state: AtomicU8,
     inner: Mutex<Inner>,
     committed: Condvar,
@@ -96,7 +97,7 @@ impl Metadata {
             geometry: store.geometry,
             policy,
             mode,
-            cow_bytes: store.cow_bytes,
+            cow_bytes: AtomicU64::new(store.cow_bytes),
             state: AtomicU8::new(if valid { ACTIVE } else { INVALID }),
             inner: Mutex::new(Inner {
                 next_free: store.next_free,
@@ -113,6 +114,23 @@ impl Metadata {
             }),
             committed: Condvar::new(),
         }
+    }
+
+    fn cow_bytes(&self) -> u64 {
+        self.cow_bytes.load(Ordering::Acquire)
+    }
+
+    /// The COW now has `len` bytes: later allocations may use them, as the kernel's
+    /// `prepare_exception` sees a grown COW device. Overflow and invalid stay as they are.
+    pub(super) fn grow(&self, cow: &dyn Backing, len: u64) -> Result<u64, EngineError> {
+        let _inner = self.lock();
+        let old = self.cow_bytes();
+        if len > old {
+            cow.grow(len)
+                .map_err(EngineError::io("growing the COW", old))?;
+            self.cow_bytes.store(len, Ordering::Release);
+        }
+        Ok(old)
     }
 
     pub(super) fn mode(&self) -> CommitMode {
@@ -148,7 +166,7 @@ impl Metadata {
             self.geometry,
             inner.next_free,
             inner.current_area,
-            self.cow_bytes,
+            self.cow_bytes(),
         )
     }
 
@@ -156,7 +174,7 @@ impl Metadata {
     pub(super) fn prepare(&self, cow: &dyn Backing) -> Result<u64, EngineError> {
         let mut inner = self.lock();
         self.check_writable()?;
-        if !self.geometry.fits(inner.next_free, self.cow_bytes) {
+        if !self.geometry.fits(inner.next_free, self.cow_bytes()) {
             return Err(match self.policy {
                 OverflowPolicy::Refuse => {
                     let _ = self.state.compare_exchange(
@@ -246,7 +264,7 @@ impl Metadata {
         if inner.current_committed == g.exceptions_per_area() {
             // Where the kernel would zero the next area past the end of the COW, it fails
             // and invalidates the snapshot: do the same now rather than at the flush.
-            if !g.fits(g.area_location(inner.current_area + 1), self.cow_bytes) {
+            if !g.fits(g.area_location(inner.current_area + 1), self.cow_bytes()) {
                 self.invalidate(inner, cow);
                 return Err(EngineError::Invalid);
             }
@@ -316,7 +334,7 @@ impl Metadata {
             // stale entries there. Past the end of the COW this fails, as it does in
             // the kernel (the bio is beyond the device), and the snapshot is invalid.
             let next = g.area_location(inner.current_area + 1);
-            if !g.fits(next, self.cow_bytes)
+            if !g.fits(next, self.cow_bytes())
                 || cow.write_all_at(&inner.zeroes, g.offset(next)).is_err()
             {
                 return false;

@@ -100,6 +100,16 @@ impl Engine {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Grows the COW to `len` bytes (a whole number of chunks); returns the old size.
+    /// A smaller `len` changes nothing: a COW never shrinks.
+    pub fn grow(&self, len: u64) -> Result<u64, EngineError> {
+        if self.read_only {
+            return Err(EngineError::ReadOnly);
+        }
+        let len = len / self.geometry.chunk_bytes() * self.geometry.chunk_bytes();
+        self.meta.grow(self.cow.as_ref(), len)
+    }
+
     /// Size of the disk the engine presents: the golden image's size.
     pub fn size(&self) -> u64 {
         self.origin_bytes

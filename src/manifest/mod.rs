@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use serde_norway::Value;
 
 use positions::Positions;
-use raw::{RawAoe, RawImages, RawIscsi, RawNbd, RawPc, Text};
+use raw::{RawAoe, RawAutoExtend, RawHttp, RawImages, RawIscsi, RawNbd, RawPc, Text};
 pub use types::{
-    AclMode, AoeConfig, Backend, Chap, Export, Image, IscsiConfig, Mac, NbdAcl, NbdConfig, Pc,
-    Portal,
+    AclMode, AoeConfig, AutoExtend, Backend, Chap, Export, HttpConfig, Image, IscsiConfig, Mac,
+    NbdAcl, NbdConfig, Pc, Portal,
 };
 
 use crate::cow::Geometry;
@@ -37,6 +37,8 @@ pub struct Manifest {
     pub warn_percent: f64,
     pub backend: Backend,
     pub nbd: NbdConfig,
+    /// `cowctl serve`'s HTTP service; none without an `http` section.
+    pub http: Option<HttpConfig>,
 }
 
 /// One problem in a manifest, with where it is.
@@ -219,7 +221,7 @@ impl Builder {
         };
         let (mut images, mut defaults, mut iscsi, mut aoe, mut warn, mut pcs) =
             (None, RawPc::default(), None, None, None, Vec::new());
-        let (mut backend, mut nbd) = (None, None);
+        let (mut backend, mut nbd, mut http) = (None, None, None);
         for (k, v) in map {
             let key = k.as_str().unwrap_or("").to_string();
             match key.as_str() {
@@ -231,7 +233,8 @@ impl Builder {
                 "pcs" => pcs = self.section::<Vec<Value>>("pcs", v).unwrap_or_default(),
                 "backend" => backend = self.section::<String>("backend", v),
                 "nbd" => nbd = self.section::<RawNbd>("nbd", v),
-                other => self.error(other, format!("unknown section {other:?} (expected images, defaults, pcs, iscsi, aoe, nbd, backend, warn_percent)")),
+                "http" => http = self.section::<RawHttp>("http", v),
+                other => self.error(other, format!("unknown section {other:?} (expected images, defaults, pcs, iscsi, aoe, nbd, http, backend, warn_percent)")),
             }
         }
         if defaults.name.is_some() {
@@ -255,6 +258,7 @@ impl Builder {
             }
         };
         let nbd = nbd.map_or_else(NbdConfig::default, |r| self.nbd(r));
+        let http = http.map(|r| self.http(r));
         let warn_percent = warn.unwrap_or(75.0);
         if !(warn_percent > 0.0 && warn_percent <= 100.0) {
             self.error(
@@ -291,19 +295,60 @@ impl Builder {
             warn_percent,
             backend,
             nbd,
+            http,
         })
+    }
+
+    fn address(
+        &mut self,
+        field: &str,
+        value: Option<Text>,
+        example: &str,
+    ) -> Option<std::net::SocketAddr> {
+        let v = value?.as_string();
+        v.parse()
+            .map_err(|_| {
+                self.error(
+                    field,
+                    format!("{v:?} is not an address with a port, such as {example}"),
+                )
+            })
+            .ok()
+    }
+
+    fn http(&mut self, r: RawHttp) -> HttpConfig {
+        let mut cfg = HttpConfig::default();
+        if let Some(a) = self.address("http.listen", r.listen, "0.0.0.0:8080") {
+            cfg.listen = a;
+        }
+        if let Some(a) = self.address("http.admin_listen", r.admin_listen, "127.0.0.1:8081") {
+            cfg.admin_listen = a;
+        }
+        if let Some(f) = r.token_file {
+            if !f.is_absolute() {
+                self.error(
+                    "http.token_file",
+                    format!("{} is not an absolute path", f.display()),
+                );
+            }
+            cfg.token_file = Some(f);
+        }
+        if let Some(s) = r.server.map(|t| t.as_string()) {
+            match s.parse() {
+                Ok(ip) => cfg.server = Some(ip),
+                Err(_) => self.error(
+                    "http.server",
+                    format!("{s:?} is not an IP address (the one PCs reach the iSCSI portal at)"),
+                ),
+            }
+        }
+        cfg
     }
 
     fn nbd(&mut self, r: RawNbd) -> NbdConfig {
         let mut cfg = NbdConfig::default();
-        if let Some(l) = r.listen.map(|t| t.as_string()) {
-            match l.parse::<std::net::SocketAddr>() {
-                Ok(a) => cfg.listen = a,
-                Err(_) => self.error(
-                    "nbd.listen",
-                    format!("{l:?} is not an address with a port, such as 0.0.0.0:10809"),
-                ),
-            }
+        if let Some(a) = self.address("nbd.listen", r.listen, "0.0.0.0:10809") {
+            cfg.listen = a;
         }
         match r.acl.as_deref() {
             None | Some("open") => {}
@@ -573,6 +618,11 @@ impl Builder {
                 None
             }
         };
+        let autoextend = raw
+            .autoextend
+            .clone()
+            .or_else(|| defaults.autoextend.clone())
+            .and_then(|a| self.autoextend(&at, name, a, cow_size, chunk));
         if self.errors.len() > before {
             return None;
         }
@@ -587,7 +637,54 @@ impl Builder {
             mac,
             ip,
             read_only: raw.read_only.or(defaults.read_only).unwrap_or(false),
+            reset_on_boot: raw
+                .reset_on_boot
+                .or(defaults.reset_on_boot)
+                .unwrap_or(false),
+            self_reset: raw.self_reset.or(defaults.self_reset).unwrap_or(false),
+            autoextend,
         })
+    }
+
+    fn autoextend(
+        &mut self,
+        at: &dyn Fn(&str) -> String,
+        name: &str,
+        raw: RawAutoExtend,
+        cow_size: ByteSize,
+        chunk: ByteSize,
+    ) -> Option<AutoExtend> {
+        let before = self.errors.len();
+        let threshold = raw.threshold.unwrap_or(70.0);
+        if !(1.0..100.0).contains(&threshold) {
+            self.error(
+                &at("autoextend.threshold"),
+                format!("{name}: {threshold} is not a percentage from 1 to below 100"),
+            );
+        }
+        let step = raw.step.unwrap_or(20.0);
+        if !(1.0..=1000.0).contains(&step) {
+            self.error(
+                &at("autoextend.step"),
+                format!("{name}: {step} is not a percentage of the COW from 1 to 1000"),
+            );
+        }
+        let max = raw.max.as_string();
+        match max.parse::<ByteSize>() {
+            Ok(m) if m.bytes() < cow_size.bytes() + chunk.bytes() => self.error(
+                &at("autoextend.max"),
+                format!("{name}: a maximum of {m} leaves no room to grow a COW of {cow_size}"),
+            ),
+            Ok(m) => {
+                return (self.errors.len() == before).then_some(AutoExtend {
+                    threshold,
+                    step,
+                    max: m,
+                })
+            }
+            Err(e) => self.error(&at("autoextend.max"), format!("{name}: {e}")),
+        }
+        None
     }
 
     fn iscsi_export(

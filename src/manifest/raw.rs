@@ -55,6 +55,31 @@ pub struct RawPc {
     pub aoe_macs: Option<Vec<Text>>,
     /// Serve the disk read-only (the COW is never written).
     pub read_only: Option<bool>,
+    /// Reset the COW when the PC fetches its iPXE boot script.
+    pub reset_on_boot: Option<bool>,
+    /// The PC may reset its own disk over HTTP, from its own `ip`.
+    pub self_reset: Option<bool>,
+    pub autoextend: Option<RawAutoExtend>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutoExtend {
+    /// Grow when the COW is this full (percent).
+    pub threshold: Option<f64>,
+    /// Grow by this percentage of the current size.
+    pub step: Option<f64>,
+    /// Never beyond this size.
+    pub max: Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<Text>,
+    pub admin_listen: Option<Text>,
+    pub token_file: Option<PathBuf>,
+    pub server: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

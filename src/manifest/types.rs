@@ -31,6 +31,60 @@ pub struct Pc {
     pub mac: Option<Mac>,
     pub ip: Option<IpAddr>,
     pub read_only: bool,
+    pub reset_on_boot: bool,
+    pub self_reset: bool,
+    pub autoextend: Option<AutoExtend>,
+}
+
+/// Grow a PC's COW before it fills, as LVM's snapshot autoextend does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AutoExtend {
+    /// Grow when the COW is at least this full (percent).
+    pub threshold: f64,
+    /// Grow by this percentage of the current size.
+    pub step: f64,
+    /// Never grow beyond this size.
+    pub max: ByteSize,
+}
+
+impl AutoExtend {
+    /// The size to grow a COW of `current` bytes to (a whole number of chunks, at most
+    /// `max`), or None when it is at the maximum already.
+    pub fn next_size(&self, current: u64, chunk: u64) -> Option<u64> {
+        let max = self.max.bytes() / chunk * chunk;
+        if current >= max {
+            return None;
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let step = ((current as f64) * self.step / 100.0) as u64;
+        let want = current.saturating_add(step.max(chunk)).div_ceil(chunk) * chunk;
+        Some(want.min(max))
+    }
+}
+
+/// The HTTP service of `cowctl serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpConfig {
+    /// What PCs use: `/cow`, `/boot.ipxe`, a PC's own reset.
+    pub listen: SocketAddr,
+    /// Everything, for admins: the dashboard, the API, metrics, resets with the token.
+    pub admin_listen: SocketAddr,
+    /// The admin bearer token lives in this file; without it no admin reset is accepted.
+    pub token_file: Option<PathBuf>,
+    /// The address PCs reach the iSCSI portal at, for boot scripts whose portal listens on
+    /// every address; default: the address the PC reached the HTTP service at.
+    pub server: Option<IpAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            token_file: None,
+            server: None,
+        }
+    }
 }
 
 impl Pc {
@@ -245,5 +299,38 @@ mod tests {
         );
         assert!("52:54:00:ab:cd".parse::<Mac>().is_err());
         assert!("nope".parse::<Portal>().is_err());
+    }
+
+    #[test]
+    fn autoextend_steps_in_whole_chunks_up_to_the_maximum() {
+        let a = AutoExtend {
+            threshold: 70.0,
+            step: 50.0,
+            max: ByteSize(16 << 20),
+        };
+        let chunk = 4096;
+        assert_eq!(a.next_size(4 << 20, chunk), Some(6 << 20));
+        assert_eq!(a.next_size(12 << 20, chunk), Some(16 << 20), "capped");
+        assert_eq!(a.next_size(16 << 20, chunk), None, "at the maximum");
+        assert_eq!(
+            a.next_size(20 << 20, chunk),
+            None,
+            "past it (grown by hand)"
+        );
+        let tiny = AutoExtend { step: 1.0, ..a };
+        assert_eq!(
+            tiny.next_size(64 << 10, chunk),
+            Some((64 << 10) + chunk),
+            "at least a chunk"
+        );
+        let odd = AutoExtend {
+            max: ByteSize((16 << 20) + 100),
+            ..a
+        };
+        assert_eq!(
+            odd.next_size(12 << 20, chunk),
+            Some(16 << 20),
+            "whole chunks only"
+        );
     }
 }
