@@ -6,7 +6,7 @@
 set -euo pipefail
 build=(gcc pkg-config libdevmapper-dev libclang-dev)
 run=(kmod dmsetup vblade util-linux iproute2 qemu-utils libnbd-bin)
-tests=(qemu-system-x86 busybox-static cpio open-iscsi aoetools fio python3 libnbd-bin nbdkit)
+tests=(qemu-system-x86 busybox-static cpio open-iscsi aoetools fio python3 libnbd-bin nbdkit chromium)
 want=("${build[@]}" "${run[@]}")
 [[ ${1:-} == --tests ]] && want+=("${tests[@]}")
 missing=()

@@ -15,3 +15,4 @@ pub mod manifest;
 pub mod nbd;
 pub mod service;
 pub mod units;
+pub mod web;

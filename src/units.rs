@@ -121,6 +121,15 @@ impl<'de> Deserialize<'de> for ByteSize {
 }
 
 /// A human-friendly approximate rendering (`1.5 GiB`) for tables; not for parsing.
+/// `part` as a percentage of `whole` (0 for an empty whole).
+#[allow(clippy::cast_precision_loss)]
+pub fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    part as f64 * 100.0 / whole as f64
+}
+
 pub fn human(bytes: u64) -> String {
     let mut value = bytes as f64;
     for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {

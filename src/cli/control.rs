@@ -246,12 +246,13 @@ pub(super) fn print_resets(resets: &[Reset], how: &str, json: bool) -> Result<Ex
 
 pub fn serve(flag: Option<&Path>, start_empty: bool) -> Result<ExitCode> {
     let manifest = load(flag)?;
-    if backend::resolve(&manifest) == Resolved::Kernel {
+    let kernel = backend::resolve(&manifest) == Resolved::Kernel;
+    if kernel && manifest.http.is_none() && manifest.pcs.iter().all(|p| p.autoextend.is_none()) {
         anyhow::bail!(
-            "{} is served by the kernel (device-mapper is here and backend is {}): `cowctl apply` serves it; set backend: userspace to serve it with cowctl's engine over NBD",
+            "{} is served by the kernel (device-mapper is here and backend is {}), where `cowctl apply` serves the disks and `cowctl serve` runs only the HTTP service and auto-extend, and the manifest asks for neither (no http section, no autoextend); set backend: userspace to serve the disks with cowctl's engine over NBD",
             manifest.path.display(),
             serde_json::to_string(&manifest.backend)?.trim_matches('"')
         );
     }
-    userspace::serve(&manifest, start_empty)
+    userspace::serve(&manifest, start_empty, kernel)
 }

@@ -49,7 +49,8 @@ pub enum Command {
         #[arg(long, conflicts_with = "pcs")]
         all: bool,
     },
-    /// Serve every PC with cowctl's engine over NBD (the userspace backend), in the foreground.
+    /// In the foreground: serve every PC with cowctl's engine over NBD (userspace backend),
+    /// with the HTTP service and auto-extend; on the kernel backend only the last two.
     Serve {
         /// Serve nothing until the first `cowctl apply` (how apply starts the service).
         #[arg(long, hide = true)]

@@ -148,9 +148,12 @@ pub fn down(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn serve(m: &Manifest, start_empty: bool) -> Result<ExitCode> {
+/// `cowctl serve`: the NBD service with HTTP and auto-extend, or on the kernel backend
+/// (`kernel`) HTTP and auto-extend over the kernel's snapshots.
+pub fn serve(m: &Manifest, start_empty: bool, kernel: bool) -> Result<ExitCode> {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COWCTL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -160,6 +163,7 @@ pub fn serve(m: &Manifest, start_empty: bool) -> Result<ExitCode> {
         manifest: manifest_path(m)?,
         run_dir: run_dir(),
         start_empty,
+        kernel,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -56,6 +56,7 @@ pub fn reset(ctx: &Ctx, obs: &Observed, pc: &Pc) -> Result<Reset> {
         crate::cowfile::reset(&pc.cow)?;
         start.elapsed()
     };
+    super::sidecar::note_reset(&pc.cow)?;
     Ok(Reset {
         pc: pc.name.clone(),
         live,

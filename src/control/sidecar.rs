@@ -20,6 +20,12 @@ pub struct Golden {
     pub image: PathBuf,
     pub size: u64,
     pub fingerprint: String,
+    /// How often the COW went back to the golden image, and when last (Unix seconds):
+    /// history of this COW, shown by status and the HTTP service.
+    #[serde(default)]
+    pub resets: u64,
+    #[serde(default)]
+    pub last_reset: Option<u64>,
 }
 
 pub fn sidecar_path(cow: &Path) -> PathBuf {
@@ -53,6 +59,8 @@ pub fn fingerprint(image: &Path) -> Result<Golden> {
         image: image.to_path_buf(),
         size,
         fingerprint,
+        resets: 0,
+        last_reset: None,
     })
 }
 
@@ -62,6 +70,19 @@ pub fn write(cow: &Path, golden: &Golden) -> Result<()> {
     std::fs::write(&tmp, serde_json::to_string_pretty(golden)? + "\n")
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &p).with_context(|| format!("cannot write {}", p.display()))
+}
+
+/// Counts a reset of `cow` in its record (a COW without one has nothing to count in).
+pub fn note_reset(cow: &Path) -> Result<()> {
+    let Some(mut g) = read(cow)? else {
+        return Ok(());
+    };
+    g.resets += 1;
+    g.last_reset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs());
+    write(cow, &g)
 }
 
 pub fn read(cow: &Path) -> Result<Option<Golden>> {

@@ -22,6 +22,11 @@ pub enum PcState {
 }
 
 impl PcState {
+    /// The PC's disk is being served (full or not).
+    pub fn is_served(self) -> bool {
+        matches!(self, PcState::Active | PcState::Overflow)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PcState::Active => "active",
@@ -52,6 +57,22 @@ pub struct PcStatus {
     /// iSCSI initiators logged in, or NBD clients connected.
     pub initiators: Vec<String>,
     pub cow: PathBuf,
+    /// The manifest's `cow_size`; `total_sectors` is larger once auto-extend grew the COW.
+    pub initial_sectors: u64,
+    /// What auto-extend may grow the COW to; None without auto-extend.
+    pub max_sectors: Option<u64>,
+    /// Resets of this COW so far and the last one (Unix seconds), from `<cow>.golden`.
+    pub resets: u64,
+    pub last_reset: Option<u64>,
+}
+
+impl PcStatus {
+    /// How full the COW is against what it can still become: the maximum when
+    /// auto-extend can grow it, else its size. What warnings and CowBell go by.
+    pub fn capacity_sectors(&self) -> Option<u64> {
+        let total = self.total_sectors?;
+        Some(self.max_sectors.map_or(total, |m| m.max(total)))
+    }
 }
 
 pub fn collect(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<PcStatus> {
@@ -128,10 +149,17 @@ pub fn row(
         })
     });
     let used_percent = usage.map(|u| u.allocated_percent());
+    let max_sectors = pc.autoextend.map(|a| a.max.sectors());
+    // Auto-extend grows the COW at its threshold: warn when the maximum is getting full.
+    let risk_percent = usage.map(|u| {
+        let cap = max_sectors.map_or(u.total_sectors, |m| m.max(u.total_sectors));
+        crate::units::percent(u.sectors_allocated, cap)
+    });
     let warn = matches!(
         state,
         PcState::Overflow | PcState::Invalid | PcState::MergeFailed
-    ) || used_percent.is_some_and(|p| p >= manifest.warn_percent);
+    ) || risk_percent.is_some_and(|p| p >= manifest.warn_percent);
+    let history = super::sidecar::read(&pc.cow).ok().flatten();
     PcStatus {
         name: pc.name.clone(),
         image: image.name.clone(),
@@ -145,6 +173,10 @@ pub fn row(
         warn,
         initiators,
         cow: pc.cow.clone(),
+        initial_sectors: pc.cow_size.sectors(),
+        max_sectors,
+        resets: history.as_ref().map_or(0, |h| h.resets),
+        last_reset: history.and_then(|h| h.last_reset),
     }
 }
 
@@ -200,11 +232,28 @@ pub fn render(rows: &[PcStatus], warn_percent: f64) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    for r in rows {
+        if let (Some(t), Some(m)) = (r.total_sectors, r.max_sectors) {
+            if t > r.initial_sectors {
+                out.push_str(&format!(
+                    "{}'s COW was grown by auto-extend from {} to {} (at most {})\n",
+                    r.name,
+                    human(r.initial_sectors * 512),
+                    human(t * 512),
+                    human(m * 512)
+                ));
+            }
+        }
+    }
     for r in rows.iter().filter(|r| r.warn) {
         let why = match r.state {
             PcState::Overflow => "has overflowed: its writes fail; reset it".to_string(),
             PcState::Invalid => "is invalid: the PC cannot use its disk; reset it".to_string(),
             PcState::MergeFailed => "failed a merge".to_string(),
+            _ if r.max_sectors.is_some() => format!(
+                "is {:.1}% full counting all auto-extend may add (warning at {warn_percent}%): reset it or raise autoextend.max",
+                crate::units::percent(r.used_sectors.unwrap_or(0), r.capacity_sectors().unwrap_or(0))
+            ),
             _ => format!("is {:.1}% full (warning at {warn_percent}%): reset it or grow its COW before it fills", r.used_percent.unwrap_or(0.0)),
         };
         out.push_str(&format!("WARNING: {} {why}\n", r.name));

@@ -42,10 +42,7 @@ impl Usage {
 
     /// Fill in percent counting metadata too (`allocated / total`), what LVM calls Data%.
     pub fn allocated_percent(&self) -> f64 {
-        if self.total_sectors == 0 {
-            return 0.0;
-        }
-        self.sectors_allocated as f64 * 100.0 / self.total_sectors as f64
+        crate::units::percent(self.sectors_allocated, self.total_sectors)
     }
 }
 

@@ -160,6 +160,13 @@ impl Loops for Fake {
         }
         Ok(())
     }
+    fn set_capacity(&self, dev: &Path) -> Result<()> {
+        let s = self.call(format!("loop set-capacity {}", dev.display()))?;
+        if !s.loops.iter().any(|l| l.dev == dev) {
+            bail!("no loop {}", dev.display());
+        }
+        Ok(())
+    }
 }
 
 impl DeviceMapper for Fake {

@@ -19,6 +19,8 @@ pub trait Loops {
     fn list(&self) -> Result<Vec<LoopInfo>>;
     fn attach(&self, file: &Path, read_only: bool) -> Result<LoopInfo>;
     fn detach(&self, dev: &Path) -> Result<()>;
+    /// Makes the loop device take its backing file's new size (`losetup -c`).
+    fn set_capacity(&self, dev: &Path) -> Result<()>;
 }
 
 /// Finds the loop attached to `file` with the wanted mode.
@@ -93,5 +95,11 @@ impl Loops for SysLoops {
         loopdev::LoopDevice::open(dev)
             .and_then(|d| d.detach())
             .with_context(|| format!("cannot detach {}", dev.display()))
+    }
+
+    fn set_capacity(&self, dev: &Path) -> Result<()> {
+        loopdev::LoopDevice::open(dev)
+            .and_then(|d| d.set_capacity())
+            .with_context(|| format!("cannot make {} take its file's new size", dev.display()))
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
@@ -56,8 +56,6 @@ struct Inner {
     paused: bool,
     conns: BTreeMap<u64, Conn>,
     next_id: u64,
-    resets: u64,
-    last_reset: Option<SystemTime>,
 }
 
 struct Conn {
@@ -88,8 +86,6 @@ impl Slot {
                 paused: false,
                 conns: BTreeMap::new(),
                 next_id: 0,
-                resets: 0,
-                last_reset: None,
             }),
             changed: Condvar::new(),
         })
@@ -116,11 +112,6 @@ impl Slot {
 
     pub fn peers(&self) -> Vec<String> {
         self.lock().conns.values().map(|c| c.peer.clone()).collect()
-    }
-
-    pub fn resets(&self) -> (u64, Option<SystemTime>) {
-        let inner = self.lock();
-        (inner.resets, inner.last_reset)
     }
 
     /// Registers a connection that entered transmission; waits while a reset is under
@@ -190,12 +181,6 @@ impl Slot {
         inner.paused = false;
         self.changed.notify_all();
         result.map(|()| start.elapsed())
-    }
-
-    pub fn note_reset(&self) {
-        let mut inner = self.lock();
-        inner.resets += 1;
-        inner.last_reset = Some(SystemTime::now());
     }
 }
 

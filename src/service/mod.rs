@@ -3,8 +3,10 @@
 //! plan, apply, status, reset and down, so those commands behave as on the kernel backend.
 //! The service is the source of truth for what is served; no state file is kept.
 
+pub mod autoextend;
 pub mod control;
 pub mod exports;
+pub mod fleet;
 pub mod listen;
 pub mod plan;
 pub mod run;
@@ -32,6 +34,8 @@ pub struct Service {
     manifest: Mutex<Manifest>,
     /// Where the NBD server listens; a manifest that moves it needs a restart.
     listen: SocketAddr,
+    /// The HTTP service's settings, also fixed until a restart.
+    http: Option<crate::manifest::HttpConfig>,
     /// One control operation at a time, as the lock file does for the kernel backend.
     ops: Mutex<()>,
 }
@@ -40,6 +44,7 @@ impl Service {
     pub fn new(manifest: Manifest, registry: Arc<Registry>) -> Service {
         Service {
             listen: manifest.nbd.listen,
+            http: manifest.http.clone(),
             manifest: Mutex::new(manifest),
             registry,
             ops: Mutex::new(()),
@@ -83,6 +88,9 @@ impl Service {
                 self.listen,
                 manifest.nbd.listen
             );
+        }
+        if manifest.http != self.http {
+            bail!("the http section changed: restart cowctl serve for it to take effect");
         }
         kplan::refuse_if_any(manifest, kplan::file_problems(manifest))?;
         Ok(plan::plan(manifest, &self.served()))
@@ -203,6 +211,7 @@ impl Service {
         let start = Instant::now();
         let Some(slot) = self.registry.get(&pc.name) else {
             let r = crate::cowfile::reset(&pc.cow)?;
+            sidecar::note_reset(&pc.cow)?;
             return Ok(Reset {
                 pc: pc.name.clone(),
                 live: false,
@@ -215,7 +224,7 @@ impl Service {
         let paused = slot
             .quiesce(|old| swap_in_fresh_cow(m, pc, old, &discard))
             .with_context(|| format!("resetting {}", pc.name))?;
-        slot.note_reset();
+        sidecar::note_reset(&pc.cow)?;
         std::fs::remove_file(&discard)
             .with_context(|| format!("cannot remove {}", discard.display()))?;
         Ok(Reset {
@@ -253,6 +262,33 @@ impl Service {
             &mut |_, s| done.push(s.to_string()),
         )?;
         Ok((done, self.served().is_empty()))
+    }
+}
+
+impl fleet::Fleet for Service {
+    fn manifest(&self) -> Manifest {
+        Service::manifest(self)
+    }
+
+    fn status(&self) -> Vec<PcStatus> {
+        Service::status(self)
+    }
+
+    fn reset(&self, pc: &str) -> Result<Reset> {
+        let mut done = Service::reset(self, &[pc.to_string()])?;
+        done.pop().ok_or_else(|| anyhow!("{pc} was not reset"))
+    }
+
+    fn grow(&self, pc: &str, len: u64) -> Result<()> {
+        let slot = self.slot(pc)?;
+        slot.with_served(|sv| sv.engine.grow(len))
+            .ok_or_else(|| anyhow!("{pc} is not being served"))?
+            .map(drop)
+            .with_context(|| format!("growing {pc}'s COW"))
+    }
+
+    fn sanboot(&self) -> bool {
+        false
     }
 }
 

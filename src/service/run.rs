@@ -9,8 +9,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
+use super::autoextend;
 use super::control::{self, Request, Response};
 use super::exports::Registry;
+use super::fleet::{Fleet, KernelFleet};
 use super::{listen, nbd_socket, Service};
 use crate::manifest::Manifest;
 
@@ -20,10 +22,15 @@ pub struct Options {
     /// Serve nothing until the first `apply` (how `cowctl apply` starts the service, so it
     /// can print the steps itself).
     pub start_empty: bool,
+    /// The kernel serves the disks: run only HTTP and auto-extend over its snapshots.
+    pub kernel: bool,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
     let manifest = Manifest::load(&opts.manifest)?;
+    if opts.kernel {
+        return run_kernel(opts, manifest);
+    }
     std::fs::create_dir_all(&opts.run_dir)
         .with_context(|| format!("cannot create {}", opts.run_dir.display()))?;
     let control_path = control::socket_path(&opts.run_dir);
@@ -62,6 +69,7 @@ pub fn run(opts: &Options) -> Result<()> {
         nbd_path.display(),
         control_path.display()
     );
+    start_http_and_autoextend(&manifest, service.clone())?;
     if !opts.start_empty {
         for step in service.apply(manifest)? {
             tracing::info!("{step}");
@@ -90,6 +98,47 @@ pub fn run(opts: &Options) -> Result<()> {
         std::thread::spawn(move || handle_control(&s, &conn, &sockets));
     }
     Ok(())
+}
+
+/// The HTTP service (when the manifest has an `http` section) and the auto-extend watcher.
+fn start_http_and_autoextend(manifest: &Manifest, fleet: Arc<dyn Fleet>) -> Result<()> {
+    if let Some(http) = &manifest.http {
+        let bound = crate::web::spawn(http.clone(), fleet.clone())?;
+        let names: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
+        tracing::info!("HTTP on {}", names.join(" and "));
+    }
+    std::thread::spawn(move || autoextend::watch(fleet));
+    Ok(())
+}
+
+/// `cowctl serve` on the kernel backend: HTTP and auto-extend over the kernel's snapshots
+/// (`cowctl apply` serves the disks); SIGTERM or SIGINT ends it.
+fn run_kernel(opts: &Options, manifest: Manifest) -> Result<()> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGHUP);
+    signals.thread_block()?;
+    let run_dir = opts.run_dir.clone();
+    let kernel = Box::new(move || crate::kernel::Kernel::real(&run_dir));
+    let fleet = Arc::new(KernelFleet::new(manifest.clone(), &opts.run_dir, kernel));
+    start_http_and_autoextend(&manifest, fleet)?;
+    tracing::info!(
+        "watching the kernel's snapshots of {}",
+        opts.manifest.display()
+    );
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => {
+                tracing::info!("SIGHUP ignored: the manifest is re-read as it changes")
+            }
+            Ok(sig) => {
+                tracing::info!("{sig}: exiting");
+                return Ok(());
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 fn handle_control(service: &Service, conn: &UnixStream, sockets: &[PathBuf]) {

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 #![allow(clippy::cast_possible_truncation)] // tests index small in-memory images
 
+pub mod http;
+
 use cowctl::cow::{DiskException, Geometry, Header};
 
 /// An in-memory COW image of `chunks` chunks with a header and the given area entries.

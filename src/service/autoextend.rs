@@ -1,0 +1,87 @@
+//! Auto-extend: when a PC's COW passes its manifest threshold, grow it by the step (never
+//! past the maximum) while it is served, as LVM's snapshot autoextend does. `due` decides,
+//! `watch` polls a backend and applies it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::fleet::Fleet;
+use crate::control::status::{PcState, PcStatus};
+use crate::manifest::Manifest;
+use crate::units::human;
+
+/// How often the COWs are looked at. A PC must not write a whole step in this time.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Growth {
+    pub pc: String,
+    pub from: u64,
+    pub to: u64,
+    pub max: u64,
+    pub fill_percent: f64,
+}
+
+impl std::fmt::Display for Growth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: COW {:.1}% full: grown from {} to {} (auto-extend, at most {})",
+            self.pc,
+            self.fill_percent,
+            human(self.from),
+            human(self.to),
+            human(self.max)
+        )
+    }
+}
+
+/// The COWs to grow now: active, at or over their threshold, below their maximum.
+pub fn due(m: &Manifest, rows: &[PcStatus]) -> Vec<Growth> {
+    rows.iter()
+        .filter(|r| r.state == PcState::Active)
+        .filter_map(|r| {
+            let pc = m.pc(&r.name)?;
+            let a = pc.autoextend?;
+            let fill = r.used_percent?;
+            let from = r.total_sectors? * 512;
+            if fill < a.threshold {
+                return None;
+            }
+            Some(Growth {
+                pc: r.name.clone(),
+                from,
+                to: a.next_size(from, pc.chunk.bytes())?,
+                max: a.max.bytes(),
+                fill_percent: fill,
+            })
+        })
+        .collect()
+}
+
+/// Grows what is due once; returns what was grown.
+pub fn check(fleet: &dyn Fleet) -> Vec<Growth> {
+    let m = fleet.manifest();
+    if m.pcs.iter().all(|p| p.autoextend.is_none()) {
+        return Vec::new();
+    }
+    let mut done = Vec::new();
+    for g in due(&m, &fleet.status()) {
+        match fleet.grow(&g.pc, g.to) {
+            Ok(()) => {
+                tracing::info!("{g}");
+                done.push(g);
+            }
+            Err(e) => tracing::warn!("{}: cannot auto-extend its COW: {e:#}", g.pc),
+        }
+    }
+    done
+}
+
+/// Checks every `INTERVAL`, for as long as the process runs.
+pub fn watch(fleet: Arc<dyn Fleet>) {
+    loop {
+        check(fleet.as_ref());
+        std::thread::sleep(INTERVAL);
+    }
+}

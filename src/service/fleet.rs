@@ -1,0 +1,156 @@
+//! What the HTTP service and auto-extend need from a backend: the manifest, status, reset
+//! and growing a COW. `Service` (the engine) and `KernelFleet` (dm-snapshot) provide it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::control::reset::Reset;
+use crate::control::status::{self, PcState, PcStatus};
+use crate::control::{dm_name, lock, observe::Observed, Ctx};
+use crate::kernel::{loopdev, Kernel};
+use crate::manifest::Manifest;
+
+pub trait Fleet: Send + Sync {
+    fn manifest(&self) -> Manifest;
+    fn status(&self) -> Vec<PcStatus>;
+    /// One PC's status; None when the manifest has no such PC.
+    fn status_of(&self, pc: &str) -> Option<PcStatus> {
+        self.status().into_iter().find(|r| r.name == pc)
+    }
+    /// Returns the PC to the golden image, live if it is served.
+    fn reset(&self, pc: &str) -> Result<Reset>;
+    /// Grows the PC's COW to `len` bytes while it is served.
+    fn grow(&self, pc: &str, len: u64) -> Result<()>;
+    /// Whether PCs can `sanboot` what this backend exports (iPXE has no NBD).
+    fn sanboot(&self) -> bool;
+}
+
+/// The kernel backend as seen by `cowctl serve`: every answer is read from the kernel
+/// again; the manifest file is re-read so edits show without a restart.
+pub struct KernelFleet {
+    path: PathBuf,
+    run_dir: PathBuf,
+    kernel: Box<dyn Fn() -> Kernel + Send + Sync>,
+    last_good: Mutex<Manifest>,
+}
+
+impl KernelFleet {
+    pub fn new(
+        manifest: Manifest,
+        run_dir: &Path,
+        kernel: Box<dyn Fn() -> Kernel + Send + Sync>,
+    ) -> KernelFleet {
+        KernelFleet {
+            path: manifest.path.clone(),
+            run_dir: run_dir.to_path_buf(),
+            kernel,
+            last_good: Mutex::new(manifest),
+        }
+    }
+
+    fn with_ctx<T>(&self, f: impl FnOnce(&Ctx) -> Result<T>) -> Result<T> {
+        let manifest = self.manifest();
+        let kernel = (self.kernel)();
+        f(&Ctx {
+            manifest: &manifest,
+            kernel: &kernel,
+            run_dir: self.run_dir.clone(),
+        })
+    }
+}
+
+impl Fleet for KernelFleet {
+    /// The manifest file as it is now; while it does not load, the last one that did.
+    fn manifest(&self) -> Manifest {
+        let mut last = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+        match Manifest::load(&self.path) {
+            Ok(m) => *last = m,
+            Err(e) => tracing::warn!("{e}; going on with the last manifest that loaded"),
+        }
+        last.clone()
+    }
+
+    fn status(&self) -> Vec<PcStatus> {
+        let r = self.with_ctx(|ctx| {
+            let obs = Observed::read(ctx.kernel)?;
+            let pcs: Vec<_> = ctx.manifest.pcs.iter().collect();
+            Ok(status::collect(ctx, &obs, &pcs))
+        });
+        r.unwrap_or_else(|e| {
+            tracing::warn!("cannot read the kernel's state: {e:#}");
+            let m = self.manifest();
+            m.pcs
+                .iter()
+                .map(|pc| {
+                    let export = pc.export.to_string();
+                    status::row(&m, pc, PcState::Unknown, None, export, Vec::new())
+                })
+                .collect()
+        })
+    }
+
+    fn status_of(&self, name: &str) -> Option<PcStatus> {
+        let r = self.with_ctx(|ctx| {
+            let Some(pc) = ctx.manifest.pc(name) else {
+                return Ok(None);
+            };
+            let obs = Observed::read(ctx.kernel)?;
+            Ok(status::collect(ctx, &obs, &[pc]).pop())
+        });
+        r.unwrap_or_else(|e| {
+            tracing::warn!("cannot read the kernel's state: {e:#}");
+            None
+        })
+    }
+
+    fn reset(&self, name: &str) -> Result<Reset> {
+        self.with_ctx(|ctx| {
+            let _lock = lock::acquire(&ctx.run_dir, &format!("reset {name}"))?;
+            let pc = pc(ctx.manifest, name)?;
+            let obs = Observed::read(ctx.kernel)?;
+            crate::control::reset::reset(ctx, &obs, pc)
+        })
+    }
+
+    /// The file grows, then its loop device takes the new size; dm-snapshot reads the COW
+    /// device's size at every allocation, so the room is there at once.
+    fn grow(&self, name: &str, len: u64) -> Result<()> {
+        self.with_ctx(|ctx| {
+            let _lock = lock::acquire(&ctx.run_dir, &format!("grow {name}"))?;
+            let pc = pc(ctx.manifest, name)?;
+            let obs = Observed::read(ctx.kernel)?;
+            if !obs.dm.contains_key(&dm_name(name)) {
+                return Err(anyhow!("{name} is not applied"));
+            }
+            let l = loopdev::find(&obs.loops, &pc.cow, false)
+                .ok_or_else(|| anyhow!("{name}'s COW {} is on no loop device", pc.cow.display()))?;
+            grow_file(&pc.cow, len)?;
+            ctx.kernel.loops.set_capacity(&l.dev)
+        })
+    }
+
+    fn sanboot(&self) -> bool {
+        true
+    }
+}
+
+fn pc<'a>(m: &'a Manifest, name: &str) -> Result<&'a crate::manifest::Pc> {
+    m.pc(name)
+        .ok_or_else(|| anyhow!("no PC named {name:?} in {}", m.path.display()))
+}
+
+/// Makes a COW file `len` bytes long; never shorter (a shrunk COW loses exceptions).
+pub fn grow_file(path: &Path, len: u64) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let now = f.metadata()?.len();
+    if len > now {
+        f.set_len(len)
+            .with_context(|| format!("cannot grow {} to {len} bytes", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The JSON API: `GET /api/v1/pcs` and `/api/v1/pcs/{name}` (the rows of
+//! `cowctl status --json`), and `POST /api/v1/pcs/{name}/reset`, which an admin may do with
+//! the bearer token (on the admin address) and a PC only to itself, where its manifest says
+//! `self_reset: true`.
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::who::{pc_at, token, Peer, Token};
+use super::{blocking, App, Refusal};
+
+/// API refusals are JSON: `{"error": "…"}`.
+pub struct ApiError(Refusal);
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError(r)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.0.message });
+        (self.0.status, Json(body)).into_response()
+    }
+}
+
+fn no_pc(name: &str) -> ApiError {
+    ApiError(Refusal::new(
+        StatusCode::NOT_FOUND,
+        format!("no PC named {name:?} in the manifest"),
+    ))
+}
+
+pub async fn list(State(app): State<App>) -> Result<Response, ApiError> {
+    let fleet = app.fleet.clone();
+    let rows = blocking(move || fleet.status()).await?;
+    Ok(Json(rows).into_response())
+}
+
+pub async fn one(State(app): State<App>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let fleet = app.fleet.clone();
+    let n = name.clone();
+    let row = blocking(move || fleet.status_of(&n)).await?;
+    row.map(|r| Json(r).into_response())
+        .ok_or_else(|| no_pc(&name))
+}
+
+pub async fn reset(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let forbidden = |m: String| ApiError(Refusal::new(StatusCode::FORBIDDEN, m));
+    let admin = token(&headers, app.cfg.token_file.as_deref())? == Token::Admin;
+    let fleet = app.fleet.clone();
+    let m = blocking(move || fleet.manifest()).await?;
+    if admin && !app.admin {
+        return Err(forbidden(
+            "admin requests go to the admin address (http.admin_listen)".into(),
+        ));
+    }
+    if !admin {
+        match pc_at(&m, peer.ip()) {
+            None if app.admin => {
+                return Err(ApiError(Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    "a reset needs the admin bearer token (Authorization: Bearer <token>)",
+                )))
+            }
+            None => return Err(forbidden("unknown client".into())),
+            Some(pc) if pc.name != name => {
+                return Err(forbidden(format!("{} may reset only itself", pc.name)))
+            }
+            Some(pc) if !pc.self_reset => {
+                return Err(forbidden(format!(
+                    "{} may not reset itself: its manifest entry does not say self_reset: true",
+                    pc.name
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    if m.pc(&name).is_none() {
+        return Err(no_pc(&name));
+    }
+    let fleet = app.fleet.clone();
+    let n = name.clone();
+    let done = blocking(move || fleet.reset(&n)).await?;
+    match done {
+        Ok(r) => {
+            tracing::info!(
+                "{name}: reset over HTTP by {} ({:.1} ms paused)",
+                if admin { "an admin" } else { "itself" },
+                r.seconds * 1000.0
+            );
+            Ok(Json(r).into_response())
+        }
+        Err(e) => Err(ApiError(Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{name}: reset failed: {e:#}"),
+        ))),
+    }
+}

@@ -1,0 +1,160 @@
+//! `GET /boot.ipxe`: the iPXE script that boots a PC from its export. The PC is known by
+//! its source address or by `?mac=` (refused when the PC has an `ip` and the request comes
+//! from another address: a MAC is easy to learn, and the script carries the CHAP secret).
+//! With `reset_on_boot` the PC's COW is reset before the script is returned.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use super::who::{pc_at, Peer};
+use super::{blocking, text, App, Refusal};
+use crate::manifest::{Export, HttpConfig, Mac, Manifest, Pc};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BootError {
+    #[error("{pc} is served over NBD by the userspace backend, which iPXE cannot sanboot; serve it on the kernel backend for iSCSI or AoE")]
+    Nbd { pc: String },
+    #[error("{pc} is exported over iSCSI but the manifest has no iscsi portal")]
+    NoPortal { pc: String },
+    #[error("{pc}'s iSCSI portal listens on every address: set http.server to the address PCs reach it at")]
+    NoServer { pc: String },
+    #[error("cannot read the CHAP secret file {path}: {reason}")]
+    Secret { path: String, reason: String },
+    #[error("the CHAP secret in {path} has characters an iPXE script cannot carry (blanks, $, quotes or control characters)")]
+    SecretCharacters { path: String },
+}
+
+/// The boot script for `pc`. `local` is the address the PC reached the HTTP service at,
+/// used for the iSCSI server when neither `http.server` nor the portal names one.
+pub fn script(
+    m: &Manifest,
+    http: &HttpConfig,
+    pc: &Pc,
+    local: Option<IpAddr>,
+) -> Result<String, BootError> {
+    let mut out = format!("#!ipxe\n# cowctl: {} on image {}\n", pc.name, pc.image);
+    match &pc.export {
+        Export::Nbd => {
+            return Err(BootError::Nbd {
+                pc: pc.name.clone(),
+            })
+        }
+        Export::Aoe { shelf, slot, .. } => {
+            out.push_str(&format!("sanboot aoe:e{shelf}.{slot}\n"));
+        }
+        Export::Iscsi { target, initiator } => {
+            let cfg = m.iscsi.as_ref();
+            let portal = cfg
+                .and_then(|c| c.portals.first())
+                .ok_or_else(|| BootError::NoPortal {
+                    pc: pc.name.clone(),
+                })?
+                .0;
+            let server = http
+                .server
+                .or_else(|| (!portal.ip().is_unspecified()).then(|| portal.ip()))
+                .or(local.map(|ip| ip.to_canonical()))
+                .ok_or_else(|| BootError::NoServer {
+                    pc: pc.name.clone(),
+                })?;
+            let server = match server {
+                IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            };
+            let port = if portal.port() == 3260 {
+                String::new()
+            } else {
+                portal.port().to_string()
+            };
+            if let Some(i) = initiator {
+                out.push_str(&format!("set initiator-iqn {i}\n"));
+            }
+            if let Some(chap) = cfg.and_then(|c| c.chap.as_ref()) {
+                let path = chap.secret_file.display().to_string();
+                let secret =
+                    std::fs::read_to_string(&chap.secret_file).map_err(|e| BootError::Secret {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let secret = secret.trim_end_matches(['\n', '\r']);
+                if !plain(secret) || !plain(&chap.username) {
+                    return Err(BootError::SecretCharacters { path });
+                }
+                out.push_str(&format!("set username {}\n", chap.username));
+                out.push_str(&format!("set password {secret}\n"));
+            }
+            out.push_str(&format!("sanboot iscsi:{server}::{port}::{target}\n"));
+        }
+    }
+    Ok(out)
+}
+
+/// Words iPXE's `set` takes as they are: printable, no blanks, no expansion or quoting.
+fn plain(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'$' | b'"' | b'\'' | b'\\' | b'#'))
+}
+
+pub async fn boot(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, Refusal> {
+    let mac = query
+        .get("mac")
+        .map(|m| {
+            m.parse::<Mac>()
+                .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("mac: {e}")))
+        })
+        .transpose()?;
+    let fleet = app.fleet.clone();
+    let m = blocking(move || fleet.manifest()).await?;
+    let ip = peer.ip();
+    let unknown = || Refusal::new(StatusCode::FORBIDDEN, "unknown client");
+    let pc = match mac {
+        Some(mac) => {
+            let pc = m
+                .pcs
+                .iter()
+                .find(|p| p.mac == Some(mac))
+                .ok_or_else(unknown)?;
+            if pc.ip.is_some_and(|own| own != ip) {
+                return Err(unknown());
+            }
+            pc
+        }
+        None => pc_at(&m, ip).ok_or_else(unknown)?,
+    };
+    if !app.fleet.sanboot() {
+        let e = BootError::Nbd {
+            pc: pc.name.clone(),
+        };
+        return Err(Refusal::new(StatusCode::CONFLICT, e.to_string()));
+    }
+    let body = script(&m, &app.cfg, pc, peer.local.map(|a| a.ip()))
+        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if pc.reset_on_boot {
+        let (fleet, name) = (app.fleet.clone(), pc.name.clone());
+        let reset = blocking(move || fleet.reset(&name)).await?;
+        match reset {
+            Ok(r) => tracing::info!(
+                "{}: reset on boot ({:.1} ms paused)",
+                pc.name,
+                r.seconds * 1000.0
+            ),
+            Err(e) => {
+                tracing::error!("{}: reset on boot failed: {e:#}", pc.name);
+                return Err(Refusal::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{}: the reset before boot failed: {e:#}", pc.name),
+                ));
+            }
+        }
+    }
+    Ok(text(StatusCode::OK, body))
+}

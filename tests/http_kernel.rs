@@ -1,0 +1,216 @@
+//! The HTTP service and auto-extend over the kernel backend, on the recording fake kernel:
+//! boot scripts with their exact sanboot URIs, reset on boot, PCs found by address or MAC,
+//! CowBell numbers from dm status, and auto-extend growing the file and its loop device.
+//! The same code runs on the real kernel in the VM (tests/kernel_http.rs).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::http::get;
+use cowctl::control::observe::Observed;
+use cowctl::control::plan::plan_apply;
+use cowctl::control::{apply, sidecar, Ctx};
+use cowctl::kernel::fake::Fake;
+use cowctl::manifest::{HttpConfig, Manifest};
+use cowctl::service::autoextend;
+use cowctl::service::fleet::{Fleet, KernelFleet};
+
+const PC1: &str = "127.0.0.21";
+const PC2: &str = "127.0.0.22";
+const STRANGER: &str = "127.0.0.99";
+
+struct Room {
+    dir: tempfile::TempDir,
+    fake: Fake,
+    fleet: Arc<KernelFleet>,
+    http: SocketAddr,
+}
+
+fn manifest_text(d: &Path, portal: &str) -> String {
+    let d = d.display();
+    format!(
+        "images:\n  g:\n    path: {d}/golden.img\n    version: \"3\"\n\
+         defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 1MiB\n  chunk: 4KiB\n\
+         iscsi:\n  iqn_prefix: iqn.2024-01.lan.t\n  portals: [\"{portal}\"]\n  acl: initiator\n\
+         \x20 chap:\n    username: lab\n    secret_file: {d}/chap.secret\n\
+         aoe:\n  interface: eth0\n\
+         http:\n  listen: 127.0.0.1:0\n\
+         pcs:\n\
+         \x20 - name: pc-01\n    ip: {PC1}\n    initiator: iqn.2024-01.lan.t:init-01\n    reset_on_boot: true\n\
+         \x20   autoextend: {{threshold: 70, step: 50, max: 4MiB}}\n\
+         \x20 - name: pc-02\n    ip: {PC2}\n    initiator: iqn.2024-01.lan.t:init-02\n    mac: 52:54:00:00:00:02\n\
+         \x20 - name: pc-03\n    export: aoe\n    shelf: 1\n    slot: 3\n    mac: 52:54:00:00:00:03\n"
+    )
+}
+
+impl Room {
+    /// Three PCs applied on the fake kernel, and the HTTP service over them.
+    fn new(portal: &str) -> Room {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("golden.img"), vec![7u8; 1 << 20]).unwrap();
+        std::fs::write(d.join("chap.secret"), "a-secret-of-16ch\n").unwrap();
+        std::fs::create_dir(d.join("cow")).unwrap();
+        std::fs::write(d.join("room.yaml"), manifest_text(d, portal)).unwrap();
+        let manifest = Manifest::load(&d.join("room.yaml")).unwrap();
+        let fake = Fake::new();
+        let kernel = fake.kernel();
+        let ctx = Ctx {
+            manifest: &manifest,
+            kernel: &kernel,
+            run_dir: d.join("run"),
+        };
+        let actions = plan_apply(&ctx, &Observed::read(&kernel).unwrap()).unwrap();
+        apply::run(&ctx, &actions, &mut |_, _| {}).unwrap();
+        let f = fake.clone();
+        let fleet = Arc::new(KernelFleet::new(
+            manifest.clone(),
+            &d.join("run"),
+            Box::new(move || f.kernel()),
+        ));
+        // One listener on a free port with every route (listen = admin_listen).
+        let cfg = HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            ..manifest.http.clone().unwrap()
+        };
+        let http = cowctl::web::spawn(cfg, fleet.clone()).unwrap()[0];
+        Room {
+            dir,
+            fake,
+            fleet,
+            http,
+        }
+    }
+
+    fn cow(&self, pc: &str) -> PathBuf {
+        self.dir.path().join(format!("cow/{pc}.cow"))
+    }
+
+    fn set_status(&self, pc: &str, status: &str) {
+        self.fake
+            .state()
+            .dm
+            .get_mut(&format!("cowctl-{pc}"))
+            .unwrap()
+            .status = Some(status.into());
+    }
+}
+
+#[test]
+fn boot_scripts_sanboot_each_pc_exactly_and_reset_on_boot() {
+    let room = Room::new("10.0.0.1:3260");
+    room.fake.clear_log();
+    let r = get(PC1, room.http, "/boot.ipxe");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        "#!ipxe\n# cowctl: pc-01 on image g\n\
+         set initiator-iqn iqn.2024-01.lan.t:init-01\n\
+         set username lab\nset password a-secret-of-16ch\n\
+         sanboot iscsi:10.0.0.1::::iqn.2024-01.lan.t:pc-01\n"
+    );
+    let log = room.fake.log();
+    assert!(
+        log.iter().any(|l| l.contains("cowctl-pc-01")),
+        "reset_on_boot reset pc-01 live: {log:?}"
+    );
+    assert_eq!(
+        sidecar::read(&room.cow("pc-01")).unwrap().unwrap().resets,
+        1
+    );
+
+    room.fake.clear_log();
+    let r = get(PC2, room.http, "/boot.ipxe");
+    assert!(
+        r.body
+            .ends_with("sanboot iscsi:10.0.0.1::::iqn.2024-01.lan.t:pc-02\n"),
+        "{}",
+        r.body
+    );
+    assert!(room.fake.log().is_empty(), "pc-02 is not reset on boot");
+    assert_eq!(
+        sidecar::read(&room.cow("pc-02")).unwrap().unwrap().resets,
+        0
+    );
+
+    // pc-03 has no ip: its MAC names it. pc-02 has one: its MAC from elsewhere is refused.
+    let r = get(STRANGER, room.http, "/boot.ipxe?mac=52-54-00-00-00-03");
+    assert_eq!(
+        r.body,
+        "#!ipxe\n# cowctl: pc-03 on image g\nsanboot aoe:e1.3\n"
+    );
+    let r = get(STRANGER, room.http, "/boot.ipxe?mac=52:54:00:00:00:02");
+    assert_eq!((r.status, r.body.as_str()), (403, "unknown client\n"));
+    let r = get(PC2, room.http, "/boot.ipxe?mac=52:54:00:00:00:02");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_portal_on_every_address_boots_from_the_address_the_pc_asked() {
+    let room = Room::new("0.0.0.0:3261");
+    let r = get(PC2, room.http, "/boot.ipxe");
+    assert!(
+        r.body
+            .ends_with("sanboot iscsi:127.0.0.1::3261::iqn.2024-01.lan.t:pc-02\n"),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
+fn cowbell_reads_the_kernels_status_line() {
+    let room = Room::new("10.0.0.1:3260");
+    room.set_status("pc-02", "1200/2048 16");
+    let r = get(PC2, room.http, "/cow");
+    assert_eq!((r.status, r.body.as_str()), (200, "OK 1200 2048"));
+    // pc-01 may grow to 4 MiB: CowBell's total is that.
+    room.set_status("pc-01", "24/2048 16");
+    assert_eq!(get(PC1, room.http, "/cow").body, "OK 24 8192");
+    room.set_status("pc-02", "Overflow");
+    assert_eq!(get(PC2, room.http, "/cow").body, "OK 2048 2048");
+    room.set_status("pc-02", "Invalid");
+    assert_eq!(get(PC2, room.http, "/cow").body, "ERR invalid");
+    assert_eq!(get(STRANGER, room.http, "/cow").body, "ERR unknown client");
+}
+
+#[test]
+fn autoextend_grows_the_file_and_its_loop_when_past_the_threshold() {
+    let room = Room::new("10.0.0.1:3260");
+    let cow = room.cow("pc-01");
+    room.set_status("pc-01", "1400/2048 16"); // 68 %: under the threshold
+    assert!(autoextend::check(room.fleet.as_ref()).is_empty());
+    room.set_status("pc-01", "1450/2048 16"); // 70.8 %
+    room.set_status("pc-02", "2000/2048 16"); // full, but no autoextend
+    room.fake.clear_log();
+    let grown = autoextend::check(room.fleet.as_ref());
+    assert_eq!(grown.len(), 1, "{grown:?}");
+    assert_eq!(
+        (grown[0].pc.as_str(), grown[0].from, grown[0].to),
+        ("pc-01", 1 << 20, 3 << 19)
+    );
+    assert_eq!(std::fs::metadata(&cow).unwrap().len(), 3 << 19);
+    let cow_loop = room
+        .fake
+        .state()
+        .loops
+        .iter()
+        .find(|l| l.backing == cow)
+        .unwrap()
+        .dev
+        .clone();
+    assert_eq!(
+        room.fake.log(),
+        vec![format!("loop set-capacity {}", cow_loop.display())]
+    );
+    let row = room.fleet.status_of("pc-01").unwrap();
+    assert_eq!(row.max_sectors, Some(8192));
+    room.set_status("pc-01", "Overflow");
+    assert!(
+        autoextend::check(room.fleet.as_ref()).is_empty(),
+        "only active snapshots grow"
+    );
+}

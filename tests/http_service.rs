@@ -1,0 +1,435 @@
+//! The HTTP service of `cowctl serve` on the userspace backend, end to end: `cowctl apply`
+//! starts the service, requests come from the PCs' own addresses on loopback
+//! (127.0.0.11, 127.0.0.12) or from strangers, disks are written with qemu-io over NBD.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::http::{get, post};
+use serde_json::Value;
+
+const TOKEN: &str = "tok-5f1c9a0e7d2b";
+const PC1: &str = "127.0.0.11";
+const PC2: &str = "127.0.0.12";
+const STRANGER: &str = "127.0.0.99";
+
+struct Room {
+    dir: tempfile::TempDir,
+    nbd: u16,
+    pcs: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Room {
+    /// Two PCs on a 16 MiB golden image with 4 MiB COWs; pc-1 may reset itself and
+    /// auto-extends (at 50 %, by 100 %, up to 16 MiB).
+    fn new() -> Room {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("golden.img"), vec![0x5a; 16 << 20]).unwrap();
+        std::fs::create_dir(dir.path().join("cow")).unwrap();
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        let (nbd, pcs, admin) = (free_port(), free_port(), free_port());
+        std::fs::write(
+            dir.path().join("room.yaml"),
+            format!(
+                "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n    version: \"7\"\n\
+                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 4MiB\n  chunk: 4KiB\n  export: nbd\n\
+                 nbd:\n  listen: 127.0.0.1:{nbd}\n  socket: {d}/nbd.sock\n\
+                 http:\n  listen: 127.0.0.1:{pcs}\n  admin_listen: 127.0.0.1:{admin}\n  token_file: {d}/token\n\
+                 pcs:\n  - name: pc-1\n    ip: {PC1}\n    self_reset: true\n    mac: 52:54:00:00:00:01\n\
+                 \x20   autoextend: {{threshold: 50, step: 100, max: 16MiB}}\n\
+                 \x20 - name: pc-2\n    ip: {PC2}\n"
+            ),
+        )
+        .unwrap();
+        let room = Room {
+            dir,
+            nbd,
+            pcs: SocketAddr::from(([127, 0, 0, 1], pcs)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+        };
+        room.cowctl(&["apply"]);
+        room
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cowctl(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_cowctl"))
+            .args(args)
+            .env("COWCTL_RUN_DIR", self.path("run"))
+            .env("COWCTL_MANIFEST", self.path("room.yaml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() || out.status.code() == Some(2),
+            "cowctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn status(&self, pc: &str) -> Value {
+        let all: Value = serde_json::from_str(&self.cowctl(&["--json", "status"])).unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == pc)
+            .unwrap()
+            .clone()
+    }
+
+    /// Writes `mib` MiB at `at_mib` MiB through NBD; false when the disk refused.
+    fn write(&self, pc: &str, at_mib: u64, mib: u64) -> bool {
+        Command::new("qemu-io")
+            .args(["-f", "raw", "-c"])
+            .arg(format!("write -P 0x33 {at_mib}M {mib}M"))
+            .arg(format!("nbd://127.0.0.1:{}/{pc}", self.nbd))
+            .output()
+            .map(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("error"))
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("run/serve.log")).unwrap()
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_cowctl"))
+            .arg("down")
+            .env("COWCTL_RUN_DIR", self.path("run"))
+            .env("COWCTL_MANIFEST", self.path("room.yaml"))
+            .output();
+    }
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn cowbell_knows_each_pc_by_its_address_and_strangers_get_err() {
+    let room = Room::new();
+    assert!(room.write("pc-2", 0, 1));
+    let used = room.status("pc-2")["used_sectors"].as_u64().unwrap();
+    assert!(used > 2048, "1 MiB written shows in the fill: {used}");
+    let r = get(PC2, room.pcs, "/cow");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, format!("OK {used} 8192").as_str())
+    );
+    // pc-1 auto-extends to 16 MiB: CowBell's total is what it may grow to.
+    let r = get(PC1, room.pcs, "/cow");
+    let used1 = room.status("pc-1")["used_sectors"].as_u64().unwrap();
+    assert_eq!(r.body, format!("OK {used1} 32768"));
+    for (from, to) in [(STRANGER, room.pcs), ("127.0.0.1", room.admin)] {
+        let r = get(from, to, "/cow");
+        assert_eq!((r.status, r.body.as_str()), (403, "ERR unknown client"));
+    }
+    room.cowctl(&["down", "pc-2"]);
+    let r = get(PC2, room.pcs, "/cow");
+    assert_eq!((r.status, r.body.as_str()), (503, "ERR not applied"));
+}
+
+#[test]
+fn the_api_gives_the_rows_of_status_json() {
+    let room = Room::new();
+    assert!(room.write("pc-1", 1, 1));
+    let r = get("127.0.0.1", room.admin, "/api/v1/pcs");
+    assert_eq!(r.status, 200);
+    assert!(r.headers.contains("application/json"), "{}", r.headers);
+    let api = json(&r.body);
+    let cli: Value = json(&room.cowctl(&["--json", "status"]));
+    assert_eq!(api, cli, "the API and status --json agree");
+    let one = json(&get("127.0.0.1", room.admin, "/api/v1/pcs/pc-1").body);
+    assert_eq!(one, cli[0]);
+    assert_eq!(one["image_version"], "7");
+    assert_eq!(one["max_sectors"], 32768);
+    let r = get("127.0.0.1", room.admin, "/api/v1/pcs/pc-9");
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        json(&r.body)["error"],
+        "no PC named \"pc-9\" in the manifest"
+    );
+    // PCs and strangers do not list the room on the PC address.
+    for from in [PC1, STRANGER] {
+        let r = get(from, room.pcs, "/api/v1/pcs");
+        assert_eq!(r.status, 404);
+        assert!(r.body.contains("on the admin address"), "{}", r.body);
+        assert!(!r.body.contains("pc-2"));
+    }
+}
+
+#[test]
+fn resets_need_the_admin_token_or_a_pc_resetting_itself() {
+    let room = Room::new();
+    assert!(room.write("pc-1", 0, 1) && room.write("pc-2", 0, 1));
+    let reset = |pc: &str| format!("/api/v1/pcs/{pc}/reset");
+    let refusals = [
+        (
+            post("127.0.0.1", room.admin, &reset("pc-2"), None),
+            401,
+            "a reset needs the admin bearer token (Authorization: Bearer <token>)",
+        ),
+        (
+            post("127.0.0.1", room.admin, &reset("pc-2"), Some("guess")),
+            401,
+            "the bearer token is not the admin token",
+        ),
+        (
+            post(PC1, room.pcs, &reset("pc-2"), Some(TOKEN)),
+            403,
+            "admin requests go to the admin address (http.admin_listen)",
+        ),
+        (
+            post(PC1, room.pcs, &reset("pc-2"), None),
+            403,
+            "pc-1 may reset only itself",
+        ),
+        (
+            post(PC2, room.pcs, &reset("pc-2"), None),
+            403,
+            "pc-2 may not reset itself: its manifest entry does not say self_reset: true",
+        ),
+        (
+            post(STRANGER, room.pcs, &reset("pc-1"), None),
+            403,
+            "unknown client",
+        ),
+        (
+            post(STRANGER, room.pcs, &reset("pc-9"), None),
+            403,
+            "unknown client",
+        ),
+        (
+            post("127.0.0.1", room.admin, &reset("pc-9"), Some(TOKEN)),
+            404,
+            "no PC named \"pc-9\" in the manifest",
+        ),
+    ];
+    for (i, (r, status, message)) in refusals.iter().enumerate() {
+        assert_eq!(
+            (r.status, json(&r.body)["error"].as_str()),
+            (*status, Some(*message)),
+            "refusal {i}"
+        );
+    }
+    assert_eq!(
+        room.status("pc-2")["resets"],
+        0,
+        "no refusal reset anything"
+    );
+    let written = room.status("pc-2")["used_sectors"].as_u64().unwrap();
+
+    let r = post("127.0.0.1", room.admin, &reset("pc-2"), Some(TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json(&r.body)["live"], true);
+    let row = room.status("pc-2");
+    assert!(row["used_sectors"].as_u64().unwrap() < written);
+    assert_eq!(row["resets"], 1);
+    assert!(row["last_reset"].as_u64().is_some());
+
+    let r = post(PC1, room.pcs, &reset("pc-1"), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(room.status("pc-1")["resets"], 1);
+    assert!(
+        !room.log().contains(TOKEN),
+        "the token never reaches the log"
+    );
+    assert!(!room.log().contains("guess"), "nor does a wrong one");
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text() {
+    let room = Room::new();
+    assert!(room.write("pc-2", 2, 1));
+    // A client that stays connected while the scrape runs.
+    let mut client = Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .arg(format!("nbd://127.0.0.1:{}/pc-2", room.nbd))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let r = get("127.0.0.1", room.admin, "/metrics");
+    drop(client.stdin.take());
+    client.wait().unwrap();
+    assert_eq!(r.status, 200);
+    let lines = r.body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let value = |name: &str, pc: &str, state: Option<&str>| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name
+                    && s.labels.get("pc") == Some(pc)
+                    && state.is_none_or(|st| s.labels.get("state") == Some(st))
+            })
+            .unwrap_or_else(|| panic!("no {name} for {pc} in\n{}", r.body));
+        match s.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        }
+    };
+    let row = room.status("pc-2");
+    let used = row["used_sectors"].as_u64().unwrap() as f64 * 512.0;
+    assert_eq!(value("cowctl_cow_used_bytes", "pc-2", None), used);
+    assert_eq!(value("cowctl_cow_total_bytes", "pc-2", None), 4194304.0);
+    assert_eq!(value("cowctl_cow_max_bytes", "pc-1", None), 16777216.0);
+    assert_eq!(value("cowctl_pc_state", "pc-2", Some("active")), 1.0);
+    assert_eq!(value("cowctl_pc_state", "pc-2", Some("overflow")), 0.0);
+    assert_eq!(value("cowctl_resets_total", "pc-2", None), 0.0);
+    assert_eq!(value("cowctl_connected_initiators", "pc-2", None), 1.0);
+    assert_eq!(value("cowctl_connected_initiators", "pc-1", None), 0.0);
+    room.cowctl(&["reset", "pc-2"]);
+    let r = get("127.0.0.1", room.admin, "/metrics");
+    assert!(
+        r.body.contains("cowctl_resets_total{pc=\"pc-2\"} 1"),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
+fn bad_requests_get_a_clear_4xx() {
+    let room = Room::new();
+    let cases = [
+        (get(PC1, room.pcs, "/nope"), 404, "no such page /nope here"),
+        (
+            get("127.0.0.1", room.admin, "/nope"),
+            404,
+            "no such page /nope: try /, /cow",
+        ),
+        (
+            post("127.0.0.1", room.admin, "/metrics", None),
+            405,
+            "/metrics does not take POST",
+        ),
+        (
+            get(PC1, room.pcs, "/boot.ipxe?mac=zz"),
+            400,
+            "mac: \"zz\" is not a MAC address",
+        ),
+        (get(STRANGER, room.pcs, "/boot.ipxe"), 403, "unknown client"),
+        (
+            get(STRANGER, room.pcs, "/boot.ipxe?mac=52:54:00:00:00:01"),
+            403,
+            "unknown client",
+        ),
+        (
+            get(PC1, room.pcs, "/boot.ipxe"),
+            409,
+            "pc-1 is served over NBD by the userspace backend, which iPXE cannot sanboot",
+        ),
+    ];
+    for (i, (r, status, start)) in cases.iter().enumerate() {
+        assert_eq!(r.status, *status, "case {i}: {}", r.body);
+        assert!(r.body.starts_with(start), "case {i}: {}", r.body);
+    }
+}
+
+#[test]
+fn autoextend_grows_a_served_cow_before_it_fills_and_stops_at_the_maximum() {
+    let room = Room::new();
+    // 12 MiB into a 4 MiB COW, 1 MiB at a time, slower than one step per check.
+    for mib in 0..12 {
+        assert!(room.write("pc-1", mib, 1), "write {mib} MiB was refused");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let row = room.status("pc-1");
+    assert_eq!(row["state"], "active");
+    assert_eq!(row["total_sectors"], 32768, "grown to the 16 MiB maximum");
+    let log = room.log();
+    assert!(
+        log.contains("pc-1: COW") && log.contains("grown from 4.0 MiB to 8.0 MiB"),
+        "{log}"
+    );
+    let text = room.cowctl(&["status"]);
+    assert!(
+        text.contains(
+            "pc-1's COW was grown by auto-extend from 4.0 MiB to 16.0 MiB (at most 16.0 MiB)"
+        ),
+        "{text}"
+    );
+    // Past the maximum the PC's writes fail as they would without auto-extend.
+    assert!(!room.write("pc-1", 12, 4), "the maximum holds");
+    assert_eq!(room.status("pc-1")["state"], "overflow");
+    assert_eq!(
+        room.status("pc-2")["total_sectors"],
+        8192,
+        "pc-2 has no auto-extend"
+    );
+}
+
+#[test]
+fn the_dashboard_renders_in_headless_chromium() {
+    let room = Room::new();
+    assert!(room.write("pc-1", 0, 1) && room.write("pc-2", 0, 3));
+    let url = format!("http://{}/", room.admin);
+    let chromium = |extra: &[&str]| {
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args(["--virtual-time-budget=3000", "--window-size=1280,360"])
+            .arg(format!(
+                "--user-data-dir={}",
+                room.path("chromium").display()
+            ))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("chromium (Debian's package; scripts/provision.sh --tests installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let dom = chromium(&["--dump-dom"]);
+    for want in [
+        "<tr data-pc=\"pc-1\">",
+        "<tr data-pc=\"pc-2\">",
+        "class=\"fill warn\"", // pc-2: 3 MiB of 4 MiB is past 75 %
+        "class=\"fill\"",
+        "<button>Reset</button>",
+        "state-active",
+    ] {
+        assert!(dom.contains(want), "the rendered page lacks {want}:\n{dom}");
+    }
+    let outputs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-outputs");
+    std::fs::create_dir_all(&outputs).unwrap();
+    let png = outputs.join("dashboard.png");
+    let _ = std::fs::remove_file(&png);
+    chromium(&[&format!("--screenshot={}", png.display())]);
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+        "a real screenshot"
+    );
+}
