@@ -3,6 +3,8 @@
 //! numbers from the kernel, and auto-extend keeping a PC that writes six times its initial
 //! COW from overflowing, until the maximum.
 
+#![allow(clippy::cast_possible_truncation)] // fill bytes from small loop counters
+
 mod common;
 
 use std::fs::OpenOptions;
