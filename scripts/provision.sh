@@ -5,7 +5,7 @@
 #   scripts/provision.sh --tests  and everything the tests use (qemu, initiators, ...)
 set -euo pipefail
 build=(gcc pkg-config libdevmapper-dev libclang-dev)
-run=(kmod dmsetup vblade util-linux iproute2 qemu-utils libnbd-bin)
+run=(kmod dmsetup vblade util-linux iproute2 qemu-utils libnbd-bin curl)
 tests=(qemu-system-x86 busybox-static cpio open-iscsi aoetools fio python3 libnbd-bin nbdkit chromium)
 want=("${build[@]}" "${run[@]}")
 [[ ${1:-} == --tests ]] && want+=("${tests[@]}")

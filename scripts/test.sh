@@ -19,6 +19,9 @@ echo "== host tests"
 log=$(mktemp)
 cargo test --release 2>&1 | tee "$log"
 host_passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+# tests/http_service.rs renders the dashboard in headless Chromium and keeps a screenshot.
+[[ -s test-outputs/dashboard.png ]] || { echo "test: no dashboard screenshot in test-outputs/" >&2; exit 1; }
+echo "test: dashboard screenshot kept in $repo/test-outputs/dashboard.png"
 
 echo "== kernel tests (VM)"
 scripts/test-kernel.sh | tee "$log"
@@ -33,8 +36,9 @@ else
     scripts/demo.sh >"$demo_log" 2>&1 || { cat "$demo_log"; exit 1; }
     grep -q "nbdinfo nbd://127.0.0.1:10809/pc-01" "$demo_log" || { cat "$demo_log"; echo "test: the demo printed no connect line" >&2; exit 1; }
     nbdinfo --size nbd://127.0.0.1:10809/pc-01 | grep -qx 67108864
+    grep -qE '^OK [0-9]+ 262144$' "$demo_log" || { cat "$demo_log"; echo "test: the demo's CowBell line is missing" >&2; exit 1; }
     COWCTL_MANIFEST=manifests/demo.yaml target/release/cowctl down >/dev/null
-    echo "test: scripts/demo.sh served the demo room over NBD and nbdinfo reached pc-01"
+    echo "test: scripts/demo.sh served the demo room over NBD and HTTP; nbdinfo reached pc-01"
 fi
 
 echo "== the systemd unit"

@@ -14,12 +14,20 @@ if command -v qemu-io >/dev/null; then
     say qemu-io -f raw -c 'write -P 0x55 0 8M' -c flush nbd://127.0.0.1:10809/pc-01
 fi
 say cowctl status || true
+if command -v curl >/dev/null; then
+    echo; echo "== this machine is pc-01's address: CowBell's question, and the metrics"
+    say curl -s http://127.0.0.1:8080/cow; echo
+    say curl -s http://127.0.0.1:8081/metrics | grep -E '^cowctl_cow_(used|total)_bytes' || true
+fi
 cat <<INFO
 
 cowctl serve is running (log: /run/cowctl/serve.log). Connect to a PC's disk:
   nbdinfo nbd://127.0.0.1:10809/pc-01
   qemu-img info nbd://127.0.0.1:10809/pc-02
   qemu-img info 'nbd+unix:///pc-03?socket=/run/cowctl/nbd.sock'
+HTTP (cowctl serve): the dashboard at http://127.0.0.1:8081/ (its reset buttons ask for the
+token in /var/lib/cowctl-demo/admin.token), CowBell at http://127.0.0.1:8080/cow, and
+  curl -X POST -H "Authorization: Bearer \$(cat /var/lib/cowctl-demo/admin.token)" http://127.0.0.1:8081/api/v1/pcs/pc-02/reset
 Manage the room:
   COWCTL_MANIFEST=$COWCTL_MANIFEST $repo/target/release/cowctl status
   COWCTL_MANIFEST=$COWCTL_MANIFEST $repo/target/release/cowctl reset pc-01
