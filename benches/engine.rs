@@ -78,6 +78,7 @@ fn open(s: &Setup) -> Engine {
             overflow: OverflowPolicy::Refuse,
             read_only: false,
             commit: cowctl::engine::CommitMode::PerWrite,
+            grow: None,
         },
     )
     .unwrap()

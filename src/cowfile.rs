@@ -222,6 +222,7 @@ pub fn open_engine(
         overflow: OverflowPolicy::Refuse,
         read_only,
         commit: crate::engine::CommitMode::PerWrite,
+        grow: None,
     };
     open_engine_with(base, cow, options)
 }

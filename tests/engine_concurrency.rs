@@ -24,6 +24,7 @@ fn open(dir: &std::path::Path) -> Engine {
         overflow: OverflowPolicy::Refuse,
         read_only: false,
         commit: cowctl::engine::CommitMode::PerWrite,
+        grow: None,
     };
     Engine::open(
         Box::new(FileBacking::open(&dir.join("golden"), false).unwrap()),

@@ -71,6 +71,7 @@ fn check(
         overflow: OverflowPolicy::Refuse,
         read_only: false,
         commit,
+        grow: None,
     };
     let engine = Engine::open(
         Box::new(MemBacking::new(golden.clone())),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use cowctl::backing::FileBacking;
 use cowctl::engine::{
-    CommitMode, Engine, EngineError, EngineOptions, OverflowPolicy, SnapshotState,
+    CommitMode, Engine, EngineError, EngineOptions, GrowPolicy, OverflowPolicy, SnapshotState,
 };
 use proptest::prelude::*;
 
@@ -62,6 +62,7 @@ struct Model {
     capacity: u64,
     state: SnapshotState,
     policy: OverflowPolicy,
+    grow: Option<GrowPolicy>,
 }
 
 impl Model {
@@ -85,6 +86,7 @@ impl Model {
             let c = pos / self.chunk;
             let seg_end = ((c + 1) * self.chunk).min(end);
             if !self.mapped.contains(&c) {
+                while self.mapped.len() as u64 == self.capacity && self.grow_once() {}
                 if self.mapped.len() as u64 == self.capacity {
                     return Some(match self.policy {
                         OverflowPolicy::Refuse => {
@@ -103,6 +105,7 @@ impl Model {
                     // The area just filled: the kernel zeroes the next one, and fails if it
                     // lies past the end of the COW.
                     let next_area = 1 + (self.per_area + 1) * (n / self.per_area);
+                    while (next_area + 1) * self.chunk > self.cow_bytes && self.grow_once() {}
                     if (next_area + 1) * self.chunk > self.cow_bytes {
                         self.state = SnapshotState::Invalid;
                         return Some("invalid");
@@ -114,6 +117,19 @@ impl Model {
             pos = seg_end;
         }
         None
+    }
+
+    /// Auto-extend in the engine: a full COW grows one step instead of overflowing.
+    fn grow_once(&mut self) -> bool {
+        let Some(next) = self
+            .grow
+            .and_then(|g| g.next_size(self.cow_bytes, self.chunk))
+        else {
+            return false;
+        };
+        self.cow_bytes = next;
+        self.capacity = Model::capacity(self.chunk, self.per_area, next);
+        true
     }
 
     fn writable(&self) -> Option<&'static str> {
@@ -171,7 +187,14 @@ fn kind(e: &EngineError) -> &'static str {
 }
 
 fn open(golden: &Path, cow: &Path, chunk_sectors: u32, policy: OverflowPolicy) -> Engine {
-    open_with(golden, cow, chunk_sectors, policy, CommitMode::PerWrite)
+    open_with(
+        golden,
+        cow,
+        chunk_sectors,
+        policy,
+        CommitMode::PerWrite,
+        None,
+    )
 }
 
 fn open_with(
@@ -180,12 +203,14 @@ fn open_with(
     chunk_sectors: u32,
     policy: OverflowPolicy,
     commit: CommitMode,
+    grow: Option<GrowPolicy>,
 ) -> Engine {
     let options = EngineOptions {
         table_chunk_sectors: Some(chunk_sectors),
         overflow: policy,
         read_only: false,
         commit,
+        grow,
     };
     Engine::open(
         Box::new(FileBacking::open(golden, false).unwrap()),
@@ -264,6 +289,7 @@ fn run(
     new_cow: bool,
     po: bool,
     on_flush: bool,
+    grows: bool,
     ops: Vec<Op>,
 ) -> Result<(), TestCaseError> {
     let commit = if on_flush {
@@ -296,6 +322,11 @@ fn run(
         OverflowPolicy::Invalidate
     };
     let per_area = chunk / 16;
+    // A full COW grows by half, to at most three times its first size.
+    let grow = grows.then_some(GrowPolicy {
+        step_percent: 50.0,
+        max_bytes: 3 * cow_bytes,
+    });
     let mut model = Model {
         data: golden.clone(),
         golden: golden.clone(),
@@ -306,8 +337,9 @@ fn run(
         capacity: Model::capacity(chunk, per_area, cow_bytes),
         state: SnapshotState::Active,
         policy,
+        grow,
     };
-    let mut engine = open_with(&golden_path, &cow_path, chunk_sectors, policy, commit);
+    let mut engine = open_with(&golden_path, &cow_path, chunk_sectors, policy, commit, grow);
     for (step, op) in ops.into_iter().enumerate() {
         match op {
             Op::Write {
@@ -381,7 +413,7 @@ fn run(
             }
             Op::Reopen => {
                 drop(engine);
-                engine = open_with(&golden_path, &cow_path, chunk_sectors, policy, commit);
+                engine = open_with(&golden_path, &cow_path, chunk_sectors, policy, commit, grow);
                 if model.state == SnapshotState::Overflow {
                     model.state = SnapshotState::Active; // overflow lives in memory only
                 }
@@ -391,7 +423,7 @@ fn run(
         }
     }
     drop(engine);
-    let engine = open_with(&golden_path, &cow_path, chunk_sectors, policy, commit);
+    let engine = open_with(&golden_path, &cow_path, chunk_sectors, policy, commit, grow);
     if model.state == SnapshotState::Overflow {
         model.state = SnapshotState::Active;
     }
@@ -410,9 +442,10 @@ proptest! {
         new_cow in any::<bool>(),
         po in any::<bool>(),
         on_flush in any::<bool>(),
+        grows in any::<bool>(),
         ops in proptest::collection::vec(op(), 1..60),
     ) {
-        run(chunk_pow, golden_sectors, golden_tail, cow_chunks, new_cow, po, on_flush, ops)?;
+        run(chunk_pow, golden_sectors, golden_tail, cow_chunks, new_cow, po, on_flush, grows, ops)?;
     }
 }
 
@@ -429,8 +462,10 @@ fn filling_the_last_area_exactly_at_the_end_invalidates_even_with_po() {
             fill: i as u8,
         })
         .collect();
-    run(0, 64, 0, 34, false, true, false, ops.clone()).unwrap();
-    run(0, 64, 0, 34, false, true, true, ops).unwrap();
+    run(0, 64, 0, 34, false, true, false, false, ops.clone()).unwrap();
+    run(0, 64, 0, 34, false, true, true, false, ops.clone()).unwrap();
+    // With auto-extend in the engine the COW grows for the next area instead.
+    run(0, 64, 0, 34, false, true, true, true, ops).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let g = dir.path().join("g");
     let c = dir.path().join("c");

@@ -70,18 +70,7 @@ impl Room {
     }
 
     fn cowctl(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_cowctl"))
-            .args(args)
-            .env("COWCTL_RUN_DIR", self.path("run"))
-            .env("COWCTL_MANIFEST", self.path("room.yaml"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success() || out.status.code() == Some(2),
-            "cowctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        common::room_cowctl(self.dir.path(), args)
     }
 
     fn status(&self, pc: &str) -> Value {
@@ -112,11 +101,7 @@ impl Room {
 
 impl Drop for Room {
     fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_cowctl"))
-            .arg("down")
-            .env("COWCTL_RUN_DIR", self.path("run"))
-            .env("COWCTL_MANIFEST", self.path("room.yaml"))
-            .output();
+        let _ = common::room_command(self.dir.path(), &["down"]).output();
     }
 }
 
@@ -352,10 +337,11 @@ fn bad_requests_get_a_clear_4xx() {
 #[test]
 fn autoextend_grows_a_served_cow_before_it_fills_and_stops_at_the_maximum() {
     let room = Room::new();
-    // 12 MiB into a 4 MiB COW, 1 MiB at a time, slower than one step per check.
+    // 12 MiB into a 4 MiB COW, 1 MiB at a time: under 2 MiB/s, so even the first step
+    // (2 MiB used, grown to 8) leaves the watcher 3 s, for a loaded test machine.
     for mib in 0..12 {
         assert!(room.write("pc-1", mib, 1), "write {mib} MiB was refused");
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(500));
     }
     let row = room.status("pc-1");
     assert_eq!(row["state"], "active");
@@ -380,6 +366,25 @@ fn autoextend_grows_a_served_cow_before_it_fills_and_stops_at_the_maximum() {
         8192,
         "pc-2 has no auto-extend"
     );
+}
+
+#[test]
+fn a_writer_faster_than_the_watcher_grows_the_cow_on_demand() {
+    let room = Room::new();
+    // 12 MiB in one go into the 4 MiB COW: the engine grows it as it fills.
+    assert!(room.write("pc-1", 0, 12), "the write was refused");
+    let row = room.status("pc-1");
+    assert_eq!(row["state"], "active");
+    assert!(row["total_sectors"].as_u64().unwrap() > 12 << 11, "{row}");
+    let log = room.log();
+    assert!(
+        log.contains("pc=pc-1")
+            && log.contains("the COW was full: grown on demand from 4.0 MiB to 8.0 MiB"),
+        "{log}"
+    );
+    // pc-2 has no auto-extend: the same write overflows it.
+    assert!(!room.write("pc-2", 0, 12));
+    assert_eq!(room.status("pc-2")["state"], "overflow");
 }
 
 #[test]

@@ -100,6 +100,7 @@ impl Case {
             overflow: self.policy(),
             read_only: false,
             commit: cowctl::engine::CommitMode::PerWrite,
+            grow: None,
         };
         Engine::open(
             Box::new(cowctl::backing::FileBacking::open(&self.golden, false).unwrap()),

@@ -4,6 +4,8 @@
 
 #![allow(clippy::cast_possible_truncation)] // tests index small in-memory images
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -64,23 +66,14 @@ impl Room {
     }
 
     fn cowctl_output(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_cowctl"))
-            .args(args)
-            .env("COWCTL_RUN_DIR", self.path("run"))
-            .env("COWCTL_MANIFEST", self.path("room.yaml"))
+        common::room_command(self.dir.path(), args)
             .output()
             .unwrap()
     }
 
     /// Runs cowctl and returns its standard output; panics with its stderr on failure.
     fn cowctl(&self, args: &[&str]) -> String {
-        let out = self.cowctl_output(args);
-        assert!(
-            out.status.success() || out.status.code() == Some(2),
-            "cowctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        common::room_cowctl(self.dir.path(), args)
     }
 
     fn uri(&self, pc: &str) -> String {

@@ -63,9 +63,33 @@ const ACTIVE: u8 = 0;
 const OVERFLOW: u8 = 1;
 const INVALID: u8 = 2;
 
+/// Auto-extend inside the engine: a COW that is full grows at once (by `step_percent` of
+/// its size, in whole chunks, up to `max_bytes`) instead of overflowing. The service's
+/// watcher grows it earlier, at the threshold; this is for writers faster than the watcher.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GrowPolicy {
+    pub step_percent: f64,
+    pub max_bytes: u64,
+}
+
+impl GrowPolicy {
+    /// The size after one step from `current` bytes, or None at the maximum.
+    pub fn next_size(&self, current: u64, chunk: u64) -> Option<u64> {
+        let max = self.max_bytes / chunk * chunk;
+        if current >= max {
+            return None;
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let step = ((current as f64) * self.step_percent / 100.0) as u64;
+        let want = current.saturating_add(step.max(chunk)).div_ceil(chunk) * chunk;
+        Some(want.min(max))
+    }
+}
+
 pub(super) struct Metadata {
     geometry: Geometry,
     policy: OverflowPolicy,
+    grow: Option<GrowPolicy>,
     mode: CommitMode,
     /// Grows (never shrinks) while the engine runs: see `grow`.
     cow_bytes: AtomicU64,
@@ -91,11 +115,17 @@ struct Inner {
 }
 
 impl Metadata {
-    pub(super) fn new(store: &LoadedStore, policy: OverflowPolicy, mode: CommitMode) -> Self {
+    pub(super) fn new(
+        store: &LoadedStore,
+        policy: OverflowPolicy,
+        mode: CommitMode,
+        grow: Option<GrowPolicy>,
+    ) -> Self {
         let valid = store.header.valid != 0;
         Metadata {
             geometry: store.geometry,
             policy,
+            grow,
             mode,
             cow_bytes: AtomicU64::new(store.cow_bytes),
             state: AtomicU8::new(if valid { ACTIVE } else { INVALID }),
@@ -131,6 +161,31 @@ impl Metadata {
             self.cow_bytes.store(len, Ordering::Release);
         }
         Ok(old)
+    }
+
+    /// Whether `chunk` lies inside the COW, growing the COW first where the grow policy
+    /// allows. Called with the metadata lock held.
+    fn room_for(&self, chunk: u64, cow: &dyn Backing) -> bool {
+        let g = self.geometry;
+        loop {
+            let now = self.cow_bytes();
+            if g.fits(chunk, now) {
+                return true;
+            }
+            let Some(next) = self.grow.and_then(|p| p.next_size(now, g.chunk_bytes())) else {
+                return false;
+            };
+            if let Err(e) = cow.grow(next) {
+                tracing::error!("the COW is full and cannot grow: {e}");
+                return false;
+            }
+            self.cow_bytes.store(next, Ordering::Release);
+            tracing::warn!(
+                "the COW was full: grown on demand from {} to {} (auto-extend)",
+                crate::units::human(now),
+                crate::units::human(next)
+            );
+        }
     }
 
     pub(super) fn mode(&self) -> CommitMode {
@@ -174,7 +229,7 @@ impl Metadata {
     pub(super) fn prepare(&self, cow: &dyn Backing) -> Result<u64, EngineError> {
         let mut inner = self.lock();
         self.check_writable()?;
-        if !self.geometry.fits(inner.next_free, self.cow_bytes()) {
+        if !self.room_for(inner.next_free, cow) {
             return Err(match self.policy {
                 OverflowPolicy::Refuse => {
                     let _ = self.state.compare_exchange(
@@ -264,7 +319,7 @@ impl Metadata {
         if inner.current_committed == g.exceptions_per_area() {
             // Where the kernel would zero the next area past the end of the COW, it fails
             // and invalidates the snapshot: do the same now rather than at the flush.
-            if !g.fits(g.area_location(inner.current_area + 1), self.cow_bytes()) {
+            if !self.room_for(g.area_location(inner.current_area + 1), cow) {
                 self.invalidate(inner, cow);
                 return Err(EngineError::Invalid);
             }
@@ -334,8 +389,7 @@ impl Metadata {
             // stale entries there. Past the end of the COW this fails, as it does in
             // the kernel (the bio is beyond the device), and the snapshot is invalid.
             let next = g.area_location(inner.current_area + 1);
-            if !g.fits(next, self.cow_bytes())
-                || cow.write_all_at(&inner.zeroes, g.offset(next)).is_err()
+            if !self.room_for(next, cow) || cow.write_all_at(&inner.zeroes, g.offset(next)).is_err()
             {
                 return false;
             }

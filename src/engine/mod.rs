@@ -13,7 +13,7 @@ mod metadata;
 use std::sync::{Mutex, RwLock};
 
 pub use error::EngineError;
-pub use metadata::{CommitMode, OverflowPolicy, SnapshotState};
+pub use metadata::{CommitMode, GrowPolicy, OverflowPolicy, SnapshotState};
 
 use crate::backing::Backing;
 use crate::chunkmap::ChunkMap;
@@ -32,6 +32,8 @@ pub struct EngineOptions {
     /// Never write to the COW, not even to initialise a new one.
     pub read_only: bool,
     pub commit: CommitMode,
+    /// Grow a full COW instead of overflowing, up to a maximum.
+    pub grow: Option<GrowPolicy>,
 }
 
 impl Default for EngineOptions {
@@ -41,6 +43,7 @@ impl Default for EngineOptions {
             overflow: OverflowPolicy::Refuse,
             read_only: false,
             commit: CommitMode::PerWrite,
+            grow: None,
         }
     }
 }
@@ -80,7 +83,7 @@ impl Engine {
                 origin_chunks,
             });
         }
-        let meta = Metadata::new(&store, options.overflow, options.commit);
+        let meta = Metadata::new(&store, options.overflow, options.commit, options.grow);
         Ok(Engine {
             origin,
             cow,

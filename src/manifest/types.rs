@@ -51,14 +51,15 @@ impl AutoExtend {
     /// The size to grow a COW of `current` bytes to (a whole number of chunks, at most
     /// `max`), or None when it is at the maximum already.
     pub fn next_size(&self, current: u64, chunk: u64) -> Option<u64> {
-        let max = self.max.bytes() / chunk * chunk;
-        if current >= max {
-            return None;
+        self.grow_policy().next_size(current, chunk)
+    }
+
+    /// The engine's part: grow a full COW at once rather than overflow.
+    pub fn grow_policy(&self) -> crate::engine::GrowPolicy {
+        crate::engine::GrowPolicy {
+            step_percent: self.step,
+            max_bytes: self.max.bytes(),
         }
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let step = ((current as f64) * self.step / 100.0) as u64;
-        let want = current.saturating_add(step.max(chunk)).div_ceil(chunk) * chunk;
-        Some(want.min(max))
     }
 }
 

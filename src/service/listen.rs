@@ -101,6 +101,8 @@ fn connection<S: Socket>(
         return Ok(());
     };
     tracing::info!("{peer} connected to {name}");
+    // What the engine logs (a COW grown on demand) names the PC.
+    let _span = tracing::info_span!("", pc = %name).entered();
     let mut r = BufReader::with_capacity(BUFFER, rw.r);
     let mut w = SocketSink(BufWriter::with_capacity(BUFFER, rw.w));
     let end = nbd::serve(&mut r, &mut w, engine.as_ref(), info.size, info.read_only);

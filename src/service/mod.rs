@@ -301,6 +301,7 @@ fn open(m: &Manifest, pc: &Pc) -> Result<Served> {
         overflow: pc.overflow.overflow_policy(),
         read_only: pc.read_only,
         commit: CommitMode::OnFlush,
+        grow: pc.autoextend.map(|a| a.grow_policy()),
     };
     let engine = crate::cowfile::open_engine_with(&image_path, &pc.cow, options)?;
     Ok(Served {

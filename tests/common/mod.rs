@@ -52,3 +52,24 @@ impl CowImage {
     }
 }
 pub mod kernel;
+
+/// `cowctl` for the test room in `dir`: run directory `dir/run`, manifest `dir/room.yaml`.
+pub fn room_command(dir: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cowctl"));
+    c.args(args)
+        .env("COWCTL_RUN_DIR", dir.join("run"))
+        .env("COWCTL_MANIFEST", dir.join("room.yaml"));
+    c
+}
+
+/// Runs `cowctl` for the room and returns its standard output; panics with its stderr
+/// unless it exited 0 or 2 (2: a PC is over the warning threshold).
+pub fn room_cowctl(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = room_command(dir, args).output().unwrap();
+    assert!(
+        out.status.success() || out.status.code() == Some(2),
+        "cowctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
