@@ -337,11 +337,26 @@ fn bad_requests_get_a_clear_4xx() {
 #[test]
 fn autoextend_grows_a_served_cow_before_it_fills_and_stops_at_the_maximum() {
     let room = Room::new();
-    // 12 MiB into a 4 MiB COW, 1 MiB at a time: under 2 MiB/s, so even the first step
-    // (2 MiB used, grown to 8) leaves the watcher 3 s, for a loaded test machine.
-    for mib in 0..12 {
+    // 3 MiB: past the 50 % threshold, short of full. Only the watcher can grow it now (the
+    // engine grows a COW on demand only when it is full).
+    assert!(room.write("pc-1", 0, 3));
+    let start = std::time::Instant::now();
+    while room.status("pc-1")["total_sectors"] == 8192 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the watcher grew nothing"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = room.log();
+    assert!(
+        log.contains("pc-1: COW") && log.contains("grown from 4.0 MiB to 8.0 MiB"),
+        "{log}"
+    );
+    // 9 MiB more, 1 MiB at a time: 12 MiB into what was a 4 MiB COW.
+    for mib in 3..12 {
         assert!(room.write("pc-1", mib, 1), "write {mib} MiB was refused");
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(300));
     }
     let row = room.status("pc-1");
     assert_eq!(row["state"], "active");

@@ -26,7 +26,7 @@ struct Site {
 }
 
 impl Site {
-    /// pc-1 over iSCSI with a 16 MiB COW that auto-extends (at 50 %, by 50 %, to 128 MiB)
+    /// pc-1 over iSCSI with a 16 MiB COW that auto-extends (at 25 %, by 50 %, to 128 MiB)
     /// and resets on boot; the manifest's ip is this machine's, so the tests are pc-1.
     fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
@@ -44,7 +44,7 @@ impl Site {
                  iscsi:\n  iqn_prefix: iqn.2024-01.lan.vm\n  portals: [127.0.0.1:3260]\n  acl: open\n\
                  http:\n  listen: 127.0.0.1:8080\n  admin_listen: 127.0.0.1:8081\n  token_file: {d}/token\n\
                  pcs:\n  - name: pc-1\n    ip: 127.0.0.1\n    reset_on_boot: true\n\
-                 \x20   autoextend: {{threshold: 50, step: 50, max: 128MiB}}\n"
+                 \x20   autoextend: {{threshold: 25, step: 50, max: 128MiB}}\n"
             ),
         )
         .unwrap();
@@ -171,8 +171,8 @@ fn autoextend_keeps_a_pc_writing_past_its_initial_cow_from_overflowing() {
     modprobe("dm-snapshot");
     let site = Site::new();
     let dev = site.disk();
-    // 96 MiB, six times the initial COW, at under 6 MiB/s: the first step (8 MiB used,
-    // grown to 24) leaves the watcher more than 2.5 s.
+    // 96 MiB, six times the initial COW, at under 6 MiB/s: from the threshold to full
+    // (4 to 16 MiB at the first step) the watcher has more than 2 s, twice its period.
     for i in 0..24u64 {
         assert!(
             write(&dev, i * 4 * MIB, 4 * MIB, i as u8 + 1),
