@@ -24,14 +24,6 @@ struct Room {
     admin: SocketAddr,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Room {
     /// Two PCs on a 16 MiB golden image with 4 MiB COWs; pc-1 may reset itself and
     /// auto-extends (at 50 %, by 100 %, up to 16 MiB).
@@ -41,7 +33,11 @@ impl Room {
         std::fs::write(dir.path().join("golden.img"), vec![0x5a; 16 << 20]).unwrap();
         std::fs::create_dir(dir.path().join("cow")).unwrap();
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
-        let (nbd, pcs, admin) = (free_port(), free_port(), free_port());
+        let (nbd, pcs, admin) = (
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+        );
         std::fs::write(
             dir.path().join("room.yaml"),
             format!(

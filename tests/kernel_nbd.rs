@@ -57,17 +57,7 @@ fn a_cow_left_by_a_killed_service_loads_in_the_kernel_with_every_flushed_write()
         "qemu-io",
         &["-f", "raw", "-c", "write -P 0x11 0 3M", "-c", "flush", uri],
     );
-    let mut args = vec!["-f".to_string(), "raw".to_string()];
-    for p in [0x22, 0x33].iter().cycle().take(40) {
-        args.extend(["-c".to_string(), format!("write -P {p} 4M 8M")]);
-    }
-    args.push(uri.to_string());
-    let mut writer = Command::new("qemu-io")
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut writer = common::spawn_qemu_io_writer(uri, &[0x22, 0x33], 40, "4M", "8M");
     std::thread::sleep(Duration::from_millis(400));
     let pid = std::fs::read_to_string(dir.path().join("run/serve.pid")).unwrap();
     sh("kill", &["-KILL", pid.trim()]);

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::kernel::sh as run;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -16,14 +18,6 @@ struct Room {
     dir: tempfile::TempDir,
     port: u16,
     golden: Vec<u8>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn pattern(seed: u64, n: usize) -> Vec<u8> {
@@ -46,7 +40,7 @@ impl Room {
         let golden = pattern(7, GOLDEN);
         std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
         std::fs::create_dir(dir.path().join("cow")).unwrap();
-        let port = free_port();
+        let port = common::free_port();
         let d = dir.path().display();
         std::fs::write(
             dir.path().join("room.yaml"),
@@ -107,19 +101,6 @@ impl Drop for Room {
     fn drop(&mut self) {
         let _ = self.cowctl_output(&["down"]);
     }
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run {cmd} (scripts/provision.sh --tests installs it): {e}")
-    });
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The first byte where two disks differ, for a readable failure.
@@ -448,17 +429,7 @@ fn a_killed_service_keeps_every_write_flushed_before_it_died() {
         &["-f", "raw", "-c", "write -P 0x11 0 6M", "-c", "flush", &uri],
     );
     // Unflushed writes in flight, then SIGKILL.
-    let mut args = vec!["-f".to_string(), "raw".to_string()];
-    for p in [0x22, 0x33, 0x44].iter().cycle().take(30) {
-        args.extend(["-c".to_string(), format!("write -P {p} 8M 16M")]);
-    }
-    args.push(uri.clone());
-    let mut writer = Command::new("qemu-io")
-        .args(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut writer = common::spawn_qemu_io_writer(&uri, &[0x22, 0x33, 0x44], 30, "8M", "16M");
     std::thread::sleep(Duration::from_millis(150));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(room.pid()),

@@ -18,10 +18,9 @@ pub fn require_vm() {
 }
 
 pub fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd} (scripts/provision.sh --tests installs it): {e}")
+    });
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}{}",

@@ -53,6 +53,37 @@ impl CowImage {
 }
 pub mod kernel;
 
+/// A TCP port on loopback that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts qemu-io writing each pattern in turn, `count` writes of `len` at `offset`
+/// (qemu-io's units, e.g. "8M"), with no flush: writes in flight for a kill test.
+pub fn spawn_qemu_io_writer(
+    uri: &str,
+    patterns: &[u8],
+    count: usize,
+    offset: &str,
+    len: &str,
+) -> std::process::Child {
+    let mut args = vec!["-f".to_string(), "raw".to_string()];
+    for p in patterns.iter().cycle().take(count) {
+        args.extend(["-c".to_string(), format!("write -P {p} {offset} {len}")]);
+    }
+    args.push(uri.to_string());
+    std::process::Command::new("qemu-io")
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// `cowctl` for the test room in `dir`: run directory `dir/run`, manifest `dir/room.yaml`.
 pub fn room_command(dir: &std::path::Path, args: &[&str]) -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_cowctl"));
