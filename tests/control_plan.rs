@@ -2,6 +2,8 @@
 //! reaches the kernel, and what is refused. The real kernel runs the same code in the VM
 //! (tests/kernel_control.rs).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use cowctl::control::observe::Observed;
@@ -26,7 +28,7 @@ impl Room {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("golden.img"), vec![7u8; 1 << 20]).unwrap();
         std::fs::write(dir.path().join("other.img"), vec![8u8; 1 << 20]).unwrap();
-        std::fs::write(dir.path().join("chap.secret"), "a-secret-of-16ch\n").unwrap();
+        common::write_private(&dir.path().join("chap.secret"), "a-secret-of-16ch\n");
         std::fs::create_dir(dir.path().join("cow")).unwrap();
         let mut text = manifest_text(dir.path());
         edit(&mut text);

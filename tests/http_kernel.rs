@@ -52,7 +52,7 @@ impl Room {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("golden.img"), vec![7u8; 1 << 20]).unwrap();
-        std::fs::write(d.join("chap.secret"), "a-secret-of-16ch\n").unwrap();
+        common::write_private(&d.join("chap.secret"), "a-secret-of-16ch\n");
         std::fs::create_dir(d.join("cow")).unwrap();
         std::fs::write(d.join("room.yaml"), manifest_text(d, portal)).unwrap();
         let manifest = Manifest::load(&d.join("room.yaml")).unwrap();
@@ -106,12 +106,24 @@ fn boot_scripts_sanboot_each_pc_exactly_and_reset_on_boot() {
     room.fake.clear_log();
     let r = get(PC1, room.http, "/boot.ipxe");
     assert_eq!(r.status, 200, "{}", r.body);
+    // pc-01's own secret, derived from the master: it opens pc-01's disk only.
+    let own = cowctl::secrets::derive("a-secret-of-16ch", "initiator", "pc-01");
+    assert_ne!(
+        own,
+        cowctl::secrets::derive("a-secret-of-16ch", "initiator", "pc-02")
+    );
     assert_eq!(
         r.body,
-        "#!ipxe\n# cowctl: pc-01 on image g\n\
-         set initiator-iqn iqn.2024-01.lan.t:init-01\n\
-         set username lab\nset password a-secret-of-16ch\n\
-         sanboot iscsi:10.0.0.1::::iqn.2024-01.lan.t:pc-01\n"
+        format!(
+            "#!ipxe\n# cowctl: pc-01 on image g\n\
+             set initiator-iqn iqn.2024-01.lan.t:init-01\n\
+             set username lab\nset password {own}\n\
+             sanboot iscsi:10.0.0.1::::iqn.2024-01.lan.t:pc-01\n"
+        )
+    );
+    assert!(
+        !r.body.contains("a-secret-of-16ch"),
+        "the master secret never leaves"
     );
     let log = room.fake.log();
     assert!(

@@ -321,7 +321,7 @@ fn bad_requests_get_a_clear_4xx() {
         (
             get(PC1, room.pcs, "/boot.ipxe"),
             409,
-            "pc-1 is served over NBD by the userspace backend, which iPXE cannot sanboot",
+            "pc-1 is exported over NBD, which iPXE cannot sanboot; give it export: iscsi",
         ),
     ];
     for (i, (r, status, start)) in cases.iter().enumerate() {

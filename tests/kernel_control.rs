@@ -12,8 +12,14 @@ use std::process::Command;
 use common::kernel::{modprobe, read_device, require_vm, sh, write_device, Iscsid, Rng};
 
 const GOLDEN: usize = 8 << 20;
+/// The master CHAP secret; each PC's own is derived from it.
 const SECRET: &str = "cowctl-test-secret";
+
+fn secret(pc: &str) -> String {
+    cowctl::secrets::derive(SECRET, "initiator", pc)
+}
 const TARGET1: &str = "iqn.2024-01.lan.test:pc-1";
+const TARGET2: &str = "iqn.2024-01.lan.test:pc-2";
 const INIT1: &str = "iqn.2024-01.lan.pc:pc-1";
 
 struct Site {
@@ -39,7 +45,7 @@ impl Site {
         let golden = Rng(42).bytes(GOLDEN);
         std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
         std::fs::write(dir.path().join("other.img"), Rng(7).bytes(GOLDEN)).unwrap();
-        std::fs::write(dir.path().join("chap.secret"), format!("{SECRET}\n")).unwrap();
+        common::write_private(&dir.path().join("chap.secret"), &format!("{SECRET}\n"));
         std::fs::create_dir(dir.path().join("cow")).unwrap();
         let s = Site { dir, golden };
         s.write_manifest("g");
@@ -161,7 +167,7 @@ fn iscsi_login_write_status_live_reset_down_apply() {
 
     iscsid.iface("pc1", INIT1);
     let disk = iscsid
-        .login("pc1", TARGET1, Some(("lab", SECRET)))
+        .login("pc1", TARGET1, Some(("lab", &secret("pc-1"))))
         .expect("pc-1 logs in with its own name and CHAP");
     let rows = site.status();
     assert_eq!(
@@ -221,7 +227,9 @@ fn iscsi_login_write_status_live_reset_down_apply() {
         "down keeps COW files"
     );
     site.ok(&["apply"]);
-    let disk = iscsid.login("pc1", TARGET1, Some(("lab", SECRET))).unwrap();
+    let disk = iscsid
+        .login("pc1", TARGET1, Some(("lab", &secret("pc-1"))))
+        .unwrap();
     assert!(
         read_device(&disk) == expected,
         "down + apply brings the PC back with its COW content"
@@ -239,7 +247,7 @@ fn strangers_and_wrong_chap_secrets_are_refused() {
     site.ok(&["apply"]);
     iscsid.iface("stranger", "iqn.2024-01.lan.evil:intruder");
     let refused = iscsid
-        .login("stranger", TARGET1, Some(("lab", SECRET)))
+        .login("stranger", TARGET1, Some(("lab", &secret("pc-1"))))
         .expect_err("an initiator without an ACL got in");
     eprintln!("stranger refused: {refused}");
     assert!(
@@ -262,14 +270,37 @@ fn strangers_and_wrong_chap_secrets_are_refused() {
         refused.contains("authorization failure"),
         "refused for another reason: {refused}"
     );
+    // The master secret opens nothing: every PC has its own.
+    assert!(
+        iscsid.login("pc1", TARGET1, Some(("lab", SECRET))).is_err(),
+        "the master secret opened pc-1's disk"
+    );
     // pc-2's initiator may not use pc-1's disk either.
     iscsid.iface("pc2", "iqn.2024-01.lan.pc:pc-2");
     assert!(
-        iscsid.login("pc2", TARGET1, Some(("lab", SECRET))).is_err(),
+        iscsid
+            .login("pc2", TARGET1, Some(("lab", &secret("pc-2"))))
+            .is_err(),
         "pc-2 logged in to pc-1's disk"
     );
+    // And pc-1's secret, which pc-1's boot script carries, does not open pc-2's disk.
     assert!(
-        iscsid.login("pc1", TARGET1, Some(("lab", SECRET))).is_ok(),
+        iscsid
+            .login("pc2", TARGET2, Some(("lab", &secret("pc-1"))))
+            .is_err(),
+        "pc-1's secret opened pc-2's disk"
+    );
+    assert!(
+        iscsid
+            .login("pc2", TARGET2, Some(("lab", &secret("pc-2"))))
+            .is_ok(),
+        "pc-2 gets in to its own disk with its own secret"
+    );
+    iscsid.logout("pc2", TARGET2);
+    assert!(
+        iscsid
+            .login("pc1", TARGET1, Some(("lab", &secret("pc-1"))))
+            .is_ok(),
         "pc-1 itself still gets in"
     );
     iscsid.logout("pc1", TARGET1);

@@ -34,7 +34,8 @@ if [[ -n ${COWCTL_IN_VM:-} ]]; then
     node -o new >/dev/null
     node -o update -n node.session.auth.authmethod -v CHAP
     node -o update -n node.session.auth.username -v demo
-    node -o update -n node.session.auth.password -v "$(cat "$demo/chap.secret")"
+    # pc-01's own secret, derived from the master secret: it opens pc-01's disk only.
+    node -o update -n node.session.auth.password -v "$(cowctl --json chap pc-01 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["secret"])')"
     node --login
     for _ in $(seq 50); do disk=$(ls /sys/class/iscsi_session/session*/device/target*/*/block 2>/dev/null | head -1); [[ -n $disk ]] && break; sleep 0.2; done
     echo "pc-01's disk is /dev/$disk"
@@ -47,7 +48,7 @@ if [[ -n ${COWCTL_IN_VM:-} ]]; then
     echo "pc-01 reads its first bytes again: $first"
     say cowctl status
 else
-    echo; echo "Connect a PC: iscsiadm -m node -T $target -p 127.0.0.1:3260 --login (CHAP user demo, secret in $demo/chap.secret)"
+    echo; echo "Connect a PC: iscsiadm -m node -T $target -p 127.0.0.1:3260 --login (CHAP: cowctl chap pc-01)"
 fi
 
 echo; echo "== the COW is the kernel's own format: cowctl reads the same numbers as dmsetup"

@@ -256,3 +256,62 @@ pub fn serve(flag: Option<&Path>, start_empty: bool) -> Result<ExitCode> {
     }
     userspace::serve(&manifest, start_empty, kernel)
 }
+
+/// `cowctl chap`: the credentials each named PC's initiator (and, for mutual CHAP, its
+/// target) uses.
+pub fn chap(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode> {
+    let manifest = load(flag)?;
+    let chap = manifest
+        .iscsi
+        .as_ref()
+        .and_then(|i| i.chap.as_ref())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} configures no CHAP (iscsi.chap)",
+                manifest.path.display()
+            )
+        })?;
+    let master = crate::secrets::ChapMaster::read(chap)?;
+    let selected = manifest.select(pcs)?;
+    if let Some(pc) = selected
+        .iter()
+        .find(|p| !pcs.is_empty() && !matches!(p.export, crate::manifest::Export::Iscsi { .. }))
+    {
+        anyhow::bail!(
+            "{} is not exported over iSCSI: it has no CHAP credentials",
+            pc.name
+        );
+    }
+    let rows: Vec<serde_json::Value> = selected
+        .iter()
+        .filter(|p| matches!(p.export, crate::manifest::Export::Iscsi { .. }))
+        .map(|pc| {
+            let c = master.for_pc(&pc.name);
+            serde_json::json!({
+                "pc": pc.name,
+                "username": c.initiator.username,
+                "secret": c.initiator.secret,
+                "target_username": c.target.as_ref().map(|t| t.username.clone()),
+                "target_secret": c.target.as_ref().map(|t| t.secret.clone()),
+            })
+        })
+        .collect();
+    if json {
+        print_json(&rows)?;
+    } else {
+        for r in &rows {
+            print!(
+                "{}  username {}  secret {}",
+                r["pc"].as_str().unwrap_or(""),
+                r["username"].as_str().unwrap_or(""),
+                r["secret"].as_str().unwrap_or("")
+            );
+            if let (Some(u), Some(s)) = (r["target_username"].as_str(), r["target_secret"].as_str())
+            {
+                print!("  target {u} {s}");
+            }
+            println!();
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

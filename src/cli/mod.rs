@@ -43,6 +43,9 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
     },
+    /// Each PC's own CHAP credentials (derived from the master secret), for initiators
+    /// configured by hand; boot scripts carry them for PCs that boot with iPXE.
+    Chap { pcs: Vec<String> },
     /// Return PCs to the golden image, also while they are exported and in use.
     Reset {
         pcs: Vec<String>,
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Down { pcs } => control::down(f, &pcs, cli.json),
         Command::Status { pcs, watch } => control::status(f, &pcs, cli.json, watch),
         Command::Reset { pcs, all } => control::reset(f, &pcs, all, cli.json),
+        Command::Chap { pcs } => control::chap(f, &pcs, cli.json),
         Command::Serve { start_empty } => control::serve(f, start_empty),
     }
 }

@@ -1,7 +1,7 @@
 //! Running a plan. Each step either completes or undoes its own part; the first failure
 //! stops the run and says which step failed and what was done before it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -158,15 +158,20 @@ pub fn target_spec(ctx: &Ctx, p: &Pc, device: Option<PathBuf>) -> Result<TargetS
         AclMode::PerInitiator => Access::Initiators(initiator.iter().cloned().collect()),
     };
     let chap = match &cfg.chap {
-        Some(c) => Some(Credentials {
-            userid: c.username.clone(),
-            password: read_secret(&c.secret_file)?,
-        }),
+        Some(c) => {
+            let mine = crate::secrets::ChapMaster::read(c)?.for_pc(&p.name);
+            Some(Credentials {
+                userid: mine.initiator.username,
+                password: mine.initiator.secret,
+                mutual: mine.target.map(|t| (t.username, t.secret)),
+            })
+        }
         None => None,
     };
     Ok(TargetSpec {
         iqn: target.clone(),
         so_name: dm_name(&p.name),
+        serial: crate::iscsi::scsi::inquiry::serial_for(&p.name),
         device: device.map(|d| d.display().to_string()).unwrap_or_default(),
         portals: cfg.portals.clone(),
         access,
@@ -192,18 +197,4 @@ pub fn vblade_spec(ctx: &Ctx, p: &Pc, device: Option<PathBuf>) -> Result<VbladeS
         device: device.map(|d| d.display().to_string()).unwrap_or_default(),
         macs: macs.clone(),
     })
-}
-
-/// A CHAP secret: the file's first line, 12 to 255 characters (what initiators accept).
-pub fn read_secret(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the CHAP secret file {}", path.display()))?;
-    let secret = text.lines().next().unwrap_or("").trim().to_string();
-    if !(12..=255).contains(&secret.len()) {
-        bail!(
-            "the CHAP secret in {} must be 12 to 255 characters on its first line",
-            path.display()
-        );
-    }
-    Ok(secret)
 }

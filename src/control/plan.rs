@@ -303,8 +303,8 @@ fn preflight(ctx: &Ctx) -> Result<()> {
     }
     problems.extend(network_problems(ctx));
     if let Some(chap) = ctx.manifest.iscsi.as_ref().and_then(|i| i.chap.as_ref()) {
-        if let Err(e) = super::apply::read_secret(&chap.secret_file) {
-            problems.push(format!("{e:#}"));
+        if let Err(e) = crate::secrets::ChapMaster::read(chap) {
+            problems.push(e.to_string());
         }
     }
     refuse_if_any(ctx.manifest, problems)

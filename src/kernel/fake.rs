@@ -351,7 +351,7 @@ impl ConfigFs for Fake {
         Ok(())
     }
     fn write(&self, path: &str, value: &str) -> Result<()> {
-        let line = if path.ends_with("password") {
+        let line = if path.contains("password") {
             format!("configfs write {path} <secret>")
         } else {
             format!("configfs write {path} {value}")

@@ -26,6 +26,8 @@ pub enum Access {
 pub struct Credentials {
     pub userid: String,
     pub password: String,
+    /// Mutual CHAP: what the target answers with.
+    pub mutual: Option<(String, String)>,
 }
 
 /// What a PC's iSCSI export must look like.
@@ -34,6 +36,8 @@ pub struct TargetSpec {
     pub iqn: Iqn,
     /// Storage object name, `cowctl-<pc>`.
     pub so_name: String,
+    /// The unit serial number (VPD page 0x80), the same on both backends.
+    pub serial: String,
     /// The block device node to serve.
     pub device: String,
     pub portals: Vec<Portal>,
@@ -52,7 +56,8 @@ pub struct ObservedTarget {
     pub portals: Vec<String>,
     pub acls: Vec<String>,
     pub open: bool,
-    pub chap: bool,
+    /// The CHAP credentials configured (of the first ACL, or the TPG in open mode).
+    pub chap: Option<Credentials>,
     /// Initiators logged in now.
     pub sessions: Vec<String>,
 }
@@ -86,8 +91,33 @@ impl ObservedTarget {
             && self.portals == portals
             && self.acls == acls
             && self.open == (spec.access == Access::Open)
-            && self.chap == spec.chap.is_some()
+            && self.chap == spec.chap
     }
+}
+
+/// LIO shows an unset value as "NULL" (and takes "NULL" to clear one).
+fn read_credentials(fs: &dyn ConfigFs, auth: &str) -> Credentials {
+    let get = |name: &str| {
+        fs.read(&join(&[auth, name]))
+            .map(|v| v.trim().to_string())
+            .ok()
+            .filter(|v| !v.is_empty() && v != "NULL")
+    };
+    Credentials {
+        userid: get("userid").unwrap_or_default(),
+        password: get("password").unwrap_or_default(),
+        mutual: get("userid_mutual").zip(get("password_mutual")),
+    }
+}
+
+fn write_credentials(fs: &dyn ConfigFs, auth: &str, c: &Credentials) -> Result<()> {
+    fs.write(&join(&[auth, "userid"]), &c.userid)?;
+    fs.write(&join(&[auth, "password"]), &c.password)?;
+    if let Some((user, secret)) = &c.mutual {
+        fs.write(&join(&[auth, "userid_mutual"]), user)?;
+        fs.write(&join(&[auth, "password_mutual"]), secret)?;
+    }
+    Ok(())
 }
 
 pub struct Lio<'a> {
@@ -125,7 +155,13 @@ impl Lio<'_> {
                         .unwrap_or(false)
                 };
                 t.open = attr("generate_node_acls");
-                t.chap = attr("authentication");
+                if attr("authentication") {
+                    let auth = match t.acls.first() {
+                        Some(acl) if !t.open => join(&[&tpg, "acls", acl, "auth"]),
+                        _ => join(&[&tpg, "auth"]),
+                    };
+                    t.chap = Some(read_credentials(fs, &auth));
+                }
                 let lun = join(&[&tpg, "lun", LUN]);
                 if let Some(link) = fs.links(&lun)?.into_iter().next() {
                     t.backstore = self.link_target(&join(&[&lun, &link]));
@@ -218,7 +254,13 @@ impl Lio<'_> {
             )?;
             fs.write(&join(&[&so, "udev_path"]), &spec.device)?;
             fs.write(&join(&[&so, "enable"]), "1")?;
-            fs.write(&join(&[&so, "wwn/vpd_unit_serial"]), &spec.so_name)?;
+            // The identity the userspace target reports too (`iscsi::scsi::inquiry`), so a
+            // PC sees the same disk on either backend. Set before the LUN exports it.
+            fs.write(&join(&[&so, "wwn/vpd_unit_serial"]), &spec.serial)?;
+            use crate::iscsi::scsi::inquiry::{PRODUCT, REVISION, VENDOR};
+            fs.write(&join(&[&so, "wwn/vendor_id"]), VENDOR)?;
+            fs.write(&join(&[&so, "wwn/product_id"]), PRODUCT)?;
+            fs.write(&join(&[&so, "wwn/revision"]), REVISION)?;
             Ok(())
         })();
         if let Err(e) = made {
@@ -254,8 +296,7 @@ impl Lio<'_> {
                 attr("cache_dynamic_acls", "1")?;
                 attr("demo_mode_write_protect", "0")?;
                 if let Some(c) = &spec.chap {
-                    fs.write(&join(&[&tpg, "auth", "userid"]), &c.userid)?;
-                    fs.write(&join(&[&tpg, "auth", "password"]), &c.password)?;
+                    write_credentials(fs, &join(&[&tpg, "auth"]), c)?;
                 }
             }
             Access::Initiators(list) => {
@@ -267,8 +308,7 @@ impl Lio<'_> {
                     fs.symlink(&lun, &join(&[&acl, LUN, &spec.so_name]))?;
                     fs.write(&join(&[&acl, LUN, "write_protect"]), "0")?;
                     if let Some(c) = &spec.chap {
-                        fs.write(&join(&[&acl, "auth", "userid"]), &c.userid)?;
-                        fs.write(&join(&[&acl, "auth", "password"]), &c.password)?;
+                        write_credentials(fs, &join(&[&acl, "auth"]), c)?;
                     }
                 }
             }

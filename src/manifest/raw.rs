@@ -97,7 +97,11 @@ pub struct RawIscsi {
 #[serde(deny_unknown_fields)]
 pub struct RawChap {
     pub username: String,
+    /// The master secret each PC's secret is derived from.
     pub secret_file: PathBuf,
+    /// Mutual CHAP: the target proves itself with a secret derived from this one.
+    pub mutual_secret_file: Option<PathBuf>,
+    pub mutual_username: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

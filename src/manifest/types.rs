@@ -174,7 +174,12 @@ pub enum AclMode {
 #[derive(Debug, Clone, Serialize)]
 pub struct Chap {
     pub username: String,
+    /// The master secret: each PC's own secret is derived from it (`crate::secrets`).
     pub secret_file: PathBuf,
+    /// The master of the targets' secrets for mutual CHAP, if any.
+    pub mutual_secret_file: Option<PathBuf>,
+    /// The name targets give in mutual CHAP.
+    pub mutual_username: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -114,26 +114,47 @@ impl Slot {
         self.lock().conns.values().map(|c| c.peer.clone()).collect()
     }
 
-    /// Registers a connection that entered transmission; waits while a reset is under
-    /// way. None when the export was closed meanwhile.
+    /// Registers an NBD connection that entered transmission; waits while a reset is
+    /// under way. None when the export was closed meanwhile or is not for this peer.
     pub fn attach(
         self: &Arc<Slot>,
         peer: String,
         peer_ip: Option<IpAddr>,
         close: Box<dyn Fn() + Send>,
     ) -> Option<(Arc<Engine>, ExportInfo, ConnGuard)> {
+        self.attach_if(peer, close, |s| s.allows(peer_ip))
+            .map(|(served, engine, guard)| (engine, served, guard))
+    }
+
+    /// Registers a connection whose access was checked by its own protocol (iSCSI's ACL
+    /// and CHAP); waits while a reset is under way.
+    pub fn attach_checked(
+        self: &Arc<Slot>,
+        peer: String,
+        close: Box<dyn Fn() + Send>,
+    ) -> Option<(Arc<Engine>, bool, ConnGuard)> {
+        self.attach_if(peer, close, |_| true)
+            .map(|(info, engine, guard)| (engine, info.read_only, guard))
+    }
+
+    fn attach_if(
+        self: &Arc<Slot>,
+        peer: String,
+        close: Box<dyn Fn() + Send>,
+        allowed: impl Fn(&Served) -> bool,
+    ) -> Option<(ExportInfo, Arc<Engine>, ConnGuard)> {
         let mut inner = self.lock();
         while inner.paused {
             inner = self.changed.wait(inner).unwrap_or_else(|p| p.into_inner());
         }
-        let served = inner.served.as_ref().filter(|s| s.allows(peer_ip))?;
+        let served = inner.served.as_ref().filter(|s| allowed(s))?;
         let (engine, info) = (served.engine.clone(), export_info(served));
         let id = inner.next_id;
         inner.next_id += 1;
         inner.conns.insert(id, Conn { peer, close });
         Some((
-            engine,
             info,
+            engine,
             ConnGuard {
                 slot: self.clone(),
                 id,

@@ -10,7 +10,7 @@ use crate::control::reset::Reset;
 use crate::control::status::{self, PcState, PcStatus};
 use crate::control::{dm_name, lock, observe::Observed, Ctx};
 use crate::kernel::{loopdev, Kernel};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Pc};
 
 pub trait Fleet: Send + Sync {
     fn manifest(&self) -> Manifest;
@@ -23,8 +23,8 @@ pub trait Fleet: Send + Sync {
     fn reset(&self, pc: &str) -> Result<Reset>;
     /// Grows the PC's COW to `len` bytes while it is served.
     fn grow(&self, pc: &str, len: u64) -> Result<()>;
-    /// Whether PCs can `sanboot` what this backend exports (iPXE has no NBD).
-    fn sanboot(&self) -> bool;
+    /// Whether this PC can `sanboot` its export on this backend (iPXE has no NBD).
+    fn sanboot(&self, pc: &Pc) -> bool;
 }
 
 /// The kernel backend as seen by `cowctl serve`: every answer is read from the kernel
@@ -131,12 +131,12 @@ impl Fleet for KernelFleet {
         })
     }
 
-    fn sanboot(&self) -> bool {
-        true
+    fn sanboot(&self, pc: &Pc) -> bool {
+        pc.export != crate::manifest::Export::Nbd
     }
 }
 
-fn pc<'a>(m: &'a Manifest, name: &str) -> Result<&'a crate::manifest::Pc> {
+fn pc<'a>(m: &'a Manifest, name: &str) -> Result<&'a Pc> {
     m.pc(name)
         .ok_or_else(|| anyhow!("no PC named {name:?} in {}", m.path.display()))
 }

@@ -7,6 +7,8 @@ pub mod autoextend;
 pub mod control;
 pub mod exports;
 pub mod fleet;
+pub mod iscsi;
+pub mod limits;
 pub mod listen;
 pub mod plan;
 pub mod run;
@@ -36,19 +38,27 @@ pub struct Service {
     listen: SocketAddr,
     /// The HTTP service's settings, also fixed until a restart.
     http: Option<crate::manifest::HttpConfig>,
+    /// The iSCSI target, on the portals of the manifest it started with.
+    iscsi: Arc<iscsi::IscsiService>,
     /// One control operation at a time, as the lock file does for the kernel backend.
     ops: Mutex<()>,
 }
 
 impl Service {
     pub fn new(manifest: Manifest, registry: Arc<Registry>) -> Service {
+        let limits = limits::ConnLimits::new(limits::DEFAULT_TOTAL, limits::DEFAULT_PER_ADDRESS);
         Service {
             listen: manifest.nbd.listen,
             http: manifest.http.clone(),
+            iscsi: iscsi::IscsiService::new(registry.clone(), portals(&manifest), limits),
             manifest: Mutex::new(manifest),
             registry,
             ops: Mutex::new(()),
         }
+    }
+
+    pub fn iscsi(&self) -> Arc<iscsi::IscsiService> {
+        self.iscsi.clone()
     }
 
     fn manifest(&self) -> Manifest {
@@ -92,6 +102,9 @@ impl Service {
         if manifest.http != self.http {
             bail!("the http section changed: restart cowctl serve for it to take effect");
         }
+        if portals(manifest) != self.iscsi.portals_configured() {
+            bail!("iscsi.portals changed: restart cowctl serve to listen there");
+        }
         kplan::refuse_if_any(manifest, kplan::file_problems(manifest))?;
         Ok(plan::plan(manifest, &self.served()))
     }
@@ -100,6 +113,9 @@ impl Service {
     pub fn apply(&self, manifest: Manifest) -> Result<Vec<String>> {
         let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         let steps = self.plan(&manifest)?;
+        // The targets' ACLs and secrets first: a PC served by the steps below is reachable
+        // only as the new manifest says.
+        self.iscsi.set_manifest(&manifest)?;
         let mut done = Vec::new();
         let result = run_steps(&steps, |s| self.step(&manifest, s), &mut |_, s| {
             done.push(s.to_string())
@@ -186,14 +202,12 @@ impl Service {
             None => status::from_cow_file(pc),
         };
         let peers = slot.map(|s| s.peers()).unwrap_or_default();
-        status::row(
-            m,
-            pc,
-            state,
-            usage,
-            export_uri(self.listen, &pc.name),
-            peers,
-        )
+        // iSCSI PCs are named as on the kernel backend; the others by their NBD address.
+        let export = match &pc.export {
+            crate::manifest::Export::Iscsi { target, .. } => target.to_string(),
+            _ => export_uri(self.listen, &pc.name),
+        };
+        status::row(m, pc, state, usage, export, peers)
     }
 
     /// Returns PCs to the golden image. A served PC's connections are closed (the client
@@ -287,8 +301,9 @@ impl fleet::Fleet for Service {
             .with_context(|| format!("growing {pc}'s COW"))
     }
 
-    fn sanboot(&self) -> bool {
-        false
+    fn sanboot(&self, pc: &Pc) -> bool {
+        // The userspace backend serves iSCSI itself; NBD and AoE are not bootable here.
+        matches!(pc.export, crate::manifest::Export::Iscsi { .. })
     }
 }
 
@@ -357,6 +372,14 @@ fn swap_in_fresh_cow(
             }
         }
     }
+}
+
+/// The iSCSI portals of a manifest (none without an iscsi section).
+fn portals(m: &Manifest) -> Vec<SocketAddr> {
+    m.iscsi
+        .as_ref()
+        .map(|c| c.portals.iter().map(|p| p.0).collect())
+        .unwrap_or_default()
 }
 
 /// How a client names a PC's export: `nbd://HOST:PORT/NAME`.

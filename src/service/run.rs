@@ -63,12 +63,17 @@ pub fn run(opts: &Options) -> Result<()> {
 
     let registry = Arc::new(Registry::default());
     let service = Arc::new(Service::new(manifest.clone(), registry.clone()));
+    let iscsi = service.iscsi().listen(&opts.manifest)?;
     tracing::info!(
         "serving NBD on {} and {}; control socket {}",
         manifest.nbd.listen,
         nbd_path.display(),
         control_path.display()
     );
+    if !iscsi.is_empty() {
+        let names: Vec<String> = iscsi.iter().map(|a| a.to_string()).collect();
+        tracing::info!("serving iSCSI on {}", names.join(" and "));
+    }
     start_http_and_autoextend(&manifest, service.clone())?;
     if !opts.start_empty {
         for step in service.apply(manifest)? {

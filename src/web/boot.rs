@@ -16,16 +16,16 @@ use crate::manifest::{Export, HttpConfig, Mac, Manifest, Pc};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BootError {
-    #[error("{pc} is served over NBD by the userspace backend, which iPXE cannot sanboot; serve it on the kernel backend for iSCSI or AoE")]
+    #[error("{pc} is exported over NBD, which iPXE cannot sanboot; give it export: iscsi")]
     Nbd { pc: String },
     #[error("{pc} is exported over iSCSI but the manifest has no iscsi portal")]
     NoPortal { pc: String },
     #[error("{pc}'s iSCSI portal listens on every address: set http.server to the address PCs reach it at")]
     NoServer { pc: String },
-    #[error("cannot read the CHAP secret file {path}: {reason}")]
-    Secret { path: String, reason: String },
-    #[error("the CHAP secret in {path} has characters an iPXE script cannot carry (blanks, $, quotes or control characters)")]
-    SecretCharacters { path: String },
+    #[error("{0}")]
+    Secret(String),
+    #[error("{pc} is exported over AoE, which the userspace backend does not serve yet")]
+    Aoe { pc: String },
 }
 
 /// The boot script for `pc`. `local` is the address the PC reached the HTTP service at,
@@ -74,30 +74,21 @@ pub fn script(
                 out.push_str(&format!("set initiator-iqn {i}\n"));
             }
             if let Some(chap) = cfg.and_then(|c| c.chap.as_ref()) {
-                let path = chap.secret_file.display().to_string();
-                let secret =
-                    std::fs::read_to_string(&chap.secret_file).map_err(|e| BootError::Secret {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                let secret = secret.trim_end_matches(['\n', '\r']);
-                if !plain(secret) || !plain(&chap.username) {
-                    return Err(BootError::SecretCharacters { path });
+                // This PC's own credentials: they open its disk only.
+                let mine = crate::secrets::ChapMaster::read(chap)
+                    .map_err(|e| BootError::Secret(e.to_string()))?
+                    .for_pc(&pc.name);
+                out.push_str(&format!("set username {}\n", mine.initiator.username));
+                out.push_str(&format!("set password {}\n", mine.initiator.secret));
+                if let Some(t) = mine.target {
+                    out.push_str(&format!("set reverse-username {}\n", t.username));
+                    out.push_str(&format!("set reverse-password {}\n", t.secret));
                 }
-                out.push_str(&format!("set username {}\n", chap.username));
-                out.push_str(&format!("set password {secret}\n"));
             }
             out.push_str(&format!("sanboot iscsi:{server}::{port}::{target}\n"));
         }
     }
     Ok(out)
-}
-
-/// Words iPXE's `set` takes as they are: printable, no blanks, no expansion or quoting.
-fn plain(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'$' | b'"' | b'\'' | b'\\' | b'#'))
 }
 
 pub async fn boot(
@@ -130,9 +121,11 @@ pub async fn boot(
         }
         None => pc_at(&m, ip).ok_or_else(unknown)?,
     };
-    if !app.fleet.sanboot() {
-        let e = BootError::Nbd {
-            pc: pc.name.clone(),
+    if !app.fleet.sanboot(pc) {
+        let name = pc.name.clone();
+        let e = match pc.export {
+            Export::Aoe { .. } => BootError::Aoe { pc: name },
+            _ => BootError::Nbd { pc: name },
         };
         return Err(Refusal::new(StatusCode::CONFLICT, e.to_string()));
     }

@@ -3,6 +3,8 @@
 #![allow(clippy::cast_possible_truncation)] // tests index small in-memory images
 
 pub mod http;
+pub mod iscsi;
+pub mod pc;
 
 use cowctl::cow::{DiskException, Geometry, Header};
 
@@ -52,6 +54,13 @@ impl CowImage {
     }
 }
 pub mod kernel;
+
+/// Writes a secret file only its owner can read, as cowctl demands of secrets.
+pub fn write_private(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
 
 /// A TCP port on loopback that nothing listens on right now.
 pub fn free_port() -> u16 {

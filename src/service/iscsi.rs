@@ -1,0 +1,316 @@
+//! The userspace backend's iSCSI target: a listener per manifest portal, the directory of
+//! targets (one per `export: iscsi` PC, with the same ACL and CHAP the kernel backend
+//! gives LIO), and sessions tied to the PCs' slots, so a reset or down drops them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{Context, Result};
+
+use super::exports::Registry;
+use super::limits::ConnLimits;
+use crate::iscsi::chap::{Credentials, Secret};
+use crate::iscsi::login::{Access, Directory, Established, SessionKind};
+use crate::iscsi::pdu::LoginStatus;
+use crate::iscsi::scsi::{Identity, Lu, Reservation};
+use crate::iscsi::{Attachment, EngineDisk, Portal};
+use crate::manifest::{AclMode, Export, Manifest};
+use crate::secrets::ChapMaster;
+
+/// One PC's target as the manifest of the last apply describes it.
+#[derive(Debug, Clone)]
+struct Target {
+    pc: String,
+    /// The only initiator allowed (`acl: initiator`), or None for open mode.
+    initiator: Option<String>,
+    chap: Option<Credentials>,
+}
+
+/// Sessions by (target, initiator, ISID): a new login with the same three replaces the old
+/// session (session reinstatement, RFC 7143 §6.3.5), as open-iscsi expects after a drop.
+type SessionKey = (String, String, [u8; 6]);
+/// A session's number and how to close its connection.
+type SessionEntry = (u64, Box<dyn Fn() + Send>);
+
+pub struct IscsiService {
+    registry: Arc<Registry>,
+    targets: RwLock<BTreeMap<String, Target>>,
+    portals: Vec<SocketAddr>,
+    sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
+    reservations: Mutex<HashMap<String, Arc<Reservation>>>,
+    next_nexus: std::sync::atomic::AtomicU64,
+    pub limits: Arc<ConnLimits>,
+}
+
+impl IscsiService {
+    pub fn new(
+        registry: Arc<Registry>,
+        portals: Vec<SocketAddr>,
+        limits: Arc<ConnLimits>,
+    ) -> Arc<IscsiService> {
+        Arc::new(IscsiService {
+            registry,
+            targets: RwLock::new(BTreeMap::new()),
+            portals,
+            sessions: Mutex::new(HashMap::new()),
+            reservations: Mutex::new(HashMap::new()),
+            next_nexus: std::sync::atomic::AtomicU64::new(1),
+            limits,
+        })
+    }
+
+    /// Takes the targets of a newly applied manifest (each PC's own CHAP secrets are
+    /// derived here, once).
+    pub fn set_manifest(&self, m: &Manifest) -> Result<()> {
+        let Some(cfg) = &m.iscsi else {
+            *self.targets.write().unwrap_or_else(|p| p.into_inner()) = BTreeMap::new();
+            return Ok(());
+        };
+        let master = match &cfg.chap {
+            Some(c) => Some(ChapMaster::read(c)?),
+            None => None,
+        };
+        let mut targets = BTreeMap::new();
+        for pc in &m.pcs {
+            let Export::Iscsi { target, initiator } = &pc.export else {
+                continue;
+            };
+            let chap = master.as_ref().map(|master| {
+                let mine = master.for_pc(&pc.name);
+                Credentials {
+                    initiator: Secret {
+                        username: mine.initiator.username,
+                        secret: mine.initiator.secret,
+                    },
+                    target: mine.target.map(|t| Secret {
+                        username: t.username,
+                        secret: t.secret,
+                    }),
+                }
+            });
+            let initiator = match cfg.acl {
+                AclMode::Open => None,
+                AclMode::PerInitiator => initiator.as_ref().map(|i| i.to_string()),
+            };
+            targets.insert(
+                target.to_string(),
+                Target {
+                    pc: pc.name.clone(),
+                    initiator,
+                    chap,
+                },
+            );
+        }
+        *self.targets.write().unwrap_or_else(|p| p.into_inner()) = targets;
+        Ok(())
+    }
+
+    pub fn portals_configured(&self) -> Vec<SocketAddr> {
+        self.portals.clone()
+    }
+
+    fn target(&self, iqn: &str) -> Option<Target> {
+        self.targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(iqn)
+            .cloned()
+    }
+
+    fn reservation(&self, pc: &str) -> Arc<Reservation> {
+        self.reservations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(pc.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Binds every portal; the accept loops run on threads of their own.
+    pub fn listen(self: &Arc<Self>, manifest_path: &std::path::Path) -> Result<Vec<SocketAddr>> {
+        let mut bound = Vec::new();
+        for p in &self.portals {
+            let l = TcpListener::bind(p).with_context(|| {
+                format!(
+                    "cannot listen for iSCSI on {p} (iscsi.portals in {})",
+                    manifest_path.display()
+                )
+            })?;
+            bound.push(l.local_addr()?);
+            let me = self.clone();
+            std::thread::spawn(move || me.accept(l));
+        }
+        Ok(bound)
+    }
+
+    fn accept(self: Arc<Self>, l: TcpListener) {
+        for stream in l.incoming() {
+            let Ok(stream) = stream else { continue };
+            let Ok(peer) = stream.peer_addr() else {
+                continue;
+            };
+            let permit = match self.limits.admit(peer.ip()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("iSCSI: refused a connection from {peer}: {e}");
+                    continue;
+                }
+            };
+            keepalive(&stream);
+            let me = self.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("iscsi {peer}"))
+                .spawn(move || {
+                    let _permit = permit;
+                    match crate::iscsi::serve(stream, &me) {
+                        Ok(end) => tracing::info!("iSCSI connection from {peer} ended: {end}"),
+                        Err(e) => tracing::info!("iSCSI connection from {peer} ended: {e}"),
+                    }
+                });
+        }
+    }
+}
+
+/// A dead peer (a PC switched off mid-session) is found within about a minute even when
+/// it does not answer pings (iPXE does not).
+fn keepalive(stream: &std::net::TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(stream, sockopt::KeepAlive, &true);
+    let _ = setsockopt(stream, sockopt::TcpKeepIdle, &30);
+    let _ = setsockopt(stream, sockopt::TcpKeepInterval, &10);
+    let _ = setsockopt(stream, sockopt::TcpKeepCount, &3);
+}
+
+impl Directory for IscsiService {
+    fn access(&self, target: &str, initiator: &str) -> Result<Access, LoginStatus> {
+        let t = self.target(target).ok_or(LoginStatus::NOT_FOUND)?;
+        if t.initiator
+            .as_deref()
+            .is_some_and(|allowed| allowed != initiator)
+        {
+            return Err(LoginStatus::AUTHORIZATION_FAILURE);
+        }
+        if self.registry.get(&t.pc).is_none() {
+            // Not served (yet, or any more): the initiator tries again later.
+            return Err(LoginStatus::SERVICE_UNAVAILABLE);
+        }
+        Ok(Access {
+            target: target.to_string(),
+            chap: t.chap,
+        })
+    }
+
+    fn visible(&self, initiator: &str) -> Vec<String> {
+        self.targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, t)| t.initiator.as_deref().is_none_or(|i| i == initiator))
+            .filter(|(_, t)| self.registry.get(&t.pc).is_some())
+            .map(|(iqn, _)| iqn.clone())
+            .collect()
+    }
+}
+
+/// Unregisters a session when its connection ends (unless a newer login took its place).
+struct SessionGuard {
+    service: Arc<IscsiService>,
+    key: SessionKey,
+    id: u64,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut s = self
+            .service
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if s.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            s.remove(&self.key);
+        }
+    }
+}
+
+impl Portal for Arc<IscsiService> {
+    fn directory(&self) -> &dyn Directory {
+        self.as_ref()
+    }
+
+    fn attach(
+        &self,
+        est: &Established,
+        peer: SocketAddr,
+        close: Box<dyn Fn() + Send>,
+    ) -> Result<Attachment, LoginStatus> {
+        let SessionKind::Normal { target } = &est.kind else {
+            return Err(LoginStatus::TARGET_ERROR);
+        };
+        let t = self.target(target).ok_or(LoginStatus::TARGET_REMOVED)?;
+        let slot = self
+            .registry
+            .get(&t.pc)
+            .ok_or(LoginStatus::SERVICE_UNAVAILABLE)?;
+        let nexus = self
+            .next_nexus
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = (target.clone(), est.initiator.clone(), est.isid);
+        // Reinstatement: the old session with this name and ISID is closed first.
+        let old = {
+            let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            s.remove(&key)
+        };
+        if let Some((_, close_old)) = old {
+            tracing::info!(
+                "iSCSI: {} logged in again to {target}: its old session is closed",
+                est.initiator
+            );
+            close_old();
+        }
+        let close: Arc<dyn Fn() + Send + Sync> = Arc::from(close_sync(close));
+        let for_slot = close.clone();
+        let (engine, read_only, conn) = slot
+            .attach_checked(
+                format!("{} ({peer})", est.initiator),
+                Box::new(move || for_slot()),
+            )
+            .ok_or(LoginStatus::SERVICE_UNAVAILABLE)?;
+        let for_sessions = close.clone();
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), (nexus, Box::new(move || for_sessions())));
+        tracing::info!(
+            "iSCSI: {} logged in to {target} ({}) from {peer}{}",
+            est.initiator,
+            t.pc,
+            if est.authenticated { " with CHAP" } else { "" }
+        );
+        let lu = Lu::new(
+            Identity::for_pc(&t.pc, target),
+            self.reservation(&t.pc),
+            Box::new(EngineDisk { engine, read_only }),
+        );
+        let guard = SessionGuard {
+            service: self.clone(),
+            key,
+            id: nexus,
+        };
+        Ok(Attachment {
+            lu: Arc::new(lu),
+            nexus,
+            guard: Box::new((conn, guard)),
+        })
+    }
+
+    fn portals(&self) -> Vec<SocketAddr> {
+        self.portals.clone()
+    }
+}
+
+/// The close callback, shareable between the slot and the session table.
+fn close_sync(f: Box<dyn Fn() + Send>) -> Box<dyn Fn() + Send + Sync> {
+    let f = Mutex::new(f);
+    Box::new(move || (f.lock().unwrap_or_else(|p| p.into_inner()))())
+}
