@@ -2,12 +2,15 @@
 # Installs what cowctl needs on Debian 12 (as root). Shared by the test VM (scripts/vm.sh),
 # the test and demo commands, and the Vagrantfile.
 #   scripts/provision.sh          build + run a kernel-backed server
+#   scripts/provision.sh --demo   and what the demo boots a PC with (qemu's iPXE, nasm)
 #   scripts/provision.sh --tests  and everything the tests use (qemu, initiators, ...)
 set -euo pipefail
 build=(gcc pkg-config libdevmapper-dev libclang-dev)
 run=(kmod dmsetup vblade util-linux iproute2 qemu-utils libnbd-bin curl)
-tests=(qemu-system-x86 busybox-static cpio open-iscsi aoetools fio python3 libnbd-bin nbdkit chromium)
+demo=(qemu-system-x86 ipxe-qemu nasm libiscsi-bin)
+tests=("${demo[@]}" busybox-static cpio open-iscsi aoetools fio python3 libnbd-bin nbdkit chromium tgt libiscsi-dev qemu-block-extra)
 want=("${build[@]}" "${run[@]}")
+[[ ${1:-} == --demo ]] && want+=("${demo[@]}")
 [[ ${1:-} == --tests ]] && want+=("${tests[@]}")
 missing=()
 for p in "${want[@]}"; do

@@ -27,18 +27,28 @@ echo "== kernel tests (VM)"
 scripts/test-kernel.sh | tee "$log"
 kernel_passed=$(sed -n 's/^kernel: \([0-9]*\) passed.*/\1/p' "$log")
 
+echo "== open-iscsi in the VM against cowctl serve on this host"
+scripts/test-vm-initiator.sh | tee "$log"
+grep -q "^test-vm-initiator: 1 passed" "$log"
+kernel_passed=$((kernel_passed + 1))
+
+echo "== iSCSI conformance: libiscsi's iscsi-test-cu against cowctl and tgt"
+scripts/test-iscsi-conformance.sh
+
 echo "== the README main command, on this machine"
 if [[ -e /dev/mapper/control ]]; then
     echo "test: this kernel has device-mapper: the demo serves the room with the kernel (checked in the VM above)"
 else
-    # Without device-mapper the demo serves the room over NBD and leaves the service running.
+    # Without device-mapper the demo serves the room over iSCSI and NBD, boots a PC, and
+    # leaves the service running.
     demo_log=$(mktemp)
     scripts/demo.sh >"$demo_log" 2>&1 || { cat "$demo_log"; exit 1; }
     grep -q "nbdinfo nbd://127.0.0.1:10809/pc-01" "$demo_log" || { cat "$demo_log"; echo "test: the demo printed no connect line" >&2; exit 1; }
     nbdinfo --size nbd://127.0.0.1:10809/pc-01 | grep -qx 67108864
     grep -qE '^OK [0-9]+ 262144$' "$demo_log" || { cat "$demo_log"; echo "test: the demo's CowBell line is missing" >&2; exit 1; }
+    grep -q '^cowctl-boot counter=2$' "$demo_log" || { cat "$demo_log"; echo "test: the demo's PC did not boot twice over iSCSI" >&2; exit 1; }
     COWCTL_MANIFEST=manifests/demo.yaml target/release/cowctl down >/dev/null
-    echo "test: scripts/demo.sh served the demo room over NBD and HTTP; nbdinfo reached pc-01"
+    echo "test: scripts/demo.sh served the demo room over iSCSI, NBD and HTTP; a qemu PC booted pc-01 twice; nbdinfo reached pc-01"
 fi
 
 echo "== the systemd unit"

@@ -9,7 +9,9 @@
 #
 # Environment: COWCTL_VM_CACHE (default: <repo>/vm-cache), COWCTL_VM_TIMEOUT (seconds, 1500),
 # COWCTL_VM_MEM (MiB, 2048), COWCTL_VM_LOG (guest log file; default: in the results dir),
-# COWCTL_VM_SCRATCH_GB (a sparse scratch disk of that size as /dev/vda, removed afterwards).
+# COWCTL_VM_SCRATCH_GB (a sparse scratch disk of that size as /dev/vda, removed afterwards),
+# COWCTL_VM_NET=1 (qemu's user network: the guest is 10.0.2.15 and reaches this host's
+# loopback services at 10.0.2.2).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -83,7 +85,7 @@ run() {
         printf 'COWCTL_KVER=%q\n' "$kver"
         printf 'COWCTL_MODULES=%q\n' "$kdir/root/lib/modules/$kver"
         printf 'COWCTL_CMD=('; printf '%q ' "$@"; printf ')\n'
-        env | grep -E '^(COWCTL_TEST_|RUST_BACKTRACE|RUST_LOG)' | sed 's/^/export /' || true
+        env | grep -E '^(COWCTL_TEST_|COWCTL_VM_NET|RUST_BACKTRACE|RUST_LOG)' | sed 's/^/export /' || true
     } >"$results/job"
     local log=${COWCTL_VM_LOG:-$results/console.log}
     local scratch=()
@@ -91,13 +93,15 @@ run() {
         truncate -s "${COWCTL_VM_SCRATCH_GB}G" "$results/scratch.img"
         scratch=(-drive "file=$results/scratch.img,format=raw,if=virtio,cache=unsafe")
     fi
+    local net=()
+    [[ -n ${COWCTL_VM_NET:-} ]] && net=(-netdev user,id=n0 -device virtio-net-pci,netdev=n0)
     set +e
     timeout --foreground "${COWCTL_VM_TIMEOUT:-1500}" qemu-system-x86_64 \
         -accel tcg,thread=multi -cpu max -smp 2 -m "${COWCTL_VM_MEM:-2048}" \
         -nographic -no-reboot -nodefaults -serial stdio \
         -kernel "$kdir/root/boot/vmlinuz-$kver" -initrd "$kdir/initrd.cpio.gz" \
         -append "console=ttyS0 panic=-1 quiet loglevel=1 cowctl.repo=$repo" \
-        -device virtio-rng-pci "${scratch[@]}" \
+        -device virtio-rng-pci "${scratch[@]}" "${net[@]}" \
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
         -virtfs "local,path=$results,mount_tag=results,security_model=none,multidevs=remap" \
         </dev/null 2>&1 | tee "$log"

@@ -44,8 +44,8 @@ if [[ -n ${COWCTL_IN_VM:-} ]]; then
     echo; echo "== reset pc-01 while it is logged in; it reconnects and reads the golden image"
     say cowctl reset pc-01
     for _ in $(seq 150); do grep -qx LOGGED_IN /sys/class/iscsi_session/session*/state 2>/dev/null && break; sleep 0.2; done
-    first=$(dd if="/dev/$disk" bs=512 count=1 iflag=direct status=none | head -c 16)
-    echo "pc-01 reads its first bytes again: $first"
+    first=$(dd if="/dev/$disk" bs=512 skip=2048 count=1 iflag=direct status=none | head -c 16)
+    echo "pc-01 reads the golden image again at 1 MiB: $first"
     say cowctl status
 else
     echo; echo "Connect a PC: iscsiadm -m node -T $target -p 127.0.0.1:3260 --login (CHAP: cowctl chap pc-01)"

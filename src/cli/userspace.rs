@@ -119,7 +119,7 @@ pub fn reset(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
     };
     print_resets(
         &resets,
-        "NBD connections closed; clients reconnect to the golden image",
+        "iSCSI sessions and NBD connections closed; clients reconnect to the golden image",
         json,
     )
 }

@@ -49,6 +49,8 @@ pub enum Step {
     Serve {
         pc: String,
         read_only: bool,
+        /// The iSCSI target, for `export: iscsi` PCs.
+        target: Option<String>,
     },
     Reopen {
         pc: String,
@@ -76,17 +78,25 @@ impl fmt::Display for Step {
             }
             Step::Serve {
                 pc,
-                read_only: false,
-            } => write!(f, "serve {pc} over NBD as export {pc:?}"),
-            Step::Serve {
-                pc,
-                read_only: true,
-            } => write!(f, "serve {pc} over NBD as export {pc:?}, read-only"),
+                read_only,
+                target,
+            } => {
+                if let Some(t) = target {
+                    write!(f, "serve {pc} over iSCSI as {t} and ")?;
+                } else {
+                    write!(f, "serve {pc} ")?;
+                }
+                write!(f, "over NBD as export {pc:?}")?;
+                if *read_only {
+                    write!(f, ", read-only")?;
+                }
+                Ok(())
+            }
             Step::Reopen { pc } => write!(
                 f,
                 "re-open {pc}: its manifest entry changed (drops its connections)"
             ),
-            Step::Stop { pc } => write!(f, "stop serving {pc} over NBD (its COW stays)"),
+            Step::Stop { pc } => write!(f, "stop serving {pc} over NBD and iSCSI (its COW stays)"),
         }
     }
 }
@@ -115,6 +125,10 @@ pub fn plan(manifest: &Manifest, served: &BTreeMap<String, ServedPc>) -> Vec<Ste
             None => steps.push(Step::Serve {
                 pc: name,
                 read_only: pc.read_only,
+                target: match &pc.export {
+                    crate::manifest::Export::Iscsi { target, .. } => Some(target.to_string()),
+                    _ => None,
+                },
             }),
             Some(s) if *s != ServedPc::of(manifest, pc) => steps.push(Step::Reopen { pc: name }),
             Some(_) => {}

@@ -212,10 +212,18 @@ impl Rng {
 /// open-iscsi's daemon, with an initiator per named iface. Logs out and stops on drop.
 pub struct Iscsid {
     child: std::process::Child,
+    /// The portal logins go to.
+    portal: String,
 }
 
 impl Iscsid {
+    /// iscsid for the VM's own LIO portal.
     pub fn start() -> Iscsid {
+        Iscsid::start_for("127.0.0.1:3260")
+    }
+
+    /// iscsid for logins to `portal` (e.g. the host's, from the VM).
+    pub fn start_for(portal: &str) -> Iscsid {
         for m in [
             "iscsi_tcp",
             "sd_mod",
@@ -259,7 +267,10 @@ impl Iscsid {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        Iscsid { child }
+        Iscsid {
+            child,
+            portal: portal.to_string(),
+        }
     }
 
     /// An iface whose logins present `initiator` as their name.
@@ -291,7 +302,7 @@ impl Iscsid {
         target: &str,
         chap: Option<(&str, &str)>,
     ) -> Result<PathBuf, String> {
-        let node = |extra: &[&str]| iscsiadm_node(iface, target, extra);
+        let node = |extra: &[&str]| iscsiadm_node(&self.portal, iface, target, extra);
         let _ = node(&["-o", "delete"]);
         let out = node(&["-o", "new"]);
         assert!(
@@ -306,6 +317,15 @@ impl Iscsid {
             "node.session.initial_login_retry_max",
             "-v",
             "1",
+        ]);
+        // A target that is gone fails I/O after 20 s instead of the default two minutes.
+        node(&[
+            "-o",
+            "update",
+            "-n",
+            "node.session.timeo.replacement_timeout",
+            "-v",
+            "20",
         ]);
         if let Some((user, password)) = chap {
             node(&[
@@ -358,8 +378,8 @@ impl Iscsid {
     }
 
     pub fn logout(&self, iface: &str, target: &str) {
-        let _ = iscsiadm_node(iface, target, &["--logout"]);
-        let _ = iscsiadm_node(iface, target, &["-o", "delete"]);
+        let _ = iscsiadm_node(&self.portal, iface, target, &["--logout"]);
+        let _ = iscsiadm_node(&self.portal, iface, target, &["-o", "delete"]);
     }
 
     /// Waits until the session to `target` is logged in again (after its target was paused).
@@ -387,18 +407,9 @@ impl Drop for Iscsid {
     }
 }
 
-/// `iscsiadm -m node` for one target on the VM's portal through one iface.
-fn iscsiadm_node(iface: &str, target: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "-m",
-        "node",
-        "-T",
-        target,
-        "-p",
-        "127.0.0.1:3260",
-        "-I",
-        iface,
-    ];
+/// `iscsiadm -m node` for one target on a portal through one iface.
+fn iscsiadm_node(portal: &str, iface: &str, target: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["-m", "node", "-T", target, "-p", portal, "-I", iface];
     args.extend_from_slice(extra);
     Command::new("iscsiadm").args(&args).output().unwrap()
 }
