@@ -284,22 +284,32 @@ pub fn reset(path: &Path) -> Result<Reset> {
         .read_exact_at(&mut raw, 0)
         .ok()
         .map(|()| Header::decode(&raw));
-    if let Some(h) = header.filter(|h| h.magic != 0 && h.magic != SNAP_MAGIC) {
+    // Only a COW (or a file with no data yet) is wiped: an image whose first bytes
+    // happen to be zero is not.
+    if let crate::filekind::Kind::Other(what) = crate::filekind::classify(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+    {
         bail!(
-            "{} does not start with a snapshot header (magic 0x{:08x}); refusing to wipe what may not be a COW file",
-            path.display(),
-            h.magic
+            "{} is not a COW file: it looks like {what}; refusing to wipe it",
+            path.display()
         );
     }
     let blocks_before = meta.blocks() * 512;
     let punched = punch_all(file, len).is_ok();
     if !punched {
-        let chunk = header
+        // No holes here: write an empty store instead (header, then a zeroed first
+        // metadata area), exactly what the kernel writes into a new snapshot; the old data
+        // stays behind it, unreachable, and the file still reads as a COW.
+        if let Some(g) = header
+            .filter(|h| h.magic == SNAP_MAGIC)
             .and_then(|h| Geometry::new(h.chunk_sectors).ok())
-            .map_or(64 << 10, |g| g.chunk_bytes());
-        let zeroes = vec![0u8; usize::try_from(chunk.min(len)).expect("at most 1 GiB")];
-        file.write_all_at(&zeroes, 0)
-            .with_context(|| format!("cannot zero the header of {}", path.display()))?;
+        {
+            let mut store = vec![0u8; g.chunk_len() * 2];
+            store[..crate::cow::HEADER_SIZE]
+                .copy_from_slice(&Header::new(g.chunk_sectors(), true).encode());
+            file.write_all_at(&store, 0)
+                .with_context(|| format!("cannot write an empty store into {}", path.display()))?;
+        }
     }
     file.sync_all()
         .with_context(|| format!("cannot flush {}", path.display()))?;

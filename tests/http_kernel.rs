@@ -104,7 +104,25 @@ impl Room {
 fn boot_scripts_sanboot_each_pc_exactly_and_reset_on_boot() {
     let room = Room::new("10.0.0.1:3260");
     room.fake.clear_log();
-    let r = get(PC1, room.http, "/boot.ipxe");
+    // pc-01 resets on boot: the first answer only hands out a nonce to chain to, so a
+    // GET that a web page in the PC's browser could make changes nothing.
+    let first = get(PC1, room.http, "/boot.ipxe");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(
+        room.fake.log().is_empty(),
+        "nothing is reset by the first request"
+    );
+    let path = first
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("chain "))
+        .unwrap_or_else(|| panic!("no chain line in {}", first.body));
+    assert!(path.starts_with("/boot.ipxe?reset="), "{path}");
+    // Another PC with pc-01's nonce gets its own script, and pc-01 is not reset.
+    let stolen = get(PC2, room.http, path);
+    assert!(stolen.body.contains("# cowctl: pc-02"), "{}", stolen.body);
+    assert!(room.fake.log().is_empty(), "pc-01's nonce from pc-02 resets nothing");
+    let r = get(PC1, room.http, path);
     assert_eq!(r.status, 200, "{}", r.body);
     // pc-01's own secret, derived from the master: it opens pc-01's disk only.
     let own = cowctl::secrets::derive("a-secret-of-16ch", "initiator", "pc-01");
@@ -134,6 +152,24 @@ fn boot_scripts_sanboot_each_pc_exactly_and_reset_on_boot() {
         sidecar::read(&room.cow("pc-01")).unwrap().unwrap().resets,
         1
     );
+    let again = get(PC1, room.http, path);
+    assert_eq!(again.status, 403, "a nonce works once: {}", again.body);
+    assert!(
+        again.body.contains("not pc-01's current one"),
+        "{}",
+        again.body
+    );
+    let forged = get(
+        PC1,
+        room.http,
+        "/boot.ipxe?reset=00112233445566778899aabbccddeeff",
+    );
+    assert_eq!(forged.status, 403);
+    assert_eq!(
+        sidecar::read(&room.cow("pc-01")).unwrap().unwrap().resets,
+        1,
+        "no reset without the nonce"
+    );
 
     room.fake.clear_log();
     let r = get(PC2, room.http, "/boot.ipxe");
@@ -149,14 +185,15 @@ fn boot_scripts_sanboot_each_pc_exactly_and_reset_on_boot() {
         0
     );
 
-    // pc-03 has no ip: its MAC names it. pc-02 has one: its MAC from elsewhere is refused.
+    // The script goes to the PC's own address only: pc-03 has no ip, so its MAC from
+    // anywhere gets nothing; pc-02's MAC from elsewhere is refused, and a MAC that is not
+    // the asking PC's is too.
     let r = get(STRANGER, room.http, "/boot.ipxe?mac=52-54-00-00-00-03");
-    assert_eq!(
-        r.body,
-        "#!ipxe\n# cowctl: pc-03 on image g\nsanboot aoe:e1.3\n"
-    );
+    assert_eq!((r.status, r.body.as_str()), (403, "unknown client\n"));
     let r = get(STRANGER, room.http, "/boot.ipxe?mac=52:54:00:00:00:02");
     assert_eq!((r.status, r.body.as_str()), (403, "unknown client\n"));
+    let r = get(PC2, room.http, "/boot.ipxe?mac=52:54:00:00:00:03");
+    assert_eq!(r.status, 403);
     let r = get(PC2, room.http, "/boot.ipxe?mac=52:54:00:00:00:02");
     assert_eq!(r.status, 200);
 }

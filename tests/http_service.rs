@@ -32,7 +32,7 @@ impl Room {
         let d = dir.path().display();
         std::fs::write(dir.path().join("golden.img"), vec![0x5a; 16 << 20]).unwrap();
         std::fs::create_dir(dir.path().join("cow")).unwrap();
-        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        common::write_private(&dir.path().join("token"), &format!("{TOKEN}\n"));
         let (nbd, pcs, admin) = (
             common::free_port(),
             common::free_port(),

@@ -35,7 +35,7 @@ impl Site {
         let golden = std::fs::File::create(dir.path().join("golden.img")).unwrap();
         golden.set_len(192 * MIB).unwrap();
         std::fs::create_dir(dir.path().join("cow")).unwrap();
-        std::fs::write(dir.path().join("token"), "vm-token\n").unwrap();
+        common::write_private(&dir.path().join("token"), "vm-token-1234567890\n");
         std::fs::write(
             dir.path().join("room.yaml"),
             format!(
@@ -144,7 +144,17 @@ fn boot_script_and_reset_on_boot_on_the_real_kernel() {
         "max is CowBell's total"
     );
 
-    let r = get("127.0.0.1", site.http, "/boot.ipxe");
+    // The first request hands out a one-time nonce; the one that carries it resets.
+    let first = get("127.0.0.1", site.http, "/boot.ipxe");
+    assert_eq!(first.status, 200, "{}", first.body);
+    let path = first
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("chain "))
+        .unwrap_or_else(|| panic!("no chain line in {}", first.body))
+        .to_string();
+    assert_eq!(read(&dev, 0, 4096), vec![0x44; 4096], "not reset yet");
+    let r = get("127.0.0.1", site.http, &path);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         r.body,

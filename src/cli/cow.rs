@@ -40,10 +40,45 @@ pub enum CowCommand {
     },
     /// Return a COW file to the golden state: zero the header, punch out its blocks.
     Reset { cowfile: PathBuf },
+    /// Record that a COW was written over this golden image (its `.golden` record), for a
+    /// COW that has none; `apply` refuses such a COW until then.
+    Record {
+        cowfile: PathBuf,
+        /// The golden image the COW's data lies over.
+        #[arg(long)]
+        base: PathBuf,
+    },
 }
 
 pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
+        CowCommand::Record { cowfile, base } => {
+            use crate::control::sidecar;
+            if let crate::filekind::Kind::Other(what) = crate::filekind::classify(&cowfile)? {
+                anyhow::bail!(
+                    "{} is not a COW file: it looks like {what}",
+                    cowfile.display()
+                );
+            }
+            if let Some(g) = sidecar::read(&cowfile)? {
+                anyhow::bail!(
+                    "{} already records golden image {}; it is not changed",
+                    sidecar::sidecar_path(&cowfile).display(),
+                    g.image.display()
+                );
+            }
+            let g = sidecar::fingerprint(&base)?;
+            sidecar::write(&cowfile, &g)?;
+            if json {
+                return print_json(&g);
+            }
+            println!(
+                "recorded that {} belongs to golden image {} ({} bytes)",
+                cowfile.display(),
+                base.display(),
+                g.size
+            );
+        }
         CowCommand::Create {
             cowfile,
             size,

@@ -176,13 +176,8 @@ fn expect_service(r: Option<Response>) -> Result<Response> {
 /// and waits until its control socket answers.
 fn start_service(manifest: &Path, dir: &Path) -> Result<()> {
     use std::os::unix::process::CommandExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let log_path = dir.join("serve.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log = crate::rundir::open(dir, "serve.log", true)?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.args(["serve", "--start-empty", "-f"])
         .arg(manifest)

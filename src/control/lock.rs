@@ -1,6 +1,6 @@
 //! One mutating cowctl at a time: an exclusive lock on <run dir>/lock that says who holds it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 
@@ -11,16 +11,8 @@ pub struct Lock {
 }
 
 pub fn acquire(run_dir: &Path, what: &str) -> Result<Lock> {
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("cannot create {}", run_dir.display()))?;
     let path = run_dir.join("lock");
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file = crate::rundir::open(run_dir, "lock", false)?;
     if let Err(e) = file.try_lock() {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);

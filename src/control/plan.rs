@@ -301,6 +301,12 @@ fn preflight(ctx: &Ctx) -> Result<()> {
             pc.name
         ));
     }
+    for pc in ctx.manifest.pcs.iter().filter(|p| p.read_only) {
+        problems.push(format!(
+            "{}: read_only is served by the userspace engine only (set backend: userspace): the kernel's snapshot target writes its COW",
+            pc.name
+        ));
+    }
     problems.extend(network_problems(ctx));
     if let Some(chap) = ctx.manifest.iscsi.as_ref().and_then(|i| i.chap.as_ref()) {
         if let Err(e) = crate::secrets::ChapMaster::read(chap) {
@@ -348,6 +354,25 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
     }
     for pc in &manifest.pcs {
         if pc.cow.exists() {
+            match crate::filekind::classify(&pc.cow) {
+                Ok(crate::filekind::Kind::Other(what)) => {
+                    problems.push(format!(
+                        "{}: {} is not a COW file: it looks like {what}; cowctl writes only to files that start with a snapshot header or that have no data yet (point cow: at a file of its own)",
+                        pc.name,
+                        pc.cow.display()
+                    ));
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    problems.push(format!(
+                        "{}: cannot read {}: {e}",
+                        pc.name,
+                        pc.cow.display()
+                    ));
+                    continue;
+                }
+            }
             match std::fs::File::open(&pc.cow)
                 .map_err(anyhow::Error::from)
                 .and_then(|f| Ok(LoadedStore::load(&f, Some(pc.chunk_sectors()))?))
@@ -363,6 +388,19 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
                         s.geometry.chunk_sectors(),
                         pc.chunk
                     ))
+                }
+                Ok(s) if !s.exceptions.is_empty() && !sidecar::sidecar_path(&pc.cow).exists() => {
+                    // Recording it now would vouch for data cowctl cannot place.
+                    problems.push(format!(
+                        "{}: COW {} holds {} written chunks but has no record of the golden image they were written over ({}); if they belong to {}, record it with `cowctl cow record {} --base {}`, else reset it",
+                        pc.name,
+                        pc.cow.display(),
+                        s.exceptions.len(),
+                        sidecar::sidecar_path(&pc.cow).display(),
+                        manifest.images[&pc.image].path.display(),
+                        pc.cow.display(),
+                        manifest.images[&pc.image].path.display(),
+                    ));
                 }
                 Ok(_) => {}
                 Err(e) => problems.push(format!(

@@ -64,12 +64,12 @@ pub fn fingerprint(image: &Path) -> Result<Golden> {
     })
 }
 
+/// Writes the record durably: a crash leaves the old one or the new one, never half.
 pub fn write(cow: &Path, golden: &Golden) -> Result<()> {
     let p = sidecar_path(cow);
-    let tmp = p.with_extension("golden.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(golden)? + "\n")
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &p).with_context(|| format!("cannot write {}", p.display()))
+    let text = serde_json::to_string_pretty(golden)? + "\n";
+    crate::durable::write_atomic(&p, text.as_bytes())
+        .with_context(|| format!("cannot write {}", p.display()))
 }
 
 /// Counts a reset of `cow` in its record (a COW without one has nothing to count in).

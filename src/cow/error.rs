@@ -21,7 +21,9 @@ pub enum FormatError {
     ChunkSizeZero,
     #[error("chunk size of {sectors} sectors is not a power of two")]
     ChunkSizeNotPowerOfTwo { sectors: u32 },
-    #[error("chunk size of {sectors} sectors is too large (at most 2097152 sectors, 1 GiB)")]
+    #[error(
+        "chunk size of {sectors} sectors is too large (cowctl takes at most 2048 sectors, 1 MiB)"
+    )]
     ChunkSizeTooLarge { sectors: u32 },
     #[error("chunk size of {bytes} bytes is not a whole number of 512-byte sectors")]
     ChunkSizeNotSectors { bytes: u64 },

@@ -2,6 +2,7 @@
 //! reporting every error at once, each as `file:line:column: field: message`.
 
 mod expand;
+mod files;
 mod positions;
 mod raw;
 mod types;
@@ -286,6 +287,7 @@ impl Builder {
             self.error("pcs", "the manifest lists no PCs");
         }
         self.unique(&out);
+        self.files_of_their_own(&images, &out, iscsi.as_ref(), http.as_ref());
         Some(Manifest {
             path: path.to_path_buf(),
             images,
@@ -342,6 +344,37 @@ impl Builder {
                 ),
             }
         }
+        if cfg.listen == cfg.admin_listen {
+            self.error(
+                "http.admin_listen",
+                format!(
+                    "must differ from http.listen ({}): PCs would reach the admin routes",
+                    cfg.listen
+                ),
+            );
+        }
+        if cfg.admin_is_remote() && cfg.token_file.is_none() {
+            self.error(
+                "http.admin_listen",
+                format!(
+                    "{} can be reached from other machines: set http.token_file (every admin route then needs the token), or listen on loopback",
+                    cfg.admin_listen
+                ),
+            );
+        }
+        for (i, h) in r.hosts.iter().enumerate() {
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !ok {
+                self.error(
+                    &format!("http.hosts[{i}]"),
+                    format!("{h:?} is not a host name"),
+                );
+            }
+        }
+        cfg.hosts = r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
         cfg
     }
 
@@ -804,13 +837,87 @@ impl Builder {
     }
 
     /// Names, COW files, IPs, MACs, iSCSI targets and AoE addresses are each used once.
+    /// A PC's COW must be a file of its own: not a golden image, not another PC's COW, not
+    /// a `.golden` record or `.discard` leftover, not a secret — compared after resolving
+    /// `.`, `..`, `//` and symlinks, and by device and inode for files that exist (a hard
+    /// link is the same file). A typo here would have cowctl write a snapshot over it.
+    fn files_of_their_own(
+        &mut self,
+        images: &BTreeMap<String, Image>,
+        pcs: &[Pc],
+        iscsi: Option<&IscsiConfig>,
+        http: Option<&HttpConfig>,
+    ) {
+        let mut owned: Vec<(files::Identity, String)> = Vec::new();
+        for img in images.values() {
+            owned.push((
+                files::identity(&img.path),
+                format!(
+                    "golden image {} (images.{}.path)",
+                    img.path.display(),
+                    img.name
+                ),
+            ));
+        }
+        for pc in pcs {
+            let cow = |suffix: &str| {
+                let mut p = pc.cow.as_os_str().to_owned();
+                p.push(suffix);
+                std::path::PathBuf::from(p)
+            };
+            owned.push((
+                files::identity(&cow(".golden")),
+                format!("{}'s golden-image record", pc.name),
+            ));
+            owned.push((
+                files::identity(&cow(".discard")),
+                format!("the old COW a reset of {} sets aside", pc.name),
+            ));
+        }
+        if let Some(c) = iscsi.and_then(|i| i.chap.as_ref()) {
+            owned.push((
+                files::identity(&c.secret_file),
+                "the CHAP secret file".into(),
+            ));
+            if let Some(m) = &c.mutual_secret_file {
+                owned.push((files::identity(m), "the mutual CHAP secret file".into()));
+            }
+        }
+        if let Some(t) = http.and_then(|h| h.token_file.as_ref()) {
+            owned.push((files::identity(t), "the admin token file".into()));
+        }
+        let cows: Vec<files::Identity> = pcs.iter().map(|p| files::identity(&p.cow)).collect();
+        for (i, (pc, id)) in pcs.iter().zip(&cows).enumerate() {
+            let clash = owned
+                .iter()
+                .find(|(other, _)| other.same(id))
+                .map(|(_, what)| what.clone())
+                .or_else(|| {
+                    pcs.iter()
+                        .zip(&cows)
+                        .take(i)
+                        .find(|(_, other)| other.same(id))
+                        .map(|(p, _)| format!("{}'s COW", p.name))
+                });
+            if let Some(what) = clash {
+                let field = self.field_of(i, "cow");
+                self.error(
+                    &field,
+                    format!(
+                        "{}: the COW {} is {what}; a PC's COW must be a file of its own (cowctl writes a snapshot store into it)",
+                        pc.name,
+                        pc.cow.display()
+                    ),
+                );
+            }
+        }
+    }
+
     fn unique(&mut self, pcs: &[Pc]) {
         let mut seen: HashMap<String, &str> = HashMap::new();
         for (n, pc) in pcs.iter().enumerate() {
+            // (two PCs on one COW, by any spelling, is files_of_their_own's to catch)
             let mut keys = vec![("name", pc.name.clone())];
-            if !seen.contains_key(&format!("name={}", pc.name)) {
-                keys.push(("cow", pc.cow.display().to_string()));
-            }
             keys.extend(pc.ip.map(|ip| ("ip", ip.to_string())));
             keys.extend(pc.mac.map(|m| ("mac", m.to_string())));
             if let Export::Aoe { shelf, slot, .. } = &pc.export {

@@ -80,6 +80,9 @@ pub struct RawHttp {
     pub admin_listen: Option<Text>,
     pub token_file: Option<PathBuf>,
     pub server: Option<Text>,
+    /// Host names the service answers to besides IP addresses and this machine's name.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

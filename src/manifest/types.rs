@@ -75,6 +75,16 @@ pub struct HttpConfig {
     /// The address PCs reach the iSCSI portal at, for boot scripts whose portal listens on
     /// every address; default: the address the PC reached the HTTP service at.
     pub server: Option<IpAddr>,
+    /// Host names requests may carry besides IP addresses, `localhost` and this machine's
+    /// name (anything else is refused: DNS rebinding).
+    pub hosts: Vec<String>,
+}
+
+impl HttpConfig {
+    /// Other machines can reach the admin routes: then every one of them needs the token.
+    pub fn admin_is_remote(&self) -> bool {
+        !self.admin_listen.ip().is_loopback()
+    }
 }
 
 impl Default for HttpConfig {
@@ -84,6 +94,7 @@ impl Default for HttpConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             token_file: None,
             server: None,
+            hosts: Vec::new(),
         }
     }
 }

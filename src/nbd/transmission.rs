@@ -14,6 +14,9 @@ use crate::engine::Extent;
 /// Reads at least this large go out straight from the page cache; smaller ones are copied
 /// into the reply buffer, so a deep queue of them still leaves in few sends.
 const SEND_FILE_MIN: usize = 64 << 10;
+/// Payloads move in pieces of at most this size: a request's length sizes no buffer, so a
+/// client that sends 32 MiB WRITE headers and stalls costs the service nothing.
+const PIECE: usize = 1 << 20;
 
 /// Where replies go. A socket sends file bytes with sendfile (one copy, in the kernel);
 /// anything else reads them into memory and writes them.
@@ -138,13 +141,27 @@ pub fn serve<R: Read, W: Sink>(
                         }
                     } else {
                         let n = req.length as usize;
-                        if scratch.len() < n {
-                            scratch.resize(n, 0);
-                        }
-                        match device.read_at(&mut scratch[..n], req.offset) {
+                        scratch.resize(n.min(PIECE), 0);
+                        // The first piece is read before the reply is sent, so an error
+                        // can still be reported; one later on can only end the connection.
+                        let first = n.min(PIECE);
+                        match device.read_at(&mut scratch[..first], req.offset) {
                             Ok(()) => {
                                 write_simple_reply(w, req.handle, 0)?;
-                                w.write_all(&scratch[..n])?;
+                                w.write_all(&scratch[..first])?;
+                                let mut done = first;
+                                while done < n {
+                                    let k = (n - done).min(PIECE);
+                                    device
+                                        .read_at(&mut scratch[..k], req.offset + done as u64)
+                                        .map_err(|e| {
+                                            io::Error::other(format!(
+                                                "a read failed midway ({e:?})"
+                                            ))
+                                        })?;
+                                    w.write_all(&scratch[..k])?;
+                                    done += k;
+                                }
                                 continue;
                             }
                             Err(e) => Err(e),
@@ -152,19 +169,26 @@ pub fn serve<R: Read, W: Sink>(
                     }
                 }
                 Command::Write => {
+                    // Taken in pieces as they arrive, each written before the next is read.
                     let n = req.length as usize;
-                    if scratch.len() < n {
-                        scratch.resize(n, 0);
+                    scratch.resize(n.min(PIECE), 0);
+                    let writable = !read_only && in_range;
+                    let mut result = Ok(());
+                    let mut done = 0;
+                    while done < n {
+                        let k = (n - done).min(PIECE);
+                        r.read_exact(&mut scratch[..k])?;
+                        if writable && result.is_ok() {
+                            result = device.write_at(&scratch[..k], req.offset + done as u64);
+                        }
+                        done += k;
                     }
-                    r.read_exact(&mut scratch[..n])?;
                     if read_only {
                         Err(Errno::Perm)
                     } else if !in_range {
                         Err(Errno::NoSpc)
                     } else {
-                        device
-                            .write_at(&scratch[..n], req.offset)
-                            .and_then(|()| fua(device, req.flags))
+                        result.and_then(|()| fua(device, req.flags))
                     }
                 }
                 Command::Disconnect => {

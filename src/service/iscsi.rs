@@ -157,7 +157,7 @@ impl IscsiService {
                     continue;
                 }
             };
-            keepalive(&stream);
+            super::limits::keepalive(&stream);
             let me = self.clone();
             let _ = std::thread::Builder::new()
                 .name(format!("iscsi {peer}"))
@@ -170,16 +170,6 @@ impl IscsiService {
                 });
         }
     }
-}
-
-/// A dead peer (a PC switched off mid-session) is found within about a minute even when
-/// it does not answer pings (iPXE does not).
-fn keepalive(stream: &std::net::TcpStream) {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let _ = setsockopt(stream, sockopt::KeepAlive, &true);
-    let _ = setsockopt(stream, sockopt::TcpKeepIdle, &30);
-    let _ = setsockopt(stream, sockopt::TcpKeepInterval, &10);
-    let _ = setsockopt(stream, sockopt::TcpKeepCount, &3);
 }
 
 impl Directory for IscsiService {

@@ -89,6 +89,16 @@ impl Drop for Permit {
     }
 }
 
+/// A dead peer (a PC switched off mid-session) is found within about a minute even when
+/// it sends nothing.
+pub fn keepalive(stream: &std::net::TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(stream, sockopt::KeepAlive, &true);
+    let _ = setsockopt(stream, sockopt::TcpKeepIdle, &30);
+    let _ = setsockopt(stream, sockopt::TcpKeepInterval, &10);
+    let _ = setsockopt(stream, sockopt::TcpKeepCount, &3);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,10 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::exports::{PeerView, Registry};
+use super::limits::{ConnLimits, Permit};
 use crate::nbd::{self, Outcome};
 
-/// A client that has not chosen an export by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client that has not chosen an export by then is dropped: the whole handshake, not
+/// each read, so a client sending a byte at a time cannot hold a thread.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection that sends no request for this long is closed (TCP keepalive finds a dead
+/// peer sooner; clients such as qemu and nbd-client -persist reconnect).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const BUFFER: usize = 256 << 10;
 
 /// What a connection needs of its socket besides reading and writing.
@@ -46,29 +51,50 @@ impl Socket for UnixStream {
     }
 }
 
-pub fn accept_tcp(listener: TcpListener, registry: Arc<Registry>) {
+pub fn accept_tcp(listener: TcpListener, registry: Arc<Registry>, limits: Arc<ConnLimits>) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        // Replies to small requests must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
         let Ok(addr) = stream.peer_addr() else {
             continue;
         };
-        spawn(stream, addr.to_string(), Some(addr.ip()), registry.clone());
+        let permit = match limits.admit(addr.ip()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("NBD: refused a connection from {addr}: {e}");
+                continue;
+            }
+        };
+        // Replies to small requests must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        super::limits::keepalive(&stream);
+        spawn(
+            stream,
+            addr.to_string(),
+            Some(addr.ip()),
+            registry.clone(),
+            Some(permit),
+        );
     }
 }
 
 pub fn accept_unix(listener: UnixListener, registry: Arc<Registry>) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        spawn(stream, "unix".to_string(), None, registry.clone());
+        spawn(stream, "unix".to_string(), None, registry.clone(), None);
     }
 }
 
-fn spawn<S: Socket>(stream: S, peer: String, ip: Option<IpAddr>, registry: Arc<Registry>) {
+fn spawn<S: Socket>(
+    stream: S,
+    peer: String,
+    ip: Option<IpAddr>,
+    registry: Arc<Registry>,
+    permit: Option<Permit>,
+) {
     let _ = std::thread::Builder::new()
         .name(format!("nbd {peer}"))
         .spawn(move || {
+            let _permit = permit;
             if let Err(e) = connection(stream, &peer, ip, &registry) {
                 tracing::debug!("NBD connection from {peer} ended: {e:#}");
             }
@@ -81,16 +107,22 @@ fn connection<S: Socket>(
     ip: Option<IpAddr>,
     registry: &Registry,
 ) -> anyhow::Result<()> {
-    stream.set_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut rw = ReadWrite {
-        r: stream.duplicate()?,
+        r: Deadline {
+            inner: stream.duplicate()?,
+            until: std::time::Instant::now() + HANDSHAKE_TIMEOUT,
+        },
         w: stream.duplicate()?,
     };
     let view = PeerView { registry, peer: ip };
     let Outcome::Go { name, .. } = nbd::handshake(&mut rw, &view)? else {
         return Ok(());
     };
-    stream.set_timeout(None);
+    let rw = ReadWrite {
+        r: rw.r.inner,
+        w: rw.w,
+    };
+    stream.set_timeout(Some(IDLE_TIMEOUT));
     let Some(slot) = registry.get(&name) else {
         return Ok(());
     };
@@ -173,19 +205,41 @@ impl<S: Write + AsFd> nbd::Sink for SocketSink<S> {
     }
 }
 
-/// One socket as a `Read + Write` pair of handles.
-struct ReadWrite<S> {
-    r: S,
-    w: S,
+/// Reads that must all be done by `until`: each read gets what is left of the time.
+struct Deadline<S: Socket> {
+    inner: S,
+    until: std::time::Instant,
 }
 
-impl<S: Read> Read for ReadWrite<S> {
+impl<S: Socket> Read for Deadline<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self
+            .until
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the handshake took too long",
+            ));
+        }
+        self.inner.set_timeout(Some(left));
+        self.inner.read(buf)
+    }
+}
+
+/// One socket as a `Read + Write` pair of handles.
+struct ReadWrite<R, W> {
+    r: R,
+    w: W,
+}
+
+impl<R: Read, W> Read for ReadWrite<R, W> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.r.read(buf)
     }
 }
 
-impl<S: Write> Write for ReadWrite<S> {
+impl<R, W: Write> Write for ReadWrite<R, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.w.write(buf)
     }

@@ -31,8 +31,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.kernel {
         return run_kernel(opts, manifest);
     }
-    std::fs::create_dir_all(&opts.run_dir)
-        .with_context(|| format!("cannot create {}", opts.run_dir.display()))?;
+    crate::rundir::ensure(&opts.run_dir)?;
     let control_path = control::socket_path(&opts.run_dir);
     if UnixStream::connect(&control_path).is_ok() {
         bail!(
@@ -51,8 +50,11 @@ pub fn run(opts: &Options) -> Result<()> {
     let unix = bind_unix(&nbd_path)?;
     let control_listener = bind_unix(&control_path)?;
     let pid_path = opts.run_dir.join("serve.pid");
-    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
-        .with_context(|| format!("cannot write {}", pid_path.display()))?;
+    crate::rundir::write(
+        &opts.run_dir,
+        "serve.pid",
+        &format!("{}\n", std::process::id()),
+    )?;
 
     // Signals are taken by one thread; every thread spawned from here inherits the mask.
     let mut signals = SigSet::empty();
@@ -81,7 +83,11 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
     let r = registry.clone();
-    std::thread::spawn(move || listen::accept_tcp(tcp, r));
+    let limits = super::limits::ConnLimits::new(
+        super::limits::DEFAULT_TOTAL,
+        super::limits::DEFAULT_PER_ADDRESS,
+    );
+    std::thread::spawn(move || listen::accept_tcp(tcp, r, limits));
     let r = registry.clone();
     std::thread::spawn(move || listen::accept_unix(unix, r));
     let s = service.clone();
@@ -217,9 +223,18 @@ fn shut_down(service: &Service, sockets: &[PathBuf], code: i32) -> ! {
     std::process::exit(code)
 }
 
-/// Binds a unix socket, replacing a stale one nobody answers on.
+/// Binds a unix socket, replacing a stale one nobody answers on — a socket only: a file
+/// (or a symlink) at that path is never removed.
 fn bind_unix(path: &Path) -> Result<UnixListener> {
-    if path.exists() {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            bail!(
+                "{} is not a socket (it is a {}): cowctl replaces only a stale socket there; choose another path (nbd.socket)",
+                path.display(),
+                if m.file_type().is_symlink() { "symlink" } else if m.is_dir() { "directory" } else { "file" }
+            );
+        }
         if UnixStream::connect(path).is_ok() {
             bail!("{} is in use by another process", path.display());
         }

@@ -1,10 +1,13 @@
-//! `GET /boot.ipxe`: the iPXE script that boots a PC from its export. The PC is known by
-//! its source address or by `?mac=` (refused when the PC has an `ip` and the request comes
-//! from another address: a MAC is easy to learn, and the script carries the CHAP secret).
-//! With `reset_on_boot` the PC's COW is reset before the script is returned.
+//! `GET /boot.ipxe`: the iPXE script that boots a PC from its export. It goes only to the
+//! PC's own address (its `ip`; `?mac=` must name that same PC): it carries the PC's CHAP
+//! secret. With `reset_on_boot` the first answer is a one-time nonce to chain to, and only
+//! the request carrying it resets the PC: a web page that makes the PC's browser fetch
+//! `/boot.ipxe` cannot read the nonce, so it cannot reset a running PC.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
@@ -13,6 +16,43 @@ use axum::response::Response;
 use super::who::{pc_at, Peer};
 use super::{blocking, text, App, Refusal};
 use crate::manifest::{Export, HttpConfig, Mac, Manifest, Pc};
+
+/// How long a boot nonce may wait for its PC's second request.
+const NONCE_LIFETIME: Duration = Duration::from_secs(120);
+
+/// One outstanding reset-on-boot nonce per PC: (nonce, the address it went to, when).
+#[derive(Default)]
+pub struct Nonces(Mutex<HashMap<String, (String, IpAddr, Instant)>>);
+
+impl Nonces {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, IpAddr, Instant)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh nonce for `pc` at `ip`; the PC's previous one is forgotten.
+    fn mint(&self, pc: &str, ip: IpAddr) -> Result<String, getrandom::Error> {
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw)?;
+        let nonce: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        self.lock()
+            .insert(pc.to_string(), (nonce.clone(), ip, Instant::now()));
+        Ok(nonce)
+    }
+
+    /// True once for the nonce `pc` was given at `ip`, within its lifetime.
+    fn redeem(&self, pc: &str, ip: IpAddr, nonce: &str) -> bool {
+        let mut all = self.lock();
+        let good = all.get(pc).is_some_and(|(n, at, when)| {
+            *at == ip
+                && when.elapsed() < NONCE_LIFETIME
+                && super::who::same(n.as_bytes(), nonce.as_bytes())
+        });
+        if good {
+            all.remove(pc);
+        }
+        good
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BootError {
@@ -107,20 +147,13 @@ pub async fn boot(
     let m = blocking(move || fleet.manifest()).await?;
     let ip = peer.ip();
     let unknown = || Refusal::new(StatusCode::FORBIDDEN, "unknown client");
-    let pc = match mac {
-        Some(mac) => {
-            let pc = m
-                .pcs
-                .iter()
-                .find(|p| p.mac == Some(mac))
-                .ok_or_else(unknown)?;
-            if pc.ip.is_some_and(|own| own != ip) {
-                return Err(unknown());
-            }
-            pc
+    // The script carries the PC's secret: it goes to the PC's own address only.
+    let pc = pc_at(&m, ip).ok_or_else(unknown)?;
+    if let Some(mac) = mac {
+        if pc.mac != Some(mac) {
+            return Err(unknown());
         }
-        None => pc_at(&m, ip).ok_or_else(unknown)?,
-    };
+    }
     if !app.fleet.sanboot(pc) {
         let name = pc.name.clone();
         let e = match pc.export {
@@ -131,22 +164,48 @@ pub async fn boot(
     }
     let body = script(&m, &app.cfg, pc, peer.local.map(|a| a.ip()))
         .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    if pc.reset_on_boot {
-        let (fleet, name) = (app.fleet.clone(), pc.name.clone());
-        let reset = blocking(move || fleet.reset(&name)).await?;
-        match reset {
-            Ok(r) => tracing::info!(
-                "{}: reset on boot ({:.1} ms paused)",
-                pc.name,
-                r.seconds * 1000.0
+    if !pc.reset_on_boot {
+        return Ok(text(StatusCode::OK, body));
+    }
+    let Some(nonce) = query.get("reset") else {
+        // The first request changes nothing: it hands out the nonce to come back with.
+        let nonce = app.nonces.mint(&pc.name, ip).map_err(|e| {
+            Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("no random numbers: {e}"),
+            )
+        })?;
+        return Ok(text(
+            StatusCode::OK,
+            format!(
+                "#!ipxe\n# cowctl: {} is reset on boot\nchain /boot.ipxe?reset={nonce}\n",
+                pc.name
             ),
-            Err(e) => {
-                tracing::error!("{}: reset on boot failed: {e:#}", pc.name);
-                return Err(Refusal::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{}: the reset before boot failed: {e:#}", pc.name),
-                ));
-            }
+        ));
+    };
+    if !app.nonces.redeem(&pc.name, ip, nonce) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this reset nonce is not {}'s current one (used already, expired after {} s, or never given)",
+                pc.name,
+                NONCE_LIFETIME.as_secs()
+            ),
+        ));
+    }
+    let (fleet, name) = (app.fleet.clone(), pc.name.clone());
+    match blocking(move || fleet.reset(&name)).await? {
+        Ok(r) => tracing::info!(
+            "{}: reset on boot ({:.1} ms paused)",
+            pc.name,
+            r.seconds * 1000.0
+        ),
+        Err(e) => {
+            tracing::error!("{}: reset on boot failed: {e:#}", pc.name);
+            return Err(Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{}: the reset before boot failed: {e:#}", pc.name),
+            ));
         }
     }
     Ok(text(StatusCode::OK, body))

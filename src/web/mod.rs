@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +32,8 @@ struct App {
     cfg: HttpConfig,
     /// This listener serves admins (the dashboard, API, metrics, token resets).
     admin: bool,
+    /// One-time boot nonces for reset on boot, shared by the listeners.
+    nonces: Arc<boot::Nonces>,
 }
 
 /// A refused request: its status and one clear sentence.
@@ -86,8 +88,54 @@ fn router(app: App) -> Router {
                 format!("{} does not take {}", req.uri().path(), req.method()),
             )
         })
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
         .layer(middleware::from_fn(log))
+        // No route reads a body: nothing larger is taken.
+        .layer(axum::extract::DefaultBodyLimit::max(4096))
         .with_state(app)
+}
+
+/// Refuses what a browser could be made to send: a request for another site's name that
+/// resolves here (DNS rebinding), a cross-site request that would change something, and,
+/// where the admin routes can be reached from other machines, anything without the token.
+async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if let Some(h) = host {
+        if !who::host_allowed(h, &app.cfg.hosts) {
+            return Refusal::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("{h} is not a name of this service (add it to http.hosts if it is)"),
+            )
+            .into_response();
+        }
+    }
+    let changes = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if changes && who::cross_site(headers, host) {
+        return Refusal::new(
+            StatusCode::FORBIDDEN,
+            "a request from another web site may not change anything here",
+        )
+        .into_response();
+    }
+    // The page itself may load without the token; what it shows needs it.
+    if app.admin && app.cfg.admin_is_remote() && req.uri().path() != "/" {
+        match who::token(headers, app.cfg.token_file.as_deref()) {
+            Ok(who::Token::Admin) => {}
+            Ok(who::Token::Absent) => {
+                return Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    "this admin address can be reached from other machines: send the admin bearer token",
+                )
+                .into_response()
+            }
+            Err(r) => return r.into_response(),
+        }
+    }
+    next.run(req).await
 }
 
 fn not_found(admin: bool, path: &str) -> Refusal {
@@ -110,6 +158,69 @@ async fn log(ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Next) -> 
         tracing::info!("http {} {method} {path} -> {status}", peer.remote);
     }
     response
+}
+
+/// A request's headers must arrive within this time of its first byte.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// No connection lasts longer (keep-alive included): a client that trickles its request or
+/// its body, or just stays, is cut off.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Serves connections one task each, within the caps on connections per address and in
+/// total, and the time limits above.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Arc<crate::service::limits::ConnLimits>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("HTTP: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let permit = match limits.admit(remote.ip()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("HTTP: refused a connection from {remote}: {e}");
+                continue;
+            }
+        };
+        let peer = Peer {
+            remote,
+            local: stream.local_addr().ok(),
+        };
+        let service = router
+            .clone()
+            .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(
+                    TokioIo::new(stream),
+                    hyper_util::service::TowerToHyperService::new(service),
+                );
+            if tokio::time::timeout(CONNECTION_LIFETIME, conn)
+                .await
+                .is_err()
+            {
+                tracing::debug!(
+                    "HTTP: closed {remote}'s connection after {} s",
+                    CONNECTION_LIFETIME.as_secs()
+                );
+            }
+        });
+    }
 }
 
 /// Runs blocking backend work (status reads, resets) off the async threads.
@@ -146,6 +257,11 @@ pub fn spawn(cfg: HttpConfig, fleet: Arc<dyn Fleet>) -> Result<Vec<SocketAddr>> 
         .enable_all()
         .build()
         .context("cannot start the HTTP service's runtime")?;
+    let nonces = Arc::new(boot::Nonces::default());
+    let limits = crate::service::limits::ConnLimits::new(
+        crate::service::limits::DEFAULT_TOTAL,
+        crate::service::limits::DEFAULT_PER_ADDRESS,
+    );
     std::thread::spawn(move || {
         runtime.block_on(async move {
             let mut tasks = Vec::new();
@@ -154,15 +270,12 @@ pub fn spawn(cfg: HttpConfig, fleet: Arc<dyn Fleet>) -> Result<Vec<SocketAddr>> 
                     fleet: fleet.clone(),
                     cfg: cfg.clone(),
                     admin,
+                    nonces: nonces.clone(),
                 };
-                let service = router(app).into_make_service_with_connect_info::<Peer>();
+                let limits = limits.clone();
                 tasks.push(tokio::spawn(async move {
                     match tokio::net::TcpListener::from_std(l) {
-                        Ok(l) => {
-                            if let Err(e) = axum::serve(l, service).await {
-                                tracing::error!("the HTTP service stopped: {e}");
-                            }
-                        }
+                        Ok(l) => accept(l, router(app), limits).await,
                         Err(e) => tracing::error!("the HTTP service cannot listen: {e}"),
                     }
                 }));

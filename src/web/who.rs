@@ -4,9 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use axum::extract::connect_info::Connected;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::serve::IncomingStream;
 
 use super::Refusal;
 use crate::manifest::{Manifest, Pc};
@@ -17,15 +15,6 @@ use crate::manifest::{Manifest, Pc};
 pub struct Peer {
     pub remote: SocketAddr,
     pub local: Option<SocketAddr>,
-}
-
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Peer {
-            remote: *stream.remote_addr(),
-            local: stream.io().local_addr().ok(),
-        }
-    }
 }
 
 impl Peer {
@@ -47,8 +36,58 @@ pub enum Token {
     Admin,
 }
 
+/// Whether a request's Host header names this service: an IP address, `localhost`, this
+/// machine's name, or one of `http.hosts`. A browser tricked by DNS rebinding sends the
+/// attacker's name instead.
+pub fn host_allowed(host: &str, extra: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest
+            .split(']')
+            .next()
+            .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                n
+            } else {
+                host
+            }
+        })
+    };
+    let name = name.to_ascii_lowercase();
+    name.parse::<IpAddr>().is_ok()
+        || name == "localhost"
+        || extra.contains(&name)
+        || nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .is_some_and(|h| h.eq_ignore_ascii_case(&name))
+}
+
+/// A request a web page on another site made a browser send: its `Origin` is not this
+/// service, or the browser says so (`Sec-Fetch-Site: cross-site`). Tools such as curl send
+/// neither header.
+pub fn cross_site(headers: &HeaderMap, host: Option<&str>) -> bool {
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "cross-site")
+    {
+        return true;
+    }
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => false,
+        Some(origin) => {
+            let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+            host.is_none_or(|h| !h.eq_ignore_ascii_case(authority))
+        }
+    }
+}
+
 /// Checks `Authorization: Bearer …` against the token file (read at each request, so a
-/// new token takes effect at once). A wrong token is refused outright.
+/// new token takes effect at once; the file must be private). A wrong token is refused
+/// outright.
 pub fn token(headers: &HeaderMap, token_file: Option<&Path>) -> Result<Token, Refusal> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(Token::Absent);
@@ -65,20 +104,13 @@ pub fn token(headers: &HeaderMap, token_file: Option<&Path>) -> Result<Token, Re
             "no admin token is configured (set http.token_file in the manifest)",
         ));
     };
-    let expected = std::fs::read_to_string(file).map_err(|e| {
-        tracing::error!("cannot read the admin token file {}: {e}", file.display());
+    let expected = crate::secrets::read_private(file, "admin token", 16, 4096).map_err(|e| {
+        tracing::error!("{e}");
         Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "the admin token file cannot be read (see the service's log)",
+            "the admin token file cannot be used (see the service's log)",
         )
     })?;
-    let expected = expected.trim();
-    if expected.is_empty() {
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "the admin token file is empty: no admin token is accepted",
-        ));
-    }
     if same(given.trim().as_bytes(), expected.as_bytes()) {
         Ok(Token::Admin)
     } else {
@@ -87,13 +119,54 @@ pub fn token(headers: &HeaderMap, token_file: Option<&Path>) -> Result<Token, Re
 }
 
 /// Compares without stopping at the first difference, so timing tells nothing.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_that_name_this_service() {
+        let extra = vec!["boot.lab".to_string()];
+        for ok in [
+            "10.0.0.1:8080",
+            "10.0.0.1",
+            "[::1]:8081",
+            "localhost:8080",
+            "BOOT.lab:80",
+        ] {
+            assert!(host_allowed(ok, &extra), "{ok}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "evil.example",
+            "[nonsense]",
+            "boot.lab.evil.example",
+        ] {
+            assert!(!host_allowed(bad, &extra), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cross_site_requests_are_told_apart() {
+        let mut h = HeaderMap::new();
+        assert!(
+            !cross_site(&h, Some("10.0.0.1:8081")),
+            "curl sends no Origin"
+        );
+        h.insert(header::ORIGIN, "http://10.0.0.1:8081".parse().unwrap());
+        assert!(
+            !cross_site(&h, Some("10.0.0.1:8081")),
+            "the dashboard itself"
+        );
+        h.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
+        assert!(cross_site(&h, Some("10.0.0.1:8081")));
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-site", "cross-site".parse().unwrap());
+        assert!(cross_site(&h, Some("10.0.0.1:8081")));
+    }
 
     #[test]
     fn tokens_compare_whole() {
