@@ -284,6 +284,27 @@ pub fn reset(path: &Path) -> Result<Reset> {
         .read_exact_at(&mut raw, 0)
         .ok()
         .map(|()| Header::decode(&raw));
+    // Nobody may be using it: not a loop device (no process shows those), not a process.
+    if let Ok(loops) = crate::kernel::loopdev::Loops::list(&crate::kernel::loopdev::SysLoops) {
+        if let Some(l) = loops
+            .iter()
+            .find(|l| crate::fileid::same_file(&l.backing, path))
+        {
+            bail!(
+                "{} is attached to {}: it is in use, not reset (cowctl down first)",
+                path.display(),
+                l.dev.display()
+            );
+        }
+    }
+    let holders = crate::filekind::open_by(path).unwrap_or_default();
+    if !holders.is_empty() {
+        bail!(
+            "{} is open in {}: it is in use, not reset",
+            path.display(),
+            holders.join(", ")
+        );
+    }
     // Only a COW (or a file with no data yet) is wiped: an image whose first bytes
     // happen to be zero is not.
     if let crate::filekind::Kind::Other(what) = crate::filekind::classify(path)

@@ -49,6 +49,32 @@ pub fn classify(path: &Path) -> io::Result<Kind> {
     })
 }
 
+/// Processes other than this one that have `path` open, as "pid (command)".
+pub fn open_by(path: &Path) -> io::Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::metadata(path)?;
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for proc in std::fs::read_dir("/proc")?.flatten() {
+        let pid = proc.file_name().to_string_lossy().to_string();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(proc.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::metadata(fd.path())
+                .is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+        });
+        if holds {
+            let comm = std::fs::read_to_string(proc.path().join("comm")).unwrap_or_default();
+            out.push(format!("{pid} ({})", comm.trim()));
+        }
+    }
+    Ok(out)
+}
+
 enum Scan {
     Zeros,
     DataAt(u64),

@@ -10,6 +10,7 @@ pub mod cowfile;
 pub mod dm;
 pub mod durable;
 pub mod engine;
+pub mod fileid;
 pub mod filekind;
 pub mod iqn;
 pub mod iscsi;

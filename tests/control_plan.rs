@@ -481,3 +481,163 @@ fn without_device_mapper_apply_stops_and_status_reads_the_cow_files() {
     );
     assert_eq!(rows[1].used_sectors, None, "pc-2 has no COW yet");
 }
+
+/// Writes a block into a PC's COW through the engine, so a reset has something to lose.
+fn write_something(room: &Room, pc: &str) {
+    let engine = cowctl::cowfile::open_engine(
+        &room.dir.path().join("golden.img"),
+        &room.cow(pc),
+        None,
+        false,
+    )
+    .unwrap();
+    engine.write_at(&[1u8; 4096], 0).unwrap();
+    engine.flush().unwrap();
+}
+
+#[test]
+fn a_reset_acts_on_what_the_kernel_serves_not_on_an_edited_manifest() {
+    let room = Room::new();
+    room.apply().unwrap();
+    write_something(&room, "pc-1");
+    let before = std::fs::read(room.cow("pc-1")).unwrap();
+    std::fs::create_dir(room.dir.path().join("cow2")).unwrap();
+    // The manifest now points pc-1 at another COW; the kernel still serves the old one.
+    let err = room
+        .ctx_with(
+            |t| t.replace("/cow\n", "/cow2\n"),
+            |ctx, obs| reset::reset(ctx, obs, ctx.manifest.pc("pc-1").unwrap()),
+        )
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("the kernel serves the COW") && msg.contains("nothing is reset"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(room.cow("pc-1")).unwrap(),
+        before,
+        "the served COW is untouched"
+    );
+    assert!(!room
+        .fake
+        .log()
+        .iter()
+        .any(|l| l.contains("dm replace cowctl-pc-1")));
+}
+
+#[test]
+fn a_not_applied_reset_refuses_a_cow_that_a_loop_device_holds() {
+    let room = Room::new();
+    room.apply().unwrap();
+    // As if an apply stopped after attaching the COW: no snapshot, the loop still there.
+    room.fake.state().dm.remove("cowctl-pc-2");
+    let err = room
+        .ctx_do(|ctx, obs| reset::reset(ctx, obs, ctx.manifest.pc("pc-2").unwrap()))
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("is attached to /dev/loop"),
+        "{err:#}"
+    );
+}
+
+/// Leaves pc-1 as a reset that was killed after parking its device leaves it: the export
+/// paused, the device on an `error` table, the old COW set aside; `fresh_made` says
+/// whether the fresh COW was made before the end.
+fn interrupted_reset(room: &Room, fresh_made: bool) {
+    room.apply().unwrap();
+    write_something(room, "pc-1");
+    let k = room.fake.kernel();
+    let length = k.dm.table("cowctl-pc-1").unwrap().length;
+    k.configfs
+        .write("iscsi/iqn.2024-01.lan.test:pc-1/tpgt_1/enable", "0")
+        .unwrap();
+    k.dm.replace(
+        "cowctl-pc-1",
+        &cowctl::kernel::devmapper::Target::error(length),
+    )
+    .unwrap();
+    let discard = reset::discard_path(&room.cow("pc-1"));
+    std::fs::rename(room.cow("pc-1"), &discard).unwrap();
+    // The old COW's loop now shows the new name, as a real loop device does.
+    for l in room.fake.state().loops.iter_mut() {
+        if l.backing == room.cow("pc-1") {
+            l.backing = discard.clone();
+        }
+    }
+    if fresh_made {
+        cowctl::cowfile::create_empty(&room.cow("pc-1"), 2 << 20).unwrap();
+    }
+}
+
+#[test]
+fn apply_finishes_a_reset_that_stopped_half_way() {
+    let room = Room::new();
+    interrupted_reset(&room, true);
+    // Every command still works: status names the state.
+    let rows = room
+        .ctx_do(|ctx, obs| status::collect(ctx, obs, &ctx.manifest.pcs.iter().collect::<Vec<_>>()));
+    assert_eq!(rows[0].state, status::PcState::Parked);
+    assert!(rows[0].warn);
+    let plan = room.plan().unwrap();
+    assert!(
+        plan.contains(&Action::FinishReset { pc: "pc-1".into() }),
+        "{plan:#?}"
+    );
+    room.apply().unwrap();
+    let discard = reset::discard_path(&room.cow("pc-1"));
+    assert!(!discard.exists(), "the old COW is gone");
+    let s = room.fake.state();
+    assert_eq!(s.dm["cowctl-pc-1"].target.kind, "snapshot");
+    assert!(
+        !s.loops.iter().any(|l| l.backing == discard),
+        "its loop detached"
+    );
+    drop(s);
+    assert_eq!(
+        cowctl::cowfile::inspect(&room.cow("pc-1"), None)
+            .unwrap()
+            .state,
+        cowctl::cow::HeaderState::New,
+        "the PC starts from the golden image"
+    );
+    let rows = room
+        .ctx_do(|ctx, obs| status::collect(ctx, obs, &ctx.manifest.pcs.iter().collect::<Vec<_>>()));
+    assert_eq!(rows[0].state, status::PcState::Active);
+    assert!(
+        room.plan().unwrap().is_empty(),
+        "and a second apply does nothing"
+    );
+}
+
+#[test]
+fn reset_finishes_a_reset_that_stopped_before_its_fresh_cow() {
+    let room = Room::new();
+    interrupted_reset(&room, false);
+    assert!(!room.cow("pc-1").exists());
+    let r = room
+        .ctx_do(|ctx, obs| reset::reset(ctx, obs, ctx.manifest.pc("pc-1").unwrap()))
+        .unwrap();
+    assert!(r.live);
+    assert!(room.cow("pc-1").exists(), "a fresh COW was made");
+    assert!(!reset::discard_path(&room.cow("pc-1")).exists());
+    assert_eq!(room.fake.state().dm["cowctl-pc-1"].target.kind, "snapshot");
+    let enabled = room
+        .fake
+        .kernel()
+        .configfs
+        .read("iscsi/iqn.2024-01.lan.test:pc-1/tpgt_1/enable")
+        .unwrap();
+    assert_eq!(enabled.trim(), "1", "the export is back");
+}
+
+#[test]
+fn read_only_is_refused_on_the_kernel_backend() {
+    let room =
+        Room::with(|t| *t = t.replace("    shelf: 9\n", "    shelf: 9\n    read_only: true\n"));
+    let err = room.apply().unwrap_err();
+    assert!(
+        format!("{err:#}").contains("pc-3: read_only is served by the userspace engine only"),
+        "{err:#}"
+    );
+}

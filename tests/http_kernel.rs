@@ -121,7 +121,10 @@ fn boot_scripts_sanboot_each_pc_exactly_and_reset_on_boot() {
     // Another PC with pc-01's nonce gets its own script, and pc-01 is not reset.
     let stolen = get(PC2, room.http, path);
     assert!(stolen.body.contains("# cowctl: pc-02"), "{}", stolen.body);
-    assert!(room.fake.log().is_empty(), "pc-01's nonce from pc-02 resets nothing");
+    assert!(
+        room.fake.log().is_empty(),
+        "pc-01's nonce from pc-02 resets nothing"
+    );
     let r = get(PC1, room.http, path);
     assert_eq!(r.status, 200, "{}", r.body);
     // pc-01's own secret, derived from the master: it opens pc-01's disk only.

@@ -94,11 +94,31 @@ fn step(ctx: &Ctx, action: &Action) -> Result<()> {
         }
         Action::DetachLoop { dev, backing } => {
             k.loops.detach(dev)?;
-            // The old COW of an interrupted reset: the reset was asked for, so it goes.
-            if backing.extension().is_some_and(|e| e == "discard") {
-                let _ = std::fs::remove_file(backing);
+            // The old COW of an interrupted reset: the reset was asked for, so it goes —
+            // only a PC's own `<cow>.discard`, and only when it is a COW.
+            let discarded = ctx
+                .manifest
+                .pcs
+                .iter()
+                .any(|p| super::reset::discard_path(&p.cow) == *backing);
+            let a_cow = matches!(
+                crate::filekind::classify(backing),
+                Ok(crate::filekind::Kind::Cow | crate::filekind::Kind::Fresh)
+            );
+            if discarded && a_cow {
+                std::fs::remove_file(backing)
+                    .with_context(|| format!("cannot remove {}", backing.display()))?;
             }
             Ok(())
+        }
+        Action::FinishReset { pc: name } => {
+            let pc = ctx
+                .manifest
+                .pc(name)
+                .ok_or_else(|| anyhow!("{name} is not in the manifest"))?;
+            let obs = super::observe::Observed::read(k)?;
+            super::reset::finish_parked(ctx, &obs, pc, &dm_name(name), false)?;
+            super::sidecar::note_reset(&pc.cow)
         }
     }
 }

@@ -17,6 +17,9 @@ pub struct Observed {
     pub loops: Vec<LoopInfo>,
     /// cowctl's dm devices and their tables.
     pub dm: BTreeMap<String, TableLine>,
+    /// cowctl's devices parked on an `error` table by a reset that did not finish, with
+    /// their length in sectors.
+    pub parked: BTreeMap<String, u64>,
     pub targets: Vec<ObservedTarget>,
     pub vblades: Vec<RunningVblade>,
 }
@@ -38,13 +41,21 @@ impl Observed {
             Err(_) if !need_dm => Vec::new(),
             Err(e) => return Err(e),
         };
+        let mut parked = BTreeMap::new();
         for name in names {
-            let table = k.dm.table(&name)?;
+            let raw = k.dm.raw_table(&name)?;
+            let fields: Vec<&str> = raw.split_whitespace().collect();
+            if let ["0", length, "error", ..] = fields.as_slice() {
+                parked.insert(name, length.parse().unwrap_or(0));
+                continue;
+            }
+            let table = raw.parse().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             dm.insert(name, table);
         }
         Ok(Observed {
             loops: k.loops.list()?,
             dm,
+            parked,
             targets: Lio {
                 fs: k.configfs.as_ref(),
             }

@@ -66,6 +66,10 @@ pub enum Action {
         dev: PathBuf,
         backing: PathBuf,
     },
+    /// A reset stopped half way: give the PC a fresh snapshot, remove the old COW.
+    FinishReset {
+        pc: String,
+    },
 }
 
 impl Action {
@@ -92,6 +96,7 @@ impl fmt::Display for Action {
             Action::UnexportIscsi { target } => write!(f, "remove iSCSI target {target}"),
             Action::RemoveSnapshot { name } => write!(f, "remove dm snapshot {name}"),
             Action::DetachLoop { dev, backing } => write!(f, "detach {} ({})", dev.display(), backing.display()),
+            Action::FinishReset { pc } => write!(f, "finish the reset of {pc} that stopped half way (a fresh snapshot; its old COW goes)"),
         }
     }
 }
@@ -104,6 +109,14 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
     for pc in &ctx.manifest.pcs {
         let image = ctx.image(pc);
         let name = dm_name(&pc.name);
+        if obs.parked.contains_key(&name) {
+            // Its exports are checked below like any other PC's (a paused one is re-made).
+            actions.push(Action::FinishReset {
+                pc: pc.name.clone(),
+            });
+            export_actions(ctx, obs, pc, true, &mut actions);
+            continue;
+        }
         if !pc.cow.exists() {
             actions.push(Action::CreateCow {
                 pc: pc.name.clone(),
@@ -154,50 +167,14 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
                 }
             }
         }
-        match &pc.export {
-            Export::Iscsi { target, .. } => match obs.target(target.as_str()) {
-                None => actions.push(Action::ExportIscsi {
-                    pc: pc.name.clone(),
-                    target: target.to_string(),
-                }),
-                Some(t) => {
-                    let spec_ok = obs.dm.contains_key(&name)
-                        && super::apply::target_spec(ctx, pc, None)
-                            .is_ok_and(|spec| t.matches_ignoring_device(&spec));
-                    if !spec_ok {
-                        actions.push(Action::RecreateIscsi {
-                            pc: pc.name.clone(),
-                            target: target.to_string(),
-                        });
-                    }
-                }
-            },
-            Export::Aoe { .. } => {
-                let want = super::apply::vblade_spec(ctx, pc, None)
-                    .map(|s| s.args())
-                    .ok();
-                match obs.vblade(&pc.name) {
-                    Some(v) if want.as_ref().is_some_and(|w| same_vblade(w, &v.args)) => {}
-                    Some(_) => {
-                        actions.push(Action::StopVblade {
-                            pc: pc.name.clone(),
-                        });
-                        actions.push(Action::StartVblade {
-                            pc: pc.name.clone(),
-                            address: pc.export.to_string(),
-                        });
-                    }
-                    None => actions.push(Action::StartVblade {
-                        pc: pc.name.clone(),
-                        address: pc.export.to_string(),
-                    }),
-                }
-            }
-            Export::Nbd => {} // refused by preflight
-        }
+        export_actions(ctx, obs, pc, obs.dm.contains_key(&name), &mut actions);
     }
-    // A reset that was interrupted may have left the old COW set aside on its loop.
+    // A reset that was interrupted may have left the old COW set aside on its loop
+    // (FinishReset takes care of a parked PC's own).
     for pc in &ctx.manifest.pcs {
+        if obs.parked.contains_key(&dm_name(&pc.name)) {
+            continue;
+        }
         let discard = super::reset::discard_path(&pc.cow);
         if let Some(l) = obs.loops.iter().find(|l| l.backing == discard) {
             actions.push(Action::detach(l));
@@ -213,6 +190,51 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
         .collect();
     actions.extend(teardown(ctx, obs, &orphans, true));
     Ok(actions)
+}
+
+/// What the PC's export needs: made, re-made (it differs, or its device is new), or nothing.
+fn export_actions(ctx: &Ctx, obs: &Observed, pc: &Pc, device_up: bool, actions: &mut Vec<Action>) {
+    match &pc.export {
+        Export::Iscsi { target, .. } => match obs.target(target.as_str()) {
+            None => actions.push(Action::ExportIscsi {
+                pc: pc.name.clone(),
+                target: target.to_string(),
+            }),
+            Some(t) => {
+                let spec_ok = device_up
+                    && super::apply::target_spec(ctx, pc, None)
+                        .is_ok_and(|spec| t.matches_ignoring_device(&spec));
+                if !spec_ok {
+                    actions.push(Action::RecreateIscsi {
+                        pc: pc.name.clone(),
+                        target: target.to_string(),
+                    });
+                }
+            }
+        },
+        Export::Aoe { .. } => {
+            let want = super::apply::vblade_spec(ctx, pc, None)
+                .map(|s| s.args())
+                .ok();
+            match obs.vblade(&pc.name) {
+                Some(v) if want.as_ref().is_some_and(|w| same_vblade(w, &v.args)) => {}
+                Some(_) => {
+                    actions.push(Action::StopVblade {
+                        pc: pc.name.clone(),
+                    });
+                    actions.push(Action::StartVblade {
+                        pc: pc.name.clone(),
+                        address: pc.export.to_string(),
+                    });
+                }
+                None => actions.push(Action::StartVblade {
+                    pc: pc.name.clone(),
+                    address: pc.export.to_string(),
+                }),
+            }
+        }
+        Export::Nbd => {} // refused by preflight
+    }
 }
 
 /// A running vblade serves what the manifest asks when every argument but the last (the

@@ -10,20 +10,26 @@
 //! 4. load a fresh snapshot on it and resume I/O — the PC is back;
 //! 5. detach the old loop and delete `<cow>.discard`, which frees the space.
 //!
-//! A PC that is not applied just has its COW file reset in place.
+//! What is reset is what the kernel serves: the COW and image come from the live table and
+//! must be the manifest's, or nothing is touched. A reset that died half way (the device
+//! still parked, a `.discard` left) is finished by the next reset or apply. A PC that is
+//! not applied has its COW file reset in place, unless a loop device still holds it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
-use super::apply::{snapshot_target, vblade_spec};
+use super::apply::vblade_spec;
 use super::observe::Observed;
 use super::{dm_name, Ctx};
+use crate::dm::{DevRef, SnapshotTable, TableLine};
+use crate::fileid::same_file;
+use crate::filekind::{classify, Kind};
 use crate::kernel::devmapper::Target;
 use crate::kernel::lio::Lio;
-use crate::kernel::loopdev::{self, LoopInfo};
+use crate::kernel::loopdev::LoopInfo;
 use crate::manifest::{Export, Pc};
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -49,12 +55,24 @@ pub fn discard_path(cow: &Path) -> PathBuf {
 pub fn reset(ctx: &Ctx, obs: &Observed, pc: &Pc) -> Result<Reset> {
     let start = Instant::now();
     let name = dm_name(&pc.name);
-    let live = obs.dm.contains_key(&name);
-    let paused = if live {
-        live_reset(ctx, obs, pc, &name)?
+    let (live, paused) = if obs.parked.contains_key(&name) {
+        // A reset died half way: finishing it is this reset.
+        (true, finish_parked(ctx, obs, pc, &name, true)?)
+    } else if obs.dm.contains_key(&name) {
+        (true, live_reset(ctx, obs, pc, &name)?)
     } else {
+        if let Some(l) = obs.loops.iter().find(|l| same_file(&l.backing, &pc.cow)) {
+            bail!(
+                "{}'s COW {} is attached to {} though no snapshot of {} uses it (a half-made apply?): run cowctl apply or cowctl down {} first",
+                pc.name,
+                pc.cow.display(),
+                l.dev.display(),
+                pc.name,
+                pc.name
+            );
+        }
         crate::cowfile::reset(&pc.cow)?;
-        start.elapsed()
+        (false, start.elapsed())
     };
     super::sidecar::note_reset(&pc.cow)?;
     Ok(Reset {
@@ -66,17 +84,47 @@ pub fn reset(ctx: &Ctx, obs: &Observed, pc: &Pc) -> Result<Reset> {
     })
 }
 
+fn loop_of<'a>(obs: &'a Observed, d: &DevRef) -> Option<&'a LoopInfo> {
+    obs.loops.iter().find(|l| {
+        d.to_string() == l.number.to_string() || d.to_string() == l.dev.display().to_string()
+    })
+}
+
 /// Returns how long the PC's I/O was paused.
 fn live_reset(ctx: &Ctx, obs: &Observed, pc: &Pc, name: &str) -> Result<Duration> {
     let k = ctx.kernel;
     let lio = Lio {
         fs: k.configfs.as_ref(),
     };
-    let old_table = snapshot_target(ctx, pc)?;
-    let loops = k.loops.list()?;
-    let old_loop = loopdev::find(&loops, &pc.cow, false)
-        .cloned()
-        .ok_or_else(|| anyhow!("{}'s COW is not on a loop device", pc.name))?;
+    let table = &obs.dm[name];
+    let old_loop = loop_of(obs, &table.snapshot.cow).cloned().ok_or_else(|| {
+        anyhow!(
+            "{}'s snapshot {name} takes its COW from {}, which is no loop device: cowctl resets only what it set up",
+            pc.name,
+            table.snapshot.cow
+        )
+    })?;
+    // The file to be thrown away is the one the kernel uses, and it must be the manifest's.
+    if !same_file(&old_loop.backing, &pc.cow) {
+        bail!(
+            "{}: the kernel serves the COW {} but the manifest says {}; nothing is reset (run cowctl apply, or cowctl down {}, first)",
+            pc.name,
+            old_loop.backing.display(),
+            pc.cow.display(),
+            pc.name
+        );
+    }
+    let image = ctx.image(pc);
+    if let Some(origin) = loop_of(obs, &table.snapshot.origin) {
+        if !same_file(&origin.backing, &image.path) {
+            bail!(
+                "{}: the kernel serves golden image {} but the manifest says {}; nothing is reset (run cowctl apply first)",
+                pc.name,
+                origin.backing.display(),
+                image.path.display()
+            );
+        }
+    }
     let discard = discard_path(&pc.cow);
     let size = std::fs::metadata(&pc.cow)
         .with_context(|| format!("cannot read {}", pc.cow.display()))?
@@ -91,74 +139,170 @@ fn live_reset(ctx: &Ctx, obs: &Observed, pc: &Pc, name: &str) -> Result<Duration
         Export::Aoe { .. } if obs.vblade(&pc.name).is_some() => k.vblade.stop(&pc.name)?,
         _ => {}
     }
-    let swapped = swap(ctx, pc, name, &old_table, &old_loop, &discard, size);
+    let swapped = swap(ctx, pc, name, table, &discard, size);
     // 4b. Resume I/O whatever happened, so a failed reset leaves the PC as it was.
-    let restarted = match &pc.export {
-        Export::Iscsi { target, .. } if obs.target(target.as_str()).is_some() => {
-            lio.set_enabled(target.as_str(), true)
-        }
-        Export::Aoe { .. } if obs.vblade(&pc.name).is_some() => {
-            k.dm.node(name, &ctx.node_dir()).and_then(|device| {
-                k.vblade
-                    .start(&vblade_spec(ctx, pc, Some(device))?)
-                    .map(drop)
-            })
-        }
-        _ => Ok(()),
-    };
+    let restarted = resume_export(ctx, pc, name, Resume::WhatWasThere(obs));
     let paused = paused.elapsed();
     swapped.with_context(|| format!("resetting {}", pc.name))?;
     restarted.with_context(|| format!("re-exporting {} after its reset", pc.name))?;
     // 5. Free the old COW now that the PC is back.
     k.loops.detach(&old_loop.dev)?;
-    std::fs::remove_file(&discard)
-        .with_context(|| format!("cannot remove {}", discard.display()))?;
+    remove_discard(&discard)?;
     Ok(paused)
+}
+
+/// Which exports to bring back after the snapshot is loaded again.
+enum Resume<'a> {
+    /// Those that were there before the reset paused them.
+    WhatWasThere(&'a Observed),
+    /// Every export the PC has in the kernel (after a reset that died with them paused).
+    All(&'a Observed),
+}
+
+fn resume_export(ctx: &Ctx, pc: &Pc, name: &str, what: Resume<'_>) -> Result<()> {
+    let k = ctx.kernel;
+    let (obs, any_vblade) = match what {
+        Resume::WhatWasThere(o) => (o, false),
+        Resume::All(o) => (o, true),
+    };
+    match &pc.export {
+        Export::Iscsi { target, .. } if obs.target(target.as_str()).is_some() => Lio {
+            fs: k.configfs.as_ref(),
+        }
+        .set_enabled(target.as_str(), true),
+        Export::Aoe { .. } if any_vblade || obs.vblade(&pc.name).is_some() => {
+            if k.vblade.list()?.iter().any(|v| v.pc == pc.name) {
+                return Ok(());
+            }
+            let device = k.dm.node(name, &ctx.node_dir())?;
+            k.vblade
+                .start(&vblade_spec(ctx, pc, Some(device))?)
+                .map(drop)
+        }
+        _ => Ok(()),
+    }
 }
 
 fn swap(
     ctx: &Ctx,
     pc: &Pc,
     name: &str,
-    old_table: &Target,
-    old_loop: &LoopInfo,
+    table: &TableLine,
     discard: &Path,
     size: u64,
 ) -> Result<()> {
     let k = ctx.kernel;
+    let old_table = Target::snapshot(table);
     // 2. Park the device: the old snapshot is destroyed, nothing can write.
-    k.dm.replace(name, &Target::error(old_table.length))?;
-    // 3. A fresh COW at the same path, the old one set aside.
+    k.dm.replace(name, &Target::error(table.length))?;
+    // 3. A fresh COW at the same path, the old one set aside (never over another file).
+    let mut created = false;
     let fresh = (|| -> Result<LoopInfo> {
-        std::fs::rename(&pc.cow, discard)
-            .with_context(|| format!("cannot move {} aside", pc.cow.display()))?;
+        crate::durable::rename_new(&pc.cow, discard).with_context(|| {
+            format!(
+                "cannot move {} aside to {}",
+                pc.cow.display(),
+                discard.display()
+            )
+        })?;
         crate::cowfile::create_empty(&pc.cow, size)?;
+        created = true;
         k.loops.attach(&pc.cow, false)
     })();
     match fresh {
         // 4. A fresh snapshot on the fresh COW (magic 0: the kernel starts a new store).
         Ok(new_loop) => {
-            let params = old_table.params.replacen(
-                &old_loop.dev.display().to_string(),
-                &new_loop.dev.display().to_string(),
-                1,
-            );
-            k.dm.replace(
-                name,
-                &Target {
-                    params,
-                    ..old_table.clone()
-                },
-            )
+            let mut line = table.clone();
+            line.snapshot.cow = DevRef::Path(new_loop.dev.display().to_string());
+            k.dm.replace(name, &Target::snapshot(&line))
         }
         // Put everything back as it was.
         Err(e) => {
             if discard.exists() {
-                let _ = std::fs::remove_file(&pc.cow);
-                let _ = std::fs::rename(discard, &pc.cow);
+                if created {
+                    let _ = std::fs::remove_file(&pc.cow);
+                }
+                let _ = crate::durable::rename_new(discard, &pc.cow);
             }
-            k.dm.replace(name, old_table)?;
+            k.dm.replace(name, &old_table)?;
             Err(e)
         }
     }
+}
+
+/// Deletes a COW that a reset set aside, after checking it is one.
+pub fn remove_discard(discard: &Path) -> Result<()> {
+    match classify(discard) {
+        Ok(Kind::Cow | Kind::Fresh) => std::fs::remove_file(discard)
+            .with_context(|| format!("cannot remove {}", discard.display())),
+        Ok(Kind::Other(what)) => bail!(
+            "{} is not a COW (it looks like {what}): it is left where it is",
+            discard.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", discard.display())),
+    }
+}
+
+/// Finishes a reset that stopped with the device parked on its `error` table: the PC gets
+/// a fresh snapshot (on the fresh COW the reset made, or one made now), its export back
+/// (`re_export`; apply re-creates exports itself), and the old COW goes. Returns how long
+/// it took.
+pub fn finish_parked(
+    ctx: &Ctx,
+    obs: &Observed,
+    pc: &Pc,
+    name: &str,
+    re_export: bool,
+) -> Result<Duration> {
+    let start = Instant::now();
+    let k = ctx.kernel;
+    let discard = discard_path(&pc.cow);
+    if !pc.cow.exists() {
+        let size = std::fs::metadata(&discard)
+            .map(|m| m.len())
+            .unwrap_or(pc.cow_size.bytes());
+        crate::cowfile::create_empty(&pc.cow, size)?;
+    } else if let Kind::Other(what) = classify(&pc.cow)? {
+        bail!(
+            "{}: {} is not a COW file (it looks like {what}); the interrupted reset is not finished",
+            pc.name,
+            pc.cow.display()
+        );
+    }
+    let loops = k.loops.list()?;
+    let cow_loop = match loops.iter().find(|l| same_file(&l.backing, &pc.cow)) {
+        Some(l) => l.clone(),
+        None => k.loops.attach(&pc.cow, false)?,
+    };
+    let image = ctx.image(pc);
+    let origin = match loops
+        .iter()
+        .find(|l| l.read_only && same_file(&l.backing, &image.path))
+    {
+        Some(l) => l.clone(),
+        None => k.loops.attach(&image.path, true)?,
+    };
+    let line = TableLine {
+        start: 0,
+        length: obs.parked[name],
+        snapshot: SnapshotTable {
+            origin: DevRef::Path(origin.dev.display().to_string()),
+            cow: DevRef::Path(cow_loop.dev.display().to_string()),
+            mode: pc.overflow,
+            chunk_sectors: pc.chunk_sectors(),
+            features: Vec::new(),
+        },
+    };
+    k.dm.replace(name, &Target::snapshot(&line))
+        .with_context(|| format!("finishing {}'s interrupted reset", pc.name))?;
+    if re_export {
+        resume_export(ctx, pc, name, Resume::All(obs))?;
+    }
+    for l in loops.iter().filter(|l| same_file(&l.backing, &discard)) {
+        k.loops.detach(&l.dev)?;
+    }
+    remove_discard(&discard)?;
+    tracing::info!("{}: finished an interrupted reset", pc.name);
+    Ok(start.elapsed())
 }

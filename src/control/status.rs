@@ -18,6 +18,8 @@ pub enum PcState {
     Invalid,
     MergeFailed,
     NotApplied,
+    /// A reset stopped half way: the device fails all I/O until `apply` or `reset`.
+    Parked,
     Unknown,
 }
 
@@ -34,6 +36,7 @@ impl PcState {
             PcState::Invalid => "invalid",
             PcState::MergeFailed => "merge failed",
             PcState::NotApplied => "not applied",
+            PcState::Parked => "reset interrupted",
             PcState::Unknown => "unknown",
         }
     }
@@ -81,7 +84,9 @@ pub fn collect(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<PcStatus> {
 
 fn one(ctx: &Ctx, obs: &Observed, pc: &Pc) -> PcStatus {
     let name = dm_name(&pc.name);
-    let (state, usage) = if obs.dm.contains_key(&name) {
+    let (state, usage) = if obs.parked.contains_key(&name) {
+        (PcState::Parked, None)
+    } else if obs.dm.contains_key(&name) {
         match ctx.kernel.dm.status(&name).map(|s| s.status) {
             Ok(SnapshotStatus::Usage(u)) => (PcState::Active, Some(u)),
             Ok(SnapshotStatus::Overflow) => (PcState::Overflow, None),
@@ -157,7 +162,7 @@ pub fn row(
     });
     let warn = matches!(
         state,
-        PcState::Overflow | PcState::Invalid | PcState::MergeFailed
+        PcState::Overflow | PcState::Invalid | PcState::MergeFailed | PcState::Parked
     ) || risk_percent.is_some_and(|p| p >= manifest.warn_percent);
     let history = super::sidecar::read(&pc.cow).ok().flatten();
     PcStatus {

@@ -46,7 +46,13 @@ pub trait DeviceMapper {
     fn remove(&self, name: &str) -> Result<()>;
     fn number(&self, name: &str) -> Result<DevNum>;
     /// The active table of a snapshot device (devices as major:minor).
-    fn table(&self, name: &str) -> Result<TableLine>;
+    /// The device's table as the kernel prints it: "start length kind params".
+    fn raw_table(&self, name: &str) -> Result<String>;
+    fn table(&self, name: &str) -> Result<TableLine> {
+        self.raw_table(name)?
+            .parse()
+            .map_err(|e| anyhow!("{name}: {e}"))
+    }
     fn status(&self, name: &str) -> Result<StatusLine>;
     /// A block device node for `name`: devtmpfs's /dev/dm-N, or one made under `dir` when
     /// there is none (nothing waits for udev to make /dev/mapper nodes).
@@ -205,7 +211,7 @@ impl DeviceMapper for IoctlDm {
         })
     }
 
-    fn table(&self, name: &str) -> Result<TableLine> {
+    fn raw_table(&self, name: &str) -> Result<String> {
         let (dm, id) = self.device(name)?;
         let (_, rows) = dm
             .table_status(
@@ -213,8 +219,7 @@ impl DeviceMapper for IoctlDm {
                 DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
             )
             .with_context(|| format!("cannot read the table of {name}"))?;
-        let l = line(name, rows)?;
-        l.parse().map_err(|e| anyhow!("{name}: {e}"))
+        line(name, rows)
     }
 
     fn status(&self, name: &str) -> Result<StatusLine> {

@@ -2,7 +2,6 @@
 //! reporting every error at once, each as `file:line:column: field: message`.
 
 mod expand;
-mod files;
 mod positions;
 mod raw;
 mod types;
@@ -848,10 +847,10 @@ impl Builder {
         iscsi: Option<&IscsiConfig>,
         http: Option<&HttpConfig>,
     ) {
-        let mut owned: Vec<(files::Identity, String)> = Vec::new();
+        let mut owned: Vec<(crate::fileid::Identity, String)> = Vec::new();
         for img in images.values() {
             owned.push((
-                files::identity(&img.path),
+                crate::fileid::identity(&img.path),
                 format!(
                     "golden image {} (images.{}.path)",
                     img.path.display(),
@@ -866,27 +865,33 @@ impl Builder {
                 std::path::PathBuf::from(p)
             };
             owned.push((
-                files::identity(&cow(".golden")),
+                crate::fileid::identity(&cow(".golden")),
                 format!("{}'s golden-image record", pc.name),
             ));
             owned.push((
-                files::identity(&cow(".discard")),
+                crate::fileid::identity(&cow(".discard")),
                 format!("the old COW a reset of {} sets aside", pc.name),
             ));
         }
         if let Some(c) = iscsi.and_then(|i| i.chap.as_ref()) {
             owned.push((
-                files::identity(&c.secret_file),
+                crate::fileid::identity(&c.secret_file),
                 "the CHAP secret file".into(),
             ));
             if let Some(m) = &c.mutual_secret_file {
-                owned.push((files::identity(m), "the mutual CHAP secret file".into()));
+                owned.push((
+                    crate::fileid::identity(m),
+                    "the mutual CHAP secret file".into(),
+                ));
             }
         }
         if let Some(t) = http.and_then(|h| h.token_file.as_ref()) {
-            owned.push((files::identity(t), "the admin token file".into()));
+            owned.push((crate::fileid::identity(t), "the admin token file".into()));
         }
-        let cows: Vec<files::Identity> = pcs.iter().map(|p| files::identity(&p.cow)).collect();
+        let cows: Vec<crate::fileid::Identity> = pcs
+            .iter()
+            .map(|p| crate::fileid::identity(&p.cow))
+            .collect();
         for (i, (pc, id)) in pcs.iter().zip(&cows).enumerate() {
             let clash = owned
                 .iter()

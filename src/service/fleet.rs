@@ -110,6 +110,12 @@ impl Fleet for KernelFleet {
             let _lock = lock::acquire(&ctx.run_dir, &format!("reset {name}"))?;
             let pc = pc(ctx.manifest, name)?;
             let obs = Observed::read(ctx.kernel)?;
+            // Over HTTP only what the kernel serves is reset: a PC that is not applied has
+            // nothing to reset there, whatever the manifest file says now.
+            let dm = dm_name(name);
+            if !obs.dm.contains_key(&dm) && !obs.parked.contains_key(&dm) {
+                anyhow::bail!("{name} is not applied: there is no served disk to reset");
+            }
             crate::control::reset::reset(ctx, &obs, pc)
         })
     }

@@ -239,8 +239,7 @@ impl Service {
             .quiesce(|old| swap_in_fresh_cow(m, pc, old, &discard))
             .with_context(|| format!("resetting {}", pc.name))?;
         sidecar::note_reset(&pc.cow)?;
-        std::fs::remove_file(&discard)
-            .with_context(|| format!("cannot remove {}", discard.display()))?;
+        crate::control::reset::remove_discard(&discard)?;
         Ok(Reset {
             pc: pc.name.clone(),
             live: true,
@@ -346,8 +345,13 @@ fn swap_in_fresh_cow(
             return (Some(old), Err(e));
         }
     };
-    if let Err(e) = std::fs::rename(&pc.cow, discard) {
-        let e = anyhow::Error::new(e).context(format!("cannot move {} aside", pc.cow.display()));
+    // Never over another file: a `.discard` that is there already stays.
+    if let Err(e) = crate::durable::rename_new(&pc.cow, discard) {
+        let e = anyhow::Error::new(e).context(format!(
+            "cannot move {} aside to {}",
+            pc.cow.display(),
+            discard.display()
+        ));
         return (Some(old), Err(e));
     }
     let fresh = crate::cowfile::create_empty(&pc.cow, size).and_then(|()| open(m, pc));
@@ -359,7 +363,7 @@ fn swap_in_fresh_cow(
         Err(e) => {
             // The old engine still has its file open: put the name back and keep serving it.
             let _ = std::fs::remove_file(&pc.cow);
-            match std::fs::rename(discard, &pc.cow) {
+            match crate::durable::rename_new(discard, &pc.cow) {
                 Ok(()) => (Some(old), Err(e)),
                 Err(e2) => (
                     Some(old),

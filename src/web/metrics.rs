@@ -14,12 +14,13 @@ use crate::control::status::{PcState, PcStatus};
 
 type Labels = Vec<(String, String)>;
 
-const STATES: [PcState; 6] = [
+const STATES: [PcState; 7] = [
     PcState::Active,
     PcState::Overflow,
     PcState::Invalid,
     PcState::MergeFailed,
     PcState::NotApplied,
+    PcState::Parked,
     PcState::Unknown,
 ];
 

@@ -22,7 +22,11 @@ pub fn request(
     s.bind(&SocketAddr::new(from, 0).into()).unwrap();
     s.connect(&to.into()).unwrap();
     let mut stream: std::net::TcpStream = s.into();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    // A Host of the test's own, or the address asked.
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {to}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

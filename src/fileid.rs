@@ -17,6 +17,11 @@ impl Identity {
     }
 }
 
+/// Whether two paths name the same file.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    identity(a).same(&identity(b))
+}
+
 pub fn identity(path: &Path) -> Identity {
     let inode = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
     Identity {
