@@ -397,3 +397,73 @@ fn open_mode_lets_any_initiator_in() {
     site.ok(&["down"]);
     assert_clean(site.dir.path());
 }
+
+#[test]
+#[ignore = "needs the real kernel: scripts/test-kernel.sh"]
+fn a_reset_killed_half_way_is_finished_by_apply_and_an_edited_manifest_resets_nothing() {
+    let site = Site::new();
+    let iscsid = Iscsid::start();
+    site.ok(&["apply"]);
+    iscsid.iface("pc1", INIT1);
+    let disk = iscsid
+        .login("pc1", TARGET1, Some(("lab", &secret("pc-1"))))
+        .unwrap();
+    write_device(&disk, 0, &vec![0x5a; 1 << 20]);
+    iscsid.logout("pc1", TARGET1);
+    let cow = site.dir.path().join("cow/pc-1.cow");
+
+    // The manifest is edited to point pc-1 elsewhere but not applied: a reset would wipe
+    // the wrong file, so nothing is reset.
+    std::fs::create_dir(site.dir.path().join("cow2")).unwrap();
+    let text = std::fs::read_to_string(site.manifest()).unwrap();
+    std::fs::write(site.manifest(), text.replace("/cow\n", "/cow2\n")).unwrap();
+    let out = site.cowctl(&["reset", "pc-1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the kernel serves the COW"), "{err}");
+    std::fs::write(site.manifest(), text).unwrap();
+
+    // What a reset killed after step 3 leaves: the TPG disabled, the device on an error
+    // table, the old COW renamed aside (its loop keeps it), a fresh COW not yet attached.
+    let tpg = format!("/sys/kernel/config/target/iscsi/{TARGET1}/tpgt_1/enable");
+    std::fs::write(&tpg, "0").unwrap();
+    let table = sh("dmsetup", &["table", "cowctl-pc-1"]);
+    let sectors = table.split_whitespace().nth(1).unwrap().to_string();
+    sh(
+        "dmsetup",
+        &[
+            "load",
+            "cowctl-pc-1",
+            "--table",
+            &format!("0 {sectors} error"),
+        ],
+    );
+    sh("dmsetup", &["resume", "cowctl-pc-1"]);
+    let discard = site.dir.path().join("cow/pc-1.cow.discard");
+    std::fs::rename(&cow, &discard).unwrap();
+    cowctl::cowfile::create_empty(&cow, 4 << 20).unwrap();
+
+    // Every command still works and says what happened.
+    let rows = site.status();
+    assert_eq!(rows[0]["state"], "parked", "{rows:?}");
+    let plan = site.ok(&["plan"]);
+    assert!(plan.contains("finish the reset of pc-1"), "{plan}");
+    site.ok(&["apply"]);
+    assert!(!discard.exists(), "the old COW is gone");
+    let loops = sh("losetup", &["-a"]);
+    assert!(
+        !loops.contains("pc-1.cow.discard"),
+        "its loop is detached: {loops}"
+    );
+    let disk = iscsid
+        .login("pc1", TARGET1, Some(("lab", &secret("pc-1"))))
+        .unwrap();
+    assert!(
+        read_device(&disk) == site.golden,
+        "pc-1 reads the golden image"
+    );
+    iscsid.logout("pc1", TARGET1);
+    assert!(site.ok(&["apply"]).contains("nothing to do"));
+    site.ok(&["down"]);
+    assert_clean(site.dir.path());
+}
