@@ -61,7 +61,16 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
             }
             2 if v.len() >= 4 => {
                 // An interesting 32-bit value (a length, an offset, a count).
-                let vals = [0u32, 1, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 0x0100_0000, 512, 0xffff];
+                let vals = [
+                    0u32,
+                    1,
+                    0x7fff_ffff,
+                    0x8000_0000,
+                    0xffff_ffff,
+                    0x0100_0000,
+                    512,
+                    0xffff,
+                ];
                 let i = rng.below(v.len() - 3);
                 v[i..i + 4].copy_from_slice(&vals[rng.below(vals.len())].to_be_bytes());
             }
@@ -249,7 +258,12 @@ impl Portal for OnePc {
     fn directory(&self) -> &dyn Directory {
         self
     }
-    fn attach(&self, _: &Established, _: SocketAddr, _: Box<dyn Fn() + Send>) -> Result<Attachment, LoginStatus> {
+    fn attach(
+        &self,
+        _: &Established,
+        _: SocketAddr,
+        _: Box<dyn Fn() + Send>,
+    ) -> Result<Attachment, LoginStatus> {
         Ok(Attachment {
             lu: Arc::new(Lu::new(
                 Identity::for_pc("pc", TARGET),
@@ -350,14 +364,28 @@ fn iscsi_seeds() -> Vec<Vec<u8>> {
     s.extend(command(2, 2, &rw10(0x28, 8, 4), 2048, true, &[]));
     s.extend(command(3, 3, &rw10(0x2a, 0, 32), 16384, false, &[7; 4096]));
     s.extend(data_out(3, 1, 4096, &[8; 12288]));
-    s.extend(command(4, 4, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, false, &[]));
+    s.extend(command(
+        4,
+        4,
+        &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        0,
+        false,
+        &[],
+    ));
     seeds.push(s);
     let mut s = lead.clone();
     let mut unmap = vec![0, 22, 0, 16, 0, 0, 0, 0];
     unmap.extend_from_slice(&8u64.to_be_bytes());
     unmap.extend_from_slice(&16u32.to_be_bytes());
     unmap.extend_from_slice(&[0; 4]);
-    s.extend(command(1, 1, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], 24, false, &unmap));
+    s.extend(command(
+        1,
+        1,
+        &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0],
+        24,
+        false,
+        &unmap,
+    ));
     let mut ws = vec![0x93, 0x08];
     ws.extend_from_slice(&0u64.to_be_bytes());
     ws.extend_from_slice(&64u32.to_be_bytes());
@@ -384,14 +412,39 @@ fn iscsi_seeds() -> Vec<Vec<u8>> {
 }
 
 fn login_seeds() -> Vec<Vec<u8>> {
-    let mut chap = login(0, 1, true, "InitiatorName=iqn.x:i;TargetName=iqn.2024-01.lan.fuzz:pc;AuthMethod=CHAP,None;");
+    let mut chap = login(
+        0,
+        1,
+        true,
+        "InitiatorName=iqn.x:i;TargetName=iqn.2024-01.lan.fuzz:pc;AuthMethod=CHAP,None;",
+    );
     chap.extend(login(0, 1, false, "CHAP_A=5;"));
-    chap.extend(login(0, 1, true, "CHAP_N=pc;CHAP_R=0x00112233445566778899aabbccddeeff;CHAP_I=1;CHAP_C=0x0102030405060708;"));
-    chap.extend(login(1, 3, true, "HeaderDigest=CRC32C,None;DataDigest=None;MaxRecvDataSegmentLength=8192;"));
-    let discovery = login(0, 3, true, "InitiatorName=iqn.x:i;SessionType=Discovery;AuthMethod=None;");
+    chap.extend(login(
+        0,
+        1,
+        true,
+        "CHAP_N=pc;CHAP_R=0x00112233445566778899aabbccddeeff;CHAP_I=1;CHAP_C=0x0102030405060708;",
+    ));
+    chap.extend(login(
+        1,
+        3,
+        true,
+        "HeaderDigest=CRC32C,None;DataDigest=None;MaxRecvDataSegmentLength=8192;",
+    ));
+    let discovery = login(
+        0,
+        3,
+        true,
+        "InitiatorName=iqn.x:i;SessionType=Discovery;AuthMethod=None;",
+    );
     let mut cont = login(0, 1, false, "InitiatorName=iqn.x:i;TargetNa");
     cont[1] |= 0x40;
-    cont.extend(login(0, 1, true, "me=iqn.2024-01.lan.fuzz:pc;AuthMethod=CHAP;"));
+    cont.extend(login(
+        0,
+        1,
+        true,
+        "me=iqn.2024-01.lan.fuzz:pc;AuthMethod=CHAP;",
+    ));
     vec![chap, discovery, cont]
 }
 
@@ -495,7 +548,13 @@ fn targets() -> Vec<Target> {
                 let disk = MemDisk::new();
                 let mut r = BufReader::new(input);
                 let mut w: Vec<u8> = Vec::new();
-                let _ = nbd::serve(&mut r, &mut w, disk.as_ref(), DISK, input.first() == Some(&0));
+                let _ = nbd::serve(
+                    &mut r,
+                    &mut w,
+                    disk.as_ref(),
+                    DISK,
+                    input.first() == Some(&0),
+                );
                 disk.outside.load(Ordering::Relaxed)
             }),
         },
@@ -569,12 +628,18 @@ fn main() {
             match catch_unwind(AssertUnwindSafe(|| (t.run)(&input))) {
                 Ok(n) if n > 0 => {
                     outside += n;
-                    let _ = std::fs::write(out_dir.join(format!("{}-outside-{i}.bin", t.name.replace(' ', "-"))), &input);
+                    let _ = std::fs::write(
+                        out_dir.join(format!("{}-outside-{i}.bin", t.name.replace(' ', "-"))),
+                        &input,
+                    );
                 }
                 Ok(_) => {}
                 Err(_) => {
                     crashes += 1;
-                    let _ = std::fs::write(out_dir.join(format!("{}-crash-{i}.bin", t.name.replace(' ', "-"))), &input);
+                    let _ = std::fs::write(
+                        out_dir.join(format!("{}-crash-{i}.bin", t.name.replace(' ', "-"))),
+                        &input,
+                    );
                 }
             }
         }
@@ -587,7 +652,10 @@ fn main() {
         bad |= crashes > 0 || outside > 0;
     }
     if bad {
-        eprintln!("fuzz: crashes or out-of-bounds I/O; inputs kept in {}", out_dir.display());
+        eprintln!(
+            "fuzz: crashes or out-of-bounds I/O; inputs kept in {}",
+            out_dir.display()
+        );
         std::process::exit(1);
     }
 }
