@@ -16,54 +16,20 @@ scripts/provision.sh --tests >/dev/null
 cargo build --release --quiet --bins
 work=$(mktemp -d /var/tmp/cowctl-bench.XXXXXX)
 gcc -O2 -Wall -o "$work/iscsi-bench" scripts/bench/iscsi-bench.c -liscsi
-tgtd_pid=
+source scripts/lib/iscsi.sh
 export COWCTL_RUN_DIR=$work/run COWCTL_MANIFEST=$work/room.yaml
 cleanup() {
     target/release/cowctl down >/dev/null 2>&1 || true
-    if [[ -n $tgtd_pid ]]; then { kill -9 "$tgtd_pid"; wait "$tgtd_pid"; } 2>/dev/null || true; fi
+    stop_tgt
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 echo "bench-iscsi: making a 1 GiB golden image of random data in $work" >&2
 head -c $((1 << 30)) /dev/urandom >"$work/golden.img"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cow_port=$(free_port) tgt_port=$(free_port) nbd_port=$(free_port)
-
-mkdir "$work/cow"
-cat >"$COWCTL_MANIFEST" <<EOF
-backend: userspace
-images:
-  g:
-    path: $work/golden.img
-defaults:
-  image: g
-  cow_dir: $work/cow
-  cow_size: 2GiB
-  chunk: $chunk
-iscsi:
-  iqn_prefix: iqn.2024-01.lan.bench
-  portals: ["127.0.0.1:$cow_port"]
-  acl: open
-nbd:
-  listen: 127.0.0.1:$nbd_port
-  socket: $work/nbd.sock
-pcs:
-  - name: pc
-EOF
-target/release/cowctl apply >/dev/null
-cowctl_url=iscsi://127.0.0.1:$cow_port/iqn.2024-01.lan.bench:pc/0
-
+serve_room "$work" iqn.2024-01.lan.bench pc 2GiB "$chunk"
 cp --sparse=always "$work/golden.img" "$work/raw.img"
-control=$((20000 + RANDOM % 10000))
-tgtd -C "$control" -f --iscsi "portal=127.0.0.1:$tgt_port" >"$work/tgtd.log" 2>&1 &
-tgtd_pid=$!
-for _ in $(seq 50); do tgtadm -C "$control" --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
-tgtadm -C "$control" --lld iscsi --op new --mode target --tid 1 -T iqn.2024-01.lan.bench:tgt
-tgtadm -C "$control" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/raw.img"
-tgtadm -C "$control" --lld iscsi --op bind --mode target --tid 1 -I ALL
-tgt_url=iscsi://127.0.0.1:$tgt_port/iqn.2024-01.lan.bench:tgt/1
-
+start_tgt "$work/raw.img" iqn.2024-01.lan.bench:tgt "$work/tgtd.log"
 
 jobs=("randwrite 4096 16" "randread 4096 16" "seqread 1048576 4")
 declare -A iops mbps

@@ -12,52 +12,20 @@ out=$repo/test-outputs/iscsi-conformance
 rm -rf "$out"
 mkdir -p "$out"
 work=$(mktemp -d /tmp/cowctl-conformance.XXXXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cow_port=$(free_port) tgt_port=$(free_port) nbd_port=$(free_port)
-tgt_control=$((20000 + RANDOM % 10000))
+source scripts/lib/iscsi.sh
 export COWCTL_RUN_DIR=$work/run COWCTL_MANIFEST=$work/room.yaml
-tgtd_pid=
 cleanup() {
     target/release/cowctl down >/dev/null 2>&1 || true
-    if [[ -n $tgtd_pid ]]; then { kill -9 "$tgtd_pid"; wait "$tgtd_pid"; } 2>/dev/null || true; fi
+    stop_tgt
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 # The same 256 MiB disk for both: a golden image under a COW for cowctl, a plain file for tgt.
 truncate -s 256M "$work/golden.img" "$work/plain.img"
-mkdir "$work/cow"
-cat >"$COWCTL_MANIFEST" <<EOF
-backend: userspace
-images:
-  g:
-    path: $work/golden.img
-defaults:
-  image: g
-  cow_dir: $work/cow
-  cow_size: 1GiB
-  chunk: 32KiB
-iscsi:
-  iqn_prefix: iqn.2024-01.lan.conformance
-  portals: ["127.0.0.1:$cow_port"]
-  acl: open
-nbd:
-  listen: 127.0.0.1:$nbd_port
-  socket: $work/nbd.sock
-pcs:
-  - name: scratch
-EOF
-target/release/cowctl apply >/dev/null
-cow_url=iscsi://127.0.0.1:$cow_port/iqn.2024-01.lan.conformance:scratch/0
-
-# tgt in the foreground (it ignores SIGTERM there), on its own control port.
-tgtd -C "$tgt_control" -f --iscsi "portal=127.0.0.1:$tgt_port" >"$out/tgtd.log" 2>&1 &
-tgtd_pid=$!
-for _ in $(seq 50); do tgtadm -C "$tgt_control" --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
-tgtadm -C "$tgt_control" --lld iscsi --op new --mode target --tid 1 -T iqn.2024-01.lan.conformance:tgt
-tgtadm -C "$tgt_control" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/plain.img"
-tgtadm -C "$tgt_control" --lld iscsi --op bind --mode target --tid 1 -I ALL
-tgt_url=iscsi://127.0.0.1:$tgt_port/iqn.2024-01.lan.conformance:tgt/1
+serve_room "$work" iqn.2024-01.lan.conformance scratch 1GiB 32KiB
+cow_url=$cowctl_url
+start_tgt "$work/plain.img" iqn.2024-01.lan.conformance:tgt "$out/tgtd.log"
 
 # "tests  Total  Ran  Passed  Failed  Inactive" from CUnit's run summary.
 run_suite() { # name family url

@@ -18,12 +18,12 @@ for line in sys.stdin:
 work=$(mktemp -d /tmp/cowctl-vm-initiator.XXXXXX)
 export COWCTL_RUN_DIR=$work/run COWCTL_MANIFEST=$work/room.yaml
 trap 'target/release/cowctl down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source scripts/lib/iscsi.sh
 port=$(free_port) nbd=$(free_port) http=$(free_port) admin=$(free_port)
 head -c $((64 << 20)) /dev/urandom >"$work/golden.img"
 before=$(sha256sum <"$work/golden.img")
 mkdir "$work/cow"
-(umask 077 && echo "vm-room-master-secret" >"$work/chap.secret" && echo "token-$RANDOM$RANDOM" >"$work/token")
+(umask 077 && echo "vm-room-master-secret" >"$work/chap.secret" && od -An -N16 -tx1 /dev/urandom | tr -d " \n" >"$work/token")
 cat >"$COWCTL_MANIFEST" <<YAML
 backend: userspace
 images:

@@ -9,8 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::kernel::{modprobe, require_vm, sh, Rng, Snapshot};
-use cowctl::dm::SnapshotStatus;
+use common::kernel::{modprobe, require_vm, sh, Rng};
 
 const GOLDEN: usize = 16 << 20;
 
@@ -63,27 +62,10 @@ fn a_cow_left_by_a_killed_service_loads_in_the_kernel_with_every_flushed_write()
     sh("kill", &["-KILL", pid.trim()]);
     let _ = writer.wait();
 
-    let snap = Snapshot::create(
-        "cowctl-test-nbd-kill",
-        &dir.path().join("golden.img"),
-        &dir.path().join("cow/pc-1.cow"),
-        "PO",
-        8,
+    common::kernel::assert_killed_service_left_its_synced_writes(
+        dir.path(),
+        "cowtest-nbd-kill",
+        &golden,
+        &[0x22, 0x33],
     );
-    assert!(
-        matches!(snap.status(), SnapshotStatus::Usage(u) if u.sectors_allocated > 3 << 11),
-        "the kernel loads the store with the flushed exceptions"
-    );
-    let disk = snap.read_all();
-    assert!(
-        disk[..3 << 20].iter().all(|&b| b == 0x11),
-        "flushed writes are there"
-    );
-    for (i, (&got, &gold)) in disk.iter().zip(&golden).enumerate().skip(3 << 20) {
-        let in_flight = (4 << 20..12 << 20).contains(&i) && (got == 0x22 || got == 0x33);
-        assert!(
-            got == gold || in_flight,
-            "byte {i} is {got}: neither golden nor written"
-        );
-    }
 }

@@ -525,14 +525,19 @@ pub fn text_response(
     b
 }
 
-/// A Logout Response (§11.15).
-pub fn logout_response(itt: u32, response: u8, sn: SeqNumbers) -> Bhs {
-    let mut b = Bhs::target(TargetOpcode::LogoutResponse);
-    b.0[2] = response;
+/// A response whose byte 2 is its response code, for the command tagged `itt`.
+fn coded(op: TargetOpcode, code: u8, itt: u32, sn: SeqNumbers) -> Bhs {
+    let mut b = Bhs::target(op);
+    b.0[2] = code;
     b.set_u32(16, itt);
     b.set_sns(sn);
-    // Time2Wait and Time2Retain: 0 (error recovery level 0 keeps nothing).
     b
+}
+
+/// A Logout Response (§11.15). Time2Wait and Time2Retain stay 0: error recovery level 0
+/// keeps nothing.
+pub fn logout_response(itt: u32, response: u8, sn: SeqNumbers) -> Bhs {
+    coded(TargetOpcode::LogoutResponse, response, itt, sn)
 }
 
 /// Task Management Function responses (§11.6.1).
@@ -547,11 +552,12 @@ pub enum TmfResponse {
 }
 
 pub fn tmf_response(itt: u32, response: TmfResponse, sn: SeqNumbers) -> Bhs {
-    let mut b = Bhs::target(TargetOpcode::TaskManagementResponse);
-    b.0[2] = response as u8;
-    b.set_u32(16, itt);
-    b.set_sns(sn);
-    b
+    coded(
+        TargetOpcode::TaskManagementResponse,
+        response as u8,
+        itt,
+        sn,
+    )
 }
 
 /// Reject reasons (§11.17.1).

@@ -466,3 +466,37 @@ pub fn write_device(dev: &Path, offset: u64, data: &[u8]) {
     f.write_all_at(AlignedBuf::from(data).as_ref(), offset)
         .unwrap();
 }
+
+/// What a killed `cowctl serve` must leave: its COW loads in dm-snapshot with every synced
+/// write (3 MiB of 0x11 from offset 0) and, past them, the golden image or a write that was
+/// in flight (one of `in_flight` between 4 and 12 MiB).
+pub fn assert_killed_service_left_its_synced_writes(
+    dir: &Path,
+    name: &str,
+    golden: &[u8],
+    in_flight: &[u8],
+) {
+    let snap = Snapshot::create(
+        name,
+        &dir.join("golden.img"),
+        &dir.join("cow/pc-1.cow"),
+        "PO",
+        8,
+    );
+    assert!(
+        matches!(snap.status(), SnapshotStatus::Usage(u) if u.sectors_allocated > 3 << 11),
+        "the kernel loads the store with the synced exceptions"
+    );
+    let disk = snap.read_all();
+    assert!(
+        disk[..3 << 20].iter().all(|&b| b == 0x11),
+        "every synced write is there"
+    );
+    for (i, (&got, &gold)) in disk.iter().zip(golden).enumerate().skip(3 << 20) {
+        let written = (4 << 20..12 << 20).contains(&i) && in_flight.contains(&got);
+        assert!(
+            got == gold || written,
+            "byte {i} is {got}: neither golden nor written"
+        );
+    }
+}
