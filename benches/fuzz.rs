@@ -1,6 +1,6 @@
 //! A mutational fuzzer for every wire parser a network client (or a file) reaches: the NBD
-//! handshake and transmission phase, the iSCSI PDU reader, login and full feature phase, and
-//! the COW store loader. Each target runs `FUZZ_EXECS` inputs (default 10^6): seeds of valid
+//! handshake and transmission phase, the iSCSI PDU reader, login and full feature phase, AoE
+//! frames, and the COW store loader. Each target runs `FUZZ_EXECS` inputs (default 10^6): seeds of valid
 //! traffic mutated (bit flips, interesting values, inserts, deletes, splices, truncation)
 //! plus purely random inputs, in memory, against disks that count any I/O outside their
 //! bounds. Panics are caught, counted and their inputs kept in test-outputs/fuzz/. Prints a
@@ -10,22 +10,29 @@
 #![allow(clippy::cast_possible_truncation)] // fuzz inputs are small byte strings
 
 use std::io::{self, BufReader, Cursor, Read, Write};
-use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cowctl::iscsi::chap::{Credentials, Secret};
 use cowctl::iscsi::connection::{converse, Line};
-use cowctl::iscsi::login::{Access, Directory, Established};
-use cowctl::iscsi::pdu::{Bhs, LoginStatus};
+use cowctl::iscsi::pdu::Bhs;
 use cowctl::iscsi::reader::{Digests, PduReader, PduWriter};
-use cowctl::iscsi::scsi::{Disk, DiskError, Identity, Lu, Reservation};
-use cowctl::iscsi::{Attachment, Portal};
+use cowctl::iscsi::scsi::Disk;
 use cowctl::nbd::{self, Device, Errno, ExportInfo, Exports};
 
-const DISK: u64 = 1 << 20;
+/// AoE request frames, as the AoE tests build them.
+#[path = "../tests/common/aoe.rs"]
+#[allow(dead_code)]
+mod aoe_common;
+/// The memory disk of the protocol tests.
+#[path = "../tests/common/disk.rs"]
+#[allow(dead_code)]
+mod disk;
+/// The in-memory initiator and one-PC portal of the iSCSI tests.
+#[path = "../tests/common/iscsi.rs"]
+#[allow(dead_code)]
+mod iscsi_common;
+use iscsi_common::{command, data_out, login, pdu, DiskRef, MemDisk, OnePc, DISK_SIZE as DISK};
 
 struct Rng(u64);
 
@@ -107,77 +114,29 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
     v
 }
 
-/// A disk of `DISK` bytes that counts I/O outside its bounds.
-#[derive(Default)]
-struct MemDisk {
-    bytes: Mutex<Vec<u8>>,
-    outside: AtomicU64,
-}
+/// The test disk as an NBD device (it records any I/O outside its bounds).
+struct NbdDisk(DiskRef);
 
-impl MemDisk {
-    fn new() -> Arc<MemDisk> {
-        Arc::new(MemDisk {
-            bytes: Mutex::new(vec![0x5a; DISK as usize]),
-            outside: AtomicU64::new(0),
-        })
-    }
-    fn range(&self, offset: u64, len: usize) -> Option<std::ops::Range<usize>> {
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= DISK => Some(offset as usize..end as usize),
-            _ => {
-                self.outside.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
-    }
-}
-
-impl Device for MemDisk {
+impl Device for NbdDisk {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Errno> {
-        let r = self.range(offset, buf.len()).ok_or(Errno::Io)?;
-        buf.copy_from_slice(&self.bytes.lock().unwrap()[r]);
-        Ok(())
+        self.0.read_at(buf, offset).map_err(|_| Errno::Io)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), Errno> {
-        let r = self.range(offset, buf.len()).ok_or(Errno::Io)?;
-        self.bytes.lock().unwrap()[r].copy_from_slice(buf);
-        Ok(())
+        self.0.write_at(buf, offset).map_err(|_| Errno::Io)
     }
     fn flush(&self) -> Result<(), Errno> {
         Ok(())
     }
     fn trim(&self, offset: u64, len: u64) -> Result<(), Errno> {
-        self.range(offset, len as usize).map(drop).ok_or(Errno::Io)
+        self.0.trim(offset, len).map_err(|_| Errno::Io)
     }
     fn write_zeroes(&self, offset: u64, len: u64, _: bool) -> Result<(), Errno> {
-        self.range(offset, len as usize).map(drop).ok_or(Errno::Io)
+        self.0.write_zeroes(offset, len).map_err(|_| Errno::Io)
     }
 }
 
-struct DiskRef(Arc<MemDisk>);
-
-impl Disk for DiskRef {
-    fn size(&self) -> u64 {
-        DISK
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
-        Device::read_at(self.0.as_ref(), buf, offset).map_err(|_| DiskError::Io)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
-        Device::write_at(self.0.as_ref(), buf, offset).map_err(|_| DiskError::Io)
-    }
-    fn flush(&self) -> Result<(), DiskError> {
-        Ok(())
-    }
-    fn trim(&self, offset: u64, len: u64) -> Result<(), DiskError> {
-        Device::trim(self.0.as_ref(), offset, len).map_err(|_| DiskError::Io)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), DiskError> {
-        Device::write_zeroes(self.0.as_ref(), offset, len, false).map_err(|_| DiskError::Io)
-    }
+fn outside(disk: &MemDisk) -> u64 {
+    disk.out_of_bounds.lock().unwrap().len() as u64
 }
 
 struct OneExport;
@@ -222,63 +181,6 @@ impl Write for Duplex<'_> {
     }
 }
 
-const TARGET: &str = "iqn.2024-01.lan.fuzz:pc";
-
-/// One PC's target; CHAP when `chap`.
-struct OnePc {
-    disk: Arc<MemDisk>,
-    chap: bool,
-}
-
-impl Directory for OnePc {
-    fn access(&self, target: &str, _initiator: &str) -> Result<Access, LoginStatus> {
-        if target != TARGET {
-            return Err(LoginStatus::NOT_FOUND);
-        }
-        Ok(Access {
-            target: target.into(),
-            chap: self.chap.then(|| Credentials {
-                initiator: Secret {
-                    username: "pc".into(),
-                    secret: "initiator-secret".into(),
-                },
-                target: Some(Secret {
-                    username: "t".into(),
-                    secret: "target-secret-1".into(),
-                }),
-            }),
-        })
-    }
-    fn visible(&self, _: &str) -> Vec<String> {
-        vec![TARGET.into()]
-    }
-}
-
-impl Portal for OnePc {
-    fn directory(&self) -> &dyn Directory {
-        self
-    }
-    fn attach(
-        &self,
-        _: &Established,
-        _: SocketAddr,
-        _: Box<dyn Fn() + Send>,
-    ) -> Result<Attachment, LoginStatus> {
-        Ok(Attachment {
-            lu: Arc::new(Lu::new(
-                Identity::for_pc("pc", TARGET),
-                Arc::new(Reservation::default()),
-                Box::new(DiskRef(self.disk.clone())),
-            )),
-            nexus: 1,
-            guard: Box::new(()),
-        })
-    }
-    fn portals(&self) -> Vec<SocketAddr> {
-        vec!["0.0.0.0:3260".parse().unwrap()]
-    }
-}
-
 struct Memory;
 
 impl Line for Memory {
@@ -291,10 +193,19 @@ impl Line for Memory {
 }
 
 fn iscsi(input: &[u8], chap: bool) -> u64 {
-    let pc = OnePc {
-        disk: MemDisk::new(),
-        chap,
-    };
+    let mut pc = OnePc::open();
+    if chap {
+        pc.chap = Some(Credentials {
+            initiator: Secret {
+                username: "pc".into(),
+                secret: "initiator-secret".into(),
+            },
+            target: Some(Secret {
+                username: "t".into(),
+                secret: "target-secret-1".into(),
+            }),
+        });
+    }
     let mut out = Vec::new();
     let _ = converse(
         PduReader::new(Cursor::new(input), 64 << 10),
@@ -304,52 +215,23 @@ fn iscsi(input: &[u8], chap: bool) -> u64 {
         None,
         &pc,
     );
-    pc.disk.outside.load(Ordering::Relaxed)
+    outside(&pc.disk)
 }
 
 // ---- seeds ----
 
-fn pdu(b: &Bhs, data: &[u8]) -> Vec<u8> {
-    let mut b = *b;
-    b.set_data_len(data.len());
-    let mut v = b.0.to_vec();
-    v.extend_from_slice(data);
-    v.resize(v.len() + (4 - data.len() % 4) % 4, 0);
-    v
+/// A Login Request whose text is `key=value;` pairs (`;` for the NUL).
+fn lg(csg: u8, nsg: u8, transit: bool, text: &str) -> Vec<u8> {
+    login(csg, nsg, transit, 1, text.replace(';', "\0").as_bytes())
 }
 
-fn login(csg: u8, nsg: u8, transit: bool, text: &str) -> Vec<u8> {
-    let mut b = Bhs::default();
-    b.0[0] = 0x43;
-    b.0[1] = (u8::from(transit) << 7) | (csg << 2) | nsg;
-    b.0[8] = 0x80;
-    b.set_u32(24, 1);
-    pdu(&b, text.replace(';', "\0").as_bytes())
-}
-
-fn command(itt: u32, sn: u32, cdb: &[u8], len: u32, read: bool, data: &[u8]) -> Vec<u8> {
-    let mut b = Bhs::default();
-    b.0[0] = 0x01;
-    b.0[1] = 0x80 | if read { 0x40 } else { 0x20 };
-    b.set_u32(16, itt);
-    b.set_u32(20, len);
-    b.set_u32(24, sn);
-    b.0[32..32 + cdb.len()].copy_from_slice(cdb);
-    pdu(&b, data)
-}
-
-fn data_out(itt: u32, ttt: u32, offset: u32, data: &[u8]) -> Vec<u8> {
-    let mut b = Bhs::default();
-    b.0[0] = 0x05;
-    b.0[1] = 0x80;
-    b.set_u32(16, itt);
-    b.set_u32(20, ttt);
-    b.set_u32(40, offset);
-    pdu(&b, data)
+/// A SCSI command that reads, or writes with immediate data.
+fn cmd(itt: u32, sn: u32, cdb: &[u8], len: u32, read: bool, data: &[u8]) -> Vec<u8> {
+    command(itt, sn, cdb, len, read, !read, data)
 }
 
 fn iscsi_seeds() -> Vec<Vec<u8>> {
-    let lead = login(1, 3, true, "InitiatorName=iqn.x:i;TargetName=iqn.2024-01.lan.fuzz:pc;SessionType=Normal;MaxRecvDataSegmentLength=65536;MaxBurstLength=16384;FirstBurstLength=8192;ImmediateData=Yes;");
+    let lead = lg(1, 3, true, "InitiatorName=iqn.x:i;TargetName=iqn.2024-01.lan.test:pc;SessionType=Normal;MaxRecvDataSegmentLength=65536;MaxBurstLength=16384;FirstBurstLength=8192;ImmediateData=Yes;");
     let mut seeds = vec![lead.clone()];
     let rw10 = |op: u8, lba: u32, n: u16| {
         let mut c = vec![op, 0];
@@ -360,25 +242,18 @@ fn iscsi_seeds() -> Vec<Vec<u8>> {
         c
     };
     let mut s = lead.clone();
-    s.extend(command(1, 1, &[0x12, 0, 0, 0, 96, 0], 96, true, &[]));
-    s.extend(command(2, 2, &rw10(0x28, 8, 4), 2048, true, &[]));
-    s.extend(command(3, 3, &rw10(0x2a, 0, 32), 16384, false, &[7; 4096]));
-    s.extend(data_out(3, 1, 4096, &[8; 12288]));
-    s.extend(command(
-        4,
-        4,
-        &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        0,
-        false,
-        &[],
-    ));
+    s.extend(cmd(1, 1, &[0x12, 0, 0, 0, 96, 0], 96, true, &[]));
+    s.extend(cmd(2, 2, &rw10(0x28, 8, 4), 2048, true, &[]));
+    s.extend(cmd(3, 3, &rw10(0x2a, 0, 32), 16384, false, &[7; 4096]));
+    s.extend(data_out(3, 1, 0, 4096, true, &[8; 12288]));
+    s.extend(cmd(4, 4, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, false, &[]));
     seeds.push(s);
     let mut s = lead.clone();
     let mut unmap = vec![0, 22, 0, 16, 0, 0, 0, 0];
     unmap.extend_from_slice(&8u64.to_be_bytes());
     unmap.extend_from_slice(&16u32.to_be_bytes());
     unmap.extend_from_slice(&[0; 4]);
-    s.extend(command(
+    s.extend(cmd(
         1,
         1,
         &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0],
@@ -390,8 +265,8 @@ fn iscsi_seeds() -> Vec<Vec<u8>> {
     ws.extend_from_slice(&0u64.to_be_bytes());
     ws.extend_from_slice(&64u32.to_be_bytes());
     ws.extend_from_slice(&[0, 0]);
-    s.extend(command(2, 2, &ws, 512, false, &[0; 512]));
-    s.extend(command(3, 3, &[0x1a, 0, 0x3f, 0, 255, 0], 255, true, &[]));
+    s.extend(cmd(2, 2, &ws, 512, false, &[0; 512]));
+    s.extend(cmd(3, 3, &[0x1a, 0, 0x3f, 0, 255, 0], 255, true, &[]));
     let mut tmf = Bhs::default();
     tmf.0[0] = 0x42;
     tmf.0[1] = 0x81;
@@ -412,38 +287,38 @@ fn iscsi_seeds() -> Vec<Vec<u8>> {
 }
 
 fn login_seeds() -> Vec<Vec<u8>> {
-    let mut chap = login(
+    let mut chap = lg(
         0,
         1,
         true,
-        "InitiatorName=iqn.x:i;TargetName=iqn.2024-01.lan.fuzz:pc;AuthMethod=CHAP,None;",
+        "InitiatorName=iqn.x:i;TargetName=iqn.2024-01.lan.test:pc;AuthMethod=CHAP,None;",
     );
-    chap.extend(login(0, 1, false, "CHAP_A=5;"));
-    chap.extend(login(
+    chap.extend(lg(0, 1, false, "CHAP_A=5;"));
+    chap.extend(lg(
         0,
         1,
         true,
         "CHAP_N=pc;CHAP_R=0x00112233445566778899aabbccddeeff;CHAP_I=1;CHAP_C=0x0102030405060708;",
     ));
-    chap.extend(login(
+    chap.extend(lg(
         1,
         3,
         true,
         "HeaderDigest=CRC32C,None;DataDigest=None;MaxRecvDataSegmentLength=8192;",
     ));
-    let discovery = login(
+    let discovery = lg(
         0,
         3,
         true,
         "InitiatorName=iqn.x:i;SessionType=Discovery;AuthMethod=None;",
     );
-    let mut cont = login(0, 1, false, "InitiatorName=iqn.x:i;TargetNa");
+    let mut cont = lg(0, 1, false, "InitiatorName=iqn.x:i;TargetNa");
     cont[1] |= 0x40;
-    cont.extend(login(
+    cont.extend(lg(
         0,
         1,
         true,
-        "me=iqn.2024-01.lan.fuzz:pc;AuthMethod=CHAP;",
+        "me=iqn.2024-01.lan.test:pc;AuthMethod=CHAP;",
     ));
     vec![chap, discovery, cont]
 }
@@ -498,6 +373,48 @@ fn nbd_transmission_seeds() -> Vec<Vec<u8>> {
     vec![a, b]
 }
 
+fn aoe_seeds() -> Vec<Vec<u8>> {
+    use aoe_common::{ata, config, mask, resrel, PC_MAC, SHELF, SLOT};
+    vec![
+        ata(0xec, 0, 1, &[]),
+        ata(0x20, 5, 2, &[]),
+        ata(0x24, 8000, 17, &[]),
+        ata(0x30, 7, 1, &[0xa5; 512]),
+        ata(0x34, 1 << 20, 2, &[0x5a; 1024]),
+        ata(0xe7, 0, 0, &[]),
+        ata(0xe5, 0, 0, &[]),
+        config(PC_MAC, 0xffff, 0xff, 0, b""),
+        config(PC_MAC, SHELF, SLOT, 3, b"lab"),
+        config(PC_MAC, SHELF, SLOT, 2, b"la"),
+        mask(0, &[]),
+        mask(1, &[(1, [2, 0, 0, 0, 0, 9]), (2, PC_MAC)]),
+        resrel(PC_MAC, 1, &[PC_MAC]),
+        resrel(PC_MAC, 2, &[]),
+    ]
+}
+
+/// One frame to the PC's target; an answer larger than the interface carries counts as
+/// reaching outside, like I/O outside the disk.
+fn aoe_frame(input: &[u8]) -> u64 {
+    let Some(h) = cowctl::aoe::wire::Header::parse(input) else {
+        return 0;
+    };
+    let unit = aoe_common::unit();
+    let disk = MemDisk::new();
+    let port = aoe_common::port(if input.len().is_multiple_of(2) {
+        1500
+    } else {
+        9000
+    });
+    if !unit.addressed(&h) || !unit.admits(&h.src) {
+        return 0;
+    }
+    let oversized = unit
+        .answer(&h, input, &DiskRef(disk.clone()), &port)
+        .is_some_and(|a| a.len() > port.mtu + 14);
+    outside(&disk) + u64::from(oversized)
+}
+
 fn cow_seeds() -> Vec<Vec<u8>> {
     use cowctl::cow::{DiskException, Geometry, Header};
     let mut out = Vec::new();
@@ -546,16 +463,11 @@ fn targets() -> Vec<Target> {
             seeds: nbd_transmission_seeds(),
             run: Box::new(|input| {
                 let disk = MemDisk::new();
+                let device = NbdDisk(DiskRef(disk.clone()));
                 let mut r = BufReader::new(input);
                 let mut w: Vec<u8> = Vec::new();
-                let _ = nbd::serve(
-                    &mut r,
-                    &mut w,
-                    disk.as_ref(),
-                    DISK,
-                    input.first() == Some(&0),
-                );
-                disk.outside.load(Ordering::Relaxed)
+                let _ = nbd::serve(&mut r, &mut w, &device, DISK, input.first() == Some(&0));
+                outside(&disk)
             }),
         },
         Target {
@@ -585,6 +497,11 @@ fn targets() -> Vec<Target> {
             name: "iscsi session",
             seeds: iscsi_seeds(),
             run: Box::new(|input| iscsi(input, false)),
+        },
+        Target {
+            name: "aoe frame",
+            seeds: aoe_seeds(),
+            run: Box::new(aoe_frame),
         },
         Target {
             name: "cow store",

@@ -1,12 +1,14 @@
 //! cowctl: serve many diskless PCs from one golden image, each through its own
 //! copy-on-write file in the kernel's dm-snapshot persistent format.
 
+pub mod aoe;
 pub mod backing;
 pub mod chunkmap;
 pub mod cli;
 pub mod control;
 pub mod cow;
 pub mod cowfile;
+pub mod disk;
 pub mod dm;
 pub mod durable;
 pub mod engine;

@@ -345,6 +345,28 @@ impl Metadata {
         if inner.sealed.is_empty() && !inner.dirty {
             return sync("flushing the COW");
         }
+        self.write_recorded(&mut inner, cow)
+    }
+
+    /// OnFlush: writes the exceptions recorded since the last flush, if there are any, as a
+    /// flush does; with none, nothing is synced. This makes a completed write survive a
+    /// crash of this process as it would with the kernel (for a protocol without flushes).
+    pub(super) fn commit_recorded(&self, cow: &dyn Backing) -> Result<(), EngineError> {
+        if self.mode == CommitMode::PerWrite {
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        if self.state() == SnapshotState::Invalid {
+            return Err(EngineError::Invalid);
+        }
+        if inner.sealed.is_empty() && !inner.dirty {
+            return Ok(());
+        }
+        self.write_recorded(&mut inner, cow)
+    }
+
+    fn write_recorded(&self, inner: &mut Inner, cow: &dyn Backing) -> Result<(), EngineError> {
+        let sync = |what| cow.sync_data().map_err(EngineError::io(what, 0));
         let g = self.geometry;
         let write_area = |area: u64, bytes: &[u8]| {
             let at = g.offset(g.area_location(area));
@@ -373,7 +395,7 @@ impl Metadata {
             }
             Err(e) => {
                 // As in the kernel: a failed metadata write invalidates the snapshot.
-                self.invalidate(&mut inner, cow);
+                self.invalidate(inner, cow);
                 Err(e)
             }
         }

@@ -235,6 +235,14 @@ impl Engine {
         self.meta.flush(self.cow.as_ref())
     }
 
+    /// Commits the exceptions recorded since the last flush, if any, without syncing data
+    /// otherwise: what a write-through protocol (AoE, which never flushes) calls after
+    /// each write, so a completed write survives this process as it would the kernel's.
+    pub fn commit(&self) -> Result<(), EngineError> {
+        self.meta.check_readable()?;
+        self.meta.commit_recorded(self.cow.as_ref())
+    }
+
     /// A discard, as the kernel's snapshot target does it with `discard_zeroes_cow`: every
     /// chunk the range covers whole and that has an exception is zeroed in the COW (its
     /// blocks are punched out where the file system can); other chunks are left alone, so

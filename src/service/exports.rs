@@ -56,6 +56,8 @@ struct Inner {
     paused: bool,
     conns: BTreeMap<u64, Conn>,
     next_id: u64,
+    /// Requests under way that came without a connection (AoE frames).
+    in_flight: usize,
 }
 
 struct Conn {
@@ -86,6 +88,7 @@ impl Slot {
                 paused: false,
                 conns: BTreeMap::new(),
                 next_id: 0,
+                in_flight: 0,
             }),
             changed: Condvar::new(),
         })
@@ -162,6 +165,28 @@ impl Slot {
         ))
     }
 
+    /// Runs one request that has no connection (an AoE frame) on the engine and whether it
+    /// is read-only; None, without waiting, while a reset or down is under way or when
+    /// nothing is served (the initiator retries). A quiesce waits for requests under way.
+    pub fn io<T>(&self, f: impl FnOnce(&Arc<Engine>, bool) -> T) -> Option<T> {
+        let (engine, read_only) = {
+            let mut inner = self.lock();
+            if inner.paused {
+                return None;
+            }
+            let s = inner.served.as_ref()?;
+            let got = (s.engine.clone(), s.pc.read_only);
+            inner.in_flight += 1;
+            got
+        };
+        let done = InFlight(self);
+        let out = f(&engine, read_only);
+        // The engine first: a quiesce that follows must hold its only reference.
+        drop(engine);
+        drop(done);
+        Some(out)
+    }
+
     /// Stops all I/O: closes every connection, waits until each has finished, then lets
     /// `f` decide what is served next (None closes the export) and whether it went well.
     /// Returns how long I/O was paused. `f` gets the old engine as the only reference to
@@ -180,7 +205,7 @@ impl Slot {
             (c.close)();
         }
         let deadline = start + DRAIN_TIMEOUT;
-        while !inner.conns.is_empty() {
+        while !inner.conns.is_empty() || inner.in_flight > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 inner.paused = false;
@@ -202,6 +227,19 @@ impl Slot {
         inner.paused = false;
         self.changed.notify_all();
         result.map(|()| start.elapsed())
+    }
+}
+
+/// Counts a connectionless request as finished when dropped.
+struct InFlight<'a>(&'a Slot);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        inner.in_flight -= 1;
+        if inner.in_flight == 0 {
+            self.0.changed.notify_all();
+        }
     }
 }
 

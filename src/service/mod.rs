@@ -3,6 +3,7 @@
 //! plan, apply, status, reset and down, so those commands behave as on the kernel backend.
 //! The service is the source of truth for what is served; no state file is kept.
 
+pub mod aoe;
 pub mod autoextend;
 pub mod control;
 pub mod exports;
@@ -40,6 +41,8 @@ pub struct Service {
     http: Option<crate::manifest::HttpConfig>,
     /// The iSCSI target, on the portals of the manifest it started with.
     iscsi: Arc<iscsi::IscsiService>,
+    /// The AoE target, on the interface of the manifest it started with.
+    aoe: Arc<aoe::AoeService>,
     /// One control operation at a time, as the lock file does for the kernel backend.
     ops: Mutex<()>,
 }
@@ -51,6 +54,7 @@ impl Service {
             listen: manifest.nbd.listen,
             http: manifest.http.clone(),
             iscsi: iscsi::IscsiService::new(registry.clone(), portals(&manifest), limits),
+            aoe: aoe::AoeService::new(registry.clone(), aoe_interface(&manifest)),
             manifest: Mutex::new(manifest),
             registry,
             ops: Mutex::new(()),
@@ -59,6 +63,10 @@ impl Service {
 
     pub fn iscsi(&self) -> Arc<iscsi::IscsiService> {
         self.iscsi.clone()
+    }
+
+    pub fn aoe(&self) -> Arc<aoe::AoeService> {
+        self.aoe.clone()
     }
 
     fn manifest(&self) -> Manifest {
@@ -105,6 +113,9 @@ impl Service {
         if portals(manifest) != self.iscsi.portals_configured() {
             bail!("iscsi.portals changed: restart cowctl serve to listen there");
         }
+        if aoe_interface(manifest).as_deref() != self.aoe.interface() {
+            bail!("aoe.interface changed: restart cowctl serve to serve AoE there");
+        }
         kplan::refuse_if_any(manifest, kplan::file_problems(manifest))?;
         Ok(plan::plan(manifest, &self.served()))
     }
@@ -116,6 +127,7 @@ impl Service {
         // The targets' ACLs and secrets first: a PC served by the steps below is reachable
         // only as the new manifest says.
         self.iscsi.set_manifest(&manifest)?;
+        self.aoe.set_manifest(&manifest);
         let mut done = Vec::new();
         let result = run_steps(&steps, |s| self.step(&manifest, s), &mut |_, s| {
             done.push(s.to_string())
@@ -141,6 +153,7 @@ impl Service {
             Step::Serve { pc: name, .. } => {
                 let served = open(m, pc(name)?)?;
                 self.registry.insert(Slot::new(name, served));
+                self.aoe.announce(name);
                 Ok(())
             }
             Step::Reopen { pc: name } => {
@@ -201,11 +214,12 @@ impl Service {
             ),
             None => status::from_cow_file(pc),
         };
-        let peers = slot.map(|s| s.peers()).unwrap_or_default();
-        // iSCSI PCs are named as on the kernel backend; the others by their NBD address.
+        let mut peers = slot.map(|s| s.peers()).unwrap_or_default();
+        peers.extend(self.aoe.peers(&pc.name));
+        // iSCSI and AoE PCs are named as on the kernel backend; the others by their NBD address.
         let export = match &pc.export {
-            crate::manifest::Export::Iscsi { target, .. } => target.to_string(),
-            _ => export_uri(self.listen, &pc.name),
+            crate::manifest::Export::Nbd => export_uri(self.listen, &pc.name),
+            e => e.to_string(),
         };
         status::row(m, pc, state, usage, export, peers)
     }
@@ -301,8 +315,8 @@ impl fleet::Fleet for Service {
     }
 
     fn sanboot(&self, pc: &Pc) -> bool {
-        // The userspace backend serves iSCSI itself; NBD and AoE are not bootable here.
-        matches!(pc.export, crate::manifest::Export::Iscsi { .. })
+        // The userspace backend serves iSCSI and AoE itself; iPXE has no NBD.
+        !matches!(pc.export, crate::manifest::Export::Nbd)
     }
 }
 
@@ -384,6 +398,10 @@ fn portals(m: &Manifest) -> Vec<SocketAddr> {
         .as_ref()
         .map(|c| c.portals.iter().map(|p| p.0).collect())
         .unwrap_or_default()
+}
+
+fn aoe_interface(m: &Manifest) -> Option<String> {
+    m.aoe.as_ref().map(|a| a.interface.clone())
 }
 
 /// How a client names a PC's export: `nbd://HOST:PORT/NAME`.

@@ -49,8 +49,9 @@ pub enum Step {
     Serve {
         pc: String,
         read_only: bool,
-        /// The iSCSI target, for `export: iscsi` PCs.
-        target: Option<String>,
+        /// The protocol PCs boot from besides NBD, as `apply` names it: "iSCSI as <iqn>"
+        /// or "AoE as e<shelf>.<slot>".
+        also: Option<String>,
     },
     Reopen {
         pc: String,
@@ -79,10 +80,10 @@ impl fmt::Display for Step {
             Step::Serve {
                 pc,
                 read_only,
-                target,
+                also,
             } => {
-                if let Some(t) = target {
-                    write!(f, "serve {pc} over iSCSI as {t} and ")?;
+                if let Some(t) = also {
+                    write!(f, "serve {pc} over {t} and ")?;
                 } else {
                     write!(f, "serve {pc} ")?;
                 }
@@ -96,7 +97,7 @@ impl fmt::Display for Step {
                 f,
                 "re-open {pc}: its manifest entry changed (drops its connections)"
             ),
-            Step::Stop { pc } => write!(f, "stop serving {pc} over NBD and iSCSI (its COW stays)"),
+            Step::Stop { pc } => write!(f, "stop serving {pc} (its COW stays)"),
         }
     }
 }
@@ -125,8 +126,11 @@ pub fn plan(manifest: &Manifest, served: &BTreeMap<String, ServedPc>) -> Vec<Ste
             None => steps.push(Step::Serve {
                 pc: name,
                 read_only: pc.read_only,
-                target: match &pc.export {
-                    crate::manifest::Export::Iscsi { target, .. } => Some(target.to_string()),
+                also: match &pc.export {
+                    crate::manifest::Export::Iscsi { target, .. } => {
+                        Some(format!("iSCSI as {target}"))
+                    }
+                    crate::manifest::Export::Aoe { .. } => Some(format!("AoE as {}", pc.export)),
                     _ => None,
                 },
             }),

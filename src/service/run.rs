@@ -66,6 +66,9 @@ pub fn run(opts: &Options) -> Result<()> {
     let registry = Arc::new(Registry::default());
     let service = Arc::new(Service::new(manifest.clone(), registry.clone()));
     let iscsi = service.iscsi().listen(&opts.manifest)?;
+    if let Some(interface) = service.aoe().listen(&opts.manifest)? {
+        tracing::info!("serving AoE on {interface}");
+    }
     tracing::info!(
         "serving NBD on {} and {}; control socket {}",
         manifest.nbd.listen,

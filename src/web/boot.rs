@@ -64,8 +64,6 @@ pub enum BootError {
     NoServer { pc: String },
     #[error("{0}")]
     Secret(String),
-    #[error("{pc} is exported over AoE, which the userspace backend does not serve yet")]
-    Aoe { pc: String },
 }
 
 /// The boot script for `pc`. `local` is the address the PC reached the HTTP service at,
@@ -155,10 +153,8 @@ pub async fn boot(
         }
     }
     if !app.fleet.sanboot(pc) {
-        let name = pc.name.clone();
-        let e = match pc.export {
-            Export::Aoe { .. } => BootError::Aoe { pc: name },
-            _ => BootError::Nbd { pc: name },
+        let e = BootError::Nbd {
+            pc: pc.name.clone(),
         };
         return Err(Refusal::new(StatusCode::CONFLICT, e.to_string()));
     }

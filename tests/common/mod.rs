@@ -2,8 +2,11 @@
 #![allow(dead_code)]
 #![allow(clippy::cast_possible_truncation)] // tests index small in-memory images
 
+pub mod aoe;
+pub mod disk;
 pub mod http;
 pub mod iscsi;
+pub mod net;
 pub mod pc;
 
 use cowctl::cow::{DiskException, Geometry, Header};

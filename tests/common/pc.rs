@@ -47,6 +47,27 @@ pub enum Boot {
 /// Boots a PC whose iPXE runs `script` (the text of a `#!ipxe` file), for at most `limit`.
 /// `stop_early` is checked every half second and ends a boot that is known to fail.
 pub fn boot(dir: &Path, script: &str, limit: Duration, stop_early: &dyn Fn() -> bool) -> Boot {
+    boot_with(dir, script, limit, stop_early, &[])
+}
+
+/// The PC's second NIC (iPXE's net1): an e1000 on a tap device of this host, with this MAC.
+pub fn tap_nic(tap: &str, mac: &str) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!("tap,id=n1,ifname={tap},script=no,downscript=no"),
+        "-device".into(),
+        format!("e1000,netdev=n1,mac={mac}"),
+    ]
+}
+
+/// As [`boot`], with more qemu arguments (another NIC).
+pub fn boot_with(
+    dir: &Path,
+    script: &str,
+    limit: Duration,
+    stop_early: &dyn Fn() -> bool,
+    extra: &[String],
+) -> Boot {
     let tftp = dir.join("tftp");
     std::fs::create_dir_all(&tftp).unwrap();
     std::fs::write(tftp.join("boot.ipxe"), script).unwrap();
@@ -72,6 +93,7 @@ pub fn boot(dir: &Path, script: &str, limit: Duration, stop_early: &dyn Fn() -> 
         ))
         .args(["-device", "e1000,netdev=n0"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -10,6 +10,7 @@ pub mod sense;
 
 use std::sync::{Arc, Mutex};
 
+pub use crate::disk::{Disk, DiskError};
 pub use cdb::{DataOut, Op, Range};
 pub use inquiry::Identity;
 pub use sense::{status, Sense};
@@ -25,32 +26,6 @@ pub fn piece(len: u64, max: usize) -> usize {
 /// The largest parameter list kept in memory (UNMAP with every descriptor allowed).
 pub const MAX_PARAMETER_LIST: u64 = 8 + 16 * MAX_UNMAP_DESCRIPTORS as u64;
 const MAX_UNMAP_DESCRIPTORS: u32 = 256;
-
-/// Errors a disk reports, as SCSI tells them apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskError {
-    /// No room left (a full COW).
-    NoSpace,
-    ReadOnly,
-    Io,
-}
-
-/// The block device behind LUN 0. Offsets and lengths are already checked.
-pub trait Disk: Send + Sync {
-    fn size(&self) -> u64;
-    fn read_only(&self) -> bool;
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError>;
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError>;
-    fn flush(&self) -> Result<(), DiskError>;
-    /// Discard: afterwards the range reads as anything (here: zeros or the golden image).
-    fn trim(&self, offset: u64, len: u64) -> Result<(), DiskError>;
-    /// Afterwards the range reads as zeros.
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), DiskError>;
-    /// The preferred I/O size (the COW's chunk).
-    fn granularity(&self) -> u64 {
-        4096
-    }
-}
 
 /// Numbers the block limits page reports and the commands enforce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,186 @@
+//! Raw Ethernet frames of the AoE ethertype on one interface, through an AF_PACKET socket.
+//! Only frames addressed to this host (its MAC or broadcast) are returned: the frames the
+//! socket sends itself, and other hosts' frames a promiscuous interface passes up, are not.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use super::wire::ETHERTYPE;
+
+/// The largest frame read: a 64 KiB MTU (`lo`) plus the Ethernet header.
+pub const MAX_FRAME: usize = 65536 + 14;
+/// The receive buffer the socket asks for, so a burst of outstanding requests is not dropped.
+const RECEIVE_BUFFER: libc::c_int = 8 << 20;
+
+/// The length of a struct passed to the kernel.
+fn socklen<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(size_of::<T>()).expect("a small struct")
+}
+
+pub struct Socket {
+    fd: OwnedFd,
+    interface: String,
+    ifindex: libc::c_int,
+}
+
+impl Socket {
+    pub fn open(interface: &str) -> io::Result<Socket> {
+        let ifindex = nix::net::if_::if_nametoindex(interface).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no network interface {interface:?} ({e})"),
+            )
+        })?;
+        let ifindex = libc::c_int::try_from(ifindex).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let protocol = ETHERTYPE.to_be();
+        // SAFETY: plain system calls on values owned here; the fd is owned from its creation.
+        let fd = unsafe {
+            let raw = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::c_int::from(protocol),
+            );
+            if raw < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            OwnedFd::from_raw_fd(raw)
+        };
+        let mut addr: libc::sockaddr_ll = unsafe { zeroed() };
+        addr.sll_family = u16::try_from(libc::AF_PACKET).expect("AF_PACKET fits");
+        addr.sll_protocol = protocol;
+        addr.sll_ifindex = ifindex;
+        // SAFETY: addr is a valid sockaddr_ll of the length given.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                socklen::<libc::sockaddr_ll>(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let s = Socket {
+            fd,
+            interface: interface.to_string(),
+            ifindex,
+        };
+        // Root may exceed rmem_max; anyone else gets what the system allows.
+        if s.set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            .is_err()
+        {
+            let _ = s.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, RECEIVE_BUFFER);
+        }
+        // Linux 4.20 and later; older kernels' own frames are filtered by packet type.
+        let _ = s.set_int(libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
+        Ok(s)
+    }
+
+    fn set_int(&self, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+        // SAFETY: value is a c_int that lives across the call.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                socklen::<libc::c_int>(),
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Makes [`Socket::recv`] give up after `timeout` (an initiator's retry timer).
+    pub fn set_read_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+        };
+        // SAFETY: tv is a timeval that lives across the call.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                socklen::<libc::timeval>(),
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    fn sysfs(&self, what: &str) -> io::Result<String> {
+        let p = PathBuf::from("/sys/class/net")
+            .join(&self.interface)
+            .join(what);
+        Ok(std::fs::read_to_string(p)?.trim().to_string())
+    }
+
+    /// The interface's MAC address.
+    pub fn mac(&self) -> io::Result<[u8; 6]> {
+        let text = self.sysfs("address")?;
+        let mac: crate::manifest::Mac = text
+            .parse()
+            .map_err(|e: String| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(mac.0)
+    }
+
+    /// The interface's MTU now (an admin may change it while we serve).
+    pub fn mtu(&self) -> io::Result<usize> {
+        self.sysfs("mtu")?
+            .parse()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "unreadable MTU"))
+    }
+
+    /// The next frame addressed to this host, into `buf` (at least [`MAX_FRAME`] long).
+    /// None for a frame this host does not answer, or one longer than `buf`.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let mut from: libc::sockaddr_ll = unsafe { zeroed() };
+        let mut len = socklen::<libc::sockaddr_ll>();
+        // SAFETY: buf and from are valid for the lengths given; MSG_TRUNC makes the call
+        // return the frame's real length without writing past buf.
+        let n = unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+                (&mut from as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        let addressed = matches!(
+            from.sll_pkttype,
+            libc::PACKET_HOST | libc::PACKET_BROADCAST | libc::PACKET_MULTICAST
+        );
+        Ok((addressed && n <= buf.len() && from.sll_ifindex == self.ifindex).then_some(n))
+    }
+
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: frame is valid for its length; the socket is bound to its interface.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! One AoE target (a shelf.slot) and how it answers a request frame: the ATA command on its
+//! disk, Query Config with its config string, the Mac Mask List that decides who may talk
+//! to it, and Reserve/Release. Pure logic over bytes and a [`Disk`]; the socket and the
+//! PCs' slots are the service's.
+
+use std::sync::{Mutex, MutexGuard};
+
+use super::ata::{self, Identity};
+use super::wire::{
+    self, command, config_reply, mask_error, Ata, Error, Header, Mask, Resrel, ANY_SHELF, ANY_SLOT,
+    ATA_LEN, CONFIG_LEN, HEADER_LEN, MASK_LEN, MAX_CONFIG, RESREL_LEN,
+};
+use crate::disk::Disk;
+
+/// The most MACs a Mac Mask List holds.
+pub const MAX_MASKS: usize = 64;
+/// The most MACs a reservation names (the count is one byte).
+pub const MAX_RESERVED: usize = 255;
+/// The smallest Ethernet frame (without its checksum): shorter answers are padded.
+const MIN_FRAME: usize = 60;
+/// What Query Config reports as the firmware version.
+const FIRMWARE: u16 = 0x4000 | 1;
+
+/// The interface a target answers on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port {
+    pub mac: [u8; 6],
+    pub mtu: usize,
+    /// How many requests may be outstanding (Query Config's Buffer Count).
+    pub buffers: u16,
+}
+
+impl Port {
+    /// Sectors one frame carries: what fits in the MTU after the AoE and ATA headers.
+    pub fn max_sectors(&self) -> u8 {
+        let room = self.mtu.saturating_sub(HEADER_LEN - 14 + ATA_LEN) / ata::SECTOR;
+        u8::try_from(room).unwrap_or(u8::MAX)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    config: Vec<u8>,
+    masks: Vec<[u8; 6]>,
+    reserved: Vec<[u8; 6]>,
+}
+
+pub struct Unit {
+    pub shelf: u16,
+    pub slot: u8,
+    pub identity: Identity,
+    state: Mutex<State>,
+}
+
+impl Unit {
+    /// A target that answers only `macs` (never empty for a PC: the manifest insists).
+    pub fn new(shelf: u16, slot: u8, identity: Identity, macs: &[[u8; 6]]) -> Unit {
+        let mut masks = macs.to_vec();
+        masks.truncate(MAX_MASKS);
+        Unit {
+            shelf,
+            slot,
+            identity,
+            state: Mutex::new(State {
+                masks,
+                ..State::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a frame is for this shelf.slot (or for every shelf or slot).
+    pub fn addressed(&self, h: &Header) -> bool {
+        (h.major == self.shelf || h.major == ANY_SHELF)
+            && (h.minor == self.slot || h.minor == ANY_SLOT)
+    }
+
+    /// Whether `mac` is on the Mac Mask List. An empty list would admit everyone; cowctl
+    /// never lets it become empty.
+    pub fn admits(&self, mac: &[u8; 6]) -> bool {
+        let s = self.lock();
+        s.masks.is_empty() || s.masks.contains(mac)
+    }
+
+    pub fn masks(&self) -> Vec<[u8; 6]> {
+        self.lock().masks.clone()
+    }
+
+    /// The answer to a request frame `f` (addressed to this unit, from an admitted MAC),
+    /// or None where the protocol says to stay silent.
+    pub fn answer(&self, h: &Header, f: &[u8], disk: &dyn Disk, port: &Port) -> Option<Vec<u8>> {
+        let body = &f[HEADER_LEN..];
+        let mut out = match h.command {
+            _ if h.version != wire::VERSION => self.error(h, port, Error::UnsupportedVersion, &[]),
+            command::ATA => self.ata(h, body, disk, port)?,
+            command::QUERY_CONFIG => self.config(h, body, port)?,
+            command::MAC_MASK => self.mask(h, body, port)?,
+            command::RESERVE_RELEASE => self.resrel(h, body, port)?,
+            _ => self.error(h, port, Error::UnrecognizedCommand, &[]),
+        };
+        if out.len() < MIN_FRAME {
+            out.resize(MIN_FRAME, 0);
+        }
+        Some(out)
+    }
+
+    fn reply(&self, h: &Header, port: &Port, error: Option<Error>, parts: &[&[u8]]) -> Vec<u8> {
+        let len = HEADER_LEN + parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(len.max(MIN_FRAME));
+        out.extend_from_slice(&h.reply(port.mac, self.shelf, self.slot, error));
+        for p in parts {
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    fn error(&self, h: &Header, port: &Port, e: Error, echo: &[u8]) -> Vec<u8> {
+        self.reply(h, port, Some(e), &[echo])
+    }
+
+    fn ata(&self, h: &Header, body: &[u8], disk: &dyn Disk, port: &Port) -> Option<Vec<u8>> {
+        let a = Ata::parse(body)?;
+        let echo = &body[..ATA_LEN];
+        if a.command != ata::op::IDENTIFY {
+            let s = self.lock();
+            if !s.reserved.is_empty() && !s.reserved.contains(&h.src) {
+                return Some(self.error(h, port, Error::TargetReserved, echo));
+            }
+        }
+        Some(
+            match ata::execute(
+                &a,
+                &body[ATA_LEN..],
+                disk,
+                &self.identity,
+                port.max_sectors(),
+            ) {
+                Err(ata::BadArgument) => self.error(h, port, Error::BadArgument, echo),
+                Ok(o) => self.reply(
+                    h,
+                    port,
+                    None,
+                    &[&a.reply(o.error, o.sectors, o.status), &o.data],
+                ),
+            },
+        )
+    }
+
+    fn config(&self, h: &Header, body: &[u8], port: &Port) -> Option<Vec<u8>> {
+        const READ: u8 = 0;
+        const TEST: u8 = 1;
+        const PREFIX: u8 = 2;
+        const SET: u8 = 3;
+        const FORCE_SET: u8 = 4;
+        let head = body.get(..CONFIG_LEN)?;
+        let ccmd = head[5] & 0x0f;
+        let len = usize::from(u16::from_be_bytes([head[6], head[7]]));
+        let string = body
+            .get(CONFIG_LEN..CONFIG_LEN + len)
+            .filter(|_| len <= MAX_CONFIG);
+        let mut s = self.lock();
+        let mut error = None;
+        match (ccmd, string) {
+            (READ, _) => {}
+            // Test and prefix are how initiators find a target: the others stay silent.
+            (TEST, Some(t)) if t == s.config.as_slice() => {}
+            (PREFIX, Some(t)) if s.config.starts_with(t) => {}
+            (TEST | PREFIX, _) => return None,
+            (SET, Some(t)) if s.config.is_empty() || t == s.config.as_slice() => {
+                s.config = t.to_vec()
+            }
+            (SET, Some(_)) => error = Some(Error::ConfigStringPresent),
+            (FORCE_SET, Some(t)) => s.config = t.to_vec(),
+            (SET | FORCE_SET, None) => return None,
+            _ => error = Some(Error::BadArgument),
+        }
+        let head = config_reply(
+            port.buffers,
+            FIRMWARE,
+            port.max_sectors(),
+            ccmd,
+            s.config.len(),
+        );
+        Some(self.reply(h, port, error, &[&head, &s.config]))
+    }
+
+    fn mask(&self, h: &Header, body: &[u8], port: &Port) -> Option<Vec<u8>> {
+        const READ: u8 = 0;
+        const EDIT: u8 = 1;
+        const NOP: u8 = 0;
+        const ADD: u8 = 1;
+        const DELETE: u8 = 2;
+        let head = body.get(..MASK_LEN)?;
+        let Some(m) = Mask::parse(body) else {
+            return Some(self.error(h, port, Error::BadArgument, head));
+        };
+        let mut s = self.lock();
+        let answer = |s: &State, merror: u8, count: usize| {
+            let mut b = vec![0, m.mcmd, merror, u8::try_from(count).unwrap_or(u8::MAX)];
+            if merror == 0 {
+                for mac in &s.masks {
+                    b.extend_from_slice(&[0, 0]);
+                    b.extend_from_slice(mac);
+                }
+            }
+            b
+        };
+        let b = match m.mcmd {
+            READ => answer(&s, 0, s.masks.len()),
+            EDIT => {
+                let mut next = s.masks.clone();
+                let mut failed = None;
+                for (i, d) in m.directives.iter().enumerate() {
+                    match d.command {
+                        NOP => {}
+                        ADD if next.contains(&d.mac) => {}
+                        ADD if next.len() >= MAX_MASKS => failed = Some((mask_error::LIST_FULL, i)),
+                        ADD => next.push(d.mac),
+                        DELETE => next.retain(|x| x != &d.mac),
+                        _ => failed = Some((mask_error::BAD_DIRECTIVE, i)),
+                    }
+                    if failed.is_some() {
+                        break;
+                    }
+                }
+                // An empty list would open the disk to the whole LAN: refused.
+                if failed.is_none() && next.is_empty() {
+                    failed = Some((mask_error::UNSPECIFIED, m.directives.len()));
+                }
+                match failed {
+                    Some((merror, at)) => answer(&s, merror, at),
+                    None => {
+                        s.masks = next;
+                        answer(&s, 0, s.masks.len())
+                    }
+                }
+            }
+            _ => return Some(self.error(h, port, Error::BadArgument, head)),
+        };
+        Some(self.reply(h, port, None, &[&b]))
+    }
+
+    fn resrel(&self, h: &Header, body: &[u8], port: &Port) -> Option<Vec<u8>> {
+        const READ: u8 = 0;
+        const SET: u8 = 1;
+        const FORCE_SET: u8 = 2;
+        let head = body.get(..RESREL_LEN)?;
+        let Some(r) = Resrel::parse(body) else {
+            return Some(self.error(h, port, Error::BadArgument, head));
+        };
+        let mut s = self.lock();
+        match r.rcmd {
+            READ => {}
+            SET if !s.reserved.is_empty() && !s.reserved.contains(&h.src) => {
+                return Some(self.error(h, port, Error::TargetReserved, head));
+            }
+            SET | FORCE_SET => {
+                let mut macs = r.macs;
+                macs.truncate(MAX_RESERVED);
+                s.reserved = macs;
+            }
+            _ => return Some(self.error(h, port, Error::BadArgument, head)),
+        }
+        let mut b = vec![r.rcmd, u8::try_from(s.reserved.len()).unwrap_or(u8::MAX)];
+        for mac in &s.reserved {
+            b.extend_from_slice(mac);
+        }
+        Some(self.reply(h, port, None, &[&b]))
+    }
+
+    /// The unsolicited Query Config answer a target sends when it starts, so initiators
+    /// find it at once: one to each allowed MAC.
+    pub fn announcements(&self, port: &Port) -> Vec<Vec<u8>> {
+        let s = self.lock();
+        let head = config_reply(
+            port.buffers,
+            FIRMWARE,
+            port.max_sectors(),
+            0,
+            s.config.len(),
+        );
+        s.masks
+            .iter()
+            .map(|mac| {
+                let asker = Header {
+                    dst: port.mac,
+                    src: *mac,
+                    version: wire::VERSION,
+                    flags: 0,
+                    major: self.shelf,
+                    minor: self.slot,
+                    command: command::QUERY_CONFIG,
+                    tag: [0; 4],
+                };
+                let mut out = self.reply(&asker, port, None, &[&head, &s.config]);
+                out.resize(out.len().max(MIN_FRAME), 0);
+                out
+            })
+            .collect()
+    }
+}

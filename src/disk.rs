@@ -1,0 +1,98 @@
+//! The disk a wire protocol serves, apart from the protocol: the [`Disk`] trait the iSCSI
+//! and AoE targets call, and [`EngineDisk`], the userspace engine behind it.
+
+use std::io;
+use std::sync::Arc;
+
+use crate::engine::{Engine, EngineError};
+
+/// Errors a disk reports, as the protocols tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskError {
+    /// No room left (a full COW).
+    NoSpace,
+    ReadOnly,
+    Io,
+}
+
+/// The block device a protocol serves (iSCSI's LUN 0, an AoE shelf.slot). Offsets and
+/// lengths are already checked by the caller.
+pub trait Disk: Send + Sync {
+    fn size(&self) -> u64;
+    fn read_only(&self) -> bool;
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError>;
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError>;
+    fn flush(&self) -> Result<(), DiskError>;
+    /// Makes completed writes survive a crash of this process without a full flush (where
+    /// writes are buffered until one): what a protocol without flushes calls after a write.
+    fn commit(&self) -> Result<(), DiskError> {
+        Ok(())
+    }
+    /// Discard: afterwards the range reads as anything (here: zeros or the golden image).
+    fn trim(&self, offset: u64, len: u64) -> Result<(), DiskError>;
+    /// Afterwards the range reads as zeros.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), DiskError>;
+    /// The preferred I/O size (the COW's chunk).
+    fn granularity(&self) -> u64 {
+        4096
+    }
+}
+
+/// A PC's engine as the disk its exports serve.
+pub struct EngineDisk {
+    pub engine: Arc<Engine>,
+    pub read_only: bool,
+}
+
+fn disk_error(e: &EngineError) -> DiskError {
+    match e {
+        EngineError::Overflow => DiskError::NoSpace,
+        EngineError::ReadOnly => DiskError::ReadOnly,
+        EngineError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
+            DiskError::NoSpace
+        }
+        _ => DiskError::Io,
+    }
+}
+
+impl Disk for EngineDisk {
+    fn size(&self) -> u64 {
+        self.engine.size()
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
+        self.engine.read_at(buf, offset).map_err(|e| disk_error(&e))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
+        self.engine
+            .write_at(buf, offset)
+            .map_err(|e| disk_error(&e))
+    }
+
+    fn flush(&self) -> Result<(), DiskError> {
+        self.engine.flush().map_err(|e| disk_error(&e))
+    }
+
+    fn commit(&self) -> Result<(), DiskError> {
+        self.engine.commit().map_err(|e| disk_error(&e))
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.engine.trim(offset, len).map_err(|e| disk_error(&e))
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.engine
+            .write_zeroes(offset, len, false)
+            .map_err(|e| disk_error(&e))
+    }
+
+    fn granularity(&self) -> u64 {
+        self.engine.geometry().chunk_bytes()
+    }
+}
