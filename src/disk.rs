@@ -23,11 +23,6 @@ pub trait Disk: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError>;
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError>;
     fn flush(&self) -> Result<(), DiskError>;
-    /// Makes completed writes survive a crash of this process without a full flush (where
-    /// writes are buffered until one): what a protocol without flushes calls after a write.
-    fn commit(&self) -> Result<(), DiskError> {
-        Ok(())
-    }
     /// Discard: afterwards the range reads as anything (here: zeros or the golden image).
     fn trim(&self, offset: u64, len: u64) -> Result<(), DiskError>;
     /// Afterwards the range reads as zeros.
@@ -76,10 +71,6 @@ impl Disk for EngineDisk {
 
     fn flush(&self) -> Result<(), DiskError> {
         self.engine.flush().map_err(|e| disk_error(&e))
-    }
-
-    fn commit(&self) -> Result<(), DiskError> {
-        self.engine.commit().map_err(|e| disk_error(&e))
     }
 
     fn trim(&self, offset: u64, len: u64) -> Result<(), DiskError> {

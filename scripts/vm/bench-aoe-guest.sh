@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # In the test VM (scripts/bench-aoe.sh): cowctl's userspace AoE target against vblade
 # serving a raw copy of the same golden image, both through the kernel's aoe driver on a
-# veth pair with 9000-byte frames, measured one after the other in this run with fio:
+# veth pair with 9000-byte frames, and vblade over a dm-snapshot (what the kernel backend
+# serves), measured one after the other in this run with fio:
 # 4 KiB random read and write at queue depth 16, 1 MiB sequential read at depth 4.
-# cowctl's PC starts on a fresh COW, so its random writes allocate chunks as a PC's do.
+# cowctl's PC starts each round on a fresh COW, so its random writes allocate chunks (and
+# copy 32 KiB of the golden image for each) as a fresh PC's do.
 set -euo pipefail
 repo=${COWCTL_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 cowctl=$repo/target/release/cowctl
@@ -14,6 +16,8 @@ ip link add cwbt mtu 9000 type veth peer name cwbi mtu 9000
 ip link set cwbt up
 ip link set cwbi up
 modprobe aoe aoe_iflist=cwbi
+modprobe loop
+modprobe dm-snapshot
 head -c "${mb}M" /dev/urandom >"$work/golden.img"
 cp "$work/golden.img" "$work/vblade.img"
 
@@ -24,6 +28,7 @@ wait_disk() {
         sleep 0.5
     done
     echo "bench-aoe: $1 never appeared" >&2
+    tail -n 5 "$work"/vblade*.log "$work"/run/serve.log 2>/dev/null >&2 || true
     exit 1
 }
 
@@ -33,29 +38,34 @@ run_fio() { # target job device
     case $2 in
         randread) rw=randread bs=4k depth=16 ;;
         randwrite) rw=randwrite bs=4k depth=16 ;;
+        rewrite) rw=randwrite bs=4k depth=16 ;;
         seqread) rw=read bs=1M depth=4 ;;
     esac
+    local region=()
+    if [[ $2 == rewrite ]]; then
+        # The first 16 MiB written once (not measured), then rewritten at random.
+        region=(--offset=0 --size=16M)
+        fio --name=fill --filename="$3" --direct=1 --ioengine=libaio --rw=write --bs=1M \
+            --iodepth=4 "${region[@]}" >/dev/null
+    fi
     fio --name="$1-$2" --filename="$3" --direct=1 --ioengine=libaio --rw=$rw --bs=$bs \
-        --iodepth=$depth --runtime="$seconds" --time_based --output-format=json >"$work/$1-$2.json"
-    read -r iops["$1-$2"] mbps["$1-$2"] < <(python3 -c '
+        --iodepth=$depth "${region[@]}" --runtime="$seconds" --time_based --output-format=json >"$work/$1-$2.json"
+    local out
+    out=$(python3 -c '
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]
-side = j["write"] if sys.argv[2] == "randwrite" else j["read"]
+side = j["write"] if sys.argv[2].endswith("write") else j["read"]
 print(round(side["iops"]), round(side["bw_bytes"] / 1e6))' "$work/$1-$2.json" "$2")
-    echo "bench-aoe: $1 $2: ${iops[$1-$2]} IOPS, ${mbps[$1-$2]} MB/s" >&2
+    local i=${out% *} m=${out#* }
+    if ((i > ${iops[$1-$2]:-0})); then
+        iops["$1-$2"]=$i
+        mbps["$1-$2"]=$m
+    fi
+    echo "bench-aoe: $1 $2: $i IOPS, $m MB/s" >&2
 }
 
-jobs=(randread seqread randwrite)
-# vblade (Debian's package) serving the raw file as e1.1.
-vblade 1 1 cwbt "$work/vblade.img" >"$work/vblade.log" 2>&1 &
-vblade_pid=$!
-wait_disk /dev/etherd/e1.1
-for j in "${jobs[@]}"; do run_fio vblade "$j" /dev/etherd/e1.1; done
-kill "$vblade_pid"
-wait "$vblade_pid" 2>/dev/null || true
-aoe-flush -a || true
-
-# cowctl serve with one PC as e2.1 on a fresh COW over the golden image.
+jobs=(randread seqread randwrite rewrite)
+rounds=${BENCH_AOE_ROUNDS:-2}
 mac=$(cat /sys/class/net/cwbi/address)
 mkdir "$work/cow"
 cat >"$work/room.yaml" <<YAML
@@ -81,23 +91,57 @@ pcs:
     mac: $mac
 YAML
 export COWCTL_RUN_DIR=$work/run COWCTL_MANIFEST=$work/room.yaml
-"$cowctl" apply >/dev/null
-wait_disk /dev/etherd/e2.1
-for j in "${jobs[@]}"; do run_fio cowctl "$j" /dev/etherd/e2.1; done
-"$cowctl" down >/dev/null
+
+# Rounds alternate the two targets, only one running at a time (each would wake for the
+# other's frames); each job keeps its best round. cowctl's PC gets a fresh COW each round.
+for round in $(seq "$rounds"); do
+    # vblade (Debian's package) serving the raw file as e1.1.
+    vblade 1 1 cwbt "$work/vblade.img" >"$work/vblade.log" 2>&1 &
+    vblade_pid=$!
+    wait_disk /dev/etherd/e1.1
+    for j in "${jobs[@]}"; do run_fio vblade "$j" /dev/etherd/e1.1; done
+    kill "$vblade_pid"
+    wait "$vblade_pid" 2>/dev/null || true
+
+    # The kernel backend's way: vblade over a dm-snapshot of the golden image (loop
+    # devices, a fresh COW file, 32 KiB chunks), as e3.1.
+    rm -f "$work/kernel.cow"
+    truncate -s "${mb}M" "$work/kernel.cow"
+    golden_loop=$(losetup -f --show -r "$work/golden.img")
+    cow_loop=$(losetup -f --show "$work/kernel.cow")
+    dmsetup create cwbsnap --table "0 $((mb * 2048)) snapshot $golden_loop $cow_loop P 64"
+    dmsetup mknodes cwbsnap # the VM runs no udev to make the node
+    vblade 3 1 cwbt /dev/mapper/cwbsnap >"$work/vblade-dm.log" 2>&1 &
+    vblade_pid=$!
+    wait_disk /dev/etherd/e3.1
+    for j in "${jobs[@]}"; do run_fio kernel "$j" /dev/etherd/e3.1; done
+    kill "$vblade_pid"
+    wait "$vblade_pid" 2>/dev/null || true
+    dmsetup remove cwbsnap
+    losetup -d "$golden_loop" "$cow_loop"
+
+    # cowctl serve with one PC as e2.1 over the golden image.
+    "$cowctl" reset pc-01 >/dev/null 2>&1 || true
+    "$cowctl" apply >/dev/null
+    wait_disk /dev/etherd/e2.1
+    for j in "${jobs[@]}"; do run_fio cowctl "$j" /dev/etherd/e2.1; done
+    "$cowctl" down >/dev/null
+done
 aoe-flush -a || true
 rmmod aoe || true
 
 ratio() { python3 -c "print(f'{$1 / max($2, 1):.2f}×')"; }
 fmt() { python3 -c "print(f'{$1:,}')"; }
-echo "| fio through the kernel's aoe driver ($mb MiB, MTU 9000, ${seconds} s each) | cowctl serve | vblade | cowctl / vblade |"
-echo "|---|---|---|---|"
+echo "| fio through the kernel's aoe driver ($mb MiB, MTU 9000, best of $rounds × ${seconds} s) | cowctl serve | vblade, raw file | cowctl / vblade | vblade over dm-snapshot (kernel backend) | cowctl / kernel |"
+echo "|---|---|---|---|---|---|"
+cell() { echo "$(fmt "${iops[$1]}") IOPS, $(fmt "${mbps[$1]}") MB/s"; }
 for j in "${jobs[@]}"; do
     case $j in
         randread) label="4 KiB random read, qd16" ;;
-        randwrite) label="4 KiB random write, qd16 (fresh COW)" ;;
         seqread) label="1 MiB sequential read, qd4" ;;
+        randwrite) label="4 KiB random write, qd16, fresh COW" ;;
+        rewrite) label="4 KiB random write, qd16, rewriting written chunks" ;;
     esac
-    echo "| $label | $(fmt "${iops[cowctl-$j]}") IOPS, $(fmt "${mbps[cowctl-$j]}") MB/s | $(fmt "${iops[vblade-$j]}") IOPS, $(fmt "${mbps[vblade-$j]}") MB/s | $(ratio "${iops[cowctl-$j]}" "${iops[vblade-$j]}") |"
+    echo "| $label | $(cell "cowctl-$j") | $(cell "vblade-$j") | $(ratio "${iops[cowctl-$j]}" "${iops[vblade-$j]}") | $(cell "kernel-$j") | $(ratio "${iops[cowctl-$j]}" "${iops[kernel-$j]}") |"
 done
 rm -rf "$work"

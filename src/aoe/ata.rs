@@ -40,6 +40,14 @@ pub mod op {
     pub const IDENTIFY: u8 = 0xec;
 }
 
+/// Whether an ATA command writes (its answer must wait for the write to be committed).
+pub fn is_write(command: u8) -> bool {
+    matches!(
+        command,
+        op::WRITE | op::WRITE_EXT | op::WRITE_DMA | op::WRITE_DMA_EXT
+    )
+}
+
 const LBA28_MAX: u64 = 0x0fff_ffff;
 const LBA48_MASK: u64 = 0xffff_ffff_ffff;
 
@@ -65,16 +73,13 @@ impl Identity {
     }
 }
 
-/// The registers of an answer, and the data of a read or IDENTIFY.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+/// The registers of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registers {
     pub error: u8,
     pub status: u8,
     /// Sectors left to transfer (0 on success; CHECK POWER MODE answers 0xff).
     pub sectors: u8,
-    pub lba: u64,
-    /// The data to send back (reads and IDENTIFY).
-    pub data: Vec<u8>,
 }
 
 /// A request the AoE layer refuses with Bad Argument: more sectors than a frame carries
@@ -82,35 +87,37 @@ pub struct Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadArgument;
 
-/// Runs one ATA command. `payload` is what followed the ATA header (a write's data, maybe
-/// with Ethernet padding); `max_sectors` is what one frame carries on this interface.
+/// Runs one ATA command; the data of a read or IDENTIFY is appended to `data` (the answer
+/// frame being built, so it is read straight into place). `payload` is what followed the
+/// ATA header (a write's data, maybe with Ethernet padding); `max_sectors` is what one
+/// frame carries on this interface.
 pub fn execute(
     a: &Ata,
     payload: &[u8],
     disk: &dyn Disk,
     identity: &Identity,
     max_sectors: u8,
-) -> Result<Outcome, BadArgument> {
-    let done = |data: Vec<u8>, sectors: u8| Outcome {
+    data: &mut Vec<u8>,
+) -> Result<Registers, BadArgument> {
+    let done = |sectors: u8| Registers {
         error: 0,
         status: status::DRDY,
         sectors,
-        lba: a.lba,
-        data,
     };
-    let failed = |error: u8| Outcome {
+    let failed = |error: u8| Registers {
         error,
         status: status::DRDY | status::ERR,
         sectors: a.sectors,
-        lba: a.lba,
-        data: Vec::new(),
     };
     let (lba, write) = match a.command {
-        op::IDENTIFY => return Ok(done(identify(disk.size(), identity).to_vec(), 0)),
-        op::CHECK_POWER_MODE => return Ok(done(Vec::new(), 0xff)),
+        op::IDENTIFY => {
+            data.extend_from_slice(&identify(disk.size(), identity));
+            return Ok(done(0));
+        }
+        op::CHECK_POWER_MODE => return Ok(done(0xff)),
         op::FLUSH | op::FLUSH_EXT => {
             return Ok(match disk.flush() {
-                Ok(()) => done(Vec::new(), 0),
+                Ok(()) => done(0),
                 Err(_) => failed(error::ABRT),
             })
         }
@@ -133,23 +140,20 @@ pub fn execute(
         if disk.read_only() {
             return Ok(failed(error::ABRT));
         }
-        // AoE has no flush: a write is complete once it would survive this process.
-        Ok(
-            match disk
-                .write_at(&payload[..len], offset)
-                .and_then(|()| disk.commit())
-            {
-                Ok(()) => done(Vec::new(), 0),
-                Err(DiskError::NoSpace | DiskError::ReadOnly | DiskError::Io) => {
-                    failed(error::ABRT)
-                }
-            },
-        )
+        // AoE has no flush: the caller commits a batch of writes before answering them.
+        Ok(match disk.write_at(&payload[..len], offset) {
+            Ok(()) => done(0),
+            Err(DiskError::NoSpace | DiskError::ReadOnly | DiskError::Io) => failed(error::ABRT),
+        })
     } else {
-        let mut data = vec![0u8; len];
-        Ok(match disk.read_at(&mut data, offset) {
-            Ok(()) => done(data, 0),
-            Err(_) => failed(error::UNC),
+        let start = data.len();
+        data.resize(start + len, 0);
+        Ok(match disk.read_at(&mut data[start..], offset) {
+            Ok(()) => done(0),
+            Err(_) => {
+                data.truncate(start);
+                failed(error::UNC)
+            }
         })
     }
 }
@@ -263,6 +267,17 @@ mod tests {
         }
     }
 
+    /// Runs a command; its registers and the data it returned.
+    fn run(
+        a: &Ata,
+        payload: &[u8],
+        disk: &Mem,
+        max: u8,
+    ) -> Result<(Registers, Vec<u8>), BadArgument> {
+        let mut data = Vec::new();
+        execute(a, payload, disk, &Identity::for_pc("pc"), max, &mut data).map(|r| (r, data))
+    }
+
     fn word(b: &[u8], i: usize) -> u16 {
         u16::from_le_bytes([b[2 * i], b[2 * i + 1]])
     }
@@ -294,38 +309,34 @@ mod tests {
     #[test]
     fn reads_and_writes_hit_the_right_sectors() {
         let disk = Mem(Mutex::new(vec![0; 64 * 512]));
-        let id = Identity::for_pc("pc");
         let data = vec![7u8; 2 * 512];
-        let w = execute(&ata(op::WRITE_EXT, 10, 2), &data, &disk, &id, 2).unwrap();
+        let (w, _) = run(&ata(op::WRITE_EXT, 10, 2), &data, &disk, 2).unwrap();
         assert_eq!((w.status, w.error), (status::DRDY, 0));
-        let r = execute(&ata(op::READ, 9, 2), &[], &disk, &id, 2).unwrap();
-        assert_eq!(&r.data[..512], &[0u8; 512][..]);
-        assert_eq!(&r.data[512..], &[7u8; 512][..]);
+        let (_, r) = run(&ata(op::READ, 9, 2), &[], &disk, 2).unwrap();
+        assert_eq!(&r[..512], &[0u8; 512][..]);
+        assert_eq!(&r[512..], &[7u8; 512][..]);
         // LBA28 commands ignore the upper LBA bits.
-        let r = execute(&ata(op::READ, 10 | 1 << 40, 1), &[], &disk, &id, 2).unwrap();
-        assert_eq!(r.data, vec![7u8; 512]);
+        let (_, r) = run(&ata(op::READ, 10 | 1 << 40, 1), &[], &disk, 2).unwrap();
+        assert_eq!(r, vec![7u8; 512]);
     }
 
     #[test]
     fn bad_requests_get_errors_not_io() {
         let disk = Mem(Mutex::new(vec![0; 64 * 512]));
-        let id = Identity::for_pc("pc");
-        let past = execute(&ata(op::READ_EXT, 63, 2), &[], &disk, &id, 2).unwrap();
+        let (past, data) = run(&ata(op::READ_EXT, 63, 2), &[], &disk, 2).unwrap();
+        assert!(data.is_empty());
         assert_eq!((past.status, past.error), (0x41, error::IDNF));
-        let huge = execute(&ata(op::READ_EXT, u64::MAX, 1), &[], &disk, &id, 2).unwrap();
+        let (huge, _) = run(&ata(op::READ_EXT, u64::MAX, 1), &[], &disk, 2).unwrap();
         assert_eq!(huge.error, error::IDNF);
+        assert_eq!(run(&ata(op::READ, 0, 3), &[], &disk, 2), Err(BadArgument));
         assert_eq!(
-            execute(&ata(op::READ, 0, 3), &[], &disk, &id, 2),
-            Err(BadArgument)
-        );
-        assert_eq!(
-            execute(&ata(op::WRITE, 0, 2), &[0; 600], &disk, &id, 2),
+            run(&ata(op::WRITE, 0, 2), &[0; 600], &disk, 2),
             Err(BadArgument),
             "a write with less data than it claims"
         );
-        let unknown = execute(&ata(0x92, 0, 0), &[], &disk, &id, 2).unwrap();
+        let (unknown, _) = run(&ata(0x92, 0, 0), &[], &disk, 2).unwrap();
         assert_eq!((unknown.status, unknown.error), (0x41, error::ABRT));
-        let power = execute(&ata(op::CHECK_POWER_MODE, 0, 0), &[], &disk, &id, 2).unwrap();
+        let (power, _) = run(&ata(op::CHECK_POWER_MODE, 0, 0), &[], &disk, 2).unwrap();
         assert_eq!(power.sectors, 0xff);
     }
 }

@@ -11,6 +11,10 @@ use super::wire::ETHERTYPE;
 
 /// The largest frame read: a 64 KiB MTU (`lo`) plus the Ethernet header.
 pub const MAX_FRAME: usize = 65536 + 14;
+/// The most frames one receive or send call moves.
+pub const BATCH: usize = BATCH_C as usize;
+/// [`BATCH`] as the kernel's count type.
+const BATCH_C: libc::c_uint = 16;
 /// The receive buffer the socket asks for, so a burst of outstanding requests is not dropped.
 const RECEIVE_BUFFER: libc::c_int = 8 << 20;
 
@@ -167,11 +171,88 @@ impl Socket {
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
-        let addressed = matches!(
+        Ok((self.addressed(&from) && n <= buf.len()).then_some(n))
+    }
+
+    /// Waits for a frame, then takes the others already queued, up to [`BATCH`], in one
+    /// call (an initiator keeps many requests outstanding).
+    pub fn recv_batch(&self, batch: &mut Batch) -> io::Result<()> {
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let mut from: [libc::sockaddr_ll; BATCH] = unsafe { zeroed() };
+        let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        for i in 0..BATCH {
+            iov[i] = libc::iovec {
+                iov_base: batch.bufs[i].as_mut_ptr().cast(),
+                iov_len: batch.bufs[i].len(),
+            };
+            msgs[i].msg_hdr.msg_name = (&mut from[i] as *mut libc::sockaddr_ll).cast();
+            msgs[i].msg_hdr.msg_namelen = socklen::<libc::sockaddr_ll>();
+            msgs[i].msg_hdr.msg_iov = &mut iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at a buffer, iovec and address of this frame, valid
+        // for the lengths given; the kernel writes no more than that.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                BATCH_C,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        batch.count = usize::try_from(n).unwrap_or(0).min(BATCH);
+        for i in 0..batch.count {
+            let truncated = msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let ours = self.addressed(&from[i]) && !truncated;
+            batch.lens[i] = ours.then_some(msgs[i].msg_len as usize);
+        }
+        Ok(())
+    }
+
+    /// Sends the frames with as few calls as the kernel allows.
+    pub fn send_batch(&self, frames: &[&[u8]]) -> io::Result<()> {
+        let mut left = frames;
+        while !left.is_empty() {
+            let n = left.len().min(BATCH);
+            // SAFETY: all-zero is a valid value of these plain C structs.
+            let mut iov: [libc::iovec; BATCH] = unsafe { zeroed() };
+            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+            for i in 0..n {
+                iov[i] = libc::iovec {
+                    iov_base: left[i].as_ptr().cast_mut().cast(),
+                    iov_len: left[i].len(),
+                };
+                msgs[i].msg_hdr.msg_iov = &mut iov[i];
+                msgs[i].msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: each header points at a frame valid for its length, which the
+            // kernel only reads; the socket is bound to its interface.
+            let sent = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    msgs.as_mut_ptr(),
+                    libc::c_uint::try_from(n).unwrap_or(BATCH_C),
+                    0,
+                )
+            };
+            if sent <= 0 {
+                return Err(io::Error::last_os_error());
+            }
+            left = &left[usize::try_from(sent).unwrap_or(n).min(n)..];
+        }
+        Ok(())
+    }
+
+    fn addressed(&self, from: &libc::sockaddr_ll) -> bool {
+        matches!(
             from.sll_pkttype,
             libc::PACKET_HOST | libc::PACKET_BROADCAST | libc::PACKET_MULTICAST
-        );
-        Ok((addressed && n <= buf.len() && from.sll_ifindex == self.ifindex).then_some(n))
+        ) && from.sll_ifindex == self.ifindex
     }
 
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
@@ -182,5 +263,42 @@ impl Socket {
         } else {
             Ok(())
         }
+    }
+}
+
+/// The frames of one [`Socket::recv_batch`], each in a buffer of [`MAX_FRAME`] bytes.
+pub struct Batch {
+    bufs: Vec<Box<[u8]>>,
+    /// The length of each frame received that is for this host.
+    lens: [Option<usize>; BATCH],
+    count: usize,
+}
+
+impl Default for Batch {
+    fn default() -> Batch {
+        Batch {
+            bufs: (0..BATCH)
+                .map(|_| vec![0u8; MAX_FRAME].into_boxed_slice())
+                .collect(),
+            lens: [None; BATCH],
+            count: 0,
+        }
+    }
+}
+
+impl Batch {
+    /// How many frames the last receive took (some may not be for this host).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Frame `i` of the last receive, if it is for this host.
+    pub fn frame(&self, i: usize) -> Option<&[u8]> {
+        let n = (*self.lens.get(i)?)?;
+        (i < self.count).then(|| &self.bufs[i][..n])
     }
 }

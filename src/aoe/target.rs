@@ -3,7 +3,7 @@
 //! to it, and Reserve/Release. Pure logic over bytes and a [`Disk`]; the socket and the
 //! PCs' slots are the service's.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::ata::{self, Identity};
 use super::wire::{
@@ -49,7 +49,9 @@ pub struct Unit {
     pub shelf: u16,
     pub slot: u8,
     pub identity: Identity,
-    state: Mutex<State>,
+    /// Read for every frame (the mask list, the reservation), written by the rare commands
+    /// that change them.
+    state: RwLock<State>,
 }
 
 impl Unit {
@@ -61,15 +63,19 @@ impl Unit {
             shelf,
             slot,
             identity,
-            state: Mutex::new(State {
+            state: RwLock::new(State {
                 masks,
                 ..State::default()
             }),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether a frame is for this shelf.slot (or for every shelf or slot).
@@ -81,30 +87,54 @@ impl Unit {
     /// Whether `mac` is on the Mac Mask List. An empty list would admit everyone; cowctl
     /// never lets it become empty.
     pub fn admits(&self, mac: &[u8; 6]) -> bool {
-        let s = self.lock();
+        let s = self.read();
         s.masks.is_empty() || s.masks.contains(mac)
     }
 
     pub fn masks(&self) -> Vec<[u8; 6]> {
-        self.lock().masks.clone()
+        self.read().masks.clone()
     }
 
     /// The answer to a request frame `f` (addressed to this unit, from an admitted MAC),
     /// or None where the protocol says to stay silent.
     pub fn answer(&self, h: &Header, f: &[u8], disk: &dyn Disk, port: &Port) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.answer_into(h, f, disk, port, &mut out).then_some(out)
+    }
+
+    /// [`Unit::answer`] into a buffer the caller keeps (a read's data goes straight into
+    /// it); false for silence.
+    pub fn answer_into(
+        &self,
+        h: &Header,
+        f: &[u8],
+        disk: &dyn Disk,
+        port: &Port,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        out.clear();
         let body = &f[HEADER_LEN..];
-        let mut out = match h.command {
-            _ if h.version != wire::VERSION => self.error(h, port, Error::UnsupportedVersion, &[]),
-            command::ATA => self.ata(h, body, disk, port)?,
-            command::QUERY_CONFIG => self.config(h, body, port)?,
-            command::MAC_MASK => self.mask(h, body, port)?,
-            command::RESERVE_RELEASE => self.resrel(h, body, port)?,
-            _ => self.error(h, port, Error::UnrecognizedCommand, &[]),
-        };
+        if h.version == wire::VERSION && h.command == command::ATA {
+            if !self.ata(h, body, disk, port, out) {
+                return false;
+            }
+        } else {
+            let answer = match h.command {
+                _ if h.version != wire::VERSION => {
+                    Some(self.error(h, port, Error::UnsupportedVersion, &[]))
+                }
+                command::QUERY_CONFIG => self.config(h, body, port),
+                command::MAC_MASK => self.mask(h, body, port),
+                command::RESERVE_RELEASE => self.resrel(h, body, port),
+                _ => Some(self.error(h, port, Error::UnrecognizedCommand, &[])),
+            };
+            let Some(answer) = answer else { return false };
+            out.extend_from_slice(&answer);
+        }
         if out.len() < MIN_FRAME {
             out.resize(MIN_FRAME, 0);
         }
-        Some(out)
+        true
     }
 
     fn reply(&self, h: &Header, port: &Port, error: Option<Error>, parts: &[&[u8]]) -> Vec<u8> {
@@ -121,32 +151,40 @@ impl Unit {
         self.reply(h, port, Some(e), &[echo])
     }
 
-    fn ata(&self, h: &Header, body: &[u8], disk: &dyn Disk, port: &Port) -> Option<Vec<u8>> {
-        let a = Ata::parse(body)?;
+    /// An ATA command's answer into `out`: headers, then the data read straight after them.
+    fn ata(
+        &self,
+        h: &Header,
+        body: &[u8],
+        disk: &dyn Disk,
+        port: &Port,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let Some(a) = Ata::parse(body) else {
+            return false;
+        };
         let echo = &body[..ATA_LEN];
+        let refuse = |out: &mut Vec<u8>, e: Error| {
+            out.clear();
+            out.extend_from_slice(&h.reply(port.mac, self.shelf, self.slot, Some(e)));
+            out.extend_from_slice(echo);
+        };
         if a.command != ata::op::IDENTIFY {
-            let s = self.lock();
+            let s = self.read();
             if !s.reserved.is_empty() && !s.reserved.contains(&h.src) {
-                return Some(self.error(h, port, Error::TargetReserved, echo));
+                refuse(out, Error::TargetReserved);
+                return true;
             }
         }
-        Some(
-            match ata::execute(
-                &a,
-                &body[ATA_LEN..],
-                disk,
-                &self.identity,
-                port.max_sectors(),
-            ) {
-                Err(ata::BadArgument) => self.error(h, port, Error::BadArgument, echo),
-                Ok(o) => self.reply(
-                    h,
-                    port,
-                    None,
-                    &[&a.reply(o.error, o.sectors, o.status), &o.data],
-                ),
-            },
-        )
+        out.extend_from_slice(&h.reply(port.mac, self.shelf, self.slot, None));
+        out.extend_from_slice(&[0; ATA_LEN]);
+        let payload = &body[ATA_LEN..];
+        match ata::execute(&a, payload, disk, &self.identity, port.max_sectors(), out) {
+            Err(ata::BadArgument) => refuse(out, Error::BadArgument),
+            Ok(r) => out[HEADER_LEN..HEADER_LEN + ATA_LEN]
+                .copy_from_slice(&a.reply(r.error, r.sectors, r.status)),
+        }
+        true
     }
 
     fn config(&self, h: &Header, body: &[u8], port: &Port) -> Option<Vec<u8>> {
@@ -274,7 +312,7 @@ impl Unit {
     /// The unsolicited Query Config answer a target sends when it starts, so initiators
     /// find it at once: one to each allowed MAC.
     pub fn announcements(&self, port: &Port) -> Vec<Vec<u8>> {
-        let s = self.lock();
+        let s = self.read();
         let head = config_reply(
             port.buffers,
             FIRMWARE,

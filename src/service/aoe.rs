@@ -4,16 +4,17 @@
 //! arrive meanwhile get no answer, and the initiator's retries reach the new COW).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::exports::Registry;
+use super::exports::{Registry, Slot};
+use crate::aoe::ata;
 use crate::aoe::ata::Identity;
-use crate::aoe::socket::{Socket, MAX_FRAME};
-use crate::aoe::wire::{Header, FLAG_RESPONSE};
+use crate::aoe::socket::{Batch, Socket, BATCH, MAX_FRAME};
+use crate::aoe::wire::{command, Header, FLAG_ERROR, FLAG_RESPONSE, HEADER_LEN};
 use crate::aoe::{Port, Unit};
 use crate::disk::EngineDisk;
 use crate::manifest::{Export, Mac, Manifest};
@@ -21,10 +22,54 @@ use crate::manifest::{Export, Mac, Manifest};
 /// Requests the initiator may keep outstanding (Query Config's Buffer Count); the socket's
 /// receive buffer holds this many jumbo frames.
 const BUFFERS: u16 = 64;
-/// Threads answering frames: the engine's I/O runs on them in parallel.
-const WORKERS: usize = 8;
+/// Threads answering frames, at most: each takes the frames queued when it wakes, so one
+/// does the work while the load is light and the others join in as it grows.
+const MAX_WORKERS: usize = 4;
 /// How long an initiator is listed in `status` after its last frame.
 const SEEN_FOR: Duration = Duration::from_secs(300);
+
+/// What became of one frame of a batch.
+enum Answer {
+    Silence,
+    /// The answer is ready to send.
+    Ready,
+    /// A write went to this slot's engine: its answer waits for the batch's commit.
+    Wrote(Arc<Slot>),
+}
+
+/// AoE has no flush, so a write is answered only once it would survive this process: the
+/// exceptions a batch's writes recorded are committed once for the batch (a group commit,
+/// as the kernel's snapshot target does it) before any of them is answered. A write whose
+/// commit failed is answered with an ATA error instead. A slot reset or stopped meanwhile
+/// needs nothing: a stop commits, and a reset throws the COW away.
+fn commit_writes(answers: &[Answer], outs: &mut [Vec<u8>]) {
+    let mut done: Vec<(&Arc<Slot>, bool)> = Vec::new();
+    for (answer, out) in answers.iter().zip(outs.iter_mut()) {
+        let Answer::Wrote(slot) = answer else {
+            continue;
+        };
+        let ok = match done.iter().find(|(s, _)| Arc::ptr_eq(s, slot)) {
+            Some((_, ok)) => *ok,
+            None => {
+                let ok = slot
+                    .io(|engine, _| engine.commit())
+                    .is_none_or(|r| match r {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::error!("AoE: committing {}'s writes failed: {e}", slot.name);
+                            false
+                        }
+                    });
+                done.push((slot, ok));
+                ok
+            }
+        };
+        if !ok {
+            out[HEADER_LEN + 1] = ata::error::ABRT;
+            out[HEADER_LEN + 3] = ata::status::DRDY | ata::status::ERR;
+        }
+    }
+}
 
 /// A PC's target and the initiators seen lately.
 struct Entry {
@@ -32,6 +77,28 @@ struct Entry {
     macs: Vec<Mac>,
     unit: Arc<Unit>,
     seen: Mutex<HashMap<[u8; 6], Instant>>,
+    /// The MAC recorded last and frames since: a busy initiator is recorded once every
+    /// [`SEEN_EVERY`] frames, not on each.
+    last_seen: AtomicU64,
+    frames: AtomicU64,
+}
+
+const SEEN_EVERY: u64 = 4096;
+
+impl Entry {
+    fn saw(&self, mac: [u8; 6]) {
+        let mut b = [0u8; 8];
+        b[..6].copy_from_slice(&mac);
+        let key = u64::from_le_bytes(b) | 1 << 63;
+        let n = self.frames.fetch_add(1, Ordering::Relaxed);
+        if self.last_seen.swap(key, Ordering::Relaxed) == key && !n.is_multiple_of(SEEN_EVERY) {
+            return;
+        }
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(mac, Instant::now());
+    }
 }
 
 pub struct AoeService {
@@ -84,6 +151,8 @@ impl AoeService {
                         &allowed,
                     )),
                     seen: Mutex::new(HashMap::new()),
+                    last_seen: AtomicU64::new(0),
+                    frames: AtomicU64::new(0),
                 })
             });
             next.insert((*shelf, *slot), entry);
@@ -115,7 +184,8 @@ impl AoeService {
         self.mtu
             .store(socket.mtu().with_context(what)?, Ordering::Relaxed);
         let _ = self.socket.set(socket.clone());
-        for i in 0..WORKERS {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(MAX_WORKERS));
+        for i in 0..workers {
             let me = self.clone();
             let socket = socket.clone();
             std::thread::Builder::new()
@@ -142,63 +212,101 @@ impl AoeService {
     }
 
     fn answer_frames(&self, socket: &Socket) {
-        let mut buf = vec![0u8; MAX_FRAME];
+        let mut batch = Batch::default();
+        let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(MAX_FRAME)).collect();
         loop {
-            match socket.recv(&mut buf) {
-                Ok(Some(n)) => self.answer(socket, &buf[..n]),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!("AoE: reading {} failed: {e}", socket.interface());
-                    std::thread::sleep(Duration::from_millis(100));
+            if let Err(e) = socket.recv_batch(&mut batch) {
+                tracing::error!("AoE: reading {} failed: {e}", socket.interface());
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            let mut answers: [Answer; BATCH] = std::array::from_fn(|_| Answer::Silence);
+            for (i, out) in outs.iter_mut().enumerate().take(batch.len()) {
+                if let Some(frame) = batch.frame(i) {
+                    answers[i] = self.answer(socket, frame, out);
                 }
+            }
+            commit_writes(&answers, &mut outs);
+            let frames: Vec<&[u8]> = outs
+                .iter()
+                .zip(&answers)
+                .filter(|(_, a)| !matches!(a, Answer::Silence))
+                .map(|(o, _)| o.as_slice())
+                .collect();
+            if let Err(e) = socket.send_batch(&frames) {
+                tracing::warn!("AoE: cannot answer on {}: {e}", socket.interface());
             }
         }
     }
 
-    fn answer(&self, socket: &Socket, frame: &[u8]) {
+    /// Answers one frame into `out`, for the caller to send with the rest of its batch (a
+    /// broadcast that reaches several targets is sent from here).
+    fn answer(&self, socket: &Socket, frame: &[u8], out: &mut Vec<u8>) -> Answer {
         let Some(h) = Header::parse(frame) else {
-            return;
+            return Answer::Silence;
         };
         if h.flags & FLAG_RESPONSE != 0 {
-            return; // another target's answer, or our own on `lo`
+            return Answer::Silence; // another target's answer, or our own on `lo`
         }
-        if h.command == crate::aoe::wire::command::QUERY_CONFIG {
+        if h.command == command::QUERY_CONFIG {
             // Discovery is rare: a good time to notice a changed MTU.
             if let Ok(mtu) = socket.mtu() {
                 self.mtu.store(mtu, Ordering::Relaxed);
             }
         }
-        let Some(port) = self.port() else { return };
-        let targets: Vec<Arc<Entry>> = {
-            let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-            entries
-                .values()
-                .filter(|e| e.unit.addressed(&h))
-                .cloned()
-                .collect()
+        let Some(port) = self.port() else {
+            return Answer::Silence;
         };
-        for e in targets {
-            if !e.unit.admits(&h.src) {
-                continue; // a stranger: silence
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        // Most frames name one shelf.slot; broadcasts reach every target that matches.
+        if let Some(e) = entries.get(&(h.major, h.minor)) {
+            return self.answer_one(e, &h, frame, &port, out);
+        }
+        for e in entries.values().filter(|e| e.unit.addressed(&h)) {
+            if let Answer::Ready | Answer::Wrote(_) = self.answer_one(e, &h, frame, &port, out) {
+                if let Err(err) = socket.send(out) {
+                    tracing::warn!("AoE: cannot answer {}: {err}", Mac(h.src));
+                }
             }
-            let Some(slot) = self.registry.get(&e.pc) else {
-                continue; // not served (yet): no disk there
+        }
+        Answer::Silence
+    }
+
+    fn answer_one(
+        &self,
+        e: &Entry,
+        h: &Header,
+        frame: &[u8],
+        port: &Port,
+        out: &mut Vec<u8>,
+    ) -> Answer {
+        if !e.unit.admits(&h.src) {
+            return Answer::Silence; // a stranger: silence
+        }
+        let Some(slot) = self.registry.get(&e.pc) else {
+            return Answer::Silence; // not served (yet): no disk there
+        };
+        let answered = slot.io(|engine, read_only| {
+            let disk = EngineDisk {
+                engine: engine.clone(),
+                read_only,
             };
-            let reply = slot.io(|engine, read_only| {
-                let disk = EngineDisk {
-                    engine: engine.clone(),
-                    read_only,
-                };
-                e.unit.answer(&h, frame, &disk, &port)
-            });
-            let Some(Some(reply)) = reply else { continue };
-            e.seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(h.src, Instant::now());
-            if let Err(err) = socket.send(&reply) {
-                tracing::warn!("AoE: cannot answer {}: {err}", Mac(h.src));
-            }
+            e.unit.answer_into(h, frame, &disk, port, out)
+        });
+        if answered != Some(true) {
+            return Answer::Silence;
+        }
+        e.saw(h.src);
+        let wrote = h.command == command::ATA
+            && frame.get(HEADER_LEN + 3).is_some_and(|c| ata::is_write(*c))
+            && out
+                .get(HEADER_LEN + 3)
+                .is_some_and(|s| s & ata::status::ERR == 0)
+            && Header::parse(out).is_some_and(|r| r.flags & FLAG_ERROR == 0);
+        if wrote {
+            Answer::Wrote(slot)
+        } else {
+            Answer::Ready
         }
     }
 

@@ -237,7 +237,9 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut inner = self.0.lock();
         inner.in_flight -= 1;
-        if inner.in_flight == 0 {
+        // Only a quiesce waits for this (and it sets `paused` first, under this lock): a
+        // notify costs a system call on every frame otherwise.
+        if inner.in_flight == 0 && inner.paused {
             self.0.changed.notify_all();
         }
     }
