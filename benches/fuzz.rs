@@ -400,7 +400,11 @@ fn aoe_frame(input: &[u8]) -> u64 {
         return 0;
     };
     let unit = aoe_common::unit();
-    let disk = MemDisk::new();
+    // One disk for every input (a fresh 4 MiB disk each time would be most of the work):
+    // only its out-of-bounds record has to start empty.
+    thread_local!(static AOE_DISK: std::sync::Arc<MemDisk> = MemDisk::new());
+    let disk = AOE_DISK.with(std::sync::Arc::clone);
+    disk.out_of_bounds.lock().unwrap().clear();
     let port = aoe_common::port(if input.len().is_multiple_of(2) {
         1500
     } else {
