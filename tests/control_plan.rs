@@ -471,8 +471,15 @@ fn without_device_mapper_apply_stops_and_status_reads_the_cow_files() {
         kernel: &kernel,
         run_dir: room.run_dir(),
     };
-    let obs = Observed::read_lenient(&kernel).unwrap();
-    let rows = status::collect(&ctx, &obs, &room.manifest.pcs.iter().collect::<Vec<_>>());
+    let all: Vec<_> = room.manifest.pcs.iter().collect();
+    let obs = Observed::for_status(&kernel, &room.manifest, &all).unwrap();
+    let rows = status::collect(&ctx, &obs, &all);
+    // One PC alone the same way.
+    let one = Observed::for_status(&kernel, &room.manifest, &all[..1]).unwrap();
+    assert_eq!(
+        status::collect(&ctx, &one, &all[..1])[0].state,
+        status::PcState::NotApplied
+    );
     assert_eq!(rows[0].state, status::PcState::NotApplied);
     assert_eq!(
         (rows[0].used_sectors, rows[0].total_sectors),
@@ -640,4 +647,173 @@ fn read_only_is_refused_on_the_kernel_backend() {
         format!("{err:#}").contains("pc-3: read_only is served by the userspace engine only"),
         "{err:#}"
     );
+}
+
+/// Lines of `trace` that name none of `pcs`: reads of the rest of the room.
+fn about_others<'a>(trace: &'a [String], pcs: &[&str]) -> Vec<&'a String> {
+    trace
+        .iter()
+        .filter(|l| !pcs.iter().any(|pc| l.contains(pc)))
+        .collect()
+}
+
+#[test]
+fn status_of_one_pc_reads_only_that_pc() {
+    let room = Room::new();
+    room.apply().unwrap();
+    let rows = room.ctx_do(|ctx, _| {
+        room.fake.take_trace();
+        let pc = ctx.manifest.pc("pc-1").unwrap();
+        let obs = Observed::for_status(ctx.kernel, ctx.manifest, &[pc]).unwrap();
+        status::collect(ctx, &obs, &[pc])
+    });
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].state, status::PcState::Active);
+    let trace = room.fake.take_trace();
+    assert!(
+        about_others(&trace, &["pc-1"]).is_empty(),
+        "status of pc-1 read more than pc-1:\n{}",
+        trace.join("\n")
+    );
+    assert!(trace.iter().any(|l| l == "dm status cowctl-pc-1"));
+}
+
+#[test]
+fn status_of_the_room_reads_each_kernel_source_once() {
+    let room = Room::new();
+    room.apply().unwrap();
+    let rows = room.ctx_do(|ctx, _| {
+        room.fake.take_trace();
+        let pcs: Vec<_> = ctx.manifest.pcs.iter().collect();
+        let obs = Observed::for_status(ctx.kernel, ctx.manifest, &pcs).unwrap();
+        status::collect(ctx, &obs, &pcs)
+    });
+    assert_eq!(rows.len(), 3);
+    let trace = room.fake.take_trace();
+    let count = |line: &str| trace.iter().filter(|l| *l == line).count();
+    assert_eq!(count("dm list"), 1, "{}", trace.join("\n"));
+    assert_eq!(count("configfs list iscsi"), 1, "{}", trace.join("\n"));
+    assert_eq!(count("loop list"), 0, "status needs no loops");
+    for pc in ["pc-1", "pc-2", "pc-3"] {
+        assert_eq!(count(&format!("dm status cowctl-{pc}")), 1);
+        assert_eq!(count(&format!("dm table cowctl-{pc}")), 1);
+    }
+}
+
+#[test]
+fn apply_and_down_read_the_rooms_loops_and_targets_once() {
+    let room = Room::new();
+    room.fake.take_trace();
+    room.apply().unwrap();
+    let trace = room.fake.take_trace();
+    let count = |t: &[String], line: &str| t.iter().filter(|l| *l == line).count();
+    // Once to observe, once when the first snapshot needs the loops attached so far.
+    assert_eq!(count(&trace, "loop list"), 2, "{}", trace.join("\n"));
+    room.down(&[]).unwrap();
+    let trace = room.fake.take_trace();
+    assert_eq!(count(&trace, "loop list"), 1, "{}", trace.join("\n"));
+    assert_eq!(
+        count(&trace, "configfs list iscsi"),
+        1,
+        "{}",
+        trace.join("\n")
+    );
+    assert_eq!(
+        room.fake.configfs_made(),
+        ["iscsi"],
+        "only the fabric stays"
+    );
+    assert!(room.fake.state().dm.is_empty() && room.fake.state().loops.is_empty());
+}
+
+#[test]
+fn a_reset_reads_nothing_of_the_room_while_the_pc_is_paused() {
+    let room = Room::new();
+    room.apply().unwrap();
+    room.ctx_do(|ctx, obs| {
+        room.fake.take_trace();
+        reset::reset(ctx, obs, ctx.manifest.pc("pc-2").unwrap()).unwrap()
+    });
+    let trace = room.fake.take_trace();
+    let tpg = "configfs write iscsi/iqn.2024-01.lan.test:pc-2/tpgt_1/enable";
+    let from = exact(&trace, &format!("{tpg} 0"));
+    let to = exact(&trace, &format!("{tpg} 1"));
+    let paused = &trace[from..=to];
+    assert!(
+        about_others(paused, &["pc-2"]).is_empty(),
+        "the pause read the room:\n{}",
+        paused.join("\n")
+    );
+}
+
+#[test]
+fn reset_of_many_pcs_resets_each_and_reports_each_failure() {
+    let room = Room::new();
+    room.apply().unwrap();
+    let results = room.ctx_do(|ctx, obs| {
+        let pcs: Vec<_> = ctx.manifest.pcs.iter().collect();
+        reset::reset_many(ctx, obs, &pcs)
+    });
+    let names: Vec<String> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap().pc.clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["pc-1", "pc-2", "pc-3"],
+        "results come back in order"
+    );
+    assert!(results.iter().all(|r| r.as_ref().unwrap().live));
+
+    room.fake.fail_on("dm replace cowctl-pc-2 error");
+    let results = room.ctx_do(|ctx, obs| {
+        let pcs: Vec<_> = ctx.manifest.pcs.iter().collect();
+        reset::reset_many(ctx, obs, &pcs)
+    });
+    assert!(
+        results[0].is_ok() && results[2].is_ok(),
+        "the others are reset"
+    );
+    let err = format!("{:#}", results[1].as_ref().unwrap_err());
+    assert!(err.contains("pc-2"), "{err}");
+    // Every PC is served again, pc-2 on its old snapshot.
+    room.fake.state().fail_on = None;
+    let rows = room.ctx_do(|ctx, _| {
+        let pcs: Vec<_> = ctx.manifest.pcs.iter().collect();
+        let obs = Observed::for_status(ctx.kernel, ctx.manifest, &pcs).unwrap();
+        status::collect(ctx, &obs, &pcs)
+    });
+    assert!(rows.iter().all(|r| r.state == status::PcState::Active));
+}
+
+#[test]
+fn a_teardown_side_by_side_removes_every_pc_and_keeps_going_past_a_failure() {
+    let room = Room::new();
+    room.apply().unwrap();
+    room.fake.fail_on("dm remove cowctl-pc-2");
+    let err = room.ctx_do(|ctx, obs| {
+        let pcs: Vec<_> = ctx.manifest.pcs.iter().collect();
+        let teardown = cowctl::control::plan::plan_down_grouped(ctx, obs, &pcs);
+        assert_eq!(teardown.pcs.len(), 3, "one group per PC");
+        apply::run_teardown(ctx, &teardown, &mut |_, _| {}).unwrap_err()
+    });
+    let err = format!("{err:#}");
+    assert!(err.contains("remove") && err.contains("cowctl-pc-2"), "{err}");
+    {
+        let state = room.fake.state();
+        let left: Vec<&String> = state.dm.keys().collect();
+        assert_eq!(left, ["cowctl-pc-2"], "the other PCs are down");
+        assert!(
+            state.loops.iter().any(|l| l.read_only),
+            "the image loop stays while pc-2's snapshot uses it"
+        );
+    }
+    room.fake.state().fail_on = None;
+    room.ctx_do(|ctx, obs| {
+        let pcs: Vec<_> = ctx.manifest.pcs.iter().collect();
+        let teardown = cowctl::control::plan::plan_down_grouped(ctx, obs, &pcs);
+        apply::run_teardown(ctx, &teardown, &mut |_, _| {}).unwrap()
+    });
+    let state = room.fake.state();
+    assert!(state.dm.is_empty() && state.loops.is_empty());
 }

@@ -136,8 +136,14 @@ pub fn down(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode>
             let _lock = lock::acquire(&ctx.run_dir, "down")?;
             let selected = ctx.manifest.select(pcs)?;
             let obs = Observed::read(ctx.kernel)?;
-            let actions = plan::plan_down(ctx, &obs, &selected);
-            run_printing(ctx, &actions, json)?;
+            let teardown = plan::plan_down_grouped(ctx, &obs, &selected);
+            let n = teardown.pcs.iter().map(Vec::len).sum::<usize>() + teardown.images.len();
+            control::apply::run_teardown(ctx, &teardown, &mut |i, a| {
+                if !json {
+                    println!("[{}/{n}] {a}", i + 1);
+                }
+            })?;
+            let actions = teardown.flatten();
             if json {
                 print_plan(&actions, KERNEL_MATCHES, true)?;
             } else if actions.is_empty() {
@@ -152,7 +158,7 @@ pub fn down(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode>
 
 fn status_once(ctx: &Ctx, pcs: &[String], json: bool) -> Result<ExitCode> {
     let selected = ctx.manifest.select(pcs)?;
-    let obs = Observed::read_lenient(ctx.kernel)?;
+    let obs = Observed::for_status(ctx.kernel, ctx.manifest, &selected)?;
     let rows = status::collect(ctx, &obs, &selected);
     print_status(&rows, ctx.manifest.warn_percent, json)
 }
@@ -210,11 +216,41 @@ pub fn reset(flag: Option<&Path>, pcs: &[String], all: bool, json: bool) -> Resu
             let _lock = lock::acquire(&ctx.run_dir, "reset")?;
             let selected = ctx.manifest.select(pcs)?;
             let obs = Observed::read(ctx.kernel)?;
-            let resets = selected
+            let started = std::time::Instant::now();
+            let (resets, failed): (Vec<_>, Vec<_>) =
+                control::reset::reset_many(ctx, &obs, &selected)
+                    .into_iter()
+                    .zip(&selected)
+                    .partition(|(r, _)| r.is_ok());
+            let took = started.elapsed();
+            let resets: Vec<Reset> = resets.into_iter().filter_map(|(r, _)| r.ok()).collect();
+            let code = print_resets(&resets, "sessions dropped and resumed", json)?;
+            if !json && selected.len() > 1 {
+                println!(
+                    "reset {} of {} PCs in {:.2} s (up to {} at a time)",
+                    resets.len(),
+                    selected.len(),
+                    took.as_secs_f64(),
+                    control::SIDE_BY_SIDE
+                );
+            }
+            let mut errors: Vec<(anyhow::Error, &str)> = failed
                 .into_iter()
-                .map(|pc| control::reset::reset(ctx, &obs, pc))
-                .collect::<Result<Vec<_>>>()?;
-            print_resets(&resets, "sessions dropped and resumed", json)
+                .filter_map(|(r, pc)| r.err().map(|e| (e, pc.name.as_str())))
+                .collect();
+            match errors.len() {
+                0 => Ok(code),
+                1 => Err(errors.remove(0).0),
+                n => anyhow::bail!(
+                    "{n} of {} resets failed (the others are done): {}",
+                    selected.len(),
+                    errors
+                        .iter()
+                        .map(|(e, pc)| format!("{pc}: {e:#}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            }
         },
     )
 }

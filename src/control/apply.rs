@@ -1,11 +1,15 @@
 //! Running a plan. Each step either completes or undoes its own part; the first failure
 //! stops the run and says which step failed and what was done before it.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::plan::Action;
+use super::plan::{Action, Teardown};
 use super::{dm_name, sidecar, Ctx};
 use crate::dm::{DevRef, SnapshotTable, StoreMode, TableLine};
 use crate::kernel::aoe::VbladeSpec;
@@ -15,8 +19,158 @@ use crate::kernel::loopdev;
 use crate::manifest::{AclMode, Export, Pc};
 
 /// Runs `actions` in order; `progress` hears of each before it starts.
+/// With `COWCTL_STEP_TIMES` set, the time each kind of step took in all goes to stderr.
 pub fn run(ctx: &Ctx, actions: &[Action], progress: &mut dyn FnMut(usize, &Action)) -> Result<()> {
-    run_steps(actions, |a| step(ctx, a), progress)
+    let mut loops = KnownLoops::default();
+    // One fingerprint per image and run, however many PCs record it.
+    let mut fingerprints = Fingerprints::new();
+    let times = Timings::default();
+    let result = run_steps(
+        actions,
+        |a| times.time(a, || step(ctx, a, &mut loops, &mut fingerprints)),
+        progress,
+    );
+    times.report();
+    result
+}
+
+/// Runs a teardown: the PCs' groups side by side, up to [`super::SIDE_BY_SIDE`] at a time
+/// (each PC's steps in order), then the image loops. Most of a PC's teardown is the kernel
+/// waiting (LIO and device-mapper wait for RCU grace periods when a LUN, a TPG or a device
+/// goes), and those waits overlap. Every PC is tried; the image loops go only if every PC's
+/// steps succeeded.
+pub fn run_teardown(
+    ctx: &Ctx,
+    teardown: &Teardown,
+    progress: &mut (dyn FnMut(usize, &Action) + Send),
+) -> Result<()> {
+    let total = teardown.pcs.iter().map(Vec::len).sum::<usize>() + teardown.images.len();
+    let offsets: Vec<usize> = teardown
+        .pcs
+        .iter()
+        .scan(0, |at, g| {
+            let here = *at;
+            *at += g.len();
+            Some(here)
+        })
+        .collect();
+    let progress = Mutex::new(progress);
+    let times = Timings::default();
+    let next = AtomicUsize::new(0);
+    let failures: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..super::SIDE_BY_SIDE.min(teardown.pcs.len()) {
+            scope.spawn(|| {
+                let mut loops = KnownLoops::default();
+                let mut fingerprints = Fingerprints::new();
+                loop {
+                    let g = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(group) = teardown.pcs.get(g) else {
+                        break;
+                    };
+                    let first = offsets[g];
+                    for (j, a) in group.iter().enumerate() {
+                        (lock(&progress))(first + j, a);
+                        if let Err(e) =
+                            times.time(a, || step(ctx, a, &mut loops, &mut fingerprints))
+                        {
+                            lock(&failures).push((
+                                first + j,
+                                format!("step {} of {total} failed: {a}: {e:#}", first + j + 1),
+                            ));
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    if !failures.is_empty() {
+        times.report();
+        failures.sort();
+        let what: Vec<String> = failures.into_iter().map(|(_, f)| f).collect();
+        bail!(
+            "{} (the other PCs' steps are done and stay; `cowctl plan` shows what is left)",
+            what.join("; ")
+        );
+    }
+    let before = total - teardown.images.len();
+    let progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut loops = KnownLoops::default();
+    let mut fingerprints = Fingerprints::new();
+    let result = run_steps(
+        &teardown.images,
+        |a| times.time(a, || step(ctx, a, &mut loops, &mut fingerprints)),
+        &mut |i, a| progress(before + i, a),
+    );
+    times.report();
+    result
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Fingerprints = HashMap<PathBuf, sidecar::Golden>;
+
+/// How long each kind of step took in all, printed to stderr with `COWCTL_STEP_TIMES`.
+#[derive(Default)]
+struct Timings(Mutex<BTreeMap<&'static str, (usize, Duration)>>);
+
+impl Timings {
+    fn time<T>(&self, a: &Action, f: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let r = f();
+        let mut m = lock(&self.0);
+        let t = m.entry(a.kind()).or_default();
+        t.0 += 1;
+        t.1 += started.elapsed();
+        r
+    }
+
+    fn report(&self) {
+        if std::env::var_os("COWCTL_STEP_TIMES").is_some() {
+            for (kind, (n, took)) in lock(&self.0).iter() {
+                eprintln!(
+                    "step times: {kind}: {n} in {:.1} ms",
+                    took.as_secs_f64() * 1e3
+                );
+            }
+        }
+    }
+}
+
+/// The loop devices as this run changed them: read from sysfs once, when a step first needs
+/// them, then kept up to date by the run's own attaches and detaches, so a room's apply
+/// reads the room's loops once instead of once per PC.
+#[derive(Default)]
+struct KnownLoops(Option<Vec<loopdev::LoopInfo>>);
+
+impl KnownLoops {
+    fn get(&mut self, ctx: &Ctx) -> Result<&[loopdev::LoopInfo]> {
+        if self.0.is_none() {
+            self.0 = Some(ctx.kernel.loops.list()?);
+        }
+        Ok(self.0.as_deref().unwrap_or_default())
+    }
+
+    fn attached(&mut self, l: loopdev::LoopInfo) {
+        if let Some(known) = &mut self.0 {
+            known.push(l);
+        }
+    }
+
+    fn detached(&mut self, dev: &std::path::Path) {
+        if let Some(known) = &mut self.0 {
+            known.retain(|l| l.dev != dev);
+        }
+    }
+
+    /// After a step that changed loops its own way.
+    fn forget(&mut self) {
+        self.0 = None;
+    }
 }
 
 /// Runs steps in order, stopping at the first failure with a sentence that names the step
@@ -50,7 +204,12 @@ fn pc<'a>(ctx: &'a Ctx, name: &str) -> Result<&'a Pc> {
         .ok_or_else(|| anyhow!("{name} is not in the manifest"))
 }
 
-fn step(ctx: &Ctx, action: &Action) -> Result<()> {
+fn step(
+    ctx: &Ctx,
+    action: &Action,
+    loops: &mut KnownLoops,
+    fingerprints: &mut Fingerprints,
+) -> Result<()> {
     let k = ctx.kernel;
     match action {
         Action::CreateCow {
@@ -58,13 +217,28 @@ fn step(ctx: &Ctx, action: &Action) -> Result<()> {
         } => crate::cowfile::create(path, *size, *chunk).map(drop),
         Action::RecordGolden { pc: name, .. } => {
             let p = pc(ctx, name)?;
-            sidecar::write(&p.cow, &sidecar::fingerprint(&ctx.image(p).path)?)
+            let image = &ctx.image(p).path;
+            let golden = match fingerprints.get(image) {
+                Some(g) => g.clone(),
+                None => {
+                    let g = sidecar::fingerprint(image)?;
+                    fingerprints.insert(image.clone(), g.clone());
+                    g
+                }
+            };
+            sidecar::write(&p.cow, &golden)
         }
-        Action::AttachImage { path, .. } => k.loops.attach(path, true).map(drop),
-        Action::AttachCow { path, .. } => k.loops.attach(path, false).map(drop),
+        Action::AttachImage { path, .. } => {
+            loops.attached(k.loops.attach(path, true)?);
+            Ok(())
+        }
+        Action::AttachCow { path, .. } => {
+            loops.attached(k.loops.attach(path, false)?);
+            Ok(())
+        }
         Action::CreateSnapshot { pc: name } => {
             let p = pc(ctx, name)?;
-            let target = snapshot_target(ctx, p)?;
+            let target = snapshot_target(ctx, p, loops.get(ctx)?)?;
             k.dm.create(&dm_name(name), &target).map(drop)
         }
         Action::ExportIscsi { pc: name, .. } => export_iscsi(ctx, pc(ctx, name)?),
@@ -94,6 +268,7 @@ fn step(ctx: &Ctx, action: &Action) -> Result<()> {
         }
         Action::DetachLoop { dev, backing } => {
             k.loops.detach(dev)?;
+            loops.detached(dev);
             // The old COW of an interrupted reset: the reset was asked for, so it goes —
             // only a PC's own `<cow>.discard`, and only when it is a COW.
             let discarded = ctx
@@ -117,6 +292,7 @@ fn step(ctx: &Ctx, action: &Action) -> Result<()> {
                 .pc(name)
                 .ok_or_else(|| anyhow!("{name} is not in the manifest"))?;
             let obs = super::observe::Observed::read(k)?;
+            loops.forget();
             super::reset::finish_parked(ctx, &obs, pc, &dm_name(name), false)?;
             super::sidecar::note_reset(&pc.cow)
         }
@@ -124,16 +300,15 @@ fn step(ctx: &Ctx, action: &Action) -> Result<()> {
 }
 
 /// The PC's snapshot table over the loops now attached to its image and COW.
-pub fn snapshot_target(ctx: &Ctx, p: &Pc) -> Result<Target> {
-    let loops = ctx.kernel.loops.list()?;
+fn snapshot_target(ctx: &Ctx, p: &Pc, loops: &[loopdev::LoopInfo]) -> Result<Target> {
     let image = ctx.image(p);
-    let origin = loopdev::find(&loops, &image.path, true).ok_or_else(|| {
+    let origin = loopdev::find(loops, &image.path, true).ok_or_else(|| {
         anyhow!(
             "golden image {} is not on a loop device",
             image.path.display()
         )
     })?;
-    let cow = loopdev::find(&loops, &p.cow, false)
+    let cow = loopdev::find(loops, &p.cow, false)
         .ok_or_else(|| anyhow!("COW {} is not on a loop device", p.cow.display()))?;
     let sectors = std::fs::metadata(&image.path)
         .with_context(|| format!("cannot read {}", image.path.display()))?

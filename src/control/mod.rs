@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use crate::kernel::Kernel;
 use crate::manifest::{Image, Manifest, Pc};
 
+/// How many PCs' resets or teardowns run side by side at most: each touches only its own
+/// devices, and most of its time is the kernel waiting.
+pub const SIDE_BY_SIDE: usize = 8;
+
 /// Every dm device and LIO storage object cowctl makes carries this prefix.
 pub const PREFIX: &str = "cowctl-";
 

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
-use super::PREFIX;
+use super::{dm_name, PREFIX};
 use crate::dm::TableLine;
 use crate::kernel::aoe::RunningVblade;
 use crate::kernel::lio::{Lio, ObservedTarget};
 use crate::kernel::loopdev::LoopInfo;
 use crate::kernel::Kernel;
+use crate::manifest::{Export, Manifest, Pc};
 
 #[derive(Debug, Default)]
 pub struct Observed {
@@ -26,42 +27,79 @@ pub struct Observed {
 
 impl Observed {
     pub fn read(k: &Kernel) -> Result<Observed> {
-        Self::read_with(k, true)
+        let mut obs = Self::dm_devices(k, true)?;
+        obs.loops = k.loops.list()?;
+        obs.targets = Lio {
+            fs: k.configfs.as_ref(),
+        }
+        .observe()?;
+        obs.vblades = k.vblade.list()?;
+        Ok(obs)
     }
 
-    /// For reporting: a kernel without device-mapper simply has no snapshots.
-    pub fn read_lenient(k: &Kernel) -> Result<Observed> {
-        Self::read_with(k, false)
+    /// What `status` needs and nothing more: the PCs' dm devices and iSCSI targets, no
+    /// loops or vblades. The whole room is one dm list and one configfs walk; a few PCs
+    /// are read by name, so the status of one PC does not grow with the room.
+    pub fn for_status(k: &Kernel, room: &Manifest, pcs: &[&Pc]) -> Result<Observed> {
+        if pcs.len() >= room.pcs.len() {
+            let mut obs = Self::dm_devices(k, false)?;
+            obs.targets = Lio {
+                fs: k.configfs.as_ref(),
+            }
+            .observe()?;
+            return Ok(obs);
+        }
+        let lio = Lio {
+            fs: k.configfs.as_ref(),
+        };
+        let mut obs = Observed::default();
+        // Listed only if a PC has no device, to tell "not applied" from a failed read.
+        let mut listed: Option<Vec<String>> = None;
+        for pc in pcs {
+            let name = dm_name(&pc.name);
+            match k.dm.raw_table(&name) {
+                Ok(raw) => obs.add_table(name, &raw)?,
+                Err(e) => {
+                    if listed.is_none() {
+                        listed = Some(k.dm.list(PREFIX).unwrap_or_default());
+                    }
+                    if listed.as_ref().is_some_and(|l| l.contains(&name)) {
+                        return Err(e);
+                    }
+                }
+            }
+            if let Export::Iscsi { target, .. } = &pc.export {
+                obs.targets.extend(lio.observe_target(target.as_str())?);
+            }
+        }
+        Ok(obs)
     }
 
-    fn read_with(k: &Kernel, need_dm: bool) -> Result<Observed> {
-        let mut dm = BTreeMap::new();
+    /// The room's dm devices only (a kernel without device-mapper has none).
+    fn dm_devices(k: &Kernel, need_dm: bool) -> Result<Observed> {
+        let mut obs = Observed::default();
         let names = match k.dm.list(PREFIX) {
             Ok(n) => n,
             Err(_) if !need_dm => Vec::new(),
             Err(e) => return Err(e),
         };
-        let mut parked = BTreeMap::new();
         for name in names {
             let raw = k.dm.raw_table(&name)?;
-            let fields: Vec<&str> = raw.split_whitespace().collect();
-            if let ["0", length, "error", ..] = fields.as_slice() {
-                parked.insert(name, length.parse().unwrap_or(0));
-                continue;
-            }
-            let table = raw.parse().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            dm.insert(name, table);
+            obs.add_table(name, &raw)?;
         }
-        Ok(Observed {
-            loops: k.loops.list()?,
-            dm,
-            parked,
-            targets: Lio {
-                fs: k.configfs.as_ref(),
-            }
-            .observe()?,
-            vblades: k.vblade.list()?,
-        })
+        Ok(obs)
+    }
+
+    /// Files a device's table as a snapshot, or as parked when a reset left it on `error`.
+    fn add_table(&mut self, name: String, raw: &str) -> Result<()> {
+        let fields: Vec<&str> = raw.split_whitespace().collect();
+        if let ["0", length, "error", ..] = fields.as_slice() {
+            self.parked.insert(name, length.parse().unwrap_or(0));
+            return Ok(());
+        }
+        let table = raw.parse().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        self.dm.insert(name, table);
+        Ok(())
     }
 
     pub fn target(&self, iqn: &str) -> Option<&ObservedTarget> {

@@ -73,6 +73,25 @@ pub enum Action {
 }
 
 impl Action {
+    /// The step's kind, for timings.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::CreateCow { .. } => "create COW",
+            Action::RecordGolden { .. } => "record golden",
+            Action::AttachImage { .. } => "attach image",
+            Action::AttachCow { .. } => "attach COW",
+            Action::CreateSnapshot { .. } => "create snapshot",
+            Action::ExportIscsi { .. } => "export iSCSI",
+            Action::RecreateIscsi { .. } => "recreate iSCSI",
+            Action::StartVblade { .. } => "start vblade",
+            Action::StopVblade { .. } => "stop vblade",
+            Action::UnexportIscsi { .. } => "unexport iSCSI",
+            Action::RemoveSnapshot { .. } => "remove snapshot",
+            Action::DetachLoop { .. } => "detach loop",
+            Action::FinishReset { .. } => "finish reset",
+        }
+    }
+
     fn detach(l: &loopdev::LoopInfo) -> Action {
         Action::DetachLoop {
             dev: l.dev.clone(),
@@ -188,7 +207,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
         .filter(|pc| ctx.manifest.pc(pc).is_none())
         .map(String::from)
         .collect();
-    actions.extend(teardown(ctx, obs, &orphans, true));
+    actions.extend(teardown(ctx, obs, &orphans, true).flatten());
     Ok(actions)
 }
 
@@ -249,19 +268,41 @@ fn same_vblade(wanted: &[String], running: &[String]) -> bool {
 /// What `down` would do for these PCs.
 pub fn plan_down(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Action> {
     let names: Vec<String> = pcs.iter().map(|p| p.name.clone()).collect();
+    teardown(ctx, obs, &names, names.len() < ctx.manifest.pcs.len()).flatten()
+}
+
+/// A teardown: each PC's steps (in order, independent of the other PCs'), then the image
+/// loops that no snapshot uses any more.
+#[derive(Debug, Default)]
+pub struct Teardown {
+    pub pcs: Vec<Vec<Action>>,
+    pub images: Vec<Action>,
+}
+
+impl Teardown {
+    pub fn flatten(self) -> Vec<Action> {
+        self.pcs.into_iter().flatten().chain(self.images).collect()
+    }
+}
+
+/// `down` as groups that may run side by side (see `apply::run_teardown`).
+pub fn plan_down_grouped(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Teardown {
+    let names: Vec<String> = pcs.iter().map(|p| p.name.clone()).collect();
     teardown(ctx, obs, &names, names.len() < ctx.manifest.pcs.len())
 }
 
-fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool) -> Vec<Action> {
-    let mut actions = Vec::new();
+fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool) -> Teardown {
+    let mut groups = Vec::new();
     let mut removed: BTreeSet<String> = BTreeSet::new();
     for pc in pcs {
+        let mut actions = Vec::new();
         let name = dm_name(pc);
+        let backstore = format!("/{name}");
         // Exports first: whatever the manifest says now, remove what serves this device.
         for t in &obs.targets {
             if t.backstore
                 .as_deref()
-                .is_some_and(|b| b.ends_with(&format!("/{name}")))
+                .is_some_and(|b| b.ends_with(&backstore))
             {
                 actions.push(Action::UnexportIscsi {
                     target: t.iqn.clone(),
@@ -286,7 +327,11 @@ fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool)
                 actions.push(Action::detach(l));
             }
         }
+        if !actions.is_empty() {
+            groups.push(actions);
+        }
     }
+    let mut actions = Vec::new();
     // Golden image loops: detach those no remaining snapshot uses, except (for apply) the
     // images the manifest's PCs still need.
     let in_use: BTreeSet<String> = obs
@@ -311,7 +356,10 @@ fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool)
             actions.push(Action::detach(l));
         }
     }
-    actions
+    Teardown {
+        pcs: groups,
+        images: actions,
+    }
 }
 
 /// Checks that need no kernel change, all reported at once.

@@ -84,6 +84,34 @@ pub fn reset(ctx: &Ctx, obs: &Observed, pc: &Pc) -> Result<Reset> {
     })
 }
 
+/// Resets `pcs` (all observed in `obs` beforehand), up to [`super::SIDE_BY_SIDE`] at a time;
+/// each pauses only its own PC.
+/// Every PC is tried; the results come back in `pcs`' order.
+pub fn reset_many(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Result<Reset>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<Reset>>>> =
+        pcs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..super::SIDE_BY_SIDE.min(pcs.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(pc) = pcs.get(i) else { break };
+                let r = reset(ctx, obs, pc);
+                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .zip(pcs)
+        .map(|(r, pc)| {
+            r.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| Err(anyhow!("{} was not reset", pc.name)))
+        })
+        .collect()
+}
+
 fn loop_of<'a>(obs: &'a Observed, d: &DevRef) -> Option<&'a LoopInfo> {
     obs.loops.iter().find(|l| {
         d.to_string() == l.number.to_string() || d.to_string() == l.dev.display().to_string()
@@ -171,7 +199,7 @@ fn resume_export(ctx: &Ctx, pc: &Pc, name: &str, what: Resume<'_>) -> Result<()>
         }
         .set_enabled(target.as_str(), true),
         Export::Aoe { .. } if any_vblade || obs.vblade(&pc.name).is_some() => {
-            if k.vblade.list()?.iter().any(|v| v.pc == pc.name) {
+            if k.vblade.running(&pc.name)?.is_some() {
                 return Ok(());
             }
             let device = k.dm.node(name, &ctx.node_dir())?;

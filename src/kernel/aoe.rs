@@ -50,9 +50,13 @@ pub struct RunningVblade {
     pub args: Vec<String>,
 }
 
-pub trait Vblades {
+pub trait Vblades: Send + Sync {
     /// Live vblades with a pid file (stale pid files are ignored).
     fn list(&self) -> Result<Vec<RunningVblade>>;
+    /// The PC's live vblade, if any.
+    fn running(&self, pc: &str) -> Result<Option<RunningVblade>> {
+        Ok(self.list()?.into_iter().find(|v| v.pc == pc))
+    }
     fn start(&self, spec: &VbladeSpec) -> Result<u32>;
     fn stop(&self, pc: &str) -> Result<()>;
 }
@@ -94,25 +98,29 @@ impl Vblades for ProcessVblades {
         };
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            let Some(pc) = name.strip_suffix(".pid") else {
-                continue;
-            };
-            let Some(pid) = std::fs::read_to_string(e.path())
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some(args) = cmdline(pid).filter(|a| is_vblade(a)) {
-                out.push(RunningVblade {
-                    pc: pc.to_string(),
-                    pid,
-                    args: args[1..].to_vec(),
-                });
+            if let Some(pc) = name.strip_suffix(".pid") {
+                out.extend(self.running(pc)?);
             }
         }
         out.sort_by(|a, b| a.pc.cmp(&b.pc));
         Ok(out)
+    }
+
+    /// Only this PC's pid file: stopping one vblade reads nothing of the others.
+    fn running(&self, pc: &str) -> Result<Option<RunningVblade>> {
+        let Some(pid) = std::fs::read_to_string(self.pid_file(pc))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        else {
+            return Ok(None);
+        };
+        Ok(cmdline(pid)
+            .filter(|a| is_vblade(a))
+            .map(|args| RunningVblade {
+                pc: pc.to_string(),
+                pid,
+                args: args[1..].to_vec(),
+            }))
     }
 
     fn start(&self, spec: &VbladeSpec) -> Result<u32> {
@@ -143,7 +151,7 @@ impl Vblades for ProcessVblades {
     }
 
     fn stop(&self, pc: &str) -> Result<()> {
-        if let Some(v) = self.list()?.into_iter().find(|v| v.pc == pc) {
+        if let Some(v) = self.running(pc)? {
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(i32::try_from(v.pid)?),
                 nix::sys::signal::Signal::SIGTERM,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 pub const LIO_ROOT: &str = "/sys/kernel/config/target";
 
-pub trait ConfigFs {
+pub trait ConfigFs: Send + Sync {
     fn exists(&self, path: &str) -> bool;
     fn mkdir(&self, path: &str) -> Result<()>;
     fn rmdir(&self, path: &str) -> Result<()>;

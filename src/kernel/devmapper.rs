@@ -36,7 +36,7 @@ impl Target {
     }
 }
 
-pub trait DeviceMapper {
+pub trait DeviceMapper: Send + Sync {
     /// Names of the devices whose name starts with `prefix`.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     /// Creates `name` with `table` and activates it.

@@ -43,6 +43,10 @@ pub struct FakeState {
     pub vblades: BTreeMap<String, RunningVblade>,
     pub interfaces: Vec<Interface>,
     pub log: Vec<String>,
+    /// Every call of `log` and every read between them ("dm list", "dm status
+    /// cowctl-pc-01", "loop list", "configfs list iscsi", "vblade list"), in order: what a
+    /// command costs as the room grows, and what happens inside a reset's pause.
+    pub trace: Vec<String>,
     /// A call whose log line starts with this fails (once it is set).
     pub fail_on: Option<String>,
     /// A kernel without device-mapper.
@@ -94,6 +98,17 @@ impl Fake {
         self.state().log.clear();
     }
 
+    /// Takes the trace of calls and reads made since the last take.
+    pub fn take_trace(&self) -> Vec<String> {
+        std::mem::take(&mut self.state().trace)
+    }
+
+    fn traced(&self, line: String) -> MutexGuard<'_, FakeState> {
+        let mut s = self.state();
+        s.trace.push(line);
+        s
+    }
+
     pub fn fail_on(&self, prefix: &str) {
         self.state().fail_on = Some(prefix.to_string());
     }
@@ -115,6 +130,7 @@ impl Fake {
             .as_ref()
             .is_some_and(|f| line.starts_with(f.as_str()));
         s.log.push(line.clone());
+        s.trace.push(line.clone());
         if fail {
             bail!("fake failure: {line}");
         }
@@ -124,7 +140,7 @@ impl Fake {
 
 impl Loops for Fake {
     fn list(&self) -> Result<Vec<LoopInfo>> {
-        Ok(self.state().loops.clone())
+        Ok(self.traced("loop list".into()).loops.clone())
     }
     fn attach(&self, file: &Path, read_only: bool) -> Result<LoopInfo> {
         let mut s = self.call(format!(
@@ -171,12 +187,11 @@ impl Loops for Fake {
 
 impl DeviceMapper for Fake {
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        if self.state().no_dm {
+        let s = self.traced("dm list".into());
+        if s.no_dm {
             bail!("device-mapper is not available on this kernel");
         }
-        Ok(self
-            .state()
-            .dm
+        Ok(s.dm
             .keys()
             .filter(|n| n.starts_with(prefix))
             .cloned()
@@ -246,7 +261,7 @@ impl DeviceMapper for Fake {
             .ok_or_else(|| anyhow!("no dm device {name}"))
     }
     fn raw_table(&self, name: &str) -> Result<String> {
-        let s = self.state();
+        let s = self.traced(format!("dm table {name}"));
         let d =
             s.dm.get(name)
                 .ok_or_else(|| anyhow!("no dm device {name}"))?;
@@ -273,7 +288,7 @@ impl DeviceMapper for Fake {
         )))
     }
     fn status(&self, name: &str) -> Result<StatusLine> {
-        let s = self.state();
+        let s = self.traced(format!("dm status {name}"));
         let d =
             s.dm.get(name)
                 .ok_or_else(|| anyhow!("no dm device {name}"))?;
@@ -388,7 +403,7 @@ impl ConfigFs for Fake {
     fn list(&self, path: &str) -> Result<Vec<String>> {
         let prefix = format!("{path}/");
         Ok(self
-            .state()
+            .traced(format!("configfs list {path}"))
             .configfs
             .keys()
             .filter_map(|p| p.strip_prefix(&prefix))
@@ -418,7 +433,15 @@ impl ConfigFs for Fake {
 
 impl Vblades for Fake {
     fn list(&self) -> Result<Vec<RunningVblade>> {
-        Ok(self.state().vblades.values().cloned().collect())
+        Ok(self
+            .traced("vblade list".into())
+            .vblades
+            .values()
+            .cloned()
+            .collect())
+    }
+    fn running(&self, pc: &str) -> Result<Option<RunningVblade>> {
+        Ok(self.traced(format!("vblade {pc}")).vblades.get(pc).cloned())
     }
     fn start(&self, spec: &VbladeSpec) -> Result<u32> {
         let mut s = self.call(format!(

@@ -131,51 +131,63 @@ impl Lio<'_> {
 
     /// Every iSCSI target, with what hangs under it.
     pub fn observe(&self) -> Result<Vec<ObservedTarget>> {
-        let fs = self.fs;
         let mut out = Vec::new();
-        for iqn in fs.list("iscsi")? {
-            if !iqn.starts_with("iqn.") && !iqn.starts_with("eui.") && !iqn.starts_with("naa.") {
-                continue;
+        for iqn in self.fs.list("iscsi")? {
+            if iqn.starts_with("iqn.") || iqn.starts_with("eui.") || iqn.starts_with("naa.") {
+                out.push(self.read_target(&iqn)?);
             }
-            let tpg = Self::tpg(&iqn);
-            let mut t = ObservedTarget {
-                iqn: iqn.clone(),
-                ..Default::default()
-            };
-            if fs.exists(&tpg) {
-                t.enabled = fs
-                    .read(&join(&[&tpg, "enable"]))
-                    .map(|v| v.trim() == "1")
-                    .unwrap_or(false);
-                t.portals = fs.list(&join(&[&tpg, "np"]))?;
-                t.acls = fs.list(&join(&[&tpg, "acls"]))?;
-                let attr = |name: &str| {
-                    fs.read(&join(&[&tpg, "attrib", name]))
-                        .map(|v| v.trim() == "1")
-                        .unwrap_or(false)
-                };
-                t.open = attr("generate_node_acls");
-                if attr("authentication") {
-                    let auth = match t.acls.first() {
-                        Some(acl) if !t.open => join(&[&tpg, "acls", acl, "auth"]),
-                        _ => join(&[&tpg, "auth"]),
-                    };
-                    t.chap = Some(read_credentials(fs, &auth));
-                }
-                let lun = join(&[&tpg, "lun", LUN]);
-                if let Some(link) = fs.links(&lun)?.into_iter().next() {
-                    t.backstore = self.link_target(&join(&[&lun, &link]));
-                    t.device = t
-                        .backstore
-                        .as_ref()
-                        .and_then(|so| fs.read(&join(&[so, "udev_path"])).ok())
-                        .map(|s| s.trim().to_string());
-                }
-                t.sessions = self.sessions(&tpg, &t.acls)?;
-            }
-            out.push(t);
         }
         Ok(out)
+    }
+
+    /// One target, without walking the others (None when it is not there).
+    pub fn observe_target(&self, iqn: &str) -> Result<Option<ObservedTarget>> {
+        if self.fs.exists(&join(&["iscsi", iqn])) {
+            self.read_target(iqn).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn read_target(&self, iqn: &str) -> Result<ObservedTarget> {
+        let fs = self.fs;
+        let tpg = Self::tpg(iqn);
+        let mut t = ObservedTarget {
+            iqn: iqn.to_string(),
+            ..Default::default()
+        };
+        if fs.exists(&tpg) {
+            t.enabled = fs
+                .read(&join(&[&tpg, "enable"]))
+                .map(|v| v.trim() == "1")
+                .unwrap_or(false);
+            t.portals = fs.list(&join(&[&tpg, "np"]))?;
+            t.acls = fs.list(&join(&[&tpg, "acls"]))?;
+            let attr = |name: &str| {
+                fs.read(&join(&[&tpg, "attrib", name]))
+                    .map(|v| v.trim() == "1")
+                    .unwrap_or(false)
+            };
+            t.open = attr("generate_node_acls");
+            if attr("authentication") {
+                let auth = match t.acls.first() {
+                    Some(acl) if !t.open => join(&[&tpg, "acls", acl, "auth"]),
+                    _ => join(&[&tpg, "auth"]),
+                };
+                t.chap = Some(read_credentials(fs, &auth));
+            }
+            let lun = join(&[&tpg, "lun", LUN]);
+            if let Some(link) = fs.links(&lun)?.into_iter().next() {
+                t.backstore = self.link_target(&join(&[&lun, &link]));
+                t.device = t
+                    .backstore
+                    .as_ref()
+                    .and_then(|so| fs.read(&join(&[so, "udev_path"])).ok())
+                    .map(|s| s.trim().to_string());
+            }
+            t.sessions = self.sessions(&tpg, &t.acls)?;
+        }
+        Ok(t)
     }
 
     /// `core/<hba>/<so>` of a LUN's link.
@@ -331,11 +343,7 @@ impl Lio<'_> {
 
     /// Tears a target down in rtslib's order, then its storage object.
     pub fn delete(&self, iqn: &str) -> Result<()> {
-        let so = self
-            .observe()?
-            .into_iter()
-            .find(|t| t.iqn == iqn)
-            .and_then(|t| t.backstore);
+        let so = self.observe_target(iqn)?.and_then(|t| t.backstore);
         self.delete_target(iqn)?;
         if let Some(so) = so {
             self.delete_storage_object(&so)?;

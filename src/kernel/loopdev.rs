@@ -1,6 +1,7 @@
 //! Loop devices: read from sysfs, attached and detached with loop ioctls (`loopdev`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 
@@ -15,7 +16,7 @@ pub struct LoopInfo {
     pub read_only: bool,
 }
 
-pub trait Loops {
+pub trait Loops: Send + Sync {
     fn list(&self) -> Result<Vec<LoopInfo>>;
     fn attach(&self, file: &Path, read_only: bool) -> Result<LoopInfo>;
     fn detach(&self, dev: &Path) -> Result<()>;
@@ -32,6 +33,29 @@ pub fn find<'a>(loops: &'a [LoopInfo], file: &Path, read_only: bool) -> Option<&
 
 pub struct SysLoops;
 
+/// `/sys/block/<name>`'s loop device, or None when nothing is attached to it.
+fn read_loop(name: &str) -> Result<Option<LoopInfo>> {
+    let sys = Path::new("/sys/block").join(name);
+    let Ok(backing) = std::fs::read_to_string(sys.join("loop/backing_file")) else {
+        return Ok(None);
+    };
+    let backing = backing
+        .trim_end_matches('\n')
+        .trim_end_matches(" (deleted)");
+    let number: DevNum = std::fs::read_to_string(sys.join("dev"))?
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let ro = std::fs::read_to_string(sys.join("ro"))
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false);
+    Ok(Some(LoopInfo {
+        dev: PathBuf::from("/dev").join(name),
+        number,
+        backing: PathBuf::from(backing),
+        read_only: ro,
+    }))
+}
+
 impl Loops for SysLoops {
     fn list(&self) -> Result<Vec<LoopInfo>> {
         let mut out = Vec::new();
@@ -40,28 +64,9 @@ impl Loops for SysLoops {
         };
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            if !name.starts_with("loop") {
-                continue;
+            if name.starts_with("loop") {
+                out.extend(read_loop(&name)?);
             }
-            let sys = entry.path();
-            let Ok(backing) = std::fs::read_to_string(sys.join("loop/backing_file")) else {
-                continue;
-            };
-            let backing = backing
-                .trim_end_matches('\n')
-                .trim_end_matches(" (deleted)");
-            let number: DevNum = std::fs::read_to_string(sys.join("dev"))?
-                .parse()
-                .map_err(anyhow::Error::msg)?;
-            let ro = std::fs::read_to_string(sys.join("ro"))
-                .map(|s| s.trim() == "1")
-                .unwrap_or(false);
-            out.push(LoopInfo {
-                dev: PathBuf::from("/dev").join(&name),
-                number,
-                backing: PathBuf::from(backing),
-                read_only: ro,
-            });
         }
         out.sort_by(|a, b| a.dev.cmp(&b.dev));
         Ok(out)
@@ -71,6 +76,10 @@ impl Loops for SysLoops {
         if !Path::new("/dev/loop-control").exists() {
             super::modprobe("loop");
         }
+        // Two threads of this process (resets run side by side) must not both take the
+        // device the kernel calls free.
+        static ATTACHING: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = ATTACHING.lock().unwrap_or_else(|p| p.into_inner());
         let control = loopdev::LoopControl::open()
             .context("cannot open /dev/loop-control (is the loop module loaded?)")?;
         let dev = control.next_free().context("no free loop device")?;
@@ -79,16 +88,19 @@ impl Loops for SysLoops {
             .attach(file)
             .with_context(|| format!("cannot attach {} to a loop device", file.display()))?;
         let path = dev.path().context("loop device has no path")?;
-        self.list()?
-            .into_iter()
-            .find(|l| l.dev == path)
-            .with_context(|| {
-                format!(
-                    "{} vanished after attaching {}",
-                    path.display(),
-                    file.display()
-                )
-            })
+        // Only this device's sysfs: a reset attaches inside its pause, and the room's other
+        // loops are none of its business.
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        read_loop(&name)?.with_context(|| {
+            format!(
+                "{} vanished after attaching {}",
+                path.display(),
+                file.display()
+            )
+        })
     }
 
     fn detach(&self, dev: &Path) -> Result<()> {

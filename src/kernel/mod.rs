@@ -39,8 +39,15 @@ impl std::str::FromStr for DevNum {
     }
 }
 
-/// Loads a kernel module; quietly does nothing if it is built in or already loaded.
+/// Loads a kernel module; quietly does nothing if it is built in or already loaded. A
+/// loaded module is seen in sysfs without starting modprobe, which every command would pay.
 pub fn modprobe(module: &str) {
+    if std::path::Path::new("/sys/module")
+        .join(module.replace('-', "_"))
+        .exists()
+    {
+        return;
+    }
     let _ = std::process::Command::new("modprobe")
         .arg(module)
         .stderr(std::process::Stdio::null())

@@ -12,7 +12,7 @@ pub struct Interface {
     pub addresses: Vec<IpAddr>,
 }
 
-pub trait Net {
+pub trait Net: Send + Sync {
     fn interfaces(&self) -> Result<Vec<Interface>>;
 }
 

@@ -74,8 +74,8 @@ impl Fleet for KernelFleet {
 
     fn status(&self) -> Vec<PcStatus> {
         let r = self.with_ctx(|ctx| {
-            let obs = Observed::read(ctx.kernel)?;
             let pcs: Vec<_> = ctx.manifest.pcs.iter().collect();
+            let obs = Observed::for_status(ctx.kernel, ctx.manifest, &pcs)?;
             Ok(status::collect(ctx, &obs, &pcs))
         });
         r.unwrap_or_else(|e| {
@@ -96,7 +96,7 @@ impl Fleet for KernelFleet {
             let Some(pc) = ctx.manifest.pc(name) else {
                 return Ok(None);
             };
-            let obs = Observed::read(ctx.kernel)?;
+            let obs = Observed::for_status(ctx.kernel, ctx.manifest, &[pc])?;
             Ok(status::collect(ctx, &obs, &[pc]).pop())
         });
         r.unwrap_or_else(|e| {
