@@ -798,7 +798,10 @@ fn a_teardown_side_by_side_removes_every_pc_and_keeps_going_past_a_failure() {
         apply::run_teardown(ctx, &teardown, &mut |_, _| {}).unwrap_err()
     });
     let err = format!("{err:#}");
-    assert!(err.contains("remove") && err.contains("cowctl-pc-2"), "{err}");
+    assert!(
+        err.contains("remove") && err.contains("cowctl-pc-2"),
+        "{err}"
+    );
     {
         let state = room.fake.state();
         let left: Vec<&String> = state.dm.keys().collect();
