@@ -86,22 +86,19 @@ struct Room {
 impl Room {
     fn new(link: &Link) -> Room {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
         let golden = dir.path().join("golden.img");
         std::fs::write(&golden, vec![GOLDEN_BYTE; 16 << 20]).unwrap();
         std::fs::create_dir(dir.path().join("cow")).unwrap();
-        let mac = cowctl::manifest::Mac(PC_MAC);
+        let mac = cowctl::manifest::Mac(PC_MAC).to_string();
         std::fs::write(
             dir.path().join("room.yaml"),
-            format!(
-                "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
-                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 8MiB\n  chunk: 4KiB\n\
-                 aoe:\n  interface: {}\n\
-                 nbd:\n  listen: 127.0.0.1:{}\n  socket: {d}/nbd.sock\n\
-                 pcs:\n  - name: pc-01\n    export: aoe\n    shelf: 7\n    slot: 3\n    mac: {mac}\n\
-                 \x20 - name: pc-02\n    export: aoe\n    shelf: 7\n    slot: 4\n    mac: 02:42:00:00:00:22\n",
-                link.name,
-                common::free_port()
+            common::aoe::two_pc_room(
+                dir.path(),
+                &link.name,
+                common::free_port(),
+                "8MiB",
+                "4KiB",
+                &mac,
             ),
         )
         .unwrap();

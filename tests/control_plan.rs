@@ -91,7 +91,7 @@ impl Room {
         self.ctx_do(|ctx, obs| {
             let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
             let pcs = ctx.manifest.select(&names)?;
-            apply::run(ctx, &plan_down(ctx, obs, &pcs), &mut |_, _| {})
+            apply::run(ctx, &plan_down(ctx, obs, &pcs).flatten(), &mut |_, _| {})
         })
     }
 
@@ -793,7 +793,7 @@ fn a_teardown_side_by_side_removes_every_pc_and_keeps_going_past_a_failure() {
     room.fake.fail_on("dm remove cowctl-pc-2");
     let err = room.ctx_do(|ctx, obs| {
         let pcs: Vec<_> = ctx.manifest.pcs.iter().collect();
-        let teardown = cowctl::control::plan::plan_down_grouped(ctx, obs, &pcs);
+        let teardown = plan_down(ctx, obs, &pcs);
         assert_eq!(teardown.pcs.len(), 3, "one group per PC");
         apply::run_teardown(ctx, &teardown, &mut |_, _| {}).unwrap_err()
     });
@@ -814,7 +814,7 @@ fn a_teardown_side_by_side_removes_every_pc_and_keeps_going_past_a_failure() {
     room.fake.state().fail_on = None;
     room.ctx_do(|ctx, obs| {
         let pcs: Vec<_> = ctx.manifest.pcs.iter().collect();
-        let teardown = cowctl::control::plan::plan_down_grouped(ctx, obs, &pcs);
+        let teardown = plan_down(ctx, obs, &pcs);
         apply::run_teardown(ctx, &teardown, &mut |_, _| {}).unwrap()
     });
     let state = room.fake.state();

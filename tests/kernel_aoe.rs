@@ -53,21 +53,18 @@ fn the_kernel_aoe_driver_reads_and_writes_a_userspace_pc_and_sees_its_reset() {
     let link = Link::veth(1, 9000);
     link.set_peer_mac(PC_MAC);
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
     let golden = Rng(15).bytes(GOLDEN);
     std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
     std::fs::create_dir(dir.path().join("cow")).unwrap();
     std::fs::write(
         dir.path().join("room.yaml"),
-        format!(
-            "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
-             defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 128MiB\n  chunk: 32KiB\n\
-             aoe:\n  interface: {}\n\
-             nbd:\n  listen: 127.0.0.1:{}\n  socket: {d}/nbd.sock\n\
-             pcs:\n  - name: pc-01\n    export: aoe\n    shelf: 7\n    slot: 3\n    mac: {PC_MAC}\n\
-             \x20 - name: pc-02\n    export: aoe\n    shelf: 7\n    slot: 4\n    mac: 02:42:00:00:00:22\n",
-            link.name,
-            common::free_port()
+        common::aoe::two_pc_room(
+            dir.path(),
+            &link.name,
+            common::free_port(),
+            "128MiB",
+            "32KiB",
+            PC_MAC,
         ),
     )
     .unwrap();

@@ -88,12 +88,16 @@ pub(super) fn print_plan<A: std::fmt::Display>(
 
 /// Runs a plan, printing each step as it starts (unless the output is JSON).
 fn run_printing(ctx: &Ctx, actions: &[plan::Action], json: bool) -> Result<()> {
-    let n = actions.len();
-    control::apply::run(ctx, actions, &mut |i, a| {
+    control::apply::run(ctx, actions, &mut step_printer(actions.len(), json))
+}
+
+/// Prints "[i/n] step" as each of `n` steps starts (nothing for JSON).
+fn step_printer(n: usize, json: bool) -> impl FnMut(usize, &plan::Action) + Send {
+    move |i, a| {
         if !json {
             println!("[{}/{n}] {a}", i + 1);
         }
-    })
+    }
 }
 
 pub fn plan(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
@@ -136,13 +140,8 @@ pub fn down(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode>
             let _lock = lock::acquire(&ctx.run_dir, "down")?;
             let selected = ctx.manifest.select(pcs)?;
             let obs = Observed::read(ctx.kernel)?;
-            let teardown = plan::plan_down_grouped(ctx, &obs, &selected);
-            let n = teardown.pcs.iter().map(Vec::len).sum::<usize>() + teardown.images.len();
-            control::apply::run_teardown(ctx, &teardown, &mut |i, a| {
-                if !json {
-                    println!("[{}/{n}] {a}", i + 1);
-                }
-            })?;
+            let teardown = plan::plan_down(ctx, &obs, &selected);
+            control::apply::run_teardown(ctx, &teardown, &mut step_printer(teardown.len(), json))?;
             let actions = teardown.flatten();
             if json {
                 print_plan(&actions, KERNEL_MATCHES, true)?;
@@ -217,13 +216,18 @@ pub fn reset(flag: Option<&Path>, pcs: &[String], all: bool, json: bool) -> Resu
             let selected = ctx.manifest.select(pcs)?;
             let obs = Observed::read(ctx.kernel)?;
             let started = std::time::Instant::now();
-            let (resets, failed): (Vec<_>, Vec<_>) =
-                control::reset::reset_many(ctx, &obs, &selected)
-                    .into_iter()
-                    .zip(&selected)
-                    .partition(|(r, _)| r.is_ok());
+            let mut resets: Vec<Reset> = Vec::new();
+            let mut errors: Vec<(anyhow::Error, &str)> = Vec::new();
+            for (r, pc) in control::reset::reset_many(ctx, &obs, &selected)
+                .into_iter()
+                .zip(&selected)
+            {
+                match r {
+                    Ok(r) => resets.push(r),
+                    Err(e) => errors.push((e, &pc.name)),
+                }
+            }
             let took = started.elapsed();
-            let resets: Vec<Reset> = resets.into_iter().filter_map(|(r, _)| r.ok()).collect();
             let code = print_resets(&resets, "sessions dropped and resumed", json)?;
             if !json && selected.len() > 1 {
                 println!(
@@ -234,10 +238,6 @@ pub fn reset(flag: Option<&Path>, pcs: &[String], all: bool, json: bool) -> Resu
                     control::SIDE_BY_SIDE
                 );
             }
-            let mut errors: Vec<(anyhow::Error, &str)> = failed
-                .into_iter()
-                .filter_map(|(r, pc)| r.err().map(|e| (e, pc.name.as_str())))
-                .collect();
             match errors.len() {
                 0 => Ok(code),
                 1 => Err(errors.remove(0).0),

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,7 +43,7 @@ pub fn run_teardown(
     teardown: &Teardown,
     progress: &mut (dyn FnMut(usize, &Action) + Send),
 ) -> Result<()> {
-    let total = teardown.pcs.iter().map(Vec::len).sum::<usize>() + teardown.images.len();
+    let total = teardown.len();
     let offsets: Vec<usize> = teardown
         .pcs
         .iter()
@@ -56,43 +55,26 @@ pub fn run_teardown(
         .collect();
     let progress = Mutex::new(progress);
     let times = Timings::default();
-    let next = AtomicUsize::new(0);
-    let failures: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..super::SIDE_BY_SIDE.min(teardown.pcs.len()) {
-            scope.spawn(|| {
-                let mut loops = KnownLoops::default();
-                let mut fingerprints = Fingerprints::new();
-                loop {
-                    let g = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(group) = teardown.pcs.get(g) else {
-                        break;
-                    };
-                    let first = offsets[g];
-                    for (j, a) in group.iter().enumerate() {
-                        (lock(&progress))(first + j, a);
-                        if let Err(e) =
-                            times.time(a, || step(ctx, a, &mut loops, &mut fingerprints))
-                        {
-                            lock(&failures).push((
-                                first + j,
-                                format!("step {} of {total} failed: {a}: {e:#}", first + j + 1),
-                            ));
-                            break;
-                        }
-                    }
-                }
-            });
+    let failures: Vec<String> = super::side_by_side(&teardown.pcs, |g, group| {
+        let mut loops = KnownLoops::default();
+        let mut fingerprints = Fingerprints::new();
+        for (j, a) in group.iter().enumerate() {
+            let i = offsets[g] + j;
+            (lock(&progress))(i, a);
+            if let Err(e) = times.time(a, || step(ctx, a, &mut loops, &mut fingerprints)) {
+                return Some(format!("step {} of {total} failed: {a}: {e:#}", i + 1));
+            }
         }
-    });
-    let mut failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+        None
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     if !failures.is_empty() {
         times.report();
-        failures.sort();
-        let what: Vec<String> = failures.into_iter().map(|(_, f)| f).collect();
         bail!(
             "{} (the other PCs' steps are done and stay; `cowctl plan` shows what is left)",
-            what.join("; ")
+            failures.join("; ")
         );
     }
     let before = total - teardown.images.len();

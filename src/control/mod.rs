@@ -12,6 +12,8 @@ pub mod sidecar;
 pub mod status;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use crate::kernel::Kernel;
 use crate::manifest::{Image, Manifest, Pc};
@@ -19,6 +21,26 @@ use crate::manifest::{Image, Manifest, Pc};
 /// How many PCs' resets or teardowns run side by side at most: each touches only its own
 /// devices, and most of its time is the kernel waiting.
 pub const SIDE_BY_SIDE: usize = 8;
+
+/// Runs `f` on every item, up to [`SIDE_BY_SIDE`] at a time, and returns the results in the
+/// items' order.
+pub fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(usize, &T) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<(usize, R)>> = Mutex::new(Vec::with_capacity(items.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..SIDE_BY_SIDE.min(items.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(i, item);
+                done.lock().unwrap_or_else(|p| p.into_inner()).push((i, r));
+            });
+        }
+    });
+    let mut done = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
 
 /// Every dm device and LIO storage object cowctl makes carries this prefix.
 pub const PREFIX: &str = "cowctl-";

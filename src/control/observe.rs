@@ -41,17 +41,14 @@ impl Observed {
     /// loops or vblades. The whole room is one dm list and one configfs walk; a few PCs
     /// are read by name, so the status of one PC does not grow with the room.
     pub fn for_status(k: &Kernel, room: &Manifest, pcs: &[&Pc]) -> Result<Observed> {
-        if pcs.len() >= room.pcs.len() {
-            let mut obs = Self::dm_devices(k, false)?;
-            obs.targets = Lio {
-                fs: k.configfs.as_ref(),
-            }
-            .observe()?;
-            return Ok(obs);
-        }
         let lio = Lio {
             fs: k.configfs.as_ref(),
         };
+        if pcs.len() >= room.pcs.len() {
+            let mut obs = Self::dm_devices(k, false)?;
+            obs.targets = lio.observe()?;
+            return Ok(obs);
+        }
         let mut obs = Observed::default();
         // Listed only if a PC has no device, to tell "not applied" from a failed read.
         let mut listed: Option<Vec<String>> = None;
@@ -60,10 +57,9 @@ impl Observed {
             match k.dm.raw_table(&name) {
                 Ok(raw) => obs.add_table(name, &raw)?,
                 Err(e) => {
-                    if listed.is_none() {
-                        listed = Some(k.dm.list(PREFIX).unwrap_or_default());
-                    }
-                    if listed.as_ref().is_some_and(|l| l.contains(&name)) {
+                    let listed =
+                        listed.get_or_insert_with(|| k.dm.list(PREFIX).unwrap_or_default());
+                    if listed.contains(&name) {
                         return Err(e);
                     }
                 }

@@ -266,11 +266,6 @@ fn same_vblade(wanted: &[String], running: &[String]) -> bool {
 }
 
 /// What `down` would do for these PCs.
-pub fn plan_down(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Action> {
-    let names: Vec<String> = pcs.iter().map(|p| p.name.clone()).collect();
-    teardown(ctx, obs, &names, names.len() < ctx.manifest.pcs.len()).flatten()
-}
-
 /// A teardown: each PC's steps (in order, independent of the other PCs'), then the image
 /// loops that no snapshot uses any more.
 #[derive(Debug, Default)]
@@ -280,13 +275,22 @@ pub struct Teardown {
 }
 
 impl Teardown {
+    /// How many steps in all.
+    pub fn len(&self) -> usize {
+        self.pcs.iter().map(Vec::len).sum::<usize>() + self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn flatten(self) -> Vec<Action> {
         self.pcs.into_iter().flatten().chain(self.images).collect()
     }
 }
 
-/// `down` as groups that may run side by side (see `apply::run_teardown`).
-pub fn plan_down_grouped(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Teardown {
+/// `down` of `pcs`, as groups that may run side by side (see `apply::run_teardown`).
+pub fn plan_down(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Teardown {
     let names: Vec<String> = pcs.iter().map(|p| p.name.clone()).collect();
     teardown(ctx, obs, &names, names.len() < ctx.manifest.pcs.len())
 }

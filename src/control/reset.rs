@@ -88,28 +88,7 @@ pub fn reset(ctx: &Ctx, obs: &Observed, pc: &Pc) -> Result<Reset> {
 /// each pauses only its own PC.
 /// Every PC is tried; the results come back in `pcs`' order.
 pub fn reset_many(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Result<Reset>> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<Reset>>>> =
-        pcs.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..super::SIDE_BY_SIDE.min(pcs.len()) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(pc) = pcs.get(i) else { break };
-                let r = reset(ctx, obs, pc);
-                *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-            });
-        }
-    });
-    results
-        .into_iter()
-        .zip(pcs)
-        .map(|(r, pc)| {
-            r.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| Err(anyhow!("{} was not reset", pc.name)))
-        })
-        .collect()
+    super::side_by_side(pcs, |_, pc| reset(ctx, obs, pc))
 }
 
 fn loop_of<'a>(obs: &'a Observed, d: &DevRef) -> Option<&'a LoopInfo> {
