@@ -6,7 +6,9 @@
 //!
 //! With [`CommitMode::OnFlush`] new exceptions are only recorded in memory and written at the
 //! next flush, which is the contract of NBD (and of a disk's write cache): a write is durable
-//! once a flush that started after it completes. The flush keeps every crash point loadable:
+//! once a flush that started after it completes. Those flushes are group commits: one at a
+//! time writes a copy of everything recorded so far without holding the metadata lock, and
+//! flushes queued behind it that it covered return at once. The flush keeps every crash point loadable:
 //! data, flush, the areas after the first unsealed one (and the empty area that follows the
 //! last full one), flush, then the first unsealed area — until it is on disk the kernel stops
 //! reading there and never sees the later areas — and a last flush.
@@ -19,6 +21,7 @@ use crate::backing::Backing;
 use crate::cow::{
     DiskException, Geometry, Header, LoadedStore, Usage, DISK_EXCEPTION_SIZE, HEADER_SIZE,
 };
+use crate::units::SECTOR;
 
 /// What happens when a write needs a chunk and none is left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -96,6 +99,9 @@ pub(super) struct Metadata {
     state: AtomicU8,
     inner: Mutex<Inner>,
     committed: Condvar,
+    /// OnFlush: held by the one writer committing, with the count of recorded entries on
+    /// disk (see `write_recorded`). Taken before `inner`, never after.
+    gate: Mutex<u64>,
 }
 
 struct Inner {
@@ -110,8 +116,11 @@ struct Inner {
     invalid_persisted: bool,
     /// OnFlush: areas filled in memory and not yet written, oldest first.
     sealed: Vec<(u64, Vec<u8>)>,
-    /// OnFlush: the current area has entries that are not on disk.
-    dirty: bool,
+    /// OnFlush: entries recorded so far; the commit gate holds how many of them are on disk.
+    recorded: u64,
+    /// OnFlush: the current area is on disk whole, with this many entries; None until a
+    /// commit has written it whole.
+    current_written: Option<u64>,
 }
 
 impl Metadata {
@@ -140,9 +149,11 @@ impl Metadata {
                 last_batch_ok: true,
                 invalid_persisted: !valid,
                 sealed: Vec::new(),
-                dirty: false,
+                recorded: 0,
+                current_written: None,
             }),
             committed: Condvar::new(),
+            gate: Mutex::new(0),
         }
     }
 
@@ -314,7 +325,7 @@ impl Metadata {
         if self.state() == SnapshotState::Invalid {
             return Err(EngineError::Invalid);
         }
-        inner.dirty = true;
+        inner.recorded += 1;
         let g = self.geometry;
         if inner.current_committed == g.exceptions_per_area() {
             // Where the kernel would zero the next area past the end of the COW, it fails
@@ -327,6 +338,7 @@ impl Metadata {
             inner.sealed.push((inner.current_area, full));
             inner.current_area += 1;
             inner.current_committed = 0;
+            inner.current_written = None;
         }
         Ok(())
     }
@@ -334,18 +346,12 @@ impl Metadata {
     /// Makes every completed write durable: in OnFlush mode, writes the recorded exceptions
     /// in crash-safe order (see the module comment); otherwise just flushes the data.
     pub(super) fn flush(&self, cow: &dyn Backing) -> Result<(), EngineError> {
-        let sync = |what| cow.sync_data().map_err(EngineError::io(what, 0));
         if self.mode == CommitMode::PerWrite {
-            return sync("flushing the COW");
+            return cow
+                .sync_data()
+                .map_err(EngineError::io("flushing the COW", 0));
         }
-        let mut inner = self.lock();
-        if self.state() == SnapshotState::Invalid {
-            return Err(EngineError::Invalid);
-        }
-        if inner.sealed.is_empty() && !inner.dirty {
-            return sync("flushing the COW");
-        }
-        self.write_recorded(&mut inner, cow)
+        self.write_recorded(cow, true)
     }
 
     /// OnFlush: writes the exceptions recorded since the last flush, if there are any, as a
@@ -355,47 +361,84 @@ impl Metadata {
         if self.mode == CommitMode::PerWrite {
             return Ok(());
         }
-        let mut inner = self.lock();
+        self.write_recorded(cow, false)
+    }
+
+    /// A group commit: one writer at a time holds the commit gate, takes a copy of what was
+    /// recorded and writes it with the metadata lock released, so writers go on recording
+    /// meanwhile. Those waiting at the gate find their entries written by the commit before
+    /// them and return at once, or write everything recorded up to then in one go.
+    /// `sync_anyway`: a flush syncs the data even when no exception is new.
+    fn write_recorded(&self, cow: &dyn Backing, sync_anyway: bool) -> Result<(), EngineError> {
+        let sync = |what| cow.sync_data().map_err(EngineError::io(what, 0));
+        // Everything recorded before this call; what others record from now on is theirs.
+        let mine = self.lock().recorded;
+        let mut durable = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         if self.state() == SnapshotState::Invalid {
             return Err(EngineError::Invalid);
         }
-        if inner.sealed.is_empty() && !inner.dirty {
-            return Ok(());
+        if *durable >= mine {
+            return if sync_anyway {
+                sync("flushing the COW")
+            } else {
+                Ok(())
+            };
         }
-        self.write_recorded(&mut inner, cow)
-    }
+        let mut inner = self.lock();
+        let upto = inner.recorded;
+        let sealed = std::mem::take(&mut inner.sealed);
+        let current = inner.current_area;
+        // The current area goes whole the first time, which clears what an earlier snapshot
+        // may have left there; after that only the sectors of its new entries.
+        let span = {
+            let end = usize::try_from(inner.current_committed).expect("entry index fits")
+                * DISK_EXCEPTION_SIZE;
+            match inner.current_written {
+                None => 0..inner.area.len(),
+                Some(n) => {
+                    let sector = usize::try_from(SECTOR).expect("a sector fits");
+                    let start = usize::try_from(n).expect("entry index fits") * DISK_EXCEPTION_SIZE;
+                    start / sector * sector..end.div_ceil(sector) * sector
+                }
+            }
+        };
+        let current_bytes = inner.area[span.clone()].to_vec();
+        inner.current_written = Some(inner.current_committed);
+        drop(inner);
 
-    fn write_recorded(&self, inner: &mut Inner, cow: &dyn Backing) -> Result<(), EngineError> {
-        let sync = |what| cow.sync_data().map_err(EngineError::io(what, 0));
         let g = self.geometry;
         let write_area = |area: u64, bytes: &[u8]| {
             let at = g.offset(g.area_location(area));
             cow.write_all_at(bytes, at)
                 .map_err(EngineError::io("writing a metadata area", at))
         };
+        let write_current = || {
+            let at = g.offset(g.area_location(current)) + span.start as u64;
+            cow.write_all_at(&current_bytes, at)
+                .map_err(EngineError::io("writing a metadata area", at))
+        };
         let result = (|| {
             sync("flushing the COW's data")?;
-            if let Some(((first, first_bytes), later)) = inner.sealed.split_first() {
+            if let Some(((first, first_bytes), later)) = sealed.split_first() {
                 for (area, bytes) in later {
                     write_area(*area, bytes)?;
                 }
-                write_area(inner.current_area, &inner.area)?;
+                write_current()?;
                 sync("flushing the COW's metadata")?;
                 write_area(*first, first_bytes)?;
             } else {
-                write_area(inner.current_area, &inner.area)?;
+                write_current()?;
             }
             sync("flushing the COW's metadata")
         })();
         match result {
             Ok(()) => {
-                inner.sealed.clear();
-                inner.dirty = false;
+                *durable = upto;
                 Ok(())
             }
             Err(e) => {
                 // As in the kernel: a failed metadata write invalidates the snapshot.
-                self.invalidate(inner, cow);
+                self.invalidate(&mut self.lock(), cow);
                 Err(e)
             }
         }
