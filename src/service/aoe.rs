@@ -22,8 +22,10 @@ use crate::manifest::{Export, Mac, Manifest};
 /// Requests the initiator may keep outstanding (Query Config's Buffer Count); the socket's
 /// receive buffer holds this many jumbo frames.
 const BUFFERS: u16 = 64;
-/// Threads answering frames, at most: each takes the frames queued when it wakes, so one
-/// does the work while the load is light and the others join in as it grows.
+/// Threads answering frames, at most: each takes the frames queued when it wakes. One core
+/// is left to the kernel's network path that feeds the socket: on two cores a second worker
+/// only steals single frames from the first (measured in the test VM: random reads 0.79× of
+/// vblade with two workers, 0.88× with one; rewrites 0.81× and 1.5×).
 const MAX_WORKERS: usize = 4;
 /// How long an initiator is listed in `status` after its last frame.
 const SEEN_FOR: Duration = Duration::from_secs(300);
@@ -184,7 +186,8 @@ impl AoeService {
         self.mtu
             .store(socket.mtu().with_context(what)?, Ordering::Relaxed);
         let _ = self.socket.set(socket.clone());
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(MAX_WORKERS));
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get().saturating_sub(1).clamp(1, MAX_WORKERS));
         for i in 0..workers {
             let me = self.clone();
             let socket = socket.clone();
