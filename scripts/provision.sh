@@ -6,7 +6,7 @@
 #   scripts/provision.sh --tests  and everything the tests use (qemu, initiators, ...)
 set -euo pipefail
 build=(gcc pkg-config libdevmapper-dev libclang-dev)
-run=(kmod dmsetup vblade util-linux iproute2 qemu-utils libnbd-bin curl)
+run=(kmod dmsetup vblade util-linux iproute2 qemu-utils libnbd-bin curl dnsmasq-base ipxe)
 demo=(qemu-system-x86 ipxe-qemu nasm libiscsi-bin)
 tests=("${demo[@]}" busybox-static cpio open-iscsi aoetools fio python3 libnbd-bin nbdkit chromium tgt libiscsi-dev qemu-block-extra)
 want=("${build[@]}" "${run[@]}")

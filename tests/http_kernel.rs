@@ -136,7 +136,7 @@ fn boot_scripts_sanboot_each_pc_exactly_and_reset_on_boot() {
     assert_eq!(
         r.body,
         format!(
-            "#!ipxe\n# cowctl: pc-01 on image g\n\
+            "#!ipxe\n# cowctl: pc-01 on image g\nset hostname pc-01\n\
              set initiator-iqn iqn.2024-01.lan.t:init-01\n\
              set username lab\nset password {own}\n\
              sanboot iscsi:10.0.0.1::::iqn.2024-01.lan.t:pc-01\n"

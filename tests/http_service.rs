@@ -43,9 +43,11 @@ impl Room {
             format!(
                 "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n    version: \"7\"\n\
                  defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 4MiB\n  chunk: 4KiB\n  export: nbd\n\
+                 \x20 identity: {{site: north}}\n\
                  nbd:\n  listen: 127.0.0.1:{nbd}\n  socket: {d}/nbd.sock\n\
                  http:\n  listen: 127.0.0.1:{pcs}\n  admin_listen: 127.0.0.1:{admin}\n  token_file: {d}/token\n\
                  pcs:\n  - name: pc-1\n    ip: {PC1}\n    self_reset: true\n    mac: 52:54:00:00:00:01\n\
+                 \x20   hostname: lab-a1\n    identity: {{room: \"101\", domain: lab.example}}\n\
                  \x20   autoextend: {{threshold: 50, step: 100, max: 16MiB}}\n\
                  \x20 - name: pc-2\n    ip: {PC2}\n"
             ),
@@ -127,6 +129,35 @@ fn cowbell_knows_each_pc_by_its_address_and_strangers_get_err() {
     room.cowctl(&["down", "pc-2"]);
     let r = get(PC2, room.pcs, "/cow");
     assert_eq!((r.status, r.body.as_str()), (503, "ERR not applied"));
+}
+
+#[test]
+fn each_pc_reads_its_own_identity_at_its_own_address() {
+    let room = Room::new();
+    let r = get(PC1, room.pcs, "/identity");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        "domain=lab.example\nhostname=lab-a1\nimage=g\nmac=52:54:00:00:00:01\nname=pc-1\nroom=101\nsite=north\n"
+    );
+    let r = get(PC2, room.pcs, "/identity?format=json");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = json(&r.body);
+    assert_eq!(
+        v["hostname"], "pc-2",
+        "the default host name is the PC's name"
+    );
+    assert_eq!(
+        v["site"], "north",
+        "defaults give every PC their identity values"
+    );
+    assert!(
+        v.get("room").is_none(),
+        "pc-1's own values are pc-1's only: {v}"
+    );
+    let r = get(STRANGER, room.pcs, "/identity");
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("unknown client"), "{}", r.body);
 }
 
 #[test]

@@ -223,3 +223,56 @@ fn bad_http_and_autoextend_fields_are_named() {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }
 }
+
+#[test]
+fn a_pxe_room_takes_names_identities_and_a_dhcp_range() {
+    let m = parse(
+        "images:\n  g:\n    path: /img/g.img\nhttp:\n  listen: 0.0.0.0:8080\n\
+         pxe:\n  interface: eth1\n  dhcp: 10.9.0.100-10.9.0.199\n\
+         defaults:\n  image: g\n  cow_dir: /cow\n  cow_size: 1GiB\n  export: nbd\n  identity: {site: north}\n\
+         pcs:\n  - name: pc-{1..2}\n    mac: 52:54:00:00:00:0{1..2}\n    hostname: lab-{name}\n",
+    )
+    .unwrap();
+    let pxe = m.pxe.as_ref().unwrap();
+    assert_eq!(pxe.interface, "eth1");
+    assert!(pxe.only_known);
+    assert_eq!(
+        serde_json::to_value(&pxe.dhcp).unwrap(),
+        serde_json::json!({"range": {"first": "10.9.0.100", "last": "10.9.0.199"}})
+    );
+    assert_eq!(m.pcs[1].hostname, "lab-pc-2");
+    assert_eq!(m.pcs[0].identity["site"], "north");
+}
+
+#[test]
+fn pxe_combinations_that_cannot_boot_a_pc_are_refused_with_a_sentence() {
+    let text = format!(
+        "{BASE}http:\n  listen: 127.0.0.1:8080\npxe:\n  interface: eth1\n  dhcp: 10.9.0.200-10.9.0.100\n\
+         pcs:\n  - name: a\n  - name: b\n    mac: 52:54:00:00:00:02\n    hostname: -bad\n    identity: {{room: \"1; reboot\"}}\n"
+    );
+    let shown = parse(&text).unwrap_err().to_string();
+    for want in [
+        "pxe.dhcp: \"10.9.0.200-10.9.0.100\": the range's first address comes after its last",
+        "http.listen: 127.0.0.1:8080 is loopback, but the pxe section sends PCs to /boot.ipxe there",
+        "pcs[1].hostname: b: \"-bad\" is not a host name",
+        "pcs[1].identity.room: b: the value of room may hold letters, digits, spaces",
+    ] {
+        assert!(shown.contains(want), "{want}\nnot in\n{shown}");
+    }
+    // Without a range error, the PC without a MAC is named too.
+    let text = format!(
+        "{BASE}http:\n  listen: 0.0.0.0:8080\npxe:\n  interface: eth1\npcs:\n  - name: a\n"
+    );
+    let shown = parse(&text).unwrap_err().to_string();
+    assert!(
+        shown
+            .contains("pcs[0].mac: a: no mac, and pxe.only_known answers only the manifest's MACs"),
+        "{shown}"
+    );
+    let shown = parse(&format!(
+        "{BASE}pxe:\n  interface: eth1\n  only_known: false\npcs:\n  - name: a\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(shown.contains("add an http section"), "{shown}");
+}

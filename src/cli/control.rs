@@ -113,6 +113,12 @@ pub fn plan(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
 }
 
 pub fn apply(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let code = apply_disks(flag, json)?;
+    super::pxe::apply(&load(flag)?, json)?;
+    Ok(code)
+}
+
+fn apply_disks(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
     kernel_or(
         flag,
         |m| userspace::apply(m, json),
@@ -133,6 +139,12 @@ pub fn apply(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
 }
 
 pub fn down(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode> {
+    let code = down_disks(flag, pcs, json)?;
+    super::pxe::down(&load(flag)?, pcs, json)?;
+    Ok(code)
+}
+
+fn down_disks(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode> {
     kernel_or(
         flag,
         |m| userspace::down(m, pcs, json),
@@ -187,9 +199,15 @@ pub fn status(
     json: bool,
     watch: Option<u64>,
 ) -> Result<ExitCode> {
-    let once = |ctx: Option<&Ctx>| match ctx {
-        Some(ctx) => status_once(ctx, pcs, json),
-        None => userspace::status(&load(flag)?, pcs, json),
+    let once = |ctx: Option<&Ctx>| {
+        let code = match ctx {
+            Some(ctx) => status_once(ctx, pcs, json),
+            None => userspace::status(&load(flag)?, pcs, json),
+        }?;
+        if pcs.is_empty() {
+            super::pxe::status(&load(flag)?, json);
+        }
+        Ok::<_, anyhow::Error>(code)
     };
     let run = |ctx: Option<&Ctx>| match watch {
         None => once(ctx),
@@ -204,10 +222,24 @@ pub fn status(
     kernel_or(flag, |_| run(None), |ctx| run(Some(ctx)))
 }
 
-pub fn reset(flag: Option<&Path>, pcs: &[String], all: bool, json: bool) -> Result<ExitCode> {
+pub fn reset(
+    flag: Option<&Path>,
+    pcs: &[String],
+    all: bool,
+    wake: bool,
+    json: bool,
+) -> Result<ExitCode> {
     if pcs.is_empty() && !all {
         anyhow::bail!("name the PCs to reset, or say --all");
     }
+    let code = reset_disks(flag, pcs, json)?;
+    if wake {
+        super::pxe::wake(&load(flag)?, pcs, json)?;
+    }
+    Ok(code)
+}
+
+fn reset_disks(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode> {
     kernel_or(
         flag,
         |m| userspace::reset(m, pcs, json),

@@ -2,6 +2,7 @@
 
 mod control;
 mod cow;
+mod pxe;
 mod userspace;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +52,15 @@ pub enum Command {
         pcs: Vec<String>,
         #[arg(long, conflicts_with = "pcs")]
         all: bool,
+        /// Then wake the PCs with Wake-on-LAN: a fresh room in one command.
+        #[arg(long)]
+        wake: bool,
+    },
+    /// Send Wake-on-LAN magic packets to these PCs (on pxe.interface when there is one).
+    Wake {
+        pcs: Vec<String>,
+        #[arg(long, conflicts_with = "pcs")]
+        all: bool,
     },
     /// In the foreground: serve every PC with cowctl's engine over NBD (userspace backend),
     /// with the HTTP service and auto-extend; on the kernel backend only the last two.
@@ -70,7 +80,13 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Apply => control::apply(f, cli.json),
         Command::Down { pcs } => control::down(f, &pcs, cli.json),
         Command::Status { pcs, watch } => control::status(f, &pcs, cli.json, watch),
-        Command::Reset { pcs, all } => control::reset(f, &pcs, all, cli.json),
+        Command::Reset { pcs, all, wake } => control::reset(f, &pcs, all, wake, cli.json),
+        Command::Wake { pcs, all } => {
+            if pcs.is_empty() && !all {
+                anyhow::bail!("name the PCs to wake, or say --all");
+            }
+            pxe::wake(&pxe::load(f)?, &pcs, cli.json)
+        }
         Command::Chap { pcs } => control::chap(f, &pcs, cli.json),
         Command::Serve { start_empty } => control::serve(f, start_empty),
     }

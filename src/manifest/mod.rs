@@ -3,6 +3,7 @@
 
 mod expand;
 mod positions;
+mod pxe;
 mod raw;
 mod types;
 
@@ -13,10 +14,10 @@ use std::path::{Path, PathBuf};
 use serde_norway::Value;
 
 use positions::Positions;
-use raw::{RawAoe, RawAutoExtend, RawHttp, RawImages, RawIscsi, RawNbd, RawPc, Text};
+use raw::{RawAoe, RawAutoExtend, RawHttp, RawImages, RawIscsi, RawNbd, RawPc, RawPxe, Text};
 pub use types::{
-    AclMode, AoeConfig, AutoExtend, Backend, Chap, Export, HttpConfig, Image, IscsiConfig, Mac,
-    NbdAcl, NbdConfig, Pc, Portal,
+    AclMode, AoeConfig, AutoExtend, Backend, Chap, DhcpMode, Export, HttpConfig, Image,
+    IscsiConfig, Mac, NbdAcl, NbdConfig, Pc, Portal, PxeConfig,
 };
 
 use crate::cow::Geometry;
@@ -39,6 +40,8 @@ pub struct Manifest {
     pub nbd: NbdConfig,
     /// `cowctl serve`'s HTTP service; none without an `http` section.
     pub http: Option<HttpConfig>,
+    /// The supervised dnsmasq that boots PCs into `/boot.ipxe`; none without a `pxe` section.
+    pub pxe: Option<PxeConfig>,
 }
 
 /// One problem in a manifest, with where it is.
@@ -221,7 +224,7 @@ impl Builder {
         };
         let (mut images, mut defaults, mut iscsi, mut aoe, mut warn, mut pcs) =
             (None, RawPc::default(), None, None, None, Vec::new());
-        let (mut backend, mut nbd, mut http) = (None, None, None);
+        let (mut backend, mut nbd, mut http, mut pxe) = (None, None, None, None);
         for (k, v) in map {
             let key = k.as_str().unwrap_or("").to_string();
             match key.as_str() {
@@ -234,7 +237,8 @@ impl Builder {
                 "backend" => backend = self.section::<String>("backend", v),
                 "nbd" => nbd = self.section::<RawNbd>("nbd", v),
                 "http" => http = self.section::<RawHttp>("http", v),
-                other => self.error(other, format!("unknown section {other:?} (expected images, defaults, pcs, iscsi, aoe, nbd, http, backend, warn_percent)")),
+                "pxe" => pxe = self.section::<RawPxe>("pxe", v),
+                other => self.error(other, format!("unknown section {other:?} (expected images, defaults, pcs, iscsi, aoe, nbd, http, pxe, backend, warn_percent)")),
             }
         }
         if defaults.name.is_some() {
@@ -287,6 +291,7 @@ impl Builder {
         }
         self.unique(&out);
         self.files_of_their_own(&images, &out, iscsi.as_ref(), http.as_ref());
+        let pxe = pxe.and_then(|r| self.pxe(r, http.as_ref(), &out));
         Some(Manifest {
             path: path.to_path_buf(),
             images,
@@ -297,6 +302,7 @@ impl Builder {
             backend,
             nbd,
             http,
+            pxe,
         })
     }
 
@@ -533,6 +539,7 @@ impl Builder {
             ("initiator", get(&raw.initiator, &defaults.initiator)),
             ("shelf", get(&raw.shelf, &defaults.shelf)),
             ("slot", get(&raw.slot, &defaults.slot)),
+            ("hostname", get(&raw.hostname, &defaults.hostname)),
         ];
         // Expand ranges: every ranged field must give the same count.
         let mut count: Option<(usize, &str)> = None;
@@ -681,6 +688,11 @@ impl Builder {
             .clone()
             .or_else(|| defaults.autoextend.clone())
             .and_then(|a| self.autoextend(&at, name, a, cow_size, chunk));
+        let hostname = value("hostname").unwrap_or_else(|| name.to_string());
+        if !pxe::valid_hostname(&hostname) {
+            self.error(&at("hostname"), format!("{name}: {hostname:?} is not a host name (letters, digits and '-', at most 63, not starting or ending with '-')"));
+        }
+        let identity = self.identity(&at, name, defaults, raw);
         if self.errors.len() > before {
             return None;
         }
@@ -701,6 +713,8 @@ impl Builder {
                 .unwrap_or(false),
             self_reset: raw.self_reset.or(defaults.self_reset).unwrap_or(false),
             autoextend,
+            hostname,
+            identity,
         })
     }
 

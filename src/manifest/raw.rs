@@ -60,6 +60,10 @@ pub struct RawPc {
     /// The PC may reset its own disk over HTTP, from its own `ip`.
     pub self_reset: Option<bool>,
     pub autoextend: Option<RawAutoExtend>,
+    /// The PC's host name (default: its name), for DHCP and `/identity`.
+    pub hostname: Option<Text>,
+    /// More key/values the PC reads at `/identity` (and iPXE as variables).
+    pub identity: Option<BTreeMap<String, Text>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +115,20 @@ pub struct RawChap {
 #[serde(deny_unknown_fields)]
 pub struct RawAoe {
     pub interface: String,
+}
+
+/// The PXE bootstrap cowctl supervises (dnsmasq).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPxe {
+    pub interface: String,
+    /// `proxy` (beside the LAN's DHCP server) or a range `FIRST-LAST` to lease from.
+    pub dhcp: Option<String>,
+    /// Answer only the manifest's MACs (default true).
+    pub only_known: Option<bool>,
+    pub tftp_root: Option<PathBuf>,
+    /// Where Wake-on-LAN packets go (default 255.255.255.255).
+    pub wake_broadcast: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,6 +34,10 @@ pub struct Pc {
     pub reset_on_boot: bool,
     pub self_reset: bool,
     pub autoextend: Option<AutoExtend>,
+    /// Its own name although all PCs share one image: for DHCP, `/identity`, `/boot.ipxe`.
+    pub hostname: String,
+    /// More key/values for `/identity` (names: letters, digits, `_` and `-`).
+    pub identity: std::collections::BTreeMap<String, String>,
 }
 
 /// Grow a PC's COW before it fills, as LVM's snapshot autoextend does.
@@ -61,6 +65,34 @@ impl AutoExtend {
             max_bytes: self.max.bytes(),
         }
     }
+}
+
+/// How PCs get their address and the boot file while dnsmasq answers their PXE requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DhcpMode {
+    /// Beside the LAN's DHCP server, which keeps giving the addresses: boot information only.
+    Proxy,
+    /// cowctl's dnsmasq is the DHCP server of an isolated room network, leasing from this
+    /// range (a PC with an `ip` gets that one).
+    Range {
+        first: std::net::Ipv4Addr,
+        last: std::net::Ipv4Addr,
+    },
+}
+
+/// The PXE bootstrap: a supervised dnsmasq on `interface` that hands PXE ROMs iPXE by TFTP
+/// and chains iPXE to `/boot.ipxe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PxeConfig {
+    pub interface: String,
+    pub dhcp: DhcpMode,
+    /// Only the manifest's MACs get answers.
+    pub only_known: bool,
+    /// Where `undionly.kpxe` and `ipxe.efi` are (Debian's `ipxe` package).
+    pub tftp_root: PathBuf,
+    /// Where Wake-on-LAN magic packets are sent.
+    pub wake_broadcast: std::net::Ipv4Addr,
 }
 
 /// The HTTP service of `cowctl serve`.

@@ -75,6 +75,12 @@ pub fn script(
     local: Option<IpAddr>,
 ) -> Result<String, BootError> {
     let mut out = format!("#!ipxe\n# cowctl: {} on image {}\n", pc.name, pc.image);
+    // Who the PC is (also at /identity): iPXE sends the host name in its later DHCP
+    // requests and puts it in the iBFT; the rest are variables, prefixed not to clash.
+    out.push_str(&format!("set hostname {}\n", pc.hostname));
+    for (k, v) in &pc.identity {
+        out.push_str(&format!("set cowctl_{k} {v}\n"));
+    }
     match &pc.export {
         Export::Nbd => {
             return Err(BootError::Nbd {

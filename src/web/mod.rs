@@ -7,6 +7,7 @@ mod api;
 mod boot;
 mod cowbell;
 mod dashboard;
+mod identity;
 mod metrics;
 mod who;
 
@@ -72,6 +73,7 @@ fn router(app: App) -> Router {
     let mut r = Router::new()
         .route("/cow", get(cowbell::cow))
         .route("/boot.ipxe", get(boot::boot))
+        .route("/identity", get(identity::identity))
         .route("/api/v1/pcs/{name}/reset", post(api::reset));
     if app.admin {
         r = r
@@ -140,9 +142,9 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
 
 fn not_found(admin: bool, path: &str) -> Refusal {
     let message = if admin {
-        format!("no such page {path}: try /, /cow, /boot.ipxe, /api/v1/pcs, /api/v1/pcs/NAME, POST /api/v1/pcs/NAME/reset or /metrics")
+        format!("no such page {path}: try /, /cow, /boot.ipxe, /identity, /api/v1/pcs, /api/v1/pcs/NAME, POST /api/v1/pcs/NAME/reset or /metrics")
     } else {
-        format!("no such page {path} here: PCs may ask /cow, /boot.ipxe and POST /api/v1/pcs/NAME/reset; the rest is on the admin address")
+        format!("no such page {path} here: PCs may ask /cow, /boot.ipxe, /identity and POST /api/v1/pcs/NAME/reset; the rest is on the admin address")
     };
     Refusal::new(StatusCode::NOT_FOUND, message)
 }

@@ -67,6 +67,28 @@ impl Link {
         link
     }
 
+    /// A bridge, up: a room's switch, for a PC's tap and other machines' links.
+    pub fn bridge(n: u32) -> Link {
+        let b = name("cwb", n);
+        ip(&["link", "add", &b, "type", "bridge"]);
+        let link = Link {
+            name: b.clone(),
+            peer: None,
+        };
+        ip(&["link", "set", &b, "up"]);
+        link
+    }
+
+    /// Plugs this link into a bridge.
+    pub fn join(&self, bridge: &Link) {
+        ip(&["link", "set", &self.name, "master", &bridge.name]);
+    }
+
+    /// Gives this end an address, as a room's interface on the server has (`10.9.0.1/24`).
+    pub fn add_address(&self, cidr: &str) {
+        ip(&["addr", "add", cidr, "dev", &self.name]);
+    }
+
     pub fn peer(&self) -> &str {
         self.peer.as_deref().expect("a veth pair")
     }
@@ -81,6 +103,47 @@ impl Drop for Link {
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
+/// A network namespace: another machine on the room's network. Removed when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(n: u32) -> Netns {
+        let ns = name("cwns", n);
+        ip(&["netns", "add", &ns]);
+        Netns { name: ns }
+    }
+
+    /// Moves the veth pair's initiator end in here, with this address, up.
+    pub fn take(&self, link: &Link, cidr: &str) {
+        ip(&["link", "set", link.peer(), "netns", &self.name]);
+        let inside = |args: &[&str]| {
+            let mut a = vec!["netns", "exec", &self.name, "ip"];
+            a.extend_from_slice(args);
+            ip(&a);
+        };
+        inside(&["addr", "add", cidr, "dev", link.peer()]);
+        inside(&["link", "set", link.peer(), "up"]);
+        inside(&["link", "set", "lo", "up"]);
+    }
+
+    /// A command run in here.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
             .output();
     }
 }

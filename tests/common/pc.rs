@@ -71,6 +71,32 @@ pub fn boot_with(
     let tftp = dir.join("tftp");
     std::fs::create_dir_all(&tftp).unwrap();
     std::fs::write(tftp.join("boot.ipxe"), script).unwrap();
+    let mut nics = vec![
+        "-netdev".to_string(),
+        format!("user,id=n0,tftp={},bootfile=boot.ipxe", tftp.display()),
+        "-device".to_string(),
+        "e1000,netdev=n0".to_string(),
+    ];
+    nics.extend_from_slice(extra);
+    run(dir, &nics, limit, stop_early)
+}
+
+/// A PC with these NICs only, booting as its ROM does by itself: PXE on each in turn.
+pub fn boot_from(
+    dir: &Path,
+    nics: &[String],
+    limit: Duration,
+    stop_early: &dyn Fn() -> bool,
+) -> Boot {
+    run(dir, nics, limit, stop_early)
+}
+
+/// The serial log of the last boot in `dir`.
+pub fn serial_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default()
+}
+
+fn run(dir: &Path, nics: &[String], limit: Duration, stop_early: &dyn Fn() -> bool) -> Boot {
     let serial = dir.join("serial.log");
     let _ = std::fs::remove_file(&serial);
     let mut qemu = Command::new("qemu-system-x86_64")
@@ -86,14 +112,8 @@ pub fn boot_with(
         .args(["-nodefaults", "-boot", "n"])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
-        .arg("-netdev")
-        .arg(format!(
-            "user,id=n0,tftp={},bootfile=boot.ipxe",
-            tftp.display()
-        ))
-        .args(["-device", "e1000,netdev=n0"])
+        .args(nics)
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

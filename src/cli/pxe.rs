@@ -1,0 +1,66 @@
+//! The PXE bootstrap and Wake-on-LAN at the command line: what apply, down and status add
+//! for the manifest's `pxe` section, and `cowctl wake`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::print_json;
+use crate::control;
+use crate::kernel::net::Netlink;
+use crate::manifest::Manifest;
+use crate::pxe::{self, Outcome};
+
+/// After apply: start dnsmasq, or restart it with the manifest's new configuration.
+pub fn apply(m: &Manifest, json: bool) -> Result<()> {
+    let Some((outcome, what)) = pxe::apply(m, &control::default_run_dir(), &Netlink)? else {
+        return Ok(());
+    };
+    if !json {
+        match outcome {
+            Outcome::Unchanged(pid) => println!("{what}: dnsmasq {pid} already serves it"),
+            Outcome::Started(pid) => println!("{what}: started dnsmasq {pid}"),
+            Outcome::Restarted(pid) => {
+                println!("{what}: restarted dnsmasq as {pid} (the manifest changed)")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a down of the whole room: PCs can no longer boot, so dnsmasq goes too.
+pub fn down(m: &Manifest, pcs: &[String], json: bool) -> Result<()> {
+    if m.pxe.is_none() || !pcs.is_empty() {
+        return Ok(());
+    }
+    if pxe::stop(&control::default_run_dir())? && !json {
+        println!("stopped the PXE service (dnsmasq)");
+    }
+    Ok(())
+}
+
+/// The line `status` ends with.
+pub fn status(m: &Manifest, json: bool) {
+    if let Some(line) = pxe::status_line(m, &control::default_run_dir()).filter(|_| !json) {
+        println!("{line}");
+    }
+}
+
+/// Wakes the named PCs (or all): `cowctl wake`, and `reset --wake` once its resets are done.
+pub fn wake(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
+    let selected = m.select(pcs)?;
+    let woken = pxe::wake::wake(m, &selected)?;
+    if json {
+        print_json(&woken)?;
+    } else {
+        for w in &woken {
+            println!("sent Wake-on-LAN to {w}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn load(flag: Option<&Path>) -> Result<Manifest> {
+    Ok(Manifest::load(&crate::manifest::resolve_path(flag))?)
+}

@@ -1,0 +1,176 @@
+//! The PXE bootstrap: a dnsmasq cowctl supervises from the manifest's `pxe` section (its
+//! configuration in `config`), and Wake-on-LAN (`wake`). The running dnsmasq and its
+//! configuration file are the observed state: apply starts it, restarts it when the
+//! manifest gives another configuration, and leaves it alone otherwise.
+
+pub mod config;
+pub mod wake;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::kernel::net::Net;
+use crate::manifest::{DhcpMode, Manifest, PxeConfig};
+use crate::supervise::{Helpers, Running};
+pub use config::Chain;
+
+const KEY: &str = "dnsmasq";
+
+fn helpers(run_dir: &Path) -> Helpers {
+    Helpers {
+        dir: run_dir.join("pxe"),
+        program: "dnsmasq",
+        install_hint: "is the dnsmasq-base package installed?",
+    }
+}
+
+fn conf_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("pxe").join("dnsmasq.conf")
+}
+
+/// The address PCs reach the HTTP service at: `http.server`, else the PXE interface's
+/// IPv4 address; checked against `http.listen`.
+pub fn chain(m: &Manifest, pxe: &PxeConfig, net: &dyn Net) -> Result<Chain> {
+    let Some(http) = &m.http else {
+        bail!("the pxe section needs an http section (PCs chain to its /boot.ipxe)");
+    };
+    let server = match http.server {
+        Some(IpAddr::V4(ip)) => ip,
+        Some(IpAddr::V6(ip)) => bail!(
+            "http.server {ip} is IPv6, but PXE and iPXE's DHCP chain here are IPv4: give an IPv4 address"
+        ),
+        None => interface_ipv4(pxe, net)?,
+    };
+    let listen = http.listen.ip();
+    if !listen.is_unspecified() && listen != IpAddr::V4(server) {
+        bail!(
+            "http.listen is {}, but PCs on {} would reach it at {server}: listen there or on 0.0.0.0",
+            http.listen,
+            pxe.interface
+        );
+    }
+    Ok(Chain {
+        server,
+        port: http.listen.port(),
+    })
+}
+
+fn interface_ipv4(pxe: &PxeConfig, net: &dyn Net) -> Result<Ipv4Addr> {
+    let interfaces = net.interfaces()?;
+    let Some(iface) = interfaces.iter().find(|i| i.name == pxe.interface) else {
+        bail!(
+            "pxe.interface {} does not exist on this machine",
+            pxe.interface
+        );
+    };
+    iface
+        .addresses
+        .iter()
+        .find_map(|a| match a {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "pxe.interface {} has no IPv4 address, so PCs could not reach /boot.ipxe (or set http.server)",
+                pxe.interface
+            )
+        })
+}
+
+/// What apply did about dnsmasq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged(u32),
+    Started(u32),
+    Restarted(u32),
+}
+
+/// Makes the running dnsmasq match the manifest (nothing without a `pxe` section).
+pub fn apply(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<(Outcome, String)>> {
+    let Some(pxe) = &m.pxe else {
+        return Ok(None);
+    };
+    let chain = chain(m, pxe, net)?;
+    for f in [config::BIOS_LOADER, config::UEFI_LOADER] {
+        if !pxe.tftp_root.join(f).is_file() {
+            bail!(
+                "{} has no {f} for PXE ROMs to load (install Debian's ipxe package, or set pxe.tftp_root)",
+                pxe.tftp_root.display()
+            );
+        }
+    }
+    let h = helpers(run_dir);
+    let conf = conf_path(run_dir);
+    let want = config::render(pxe, &chain, &m.pcs, &m.path, &h.dir.join("dnsmasq.leases"));
+    let running = h.running(KEY);
+    let current = std::fs::read_to_string(&conf).ok();
+    if let Some(r) = &running {
+        if current.as_deref() == Some(want.as_str()) {
+            return Ok(Some((Outcome::Unchanged(r.pid), describe(pxe, &chain))));
+        }
+        h.stop(KEY)?;
+    }
+    crate::rundir::ensure(&h.dir)?;
+    crate::durable::write_atomic(&conf, want.as_bytes())
+        .with_context(|| format!("cannot write {}", conf.display()))?;
+    let args = vec![
+        "--keep-in-foreground".to_string(),
+        format!("--conf-file={}", conf.display()),
+    ];
+    let pid = h.start(KEY, &args, Duration::from_millis(300))?;
+    let outcome = if running.is_some() {
+        Outcome::Restarted(pid)
+    } else {
+        Outcome::Started(pid)
+    };
+    Ok(Some((outcome, describe(pxe, &chain))))
+}
+
+fn describe(pxe: &PxeConfig, chain: &Chain) -> String {
+    let mode = match &pxe.dhcp {
+        DhcpMode::Proxy => "proxy DHCP".to_string(),
+        DhcpMode::Range { first, last } => format!("DHCP {first}-{last}"),
+    };
+    format!(
+        "PXE on {} ({mode}{}), iPXE by TFTP from {}, then {}",
+        pxe.interface,
+        if pxe.only_known {
+            ", the manifest's MACs only"
+        } else {
+            ""
+        },
+        pxe.tftp_root.display(),
+        chain.url()
+    )
+}
+
+/// The live dnsmasq, if any.
+pub fn running(run_dir: &Path) -> Option<Running> {
+    helpers(run_dir).running(KEY)
+}
+
+/// One line for `status`: whether the manifest's dnsmasq runs.
+pub fn status_line(m: &Manifest, run_dir: &Path) -> Option<String> {
+    let pxe = m.pxe.as_ref()?;
+    Some(match running(run_dir) {
+        Some(r) => format!(
+            "PXE: dnsmasq {} answers on {} (log: {})",
+            r.pid,
+            pxe.interface,
+            helpers(run_dir).log_file(KEY).display()
+        ),
+        None => format!(
+            "PXE: dnsmasq is not running on {}: PCs cannot PXE-boot (run cowctl apply)",
+            pxe.interface
+        ),
+    })
+}
+
+/// Stops the room's dnsmasq; true if one ran. Its configuration file stays.
+pub fn stop(run_dir: &Path) -> Result<bool> {
+    helpers(run_dir).stop(KEY)
+}

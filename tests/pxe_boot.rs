@@ -1,0 +1,249 @@
+//! The whole boot chain of a room, on this host with the userspace backend: a qemu PC whose
+//! only NIC is a tap device this test makes (the room's network, 10.x.y.0/24, with this
+//! host at .1) PXE-boots with its own ROM: DHCP from the dnsmasq `cowctl apply` starts,
+//! which sees iPXE and chains it to the HTTP service's `/boot.ipxe`, which sanboots the PC's
+//! iSCSI disk with its CHAP secret. The PC resets on boot, so two boots both count 1. dnsmasq
+//! serves Debian's iPXE loaders by TFTP to PXE ROMs that are not iPXE, answers the manifest's
+//! MACs only, and `down` stops it. Beside another DHCP server (a namespace on the same
+//! bridge), cowctl's dnsmasq answers as a proxy, and the PC boots the same way.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::net::{Link, Netns};
+use common::pc::{self, Boot};
+
+const BOOT_LIMIT: Duration = Duration::from_secs(180);
+const PC_MAC: &str = "52:54:00:c0:ee:01";
+
+/// How the room's network gives PCs their addresses.
+#[derive(Clone, Copy, PartialEq)]
+enum Lan {
+    /// cowctl's dnsmasq leases them: an isolated room network.
+    CowctlDhcp,
+    /// Another machine (a namespace on the same bridge) runs the LAN's DHCP server, and
+    /// cowctl's dnsmasq answers as a proxy with boot information only.
+    OtherDhcp,
+}
+
+struct Room {
+    dir: tempfile::TempDir,
+    /// The PC's NIC.
+    tap: String,
+    server: String,
+    _links: Vec<Link>,
+    _lan: Option<(Netns, Child)>,
+}
+
+impl Room {
+    fn new(lan: Lan) -> Room {
+        // A /24 of 10.0.0.0/8 of this run's own, so parallel runs do not meet.
+        let net = std::process::id() % 200 + 20;
+        let third = if lan == Lan::CowctlDhcp { 77 } else { 78 };
+        let subnet = format!("10.{net}.{third}");
+        let server = format!("{subnet}.1");
+        let tap = Link::tap(if lan == Lan::CowctlDhcp { 7 } else { 6 });
+        let (interface, links, other) = match lan {
+            Lan::CowctlDhcp => {
+                tap.add_address(&format!("{server}/24"));
+                (tap.name.clone(), vec![tap], None)
+            }
+            Lan::OtherDhcp => {
+                let bridge = Link::bridge(8);
+                bridge.add_address(&format!("{server}/24"));
+                tap.join(&bridge);
+                let wire = Link::veth(9, 1500);
+                wire.join(&bridge);
+                let ns = Netns::new(8);
+                ns.take(&wire, &format!("{subnet}.2/24"));
+                // The LAN's DHCP server: addresses (the PC's reserved), nothing about booting.
+                let dhcp = ns
+                    .command("dnsmasq")
+                    .args([
+                        "--keep-in-foreground",
+                        "--port=0",
+                        "--bind-interfaces",
+                        "--pid-file=",
+                        "--log-dhcp",
+                        "--log-facility=-",
+                    ])
+                    .arg(format!("--interface={}", wire.peer()))
+                    .arg(format!("--dhcp-range={subnet}.100,{subnet}.150,1h"))
+                    .arg(format!("--dhcp-host={PC_MAC},{subnet}.11"))
+                    .arg("--dhcp-leasefile=/dev/null")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("dnsmasq (Debian package dnsmasq-base)");
+                (
+                    bridge.name.clone(),
+                    vec![tap, wire, bridge],
+                    Some((ns, dhcp)),
+                )
+            }
+        };
+        let dhcp = match lan {
+            Lan::CowctlDhcp => format!("{subnet}.100-{subnet}.150"),
+            Lan::OtherDhcp => "proxy".to_string(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        pc::counter_image(&dir.path().join("golden.img"), 32 << 20);
+        std::fs::create_dir(dir.path().join("cow")).unwrap();
+        common::write_private(&dir.path().join("chap.secret"), "the-room-master-secret\n");
+        let (iscsi, nbd, http, admin) = (
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+        );
+        std::fs::write(
+            dir.path().join("room.yaml"),
+            format!(
+                "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
+                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 8MiB\n  chunk: 4KiB\n\
+                 iscsi:\n  iqn_prefix: iqn.2024-01.lan.pxe\n  portals: [{server}:{iscsi}]\n  acl: initiator\n\
+                 \x20 chap:\n    username: room\n    secret_file: {d}/chap.secret\n\
+                 nbd:\n  listen: 127.0.0.1:{nbd}\n  socket: {d}/nbd.sock\n\
+                 http:\n  listen: {server}:{http}\n  admin_listen: 127.0.0.1:{admin}\n\
+                 pxe:\n  interface: {interface}\n  dhcp: {dhcp}\n\
+                 pcs:\n  - name: pc-01\n    mac: {PC_MAC}\n    ip: {subnet}.11\n    hostname: lab-a1\n\
+                 \x20   initiator: iqn.2024-01.lan.pxe:init-pc-01\n    reset_on_boot: true\n"
+            ),
+        )
+        .unwrap();
+        let tap = links[0].name.clone();
+        let room = Room {
+            dir,
+            tap,
+            server,
+            _links: links,
+            _lan: other,
+        };
+        let out = common::room_cowctl(room.dir.path(), &["apply"]);
+        assert!(out.contains("started dnsmasq"), "{out}");
+        room
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn boot(&self, mac: &str, limit: Duration) -> Boot {
+        pc::boot_from(
+            self.dir.path(),
+            &pc::tap_nic(&self.tap, mac),
+            limit,
+            &|| false,
+        )
+    }
+
+    fn logs(&self) -> String {
+        let read = |p: &str| std::fs::read_to_string(self.path(p)).unwrap_or_default();
+        format!(
+            "serial:\n{}\ndnsmasq:\n{}\nserve:\n{}",
+            pc::serial_log(self.dir.path()),
+            read("run/pxe/dnsmasq.log"),
+            read("run/serve.log")
+        )
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let _ = common::room_command(self.dir.path(), &["down"]).output();
+        if let Some((_, dhcp)) = &mut self._lan {
+            let _ = dhcp.kill();
+            let _ = dhcp.wait();
+        }
+    }
+}
+
+#[test]
+fn a_pc_pxe_boots_through_dnsmasq_ipxe_and_boot_ipxe_to_its_own_disk() {
+    let room = Room::new(Lan::CowctlDhcp);
+    let golden = std::fs::read(room.path("golden.img")).unwrap();
+
+    // PXE ROMs that are not iPXE get iPXE by TFTP: Debian's own loaders, byte for byte.
+    for loader in ["undionly.kpxe", "ipxe.efi"] {
+        let got = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20"])
+            .arg(format!("tftp://{}/{loader}", room.server))
+            .output()
+            .unwrap();
+        assert!(
+            got.status.success(),
+            "{}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        assert_eq!(
+            got.stdout,
+            std::fs::read(format!("/usr/lib/ipxe/{loader}")).unwrap(),
+            "{loader} by TFTP"
+        );
+    }
+    let status = common::room_cowctl(room.dir.path(), &["status"]);
+    assert!(status.contains("PXE: dnsmasq"), "{status}");
+    assert!(status.contains("answers on"), "{status}");
+
+    assert_eq!(
+        room.boot(PC_MAC, BOOT_LIMIT),
+        Boot::Counted(1),
+        "{}",
+        room.logs()
+    );
+    let logs = room.logs();
+    assert!(
+        logs.contains("lab-a1"),
+        "dnsmasq gave the PC its name:\n{logs}"
+    );
+    assert!(
+        logs.contains("boot.ipxe"),
+        "iPXE was chained to /boot.ipxe:\n{logs}"
+    );
+    // Reset on boot: the second boot starts from the golden image again.
+    assert_eq!(
+        room.boot(PC_MAC, BOOT_LIMIT),
+        Boot::Counted(1),
+        "{}",
+        room.logs()
+    );
+    assert_eq!(std::fs::read(room.path("golden.img")).unwrap(), golden);
+
+    // A MAC the manifest does not list gets no DHCP answer, so it boots nothing.
+    let stranger = room.boot("52:54:00:c0:ee:99", Duration::from_secs(60));
+    assert!(matches!(stranger, Boot::Nothing(_)), "{stranger:?}");
+    let log = std::fs::read_to_string(room.path("run/pxe/dnsmasq.log")).unwrap();
+    assert!(log.contains("52:54:00:c0:ee:99 ignored"), "{log}");
+
+    let down = common::room_cowctl(room.dir.path(), &["down"]);
+    assert!(down.contains("stopped the PXE service"), "{down}");
+    let status = common::room_cowctl(room.dir.path(), &["status"]);
+    assert!(status.contains("dnsmasq is not running"), "{status}");
+}
+
+#[test]
+fn beside_the_lans_dhcp_server_cowctl_answers_as_a_proxy_and_the_pc_boots() {
+    let room = Room::new(Lan::OtherDhcp);
+    assert_eq!(
+        room.boot(PC_MAC, BOOT_LIMIT),
+        Boot::Counted(1),
+        "{}",
+        room.logs()
+    );
+    let log = std::fs::read_to_string(room.path("run/pxe/dnsmasq.log")).unwrap();
+    assert!(
+        log.contains("proxy"),
+        "cowctl's dnsmasq answered as a proxy:\n{log}"
+    );
+    assert!(!log.contains("DHCPACK"), "and leased nothing:\n{log}");
+    assert_eq!(
+        room.boot(PC_MAC, BOOT_LIMIT),
+        Boot::Counted(1),
+        "{}",
+        room.logs()
+    );
+}
