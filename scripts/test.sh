@@ -35,6 +35,11 @@ scripts/test-vm-initiator.sh | tee "$log"
 grep -q "^test-vm-initiator: 1 passed" "$log"
 kernel_passed=$((kernel_passed + 1))
 
+echo "== a qemu PC on this host boots from the kernel backend's LIO export in the VM"
+scripts/test-vm-pc-boot.sh | tee "$log"
+grep -q "^test-vm-pc-boot: 1 passed" "$log"
+kernel_passed=$((kernel_passed + 1))
+
 echo "== iSCSI conformance: libiscsi's iscsi-test-cu against cowctl and tgt"
 scripts/test-iscsi-conformance.sh
 

@@ -11,7 +11,9 @@
 # COWCTL_VM_MEM (MiB, 2048), COWCTL_VM_LOG (guest log file; default: in the results dir),
 # COWCTL_VM_SCRATCH_GB (a sparse scratch disk of that size as /dev/vda, removed afterwards),
 # COWCTL_VM_NET=1 (qemu's user network: the guest is 10.0.2.15 and reaches this host's
-# loopback services at 10.0.2.2).
+# loopback services at 10.0.2.2), COWCTL_VM_FWD ("PORT ..." of this host's loopback forwarded
+# to the same ports in the guest, with COWCTL_VM_NET), COWCTL_VM_RESULTS (the results
+# directory, made by the caller, which can then talk to the guest through its files).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -79,7 +81,7 @@ run() {
     kdir=$(prepare)
     local kver
     kver=$(basename "$kdir")
-    results=$(mktemp -d /tmp/cowctl-vm.XXXXXX)
+    results=${COWCTL_VM_RESULTS:-$(mktemp -d /tmp/cowctl-vm.XXXXXX)}
     {
         printf 'COWCTL_REPO=%q\n' "$repo"
         printf 'COWCTL_KVER=%q\n' "$kver"
@@ -94,7 +96,10 @@ run() {
         scratch=(-drive "file=$results/scratch.img,format=raw,if=virtio,cache=unsafe")
     fi
     local net=()
-    [[ -n ${COWCTL_VM_NET:-} ]] && net=(-netdev user,id=n0 -device virtio-net-pci,netdev=n0)
+    # COWCTL_VM_FWD: ports of this host's loopback forwarded to the same port in the VM.
+    local fwd=""
+    for p in ${COWCTL_VM_FWD:-}; do fwd+=",hostfwd=tcp:127.0.0.1:$p-:$p"; done
+    [[ -n ${COWCTL_VM_NET:-} ]] && net=(-netdev "user,id=n0$fwd" -device virtio-net-pci,netdev=n0)
     set +e
     timeout --foreground "${COWCTL_VM_TIMEOUT:-1500}" qemu-system-x86_64 \
         -accel tcg,thread=multi -cpu max -smp 2 -m "${COWCTL_VM_MEM:-2048}" \
