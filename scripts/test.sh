@@ -58,8 +58,11 @@ else
     # what must hold is two boots, each counting one more than the last.
     mapfile -t boots < <(sed -n 's/^cowctl-boot counter=\([0-9]*\)$/\1/p' "$demo_log")
     [[ ${#boots[@]} -eq 2 && ${boots[1]} -eq $((boots[0] + 1)) ]] || { cat "$demo_log"; echo "test: the demo's PC did not boot twice over iSCSI (counters: ${boots[*]:-none})" >&2; exit 1; }
+    # The PXE boot: two boots through dnsmasq, iPXE and /boot.ipxe, both fresh (reset on boot).
+    [[ $(grep -c '^pc-px: cowctl-boot counter=1$' "$demo_log") -eq 2 ]] || { cat "$demo_log"; echo "test: the demo's PC did not PXE-boot twice through the chain" >&2; exit 1; }
+    grep -q 'DHCPACK(cowdemo0) 10.213.0.11 52:54:00:de:00:01 demo-px' "$demo_log" || { cat "$demo_log"; echo "test: dnsmasq did not lease the demo PC its address and name" >&2; exit 1; }
     COWCTL_MANIFEST=manifests/demo.yaml target/release/cowctl down >/dev/null
-    echo "test: scripts/demo.sh served the demo room over iSCSI, NBD and HTTP; a qemu PC booted pc-01 twice; nbdinfo reached pc-01"
+    echo "test: scripts/demo.sh served the demo room over iSCSI, NBD and HTTP; a qemu PC booted pc-01 twice; another PXE-booted through dnsmasq, iPXE and /boot.ipxe twice; nbdinfo reached pc-01"
 fi
 
 echo "== the systemd unit"

@@ -23,6 +23,7 @@ elif command -v qemu-system-x86_64 >/dev/null && [[ -e /usr/lib/ipxe/qemu/pxe-e1
 else
     echo; echo "demo: no qemu with iPXE here (scripts/provision.sh --demo installs it): the PC boot is skipped"
 fi
+scripts/demo/pxe.sh
 say cowctl status || true
 if command -v curl >/dev/null; then
     echo; echo "== this machine is pc-01's address: CowBell's question, and the metrics"

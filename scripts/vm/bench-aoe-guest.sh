@@ -5,12 +5,14 @@
 # serves), measured one after the other in this run with fio:
 # 4 KiB random read and write at queue depth 16, 1 MiB sequential read at depth 4.
 # cowctl's PC starts each round on a fresh COW, so its random writes allocate chunks (and
-# copy 32 KiB of the golden image for each) as a fresh PC's do.
+# copy the rest of a chunk from the golden image for each) as a fresh PC's do. Chunks are
+# 32 KiB (cowctl's default), or BENCH_AOE_CHUNK_KIB for both COW paths.
 set -euo pipefail
 repo=${COWCTL_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 cowctl=$repo/target/release/cowctl
 mb=${BENCH_AOE_MB:-512}
 seconds=${BENCH_AOE_SECONDS:-15}
+chunk_kib=${BENCH_AOE_CHUNK_KIB:-32}
 work=$(mktemp -d)
 ip link add cwbt mtu 9000 type veth peer name cwbi mtu 9000
 ip link set cwbt up
@@ -77,7 +79,7 @@ defaults:
   image: g
   cow_dir: $work/cow
   cow_size: ${mb}MiB
-  chunk: 32KiB
+  chunk: ${chunk_kib}KiB
 aoe:
   interface: cwbt
 nbd:
@@ -109,7 +111,7 @@ for round in $(seq "$rounds"); do
     truncate -s "${mb}M" "$work/kernel.cow"
     golden_loop=$(losetup -f --show -r "$work/golden.img")
     cow_loop=$(losetup -f --show "$work/kernel.cow")
-    dmsetup create cwbsnap --table "0 $((mb * 2048)) snapshot $golden_loop $cow_loop P 64"
+    dmsetup create cwbsnap --table "0 $((mb * 2048)) snapshot $golden_loop $cow_loop P $((chunk_kib * 2))"
     dmsetup mknodes cwbsnap # the VM runs no udev to make the node
     vblade 3 1 cwbt /dev/mapper/cwbsnap >"$work/vblade-dm.log" 2>&1 &
     vblade_pid=$!
@@ -132,7 +134,7 @@ rmmod aoe || true
 
 ratio() { python3 -c "print(f'{$1 / max($2, 1):.2f}×')"; }
 fmt() { python3 -c "print(f'{$1:,}')"; }
-echo "| fio through the kernel's aoe driver ($mb MiB, MTU 9000, best of $rounds × ${seconds} s) | cowctl serve | vblade, raw file | cowctl / vblade | vblade over dm-snapshot (kernel backend) | cowctl / kernel |"
+echo "| fio through the kernel's aoe driver ($mb MiB, MTU 9000, ${chunk_kib} KiB chunks, best of $rounds × ${seconds} s) | cowctl serve | vblade, raw file | cowctl / vblade | vblade over dm-snapshot (kernel backend) | cowctl / kernel |"
 echo "|---|---|---|---|---|---|"
 cell() { echo "$(fmt "${iops[$1]}") IOPS, $(fmt "${mbps[$1]}") MB/s"; }
 for j in "${jobs[@]}"; do
