@@ -26,6 +26,9 @@ echo "test: dashboard screenshot kept in $repo/test-outputs/dashboard.png"
 echo "== fuzzing every wire parser, briefly (scripts/fuzz.sh runs 10^6 per target)"
 FUZZ_EXECS=20000 scripts/fuzz.sh
 
+echo "== the boot storm benchmark runs (tiny: 1 and 3 PCs, 8 MiB each; scripts/bench-boot-storm.sh for the table)"
+BENCH_STORM_NS="1 3" BENCH_STORM_READ_MIB=8 BENCH_STORM_WRITE_MIB=2 scripts/bench-boot-storm.sh | tail -n 4
+
 echo "== kernel tests (VM)"
 scripts/test-kernel.sh | tee "$log"
 kernel_passed=$(sed -n 's/^kernel: \([0-9]*\) passed.*/\1/p' "$log")
