@@ -42,6 +42,7 @@ fn manifest_text(d: &Path, portal: &str) -> String {
          \x20 - name: pc-01\n    ip: {PC1}\n    initiator: iqn.2024-01.lan.t:init-01\n    reset_on_boot: true\n\
          \x20   autoextend: {{threshold: 70, step: 50, max: 4MiB}}\n\
          \x20 - name: pc-02\n    ip: {PC2}\n    initiator: iqn.2024-01.lan.t:init-02\n    mac: 52:54:00:00:00:02\n\
+         \x20   hostname: lab-b2\n    identity: {{room: \"Room 101\", domain: lab.example}}\n\
          \x20 - name: pc-03\n    export: aoe\n    shelf: 1\n    slot: 3\n    mac: 52:54:00:00:00:03\n"
     )
 }
@@ -179,6 +180,15 @@ fn boot_scripts_sanboot_each_pc_exactly_and_reset_on_boot() {
     assert!(
         r.body
             .ends_with("sanboot iscsi:10.0.0.1::::iqn.2024-01.lan.t:pc-02\n"),
+        "{}",
+        r.body
+    );
+    // Who the PC is, for iPXE (and the iBFT): its host name, then its identity values.
+    assert!(
+        r.body.starts_with(
+            "#!ipxe\n# cowctl: pc-02 on image g\nset hostname lab-b2\n\
+             set cowctl_domain lab.example\nset cowctl_room Room 101\n"
+        ),
         "{}",
         r.body
     );

@@ -158,7 +158,7 @@ fn boot_script_and_reset_on_boot_on_the_real_kernel() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         r.body,
-        format!("#!ipxe\n# cowctl: pc-1 on image g\nsanboot iscsi:127.0.0.1::::{IQN}\n")
+        format!("#!ipxe\n# cowctl: pc-1 on image g\nset hostname pc-1\nsanboot iscsi:127.0.0.1::::{IQN}\n")
     );
     let dev = site.disk();
     assert_eq!(

@@ -219,6 +219,24 @@ fn a_pc_pxe_boots_through_dnsmasq_ipxe_and_boot_ipxe_to_its_own_disk() {
     let log = std::fs::read_to_string(room.path("run/pxe/dnsmasq.log")).unwrap();
     assert!(log.contains("52:54:00:c0:ee:99 ignored"), "{log}");
 
+    // Apply leaves a dnsmasq that serves the manifest alone, and restarts it when the
+    // manifest changes what it serves.
+    let plan = common::room_cowctl(room.dir.path(), &["plan"]);
+    assert!(plan.contains("already serves the manifest"), "{plan}");
+    let manifest = std::fs::read_to_string(room.path("room.yaml")).unwrap();
+    std::fs::write(room.path("room.yaml"), manifest.replace("lab-a1", "lab-a2")).unwrap();
+    let plan = common::room_cowctl(room.dir.path(), &["plan"]);
+    assert!(plan.contains("PXE: restart dnsmasq"), "{plan}");
+    let apply = common::room_cowctl(room.dir.path(), &["apply"]);
+    assert!(apply.contains("restarted dnsmasq as"), "{apply}");
+    let conf = std::fs::read_to_string(room.path("run/pxe/dnsmasq.conf")).unwrap();
+    assert!(
+        conf.contains(&format!("dhcp-host={PC_MAC},")) && conf.contains(",lab-a2"),
+        "{conf}"
+    );
+    let apply = common::room_cowctl(room.dir.path(), &["apply"]);
+    assert!(apply.contains("already serves it"), "{apply}");
+
     let down = common::room_cowctl(room.dir.path(), &["down"]);
     assert!(down.contains("stopped the PXE service"), "{down}");
     let status = common::room_cowctl(room.dir.path(), &["status"]);

@@ -101,6 +101,12 @@ fn step_printer(n: usize, json: bool) -> impl FnMut(usize, &plan::Action) + Send
 }
 
 pub fn plan(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let code = plan_disks(flag, json)?;
+    super::pxe::plan(&load(flag)?, json)?;
+    Ok(code)
+}
+
+fn plan_disks(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
     kernel_or(
         flag,
         |m| userspace::plan(m, json),

@@ -10,7 +10,7 @@ use super::print_json;
 use crate::control;
 use crate::kernel::net::Netlink;
 use crate::manifest::Manifest;
-use crate::pxe::{self, Outcome};
+use crate::pxe::{self, Outcome, Step};
 
 /// After apply: start dnsmasq, or restart it with the manifest's new configuration.
 pub fn apply(m: &Manifest, json: bool) -> Result<()> {
@@ -24,6 +24,24 @@ pub fn apply(m: &Manifest, json: bool) -> Result<()> {
             Outcome::Restarted(pid) => {
                 println!("{what}: restarted dnsmasq as {pid} (the manifest changed)")
             }
+        }
+    }
+    Ok(())
+}
+
+/// After plan: what apply would do about dnsmasq.
+pub fn plan(m: &Manifest, json: bool) -> Result<()> {
+    let Some(plan) = pxe::plan(m, &control::default_run_dir(), &Netlink)? else {
+        return Ok(());
+    };
+    if !json {
+        match plan.step {
+            Step::Keep(pid) => println!("PXE: dnsmasq {pid} already serves the manifest"),
+            Step::Start => println!("PXE: start dnsmasq: {}", plan.what),
+            Step::Restart(pid) => println!(
+                "PXE: restart dnsmasq {pid} with the manifest's new configuration: {}",
+                plan.what
+            ),
         }
     }
     Ok(())

@@ -89,8 +89,25 @@ pub enum Outcome {
     Restarted(u32),
 }
 
-/// Makes the running dnsmasq match the manifest (nothing without a `pxe` section).
-pub fn apply(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<(Outcome, String)>> {
+/// What apply would do about dnsmasq, from the manifest and what runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// It runs (this pid) with the manifest's configuration.
+    Keep(u32),
+    Start,
+    /// It runs (this pid) with another configuration.
+    Restart(u32),
+}
+
+/// The plan for dnsmasq: the step, one line saying what it serves, and its configuration.
+pub struct Plan {
+    pub step: Step,
+    pub what: String,
+    config: String,
+}
+
+/// Compares the manifest's dnsmasq with the running one (nothing without a `pxe` section).
+pub fn plan(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<Plan>> {
     let Some(pxe) = &m.pxe else {
         return Ok(None);
     };
@@ -104,30 +121,47 @@ pub fn apply(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<(Outc
         }
     }
     let h = helpers(run_dir);
-    let conf = conf_path(run_dir);
-    let want = config::render(pxe, &chain, &m.pcs, &m.path, &h.dir.join("dnsmasq.leases"));
-    let running = h.running(KEY);
-    let current = std::fs::read_to_string(&conf).ok();
-    if let Some(r) = &running {
-        if current.as_deref() == Some(want.as_str()) {
-            return Ok(Some((Outcome::Unchanged(r.pid), describe(pxe, &chain))));
+    let config = config::render(pxe, &chain, &m.pcs, &m.path, &h.dir.join("dnsmasq.leases"));
+    let current = std::fs::read_to_string(conf_path(run_dir)).ok();
+    let step = match h.running(KEY) {
+        Some(r) if current.as_deref() == Some(config.as_str()) => Step::Keep(r.pid),
+        Some(r) => Step::Restart(r.pid),
+        None => Step::Start,
+    };
+    Ok(Some(Plan {
+        step,
+        what: describe(pxe, &chain),
+        config,
+    }))
+}
+
+/// Makes the running dnsmasq match the manifest (nothing without a `pxe` section).
+pub fn apply(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<(Outcome, String)>> {
+    let Some(plan) = plan(m, run_dir, net)? else {
+        return Ok(None);
+    };
+    let h = helpers(run_dir);
+    match plan.step {
+        Step::Keep(pid) => return Ok(Some((Outcome::Unchanged(pid), plan.what))),
+        Step::Restart(_) => {
+            h.stop(KEY)?;
         }
-        h.stop(KEY)?;
+        Step::Start => {}
     }
+    let conf = conf_path(run_dir);
     crate::rundir::ensure(&h.dir)?;
-    crate::durable::write_atomic(&conf, want.as_bytes())
+    crate::durable::write_atomic(&conf, plan.config.as_bytes())
         .with_context(|| format!("cannot write {}", conf.display()))?;
     let args = vec![
         "--keep-in-foreground".to_string(),
         format!("--conf-file={}", conf.display()),
     ];
     let pid = h.start(KEY, &args, Duration::from_millis(300))?;
-    let outcome = if running.is_some() {
-        Outcome::Restarted(pid)
-    } else {
-        Outcome::Started(pid)
+    let outcome = match plan.step {
+        Step::Restart(_) => Outcome::Restarted(pid),
+        _ => Outcome::Started(pid),
     };
-    Ok(Some((outcome, describe(pxe, &chain))))
+    Ok(Some((outcome, plan.what)))
 }
 
 fn describe(pxe: &PxeConfig, chain: &Chain) -> String {
