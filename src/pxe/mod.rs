@@ -208,3 +208,71 @@ pub fn status_line(m: &Manifest, run_dir: &Path) -> Option<String> {
 pub fn stop(run_dir: &Path) -> Result<bool> {
     helpers(run_dir).stop(KEY)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::net::Interface;
+
+    struct OneInterface(Vec<IpAddr>);
+
+    impl Net for OneInterface {
+        fn interfaces(&self) -> Result<Vec<Interface>> {
+            Ok(vec![Interface {
+                name: "eth1".into(),
+                up: true,
+                addresses: self.0.clone(),
+            }])
+        }
+    }
+
+    fn room(http: &str) -> Manifest {
+        Manifest::parse(
+            Path::new("/m.yaml"),
+            &format!(
+                "images:\n  g:\n    path: /g.img\ndefaults:\n  image: g\n  cow_dir: /c\n  cow_size: 1GiB\n  export: nbd\n\
+                 http:\n{http}pxe:\n  interface: eth1\n  only_known: false\npcs:\n  - name: a\n"
+            ),
+        )
+        .unwrap()
+    }
+
+    fn chain_of(http: &str, addresses: &[&str]) -> Result<Chain> {
+        let m = room(http);
+        let net = OneInterface(addresses.iter().map(|a| a.parse().unwrap()).collect());
+        chain(&m, m.pxe.as_ref().unwrap(), &net)
+    }
+
+    #[test]
+    fn pcs_are_chained_to_the_interfaces_ipv4_address_or_http_server() {
+        let c = chain_of("  listen: 0.0.0.0:8080\n", &["fe80::1", "10.9.0.1"]).unwrap();
+        assert_eq!(c.url(), "http://10.9.0.1:8080/boot.ipxe");
+        let c = chain_of("  listen: 0.0.0.0:80\n  server: 10.9.0.5\n", &["10.9.0.1"]).unwrap();
+        assert_eq!(c.url(), "http://10.9.0.5:80/boot.ipxe");
+        let c = chain_of("  listen: 10.9.0.1:8080\n", &["10.9.0.1"]).unwrap();
+        assert_eq!(c.url(), "http://10.9.0.1:8080/boot.ipxe");
+    }
+
+    #[test]
+    fn a_chain_pcs_could_not_follow_is_refused_with_a_sentence() {
+        let e = chain_of("  listen: 0.0.0.0:8080\n", &["fe80::1"]).unwrap_err();
+        assert!(e.to_string().contains("eth1 has no IPv4 address"), "{e}");
+        let e = chain_of("  listen: 10.7.0.1:8080\n", &["10.9.0.1"]).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "http.listen is 10.7.0.1:8080, but PCs on eth1 would reach it at 10.9.0.1"
+            ),
+            "{e}"
+        );
+        let m = room("  listen: 0.0.0.0:8080\n");
+        let pxe = PxeConfig {
+            interface: "eth9".into(),
+            ..m.pxe.clone().unwrap()
+        };
+        let e = chain(&m, &pxe, &OneInterface(vec![])).unwrap_err();
+        assert!(
+            e.to_string().contains("pxe.interface eth9 does not exist"),
+            "{e}"
+        );
+    }
+}
