@@ -28,6 +28,35 @@ pub trait Backing: ReadAt + Send + Sync {
     }
 }
 
+/// A shared handle is the storage it points to: a caller (a test, a crash model) keeps one
+/// while the engine owns another.
+impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+    fn size(&self) -> io::Result<u64> {
+        (**self).size()
+    }
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        (**self).fd()
+    }
+}
+
+impl<T: Backing + ?Sized> Backing for std::sync::Arc<T> {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        (**self).sync_data()
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).discard(offset, len)
+    }
+    fn grow(&self, len: u64) -> io::Result<()> {
+        (**self).grow(len)
+    }
+}
+
 /// Size of a regular file or a block device (whose metadata length is 0).
 pub fn file_or_device_size(file: &File) -> io::Result<u64> {
     let meta = file.metadata()?;

@@ -7,31 +7,10 @@
 
 use std::sync::Arc;
 
-use cowctl::backing::{Backing, MemBacking, MemOp};
-use cowctl::cow::{HeaderState, LoadedStore, ReadAt};
+use cowctl::backing::{MemBacking, MemOp};
+use cowctl::cow::{HeaderState, LoadedStore};
 use cowctl::engine::{CommitMode, Engine, EngineOptions, OverflowPolicy};
 use proptest::prelude::*;
-
-/// Lets the test keep a handle on the device the engine owns.
-struct Shared(Arc<MemBacking>);
-
-impl ReadAt for Shared {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_exact_at(buf, offset)
-    }
-    fn size(&self) -> std::io::Result<u64> {
-        self.0.size()
-    }
-}
-
-impl Backing for Shared {
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.0.write_all_at(buf, offset)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.0.sync_data()
-    }
-}
 
 fn apply(image: &mut [u8], op: &MemOp) {
     if let MemOp::Write { offset, data } = op {
@@ -75,7 +54,7 @@ fn check(
     };
     let engine = Engine::open(
         Box::new(MemBacking::new(golden.clone())),
-        Box::new(Shared(cow.clone())),
+        Box::new(cow.clone()),
         options,
     )
     .unwrap();

@@ -55,26 +55,6 @@ impl Backing for Gated {
     }
 }
 
-struct Shared(Arc<Gated>);
-
-impl ReadAt for Shared {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_exact_at(buf, offset)
-    }
-    fn size(&self) -> std::io::Result<u64> {
-        self.0.size()
-    }
-}
-
-impl Backing for Shared {
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.0.write_all_at(buf, offset)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.0.sync_data()
-    }
-}
-
 fn syncs(log: &[MemOp]) -> usize {
     log.iter().filter(|op| matches!(op, MemOp::Sync)).count()
 }
@@ -95,7 +75,7 @@ fn writers_behind_a_commit_in_flight_share_one_commit() {
     let engine = Arc::new(
         Engine::open(
             Box::new(golden),
-            Box::new(Shared(cow.clone())),
+            Box::new(cow.clone()),
             EngineOptions {
                 table_chunk_sectors: Some(8),
                 overflow: OverflowPolicy::Refuse,
