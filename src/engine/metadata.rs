@@ -8,10 +8,10 @@
 //! next flush, which is the contract of NBD (and of a disk's write cache): a write is durable
 //! once a flush that started after it completes. Those flushes are group commits: one at a
 //! time writes a copy of everything recorded so far without holding the metadata lock, and
-//! flushes queued behind it that it covered return at once. The flush keeps every crash point loadable:
-//! data, flush, the areas after the first unsealed one (and the empty area that follows the
-//! last full one), flush, then the first unsealed area — until it is on disk the kernel stops
-//! reading there and never sees the later areas — and a last flush.
+//! flushes queued behind it that it covered return at once. The flush keeps every crash
+//! point loadable: data, flush, the areas after the first unsealed one (and the empty area
+//! that follows the last full one), flush, then the first unsealed area — until it is on
+//! disk the kernel stops reading there and never sees the later areas — and a last flush.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -407,27 +407,23 @@ impl Metadata {
         drop(inner);
 
         let g = self.geometry;
-        let write_area = |area: u64, bytes: &[u8]| {
-            let at = g.offset(g.area_location(area));
+        // `bytes` at `within` bytes into `area`.
+        let write_area = |area: u64, within: usize, bytes: &[u8]| {
+            let at = g.offset(g.area_location(area)) + within as u64;
             cow.write_all_at(bytes, at)
-                .map_err(EngineError::io("writing a metadata area", at))
-        };
-        let write_current = || {
-            let at = g.offset(g.area_location(current)) + span.start as u64;
-            cow.write_all_at(&current_bytes, at)
                 .map_err(EngineError::io("writing a metadata area", at))
         };
         let result = (|| {
             sync("flushing the COW's data")?;
             if let Some(((first, first_bytes), later)) = sealed.split_first() {
                 for (area, bytes) in later {
-                    write_area(*area, bytes)?;
+                    write_area(*area, 0, bytes)?;
                 }
-                write_current()?;
+                write_area(current, span.start, &current_bytes)?;
                 sync("flushing the COW's metadata")?;
-                write_area(*first, first_bytes)?;
+                write_area(*first, 0, first_bytes)?;
             } else {
-                write_current()?;
+                write_area(current, span.start, &current_bytes)?;
             }
             sync("flushing the COW's metadata")
         })();
