@@ -101,13 +101,9 @@ impl Helpers {
         std::thread::sleep(settle);
         if cmdline(pid).is_none_or(|a| !self.is_ours(&a)) {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let last: Vec<&str> = log.lines().rev().take(3).collect();
-            let last: Vec<&str> = last.into_iter().rev().collect();
-            bail!(
-                "{} for {key} exited at once: {}",
-                self.program,
-                last.join(" / ").trim()
-            );
+            let lines: Vec<&str> = log.lines().collect();
+            let last = lines[lines.len().saturating_sub(3)..].join(" / ");
+            bail!("{} for {key} exited at once: {}", self.program, last.trim());
         }
         std::fs::write(self.pid_file(key), format!("{pid}\n"))?;
         Ok(pid)

@@ -10,18 +10,19 @@ use super::print_json;
 use crate::control;
 use crate::kernel::net::Netlink;
 use crate::manifest::Manifest;
-use crate::pxe::{self, Outcome, Step};
+use crate::pxe::{self, Step};
 
 /// After apply: start dnsmasq, or restart it with the manifest's new configuration.
 pub fn apply(m: &Manifest, json: bool) -> Result<()> {
-    let Some((outcome, what)) = pxe::apply(m, &control::default_run_dir(), &Netlink)? else {
+    let Some((plan, pid)) = pxe::apply(m, &control::default_run_dir(), &Netlink)? else {
         return Ok(());
     };
     if !json {
-        match outcome {
-            Outcome::Unchanged(pid) => println!("{what}: dnsmasq {pid} already serves it"),
-            Outcome::Started(pid) => println!("{what}: started dnsmasq {pid}"),
-            Outcome::Restarted(pid) => {
+        let what = plan.what;
+        match plan.step {
+            Step::Keep(_) => println!("{what}: dnsmasq {pid} already serves it"),
+            Step::Start => println!("{what}: started dnsmasq {pid}"),
+            Step::Restart(_) => {
                 println!("{what}: restarted dnsmasq as {pid} (the manifest changed)")
             }
         }

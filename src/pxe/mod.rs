@@ -81,14 +81,6 @@ fn interface_ipv4(pxe: &PxeConfig, net: &dyn Net) -> Result<Ipv4Addr> {
         })
 }
 
-/// What apply did about dnsmasq.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Unchanged(u32),
-    Started(u32),
-    Restarted(u32),
-}
-
 /// What apply would do about dnsmasq, from the manifest and what runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -135,14 +127,15 @@ pub fn plan(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<Plan>>
     }))
 }
 
-/// Makes the running dnsmasq match the manifest (nothing without a `pxe` section).
-pub fn apply(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<(Outcome, String)>> {
+/// Makes the running dnsmasq match the manifest (nothing without a `pxe` section): the
+/// plan it carried out, and the pid of the dnsmasq that runs now.
+pub fn apply(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<(Plan, u32)>> {
     let Some(plan) = plan(m, run_dir, net)? else {
         return Ok(None);
     };
     let h = helpers(run_dir);
     match plan.step {
-        Step::Keep(pid) => return Ok(Some((Outcome::Unchanged(pid), plan.what))),
+        Step::Keep(pid) => return Ok(Some((plan, pid))),
         Step::Restart(_) => {
             h.stop(KEY)?;
         }
@@ -157,11 +150,7 @@ pub fn apply(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<(Outc
         format!("--conf-file={}", conf.display()),
     ];
     let pid = h.start(KEY, &args, Duration::from_millis(300))?;
-    let outcome = match plan.step {
-        Step::Restart(_) => Outcome::Restarted(pid),
-        _ => Outcome::Started(pid),
-    };
-    Ok(Some((outcome, plan.what)))
+    Ok(Some((plan, pid)))
 }
 
 fn describe(pxe: &PxeConfig, chain: &Chain) -> String {
