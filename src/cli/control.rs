@@ -16,24 +16,23 @@ use crate::manifest::{resolve_path, Manifest};
 const KERNEL_MATCHES: &str = "the kernel already matches the manifest";
 pub(super) const SERVICE_MATCHES: &str = "the service already serves the manifest";
 
-fn load(flag: Option<&Path>) -> Result<Manifest> {
+pub(super) fn load(flag: Option<&Path>) -> Result<Manifest> {
     Ok(Manifest::load(&resolve_path(flag))?)
 }
 
 /// The manifest, when the userspace backend serves it; otherwise runs `f` on the kernel.
 fn kernel_or<T>(
-    flag: Option<&Path>,
+    manifest: &Manifest,
     userspace: impl FnOnce(&Manifest) -> Result<T>,
     f: impl FnOnce(&Ctx) -> Result<T>,
 ) -> Result<T> {
-    let manifest = load(flag)?;
-    if backend::resolve(&manifest) == Resolved::Userspace {
-        return userspace(&manifest);
+    if backend::resolve(manifest) == Resolved::Userspace {
+        return userspace(manifest);
     }
     let run_dir = control::default_run_dir();
     let kernel = Kernel::real(&run_dir);
     f(&Ctx {
-        manifest: &manifest,
+        manifest,
         kernel: &kernel,
         run_dir,
     })
@@ -101,14 +100,15 @@ fn step_printer(n: usize, json: bool) -> impl FnMut(usize, &plan::Action) + Send
 }
 
 pub fn plan(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
-    let code = plan_disks(flag, json)?;
-    super::pxe::plan(&load(flag)?, json)?;
+    let m = load(flag)?;
+    let code = plan_disks(&m, json)?;
+    super::pxe::plan(&m, json)?;
     Ok(code)
 }
 
-fn plan_disks(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
+fn plan_disks(m: &Manifest, json: bool) -> Result<ExitCode> {
     kernel_or(
-        flag,
+        m,
         |m| userspace::plan(m, json),
         |ctx| {
             let obs = Observed::read(ctx.kernel)?;
@@ -119,14 +119,15 @@ fn plan_disks(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
 }
 
 pub fn apply(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
-    let code = apply_disks(flag, json)?;
-    super::pxe::apply(&load(flag)?, json)?;
+    let m = load(flag)?;
+    let code = apply_disks(&m, json)?;
+    super::pxe::apply(&m, json)?;
     Ok(code)
 }
 
-fn apply_disks(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
+fn apply_disks(m: &Manifest, json: bool) -> Result<ExitCode> {
     kernel_or(
-        flag,
+        m,
         |m| userspace::apply(m, json),
         |ctx| {
             let _lock = lock::acquire(&ctx.run_dir, "apply")?;
@@ -145,14 +146,15 @@ fn apply_disks(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
 }
 
 pub fn down(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode> {
-    let code = down_disks(flag, pcs, json)?;
-    super::pxe::down(&load(flag)?, pcs, json)?;
+    let m = load(flag)?;
+    let code = down_disks(&m, pcs, json)?;
+    super::pxe::down(&m, pcs, json)?;
     Ok(code)
 }
 
-fn down_disks(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode> {
+fn down_disks(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
     kernel_or(
-        flag,
+        m,
         |m| userspace::down(m, pcs, json),
         |ctx| {
             let _lock = lock::acquire(&ctx.run_dir, "down")?;
@@ -205,13 +207,18 @@ pub fn status(
     json: bool,
     watch: Option<u64>,
 ) -> Result<ExitCode> {
+    // The userspace backend reads the manifest again at each redraw; the kernel's once.
     let once = |ctx: Option<&Ctx>| {
-        let code = match ctx {
-            Some(ctx) => status_once(ctx, pcs, json),
-            None => userspace::status(&load(flag)?, pcs, json),
-        }?;
+        let reread;
+        let (code, m) = match ctx {
+            Some(ctx) => (status_once(ctx, pcs, json)?, ctx.manifest),
+            None => {
+                reread = load(flag)?;
+                (userspace::status(&reread, pcs, json)?, &reread)
+            }
+        };
         if pcs.is_empty() {
-            super::pxe::status(&load(flag)?, json);
+            super::pxe::status(m, json);
         }
         Ok::<_, anyhow::Error>(code)
     };
@@ -225,7 +232,7 @@ pub fn status(
             std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
         },
     };
-    kernel_or(flag, |_| run(None), |ctx| run(Some(ctx)))
+    kernel_or(&load(flag)?, |_| run(None), |ctx| run(Some(ctx)))
 }
 
 pub fn reset(
@@ -238,16 +245,17 @@ pub fn reset(
     if pcs.is_empty() && !all {
         anyhow::bail!("name the PCs to reset, or say --all");
     }
-    let code = reset_disks(flag, pcs, json)?;
+    let m = load(flag)?;
+    let code = reset_disks(&m, pcs, json)?;
     if wake {
-        super::pxe::wake(&load(flag)?, pcs, json)?;
+        super::pxe::wake(&m, pcs, json)?;
     }
     Ok(code)
 }
 
-fn reset_disks(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode> {
+fn reset_disks(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
     kernel_or(
-        flag,
+        m,
         |m| userspace::reset(m, pcs, json),
         |ctx| {
             let _lock = lock::acquire(&ctx.run_dir, "reset")?;

@@ -85,7 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             if pcs.is_empty() && !all {
                 anyhow::bail!("name the PCs to wake, or say --all");
             }
-            pxe::wake(&pxe::load(f)?, &pcs, cli.json)
+            pxe::wake(&control::load(f)?, &pcs, cli.json)
         }
         Command::Chap { pcs } => control::chap(f, &pcs, cli.json),
         Command::Serve { start_empty } => control::serve(f, start_empty),

@@ -1,7 +1,6 @@
 //! The PXE bootstrap and Wake-on-LAN at the command line: what apply, down and status add
 //! for the manifest's `pxe` section, and `cowctl wake`.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -78,8 +77,4 @@ pub fn wake(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-pub fn load(flag: Option<&Path>) -> Result<Manifest> {
-    Ok(Manifest::load(&crate::manifest::resolve_path(flag))?)
 }
