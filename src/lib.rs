@@ -14,6 +14,7 @@ pub mod durable;
 pub mod engine;
 pub mod fileid;
 pub mod filekind;
+pub mod image;
 pub mod iqn;
 pub mod iscsi;
 pub mod kernel;

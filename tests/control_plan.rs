@@ -820,3 +820,107 @@ fn a_teardown_side_by_side_removes_every_pc_and_keeps_going_past_a_failure() {
     let state = room.fake.state();
     assert!(state.dm.is_empty() && state.loops.is_empty());
 }
+
+/// A room on a versioned image with v1 and v2 (v1 current), applied on the fake kernel.
+fn versioned_room() -> Room {
+    let room = Room::new();
+    let d = room.dir.path();
+    let store = cowctl::image::Store::open(&d.join("versions")).unwrap();
+    for (v, byte) in [("v1", 1u8), ("v2", 2u8)] {
+        let raw = d.join(format!("{v}.raw"));
+        std::fs::write(&raw, vec![byte; 1 << 20]).unwrap();
+        let store = cowctl::image::Store::open(&store.dir).unwrap();
+        cowctl::image::import(&store, &raw, Some(v.parse().unwrap()), "").unwrap();
+    }
+    let text = manifest_text(d).replace(
+        &format!("  g:\n    path: {}/golden.img\n", d.display()),
+        &format!("  g:\n    versions: {}/versions\n", d.display()),
+    );
+    std::fs::write(d.join("room.yaml"), text).unwrap();
+    let room = Room {
+        manifest: Manifest::load(&d.join("room.yaml")).unwrap(),
+        ..room
+    };
+    room.apply().unwrap();
+    room
+}
+
+impl Room {
+    /// The manifest as `cowctl` loads it now (each PC on its COW's version).
+    fn reloaded(&self) -> Manifest {
+        Manifest::load(&self.dir.path().join("room.yaml")).unwrap()
+    }
+
+    fn origin_of(&self, pc: &str) -> PathBuf {
+        let s = self.fake.state();
+        let params = &s.dm[&format!("cowctl-{pc}")].target.params;
+        let origin = params.split(' ').next().unwrap();
+        s.loops
+            .iter()
+            .find(|l| l.dev.display().to_string() == origin || l.number.to_string() == origin)
+            .map(|l| l.backing.clone())
+            .unwrap_or_else(|| panic!("no loop {origin}"))
+    }
+}
+
+#[test]
+fn resets_move_pcs_to_the_promoted_version_and_free_the_old_versions_loop() {
+    let room = versioned_room();
+    let d = room.dir.path().join("versions");
+    let (v1, v2) = (d.join("v1/disk.img"), d.join("v2/disk.img"));
+    assert_eq!(room.origin_of("pc-1"), v1);
+    let store = cowctl::image::Store::open(&d).unwrap();
+    cowctl::image::promote(&store, &"v2".parse().unwrap(), &[]).unwrap();
+    room.fake.clear_log();
+    let m = room.reloaded();
+    let kernel = room.fake.kernel();
+    let ctx = Ctx {
+        manifest: &m,
+        kernel: &kernel,
+        run_dir: room.run_dir(),
+    };
+    let obs = Observed::read(&kernel).unwrap();
+    let pcs = [m.pc("pc-1").unwrap(), m.pc("pc-2").unwrap()];
+    for r in reset::reset_many(&ctx, &obs, &pcs) {
+        r.unwrap();
+    }
+    let log = room.fake.log();
+    let attach_v2 = format!("loop attach {} ro", v2.display());
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with(&attach_v2)).count(),
+        1,
+        "v2 is attached once for both PCs:\n{}",
+        log.join("\n")
+    );
+    assert!(exact(&log, &attach_v2) < position(&log, "dm replace cowctl-pc-1 error"));
+    assert_eq!(room.origin_of("pc-1"), v2);
+    assert_eq!(room.origin_of("pc-2"), v2);
+    assert_eq!(room.origin_of("pc-3"), v1, "pc-3 stays until its own reset");
+    assert!(!log
+        .iter()
+        .any(|l| l.starts_with("loop detach") && l.contains("v1")));
+    let sidecar = cowctl::control::sidecar::read(&room.cow("pc-1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(sidecar.image, v2);
+
+    // The last PC on v1 leaves: its loop goes.
+    let m = room.reloaded();
+    assert_eq!(m.pc("pc-1").unwrap().image, "g@v2");
+    assert_eq!(m.pc("pc-3").unwrap().image, "g@v1");
+    let kernel = room.fake.kernel();
+    let ctx = Ctx {
+        manifest: &m,
+        kernel: &kernel,
+        run_dir: room.run_dir(),
+    };
+    let obs = Observed::read(&kernel).unwrap();
+    reset::reset(&ctx, &obs, m.pc("pc-3").unwrap()).unwrap();
+    assert_eq!(room.origin_of("pc-3"), v2);
+    let s = room.fake.state();
+    assert!(
+        !s.loops.iter().any(|l| l.backing == v1),
+        "v1's loop is detached: {:?}",
+        s.loops
+    );
+}

@@ -276,3 +276,50 @@ fn pxe_combinations_that_cannot_boot_a_pc_are_refused_with_a_sentence() {
     .to_string();
     assert!(shown.contains("add an http section"), "{shown}");
 }
+
+#[test]
+fn versioned_images_are_a_directory_and_take_no_label() {
+    let m = parse(
+        &BASE
+            .replace("    path: /img/g.img\n", "    versions: /img/g\n")
+            .replace("defaults:", "pcs:\n  - name: a\n    keep: true\ndefaults:"),
+    )
+    .unwrap();
+    let g = &m.images["g"];
+    assert_eq!(g.store.as_deref(), Some(Path::new("/img/g")));
+    assert!(m.pcs[0].keep);
+    let err = parse(
+        "images:\n  g:\n    path: /img/g.img\n    versions: /img/g\n  h:\n    versions: /img/h\n    version: \"2\"\n  \"a@b\":\n    path: /img/x\n  n: {}\npcs: []\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("give either path (one file) or versions"),
+        "{err}"
+    );
+    assert!(
+        err.contains("a versioned image's versions are named by `cowctl image`"),
+        "{err}"
+    );
+    assert!(err.contains("\"a@b\" is not an image name"), "{err}");
+    assert!(err.contains("n: no path (one file) or versions"), "{err}");
+}
+
+#[test]
+fn a_versioned_image_without_versions_says_how_to_make_the_first() {
+    let d = tempfile::tempdir().unwrap();
+    let text = BASE.replace(
+        "    path: /img/g.img\n",
+        &format!("    versions: {}/v\n", d.path().display()),
+    ) + "pcs:\n  - name: a\n";
+    std::fs::write(d.path().join("room.yaml"), &text).unwrap();
+    let err = Manifest::load(&d.path().join("room.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("images.g.versions") && err.contains("cowctl image import FILE --image g"),
+        "{err}"
+    );
+    // As written it is valid: import needs it before any version exists.
+    Manifest::load_unresolved(&d.path().join("room.yaml")).unwrap();
+}

@@ -259,7 +259,11 @@ fn reset_disks(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
         |m| userspace::reset(m, pcs, json),
         |ctx| {
             let _lock = lock::acquire(&ctx.run_dir, "reset")?;
-            let selected = ctx.manifest.select(pcs)?;
+            let selected = ctx.manifest.select_for_reset(pcs)?;
+            if selected.is_empty() {
+                println!("nothing to reset: every PC keeps its changes (keep: true)");
+                return Ok(ExitCode::SUCCESS);
+            }
             let obs = Observed::read(ctx.kernel)?;
             let started = std::time::Instant::now();
             let mut resets: Vec<Reset> = Vec::new();

@@ -2,6 +2,7 @@
 
 mod control;
 mod cow;
+mod image;
 mod pxe;
 mod userspace;
 
@@ -29,6 +30,9 @@ pub enum Command {
     /// Work on COW files in the kernel's dm-snapshot persistent format.
     #[command(subcommand)]
     Cow(cow::CowCommand),
+    /// Golden image versions: list, import, commit a PC, promote, prune.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Check the manifest and list every error at once.
     Validate,
     /// Show what `apply` would change in the kernel.
@@ -75,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let f = cli.manifest.as_deref();
     match cli.command {
         Command::Cow(c) => cow::run(c, cli.json).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Image(c) => image::run(c, f, cli.json),
         Command::Validate => control::validate(f, cli.json),
         Command::Plan => control::plan(f, cli.json),
         Command::Apply => control::apply(f, cli.json),

@@ -10,13 +10,12 @@ use anyhow::{bail, Context, Result};
 
 use super::control::{print_plan, print_resets, print_status, SERVICE_MATCHES};
 use super::print_json;
-use crate::control::reset::Reset;
 use crate::control::{self as ctl, lock, plan as kplan, status};
 use crate::manifest::Manifest;
 use crate::service::control::{call, Request, Response};
 use crate::service::{self, plan::plan as uplan};
 
-fn run_dir() -> PathBuf {
+pub(super) fn run_dir() -> PathBuf {
     ctl::default_run_dir()
 }
 
@@ -97,7 +96,11 @@ pub fn status(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
 }
 
 pub fn reset(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
-    let selected = m.select(pcs)?;
+    let selected = m.select_for_reset(pcs)?;
+    if selected.is_empty() {
+        println!("nothing to reset: every PC keeps its changes (keep: true)");
+        return Ok(ExitCode::SUCCESS);
+    }
     let request = Request::Reset {
         pcs: selected.iter().map(|p| p.name.clone()).collect(),
     };
@@ -105,16 +108,7 @@ pub fn reset(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
         Some(r) => r.resets,
         None => selected
             .iter()
-            .map(|pc| {
-                let r = crate::cowfile::reset(&pc.cow)?;
-                Ok(Reset {
-                    pc: pc.name.clone(),
-                    live: false,
-                    seconds: r.seconds,
-                    total_seconds: r.seconds,
-                    elapsed: r.elapsed,
-                })
-            })
+            .map(|pc| crate::control::reset::reset_file(m, pc))
             .collect::<Result<_>>()?,
     };
     print_resets(

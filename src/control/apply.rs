@@ -276,7 +276,7 @@ fn step(
             let obs = super::observe::Observed::read(k)?;
             loops.forget();
             super::reset::finish_parked(ctx, &obs, pc, &dm_name(name), false)?;
-            super::sidecar::note_reset(&pc.cow)
+            super::sidecar::note_reset(&pc.cow, None)
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod commit;
 pub mod lock;
 pub mod observe;
 pub mod plan;

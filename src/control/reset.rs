@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use super::apply::vblade_spec;
 use super::observe::Observed;
+use super::sidecar::Golden;
 use super::{dm_name, Ctx};
 use crate::dm::{DevRef, SnapshotTable, TableLine};
 use crate::fileid::same_file;
@@ -52,14 +53,33 @@ pub fn discard_path(cow: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The image version a reset moves a PC to, and the read-only loop that serves it.
+struct Onto {
+    golden: Golden,
+    /// None for a PC that is not applied (only its COW file is reset).
+    origin: Option<LoopInfo>,
+}
+
+/// Resets one PC (see [`reset_many`]).
 pub fn reset(ctx: &Ctx, obs: &Observed, pc: &Pc) -> Result<Reset> {
+    reset_many(ctx, obs, &[pc])
+        .pop()
+        .expect("one result per PC")
+}
+
+fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&Onto>) -> Result<Reset> {
     let start = Instant::now();
     let name = dm_name(&pc.name);
+    // A reset that died half way is finished on the version it was on; the PC moves at
+    // its next reset.
+    let onto = onto.filter(|_| !obs.parked.contains_key(&name));
     let (live, paused) = if obs.parked.contains_key(&name) {
-        // A reset died half way: finishing it is this reset.
         (true, finish_parked(ctx, obs, pc, &name, true)?)
     } else if obs.dm.contains_key(&name) {
-        (true, live_reset(ctx, obs, pc, &name)?)
+        (
+            true,
+            live_reset(ctx, obs, pc, &name, onto.and_then(|o| o.origin.as_ref()))?,
+        )
     } else {
         if let Some(l) = obs.loops.iter().find(|l| same_file(&l.backing, &pc.cow)) {
             bail!(
@@ -74,7 +94,7 @@ pub fn reset(ctx: &Ctx, obs: &Observed, pc: &Pc) -> Result<Reset> {
         crate::cowfile::reset(&pc.cow)?;
         (false, start.elapsed())
     };
-    super::sidecar::note_reset(&pc.cow)?;
+    super::sidecar::note_reset(&pc.cow, onto.map(|o| &o.golden))?;
     Ok(Reset {
         pc: pc.name.clone(),
         live,
@@ -87,8 +107,72 @@ pub fn reset(ctx: &Ctx, obs: &Observed, pc: &Pc) -> Result<Reset> {
 /// Resets `pcs` (all observed in `obs` beforehand), up to [`super::SIDE_BY_SIDE`] at a time;
 /// each pauses only its own PC.
 /// Every PC is tried; the results come back in `pcs`' order.
+/// PCs whose promoted image version is another than the one they run move to it: its loop
+/// is attached first (once, before any PC pauses), and loops of versions that no PC uses
+/// any more are detached after.
 pub fn reset_many(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Result<Reset>> {
-    super::side_by_side(pcs, |_, pc| reset(ctx, obs, pc))
+    let mut loops = obs.loops.clone();
+    let onto: Vec<Result<Option<Onto>>> = pcs
+        .iter()
+        .map(|pc| {
+            let Some((image, golden)) = crate::image::due(ctx.manifest, pc)? else {
+                return Ok(None);
+            };
+            if !obs.dm.contains_key(&dm_name(&pc.name)) {
+                return Ok(Some(Onto {
+                    golden,
+                    origin: None,
+                }));
+            }
+            let origin = match loops
+                .iter()
+                .find(|l| l.read_only && same_file(&l.backing, &image.path))
+            {
+                Some(l) => l.clone(),
+                None => {
+                    let l = ctx.kernel.loops.attach(&image.path, true)?;
+                    loops.push(l.clone());
+                    l
+                }
+            };
+            Ok(Some(Onto {
+                golden,
+                origin: Some(origin),
+            }))
+        })
+        .collect();
+    let moved = onto.iter().any(|o| matches!(o, Ok(Some(_))));
+    let done = super::side_by_side(pcs, |i, pc| match &onto[i] {
+        Ok(o) => reset_one(ctx, obs, pc, o.as_ref()),
+        Err(e) => Err(anyhow!("{}: {e:#}", pc.name)),
+    });
+    if moved {
+        if let Err(e) = detach_unused_versions(ctx) {
+            tracing::warn!("after the resets: {e:#}");
+        }
+    }
+    done
+}
+
+/// Detaches the loops of image versions that no snapshot has as its origin any more.
+fn detach_unused_versions(ctx: &Ctx) -> Result<()> {
+    let k = ctx.kernel;
+    let mut origins = Vec::new();
+    for name in k.dm.list(super::PREFIX)? {
+        if let Ok(t) = k.dm.table(&name) {
+            origins.push(t.snapshot.origin.to_string());
+        }
+    }
+    let versions = crate::image::Store::disks_of(ctx.manifest);
+    for l in k.loops.list()? {
+        let unused = !origins
+            .iter()
+            .any(|o| *o == l.number.to_string() || *o == l.dev.display().to_string());
+        if l.read_only && unused && versions.iter().any(|v| same_file(v, &l.backing)) {
+            k.loops.detach(&l.dev)?;
+        }
+    }
+    Ok(())
 }
 
 fn loop_of<'a>(obs: &'a Observed, d: &DevRef) -> Option<&'a LoopInfo> {
@@ -97,8 +181,29 @@ fn loop_of<'a>(obs: &'a Observed, d: &DevRef) -> Option<&'a LoopInfo> {
     })
 }
 
+/// Resets a COW file that nothing serves, in place; a PC due for another image version is
+/// recorded as over it now.
+pub fn reset_file(m: &crate::manifest::Manifest, pc: &Pc) -> Result<Reset> {
+    let due = crate::image::due(m, pc)?;
+    let r = crate::cowfile::reset(&pc.cow)?;
+    super::sidecar::note_reset(&pc.cow, due.as_ref().map(|(_, g)| g))?;
+    Ok(Reset {
+        pc: pc.name.clone(),
+        live: false,
+        seconds: r.seconds,
+        total_seconds: r.seconds,
+        elapsed: r.elapsed,
+    })
+}
+
 /// Returns how long the PC's I/O was paused.
-fn live_reset(ctx: &Ctx, obs: &Observed, pc: &Pc, name: &str) -> Result<Duration> {
+fn live_reset(
+    ctx: &Ctx,
+    obs: &Observed,
+    pc: &Pc,
+    name: &str,
+    onto: Option<&LoopInfo>,
+) -> Result<Duration> {
     let k = ctx.kernel;
     let lio = Lio {
         fs: k.configfs.as_ref(),
@@ -146,7 +251,7 @@ fn live_reset(ctx: &Ctx, obs: &Observed, pc: &Pc, name: &str) -> Result<Duration
         Export::Aoe { .. } if obs.vblade(&pc.name).is_some() => k.vblade.stop(&pc.name)?,
         _ => {}
     }
-    let swapped = swap(ctx, pc, name, table, &discard, size);
+    let swapped = swap(ctx, pc, name, table, &discard, size, onto);
     // 4b. Resume I/O whatever happened, so a failed reset leaves the PC as it was.
     let restarted = resume_export(ctx, pc, name, Resume::WhatWasThere(obs));
     let paused = paused.elapsed();
@@ -197,6 +302,7 @@ fn swap(
     table: &TableLine,
     discard: &Path,
     size: u64,
+    onto: Option<&LoopInfo>,
 ) -> Result<()> {
     let k = ctx.kernel;
     let old_table = Target::snapshot(table);
@@ -221,6 +327,9 @@ fn swap(
         Ok(new_loop) => {
             let mut line = table.clone();
             line.snapshot.cow = DevRef::Path(new_loop.dev.display().to_string());
+            if let Some(origin) = onto {
+                line.snapshot.origin = DevRef::Path(origin.dev.display().to_string());
+            }
             k.dm.replace(name, &Target::snapshot(&line))
         }
         // Put everything back as it was.

@@ -72,10 +72,18 @@ pub fn write(cow: &Path, golden: &Golden) -> Result<()> {
         .with_context(|| format!("cannot write {}", p.display()))
 }
 
-/// Counts a reset of `cow` in its record (a COW without one has nothing to count in).
-pub fn note_reset(cow: &Path) -> Result<()> {
-    let Some(mut g) = read(cow)? else {
-        return Ok(());
+/// Counts a reset of `cow` in its record (a COW without one has nothing to count in); when
+/// the reset moved the PC to another image version, `onto` is the image it is over now.
+pub fn note_reset(cow: &Path, onto: Option<&Golden>) -> Result<()> {
+    let mut g = match (read(cow)?, onto) {
+        (Some(mut g), Some(new)) => {
+            (g.image, g.size, g.fingerprint) =
+                (new.image.clone(), new.size, new.fingerprint.clone());
+            g
+        }
+        (None, Some(new)) => new.clone(),
+        (Some(g), None) => g,
+        (None, None) => return Ok(()),
     };
     g.resets += 1;
     g.last_reset = std::time::SystemTime::now()

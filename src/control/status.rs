@@ -47,6 +47,9 @@ pub struct PcStatus {
     pub name: String,
     pub image: String,
     pub image_version: Option<String>,
+    /// The image version the PC moves to at its next reset, when another than it runs.
+    #[serde(default)]
+    pub next_version: Option<String>,
     /// The iSCSI target IQN, eSHELF.SLOT for AoE, or the NBD URI.
     pub export: String,
     pub state: PcState,
@@ -165,10 +168,15 @@ pub fn row(
         PcState::Overflow | PcState::Invalid | PcState::MergeFailed | PcState::Parked
     ) || risk_percent.is_some_and(|p| p >= manifest.warn_percent);
     let history = super::sidecar::read(&pc.cow).ok().flatten();
+    let next_version = crate::image::due(manifest, pc)
+        .ok()
+        .flatten()
+        .and_then(|(i, _)| i.version);
     PcStatus {
         name: pc.name.clone(),
-        image: image.name.clone(),
+        image: image.family.clone(),
         image_version: image.version.clone(),
+        next_version,
         export,
         state,
         used_sectors: usage.map(|u| u.sectors_allocated),
@@ -210,10 +218,13 @@ pub fn render(rows: &[PcStatus], warn_percent: f64) -> String {
         } else {
             r.initiators.join(",")
         };
-        let image = match &r.image_version {
+        let mut image = match &r.image_version {
             Some(v) => format!("{}@{v}", r.image),
             None => r.image.clone(),
         };
+        if let Some(next) = &r.next_version {
+            image.push_str(&format!(" → {next} at next reset"));
+        }
         table.push(vec![
             r.name.clone(),
             image,

@@ -44,6 +44,9 @@ pub trait DeviceMapper: Send + Sync {
     /// Loads `table` into the inactive slot and swaps it in (suspend, swap, resume).
     fn replace(&self, name: &str, table: &Target) -> Result<()>;
     fn remove(&self, name: &str) -> Result<()>;
+    /// Stops the device's I/O (in-flight I/O completes, new I/O waits) until `resume`.
+    fn suspend(&self, name: &str) -> Result<()>;
+    fn resume(&self, name: &str) -> Result<()>;
     fn number(&self, name: &str) -> Result<DevNum>;
     /// The active table of a snapshot device (devices as major:minor).
     /// The device's table as the kernel prints it: "start length kind params".
@@ -187,6 +190,20 @@ impl DeviceMapper for IoctlDm {
                 table.kind, table.params
             )
         })?;
+        dm.device_suspend(&id, DmOptions::default())
+            .with_context(|| format!("cannot resume {name}"))?;
+        Ok(())
+    }
+
+    fn suspend(&self, name: &str) -> Result<()> {
+        let (dm, id) = self.device(name)?;
+        dm.device_suspend(&id, DmOptions::default().set_flags(DmFlags::DM_SUSPEND))
+            .with_context(|| format!("cannot suspend {name}"))?;
+        Ok(())
+    }
+
+    fn resume(&self, name: &str) -> Result<()> {
+        let (dm, id) = self.device(name)?;
         dm.device_suspend(&id, DmOptions::default())
             .with_context(|| format!("cannot resume {name}"))?;
         Ok(())

@@ -226,6 +226,18 @@ impl DeviceMapper for Fake {
         d.status = None;
         Ok(())
     }
+    fn suspend(&self, name: &str) -> Result<()> {
+        let s = self.call(format!("dm suspend {name}"))?;
+        s.dm.get(name)
+            .map(drop)
+            .ok_or_else(|| anyhow!("no dm device {name}"))
+    }
+    fn resume(&self, name: &str) -> Result<()> {
+        let s = self.call(format!("dm resume {name}"))?;
+        s.dm.get(name)
+            .map(drop)
+            .ok_or_else(|| anyhow!("no dm device {name}"))
+    }
     fn remove(&self, name: &str) -> Result<()> {
         let mut s = self.call(format!("dm remove {name}"))?;
         let node = format!(

@@ -108,8 +108,14 @@ pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
 }
 
 impl Manifest {
-    pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestErrors {
+    /// The manifest as written, its versioned images not resolved to versions (what
+    /// `cowctl image import` needs before an image has any).
+    pub fn load_unresolved(path: &Path) -> Result<Manifest, ManifestErrors> {
+        Manifest::parse(path, &Self::read(path)?)
+    }
+
+    fn read(path: &Path) -> Result<String, ManifestErrors> {
+        std::fs::read_to_string(path).map_err(|e| ManifestErrors {
             path: path.to_path_buf(),
             errors: vec![ManifestError {
                 line: 0,
@@ -117,8 +123,34 @@ impl Manifest {
                 field: String::new(),
                 message: e.to_string(),
             }],
-        })?;
-        Manifest::parse(path, &text)
+        })
+    }
+
+    /// Reads and validates the manifest, each PC on its image version (see
+    /// `crate::image::resolve`).
+    pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
+        let text = Self::read(path)?;
+        let mut m = Manifest::parse(path, &text)?;
+        let problems = crate::image::resolve(&mut m);
+        if problems.is_empty() {
+            return Ok(m);
+        }
+        let positions = Positions::index(&text);
+        Err(ManifestErrors {
+            path: path.to_path_buf(),
+            errors: problems
+                .into_iter()
+                .map(|(field, message)| {
+                    let (line, column) = positions.find(&field);
+                    ManifestError {
+                        line,
+                        column,
+                        field,
+                        message,
+                    }
+                })
+                .collect(),
+        })
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestErrors> {
@@ -141,6 +173,15 @@ impl Manifest {
 
     pub fn pc(&self, name: &str) -> Option<&Pc> {
         self.pcs.iter().find(|p| p.name == name)
+    }
+
+    /// The PCs a reset of `names` resets: those named, or when none are, every PC that
+    /// does not keep its changes (`keep: true`).
+    pub fn select_for_reset(&self, names: &[String]) -> anyhow::Result<Vec<&Pc>> {
+        if names.is_empty() {
+            return Ok(self.pcs.iter().filter(|p| !p.keep).collect());
+        }
+        self.select(names)
     }
 
     /// The PCs named, in manifest order; all of them when `names` is empty.
@@ -413,18 +454,50 @@ impl Builder {
     fn images(&mut self, raw: RawImages) -> BTreeMap<String, Image> {
         let mut out = BTreeMap::new();
         for (name, img) in raw {
-            if !img.path.is_absolute() {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
                 self.error(
-                    &format!("images.{name}.path"),
-                    format!("{} is not an absolute path", img.path.display()),
+                    &format!("images.{name}"),
+                    format!("{name:?} is not an image name (letters, digits, '.', '_' and '-')"),
+                );
+            }
+            let (field, path, store) = match (img.path, img.versions) {
+                (Some(p), None) => ("path", p, None),
+                (None, Some(d)) => {
+                    if img.version.is_some() {
+                        self.error(&format!("images.{name}.version"), format!("{name}: a versioned image's versions are named by `cowctl image`, not by a version label"));
+                    }
+                    ("versions", d.clone(), Some(d))
+                }
+                (Some(p), Some(_)) => {
+                    self.error(&format!("images.{name}"), format!("{name}: give either path (one file) or versions (a directory of versions), not both"));
+                    ("path", p, None)
+                }
+                (None, None) => {
+                    self.error(
+                        &format!("images.{name}"),
+                        format!("{name}: no path (one file) or versions (a directory of versions)"),
+                    );
+                    continue;
+                }
+            };
+            if !path.is_absolute() {
+                self.error(
+                    &format!("images.{name}.{field}"),
+                    format!("{} is not an absolute path", path.display()),
                 );
             }
             out.insert(
                 name.clone(),
                 Image {
+                    family: name.clone(),
                     name,
-                    path: img.path,
+                    path,
                     version: img.version,
+                    store,
                 },
             );
         }
@@ -707,6 +780,7 @@ impl Builder {
             mac,
             ip,
             read_only: raw.read_only.or(defaults.read_only).unwrap_or(false),
+            keep: raw.keep.or(defaults.keep).unwrap_or(false),
             reset_on_boot: raw
                 .reset_on_boot
                 .or(defaults.reset_on_boot)

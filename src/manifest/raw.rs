@@ -9,7 +9,10 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawImage {
-    pub path: PathBuf,
+    /// One file: the image never changes under cowctl.
+    pub path: Option<PathBuf>,
+    /// A directory of versions (`cowctl image`): PCs move between them at their resets.
+    pub versions: Option<PathBuf>,
     pub version: Option<String>,
 }
 
@@ -55,6 +58,8 @@ pub struct RawPc {
     pub aoe_macs: Option<Vec<Text>>,
     /// Serve the disk read-only (the COW is never written).
     pub read_only: Option<bool>,
+    /// Keep the COW across `reset --all`, reset on boot and HTTP resets (a maintenance PC).
+    pub keep: Option<bool>,
     /// Reset the COW when the PC fetches its iPXE boot script.
     pub reset_on_boot: Option<bool>,
     /// The PC may reset its own disk over HTTP, from its own `ip`.

@@ -13,9 +13,16 @@ use crate::units::ByteSize;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Image {
+    /// The key PCs name it by: the manifest's name, or `name@version` for one version of a
+    /// versioned image (see `crate::image::resolve`).
     pub name: String,
+    /// The disk; for a versioned image not yet resolved, its directory of versions.
     pub path: PathBuf,
     pub version: Option<String>,
+    /// The directory of versions, for a versioned image.
+    pub store: Option<PathBuf>,
+    /// The image's name in the manifest.
+    pub family: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +38,8 @@ pub struct Pc {
     pub mac: Option<Mac>,
     pub ip: Option<IpAddr>,
     pub read_only: bool,
+    /// Only a reset that names it returns it to the golden image (a maintenance PC).
+    pub keep: bool,
     pub reset_on_boot: bool,
     pub self_reset: bool,
     pub autoextend: Option<AutoExtend>,

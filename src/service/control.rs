@@ -29,6 +29,14 @@ pub enum Request {
     Reset {
         pcs: Vec<String>,
     },
+    /// Commit a PC's disk into a new image version; `pause` stops its I/O meanwhile
+    /// instead of refusing a PC that is in use.
+    Commit {
+        pc: String,
+        version: Option<String>,
+        note: String,
+        pause: bool,
+    },
     /// Stop serving these PCs; all of them (and the service exits) when empty.
     Down {
         pcs: Vec<String>,
@@ -45,6 +53,8 @@ pub struct Response {
     pub status: Vec<PcStatus>,
     #[serde(default)]
     pub resets: Vec<Reset>,
+    #[serde(default)]
+    pub committed: Option<crate::image::Committed>,
 }
 
 pub fn socket_path(run_dir: &Path) -> PathBuf {

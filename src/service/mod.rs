@@ -237,22 +237,39 @@ impl Service {
 
     fn reset_one(&self, m: &Manifest, pc: &Pc) -> Result<Reset> {
         let start = Instant::now();
+        // A PC due for another image version moves to it with its fresh COW.
+        let due = crate::image::due(m, pc)?;
+        if self.registry.get(&pc.name).is_none() {
+            let r = crate::control::reset::reset_file(m, pc)?;
+            if let Some((image, _)) = &due {
+                let mut m = m.clone();
+                m.images.insert(image.name.clone(), image.clone());
+                let mut pc = pc.clone();
+                pc.image = image.name.clone();
+                self.moved(&m, &pc);
+            }
+            return Ok(r);
+        }
+        let (m, pc) = match &due {
+            Some((image, _)) => {
+                let mut m = m.clone();
+                m.images.insert(image.name.clone(), image.clone());
+                let mut pc = pc.clone();
+                pc.image = image.name.clone();
+                (m, pc)
+            }
+            None => (m.clone(), pc.clone()),
+        };
+        let onto = due.as_ref().map(|(_, g)| g);
         let Some(slot) = self.registry.get(&pc.name) else {
-            let r = crate::cowfile::reset(&pc.cow)?;
-            sidecar::note_reset(&pc.cow)?;
-            return Ok(Reset {
-                pc: pc.name.clone(),
-                live: false,
-                seconds: r.seconds,
-                total_seconds: start.elapsed().as_secs_f64(),
-                elapsed: r.elapsed,
-            });
+            bail!("{} stopped being served during its reset", pc.name);
         };
         let discard = discard_path(&pc.cow);
         let paused = slot
-            .quiesce(|old| swap_in_fresh_cow(m, pc, old, &discard))
+            .quiesce(|old| swap_in_fresh_cow(&m, &pc, old, &discard))
             .with_context(|| format!("resetting {}", pc.name))?;
-        sidecar::note_reset(&pc.cow)?;
+        sidecar::note_reset(&pc.cow, onto)?;
+        self.moved(&m, &pc);
         crate::control::reset::remove_discard(&discard)?;
         Ok(Reset {
             pc: pc.name.clone(),
@@ -261,6 +278,58 @@ impl Service {
             total_seconds: start.elapsed().as_secs_f64(),
             elapsed: paused,
         })
+    }
+
+    /// Status and later resets see the image version a reset moved `pc` to.
+    fn moved(&self, m: &Manifest, pc: &Pc) {
+        let mut mine = self.manifest.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(image) = m.images.get(&pc.image) {
+            mine.images.insert(image.name.clone(), image.clone());
+        }
+        if let Some(p) = mine.pcs.iter_mut().find(|p| p.name == pc.name) {
+            p.image = pc.image.clone();
+        }
+    }
+
+    /// Commits a PC's disk into a new version of its image. A PC with connections (or AoE
+    /// frames lately) is refused unless `pause`: then its I/O stops for the copy (its
+    /// connections are closed, and reconnect after).
+    pub fn commit(
+        &self,
+        name: &str,
+        version: Option<String>,
+        note: &str,
+        pause: bool,
+    ) -> Result<crate::image::Committed> {
+        let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.manifest();
+        let pc = m
+            .pc(name)
+            .ok_or_else(|| anyhow!("no PC named {name:?} in {}", m.path.display()))?;
+        let version = version
+            .map(|v| v.parse().map_err(|e: String| anyhow!(e)))
+            .transpose()?;
+        let Some(slot) = self.registry.get(name) else {
+            return crate::image::commit_pc(&m, pc, version, note);
+        };
+        let mut peers = slot.peers();
+        peers.extend(self.aoe.peers(name));
+        if !peers.is_empty() && !pause {
+            bail!(
+                "{name} is in use ({}): a running system's disk is not consistent on its own; shut the PC down first, or say --pause to stop its I/O for the copy",
+                peers.join(", ")
+            );
+        }
+        let mut out = None;
+        slot.quiesce(|served| {
+            let flushed = served
+                .as_ref()
+                .map_or(Ok(()), |s| s.engine.flush())
+                .map_err(|e| anyhow!("flushing {name}'s COW: {e}"));
+            out = Some(flushed.and_then(|()| crate::image::commit_pc(&m, pc, version, note)));
+            (served, Ok(()))
+        })?;
+        out.expect("ran")
     }
 
     /// Stops serving these PCs (all when none are named). Returns the steps and whether

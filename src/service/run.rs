@@ -197,6 +197,15 @@ fn answer(service: &Service, req: Request, exit: &mut bool) -> Result<Response> 
             resets: service.reset(&pcs)?,
             ..Response::default()
         },
+        Request::Commit {
+            pc,
+            version,
+            note,
+            pause,
+        } => Response {
+            committed: Some(service.commit(&pc, version, &note, pause)?),
+            ..Response::default()
+        },
         Request::Down { pcs } => {
             let (steps, nothing_left) = service.down(&pcs)?;
             *exit = pcs.is_empty() && nothing_left;

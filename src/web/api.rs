@@ -84,8 +84,15 @@ pub async fn reset(
             Some(_) => {}
         }
     }
-    if m.pc(&name).is_none() {
-        return Err(no_pc(&name));
+    match m.pc(&name) {
+        None => return Err(no_pc(&name)),
+        Some(pc) if pc.keep => {
+            return Err(ApiError(Refusal::new(
+                StatusCode::CONFLICT,
+                format!("{name} keeps its changes (keep: true in the manifest): only `cowctl reset {name}` resets it"),
+            )))
+        }
+        Some(_) => {}
     }
     let fleet = app.fleet.clone();
     let n = name.clone();

@@ -166,7 +166,8 @@ pub async fn boot(
     }
     let body = script(&m, &app.cfg, pc, peer.local.map(|a| a.ip()))
         .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    if !pc.reset_on_boot {
+    // A PC that keeps its changes (a maintenance PC) is not reset on boot.
+    if !pc.reset_on_boot || pc.keep {
         return Ok(text(StatusCode::OK, body));
     }
     let Some(nonce) = query.get("reset") else {

@@ -1,0 +1,465 @@
+//! `cowctl image`: list, import, commit, promote, prune an image's versions.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Result};
+use clap::Subcommand;
+use serde::Serialize;
+
+use super::control::load;
+use super::print_json;
+use crate::control::backend::{self, Resolved};
+use crate::image::{self, Store, VersionName};
+use crate::manifest::Manifest;
+use crate::service::control::{call, Request};
+use crate::units::human;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Every version: which is current, which PCs run on each, which move at their next reset.
+    List { image: Option<String> },
+    /// A new version from a raw, qcow2, vmdk, vhdx or vdi file (converted to sparse raw).
+    Import {
+        src: PathBuf,
+        #[arg(long)]
+        image: String,
+        /// Its name (default: v<N+1>).
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// A new version holding a PC's disk (its version with its COW over it).
+    Commit {
+        pc: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Stop the PC's I/O for the copy instead of refusing a PC that is in use.
+        #[arg(long)]
+        pause: bool,
+    },
+    /// Make a version current for the room (or for the PCs named): each PC moves to it at
+    /// its next reset. Rolling back is promoting the older version.
+    Promote {
+        image: String,
+        version: String,
+        pcs: Vec<String>,
+    },
+    /// Remove versions that are not current and that no PC uses.
+    Prune {
+        image: String,
+        /// List what would go, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+pub fn run(c: ImageCommand, flag: Option<&Path>, json: bool) -> Result<ExitCode> {
+    if let ImageCommand::Import { .. } = c {
+        // Before an image has a version, the manifest cannot put PCs on one.
+        let m = Manifest::load_unresolved(&crate::manifest::resolve_path(flag))?;
+        return import(&m, c, json);
+    }
+    let m = load(flag)?;
+    match c {
+        ImageCommand::List { image } => list(&m, image.as_deref(), json),
+        ImageCommand::Import { .. } => unreachable!("handled above"),
+        ImageCommand::Commit {
+            pc,
+            version,
+            note,
+            pause,
+        } => commit(&m, &pc, version, &note, pause, json),
+        ImageCommand::Promote {
+            image,
+            version,
+            pcs,
+        } => promote(&m, &image, &version, &pcs, json),
+        ImageCommand::Prune { image, dry_run } => prune(&m, &image, dry_run, json),
+    }
+}
+
+fn import(m: &Manifest, c: ImageCommand, json: bool) -> Result<ExitCode> {
+    let ImageCommand::Import {
+        src,
+        image,
+        version,
+        note,
+    } = c
+    else {
+        unreachable!("an import")
+    };
+    let (_, store) = image::open(m, &image)?;
+    let v = image::import(&store, &src, name(version)?, &note)?;
+    if json {
+        return print_json(&v).map(|()| ExitCode::SUCCESS);
+    }
+    let store = Store::open(&store.dir)?;
+    println!(
+        "imported {} as {image}@{} ({}, {} on disk){}",
+        src.display(),
+        v.name,
+        human(v.size),
+        human(allocated(&store.disk(&v.name))),
+        if store.current() == Some(&v.name) {
+            "; it is current"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn name(v: Option<String>) -> Result<Option<VersionName>> {
+    v.map(|v| v.parse().map_err(|e: String| anyhow!(e)))
+        .transpose()
+}
+
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).map_or(0, |m| m.blocks() * 512)
+}
+
+fn commit(
+    m: &Manifest,
+    pc_name: &str,
+    version: Option<String>,
+    note: &str,
+    pause: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let pc = m
+        .pc(pc_name)
+        .ok_or_else(|| anyhow!("no PC named {pc_name:?} in {}", m.path.display()))?;
+    let from = m.images[&pc.image].clone();
+    let c = if backend::resolve(m) == Resolved::Userspace {
+        let request = Request::Commit {
+            pc: pc_name.to_string(),
+            version: version.clone(),
+            note: note.to_string(),
+            pause,
+        };
+        match call(&super::userspace::run_dir(), &request)? {
+            Some(r) => r
+                .committed
+                .ok_or_else(|| anyhow!("cowctl serve committed nothing"))?,
+            None => image::commit_pc(m, pc, name(version)?, note)?,
+        }
+    } else {
+        let run_dir = crate::control::default_run_dir();
+        let kernel = crate::kernel::Kernel::real(&run_dir);
+        let ctx = crate::control::Ctx {
+            manifest: m,
+            kernel: &kernel,
+            run_dir,
+        };
+        let _lock = crate::control::lock::acquire(&ctx.run_dir, "image commit")?;
+        crate::control::commit::commit(&ctx, pc, name(version)?, note, pause)?
+    };
+    if json {
+        return print_json(&c).map(|()| ExitCode::SUCCESS);
+    }
+    println!(
+        "committed {pc_name} as {}@{} (parent {}): {} changed in {} chunks, {} in {:.2} s",
+        from.family,
+        c.version.name,
+        from.version.as_deref().unwrap_or("-"),
+        human(c.built.changed_bytes),
+        c.built.chunks,
+        match c.built.method {
+            image::build::Method::Reflink => "blocks shared with the parent (reflink)",
+            image::build::Method::SparseCopy => "parent copied sparse",
+        },
+        c.built.elapsed.as_secs_f64()
+    );
+    println!(
+        "next: cowctl image promote {} {} [PC…]  (PCs move at their next reset)",
+        from.family, c.version.name
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn promote(
+    m: &Manifest,
+    family: &str,
+    version: &str,
+    pcs: &[String],
+    json: bool,
+) -> Result<ExitCode> {
+    let (_, store) = image::open(m, family)?;
+    let v: VersionName = version.parse().map_err(|e: String| anyhow!(e))?;
+    for pc in pcs {
+        match m.pc(pc) {
+            None => bail!("no PC named {pc:?} in {}", m.path.display()),
+            Some(p) if m.images[&p.image].family != family => {
+                bail!(
+                    "{pc} runs on image {}, not {family}",
+                    m.images[&p.image].family
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    let promoted = image::promote(&store, &v, pcs)?;
+    if json {
+        return print_json(&promoted).map(|()| ExitCode::SUCCESS);
+    }
+    let store = Store::open(&store.dir)?;
+    let moving: Vec<&str> = m
+        .pcs
+        .iter()
+        .filter(|p| m.images[&p.image].family == family)
+        .filter(|p| {
+            store.target(&p.name).map(VersionName::as_str) != m.images[&p.image].version.as_deref()
+        })
+        .map(|p| p.name.as_str())
+        .collect();
+    if pcs.is_empty() {
+        println!("{family}@{v} is current for the room");
+    } else {
+        println!("{family}@{v} is promoted to {}", pcs.join(", "));
+    }
+    if moving.is_empty() {
+        println!("no PC changes version");
+    } else {
+        println!(
+            "at their next reset, {} move: {}",
+            moving.len(),
+            moving.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    image: String,
+    version: VersionName,
+    current: bool,
+    parent: Option<VersionName>,
+    created: u64,
+    note: String,
+    made_from: String,
+    size: u64,
+    allocated: u64,
+    /// PCs whose COW lies over this version.
+    runs_on: Vec<String>,
+    /// PCs that move to it at their next reset.
+    moving_here: Vec<String>,
+    promoted_to: Vec<String>,
+}
+
+fn rows(m: &Manifest, family: &str, store: &Store) -> Vec<Row> {
+    let on = |key: &str| -> Vec<String> {
+        m.pcs
+            .iter()
+            .filter(|p| p.image == key)
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    store
+        .versions
+        .values()
+        .map(|v| {
+            let key = image::key(family, &v.name);
+            let moving_here = m
+                .pcs
+                .iter()
+                .filter(|p| m.images[&p.image].family == family && p.image != key)
+                .filter(|p| store.target(&p.name) == Some(&v.name))
+                .map(|p| p.name.clone())
+                .collect();
+            Row {
+                image: family.to_string(),
+                version: v.name.clone(),
+                current: store.current() == Some(&v.name),
+                parent: v.parent.clone(),
+                created: v.created,
+                note: v.note.clone(),
+                made_from: v.made_from.clone(),
+                size: v.size,
+                allocated: allocated(&store.disk(&v.name)),
+                runs_on: on(&key),
+                moving_here,
+                promoted_to: store
+                    .promoted
+                    .pcs
+                    .iter()
+                    .filter(|(_, pv)| **pv == v.name)
+                    .map(|(p, _)| p.clone())
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn list(m: &Manifest, only: Option<&str>, json: bool) -> Result<ExitCode> {
+    let mut families: Vec<(String, PathBuf)> = Vec::new();
+    for i in m.images.values() {
+        if let Some(d) = &i.store {
+            if !families.iter().any(|(f, _)| *f == i.family) {
+                families.push((i.family.clone(), d.clone()));
+            }
+        }
+    }
+    if let Some(o) = only {
+        families.retain(|(f, _)| f == o);
+        if families.is_empty() {
+            image::open(m, o)?; // says why: no such image, or one without versions
+        }
+    }
+    let mut all = Vec::new();
+    for (family, dir) in &families {
+        let store = Store::open(dir)?;
+        let rows = rows(m, family, &store);
+        if !json {
+            println!(
+                "{family} ({}): current {}",
+                dir.display(),
+                store.current().map_or("none", VersionName::as_str)
+            );
+            print_table(&rows);
+        }
+        all.extend(rows);
+    }
+    if json {
+        print_json(&all)?;
+    } else if families.is_empty() {
+        println!(
+            "no image of {} has versions (images.NAME.versions)",
+            m.path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[Row]) {
+    let dash = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    let mut t = vec![[
+        "VERSION",
+        "CREATED (UTC)",
+        "PARENT",
+        "SIZE",
+        "ON DISK",
+        "RUNS ON",
+        "MOVING HERE",
+        "NOTE",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for r in rows {
+        t.push(vec![
+            format!("{}{}", r.version, if r.current { " *" } else { "" }),
+            utc(r.created),
+            r.parent.as_ref().map_or("-".into(), |p| p.to_string()),
+            human(r.size),
+            human(r.allocated),
+            dash(&r.runs_on),
+            dash(&r.moving_here),
+            r.note.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..t[0].len())
+        .map(|c| {
+            t.iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in &t {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        println!("  {}", cells.join("  ").trim_end());
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` of Unix seconds.
+fn utc(secs: u64) -> String {
+    let days = i64::try_from(secs / 86400).unwrap_or(0);
+    let rem = secs % 86400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+fn prune(m: &Manifest, family: &str, dry_run: bool, json: bool) -> Result<ExitCode> {
+    let (_, store) = image::open(m, family)?;
+    let plan = image::prune_plan(m, &store, family);
+    if json {
+        print_json(&plan)?;
+    } else {
+        for (v, why) in &plan.keep {
+            println!("keep {family}@{v}: {why}");
+        }
+    }
+    for v in &plan.remove {
+        if !json {
+            println!(
+                "{} {family}@{} ({}, {} on disk, made {}{})",
+                if dry_run { "would remove" } else { "remove" },
+                v.name,
+                human(v.size),
+                human(allocated(&store.disk(&v.name))),
+                utc(v.created),
+                if v.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", v.note)
+                }
+            );
+        }
+        if !dry_run {
+            image::remove_version(&store, &v.name)?;
+        }
+    }
+    for d in &plan.leftovers {
+        if !json {
+            println!(
+                "{} {} (an import or commit that died half way)",
+                if dry_run { "would remove" } else { "remove" },
+                d.display()
+            );
+        }
+        if !dry_run {
+            std::fs::remove_dir_all(d)?;
+        }
+    }
+    if !json && plan.remove.is_empty() && plan.leftovers.is_empty() {
+        println!("nothing to prune in {family}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_are_utc() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00");
+        assert_eq!(super::utc(1_796_170_200), "2026-12-02 00:10");
+    }
+}

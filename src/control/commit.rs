@@ -1,0 +1,56 @@
+//! `cowctl image commit` on the kernel backend: the PC's dm device is suspended while its
+//! COW file is copied (in-flight writes complete first, new ones wait), then resumed.
+
+use anyhow::{bail, Result};
+
+use super::observe::Observed;
+use super::{dm_name, Ctx};
+use crate::image::{Committed, VersionName};
+use crate::manifest::{Export, Pc};
+
+pub fn commit(
+    ctx: &Ctx,
+    pc: &Pc,
+    version: Option<VersionName>,
+    note: &str,
+    pause: bool,
+) -> Result<Committed> {
+    let k = ctx.kernel;
+    let obs = Observed::read(k)?;
+    let name = dm_name(&pc.name);
+    if obs.parked.contains_key(&name) {
+        bail!(
+            "{}: a reset of it stopped half way; finish it with cowctl reset {} (or apply) first",
+            pc.name,
+            pc.name
+        );
+    }
+    if !obs.dm.contains_key(&name) {
+        return crate::image::commit_pc(ctx.manifest, pc, version, note);
+    }
+    let in_use = match &pc.export {
+        Export::Iscsi { target, .. } => obs
+            .target(target.as_str())
+            .map(|t| t.sessions.clone())
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("iSCSI sessions from {}", s.join(", "))),
+        // AoE has no sessions: whether a PC runs cannot be told from here.
+        Export::Aoe { .. } => obs
+            .vblade(&pc.name)
+            .map(|_| "exported over AoE, which cannot tell whether the PC runs".to_string()),
+        Export::Nbd => None,
+    };
+    if let (Some(why), false) = (&in_use, pause) {
+        bail!(
+            "{} is in use ({why}): a running system's disk is not consistent on its own; shut the PC down (or cowctl down {}) first, or say --pause to stop its I/O for the copy",
+            pc.name,
+            pc.name
+        );
+    }
+    k.dm.suspend(&name)?;
+    let committed = crate::image::commit_pc(ctx.manifest, pc, version, note);
+    let resumed = k.dm.resume(&name);
+    let committed = committed?;
+    resumed?;
+    Ok(committed)
+}

@@ -1,0 +1,220 @@
+//! A new version's disk: its parent's disk with a COW's chunks laid over it. Where the file
+//! system can share blocks (btrfs, xfs: FICLONE and `copy_file_range` remap extents) only
+//! the metadata is written, so the time does not grow with the image; elsewhere the parent
+//! is copied extent by extent (holes stay holes) inside the kernel, then the changed chunks.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::cow::{HeaderState, LoadedStore};
+
+/// How the parent's blocks got into the new file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// One clone of the whole file (shared blocks).
+    Reflink,
+    /// The parent's data extents copied (holes kept).
+    SparseCopy,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Built {
+    pub method: Method,
+    /// Chunks taken from the COW, and their bytes.
+    pub chunks: u64,
+    pub changed_bytes: u64,
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+/// Makes `out` (a new file) hold `parent` with the chunks of `cow` laid over it, synced.
+pub fn build(parent: &Path, cow: &Path, out: &Path) -> Result<Built> {
+    let start = Instant::now();
+    let src = File::open(parent).with_context(|| format!("cannot open {}", parent.display()))?;
+    let size = crate::backing::file_or_device_size(&src)?;
+    let cow_file = File::open(cow).with_context(|| format!("cannot open {}", cow.display()))?;
+    let store = LoadedStore::load(&cow_file, None)
+        .with_context(|| format!("cannot load the COW {}", cow.display()))?;
+    if store.state == HeaderState::Invalid {
+        bail!(
+            "{} is an invalid snapshot (it overflowed or was dropped): its disk cannot be read, so it cannot become a version",
+            cow.display()
+        );
+    }
+    let dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    let method = if clone_file(&src, &dst).is_ok() {
+        Method::Reflink
+    } else {
+        copy_extents(&src, &dst, size)
+            .with_context(|| format!("copying {} to {}", parent.display(), out.display()))?;
+        Method::SparseCopy
+    };
+    dst.set_len(size)?;
+    let chunk = store.geometry.chunk_bytes();
+    let mut runs: Vec<(u64, u64)> = store.exceptions.iter().map(|(&o, &c)| (o, c)).collect();
+    runs.sort_unstable();
+    let mut changed = 0u64;
+    let mut i = 0;
+    while i < runs.len() {
+        // Chunks next to each other in both files go in one call.
+        let (o, c) = runs[i];
+        let mut n = 1;
+        while i + n < runs.len() && runs[i + n] == (o + n as u64, c + n as u64) {
+            n += 1;
+        }
+        let at = o * chunk;
+        if at < size {
+            let len = (n as u64 * chunk).min(size - at);
+            copy_range(&cow_file, c * chunk, &dst, at, len).with_context(|| {
+                format!(
+                    "copying chunks {o}..{} of {} into {}",
+                    o + n as u64,
+                    cow.display(),
+                    out.display()
+                )
+            })?;
+            changed += len;
+        }
+        i += n;
+    }
+    dst.sync_all()
+        .with_context(|| format!("cannot flush {}", out.display()))?;
+    Ok(Built {
+        method,
+        chunks: runs.len() as u64,
+        changed_bytes: changed,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// A copy of `src` in its data extents only (holes stay holes), inside the kernel.
+pub fn copy_extents(src: &File, dst: &File, size: u64) -> Result<()> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let fd = src.as_raw_fd();
+    let mut pos = 0i64;
+    let end = i64::try_from(size)?;
+    while pos < end {
+        let data = match lseek(fd, pos, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole is left
+            Err(_) => pos,                          // no SEEK_DATA: copy everything
+        };
+        let hole = lseek(fd, data, Whence::SeekHole).unwrap_or(end).min(end);
+        let (from, len) = (u64::try_from(data)?, u64::try_from(hole - data)?);
+        copy_range(src, from, dst, from, len)?;
+        pos = hole;
+    }
+    Ok(())
+}
+
+/// `len` bytes of `src` at `from` to `dst` at `to`, by `copy_file_range` (which remaps
+/// blocks where the file system shares them), by reads and writes where it cannot.
+fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> Result<()> {
+    let (mut from_i, mut to_i) = (i64::try_from(from)?, i64::try_from(to)?);
+    let mut left = usize::try_from(len)?;
+    while left > 0 {
+        match nix::fcntl::copy_file_range(
+            src.as_fd(),
+            Some(&mut from_i),
+            dst.as_fd(),
+            Some(&mut to_i),
+            left.min(1 << 30),
+        ) {
+            Ok(0) => bail!("the source ended {left} bytes early"),
+            Ok(n) => left -= n,
+            Err(
+                nix::errno::Errno::EXDEV
+                | nix::errno::Errno::ENOSYS
+                | nix::errno::Errno::EINVAL
+                | nix::errno::Errno::EOPNOTSUPP,
+            ) => {
+                return copy_by_buffer(src, u64::try_from(from_i)?, dst, u64::try_from(to_i)?, left)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn copy_by_buffer(
+    src: &File,
+    mut from: u64,
+    dst: &File,
+    mut to: u64,
+    mut left: usize,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; (1 << 20).min(left)];
+    while left > 0 {
+        let n = left.min(buf.len());
+        src.read_exact_at(&mut buf[..n], from)?;
+        dst.write_all_at(&buf[..n], to)?;
+        (from, to, left) = (from + n as u64, to + n as u64, left - n);
+    }
+    Ok(())
+}
+
+/// FICLONE: `dst` shares all of `src`'s blocks.
+fn clone_file(src: &File, dst: &File) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: FICLONE takes the source descriptor as its argument; both descriptors are open.
+    let r = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, EngineOptions};
+
+    #[test]
+    fn the_new_disk_is_the_parent_with_the_cow_over_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (parent, cow, out) = (d.path().join("p"), d.path().join("c"), d.path().join("o"));
+        // A parent with a hole in the middle and an odd tail.
+        let size = 3 * 65536 + 4096;
+        let mut golden = vec![0u8; size];
+        golden[..65536].fill(1);
+        golden[2 * 65536..].fill(2);
+        std::fs::write(&parent, &golden).unwrap();
+        crate::cowfile::create_empty(&cow, 1 << 20).unwrap();
+        let opts = EngineOptions {
+            table_chunk_sectors: Some(8),
+            ..EngineOptions::default()
+        };
+        let e = crate::cowfile::open_engine_with(&parent, &cow, opts).unwrap();
+        let mut want = golden.clone();
+        for (at, len, b) in [
+            (4096usize, 100usize, 9u8),
+            (65536 + 8192, 4096, 8),
+            (size - 10, 10, 7),
+        ] {
+            e.write_at(&vec![b; len], at as u64).unwrap();
+            want[at..at + len].fill(b);
+        }
+        e.flush().unwrap();
+        drop::<Engine>(e);
+        let built = build(&parent, &cow, &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), want);
+        assert_eq!(built.chunks, 3);
+        assert_eq!(built.changed_bytes, 3 * 4096);
+        assert!(
+            build(&parent, &cow, &out).is_err(),
+            "never over an existing file"
+        );
+    }
+}

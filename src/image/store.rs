@@ -1,0 +1,383 @@
+//! An image's versions on disk. A store is one directory:
+//!
+//! ```text
+//! <versions>/
+//!   v1/disk.img  v1/version.json    a version: its disk (never written once made) and record
+//!   v2/...
+//!   promoted.json                   which version is current, and the test group's pins
+//!   .incoming-v3-<pid>/             a version being made; renamed to v3/ only when whole
+//! ```
+//!
+//! A version exists exactly when its directory does: it is made under another name and
+//! renamed into place, so a crash leaves no half version.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::control::sidecar::Golden;
+
+/// A version's name: letters, digits, `.`, `_` and `-`, not starting with `.`, at most 64.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VersionName(String);
+
+impl VersionName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `v<N>` as a number, for naming the next one.
+    fn number(&self) -> Option<u64> {
+        self.0.strip_prefix('v').and_then(|n| n.parse().ok())
+    }
+}
+
+impl std::str::FromStr for VersionName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && !s.starts_with('.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(VersionName(s.to_string()))
+        } else {
+            Err(format!("{s:?} is not a version name (letters, digits, '.', '_' and '-', at most 64, not starting with '.')"))
+        }
+    }
+}
+
+impl TryFrom<String> for VersionName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<VersionName> for String {
+    fn from(v: VersionName) -> String {
+        v.0
+    }
+}
+
+impl fmt::Display for VersionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A version's record, `version.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub name: VersionName,
+    pub parent: Option<VersionName>,
+    /// Unix seconds.
+    pub created: u64,
+    #[serde(default)]
+    pub note: String,
+    /// How it was made: "import of <file>" or "commit of <pc>".
+    pub made_from: String,
+    pub size: u64,
+    /// The `.golden` guard's fingerprint of `disk.img`.
+    pub fingerprint: String,
+}
+
+/// Which version PCs move to at their next reset: the room's, or a test group's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promoted {
+    pub current: Option<VersionName>,
+    #[serde(default)]
+    pub pcs: BTreeMap<String, VersionName>,
+}
+
+pub const DISK: &str = "disk.img";
+const RECORD: &str = "version.json";
+const PROMOTED: &str = "promoted.json";
+pub const INCOMING: &str = ".incoming-";
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub dir: PathBuf,
+    pub versions: BTreeMap<VersionName, Version>,
+    pub promoted: Promoted,
+}
+
+impl Store {
+    /// Reads the store; a directory that does not exist yet is an empty store.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let mut versions = BTreeMap::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => Some(e),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        };
+        for entry in entries.into_iter().flatten() {
+            let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+            let file_name = entry.file_name();
+            let Some(name) = file_name
+                .to_str()
+                .and_then(|n| n.parse::<VersionName>().ok())
+            else {
+                continue;
+            };
+            if !entry.path().is_dir() {
+                continue;
+            }
+            let record = entry.path().join(RECORD);
+            let text = std::fs::read_to_string(&record)
+                .with_context(|| format!("cannot read {}", record.display()))?;
+            let v: Version = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a version record", record.display()))?;
+            if v.name != name {
+                bail!(
+                    "{} names version {}, but it lies in {}",
+                    record.display(),
+                    v.name,
+                    entry.path().display()
+                );
+            }
+            versions.insert(name, v);
+        }
+        let promoted_path = dir.join(PROMOTED);
+        let promoted = match std::fs::read_to_string(&promoted_path) {
+            Ok(t) => serde_json::from_str(&t).with_context(|| {
+                format!("{} is not a promotion record", promoted_path.display())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Promoted::default(),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", promoted_path.display()))
+            }
+        };
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            versions,
+            promoted,
+        })
+    }
+
+    pub fn disk(&self, v: &VersionName) -> PathBuf {
+        self.dir.join(v.as_str()).join(DISK)
+    }
+
+    pub fn version_dir(&self, v: &VersionName) -> PathBuf {
+        self.dir.join(v.as_str())
+    }
+
+    pub fn get(&self, v: &VersionName) -> Result<&Version> {
+        self.versions.get(v).ok_or_else(|| {
+            anyhow!(
+                "{} has no version {v} (it has {})",
+                self.dir.display(),
+                self.names()
+            )
+        })
+    }
+
+    fn names(&self) -> String {
+        if self.versions.is_empty() {
+            return "none".into();
+        }
+        self.versions
+            .keys()
+            .map(VersionName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The room's current version.
+    pub fn current(&self) -> Option<&VersionName> {
+        self.promoted.current.as_ref()
+    }
+
+    /// The version `pc` moves to at its next reset (or starts on, without a COW).
+    pub fn target(&self, pc: &str) -> Option<&VersionName> {
+        self.promoted.pcs.get(pc).or(self.promoted.current.as_ref())
+    }
+
+    /// The version a COW's `.golden` record names: by its disk's path, else by content
+    /// (an image imported from the file the COW was made over).
+    pub fn version_of(&self, golden: &Golden) -> Option<&VersionName> {
+        let by_path = self.versions.keys().find(|v| {
+            golden.image == self.disk(v) || crate::fileid::same_file(&golden.image, &self.disk(v))
+        });
+        by_path.or_else(|| {
+            self.versions
+                .values()
+                .find(|v| v.size == golden.size && v.fingerprint == golden.fingerprint)
+                .map(|v| &v.name)
+        })
+    }
+
+    /// `v<N+1>` after the highest `v<N>` there is.
+    pub fn next_name(&self) -> VersionName {
+        let n = self
+            .versions
+            .keys()
+            .filter_map(VersionName::number)
+            .max()
+            .unwrap_or(0);
+        VersionName(format!("v{}", n + 1))
+    }
+
+    /// Refuses a name that is taken, by a version or by anything else in the directory.
+    pub fn check_free(&self, v: &VersionName) -> Result<()> {
+        let dir = self.version_dir(v);
+        if self.versions.contains_key(v) || dir.symlink_metadata().is_ok() {
+            bail!(
+                "{} already has a version {v} ({}): versions are never overwritten; choose another name with --version",
+                self.dir.display(),
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the promotion record durably.
+    pub fn write_promoted(&self, p: &Promoted) -> Result<()> {
+        let path = self.dir.join(PROMOTED);
+        let text = serde_json::to_string_pretty(p)? + "\n";
+        crate::durable::write_atomic(&path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Folders of versions whose making was interrupted (left by a crash).
+    pub fn incoming(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(INCOMING))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Puts a version made in `incoming` (holding `disk.img`) in place as `v`: its record is
+    /// written and synced, then the folder is renamed to `v` without replacing anything.
+    pub fn publish(&self, incoming: &Path, v: &Version) -> Result<()> {
+        let record = incoming.join(RECORD);
+        let text = serde_json::to_string_pretty(v)? + "\n";
+        crate::durable::write_atomic(&record, text.as_bytes())
+            .with_context(|| format!("cannot write {}", record.display()))?;
+        crate::durable::rename_new(incoming, &self.version_dir(&v.name)).with_context(|| {
+            format!(
+                "cannot move {} into place as {}",
+                incoming.display(),
+                self.version_dir(&v.name).display()
+            )
+        })
+    }
+
+    /// A fresh folder to make version `v` in.
+    pub fn begin(&self, v: &VersionName) -> Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let incoming = self
+            .dir
+            .join(format!("{INCOMING}{v}-{}", std::process::id()));
+        std::fs::create_dir(&incoming)
+            .with_context(|| format!("cannot create {}", incoming.display()))?;
+        Ok(incoming)
+    }
+}
+
+impl Store {
+    /// Every version disk of the manifest's versioned images (as resolved).
+    pub fn disks_of(m: &crate::manifest::Manifest) -> Vec<PathBuf> {
+        m.images
+            .values()
+            .filter(|i| i.store.is_some() && i.version.is_some())
+            .map(|i| i.path.clone())
+            .collect()
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_and_numbered() {
+        assert!("v1".parse::<VersionName>().is_ok());
+        assert!("2026-12.lab".parse::<VersionName>().is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(bad.parse::<VersionName>().is_err(), "{bad:?}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&d.path().join("none")).unwrap();
+        assert!(s.versions.is_empty());
+        assert_eq!(s.next_name().as_str(), "v1");
+        for n in ["v1", "v7", "golden"] {
+            let name: VersionName = n.parse().unwrap();
+            s.versions.insert(
+                name.clone(),
+                Version {
+                    name,
+                    parent: None,
+                    created: 0,
+                    note: String::new(),
+                    made_from: String::new(),
+                    size: 512,
+                    fingerprint: String::new(),
+                },
+            );
+        }
+        assert_eq!(s.next_name().as_str(), "v8");
+    }
+
+    #[test]
+    fn a_version_appears_only_when_published() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let v1: VersionName = "v1".parse().unwrap();
+        let inc = s.begin(&v1).unwrap();
+        std::fs::write(inc.join(DISK), vec![7u8; 4096]).unwrap();
+        // Interrupted here: nothing is a version yet.
+        let s = Store::open(d.path()).unwrap();
+        assert!(s.versions.is_empty());
+        assert_eq!(s.incoming(), vec![inc.clone()]);
+        let record = Version {
+            name: v1.clone(),
+            parent: None,
+            created: now(),
+            note: "first".into(),
+            made_from: "test".into(),
+            size: 4096,
+            fingerprint: "f".into(),
+        };
+        s.publish(&inc, &record).unwrap();
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.get(&v1).unwrap(), &record);
+        assert!(s.check_free(&v1).is_err());
+        // A second publish under the same name never replaces the first.
+        let inc2 = s.begin(&v1).unwrap();
+        assert!(s.publish(&inc2, &record).is_err());
+        assert_eq!(std::fs::read(s.disk(&v1)).unwrap(), vec![7u8; 4096]);
+    }
+
+    #[test]
+    fn targets_follow_pins_then_the_room() {
+        let mut p = Promoted {
+            current: Some("v1".parse().unwrap()),
+            ..Promoted::default()
+        };
+        p.pcs.insert("pc-01".into(), "v2".parse().unwrap());
+        let s = Store {
+            dir: PathBuf::from("/x"),
+            versions: BTreeMap::new(),
+            promoted: p,
+        };
+        assert_eq!(s.target("pc-01").unwrap().as_str(), "v2");
+        assert_eq!(s.target("pc-02").unwrap().as_str(), "v1");
+    }
+}
