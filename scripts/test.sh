@@ -29,6 +29,9 @@ FUZZ_EXECS=20000 scripts/fuzz.sh
 echo "== the boot storm benchmark runs (tiny: 1 and 3 PCs, 8 MiB each; scripts/bench-boot-storm.sh for the table)"
 BENCH_STORM_NS="1 3" BENCH_STORM_READ_MIB=8 BENCH_STORM_WRITE_MIB=2 scripts/bench-boot-storm.sh | tail -n 4
 
+echo "== the image commit benchmark runs (tiny: 1 GiB images on xfs and ext4; scripts/bench-image-commit.sh for the table)"
+BENCH_COMMIT_MIB=1024 BENCH_COMMIT_DATA_MIB=256 BENCH_COMMIT_CHANGED_MIB=64 scripts/bench-image-commit.sh 2>/dev/null | tail -n 3
+
 echo "== kernel tests (VM)"
 scripts/test-kernel.sh | tee "$log"
 kernel_passed=$(sed -n 's/^kernel: \([0-9]*\) passed.*/\1/p' "$log")

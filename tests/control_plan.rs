@@ -924,3 +924,18 @@ fn resets_move_pcs_to_the_promoted_version_and_free_the_old_versions_loop() {
         s.loops
     );
 }
+
+#[test]
+fn apply_resumes_a_device_a_killed_commit_left_suspended() {
+    let room = Room::new();
+    room.apply().unwrap();
+    room.fake.kernel().dm.suspend("cowctl-pc-2").unwrap();
+    let plan: Vec<String> = room.plan().unwrap().iter().map(|a| a.to_string()).collect();
+    assert_eq!(
+        plan,
+        ["resume cowctl-pc-2, left suspended by an image commit that did not finish"]
+    );
+    room.apply().unwrap();
+    assert!(!room.fake.state().dm["cowctl-pc-2"].suspended);
+    assert!(room.plan().unwrap().is_empty());
+}

@@ -248,6 +248,11 @@ fn a_room_moves_between_versions_at_its_resets_on_the_kernel() {
     assert_eq!(site.version_loops(), ["v1", "v2"]);
 
     // Prune keeps what is in use and removes the spare.
+    let list = site.ok(&["image", "list"]);
+    assert!(
+        list.contains("current v1") && list.contains("pc-01,pc-03"),
+        "{list}"
+    );
     let out = site.ok(&["image", "prune", "g"]);
     assert!(out.contains("keep g@v1: current"), "{out}");
     assert!(out.contains("keep g@v2: pc-01, pc-03 run on it"), "{out}");

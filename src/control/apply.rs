@@ -268,6 +268,7 @@ fn step(
             }
             Ok(())
         }
+        Action::Resume { pc } => k.dm.resume(&dm_name(pc)),
         Action::FinishReset { pc: name } => {
             let pc = ctx
                 .manifest

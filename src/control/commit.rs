@@ -1,5 +1,6 @@
-//! `cowctl image commit` on the kernel backend: the PC's dm device is suspended while its
-//! COW file is copied (in-flight writes complete first, new ones wait), then resumed.
+//! `cowctl image commit` on the kernel backend: a PC nothing reaches is copied as it is; one
+//! in use is refused, or with --pause its dm device is suspended while its COW file is
+//! copied (in-flight writes complete first, new ones wait), then resumed.
 
 use anyhow::{bail, Result};
 
@@ -47,6 +48,11 @@ pub fn commit(
             pc.name
         );
     }
+    if in_use.is_none() {
+        // Nothing reaches the device: its COW file is quiet as it is.
+        return crate::image::commit_pc(ctx.manifest, pc, version, note);
+    }
+    // A commit killed here leaves the device suspended; `cowctl apply` resumes it.
     k.dm.suspend(&name)?;
     let committed = crate::image::commit_pc(ctx.manifest, pc, version, note);
     let resumed = k.dm.resume(&name);

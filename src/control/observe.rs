@@ -23,11 +23,18 @@ pub struct Observed {
     pub parked: BTreeMap<String, u64>,
     pub targets: Vec<ObservedTarget>,
     pub vblades: Vec<RunningVblade>,
+    /// cowctl's devices left suspended (a commit with --pause that was killed).
+    pub suspended: Vec<String>,
 }
 
 impl Observed {
     pub fn read(k: &Kernel) -> Result<Observed> {
         let mut obs = Self::dm_devices(k, true)?;
+        for name in obs.dm.keys() {
+            if k.dm.suspended(name)? {
+                obs.suspended.push(name.clone());
+            }
+        }
         obs.loops = k.loops.list()?;
         obs.targets = Lio {
             fs: k.configfs.as_ref(),

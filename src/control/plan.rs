@@ -70,6 +70,10 @@ pub enum Action {
     FinishReset {
         pc: String,
     },
+    /// A commit with --pause was killed with the PC's device suspended.
+    Resume {
+        pc: String,
+    },
 }
 
 impl Action {
@@ -89,6 +93,7 @@ impl Action {
             Action::RemoveSnapshot { .. } => "remove snapshot",
             Action::DetachLoop { .. } => "detach loop",
             Action::FinishReset { .. } => "finish reset",
+            Action::Resume { .. } => "resume",
         }
     }
 
@@ -116,6 +121,7 @@ impl fmt::Display for Action {
             Action::RemoveSnapshot { name } => write!(f, "remove dm snapshot {name}"),
             Action::DetachLoop { dev, backing } => write!(f, "detach {} ({})", dev.display(), backing.display()),
             Action::FinishReset { pc } => write!(f, "finish the reset of {pc} that stopped half way (a fresh snapshot; its old COW goes)"),
+            Action::Resume { pc } => write!(f, "resume {}, left suspended by an image commit that did not finish", dm_name(pc)),
         }
     }
 }
@@ -162,6 +168,11 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
             actions.push(Action::AttachCow {
                 pc: pc.name.clone(),
                 path: pc.cow.clone(),
+            });
+        }
+        if obs.suspended.contains(&name) {
+            actions.push(Action::Resume {
+                pc: pc.name.clone(),
             });
         }
         match obs.dm.get(&name) {

@@ -76,10 +76,15 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&Onto>) -> Result<
     let (live, paused) = if obs.parked.contains_key(&name) {
         (true, finish_parked(ctx, obs, pc, &name, true)?)
     } else if obs.dm.contains_key(&name) {
-        (
-            true,
-            live_reset(ctx, obs, pc, &name, onto.and_then(|o| o.origin.as_ref()))?,
-        )
+        // The record is written with the fresh COW, before the PC's I/O resumes.
+        let paused = live_reset(ctx, obs, pc, &name, onto)?;
+        return Ok(Reset {
+            pc: pc.name.clone(),
+            live: true,
+            seconds: paused.as_secs_f64(),
+            total_seconds: start.elapsed().as_secs_f64(),
+            elapsed: paused,
+        });
     } else {
         if let Some(l) = obs.loops.iter().find(|l| same_file(&l.backing, &pc.cow)) {
             bail!(
@@ -202,7 +207,7 @@ fn live_reset(
     obs: &Observed,
     pc: &Pc,
     name: &str,
-    onto: Option<&LoopInfo>,
+    onto: Option<&Onto>,
 ) -> Result<Duration> {
     let k = ctx.kernel;
     let lio = Lio {
@@ -302,10 +307,11 @@ fn swap(
     table: &TableLine,
     discard: &Path,
     size: u64,
-    onto: Option<&LoopInfo>,
+    onto: Option<&Onto>,
 ) -> Result<()> {
     let k = ctx.kernel;
     let old_table = Target::snapshot(table);
+    let old_record = super::sidecar::read(&pc.cow)?;
     // 2. Park the device: the old snapshot is destroyed, nothing can write.
     k.dm.replace(name, &Target::error(table.length))?;
     // 3. A fresh COW at the same path, the old one set aside (never over another file).
@@ -320,14 +326,18 @@ fn swap(
         })?;
         crate::cowfile::create_empty(&pc.cow, size)?;
         created = true;
-        k.loops.attach(&pc.cow, false)
+        let l = k.loops.attach(&pc.cow, false)?;
+        // Before anything can write the fresh COW, its record names the image it is over:
+        // a crash from here on finishes the reset on that image.
+        super::sidecar::note_reset(&pc.cow, onto.map(|o| &o.golden))?;
+        Ok(l)
     })();
     match fresh {
         // 4. A fresh snapshot on the fresh COW (magic 0: the kernel starts a new store).
         Ok(new_loop) => {
             let mut line = table.clone();
             line.snapshot.cow = DevRef::Path(new_loop.dev.display().to_string());
-            if let Some(origin) = onto {
+            if let Some(origin) = onto.and_then(|o| o.origin.as_ref()) {
                 line.snapshot.origin = DevRef::Path(origin.dev.display().to_string());
             }
             k.dm.replace(name, &Target::snapshot(&line))
@@ -339,6 +349,9 @@ fn swap(
                     let _ = std::fs::remove_file(&pc.cow);
                 }
                 let _ = crate::durable::rename_new(discard, &pc.cow);
+                if let Some(old) = &old_record {
+                    let _ = super::sidecar::write(&pc.cow, old);
+                }
             }
             k.dm.replace(name, &old_table)?;
             Err(e)

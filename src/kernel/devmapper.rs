@@ -47,6 +47,8 @@ pub trait DeviceMapper: Send + Sync {
     /// Stops the device's I/O (in-flight I/O completes, new I/O waits) until `resume`.
     fn suspend(&self, name: &str) -> Result<()>;
     fn resume(&self, name: &str) -> Result<()>;
+    /// Whether the device is suspended (by a commit with --pause that did not finish).
+    fn suspended(&self, name: &str) -> Result<bool>;
     fn number(&self, name: &str) -> Result<DevNum>;
     /// The active table of a snapshot device (devices as major:minor).
     /// The device's table as the kernel prints it: "start length kind params".
@@ -207,6 +209,14 @@ impl DeviceMapper for IoctlDm {
         dm.device_suspend(&id, DmOptions::default())
             .with_context(|| format!("cannot resume {name}"))?;
         Ok(())
+    }
+
+    fn suspended(&self, name: &str) -> Result<bool> {
+        let (dm, id) = self.device(name)?;
+        let info = dm
+            .device_info(&id)
+            .with_context(|| format!("cannot read {name}'s state"))?;
+        Ok(info.flags().contains(DmFlags::DM_SUSPEND))
     }
 
     fn remove(&self, name: &str) -> Result<()> {

@@ -23,6 +23,7 @@ pub struct FakeDm {
     pub target: Target,
     /// What `status` answers after the target kind; default an empty snapshot.
     pub status: Option<String>,
+    pub suspended: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +57,17 @@ pub struct FakeState {
 
 #[derive(Clone, Default)]
 pub struct Fake(Arc<Mutex<FakeState>>);
+
+impl Fake {
+    fn set_suspended(&self, call: String, name: &str, on: bool) -> Result<()> {
+        let mut s = self.call(call)?;
+        let d =
+            s.dm.get_mut(name)
+                .ok_or_else(|| anyhow!("no dm device {name}"))?;
+        d.suspended = on;
+        Ok(())
+    }
+}
 
 impl Fake {
     /// A fake host with `lo` (127.0.0.1) and `eth0` (10.0.0.1) up.
@@ -213,6 +225,7 @@ impl DeviceMapper for Fake {
                 number,
                 target: table.clone(),
                 status: None,
+                suspended: false,
             },
         );
         Ok(number)
@@ -224,18 +237,19 @@ impl DeviceMapper for Fake {
                 .ok_or_else(|| anyhow!("no dm device {name}"))?;
         d.target = table.clone();
         d.status = None;
+        d.suspended = false;
         Ok(())
     }
     fn suspend(&self, name: &str) -> Result<()> {
-        let s = self.call(format!("dm suspend {name}"))?;
-        s.dm.get(name)
-            .map(drop)
-            .ok_or_else(|| anyhow!("no dm device {name}"))
+        self.set_suspended(format!("dm suspend {name}"), name, true)
     }
     fn resume(&self, name: &str) -> Result<()> {
-        let s = self.call(format!("dm resume {name}"))?;
+        self.set_suspended(format!("dm resume {name}"), name, false)
+    }
+    fn suspended(&self, name: &str) -> Result<bool> {
+        let s = self.traced(format!("dm suspended {name}"));
         s.dm.get(name)
-            .map(drop)
+            .map(|d| d.suspended)
             .ok_or_else(|| anyhow!("no dm device {name}"))
     }
     fn remove(&self, name: &str) -> Result<()> {

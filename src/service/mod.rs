@@ -266,9 +266,8 @@ impl Service {
         };
         let discard = discard_path(&pc.cow);
         let paused = slot
-            .quiesce(|old| swap_in_fresh_cow(&m, &pc, old, &discard))
+            .quiesce(|old| swap_in_fresh_cow(&m, &pc, old, &discard, onto))
             .with_context(|| format!("resetting {}", pc.name))?;
-        sidecar::note_reset(&pc.cow, onto)?;
         self.moved(&m, &pc);
         crate::control::reset::remove_discard(&discard)?;
         Ok(Reset {
@@ -417,6 +416,7 @@ fn swap_in_fresh_cow(
     pc: &Pc,
     old: Option<Served>,
     discard: &Path,
+    onto: Option<&sidecar::Golden>,
 ) -> (Option<Served>, Result<()>) {
     let Some(old) = old else {
         return (None, Err(anyhow!("{} is not being served", pc.name)));
@@ -437,7 +437,11 @@ fn swap_in_fresh_cow(
         ));
         return (Some(old), Err(e));
     }
-    let fresh = crate::cowfile::create_empty(&pc.cow, size).and_then(|()| open(m, pc));
+    let old_record = sidecar::read(&pc.cow).ok().flatten();
+    // The fresh COW's record names the image it is over before the PC can write to it.
+    let fresh = crate::cowfile::create_empty(&pc.cow, size)
+        .and_then(|()| open(m, pc))
+        .and_then(|s| sidecar::note_reset(&pc.cow, onto).map(|()| s));
     match fresh {
         Ok(s) => {
             old.engine.abandon();
@@ -446,6 +450,9 @@ fn swap_in_fresh_cow(
         Err(e) => {
             // The old engine still has its file open: put the name back and keep serving it.
             let _ = std::fs::remove_file(&pc.cow);
+            if let Some(old) = &old_record {
+                let _ = sidecar::write(&pc.cow, old);
+            }
             match crate::durable::rename_new(discard, &pc.cow) {
                 Ok(()) => (Some(old), Err(e)),
                 Err(e2) => (
