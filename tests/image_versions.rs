@@ -186,6 +186,39 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
     ]);
     assert!(e.contains("never overwritten"), "{e}");
 
+    // What other hypervisors build imports the same disk.
+    for format in ["vmdk", "vhdx", "vdi"] {
+        let file = room.path(&format!("built.{format}"));
+        let raw = room.path("built.raw");
+        common::kernel::sh(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                format,
+                raw.to_str().unwrap(),
+                file.to_str().unwrap(),
+            ],
+        );
+        let args = [
+            "image",
+            "import",
+            file.to_str().unwrap(),
+            "--image",
+            "g",
+            "--version",
+            format,
+        ];
+        let out = room.cowctl(&args);
+        assert!(
+            out.contains(&format!("as g@{format}")) && !out.contains("current"),
+            "{out}"
+        );
+        same(&room.version(format), &v1, &format!("{format} as imported"));
+    }
+
     room.cowctl(&["apply"]);
     // The maintenance PC installs something.
     room.write("pc-01", 0xaa, "1M", "64k");
@@ -298,13 +331,15 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
     let list = room.cowctl(&["image", "list"]);
     assert!(list.contains("current v1"), "{list}");
 
-    // Prune: v1 current, v2 under pc-03's COW, `paused` unused.
+    // Prune: v1 current, v2 under pc-03's COW, `paused` and the other imports unused.
     let out = room.cowctl(&["image", "prune", "g"]);
     assert!(
         out.contains("keep g@v1: current") && out.contains("keep g@v2: pc-03 run on it"),
         "{out}"
     );
-    assert!(out.contains("remove g@paused"), "{out}");
+    for unused in ["paused", "vmdk", "vhdx", "vdi"] {
+        assert!(out.contains(&format!("remove g@{unused} ")), "{out}");
+    }
     assert_eq!(room.versions(), ["v1", "v2"]);
 
     // A version changed behind cowctl's back is refused under the COWs made over it.

@@ -259,6 +259,42 @@ fn a_room_moves_between_versions_at_its_resets_on_the_kernel() {
     assert!(out.contains("remove g@spare"), "{out}");
     assert!(!site.path("versions/spare").exists());
 
+    // Commits killed at random points: every version there is whole, none is half made.
+    write_device(&node("pc-03"), 0, &[0x77; 1 << 20]);
+    let pc03 = read_device(&node("pc-03"));
+    let before = site.ok(&["image", "list", "--json"]);
+    for i in 0..8u64 {
+        let name = format!("k{i}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cowctl"))
+            .args(["-f", site.path("room.yaml").to_str().unwrap()])
+            .args(["image", "commit", "pc-03", "--version", &name])
+            .env("COWCTL_RUN_DIR", site.path("run"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(i * i * 4));
+        let _ = child.kill();
+        let _ = child.wait();
+        if site.path(&format!("versions/{name}")).exists() {
+            same(
+                &site.version(&name),
+                &pc03,
+                "a commit that finished before its kill",
+            );
+        }
+    }
+    site.ok(&["image", "prune", "g"]);
+    assert_eq!(
+        site.ok(&["image", "list", "--json"]),
+        before,
+        "the list is as before"
+    );
+    assert!(std::fs::read_dir(site.path("versions"))
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().starts_with('.')));
+
     // A version changed behind cowctl's back is refused under its COWs.
     site.ok(&["down"]);
     assert!(

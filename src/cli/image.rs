@@ -252,6 +252,7 @@ struct Row {
     promoted_to: Vec<String>,
 }
 
+/// One row per version, oldest first.
 fn rows(m: &Manifest, family: &str, store: &Store) -> Vec<Row> {
     let on = |key: &str| -> Vec<String> {
         m.pcs
@@ -260,7 +261,7 @@ fn rows(m: &Manifest, family: &str, store: &Store) -> Vec<Row> {
             .map(|p| p.name.clone())
             .collect()
     };
-    store
+    let mut rows: Vec<Row> = store
         .versions
         .values()
         .map(|v| {
@@ -293,7 +294,9 @@ fn rows(m: &Manifest, family: &str, store: &Store) -> Vec<Row> {
                     .collect(),
             }
         })
-        .collect()
+        .collect();
+    rows.sort_by(|a, b| (a.created, &a.version).cmp(&(b.created, &b.version)));
+    rows
 }
 
 fn list(m: &Manifest, only: Option<&str>, json: bool) -> Result<ExitCode> {

@@ -65,13 +65,23 @@ pub fn write_private(path: &std::path::Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-/// A TCP port on loopback that nothing listens on right now.
+/// A TCP port on loopback that nothing listens on right now, and that this test process
+/// has not handed out before: the kernel may give a port it just released again, and a
+/// manifest with `listen` and `admin_listen` on one port is refused.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Starts qemu-io writing each pattern in turn, `count` writes of `len` at `offset`
