@@ -19,11 +19,13 @@ cowctl=$repo/target/release/cowctl
 work=$(mktemp -d /var/tmp/cowctl-commit.XXXXXX)
 mnt=$work/mnt
 mkdir "$mnt"
+# Never fails: the bench's own result decides the exit status.
 cleanup() {
-    [[ -n ${COWCTL_MANIFEST:-} ]] && "$cowctl" down >/dev/null 2>&1 || true
+    [[ -n ${COWCTL_MANIFEST:-} ]] && "$cowctl" down >/dev/null 2>&1
     mountpoint -q "$mnt" 2>/dev/null && umount "$mnt" 2>/dev/null
-    [[ -s $work/loop ]] && losetup -d "$(cat "$work/loop")"
+    [[ -s $work/loop ]] && losetup -d "$(cat "$work/loop")" 2>/dev/null
     rm -rf "$work"
+    return 0
 }
 trap cleanup EXIT
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
@@ -112,7 +114,9 @@ echo "|---|---|---|---|---|---|"
 for row in "xfs $size_mib $data_mib" "xfs $((size_mib / 4)) $((data_mib / 4))" "ext4 $size_mib $data_mib"; do
     read -r fs s d <<<"$row"
     [[ -n ${BENCH_COMMIT_FS:-} && $fs != "$BENCH_COMMIT_FS" ]] && continue
-    read -r commit cp method < <(bench "$fs" "$s" "$d")
+    # In this shell, not a subshell: its unmount is over before the next file system starts.
+    bench "$fs" "$s" "$d" >"$work/result"
+    read -r commit cp method <"$work/result"
     # Throughput over the same data: the commit writes the parent's data and the changes.
     awk -v fs="$fs" -v s="$s" -v d="$d" -v c="$commit" -v p="$cp" -v m="$method" \
         'BEGIN {printf "| %s | %.1f GiB (%.1f GiB data) | %.2f s | %s | %.2f s | %.2f× |\n", fs, s / 1024, d / 1024, c, m, p, p / c}'
