@@ -92,7 +92,7 @@ fn import(m: &Manifest, c: ImageCommand, json: bool) -> Result<ExitCode> {
     else {
         unreachable!("an import")
     };
-    let (_, store) = image::open(m, &image)?;
+    let store = image::open(m, &image)?;
     let v = image::import(&store, &src, name(version)?, &note)?;
     if json {
         return print_json(&v).map(|()| ExitCode::SUCCESS);
@@ -189,7 +189,7 @@ fn promote(
     pcs: &[String],
     json: bool,
 ) -> Result<ExitCode> {
-    let (_, store) = image::open(m, family)?;
+    let store = image::open(m, family)?;
     let v: VersionName = version.parse().map_err(|e: String| anyhow!(e))?;
     for pc in pcs {
         match m.pc(pc) {
@@ -371,21 +371,8 @@ fn print_table(rows: &[Row]) {
             r.note.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..t[0].len())
-        .map(|c| {
-            t.iter()
-                .map(|row| row[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in &t {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:w$}"))
-            .collect();
-        println!("  {}", cells.join("  ").trim_end());
+    for line in crate::control::status::align(&t) {
+        println!("  {line}");
     }
 }
 
@@ -411,7 +398,7 @@ fn utc(secs: u64) -> String {
 }
 
 fn prune(m: &Manifest, family: &str, dry_run: bool, json: bool) -> Result<ExitCode> {
-    let (_, store) = image::open(m, family)?;
+    let store = image::open(m, family)?;
     let plan = image::prune_plan(m, &store, family);
     if json {
         print_json(&plan)?;

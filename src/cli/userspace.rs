@@ -108,7 +108,10 @@ pub fn reset(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
         Some(r) => r.resets,
         None => selected
             .iter()
-            .map(|pc| crate::control::reset::reset_file(m, pc))
+            .map(|pc| {
+                let due = crate::image::due(m, pc)?;
+                crate::control::reset::reset_file(pc, due.as_ref().map(|(_, g)| g))
+            })
             .collect::<Result<_>>()?,
     };
     print_resets(

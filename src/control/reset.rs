@@ -73,18 +73,13 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&Onto>) -> Result<
     // A reset that died half way is finished on the version it was on; the PC moves at
     // its next reset.
     let onto = onto.filter(|_| !obs.parked.contains_key(&name));
-    let (live, paused) = if obs.parked.contains_key(&name) {
-        (true, finish_parked(ctx, obs, pc, &name, true)?)
+    let paused = if obs.parked.contains_key(&name) {
+        let paused = finish_parked(ctx, obs, pc, &name, true)?;
+        super::sidecar::note_reset(&pc.cow, None)?;
+        paused
     } else if obs.dm.contains_key(&name) {
         // The record is written with the fresh COW, before the PC's I/O resumes.
-        let paused = live_reset(ctx, obs, pc, &name, onto)?;
-        return Ok(Reset {
-            pc: pc.name.clone(),
-            live: true,
-            seconds: paused.as_secs_f64(),
-            total_seconds: start.elapsed().as_secs_f64(),
-            elapsed: paused,
-        });
+        live_reset(ctx, obs, pc, &name, onto)?
     } else {
         if let Some(l) = obs.loops.iter().find(|l| same_file(&l.backing, &pc.cow)) {
             bail!(
@@ -96,13 +91,11 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&Onto>) -> Result<
                 pc.name
             );
         }
-        crate::cowfile::reset(&pc.cow)?;
-        (false, start.elapsed())
+        return reset_file(pc, onto.map(|o| &o.golden));
     };
-    super::sidecar::note_reset(&pc.cow, onto.map(|o| &o.golden))?;
     Ok(Reset {
         pc: pc.name.clone(),
-        live,
+        live: true,
         seconds: paused.as_secs_f64(),
         total_seconds: start.elapsed().as_secs_f64(),
         elapsed: paused,
@@ -165,14 +158,12 @@ fn detach_unused_versions(ctx: &Ctx) -> Result<()> {
     let mut origins = Vec::new();
     for name in k.dm.list(super::PREFIX)? {
         if let Ok(t) = k.dm.table(&name) {
-            origins.push(t.snapshot.origin.to_string());
+            origins.push(t.snapshot.origin);
         }
     }
     let versions = crate::image::Store::disks_of(ctx.manifest);
     for l in k.loops.list()? {
-        let unused = !origins
-            .iter()
-            .any(|o| *o == l.number.to_string() || *o == l.dev.display().to_string());
+        let unused = !origins.iter().any(|o| names_loop(o, &l));
         if l.read_only && unused && versions.iter().any(|v| same_file(v, &l.backing)) {
             k.loops.detach(&l.dev)?;
         }
@@ -181,17 +172,19 @@ fn detach_unused_versions(ctx: &Ctx) -> Result<()> {
 }
 
 fn loop_of<'a>(obs: &'a Observed, d: &DevRef) -> Option<&'a LoopInfo> {
-    obs.loops.iter().find(|l| {
-        d.to_string() == l.number.to_string() || d.to_string() == l.dev.display().to_string()
-    })
+    obs.loops.iter().find(|l| names_loop(d, l))
 }
 
-/// Resets a COW file that nothing serves, in place; a PC due for another image version is
-/// recorded as over it now.
-pub fn reset_file(m: &crate::manifest::Manifest, pc: &Pc) -> Result<Reset> {
-    let due = crate::image::due(m, pc)?;
+/// A table names a device by number or by node: either way, is it this loop?
+fn names_loop(d: &DevRef, l: &LoopInfo) -> bool {
+    d.to_string() == l.number.to_string() || d.to_string() == l.dev.display().to_string()
+}
+
+/// Resets a COW file that nothing serves, in place; when the PC moves to another image
+/// version, `onto` is the one its record names now.
+pub fn reset_file(pc: &Pc, onto: Option<&Golden>) -> Result<Reset> {
     let r = crate::cowfile::reset(&pc.cow)?;
-    super::sidecar::note_reset(&pc.cow, due.as_ref().map(|(_, g)| g))?;
+    super::sidecar::note_reset(&pc.cow, onto)?;
     Ok(Reset {
         pc: pc.name.clone(),
         live: false,

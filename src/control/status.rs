@@ -193,6 +193,32 @@ pub fn row(
     }
 }
 
+/// A table's rows as lines, each column as wide as its widest cell (in characters: cells
+/// may hold an arrow), two spaces apart.
+pub fn align(table: &[Vec<String>]) -> Vec<String> {
+    let columns = table.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            table
+                .iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    table
+        .iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:w$}"))
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect()
+}
+
 /// The status table and a warning line per PC over the threshold.
 pub fn render(rows: &[PcStatus], warn_percent: f64) -> String {
     use crate::units::human;
@@ -235,17 +261,9 @@ pub fn render(rows: &[PcStatus], warn_percent: f64) -> String {
             initiators,
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|c| table.iter().map(|row| row[c].len()).max().unwrap_or(0))
-        .collect();
     let mut out = String::new();
-    for row in &table {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
+    for line in align(&table) {
+        out.push_str(&line);
         out.push('\n');
     }
     for r in rows {

@@ -126,8 +126,8 @@ pub fn golden_of(store: &Store, v: &Version) -> Golden {
     }
 }
 
-/// A versioned image of the manifest and its store.
-pub fn open(m: &Manifest, image: &str) -> Result<(Image, Store)> {
+/// The store of a versioned image of the manifest.
+pub fn open(m: &Manifest, image: &str) -> Result<Store> {
     let family = image.split('@').next().unwrap_or(image);
     let img = m
         .images
@@ -141,7 +141,7 @@ pub fn open(m: &Manifest, image: &str) -> Result<(Image, Store)> {
             m.path.display()
         );
     };
-    Ok((img.clone(), Store::open(dir)?))
+    Store::open(dir)
 }
 
 /// What a new version records, made of the disk in `incoming` (already synced).

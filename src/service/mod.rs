@@ -239,36 +239,23 @@ impl Service {
         let start = Instant::now();
         // A PC due for another image version moves to it with its fresh COW.
         let due = crate::image::due(m, pc)?;
-        if self.registry.get(&pc.name).is_none() {
-            let r = crate::control::reset::reset_file(m, pc)?;
-            if let Some((image, _)) = &due {
-                let mut m = m.clone();
-                m.images.insert(image.name.clone(), image.clone());
-                let mut pc = pc.clone();
-                pc.image = image.name.clone();
-                self.moved(&m, &pc);
-            }
-            return Ok(r);
-        }
-        let (m, pc) = match &due {
-            Some((image, _)) => {
-                let mut m = m.clone();
-                m.images.insert(image.name.clone(), image.clone());
-                let mut pc = pc.clone();
-                pc.image = image.name.clone();
-                (m, pc)
-            }
-            None => (m.clone(), pc.clone()),
-        };
         let onto = due.as_ref().map(|(_, g)| g);
         let Some(slot) = self.registry.get(&pc.name) else {
-            bail!("{} stopped being served during its reset", pc.name);
+            let r = crate::control::reset::reset_file(pc, onto)?;
+            self.moved(&pc.name, due.as_ref());
+            return Ok(r);
         };
+        // The fresh engine opens over the version the PC moves to.
+        let (mut m, mut pc) = (m.clone(), pc.clone());
+        if let Some((image, _)) = &due {
+            m.images.insert(image.name.clone(), image.clone());
+            pc.image = image.name.clone();
+        }
         let discard = discard_path(&pc.cow);
         let paused = slot
             .quiesce(|old| swap_in_fresh_cow(&m, &pc, old, &discard, onto))
             .with_context(|| format!("resetting {}", pc.name))?;
-        self.moved(&m, &pc);
+        self.moved(&pc.name, due.as_ref());
         crate::control::reset::remove_discard(&discard)?;
         Ok(Reset {
             pc: pc.name.clone(),
@@ -280,13 +267,12 @@ impl Service {
     }
 
     /// Status and later resets see the image version a reset moved `pc` to.
-    fn moved(&self, m: &Manifest, pc: &Pc) {
+    fn moved(&self, pc: &str, due: Option<&(crate::manifest::Image, sidecar::Golden)>) {
+        let Some((image, _)) = due else { return };
         let mut mine = self.manifest.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(image) = m.images.get(&pc.image) {
-            mine.images.insert(image.name.clone(), image.clone());
-        }
-        if let Some(p) = mine.pcs.iter_mut().find(|p| p.name == pc.name) {
-            p.image = pc.image.clone();
+        mine.images.insert(image.name.clone(), image.clone());
+        if let Some(p) = mine.pcs.iter_mut().find(|p| p.name == pc) {
+            p.image = image.name.clone();
         }
     }
 
