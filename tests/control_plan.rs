@@ -52,9 +52,14 @@ impl Room {
             &edit(manifest_text(self.dir.path())),
         )
         .unwrap();
+        self.ctx_on(&m, f)
+    }
+
+    /// Runs `f` on the room's fake kernel, with `m` as the manifest and what it observes now.
+    fn ctx_on<T>(&self, m: &Manifest, f: impl FnOnce(&Ctx, &Observed) -> T) -> T {
         let kernel = self.fake.kernel();
         let ctx = Ctx {
-            manifest: &m,
+            manifest: m,
             kernel: &kernel,
             run_dir: self.run_dir(),
         };
@@ -66,14 +71,7 @@ impl Room {
     }
 
     fn ctx_do<T>(&self, f: impl FnOnce(&Ctx, &Observed) -> T) -> T {
-        let kernel = self.fake.kernel();
-        let ctx = Ctx {
-            manifest: &self.manifest,
-            kernel: &kernel,
-            run_dir: self.run_dir(),
-        };
-        let obs = Observed::read(&kernel).unwrap();
-        f(&ctx, &obs)
+        self.ctx_on(&self.manifest, f)
     }
 
     fn plan(&self) -> anyhow::Result<Vec<Action>> {
@@ -846,9 +844,12 @@ fn versioned_room() -> Room {
 }
 
 impl Room {
-    /// The manifest as `cowctl` loads it now (each PC on its COW's version).
-    fn reloaded(&self) -> Manifest {
-        Manifest::load(&self.dir.path().join("room.yaml")).unwrap()
+    /// Runs `f` with the manifest as `cowctl` loads it now (each PC on its COW's version).
+    fn ctx_reloaded<T>(&self, f: impl FnOnce(&Ctx, &Observed) -> T) -> T {
+        self.ctx_on(
+            &Manifest::load(&self.dir.path().join("room.yaml")).unwrap(),
+            f,
+        )
     }
 
     fn origin_of(&self, pc: &str) -> PathBuf {
@@ -872,18 +873,13 @@ fn resets_move_pcs_to_the_promoted_version_and_free_the_old_versions_loop() {
     let store = cowctl::image::Store::open(&d).unwrap();
     cowctl::image::promote(&store, &"v2".parse().unwrap(), &[]).unwrap();
     room.fake.clear_log();
-    let m = room.reloaded();
-    let kernel = room.fake.kernel();
-    let ctx = Ctx {
-        manifest: &m,
-        kernel: &kernel,
-        run_dir: room.run_dir(),
-    };
-    let obs = Observed::read(&kernel).unwrap();
-    let pcs = [m.pc("pc-1").unwrap(), m.pc("pc-2").unwrap()];
-    for r in reset::reset_many(&ctx, &obs, &pcs) {
-        r.unwrap();
-    }
+    room.ctx_reloaded(|ctx, obs| {
+        let m = ctx.manifest;
+        let pcs = [m.pc("pc-1").unwrap(), m.pc("pc-2").unwrap()];
+        for r in reset::reset_many(ctx, obs, &pcs) {
+            r.unwrap();
+        }
+    });
     let log = room.fake.log();
     let attach_v2 = format!("loop attach {} ro", v2.display());
     assert_eq!(
@@ -905,17 +901,12 @@ fn resets_move_pcs_to_the_promoted_version_and_free_the_old_versions_loop() {
     assert_eq!(sidecar.image, v2);
 
     // The last PC on v1 leaves: its loop goes.
-    let m = room.reloaded();
-    assert_eq!(m.pc("pc-1").unwrap().image, "g@v2");
-    assert_eq!(m.pc("pc-3").unwrap().image, "g@v1");
-    let kernel = room.fake.kernel();
-    let ctx = Ctx {
-        manifest: &m,
-        kernel: &kernel,
-        run_dir: room.run_dir(),
-    };
-    let obs = Observed::read(&kernel).unwrap();
-    reset::reset(&ctx, &obs, m.pc("pc-3").unwrap()).unwrap();
+    room.ctx_reloaded(|ctx, obs| {
+        let m = ctx.manifest;
+        assert_eq!(m.pc("pc-1").unwrap().image, "g@v2");
+        assert_eq!(m.pc("pc-3").unwrap().image, "g@v1");
+        reset::reset(ctx, obs, m.pc("pc-3").unwrap()).unwrap();
+    });
     assert_eq!(room.origin_of("pc-3"), v2);
     let s = room.fake.state();
     assert!(

@@ -9,19 +9,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const SIZE: usize = 8 << 20;
+use common::kernel::Rng;
+use common::{assert_same, filled};
 
-fn pattern(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[0]
-        })
-        .collect()
-}
+const SIZE: usize = 8 << 20;
 
 struct Room {
     dir: tempfile::TempDir,
@@ -88,18 +79,7 @@ impl Room {
     fn read(&self, pc: &str) -> Vec<u8> {
         let out = self.path(&format!("{pc}.read"));
         let _ = std::fs::remove_file(&out);
-        common::kernel::sh(
-            "qemu-img",
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "raw",
-                &self.uri(pc),
-                out.to_str().unwrap(),
-            ],
-        );
+        common::qemu_img_convert(&self.uri(pc), "raw", out.to_str().unwrap());
         std::fs::read(&out).unwrap()
     }
 
@@ -124,18 +104,6 @@ impl Drop for Room {
     }
 }
 
-fn with(mut disk: Vec<u8>, byte: u8, at: usize, len: usize) -> Vec<u8> {
-    disk[at..at + len].fill(byte);
-    disk
-}
-
-fn same(got: &[u8], want: &[u8], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: sizes differ");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!("{what}: first difference at byte {i}");
-    }
-}
-
 #[test]
 fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
     let room = Room::new();
@@ -147,19 +115,12 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
     );
 
     // v1 from a qcow2 file, as an admin builds it in a VM.
-    let v1 = pattern(1, SIZE);
+    let v1 = Rng(1).bytes(SIZE);
     std::fs::write(room.path("built.raw"), &v1).unwrap();
-    common::kernel::sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            room.path("built.raw").to_str().unwrap(),
-            room.path("built.qcow2").to_str().unwrap(),
-        ],
+    common::qemu_img_convert(
+        room.path("built.raw").to_str().unwrap(),
+        "qcow2",
+        room.path("built.qcow2").to_str().unwrap(),
     );
     let out = room.cowctl(&[
         "image",
@@ -174,7 +135,7 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
         out.contains("as g@v1") && out.contains("it is current"),
         "{out}"
     );
-    same(&room.version("v1"), &v1, "v1 as imported");
+    assert_same(&room.version("v1"), &v1, "v1 as imported");
     let e = room.refused(&[
         "image",
         "import",
@@ -190,18 +151,7 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
     for format in ["vmdk", "vhdx", "vdi"] {
         let file = room.path(&format!("built.{format}"));
         let raw = room.path("built.raw");
-        common::kernel::sh(
-            "qemu-img",
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                format,
-                raw.to_str().unwrap(),
-                file.to_str().unwrap(),
-            ],
-        );
+        common::qemu_img_convert(raw.to_str().unwrap(), format, file.to_str().unwrap());
         let args = [
             "image",
             "import",
@@ -216,7 +166,7 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
             out.contains(&format!("as g@{format}")) && !out.contains("current"),
             "{out}"
         );
-        same(&room.version(format), &v1, &format!("{format} as imported"));
+        assert_same(&room.version(format), &v1, &format!("{format} as imported"));
     }
 
     room.cowctl(&["apply"]);
@@ -224,8 +174,8 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
     room.write("pc-01", 0xaa, "1M", "64k");
     room.write("pc-02", 0x22, "2M", "4k");
     room.write("pc-03", 0x33, "3M", "4k");
-    let maintained = with(v1.clone(), 0xaa, 1 << 20, 64 << 10);
-    same(&room.read("pc-01"), &maintained, "pc-01 before the commit");
+    let maintained = filled(v1.clone(), 0xaa, 1 << 20, 64 << 10);
+    assert_same(&room.read("pc-01"), &maintained, "pc-01 before the commit");
 
     // In use: refused, unless paused.
     let mut holder = Command::new("qemu-io")
@@ -264,8 +214,8 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
         out.contains("committed pc-01 as g@v2 (parent v1)") && out.contains("64.0 KiB changed"),
         "{out}"
     );
-    same(&room.version("v2"), &maintained, "v2 is what pc-01 showed");
-    same(
+    assert_same(&room.version("v2"), &maintained, "v2 is what pc-01 showed");
+    assert_same(
         &room.version("paused"),
         &maintained,
         "the paused commit too",
@@ -299,20 +249,20 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
         .find(|r| r["version"] == "v2")
         .unwrap();
     assert_eq!(v2row["moving_here"], serde_json::json!(["pc-02"]));
-    same(
+    assert_same(
         &room.read("pc-02"),
-        &with(v1.clone(), 0x22, 2 << 20, 4096),
+        &filled(v1.clone(), 0x22, 2 << 20, 4096),
         "pc-02 before its reset",
     );
     room.cowctl(&["reset", "pc-02"]);
-    same(&room.read("pc-02"), &maintained, "pc-02 on v2");
-    same(
+    assert_same(&room.read("pc-02"), &maintained, "pc-02 on v2");
+    assert_same(
         &room.read("pc-03"),
-        &with(v1.clone(), 0x33, 3 << 20, 4096),
+        &filled(v1.clone(), 0x33, 3 << 20, 4096),
         "pc-03 untouched on v1",
     );
     room.cowctl(&["reset", "pc-03"]);
-    same(&room.read("pc-03"), &v1, "pc-03 reset, still v1");
+    assert_same(&room.read("pc-03"), &v1, "pc-03 reset, still v1");
 
     // The room: everyone but the maintenance PC moves at `reset --all`.
     room.cowctl(&["image", "promote", "g", "v2"]);
@@ -321,13 +271,13 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
         !out.contains("pc-01"),
         "the maintenance PC keeps its changes: {out}"
     );
-    same(&room.read("pc-03"), &maintained, "pc-03 on v2");
-    same(&room.read("pc-01"), &maintained, "pc-01 kept its COW");
+    assert_same(&room.read("pc-03"), &maintained, "pc-03 on v2");
+    assert_same(&room.read("pc-01"), &maintained, "pc-01 kept its COW");
 
     // Rollback is promoting the older version.
     room.cowctl(&["image", "promote", "g", "v1"]);
     room.cowctl(&["reset", "pc-02"]);
-    same(&room.read("pc-02"), &v1, "pc-02 rolled back");
+    assert_same(&room.read("pc-02"), &v1, "pc-02 rolled back");
     let list = room.cowctl(&["image", "list"]);
     assert!(list.contains("current v1"), "{list}");
 
@@ -355,7 +305,7 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
 #[test]
 fn a_commit_killed_at_any_point_leaves_no_half_version() {
     let room = Room::new();
-    let v1 = pattern(2, SIZE);
+    let v1 = Rng(2).bytes(SIZE);
     std::fs::write(room.path("v1.raw"), &v1).unwrap();
     room.cowctl(&[
         "image",
@@ -367,7 +317,7 @@ fn a_commit_killed_at_any_point_leaves_no_half_version() {
     room.cowctl(&["apply"]);
     room.write("pc-02", 0x5a, "0", "4M");
     room.cowctl(&["down"]);
-    let want = with(v1, 0x5a, 0, 4 << 20);
+    let want = filled(v1, 0x5a, 0, 4 << 20);
     let mut whole = 0;
     for i in 0..12u64 {
         let name = format!("k{i}");
@@ -385,7 +335,7 @@ fn a_commit_killed_at_any_point_leaves_no_half_version() {
         let versions = room.versions();
         if versions.contains(&name) {
             whole += 1;
-            same(&room.version(&name), &want, "a commit that finished");
+            assert_same(&room.version(&name), &want, "a commit that finished");
         }
         assert!(
             versions.iter().all(|v| v == "v1" || v.starts_with('k')),

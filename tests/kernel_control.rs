@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::kernel::{modprobe, read_device, require_vm, sh, write_device, Iscsid, Rng};
+use common::kernel::{modprobe_room, read_device, require_vm, sh, write_device, Iscsid, Rng};
 
 const GOLDEN: usize = 8 << 20;
 /// The master CHAP secret; each PC's own is derived from it.
@@ -32,15 +32,7 @@ impl Site {
     /// CHAP, pc-3 over AoE on lo.
     fn new() -> Site {
         require_vm();
-        for m in [
-            "dm-snapshot",
-            "loop",
-            "target_core_mod",
-            "target_core_iblock",
-            "iscsi_target_mod",
-        ] {
-            modprobe(m);
-        }
+        modprobe_room();
         let dir = tempfile::tempdir().unwrap();
         let golden = Rng(42).bytes(GOLDEN);
         std::fs::write(dir.path().join("golden.img"), &golden).unwrap();

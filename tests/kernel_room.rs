@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::kernel::{modprobe, require_vm, sh, write_device, AlignedBuf, Rng};
+use common::kernel::{modprobe_room, require_vm, sh, write_device, AlignedBuf, Rng};
 
 const PCS: usize = 200;
 const GOLDEN: usize = 1 << 20;
@@ -86,14 +86,7 @@ fn count(path: &str, prefix: &str) -> usize {
 #[ignore = "needs the real kernel: scripts/test-kernel.sh"]
 fn a_room_of_200_pcs_applies_resets_at_once_and_comes_down_clean() {
     require_vm();
-    for m in [
-        "dm-snapshot",
-        "loop",
-        "target_core_iblock",
-        "iscsi_target_mod",
-    ] {
-        modprobe(m);
-    }
+    modprobe_room();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let golden = Rng(200).bytes(GOLDEN);

@@ -12,7 +12,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::kernel::{modprobe, read_device, require_vm, sh, write_device, Iscsid, Rng};
+use common::kernel::{modprobe_room, read_device, require_vm, sh, write_device, Iscsid, Rng};
+use common::{assert_same, filled};
 
 const SIZE: usize = 8 << 20;
 const TARGET1: &str = "iqn.2024-01.lan.ver:pc-01";
@@ -24,15 +25,7 @@ struct Site {
 impl Site {
     fn new() -> Site {
         require_vm();
-        for m in [
-            "dm-snapshot",
-            "loop",
-            "target_core_mod",
-            "target_core_iblock",
-            "iscsi_target_mod",
-        ] {
-            modprobe(m);
-        }
+        modprobe_room();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("cow")).unwrap();
         let d = dir.path().display();
@@ -127,18 +120,6 @@ fn node(pc: &str) -> PathBuf {
     PathBuf::from(format!("/dev/dm-{}", minor.trim()))
 }
 
-fn with(mut disk: Vec<u8>, byte: u8, at: usize, len: usize) -> Vec<u8> {
-    disk[at..at + len].fill(byte);
-    disk
-}
-
-fn same(got: &[u8], want: &[u8], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: sizes differ");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!("{what}: first difference at byte {i}");
-    }
-}
-
 #[test]
 #[ignore = "needs the real kernel: scripts/test-kernel.sh"]
 fn a_room_moves_between_versions_at_its_resets_on_the_kernel() {
@@ -163,10 +144,10 @@ fn a_room_moves_between_versions_at_its_resets_on_the_kernel() {
     write_device(&node("pc-02"), 2 << 20, &[0x22; 4096]);
     write_device(&node("pc-03"), 3 << 20, &[0x33; 4096]);
     let shown = read_device(&node("pc-01"));
-    same(
+    assert_same(
         &shown,
-        &with(
-            with(v1.clone(), 0xaa, 1 << 20, 64 << 10),
+        &filled(
+            filled(v1.clone(), 0xaa, 1 << 20, 64 << 10),
             0xab,
             SIZE - 4096,
             4096,
@@ -185,17 +166,17 @@ fn a_room_moves_between_versions_at_its_resets_on_the_kernel() {
     );
     let out = site.ok(&["image", "commit", "pc-01", "--pause", "--version", "spare"]);
     assert!(out.contains("as g@spare"), "{out}");
-    same(
+    assert_same(
         &read_device(&disk),
         &shown,
         "the session reads on after the paused commit",
     );
     iscsid.logout("i1", TARGET1);
-    same(&site.version("spare"), &shown, "the paused commit");
+    assert_same(&site.version("spare"), &shown, "the paused commit");
 
     let out = site.ok(&["image", "commit", "pc-01", "--note", "maintenance"]);
     assert!(out.contains("committed pc-01 as g@v2 (parent v1)"), "{out}");
-    same(
+    assert_same(
         &site.version("v2"),
         &shown,
         "v2 is what /dev/mapper/cowctl-pc-01 showed",
@@ -211,10 +192,10 @@ fn a_room_moves_between_versions_at_its_resets_on_the_kernel() {
         "{status}"
     );
     site.ok(&["reset", "pc-02"]);
-    same(&read_device(&node("pc-02")), &shown, "pc-02 on v2");
-    same(
+    assert_same(&read_device(&node("pc-02")), &shown, "pc-02 on v2");
+    assert_same(
         &read_device(&node("pc-03")),
-        &with(v1.clone(), 0x33, 3 << 20, 4096),
+        &filled(v1.clone(), 0x33, 3 << 20, 4096),
         "pc-03 untouched",
     );
     assert_eq!(site.version_loops(), ["v1", "v2"]);
@@ -223,14 +204,14 @@ fn a_room_moves_between_versions_at_its_resets_on_the_kernel() {
     site.ok(&["image", "promote", "g", "v2"]);
     let out = site.ok(&["reset", "--all"]);
     assert!(!out.contains("pc-01"), "{out}");
-    same(&read_device(&node("pc-03")), &shown, "pc-03 on v2");
-    same(
+    assert_same(&read_device(&node("pc-03")), &shown, "pc-03 on v2");
+    assert_same(
         &read_device(&node("pc-01")),
         &shown,
         "pc-01 kept its changes",
     );
     site.ok(&["reset", "pc-01"]);
-    same(
+    assert_same(
         &read_device(&node("pc-01")),
         &shown,
         "pc-01 on v2 with a fresh COW",
@@ -244,7 +225,7 @@ fn a_room_moves_between_versions_at_its_resets_on_the_kernel() {
     // Rollback.
     site.ok(&["image", "promote", "g", "v1"]);
     site.ok(&["reset", "pc-02"]);
-    same(&read_device(&node("pc-02")), &v1, "pc-02 rolled back to v1");
+    assert_same(&read_device(&node("pc-02")), &v1, "pc-02 rolled back to v1");
     assert_eq!(site.version_loops(), ["v1", "v2"]);
 
     // Prune keeps what is in use and removes the spare.
@@ -277,7 +258,7 @@ fn a_room_moves_between_versions_at_its_resets_on_the_kernel() {
         let _ = child.kill();
         let _ = child.wait();
         if site.path(&format!("versions/{name}")).exists() {
-            same(
+            assert_same(
                 &site.version(&name),
                 &pc03,
                 "a commit that finished before its kill",

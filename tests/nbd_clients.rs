@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::assert_same;
 use common::kernel::sh as run;
 
 use std::path::{Path, PathBuf};
@@ -100,14 +101,6 @@ impl Room {
 impl Drop for Room {
     fn drop(&mut self) {
         let _ = self.cowctl_output(&["down"]);
-    }
-}
-
-/// The first byte where two disks differ, for a readable failure.
-fn assert_same(got: &[u8], want: &[u8], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: sizes differ");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!("{what}: byte {i} is {} but should be {}", got[i], want[i]);
     }
 }
 

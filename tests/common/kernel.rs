@@ -38,6 +38,19 @@ pub fn modprobe(module: &str) {
     sh("modprobe", &[module]);
 }
 
+/// What a kernel room needs: dm-snapshot, loop devices and LIO's iSCSI target.
+pub fn modprobe_room() {
+    for m in [
+        "dm-snapshot",
+        "loop",
+        "target_core_mod",
+        "target_core_iblock",
+        "iscsi_target_mod",
+    ] {
+        modprobe(m);
+    }
+}
+
 /// Appends a line the kernel printed to the results folder, for the parser's round-trip data.
 pub fn record_line(line: &str) {
     if let Some(dir) = std::env::var_os("COWCTL_RESULTS") {

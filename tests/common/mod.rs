@@ -65,6 +65,28 @@ pub fn write_private(path: &std::path::Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// Fails with the first byte where two disks differ, for a readable failure.
+pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: sizes differ");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{what}: byte {i} is {} but should be {}", got[i], want[i]);
+    }
+}
+
+/// `disk` with `len` bytes from `at` set to `byte`: what a disk reads after that write.
+pub fn filled(mut disk: Vec<u8>, byte: u8, at: usize, len: usize) -> Vec<u8> {
+    disk[at..at + len].fill(byte);
+    disk
+}
+
+/// `qemu-img convert -f raw -O FORMAT FROM TO`.
+pub fn qemu_img_convert(from: &str, format: &str, to: &str) {
+    kernel::sh(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", format, from, to],
+    );
+}
+
 /// A TCP port on loopback that nothing listens on right now, and that this test process
 /// has not handed out before: the kernel may give a port it just released again, and a
 /// manifest with `listen` and `admin_listen` on one port is refused.
