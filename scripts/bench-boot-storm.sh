@@ -25,7 +25,7 @@ gcc -O2 -Wall -pthread -o "$work/boot-storm" scripts/bench/boot-storm.c -liscsi
 head -c $(((read_mib + 212) << 20)) /dev/urandom >"$work/golden.img"
 cp "$work/golden.img" "$work/tgt.img" # tgt serves a copy: nothing may write the golden image
 prefix=iqn.2024-01.lan.storm
-port=$(free_port) nbd=$(free_port)
+read -r port nbd tport < <(free_ports 3)
 mkdir "$work/cow"
 cat >"$COWCTL_MANIFEST" <<YAML
 backend: userspace
@@ -50,7 +50,7 @@ YAML
 target/release/cowctl apply >/dev/null
 serve_pid=$(cat "$COWCTL_RUN_DIR/serve.pid")
 
-tport=$(free_port) control=$((20000 + RANDOM % 10000))
+control=$((20000 + RANDOM % 10000))
 tgtd -C "$control" -f --iscsi "portal=127.0.0.1:$tport" >"$work/tgt.log" 2>&1 &
 tgtd_pid=$!
 for _ in $(seq 50); do tgtadm -C "$control" --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done

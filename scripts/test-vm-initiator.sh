@@ -19,7 +19,7 @@ work=$(mktemp -d /tmp/cowctl-vm-initiator.XXXXXX)
 export COWCTL_RUN_DIR=$work/run COWCTL_MANIFEST=$work/room.yaml
 trap 'target/release/cowctl down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 source scripts/lib/iscsi.sh
-port=$(free_port) nbd=$(free_port) http=$(free_port) admin=$(free_port)
+read -r port nbd http admin < <(free_ports 4)
 head -c $((64 << 20)) /dev/urandom >"$work/golden.img"
 before=$(sha256sum <"$work/golden.img")
 mkdir "$work/cow"

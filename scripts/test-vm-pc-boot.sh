@@ -11,7 +11,7 @@ cd "$repo"
 scripts/vm.sh prepare
 cargo build --release --quiet --bins
 source scripts/lib/iscsi.sh
-iscsi=$(free_port) http=$(free_port)
+read -r iscsi http < <(free_ports 2)
 results=$(mktemp -d /tmp/cowctl-vm-pc-boot.XXXXXX)
 vm_log=$results/vm.log
 COWCTL_VM_NET=1 COWCTL_VM_FWD="$iscsi $http" COWCTL_VM_RESULTS=$results COWCTL_VM_TIMEOUT=900 \

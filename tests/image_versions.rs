@@ -271,6 +271,7 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
         !out.contains("pc-01"),
         "the maintenance PC keeps its changes: {out}"
     );
+    assert!(out.contains("reset 2 of 2 PCs in "), "{out}");
     assert_same(&room.read("pc-03"), &maintained, "pc-03 on v2");
     assert_same(&room.read("pc-01"), &maintained, "pc-01 kept its COW");
 

@@ -1,13 +1,21 @@
 # Shared by the iSCSI scripts (sourced): free loopback ports, a one-PC room served by
 # cowctl serve's iSCSI target, and tgt serving a plain file, the yardstick.
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# free_ports N: N distinct free TCP ports on loopback, held open together while chosen so
+# no two are the same (one at a time, the kernel may hand the same port out twice).
+free_ports() {
+    python3 -c 'import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
+}
+free_port() { free_ports 1; }
 
 # serve_room WORK PREFIX PC COW_SIZE CHUNK: writes $COWCTL_MANIFEST for one open-ACL PC on
 # WORK/golden.img and applies it; sets cowctl_url.
 serve_room() {
     local work=$1 prefix=$2 pc=$3 size=$4 chunk=$5 port nbd
-    port=$(free_port) nbd=$(free_port)
+    read -r port nbd < <(free_ports 2)
     mkdir -p "$work/cow"
     cat >"$COWCTL_MANIFEST" <<YAML
 backend: userspace

@@ -104,7 +104,8 @@ pub fn reset(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
     let request = Request::Reset {
         pcs: selected.iter().map(|p| p.name.clone()).collect(),
     };
-    let resets = match call(&run_dir(), &request)? {
+    let started = std::time::Instant::now();
+    let resets: Vec<_> = match call(&run_dir(), &request)? {
         Some(r) => r.resets,
         None => selected
             .iter()
@@ -114,11 +115,21 @@ pub fn reset(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
             })
             .collect::<Result<_>>()?,
     };
-    print_resets(
+    let took = started.elapsed();
+    let code = print_resets(
         &resets,
         "iSCSI sessions and NBD connections closed; clients reconnect to the golden image",
         json,
-    )
+    )?;
+    if !json && selected.len() > 1 {
+        println!(
+            "reset {} of {} PCs in {:.2} s (one at a time)",
+            resets.len(),
+            selected.len(),
+            took.as_secs_f64()
+        );
+    }
+    Ok(code)
 }
 
 pub fn down(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {

@@ -340,7 +340,9 @@ impl Engine {
             .map_err(EngineError::io("writing the COW", at))
     }
 
-    /// Writes the new chunk: the origin's bytes with `data` laid over them.
+    /// Writes the new chunk: the origin's bytes with `data` laid over them. Only the origin
+    /// bytes the write does not cover are read, into a buffer each thread keeps, so a first
+    /// write costs one chunk of copying instead of three (zeroing, reading, writing).
     fn copy_out(&self, chunk: u64, new: u64, within: u64, data: &[u8]) -> Result<(), EngineError> {
         let cb = self.geometry.chunk_bytes();
         let dest = self.geometry.offset(new);
@@ -351,17 +353,36 @@ impl Engine {
                 .map_err(EngineError::io("writing the COW", dest));
         }
         let start = chunk * cb;
-        let in_origin = cb.min(self.origin_bytes - start);
-        let mut buf = vec![0u8; self.geometry.chunk_len()];
-        let origin_part = &mut buf[..usize::try_from(in_origin).expect("within a chunk")];
-        self.origin
-            .read_exact_at(origin_part, start)
-            .map_err(EngineError::io("reading the golden image", start))?;
+        let in_origin = usize::try_from(cb.min(self.origin_bytes - start)).expect("within a chunk");
         let w = usize::try_from(within).expect("within a chunk");
-        buf[w..w + data.len()].copy_from_slice(data);
-        self.cow
-            .write_all_at(&buf, dest)
-            .map_err(EngineError::io("writing the COW", dest))
+        let end = w + data.len();
+        debug_assert!(
+            end <= in_origin,
+            "writes are checked against the disk's size"
+        );
+        CHUNK_BUFFER.with_borrow_mut(|buf| {
+            let len = self.geometry.chunk_len();
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            let buf = &mut buf[..len];
+            // The origin's bytes before and after the write; the last chunk of an origin that
+            // ends inside it is zero past that end, as in the kernel.
+            for range in [0..w, end..in_origin] {
+                if range.is_empty() {
+                    continue;
+                }
+                let at = start + range.start as u64;
+                self.origin
+                    .read_exact_at(&mut buf[range], at)
+                    .map_err(EngineError::io("reading the golden image", at))?;
+            }
+            buf[in_origin..].fill(0);
+            buf[w..end].copy_from_slice(data);
+            self.cow
+                .write_all_at(buf, dest)
+                .map_err(EngineError::io("writing the COW", dest))
+        })
     }
 
     fn lookup(&self, chunk: u64) -> Option<u64> {
@@ -450,6 +471,12 @@ struct Run {
     source: Source,
     start: usize,
     end: usize,
+}
+
+thread_local! {
+    /// A chunk's worth of bytes per thread for [`Engine::copy_out`]; its contents between
+    /// calls do not matter, as every byte is set before it is written.
+    static CHUNK_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn segment_len(chunk_bytes: u64, within: u64, remaining: usize) -> usize {
