@@ -434,30 +434,7 @@ fn the_dashboard_renders_in_headless_chromium() {
     let room = Room::new();
     assert!(room.write("pc-1", 0, 1) && room.write("pc-2", 0, 3));
     let url = format!("http://{}/", room.admin);
-    let chromium = |extra: &[&str]| {
-        let out = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-            ])
-            .args(["--virtual-time-budget=3000", "--window-size=1280,360"])
-            .arg(format!(
-                "--user-data-dir={}",
-                room.path("chromium").display()
-            ))
-            .args(extra)
-            .arg(&url)
-            .output()
-            .expect("chromium (Debian's package; scripts/provision.sh --tests installs it)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let chromium = |extra: &[&str]| common::http::chromium(&url, &room.path("chromium"), extra);
     let dom = chromium(&["--dump-dom"]);
     for want in [
         "<tr data-pc=\"pc-1\">",

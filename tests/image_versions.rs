@@ -17,6 +17,8 @@ const SIZE: usize = 8 << 20;
 struct Room {
     dir: tempfile::TempDir,
     port: u16,
+    /// The HTTP service's admin address, for the dashboard.
+    admin: u16,
 }
 
 impl Room {
@@ -24,18 +26,24 @@ impl Room {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         std::fs::create_dir(dir.path().join("cow")).unwrap();
-        let port = common::free_port();
+        let (port, pcs, admin) = (
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+        );
+        common::write_private(&dir.path().join("token"), "a-test-token-of-some-length\n");
         std::fs::write(
             dir.path().join("room.yaml"),
             format!(
                 "backend: userspace\nimages:\n  g:\n    versions: {d}/versions\n\
                  defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 16MiB\n  chunk: 4KiB\n  export: nbd\n\
                  nbd:\n  listen: 127.0.0.1:{port}\n  socket: {d}/nbd.sock\n\
+                 http:\n  listen: 127.0.0.1:{pcs}\n  admin_listen: 127.0.0.1:{admin}\n  token_file: {d}/token\n\
                  pcs:\n  - name: pc-01\n    keep: true\n  - name: pc-{{02..03}}\n"
             ),
         )
         .unwrap();
-        Room { dir, port }
+        Room { dir, port, admin }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -240,6 +248,25 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
             .any(|l| l.starts_with("pc-03") && l.contains("g@v1") && !l.contains("→")),
         "{status}"
     );
+    // The dashboard says the same.
+    let dom = common::http::chromium(
+        &format!("http://127.0.0.1:{}/", room.admin),
+        &room.path("chromium"),
+        &["--dump-dom"],
+    );
+    let row = |pc: &str| {
+        let at = dom
+            .find(&format!("<tr data-pc=\"{pc}\">"))
+            .unwrap_or_else(|| panic!("the dashboard lacks {pc}:\n{dom}"));
+        let row = &dom[at..];
+        row[..row.find("</tr>").unwrap()].to_string()
+    };
+    assert!(
+        row("pc-02").contains("→ v2 at next reset"),
+        "{}",
+        row("pc-02")
+    );
+    assert!(!row("pc-03").contains("→"), "{}", row("pc-03"));
     let list: serde_json::Value =
         serde_json::from_str(&room.cowctl(&["image", "list", "--json"])).unwrap();
     let v2row = list

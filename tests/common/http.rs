@@ -65,3 +65,27 @@ pub fn post(from: &str, to: SocketAddr, path: &str, token: Option<&str>) -> Repl
         .unwrap_or_default();
     request(from.parse().unwrap(), to, "POST", path, &headers)
 }
+
+/// Loads `url` in headless Chromium (Debian's package) with its profile in `profile`, and
+/// returns what it prints: the rendered page with `--dump-dom`, nothing with `--screenshot`.
+pub fn chromium(url: &str, profile: &std::path::Path, extra: &[&str]) -> String {
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .args(["--virtual-time-budget=3000", "--window-size=1280,360"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("chromium (Debian's package; scripts/provision.sh --tests installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
