@@ -103,7 +103,7 @@ fn import(m: &Manifest, c: ImageCommand, json: bool) -> Result<ExitCode> {
         src.display(),
         v.name,
         human(v.size),
-        human(allocated(&store.disk(&v.name))),
+        on_disk(image::space::of(&store.disk(&v.name))),
         if store.current() == Some(&v.name) {
             "; it is current"
         } else {
@@ -118,9 +118,13 @@ fn name(v: Option<String>) -> Result<Option<VersionName>> {
         .transpose()
 }
 
-fn allocated(p: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(p).map_or(0, |m| m.blocks() * 512)
+/// `8.0 MiB`, or `8.0 MiB (7.0 MiB shared)` where blocks are shared with other files.
+fn on_disk(s: image::space::Space) -> String {
+    if s.shared == 0 {
+        human(s.allocated)
+    } else {
+        format!("{} ({} shared)", human(s.allocated), human(s.shared))
+    }
 }
 
 fn commit(
@@ -244,7 +248,9 @@ struct Row {
     note: String,
     made_from: String,
     size: u64,
-    allocated: u64,
+    /// `allocated` and `shared` (blocks a commit cloned) in the JSON.
+    #[serde(flatten)]
+    space: image::space::Space,
     /// PCs whose COW lies over this version.
     runs_on: Vec<String>,
     /// PCs that move to it at their next reset.
@@ -273,6 +279,7 @@ fn rows(m: &Manifest, family: &str, store: &Store) -> Vec<Row> {
                 .filter(|p| store.target(&p.name) == Some(&v.name))
                 .map(|p| p.name.clone())
                 .collect();
+            let space = image::space::of(&store.disk(&v.name));
             Row {
                 image: family.to_string(),
                 version: v.name.clone(),
@@ -282,7 +289,7 @@ fn rows(m: &Manifest, family: &str, store: &Store) -> Vec<Row> {
                 note: v.note.clone(),
                 made_from: v.made_from.clone(),
                 size: v.size,
-                allocated: allocated(&store.disk(&v.name)),
+                space,
                 runs_on: on(&key),
                 moving_here,
                 promoted_to: store
@@ -365,7 +372,7 @@ fn print_table(rows: &[Row]) {
             utc(r.created),
             r.parent.as_ref().map_or("-".into(), |p| p.to_string()),
             human(r.size),
-            human(r.allocated),
+            on_disk(r.space),
             dash(&r.runs_on),
             dash(&r.moving_here),
             r.note.clone(),
@@ -414,7 +421,7 @@ fn prune(m: &Manifest, family: &str, dry_run: bool, json: bool) -> Result<ExitCo
                 if dry_run { "would remove" } else { "remove" },
                 v.name,
                 human(v.size),
-                human(allocated(&store.disk(&v.name))),
+                on_disk(image::space::of(&store.disk(&v.name))),
                 utc(v.created),
                 if v.note.is_empty() {
                     String::new()

@@ -9,6 +9,7 @@
 
 pub mod build;
 pub mod import;
+pub mod space;
 pub mod store;
 
 use std::path::Path;

@@ -1,0 +1,140 @@
+//! `image list` on a reflink file system: a commit on xfs clones its parent's blocks (and
+//! remaps its changes from the COW), and ON DISK says how much of each version is shared
+//! with other files, read with the kernel's FIEMAP. The
+//! test makes its own xfs on a loop device (as root, as the test command runs).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cowctl::engine::{Engine, EngineOptions};
+
+const MIB: u64 = 1 << 20;
+
+/// An xfs with reflink on a loop device, mounted for the test and taken down after it.
+struct Xfs {
+    dir: tempfile::TempDir,
+    device: String,
+}
+
+impl Xfs {
+    fn new() -> Xfs {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(512 * MIB)
+            .unwrap();
+        run("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", path(&image)]);
+        let device = run("losetup", &["-f", "--show", path(&image)])
+            .trim()
+            .to_string();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let xfs = Xfs { dir, device };
+        run("mount", &[&xfs.device, path(&mnt)]);
+        xfs
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mnt()).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/provision.sh --tests installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn image_list_shows_the_blocks_a_commit_shares_with_its_parent() {
+    let fs = Xfs::new();
+    let m = fs.mnt();
+    std::fs::create_dir(m.join("cow")).unwrap();
+    std::fs::write(
+        m.join("room.yaml"),
+        format!(
+            "backend: userspace\nimages:\n  g:\n    versions: {d}/versions\n\
+             defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 16MiB\n  chunk: 4KiB\n  export: nbd\n\
+             nbd:\n  listen: 127.0.0.1:{port}\n  socket: {d}/nbd.sock\n\
+             pcs:\n  - name: pc-01\n",
+            d = m.display(),
+            port = common::free_port()
+        ),
+    )
+    .unwrap();
+    let golden: Vec<u8> = (0..8 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(m.join("golden.raw"), &golden).unwrap();
+    common::room_cowctl(
+        &m,
+        &[
+            "image",
+            "import",
+            path(&m.join("golden.raw")),
+            "--image",
+            "g",
+        ],
+    );
+    let v1 = m.join("versions/v1/disk.img");
+
+    // pc-01 changes 1 MiB of its disk, and the change becomes v2.
+    let cow = m.join("cow/pc-01.cow");
+    cowctl::cowfile::create_empty(&cow, 16 * MIB).unwrap();
+    let opts = EngineOptions {
+        table_chunk_sectors: Some(8),
+        ..EngineOptions::default()
+    };
+    let e = cowctl::cowfile::open_engine_with(&v1, &cow, opts).unwrap();
+    e.write_at(&vec![0xee; 1 << 20], 2 * MIB).unwrap();
+    e.flush().unwrap();
+    drop::<Engine>(e);
+    common::room_cowctl(&m, &["cow", "record", path(&cow), "--base", path(&v1)]);
+    let out = common::room_cowctl(&m, &["image", "commit", "pc-01", "--version", "v2"]);
+    assert!(out.contains("v2"), "{out}");
+
+    let shared = |v: &str| {
+        let list: serde_json::Value =
+            serde_json::from_str(&common::room_cowctl(&m, &["image", "list", "--json"])).unwrap();
+        let row = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == v)
+            .unwrap_or_else(|| panic!("no {v} in {list}"))
+            .clone();
+        row["shared"].as_u64().unwrap()
+    };
+    // All but the changed MiB is one set of blocks for both versions; the changed MiB of
+    // v2 was remapped from the COW, which still holds it, until pc-01 is reset.
+    assert_eq!(shared("v1"), 7 * MIB);
+    assert_eq!(shared("v2"), 8 * MIB);
+    common::room_cowctl(&m, &["reset", "pc-01"]);
+    assert_eq!(shared("v2"), 7 * MIB);
+    let table = common::room_cowctl(&m, &["image", "list"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with("v2") && l.contains("8.0 MiB (7.0 MiB shared)")),
+        "{table}"
+    );
+}
