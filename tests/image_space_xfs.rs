@@ -1,21 +1,23 @@
 //! `image list` on a reflink file system: a commit on xfs clones its parent's blocks (and
 //! remaps its changes from the COW), and ON DISK says how much of each version is shared
-//! with other files, read with the kernel's FIEMAP. The
-//! test makes its own xfs on a loop device (as root, as the test command runs).
+//! with other files, read with the kernel's FIEMAP. The test makes its own xfs on a loop
+//! device (as root, as the test command runs).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::kernel::{sh, Loop};
 use cowctl::engine::{Engine, EngineOptions};
 
 const MIB: u64 = 1 << 20;
 
-/// An xfs with reflink on a loop device, mounted for the test and taken down after it.
+/// An xfs with reflink on a loop device, mounted for the test; unmounted, then detached
+/// (the fields drop after `drop`) and removed after it.
 struct Xfs {
+    _device: Loop,
     dir: tempfile::TempDir,
-    device: String,
 }
 
 impl Xfs {
@@ -26,15 +28,15 @@ impl Xfs {
             .unwrap()
             .set_len(512 * MIB)
             .unwrap();
-        run("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", path(&image)]);
-        let device = run("losetup", &["-f", "--show", path(&image)])
-            .trim()
-            .to_string();
+        sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", path(&image)]);
+        let device = Loop::attach(&image, false);
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let xfs = Xfs { dir, device };
-        run("mount", &[&xfs.device, path(&mnt)]);
-        xfs
+        sh("mount", &[&device.dev, path(&mnt)]);
+        Xfs {
+            _device: device,
+            dir,
+        }
     }
 
     fn mnt(&self) -> PathBuf {
@@ -45,25 +47,11 @@ impl Xfs {
 impl Drop for Xfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.mnt()).status();
-        let _ = Command::new("losetup").args(["-d", &self.device]).status();
     }
 }
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/provision.sh --tests installs it)"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -115,14 +103,10 @@ fn image_list_shows_the_blocks_a_commit_shares_with_its_parent() {
     let shared = |v: &str| {
         let list: serde_json::Value =
             serde_json::from_str(&common::room_cowctl(&m, &["image", "list", "--json"])).unwrap();
-        let row = list
-            .as_array()
+        let row = list.as_array().unwrap().iter().find(|r| r["version"] == v);
+        row.unwrap_or_else(|| panic!("no {v} in {list}"))["shared"]
+            .as_u64()
             .unwrap()
-            .iter()
-            .find(|r| r["version"] == v)
-            .unwrap_or_else(|| panic!("no {v} in {list}"))
-            .clone();
-        row["shared"].as_u64().unwrap()
     };
     // All but the changed MiB is one set of blocks for both versions; the changed MiB of
     // v2 was remapped from the COW, which still holds it, until pc-01 is reset.

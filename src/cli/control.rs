@@ -279,13 +279,12 @@ fn reset_disks(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
             }
             let took = started.elapsed();
             let code = print_resets(&resets, "sessions dropped and resumed", json)?;
-            if !json && selected.len() > 1 {
-                println!(
-                    "reset {} of {} PCs in {:.2} s (up to {} at a time)",
+            if !json {
+                print_reset_summary(
                     resets.len(),
                     selected.len(),
-                    took.as_secs_f64(),
-                    control::SIDE_BY_SIDE
+                    took,
+                    &format!("up to {} at a time", control::SIDE_BY_SIDE),
                 );
             }
             match errors.len() {
@@ -303,6 +302,16 @@ fn reset_disks(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
             }
         },
     )
+}
+
+/// The line that ends a reset of several PCs: how many, and how long the room took.
+pub(super) fn print_reset_summary(done: usize, of: usize, took: std::time::Duration, how: &str) {
+    if of > 1 {
+        println!(
+            "reset {done} of {of} PCs in {:.2} s ({how})",
+            took.as_secs_f64()
+        );
+    }
 }
 
 /// One line per reset, or JSON; `how` says what the PC's clients saw.

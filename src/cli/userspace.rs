@@ -121,13 +121,8 @@ pub fn reset(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
         "iSCSI sessions and NBD connections closed; clients reconnect to the golden image",
         json,
     )?;
-    if !json && selected.len() > 1 {
-        println!(
-            "reset {} of {} PCs in {:.2} s (one at a time)",
-            resets.len(),
-            selected.len(),
-            took.as_secs_f64()
-        );
+    if !json {
+        super::control::print_reset_summary(resets.len(), selected.len(), took, "one at a time");
     }
     Ok(code)
 }
