@@ -18,15 +18,31 @@ for line in sys.stdin:
 
 log=$(mktemp)
 status=0
+reruns=()
+run_suite() {
+    COWCTL_VM_LOG=$log.console RUST_BACKTRACE=1 \
+        scripts/vm.sh run "$1" --ignored --test-threads=1 --color=never ${2:+"$2"} 2>&1 |
+        sed -u "s/\x1b\[[0-9;]*m//g" | tee -a "$log"
+    return "${PIPESTATUS[0]}"
+}
 for bin in "${binaries[@]}"; do
     echo "test-kernel: running $(basename "$bin") in the VM" >&2
-    COWCTL_VM_LOG=$log.console RUST_BACKTRACE=1 \
-        scripts/vm.sh run "$bin" --ignored --test-threads=1 --color=never ${1:+"$1"} 2>&1 |
-        sed -u "s/\x1b\[[0-9;]*m//g" | tee -a "$log" || status=1
+    rc=0
+    run_suite "$bin" "${1:-}" || rc=$?
+    # Debian's kernel has races of its own (iscsi_tcp's connection cleanup after a refused
+    # login oopsed once in ~20 runs). An oops gets the suite one more run, said out loud;
+    # a second oops, like any failed test, fails.
+    if ((rc == 125)); then
+        echo "test-kernel: the guest kernel oopsed during $(basename "$bin"); running it once more" >&2
+        reruns+=("$(basename "$bin")")
+        rc=0
+        run_suite "$bin" "${1:-}" || rc=$?
+    fi
+    ((rc == 0)) || status=1
 done
-passed=$(grep -aoE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
-failed=$(grep -aoE 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s += $6} END {print s + 0}')
-echo "kernel: $passed passed, $failed failed"
+passed=$({ grep -aoE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" || true; } | awk '{s += $4} END {print s + 0}')
+failed=$({ grep -aoE 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" || true; } | awk '{s += $6} END {print s + 0}')
+echo "kernel: $passed passed, $failed failed${reruns:+ (run again after a guest kernel oops: ${reruns[*]})}"
 if ((status != 0 || failed != 0 || passed == 0)); then
     echo "test-kernel: FAILED (status $status, $passed passed, $failed failed)" >&2
     exit 1

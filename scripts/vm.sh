@@ -6,6 +6,7 @@
 #   scripts/vm.sh prepare            install what is needed, cache the kernel and initramfs
 #   scripts/vm.sh run CMD [ARG...]   boot, run CMD as root in the guest (cwd = this repo),
 #                                    print the guest log, exit with CMD's status
+#                                    (124: timed out; 125: the guest kernel oopsed)
 #
 # Environment: COWCTL_VM_CACHE (default: <repo>/vm-cache), COWCTL_VM_TIMEOUT (seconds, 1500),
 # COWCTL_VM_MEM (MiB, 2048), COWCTL_VM_LOG (guest log file; default: in the results dir),
@@ -105,7 +106,7 @@ run() {
         -accel tcg,thread=multi -cpu max -smp 2 -m "${COWCTL_VM_MEM:-2048}" \
         -nographic -no-reboot -nodefaults -serial stdio \
         -kernel "$kdir/root/boot/vmlinuz-$kver" -initrd "$kdir/initrd.cpio.gz" \
-        -append "console=ttyS0 panic=-1 quiet loglevel=1 cowctl.repo=$repo" \
+        -append "console=ttyS0 oops=panic panic=-1 quiet loglevel=1 cowctl.repo=$repo" \
         -device virtio-rng-pci "${scratch[@]}" "${net[@]}" \
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
         -virtfs "local,path=$results,mount_tag=results,security_model=none,multidevs=remap" \
@@ -115,6 +116,14 @@ run() {
     rm -f "$results/scratch.img"
     if [[ -f $results/exit-code ]]; then
         rc=$(cat "$results/exit-code")
+    elif grep -aqE 'BUG: |Oops: |general protection fault|Kernel panic' "$log"; then
+        # oops=panic: an oops powers the guest off at once instead of hanging to the timeout.
+        local what where
+        what=$(grep -m1 -aoE '(BUG: |Oops: |general protection fault|Kernel panic).*' "$log" || true)
+        where=$(grep -m1 -aoE 'RIP: 0010:[^ ]+' "$log" || true)
+        where=${where#RIP: 0010:}
+        echo "vm: the guest kernel oopsed: $what${where:+ in $where}" >&2
+        rc=125
     elif ((rc == 124)); then
         echo "vm: timed out after ${COWCTL_VM_TIMEOUT:-1500} s" >&2
         rc=124
