@@ -78,7 +78,7 @@ build_initrd() {
 
 run() {
     (($#)) || { echo "usage: scripts/vm.sh run CMD [ARG...]" >&2; exit 2; }
-    local kdir results rc
+    local kdir results rc oops
     kdir=$(prepare)
     local kver
     kver=$(basename "$kdir")
@@ -116,13 +116,12 @@ run() {
     rm -f "$results/scratch.img"
     if [[ -f $results/exit-code ]]; then
         rc=$(cat "$results/exit-code")
-    elif grep -aqE 'BUG: |Oops: |general protection fault|Kernel panic' "$log"; then
+    elif oops=$(grep -m1 -aoE '(BUG: |Oops: |general protection fault|Kernel panic).*' "$log"); then
         # oops=panic: an oops powers the guest off at once instead of hanging to the timeout.
-        local what where
-        what=$(grep -m1 -aoE '(BUG: |Oops: |general protection fault|Kernel panic).*' "$log" || true)
+        local where
         where=$(grep -m1 -aoE 'RIP: 0010:[^ ]+' "$log" || true)
         where=${where#RIP: 0010:}
-        echo "vm: the guest kernel oopsed: $what${where:+ in $where}" >&2
+        echo "vm: the guest kernel oopsed: $oops${where:+ in $where}" >&2
         rc=125
     elif ((rc == 124)); then
         echo "vm: timed out after ${COWCTL_VM_TIMEOUT:-1500} s" >&2
