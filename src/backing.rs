@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::cow::ReadAt;
@@ -25,6 +26,19 @@ pub trait Backing: ReadAt + Send + Sync {
             io::ErrorKind::Unsupported,
             "this storage cannot grow",
         ))
+    }
+    /// Copies `len` bytes of `src` at `src_offset` to `offset` without passing them
+    /// through this process, where both are files the kernel can copy between; Ok(false)
+    /// where they are not, and the caller copies them itself.
+    fn copy_from(
+        &self,
+        src: &dyn ReadAt,
+        src_offset: u64,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<bool> {
+        let _ = (src, src_offset, offset, len);
+        Ok(false)
     }
 }
 
@@ -55,6 +69,15 @@ impl<T: Backing + ?Sized> Backing for std::sync::Arc<T> {
     fn grow(&self, len: u64) -> io::Result<()> {
         (**self).grow(len)
     }
+    fn copy_from(
+        &self,
+        src: &dyn ReadAt,
+        src_offset: u64,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<bool> {
+        (**self).copy_from(src, src_offset, offset, len)
+    }
 }
 
 /// Size of a regular file or a block device (whose metadata length is 0).
@@ -73,6 +96,9 @@ pub fn file_or_device_size(file: &File) -> io::Result<u64> {
 pub struct FileBacking {
     file: File,
     path: PathBuf,
+    /// Cleared the first time the kernel refuses to copy into this file (another file
+    /// system, a block device), so later copies do not ask again.
+    kernel_copies: AtomicBool,
 }
 
 impl FileBacking {
@@ -84,6 +110,7 @@ impl FileBacking {
         Ok(FileBacking {
             file,
             path: path.to_path_buf(),
+            kernel_copies: AtomicBool::new(true),
         })
     }
 
@@ -156,6 +183,50 @@ impl Backing for FileBacking {
                 self.write_all_at(&zeroes, offset)
             }
         }
+    }
+
+    /// copy_file_range: one copy from page cache to page cache instead of a read and a
+    /// write through a buffer, and none at all where the file system shares the blocks
+    /// (a reflink on XFS or btrfs, when the golden image and the COW share one).
+    fn copy_from(
+        &self,
+        src: &dyn ReadAt,
+        src_offset: u64,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<bool> {
+        use nix::errno::Errno;
+        let Some(src_fd) = src.fd() else {
+            return Ok(false);
+        };
+        if !self.kernel_copies.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let (Ok(mut from), Ok(mut to)) = (i64::try_from(src_offset), i64::try_from(offset)) else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        let mut left = len;
+        while left > 0 {
+            match nix::fcntl::copy_file_range(
+                src_fd,
+                Some(&mut from),
+                &self.file,
+                Some(&mut to),
+                left,
+            ) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => left -= n,
+                Err(Errno::EINTR) => {}
+                // What this pair of files cannot do: the caller copies (again, from the
+                // start: rewriting what was copied already is harmless).
+                Err(Errno::EXDEV | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOSYS) => {
+                    self.kernel_copies.store(false, Ordering::Relaxed);
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -245,5 +316,50 @@ impl Backing for MemBacking {
             inner.bytes.resize(len, 0);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_file_copies_from_a_file_in_the_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let golden: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 251) as u8).collect();
+        let src = FileBacking::open(&file_with(dir.path(), "g", &golden), false).unwrap();
+        let dst = FileBacking::open(&file_with(dir.path(), "c", &[0xee; 4 * 4096]), true).unwrap();
+        assert!(dst.copy_from(&src, 4096 + 100, 3 * 4096 + 7, 5000).unwrap());
+        let out = std::fs::read(dst.path()).unwrap();
+        assert_eq!(&out[3 * 4096 + 7..][..5000], &golden[4096 + 100..][..5000]);
+        assert!(
+            out[..3 * 4096 + 7].iter().all(|&b| b == 0xee),
+            "nothing else is touched"
+        );
+    }
+
+    #[test]
+    fn a_copy_past_the_end_of_the_source_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = FileBacking::open(&file_with(dir.path(), "g", &[1; 4096]), false).unwrap();
+        let dst = FileBacking::open(&file_with(dir.path(), "c", &[0; 8192]), true).unwrap();
+        let e = dst.copy_from(&src, 2048, 0, 4096).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn without_a_file_behind_the_source_the_caller_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = FileBacking::open(&file_with(dir.path(), "c", &[0; 8192]), true).unwrap();
+        let src = MemBacking::new(vec![9; 4096]);
+        assert!(!dst.copy_from(&src, 0, 0, 4096).unwrap());
+        assert!(!MemBacking::zeroed(8192).copy_from(&src, 0, 0, 4096).unwrap());
+        assert_eq!(std::fs::read(dst.path()).unwrap(), vec![0; 8192]);
     }
 }

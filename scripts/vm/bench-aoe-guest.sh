@@ -66,7 +66,11 @@ print(round(side["iops"]), round(side["bw_bytes"] / 1e6))' "$work/$1-$2.json" "$
     echo "bench-aoe: $1 $2: $i IOPS, $m MB/s" >&2
 }
 
-jobs=(randread seqread randwrite rewrite)
+# BENCH_AOE_JOBS: a subset of the jobs, to look at one closely.
+read -ra jobs <<<"${BENCH_AOE_JOBS:-randread seqread randwrite rewrite}"
+for j in "${jobs[@]}"; do
+    case $j in randread | seqread | randwrite | rewrite) ;; *) echo "bench-aoe: no job $j (BENCH_AOE_JOBS)" >&2; exit 2 ;; esac
+done
 rounds=${BENCH_AOE_ROUNDS:-2}
 mac=$(cat /sys/class/net/cwbi/address)
 mkdir "$work/cow"

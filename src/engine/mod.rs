@@ -340,17 +340,21 @@ impl Engine {
             .map_err(EngineError::io("writing the COW", at))
     }
 
-    /// Writes the new chunk: the origin's bytes with `data` laid over them. Only the origin
-    /// bytes the write does not cover are read, into a buffer each thread keeps, so a first
-    /// write costs one chunk of copying instead of three (zeroing, reading, writing).
+    /// Writes the new chunk: the origin's bytes with `data` laid over them. Between two
+    /// files the kernel copies the origin's bytes the write does not cover, so they pass
+    /// through no buffer here; elsewhere only those bytes are read, into a buffer each
+    /// thread keeps, so a first write costs one chunk of copying instead of three (zeroing,
+    /// reading, writing).
     fn copy_out(&self, chunk: u64, new: u64, within: u64, data: &[u8]) -> Result<(), EngineError> {
         let cb = self.geometry.chunk_bytes();
         let dest = self.geometry.offset(new);
+        let write = |bytes: &[u8], at: u64| {
+            self.cow
+                .write_all_at(bytes, at)
+                .map_err(EngineError::io("writing the COW", at))
+        };
         if within == 0 && data.len() as u64 == cb {
-            return self
-                .cow
-                .write_all_at(data, dest)
-                .map_err(EngineError::io("writing the COW", dest));
+            return write(data, dest);
         }
         let start = chunk * cb;
         let in_origin = usize::try_from(cb.min(self.origin_bytes - start)).expect("within a chunk");
@@ -360,18 +364,23 @@ impl Engine {
             end <= in_origin,
             "writes are checked against the disk's size"
         );
+        let len = self.geometry.chunk_len();
+        // The origin's bytes before and after the write; the last chunk of an origin that
+        // ends inside it is zero past that end, as in the kernel.
+        let around = [0..w, end..in_origin];
+        if self.copied_in_kernel(start, dest, &around)? {
+            write(data, dest + within)?;
+            if in_origin < len {
+                write(&vec![0; len - in_origin], dest + in_origin as u64)?;
+            }
+            return Ok(());
+        }
         CHUNK_BUFFER.with_borrow_mut(|buf| {
-            let len = self.geometry.chunk_len();
             if buf.len() < len {
                 buf.resize(len, 0);
             }
             let buf = &mut buf[..len];
-            // The origin's bytes before and after the write; the last chunk of an origin that
-            // ends inside it is zero past that end, as in the kernel.
-            for range in [0..w, end..in_origin] {
-                if range.is_empty() {
-                    continue;
-                }
+            for range in around.into_iter().filter(|r| !r.is_empty()) {
                 let at = start + range.start as u64;
                 self.origin
                     .read_exact_at(&mut buf[range], at)
@@ -379,10 +388,34 @@ impl Engine {
             }
             buf[in_origin..].fill(0);
             buf[w..end].copy_from_slice(data);
-            self.cow
-                .write_all_at(buf, dest)
-                .map_err(EngineError::io("writing the COW", dest))
+            write(buf, dest)
         })
+    }
+
+    /// Copies the origin's `ranges` of the chunk at `start` to the new chunk at `dest` file
+    /// to file; false when the backings cannot, and nothing was (or all must be) copied.
+    fn copied_in_kernel(
+        &self,
+        start: u64,
+        dest: u64,
+        ranges: &[std::ops::Range<usize>],
+    ) -> Result<bool, EngineError> {
+        for range in ranges.iter().filter(|r| !r.is_empty()) {
+            let at = start + range.start as u64;
+            let copied = self
+                .cow
+                .copy_from(
+                    self.origin.as_ref(),
+                    at,
+                    dest + range.start as u64,
+                    range.len(),
+                )
+                .map_err(EngineError::io("copying the golden image into the COW", at))?;
+            if !copied {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn lookup(&self, chunk: u64) -> Option<u64> {
