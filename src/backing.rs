@@ -359,7 +359,9 @@ mod tests {
         let dst = FileBacking::open(&file_with(dir.path(), "c", &[0; 8192]), true).unwrap();
         let src = MemBacking::new(vec![9; 4096]);
         assert!(!dst.copy_from(&src, 0, 0, 4096).unwrap());
-        assert!(!MemBacking::zeroed(8192).copy_from(&src, 0, 0, 4096).unwrap());
+        assert!(!MemBacking::zeroed(8192)
+            .copy_from(&src, 0, 0, 4096)
+            .unwrap());
         assert_eq!(std::fs::read(dst.path()).unwrap(), vec![0; 8192]);
     }
 }

@@ -10,6 +10,7 @@ use common::aoe::{
     self, ata, config, frame, mask, port, resrel, unit, PC_MAC, SHELF, SLOT, STRANGER, TARGET_MAC,
 };
 use common::disk::{DiskRef, MemDisk, DISK_SIZE};
+use cowctl::aoe::frame::FrameBuf;
 use cowctl::aoe::wire::{Header, ATA_LEN, HEADER_LEN};
 use cowctl::aoe::Unit;
 use std::sync::Arc;
@@ -106,6 +107,34 @@ fn addresses_past_the_disk_get_an_ata_error_and_no_io() {
         );
     }
     assert!(disk.out_of_bounds.lock().unwrap().is_empty());
+}
+
+#[test]
+fn an_answer_buffer_used_again_carries_nothing_of_an_earlier_answer() {
+    let (u, disk) = (unit(), MemDisk::new());
+    disk.bytes.lock().unwrap().fill(0xa5);
+    let last = DISK_SIZE / 512 - 1;
+    let frames = [
+        ata(0x24, 0, 17, &[]),   // a jumbo read fills the buffer with disk bytes
+        ata(0xe5, 0, 0, &[]),    // CHECK POWER MODE: a short answer, padded
+        ata(0x24, last, 2, &[]), // past the end: the ATA error, no data
+        ata(0x24, 0, 18, &[]),   // more than a frame carries: Bad Argument
+        config(PC_MAC, SHELF, SLOT, 0, b""),
+    ];
+    let mut kept = FrameBuf::default();
+    for f in &frames {
+        let h = Header::parse(f).unwrap();
+        let fresh = u
+            .answer(&h, f, &DiskRef(disk.clone()), &port(9000))
+            .unwrap();
+        assert!(u.answer_into(&h, f, &DiskRef(disk.clone()), &port(9000), &mut kept));
+        assert_eq!(
+            &kept[..],
+            &fresh[..],
+            "the same answer as from a new buffer"
+        );
+    }
+    assert_eq!(kept.len(), 60, "the last answer is short");
 }
 
 #[test]

@@ -34,7 +34,6 @@ wait_disk() {
     exit 1
 }
 
-declare -A iops mbps
 run_fio() { # target job device
     local rw bs depth
     case $2 in
@@ -59,10 +58,7 @@ j = json.load(open(sys.argv[1]))["jobs"][0]
 side = j["write"] if sys.argv[2].endswith("write") else j["read"]
 print(round(side["iops"]), round(side["bw_bytes"] / 1e6))' "$work/$1-$2.json" "$2")
     local i=${out% *} m=${out#* }
-    if ((i > ${iops[$1-$2]:-0})); then
-        iops["$1-$2"]=$i
-        mbps["$1-$2"]=$m
-    fi
+    echo "$1 $2 $i $m" >>"$work/results"
     echo "bench-aoe: $1 $2: $i IOPS, $m MB/s" >&2
 }
 
@@ -97,9 +93,8 @@ pcs:
     mac: $mac
 YAML
 export COWCTL_RUN_DIR=$work/run COWCTL_MANIFEST=$work/room.yaml
-
-# Rounds alternate the two targets, only one running at a time (each would wake for the
-# other's frames); each job keeps its best round. cowctl's PC gets a fresh COW each round.
+# Rounds run the three targets one after another, only one at a time (each would wake for the
+# other's frames); cowctl's PC gets a fresh COW each round.
 for round in $(seq "$rounds"); do
     # vblade (Debian's package) serving the raw file as e1.1.
     vblade 1 1 cwbt "$work/vblade.img" >"$work/vblade.log" 2>&1 &
@@ -136,18 +131,31 @@ done
 aoe-flush -a || true
 rmmod aoe || true
 
-ratio() { python3 -c "print(f'{$1 / max($2, 1):.2f}×')"; }
-fmt() { python3 -c "print(f'{$1:,}')"; }
-echo "| fio through the kernel's aoe driver ($mb MiB, MTU 9000, ${chunk_kib} KiB chunks, best of $rounds × ${seconds} s) | cowctl serve | vblade, raw file | cowctl / vblade | vblade over dm-snapshot (kernel backend) | cowctl / kernel |"
-echo "|---|---|---|---|---|---|"
-cell() { echo "$(fmt "${iops[$1]}") IOPS, $(fmt "${mbps[$1]}") MB/s"; }
-for j in "${jobs[@]}"; do
-    case $j in
-        randread) label="4 KiB random read, qd16" ;;
-        seqread) label="1 MiB sequential read, qd4" ;;
-        randwrite) label="4 KiB random write, qd16, fresh COW" ;;
-        rewrite) label="4 KiB random write, qd16, rewriting written chunks" ;;
-    esac
-    echo "| $label | $(cell "cowctl-$j") | $(cell "vblade-$j") | $(ratio "${iops[cowctl-$j]}" "${iops[vblade-$j]}") | $(cell "kernel-$j") | $(ratio "${iops[cowctl-$j]}" "${iops[kernel-$j]}") |"
-done
+# Per job and target, the median round; and the ratios of cowctl to each peer round by
+# round (the targets of one round run minutes apart, so the machine's drift moves them
+# together), as their median and range.
+python3 - "$work/results" "$mb" "$chunk_kib" "$rounds" "$seconds" "${jobs[@]}" <<'PY'
+import statistics, sys
+path, mb, chunk, rounds, seconds, *jobs = sys.argv[1:]
+runs = {}
+for line in open(path):
+    target, job, iops, mbps = line.split()
+    runs.setdefault((target, job), []).append((int(iops), int(mbps)))
+labels = {
+    "randread": "4 KiB random read, qd16",
+    "seqread": "1 MiB sequential read, qd4",
+    "randwrite": "4 KiB random write, qd16, fresh COW",
+    "rewrite": "4 KiB random write, qd16, rewriting written chunks",
+}
+def cell(target, job):
+    iops, mbps = sorted(runs[(target, job)])[len(runs[(target, job)]) // 2]
+    return f"{iops:,} IOPS, {mbps:,} MB/s"
+def ratio(job, peer):
+    r = [c[0] / max(p[0], 1) for c, p in zip(runs[("cowctl", job)], runs[(peer, job)])]
+    return f"{statistics.median(r):.2f}× ({min(r):.2f}–{max(r):.2f})"
+print(f"| fio through the kernel's aoe driver ({mb} MiB, MTU 9000, {chunk} KiB chunks, median of {rounds} rounds × {seconds} s) | cowctl serve | vblade, raw file | cowctl ÷ vblade, median (range) | vblade over dm-snapshot (kernel backend) | cowctl ÷ dm-snapshot, median (range) |")
+print("|---|---|---|---|---|---|")
+for j in jobs:
+    print(f"| {labels[j]} | {cell('cowctl', j)} | {cell('vblade', j)} | {ratio(j, 'vblade')} | {cell('kernel', j)} | {ratio(j, 'kernel')} |")
+PY
 rm -rf "$work"

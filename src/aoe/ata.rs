@@ -2,6 +2,7 @@
 //! initiator sends (READ/WRITE SECTORS and their EXT forms, FLUSH CACHE, CHECK POWER MODE),
 //! on a [`Disk`]. Every range is checked against the disk before the disk sees it.
 
+use super::frame::FrameBuf;
 use super::wire::Ata;
 use crate::disk::{Disk, DiskError};
 
@@ -97,7 +98,7 @@ pub fn execute(
     disk: &dyn Disk,
     identity: &Identity,
     max_sectors: u8,
-    data: &mut Vec<u8>,
+    data: &mut FrameBuf,
 ) -> Result<Registers, BadArgument> {
     let done = |sectors: u8| Registers {
         error: 0,
@@ -111,7 +112,7 @@ pub fn execute(
     };
     let (lba, write) = match a.command {
         op::IDENTIFY => {
-            data.extend_from_slice(&identify(disk.size(), identity));
+            data.push(&identify(disk.size(), identity));
             return Ok(done(0));
         }
         op::CHECK_POWER_MODE => return Ok(done(0xff)),
@@ -147,8 +148,7 @@ pub fn execute(
         })
     } else {
         let start = data.len();
-        data.resize(start + len, 0);
-        Ok(match disk.read_at(&mut data[start..], offset) {
+        Ok(match disk.read_at(data.spare(len), offset) {
             Ok(()) => done(0),
             Err(_) => {
                 data.truncate(start);
@@ -274,8 +274,9 @@ mod tests {
         disk: &Mem,
         max: u8,
     ) -> Result<(Registers, Vec<u8>), BadArgument> {
-        let mut data = Vec::new();
-        execute(a, payload, disk, &Identity::for_pc("pc"), max, &mut data).map(|r| (r, data))
+        let mut data = FrameBuf::default();
+        execute(a, payload, disk, &Identity::for_pc("pc"), max, &mut data)
+            .map(|r| (r, data.to_vec()))
     }
 
     fn word(b: &[u8], i: usize) -> u16 {

@@ -6,6 +6,7 @@
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::ata::{self, Identity};
+use super::frame::FrameBuf;
 use super::wire::{
     self, command, config_reply, mask_error, Ata, Error, Header, Mask, Resrel, ANY_SHELF, ANY_SLOT,
     ATA_LEN, CONFIG_LEN, HEADER_LEN, MASK_LEN, MAX_CONFIG, RESREL_LEN,
@@ -98,8 +99,9 @@ impl Unit {
     /// The answer to a request frame `f` (addressed to this unit, from an admitted MAC),
     /// or None where the protocol says to stay silent.
     pub fn answer(&self, h: &Header, f: &[u8], disk: &dyn Disk, port: &Port) -> Option<Vec<u8>> {
-        let mut out = Vec::new();
-        self.answer_into(h, f, disk, port, &mut out).then_some(out)
+        let mut out = FrameBuf::default();
+        self.answer_into(h, f, disk, port, &mut out)
+            .then(|| out.to_vec())
     }
 
     /// [`Unit::answer`] into a buffer the caller keeps (a read's data goes straight into
@@ -110,7 +112,7 @@ impl Unit {
         f: &[u8],
         disk: &dyn Disk,
         port: &Port,
-        out: &mut Vec<u8>,
+        out: &mut FrameBuf,
     ) -> bool {
         out.clear();
         let body = &f[HEADER_LEN..];
@@ -129,11 +131,9 @@ impl Unit {
                 _ => Some(self.error(h, port, Error::UnrecognizedCommand, &[])),
             };
             let Some(answer) = answer else { return false };
-            out.extend_from_slice(&answer);
+            out.push(&answer);
         }
-        if out.len() < MIN_FRAME {
-            out.resize(MIN_FRAME, 0);
-        }
+        out.pad_to(MIN_FRAME);
         true
     }
 
@@ -158,16 +158,16 @@ impl Unit {
         body: &[u8],
         disk: &dyn Disk,
         port: &Port,
-        out: &mut Vec<u8>,
+        out: &mut FrameBuf,
     ) -> bool {
         let Some(a) = Ata::parse(body) else {
             return false;
         };
         let echo = &body[..ATA_LEN];
-        let refuse = |out: &mut Vec<u8>, e: Error| {
+        let refuse = |out: &mut FrameBuf, e: Error| {
             out.clear();
-            out.extend_from_slice(&h.reply(port.mac, self.shelf, self.slot, Some(e)));
-            out.extend_from_slice(echo);
+            out.push(&h.reply(port.mac, self.shelf, self.slot, Some(e)));
+            out.push(echo);
         };
         if a.command != ata::op::IDENTIFY {
             let s = self.read();
@@ -176,8 +176,8 @@ impl Unit {
                 return true;
             }
         }
-        out.extend_from_slice(&h.reply(port.mac, self.shelf, self.slot, None));
-        out.extend_from_slice(&[0; ATA_LEN]);
+        out.push(&h.reply(port.mac, self.shelf, self.slot, None));
+        out.push(&[0; ATA_LEN]);
         let payload = &body[ATA_LEN..];
         match ata::execute(&a, payload, disk, &self.identity, port.max_sectors(), out) {
             Err(ata::BadArgument) => refuse(out, Error::BadArgument),

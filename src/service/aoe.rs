@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use super::exports::{Registry, Slot};
 use crate::aoe::ata;
 use crate::aoe::ata::Identity;
+use crate::aoe::frame::FrameBuf;
 use crate::aoe::socket::{Batch, Socket, BATCH, MAX_FRAME};
 use crate::aoe::wire::{command, Header, FLAG_ERROR, FLAG_RESPONSE, HEADER_LEN};
 use crate::aoe::{Port, Unit};
@@ -44,7 +45,7 @@ enum Answer {
 /// as the kernel's snapshot target does it) before any of them is answered. A write whose
 /// commit failed is answered with an ATA error instead. A slot reset or stopped meanwhile
 /// needs nothing: a stop commits, and a reset throws the COW away.
-fn commit_writes(answers: &[Answer], outs: &mut [Vec<u8>]) {
+fn commit_writes(answers: &[Answer], outs: &mut [FrameBuf]) {
     let mut done: Vec<(&Arc<Slot>, bool)> = Vec::new();
     for (answer, out) in answers.iter().zip(outs.iter_mut()) {
         let Answer::Wrote(slot) = answer else {
@@ -216,7 +217,9 @@ impl AoeService {
 
     fn answer_frames(&self, socket: &Socket) {
         let mut batch = Batch::default();
-        let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(MAX_FRAME)).collect();
+        let mut outs: Vec<FrameBuf> = (0..BATCH)
+            .map(|_| FrameBuf::with_capacity(MAX_FRAME))
+            .collect();
         loop {
             if let Err(e) = socket.recv_batch(&mut batch) {
                 tracing::error!("AoE: reading {} failed: {e}", socket.interface());
@@ -234,7 +237,7 @@ impl AoeService {
                 .iter()
                 .zip(&answers)
                 .filter(|(_, a)| !matches!(a, Answer::Silence))
-                .map(|(o, _)| o.as_slice())
+                .map(|(o, _)| &o[..])
                 .collect();
             if let Err(e) = socket.send_batch(&frames) {
                 tracing::warn!("AoE: cannot answer on {}: {e}", socket.interface());
@@ -244,7 +247,7 @@ impl AoeService {
 
     /// Answers one frame into `out`, for the caller to send with the rest of its batch (a
     /// broadcast that reaches several targets is sent from here).
-    fn answer(&self, socket: &Socket, frame: &[u8], out: &mut Vec<u8>) -> Answer {
+    fn answer(&self, socket: &Socket, frame: &[u8], out: &mut FrameBuf) -> Answer {
         let Some(h) = Header::parse(frame) else {
             return Answer::Silence;
         };
@@ -281,7 +284,7 @@ impl AoeService {
         h: &Header,
         frame: &[u8],
         port: &Port,
-        out: &mut Vec<u8>,
+        out: &mut FrameBuf,
     ) -> Answer {
         if !e.unit.admits(&h.src) {
             return Answer::Silence; // a stranger: silence
