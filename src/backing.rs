@@ -186,8 +186,8 @@ impl Backing for FileBacking {
     }
 
     /// copy_file_range: one copy from page cache to page cache instead of a read and a
-    /// write through a buffer, and none at all where the file system shares the blocks
-    /// (a reflink on XFS or btrfs, when the golden image and the COW share one).
+    /// write through a buffer; a file system that shares blocks (XFS with reflink, btrfs)
+    /// may clone them instead, when the golden image and the COW are on it.
     fn copy_from(
         &self,
         src: &dyn ReadAt,
