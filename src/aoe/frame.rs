@@ -3,7 +3,7 @@
 //! every read cost as much as a third of the read itself.
 
 /// The frame is `self[..]`; the buffer behind it keeps what earlier frames left past its end.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct FrameBuf {
     bytes: Vec<u8>,
     len: usize,
@@ -22,9 +22,7 @@ impl FrameBuf {
     }
 
     pub fn push(&mut self, b: &[u8]) {
-        let start = self.len;
         self.spare(b.len()).copy_from_slice(b);
-        debug_assert_eq!(self.len, start + b.len());
     }
 
     /// `n` more bytes at the end of the frame, holding whatever an earlier frame left there:
