@@ -12,13 +12,21 @@ tests=("${demo[@]}" xfsprogs busybox-static cpio open-iscsi aoetools fio python3
 want=("${build[@]}" "${run[@]}")
 [[ ${1:-} == --demo ]] && want+=("${demo[@]}")
 [[ ${1:-} == --tests ]] && want+=("${tests[@]}")
-missing=()
-for p in "${want[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
+missing_packages() {
+    missing=()
+    for p in "${want[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+}
+# Twice: a machine that came with a newer qemu-utils (a backport) loses it when apt installs
+# Debian 12's qemu-block-extra, which wants its own; the second round puts the matching one back.
+for _ in 1 2; do
+    missing_packages
+    ((${#missing[@]})) || break
     echo "provision: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-fi
+done
+missing_packages
+((${#missing[@]} == 0)) || { echo "provision: still missing ${missing[*]}" >&2; exit 1; }
