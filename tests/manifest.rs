@@ -138,7 +138,11 @@ fn backend_nbd_and_read_only_parse_with_defaults() {
     use cowctl::manifest::Backend;
     let m = parse(&format!("{BASE}pcs:\n  - name: a\n")).unwrap();
     assert_eq!(m.backend, Backend::Auto);
-    assert_eq!(m.nbd.listen.to_string(), "0.0.0.0:10809");
+    assert_eq!(
+        m.nbd.listen.to_string(),
+        "127.0.0.1:10809",
+        "NBD has no authentication: it stays off the LAN unless the manifest says so"
+    );
     assert_eq!(m.nbd.socket, None);
     assert!(!m.pcs[0].read_only);
     let m = parse(&format!(
@@ -168,6 +172,43 @@ fn bad_backend_and_nbd_fields_are_named() {
     ] {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }
+}
+
+#[test]
+fn nbd_open_to_the_lan_beside_iscsi_chap_or_acls_is_refused_unless_accepted_by_name() {
+    use cowctl::manifest::NbdAcl;
+    let room = |iscsi: &str, nbd: &str| {
+        format!(
+            "images:\n  g:\n    path: /img/g.img\niscsi:\n  iqn_prefix: iqn.2024-01.lan.x\n  portals: [10.0.0.1]\n{iscsi}\
+             nbd:\n{nbd}defaults:\n  image: g\n  cow_dir: /cow\n  cow_size: 1GiB\n\
+             pcs:\n  - name: a\n    initiator: iqn.2024-01.lan.pc:a\n    ip: 10.0.0.11\n"
+        )
+    };
+    let chap = "  acl: open\n  chap:\n    username: lab\n    secret_file: /etc/cowctl/chap\n";
+    let acls = "  acl: initiator\n";
+    for (guard, iscsi) in [("CHAP", chap), ("initiator ACLs", acls)] {
+        let err = parse(&room(iscsi, "  listen: 0.0.0.0:10809\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("nbd.acl: nbd.listen 0.0.0.0:10809 with acl: open lets anyone on the LAN open every PC's disk over NBD, past iSCSI's {guard}")),
+            "{err}"
+        );
+        // Safe: loopback (the default), each PC from its own ip, or the admin's named choice.
+        for (nbd, acl) in [
+            ("  acl: open\n", NbdAcl::Open),
+            ("  listen: 0.0.0.0:10809\n  acl: ip\n", NbdAcl::Ip),
+            (
+                "  listen: 0.0.0.0:10809\n  acl: open_to_lan\n",
+                NbdAcl::OpenToLan,
+            ),
+        ] {
+            let m = parse(&room(iscsi, nbd)).unwrap_or_else(|e| panic!("{nbd}: {e}"));
+            assert_eq!(m.nbd.acl, acl);
+        }
+    }
+    // Without CHAP or ACLs NBD opens nothing iSCSI would keep closed.
+    parse(&room("  acl: open\n", "  listen: 0.0.0.0:10809\n")).unwrap();
 }
 
 #[test]

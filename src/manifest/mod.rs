@@ -303,6 +303,7 @@ impl Builder {
             }
         };
         let nbd = nbd.map_or_else(NbdConfig::default, |r| self.nbd(r));
+        self.nbd_beside_iscsi(&nbd, iscsi.as_ref());
         let http = http.map(|r| self.http(r));
         let warn_percent = warn.unwrap_or(75.0);
         if !(warn_percent > 0.0 && warn_percent <= 100.0) {
@@ -426,16 +427,17 @@ impl Builder {
 
     fn nbd(&mut self, r: RawNbd) -> NbdConfig {
         let mut cfg = NbdConfig::default();
-        if let Some(a) = self.address("nbd.listen", r.listen, "0.0.0.0:10809") {
+        if let Some(a) = self.address("nbd.listen", r.listen, "127.0.0.1:10809") {
             cfg.listen = a;
         }
         match r.acl.as_deref() {
             None | Some("open") => {}
             Some("ip") => cfg.acl = NbdAcl::Ip,
+            Some("open_to_lan") => cfg.acl = NbdAcl::OpenToLan,
             Some(other) => self.error(
                 "nbd.acl",
                 format!(
-                    "{other:?} is not an NBD ACL mode (open, or ip: each PC from its own ip only)"
+                    "{other:?} is not an NBD ACL mode (open, ip: each PC from its own ip only, or open_to_lan)"
                 ),
             ),
         }
@@ -449,6 +451,28 @@ impl Builder {
             cfg.socket = Some(s);
         }
         cfg
+    }
+
+    /// NBD has no authentication: open to the LAN, it would open every PC's disk to anyone
+    /// while iSCSI asks for CHAP or an initiator name. Loopback and `acl: ip` are safe;
+    /// `acl: open_to_lan` is the admin's explicit choice.
+    fn nbd_beside_iscsi(&mut self, nbd: &NbdConfig, iscsi: Option<&IscsiConfig>) {
+        let Some(iscsi) = iscsi else { return };
+        let guarded = iscsi.chap.is_some() || iscsi.acl == AclMode::PerInitiator;
+        if guarded && nbd.acl == NbdAcl::Open && !nbd.listen.ip().to_canonical().is_loopback() {
+            let guard = if iscsi.chap.is_some() {
+                "CHAP"
+            } else {
+                "initiator ACLs"
+            };
+            self.error(
+                "nbd.acl",
+                format!(
+                    "nbd.listen {} with acl: open lets anyone on the LAN open every PC's disk over NBD, past iSCSI's {guard}: set nbd.acl: ip (each PC from its own ip), listen on loopback, or write acl: open_to_lan to accept that",
+                    nbd.listen
+                ),
+            );
+        }
     }
 
     fn images(&mut self, raw: RawImages) -> BTreeMap<String, Image> {

@@ -187,7 +187,8 @@ pub enum Backend {
 /// The userspace backend's NBD server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NbdConfig {
-    /// TCP address; the default is every address on port 10809 (NBD's IANA port).
+    /// TCP address; the default is loopback on port 10809 (NBD's IANA port): NBD has no
+    /// authentication, so it reaches the LAN only when the manifest says so.
     pub listen: SocketAddr,
     /// Unix socket; the default is `nbd.sock` in cowctl's run directory.
     pub socket: Option<PathBuf>,
@@ -200,14 +201,24 @@ pub struct NbdConfig {
 pub enum NbdAcl {
     /// Any client.
     Open,
+    /// Any client, on an address the LAN reaches, beside iSCSI's CHAP or ACLs: the admin's
+    /// explicit acceptance that NBD opens every PC's disk to anyone (`open_to_lan`).
+    OpenToLan,
     /// Only the PC's own `ip`; to others the export does not exist.
     Ip,
+}
+
+impl NbdAcl {
+    /// Every client may open every export.
+    pub fn is_open(self) -> bool {
+        matches!(self, NbdAcl::Open | NbdAcl::OpenToLan)
+    }
 }
 
 impl Default for NbdConfig {
     fn default() -> Self {
         NbdConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 10809)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 10809)),
             socket: None,
             acl: NbdAcl::Open,
         }

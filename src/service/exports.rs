@@ -31,7 +31,7 @@ impl Served {
     /// socket (`peer` None) is root's and always allowed.
     pub fn allows(&self, peer: Option<IpAddr>) -> bool {
         match (self.acl, peer) {
-            (NbdAcl::Open, _) | (_, None) => true,
+            (NbdAcl::Open | NbdAcl::OpenToLan, _) | (_, None) => true,
             (NbdAcl::Ip, Some(ip)) => self.pc.ip.is_some_and(|own| own == canonical(ip)),
         }
     }
