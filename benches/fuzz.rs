@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
 use cowctl::iscsi::chap::{Credentials, Secret};
-use cowctl::iscsi::connection::{converse, Line};
+use cowctl::iscsi::connection::{converse, AdmitAll, Line};
 use cowctl::iscsi::pdu::Bhs;
 use cowctl::iscsi::reader::{Digests, PduReader, PduWriter};
 use cowctl::iscsi::scsi::Disk;
@@ -187,6 +187,7 @@ impl Line for Memory {
     fn set_read_timeout(&self, _: Option<std::time::Duration>) -> io::Result<()> {
         Ok(())
     }
+    fn set_deadline(&self, _: Option<std::time::Instant>) {}
     fn closer(&self) -> io::Result<Box<dyn Fn() + Send>> {
         Ok(Box::new(|| {}))
     }
@@ -214,6 +215,7 @@ fn iscsi(input: &[u8], chap: bool) -> u64 {
         "127.0.0.1:1".parse().unwrap(),
         None,
         &pc,
+        &mut AdmitAll,
     );
     outside(&pc.disk)
 }

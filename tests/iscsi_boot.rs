@@ -7,9 +7,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::pc::{self, Boot, HOST};
 use sha2::{Digest, Sha256};
@@ -19,6 +22,7 @@ const BOOT_LIMIT: Duration = Duration::from_secs(150);
 struct Room {
     dir: tempfile::TempDir,
     iscsi: u16,
+    nbd: u16,
     http: SocketAddr,
 }
 
@@ -55,6 +59,7 @@ impl Room {
         let room = Room {
             dir,
             iscsi,
+            nbd,
             http: SocketAddr::from(([127, 0, 0, 1], http)),
         };
         common::room_cowctl(room.dir.path(), &["apply"]);
@@ -145,4 +150,214 @@ fn a_wrong_chap_secret_boots_nothing() {
         room.log().matches("authentication failure").count() >= 2
     });
     assert!(matches!(booted, Boot::Nothing(_)), "{booted:?}");
+}
+
+/// Connections from strangers' addresses that do nothing, kept open: one that the service
+/// closes is opened again, as an attacker would.
+struct Strangers {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Strangers {
+    /// `per_address` connections from each of `addresses` addresses of 127.0.<net>.0/24.
+    fn hold(to: SocketAddr, net: u8, addresses: u8, per_address: usize) -> Strangers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let from: Vec<IpAddr> = (1..=addresses)
+            .flat_map(|a| std::iter::repeat_n(IpAddr::from([127, 0, net, a]), per_address))
+            .collect();
+        let open = move |ip: IpAddr| -> Option<TcpStream> {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            s.bind(&SocketAddr::new(ip, 0).into()).ok()?;
+            s.connect(&to.into()).ok()?;
+            let s: TcpStream = s.into();
+            s.set_nonblocking(true).ok()?;
+            Some(s)
+        };
+        let mut conns: Vec<Option<TcpStream>> = from.iter().map(|ip| open(*ip)).collect();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut reopened = 0;
+            while !flag.load(Ordering::Relaxed) {
+                for (c, ip) in conns.iter_mut().zip(&from) {
+                    let mut buf = [0u8; 512];
+                    let closed = match c.as_mut().map(|s| s.read(&mut buf)) {
+                        None | Some(Ok(0)) => true,
+                        Some(Ok(_)) => false,
+                        Some(Err(e)) => e.kind() != std::io::ErrorKind::WouldBlock,
+                    };
+                    if closed {
+                        *c = open(*ip);
+                        reopened += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            reopened
+        });
+        Strangers {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops, and says how many connections the service closed and were opened again.
+    fn release(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+fn from(ip: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::new(IpAddr::from(ip), 0).into())
+        .unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
+}
+
+/// How long until the service closes `s` (reading whatever it sends meanwhile).
+fn closed_after(mut s: TcpStream, limit: Duration) -> Duration {
+    let start = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || start.elapsed() > limit {
+            break;
+        }
+    }
+    start.elapsed()
+}
+
+fn proc_status(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_pc_logs_in_and_boots_while_strangers_hold_every_waiting_place() {
+    use cowctl::service::limits::{WAITING_PER_ADDRESS, WAITING_TOTAL};
+    let room = Room::new();
+    let portal = SocketAddr::from(([127, 0, 0, 1], room.iscsi));
+    let nbd = SocketAddr::from(([127, 0, 0, 1], room.nbd));
+    let pid = std::fs::read_to_string(room.path("run/serve.pid")).unwrap();
+    let pid = pid.trim();
+    let (threads, rss) = (proc_status(pid, "Threads:"), proc_status(pid, "VmRSS:"));
+    // Every waiting place of both protocols, from as few addresses as the caps allow.
+    let addresses = u8::try_from(WAITING_TOTAL / WAITING_PER_ADDRESS).unwrap();
+    let iscsi_strangers = Strangers::hold(portal, 1, addresses, WAITING_PER_ADDRESS);
+    let nbd_strangers = Strangers::hold(nbd, 2, addresses, WAITING_PER_ADDRESS);
+    std::thread::sleep(Duration::from_millis(300));
+    let held_threads = proc_status(pid, "Threads:") - threads;
+    let held_kib = proc_status(pid, "VmRSS:").saturating_sub(rss);
+    eprintln!(
+        "{} waiting strangers cost {held_threads} threads and {held_kib} KiB ({} KiB each)",
+        2 * WAITING_TOTAL,
+        held_kib / (2 * WAITING_TOTAL as u64)
+    );
+    assert!(
+        held_threads <= 2 * WAITING_TOTAL as u64 + 4,
+        "{held_threads}"
+    );
+    // A login trickled a byte a second is cut off at the 15 s deadline, not after its 48
+    // bytes; an idle discovery session ends after 10 s. Both run beside the boot, from the
+    // PC's address, where no newcomer cuts them off first.
+    let trickler = std::thread::spawn(move || {
+        let s = from([127, 0, 0, 1], portal);
+        let login = common::iscsi::leading_login(0);
+        let mut w = s.try_clone().unwrap();
+        let start = Instant::now();
+        let writer = std::thread::spawn(move || {
+            for b in login {
+                if w.write_all(&[b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        let took = closed_after(s, Duration::from_secs(40)).max(start.elapsed());
+        let _ = writer.join();
+        took
+    });
+    let discoverer = std::thread::spawn(move || {
+        let mut s = from([127, 0, 0, 1], portal);
+        let login = common::iscsi::login(
+            1,
+            3,
+            true,
+            0,
+            &common::iscsi::keys(&[
+                ("InitiatorName", "iqn.2024-01.lan.x:idle"),
+                ("SessionType", "Discovery"),
+                ("HeaderDigest", "None"),
+                ("DataDigest", "None"),
+            ]),
+        );
+        s.write_all(&login).unwrap();
+        closed_after(s, Duration::from_secs(40))
+    });
+    // pc-01 (127.0.0.1, an address of the manifest) boots, and reads its disk over NBD.
+    assert_eq!(room.boot(), Boot::Counted(1), "serve log:\n{}", room.log());
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", &format!("nbd://127.0.0.1:{}/pc-01", room.nbd)])
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "{info:?}");
+    // A newcomer from an address the manifest does not list gets a place too: the oldest
+    // stranger (waiting over a second) is cut off for it.
+    let mut newcomer = from([127, 0, 5, 1], portal);
+    newcomer
+        .write_all(&common::iscsi::login(
+            1,
+            3,
+            true,
+            0,
+            &common::iscsi::keys(&[
+                ("InitiatorName", "iqn.2024-01.lan.x:new"),
+                ("SessionType", "Discovery"),
+            ]),
+        ))
+        .unwrap();
+    newcomer
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reply = [0u8; 48];
+    newcomer.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        (reply[0] & 0x3f, reply[36]),
+        (0x23, 0),
+        "a Login Response, success"
+    );
+    let mut nbd_newcomer = from([127, 0, 5, 2], nbd);
+    nbd_newcomer
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut greeting = [0u8; 16];
+    nbd_newcomer.read_exact(&mut greeting).unwrap();
+    assert_eq!(
+        &greeting, b"NBDMAGICIHAVEOPT",
+        "the NBD server greets the newcomer"
+    );
+    let trickled = trickler.join().unwrap();
+    assert!(
+        (Duration::from_secs(14)..Duration::from_secs(17)).contains(&trickled),
+        "the trickled login was cut off after {trickled:?}"
+    );
+    let idle = discoverer.join().unwrap();
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(13)).contains(&idle),
+        "the idle discovery session ended after {idle:?}"
+    );
+    // The pools were full: strangers were cut off to make room, and opened again.
+    assert!(
+        iscsi_strangers.release() > 0,
+        "iSCSI strangers were cut off"
+    );
+    assert!(nbd_strangers.release() > 0, "NBD strangers were cut off");
+    assert!(room.log().contains("to make room"), "{}", room.log());
 }

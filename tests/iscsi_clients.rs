@@ -265,8 +265,8 @@ fn a_reset_under_a_logged_in_initiator_brings_it_back_to_the_golden_disk_and_dow
 fn connections_are_capped_per_address_and_a_login_must_finish_in_time() {
     let room = Room::new("initiator");
     let addr = format!("127.0.0.1:{}", room.port);
-    // The cap per address: the 17th connection from one address is closed at once.
-    let idle: Vec<TcpStream> = (0..16)
+    // The cap per address on connections waiting to log in: the next one is closed at once.
+    let idle: Vec<TcpStream> = (0..cowctl::service::limits::WAITING_PER_ADDRESS)
         .map(|_| TcpStream::connect(&addr).unwrap())
         .collect();
     let mut extra = TcpStream::connect(&addr).unwrap();

@@ -11,7 +11,7 @@ use std::io::Cursor;
 use std::time::Duration;
 
 use common::iscsi::*;
-use cowctl::iscsi::connection::{converse, Ended, Line};
+use cowctl::iscsi::connection::{converse, AdmitAll, Ended, Line};
 use cowctl::iscsi::login::{End, Login};
 use cowctl::iscsi::pdu::LoginRequest;
 use cowctl::iscsi::reader::{PduReader, PduWriter};
@@ -427,6 +427,7 @@ impl Line for Memory {
     fn set_read_timeout(&self, _: Option<Duration>) -> std::io::Result<()> {
         Ok(())
     }
+    fn set_deadline(&self, _: Option<std::time::Instant>) {}
     fn closer(&self) -> std::io::Result<Box<dyn Fn() + Send>> {
         Ok(Box::new(|| {}))
     }
@@ -442,6 +443,7 @@ fn run(pc: &OnePc, input: &[u8]) -> (Ended, Vec<Reply>) {
         "127.0.0.1:1".parse().unwrap(),
         None,
         pc,
+        &mut AdmitAll,
     )
     .unwrap();
     (ended, replies(&out))

@@ -14,8 +14,13 @@ use super::reader::{Digests, PduReader, PduWriter, ReadError};
 use super::scsi::{Lu, Nexus};
 use super::session::{self, Discovery, Kind, Next, Session};
 
-/// A login that has not reached the full feature phase by then is dropped.
+/// A login that has not reached the full feature phase by then is dropped, however
+/// slowly its bytes trickle in: the deadline holds inside every read.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// A discovery session (no CHAP, no disk) ends this long after its connection came.
+pub const DISCOVERY_LIFETIME: Duration = Duration::from_secs(30);
+/// A discovery session that sends nothing for this long is closed.
+pub const DISCOVERY_IDLE: Duration = Duration::from_secs(10);
 /// How often a quiet connection wakes up to see whether it needs a ping.
 const TICK: Duration = Duration::from_secs(2);
 /// What a login may carry in one PDU before the operational limits apply.
@@ -71,17 +76,91 @@ impl std::fmt::Display for Ended {
 pub trait Line {
     /// Blocks reads at most this long (None: forever).
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    /// Every read ends by `until` (None: no deadline), however the peer trickles bytes.
+    fn set_deadline(&self, until: Option<Instant>);
     /// A callback that shuts the connection down from another thread.
     fn closer(&self) -> io::Result<Box<dyn Fn() + Send>>;
 }
 
-impl Line for TcpStream {
+/// The service's say on a connection whose initiator has logged into a PC's target.
+pub trait Admission {
+    /// The connection stops counting as a stranger's; false refuses the login (the
+    /// service has no room for one more logged-in connection).
+    fn logged_in(&mut self) -> bool;
+}
+
+/// Admits every login (tests, fuzzing).
+pub struct AdmitAll;
+
+impl Admission for AdmitAll {
+    fn logged_in(&mut self) -> bool {
+        true
+    }
+}
+
+/// A read timeout and a deadline, shared by a connection's reading half and its line.
+#[derive(Debug, Default, Clone, Copy)]
+struct Clock {
+    tick: Option<Duration>,
+    until: Option<Instant>,
+}
+
+/// A TCP connection whose reads all end by the deadline while one is set.
+pub struct Clocked {
+    stream: TcpStream,
+    clock: Arc<std::sync::Mutex<Clock>>,
+}
+
+impl Clocked {
+    pub fn new(stream: TcpStream) -> Clocked {
+        Clocked {
+            stream,
+            clock: Arc::default(),
+        }
+    }
+
+    fn clock(&self) -> Clock {
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn try_clone(&self) -> io::Result<Clocked> {
+        Ok(Clocked {
+            stream: self.stream.try_clone()?,
+            clock: self.clock.clone(),
+        })
+    }
+}
+
+impl io::Read for Clocked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let clock = self.clock();
+        if let Some(until) = clock.until {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let t = clock.tick.map_or(left, |t| t.min(left));
+            self.stream.set_read_timeout(Some(t))?;
+        }
+        io::Read::read(&mut self.stream, buf)
+    }
+}
+
+impl Line for Clocked {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        TcpStream::set_read_timeout(self, t)
+        self.clock.lock().unwrap_or_else(|p| p.into_inner()).tick = t;
+        self.stream.set_read_timeout(t)
+    }
+
+    fn set_deadline(&self, until: Option<Instant>) {
+        self.clock.lock().unwrap_or_else(|p| p.into_inner()).until = until;
+        if until.is_none() {
+            let _ = self.stream.set_read_timeout(self.clock().tick);
+        }
     }
 
     fn closer(&self) -> io::Result<Box<dyn Fn() + Send>> {
-        let s = self.try_clone()?;
+        let s = self.stream.try_clone()?;
         Ok(Box::new(move || {
             let _ = s.shutdown(Shutdown::Both);
         }))
@@ -89,13 +168,21 @@ impl Line for TcpStream {
 }
 
 /// Serves one TCP connection until it ends.
-pub fn serve(stream: TcpStream, portal: &dyn Portal) -> io::Result<Ended> {
+pub fn serve(
+    stream: TcpStream,
+    portal: &dyn Portal,
+    admission: &mut dyn Admission,
+) -> io::Result<Ended> {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr()?;
     let local = stream.local_addr().ok();
-    let reader = PduReader::new(stream.try_clone()?, LOGIN_MAX_DATA);
-    let writer = PduWriter::new(BufWriter::with_capacity(WRITE_BUFFER, stream.try_clone()?));
-    converse(reader, writer, &stream, peer, local, portal)
+    let line = Clocked::new(stream);
+    let reader = PduReader::new(line.try_clone()?, LOGIN_MAX_DATA);
+    let writer = PduWriter::new(BufWriter::with_capacity(
+        WRITE_BUFFER,
+        line.stream.try_clone()?,
+    ));
+    converse(reader, writer, &line, peer, local, portal, admission)
 }
 
 /// Login, then the full feature phase, over any line (tests use memory).
@@ -106,8 +193,11 @@ pub fn converse<R: io::Read, W: io::Write>(
     peer: SocketAddr,
     local: Option<SocketAddr>,
     portal: &dyn Portal,
+    admission: &mut dyn Admission,
 ) -> io::Result<Ended> {
-    let deadline = Instant::now() + LOGIN_TIMEOUT;
+    let came = Instant::now();
+    let deadline = came + LOGIN_TIMEOUT;
+    line.set_deadline(Some(deadline));
     let mut login = Login::new(next_tsih(), session::WINDOW);
     let (est, attachment) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -133,8 +223,20 @@ pub fn converse<R: io::Read, W: io::Write>(
         let mut attachment = None;
         if let Some(End::FullFeature(est)) = &reply.end {
             if let SessionKind::Normal { .. } = est.kind {
-                match portal.attach(est, peer, line.closer()?) {
+                // Admitted before attaching: a refused login must not reinstate (close)
+                // the PC's running session.
+                let attached = if admission.logged_in() {
+                    portal.attach(est, peer, line.closer()?)
+                } else {
+                    Err(LoginStatus::OUT_OF_RESOURCES)
+                };
+                match attached {
                     Ok(a) => attachment = Some(a),
+                    Err(LoginStatus::OUT_OF_RESOURCES) => super::login::refuse(
+                        &mut reply,
+                        LoginStatus::OUT_OF_RESOURCES,
+                        "as many initiators are logged in as the service takes",
+                    ),
                     Err(status) => super::login::refuse(
                         &mut reply,
                         status,
@@ -157,6 +259,9 @@ pub fn converse<R: io::Read, W: io::Write>(
     };
     reader.set_limits(OUR_MAX_RECV_DATA as usize, digests);
     line.set_read_timeout(Some(TICK))?;
+    // A discovery session proves nothing: it stays a stranger's, with a lifetime.
+    let until = attachment.is_none().then(|| came + DISCOVERY_LIFETIME);
+    line.set_deadline(until);
     let kind = match &attachment {
         Some(a) => Kind::Normal {
             lu: a.lu.clone(),
@@ -170,7 +275,7 @@ pub fn converse<R: io::Read, W: io::Write>(
         local,
     };
     let mut session = Session::new(writer, est, kind, discovery);
-    let ended = full_feature(&mut reader, &mut session);
+    let ended = full_feature(&mut reader, &mut session, until);
     session.end();
     let _ = session.flush();
     drop(session);
@@ -178,9 +283,12 @@ pub fn converse<R: io::Read, W: io::Write>(
     ended
 }
 
+/// The full feature phase until the connection ends; a discovery session (`until` set)
+/// also ends at its deadline or when it is idle.
 fn full_feature<R: io::Read, W: io::Write>(
     reader: &mut PduReader<R>,
     session: &mut Session<'_, W>,
+    until: Option<Instant>,
 ) -> io::Result<Ended> {
     loop {
         if !reader.has_pdu() {
@@ -188,6 +296,18 @@ fn full_feature<R: io::Read, W: io::Write>(
         }
         let next = match reader.read_pdu() {
             Ok(pdu) => session.handle(&pdu)?,
+            Err(ReadError::TimedOut) if until.is_some_and(|u| Instant::now() >= u) => {
+                Next::Close(format!(
+                    "a discovery session lasts at most {} s",
+                    DISCOVERY_LIFETIME.as_secs()
+                ))
+            }
+            Err(ReadError::TimedOut) if until.is_some() && session.quiet() >= DISCOVERY_IDLE => {
+                Next::Close(format!(
+                    "the discovery session was idle for {} s",
+                    DISCOVERY_IDLE.as_secs()
+                ))
+            }
             Err(ReadError::TimedOut) => session.idle()?,
             Err(ReadError::DataDigest(bhs)) => session.data_digest_error(&bhs)?,
             Err(ReadError::Closed) => {

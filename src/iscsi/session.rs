@@ -245,6 +245,11 @@ impl<'a, W: Write> Session<'a, W> {
         }
     }
 
+    /// How long the initiator has sent nothing.
+    pub fn quiet(&self) -> Duration {
+        self.last_heard.elapsed()
+    }
+
     /// The line has been quiet: ping the initiator, or give up on one that does not answer.
     pub fn idle(&mut self) -> io::Result<Next> {
         if !self.pings {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use anyhow::{Context, Result};
 
 use super::exports::Registry;
-use super::limits::ConnLimits;
+use super::limits::{ConnLimits, Permit};
 use crate::iscsi::chap::{Credentials, Secret};
 use crate::iscsi::login::{Access, Directory, Established, SessionKind};
 use crate::iscsi::pdu::LoginStatus;
@@ -150,7 +150,7 @@ impl IscsiService {
             let Ok(peer) = stream.peer_addr() else {
                 continue;
             };
-            let permit = match self.limits.admit(peer.ip()) {
+            let mut permit = match self.limits.admit(peer.ip(), super::limits::closer(&stream)) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!("iSCSI: refused a connection from {peer}: {e}");
@@ -162,12 +162,26 @@ impl IscsiService {
             let _ = std::thread::Builder::new()
                 .name(format!("iscsi {peer}"))
                 .spawn(move || {
-                    let _permit = permit;
-                    match crate::iscsi::serve(stream, &me) {
+                    match crate::iscsi::serve(stream, &me, &mut Admitted(&mut permit, peer)) {
                         Ok(end) => tracing::info!("iSCSI connection from {peer} ended: {end}"),
                         Err(e) => tracing::info!("iSCSI connection from {peer} ended: {e}"),
                     }
                 });
+        }
+    }
+}
+
+/// A login moves its connection out of the strangers' pool.
+struct Admitted<'a>(&'a mut Permit, SocketAddr);
+
+impl crate::iscsi::connection::Admission for Admitted<'_> {
+    fn logged_in(&mut self) -> bool {
+        match self.0.promote() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("iSCSI: refused a login from {}: {e}", self.1);
+                false
+            }
         }
     }
 }

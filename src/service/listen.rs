@@ -17,7 +17,7 @@ use crate::nbd::{self, Outcome};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection that sends no request for this long is closed (TCP keepalive finds a dead
 /// peer sooner; clients such as qemu and nbd-client -persist reconnect).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const BUFFER: usize = 256 << 10;
 
 /// What a connection needs of its socket besides reading and writing.
@@ -57,7 +57,7 @@ pub fn accept_tcp(listener: TcpListener, registry: Arc<Registry>, limits: Arc<Co
         let Ok(addr) = stream.peer_addr() else {
             continue;
         };
-        let permit = match limits.admit(addr.ip()) {
+        let permit = match limits.admit(addr.ip(), super::limits::closer(&stream)) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("NBD: refused a connection from {addr}: {e}");
@@ -94,8 +94,8 @@ fn spawn<S: Socket>(
     let _ = std::thread::Builder::new()
         .name(format!("nbd {peer}"))
         .spawn(move || {
-            let _permit = permit;
-            if let Err(e) = connection(stream, &peer, ip, &registry) {
+            let mut permit = permit;
+            if let Err(e) = connection(stream, &peer, ip, &registry, permit.as_mut()) {
                 tracing::debug!("NBD connection from {peer} ended: {e:#}");
             }
         });
@@ -106,6 +106,7 @@ fn connection<S: Socket>(
     peer: &str,
     ip: Option<IpAddr>,
     registry: &Registry,
+    permit: Option<&mut Permit>,
 ) -> anyhow::Result<()> {
     let mut rw = ReadWrite {
         r: Deadline {
@@ -126,6 +127,11 @@ fn connection<S: Socket>(
     let Some(slot) = registry.get(&name) else {
         return Ok(());
     };
+    // The client chose an export it may open: it is no longer a stranger's connection.
+    if let Some(Err(e)) = permit.map(Permit::promote) {
+        tracing::warn!("NBD: closed {peer}'s connection to {name}: {e}");
+        return Ok(());
+    }
     let closer = stream.duplicate()?;
     let Some((engine, info, guard)) =
         slot.attach(peer.to_string(), ip, Box::new(move || closer.shut()))

@@ -45,12 +45,15 @@ pub struct Service {
     aoe: Arc<aoe::AoeService>,
     /// One control operation at a time, as the lock file does for the kernel backend.
     ops: Mutex<()>,
+    /// The NBD server's caps (the iSCSI target has its own).
+    pub nbd_limits: Arc<limits::ConnLimits>,
 }
 
 impl Service {
     pub fn new(manifest: Manifest, registry: Arc<Registry>) -> Service {
-        let limits = limits::ConnLimits::new(limits::DEFAULT_TOTAL, limits::DEFAULT_PER_ADDRESS);
+        let limits = limits::ConnLimits::standard();
         Service {
+            nbd_limits: limits::ConnLimits::standard(),
             listen: manifest.nbd.listen,
             http: manifest.http.clone(),
             iscsi: iscsi::IscsiService::new(registry.clone(), portals(&manifest), limits),
@@ -128,6 +131,9 @@ impl Service {
         // only as the new manifest says.
         self.iscsi.set_manifest(&manifest)?;
         self.aoe.set_manifest(&manifest);
+        let pcs = manifest.pcs.iter().filter_map(|p| p.ip).collect::<Vec<_>>();
+        self.iscsi.limits.set_pc_addresses(pcs.iter().copied());
+        self.nbd_limits.set_pc_addresses(pcs);
         let mut done = Vec::new();
         let result = run_steps(&steps, |s| self.step(&manifest, s), &mut |_, s| {
             done.push(s.to_string())

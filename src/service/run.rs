@@ -86,10 +86,7 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
     let r = registry.clone();
-    let limits = super::limits::ConnLimits::new(
-        super::limits::DEFAULT_TOTAL,
-        super::limits::DEFAULT_PER_ADDRESS,
-    );
+    let limits = service.nbd_limits.clone();
     std::thread::spawn(move || listen::accept_tcp(tcp, r, limits));
     let r = registry.clone();
     std::thread::spawn(move || listen::accept_unix(unix, r));

@@ -186,7 +186,7 @@ async fn accept(
                 continue;
             }
         };
-        let permit = match limits.admit(remote.ip()) {
+        let permit = match limits.admit_member(remote.ip()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("HTTP: refused a connection from {remote}: {e}");
@@ -260,10 +260,6 @@ pub fn spawn(cfg: HttpConfig, fleet: Arc<dyn Fleet>) -> Result<Vec<SocketAddr>> 
         .build()
         .context("cannot start the HTTP service's runtime")?;
     let nonces = Arc::new(boot::Nonces::default());
-    let limits = crate::service::limits::ConnLimits::new(
-        crate::service::limits::DEFAULT_TOTAL,
-        crate::service::limits::DEFAULT_PER_ADDRESS,
-    );
     std::thread::spawn(move || {
         runtime.block_on(async move {
             let mut tasks = Vec::new();
@@ -274,7 +270,9 @@ pub fn spawn(cfg: HttpConfig, fleet: Arc<dyn Fleet>) -> Result<Vec<SocketAddr>> 
                     admin,
                     nonces: nonces.clone(),
                 };
-                let limits = limits.clone();
+                // The PC-facing and the admin listener each have their own places, so
+                // neither side can crowd out the other.
+                let limits = crate::service::limits::ConnLimits::standard();
                 tasks.push(tokio::spawn(async move {
                     match tokio::net::TcpListener::from_std(l) {
                         Ok(l) => accept(l, router(app), limits).await,
