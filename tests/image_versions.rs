@@ -376,5 +376,8 @@ fn a_commit_killed_at_any_point_leaves_no_half_version() {
     assert!(std::fs::read_dir(room.path("versions"))
         .unwrap()
         .flatten()
-        .all(|e| !e.file_name().to_string_lossy().starts_with('.')));
+        .all(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            !n.starts_with(".incoming-") && !n.starts_with(".pruning-")
+        }));
 }

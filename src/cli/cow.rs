@@ -67,7 +67,7 @@ pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
                     g.image.display()
                 );
             }
-            let g = sidecar::fingerprint(&base)?;
+            let g = crate::image::golden_for(&base)?;
             sidecar::write(&cowfile, &g)?;
             if json {
                 return print_json(&g);

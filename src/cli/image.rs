@@ -1,4 +1,4 @@
-//! `cowctl image`: list, import, commit, promote, prune an image's versions.
+//! `cowctl image`: list, import, commit, promote, prune, hash an image's versions.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,13 +48,16 @@ pub enum ImageCommand {
         version: String,
         pcs: Vec<String>,
     },
-    /// Remove versions that are not current and that no PC uses.
+    /// Remove versions that are not current and that no COW on this server lies over.
     Prune {
         image: String,
         /// List what would go, remove nothing.
         #[arg(long)]
         dry_run: bool,
     },
+    /// Add the full SHA-256 to versions made before cowctl took it, and verify the others
+    /// (a mismatch changes nothing).
+    Hash { image: String },
 }
 
 pub fn run(c: ImageCommand, flag: Option<&Path>, json: bool) -> Result<ExitCode> {
@@ -63,6 +66,19 @@ pub fn run(c: ImageCommand, flag: Option<&Path>, json: bool) -> Result<ExitCode>
         let m = Manifest::load_unresolved(&crate::manifest::resolve_path(flag))?;
         return import(&m, c, json);
     }
+    // Commands that change a store hold the lock from before the manifest is read.
+    let _lock = match &c {
+        ImageCommand::Promote { image, .. }
+        | ImageCommand::Prune { image, .. }
+        | ImageCommand::Hash { image } => {
+            let what = format!("image {} {image}", command_name(&c));
+            Some(crate::control::lock::acquire(
+                &crate::control::default_run_dir(),
+                &what,
+            )?)
+        }
+        _ => None,
+    };
     let m = load(flag)?;
     match c {
         ImageCommand::List { image } => list(&m, image.as_deref(), json),
@@ -79,7 +95,55 @@ pub fn run(c: ImageCommand, flag: Option<&Path>, json: bool) -> Result<ExitCode>
             pcs,
         } => promote(&m, &image, &version, &pcs, json),
         ImageCommand::Prune { image, dry_run } => prune(&m, &image, dry_run, json),
+        ImageCommand::Hash { image } => hash(&m, &image, json),
     }
+}
+
+fn command_name(c: &ImageCommand) -> &'static str {
+    match c {
+        ImageCommand::List { .. } => "list",
+        ImageCommand::Import { .. } => "import",
+        ImageCommand::Commit { .. } => "commit",
+        ImageCommand::Promote { .. } => "promote",
+        ImageCommand::Prune { .. } => "prune",
+        ImageCommand::Hash { .. } => "hash",
+    }
+}
+
+fn hash(m: &Manifest, family: &str, json: bool) -> Result<ExitCode> {
+    use image::hash::Checked;
+    let store = image::open(m, family)?;
+    let checked = image::hash::hash_store(&store)?;
+    if json {
+        print_json(&checked)?;
+    }
+    let mut bad = 0;
+    for c in &checked {
+        match c {
+            Checked::Added { version, sha256 } if !json => {
+                println!("{family}@{version}: sha256 {sha256} added")
+            }
+            Checked::Verified { version } if !json => {
+                println!("{family}@{version}: sha256 verified")
+            }
+            Checked::Mismatch {
+                version,
+                recorded,
+                found,
+            } => {
+                bad += 1;
+                eprintln!(
+                    "{family}@{version}: {} DOES NOT MATCH its record: recorded sha256 {recorded}, found {found}; the disk changed after it was made",
+                    store.disk(version).display()
+                );
+            }
+            _ => {}
+        }
+    }
+    if bad > 0 {
+        bail!("{bad} version(s) of {family} changed on disk; nothing was written (restore them from a backup, or prune them)");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn import(m: &Manifest, c: ImageCommand, json: bool) -> Result<ExitCode> {
@@ -248,6 +312,8 @@ struct Row {
     note: String,
     made_from: String,
     size: u64,
+    /// SHA-256 of its disk; none for a version made before cowctl took it.
+    sha256: Option<String>,
     /// `allocated` and `shared` (blocks a commit cloned) in the JSON.
     #[serde(flatten)]
     space: image::space::Space,
@@ -289,6 +355,7 @@ fn rows(m: &Manifest, family: &str, store: &Store) -> Vec<Row> {
                 note: v.note.clone(),
                 made_from: v.made_from.clone(),
                 size: v.size,
+                sha256: v.sha256.clone(),
                 space,
                 runs_on: on(&key),
                 moving_here,
@@ -332,6 +399,17 @@ fn list(m: &Manifest, only: Option<&str>, json: bool) -> Result<ExitCode> {
                 store.current().map_or("none", VersionName::as_str)
             );
             print_table(&rows);
+            let unhashed: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.sha256.is_none())
+                .map(|r| r.version.as_str())
+                .collect();
+            if !unhashed.is_empty() {
+                println!(
+                    "  {} without a full hash (made before cowctl took one): add it with `cowctl image hash {family}`",
+                    unhashed.join(", ")
+                );
+            }
         }
         all.extend(rows);
     }
@@ -360,6 +438,7 @@ fn print_table(rows: &[Row]) {
         "PARENT",
         "SIZE",
         "ON DISK",
+        "SHA-256",
         "RUNS ON",
         "MOVING HERE",
         "NOTE",
@@ -373,6 +452,9 @@ fn print_table(rows: &[Row]) {
             r.parent.as_ref().map_or("-".into(), |p| p.to_string()),
             human(r.size),
             on_disk(r.space),
+            r.sha256
+                .as_ref()
+                .map_or("none".into(), |h| h[..12.min(h.len())].to_string()),
             dash(&r.runs_on),
             dash(&r.moving_here),
             r.note.clone(),
@@ -432,6 +514,11 @@ fn prune(m: &Manifest, family: &str, dry_run: bool, json: bool) -> Result<ExitCo
         }
         if !dry_run {
             image::remove_version(&store, &v.name)?;
+        }
+    }
+    if !dry_run {
+        for r in &plan.stale {
+            std::fs::remove_file(r)?;
         }
     }
     for d in &plan.leftovers {

@@ -30,7 +30,7 @@ pub enum Command {
     /// Work on COW files in the kernel's dm-snapshot persistent format.
     #[command(subcommand)]
     Cow(cow::CowCommand),
-    /// Golden image versions: list, import, commit a PC, promote, prune.
+    /// Golden image versions: list, import, commit a PC, promote, prune, hash.
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Check the manifest and list every error at once.

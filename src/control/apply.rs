@@ -203,7 +203,7 @@ fn step(
             let golden = match fingerprints.get(image) {
                 Some(g) => g.clone(),
                 None => {
-                    let g = sidecar::fingerprint(image)?;
+                    let g = crate::image::golden_for(image)?;
                     fingerprints.insert(image.clone(), g.clone());
                     g
                 }

@@ -420,6 +420,7 @@ pub fn refuse_if_any(manifest: &Manifest, problems: Vec<String>) -> Result<()> {
 pub fn file_problems(manifest: &Manifest) -> Vec<String> {
     let mut problems = Vec::new();
     let mut fingerprints = std::collections::BTreeMap::new();
+    let mut stores = std::collections::BTreeMap::new();
     for image in manifest
         .images
         .values()
@@ -499,6 +500,7 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
                     problems.push(format!("{e:#}"));
                 }
             }
+            problems.extend(version_problem(manifest, &mut stores, pc));
         } else if let Some(dir) = pc.cow.parent().filter(|d| !d.exists()) {
             problems.push(format!(
                 "{}: the COW's directory {} does not exist",
@@ -508,6 +510,23 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
         }
     }
     problems
+}
+
+/// A PC's COW over a version the store does not hold (`image::cow_problem`); each store is
+/// read once.
+fn version_problem(
+    manifest: &Manifest,
+    stores: &mut std::collections::BTreeMap<PathBuf, crate::image::Store>,
+    pc: &Pc,
+) -> Option<String> {
+    let dir = manifest.images[&pc.image].store.as_ref()?;
+    if !stores.contains_key(dir) {
+        match crate::image::Store::open(dir) {
+            Ok(s) => stores.insert(dir.clone(), s),
+            Err(e) => return Some(format!("{e:#}")),
+        };
+    }
+    crate::image::cow_problem(manifest, &stores[dir], pc)
 }
 
 /// Portals must be on an interface that is up (or the wildcard); AoE interfaces must be up.

@@ -26,6 +26,19 @@ pub struct Golden {
     pub resets: u64,
     #[serde(default)]
     pub last_reset: Option<u64>,
+    /// For a COW over an image version: that version's exact identity. Records written
+    /// before versions had one lack it (see `image::Store::version_of`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<VersionId>,
+}
+
+/// Which version a COW lies over: its name and the SHA-256 of its whole disk (none for a
+/// version made before versions were hashed, until `cowctl image hash` adds it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionId {
+    pub name: String,
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 pub fn sidecar_path(cow: &Path) -> PathBuf {
@@ -61,11 +74,16 @@ pub fn fingerprint(image: &Path) -> Result<Golden> {
         fingerprint,
         resets: 0,
         last_reset: None,
+        version: None,
     })
 }
 
-/// Writes the record durably: a crash leaves the old one or the new one, never half.
+/// Writes the record durably: a crash leaves the old one or the new one, never half. A
+/// record naming a version is first noted in that version's store, so prune sees the COW.
 pub fn write(cow: &Path, golden: &Golden) -> Result<()> {
+    if golden.version.is_some() {
+        crate::image::users::note(&golden.image, cow)?;
+    }
     let p = sidecar_path(cow);
     let text = serde_json::to_string_pretty(golden)? + "\n";
     crate::durable::write_atomic(&p, text.as_bytes())
@@ -77,8 +95,12 @@ pub fn write(cow: &Path, golden: &Golden) -> Result<()> {
 pub fn note_reset(cow: &Path, onto: Option<&Golden>) -> Result<()> {
     let mut g = match (read(cow)?, onto) {
         (Some(mut g), Some(new)) => {
-            (g.image, g.size, g.fingerprint) =
-                (new.image.clone(), new.size, new.fingerprint.clone());
+            (g.image, g.size, g.fingerprint, g.version) = (
+                new.image.clone(),
+                new.size,
+                new.fingerprint.clone(),
+                new.version.clone(),
+            );
             g
         }
         (None, Some(new)) => new.clone(),
@@ -91,6 +113,14 @@ pub fn note_reset(cow: &Path, onto: Option<&Golden>) -> Result<()> {
         .ok()
         .map(|d| d.as_secs());
     write(cow, &g)
+}
+
+/// When the record was last written (Unix seconds), if the file system says.
+pub fn written(cow: &Path) -> Option<u64> {
+    let m = std::fs::metadata(sidecar_path(cow)).ok()?.modified().ok()?;
+    m.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
 }
 
 pub fn read(cow: &Path) -> Result<Option<Golden>> {

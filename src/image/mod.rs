@@ -8,17 +8,22 @@
 //! (or, without a COW yet, on the version it is due); resets move PCs to the promoted one.
 
 pub mod build;
+pub mod hash;
+pub mod identity;
 pub mod import;
 pub mod space;
 pub mod store;
+pub mod users;
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::control::sidecar::{self, Golden};
 use crate::manifest::{Image, Manifest, Pc};
+pub use identity::Found;
 pub use store::{Store, Version, VersionName};
 
 /// The key a version has among the manifest's images: `win10@v2`.
@@ -76,7 +81,17 @@ pub fn resolve(m: &mut Manifest) -> Vec<Problem> {
         }
         for i in users {
             let pc = &m.pcs[i];
-            let running = running_version(&store, pc);
+            if sidecar::sidecar_path(&pc.cow).exists() {
+                // Best effort (a reading command may not write the store): the COWs of
+                // stores made before back-references become visible to prune.
+                let _ = users::note_in(dir, &pc.cow);
+            }
+            let running = match running_version(&store, pc) {
+                Found::On(v) => Some(v.clone()),
+                // Put on the version it is due; plan, apply and commit refuse it
+                // (`cow_problem`), and a reset moves it.
+                Found::Missing(_) | Found::Elsewhere => None,
+            };
             match running.or_else(|| store.target(&pc.name).cloned()) {
                 Some(v) if store.versions.contains_key(&v) => m.pcs[i].image = key(&image.name, &v),
                 Some(v) => problems.push((field.clone(), format!("{}: {} promotes version {v}, which {} does not hold", pc.name, dir.join("promoted.json").display(), dir.display()))),
@@ -88,11 +103,32 @@ pub fn resolve(m: &mut Manifest) -> Vec<Problem> {
 }
 
 /// The version a PC's COW was made against, when it has one of this store's.
-fn running_version(store: &Store, pc: &Pc) -> Option<VersionName> {
-    sidecar::read(&pc.cow)
-        .ok()
-        .flatten()
-        .and_then(|g| store.version_of(&g).cloned())
+fn running_version<'a>(store: &'a Store, pc: &Pc) -> Found<'a> {
+    match sidecar::read(&pc.cow).ok().flatten() {
+        Some(g) => store.version_of(&g, sidecar::written(&pc.cow)),
+        None => Found::Elsewhere,
+    }
+}
+
+/// Why `pc`'s COW must not be laid over the version the manifest resolved it to: its record
+/// names a version the store no longer holds, or (changed since loading) another one.
+pub fn cow_problem(m: &Manifest, store: &Store, pc: &Pc) -> Option<String> {
+    let image = &m.images[&pc.image];
+    let on = image.version.as_deref()?;
+    let family = &image.family;
+    let (cow, dir) = (pc.cow.display(), store.dir.display());
+    match running_version(store, pc) {
+        Found::On(v) if v.as_str() == on => None,
+        Found::On(v) => Some(format!(
+            "{}: COW {cow} lies over {family}@{v}, not {family}@{on}: the store changed while cowctl ran; run the command again",
+            pc.name
+        )),
+        Found::Missing(what) => Some(format!(
+            "{}: COW {cow} was made over {family}@{what}, which {dir} no longer holds (pruned, or another disk now has its name); laid over any other version it would show garbage: reset {} (`cowctl reset {}`, its changes are lost) to start it on {family}@{on}, or put the version back into {dir}",
+            pc.name, pc.name, pc.name
+        )),
+        Found::Elsewhere => None,
+    }
 }
 
 /// The version `pc` moves to at its next reset when that is not the one it runs, read from
@@ -106,7 +142,8 @@ pub fn due(m: &Manifest, pc: &Pc) -> Result<Option<(Image, Golden)>> {
     let Some(v) = store.target(&pc.name) else {
         return Ok(None);
     };
-    if image.version.as_deref() == Some(v.as_str()) {
+    let lost = matches!(running_version(&store, pc), Found::Missing(_));
+    if image.version.as_deref() == Some(v.as_str()) && !lost {
         return Ok(None);
     }
     let version = store.get(v)?;
@@ -124,7 +161,26 @@ pub fn golden_of(store: &Store, v: &Version) -> Golden {
         fingerprint: v.fingerprint.clone(),
         resets: 0,
         last_reset: None,
+        version: Some(v.id()),
     }
+}
+
+/// The `.golden` record of a COW made over the image file `disk` as it is now: its size and
+/// fingerprint, and when `disk` is a version's (`<store>/<v>/disk.img`), that version's
+/// identity.
+pub fn golden_for(disk: &Path) -> Result<Golden> {
+    let mut g = sidecar::fingerprint(disk)?;
+    let folder = disk
+        .parent()
+        .filter(|_| disk.file_name() == Some(store::DISK.as_ref()));
+    if let Some(record) = folder.map(|f| f.join(store::RECORD)).filter(|r| r.exists()) {
+        let text = std::fs::read_to_string(&record)
+            .with_context(|| format!("cannot read {}", record.display()))?;
+        let v: Version = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a version record", record.display()))?;
+        g.version = Some(v.id());
+    }
+    Ok(g)
 }
 
 /// The store of a versioned image of the manifest.
@@ -156,6 +212,7 @@ fn record(
 ) -> Result<Version> {
     let disk = incoming.join(store::DISK);
     let g = sidecar::fingerprint(&disk)?;
+    let sha256 = hash::sha256_file(&disk)?;
     if g.size == 0 || g.size % 512 != 0 {
         bail!(
             "{} is {} bytes, not a whole number of sectors",
@@ -181,6 +238,8 @@ fn record(
         made_from,
         size: g.size,
         fingerprint: g.fingerprint,
+        sha256: Some(sha256),
+        hashed_later: None,
     })
 }
 
@@ -296,6 +355,9 @@ pub fn commit_pc(
         );
     };
     let store = Store::open(dir)?;
+    if let Some(problem) = cow_problem(m, &store, pc) {
+        bail!(problem);
+    }
     let parent: VersionName = parent.parse().map_err(|e: String| anyhow!(e))?;
     let changed = std::fs::File::open(&pc.cow)
         .ok()
@@ -318,17 +380,56 @@ pub struct Pruning {
     pub keep: Vec<(VersionName, String)>,
     /// Folders of commits or imports that died half way (their process is gone).
     pub leftovers: Vec<std::path::PathBuf>,
+    /// Back-references to COWs whose `.golden` record is gone.
+    pub stale: Vec<std::path::PathBuf>,
 }
 
-/// Versions that are not current, not promoted to any PC, not under any PC's COW, not on a
-/// loop device and not open in any process.
+/// For each version, the COWs on this server whose record names it (whichever manifest
+/// they are in), from the store's back-references; and the references whose record is gone.
+/// A COW whose record names a file outside the store keeps every version with that file's
+/// size and fingerprint: it may have been imported from it.
+fn cows_on(store: &Store) -> (BTreeMap<VersionName, Vec<String>>, Vec<PathBuf>) {
+    let mut on: BTreeMap<VersionName, Vec<String>> = BTreeMap::new();
+    let mut stale = Vec::new();
+    for (reference, cow) in users::list(&store.dir) {
+        let says = format!("COW {}", cow.display());
+        let mut keep = |v: &VersionName, why: String| on.entry(v.clone()).or_default().push(why);
+        match sidecar::read(&cow) {
+            Ok(None) => stale.push(reference),
+            Err(e) => store
+                .versions
+                .keys()
+                .for_each(|v| keep(v, format!("{says} (its record is unreadable: {e:#})"))),
+            Ok(Some(g)) => match store.version_of(&g, sidecar::written(&cow)) {
+                Found::On(v) => keep(v, says),
+                Found::Missing(_) => {}
+                Found::Elsewhere => store
+                    .versions
+                    .values()
+                    .filter(|v| v.size == g.size && v.fingerprint == g.fingerprint)
+                    .for_each(|v| {
+                        keep(
+                            &v.name,
+                            format!("{says} (its record names {})", g.image.display()),
+                        )
+                    }),
+            },
+        }
+    }
+    (on, stale)
+}
+
+/// Versions that are not current, not promoted to any PC, not under any COW on this
+/// server, not on a loop device and not open in any process.
 pub fn prune_plan(m: &Manifest, store: &Store, family: &str) -> Pruning {
     let loops =
         crate::kernel::loopdev::Loops::list(&crate::kernel::loopdev::SysLoops).unwrap_or_default();
+    let (cows, stale) = cows_on(store);
     let mut out = Pruning {
         remove: Vec::new(),
         keep: Vec::new(),
         leftovers: Vec::new(),
+        stale,
     };
     for v in store.versions.values() {
         let disk = store.disk(&v.name);
@@ -352,6 +453,8 @@ pub fn prune_plan(m: &Manifest, store: &Store, family: &str) -> Pruning {
             Some(format!("promoted to {}", pinned.join(", ")))
         } else if !users.is_empty() {
             Some(format!("{} run on it", users.join(", ")))
+        } else if let Some(cows) = cows.get(&v.name) {
+            Some(format!("{} runs on it", cows.join(", ")))
         } else if let Some(l) = loops
             .iter()
             .find(|l| crate::fileid::same_file(&l.backing, &disk))
@@ -380,9 +483,10 @@ pub fn prune_plan(m: &Manifest, store: &Store, family: &str) -> Pruning {
     out
 }
 
-/// Removes one version: its folder is renamed out of the store's names first, so it stops
-/// being a version at once, then deleted.
+/// Removes one version: its record is kept under `.pruned/` (its name is never reused), its
+/// folder renamed out of the store's names, so it stops being a version at once, then deleted.
 pub fn remove_version(store: &Store, v: &VersionName) -> Result<()> {
+    store.bury(store.get(v)?)?;
     let dir = store.version_dir(v);
     let gone = store
         .dir

@@ -6,6 +6,8 @@
 //!   v2/...
 //!   promoted.json                   which version is current, and the test group's pins
 //!   .incoming-v3-<pid>/             a version being made; renamed to v3/ only when whole
+//!   .users/<hash>                   the COWs made over its versions ([`super::users`])
+//!   .pruned/v0                      the record of a pruned version: its name is not reused
 //! ```
 //!
 //! A version exists exactly when its directory does: it is made under another name and
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::control::sidecar::Golden;
+use crate::control::sidecar::VersionId;
 
 /// A version's name: letters, digits, `.`, `_` and `-`, not starting with `.`, at most 64.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -85,6 +87,23 @@ pub struct Version {
     pub size: u64,
     /// The `.golden` guard's fingerprint of `disk.img`.
     pub fingerprint: String,
+    /// SHA-256 of the whole `disk.img`: taken when the version is made; absent in versions
+    /// made before cowctl hashed them, until `cowctl image hash` adds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// When `cowctl image hash` added `sha256` (Unix seconds); absent when taken at making.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashed_later: Option<u64>,
+}
+
+impl Version {
+    /// What a COW's record names this version by.
+    pub fn id(&self) -> VersionId {
+        VersionId {
+            name: self.name.to_string(),
+            sha256: self.sha256.clone(),
+        }
+    }
 }
 
 /// Which version PCs move to at their next reset: the room's, or a test group's own.
@@ -96,8 +115,9 @@ pub struct Promoted {
 }
 
 pub const DISK: &str = "disk.img";
-const RECORD: &str = "version.json";
+pub const RECORD: &str = "version.json";
 const PROMOTED: &str = "promoted.json";
+const PRUNED: &str = ".pruned";
 pub const INCOMING: &str = ".incoming-";
 
 #[derive(Debug, Clone)]
@@ -105,6 +125,8 @@ pub struct Store {
     pub dir: PathBuf,
     pub versions: BTreeMap<VersionName, Version>,
     pub promoted: Promoted,
+    /// Names of pruned versions, never given to a new one by [`Store::next_name`].
+    pub pruned: Vec<VersionName>,
 }
 
 impl Store {
@@ -153,10 +175,17 @@ impl Store {
                 return Err(e).with_context(|| format!("cannot read {}", promoted_path.display()))
             }
         };
+        let pruned = std::fs::read_dir(dir.join(PRUNED))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
         Ok(Store {
             dir: dir.to_path_buf(),
             versions,
             promoted,
+            pruned,
         })
     }
 
@@ -199,25 +228,12 @@ impl Store {
         self.promoted.pcs.get(pc).or(self.promoted.current.as_ref())
     }
 
-    /// The version a COW's `.golden` record names: by its disk's path, else by content
-    /// (an image imported from the file the COW was made over).
-    pub fn version_of(&self, golden: &Golden) -> Option<&VersionName> {
-        let by_path = self.versions.keys().find(|v| {
-            golden.image == self.disk(v) || crate::fileid::same_file(&golden.image, &self.disk(v))
-        });
-        by_path.or_else(|| {
-            self.versions
-                .values()
-                .find(|v| v.size == golden.size && v.fingerprint == golden.fingerprint)
-                .map(|v| &v.name)
-        })
-    }
-
-    /// `v<N+1>` after the highest `v<N>` there is.
+    /// `v<N+1>` after the highest `v<N>` there is or was (a pruned name is not reused).
     pub fn next_name(&self) -> VersionName {
         let n = self
             .versions
             .keys()
+            .chain(&self.pruned)
             .filter_map(VersionName::number)
             .max()
             .unwrap_or(0);
@@ -241,6 +257,28 @@ impl Store {
     pub fn write_promoted(&self, p: &Promoted) -> Result<()> {
         let path = self.dir.join(PROMOTED);
         let text = serde_json::to_string_pretty(p)? + "\n";
+        crate::durable::write_atomic(&path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Rewrites a version's record with a field added (`image hash`); its disk is untouched.
+    pub fn rewrite_record(&self, v: &Version) -> Result<()> {
+        let record = self.version_dir(&v.name).join(RECORD);
+        let text = serde_json::to_string_pretty(v)? + "\n";
+        crate::durable::write_atomic(&record, text.as_bytes())
+            .with_context(|| format!("cannot write {}", record.display()))
+    }
+
+    /// Keeps a pruned version's record under `.pruned/`, so its name is never reused.
+    pub fn bury(&self, v: &Version) -> Result<()> {
+        let dir = self.dir.join(PRUNED);
+        if !dir.is_dir() {
+            std::fs::create_dir(&dir)
+                .and_then(|()| crate::durable::sync_dir(&self.dir))
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let path = dir.join(v.name.as_str());
+        let text = serde_json::to_string_pretty(v)? + "\n";
         crate::durable::write_atomic(&path, text.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))
     }
@@ -329,10 +367,14 @@ mod tests {
                     made_from: String::new(),
                     size: 512,
                     fingerprint: String::new(),
+                    sha256: None,
+                    hashed_later: None,
                 },
             );
         }
         assert_eq!(s.next_name().as_str(), "v8");
+        s.pruned.push("v9".parse().unwrap());
+        assert_eq!(s.next_name().as_str(), "v10", "a pruned name is not reused");
     }
 
     #[test]
@@ -354,6 +396,8 @@ mod tests {
             made_from: "test".into(),
             size: 4096,
             fingerprint: "f".into(),
+            sha256: Some("h".into()),
+            hashed_later: None,
         };
         s.publish(&inc, &record).unwrap();
         let s = Store::open(d.path()).unwrap();
@@ -376,6 +420,7 @@ mod tests {
             dir: PathBuf::from("/x"),
             versions: BTreeMap::new(),
             promoted: p,
+            pruned: Vec::new(),
         };
         assert_eq!(s.target("pc-01").unwrap().as_str(), "v2");
         assert_eq!(s.target("pc-02").unwrap().as_str(), "v1");

@@ -154,7 +154,7 @@ impl Service {
             } => crate::cowfile::create(path, *size, *chunk).map(drop),
             Step::RecordGolden { pc: name, .. } => {
                 let p = pc(name)?;
-                sidecar::write(&p.cow, &sidecar::fingerprint(&m.images[&p.image].path)?)
+                sidecar::write(&p.cow, &crate::image::golden_for(&m.images[&p.image].path)?)
             }
             Step::Serve { pc: name, .. } => {
                 let served = open(m, pc(name)?)?;
