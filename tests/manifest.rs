@@ -323,3 +323,23 @@ fn a_versioned_image_without_versions_says_how_to_make_the_first() {
     // As written it is valid: import needs it before any version exists.
     Manifest::load_unresolved(&d.path().join("room.yaml")).unwrap();
 }
+
+#[test]
+fn control_characters_in_values_written_into_dnsmasqs_configuration_are_refused() {
+    // A newline would let the manifest's author (or a template filling it) add any
+    // dnsmasq option, such as a dhcp-script run as root.
+    let text = format!(
+        "{BASE}http:\n  listen: 0.0.0.0:8080\n\
+         pxe:\n  interface: \"eth1\\ndhcp-script=/tmp/x\"\n  tftp_root: \"/srv/tftp\\rdhcp-script=/tmp/x\"\n  dhcp: 10.9.0.100-10.9.0.199\n\
+         pcs:\n  - name: a\n    mac: 52:54:00:00:00:01\n    hostname: \"a\\ndhcp-script=/tmp/x\"\n  - name: b\n    mac: 52:54:00:00:00:02\n    hostname: \"b\\x7f\"\n"
+    );
+    let shown = parse(&text).unwrap_err().to_string();
+    for want in [
+        "pxe.interface: \"eth1\\ndhcp-script=/tmp/x\" holds the control character U+000A",
+        "pxe.tftp_root: \"/srv/tftp\\rdhcp-script=/tmp/x\" holds the control character U+000D",
+        "pcs[0].hostname: a: \"a\\ndhcp-script=/tmp/x\" is not a host name",
+        "pcs[1].hostname: b: \"b\\u{7f}\" is not a host name",
+    ] {
+        assert!(shown.contains(want), "{want}\nnot in\n{shown}");
+    }
+}
