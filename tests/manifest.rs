@@ -1,5 +1,7 @@
 //! Manifests: the example room, defaults and ranges, and every error at once with its place.
 
+mod common;
+
 use std::path::Path;
 
 use cowctl::manifest::{Export, Manifest};
@@ -341,5 +343,60 @@ fn control_characters_in_values_written_into_dnsmasqs_configuration_are_refused(
         "pcs[1].hostname: b: \"b\\u{7f}\" is not a host name",
     ] {
         assert!(shown.contains(want), "{want}\nnot in\n{shown}");
+    }
+}
+
+#[test]
+fn an_initiator_acl_without_chap_validates_with_a_warning_naming_the_risk() {
+    let d = tempfile::tempdir().unwrap();
+    let dd = d.path().display();
+    std::fs::write(d.path().join("golden.img"), vec![1u8; 1 << 20]).unwrap();
+    std::fs::create_dir(d.path().join("cow")).unwrap();
+    common::write_private(&d.path().join("chap.secret"), "room-secret\n");
+    let room = |iscsi_extra: &str| {
+        std::fs::write(
+            d.path().join("room.yaml"),
+            format!(
+                "backend: userspace\nimages:\n  g:\n    path: {dd}/golden.img\n\
+                 iscsi:\n  iqn_prefix: iqn.2024-01.lan.x\n  portals: [127.0.0.1:{}]\n{iscsi_extra}\
+                 defaults:\n  image: g\n  cow_dir: {dd}/cow\n  cow_size: 8MiB\n\
+                 pcs:\n  - name: pc-1\n    initiator: iqn.2024-01.lan.pc:pc-1\n",
+                common::free_port()
+            ),
+        )
+        .unwrap();
+    };
+    let run = |args: &[&str]| {
+        let out = common::room_command(d.path(), args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {err}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    };
+    let risk = "anyone who sends a PC's initiator name opens its disk: set iscsi.chap";
+    for (extra, at) in [("", "6:3"), ("  acl: initiator\n", "8:3")] {
+        room(extra);
+        let (_, err) = run(&["validate"]);
+        let want = format!("warning: {dd}/room.yaml:{at}: iscsi.acl: ");
+        assert!(
+            err.contains(&want) && err.contains(risk),
+            "{want}\nnot in\n{err}"
+        );
+        let (out, _) = run(&["--json", "validate"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["valid"], true);
+        assert_eq!(v["warnings"][0]["field"], "iscsi.acl");
+        assert!(v["warnings"][0]["message"].as_str().unwrap().contains(risk));
+        let (_, err) = run(&["plan"]);
+        assert!(err.contains(risk), "plan warns too: {err}");
+    }
+    for quiet in [
+        "  acl: open\n".to_string(),
+        format!("  chap:\n    username: lab\n    secret_file: {dd}/chap.secret\n"),
+    ] {
+        room(&quiet);
+        let (out, err) = run(&["--json", "validate"]);
+        assert!(!err.contains("warning"), "{quiet}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["warnings"], serde_json::json!([]));
     }
 }

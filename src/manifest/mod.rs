@@ -6,6 +6,7 @@ mod positions;
 mod pxe;
 mod raw;
 mod types;
+mod warnings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -42,6 +43,8 @@ pub struct Manifest {
     pub http: Option<HttpConfig>,
     /// The supervised dnsmasq that boots PCs into `/boot.ipxe`; none without a `pxe` section.
     pub pxe: Option<PxeConfig>,
+    /// What is valid but risky, each with where it is (see `warnings.rs`).
+    pub warnings: Vec<ManifestWarning>,
 }
 
 /// One problem in a manifest, with where it is.
@@ -52,6 +55,9 @@ pub struct ManifestError {
     pub field: String,
     pub message: String,
 }
+
+/// Something valid but risky in a manifest, with where it is: printed, never refused.
+pub type ManifestWarning = ManifestError;
 
 /// Every problem found in one manifest.
 #[derive(Debug)]
@@ -157,6 +163,7 @@ impl Manifest {
         let mut b = Builder {
             positions: Positions::index(text),
             errors: Vec::new(),
+            warnings: Vec::new(),
             origin: Vec::new(),
         };
         let manifest = b.build(path, text);
@@ -202,6 +209,7 @@ impl Manifest {
 struct Builder {
     positions: Positions,
     errors: Vec<ManifestError>,
+    warnings: Vec<ManifestWarning>,
     /// For each PC built so far, the index of the `pcs` entry it came from.
     origin: Vec<usize>,
 }
@@ -333,6 +341,7 @@ impl Builder {
         self.unique(&out);
         self.files_of_their_own(&images, &out, iscsi.as_ref(), http.as_ref());
         let pxe = pxe.and_then(|r| self.pxe(r, http.as_ref(), &out));
+        self.warn_open_initiator_acl(iscsi.as_ref());
         Some(Manifest {
             path: path.to_path_buf(),
             images,
@@ -344,6 +353,7 @@ impl Builder {
             nbd,
             http,
             pxe,
+            warnings: std::mem::take(&mut self.warnings),
         })
     }
 
