@@ -87,3 +87,35 @@ fn cows_and_records_are_private_and_status_names_one_that_is_not() {
     );
     assert_eq!(mode(&made), 0o600);
 }
+
+#[test]
+fn a_run_directory_others_may_write_to_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("run")).unwrap();
+    chmod(&d.join("run"), 0o777);
+    let dd = d.display();
+    std::fs::write(d.join("golden.img"), vec![0x44; 4 << 20]).unwrap();
+    std::fs::create_dir(d.join("cow")).unwrap();
+    std::fs::write(
+        d.join("room.yaml"),
+        format!(
+            "backend: userspace\nimages:\n  g:\n    path: {dd}/golden.img\n\
+             defaults:\n  image: g\n  cow_dir: {dd}/cow\n  cow_size: 8MiB\n  export: nbd\n\
+             nbd:\n  listen: 127.0.0.1:{}\n  socket: {dd}/nbd.sock\npcs:\n  - name: pc-1\n",
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let _down = Down(d);
+    let out = common::room_command(d, &["apply"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "applied with a 0777 run directory");
+    assert!(
+        err.contains(&format!(
+            "the run directory {dd}/run is writable by every user (mode 0777)"
+        )) && err.contains("chmod 700 it"),
+        "{err}"
+    );
+    assert!(!d.join("run/serve.pid").exists() && !d.join("cow/pc-1.cow").exists());
+}
