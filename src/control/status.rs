@@ -270,7 +270,8 @@ pub fn render(rows: &[PcStatus], warn_percent: f64) -> String {
         let initiators = if r.initiators.is_empty() {
             "-".into()
         } else {
-            r.initiators.join(",")
+            // Initiator names come from the network: one cell, one line.
+            crate::logtext::Escaped(r.initiators.join(",")).to_string()
         };
         let mut image = match &r.image_version {
             Some(v) => format!("{}@{v}", r.image),
