@@ -322,7 +322,8 @@ fn a_newline_in_an_initiator_name_forges_no_line_in_the_log() {
     room.wait_for("the refusal in the log", || log().contains("lan.evil"));
     let log = log();
     assert!(
-        !log.lines().any(|l| l.contains("FORGED") && !l.contains("lan.evil")),
+        !log.lines()
+            .any(|l| l.contains("FORGED") && !l.contains("lan.evil")),
         "a line of the sender's making:\n{log}"
     );
     assert!(

@@ -400,3 +400,89 @@ fn an_initiator_acl_without_chap_validates_with_a_warning_naming_the_risk() {
         assert_eq!(v["warnings"], serde_json::json!([]));
     }
 }
+
+#[test]
+fn a_cow_is_never_a_file_of_any_version_of_a_versioned_image() {
+    let d = tempfile::tempdir().unwrap();
+    let dd = d.path().display();
+    std::fs::write(d.path().join("g.img"), vec![7u8; 1 << 20]).unwrap();
+    std::fs::create_dir(d.path().join("cow")).unwrap();
+    let room = |cow: &str| {
+        std::fs::write(
+            d.path().join("room.yaml"),
+            format!(
+                "backend: userspace\nimages:\n  g:\n    versions: {dd}/v\n\
+                 defaults:\n  image: g\n  cow_size: 8MiB\n  export: nbd\n\
+                 pcs:\n  - name: pc-1\n    cow: {cow}\n"
+            ),
+        )
+        .unwrap();
+        common::room_command(d.path(), &["validate"])
+            .output()
+            .unwrap()
+    };
+    room(&format!("{dd}/cow/pc-1.cow"));
+    for _ in 0..2 {
+        let out = common::room_command(
+            d.path(),
+            &["image", "import", &format!("{dd}/g.img"), "--image", "g"],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A version still being made, and a link to one that is not current.
+    std::fs::create_dir(d.path().join("v/.incoming-v3-1")).unwrap();
+    std::fs::write(d.path().join("v/.incoming-v3-1/disk.img"), [1u8; 512]).unwrap();
+    std::os::unix::fs::symlink(
+        d.path().join("v/v2/disk.img"),
+        d.path().join("cow/link.cow"),
+    )
+    .unwrap();
+    for (cow, what) in [
+        (
+            format!("{dd}/v/v1/disk.img"),
+            "the disk of image g's version v1",
+        ),
+        (
+            format!("{dd}/v/v2/disk.img"),
+            "the disk of image g's version v2",
+        ),
+        (
+            format!("{dd}/cow/link.cow"),
+            "the disk of image g's version v2",
+        ),
+        (
+            format!("{dd}//v/v2/../v1/version.json"),
+            "the record of image g's version v1",
+        ),
+        (
+            format!("{dd}/v/.incoming-v3-1/disk.img"),
+            "the disk of image g's version .incoming-v3-1",
+        ),
+        (
+            format!("{dd}/v/promoted.json"),
+            "the promotion record of image g",
+        ),
+    ] {
+        let out = room(&cow);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cow} validated");
+        assert!(
+            err.contains(&format!(
+                "pcs[0].cow: pc-1: the COW {cow} is {what} (images.g.versions)"
+            )),
+            "{cow}: {err}"
+        );
+    }
+    let out = room(&format!("{dd}/cow/pc-1.cow"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -2,6 +2,7 @@
 //! reporting every error at once, each as `file:line:column: field: message`.
 
 mod expand;
+mod owned;
 mod positions;
 mod pxe;
 mod raw;
@@ -934,88 +935,6 @@ impl Builder {
     }
 
     /// Names, COW files, IPs, MACs, iSCSI targets and AoE addresses are each used once.
-    /// A PC's COW must be a file of its own: not a golden image, not another PC's COW, not
-    /// a `.golden` record or `.discard` leftover, not a secret — compared after resolving
-    /// `.`, `..`, `//` and symlinks, and by device and inode for files that exist (a hard
-    /// link is the same file). A typo here would have cowctl write a snapshot over it.
-    fn files_of_their_own(
-        &mut self,
-        images: &BTreeMap<String, Image>,
-        pcs: &[Pc],
-        iscsi: Option<&IscsiConfig>,
-        http: Option<&HttpConfig>,
-    ) {
-        let mut owned: Vec<(crate::fileid::Identity, String)> = Vec::new();
-        for img in images.values() {
-            owned.push((
-                crate::fileid::identity(&img.path),
-                format!(
-                    "golden image {} (images.{}.path)",
-                    img.path.display(),
-                    img.name
-                ),
-            ));
-        }
-        for pc in pcs {
-            let cow = |suffix: &str| {
-                let mut p = pc.cow.as_os_str().to_owned();
-                p.push(suffix);
-                std::path::PathBuf::from(p)
-            };
-            owned.push((
-                crate::fileid::identity(&cow(".golden")),
-                format!("{}'s golden-image record", pc.name),
-            ));
-            owned.push((
-                crate::fileid::identity(&cow(".discard")),
-                format!("the old COW a reset of {} sets aside", pc.name),
-            ));
-        }
-        if let Some(c) = iscsi.and_then(|i| i.chap.as_ref()) {
-            owned.push((
-                crate::fileid::identity(&c.secret_file),
-                "the CHAP secret file".into(),
-            ));
-            if let Some(m) = &c.mutual_secret_file {
-                owned.push((
-                    crate::fileid::identity(m),
-                    "the mutual CHAP secret file".into(),
-                ));
-            }
-        }
-        if let Some(t) = http.and_then(|h| h.token_file.as_ref()) {
-            owned.push((crate::fileid::identity(t), "the admin token file".into()));
-        }
-        let cows: Vec<crate::fileid::Identity> = pcs
-            .iter()
-            .map(|p| crate::fileid::identity(&p.cow))
-            .collect();
-        for (i, (pc, id)) in pcs.iter().zip(&cows).enumerate() {
-            let clash = owned
-                .iter()
-                .find(|(other, _)| other.same(id))
-                .map(|(_, what)| what.clone())
-                .or_else(|| {
-                    pcs.iter()
-                        .zip(&cows)
-                        .take(i)
-                        .find(|(_, other)| other.same(id))
-                        .map(|(p, _)| format!("{}'s COW", p.name))
-                });
-            if let Some(what) = clash {
-                let field = self.field_of(i, "cow");
-                self.error(
-                    &field,
-                    format!(
-                        "{}: the COW {} is {what}; a PC's COW must be a file of its own (cowctl writes a snapshot store into it)",
-                        pc.name,
-                        pc.cow.display()
-                    ),
-                );
-            }
-        }
-    }
-
     fn unique(&mut self, pcs: &[Pc]) {
         let mut seen: HashMap<String, &str> = HashMap::new();
         for (n, pc) in pcs.iter().enumerate() {
