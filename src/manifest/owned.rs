@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::types::{HttpConfig, Image, IscsiConfig, Pc};
 use super::Builder;
+use crate::fileid::{identity, Identity};
 use crate::image::store::DISK;
 
 /// The files of a versioned image's store as its directory lists them: every version's
@@ -37,6 +38,58 @@ fn store_files(image: &str, dir: &Path) -> Vec<(PathBuf, String)> {
     out
 }
 
+/// Every file cowctl owns or reads besides the COWs, each with what it is.
+fn owned_files(
+    images: &BTreeMap<String, Image>,
+    pcs: &[Pc],
+    iscsi: Option<&IscsiConfig>,
+    http: Option<&HttpConfig>,
+) -> Vec<(Identity, String)> {
+    let mut owned: Vec<(Identity, String)> = Vec::new();
+    for img in images.values() {
+        owned.push((
+            identity(&img.path),
+            format!(
+                "golden image {} (images.{}.path)",
+                img.path.display(),
+                img.name
+            ),
+        ));
+        if let Some(dir) = &img.store {
+            owned.extend(
+                store_files(&img.name, dir)
+                    .into_iter()
+                    .map(|(path, what)| (identity(&path), what)),
+            );
+        }
+    }
+    for pc in pcs {
+        let cow = |suffix: &str| {
+            let mut p = pc.cow.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        owned.push((
+            identity(&cow(".golden")),
+            format!("{}'s golden-image record", pc.name),
+        ));
+        owned.push((
+            identity(&cow(".discard")),
+            format!("the old COW a reset of {} sets aside", pc.name),
+        ));
+    }
+    if let Some(c) = iscsi.and_then(|i| i.chap.as_ref()) {
+        owned.push((identity(&c.secret_file), "the CHAP secret file".into()));
+        if let Some(m) = &c.mutual_secret_file {
+            owned.push((identity(m), "the mutual CHAP secret file".into()));
+        }
+    }
+    if let Some(t) = http.and_then(|h| h.token_file.as_ref()) {
+        owned.push((identity(t), "the admin token file".into()));
+    }
+    owned
+}
+
 impl Builder {
     /// A PC's COW must be a file of its own: not a golden image, not another PC's COW, not
     /// a `.golden` record or `.discard` leftover, not a secret — compared after resolving
@@ -49,58 +102,8 @@ impl Builder {
         iscsi: Option<&IscsiConfig>,
         http: Option<&HttpConfig>,
     ) {
-        let mut owned: Vec<(crate::fileid::Identity, String)> = Vec::new();
-        for img in images.values() {
-            owned.push((
-                crate::fileid::identity(&img.path),
-                format!(
-                    "golden image {} (images.{}.path)",
-                    img.path.display(),
-                    img.name
-                ),
-            ));
-            if let Some(dir) = &img.store {
-                owned.extend(
-                    store_files(&img.name, dir)
-                        .into_iter()
-                        .map(|(path, what)| (crate::fileid::identity(&path), what)),
-                );
-            }
-        }
-        for pc in pcs {
-            let cow = |suffix: &str| {
-                let mut p = pc.cow.as_os_str().to_owned();
-                p.push(suffix);
-                PathBuf::from(p)
-            };
-            owned.push((
-                crate::fileid::identity(&cow(".golden")),
-                format!("{}'s golden-image record", pc.name),
-            ));
-            owned.push((
-                crate::fileid::identity(&cow(".discard")),
-                format!("the old COW a reset of {} sets aside", pc.name),
-            ));
-        }
-        if let Some(c) = iscsi.and_then(|i| i.chap.as_ref()) {
-            owned.push((
-                crate::fileid::identity(&c.secret_file),
-                "the CHAP secret file".into(),
-            ));
-            if let Some(m) = &c.mutual_secret_file {
-                owned.push((
-                    crate::fileid::identity(m),
-                    "the mutual CHAP secret file".into(),
-                ));
-            }
-        }
-        if let Some(t) = http.and_then(|h| h.token_file.as_ref()) {
-            owned.push((crate::fileid::identity(t), "the admin token file".into()));
-        }
-        let cows: Vec<crate::fileid::Identity> = pcs
-            .iter()
-            .map(|p| crate::fileid::identity(&p.cow))
-            .collect();
+        let owned = owned_files(images, pcs, iscsi, http);
+        let cows: Vec<Identity> = pcs.iter().map(|p| identity(&p.cow)).collect();
         for (i, (pc, id)) in pcs.iter().zip(&cows).enumerate() {
             let clash = owned
                 .iter()
