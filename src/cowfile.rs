@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,9 @@ pub struct Created {
     /// The size asked for, when it was rounded up by a chunk (see `Geometry::fill_invalidates`).
     pub requested_bytes: Option<u64>,
 }
+
+/// A new COW's mode: it holds everything its PC wrote, which is no other user's to read.
+pub const PRIVATE: u32 = 0o600;
 
 /// Creates a sparse COW file with a valid header and an empty area 0.
 pub fn create(path: &Path, size: ByteSize, chunk: ByteSize) -> Result<Created> {
@@ -49,6 +52,7 @@ pub fn create(path: &Path, size: ByteSize, chunk: ByteSize) -> Result<Created> {
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(PRIVATE)
         .open(path)
         .map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => anyhow::anyhow!(
@@ -203,6 +207,7 @@ pub fn create_empty(path: &Path, size: u64) -> Result<()> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(PRIVATE)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     file.set_len(size)?;

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Makes the entries of `dir` (a rename, a new file) durable.
@@ -34,6 +34,21 @@ pub fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
 /// Replaces `path` with `bytes` as one step: a synced temporary file renamed over it, then
 /// the directory synced. The temporary file is created new, never through a symlink.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, 0o644, None)
+}
+
+/// [`write_atomic`] for what other users have no business reading (a PC's golden-image
+/// record): a new file is 0600, one that is there keeps its mode (the admin's to change).
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let kept = match std::fs::symlink_metadata(path) {
+        Ok(m) => Some(m.permissions().mode() & 0o7777),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    write_atomic_mode(path, bytes, 0o600, kept)
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32, kept: Option<u32>) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
@@ -41,9 +56,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(kept.unwrap_or(mode))
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&tmp)?;
+    if let Some(m) = kept {
+        // The umask narrowed the mode at creation; the file it replaces had exactly this.
+        f.set_permissions(std::fs::Permissions::from_mode(m))?;
+    }
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -70,5 +89,21 @@ mod tests {
         write_atomic(&b, b"new").unwrap();
         assert_eq!(std::fs::read(&b).unwrap(), b"new");
         assert!(!d.path().join("b.tmp").exists());
+    }
+
+    #[test]
+    fn private_writes_make_new_files_0600_and_keep_an_existing_files_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        write_atomic_private(&a, b"1").unwrap();
+        assert_eq!(mode(&a), 0o600);
+        std::fs::write(&b, "old").unwrap();
+        std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o664)).unwrap();
+        write_atomic_private(&b, b"new").unwrap();
+        assert_eq!(
+            (std::fs::read(&b).unwrap(), mode(&b)),
+            (b"new".to_vec(), 0o664)
+        );
     }
 }

@@ -18,6 +18,7 @@ pub mod image;
 pub mod iqn;
 pub mod iscsi;
 pub mod kernel;
+pub mod logtext;
 pub mod manifest;
 pub mod nbd;
 pub mod pxe;

@@ -1,6 +1,6 @@
 //! cowctl's run directory (`/run/cowctl`, or `$COWCTL_RUN_DIR`): its lock, pid file, log and
 //! sockets. It must be a directory of its own, not a symlink, owned by the user cowctl runs
-//! as; its files are opened without following symlinks, so a planted link cannot make
+//! as and writable by no one else; its files are opened without following symlinks, so a planted link cannot make
 //! cowctl write over another file.
 
 use std::fs::{DirBuilder, File, OpenOptions};
@@ -21,6 +21,13 @@ pub fn ensure(dir: &Path) -> Result<()> {
             "the run directory {} belongs to uid {}, not to this user",
             dir.display(),
             m.uid()
+        ),
+        // Whoever may write here may swap the sockets or the lock for their own.
+        Ok(m) if m.mode() & 0o022 != 0 => bail!(
+            "the run directory {} is writable by {} (mode {:04o}): others could replace cowctl's sockets and lock; chmod 700 it",
+            dir.display(),
+            if m.mode() & 0o002 != 0 { "every user" } else { "its group" },
+            m.mode() & 0o7777
         ),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -89,5 +96,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("is a symlink"));
+    }
+    #[test]
+    fn a_run_directory_others_may_write_to_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("run");
+        ensure(&run).unwrap();
+        for (mode, who) in [
+            (0o777, "every user"),
+            (0o1777, "every user"),
+            (0o770, "its group"),
+        ] {
+            std::fs::set_permissions(&run, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = ensure(&run).unwrap_err().to_string();
+            assert!(e.contains(&format!("is writable by {who}")), "{e}");
+            assert!(e.ends_with("chmod 700 it"), "{e}");
+            assert!(write(&run, "serve.pid", "1\n").is_err());
+        }
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ensure(&run).unwrap();
     }
 }

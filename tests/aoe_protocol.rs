@@ -258,6 +258,36 @@ fn the_mac_mask_list_decides_who_is_answered() {
 }
 
 #[test]
+fn a_mac_the_pc_let_in_cannot_remove_the_pcs_own() {
+    let (u, disk) = (unit(), MemDisk::new());
+    // A (the PC) lets B in; B then tries to delete A, alone and after an edit of its own.
+    ask(&u, &disk, &mask(1, &[(1, STRANGER)]), 1500).unwrap();
+    let other = [0x02, 0, 0, 0, 0, 0x09];
+    for (directives, at) in [(vec![(2, PC_MAC)], 0), (vec![(1, other), (2, PC_MAC)], 1)] {
+        let mut body = vec![0, 1, 0, directives.len() as u8];
+        for (d, mac) in &directives {
+            body.extend_from_slice(&[0, *d]);
+            body.extend_from_slice(mac);
+        }
+        let r = ask(&u, &disk, &frame(STRANGER, SHELF, SLOT, 2, &body), 1500).unwrap();
+        assert_eq!(&r[0..6], &STRANGER, "answered to B");
+        assert_eq!(
+            r[HEADER_LEN + 2..HEADER_LEN + 4],
+            [1, at],
+            "Unspecified Error at the directive that deletes A"
+        );
+        assert_eq!(u.masks(), vec![PC_MAC, STRANGER], "nothing changed");
+    }
+    assert!(u.admits(&PC_MAC));
+    let r = ask(&u, &disk, &ata(0xec, 0, 1, &[]), 1500).unwrap();
+    assert_eq!(flags_error(&r), (RESPONSE, 0), "A still gets answers");
+    // The PC can still take B off again.
+    let r = ask(&u, &disk, &mask(1, &[(2, STRANGER)]), 1500).unwrap();
+    assert_eq!(parts(&r).2[2..4], [0, 1]);
+    assert!(!u.admits(&STRANGER));
+}
+
+#[test]
 fn a_reservation_keeps_others_off_the_disk() {
     let u = aoe::unit();
     let disk = MemDisk::new();

@@ -3,11 +3,11 @@
 //! ACL and CHAP secret as on the kernel backend, discovery showing an initiator only its
 //! own target, status listing who is logged in, a reset under a logged-in initiator that
 //! comes back to the golden image, down logging everyone out, and the caps on connections
-//! and on the time a login may take.
+//! and on the time a login may take; a name sent to forge a line in the service's log.
 
 mod common;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -296,4 +296,38 @@ fn connections_are_capped_per_address_and_a_login_must_finish_in_time() {
     );
     // With the places given back, a PC logs in again.
     ok(&room.qemu("pc-1", INIT1, &secret("pc-1"), "qemu-img", &["info"]));
+}
+
+#[test]
+fn a_newline_in_an_initiator_name_forges_no_line_in_the_log() {
+    let room = Room::new("initiator");
+    let forged = "2024-01-01T00:00:00.000000Z  INFO cowctl: iSCSI: FORGED logged in with CHAP";
+    let name = format!("iqn.2024-01.lan.evil:x\n{forged}\r\x1b[2K");
+    let mut s = TcpStream::connect(("127.0.0.1", room.port)).unwrap();
+    let keys = common::iscsi::keys(&[
+        ("InitiatorName", &name),
+        ("TargetName", &Room::target("pc-1")),
+        ("SessionType", "Normal"),
+        ("AuthMethod", "CHAP,None"),
+    ]);
+    s.write_all(&common::iscsi::login(0, 1, true, 1, &keys))
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = [0u8; 48];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[0] & 0x3f, 0x23, "a Login Response");
+    assert_ne!(reply[36], 0, "the stranger is refused");
+    drop(s);
+    let log = || std::fs::read_to_string(room.dir.path().join("run/serve.log")).unwrap();
+    room.wait_for("the refusal in the log", || log().contains("lan.evil"));
+    let log = log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("FORGED") && !l.contains("lan.evil")),
+        "a line of the sender's making:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("iqn.2024-01.lan.evil:x\\n{forged}\\r\\x1b[2K")),
+        "the name, written out on its line:\n{log}"
+    );
 }

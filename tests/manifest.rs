@@ -1,5 +1,7 @@
 //! Manifests: the example room, defaults and ranges, and every error at once with its place.
 
+mod common;
+
 use std::path::Path;
 
 use cowctl::manifest::{Export, Manifest};
@@ -363,4 +365,165 @@ fn a_versioned_image_without_versions_says_how_to_make_the_first() {
     );
     // As written it is valid: import needs it before any version exists.
     Manifest::load_unresolved(&d.path().join("room.yaml")).unwrap();
+}
+
+#[test]
+fn control_characters_in_values_written_into_dnsmasqs_configuration_are_refused() {
+    // A newline would let the manifest's author (or a template filling it) add any
+    // dnsmasq option, such as a dhcp-script run as root.
+    let text = format!(
+        "{BASE}http:\n  listen: 0.0.0.0:8080\n\
+         pxe:\n  interface: \"eth1\\ndhcp-script=/tmp/x\"\n  tftp_root: \"/srv/tftp\\rdhcp-script=/tmp/x\"\n  dhcp: 10.9.0.100-10.9.0.199\n\
+         pcs:\n  - name: a\n    mac: 52:54:00:00:00:01\n    hostname: \"a\\ndhcp-script=/tmp/x\"\n  - name: b\n    mac: 52:54:00:00:00:02\n    hostname: \"b\\x7f\"\n"
+    );
+    let shown = parse(&text).unwrap_err().to_string();
+    for want in [
+        "pxe.interface: \"eth1\\ndhcp-script=/tmp/x\" holds the control character U+000A",
+        "pxe.tftp_root: \"/srv/tftp\\rdhcp-script=/tmp/x\" holds the control character U+000D",
+        "pcs[0].hostname: a: \"a\\ndhcp-script=/tmp/x\" is not a host name",
+        "pcs[1].hostname: b: \"b\\u{7f}\" is not a host name",
+    ] {
+        assert!(shown.contains(want), "{want}\nnot in\n{shown}");
+    }
+}
+
+#[test]
+fn an_initiator_acl_without_chap_validates_with_a_warning_naming_the_risk() {
+    let d = tempfile::tempdir().unwrap();
+    let dd = d.path().display();
+    std::fs::write(d.path().join("golden.img"), vec![1u8; 1 << 20]).unwrap();
+    std::fs::create_dir(d.path().join("cow")).unwrap();
+    common::write_private(&d.path().join("chap.secret"), "room-secret\n");
+    let room = |iscsi_extra: &str| {
+        std::fs::write(
+            d.path().join("room.yaml"),
+            format!(
+                "backend: userspace\nimages:\n  g:\n    path: {dd}/golden.img\n\
+                 iscsi:\n  iqn_prefix: iqn.2024-01.lan.x\n  portals: [127.0.0.1:{}]\n{iscsi_extra}\
+                 defaults:\n  image: g\n  cow_dir: {dd}/cow\n  cow_size: 8MiB\n\
+                 pcs:\n  - name: pc-1\n    initiator: iqn.2024-01.lan.pc:pc-1\n",
+                common::free_port()
+            ),
+        )
+        .unwrap();
+    };
+    let run = |args: &[&str]| {
+        let out = common::room_command(d.path(), args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {err}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    };
+    let risk = "anyone who sends a PC's initiator name opens its disk: set iscsi.chap";
+    for (extra, at) in [("", "6:3"), ("  acl: initiator\n", "8:3")] {
+        room(extra);
+        let (_, err) = run(&["validate"]);
+        let want = format!("warning: {dd}/room.yaml:{at}: iscsi.acl: ");
+        assert!(
+            err.contains(&want) && err.contains(risk),
+            "{want}\nnot in\n{err}"
+        );
+        let (out, _) = run(&["--json", "validate"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["valid"], true);
+        assert_eq!(v["warnings"][0]["field"], "iscsi.acl");
+        assert!(v["warnings"][0]["message"].as_str().unwrap().contains(risk));
+        let (_, err) = run(&["plan"]);
+        assert!(err.contains(risk), "plan warns too: {err}");
+    }
+    for quiet in [
+        "  acl: open\n".to_string(),
+        format!("  chap:\n    username: lab\n    secret_file: {dd}/chap.secret\n"),
+    ] {
+        room(&quiet);
+        let (out, err) = run(&["--json", "validate"]);
+        assert!(!err.contains("warning"), "{quiet}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["warnings"], serde_json::json!([]));
+    }
+}
+
+#[test]
+fn a_cow_is_never_a_file_of_any_version_of_a_versioned_image() {
+    let d = tempfile::tempdir().unwrap();
+    let dd = d.path().display();
+    std::fs::write(d.path().join("g.img"), vec![7u8; 1 << 20]).unwrap();
+    std::fs::create_dir(d.path().join("cow")).unwrap();
+    let room = |cow: &str| {
+        std::fs::write(
+            d.path().join("room.yaml"),
+            format!(
+                "backend: userspace\nimages:\n  g:\n    versions: {dd}/v\n\
+                 defaults:\n  image: g\n  cow_size: 8MiB\n  export: nbd\n\
+                 pcs:\n  - name: pc-1\n    cow: {cow}\n"
+            ),
+        )
+        .unwrap();
+        common::room_command(d.path(), &["validate"])
+            .output()
+            .unwrap()
+    };
+    room(&format!("{dd}/cow/pc-1.cow"));
+    for _ in 0..2 {
+        let out = common::room_command(
+            d.path(),
+            &["image", "import", &format!("{dd}/g.img"), "--image", "g"],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A version still being made, and a link to one that is not current.
+    std::fs::create_dir(d.path().join("v/.incoming-v3-1")).unwrap();
+    std::fs::write(d.path().join("v/.incoming-v3-1/disk.img"), [1u8; 512]).unwrap();
+    std::os::unix::fs::symlink(
+        d.path().join("v/v2/disk.img"),
+        d.path().join("cow/link.cow"),
+    )
+    .unwrap();
+    for (cow, what) in [
+        (
+            format!("{dd}/v/v1/disk.img"),
+            "the disk of image g's version v1",
+        ),
+        (
+            format!("{dd}/v/v2/disk.img"),
+            "the disk of image g's version v2",
+        ),
+        (
+            format!("{dd}/cow/link.cow"),
+            "the disk of image g's version v2",
+        ),
+        (
+            format!("{dd}//v/v2/../v1/version.json"),
+            "the record of image g's version v1",
+        ),
+        (
+            format!("{dd}/v/.incoming-v3-1/disk.img"),
+            "the disk of image g's version .incoming-v3-1",
+        ),
+        (
+            format!("{dd}/v/promoted.json"),
+            "the promotion record of image g",
+        ),
+    ] {
+        let out = room(&cow);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cow} validated");
+        assert!(
+            err.contains(&format!(
+                "pcs[0].cow: pc-1: the COW {cow} is {what} (images.g.versions)"
+            )),
+            "{cow}: {err}"
+        );
+    }
+    let out = room(&format!("{dd}/cow/pc-1.cow"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

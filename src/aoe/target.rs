@@ -50,6 +50,9 @@ pub struct Unit {
     pub shelf: u16,
     pub slot: u8,
     pub identity: Identity,
+    /// The PC's own MACs (the manifest's): no Mac Mask request removes them, or a MAC the
+    /// PC let in could lock the PC out of its disk until the service restarts.
+    own: Vec<[u8; 6]>,
     /// Read for every frame (the mask list, the reservation), written by the rare commands
     /// that change them.
     state: RwLock<State>,
@@ -64,6 +67,7 @@ impl Unit {
             shelf,
             slot,
             identity,
+            own: masks.clone(),
             state: RwLock::new(State {
                 masks,
                 ..State::default()
@@ -257,6 +261,9 @@ impl Unit {
                         ADD if next.contains(&d.mac) => {}
                         ADD if next.len() >= MAX_MASKS => failed = Some((mask_error::LIST_FULL, i)),
                         ADD => next.push(d.mac),
+                        DELETE if self.own.contains(&d.mac) => {
+                            failed = Some((mask_error::UNSPECIFIED, i))
+                        }
                         DELETE => next.retain(|x| x != &d.mac),
                         _ => failed = Some((mask_error::BAD_DIRECTIVE, i)),
                     }

@@ -20,6 +20,19 @@ pub(super) fn load(flag: Option<&Path>) -> Result<Manifest> {
     Ok(Manifest::load(&resolve_path(flag))?)
 }
 
+/// The manifest, its warnings printed to stderr (what plan and apply show).
+fn load_warning(flag: Option<&Path>) -> Result<Manifest> {
+    let m = load(flag)?;
+    print_warnings(&m);
+    Ok(m)
+}
+
+fn print_warnings(m: &Manifest) {
+    for w in m.warning_lines() {
+        eprintln!("{w}");
+    }
+}
+
 /// The manifest, when the userspace backend serves it; otherwise runs `f` on the kernel.
 fn kernel_or<T>(
     manifest: &Manifest,
@@ -42,8 +55,12 @@ pub fn validate(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
     let path = resolve_path(flag);
     match Manifest::load(&path) {
         Ok(m) => {
+            print_warnings(&m);
             if json {
-                print_json(&serde_json::json!({"valid": true, "pcs": m.pcs, "images": m.images}))?;
+                let warnings: Vec<_> = m.warnings.iter().map(finding_json).collect();
+                print_json(
+                    &serde_json::json!({"valid": true, "pcs": m.pcs, "images": m.images, "warnings": warnings}),
+                )?;
             } else {
                 println!(
                     "{}: valid, {} PC(s) on {} image(s)",
@@ -55,16 +72,16 @@ pub fn validate(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) if json => {
-            let errors: Vec<_> = e
-                .errors
-                .iter()
-                .map(|x| serde_json::json!({"line": x.line, "column": x.column, "field": x.field, "message": x.message}))
-                .collect();
+            let errors: Vec<_> = e.errors.iter().map(finding_json).collect();
             print_json(&serde_json::json!({"valid": false, "file": e.path, "errors": errors}))?;
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn finding_json(x: &crate::manifest::ManifestError) -> serde_json::Value {
+    serde_json::json!({"line": x.line, "column": x.column, "field": x.field, "message": x.message})
 }
 
 /// The plan, numbered; `nothing` is what an empty plan means on this backend.
@@ -100,7 +117,7 @@ fn step_printer(n: usize, json: bool) -> impl FnMut(usize, &plan::Action) + Send
 }
 
 pub fn plan(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
-    let m = load(flag)?;
+    let m = load_warning(flag)?;
     let code = plan_disks(&m, json)?;
     super::pxe::plan(&m, json)?;
     Ok(code)
@@ -119,7 +136,7 @@ fn plan_disks(m: &Manifest, json: bool) -> Result<ExitCode> {
 }
 
 pub fn apply(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
-    let m = load(flag)?;
+    let m = load_warning(flag)?;
     let code = apply_disks(&m, json)?;
     super::pxe::apply(&m, json)?;
     Ok(code)

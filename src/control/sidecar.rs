@@ -86,7 +86,7 @@ pub fn write(cow: &Path, golden: &Golden) -> Result<()> {
     }
     let p = sidecar_path(cow);
     let text = serde_json::to_string_pretty(golden)? + "\n";
-    crate::durable::write_atomic(&p, text.as_bytes())
+    crate::durable::write_atomic_private(&p, text.as_bytes())
         .with_context(|| format!("cannot write {}", p.display()))
 }
 

@@ -70,6 +70,10 @@ pub struct PcStatus {
     /// Resets of this COW so far and the last one (Unix seconds), from `<cow>.golden`.
     pub resets: u64,
     pub last_reset: Option<u64>,
+    /// What the admin should know that does not stop the PC, as sentences naming it (a COW
+    /// other users can read).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl PcStatus {
@@ -190,7 +194,31 @@ pub fn row(
         max_sectors,
         resets: history.as_ref().map_or(0, |h| h.resets),
         last_reset: history.and_then(|h| h.last_reset),
+        notes: open_to_others(pc),
     }
+}
+
+/// The PC's COW and record when other users may read or write them. cowctl makes them
+/// 0600; one made before, or by hand, is the admin's to change, so it is only said.
+fn open_to_others(pc: &Pc) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let record = super::sidecar::sidecar_path(&pc.cow);
+    [("COW", pc.cow.as_path()), ("golden-image record", &record)]
+        .into_iter()
+        .filter_map(|(what, path)| {
+            let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+            let how = match mode {
+                m if m & 0o044 != 0 => "readable",
+                m if m & 0o022 != 0 => "writable",
+                _ => return None,
+            };
+            Some(format!(
+                "{}: {what} {} is {how} by other users (mode {mode:04o}): chmod 600 it",
+                pc.name,
+                path.display()
+            ))
+        })
+        .collect()
 }
 
 /// A table's rows as lines, each column as wide as its widest cell (in characters: cells
@@ -242,7 +270,8 @@ pub fn render(rows: &[PcStatus], warn_percent: f64) -> String {
         let initiators = if r.initiators.is_empty() {
             "-".into()
         } else {
-            r.initiators.join(",")
+            // Initiator names come from the network: one cell, one line.
+            crate::logtext::Escaped(r.initiators.join(",")).to_string()
         };
         let mut image = match &r.image_version {
             Some(v) => format!("{}@{v}", r.image),
@@ -278,6 +307,9 @@ pub fn render(rows: &[PcStatus], warn_percent: f64) -> String {
                 ));
             }
         }
+    }
+    for note in rows.iter().flat_map(|r| &r.notes) {
+        out.push_str(&format!("note: {note}\n"));
     }
     for r in rows.iter().filter(|r| r.warn) {
         let why = match r.state {

@@ -2,10 +2,12 @@
 //! reporting every error at once, each as `file:line:column: field: message`.
 
 mod expand;
+mod owned;
 mod positions;
 mod pxe;
 mod raw;
 mod types;
+mod warnings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -42,6 +44,8 @@ pub struct Manifest {
     pub http: Option<HttpConfig>,
     /// The supervised dnsmasq that boots PCs into `/boot.ipxe`; none without a `pxe` section.
     pub pxe: Option<PxeConfig>,
+    /// What is valid but risky, each with where it is (see `warnings.rs`).
+    pub warnings: Vec<ManifestWarning>,
 }
 
 /// One problem in a manifest, with where it is.
@@ -52,6 +56,9 @@ pub struct ManifestError {
     pub field: String,
     pub message: String,
 }
+
+/// Something valid but risky in a manifest, with where it is: printed, never refused.
+pub type ManifestWarning = ManifestError;
 
 /// Every problem found in one manifest.
 #[derive(Debug)]
@@ -157,6 +164,7 @@ impl Manifest {
         let mut b = Builder {
             positions: Positions::index(text),
             errors: Vec::new(),
+            warnings: Vec::new(),
             origin: Vec::new(),
         };
         let manifest = b.build(path, text);
@@ -202,6 +210,7 @@ impl Manifest {
 struct Builder {
     positions: Positions,
     errors: Vec<ManifestError>,
+    warnings: Vec<ManifestWarning>,
     /// For each PC built so far, the index of the `pcs` entry it came from.
     origin: Vec<usize>,
 }
@@ -334,6 +343,7 @@ impl Builder {
         self.unique(&out);
         self.files_of_their_own(&images, &out, iscsi.as_ref(), http.as_ref());
         let pxe = pxe.and_then(|r| self.pxe(r, http.as_ref(), &out));
+        self.warn_open_initiator_acl(iscsi.as_ref());
         Some(Manifest {
             path: path.to_path_buf(),
             images,
@@ -345,6 +355,7 @@ impl Builder {
             nbd,
             http,
             pxe,
+            warnings: std::mem::take(&mut self.warnings),
         })
     }
 
@@ -948,88 +959,6 @@ impl Builder {
     }
 
     /// Names, COW files, IPs, MACs, iSCSI targets and AoE addresses are each used once.
-    /// A PC's COW must be a file of its own: not a golden image, not another PC's COW, not
-    /// a `.golden` record or `.discard` leftover, not a secret — compared after resolving
-    /// `.`, `..`, `//` and symlinks, and by device and inode for files that exist (a hard
-    /// link is the same file). A typo here would have cowctl write a snapshot over it.
-    fn files_of_their_own(
-        &mut self,
-        images: &BTreeMap<String, Image>,
-        pcs: &[Pc],
-        iscsi: Option<&IscsiConfig>,
-        http: Option<&HttpConfig>,
-    ) {
-        let mut owned: Vec<(crate::fileid::Identity, String)> = Vec::new();
-        for img in images.values() {
-            owned.push((
-                crate::fileid::identity(&img.path),
-                format!(
-                    "golden image {} (images.{}.path)",
-                    img.path.display(),
-                    img.name
-                ),
-            ));
-        }
-        for pc in pcs {
-            let cow = |suffix: &str| {
-                let mut p = pc.cow.as_os_str().to_owned();
-                p.push(suffix);
-                std::path::PathBuf::from(p)
-            };
-            owned.push((
-                crate::fileid::identity(&cow(".golden")),
-                format!("{}'s golden-image record", pc.name),
-            ));
-            owned.push((
-                crate::fileid::identity(&cow(".discard")),
-                format!("the old COW a reset of {} sets aside", pc.name),
-            ));
-        }
-        if let Some(c) = iscsi.and_then(|i| i.chap.as_ref()) {
-            owned.push((
-                crate::fileid::identity(&c.secret_file),
-                "the CHAP secret file".into(),
-            ));
-            if let Some(m) = &c.mutual_secret_file {
-                owned.push((
-                    crate::fileid::identity(m),
-                    "the mutual CHAP secret file".into(),
-                ));
-            }
-        }
-        if let Some(t) = http.and_then(|h| h.token_file.as_ref()) {
-            owned.push((crate::fileid::identity(t), "the admin token file".into()));
-        }
-        let cows: Vec<crate::fileid::Identity> = pcs
-            .iter()
-            .map(|p| crate::fileid::identity(&p.cow))
-            .collect();
-        for (i, (pc, id)) in pcs.iter().zip(&cows).enumerate() {
-            let clash = owned
-                .iter()
-                .find(|(other, _)| other.same(id))
-                .map(|(_, what)| what.clone())
-                .or_else(|| {
-                    pcs.iter()
-                        .zip(&cows)
-                        .take(i)
-                        .find(|(_, other)| other.same(id))
-                        .map(|(p, _)| format!("{}'s COW", p.name))
-                });
-            if let Some(what) = clash {
-                let field = self.field_of(i, "cow");
-                self.error(
-                    &field,
-                    format!(
-                        "{}: the COW {} is {what}; a PC's COW must be a file of its own (cowctl writes a snapshot store into it)",
-                        pc.name,
-                        pc.cow.display()
-                    ),
-                );
-            }
-        }
-    }
-
     fn unique(&mut self, pcs: &[Pc]) {
         let mut seen: HashMap<String, &str> = HashMap::new();
         for (n, pc) in pcs.iter().enumerate() {

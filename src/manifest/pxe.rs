@@ -67,6 +67,10 @@ impl Builder {
         pcs: &[Pc],
     ) -> Option<PxeConfig> {
         let before = self.errors.len();
+        self.one_line("pxe.interface", &r.interface);
+        if let Some(root) = &r.tftp_root {
+            self.one_line("pxe.tftp_root", &root.display().to_string());
+        }
         if r.interface.is_empty() || r.interface.len() > 15 || r.interface.contains('/') {
             self.error(
                 "pxe.interface",
@@ -126,6 +130,20 @@ impl Builder {
             tftp_root,
             wake_broadcast,
         })
+    }
+
+    /// A value cowctl writes into dnsmasq's configuration must stay on its line there.
+    fn one_line(&mut self, field: &str, value: &str) {
+        if let Some(c) = crate::logtext::first_control(value) {
+            self.error(
+                field,
+                format!(
+                    "{:?} holds the control character U+{:04X}, which would start a line of its own in dnsmasq's configuration",
+                    value,
+                    u32::from(c)
+                ),
+            );
+        }
     }
 
     fn dhcp_range(&mut self, range: &str) -> Option<DhcpMode> {

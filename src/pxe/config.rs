@@ -27,31 +27,56 @@ impl Chain {
 pub const BIOS_LOADER: &str = "undionly.kpxe";
 pub const UEFI_LOADER: &str = "ipxe.efi";
 
-/// The whole configuration file; `leases` is dnsmasq's lease file (DHCP mode).
+/// A value that would have split dnsmasq's configuration into lines of its own choosing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} ({value}) holds a control character, which would start a line of its own in dnsmasq's configuration: it is not written")]
+pub struct UnsafeValue {
+    /// The manifest field (or file) the value came from.
+    pub field: String,
+    /// The value with its control characters written out.
+    pub value: String,
+}
+
+/// `value` when it is one line's worth of text.
+fn one_line(field: &str, value: String) -> Result<String, UnsafeValue> {
+    match crate::logtext::first_control(&value) {
+        None => Ok(value),
+        Some(_) => Err(UnsafeValue {
+            field: field.to_string(),
+            value: crate::logtext::Escaped(&value).to_string(),
+        }),
+    }
+}
+
+/// The whole configuration file; `leases` is dnsmasq's lease file (DHCP mode). Every value
+/// from outside is checked to be one line (the manifest refuses such values already).
 pub fn render(
     pxe: &PxeConfig,
     chain: &Chain,
     pcs: &[Pc],
     manifest: &Path,
     leases: &Path,
-) -> String {
+) -> Result<String, UnsafeValue> {
+    let interface = one_line("pxe.interface", pxe.interface.clone())?;
+    let tftp_root = one_line("pxe.tftp_root", pxe.tftp_root.display().to_string())?;
+    let manifest = one_line("the manifest's path", manifest.display().to_string())?;
+    let leases = one_line("the lease file's path", leases.display().to_string())?;
     let mut c = String::new();
     let mut line = |s: String| {
         c.push_str(&s);
         c.push('\n');
     };
     line(format!(
-        "# Written by cowctl apply from {}: edit the manifest, not this file.",
-        manifest.display()
+        "# Written by cowctl apply from {manifest}: edit the manifest, not this file."
     ));
     line("port=0".into()); // no DNS: only DHCP and TFTP
-    line(format!("interface={}", pxe.interface));
+    line(format!("interface={interface}"));
     line("bind-interfaces".into());
     line("pid-file=".into()); // cowctl keeps the pid; do not touch the system's dnsmasq's
     line("log-dhcp".into());
     line("log-facility=-".into());
     line("enable-tftp".into());
-    line(format!("tftp-root={}", pxe.tftp_root.display()));
+    line(format!("tftp-root={tftp_root}"));
     line("dhcp-userclass=set:ipxe,iPXE".into());
     line("dhcp-match=set:ipxe,175".into());
     line("dhcp-match=set:efi,option:client-arch,7".into());
@@ -74,7 +99,7 @@ pub fn render(
         }
         DhcpMode::Range { first, last } => {
             line(format!("dhcp-range={first},{last},12h"));
-            line(format!("dhcp-leasefile={}", leases.display()));
+            line(format!("dhcp-leasefile={leases}"));
             line("dhcp-authoritative".into());
             line(format!("dhcp-boot=tag:!ipxe,tag:!efi,{BIOS_LOADER}"));
             line(format!("dhcp-boot=tag:!ipxe,tag:efi,{UEFI_LOADER}"));
@@ -88,14 +113,15 @@ pub fn render(
             let _ = write!(host, ",{ip}");
         }
         if matches!(pxe.dhcp, DhcpMode::Range { .. }) {
-            let _ = write!(host, ",{}", pc.hostname);
+            let field = format!("{}'s hostname", pc.name);
+            let _ = write!(host, ",{}", one_line(&field, pc.hostname.clone())?);
         }
         line(host);
     }
     if pxe.only_known {
         line("dhcp-ignore=tag:!known".into());
     }
-    c
+    Ok(c)
 }
 
 #[cfg(test)]
@@ -141,7 +167,8 @@ mod tests {
             &pcs(),
             Path::new("/etc/cowctl/cowctl.yaml"),
             Path::new("/run/cowctl/pxe/dnsmasq.leases"),
-        );
+        )
+        .unwrap();
         let lines: Vec<&str> = text.lines().collect();
         for want in [
             "interface=eth1",
@@ -168,7 +195,8 @@ mod tests {
             &pcs(),
             Path::new("/m.yaml"),
             Path::new("/l"),
-        );
+        )
+        .unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.contains(&"dhcp-range=10.9.0.1,proxy"));
         assert!(
@@ -177,5 +205,40 @@ mod tests {
         assert!(lines.contains(&"dhcp-host=52:54:00:00:00:01"), "{text}");
         assert!(!text.contains("dhcp-ignore"));
         assert!(!text.contains("dhcp-leasefile"));
+    }
+
+    #[test]
+    fn a_value_with_a_control_character_is_refused_not_written() {
+        let mut p = pxe(DhcpMode::Proxy, true);
+        p.interface = "eth1\ndhcp-script=/tmp/x".into();
+        let e = render(&p, &CHAIN, &pcs(), Path::new("/m"), Path::new("/l")).unwrap_err();
+        assert_eq!(e.field, "pxe.interface");
+        assert!(e.to_string().contains("eth1\\ndhcp-script"), "{e}");
+        let mut p = pxe(DhcpMode::Proxy, true);
+        p.tftp_root = "/srv/tftp\rdhcp-script=/tmp/x".into();
+        let e = render(&p, &CHAIN, &pcs(), Path::new("/m"), Path::new("/l")).unwrap_err();
+        assert_eq!(e.field, "pxe.tftp_root");
+        let mut pcs = pcs();
+        pcs[1].hostname = "pc\x7f".into();
+        let range = DhcpMode::Range {
+            first: Ipv4Addr::new(10, 9, 0, 100),
+            last: Ipv4Addr::new(10, 9, 0, 199),
+        };
+        let e = render(
+            &pxe(range, true),
+            &CHAIN,
+            &pcs,
+            Path::new("/m"),
+            Path::new("/l"),
+        );
+        assert_eq!(e.unwrap_err().field, "pc-02's hostname");
+        let e = render(
+            &pxe(DhcpMode::Proxy, true),
+            &CHAIN,
+            &[],
+            Path::new("/m\n"),
+            Path::new("/l"),
+        );
+        assert_eq!(e.unwrap_err().field, "the manifest's path");
     }
 }

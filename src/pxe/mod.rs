@@ -113,7 +113,7 @@ pub fn plan(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<Plan>>
         }
     }
     let h = helpers(run_dir);
-    let config = config::render(pxe, &chain, &m.pcs, &m.path, &h.dir.join("dnsmasq.leases"));
+    let config = config::render(pxe, &chain, &m.pcs, &m.path, &h.dir.join("dnsmasq.leases"))?;
     let current = std::fs::read_to_string(conf_path(run_dir)).ok();
     let step = match h.running(KEY) {
         Some(r) if current.as_deref() == Some(config.as_str()) => Step::Keep(r.pid),

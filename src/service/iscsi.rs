@@ -15,6 +15,7 @@ use crate::iscsi::login::{Access, Directory, Established, SessionKind};
 use crate::iscsi::pdu::LoginStatus;
 use crate::iscsi::scsi::{Identity, Lu, Reservation};
 use crate::iscsi::{Attachment, EngineDisk, Portal};
+use crate::logtext::Escaped;
 use crate::manifest::{AclMode, Export, Manifest};
 use crate::secrets::ChapMaster;
 
@@ -163,8 +164,12 @@ impl IscsiService {
                 .name(format!("iscsi {peer}"))
                 .spawn(move || {
                     match crate::iscsi::serve(stream, &me, &mut Admitted(&mut permit, peer)) {
-                        Ok(end) => tracing::info!("iSCSI connection from {peer} ended: {end}"),
-                        Err(e) => tracing::info!("iSCSI connection from {peer} ended: {e}"),
+                        Ok(end) => {
+                            tracing::info!("iSCSI connection from {peer} ended: {}", Escaped(end))
+                        }
+                        Err(e) => {
+                            tracing::info!("iSCSI connection from {peer} ended: {}", Escaped(e))
+                        }
                     }
                 });
         }
@@ -268,7 +273,7 @@ impl Portal for Arc<IscsiService> {
         if let Some((_, close_old)) = old {
             tracing::info!(
                 "iSCSI: {} logged in again to {target}: its old session is closed",
-                est.initiator
+                Escaped(&est.initiator)
             );
             close_old();
         }
@@ -287,7 +292,7 @@ impl Portal for Arc<IscsiService> {
             .insert(key.clone(), (nexus, Box::new(move || for_sessions())));
         tracing::info!(
             "iSCSI: {} logged in to {target} ({}) from {peer}{}",
-            est.initiator,
+            Escaped(&est.initiator),
             t.pc,
             if est.authenticated { " with CHAP" } else { "" }
         );

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::exports::{PeerView, Registry};
 use super::limits::{ConnLimits, Permit};
+use crate::logtext::Escaped;
 use crate::nbd::{self, Outcome};
 
 /// A client that has not chosen an export by then is dropped: the whole handshake, not
@@ -96,7 +97,7 @@ fn spawn<S: Socket>(
         .spawn(move || {
             let mut permit = permit;
             if let Err(e) = connection(stream, &peer, ip, &registry, permit.as_mut()) {
-                tracing::debug!("NBD connection from {peer} ended: {e:#}");
+                tracing::debug!("NBD connection from {peer} ended: {:#}", Escaped(e));
             }
         });
 }
@@ -150,10 +151,10 @@ fn connection<S: Socket>(
     drop(guard);
     match end {
         Ok(nbd::End::ProtocolError(why)) => {
-            tracing::warn!("closed {peer}'s connection to {name}: {why}")
+            tracing::warn!("closed {peer}'s connection to {name}: {}", Escaped(why))
         }
         Ok(nbd::End::Disconnected) => tracing::info!("{peer} disconnected from {name}"),
-        Err(e) => tracing::info!("{peer}'s connection to {name} closed: {e}"),
+        Err(e) => tracing::info!("{peer}'s connection to {name} closed: {}", Escaped(e)),
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::logtext::Escaped;
 use crate::manifest::HttpConfig;
 use crate::service::fleet::Fleet;
 pub use boot::{script as boot_script, BootError};
@@ -151,7 +152,7 @@ fn not_found(admin: bool, path: &str) -> Refusal {
 
 /// One line per request: who, what, the answer. Never the headers (the token is there).
 async fn log(ConnectInfo(peer): ConnectInfo<Peer>, req: Request, next: Next) -> Response {
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let (method, path) = (req.method().clone(), Escaped(req.uri().path().to_string()));
     let response = next.run(req).await;
     let status = response.status();
     if status.is_success() {
