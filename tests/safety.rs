@@ -599,3 +599,50 @@ fn planted_links_and_files_in_cowctls_paths_are_never_followed_or_replaced() {
         "keep me"
     );
 }
+
+/// NBD has no authentication, so by default it is not on the LAN at all: a machine in
+/// another network namespace (a stranger on the room's LAN) reaching the server at its
+/// LAN address finds no NBD server, while the server itself still lists its exports on
+/// loopback. The same room with `nbd.listen: 0.0.0.0` shows the path is open otherwise.
+#[test]
+fn a_stranger_on_the_lan_finds_no_nbd_server_by_default() {
+    use common::net::{Link, Netns};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("golden.img"), vec![0x33; 4 << 20]).unwrap();
+    std::fs::create_dir(dir.path().join("cow")).unwrap();
+    common::write_private(&dir.path().join("token"), "room-admin-token-0123456789\n");
+    let (http, admin) = (common::free_port(), common::free_port());
+    let lan_default = Room::text(dir.path(), 1, http, &format!("127.0.0.1:{admin}"), "")
+        .replace("  listen: 127.0.0.1:1\n", "");
+    let manifest = dir.path().join("room.yaml");
+    let wire = Link::veth(7, 1500);
+    wire.add_address("10.213.77.1/24");
+    let stranger = Netns::new(7);
+    stranger.take(&wire, "10.213.77.2/24");
+    let list = |ns: Option<&Netns>, host: &str| {
+        let url = format!("nbd://{host}:10809");
+        let mut c = match ns {
+            Some(ns) => ns.command("nbdinfo"),
+            None => Command::new("nbdinfo"),
+        };
+        let out = c.args(["--list", &url]).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out))
+    };
+    for (text, open_to_lan) in [
+        (lan_default.clone(), false),
+        (lan_default.replace("nbd:\n", "nbd:\n  listen: 0.0.0.0:10809\n"), true),
+    ] {
+        std::fs::write(&manifest, text).unwrap();
+        let out = cowctl(dir.path(), &["apply"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (ok, here) = list(None, "127.0.0.1");
+        assert!(ok && here.contains("pc-1"), "the server lists its exports: {here}");
+        let (ok, there) = list(Some(&stranger), "10.213.77.1");
+        assert_eq!(ok, open_to_lan, "a stranger on the LAN: {there}");
+        if open_to_lan {
+            assert!(there.contains("pc-1"), "{there}");
+        }
+        let out = cowctl(dir.path(), &["down"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
