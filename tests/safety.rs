@@ -626,17 +626,26 @@ fn a_stranger_on_the_lan_finds_no_nbd_server_by_default() {
             None => Command::new("nbdinfo"),
         };
         let out = c.args(["--list", &url]).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out))
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out),
+        )
     };
     for (text, open_to_lan) in [
         (lan_default.clone(), false),
-        (lan_default.replace("nbd:\n", "nbd:\n  listen: 0.0.0.0:10809\n"), true),
+        (
+            lan_default.replace("nbd:\n", "nbd:\n  listen: 0.0.0.0:10809\n"),
+            true,
+        ),
     ] {
         std::fs::write(&manifest, text).unwrap();
         let out = cowctl(dir.path(), &["apply"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let (ok, here) = list(None, "127.0.0.1");
-        assert!(ok && here.contains("pc-1"), "the server lists its exports: {here}");
+        assert!(
+            ok && here.contains("pc-1"),
+            "the server lists its exports: {here}"
+        );
         let (ok, there) = list(Some(&stranger), "10.213.77.1");
         assert_eq!(ok, open_to_lan, "a stranger on the LAN: {there}");
         if open_to_lan {
