@@ -1,7 +1,7 @@
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let cli = cowctl::cli::Cli::parse();
+    // A shell asking for completions gets them and nothing else (see cli/complete.rs).
+    cowctl::cli::complete_if_asked();
+    let cli = cowctl::cli::parse();
     match cowctl::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

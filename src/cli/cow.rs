@@ -40,8 +40,10 @@ pub enum CowCommand {
     },
     /// Return a COW file to the golden state: zero the header, punch out its blocks.
     Reset { cowfile: PathBuf },
-    /// Record that a COW was written over this golden image (its `.golden` record), for a
-    /// COW that has none; `apply` refuses such a COW until then.
+    /// Record which golden image a COW was written over.
+    ///
+    /// Writes the COW's `.golden` record, for a COW that has none; `apply` refuses such a
+    /// COW until then.
     Record {
         cowfile: PathBuf,
         /// The golden image the COW's data lies over.

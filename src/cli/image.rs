@@ -18,46 +18,71 @@ use crate::units::human;
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Every version: which is current, which PCs run on each, which move at their next reset.
-    List { image: Option<String> },
+    List {
+        /// Only this image (default: every image with versions).
+        #[arg(add = super::complete::images())]
+        image: Option<String>,
+    },
     /// A new version from a raw, qcow2, vmdk, vhdx or vdi file (converted to sparse raw).
     Import {
+        /// The disk file to import.
+        #[arg(value_hint = clap::ValueHint::FilePath)]
         src: PathBuf,
-        #[arg(long)]
+        /// The image's name in the manifest.
+        #[arg(long, add = super::complete::images())]
         image: String,
         /// Its name (default: v<N+1>).
         #[arg(long)]
         version: Option<String>,
+        /// A line saying what the version holds.
         #[arg(long, default_value = "")]
         note: String,
     },
     /// A new version holding a PC's disk (its version with its COW over it).
     Commit {
+        /// The PC whose disk becomes the version.
+        #[arg(add = super::complete::pcs())]
         pc: String,
+        /// Its name (default: v<N+1>).
         #[arg(long)]
         version: Option<String>,
+        /// A line saying what the version holds.
         #[arg(long, default_value = "")]
         note: String,
         /// Stop the PC's I/O for the copy instead of refusing a PC that is in use.
         #[arg(long)]
         pause: bool,
     },
-    /// Make a version current for the room (or for the PCs named): each PC moves to it at
-    /// its next reset. Rolling back is promoting the older version.
+    /// Make a version current for the room, or for the PCs named.
+    ///
+    /// Each PC moves to it at its next reset. Rolling back is promoting the older version.
     Promote {
+        /// The image's name in the manifest.
+        #[arg(add = super::complete::images())]
         image: String,
+        /// The version, as `image list` names it.
         version: String,
+        /// Only these PCs (default: the whole room).
+        #[arg(add = super::complete::pcs())]
         pcs: Vec<String>,
     },
     /// Remove versions that are not current and that no COW on this server lies over.
     Prune {
+        /// The image's name in the manifest.
+        #[arg(add = super::complete::images())]
         image: String,
         /// List what would go, remove nothing.
         #[arg(long)]
         dry_run: bool,
     },
-    /// Add the full SHA-256 to versions made before cowctl took it, and verify the others
-    /// (a mismatch changes nothing).
-    Hash { image: String },
+    /// Add the full SHA-256 to old versions, and verify the others.
+    ///
+    /// Versions made before cowctl took the hash get it; a mismatch changes nothing.
+    Hash {
+        /// The image's name in the manifest.
+        #[arg(add = super::complete::images())]
+        image: String,
+    },
 }
 
 pub fn run(c: ImageCommand, flag: Option<&Path>, json: bool) -> Result<ExitCode> {

@@ -1,12 +1,17 @@
 //! The command line: parsing and printing only; the work happens in the library.
 
+mod complete;
 mod control;
 mod cow;
+mod examples;
+mod generate;
 mod image;
 mod pxe;
 mod userspace;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+pub use complete::complete_if_asked;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,7 +24,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// The manifest (default: $COWCTL_MANIFEST, else /etc/cowctl/cowctl.yaml).
-    #[arg(short = 'f', long, global = true)]
+    #[arg(short = 'f', long, global = true, value_hint = clap::ValueHint::FilePath)]
     pub manifest: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -39,21 +44,40 @@ pub enum Command {
     Plan,
     /// Make the kernel serve every PC of the manifest (create COWs, loops, snapshots, exports).
     Apply,
-    /// Remove exports, snapshots and loops of these PCs (all when none named); COW files stay.
-    Down { pcs: Vec<String> },
-    /// Each PC's state and COW fill; exits 2 when a PC is over the warning threshold or broken.
+    /// Stop serving PCs: remove their exports, snapshots and loops.
+    ///
+    /// All PCs when none are named. COW files stay.
+    Down {
+        /// PCs by name (default: every PC of the manifest).
+        #[arg(add = complete::pcs())]
+        pcs: Vec<String>,
+    },
+    /// Each PC's state and COW fill.
+    ///
+    /// Exits 2 when a PC is over the warning threshold (warn_percent) or broken.
     Status {
+        /// PCs by name (default: every PC of the manifest).
+        #[arg(add = complete::pcs())]
         pcs: Vec<String>,
         /// Redraw every N seconds.
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
     },
-    /// Each PC's own CHAP credentials (derived from the master secret), for initiators
-    /// configured by hand; boot scripts carry them for PCs that boot with iPXE.
-    Chap { pcs: Vec<String> },
+    /// Each PC's own CHAP credentials, for initiators configured by hand.
+    ///
+    /// They are derived from the master secret (iscsi.chap.secret_file); boot scripts carry
+    /// them for PCs that boot with iPXE.
+    Chap {
+        /// PCs by name (default: every PC of the manifest).
+        #[arg(add = complete::pcs())]
+        pcs: Vec<String>,
+    },
     /// Return PCs to the golden image, also while they are exported and in use.
     Reset {
+        /// PCs by name; or --all.
+        #[arg(add = complete::pcs())]
         pcs: Vec<String>,
+        /// Every PC that does not keep its changes (`keep: true`).
         #[arg(long, conflicts_with = "pcs")]
         all: bool,
         /// Then wake the PCs with Wake-on-LAN: a fresh room in one command.
@@ -62,17 +86,36 @@ pub enum Command {
     },
     /// Send Wake-on-LAN magic packets to these PCs (on pxe.interface when there is one).
     Wake {
+        /// PCs by name; or --all.
+        #[arg(add = complete::pcs())]
         pcs: Vec<String>,
+        /// Every PC of the manifest.
         #[arg(long, conflicts_with = "pcs")]
         all: bool,
     },
-    /// In the foreground: serve every PC with cowctl's engine over NBD (userspace backend),
+    /// Serve in the foreground: the userspace backend, the HTTP service and auto-extend.
+    ///
+    /// On the userspace backend it serves every PC with cowctl's engine (NBD, iSCSI, AoE),
     /// with the HTTP service and auto-extend; on the kernel backend only the last two.
     Serve {
         /// Serve nothing until the first `cowctl apply` (how apply starts the service).
         #[arg(long, hide = true)]
         start_empty: bool,
     },
+    /// Man pages and shell completion scripts, from these definitions.
+    #[command(subcommand, hide = true)]
+    Generate(generate::GenerateCommand),
+}
+
+/// The command line with each command's examples under its `--help` (the man pages show
+/// the same ones).
+pub fn command() -> clap::Command {
+    examples::attach(Cli::command())
+}
+
+/// Parses the process's arguments, exiting with clap's message on an error.
+pub fn parse() -> Cli {
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
@@ -94,6 +137,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Chap { pcs } => control::chap(f, &pcs, cli.json),
         Command::Serve { start_empty } => control::serve(f, start_empty),
+        Command::Generate(c) => generate::run(c),
     }
 }
 
