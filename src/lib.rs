@@ -10,6 +10,7 @@ pub mod cow;
 pub mod cowfile;
 pub mod disk;
 pub mod dm;
+pub mod doctor;
 pub mod durable;
 pub mod engine;
 pub mod fileid;

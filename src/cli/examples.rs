@@ -149,6 +149,14 @@ pub(super) const PAGES: &[Page] = &[
         see_also: &["cowctl-validate", "cowctl-plan", "cowctl-status", "cowctl-down"],
     },
     Page {
+        name: "cowctl-doctor",
+        examples: &[
+            ("cowctl doctor", "One line per check, each with its fix: backend, ports, PXE, space, secrets, clock."),
+            ("cowctl doctor --json", "The same findings as a JSON array, for scripts; the exit status is 1 when one FAILs."),
+        ],
+        see_also: &["cowctl-validate", "cowctl-apply"],
+    },
+    Page {
         name: "cowctl-down",
         examples: &[
             ("cowctl down pc-03", "Stop serving pc-03; its COW file stays."),

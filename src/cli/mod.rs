@@ -3,6 +3,7 @@
 mod complete;
 mod control;
 mod cow;
+mod doctor;
 mod examples;
 mod generate;
 mod image;
@@ -40,6 +41,9 @@ pub enum Command {
     Image(image::ImageCommand),
     /// Check the manifest and list every error at once.
     Validate,
+    /// Check this machine against the manifest: backend, ports, PXE, space, secrets, clock;
+    /// one line each with the fix. Exits 1 when a check fails (warnings exit 0).
+    Doctor,
     /// Show what `apply` would change in the kernel.
     Plan,
     /// Make the kernel serve every PC of the manifest (create COWs, loops, snapshots, exports).
@@ -124,6 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Cow(c) => cow::run(c, cli.json).map(|()| std::process::ExitCode::SUCCESS),
         Command::Image(c) => image::run(c, f, cli.json),
         Command::Validate => control::validate(f, cli.json),
+        Command::Doctor => doctor::run(f, cli.json),
         Command::Plan => control::plan(f, cli.json),
         Command::Apply => control::apply(f, cli.json),
         Command::Down { pcs } => control::down(f, &pcs, cli.json),
