@@ -191,6 +191,11 @@ fn another_disk_under_a_pruned_versions_name_is_never_taken_for_it() {
     }
     let e = site.refused("a", &["image", "commit", "pc-01"]);
     assert!(said(&e), "commit: {e}");
+    // status says it too, and exits 2 (needs attention).
+    let status = site.command("a", &["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(2), "{text}");
+    assert!(said(&text), "status: {text}");
 
     // A record written before versions had an identity is refused the same way.
     let mut record: serde_json::Value =

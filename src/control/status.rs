@@ -167,10 +167,14 @@ pub fn row(
         let cap = max_sectors.map_or(u.total_sectors, |m| m.max(u.total_sectors));
         crate::units::percent(u.sectors_allocated, cap)
     });
+    let mut notes = open_to_others(pc);
+    let lost = lost_version(manifest, pc);
     let warn = matches!(
         state,
         PcState::Overflow | PcState::Invalid | PcState::MergeFailed | PcState::Parked
-    ) || risk_percent.is_some_and(|p| p >= manifest.warn_percent);
+    ) || risk_percent.is_some_and(|p| p >= manifest.warn_percent)
+        || lost.is_some();
+    notes.extend(lost);
     let history = super::sidecar::read(&pc.cow).ok().flatten();
     let next_version = crate::image::due(manifest, pc)
         .ok()
@@ -194,8 +198,16 @@ pub fn row(
         max_sectors,
         resets: history.as_ref().map_or(0, |h| h.resets),
         last_reset: history.and_then(|h| h.last_reset),
-        notes: open_to_others(pc),
+        notes,
     }
+}
+
+/// Why the PC's COW cannot be laid over the version it is listed on: its version is gone
+/// from the store (plan and apply refuse it; a reset moves it on).
+fn lost_version(manifest: &Manifest, pc: &Pc) -> Option<String> {
+    let dir = manifest.images.get(&pc.image)?.store.as_deref()?;
+    let store = crate::image::Store::open(dir).ok()?;
+    crate::image::cow_problem(manifest, &store, pc)
 }
 
 /// The PC's COW and record when other users may read or write them. cowctl makes them
