@@ -1,7 +1,7 @@
 //! Where the engine's bytes live: a file or block device, or memory in tests.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,16 +80,7 @@ impl<T: Backing + ?Sized> Backing for std::sync::Arc<T> {
     }
 }
 
-/// Size of a regular file or a block device (whose metadata length is 0).
-pub fn file_or_device_size(file: &File) -> io::Result<u64> {
-    let meta = file.metadata()?;
-    if meta.is_file() {
-        Ok(meta.len())
-    } else {
-        let mut handle = file;
-        handle.seek(SeekFrom::End(0))
-    }
-}
+pub use crate::fileid::file_or_device_size;
 
 /// A file (or block device) with its path, so errors can name it.
 #[derive(Debug)]

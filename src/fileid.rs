@@ -56,6 +56,18 @@ fn normalise(path: &Path) -> PathBuf {
     out
 }
 
+/// Size of a regular file or a block device (whose metadata length is 0).
+pub fn file_or_device_size(file: &std::fs::File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        Ok(meta.len())
+    } else {
+        let mut handle = file;
+        handle.seek(SeekFrom::End(0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -255,6 +255,6 @@ impl ReadAt for std::fs::File {
     }
 
     fn size(&self) -> io::Result<u64> {
-        crate::backing::file_or_device_size(self)
+        crate::fileid::file_or_device_size(self)
     }
 }
