@@ -17,4 +17,4 @@ pub use format::{
     HEADER_SIZE, MAX_CHUNK_SECTORS, SNAPSHOT_DISK_VERSION, SNAP_MAGIC,
 };
 pub use store::{LoadedStore, ReadAt};
-pub use usage::Usage;
+pub use usage::{OverflowPolicy, Usage};

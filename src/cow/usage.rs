@@ -76,6 +76,27 @@ impl FromStr for Usage {
     }
 }
 
+/// What happens when a write needs a chunk and none is left: the store's flag in a
+/// snapshot table line, and the engine's behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum OverflowPolicy {
+    /// `P`: the snapshot is invalidated and `valid = 0` is persisted.
+    #[serde(rename = "P")]
+    Invalidate,
+    /// `PO`: writes fail from then on, reads keep working, the file stays valid.
+    #[serde(rename = "PO")]
+    Refuse,
+}
+
+impl OverflowPolicy {
+    pub fn table_flag(self) -> &'static str {
+        match self {
+            OverflowPolicy::Invalidate => "P",
+            OverflowPolicy::Refuse => "PO",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,10 +54,10 @@ pub enum StoreMode {
 
 impl StoreMode {
     /// What the engine does when the COW fills, for this table flag.
-    pub fn overflow_policy(self) -> crate::engine::OverflowPolicy {
+    pub fn overflow_policy(self) -> crate::cow::OverflowPolicy {
         match self {
-            StoreMode::PO => crate::engine::OverflowPolicy::Refuse,
-            StoreMode::P | StoreMode::N => crate::engine::OverflowPolicy::Invalidate,
+            StoreMode::PO => crate::cow::OverflowPolicy::Refuse,
+            StoreMode::P | StoreMode::N => crate::cow::OverflowPolicy::Invalidate,
         }
     }
 }

@@ -19,29 +19,10 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use super::error::EngineError;
 use crate::backing::Backing;
 use crate::cow::{
-    DiskException, Geometry, Header, LoadedStore, Usage, DISK_EXCEPTION_SIZE, HEADER_SIZE,
+    DiskException, Geometry, Header, LoadedStore, OverflowPolicy, Usage, DISK_EXCEPTION_SIZE,
+    HEADER_SIZE,
 };
 use crate::units::SECTOR;
-
-/// What happens when a write needs a chunk and none is left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum OverflowPolicy {
-    /// `P`: the snapshot is invalidated and `valid = 0` is persisted.
-    #[serde(rename = "P")]
-    Invalidate,
-    /// `PO`: writes fail from then on, reads keep working, the file stays valid.
-    #[serde(rename = "PO")]
-    Refuse,
-}
-
-impl OverflowPolicy {
-    pub fn table_flag(self) -> &'static str {
-        match self {
-            OverflowPolicy::Invalidate => "P",
-            OverflowPolicy::Refuse => "PO",
-        }
-    }
-}
 
 /// When a new exception reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -12,8 +12,9 @@ mod metadata;
 
 use std::sync::{Mutex, RwLock};
 
+pub use crate::cow::OverflowPolicy;
 pub use error::EngineError;
-pub use metadata::{CommitMode, GrowPolicy, OverflowPolicy, SnapshotState};
+pub use metadata::{CommitMode, GrowPolicy, SnapshotState};
 
 use crate::backing::Backing;
 use crate::chunkmap::ChunkMap;
