@@ -22,6 +22,7 @@ pub mod kernel;
 pub mod logtext;
 pub mod manifest;
 pub mod nbd;
+pub mod netaddr;
 pub mod pxe;
 pub mod rundir;
 pub mod secrets;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::manifest::Mac;
+use crate::netaddr::Mac;
 use crate::supervise::{Helpers, Running};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use super::configfs::{join, ConfigFs};
 use crate::iqn::Iqn;
-use crate::manifest::Portal;
+use crate::netaddr::Portal;
 
 /// Storage objects cowctl owns are named with this prefix.
 pub const SO_PREFIX: &str = "cowctl-";
