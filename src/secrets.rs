@@ -10,11 +10,21 @@ use std::path::{Path, PathBuf};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::manifest::Chap;
-
 /// Windows' initiator takes CHAP secrets of 12 to 16 characters; iPXE passes ours on.
 pub const DERIVED_LEN: usize = 16;
 const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+
+/// The manifest's `iscsi.chap`: the user names and the master secrets' files.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Chap {
+    pub username: String,
+    /// The master secret: each PC's own secret is derived from it (below).
+    pub secret_file: PathBuf,
+    /// The master of the targets' secrets for mutual CHAP, if any.
+    pub mutual_secret_file: Option<PathBuf>,
+    /// The name targets give in mutual CHAP.
+    pub mutual_username: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 const ALLOWED: &[(&str, &str, &str)] = &[
     ("image", "control", "issue 24: version records use control::sidecar (Golden, VersionId)"),
     ("manifest", "image", "issue 24: Manifest::load resolves versions (image::resolve, store)"),
-    ("secrets", "manifest", "issue 24: ChapMaster::read takes the manifest's Chap"),
     ("service", "web", "issue 24: service/run.rs starts web::spawn, and web serves a Fleet"),
     ("cli/control.rs", "cli/userspace.rs", "issue 24: printing shared both ways"),
     ("control/plan.rs", "control/apply.rs", "issue 24: the plan calls the runner's helpers"),

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::dm::StoreMode;
 use crate::iqn::Iqn;
 pub use crate::netaddr::{Mac, Portal};
+pub use crate::secrets::Chap;
 use crate::units::ByteSize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -232,17 +233,6 @@ pub enum AclMode {
     PerInitiator,
     /// Any initiator may log in (LIO demo mode).
     Open,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Chap {
-    pub username: String,
-    /// The master secret: each PC's own secret is derived from it (`crate::secrets`).
-    pub secret_file: PathBuf,
-    /// The master of the targets' secrets for mutual CHAP, if any.
-    pub mutual_secret_file: Option<PathBuf>,
-    /// The name targets give in mutual CHAP.
-    pub mutual_username: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
