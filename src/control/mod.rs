@@ -9,8 +9,10 @@ pub mod lock;
 pub mod observe;
 pub mod plan;
 pub mod reset;
-pub mod sidecar;
 pub mod status;
+
+/// `<cow>.golden` records live with the image versions they name; here for old paths.
+pub use crate::image::sidecar;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -6,7 +6,7 @@
 use std::os::unix::fs::MetadataExt;
 
 use super::{Area, Check};
-use crate::control::sidecar::sidecar_path;
+use crate::image::sidecar::sidecar_path;
 use crate::manifest::Manifest;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub fn newest_record(m: &Manifest) -> Option<(u64, std::path::PathBuf)> {
             let mtime = std::fs::metadata(&path).ok()?.mtime();
             let reset = std::fs::read(&path)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<crate::control::sidecar::Golden>(&b).ok())
+                .and_then(|b| serde_json::from_slice::<crate::image::sidecar::Golden>(&b).ok())
                 .and_then(|g| g.last_reset)
                 .unwrap_or(0);
             Some((u64::try_from(mtime).unwrap_or(0).max(reset), path))

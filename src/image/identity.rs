@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
+use super::sidecar::Golden;
 use super::store::{Store, Version, VersionName};
-use crate::control::sidecar::Golden;
 
 /// Which version a COW's `.golden` record names ([`Store::version_of`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +87,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::sidecar::VersionId;
+    use crate::image::sidecar::VersionId;
     use crate::image::store::Promoted;
     use std::path::PathBuf;
 

@@ -11,6 +11,7 @@ pub mod build;
 pub mod hash;
 pub mod identity;
 pub mod import;
+pub mod sidecar;
 pub mod space;
 pub mod store;
 pub mod users;
@@ -21,9 +22,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
-use crate::control::sidecar::{self, Golden};
 use crate::manifest::{Image, Manifest, Pc};
 pub use identity::Found;
+use sidecar::Golden;
 pub use store::{Store, Version, VersionName};
 
 /// The key a version has among the manifest's images: `win10@v2`.

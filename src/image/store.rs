@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::control::sidecar::VersionId;
+use super::sidecar::VersionId;
 
 /// A version's name: letters, digits, `.`, `_` and `-`, not starting with `.`, at most 64.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
