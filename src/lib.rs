@@ -9,6 +9,7 @@ pub mod control;
 pub mod cow;
 pub mod cowfile;
 pub mod disk;
+pub mod diskid;
 pub mod dm;
 pub mod doctor;
 pub mod durable;

@@ -65,7 +65,7 @@ impl Identity {
     /// The same serial the PC's iSCSI disk has (its first 20 digits), so a disk keeps its
     /// identity across exports.
     pub fn for_pc(pc: &str) -> Identity {
-        let mut serial = crate::iscsi::scsi::inquiry::serial_for(pc);
+        let mut serial = crate::diskid::serial_for(pc);
         serial.truncate(20);
         Identity {
             serial,

@@ -349,7 +349,7 @@ pub fn target_spec(ctx: &Ctx, p: &Pc, device: Option<PathBuf>) -> Result<TargetS
     Ok(TargetSpec {
         iqn: target.clone(),
         so_name: dm_name(&p.name),
-        serial: crate::iscsi::scsi::inquiry::serial_for(&p.name),
+        serial: crate::diskid::serial_for(&p.name),
         device: device.map(|d| d.display().to_string()).unwrap_or_default(),
         portals: cfg.portals.clone(),
         access,

@@ -266,10 +266,10 @@ impl Lio<'_> {
             )?;
             fs.write(&join(&[&so, "udev_path"]), &spec.device)?;
             fs.write(&join(&[&so, "enable"]), "1")?;
-            // The identity the userspace target reports too (`iscsi::scsi::inquiry`), so a
+            // The identity the userspace target reports too (`diskid`), so a
             // PC sees the same disk on either backend. Set before the LUN exports it.
             fs.write(&join(&[&so, "wwn/vpd_unit_serial"]), &spec.serial)?;
-            use crate::iscsi::scsi::inquiry::{PRODUCT, REVISION, VENDOR};
+            use crate::diskid::{PRODUCT, REVISION, VENDOR};
             fs.write(&join(&[&so, "wwn/vendor_id"]), VENDOR)?;
             fs.write(&join(&[&so, "wwn/product_id"]), PRODUCT)?;
             fs.write(&join(&[&so, "wwn/revision"]), REVISION)?;

@@ -3,19 +3,11 @@
 //! logical block provisioning (SBC-3 §6.6). The identity is derived from the PC's name
 //! alone, so it is the same after a reset and on either backend.
 
-use sha2::{Digest, Sha256};
-
 use super::Limits;
+pub use crate::diskid::{serial_for, PRODUCT, REVISION, VENDOR};
 
 /// LIO's IEEE company ID, which it puts in every NAA designator it makes from a serial.
 const LIO_COMPANY_ID: [u8; 3] = [0x00, 0x14, 0x05];
-/// The T10 vendor identification (8 bytes, space-padded on the wire), as both backends
-/// report it (the kernel backend writes these to LIO's `wwn/`).
-pub const VENDOR: &str = "COWCTL";
-/// The product identification (16 bytes on the wire).
-pub const PRODUCT: &str = "cowctl disk";
-/// The product revision level (4 bytes).
-pub const REVISION: &str = "0001";
 
 /// A length as a big-endian 16-bit field (clamped; every page here is far shorter).
 pub fn be16(n: usize) -> [u8; 2] {
@@ -73,12 +65,6 @@ impl Identity {
         }
         b
     }
-}
-
-/// The unit serial of a PC's disk: 32 hex digits of SHA-256 over its name.
-pub fn serial_for(pc: &str) -> String {
-    let h = Sha256::digest(format!("cowctl disk {pc}").as_bytes());
-    h[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Standard INQUIRY data: a direct-access block device, SPC-4, command queueing.
