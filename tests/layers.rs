@@ -37,7 +37,10 @@ fn imports_point_down_and_close_no_circle() {
     let tops: BTreeSet<String> = rels.iter().map(|r| top_of(r)).collect();
     for t in &tops {
         if !layers.contains_key(t) {
-            problems.push(format!("src/{t} is in no layer of docs/ARCHITECTURE.md"));
+            let file = rels.iter().find(|r| top_of(r) == *t).unwrap();
+            problems.push(format!(
+                "src/{file} ({t}) is in no layer of docs/ARCHITECTURE.md"
+            ));
         }
     }
     for t in layers.keys().filter(|t| !tops.contains(*t)) {
