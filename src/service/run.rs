@@ -64,7 +64,11 @@ pub fn run(opts: &Options) -> Result<()> {
     signals.thread_block()?;
 
     let registry = Arc::new(Registry::default());
-    let service = Arc::new(Service::new(manifest.clone(), registry.clone()));
+    let service = Arc::new(Service::new(
+        manifest.clone(),
+        registry.clone(),
+        &opts.run_dir,
+    ));
     let iscsi = service.iscsi().listen(&opts.manifest)?;
     if let Some(interface) = service.aoe().listen(&opts.manifest)? {
         tracing::info!("serving AoE on {interface}");
