@@ -6,6 +6,7 @@
 pub mod aoe;
 pub mod autoextend;
 pub mod control;
+pub mod events;
 pub mod exports;
 pub mod fleet;
 pub mod iscsi;
