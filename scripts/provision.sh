@@ -3,12 +3,13 @@
 # the test and demo commands, and the Vagrantfile.
 #   scripts/provision.sh          build + run a kernel-backed server
 #   scripts/provision.sh --demo   and what the demo boots a PC with (qemu's iPXE, nasm)
-#   scripts/provision.sh --tests  and everything the tests use (qemu, initiators, ...)
+#   scripts/provision.sh --tests  and everything the tests use (qemu, initiators, promtool
+#                                 from prometheus, ...)
 set -euo pipefail
 build=(gcc pkg-config libdevmapper-dev libclang-dev)
 run=(kmod dmsetup vblade util-linux iproute2 qemu-utils libnbd-bin curl dnsmasq-base ipxe)
 demo=(qemu-system-x86 ipxe-qemu nasm libiscsi-bin)
-tests=("${demo[@]}" man-db groff-base xfsprogs busybox-static cpio open-iscsi aoetools fio python3 libnbd-bin nbdkit chromium tgt libiscsi-dev qemu-block-extra)
+tests=("${demo[@]}" man-db groff-base xfsprogs busybox-static cpio open-iscsi aoetools fio python3 libnbd-bin nbdkit chromium tgt libiscsi-dev qemu-block-extra prometheus)
 want=("${build[@]}" "${run[@]}")
 [[ ${1:-} == --demo ]] && want+=("${demo[@]}")
 [[ ${1:-} == --tests ]] && want+=("${tests[@]}")

@@ -23,6 +23,10 @@ host_passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4
 [[ -s test-outputs/dashboard.png ]] || { echo "test: no dashboard screenshot in test-outputs/" >&2; exit 1; }
 echo "test: dashboard screenshot kept in $repo/test-outputs/dashboard.png"
 
+echo "== monitoring rules"
+promtool check rules contrib/prometheus/cowctl-alerts.yml
+promtool test rules contrib/prometheus/cowctl-alerts.test.yml
+
 echo "== fuzzing every wire parser, briefly (scripts/fuzz.sh runs 10^6 per target)"
 FUZZ_EXECS=20000 scripts/fuzz.sh
 

@@ -7,6 +7,7 @@ mod doctor;
 mod examples;
 mod generate;
 mod image;
+mod logging;
 mod pxe;
 mod userspace;
 

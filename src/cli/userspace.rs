@@ -154,14 +154,7 @@ pub fn down(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
 /// `cowctl serve`: the NBD service with HTTP and auto-extend, or on the kernel backend
 /// (`kernel`) HTTP and auto-extend over the kernel's snapshots.
 pub fn serve(m: &Manifest, start_empty: bool, kernel: bool) -> Result<ExitCode> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COWCTL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    super::logging::init()?;
     service::run::run(&service::run::Options {
         manifest: manifest_path(m)?,
         run_dir: run_dir(),
@@ -176,7 +169,8 @@ fn expect_service(r: Option<Response>) -> Result<Response> {
 }
 
 /// Starts `cowctl serve` in its own session, logging to `serve.log` in the run directory,
-/// and waits until its control socket answers.
+/// and waits until its control socket answers. The service inherits this environment:
+/// `COWCTL_LOG` and `COWCTL_LOG_FORMAT` shape its log as they would a `cowctl serve` run by hand.
 fn start_service(manifest: &Path, dir: &Path) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let log_path = dir.join("serve.log");

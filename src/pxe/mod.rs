@@ -176,6 +176,11 @@ pub fn running(run_dir: &Path) -> Option<Running> {
     helpers(run_dir).running(KEY)
 }
 
+/// Whether the manifest's dnsmasq runs; None without a `pxe` section.
+pub fn up(m: &Manifest, run_dir: &Path) -> Option<bool> {
+    m.pxe.as_ref().map(|_| running(run_dir).is_some())
+}
+
 /// One line for `status`: whether the manifest's dnsmasq runs.
 pub fn status_line(m: &Manifest, run_dir: &Path) -> Option<String> {
     let pxe = m.pxe.as_ref()?;

@@ -69,19 +69,29 @@ pub fn check(fleet: &dyn Fleet) -> Vec<Growth> {
     for g in due(&m, &fleet.status()) {
         match fleet.grow(&g.pc, g.to) {
             Ok(()) => {
-                tracing::info!("{g}");
+                tracing::info!(pc = %g.pc, "{g}");
                 done.push(g);
             }
-            Err(e) => tracing::warn!("{}: cannot auto-extend its COW: {e:#}", g.pc),
+            Err(e) => tracing::warn!(pc = %g.pc, "{}: cannot auto-extend its COW: {e:#}", g.pc),
         }
     }
     done
 }
 
-/// Checks every `INTERVAL`, for as long as the process runs.
+/// How many `INTERVAL`s apart the room is looked at for the log's events (`events.rs`).
+pub const EVENTS_EVERY: u64 = 5;
+
+/// Checks every `INTERVAL`, for as long as the process runs; every `EVENTS_EVERY` checks, logs
+/// what changed in the room.
 pub fn watch(fleet: Arc<dyn Fleet>) {
-    loop {
+    let mut events = super::events::Events::default();
+    for tick in 0u64.. {
         check(fleet.as_ref());
+        if tick % EVENTS_EVERY == 0 {
+            let m = fleet.manifest();
+            let changes = events.changes(&fleet.status(), m.warn_percent, fleet.dnsmasq_up());
+            super::events::log(&changes);
+        }
         std::thread::sleep(INTERVAL);
     }
 }

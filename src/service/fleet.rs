@@ -25,6 +25,8 @@ pub trait Fleet: Send + Sync {
     fn grow(&self, pc: &str, len: u64) -> Result<()>;
     /// Whether this PC can `sanboot` its export on this backend (iPXE has no NBD).
     fn sanboot(&self, pc: &Pc) -> bool;
+    /// Whether the room's dnsmasq runs; None when the manifest has no `pxe` section.
+    fn dnsmasq_up(&self) -> Option<bool>;
 }
 
 /// The kernel backend as seen by `cowctl serve`: every answer is read from the kernel
@@ -89,6 +91,10 @@ impl Fleet for KernelFleet {
                 })
                 .collect()
         })
+    }
+
+    fn dnsmasq_up(&self) -> Option<bool> {
+        crate::pxe::up(&self.manifest(), &self.run_dir)
     }
 
     fn status_of(&self, name: &str) -> Option<PcStatus> {

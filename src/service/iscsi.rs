@@ -291,6 +291,7 @@ impl Portal for Arc<IscsiService> {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.clone(), (nexus, Box::new(move || for_sessions())));
         tracing::info!(
+            pc = %t.pc,
             "iSCSI: {} logged in to {target} ({}) from {peer}{}",
             Escaped(&est.initiator),
             t.pc,

@@ -139,7 +139,7 @@ fn connection<S: Socket>(
     else {
         return Ok(());
     };
-    tracing::info!("{peer} connected to {name}");
+    tracing::info!(pc = %name, "{peer} connected to {name}");
     // What the engine logs (a COW grown on demand) names the PC.
     let _span = tracing::info_span!("", pc = %name).entered();
     let mut r = BufReader::with_capacity(BUFFER, rw.r);

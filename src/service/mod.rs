@@ -6,6 +6,7 @@
 pub mod aoe;
 pub mod autoextend;
 pub mod control;
+pub mod events;
 pub mod exports;
 pub mod fleet;
 pub mod iscsi;
@@ -47,10 +48,12 @@ pub struct Service {
     ops: Mutex<()>,
     /// The NBD server's caps (the iSCSI target has its own).
     pub nbd_limits: Arc<limits::ConnLimits>,
+    /// The run directory: where the room's dnsmasq keeps its pid file.
+    run_dir: PathBuf,
 }
 
 impl Service {
-    pub fn new(manifest: Manifest, registry: Arc<Registry>) -> Service {
+    pub fn new(manifest: Manifest, registry: Arc<Registry>, run_dir: &Path) -> Service {
         let limits = limits::ConnLimits::standard();
         Service {
             nbd_limits: limits::ConnLimits::standard(),
@@ -61,6 +64,7 @@ impl Service {
             manifest: Mutex::new(manifest),
             registry,
             ops: Mutex::new(()),
+            run_dir: run_dir.to_path_buf(),
         }
     }
 
@@ -377,6 +381,10 @@ impl fleet::Fleet for Service {
     fn sanboot(&self, pc: &Pc) -> bool {
         // The userspace backend serves iSCSI and AoE itself; iPXE has no NBD.
         !matches!(pc.export, crate::manifest::Export::Nbd)
+    }
+
+    fn dnsmasq_up(&self) -> Option<bool> {
+        crate::pxe::up(&Service::manifest(self), &self.run_dir)
     }
 }
 

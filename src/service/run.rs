@@ -64,7 +64,11 @@ pub fn run(opts: &Options) -> Result<()> {
     signals.thread_block()?;
 
     let registry = Arc::new(Registry::default());
-    let service = Arc::new(Service::new(manifest.clone(), registry.clone()));
+    let service = Arc::new(Service::new(
+        manifest.clone(),
+        registry.clone(),
+        &opts.run_dir,
+    ));
     let iscsi = service.iscsi().listen(&opts.manifest)?;
     if let Some(interface) = service.aoe().listen(&opts.manifest)? {
         tracing::info!("serving AoE on {interface}");
@@ -190,10 +194,21 @@ fn answer(service: &Service, req: Request, exit: &mut bool) -> Result<Response> 
             status: service.status(),
             ..Response::default()
         },
-        Request::Reset { pcs } => Response {
-            resets: service.reset(&pcs)?,
-            ..Response::default()
-        },
+        Request::Reset { pcs } => {
+            let resets = service.reset(&pcs)?;
+            for r in &resets {
+                tracing::info!(
+                    pc = %r.pc,
+                    "{}: reset by cowctl reset ({:.1} ms paused)",
+                    r.pc,
+                    r.seconds * 1000.0
+                );
+            }
+            Response {
+                resets,
+                ..Response::default()
+            }
+        }
         Request::Commit {
             pc,
             version,

@@ -100,6 +100,7 @@ pub async fn reset(
     match done {
         Ok(r) => {
             tracing::info!(
+                pc = %name,
                 "{name}: reset over HTTP by {} ({:.1} ms paused)",
                 if admin { "an admin" } else { "itself" },
                 r.seconds * 1000.0

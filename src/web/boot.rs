@@ -199,12 +199,13 @@ pub async fn boot(
     let (fleet, name) = (app.fleet.clone(), pc.name.clone());
     match blocking(move || fleet.reset(&name)).await? {
         Ok(r) => tracing::info!(
+            pc = %pc.name,
             "{}: reset on boot ({:.1} ms paused)",
             pc.name,
             r.seconds * 1000.0
         ),
         Err(e) => {
-            tracing::error!("{}: reset on boot failed: {e:#}", pc.name);
+            tracing::error!(pc = %pc.name, "{}: reset on boot failed: {e:#}", pc.name);
             return Err(Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("{}: the reset before boot failed: {e:#}", pc.name),

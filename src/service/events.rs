@@ -1,0 +1,278 @@
+//! One log line each time a PC's condition changes, for the same events the alert rules in
+//! `contrib/prometheus/` watch: fill past the warning, a snapshot overflowed, invalid or
+//! parked by a reset that stopped, a COW at its auto-extend maximum, dnsmasq stopped. Every
+//! line about a PC carries it as the `pc` field (JSON logs: `fields.pc`).
+
+use std::collections::HashMap;
+
+use crate::control::status::{PcState, PcStatus};
+use crate::units::{human, percent};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub pc: Option<String>,
+    pub level: Level,
+    pub text: String,
+}
+
+/// What was seen of one PC at the last look.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Seen {
+    state: PcState,
+    over_warning: bool,
+    at_maximum: bool,
+}
+
+/// The last look at the room; `changes` compares the next one with it.
+#[derive(Debug, Default)]
+pub struct Events {
+    pcs: HashMap<String, Seen>,
+    dnsmasq: Option<bool>,
+}
+
+fn broken(state: PcState) -> Option<&'static str> {
+    Some(match state {
+        PcState::Overflow => "its COW overflowed: the PC's writes fail until it is reset",
+        PcState::Invalid => "its snapshot is invalid: the PC's disk fails its I/O; reset it",
+        PcState::MergeFailed => "its snapshot merge failed: the PC's disk fails its I/O; reset it",
+        PcState::Parked => {
+            "a reset stopped half way: its disk fails all I/O until `cowctl reset` finishes it"
+        }
+        _ => return None,
+    })
+}
+
+impl Events {
+    /// The events since the last call. A PC seen for the first time gives events only for
+    /// what is wrong with it; a PC that left the manifest is forgotten.
+    pub fn changes(
+        &mut self,
+        rows: &[PcStatus],
+        warn_percent: f64,
+        dnsmasq: Option<bool>,
+    ) -> Vec<Event> {
+        let mut out = Vec::new();
+        let mut now = HashMap::new();
+        for r in rows {
+            let fill = r
+                .used_sectors
+                .zip(r.capacity_sectors())
+                .map(|(u, c)| percent(u, c));
+            let max = r.max_sectors;
+            let seen = Seen {
+                state: r.state,
+                over_warning: fill.is_some_and(|f| f >= warn_percent),
+                at_maximum: max.is_some_and(|m| r.total_sectors.is_some_and(|t| t >= m)),
+            };
+            let before = self.pcs.get(&r.name).copied();
+            let was = |f: fn(&Seen) -> bool| before.as_ref().is_some_and(f);
+            let mut say = |level, text: String| {
+                out.push(Event {
+                    pc: Some(r.name.clone()),
+                    level,
+                    text: format!("{}: {text}", r.name),
+                })
+            };
+            if before.map(|b| b.state) != Some(seen.state) {
+                match (broken(seen.state), before.and_then(|b| broken(b.state))) {
+                    (Some(why), _) => say(Level::Error, why.to_string()),
+                    (None, Some(_)) if seen.state == PcState::Active => {
+                        say(Level::Info, "active again".to_string())
+                    }
+                    (None, Some(_)) => say(Level::Info, format!("{} now", seen.state.as_str())),
+                    (None, None) => {}
+                }
+            }
+            let fill = fill.unwrap_or(0.0);
+            if seen.over_warning && !was(|b| b.over_warning) {
+                say(
+                    Level::Warn,
+                    format!("COW {fill:.1}% full, past the warning at {warn_percent}%: reset it or grow its COW before it fills"),
+                );
+            } else if !seen.over_warning && was(|b| b.over_warning) {
+                say(
+                    Level::Info,
+                    format!("COW {fill:.1}% full, below the warning at {warn_percent}% again"),
+                );
+            }
+            if seen.at_maximum && !was(|b| b.at_maximum) {
+                let m = human(max.unwrap_or(0) * 512);
+                say(
+                    Level::Warn,
+                    format!("COW grown to its auto-extend maximum ({m}): it cannot grow any more; reset it or raise autoextend.max"),
+                );
+            }
+            now.insert(r.name.clone(), seen);
+        }
+        self.pcs = now;
+        let pxe = |level, text: &str| Event {
+            pc: None,
+            level,
+            text: text.to_string(),
+        };
+        match (self.dnsmasq, dnsmasq) {
+            (Some(true) | None, Some(false)) => out.push(pxe(
+                Level::Error,
+                "PXE: dnsmasq is not running: PCs cannot PXE-boot (run cowctl apply)",
+            )),
+            (Some(false), Some(true)) => out.push(pxe(Level::Info, "PXE: dnsmasq runs again")),
+            _ => {}
+        }
+        self.dnsmasq = dnsmasq;
+        out
+    }
+}
+
+/// Writes the events to the log, one line each.
+pub fn log(events: &[Event]) {
+    for e in events {
+        let pc = e.pc.as_deref().unwrap_or("");
+        match (e.level, e.pc.is_some()) {
+            (Level::Info, true) => tracing::info!(pc, "{}", e.text),
+            (Level::Warn, true) => tracing::warn!(pc, "{}", e.text),
+            (Level::Error, true) => tracing::error!(pc, "{}", e.text),
+            (Level::Info, false) => tracing::info!("{}", e.text),
+            (Level::Warn, false) => tracing::warn!("{}", e.text),
+            (Level::Error, false) => tracing::error!("{}", e.text),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, state: PcState, used: u64, total: u64, max: Option<u64>) -> PcStatus {
+        PcStatus {
+            name: name.into(),
+            image: "g".into(),
+            image_version: None,
+            next_version: None,
+            export: String::new(),
+            state,
+            used_sectors: Some(used),
+            total_sectors: Some(total),
+            metadata_sectors: None,
+            used_percent: Some(percent(used, total)),
+            warn: false,
+            initiators: Vec::new(),
+            cow: format!("/cow/{name}.cow").into(),
+            initial_sectors: total,
+            max_sectors: max,
+            resets: 0,
+            last_reset: None,
+            notes: Vec::new(),
+        }
+    }
+
+    fn texts(e: &[Event]) -> Vec<(Option<&str>, Level, &str)> {
+        e.iter()
+            .map(|e| (e.pc.as_deref(), e.level, e.text.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_pc_crossing_the_warning_is_one_line_each_way_at_the_boundary() {
+        let mut ev = Events::default();
+        let a = PcState::Active;
+        assert!(ev
+            .changes(&[row("pc-1", a, 7499, 10000, None)], 75.0, None)
+            .is_empty());
+        let e = ev.changes(&[row("pc-1", a, 7500, 10000, None)], 75.0, None);
+        assert_eq!(
+            texts(&e),
+            [(Some("pc-1"), Level::Warn, "pc-1: COW 75.0% full, past the warning at 75%: reset it or grow its COW before it fills")]
+        );
+        assert!(
+            ev.changes(&[row("pc-1", a, 9000, 10000, None)], 75.0, None)
+                .is_empty(),
+            "said once"
+        );
+        let e = ev.changes(&[row("pc-1", a, 16, 10000, None)], 75.0, None);
+        assert_eq!(
+            texts(&e),
+            [(
+                Some("pc-1"),
+                Level::Info,
+                "pc-1: COW 0.2% full, below the warning at 75% again"
+            )]
+        );
+    }
+
+    #[test]
+    fn overflow_invalid_and_the_auto_extend_maximum_are_said_once() {
+        let mut ev = Events::default();
+        let first = ev.changes(
+            &[
+                row("pc-1", PcState::Overflow, 100, 100, None),
+                row("pc-2", PcState::Active, 10, 400, Some(400)),
+                row("pc-3", PcState::Active, 10, 399, Some(400)),
+                row("pc-4", PcState::NotApplied, 0, 400, None),
+            ],
+            90.0,
+            None,
+        );
+        assert_eq!(
+            texts(&first),
+            [
+                (Some("pc-1"), Level::Error, "pc-1: its COW overflowed: the PC's writes fail until it is reset"),
+                (Some("pc-1"), Level::Warn, "pc-1: COW 100.0% full, past the warning at 90%: reset it or grow its COW before it fills"),
+                (Some("pc-2"), Level::Warn, "pc-2: COW grown to its auto-extend maximum (200.0 KiB): it cannot grow any more; reset it or raise autoextend.max"),
+            ],
+            "a PC first seen healthy, or not applied, says nothing"
+        );
+        let e = ev.changes(
+            &[
+                row("pc-1", PcState::Active, 1, 100, None),
+                row("pc-2", PcState::Invalid, 10, 400, Some(400)),
+            ],
+            90.0,
+            None,
+        );
+        assert_eq!(
+            texts(&e),
+            [
+                (Some("pc-1"), Level::Info, "pc-1: active again"),
+                (
+                    Some("pc-1"),
+                    Level::Info,
+                    "pc-1: COW 1.0% full, below the warning at 90% again"
+                ),
+                (
+                    Some("pc-2"),
+                    Level::Error,
+                    "pc-2: its snapshot is invalid: the PC's disk fails its I/O; reset it"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn dnsmasq_stopping_and_coming_back() {
+        let mut ev = Events::default();
+        assert!(ev.changes(&[], 75.0, Some(true)).is_empty());
+        let e = ev.changes(&[], 75.0, Some(false));
+        assert_eq!(
+            texts(&e),
+            [(
+                None,
+                Level::Error,
+                "PXE: dnsmasq is not running: PCs cannot PXE-boot (run cowctl apply)"
+            )]
+        );
+        assert!(ev.changes(&[], 75.0, Some(false)).is_empty());
+        let e = ev.changes(&[], 75.0, Some(true));
+        assert_eq!(texts(&e), [(None, Level::Info, "PXE: dnsmasq runs again")]);
+        assert!(
+            ev.changes(&[], 75.0, None).is_empty(),
+            "no pxe section: nothing to say"
+        );
+    }
+}
