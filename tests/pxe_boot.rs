@@ -146,7 +146,7 @@ impl Room {
         format!(
             "serial:\n{}\ndnsmasq:\n{}\nserve:\n{}",
             pc::serial_log(self.dir.path()),
-            read("run/pxe/dnsmasq.log"),
+            read("run/pxe/dhcp.log"),
             read("run/serve.log")
         )
     }
@@ -216,7 +216,7 @@ fn a_pc_pxe_boots_through_dnsmasq_ipxe_and_boot_ipxe_to_its_own_disk() {
     // A MAC the manifest does not list gets no DHCP answer, so it boots nothing.
     let stranger = room.boot("52:54:00:c0:ee:99", Duration::from_secs(60));
     assert!(matches!(stranger, Boot::Nothing(_)), "{stranger:?}");
-    let log = std::fs::read_to_string(room.path("run/pxe/dnsmasq.log")).unwrap();
+    let log = std::fs::read_to_string(room.path("run/pxe/dhcp.log")).unwrap();
     assert!(log.contains("52:54:00:c0:ee:99 ignored"), "{log}");
 
     // Apply leaves a dnsmasq that serves the manifest alone, and restarts it when the
@@ -252,7 +252,7 @@ fn beside_the_lans_dhcp_server_cowctl_answers_as_a_proxy_and_the_pc_boots() {
         "{}",
         room.logs()
     );
-    let log = std::fs::read_to_string(room.path("run/pxe/dnsmasq.log")).unwrap();
+    let log = std::fs::read_to_string(room.path("run/pxe/dhcp.log")).unwrap();
     assert!(
         log.contains("proxy"),
         "cowctl's dnsmasq answered as a proxy:\n{log}"
