@@ -169,45 +169,62 @@ pub fn parse(text: &str) -> Vec<Seen> {
 mod tests {
     use super::*;
 
-    /// Lines of a real dnsmasq 2.90 log (tests/pxe_boot.rs's room, `log-facility=` a file):
-    /// a stranger's SeaBIOS PXE ROM asking twice, ignored; a listed PC answered.
+    /// A real dnsmasq 2.90 log (tests/pxe_boot.rs's adoption test, without its option
+    /// lines): qemu's iPXE ROM asks as a stranger and is ignored; then, adopted as pc-31 and
+    /// dnsmasq restarted by apply, it is answered.
     const LOG: &str = "\
-Dec  4 23:51:02 dnsmasq[4120]: started, version 2.90 DNS disabled
-Dec  4 23:51:02 dnsmasq-dhcp[4120]: DHCP, IP range 10.121.77.100 -- 10.121.77.150, lease time 12h
-Dec  4 23:51:02 dnsmasq-tftp[4120]: TFTP root is /usr/lib/ipxe  
-Dec  4 23:51:09 dnsmasq-dhcp[4120]: 1180927337 available DHCP range: 10.121.77.100 -- 10.121.77.150
-Dec  4 23:51:09 dnsmasq-dhcp[4120]: 1180927337 vendor class: PXEClient:Arch:00000:UNDI:002001
-Dec  4 23:51:09 dnsmasq-dhcp[4120]: 1180927337 DHCPDISCOVER(cwp7x1) 52:54:00:c0:ee:99 ignored
-Dec  4 23:51:13 dnsmasq-dhcp[4120]: 1180927337 available DHCP range: 10.121.77.100 -- 10.121.77.150
-Dec  4 23:51:13 dnsmasq-dhcp[4120]: 1180927337 vendor class: PXEClient:Arch:00000:UNDI:002001
-Dec  4 23:51:13 dnsmasq-dhcp[4120]: 1180927337 DHCPDISCOVER(cwp7x1) 52:54:00:c0:ee:99 ignored
-Dec  4 23:52:40 dnsmasq-dhcp[4120]: 2464920356 vendor class: PXEClient:Arch:00007:UNDI:003016
-Dec  4 23:52:40 dnsmasq-dhcp[4120]: 2464920356 DHCPDISCOVER(cwp7x1) 52:54:00:c0:ee:01 
-Dec  4 23:52:40 dnsmasq-dhcp[4120]: 2464920356 tags: known, cwp7x1
-Dec  4 23:52:40 dnsmasq-dhcp[4120]: 2464920356 DHCPOFFER(cwp7x1) 10.121.77.11 52:54:00:c0:ee:01 
-Dec  4 23:52:41 dnsmasq-dhcp[4120]: 2464920356 DHCPREQUEST(cwp7x1) 10.121.77.11 52:54:00:c0:ee:01 
-Dec  4 23:52:41 dnsmasq-dhcp[4120]: 2464920356 DHCPACK(cwp7x1) 10.121.77.11 52:54:00:c0:ee:01 lab-a1
+Dec  4 23:45:21 dnsmasq[27563]: started, version 2.90 DNS disabled
+Dec  4 23:45:21 dnsmasq-dhcp[27563]: DHCP, IP range 10.167.87.100 -- 10.167.87.150, lease time 12h
+Dec  4 23:45:21 dnsmasq-dhcp[27563]: DHCP, sockets bound exclusively to interface cwp2754717
+Dec  4 23:45:21 dnsmasq-tftp[27563]: TFTP root is /usr/lib/ipxe  
+Dec  4 23:45:23 dnsmasq-dhcp[27563]: 955772767 available DHCP range: 10.167.87.100 -- 10.167.87.150
+Dec  4 23:45:23 dnsmasq-dhcp[27563]: 955772767 vendor class: PXEClient:Arch:00000:UNDI:002001
+Dec  4 23:45:23 dnsmasq-dhcp[27563]: 955772767 user class: iPXE
+Dec  4 23:45:23 dnsmasq-dhcp[27563]: 955772767 DHCPDISCOVER(cwp2754717) 52:54:00:c0:ee:31 ignored
+Dec  4 23:45:24 dnsmasq[27563]: exiting on receipt of SIGTERM
+Dec  4 23:45:24 dnsmasq[27577]: started, version 2.90 DNS disabled
+Dec  4 23:45:24 dnsmasq-dhcp[27577]: DHCP, IP range 10.167.87.100 -- 10.167.87.150, lease time 12h
+Dec  4 23:45:24 dnsmasq-dhcp[27577]: DHCP, sockets bound exclusively to interface cwp2754717
+Dec  4 23:45:24 dnsmasq-tftp[27577]: TFTP root is /usr/lib/ipxe  
+Dec  4 23:45:26 dnsmasq-dhcp[27577]: 609176867 available DHCP range: 10.167.87.100 -- 10.167.87.150
+Dec  4 23:45:26 dnsmasq-dhcp[27577]: 609176867 vendor class: PXEClient:Arch:00000:UNDI:002001
+Dec  4 23:45:26 dnsmasq-dhcp[27577]: 609176867 user class: iPXE
+Dec  4 23:45:26 dnsmasq-dhcp[27577]: 609176867 DHCPDISCOVER(cwp2754717) 52:54:00:c0:ee:31 
+Dec  4 23:45:26 dnsmasq-dhcp[27577]: 609176867 tags: known, ipxe, cwp2754717
+Dec  4 23:45:26 dnsmasq-dhcp[27577]: 609176867 DHCPOFFER(cwp2754717) 10.167.87.100 52:54:00:c0:ee:31 
+Dec  4 23:45:26 dnsmasq-dhcp[27577]: 609176867 next server: 10.167.87.1
+Dec  4 23:45:27 dnsmasq-dhcp[27577]: 609176867 available DHCP range: 10.167.87.100 -- 10.167.87.150
+Dec  4 23:45:27 dnsmasq-dhcp[27577]: 609176867 vendor class: PXEClient:Arch:00000:UNDI:002001
+Dec  4 23:45:27 dnsmasq-dhcp[27577]: 609176867 user class: iPXE
+Dec  4 23:45:27 dnsmasq-dhcp[27577]: 609176867 DHCPDISCOVER(cwp2754717) 52:54:00:c0:ee:31 
+Dec  4 23:45:27 dnsmasq-dhcp[27577]: 609176867 tags: known, ipxe, cwp2754717
+Dec  4 23:45:27 dnsmasq-dhcp[27577]: 609176867 DHCPOFFER(cwp2754717) 10.167.87.100 52:54:00:c0:ee:31 
+Dec  4 23:45:27 dnsmasq-dhcp[27577]: 609176867 next server: 10.167.87.1
+Dec  4 23:45:29 dnsmasq-dhcp[27577]: 609176867 available DHCP range: 10.167.87.100 -- 10.167.87.150
+Dec  4 23:45:29 dnsmasq-dhcp[27577]: 609176867 vendor class: PXEClient:Arch:00000:UNDI:002001
+Dec  4 23:45:29 dnsmasq-dhcp[27577]: 609176867 user class: iPXE
+Dec  4 23:45:29 dnsmasq-dhcp[27577]: 609176867 DHCPREQUEST(cwp2754717) 10.167.87.100 52:54:00:c0:ee:31 
+Dec  4 23:45:29 dnsmasq-dhcp[27577]: 609176867 tags: known, ipxe, cwp2754717
+Dec  4 23:45:29 dnsmasq-dhcp[27577]: 609176867 DHCPACK(cwp2754717) 10.167.87.100 52:54:00:c0:ee:31 pc-31
 ";
 
     #[test]
     fn requests_are_gathered_by_mac_with_when_where_and_firmware() {
         let seen = parse(LOG);
-        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen.len(), 1, "{seen:?}");
         let s = &seen[0];
-        assert_eq!(s.mac.to_string(), "52:54:00:c0:ee:99");
-        assert_eq!(s.first_seen.as_deref(), Some("Dec  4 23:51:09"));
-        assert_eq!(s.last_seen.as_deref(), Some("Dec  4 23:51:13"));
-        assert_eq!(s.interface, "cwp7x1");
+        assert_eq!(s.mac.to_string(), "52:54:00:c0:ee:31");
+        assert_eq!(s.first_seen.as_deref(), Some("Dec  4 23:45:23"));
+        assert_eq!(s.last_seen.as_deref(), Some("Dec  4 23:45:29"));
+        assert_eq!(s.interface, "cwp2754717");
         assert_eq!(s.firmware, Some(Firmware::Bios));
-        assert_eq!(s.requests, 2);
-        let s = &seen[1];
-        assert_eq!(s.mac.to_string(), "52:54:00:c0:ee:01");
-        assert_eq!(s.firmware, Some(Firmware::Uefi));
         assert_eq!(
-            s.requests, 2,
-            "the offer and the ack are dnsmasq's, not requests"
+            s.requests, 4,
+            "3 discovers and a request; offers and acks are dnsmasq's"
         );
-        assert_eq!(s.last_seen.as_deref(), Some("Dec  4 23:52:41"));
+        // A UEFI ROM's class (a line made like the ones above).
+        let uefi = LOG.replace("Arch:00000:UNDI:002001", "Arch:00007:UNDI:003016");
+        assert_eq!(parse(&uefi)[0].firmware, Some(Firmware::Uefi));
     }
 
     #[test]
