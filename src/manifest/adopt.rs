@@ -43,6 +43,8 @@ pub enum AdoptError {
     NoPcs,
     #[error("line {0}: `pcs:` is written in flow style ([...]): cowctl appends only to a block sequence (one `- name: …` entry per PC); rewrite it that way first")]
     FlowStyle(usize),
+    #[error("fix the manifest before adopting PCs into it:\n{0}")]
+    Current(String),
     #[error("the manifest with the new PCs would not be valid:\n{0}")]
     Invalid(String),
     #[error("cannot read or write {}: {source}", path.display())]
@@ -250,7 +252,7 @@ pub fn adopt(
         source,
     };
     let text = std::fs::read_to_string(path).map_err(io)?;
-    let m = Manifest::parse(path, &text).map_err(|e| AdoptError::Invalid(e.to_string()))?;
+    let m = Manifest::parse(path, &text).map_err(|e| AdoptError::Current(e.to_string()))?;
     let added = plan(&m, macs, name_from)?;
     let new_text = append(&text, &added)?;
     let after = Manifest::parse(path, &new_text).map_err(|e| AdoptError::Invalid(e.to_string()))?;
