@@ -256,11 +256,20 @@ pub fn adopt(
     let added = plan(&m, macs, name_from)?;
     let new_text = append(&text, &added)?;
     let after = Manifest::parse(path, &new_text).map_err(|e| AdoptError::Invalid(e.to_string()))?;
-    if after.pcs.len() != m.pcs.len() + added.len() {
+    // The text must say what was meant: the same PCs before, then exactly the new ones.
+    let read_back: Vec<(&str, Option<Mac>)> = after
+        .pcs
+        .iter()
+        .skip(m.pcs.len())
+        .map(|p| (p.name.as_str(), p.mac))
+        .collect();
+    let meant: Vec<(&str, Option<Mac>)> = added
+        .iter()
+        .map(|p| (p.name.as_str(), Some(p.mac)))
+        .collect();
+    if after.pcs.len() != m.pcs.len() + added.len() || read_back != meant {
         return Err(AdoptError::Invalid(format!(
-            "{} PCs after the edit, not {}: cowctl misread the pcs: sequence",
-            after.pcs.len(),
-            m.pcs.len() + added.len()
+            "the edited text reads back as {read_back:?}, not {meant:?}: cowctl misread the pcs: sequence, or a name needs quoting"
         )));
     }
     if !dry_run {
@@ -293,7 +302,7 @@ mod tests {
     #[test]
     fn entries_go_after_the_last_pc_and_every_other_byte_stays() {
         let text = format!(
-            "# The room.\n{HEAD}pcs:\n  # front row\n  - name: pc-01   # by the door\n    mac: 52:54:00:00:00:01\n\n  # spare\n\n# HTTP next\nhttp:\n  listen: 0.0.0.0:80\n"
+            "# The room.\n{HEAD}pcs:   # the room's PCs\n  # front row\n  - name: pc-01   # by the door\n    mac: 52:54:00:00:00:01\n\n  # spare\n\n# HTTP next\nhttp:\n  listen: 0.0.0.0:80\n"
         );
         let out = append(&text, &[pc("pc-02", "52:54:00:00:00:02", None)]).unwrap();
         let want = text.replace(
