@@ -268,6 +268,20 @@ fn beside_the_lans_dhcp_server_cowctl_answers_as_a_proxy_and_the_pc_boots() {
         "{}",
         room.logs()
     );
+    // A stranger beside the LAN's server gets its address there but no boot information
+    // from cowctl, and is discovered all the same.
+    let stranger = "52:54:00:c0:ee:98";
+    let log = room.path("run/pxe/dhcp.log");
+    let asked = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&format!("{stranger} ignored"))
+    };
+    let nic = pc::tap_nic(&room.tap, stranger);
+    let boot = pc::boot_from(room.dir.path(), &nic, Duration::from_secs(60), &asked);
+    assert!(matches!(boot, Boot::Nothing(_)), "{boot:?}");
+    let listed = common::room_cowctl(room.dir.path(), &["pcs", "discovered"]);
+    assert!(listed.contains(stranger), "{listed}\n{}", room.logs());
 }
 
 #[test]
