@@ -111,11 +111,8 @@ fn adopt(
             println!("+    ip: {ip}");
         }
     }
-    for pc in a.added.iter().filter(|p| p.ip.is_none()) {
-        println!(
-            "note: {} has no ip; /boot.ipxe answers a PC at its ip, so add the address it gets",
-            pc.name
-        );
+    for note in &a.notes {
+        println!("note: {note}");
     }
     if !dry_run {
         println!("run cowctl apply to serve and answer them");

@@ -21,7 +21,8 @@ pub struct NewPc {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdoptError {
-    #[error("{0:?} is not a MAC address (six hex pairs, as in 52:54:00:12:34:56): {1}")]
+    /// The argument and netaddr's sentence about it.
+    #[error("{1}")]
     BadMac(String, String),
     #[error("{mac} is already in the manifest, as {name}")]
     Listed { mac: Mac, name: String },
@@ -235,6 +236,8 @@ fn strip_comment(s: &str) -> &str {
 #[derive(Debug, Serialize)]
 pub struct Adoption {
     pub added: Vec<NewPc>,
+    /// What is left to do by hand (a PXE-booted PC without an `ip` gets no /boot.ipxe).
+    pub notes: Vec<String>,
     #[serde(skip)]
     pub text: String,
 }
@@ -253,6 +256,7 @@ pub fn adopt(
     };
     let text = std::fs::read_to_string(path).map_err(io)?;
     let m = Manifest::parse(path, &text).map_err(|e| AdoptError::Current(e.to_string()))?;
+    append(&text, &[])?; // a flow-style or missing pcs: is said first
     let added = plan(&m, macs, name_from)?;
     let new_text = append(&text, &added)?;
     let after = Manifest::parse(path, &new_text).map_err(|e| AdoptError::Invalid(e.to_string()))?;
@@ -275,8 +279,14 @@ pub fn adopt(
     if !dry_run {
         crate::durable::write_atomic(path, new_text.as_bytes()).map_err(io)?;
     }
+    let notes = added
+        .iter()
+        .filter(|p| p.ip.is_none() && m.pxe.is_some())
+        .map(|p| format!("{} has no ip: /boot.ipxe answers a PC at its ip, so add the address the LAN gives it", p.name))
+        .collect();
     Ok(Adoption {
         added,
+        notes,
         text: new_text,
     })
 }
