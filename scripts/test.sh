@@ -85,6 +85,15 @@ else
     echo "test: no systemd-analyze here; the unit was not verified"
 fi
 
+echo "== the Debian package (scripts/deb.sh): installed, upgraded over itself and removed with apt-get, in the VM"
+deb_dir=$(mktemp -d -p "$repo/target" debian.XXXX)
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+COWCTL_SKIP_BUILD=1 scripts/deb.sh "$deb_dir/old" >/dev/null
+COWCTL_SKIP_BUILD=1 COWCTL_DEB_VERSION="$version+1" scripts/deb.sh "$deb_dir/new" >/dev/null
+scripts/vm.sh run "$repo/scripts/vm/deb-check.sh" "$deb_dir/old/cowctl_${version}_amd64.deb" "$deb_dir/new/cowctl_${version}+1_amd64.deb" |
+    sed -u 's/\x1b\[[0-9;?]*[a-zA-Z]//g' | grep -a "deb-check:"
+rm -rf "$deb_dir"
+
 echo "== the Vagrant provisioning, in the VM"
 scripts/vm.sh run scripts/vm/vagrant-check.sh | sed -u 's/\x1b\[[0-9;?]*[a-zA-Z]//g' | grep -a "vagrant-check:"
 
