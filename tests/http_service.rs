@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,96 +11,7 @@ use std::time::Duration;
 use common::http::{get, post};
 use serde_json::Value;
 
-const TOKEN: &str = "tok-5f1c9a0e7d2b";
-const PC1: &str = "127.0.0.11";
-const PC2: &str = "127.0.0.12";
-const STRANGER: &str = "127.0.0.99";
-
-struct Room {
-    dir: tempfile::TempDir,
-    nbd: u16,
-    pcs: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Room {
-    /// Two PCs on a 16 MiB golden image with 4 MiB COWs; pc-1 may reset itself and
-    /// auto-extends (at 50 %, by 100 %, up to 16 MiB).
-    fn new() -> Room {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        std::fs::write(dir.path().join("golden.img"), vec![0x5a; 16 << 20]).unwrap();
-        std::fs::create_dir(dir.path().join("cow")).unwrap();
-        common::write_private(&dir.path().join("token"), &format!("{TOKEN}\n"));
-        let (nbd, pcs, admin) = (
-            common::free_port(),
-            common::free_port(),
-            common::free_port(),
-        );
-        std::fs::write(
-            dir.path().join("room.yaml"),
-            format!(
-                "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n    version: \"7\"\n\
-                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 4MiB\n  chunk: 4KiB\n  export: nbd\n\
-                 \x20 identity: {{site: north}}\n\
-                 nbd:\n  listen: 127.0.0.1:{nbd}\n  socket: {d}/nbd.sock\n\
-                 http:\n  listen: 127.0.0.1:{pcs}\n  admin_listen: 127.0.0.1:{admin}\n  token_file: {d}/token\n\
-                 pcs:\n  - name: pc-1\n    ip: {PC1}\n    self_reset: true\n    mac: 52:54:00:00:00:01\n\
-                 \x20   hostname: lab-a1\n    identity: {{room: \"101\", domain: lab.example}}\n\
-                 \x20   autoextend: {{threshold: 50, step: 100, max: 16MiB}}\n\
-                 \x20 - name: pc-2\n    ip: {PC2}\n"
-            ),
-        )
-        .unwrap();
-        let room = Room {
-            dir,
-            nbd,
-            pcs: SocketAddr::from(([127, 0, 0, 1], pcs)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
-        };
-        room.cowctl(&["apply"]);
-        room
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cowctl(&self, args: &[&str]) -> String {
-        common::room_cowctl(self.dir.path(), args)
-    }
-
-    fn status(&self, pc: &str) -> Value {
-        let all: Value = serde_json::from_str(&self.cowctl(&["--json", "status"])).unwrap();
-        all.as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == pc)
-            .unwrap()
-            .clone()
-    }
-
-    /// Writes `mib` MiB at `at_mib` MiB through NBD; false when the disk refused.
-    fn write(&self, pc: &str, at_mib: u64, mib: u64) -> bool {
-        Command::new("qemu-io")
-            .args(["-f", "raw", "-c"])
-            .arg(format!("write -P 0x33 {at_mib}M {mib}M"))
-            .arg(format!("nbd://127.0.0.1:{}/{pc}", self.nbd))
-            .output()
-            .map(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("error"))
-            .unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("run/serve.log")).unwrap()
-    }
-}
-
-impl Drop for Room {
-    fn drop(&mut self) {
-        let _ = common::room_command(self.dir.path(), &["down"]).output();
-    }
-}
+use common::httproom::{Room, PC1, PC2, STRANGER, TOKEN};
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))

@@ -5,6 +5,7 @@
 pub mod aoe;
 pub mod disk;
 pub mod http;
+pub mod httproom;
 pub mod iscsi;
 pub mod net;
 pub mod pc;
