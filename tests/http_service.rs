@@ -341,29 +341,92 @@ fn a_writer_faster_than_the_watcher_grows_the_cow_on_demand() {
 
 #[test]
 fn the_dashboard_renders_in_headless_chromium() {
-    let room = Room::new();
-    assert!(room.write("pc-1", 0, 1) && room.write("pc-2", 0, 3));
-    let url = format!("http://{}/", room.admin);
+    let room = Room::with_env(&[("COWCTL_HISTORY_INTERVAL_MS", "200")]);
+    // pc-2 fills a MiB at a time, so its plot climbs.
+    assert!(room.write("pc-1", 0, 1));
+    for mib in 0..3 {
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(room.write("pc-2", mib, 1));
+    }
+    let r = post(
+        "127.0.0.1",
+        room.admin,
+        "/api/v1/pcs/pc-1/reset",
+        Some(TOKEN),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(Duration::from_millis(600));
+    // `#select=pc-2`: the page starts with pc-2 selected and plotted.
+    let url = format!("http://{}/#select=pc-2", room.admin);
     let chromium = |extra: &[&str]| common::http::chromium(&url, &room.path("chromium"), extra);
-    let dom = chromium(&["--dump-dom"]);
+    let dom = chromium(&["--dump-dom", "--window-size=1280,800"]);
+    let tiles: Vec<&str> = dom
+        .split("<article ")
+        .skip(1)
+        .map(|t| t.split('>').next().unwrap())
+        .collect();
+    assert_eq!(tiles.len(), 2, "a tile per PC:\n{dom}");
+    // In the manifest's order, with their state and fill; pc-2's 3 MiB of 4 is past 75 %.
+    let mut fills = Vec::new();
+    for (tile, want) in tiles.iter().zip([
+        [
+            "data-pc=\"pc-1\"",
+            "data-state=\"active\"",
+            "data-level=\"ok\"",
+        ],
+        [
+            "data-pc=\"pc-2\"",
+            "data-state=\"active\"",
+            "data-level=\"warn\"",
+        ],
+    ]) {
+        for w in want {
+            assert!(tile.contains(w), "{w} not in {tile}");
+        }
+        let fill: f64 = tile
+            .split("data-fill=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        fills.push(fill);
+    }
+    assert!(
+        fills[0] < 1.0 && fills[1] > 75.0,
+        "pc-1 was reset, pc-2 is full: {fills:?}"
+    );
+    assert!(tiles[1].contains("selected"), "{}", tiles[1]);
     for want in [
-        "<tr data-pc=\"pc-1\">",
-        "<tr data-pc=\"pc-2\">",
-        "class=\"fill warn\"", // pc-2: 3 MiB of 4 MiB is past 75 %
-        "class=\"fill\"",
-        "<button>Reset</button>",
-        "state-active",
+        "<svg class=\"spark\"",
+        "<polyline points=",
+        "<div class=\"line version\">g 7</div>",
+        "data-requests=\"POST /api/v1/pcs/pc-2/reset\"",
+        "data-requests=\"POST /api/v1/pcs/pc-2/wake\"",
+        "pc-2: fill over the last day",
+        "data-kind=\"reset\" data-pc=\"pc-1\" data-by=\"admin\"",
+        "pc-1: reset over HTTP by an admin",
     ] {
         assert!(dom.contains(want), "the rendered page lacks {want}:\n{dom}");
     }
     let outputs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-outputs");
     std::fs::create_dir_all(&outputs).unwrap();
-    let png = outputs.join("dashboard.png");
-    let _ = std::fs::remove_file(&png);
-    chromium(&[&format!("--screenshot={}", png.display())]);
-    let bytes = std::fs::read(&png).unwrap();
-    assert!(
-        bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
-        "a real screenshot"
-    );
+    for (file, size) in [
+        ("dashboard.png", "1280,800"),
+        ("dashboard-phone.png", "390,844"),
+    ] {
+        let png = outputs.join(file);
+        let _ = std::fs::remove_file(&png);
+        chromium(&[
+            &format!("--screenshot={}", png.display()),
+            &format!("--window-size={size}"),
+        ]);
+        let bytes = std::fs::read(&png).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+            "a real screenshot: {file}"
+        );
+    }
 }
