@@ -69,6 +69,19 @@ fn the_history_grows_as_a_pc_writes() {
         .map(|s| s[0].as_u64().unwrap())
         .collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]), "oldest first: {ts:?}");
+    // ?since=T: only the samples after T.
+    let last_t = ts[ts.len() - 1];
+    let newer = history(&room, &format!("?since={last_t}"));
+    for s in newer
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|v| v.as_array().unwrap())
+    {
+        assert!(s[0].as_u64().unwrap() > last_t, "{newer}");
+    }
+    let r = get("127.0.0.1", room.admin, "/api/history?since=soon");
+    assert_eq!(r.status, 400, "{}", r.body);
     let r = get("127.0.0.1", room.admin, "/api/history?pc=pc-9");
     assert_eq!(r.status, 404, "{}", r.body);
 }

@@ -95,12 +95,17 @@ impl Histories {
         }
     }
 
-    /// `{pc: [[t, used, total], …]}`, oldest first; one PC's only when `pc` names it.
-    pub fn json(&self, pc: Option<&str>) -> serde_json::Value {
+    /// `{pc: [[t, used, total], …]}`, oldest first; one PC's only when `pc` names it; only
+    /// samples after `since` (Unix seconds), so a page that has the rest fetches little.
+    pub fn json(&self, pc: Option<&str>, since: u64) -> serde_json::Value {
         let pcs = self.pcs.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = serde_json::Map::new();
         for (name, h) in pcs.iter().filter(|(n, _)| pc.is_none_or(|p| p == *n)) {
-            let rows: Vec<[u64; 3]> = h.samples().map(|s| [s.t, s.used, s.total]).collect();
+            let rows: Vec<[u64; 3]> = h
+                .samples()
+                .filter(|s| s.t > since)
+                .map(|s| [s.t, s.used, s.total])
+                .collect();
             out.insert(name.clone(), serde_json::json!(rows));
         }
         serde_json::Value::Object(out)

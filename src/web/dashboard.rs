@@ -21,7 +21,8 @@ pub async fn page(State(app): State<App>) -> Result<Response, Refusal> {
     let data = if remote {
         "null".to_string()
     } else {
-        let data = serde_json::json!({ "rows": rows, "history": app.monitor.history.json(None) });
+        let data =
+            serde_json::json!({ "rows": rows, "history": app.monitor.history.json(None, 0) });
         // JSON inside <script>: `</` would end the element.
         data.to_string().replace("</", "<\\/")
     };

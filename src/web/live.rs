@@ -24,7 +24,7 @@ pub const STREAMS: usize = 32;
 /// How often a stream looks for new events.
 const POLL: Duration = Duration::from_millis(500);
 
-/// `?pc=NAME`: that PC's only.
+/// `?pc=NAME`: that PC's only; `?since=T`: the samples after T (Unix seconds) only.
 pub async fn history(
     State(app): State<App>,
     Query(q): Query<HashMap<String, String>>,
@@ -39,7 +39,17 @@ pub async fn history(
             )));
         }
     }
-    Ok(Json(app.monitor.history.json(pc.as_deref())).into_response())
+    let since = match q.get("since").map(|s| s.parse::<u64>()) {
+        None => 0,
+        Some(Ok(t)) => t,
+        Some(Err(_)) => {
+            return Err(ApiError::from(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "since: not a time in Unix seconds",
+            )))
+        }
+    };
+    Ok(Json(app.monitor.history.json(pc.as_deref(), since)).into_response())
 }
 
 /// `?n=N`: the newest N (at most 500, the default).

@@ -63,7 +63,7 @@ function tile(r) {
   const pct = fill(r), lvl = pct == null ? "ok" : level(r, pct);
   const t = el("article", "tile" + (selected.has(r.name) ? " selected" : "") + (focus === r.name ? " focus" : ""));
   Object.assign(t.dataset, { pc: r.name, state: r.state, fill: pct == null ? "" : pct.toFixed(1), level: lvl });
-  const head = el("label", "head");
+  const head = el("div", "head");
   const box = el("input");
   box.type = "checkbox";
   box.checked = selected.has(r.name);
@@ -112,6 +112,16 @@ function render() {
     : "no samples yet";
 }
 
+// Only new samples are fetched: the page keeps the day (1440 a PC) it has.
+function newestSample() {
+  let t = 0;
+  for (const s of Object.values(history)) if (s.length) t = Math.max(t, s[s.length - 1][0]);
+  return t;
+}
+function mergeHistory(h) {
+  for (const name of Object.keys(history)) if (!rows.some(r => r.name === name)) delete history[name];
+  for (const [name, s] of Object.entries(h)) history[name] = (history[name] || []).concat(s).slice(-1440);
+}
 async function getJson(url) {
   const r = await fetch(url, { headers: auth() });
   if (r.status === 401) { say("Enter the admin token to see the room."); return null; }
@@ -119,9 +129,9 @@ async function getJson(url) {
 }
 async function refresh() {
   try {
-    const [r, h] = await Promise.all([getJson("/api/v1/pcs"), getJson("/api/history")]);
+    const [r, h] = await Promise.all([getJson("/api/v1/pcs"), getJson("/api/history?since=" + newestSample())]);
     if (r) rows = r;
-    if (h) history = h;
+    if (h) mergeHistory(h);
     render();
     document.getElementById("when").textContent = new Date().toLocaleTimeString();
   } catch (e) { /* the next refresh tries again */ }
