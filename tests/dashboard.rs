@@ -162,6 +162,33 @@ fn the_event_stream_tells_who_reset_a_pc() {
         .collect();
     assert_eq!(by, ["admin", "pc"]);
     assert!(room.log().contains("pc-2: reset over HTTP by an admin"));
+    // A reset the service did not do itself: the watcher sees it (every 5 s).
+    room.cowctl(&["reset", "pc-2"]);
+    let e = next_event(&mut s, "reset");
+    assert_eq!(
+        (e["pc"].as_str(), e["by"].as_str(), e["text"].as_str()),
+        (
+            Some("pc-2"),
+            Some("cowctl"),
+            Some("pc-2: reset (its reset number 2)")
+        )
+    );
+    let by: Vec<String> = json(&get("127.0.0.1", room.admin, "/api/events").body)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "reset")
+        .map(|e| format!("{} {}", e["pc"], e["by"]))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            "\"pc-2\" \"admin\"",
+            "\"pc-1\" \"pc\"",
+            "\"pc-2\" \"cowctl\""
+        ],
+        "each reset once"
+    );
 }
 
 #[test]

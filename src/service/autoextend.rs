@@ -89,6 +89,8 @@ pub fn watch(fleet: Arc<dyn Fleet>, monitor: Arc<Monitor>) {
     let sample_every = super::history::interval();
     let start = Instant::now();
     let (mut next_check, mut next_events, mut next_sample) = (start, start, start);
+    // The feed's newest event at the last look at the room.
+    let mut looked = 0;
     loop {
         let now = Instant::now();
         if now >= next_check {
@@ -100,7 +102,8 @@ pub fn watch(fleet: Arc<dyn Fleet>, monitor: Arc<Monitor>) {
         if now >= next_events {
             let m = fleet.manifest();
             let changes = events.changes(&fleet.status(), m.warn_percent, fleet.dnsmasq_up());
-            monitor.feed.push(&changes);
+            monitor.feed.push(&changes, looked);
+            looked = monitor.feed.newest();
             next_events = now + INTERVAL * EVENTS_EVERY;
         }
         if now >= next_sample {

@@ -33,6 +33,7 @@ struct Seen {
     at_maximum: bool,
     version: Option<String>,
     next: Option<String>,
+    resets: u64,
 }
 
 /// The last look at the room; `changes` compares the next one with it.
@@ -68,6 +69,7 @@ fn seen(r: &PcStatus, warn_percent: f64) -> (Seen, f64) {
         at_maximum: max.is_some_and(|m| r.total_sectors.is_some_and(|t| t >= m)),
         version: r.image_version.clone(),
         next: r.next_version.clone(),
+        resets: r.resets,
     };
     (seen, fill.unwrap_or(0.0))
 }
@@ -129,6 +131,15 @@ fn fill_changes(
         );
     }
     let Some(b) = before else { return };
+    // One event per reset, whoever did it: `feed.rs` drops the service's own, which it
+    // announced already with who asked.
+    for n in b.resets + 1..=seen.resets {
+        say(
+            Level::Info,
+            "reset",
+            format!("reset (its reset number {n})"),
+        );
+    }
     if seen.next.is_some() && seen.next != b.next {
         let v = seen.next.as_deref().unwrap_or("");
         say(
@@ -366,10 +377,18 @@ mod tests {
         );
         served.image_version = Some("8".into());
         served.next_version = None;
+        served.resets = 1;
         let e = ev.changes(&[served], 75.0, None);
         assert_eq!(
             texts(&e),
-            [(Some("pc-1"), Level::Info, "pc-1: now runs version 8")]
+            [
+                (
+                    Some("pc-1"),
+                    Level::Info,
+                    "pc-1: reset (its reset number 1)"
+                ),
+                (Some("pc-1"), Level::Info, "pc-1: now runs version 8")
+            ]
         );
     }
 

@@ -23,7 +23,8 @@ pub struct Entry {
     pub level: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pc: Option<String>,
-    /// For resets: `admin` (the bearer token), `pc` (the PC itself), `boot` (reset on boot).
+    /// For resets: `admin` (the bearer token), `pc` (the PC itself), `boot` (reset on boot),
+    /// `cowctl` (seen by the watcher: `cowctl reset` or another process).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub by: Option<&'static str>,
     pub text: String,
@@ -69,11 +70,25 @@ impl Feed {
         inner.1.push_back(entry);
     }
 
-    /// Logs the events and keeps them.
-    pub fn push(&self, evs: &[events::Event]) {
-        events::log(evs);
+    /// Logs the events and keeps them. Of the resets the watcher saw, as many as the service
+    /// announced itself since event `since` (HTTP resets, with who asked) are dropped; the
+    /// others were done by `cowctl reset` or another process.
+    pub fn push(&self, evs: &[events::Event], since: u64) {
+        let mut announced = std::collections::HashMap::new();
+        for e in self.after(since).into_iter().filter(|e| e.kind == "reset") {
+            *announced.entry(e.pc).or_insert(0usize) += 1;
+        }
         for e in evs {
-            self.keep(e, None);
+            if e.kind == "reset" {
+                let left = announced.entry(e.pc.clone()).or_insert(0);
+                if *left > 0 {
+                    *left -= 1;
+                    continue;
+                }
+            }
+            events::log(std::slice::from_ref(e));
+            let by = (e.kind == "reset").then_some("cowctl");
+            self.keep(e, by);
         }
     }
 
@@ -140,5 +155,22 @@ mod tests {
         assert_eq!(v["by"], "admin");
         assert_eq!(v["kind"], "reset");
         assert_eq!(v["pc"], "pc-1");
+        // The watcher's sighting of the same reset is not said twice; another one is.
+        let seen = |pc: &str| events::Event {
+            pc: Some(pc.into()),
+            level: Level::Info,
+            kind: "reset",
+            text: format!("{pc}: reset"),
+        };
+        f.push(&[seen("pc-1"), seen("pc-1"), seen("pc-2")], 599);
+        let new = f.after(600);
+        let got: Vec<_> = new.iter().map(|e| (e.pc.as_deref(), e.by)).collect();
+        assert_eq!(
+            got,
+            [
+                (Some("pc-1"), Some("cowctl")),
+                (Some("pc-2"), Some("cowctl"))
+            ]
+        );
     }
 }
