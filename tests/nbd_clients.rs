@@ -531,3 +531,25 @@ fn with_the_ip_acl_a_pc_reaches_only_its_own_export_over_tcp() {
     // The unix socket is root's: every export.
     run("nbdinfo", &["--size", &room.unix_uri("pc-2")]);
 }
+
+/// `down` of the whole room returns only once the service has exited, so a script's
+/// `cowctl down && cowctl apply` (or another program) finds the ports free at once.
+#[test]
+fn down_returns_once_the_service_has_let_go_of_its_ports() {
+    let room = Room::new();
+    for round in 0..5 {
+        room.cowctl(&["apply"]);
+        let pid = room.pid();
+        room.cowctl(&["down"]);
+        // Gone, or a zombie nobody has reaped yet: either way it holds nothing.
+        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(") ").next().is_some_and(|f| f.starts_with('Z'))
+        });
+        let bound = std::net::TcpListener::bind(("127.0.0.1", room.port));
+        assert!(
+            gone && bound.is_ok(),
+            "round {round}: after down the service (pid {pid}) is gone: {gone}; port {} free: {bound:?}",
+            room.port
+        );
+    }
+}

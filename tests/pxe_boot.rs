@@ -5,7 +5,9 @@
 //! iSCSI disk with its CHAP secret. The PC resets on boot, so two boots both count 1. dnsmasq
 //! serves Debian's iPXE loaders by TFTP to PXE ROMs that are not iPXE, answers the manifest's
 //! MACs only, and `down` stops it. Beside another DHCP server (a namespace on the same
-//! bridge), cowctl's dnsmasq answers as a proxy, and the PC boots the same way.
+//! bridge), cowctl's dnsmasq answers as a proxy, and the PC boots the same way. A PC the
+//! manifest does not list is not answered, but `cowctl pcs discovered` lists it from
+//! dnsmasq's log, and once `cowctl pcs adopt` has added it and apply has run, it boots.
 
 mod common;
 
@@ -39,13 +41,14 @@ struct Room {
 }
 
 impl Room {
-    fn new(lan: Lan) -> Room {
+    /// A room; `k` tells apart rooms of one kind that tests make at the same time.
+    fn new(lan: Lan, k: u32) -> Room {
         // A /24 of 10.0.0.0/8 of this run's own, so parallel runs do not meet.
         let net = std::process::id() % 200 + 20;
-        let third = if lan == Lan::CowctlDhcp { 77 } else { 78 };
+        let third = if lan == Lan::CowctlDhcp { 77 } else { 78 } + 10 * k;
         let subnet = format!("10.{net}.{third}");
         let server = format!("{subnet}.1");
-        let tap = Link::tap(if lan == Lan::CowctlDhcp { 7 } else { 6 });
+        let tap = Link::tap(if lan == Lan::CowctlDhcp { 7 } else { 6 } + 10 * k);
         let (interface, links, other) = match lan {
             Lan::CowctlDhcp => {
                 tap.add_address(&format!("{server}/24"));
@@ -105,6 +108,7 @@ impl Room {
             format!(
                 "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
                  defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 8MiB\n  chunk: 4KiB\n\
+                 \x20 initiator: iqn.2024-01.lan.pxe:init-{{name}}\n\
                  iscsi:\n  iqn_prefix: iqn.2024-01.lan.pxe\n  portals: [{server}:{iscsi}]\n  acl: initiator\n\
                  \x20 chap:\n    username: room\n    secret_file: {d}/chap.secret\n\
                  nbd:\n  listen: 127.0.0.1:{nbd}\n  socket: {d}/nbd.sock\n\
@@ -146,7 +150,7 @@ impl Room {
         format!(
             "serial:\n{}\ndnsmasq:\n{}\nserve:\n{}",
             pc::serial_log(self.dir.path()),
-            read("run/pxe/dnsmasq.log"),
+            read("run/pxe/dhcp.log"),
             read("run/serve.log")
         )
     }
@@ -164,7 +168,7 @@ impl Drop for Room {
 
 #[test]
 fn a_pc_pxe_boots_through_dnsmasq_ipxe_and_boot_ipxe_to_its_own_disk() {
-    let room = Room::new(Lan::CowctlDhcp);
+    let room = Room::new(Lan::CowctlDhcp, 0);
     let golden = std::fs::read(room.path("golden.img")).unwrap();
 
     // PXE ROMs that are not iPXE get iPXE by TFTP: Debian's own loaders, byte for byte.
@@ -216,7 +220,7 @@ fn a_pc_pxe_boots_through_dnsmasq_ipxe_and_boot_ipxe_to_its_own_disk() {
     // A MAC the manifest does not list gets no DHCP answer, so it boots nothing.
     let stranger = room.boot("52:54:00:c0:ee:99", Duration::from_secs(60));
     assert!(matches!(stranger, Boot::Nothing(_)), "{stranger:?}");
-    let log = std::fs::read_to_string(room.path("run/pxe/dnsmasq.log")).unwrap();
+    let log = std::fs::read_to_string(room.path("run/pxe/dhcp.log")).unwrap();
     assert!(log.contains("52:54:00:c0:ee:99 ignored"), "{log}");
 
     // Apply leaves a dnsmasq that serves the manifest alone, and restarts it when the
@@ -245,14 +249,14 @@ fn a_pc_pxe_boots_through_dnsmasq_ipxe_and_boot_ipxe_to_its_own_disk() {
 
 #[test]
 fn beside_the_lans_dhcp_server_cowctl_answers_as_a_proxy_and_the_pc_boots() {
-    let room = Room::new(Lan::OtherDhcp);
+    let room = Room::new(Lan::OtherDhcp, 0);
     assert_eq!(
         room.boot(PC_MAC, BOOT_LIMIT),
         Boot::Counted(1),
         "{}",
         room.logs()
     );
-    let log = std::fs::read_to_string(room.path("run/pxe/dnsmasq.log")).unwrap();
+    let log = std::fs::read_to_string(room.path("run/pxe/dhcp.log")).unwrap();
     assert!(
         log.contains("proxy"),
         "cowctl's dnsmasq answered as a proxy:\n{log}"
@@ -260,6 +264,80 @@ fn beside_the_lans_dhcp_server_cowctl_answers_as_a_proxy_and_the_pc_boots() {
     assert!(!log.contains("DHCPACK"), "and leased nothing:\n{log}");
     assert_eq!(
         room.boot(PC_MAC, BOOT_LIMIT),
+        Boot::Counted(1),
+        "{}",
+        room.logs()
+    );
+    // A stranger beside the LAN's server gets its address there but no boot information
+    // from cowctl, and is discovered all the same.
+    let stranger = "52:54:00:c0:ee:98";
+    let log = room.path("run/pxe/dhcp.log");
+    let asked = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&format!("{stranger} ignored"))
+    };
+    let nic = pc::tap_nic(&room.tap, stranger);
+    let boot = pc::boot_from(room.dir.path(), &nic, Duration::from_secs(60), &asked);
+    assert!(matches!(boot, Boot::Nothing(_)), "{boot:?}");
+    let listed = common::room_cowctl(room.dir.path(), &["pcs", "discovered"]);
+    assert!(listed.contains(stranger), "{listed}\n{}", room.logs());
+}
+
+#[test]
+fn a_pc_the_manifest_does_not_list_is_discovered_adopted_and_then_boots() {
+    let room = Room::new(Lan::CowctlDhcp, 1);
+    const NEW: &str = "52:54:00:c0:ee:31";
+    // Not answered: the PXE ROM asks, dnsmasq logs it as ignored, nothing boots. The boot
+    // ends as soon as the log shows that, to keep the test short.
+    let log = room.path("run/pxe/dhcp.log");
+    let ignored = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&format!("{NEW} ignored"))
+    };
+    let limit = Duration::from_secs(60);
+    let stranger = pc::boot_from(
+        room.dir.path(),
+        &pc::tap_nic(&room.tap, NEW),
+        limit,
+        &ignored,
+    );
+    assert!(matches!(stranger, Boot::Nothing(_)), "{stranger:?}");
+    assert!(ignored(), "{}", room.logs());
+
+    let listed = common::room_cowctl(room.dir.path(), &["pcs", "discovered"]);
+    let line = listed.lines().find(|l| l.starts_with(NEW));
+    let line = line.unwrap_or_else(|| panic!("{NEW} not listed:\n{listed}\n{}", room.logs()));
+    assert!(line.contains(&room.tap) && line.contains("BIOS"), "{line}");
+    assert!(
+        !listed.contains(PC_MAC),
+        "the manifest's PC is not a stranger:\n{listed}"
+    );
+
+    let before = std::fs::read_to_string(room.path("room.yaml")).unwrap();
+    let adopt = ["pcs", "adopt", NEW, "--name-from", "pc-{31..31}"];
+    let out = common::room_cowctl(room.dir.path(), &adopt);
+    assert!(out.contains("+  - name: pc-31"), "{out}");
+    let after = std::fs::read_to_string(room.path("room.yaml")).unwrap();
+    assert!(
+        after.starts_with(&before),
+        "the manifest is appended to:\n{after}"
+    );
+    let listed = common::room_cowctl(room.dir.path(), &["pcs", "discovered"]);
+    assert!(
+        !listed.contains(NEW),
+        "adopted, so no longer a stranger:\n{listed}"
+    );
+    let valid = common::room_cowctl(room.dir.path(), &["validate"]);
+    assert!(valid.contains("2 PC(s)"), "{valid}");
+    let plan = common::room_cowctl(room.dir.path(), &["plan"]);
+    assert!(plan.contains("pc-31"), "{plan}");
+
+    let apply = common::room_cowctl(room.dir.path(), &["apply"]);
+    assert!(apply.contains("restarted dnsmasq as"), "{apply}");
+    assert_eq!(
+        room.boot(NEW, BOOT_LIMIT),
         Boot::Counted(1),
         "{}",
         room.logs()

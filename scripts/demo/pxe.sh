@@ -38,7 +38,7 @@ for boot in 1 2; do
     tr -d '\r' <"$work/serial.log" | grep -a -e '^cowctl-boot' -e 'http://' -e 'iscsi:' | sed 's/^/pc-px: /'
 done
 echo; echo "-- what dnsmasq and the HTTP service saw"
-grep -a -e "DHCPACK" -e "ignored" "$COWCTL_RUN_DIR/pxe/dnsmasq.log" | sed 's/^dnsmasq-dhcp[^:]*: //; s/^[0-9]* //' | tail -n 4
+grep -a -e "DHCPACK" -e "ignored" "$COWCTL_RUN_DIR/pxe/dhcp.log" | sed 's/^.*dnsmasq-dhcp[^:]*: //; s/^[0-9]* //' | tail -n 4
 grep -a "reset on boot" "$COWCTL_RUN_DIR/serve.log" | sed 's/^.*cowctl::web::boot: //' | tail -n 4 || true
 say cowctl down
 rm -rf "$work"

@@ -125,6 +125,31 @@ pub(super) const PAGES: &[Page] = &[
         see_also: &["cowctl-image-list"],
     },
     Page {
+        name: "cowctl-pcs",
+        examples: &[
+            ("cowctl pcs discovered", "MACs that asked to PXE-boot and are not in the manifest (they were not answered)."),
+            ("cowctl pcs adopt 52:54:00:c0:ee:99 --name-from 'pc-{31..40}'", "Append that PC to the manifest as pc-31; cowctl apply then boots it."),
+        ],
+        see_also: &["cowctl-apply"],
+    },
+    Page {
+        name: "cowctl-pcs-discovered",
+        examples: &[
+            ("cowctl pcs discovered", "MAC, first and last request, interface and firmware (BIOS or UEFI), from dnsmasq's DHCP log."),
+            ("cowctl pcs discovered --json", "The same as JSON, for a script that adopts them."),
+        ],
+        see_also: &["cowctl-pcs-adopt"],
+    },
+    Page {
+        name: "cowctl-pcs-adopt",
+        examples: &[
+            ("cowctl pcs adopt 52:54:00:c0:ee:99 52:54:00:c0:ee:9a", "Append both, continuing the manifest's numbering (pc-14, pc-15 after pc-13)."),
+            ("cowctl pcs adopt 52:54:00:c0:ee:99 --name-from 'pc-{31..40}' --dry-run", "Show the entry it would append (the first free name of pc-31 to pc-40); change nothing."),
+            ("cowctl pcs adopt 52:54:00:c0:ee:99 && cowctl validate && cowctl apply", "Adopt, check and serve: the PC boots at its next PXE request."),
+        ],
+        see_also: &["cowctl-pcs-discovered", "cowctl-validate", "cowctl-plan"],
+    },
+    Page {
         name: "cowctl-validate",
         examples: &[
             ("cowctl validate -f manifests/example.yaml", "Check a manifest before it is used."),

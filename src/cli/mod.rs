@@ -8,6 +8,7 @@ mod examples;
 mod generate;
 mod image;
 mod logging;
+mod pcs;
 mod pxe;
 mod userspace;
 
@@ -40,6 +41,9 @@ pub enum Command {
     /// Golden image versions: list, import, commit a PC, promote, prune, hash.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// PCs added by booting them: list the unknown MACs that asked to PXE-boot, adopt them.
+    #[command(subcommand)]
+    Pcs(pcs::PcsCommand),
     /// Check the manifest and list every error at once.
     Validate,
     /// Check this machine against the manifest: backend, ports, PXE, space, secrets, clock;
@@ -128,6 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Cow(c) => cow::run(c, cli.json).map(|()| std::process::ExitCode::SUCCESS),
         Command::Image(c) => image::run(c, f, cli.json),
+        Command::Pcs(c) => pcs::run(c, f, cli.json),
         Command::Validate => control::validate(f, cli.json),
         Command::Doctor => doctor::run(f, cli.json),
         Command::Plan => control::plan(f, cli.json),

@@ -168,7 +168,14 @@ pub fn row(
         crate::units::percent(u.sectors_allocated, cap)
     });
     let mut notes = open_to_others(pc);
-    let lost = lost_version(manifest, pc);
+    // The PC's version store, read once for both questions asked of it below.
+    let store = image
+        .store
+        .as_deref()
+        .and_then(|dir| crate::image::Store::open(dir).ok());
+    let lost = store
+        .as_ref()
+        .and_then(|s| crate::image::cow_problem(manifest, s, pc));
     let warn = matches!(
         state,
         PcState::Overflow | PcState::Invalid | PcState::MergeFailed | PcState::Parked
@@ -176,9 +183,9 @@ pub fn row(
         || lost.is_some();
     notes.extend(lost);
     let history = super::sidecar::read(&pc.cow).ok().flatten();
-    let next_version = crate::image::due(manifest, pc)
-        .ok()
-        .flatten()
+    let next_version = store
+        .as_ref()
+        .and_then(|s| crate::image::due_in(manifest, pc, s).ok().flatten())
         .and_then(|(i, _)| i.version);
     PcStatus {
         name: pc.name.clone(),
@@ -200,14 +207,6 @@ pub fn row(
         last_reset: history.and_then(|h| h.last_reset),
         notes,
     }
-}
-
-/// Why the PC's COW cannot be laid over the version it is listed on: its version is gone
-/// from the store (plan and apply refuse it; a reset moves it on).
-fn lost_version(manifest: &Manifest, pc: &Pc) -> Option<String> {
-    let dir = manifest.images.get(&pc.image)?.store.as_deref()?;
-    let store = crate::image::Store::open(dir).ok()?;
-    crate::image::cow_problem(manifest, &store, pc)
 }
 
 /// The PC's COW and record when other users may read or write them. cowctl makes them

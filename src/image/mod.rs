@@ -135,22 +135,27 @@ pub fn cow_problem(m: &Manifest, store: &Store, pc: &Pc) -> Option<String> {
 /// The version `pc` moves to at its next reset when that is not the one it runs, read from
 /// the store now (it may have been committed and promoted after the manifest was loaded).
 pub fn due(m: &Manifest, pc: &Pc) -> Result<Option<(Image, Golden)>> {
-    let image = &m.images[&pc.image];
-    let Some(dir) = image.store.as_deref() else {
+    let Some(dir) = m.images[&pc.image].store.as_deref() else {
         return Ok(None);
     };
-    let store = Store::open(dir)?;
+    due_in(m, pc, &Store::open(dir)?)
+}
+
+/// [`due`] with the PC's store already read (status reads it once per PC for this and for
+/// [`cow_problem`]).
+pub fn due_in(m: &Manifest, pc: &Pc, store: &Store) -> Result<Option<(Image, Golden)>> {
+    let image = &m.images[&pc.image];
     let Some(v) = store.target(&pc.name) else {
         return Ok(None);
     };
-    let lost = matches!(running_version(&store, pc), Found::Missing(_));
+    let lost = matches!(running_version(store, pc), Found::Missing(_));
     if image.version.as_deref() == Some(v.as_str()) && !lost {
         return Ok(None);
     }
     let version = store.get(v)?;
     Ok(Some((
-        entry(&image.family, &store, version),
-        golden_of(&store, version),
+        entry(&image.family, store, version),
+        golden_of(store, version),
     )))
 }
 

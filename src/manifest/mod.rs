@@ -1,6 +1,7 @@
 //! The declarative manifest: images, PCs, exports. `Manifest::load` reads and validates it,
 //! reporting every error at once, each as `file:line:column: field: message`.
 
+pub mod adopt;
 mod expand;
 mod owned;
 mod positions;

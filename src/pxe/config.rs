@@ -48,19 +48,28 @@ fn one_line(field: &str, value: String) -> Result<String, UnsafeValue> {
     }
 }
 
-/// The whole configuration file; `leases` is dnsmasq's lease file (DHCP mode). Every value
-/// from outside is checked to be one line (the manifest refuses such values already).
+/// dnsmasq's files in the run directory: its lease file (DHCP mode) and the log of its DHCP
+/// traffic, with time stamps (what `cowctl pcs discovered` reads).
+#[derive(Debug, Clone, Copy)]
+pub struct Files<'a> {
+    pub leases: &'a Path,
+    pub log: &'a Path,
+}
+
+/// The whole configuration file. Every value from outside is checked to be one line (the
+/// manifest refuses such values already).
 pub fn render(
     pxe: &PxeConfig,
     chain: &Chain,
     pcs: &[Pc],
     manifest: &Path,
-    leases: &Path,
+    files: Files,
 ) -> Result<String, UnsafeValue> {
     let interface = one_line("pxe.interface", pxe.interface.clone())?;
     let tftp_root = one_line("pxe.tftp_root", pxe.tftp_root.display().to_string())?;
     let manifest = one_line("the manifest's path", manifest.display().to_string())?;
-    let leases = one_line("the lease file's path", leases.display().to_string())?;
+    let leases = one_line("the lease file's path", files.leases.display().to_string())?;
+    let log = one_line("the log file's path", files.log.display().to_string())?;
     let mut c = String::new();
     let mut line = |s: String| {
         c.push_str(&s);
@@ -74,7 +83,9 @@ pub fn render(
     line("bind-interfaces".into());
     line("pid-file=".into()); // cowctl keeps the pid; do not touch the system's dnsmasq's
     line("log-dhcp".into());
-    line("log-facility=-".into());
+    // A file of its own, so each line has dnsmasq's time stamp; unknown MACs' requests
+    // ("ignored") stay there for `cowctl pcs discovered`.
+    line(format!("log-facility={log}"));
     line("enable-tftp".into());
     line(format!("tftp-root={tftp_root}"));
     line("dhcp-userclass=set:ipxe,iPXE".into());
@@ -148,6 +159,13 @@ mod tests {
         m.pcs
     }
 
+    fn files() -> Files<'static> {
+        Files {
+            leases: Path::new("/l"),
+            log: Path::new("/d.log"),
+        }
+    }
+
     const CHAIN: Chain = Chain {
         server: Ipv4Addr::new(10, 9, 0, 1),
         port: 8080,
@@ -166,7 +184,10 @@ mod tests {
             &CHAIN,
             &pcs(),
             Path::new("/etc/cowctl/cowctl.yaml"),
-            Path::new("/run/cowctl/pxe/dnsmasq.leases"),
+            Files {
+                leases: Path::new("/run/cowctl/pxe/dnsmasq.leases"),
+                log: Path::new("/run/cowctl/pxe/dhcp.log"),
+            },
         )
         .unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -180,6 +201,8 @@ mod tests {
             "dhcp-host=52:54:00:00:00:02,pc-02",
             "dhcp-ignore=tag:!known",
             "tftp-root=/usr/lib/ipxe",
+            "log-dhcp",
+            "log-facility=/run/cowctl/pxe/dhcp.log",
         ] {
             assert!(lines.contains(&want), "{want} missing from\n{text}");
         }
@@ -194,7 +217,7 @@ mod tests {
             &CHAIN,
             &pcs(),
             Path::new("/m.yaml"),
-            Path::new("/l"),
+            files(),
         )
         .unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -211,12 +234,12 @@ mod tests {
     fn a_value_with_a_control_character_is_refused_not_written() {
         let mut p = pxe(DhcpMode::Proxy, true);
         p.interface = "eth1\ndhcp-script=/tmp/x".into();
-        let e = render(&p, &CHAIN, &pcs(), Path::new("/m"), Path::new("/l")).unwrap_err();
+        let e = render(&p, &CHAIN, &pcs(), Path::new("/m"), files()).unwrap_err();
         assert_eq!(e.field, "pxe.interface");
         assert!(e.to_string().contains("eth1\\ndhcp-script"), "{e}");
         let mut p = pxe(DhcpMode::Proxy, true);
         p.tftp_root = "/srv/tftp\rdhcp-script=/tmp/x".into();
-        let e = render(&p, &CHAIN, &pcs(), Path::new("/m"), Path::new("/l")).unwrap_err();
+        let e = render(&p, &CHAIN, &pcs(), Path::new("/m"), files()).unwrap_err();
         assert_eq!(e.field, "pxe.tftp_root");
         let mut pcs = pcs();
         pcs[1].hostname = "pc\x7f".into();
@@ -224,20 +247,14 @@ mod tests {
             first: Ipv4Addr::new(10, 9, 0, 100),
             last: Ipv4Addr::new(10, 9, 0, 199),
         };
-        let e = render(
-            &pxe(range, true),
-            &CHAIN,
-            &pcs,
-            Path::new("/m"),
-            Path::new("/l"),
-        );
+        let e = render(&pxe(range, true), &CHAIN, &pcs, Path::new("/m"), files());
         assert_eq!(e.unwrap_err().field, "pc-02's hostname");
         let e = render(
             &pxe(DhcpMode::Proxy, true),
             &CHAIN,
             &[],
             Path::new("/m\n"),
-            Path::new("/l"),
+            files(),
         );
         assert_eq!(e.unwrap_err().field, "the manifest's path");
     }

@@ -4,6 +4,7 @@
 //! manifest gives another configuration, and leaves it alone otherwise.
 
 pub mod config;
+pub mod seen;
 pub mod wake;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -113,7 +114,11 @@ pub fn plan(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<Plan>>
         }
     }
     let h = helpers(run_dir);
-    let config = config::render(pxe, &chain, &m.pcs, &m.path, &h.dir.join("dnsmasq.leases"))?;
+    let files = config::Files {
+        leases: &h.dir.join("dnsmasq.leases"),
+        log: &seen::log_path(run_dir),
+    };
+    let config = config::render(pxe, &chain, &m.pcs, &m.path, files)?;
     let current = std::fs::read_to_string(conf_path(run_dir)).ok();
     let step = match h.running(KEY) {
         Some(r) if current.as_deref() == Some(config.as_str()) => Step::Keep(r.pid),
@@ -186,10 +191,10 @@ pub fn status_line(m: &Manifest, run_dir: &Path) -> Option<String> {
     let pxe = m.pxe.as_ref()?;
     Some(match running(run_dir) {
         Some(r) => format!(
-            "PXE: dnsmasq {} answers on {} (log: {})",
+            "PXE: dnsmasq {} answers on {} (DHCP log: {})",
             r.pid,
             pxe.interface,
-            helpers(run_dir).log_file(KEY).display()
+            seen::log_path(run_dir).display()
         ),
         None => format!(
             "PXE: dnsmasq is not running on {}: PCs cannot PXE-boot (run cowctl apply)",

@@ -83,9 +83,13 @@ pub fn call(run_dir: &Path, request: &Request) -> Result<Option<Response>> {
     line.push(b'\n');
     stream.write_all(&line)?;
     let mut reply = String::new();
-    BufReader::new(stream)
+    let mut reader = BufReader::new(stream);
+    reader
         .read_line(&mut reply)
         .with_context(|| format!("no reply from cowctl serve at {}", path.display()))?;
+    if matches!(request, Request::Down { pcs } if pcs.is_empty()) && !reply.is_empty() {
+        wait_for_exit(reader.get_mut(), &path)?;
+    }
     if reply.is_empty() {
         anyhow::bail!(
             "cowctl serve at {} closed the connection without replying",
@@ -98,6 +102,21 @@ pub fn call(run_dir: &Path, request: &Request) -> Result<Option<Response>> {
         Some(e) => Err(anyhow::anyhow!("{e}")),
         None => Ok(Some(response)),
     }
+}
+
+/// After `down` of every PC the service exits holding this connection open, so its end
+/// is the service's end: its ports are free when this returns, and a `cowctl apply`
+/// straight after binds them again instead of finding them in use.
+fn wait_for_exit(stream: &mut UnixStream, path: &Path) -> Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(stream, &mut rest).with_context(|| {
+        format!(
+            "cowctl serve at {} took every PC down but had not exited after 120 s",
+            path.display()
+        )
+    })?;
+    Ok(())
 }
 
 /// Reads one request from a control connection.
