@@ -255,8 +255,11 @@ fn selecting_pcs_on_the_page_and_resetting_them_resets_them() {
     assert!(room.write("pc-2", 0, 1));
     let url = format!("http://{}/", room.admin);
     let mut page = common::devtools::Page::open(&url, &room.path("chromium"), "390,844");
-    let wait = |ms: u64| format!("new Promise(ok => setTimeout(ok, {ms}))");
-    page.eval(&wait(1500));
+    // The tiles are there once the page's script has run; Chromium may still be loading it.
+    page.wait_for(
+        "tile for pc-2",
+        "document.querySelector('.tile[data-pc=\"pc-2\"]') !== null",
+    );
     // A tap on pc-2's tile selects it; the token goes in once; the reset is confirmed.
     let requests = page.eval(&format!(
         "sessionStorage.setItem('cowctl-token', '{TOKEN}'); window.confirm = () => true;
@@ -264,15 +267,21 @@ fn selecting_pcs_on_the_page_and_resetting_them_resets_them() {
          document.getElementById('reset').dataset.requests"
     ));
     assert_eq!(requests, "POST /api/v1/pcs/pc-2/reset");
-    let msg = page.eval(&format!(
-        "document.getElementById('reset').click(); {}.then(() => document.getElementById('msg').textContent)",
-        wait(1500)
-    ));
+    // The reset's outcome is said once its requests have come back.
+    page.eval("document.getElementById('reset').click()");
+    let msg = page.wait_for(
+        "outcome of the reset",
+        "(t => t.startsWith('reset:') ? t : null)(document.getElementById('msg').textContent)",
+    );
     assert_eq!(msg, "reset: pc-2: done");
     assert_eq!(room.status("pc-2")["resets"], 1);
     assert_eq!(room.status("pc-1")["resets"], 0, "only the selected PC");
     // The page's event list heard it over the stream, naming who asked.
-    let event = page.eval("document.querySelector('#events li[data-kind=\"reset\"]').dataset.by + ' ' + document.querySelector('#events li[data-kind=\"reset\"]').textContent");
+    let event = page.wait_for(
+        "reset event",
+        "(li => li ? li.dataset.by + ' ' + li.textContent : null)\
+         (document.querySelector('#events li[data-kind=\"reset\"]'))",
+    );
     let event = event.as_str().unwrap();
     assert!(
         event.starts_with("admin ") && event.contains("pc-2: reset over HTTP by an admin"),

@@ -181,4 +181,24 @@ impl Page {
             }
         }
     }
+
+    /// Runs `expression` in the page every 100 ms until it gives something other than null
+    /// or false, for up to 10 s, and returns that: what a page shows only once its script
+    /// has run, or a request of its has come back, is read as soon as it is there and not
+    /// after a guessed sleep. An evaluation lost to the page's own navigation counts as
+    /// null; `expression` must not throw otherwise.
+    pub fn wait_for(&mut self, what: &str, expression: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.eval(expression);
+            if !v.is_null() && v != Value::Bool(false) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the page showed no {what} in 10 s ({expression})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
