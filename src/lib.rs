@@ -2,6 +2,7 @@
 //! copy-on-write file in the kernel's dm-snapshot persistent format.
 
 pub mod aoe;
+pub mod backend;
 pub mod backing;
 pub mod chunkmap;
 pub mod cli;

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 const ALLOWED: &[(&str, &str, &str)] = &[
     ("manifest", "image", "issue 24: Manifest::load resolves versions (image::resolve, store)"),
     ("service", "web", "issue 24: service/run.rs starts web::spawn, and web serves a Fleet"),
-    ("cli/control.rs", "cli/userspace.rs", "issue 24: printing shared both ways"),
     ("control/plan.rs", "control/apply.rs", "issue 24: the plan calls the runner's helpers"),
     ("control/reset.rs", "control/apply.rs", "issue 24: reset runs apply's steps"),
 ];

@@ -541,10 +541,7 @@ fn down_returns_once_the_service_has_let_go_of_its_ports() {
         room.cowctl(&["apply"]);
         let pid = room.pid();
         room.cowctl(&["down"]);
-        // Gone, or a zombie nobody has reaped yet: either way it holds nothing.
-        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-            s.rsplit(") ").next().is_some_and(|f| f.starts_with('Z'))
-        });
+        let gone = cowctl::service::control::has_exited(pid);
         let bound = std::net::TcpListener::bind(("127.0.0.1", room.port));
         assert!(
             gone && bound.is_ok(),

@@ -1,4 +1,5 @@
-//! validate, plan, apply, down, status and reset: thin wrappers over `control`.
+//! validate, plan, apply, down, status, reset and serve: load the manifest, pick the
+//! backend once (`backend::pick`), call it, print.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -6,15 +7,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::print_json;
-use super::userspace;
-use crate::control::backend::{self, Resolved};
+use crate::backend::{self, Progress, Resets};
 use crate::control::reset::Reset;
-use crate::control::{self, lock, observe::Observed, plan, status, Ctx};
-use crate::kernel::Kernel;
+use crate::control::status;
 use crate::manifest::{resolve_path, Manifest};
-
-const KERNEL_MATCHES: &str = "the kernel already matches the manifest";
-pub(super) const SERVICE_MATCHES: &str = "the service already serves the manifest";
 
 pub(super) fn load(flag: Option<&Path>) -> Result<Manifest> {
     Ok(Manifest::load(&resolve_path(flag))?)
@@ -31,24 +27,6 @@ fn print_warnings(m: &Manifest) {
     for w in m.warning_lines() {
         eprintln!("{w}");
     }
-}
-
-/// The manifest, when the userspace backend serves it; otherwise runs `f` on the kernel.
-fn kernel_or<T>(
-    manifest: &Manifest,
-    userspace: impl FnOnce(&Manifest) -> Result<T>,
-    f: impl FnOnce(&Ctx) -> Result<T>,
-) -> Result<T> {
-    if backend::resolve(manifest) == Resolved::Userspace {
-        return userspace(manifest);
-    }
-    let run_dir = control::default_run_dir();
-    let kernel = Kernel::real(&run_dir);
-    f(&Ctx {
-        manifest,
-        kernel: &kernel,
-        run_dir,
-    })
 }
 
 pub fn validate(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
@@ -85,127 +63,71 @@ fn finding_json(x: &crate::manifest::ManifestError) -> serde_json::Value {
 }
 
 /// The plan, numbered; `nothing` is what an empty plan means on this backend.
-pub(super) fn print_plan<A: std::fmt::Display>(
-    actions: &[A],
-    nothing: &str,
-    json: bool,
-) -> Result<()> {
+fn print_plan(steps: &[String], nothing: &str, json: bool) -> Result<()> {
     if json {
-        return print_json(&actions.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        return print_json(&steps);
     }
-    if actions.is_empty() {
+    if steps.is_empty() {
         println!("nothing to do: {nothing}");
     }
-    for (i, a) in actions.iter().enumerate() {
+    for (i, a) in steps.iter().enumerate() {
         println!("{:>3}. {a}", i + 1);
     }
     Ok(())
 }
 
-/// Runs a plan, printing each step as it starts (unless the output is JSON).
-fn run_printing(ctx: &Ctx, actions: &[plan::Action], json: bool) -> Result<()> {
-    control::apply::run(ctx, actions, &mut step_printer(actions.len(), json))
-}
-
-/// Prints "[i/n] step" as each of `n` steps starts (nothing for JSON).
-fn step_printer(n: usize, json: bool) -> impl FnMut(usize, &plan::Action) + Send {
-    move |i, a| {
-        if !json {
-            println!("[{}/{n}] {a}", i + 1);
-        }
+/// Prints notes, and "[i/n] step" as each step is told (nothing for JSON).
+fn step_printer(json: bool) -> impl FnMut(Progress<'_>) + Send {
+    move |p| match p {
+        _ if json => {}
+        Progress::Note(note) => println!("{note}"),
+        Progress::Step { index, of, step } => println!("[{}/{of}] {step}", index + 1),
     }
 }
 
 pub fn plan(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
     let m = load_warning(flag)?;
-    let code = plan_disks(&m, json)?;
+    let b = backend::pick(&m);
+    print_plan(&b.plan(&m)?, b.words().matches, json)?;
     super::pxe::plan(&m, json)?;
-    Ok(code)
-}
-
-fn plan_disks(m: &Manifest, json: bool) -> Result<ExitCode> {
-    kernel_or(
-        m,
-        |m| userspace::plan(m, json),
-        |ctx| {
-            let obs = Observed::read(ctx.kernel)?;
-            print_plan(&plan::plan_apply(ctx, &obs)?, KERNEL_MATCHES, json)?;
-            Ok(ExitCode::SUCCESS)
-        },
-    )
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn apply(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
     let m = load_warning(flag)?;
-    let code = apply_disks(&m, json)?;
+    let b = backend::pick(&m);
+    let applied = b.apply(&m, &mut step_printer(json))?;
+    let code = if json {
+        print_json(&applied.steps)?;
+        ExitCode::SUCCESS
+    } else {
+        if applied.steps.is_empty() {
+            println!("nothing to do: {}", b.words().matches);
+        }
+        print_status(&applied.status, m.warn_percent, false)?
+    };
     super::pxe::apply(&m, json)?;
     Ok(code)
 }
 
-fn apply_disks(m: &Manifest, json: bool) -> Result<ExitCode> {
-    kernel_or(
-        m,
-        |m| userspace::apply(m, json),
-        |ctx| {
-            let _lock = lock::acquire(&ctx.run_dir, "apply")?;
-            let obs = Observed::read(ctx.kernel)?;
-            let actions = plan::plan_apply(ctx, &obs)?;
-            if actions.is_empty() && !json {
-                println!("nothing to do: {KERNEL_MATCHES}");
-            }
-            run_printing(ctx, &actions, json)?;
-            if json {
-                return print_plan(&actions, KERNEL_MATCHES, true).map(|()| ExitCode::SUCCESS);
-            }
-            status_once(ctx, &[], false)
-        },
-    )
-}
-
 pub fn down(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode> {
     let m = load(flag)?;
-    let code = down_disks(&m, pcs, json)?;
+    let b = backend::pick(&m);
+    let steps = b.down(&m, pcs, &mut step_printer(json))?;
+    if json {
+        print_json(&steps)?;
+    } else if steps.is_empty() {
+        println!("nothing to do: {}", b.words().none_up);
+    } else {
+        println!("down: COW files are kept");
+    }
     super::pxe::down(&m, pcs, json)?;
-    Ok(code)
-}
-
-fn down_disks(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
-    kernel_or(
-        m,
-        |m| userspace::down(m, pcs, json),
-        |ctx| {
-            let _lock = lock::acquire(&ctx.run_dir, "down")?;
-            let selected = ctx.manifest.select(pcs)?;
-            let obs = Observed::read(ctx.kernel)?;
-            let teardown = plan::plan_down(ctx, &obs, &selected);
-            control::apply::run_teardown(ctx, &teardown, &mut step_printer(teardown.len(), json))?;
-            let actions = teardown.flatten();
-            if json {
-                print_plan(&actions, KERNEL_MATCHES, true)?;
-            } else if actions.is_empty() {
-                println!("nothing to do: none of these PCs is applied");
-            } else {
-                println!("down: COW files are kept");
-            }
-            Ok(ExitCode::SUCCESS)
-        },
-    )
-}
-
-fn status_once(ctx: &Ctx, pcs: &[String], json: bool) -> Result<ExitCode> {
-    let selected = ctx.manifest.select(pcs)?;
-    let obs = Observed::for_status(ctx.kernel, ctx.manifest, &selected)?;
-    let rows = status::collect(ctx, &obs, &selected);
-    print_status(&rows, ctx.manifest.warn_percent, json)
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints the status table (or JSON); exits 2 when a PC needs attention, so cron and
 /// monitoring can act on it.
-pub(super) fn print_status(
-    rows: &[status::PcStatus],
-    warn_percent: f64,
-    json: bool,
-) -> Result<ExitCode> {
+fn print_status(rows: &[status::PcStatus], warn_percent: f64, json: bool) -> Result<ExitCode> {
     if json {
         print_json(&rows)?;
     } else {
@@ -218,38 +140,33 @@ pub(super) fn print_status(
     })
 }
 
+/// The status once, or (`watch`) every so many seconds with the manifest read again at
+/// each redraw.
 pub fn status(
     flag: Option<&Path>,
     pcs: &[String],
     json: bool,
     watch: Option<u64>,
 ) -> Result<ExitCode> {
-    // The userspace backend reads the manifest again at each redraw; the kernel's once.
-    let once = |ctx: Option<&Ctx>| {
-        let reread;
-        let (code, m) = match ctx {
-            Some(ctx) => (status_once(ctx, pcs, json)?, ctx.manifest),
-            None => {
-                reread = load(flag)?;
-                (userspace::status(&reread, pcs, json)?, &reread)
-            }
-        };
+    let b = backend::pick(&load(flag)?);
+    let once = || {
+        let m = load(flag)?;
+        let code = print_status(&b.status(&m, pcs)?, m.warn_percent, json)?;
         if pcs.is_empty() {
-            super::pxe::status(m, json);
+            super::pxe::status(&m, json);
         }
         Ok::<_, anyhow::Error>(code)
     };
-    let run = |ctx: Option<&Ctx>| match watch {
-        None => once(ctx),
+    match watch {
+        None => once(),
         Some(secs) => loop {
             if !json {
                 print!("\x1b[H\x1b[2J");
             }
-            once(ctx)?;
+            once()?;
             std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
         },
-    };
-    kernel_or(&load(flag)?, |_| run(None), |ctx| run(Some(ctx)))
+    }
 }
 
 pub fn reset(
@@ -271,68 +188,42 @@ pub fn reset(
 }
 
 fn reset_disks(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
-    kernel_or(
-        m,
-        |m| userspace::reset(m, pcs, json),
-        |ctx| {
-            let _lock = lock::acquire(&ctx.run_dir, "reset")?;
-            let selected = ctx.manifest.select_for_reset(pcs)?;
-            if selected.is_empty() {
-                println!("nothing to reset: every PC keeps its changes (keep: true)");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let obs = Observed::read(ctx.kernel)?;
-            let started = std::time::Instant::now();
-            let mut resets: Vec<Reset> = Vec::new();
-            let mut errors: Vec<(anyhow::Error, &str)> = Vec::new();
-            for (r, pc) in control::reset::reset_many(ctx, &obs, &selected)
-                .into_iter()
-                .zip(&selected)
-            {
-                match r {
-                    Ok(r) => resets.push(r),
-                    Err(e) => errors.push((e, &pc.name)),
-                }
-            }
-            let took = started.elapsed();
-            let code = print_resets(&resets, "sessions dropped and resumed", json)?;
-            if !json {
-                print_reset_summary(
-                    resets.len(),
-                    selected.len(),
-                    took,
-                    &format!("up to {} at a time", control::SIDE_BY_SIDE),
-                );
-            }
-            match errors.len() {
-                0 => Ok(code),
-                1 => Err(errors.remove(0).0),
-                n => anyhow::bail!(
-                    "{n} of {} resets failed (the others are done): {}",
-                    selected.len(),
-                    errors
-                        .iter()
-                        .map(|(e, pc)| format!("{pc}: {e:#}"))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-            }
-        },
-    )
-}
-
-/// The line that ends a reset of several PCs: how many, and how long the room took.
-pub(super) fn print_reset_summary(done: usize, of: usize, took: std::time::Duration, how: &str) {
-    if of > 1 {
+    let selected = m.select_for_reset(pcs)?;
+    if selected.is_empty() {
+        println!("nothing to reset: every PC keeps its changes (keep: true)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let b = backend::pick(m);
+    let started = std::time::Instant::now();
+    let Resets { done, mut failed } = b.reset(m, &selected)?;
+    let took = started.elapsed();
+    let code = print_resets(&done, b.words().clients_saw, json)?;
+    if !json && selected.len() > 1 {
         println!(
-            "reset {done} of {of} PCs in {:.2} s ({how})",
-            took.as_secs_f64()
+            "reset {} of {} PCs in {:.2} s ({})",
+            done.len(),
+            selected.len(),
+            took.as_secs_f64(),
+            b.reset_pace()
         );
+    }
+    match failed.len() {
+        0 => Ok(code),
+        1 => Err(failed.remove(0).1),
+        n => anyhow::bail!(
+            "{n} of {} resets failed (the others are done): {}",
+            selected.len(),
+            failed
+                .iter()
+                .map(|(pc, e)| format!("{pc}: {e:#}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
     }
 }
 
 /// One line per reset, or JSON; `how` says what the PC's clients saw.
-pub(super) fn print_resets(resets: &[Reset], how: &str, json: bool) -> Result<ExitCode> {
+fn print_resets(resets: &[Reset], how: &str, json: bool) -> Result<ExitCode> {
     if json {
         print_json(&resets)?;
         return Ok(ExitCode::SUCCESS);
@@ -357,16 +248,10 @@ pub(super) fn print_resets(resets: &[Reset], how: &str, json: bool) -> Result<Ex
 }
 
 pub fn serve(flag: Option<&Path>, start_empty: bool) -> Result<ExitCode> {
-    let manifest = load(flag)?;
-    let kernel = backend::resolve(&manifest) == Resolved::Kernel;
-    if kernel && manifest.http.is_none() && manifest.pcs.iter().all(|p| p.autoextend.is_none()) {
-        anyhow::bail!(
-            "{} is served by the kernel (device-mapper is here and backend is {}), where `cowctl apply` serves the disks and `cowctl serve` runs only the HTTP service and auto-extend, and the manifest asks for neither (no http section, no autoextend); set backend: userspace to serve the disks with cowctl's engine over NBD",
-            manifest.path.display(),
-            serde_json::to_string(&manifest.backend)?.trim_matches('"')
-        );
-    }
-    userspace::serve(&manifest, start_empty, kernel)
+    let m = load(flag)?;
+    super::logging::init()?;
+    backend::pick(&m).serve(&m, start_empty)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `cowctl chap`: the credentials each named PC's initiator (and, for mutual CHAP, its

@@ -9,10 +9,8 @@ use serde::Serialize;
 
 use super::control::load;
 use super::print_json;
-use crate::control::backend::{self, Resolved};
 use crate::image::{self, Store, VersionName};
 use crate::manifest::Manifest;
-use crate::service::control::{call, Request};
 use crate::units::human;
 
 #[derive(Debug, Subcommand)]
@@ -228,30 +226,7 @@ fn commit(
         .pc(pc_name)
         .ok_or_else(|| anyhow!("no PC named {pc_name:?} in {}", m.path.display()))?;
     let from = m.images[&pc.image].clone();
-    let c = if backend::resolve(m) == Resolved::Userspace {
-        let request = Request::Commit {
-            pc: pc_name.to_string(),
-            version: version.clone(),
-            note: note.to_string(),
-            pause,
-        };
-        match call(&super::userspace::run_dir(), &request)? {
-            Some(r) => r
-                .committed
-                .ok_or_else(|| anyhow!("cowctl serve committed nothing"))?,
-            None => image::commit_pc(m, pc, name(version)?, note)?,
-        }
-    } else {
-        let run_dir = crate::control::default_run_dir();
-        let kernel = crate::kernel::Kernel::real(&run_dir);
-        let ctx = crate::control::Ctx {
-            manifest: m,
-            kernel: &kernel,
-            run_dir,
-        };
-        let _lock = crate::control::lock::acquire(&ctx.run_dir, "image commit")?;
-        crate::control::commit::commit(&ctx, pc, name(version)?, note, pause)?
-    };
+    let c = crate::backend::pick(m).commit(m, pc, name(version)?, note, pause)?;
     if json {
         return print_json(&c).map(|()| ExitCode::SUCCESS);
     }

@@ -10,7 +10,6 @@ mod image;
 mod logging;
 mod pcs;
 mod pxe;
-mod userspace;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 

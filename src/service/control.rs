@@ -79,6 +79,8 @@ pub fn call(run_dir: &Path, request: &Request) -> Result<Option<Response>> {
                 .with_context(|| format!("cannot reach cowctl serve at {}", path.display()))
         }
     };
+    let down_all = matches!(request, Request::Down { pcs } if pcs.is_empty());
+    let pid = down_all.then(|| serve_pid(run_dir)).flatten();
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     stream.write_all(&line)?;
@@ -87,8 +89,8 @@ pub fn call(run_dir: &Path, request: &Request) -> Result<Option<Response>> {
     reader
         .read_line(&mut reply)
         .with_context(|| format!("no reply from cowctl serve at {}", path.display()))?;
-    if matches!(request, Request::Down { pcs } if pcs.is_empty()) && !reply.is_empty() {
-        wait_for_exit(reader.get_mut(), &path)?;
+    if down_all && !reply.is_empty() {
+        wait_for_exit(reader.get_mut(), &path, pid)?;
     }
     if reply.is_empty() {
         anyhow::bail!(
@@ -104,19 +106,57 @@ pub fn call(run_dir: &Path, request: &Request) -> Result<Option<Response>> {
     }
 }
 
-/// After `down` of every PC the service exits holding this connection open, so its end
-/// is the service's end: its ports are free when this returns, and a `cowctl apply`
+/// The pid `cowctl serve` wrote in the run directory.
+fn serve_pid(run_dir: &Path) -> Option<i32> {
+    std::fs::read_to_string(run_dir.join("serve.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// After `down` of every PC the service exits, holding this connection open until it
+/// does; then every one of its threads must be gone too, since the last of them to go is
+/// what closes its listening sockets. Only then are its ports free, and a `cowctl apply`
 /// straight after binds them again instead of finding them in use.
-fn wait_for_exit(stream: &mut UnixStream, path: &Path) -> Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut rest = Vec::new();
-    std::io::Read::read_to_end(stream, &mut rest).with_context(|| {
+fn wait_for_exit(stream: &mut UnixStream, path: &Path, pid: Option<i32>) -> Result<()> {
+    const LIMIT: Duration = Duration::from_secs(120);
+    let late = || {
         format!(
-            "cowctl serve at {} took every PC down but had not exited after 120 s",
-            path.display()
+            "cowctl serve at {} took every PC down but had not exited after {} s",
+            path.display(),
+            LIMIT.as_secs()
         )
-    })?;
+    };
+    let started = std::time::Instant::now();
+    stream.set_read_timeout(Some(LIMIT))?;
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(stream, &mut rest).with_context(late)?;
+    while let Some(pid) = pid.filter(|&p| !has_exited(p)) {
+        if started.elapsed() > LIMIT {
+            anyhow::bail!("{} (pid {pid})", late());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     Ok(())
+}
+
+/// True once `pid` is gone, or a zombie whose threads have all exited (and so closed its
+/// files): an unreaped zombie holds no socket, but a zombie leader may still have threads
+/// on their way out.
+pub fn has_exited(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    field("State:").starts_with('Z') && field("Threads:") == "1"
 }
 
 /// Reads one request from a control connection.
