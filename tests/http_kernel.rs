@@ -78,7 +78,7 @@ impl Room {
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             ..manifest.http.clone().unwrap()
         };
-        let http = cowctl::web::spawn(cfg, fleet.clone()).unwrap()[0];
+        let http = cowctl::web::spawn(cfg, fleet.clone(), Default::default()).unwrap()[0];
         Room {
             dir,
             fake,

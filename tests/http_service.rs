@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,96 +11,7 @@ use std::time::Duration;
 use common::http::{get, post};
 use serde_json::Value;
 
-const TOKEN: &str = "tok-5f1c9a0e7d2b";
-const PC1: &str = "127.0.0.11";
-const PC2: &str = "127.0.0.12";
-const STRANGER: &str = "127.0.0.99";
-
-struct Room {
-    dir: tempfile::TempDir,
-    nbd: u16,
-    pcs: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Room {
-    /// Two PCs on a 16 MiB golden image with 4 MiB COWs; pc-1 may reset itself and
-    /// auto-extends (at 50 %, by 100 %, up to 16 MiB).
-    fn new() -> Room {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        std::fs::write(dir.path().join("golden.img"), vec![0x5a; 16 << 20]).unwrap();
-        std::fs::create_dir(dir.path().join("cow")).unwrap();
-        common::write_private(&dir.path().join("token"), &format!("{TOKEN}\n"));
-        let (nbd, pcs, admin) = (
-            common::free_port(),
-            common::free_port(),
-            common::free_port(),
-        );
-        std::fs::write(
-            dir.path().join("room.yaml"),
-            format!(
-                "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n    version: \"7\"\n\
-                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 4MiB\n  chunk: 4KiB\n  export: nbd\n\
-                 \x20 identity: {{site: north}}\n\
-                 nbd:\n  listen: 127.0.0.1:{nbd}\n  socket: {d}/nbd.sock\n\
-                 http:\n  listen: 127.0.0.1:{pcs}\n  admin_listen: 127.0.0.1:{admin}\n  token_file: {d}/token\n\
-                 pcs:\n  - name: pc-1\n    ip: {PC1}\n    self_reset: true\n    mac: 52:54:00:00:00:01\n\
-                 \x20   hostname: lab-a1\n    identity: {{room: \"101\", domain: lab.example}}\n\
-                 \x20   autoextend: {{threshold: 50, step: 100, max: 16MiB}}\n\
-                 \x20 - name: pc-2\n    ip: {PC2}\n"
-            ),
-        )
-        .unwrap();
-        let room = Room {
-            dir,
-            nbd,
-            pcs: SocketAddr::from(([127, 0, 0, 1], pcs)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
-        };
-        room.cowctl(&["apply"]);
-        room
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cowctl(&self, args: &[&str]) -> String {
-        common::room_cowctl(self.dir.path(), args)
-    }
-
-    fn status(&self, pc: &str) -> Value {
-        let all: Value = serde_json::from_str(&self.cowctl(&["--json", "status"])).unwrap();
-        all.as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == pc)
-            .unwrap()
-            .clone()
-    }
-
-    /// Writes `mib` MiB at `at_mib` MiB through NBD; false when the disk refused.
-    fn write(&self, pc: &str, at_mib: u64, mib: u64) -> bool {
-        Command::new("qemu-io")
-            .args(["-f", "raw", "-c"])
-            .arg(format!("write -P 0x33 {at_mib}M {mib}M"))
-            .arg(format!("nbd://127.0.0.1:{}/{pc}", self.nbd))
-            .output()
-            .map(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("error"))
-            .unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("run/serve.log")).unwrap()
-    }
-}
-
-impl Drop for Room {
-    fn drop(&mut self) {
-        let _ = common::room_command(self.dir.path(), &["down"]).output();
-    }
-}
+use common::httproom::{Room, PC1, PC2, STRANGER, TOKEN};
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
@@ -431,29 +341,92 @@ fn a_writer_faster_than_the_watcher_grows_the_cow_on_demand() {
 
 #[test]
 fn the_dashboard_renders_in_headless_chromium() {
-    let room = Room::new();
-    assert!(room.write("pc-1", 0, 1) && room.write("pc-2", 0, 3));
-    let url = format!("http://{}/", room.admin);
+    let room = Room::with_env(&[("COWCTL_HISTORY_INTERVAL_MS", "200")]);
+    // pc-2 fills a MiB at a time, so its plot climbs.
+    assert!(room.write("pc-1", 0, 1));
+    for mib in 0..3 {
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(room.write("pc-2", mib, 1));
+    }
+    let r = post(
+        "127.0.0.1",
+        room.admin,
+        "/api/v1/pcs/pc-1/reset",
+        Some(TOKEN),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(Duration::from_millis(600));
+    // `#select=pc-2`: the page starts with pc-2 selected and plotted.
+    let url = format!("http://{}/#select=pc-2", room.admin);
     let chromium = |extra: &[&str]| common::http::chromium(&url, &room.path("chromium"), extra);
-    let dom = chromium(&["--dump-dom"]);
+    let dom = chromium(&["--dump-dom", "--window-size=1280,800"]);
+    let tiles: Vec<&str> = dom
+        .split("<article ")
+        .skip(1)
+        .map(|t| t.split('>').next().unwrap())
+        .collect();
+    assert_eq!(tiles.len(), 2, "a tile per PC:\n{dom}");
+    // In the manifest's order, with their state and fill; pc-2's 3 MiB of 4 is past 75 %.
+    let mut fills = Vec::new();
+    for (tile, want) in tiles.iter().zip([
+        [
+            "data-pc=\"pc-1\"",
+            "data-state=\"active\"",
+            "data-level=\"ok\"",
+        ],
+        [
+            "data-pc=\"pc-2\"",
+            "data-state=\"active\"",
+            "data-level=\"warn\"",
+        ],
+    ]) {
+        for w in want {
+            assert!(tile.contains(w), "{w} not in {tile}");
+        }
+        let fill: f64 = tile
+            .split("data-fill=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        fills.push(fill);
+    }
+    assert!(
+        fills[0] < 1.0 && fills[1] > 75.0,
+        "pc-1 was reset, pc-2 is full: {fills:?}"
+    );
+    assert!(tiles[1].contains("selected"), "{}", tiles[1]);
     for want in [
-        "<tr data-pc=\"pc-1\">",
-        "<tr data-pc=\"pc-2\">",
-        "class=\"fill warn\"", // pc-2: 3 MiB of 4 MiB is past 75 %
-        "class=\"fill\"",
-        "<button>Reset</button>",
-        "state-active",
+        "<svg class=\"spark\"",
+        "<polyline points=",
+        "<div class=\"line version\">g 7</div>",
+        "data-requests=\"POST /api/v1/pcs/pc-2/reset\"",
+        "data-requests=\"POST /api/v1/pcs/pc-2/wake\"",
+        "pc-2: fill over the last day",
+        "data-kind=\"reset\" data-pc=\"pc-1\" data-by=\"admin\"",
+        "pc-1: reset over HTTP by an admin",
     ] {
         assert!(dom.contains(want), "the rendered page lacks {want}:\n{dom}");
     }
     let outputs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-outputs");
     std::fs::create_dir_all(&outputs).unwrap();
-    let png = outputs.join("dashboard.png");
-    let _ = std::fs::remove_file(&png);
-    chromium(&[&format!("--screenshot={}", png.display())]);
-    let bytes = std::fs::read(&png).unwrap();
-    assert!(
-        bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
-        "a real screenshot"
-    );
+    for (file, size) in [
+        ("dashboard.png", "1280,800"),
+        ("dashboard-phone.png", "390,844"),
+    ] {
+        let png = outputs.join(file);
+        let _ = std::fs::remove_file(&png);
+        chromium(&[
+            &format!("--screenshot={}", png.display()),
+            &format!("--window-size={size}"),
+        ]);
+        let bytes = std::fs::read(&png).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+            "a real screenshot: {file}"
+        );
+    }
 }

@@ -3,8 +3,9 @@
 //! `watch` polls a backend and applies it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::feed::Monitor;
 use super::fleet::Fleet;
 use crate::control::status::{PcState, PcStatus};
 use crate::manifest::Manifest;
@@ -79,19 +80,47 @@ pub fn check(fleet: &dyn Fleet) -> Vec<Growth> {
 }
 
 /// How many `INTERVAL`s apart the room is looked at for the log's events (`events.rs`).
-pub const EVENTS_EVERY: u64 = 5;
+pub const EVENTS_EVERY: u32 = 5;
 
 /// Checks every `INTERVAL`, for as long as the process runs; every `EVENTS_EVERY` checks, logs
-/// what changed in the room.
-pub fn watch(fleet: Arc<dyn Fleet>) {
+/// what changed in the room; every `history::interval()`, samples each PC's fill.
+pub fn watch(fleet: Arc<dyn Fleet>, monitor: Arc<Monitor>) {
     let mut events = super::events::Events::default();
-    for tick in 0u64.. {
-        check(fleet.as_ref());
-        if tick % EVENTS_EVERY == 0 {
+    let sample_every = super::history::interval();
+    let start = Instant::now();
+    let (mut next_check, mut next_events, mut next_sample) = (start, start, start);
+    // The feed's newest event at the last look at the room.
+    let mut looked = 0;
+    loop {
+        let now = Instant::now();
+        if now >= next_check {
+            for g in check(fleet.as_ref()) {
+                monitor.feed.keep(&growth_event(&g), None);
+            }
+            next_check = now + INTERVAL;
+        }
+        if now >= next_events {
             let m = fleet.manifest();
             let changes = events.changes(&fleet.status(), m.warn_percent, fleet.dnsmasq_up());
-            super::events::log(&changes);
+            monitor.feed.push(&changes, looked);
+            looked = monitor.feed.newest();
+            next_events = now + INTERVAL * EVENTS_EVERY;
         }
-        std::thread::sleep(INTERVAL);
+        if now >= next_sample {
+            monitor.history.record(&fleet.status(), super::feed::now());
+            next_sample = now + sample_every;
+        }
+        let wake = next_check.min(next_events).min(next_sample);
+        std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// A growth as a feed event (it is already in the log).
+fn growth_event(g: &Growth) -> super::events::Event {
+    super::events::Event {
+        pc: Some(g.pc.clone()),
+        level: super::events::Level::Info,
+        kind: "autoextend",
+        text: g.to_string(),
     }
 }

@@ -19,15 +19,21 @@ pub enum Level {
 pub struct Event {
     pub pc: Option<String>,
     pub level: Level,
+    /// state, warning, maximum, applied, removed, version, dnsmasq (and reset, autoextend
+    /// from elsewhere).
+    pub kind: &'static str,
     pub text: String,
 }
 
 /// What was seen of one PC at the last look.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Seen {
     state: PcState,
     over_warning: bool,
     at_maximum: bool,
+    version: Option<String>,
+    next: Option<String>,
+    resets: u64,
 }
 
 /// The last look at the room; `changes` compares the next one with it.
@@ -35,6 +41,8 @@ struct Seen {
 pub struct Events {
     pcs: HashMap<String, Seen>,
     dnsmasq: Option<bool>,
+    /// Whether there was a look before: PCs of the first are not news.
+    looked: bool,
 }
 
 fn broken(state: PcState) -> Option<&'static str> {
@@ -49,9 +57,107 @@ fn broken(state: PcState) -> Option<&'static str> {
     })
 }
 
+fn seen(r: &PcStatus, warn_percent: f64) -> (Seen, f64) {
+    let fill = r
+        .used_sectors
+        .zip(r.capacity_sectors())
+        .map(|(u, c)| percent(u, c));
+    let max = r.max_sectors;
+    let seen = Seen {
+        state: r.state,
+        over_warning: fill.is_some_and(|f| f >= warn_percent),
+        at_maximum: max.is_some_and(|m| r.total_sectors.is_some_and(|t| t >= m)),
+        version: r.image_version.clone(),
+        next: r.next_version.clone(),
+        resets: r.resets,
+    };
+    (seen, fill.unwrap_or(0.0))
+}
+
+type Say<'a> = dyn FnMut(Level, &'static str, String) + 'a;
+
+/// A PC's state: broken, healthy again, applied or no longer served.
+fn state_changes(before: Option<&Seen>, seen: &Seen, say: &mut Say) {
+    if before.map(|b| b.state) == Some(seen.state) {
+        return;
+    }
+    match (broken(seen.state), before.and_then(|b| broken(b.state))) {
+        (Some(why), _) => say(Level::Error, "state", why.to_string()),
+        (None, Some(_)) if seen.state == PcState::Active => {
+            say(Level::Info, "state", "active again".to_string())
+        }
+        (None, Some(_)) => say(Level::Info, "state", format!("{} now", seen.state.as_str())),
+        (None, None) => match before.map(|b| b.state) {
+            Some(PcState::NotApplied) => say(
+                Level::Info,
+                "applied",
+                format!("applied: served ({})", seen.state.as_str()),
+            ),
+            Some(_) if seen.state == PcState::NotApplied => {
+                say(Level::Info, "applied", "no longer served".to_string())
+            }
+            _ => {}
+        },
+    }
+}
+
+/// Fill past the warning and back, the auto-extend maximum, a new image version.
+fn fill_changes(
+    before: Option<&Seen>,
+    seen: &Seen,
+    (fill, warn_percent, max): (f64, f64, Option<u64>),
+    say: &mut Say,
+) {
+    let was = |f: fn(&Seen) -> bool| before.is_some_and(f);
+    if seen.over_warning && !was(|b| b.over_warning) {
+        say(
+            Level::Warn,
+            "warning",
+            format!("COW {fill:.1}% full, past the warning at {warn_percent}%: reset it or grow its COW before it fills"),
+        );
+    } else if !seen.over_warning && was(|b| b.over_warning) {
+        say(
+            Level::Info,
+            "warning",
+            format!("COW {fill:.1}% full, below the warning at {warn_percent}% again"),
+        );
+    }
+    if seen.at_maximum && !was(|b| b.at_maximum) {
+        let m = human(max.unwrap_or(0) * 512);
+        say(
+            Level::Warn,
+            "maximum",
+            format!("COW grown to its auto-extend maximum ({m}): it cannot grow any more; reset it or raise autoextend.max"),
+        );
+    }
+    let Some(b) = before else { return };
+    // One event per reset, whoever did it: `feed.rs` drops the service's own, which it
+    // announced already with who asked.
+    for n in b.resets + 1..=seen.resets {
+        say(
+            Level::Info,
+            "reset",
+            format!("reset (its reset number {n})"),
+        );
+    }
+    if seen.next.is_some() && seen.next != b.next {
+        let v = seen.next.as_deref().unwrap_or("");
+        say(
+            Level::Info,
+            "version",
+            format!("version {v} promoted: it moves to it at its next reset"),
+        );
+    }
+    if seen.version.is_some() && seen.version != b.version {
+        let v = seen.version.as_deref().unwrap_or("");
+        say(Level::Info, "version", format!("now runs version {v}"));
+    }
+}
+
 impl Events {
     /// The events since the last call. A PC seen for the first time gives events only for
-    /// what is wrong with it; a PC that left the manifest is forgotten.
+    /// what is wrong with it (after the first call, also that it joined); a PC that left
+    /// the manifest is forgotten, with an event.
     pub fn changes(
         &mut self,
         rows: &[PcStatus],
@@ -61,72 +167,56 @@ impl Events {
         let mut out = Vec::new();
         let mut now = HashMap::new();
         for r in rows {
-            let fill = r
-                .used_sectors
-                .zip(r.capacity_sectors())
-                .map(|(u, c)| percent(u, c));
-            let max = r.max_sectors;
-            let seen = Seen {
-                state: r.state,
-                over_warning: fill.is_some_and(|f| f >= warn_percent),
-                at_maximum: max.is_some_and(|m| r.total_sectors.is_some_and(|t| t >= m)),
-            };
-            let before = self.pcs.get(&r.name).copied();
-            let was = |f: fn(&Seen) -> bool| before.as_ref().is_some_and(f);
-            let mut say = |level, text: String| {
+            let (seen, fill) = seen(r, warn_percent);
+            let before = self.pcs.get(&r.name);
+            let mut say = |level, kind, text: String| {
                 out.push(Event {
                     pc: Some(r.name.clone()),
                     level,
+                    kind,
                     text: format!("{}: {text}", r.name),
                 })
             };
-            if before.map(|b| b.state) != Some(seen.state) {
-                match (broken(seen.state), before.and_then(|b| broken(b.state))) {
-                    (Some(why), _) => say(Level::Error, why.to_string()),
-                    (None, Some(_)) if seen.state == PcState::Active => {
-                        say(Level::Info, "active again".to_string())
-                    }
-                    (None, Some(_)) => say(Level::Info, format!("{} now", seen.state.as_str())),
-                    (None, None) => {}
-                }
+            if before.is_none() && self.looked {
+                say(Level::Info, "applied", "added to the manifest".to_string());
             }
-            let fill = fill.unwrap_or(0.0);
-            if seen.over_warning && !was(|b| b.over_warning) {
-                say(
-                    Level::Warn,
-                    format!("COW {fill:.1}% full, past the warning at {warn_percent}%: reset it or grow its COW before it fills"),
-                );
-            } else if !seen.over_warning && was(|b| b.over_warning) {
-                say(
-                    Level::Info,
-                    format!("COW {fill:.1}% full, below the warning at {warn_percent}% again"),
-                );
-            }
-            if seen.at_maximum && !was(|b| b.at_maximum) {
-                let m = human(max.unwrap_or(0) * 512);
-                say(
-                    Level::Warn,
-                    format!("COW grown to its auto-extend maximum ({m}): it cannot grow any more; reset it or raise autoextend.max"),
-                );
-            }
+            state_changes(before, &seen, &mut say);
+            fill_changes(before, &seen, (fill, warn_percent, r.max_sectors), &mut say);
             now.insert(r.name.clone(), seen);
         }
+        let mut gone: Vec<&String> = self.pcs.keys().filter(|n| !now.contains_key(*n)).collect();
+        gone.sort();
+        for name in gone {
+            out.push(Event {
+                pc: Some(name.clone()),
+                level: Level::Info,
+                kind: "removed",
+                text: format!("{name}: removed from the manifest"),
+            });
+        }
         self.pcs = now;
+        self.looked = true;
+        out.extend(self.dnsmasq_change(dnsmasq));
+        out
+    }
+
+    fn dnsmasq_change(&mut self, dnsmasq: Option<bool>) -> Option<Event> {
         let pxe = |level, text: &str| Event {
             pc: None,
             level,
+            kind: "dnsmasq",
             text: text.to_string(),
         };
-        match (self.dnsmasq, dnsmasq) {
-            (Some(true) | None, Some(false)) => out.push(pxe(
+        let e = match (self.dnsmasq, dnsmasq) {
+            (Some(true) | None, Some(false)) => Some(pxe(
                 Level::Error,
                 "PXE: dnsmasq is not running: PCs cannot PXE-boot (run cowctl apply)",
             )),
-            (Some(false), Some(true)) => out.push(pxe(Level::Info, "PXE: dnsmasq runs again")),
-            _ => {}
-        }
+            (Some(false), Some(true)) => Some(pxe(Level::Info, "PXE: dnsmasq runs again")),
+            _ => None,
+        };
         self.dnsmasq = dnsmasq;
-        out
+        e
     }
 }
 
@@ -250,6 +340,54 @@ mod tests {
                     Level::Error,
                     "pc-2: its snapshot is invalid: the PC's disk fails its I/O; reset it"
                 ),
+                (Some("pc-3"), Level::Info, "pc-3: removed from the manifest"),
+                (Some("pc-4"), Level::Info, "pc-4: removed from the manifest"),
+            ]
+        );
+    }
+
+    #[test]
+    fn pcs_coming_and_going_and_versions_promoted() {
+        let mut ev = Events::default();
+        let a = PcState::Active;
+        let first = [row("pc-1", PcState::NotApplied, 0, 100, None)];
+        assert!(ev.changes(&first, 75.0, None).is_empty());
+        let mut served = row("pc-1", a, 1, 100, None);
+        let e = ev.changes(&[served.clone(), row("pc-2", a, 1, 100, None)], 75.0, None);
+        assert_eq!(
+            texts(&e),
+            [
+                (Some("pc-1"), Level::Info, "pc-1: applied: served (active)"),
+                (Some("pc-2"), Level::Info, "pc-2: added to the manifest"),
+            ]
+        );
+        assert_eq!((e[0].kind, e[1].kind), ("applied", "applied"));
+        served.next_version = Some("8".into());
+        let e = ev.changes(std::slice::from_ref(&served), 75.0, None);
+        assert_eq!(
+            texts(&e),
+            [
+                (
+                    Some("pc-1"),
+                    Level::Info,
+                    "pc-1: version 8 promoted: it moves to it at its next reset"
+                ),
+                (Some("pc-2"), Level::Info, "pc-2: removed from the manifest"),
+            ]
+        );
+        served.image_version = Some("8".into());
+        served.next_version = None;
+        served.resets = 1;
+        let e = ev.changes(&[served], 75.0, None);
+        assert_eq!(
+            texts(&e),
+            [
+                (
+                    Some("pc-1"),
+                    Level::Info,
+                    "pc-1: reset (its reset number 1)"
+                ),
+                (Some("pc-1"), Level::Info, "pc-1: now runs version 8")
             ]
         );
     }

@@ -117,12 +117,13 @@ pub fn run(opts: &Options) -> Result<()> {
 
 /// The HTTP service (when the manifest has an `http` section) and the auto-extend watcher.
 fn start_http_and_autoextend(manifest: &Manifest, fleet: Arc<dyn Fleet>) -> Result<()> {
+    let monitor = Arc::new(super::feed::Monitor::default());
     if let Some(http) = &manifest.http {
-        let bound = crate::web::spawn(http.clone(), fleet.clone())?;
+        let bound = crate::web::spawn(http.clone(), fleet.clone(), monitor.clone())?;
         let names: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
         tracing::info!("HTTP on {}", names.join(" and "));
     }
-    std::thread::spawn(move || autoextend::watch(fleet));
+    std::thread::spawn(move || autoextend::watch(fleet, monitor));
     Ok(())
 }
 

@@ -99,17 +99,52 @@ pub async fn reset(
     let done = blocking(move || fleet.reset(&n)).await?;
     match done {
         Ok(r) => {
-            tracing::info!(
-                pc = %name,
-                "{name}: reset over HTTP by {} ({:.1} ms paused)",
-                if admin { "an admin" } else { "itself" },
-                r.seconds * 1000.0
+            app.monitor.feed.reset(
+                &name,
+                if admin { "admin" } else { "pc" },
+                format!(
+                    "{name}: reset over HTTP by {} ({:.1} ms paused)",
+                    if admin { "an admin" } else { "itself" },
+                    r.seconds * 1000.0
+                ),
             );
             Ok(Json(r).into_response())
         }
         Err(e) => Err(ApiError(Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{name}: reset failed: {e:#}"),
+        ))),
+    }
+}
+
+/// `POST /api/v1/pcs/{name}/wake`: sends the PC its Wake-on-LAN packet (as `cowctl wake`);
+/// admins only, with the bearer token, on the admin address.
+pub async fn wake(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if token(&headers, app.cfg.token_file.as_deref())? != Token::Admin {
+        return Err(ApiError(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "waking a PC needs the admin bearer token (Authorization: Bearer <token>)",
+        )));
+    }
+    let fleet = app.fleet.clone();
+    let m = blocking(move || fleet.manifest()).await?;
+    let Some(pc) = m.pc(&name).cloned() else {
+        return Err(no_pc(&name));
+    };
+    let woken = blocking(move || crate::pxe::wake::wake(&m, &[&pc])).await?;
+    match woken {
+        Ok(w) => {
+            let text = format!("{name}: woken over HTTP by an admin ({})", w.join(", "));
+            app.monitor.feed.reset_like("wake", &name, "admin", text);
+            Ok(Json(serde_json::json!({ "woken": w })).into_response())
+        }
+        Err(e) => Err(ApiError(Refusal::new(
+            StatusCode::CONFLICT,
+            format!("{e:#}"),
         ))),
     }
 }

@@ -198,11 +198,14 @@ pub async fn boot(
     }
     let (fleet, name) = (app.fleet.clone(), pc.name.clone());
     match blocking(move || fleet.reset(&name)).await? {
-        Ok(r) => tracing::info!(
-            pc = %pc.name,
-            "{}: reset on boot ({:.1} ms paused)",
-            pc.name,
-            r.seconds * 1000.0
+        Ok(r) => app.monitor.feed.reset(
+            &pc.name,
+            "boot",
+            format!(
+                "{}: reset on boot ({:.1} ms paused)",
+                pc.name,
+                r.seconds * 1000.0
+            ),
         ),
         Err(e) => {
             tracing::error!(pc = %pc.name, "{}: reset on boot failed: {e:#}", pc.name);

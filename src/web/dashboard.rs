@@ -1,12 +1,16 @@
-//! `GET /`: the admin dashboard. The page carries the status rows as JSON and renders them
-//! itself, then refreshes them from `/api/v1/pcs`: one renderer, no stale server copy.
+//! `GET /`: the admin dashboard, the room as tiles (`dashboard/page.html`, its CSS and JS:
+//! plain HTML, inline, nothing fetched from elsewhere). The page carries the status rows and
+//! fill histories as JSON and renders them itself, then refreshes them from `/api/v1/pcs`
+//! and `/api/history` and follows `/api/events/stream`: one renderer, no stale server copy.
 
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 
 use super::{blocking, App, Refusal};
 
-const PAGE: &str = include_str!("dashboard.html");
+const PAGE: &str = include_str!("dashboard/page.html");
+const CSS: &str = include_str!("dashboard/page.css");
+const JS: &str = include_str!("dashboard/page.js");
 
 pub async fn page(State(app): State<App>) -> Result<Response, Refusal> {
     let fleet = app.fleet.clone();
@@ -17,14 +21,16 @@ pub async fn page(State(app): State<App>) -> Result<Response, Refusal> {
     let data = if remote {
         "null".to_string()
     } else {
-        serde_json::to_string(&rows)
-            .unwrap_or_else(|_| "[]".into())
-            // JSON inside <script>: `</` would end the element.
-            .replace("</", "<\\/")
+        let data =
+            serde_json::json!({ "rows": rows, "history": app.monitor.history.json(None, 0) });
+        // JSON inside <script>: `</` would end the element.
+        data.to_string().replace("</", "<\\/")
     };
-    Ok(Html(
-        PAGE.replace("{{DATA}}", &data)
-            .replace("{{WARN}}", &warn.to_string()),
-    )
-    .into_response())
+    // The JS and CSS go in first: the data may contain anything, the page's own text not.
+    let page = PAGE
+        .replace("{{CSS}}", CSS)
+        .replace("{{JS}}", JS)
+        .replace("{{WARN}}", &warn.to_string())
+        .replace("{{DATA}}", &data);
+    Ok(Html(page).into_response())
 }

@@ -8,6 +8,7 @@ mod boot;
 mod cowbell;
 mod dashboard;
 mod identity;
+mod live;
 mod metrics;
 mod who;
 
@@ -24,6 +25,7 @@ use axum::Router;
 
 use crate::logtext::Escaped;
 use crate::manifest::HttpConfig;
+use crate::service::feed::Monitor;
 use crate::service::fleet::Fleet;
 pub use boot::{script as boot_script, BootError};
 pub use who::Peer;
@@ -36,6 +38,10 @@ struct App {
     admin: bool,
     /// One-time boot nonces for reset on boot, shared by the listeners.
     nonces: Arc<boot::Nonces>,
+    /// Fill histories and recent events, fed by the watcher and the resets.
+    monitor: Arc<Monitor>,
+    /// Event streams open now (capped: `live::STREAMS`).
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A refused request: its status and one clear sentence.
@@ -81,7 +87,11 @@ fn router(app: App) -> Router {
             .route("/", get(dashboard::page))
             .route("/api/v1/pcs", get(api::list))
             .route("/api/v1/pcs/{name}", get(api::one))
-            .route("/metrics", get(metrics::metrics));
+            .route("/metrics", get(metrics::metrics))
+            .route("/api/v1/pcs/{name}/wake", post(api::wake))
+            .route("/api/history", get(live::history))
+            .route("/api/events", get(live::events))
+            .route("/api/events/stream", get(live::stream));
     }
     let admin = app.admin;
     r.fallback(move |req: Request| async move { not_found(admin, req.uri().path()) })
@@ -124,6 +134,14 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
         )
         .into_response();
     }
+    // Nor read the admin API (nor hold event streams open from an admin's browser).
+    if app.admin && req.uri().path().starts_with("/api/") && who::cross_site(headers, host) {
+        return Refusal::new(
+            StatusCode::FORBIDDEN,
+            "a page of another web site may not read the admin API",
+        )
+        .into_response();
+    }
     // The page itself may load without the token; what it shows needs it.
     if app.admin && app.cfg.admin_is_remote() && req.uri().path() != "/" {
         match who::token(headers, app.cfg.token_file.as_deref()) {
@@ -143,7 +161,7 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
 
 fn not_found(admin: bool, path: &str) -> Refusal {
     let message = if admin {
-        format!("no such page {path}: try /, /cow, /boot.ipxe, /identity, /api/v1/pcs, /api/v1/pcs/NAME, POST /api/v1/pcs/NAME/reset or /metrics")
+        format!("no such page {path}: try /, /cow, /boot.ipxe, /identity, /api/v1/pcs, /api/v1/pcs/NAME, POST /api/v1/pcs/NAME/reset, POST /api/v1/pcs/NAME/wake, /api/history, /api/events, /api/events/stream or /metrics")
     } else {
         format!("no such page {path} here: PCs may ask /cow, /boot.ipxe, /identity and POST /api/v1/pcs/NAME/reset; the rest is on the admin address")
     };
@@ -235,7 +253,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// Binds the listeners (one when both addresses are the same) and serves them on a
 /// thread of their own; returns the bound addresses, PC-facing first.
-pub fn spawn(cfg: HttpConfig, fleet: Arc<dyn Fleet>) -> Result<Vec<SocketAddr>> {
+pub fn spawn(
+    cfg: HttpConfig,
+    fleet: Arc<dyn Fleet>,
+    monitor: Arc<Monitor>,
+) -> Result<Vec<SocketAddr>> {
     let mut listeners = Vec::new();
     let addresses = if cfg.listen == cfg.admin_listen {
         vec![(cfg.listen, true)]
@@ -261,6 +283,7 @@ pub fn spawn(cfg: HttpConfig, fleet: Arc<dyn Fleet>) -> Result<Vec<SocketAddr>> 
         .build()
         .context("cannot start the HTTP service's runtime")?;
     let nonces = Arc::new(boot::Nonces::default());
+    let streams = Arc::default();
     std::thread::spawn(move || {
         runtime.block_on(async move {
             let mut tasks = Vec::new();
@@ -270,6 +293,8 @@ pub fn spawn(cfg: HttpConfig, fleet: Arc<dyn Fleet>) -> Result<Vec<SocketAddr>> 
                     cfg: cfg.clone(),
                     admin,
                     nonces: nonces.clone(),
+                    monitor: monitor.clone(),
+                    streams: Arc::clone(&streams),
                 };
                 // The PC-facing and the admin listener each have their own places, so
                 // neither side can crowd out the other.

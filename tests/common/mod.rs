@@ -3,8 +3,10 @@
 #![allow(clippy::cast_possible_truncation)] // tests index small in-memory images
 
 pub mod aoe;
+pub mod devtools;
 pub mod disk;
 pub mod http;
+pub mod httproom;
 pub mod iscsi;
 pub mod net;
 pub mod pc;
