@@ -1,7 +1,7 @@
 //! `cowctl serve`: bind the NBD and control sockets, serve the manifest, answer control
 //! requests, and on SIGTERM or SIGINT commit every COW and exit.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,9 +12,10 @@ use nix::sys::signal::{SigSet, Signal};
 use super::autoextend;
 use super::control::{self, Request, Response};
 use super::exports::Registry;
+use super::feed::Monitor;
 use super::fleet::{Fleet, KernelFleet};
 use super::{listen, nbd_socket, Service};
-use crate::manifest::Manifest;
+use crate::manifest::{HttpConfig, Manifest};
 
 pub struct Options {
     pub manifest: PathBuf,
@@ -24,7 +25,13 @@ pub struct Options {
     pub start_empty: bool,
     /// The kernel serves the disks: run only HTTP and auto-extend over its snapshots.
     pub kernel: bool,
+    /// Starts the HTTP service when the manifest has an `http` section: `web::spawn`,
+    /// handed in from above since the web layer is built on this one.
+    pub http: StartHttp,
 }
+
+/// Starts the HTTP service over the fleet and the event feed; returns where it listens.
+pub type StartHttp = fn(HttpConfig, Arc<dyn Fleet>, Arc<Monitor>) -> Result<Vec<SocketAddr>>;
 
 pub fn run(opts: &Options) -> Result<()> {
     let manifest = Manifest::load(&opts.manifest)?;
@@ -83,7 +90,7 @@ pub fn run(opts: &Options) -> Result<()> {
         let names: Vec<String> = iscsi.iter().map(|a| a.to_string()).collect();
         tracing::info!("serving iSCSI on {}", names.join(" and "));
     }
-    start_http_and_autoextend(&manifest, service.clone())?;
+    start_http_and_autoextend(&manifest, service.clone(), opts.http)?;
     if !opts.start_empty {
         for step in service.apply(manifest)? {
             tracing::info!("{step}");
@@ -116,10 +123,14 @@ pub fn run(opts: &Options) -> Result<()> {
 }
 
 /// The HTTP service (when the manifest has an `http` section) and the auto-extend watcher.
-fn start_http_and_autoextend(manifest: &Manifest, fleet: Arc<dyn Fleet>) -> Result<()> {
-    let monitor = Arc::new(super::feed::Monitor::default());
+fn start_http_and_autoextend(
+    manifest: &Manifest,
+    fleet: Arc<dyn Fleet>,
+    start_http: StartHttp,
+) -> Result<()> {
+    let monitor = Arc::new(Monitor::default());
     if let Some(http) = &manifest.http {
-        let bound = crate::web::spawn(http.clone(), fleet.clone(), monitor.clone())?;
+        let bound = start_http(http.clone(), fleet.clone(), monitor.clone())?;
         let names: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
         tracing::info!("HTTP on {}", names.join(" and "));
     }
@@ -138,7 +149,7 @@ fn run_kernel(opts: &Options, manifest: Manifest) -> Result<()> {
     let run_dir = opts.run_dir.clone();
     let kernel = Box::new(move || crate::kernel::Kernel::real(&run_dir));
     let fleet = Arc::new(KernelFleet::new(manifest.clone(), &opts.run_dir, kernel));
-    start_http_and_autoextend(&manifest, fleet)?;
+    start_http_and_autoextend(&manifest, fleet, opts.http)?;
     tracing::info!(
         "watching the kernel's snapshots of {}",
         opts.manifest.display()
