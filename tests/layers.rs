@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 #[rustfmt::skip]
 const ALLOWED: &[(&str, &str, &str)] = &[
     ("manifest", "image", "issue 24: Manifest::load resolves versions (image::resolve, store)"),
-    ("control/plan.rs", "control/apply.rs", "issue 24: the plan calls the runner's helpers"),
-    ("control/reset.rs", "control/apply.rs", "issue 24: reset runs apply's steps"),
 ];
 
 type Edges = BTreeMap<(String, String), Vec<String>>;

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::plan::{Action, Teardown};
+use super::spec::{target_spec, vblade_spec};
 use super::{dm_name, sidecar, Ctx};
 use crate::dm::{DevRef, SnapshotTable, StoreMode, TableLine};
-use crate::kernel::aoe::VbladeSpec;
 use crate::kernel::devmapper::Target;
-use crate::kernel::lio::{Access, Credentials, Lio, TargetSpec};
+use crate::kernel::lio::Lio;
 use crate::kernel::loopdev;
-use crate::manifest::{AclMode, Export, Pc};
+use crate::manifest::Pc;
 
 /// Runs `actions` in order; `progress` hears of each before it starts.
 /// With `COWCTL_STEP_TIMES` set, the time each kind of step took in all goes to stderr.
@@ -319,60 +319,4 @@ fn export_iscsi(ctx: &Ctx, p: &Pc) -> Result<()> {
         fs: ctx.kernel.configfs.as_ref(),
     }
     .create(&spec)
-}
-
-/// The iSCSI export the manifest asks for (device left empty when not known yet).
-pub fn target_spec(ctx: &Ctx, p: &Pc, device: Option<PathBuf>) -> Result<TargetSpec> {
-    let Export::Iscsi { target, initiator } = &p.export else {
-        bail!("{} is not exported over iSCSI", p.name)
-    };
-    let cfg = ctx
-        .manifest
-        .iscsi
-        .as_ref()
-        .ok_or_else(|| anyhow!("the manifest has no iscsi section"))?;
-    let access = match cfg.acl {
-        AclMode::Open => Access::Open,
-        AclMode::PerInitiator => Access::Initiators(initiator.iter().cloned().collect()),
-    };
-    let chap = match &cfg.chap {
-        Some(c) => {
-            let mine = crate::secrets::ChapMaster::read(c)?.for_pc(&p.name);
-            Some(Credentials {
-                userid: mine.initiator.username,
-                password: mine.initiator.secret,
-                mutual: mine.target.map(|t| (t.username, t.secret)),
-            })
-        }
-        None => None,
-    };
-    Ok(TargetSpec {
-        iqn: target.clone(),
-        so_name: dm_name(&p.name),
-        serial: crate::diskid::serial_for(&p.name),
-        device: device.map(|d| d.display().to_string()).unwrap_or_default(),
-        portals: cfg.portals.clone(),
-        access,
-        chap,
-    })
-}
-
-/// The vblade the manifest asks for (device left empty when not known yet).
-pub fn vblade_spec(ctx: &Ctx, p: &Pc, device: Option<PathBuf>) -> Result<VbladeSpec> {
-    let Export::Aoe { shelf, slot, macs } = &p.export else {
-        bail!("{} is not exported over AoE", p.name)
-    };
-    let aoe = ctx
-        .manifest
-        .aoe
-        .as_ref()
-        .ok_or_else(|| anyhow!("the manifest has no aoe section"))?;
-    Ok(VbladeSpec {
-        pc: p.name.clone(),
-        shelf: *shelf,
-        slot: *slot,
-        interface: aoe.interface.clone(),
-        device: device.map(|d| d.display().to_string()).unwrap_or_default(),
-        macs: macs.clone(),
-    })
 }

@@ -9,6 +9,7 @@ pub mod lock;
 pub mod observe;
 pub mod plan;
 pub mod reset;
+pub mod spec;
 pub mod status;
 
 /// `<cow>.golden` records live with the image versions they name; here for old paths.

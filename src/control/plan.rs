@@ -232,7 +232,7 @@ fn export_actions(ctx: &Ctx, obs: &Observed, pc: &Pc, device_up: bool, actions: 
             }),
             Some(t) => {
                 let spec_ok = device_up
-                    && super::apply::target_spec(ctx, pc, None)
+                    && super::spec::target_spec(ctx, pc, None)
                         .is_ok_and(|spec| t.matches_ignoring_device(&spec));
                 if !spec_ok {
                     actions.push(Action::RecreateIscsi {
@@ -243,7 +243,7 @@ fn export_actions(ctx: &Ctx, obs: &Observed, pc: &Pc, device_up: bool, actions: 
             }
         },
         Export::Aoe { .. } => {
-            let want = super::apply::vblade_spec(ctx, pc, None)
+            let want = super::spec::vblade_spec(ctx, pc, None)
                 .map(|s| s.args())
                 .ok();
             match obs.vblade(&pc.name) {

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
-use super::apply::vblade_spec;
 use super::observe::Observed;
 use super::sidecar::Golden;
+use super::spec::vblade_spec;
 use super::{dm_name, Ctx};
 use crate::dm::{DevRef, SnapshotTable, TableLine};
 use crate::fileid::same_file;
