@@ -254,19 +254,19 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
         &room.path("chromium"),
         &["--dump-dom"],
     );
-    let row = |pc: &str| {
+    let tile = |pc: &str| {
         let at = dom
-            .find(&format!("<tr data-pc=\"{pc}\">"))
+            .find(&format!("data-pc=\"{pc}\""))
             .unwrap_or_else(|| panic!("the dashboard lacks {pc}:\n{dom}"));
-        let row = &dom[at..];
-        row[..row.find("</tr>").unwrap()].to_string()
+        let tile = &dom[at..];
+        tile[..tile.find("</article>").unwrap()].to_string()
     };
     assert!(
-        row("pc-02").contains("→ v2 at next reset"),
+        tile("pc-02").contains("title=\"moves to v2 at its next reset\">g v1 → v2<"),
         "{}",
-        row("pc-02")
+        tile("pc-02")
     );
-    assert!(!row("pc-03").contains("→"), "{}", row("pc-03"));
+    assert!(!tile("pc-03").contains("→"), "{}", tile("pc-03"));
     let list: serde_json::Value =
         serde_json::from_str(&room.cowctl(&["image", "list", "--json"])).unwrap();
     let v2row = list
