@@ -527,3 +527,24 @@ fn a_cow_is_never_a_file_of_any_version_of_a_versioned_image() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The README's tour shows a room as YAML: it is a valid manifest of fourteen PCs, each
+/// with its own initiator and MAC.
+#[test]
+fn the_readme_tour_room_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```yaml\n").expect("a yaml block in README.md") + 8;
+    let yaml = &readme[start..start + readme[start..].find("```").unwrap()];
+    let m = parse(yaml).unwrap_or_else(|e| panic!("README.md's tour room: {e}"));
+    assert_eq!(m.pcs.len(), 14);
+    let pc7 = m.pc("pc-07").unwrap();
+    assert_eq!(pc7.mac.unwrap().to_string(), "52:54:00:00:00:07");
+    match &pc7.export {
+        Export::Iscsi { initiator, .. } => assert_eq!(
+            initiator.as_ref().unwrap().as_str(),
+            "iqn.2024-01.lan.classroom:pc-07"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
