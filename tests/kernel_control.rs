@@ -459,3 +459,63 @@ fn a_reset_killed_half_way_is_finished_by_apply_and_an_edited_manifest_resets_no
     site.ok(&["down"]);
     assert_clean(site.dir.path());
 }
+
+/// `cowctl doctor` on the stock kernel, as root, before anything is applied: the kernel
+/// serves, and device-mapper's snapshot target, loop, LIO and the AoE path are all found.
+/// With `vblade` off the PATH it names the missing piece and exits 1.
+#[test]
+#[ignore = "needs the VM: run through scripts/test-kernel.sh"]
+fn doctor_finds_every_kernel_piece_and_names_a_missing_one() {
+    let site = Site::new();
+    let run = |path: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cowctl"))
+            .args(["-f", site.manifest().to_str().unwrap(), "doctor"])
+            .env("COWCTL_RUN_DIR", site.dir.path().join("run"))
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        eprintln!("$ cowctl doctor (PATH={path})\n{text}");
+        (out.status.code(), text)
+    };
+    let line = |text: &str, area: &str| {
+        text.lines()
+            .find(|l| l[6.min(l.len())..].starts_with(&format!("{area}: ")))
+            .unwrap_or_else(|| panic!("no {area} line in:\n{text}"))
+            .to_string()
+    };
+    let (_, text) = run(&std::env::var("PATH").unwrap());
+    let backend = line(&text, "backend");
+    assert!(
+        backend.starts_with("ok    backend: the kernel (loop + dm-snapshot) will serve"),
+        "{backend}"
+    );
+    for area in ["device-mapper", "loop", "lio", "aoe"] {
+        let l = line(&text, area);
+        assert!(l.starts_with("ok "), "{l}");
+    }
+    assert!(line(&text, "aoe").contains("vblade"), "{text}");
+    // vblade moved aside for a moment (the VM's root is a throwaway overlay); doctor looks
+    // on $PATH and in every sbin folder, as root's programs are found.
+    struct Aside(PathBuf);
+    impl Drop for Aside {
+        fn drop(&mut self) {
+            std::fs::rename(self.0.with_extension("aside"), &self.0).unwrap();
+        }
+    }
+    let vblade = PathBuf::from(sh("sh", &["-c", "command -v vblade"]).trim())
+        .canonicalize()
+        .unwrap();
+    std::fs::rename(&vblade, vblade.with_extension("aside")).unwrap();
+    let aside = Aside(vblade);
+    let (code, text) = run(&std::env::var("PATH").unwrap());
+    drop(aside);
+    let aoe = line(&text, "aoe");
+    assert!(
+        aoe.starts_with(
+            "FAIL  aoe: the kernel backend exports AoE PCs with vblade, which is not installed"
+        ),
+        "{aoe}"
+    );
+    assert_eq!(code, Some(1), "{text}");
+}

@@ -89,23 +89,30 @@ pub fn qemu_img_convert(from: &str, format: &str, to: &str) {
     );
 }
 
-/// A TCP port on loopback that nothing listens on right now, and that this test process
-/// has not handed out before: the kernel may give a port it just released again, and a
-/// manifest with `listen` and `admin_listen` on one port is refused.
+/// A TCP port that nothing holds right now, and that this test process has not handed
+/// out before. It is taken below the kernel's ephemeral range (32768 and up), where the
+/// kernel never picks a port for an outgoing connection: a port from `bind(:0)`, released
+/// and bound again later, could meanwhile be another test's client port, and the service's
+/// `0.0.0.0:port` then fails with "address in use".
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
+    const FIRST: u16 = 20000;
+    const SPAN: u16 = 12000;
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    // Each test binary starts elsewhere in the span, so two runs side by side rarely meet.
+    let mut offset = next.unwrap_or((std::process::id() % u32::from(SPAN)) as u16);
+    for _ in 0..SPAN {
+        let port = FIRST + offset;
+        offset = (offset + 1) % SPAN;
+        let free = ["0.0.0.0", "127.0.0.1"]
+            .iter()
+            .all(|host| std::net::TcpListener::bind((*host, port)).is_ok());
+        if free {
+            *next = Some(offset);
             return port;
         }
     }
+    panic!("no free TCP port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// Starts qemu-io writing each pattern in turn, `count` writes of `len` at `offset`
