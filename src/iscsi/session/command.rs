@@ -1,0 +1,187 @@
+//! A SCSI Command PDU: checked (window, immediate data, task tag, CDB) and run, or made a
+//! task that waits for its Data-Out; the outcome sent as Data-In with status, or a SCSI
+//! Response.
+
+use std::io::{self, Write};
+
+use super::{lun_is_zero, Kind, Next, Reply, Session, Task, MAX_TASKS, READ_PIECE};
+use crate::iscsi::pdu::*;
+use crate::iscsi::scsi::{self, DataIn, DataOut, Done, Failure, Lu, Op, Sense};
+
+impl<'a, W: Write> Session<'a, W> {
+    pub(super) fn scsi_command(&mut self, b: &Bhs, ahs: &[u8], data: &[u8]) -> io::Result<Next> {
+        let cmd = ScsiCommand::parse(b);
+        if !self.take_cmd_sn(cmd.cmd_sn, cmd.immediate) {
+            return Ok(Next::Continue);
+        }
+        let Kind::Normal { lu, nexus } = &self.kind else {
+            self.reject(RejectReason::ProtocolError, b)?;
+            return Ok(Next::Close(
+                "a SCSI command came in a discovery session".into(),
+            ));
+        };
+        let (lu, nexus) = (lu.clone(), *nexus);
+        let p = self.est.params;
+        // Immediate data: only when negotiated, within the first burst and what was
+        // expected; no unsolicited Data-Out (InitialR2T=Yes), so F is always set.
+        let data_ok = data.is_empty()
+            || (p.immediate_data
+                && cmd.write
+                && data.len() as u64 <= u64::from(p.first_burst)
+                && data.len() as u64 <= u64::from(cmd.expected_len));
+        if !data_ok || !cmd.final_bit {
+            self.reject(RejectReason::ProtocolError, b)?;
+            return Ok(Next::Continue);
+        }
+        if self.tasks.contains_key(&cmd.itt) {
+            self.reject(RejectReason::TaskInProgress, b)?;
+            return Ok(Next::Continue);
+        }
+        let reply = Reply {
+            itt: cmd.itt,
+            read: cmd.read,
+            expected: cmd.expected_len,
+        };
+        let lun_exists = lun_is_zero(cmd.lun);
+        // An extended CDB (AHS type 1) means a CDB over 16 bytes: none is served.
+        let extended = ahs.len() >= 3 && ahs[2] == 1;
+        let checked = if extended {
+            Err(Failure::Check(Sense::INVALID_OPCODE))
+        } else {
+            Op::decode(&cmd.cdb).map_err(Failure::Check).and_then(|op| {
+                if lun_exists {
+                    lu.check(&op, nexus)?;
+                }
+                Ok(op)
+            })
+        };
+        let op = match checked {
+            Ok(op) => op,
+            // Refused before any data moved; immediate data is dropped with it.
+            Err(f) => {
+                return self
+                    .respond_failure(cmd.itt, f, Residual::default())
+                    .map(|()| Next::Continue)
+            }
+        };
+        let (cdb_out, sink) = if lun_exists {
+            op.data_out(scsi::BLOCK)
+        } else {
+            (0, DataOut::None)
+        };
+        if sink == DataOut::None {
+            let result = lu.execute(&op, nexus, lun_exists);
+            return self.complete(reply, &lu, result).map(|()| Next::Continue);
+        }
+        if sink == DataOut::Buffer && cdb_out > scsi::MAX_PARAMETER_LIST {
+            let f = Failure::Check(Sense::PARAMETER_LIST_LENGTH_ERROR);
+            return self
+                .respond_failure(cmd.itt, f, Residual::default())
+                .map(|()| Next::Continue);
+        }
+        if self.tasks.len() >= MAX_TASKS {
+            // TASK SET FULL: the initiator retries later.
+            let bhs = scsi_response(cmd.itt, 0x28, Residual::default(), self.status_sn());
+            self.out.send(&bhs, &[])?;
+            return Ok(Next::Continue);
+        }
+        let task = Task {
+            reply,
+            lun: cmd.lun,
+            op,
+            sink,
+            want: u32::try_from(cdb_out).map_or(cmd.expected_len, |n| n.min(cmd.expected_len)),
+            cdb_len: cdb_out,
+            r2ts: Vec::new(),
+            // Solicited data starts after the immediate data (checked: at most the
+            // expected length).
+            next_r2t_offset: u32::try_from(data.len()).unwrap_or(u32::MAX),
+            r2t_sn: 0,
+            buffer: Vec::new(),
+            failure: None,
+            miscompare: None,
+        };
+        self.tasks.insert(cmd.itt, task);
+        if !data.is_empty() {
+            self.take_data(cmd.itt, &lu, 0, data);
+        }
+        self.progress(cmd.itt, &lu)
+    }
+
+    /// Sends the outcome of a command that took no data: its Data-In, or its status.
+    fn complete(&mut self, reply: Reply, lu: &Lu, result: Result<Done, Failure>) -> io::Result<()> {
+        let done = match result {
+            Ok(d) => d,
+            Err(f) => return self.respond_failure(reply.itt, f, Residual::default()),
+        };
+        let len = match &done.data {
+            DataIn::None => 0,
+            DataIn::Bytes(v) => v.len() as u64,
+            DataIn::Disk { len, .. } => *len,
+        };
+        // Data goes only to an initiator that asked to read.
+        let expected = if reply.read { reply.expected } else { 0 };
+        let residual = Residual::of(expected, len);
+        // At most what the initiator expects, so it fits its 32 bits.
+        let send = u32::try_from(len).map_or(expected, |l| l.min(expected));
+        if send == 0 {
+            let bhs = scsi_response(reply.itt, done.status, residual, self.status_sn());
+            return self.out.send(&bhs, &[]);
+        }
+        self.send_data_in(reply.itt, lu, &done.data, send, done.status, residual)
+    }
+
+    /// Data-In PDUs of what the initiator receives at most, a sequence per MaxBurstLength,
+    /// the last one with the status (unless a read fails midway: then a SCSI Response).
+    fn send_data_in(
+        &mut self,
+        itt: u32,
+        lu: &Lu,
+        data: &DataIn,
+        total: u32,
+        st: u8,
+        residual: Residual,
+    ) -> io::Result<()> {
+        let p = self.est.params;
+        let seg = p.initiator_max_recv_data.min(READ_PIECE);
+        let burst = p.max_burst;
+        let (mut sent, mut data_sn, mut in_burst) = (0u32, 0u32, 0u32);
+        while sent < total {
+            let n = (total - sent).min(seg).min(burst - in_burst);
+            let last = sent + n == total;
+            let range = sent as usize..(sent + n) as usize;
+            if let DataIn::Disk { offset, .. } = data {
+                self.buf.resize(n as usize, 0);
+                if lu
+                    .disk
+                    .read_at(&mut self.buf, offset + u64::from(sent))
+                    .is_err()
+                {
+                    let f = Failure::Check(Sense::UNRECOVERED_READ_ERROR);
+                    return self.respond_failure(itt, f, Residual::of(total, u64::from(sent)));
+                }
+            }
+            in_burst += n;
+            let end_of_burst = last || in_burst == burst;
+            let sn = if last {
+                self.status_sn()
+            } else {
+                self.peek_sn()
+            };
+            let status = last.then_some((st, residual));
+            let bhs = data_in(itt, end_of_burst, status, sn, data_sn, sent, n as usize);
+            self.out.send_header(&bhs)?;
+            let piece = match data {
+                DataIn::Bytes(b) => &b[range],
+                _ => &self.buf[..],
+            };
+            self.out.send_data(&[piece])?;
+            sent += n;
+            data_sn += 1;
+            if end_of_burst {
+                in_burst = 0;
+            }
+        }
+        Ok(())
+    }
+}
