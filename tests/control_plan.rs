@@ -836,7 +836,7 @@ fn versioned_room() -> Room {
     );
     std::fs::write(d.join("room.yaml"), text).unwrap();
     let room = Room {
-        manifest: Manifest::load(&d.join("room.yaml")).unwrap(),
+        manifest: cowctl::image::load_manifest(&d.join("room.yaml")).unwrap(),
         ..room
     };
     room.apply().unwrap();
@@ -847,7 +847,7 @@ impl Room {
     /// Runs `f` with the manifest as `cowctl` loads it now (each PC on its COW's version).
     fn ctx_reloaded<T>(&self, f: impl FnOnce(&Ctx, &Observed) -> T) -> T {
         self.ctx_on(
-            &Manifest::load(&self.dir.path().join("room.yaml")).unwrap(),
+            &cowctl::image::load_manifest(&self.dir.path().join("room.yaml")).unwrap(),
             f,
         )
     }

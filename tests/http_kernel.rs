@@ -14,7 +14,7 @@ use cowctl::control::observe::Observed;
 use cowctl::control::plan::plan_apply;
 use cowctl::control::{apply, sidecar, Ctx};
 use cowctl::kernel::fake::Fake;
-use cowctl::manifest::{HttpConfig, Manifest};
+use cowctl::manifest::HttpConfig;
 use cowctl::service::autoextend;
 use cowctl::service::fleet::{Fleet, KernelFleet};
 
@@ -56,7 +56,7 @@ impl Room {
         common::write_private(&d.join("chap.secret"), "a-secret-of-16ch\n");
         std::fs::create_dir(d.join("cow")).unwrap();
         std::fs::write(d.join("room.yaml"), manifest_text(d, portal)).unwrap();
-        let manifest = Manifest::load(&d.join("room.yaml")).unwrap();
+        let manifest = cowctl::image::load_manifest(&d.join("room.yaml")).unwrap();
         let fake = Fake::new();
         let kernel = fake.kernel();
         let ctx = Ctx {

@@ -356,7 +356,7 @@ fn a_versioned_image_without_versions_says_how_to_make_the_first() {
         &format!("    versions: {}/v\n", d.path().display()),
     ) + "pcs:\n  - name: a\n";
     std::fs::write(d.path().join("room.yaml"), &text).unwrap();
-    let err = Manifest::load(&d.path().join("room.yaml"))
+    let err = cowctl::image::load_manifest(&d.path().join("room.yaml"))
         .unwrap_err()
         .to_string();
     assert!(
@@ -364,7 +364,7 @@ fn a_versioned_image_without_versions_says_how_to_make_the_first() {
         "{err}"
     );
     // As written it is valid: import needs it before any version exists.
-    Manifest::load_unresolved(&d.path().join("room.yaml")).unwrap();
+    Manifest::load(&d.path().join("room.yaml")).unwrap();
 }
 
 #[test]

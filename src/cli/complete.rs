@@ -45,7 +45,7 @@ pub(super) fn images() -> ArgValueCandidates {
 /// Names from the manifest the command line being completed names; none when it cannot be
 /// read, since anything printed would land in the user's terminal mid-line.
 fn names(f: impl Fn(&Manifest) -> Vec<String>) -> Vec<CompletionCandidate> {
-    let Ok(m) = Manifest::load_unresolved(&resolve_path(manifest_flag().as_deref())) else {
+    let Ok(m) = Manifest::load(&resolve_path(manifest_flag().as_deref())) else {
         return Vec::new();
     };
     let mut names = f(&m);

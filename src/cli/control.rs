@@ -13,7 +13,7 @@ use crate::control::status;
 use crate::manifest::{resolve_path, Manifest};
 
 pub(super) fn load(flag: Option<&Path>) -> Result<Manifest> {
-    Ok(Manifest::load(&resolve_path(flag))?)
+    Ok(crate::image::load_manifest(&resolve_path(flag))?)
 }
 
 /// The manifest, its warnings printed to stderr (what plan and apply show).
@@ -31,7 +31,7 @@ fn print_warnings(m: &Manifest) {
 
 pub fn validate(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
     let path = resolve_path(flag);
-    match Manifest::load(&path) {
+    match crate::image::load_manifest(&path) {
         Ok(m) => {
             print_warnings(&m);
             if json {

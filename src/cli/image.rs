@@ -86,7 +86,7 @@ pub enum ImageCommand {
 pub fn run(c: ImageCommand, flag: Option<&Path>, json: bool) -> Result<ExitCode> {
     if let ImageCommand::Import { .. } = c {
         // Before an image has a version, the manifest cannot put PCs on one.
-        let m = Manifest::load_unresolved(&crate::manifest::resolve_path(flag))?;
+        let m = Manifest::load(&crate::manifest::resolve_path(flag))?;
         return import(&m, c, json);
     }
     // Commands that change a store hold the lock from before the manifest is read.

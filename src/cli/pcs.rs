@@ -49,7 +49,7 @@ pub fn run(c: PcsCommand, flag: Option<&Path>, json: bool) -> Result<ExitCode> {
 }
 
 fn discovered(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
-    let m = Manifest::load_unresolved(&resolve_path(flag))?;
+    let m = Manifest::load(&resolve_path(flag))?;
     let log = seen::log_path(&control::default_run_dir());
     let strangers: Vec<seen::Seen> = seen::read(&log)?
         .into_iter()

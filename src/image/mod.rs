@@ -46,6 +46,20 @@ pub fn entry(family: &str, store: &Store, v: &Version) -> Image {
 /// One problem found while resolving: the field it is about and what is wrong.
 pub type Problem = (String, String);
 
+/// Reads and validates the manifest (`Manifest::load`), then puts each PC on its image
+/// version (`resolve`); problems with versions are reported at their fields' lines, like
+/// the manifest's own errors.
+pub fn load_manifest(path: &Path) -> Result<Manifest, crate::manifest::ManifestErrors> {
+    let text = Manifest::read_text(path)?;
+    let mut m = Manifest::parse(path, &text)?;
+    let problems = resolve(&mut m);
+    if problems.is_empty() {
+        Ok(m)
+    } else {
+        Err(Manifest::located(path, &text, problems))
+    }
+}
+
 /// Replaces each versioned image by one image per version and puts every PC on its own:
 /// the version its COW was made against, else the one it is due.
 pub fn resolve(m: &mut Manifest) -> Vec<Problem> {

@@ -114,9 +114,9 @@ pub struct Promoted {
     pub pcs: BTreeMap<String, VersionName>,
 }
 
-pub const DISK: &str = "disk.img";
-pub const RECORD: &str = "version.json";
-const PROMOTED: &str = "promoted.json";
+pub use crate::manifest::{
+    PROMOTION_RECORD as PROMOTED, VERSION_DISK as DISK, VERSION_RECORD as RECORD,
+};
 const PRUNED: &str = ".pruned";
 pub const INCOMING: &str = ".incoming-";
 

@@ -446,9 +446,6 @@ mod tests {
         assert_eq!(a.added[0].name, "pc-2");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         adopt(&path, &["52:54:00:00:00:02".into()], None, false).unwrap();
-        assert_eq!(
-            Manifest::load_unresolved(&path).unwrap().pcs[1].name,
-            "pc-2"
-        );
+        assert_eq!(Manifest::load(&path).unwrap().pcs[1].name, "pc-2");
     }
 }

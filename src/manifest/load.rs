@@ -1,5 +1,5 @@
 //! Reading a manifest: the file read, parsed into a Builder's sections in order, every
-//! error collected and sorted; `load` also resolves versioned images.
+//! error collected and sorted. Pure: nothing beyond the file itself is read.
 
 use std::path::Path;
 
@@ -10,13 +10,15 @@ use super::raw::{RawAoe, RawHttp, RawImages, RawIscsi, RawNbd, RawPc, RawPxe};
 use super::{AoeConfig, Backend, Builder, Manifest, ManifestError, ManifestErrors, NbdConfig};
 
 impl Manifest {
-    /// The manifest as written, its versioned images not resolved to versions (what
-    /// `cowctl image import` needs before an image has any).
-    pub fn load_unresolved(path: &Path) -> Result<Manifest, ManifestErrors> {
-        Manifest::parse(path, &Self::read(path)?)
+    /// Reads and validates the manifest as written: parsing and checks of the text only,
+    /// nothing on disk. Versioned images are resolved to versions one layer up, by
+    /// `crate::image::load_manifest`, which every command that serves PCs uses.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
+        Manifest::parse(path, &Self::read_text(path)?)
     }
 
-    fn read(path: &Path) -> Result<String, ManifestErrors> {
+    /// The manifest's text, or the error that names the file.
+    pub fn read_text(path: &Path) -> Result<String, ManifestErrors> {
         std::fs::read_to_string(path).map_err(|e| ManifestErrors {
             path: path.to_path_buf(),
             errors: vec![ManifestError {
@@ -28,17 +30,10 @@ impl Manifest {
         })
     }
 
-    /// Reads and validates the manifest, each PC on its image version (see
-    /// `crate::image::resolve`).
-    pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
-        let text = Self::read(path)?;
-        let mut m = Manifest::parse(path, &text)?;
-        let problems = crate::image::resolve(&mut m);
-        if problems.is_empty() {
-            return Ok(m);
-        }
-        let positions = Positions::index(&text);
-        Err(ManifestErrors {
+    /// Problems found beyond the text (field, message), placed at their fields' lines.
+    pub fn located(path: &Path, text: &str, problems: Vec<(String, String)>) -> ManifestErrors {
+        let positions = Positions::index(text);
+        ManifestErrors {
             path: path.to_path_buf(),
             errors: problems
                 .into_iter()
@@ -52,7 +47,7 @@ impl Manifest {
                     }
                 })
                 .collect(),
-        })
+        }
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestErrors> {

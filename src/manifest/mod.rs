@@ -1,5 +1,6 @@
 //! The declarative manifest: images, PCs, exports. `Manifest::load` reads and validates it,
-//! reporting every error at once, each as `file:line:column: field: message`.
+//! reporting every error at once, each as `file:line:column: field: message`; resolving
+//! versioned images to versions is `image::load_manifest`'s, one layer up.
 //!
 //! This file: the model's root, and the Builder the other files each add a part of the
 //! checking to (reading in `load.rs`, the sections in `sections.rs`, PCs in `pc.rs`).
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde_norway::Value;
 
 pub use error::{ManifestError, ManifestErrors, ManifestWarning};
+pub use owned::{PROMOTION_RECORD, VERSION_DISK, VERSION_RECORD};
 use positions::Positions;
 pub use types::{
     AclMode, AoeConfig, AutoExtend, Backend, Chap, DhcpMode, Export, HttpConfig, Image,

@@ -7,16 +7,18 @@ use std::path::{Path, PathBuf};
 use super::types::{HttpConfig, Image, IscsiConfig, Pc};
 use super::Builder;
 use crate::fileid::{identity, Identity};
-use crate::image::store::DISK;
+
+/// The names a versioned image's store gives its files (`image::store` writes them; the
+/// check here must know them to keep a COW off them).
+pub const VERSION_DISK: &str = "disk.img";
+pub const VERSION_RECORD: &str = "version.json";
+pub const PROMOTION_RECORD: &str = "promoted.json";
 
 /// The files of a versioned image's store as its directory lists them: every version's
 /// disk and record (in place or still being made, loadable or not) and the promotion record.
 fn store_files(image: &str, dir: &Path) -> Vec<(PathBuf, String)> {
-    // The names the store gives them (image/store.rs).
-    const RECORD: &str = "version.json";
-    const PROMOTED: &str = "promoted.json";
     let mut out = vec![(
-        dir.join(PROMOTED),
+        dir.join(PROMOTION_RECORD),
         format!("the promotion record of image {image} (images.{image}.versions)"),
     )];
     let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
@@ -27,11 +29,11 @@ fn store_files(image: &str, dir: &Path) -> Vec<(PathBuf, String)> {
             .to_string_lossy()
             .into_owned();
         out.push((
-            folder.join(DISK),
+            folder.join(VERSION_DISK),
             format!("the disk of image {image}'s version {v} (images.{image}.versions)"),
         ));
         out.push((
-            folder.join(RECORD),
+            folder.join(VERSION_RECORD),
             format!("the record of image {image}'s version {v} (images.{image}.versions)"),
         ));
     }

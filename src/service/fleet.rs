@@ -67,7 +67,7 @@ impl Fleet for KernelFleet {
     /// The manifest file as it is now; while it does not load, the last one that did.
     fn manifest(&self) -> Manifest {
         let mut last = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
-        match Manifest::load(&self.path) {
+        match crate::image::load_manifest(&self.path) {
             Ok(m) => *last = m,
             Err(e) => tracing::warn!("{e}; going on with the last manifest that loaded"),
         }

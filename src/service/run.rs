@@ -34,7 +34,7 @@ pub struct Options {
 pub type StartHttp = fn(HttpConfig, Arc<dyn Fleet>, Arc<Monitor>) -> Result<Vec<SocketAddr>>;
 
 pub fn run(opts: &Options) -> Result<()> {
-    let manifest = Manifest::load(&opts.manifest)?;
+    let manifest = crate::image::load_manifest(&opts.manifest)?;
     if opts.kernel {
         return run_kernel(opts, manifest);
     }
@@ -188,14 +188,14 @@ fn answer(service: &Service, req: Request, exit: &mut bool) -> Result<Response> 
     Ok(match req {
         Request::Plan { manifest } => Response {
             steps: service
-                .plan(&Manifest::load(&manifest)?)?
+                .plan(&crate::image::load_manifest(&manifest)?)?
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
             ..Response::default()
         },
         Request::Apply { manifest } => {
-            let steps = service.apply(Manifest::load(&manifest)?)?;
+            let steps = service.apply(crate::image::load_manifest(&manifest)?)?;
             Response {
                 steps,
                 status: service.status(),
