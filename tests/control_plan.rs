@@ -930,3 +930,40 @@ fn apply_resumes_a_device_a_killed_commit_left_suspended() {
     assert!(!room.fake.state().dm["cowctl-pc-2"].suspended);
     assert!(room.plan().unwrap().is_empty());
 }
+
+/// A plan's steps carry everything they make (the target's IQN, portals, ACL and CHAP; the
+/// vblade's address; the snapshot's image, COW, mode and chunk): run under a manifest whose
+/// PCs have other names and settings, it builds the room it was planned for.
+#[test]
+fn applying_a_plan_looks_nothing_up_in_the_manifest() {
+    let room = Room::new();
+    let plan = room.plan().unwrap();
+    room.ctx_with(
+        |t| {
+            t.replace("pc-{1..2}", "other-{1..2}")
+                .replace("name: pc-3", "name: other-3")
+                .replace("shelf: 9", "shelf: 4")
+                .replace("username: lab", "username: someone-else")
+                .replace("chunk: 4KiB", "chunk: 64KiB")
+        },
+        |ctx, _| apply::run(ctx, &plan, &mut |_, _| {}).unwrap(),
+    );
+    let log = room.fake.log().join("\n");
+    for want in [
+        "iqn.2024-01.lan.test:pc-1",
+        "iqn.2024-01.lan.test:pc-2",
+        "cowctl-pc-3",
+    ] {
+        assert!(log.contains(want), "{want:?} not in\n{log}");
+    }
+    assert!(!log.contains("other-"), "{log}");
+    assert!(!log.contains("someone-else"), "{log}");
+    // Compared with the room planned and applied the ordinary way, the kernel holds the same.
+    let direct = Room::new();
+    direct.apply().unwrap();
+    let strip = |l: String| l.replace(&room.dir.path().display().to_string(), "D");
+    let a: Vec<String> = room.fake.log().into_iter().map(strip).collect();
+    let strip = |l: String| l.replace(&direct.dir.path().display().to_string(), "D");
+    let b: Vec<String> = direct.fake.log().into_iter().map(strip).collect();
+    assert_eq!(a, b);
+}

@@ -2,20 +2,19 @@
 //! stops the run and says which step failed and what was done before it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::plan::{Action, Teardown};
-use super::spec::{target_spec, vblade_spec};
 use super::{dm_name, sidecar, Ctx};
 use crate::dm::{DevRef, SnapshotTable, StoreMode, TableLine};
+use crate::kernel::aoe::VbladeSpec;
 use crate::kernel::devmapper::Target;
-use crate::kernel::lio::Lio;
+use crate::kernel::lio::{Lio, TargetSpec};
 use crate::kernel::loopdev;
-use crate::manifest::Pc;
 
 /// Runs `actions` in order; `progress` hears of each before it starts.
 /// With `COWCTL_STEP_TIMES` set, the time each kind of step took in all goes to stderr.
@@ -180,12 +179,6 @@ pub fn run_steps<A: std::fmt::Display>(
     Ok(())
 }
 
-fn pc<'a>(ctx: &'a Ctx, name: &str) -> Result<&'a Pc> {
-    ctx.manifest
-        .pc(name)
-        .ok_or_else(|| anyhow!("{name} is not in the manifest"))
-}
-
 fn step(
     ctx: &Ctx,
     action: &Action,
@@ -197,18 +190,18 @@ fn step(
         Action::CreateCow {
             path, size, chunk, ..
         } => crate::cowfile::create(path, *size, *chunk).map(drop),
-        Action::RecordGolden { pc: name, .. } => {
-            let p = pc(ctx, name)?;
-            let image = &ctx.image(p).path;
-            let golden = match fingerprints.get(image) {
+        Action::RecordGolden {
+            image_path, cow, ..
+        } => {
+            let golden = match fingerprints.get(image_path) {
                 Some(g) => g.clone(),
                 None => {
-                    let g = crate::image::golden_for(image)?;
-                    fingerprints.insert(image.clone(), g.clone());
+                    let g = crate::image::golden_for(image_path)?;
+                    fingerprints.insert(image_path.clone(), g.clone());
                     g
                 }
             };
-            sidecar::write(&p.cow, &golden)
+            sidecar::write(cow, &golden)
         }
         Action::AttachImage { path, .. } => {
             loops.attached(k.loops.attach(path, true)?);
@@ -218,25 +211,31 @@ fn step(
             loops.attached(k.loops.attach(path, false)?);
             Ok(())
         }
-        Action::CreateSnapshot { pc: name } => {
-            let p = pc(ctx, name)?;
-            let target = snapshot_target(ctx, p, loops.get(ctx)?)?;
-            k.dm.create(&dm_name(name), &target).map(drop)
+        Action::CreateSnapshot {
+            pc,
+            image,
+            cow,
+            mode,
+            chunk_sectors,
+        } => {
+            let target = snapshot_target(image, cow, *mode, *chunk_sectors, loops.get(ctx)?)?;
+            k.dm.create(&dm_name(pc), &target).map(drop)
         }
-        Action::ExportIscsi { pc: name, .. } => export_iscsi(ctx, pc(ctx, name)?),
-        Action::RecreateIscsi { pc: name, target } => {
+        Action::ExportIscsi { pc, spec } => export_iscsi(ctx, pc, spec),
+        Action::RecreateIscsi { pc, spec } => {
             Lio {
                 fs: k.configfs.as_ref(),
             }
-            .delete(target)?;
-            export_iscsi(ctx, pc(ctx, name)?)
+            .delete(spec.iqn.as_str())?;
+            export_iscsi(ctx, pc, spec)
         }
-        Action::StartVblade { pc: name, .. } => {
-            let p = pc(ctx, name)?;
-            let device = k.dm.node(&dm_name(name), &ctx.node_dir())?;
-            k.vblade
-                .start(&vblade_spec(ctx, p, Some(device))?)
-                .map(drop)
+        Action::StartVblade { pc, spec, .. } => {
+            let device = k.dm.node(&dm_name(pc), &ctx.node_dir())?;
+            let spec = VbladeSpec {
+                device: device.display().to_string(),
+                ..spec.clone()
+            };
+            k.vblade.start(&spec).map(drop)
         }
         Action::StopVblade { pc } => k.vblade.stop(pc),
         Action::UnexportIscsi { target } => Lio {
@@ -282,19 +281,20 @@ fn step(
     }
 }
 
-/// The PC's snapshot table over the loops now attached to its image and COW.
-fn snapshot_target(ctx: &Ctx, p: &Pc, loops: &[loopdev::LoopInfo]) -> Result<Target> {
-    let image = ctx.image(p);
-    let origin = loopdev::find(loops, &image.path, true).ok_or_else(|| {
-        anyhow!(
-            "golden image {} is not on a loop device",
-            image.path.display()
-        )
-    })?;
-    let cow = loopdev::find(loops, &p.cow, false)
-        .ok_or_else(|| anyhow!("COW {} is not on a loop device", p.cow.display()))?;
-    let sectors = std::fs::metadata(&image.path)
-        .with_context(|| format!("cannot read {}", image.path.display()))?
+/// The snapshot table of `image` and `cow` over the loops now attached to them.
+fn snapshot_target(
+    image: &Path,
+    cow: &Path,
+    mode: StoreMode,
+    chunk_sectors: u32,
+    loops: &[loopdev::LoopInfo],
+) -> Result<Target> {
+    let origin = loopdev::find(loops, image, true)
+        .ok_or_else(|| anyhow!("golden image {} is not on a loop device", image.display()))?;
+    let cow_loop = loopdev::find(loops, cow, false)
+        .ok_or_else(|| anyhow!("COW {} is not on a loop device", cow.display()))?;
+    let sectors = std::fs::metadata(image)
+        .with_context(|| format!("cannot read {}", image.display()))?
         .len()
         / 512;
     let line = TableLine {
@@ -302,9 +302,9 @@ fn snapshot_target(ctx: &Ctx, p: &Pc, loops: &[loopdev::LoopInfo]) -> Result<Tar
         length: sectors,
         snapshot: SnapshotTable {
             origin: DevRef::Path(origin.dev.display().to_string()),
-            cow: DevRef::Path(cow.dev.display().to_string()),
-            mode: p.overflow,
-            chunk_sectors: p.chunk_sectors(),
+            cow: DevRef::Path(cow_loop.dev.display().to_string()),
+            mode,
+            chunk_sectors,
             features: Vec::new(),
         },
     };
@@ -312,9 +312,13 @@ fn snapshot_target(ctx: &Ctx, p: &Pc, loops: &[loopdev::LoopInfo]) -> Result<Tar
     Ok(Target::snapshot(&line))
 }
 
-fn export_iscsi(ctx: &Ctx, p: &Pc) -> Result<()> {
-    let device = ctx.kernel.dm.node(&dm_name(&p.name), &ctx.node_dir())?;
-    let spec = target_spec(ctx, p, Some(device))?;
+/// Creates the target with the PC's device filled in.
+fn export_iscsi(ctx: &Ctx, pc: &str, spec: &TargetSpec) -> Result<()> {
+    let device = ctx.kernel.dm.node(&dm_name(pc), &ctx.node_dir())?;
+    let spec = TargetSpec {
+        device: device.display().to_string(),
+        ..spec.clone()
+    };
     Lio {
         fs: ctx.kernel.configfs.as_ref(),
     }

@@ -13,7 +13,9 @@ use anyhow::{bail, Result};
 use super::observe::Observed;
 use super::{dm_name, sidecar, Ctx, PREFIX};
 use crate::cow::{HeaderState, LoadedStore};
-use crate::dm::DevRef;
+use crate::dm::{DevRef, StoreMode};
+use crate::kernel::aoe::VbladeSpec;
+use crate::kernel::lio::TargetSpec;
 use crate::kernel::loopdev;
 use crate::manifest::{Export, Manifest, Pc};
 use crate::units::ByteSize;
@@ -26,9 +28,12 @@ pub enum Action {
         size: ByteSize,
         chunk: ByteSize,
     },
+    /// Write the `.golden` record beside `cow`: it was made against `image_path`.
     RecordGolden {
         pc: String,
         image: String,
+        image_path: PathBuf,
+        cow: PathBuf,
     },
     AttachImage {
         image: String,
@@ -38,20 +43,28 @@ pub enum Action {
         pc: String,
         path: PathBuf,
     },
+    /// A persistent snapshot of `image` with `cow`, over the loops they are on when it runs.
     CreateSnapshot {
         pc: String,
+        image: PathBuf,
+        cow: PathBuf,
+        mode: StoreMode,
+        chunk_sectors: u32,
     },
+    /// The target as the manifest asks for it; only its device is filled in when it runs.
     ExportIscsi {
         pc: String,
-        target: String,
+        spec: TargetSpec,
     },
     RecreateIscsi {
         pc: String,
-        target: String,
+        spec: TargetSpec,
     },
+    /// The vblade as the manifest asks for it; only its device is filled in when it runs.
     StartVblade {
         pc: String,
         address: String,
+        spec: VbladeSpec,
     },
     StopVblade {
         pc: String,
@@ -109,13 +122,13 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::CreateCow { pc, path, size, chunk } => write!(f, "create {pc}'s COW {} ({size} sparse, chunk {chunk})", path.display()),
-            Action::RecordGolden { pc, image } => write!(f, "record that {pc}'s COW belongs to golden image {image}"),
+            Action::RecordGolden { pc, image, .. } => write!(f, "record that {pc}'s COW belongs to golden image {image}"),
             Action::AttachImage { image, path } => write!(f, "attach golden image {image} ({}) read-only to a loop device", path.display()),
             Action::AttachCow { pc, path } => write!(f, "attach {pc}'s COW {} to a loop device", path.display()),
-            Action::CreateSnapshot { pc } => write!(f, "create dm snapshot {} for {pc}", dm_name(pc)),
-            Action::ExportIscsi { pc, target } => write!(f, "export {pc} as iSCSI target {target}"),
-            Action::RecreateIscsi { pc, target } => write!(f, "re-create iSCSI target {target} of {pc}: it differs from the manifest (drops its sessions)"),
-            Action::StartVblade { pc, address } => write!(f, "start vblade {address} for {pc}"),
+            Action::CreateSnapshot { pc, .. } => write!(f, "create dm snapshot {} for {pc}", dm_name(pc)),
+            Action::ExportIscsi { pc, spec } => write!(f, "export {pc} as iSCSI target {}", spec.iqn),
+            Action::RecreateIscsi { pc, spec } => write!(f, "re-create iSCSI target {} of {pc}: it differs from the manifest (drops its sessions)", spec.iqn),
+            Action::StartVblade { pc, address, .. } => write!(f, "start vblade {address} for {pc}"),
             Action::StopVblade { pc } => write!(f, "stop {pc}'s vblade"),
             Action::UnexportIscsi { target } => write!(f, "remove iSCSI target {target}"),
             Action::RemoveSnapshot { name } => write!(f, "remove dm snapshot {name}"),
@@ -139,7 +152,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
             actions.push(Action::FinishReset {
                 pc: pc.name.clone(),
             });
-            export_actions(ctx, obs, pc, true, &mut actions);
+            export_actions(ctx, obs, pc, true, &mut actions)?;
             continue;
         }
         if !pc.cow.exists() {
@@ -154,6 +167,8 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
             actions.push(Action::RecordGolden {
                 pc: pc.name.clone(),
                 image: image.name.clone(),
+                image_path: image.path.clone(),
+                cow: pc.cow.clone(),
             });
         }
         let image_loop = loopdev::find(&obs.loops, &image.path, true);
@@ -178,6 +193,10 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
         match obs.dm.get(&name) {
             None => actions.push(Action::CreateSnapshot {
                 pc: pc.name.clone(),
+                image: image.path.clone(),
+                cow: pc.cow.clone(),
+                mode: pc.overflow,
+                chunk_sectors: pc.chunk_sectors(),
             }),
             Some(table) => {
                 let s = &table.snapshot;
@@ -197,7 +216,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
                 }
             }
         }
-        export_actions(ctx, obs, pc, obs.dm.contains_key(&name), &mut actions);
+        export_actions(ctx, obs, pc, obs.dm.contains_key(&name), &mut actions)?;
     }
     // A reset that was interrupted may have left the old COW set aside on its loop
     // (FinishReset takes care of a parked PC's own).
@@ -222,49 +241,51 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
     Ok(actions)
 }
 
-/// What the PC's export needs: made, re-made (it differs, or its device is new), or nothing.
-fn export_actions(ctx: &Ctx, obs: &Observed, pc: &Pc, device_up: bool, actions: &mut Vec<Action>) {
+/// What the PC's export needs: made, re-made (it differs, or its device is new), or nothing;
+/// each step carries the whole spec, so applying it looks nothing up.
+fn export_actions(
+    ctx: &Ctx,
+    obs: &Observed,
+    pc: &Pc,
+    device_up: bool,
+    actions: &mut Vec<Action>,
+) -> Result<()> {
     match &pc.export {
-        Export::Iscsi { target, .. } => match obs.target(target.as_str()) {
-            None => actions.push(Action::ExportIscsi {
-                pc: pc.name.clone(),
-                target: target.to_string(),
-            }),
-            Some(t) => {
-                let spec_ok = device_up
-                    && super::spec::target_spec(ctx, pc, None)
-                        .is_ok_and(|spec| t.matches_ignoring_device(&spec));
-                if !spec_ok {
-                    actions.push(Action::RecreateIscsi {
-                        pc: pc.name.clone(),
-                        target: target.to_string(),
-                    });
-                }
+        Export::Iscsi { target, .. } => {
+            let spec = super::spec::target_spec(ctx, pc, None)?;
+            match obs.target(target.as_str()) {
+                None => actions.push(Action::ExportIscsi {
+                    pc: pc.name.clone(),
+                    spec,
+                }),
+                Some(t) if device_up && t.matches_ignoring_device(&spec) => {}
+                Some(_) => actions.push(Action::RecreateIscsi {
+                    pc: pc.name.clone(),
+                    spec,
+                }),
             }
-        },
+        }
         Export::Aoe { .. } => {
-            let want = super::spec::vblade_spec(ctx, pc, None)
-                .map(|s| s.args())
-                .ok();
+            let spec = super::spec::vblade_spec(ctx, pc, None)?;
+            let start = Action::StartVblade {
+                pc: pc.name.clone(),
+                address: pc.export.to_string(),
+                spec: spec.clone(),
+            };
             match obs.vblade(&pc.name) {
-                Some(v) if want.as_ref().is_some_and(|w| same_vblade(w, &v.args)) => {}
+                Some(v) if same_vblade(&spec.args(), &v.args) => {}
                 Some(_) => {
                     actions.push(Action::StopVblade {
                         pc: pc.name.clone(),
                     });
-                    actions.push(Action::StartVblade {
-                        pc: pc.name.clone(),
-                        address: pc.export.to_string(),
-                    });
+                    actions.push(start);
                 }
-                None => actions.push(Action::StartVblade {
-                    pc: pc.name.clone(),
-                    address: pc.export.to_string(),
-                }),
+                None => actions.push(start),
             }
         }
         Export::Nbd => {} // refused by preflight
     }
+    Ok(())
 }
 
 /// A running vblade serves what the manifest asks when every argument but the last (the

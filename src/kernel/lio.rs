@@ -22,12 +22,23 @@ pub enum Access {
     Open,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub userid: String,
     pub password: String,
     /// Mutual CHAP: what the target answers with.
     pub mutual: Option<(String, String)>,
+}
+
+/// The secrets stay out of debug output (plans and test failures print it).
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("userid", &self.userid)
+            .field("password", &"…")
+            .field("mutual", &self.mutual.as_ref().map(|(u, _)| (u, "…")))
+            .finish()
+    }
 }
 
 /// What a PC's iSCSI export must look like.
