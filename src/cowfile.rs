@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::backing::FileBacking;
 use crate::cow::{Geometry, Header, HeaderState, LoadedStore, SNAP_MAGIC};
 use crate::engine::{Engine, EngineOptions, OverflowPolicy, SnapshotState};
+use crate::kernel::loopdev::Loops;
 use crate::units::{ByteSize, SECTOR};
 
 #[derive(Debug, Serialize)]
@@ -275,8 +276,9 @@ pub struct Reset {
 
 /// Returns a COW file to the golden state in time independent of its size: punch out every
 /// block (the file reads as zeros, so magic 0 = the kernel starts a new snapshot). Where
-/// punching is not supported, zero the header chunk instead.
-pub fn reset(path: &Path) -> Result<Reset> {
+/// punching is not supported, zero the header chunk instead. `loops` says which files are
+/// attached to loop devices (a COW on one is in use and is refused).
+pub fn reset(path: &Path, loops: &dyn Loops) -> Result<Reset> {
     let start = Instant::now();
     let cow = FileBacking::open(path, true)
         .with_context(|| format!("cannot open COW file {}", path.display()))?;
@@ -290,7 +292,7 @@ pub fn reset(path: &Path) -> Result<Reset> {
         .ok()
         .map(|()| Header::decode(&raw));
     // Nobody may be using it: not a loop device (no process shows those), not a process.
-    if let Ok(loops) = crate::kernel::loopdev::Loops::list(&crate::kernel::loopdev::SysLoops) {
+    if let Ok(loops) = loops.list() {
         if let Some(l) = loops
             .iter()
             .find(|l| crate::fileid::same_file(&l.backing, path))

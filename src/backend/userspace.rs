@@ -12,6 +12,7 @@ use super::{Applied, Backend, Listener, Progress, Resets, Words};
 use crate::control::status::{self, PcStatus};
 use crate::control::{self, plan::file_problems, plan::refuse_if_any, reset};
 use crate::image::{Committed, VersionName};
+use crate::kernel::loopdev::SysLoops;
 use crate::manifest::{Manifest, Pc};
 use crate::service::control::{call, Request, Response};
 use crate::service::{self, plan::plan as service_plan};
@@ -168,7 +169,7 @@ impl Backend for ServiceClient {
                 .iter()
                 .map(|pc| {
                     let due = crate::image::due(m, pc)?;
-                    reset::reset_file(pc, due.as_ref().map(|(_, g)| g))
+                    reset::reset_file(pc, due.as_ref().map(|(_, g)| g), &SysLoops)
                 })
                 .collect::<Result<_>>()?,
         };

@@ -165,7 +165,7 @@ pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
             );
         }
         CowCommand::Reset { cowfile } => {
-            let r = cowfile::reset(&cowfile)?;
+            let r = cowfile::reset(&cowfile, &crate::kernel::loopdev::SysLoops)?;
             if json {
                 return print_json(&r);
             }

@@ -488,7 +488,7 @@ fn utc(secs: u64) -> String {
 
 fn prune(m: &Manifest, family: &str, dry_run: bool, json: bool) -> Result<ExitCode> {
     let store = image::open(m, family)?;
-    let plan = image::prune_plan(m, &store, family);
+    let plan = image::prune_plan(m, &store, family, &crate::kernel::loopdev::SysLoops);
     if json {
         print_json(&plan)?;
     } else {

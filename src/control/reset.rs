@@ -30,7 +30,7 @@ use crate::fileid::same_file;
 use crate::filekind::{classify, Kind};
 use crate::kernel::devmapper::Target;
 use crate::kernel::lio::Lio;
-use crate::kernel::loopdev::LoopInfo;
+use crate::kernel::loopdev::{LoopInfo, Loops};
 use crate::manifest::{Export, Pc};
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -91,7 +91,7 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&Onto>) -> Result<
                 pc.name
             );
         }
-        return reset_file(pc, onto.map(|o| &o.golden));
+        return reset_file(pc, onto.map(|o| &o.golden), ctx.kernel.loops.as_ref());
     };
     Ok(Reset {
         pc: pc.name.clone(),
@@ -182,8 +182,8 @@ fn names_loop(d: &DevRef, l: &LoopInfo) -> bool {
 
 /// Resets a COW file that nothing serves, in place; when the PC moves to another image
 /// version, `onto` is the one its record names now.
-pub fn reset_file(pc: &Pc, onto: Option<&Golden>) -> Result<Reset> {
-    let r = crate::cowfile::reset(&pc.cow)?;
+pub fn reset_file(pc: &Pc, onto: Option<&Golden>, loops: &dyn Loops) -> Result<Reset> {
+    let r = crate::cowfile::reset(&pc.cow, loops)?;
     super::sidecar::note_reset(&pc.cow, onto)?;
     Ok(Reset {
         pc: pc.name.clone(),

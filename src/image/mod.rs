@@ -441,9 +441,13 @@ fn cows_on(store: &Store) -> (BTreeMap<VersionName, Vec<String>>, Vec<PathBuf>) 
 
 /// Versions that are not current, not promoted to any PC, not under any COW on this
 /// server, not on a loop device and not open in any process.
-pub fn prune_plan(m: &Manifest, store: &Store, family: &str) -> Pruning {
-    let loops =
-        crate::kernel::loopdev::Loops::list(&crate::kernel::loopdev::SysLoops).unwrap_or_default();
+pub fn prune_plan(
+    m: &Manifest,
+    store: &Store,
+    family: &str,
+    loops: &dyn crate::kernel::loopdev::Loops,
+) -> Pruning {
+    let loops = loops.list().unwrap_or_default();
     let (cows, stale) = cows_on(store);
     let mut out = Pruning {
         remove: Vec::new(),

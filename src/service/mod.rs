@@ -253,7 +253,7 @@ impl Service {
         let due = crate::image::due(m, pc)?;
         let onto = due.as_ref().map(|(_, g)| g);
         let Some(slot) = self.registry.get(&pc.name) else {
-            let r = crate::control::reset::reset_file(pc, onto)?;
+            let r = crate::control::reset::reset_file(pc, onto, &crate::kernel::loopdev::SysLoops)?;
             self.moved(&pc.name, due.as_ref());
             return Ok(r);
         };
