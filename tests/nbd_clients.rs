@@ -550,3 +550,47 @@ fn down_returns_once_the_service_has_let_go_of_its_ports() {
         );
     }
 }
+
+/// A COW file cut short or removed under a served PC is named in `status` (exit 2, a note
+/// that says what happened and what to do), and the service carries on serving the others.
+#[test]
+fn a_cow_cut_or_removed_while_served_is_reported_and_the_others_carry_on() {
+    let room = Room::new();
+    room.cowctl(&["apply"]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(room.path("cow/pc-1.cow"))
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    std::fs::remove_file(room.path("cow/pc-2.cow")).unwrap();
+    let out = room.cowctl_output(&["--json", "status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let notes = |pc: &str| {
+        let row = rows.iter().find(|r| r["name"] == pc).unwrap();
+        (row["warn"].as_bool().unwrap(), row["notes"].to_string())
+    };
+    let (warn, n) = notes("pc-1");
+    assert!(
+        warn && n.contains("was cut to 4096 bytes while it is served"),
+        "{n}"
+    );
+    let (warn, n) = notes("pc-2");
+    assert!(warn && n.contains("was removed while it is served"), "{n}");
+    let (warn, n) = notes("pc-ro");
+    assert!(!warn && !n.contains("while it is served"), "{n}");
+    // The service still answers and serves: pc-ro reads the golden image.
+    let read = room.read_export(&room.uri("pc-ro"));
+    assert_same(
+        &read[..GOLDEN],
+        &room.golden,
+        "pc-ro after the others' COWs went",
+    );
+    assert!(room.cowctl(&["status", "pc-ro"]).contains("pc-ro"));
+}

@@ -24,9 +24,34 @@ pub struct Served {
     pub pc: Pc,
     pub image_path: std::path::PathBuf,
     pub acl: NbdAcl,
+    /// The COW file the engine has open, as (device, inode): the path may come to lead
+    /// elsewhere, or nowhere, while it is served.
+    pub cow_file: (u64, u64),
 }
 
 impl Served {
+    /// What is wrong with the file at the PC's COW path while it is served: removed,
+    /// replaced by another file, or cut shorter than the store the engine writes. None
+    /// while it is the file the engine opened, whole.
+    pub fn cow_file_problem(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let (pc, cow) = (&self.pc.name, self.pc.cow.display());
+        let size = self.engine.usage().total_sectors * 512;
+        match std::fs::metadata(&self.pc.cow) {
+            Err(_) => Some(format!(
+                "{pc}'s COW {cow} was removed while it is served: its writes go to a file no longer on disk and are lost when it stops; restore the file or reset {pc}"
+            )),
+            Ok(m) if (m.dev(), m.ino()) != self.cow_file => Some(format!(
+                "{pc}'s COW {cow} was replaced by another file while it is served: it still writes the one it opened, which is lost when it stops; restore the file or reset {pc}"
+            )),
+            Ok(m) if m.len() < size => Some(format!(
+                "{pc}'s COW {cow} was cut to {} bytes while it is served, shorter than its store ({size} bytes): reads of the part cut off fail; reset {pc}",
+                m.len()
+            )),
+            Ok(_) => None,
+        }
+    }
+
     /// With `nbd.acl: ip`, a TCP client must come from the PC's own address; the unix
     /// socket (`peer` None) is root's and always allowed.
     pub fn allows(&self, peer: Option<IpAddr>) -> bool {

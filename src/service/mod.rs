@@ -226,14 +226,20 @@ impl Service {
             ),
             None => status::from_cow_file(pc),
         };
-        let mut peers = slot.map(|s| s.peers()).unwrap_or_default();
+        let mut peers = slot.as_ref().map(|s| s.peers()).unwrap_or_default();
         peers.extend(self.aoe.peers(&pc.name));
         // iSCSI and AoE PCs are named as on the kernel backend; the others by their NBD address.
         let export = match &pc.export {
             crate::manifest::Export::Nbd => export_uri(self.listen, &pc.name),
             e => e.to_string(),
         };
-        status::row(m, pc, state, usage, export, peers)
+        let mut row = status::row(m, pc, state, usage, export, peers);
+        if let Some(problem) = slot.and_then(|s| s.with_served(Served::cow_file_problem).flatten())
+        {
+            row.notes.push(problem);
+            row.warn = true;
+        }
+        row
     }
 
     /// Returns PCs to the golden image. A served PC's connections are closed (the client
@@ -402,11 +408,17 @@ fn open(m: &Manifest, pc: &Pc) -> Result<Served> {
         grow: pc.autoextend.map(|a| a.grow_policy()),
     };
     let engine = crate::cowfile::open_engine_with(&image_path, &pc.cow, options)?;
+    let opened =
+        std::fs::metadata(&pc.cow).with_context(|| format!("cannot read {}", pc.cow.display()))?;
     Ok(Served {
         engine: Arc::new(engine),
         pc: pc.clone(),
         image_path,
         acl: m.nbd.acl,
+        cow_file: (
+            std::os::unix::fs::MetadataExt::dev(&opened),
+            std::os::unix::fs::MetadataExt::ino(&opened),
+        ),
     })
 }
 
