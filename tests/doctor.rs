@@ -8,13 +8,9 @@ use std::path::Path;
 
 use assert_cmd::Command;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+
+use common::free_port;
 
 /// A room of two NBD PCs whose HTTP port `held` is taken, with a CHAP secret of mode 0644.
 fn room(dir: &Path, held: u16) -> std::path::PathBuf {

@@ -462,20 +462,15 @@ fn a_reset_killed_half_way_is_finished_by_apply_and_an_edited_manifest_resets_no
 
 /// `cowctl doctor` on the stock kernel, as root, before anything is applied: the kernel
 /// serves, and device-mapper's snapshot target, loop, LIO and the AoE path are all found.
-/// With `vblade` off the PATH it names the missing piece and exits 1.
+/// With `vblade` moved aside it names the missing piece and exits 1.
 #[test]
 #[ignore = "needs the VM: run through scripts/test-kernel.sh"]
 fn doctor_finds_every_kernel_piece_and_names_a_missing_one() {
     let site = Site::new();
-    let run = |path: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cowctl"))
-            .args(["-f", site.manifest().to_str().unwrap(), "doctor"])
-            .env("COWCTL_RUN_DIR", site.dir.path().join("run"))
-            .env("PATH", path)
-            .output()
-            .unwrap();
+    let run = || {
+        let out = site.cowctl(&["doctor"]);
         let text = String::from_utf8(out.stdout).unwrap();
-        eprintln!("$ cowctl doctor (PATH={path})\n{text}");
+        eprintln!("$ cowctl doctor\n{text}");
         (out.status.code(), text)
     };
     let line = |text: &str, area: &str| {
@@ -484,7 +479,7 @@ fn doctor_finds_every_kernel_piece_and_names_a_missing_one() {
             .unwrap_or_else(|| panic!("no {area} line in:\n{text}"))
             .to_string()
     };
-    let (_, text) = run(&std::env::var("PATH").unwrap());
+    let (_, text) = run();
     let backend = line(&text, "backend");
     assert!(
         backend.starts_with("ok    backend: the kernel (loop + dm-snapshot) will serve"),
@@ -508,7 +503,7 @@ fn doctor_finds_every_kernel_piece_and_names_a_missing_one() {
         .unwrap();
     std::fs::rename(&vblade, vblade.with_extension("aside")).unwrap();
     let aside = Aside(vblade);
-    let (code, text) = run(&std::env::var("PATH").unwrap());
+    let (code, text) = run();
     drop(aside);
     let aoe = line(&text, "aoe");
     assert!(

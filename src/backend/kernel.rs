@@ -80,11 +80,9 @@ impl Backend for KernelBackend {
         let obs = Observed::read(ctx.kernel)?;
         let actions = plan::plan_apply(&ctx, &obs)?;
         control::apply::run(&ctx, &actions, &mut telling(actions.len(), progress))?;
-        let all: Vec<&Pc> = m.pcs.iter().collect();
-        let obs = Observed::for_status(ctx.kernel, m, &all)?;
         Ok(Applied {
             steps: texts(&actions),
-            status: status::collect(&ctx, &obs, &all),
+            status: None,
         })
     }
 

@@ -33,11 +33,12 @@ pub enum Progress<'a> {
 /// Hears of each step; `Send` because a backend may run PCs' steps side by side.
 pub type Listener<'a> = dyn FnMut(Progress<'_>) + Send + 'a;
 
-/// What `apply` did: the steps in order, and the room's status afterwards.
+/// What `apply` did: the steps in order, and the room's status afterwards when the backend
+/// got it with the apply (a service answers with it); None: ask `status` if it is wanted.
 #[derive(Debug, Default)]
 pub struct Applied {
     pub steps: Vec<String>,
-    pub status: Vec<PcStatus>,
+    pub status: Option<Vec<PcStatus>>,
 }
 
 /// What `reset` did: the PCs reset, and those that failed with why (the others are done).

@@ -114,7 +114,7 @@ impl Backend for ServiceClient {
         tell_done(&r.steps, progress);
         Ok(Applied {
             steps: r.steps,
-            status: r.status,
+            status: Some(r.status),
         })
     }
 

@@ -104,7 +104,11 @@ pub fn apply(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
         if applied.steps.is_empty() {
             println!("nothing to do: {}", b.words().matches);
         }
-        print_status(&applied.status, m.warn_percent, false)?
+        let rows = match applied.status {
+            Some(rows) => rows,
+            None => b.status(&m, &[])?,
+        };
+        print_status(&rows, m.warn_percent, false)?
     };
     super::pxe::apply(&m, json)?;
     Ok(code)
@@ -148,24 +152,25 @@ pub fn status(
     json: bool,
     watch: Option<u64>,
 ) -> Result<ExitCode> {
-    let b = backend::pick(&load(flag)?);
-    let once = || {
-        let m = load(flag)?;
-        let code = print_status(&b.status(&m, pcs)?, m.warn_percent, json)?;
+    let mut m = load(flag)?;
+    let b = backend::pick(&m);
+    let once = |m: &Manifest| {
+        let code = print_status(&b.status(m, pcs)?, m.warn_percent, json)?;
         if pcs.is_empty() {
-            super::pxe::status(&m, json);
+            super::pxe::status(m, json);
         }
         Ok::<_, anyhow::Error>(code)
     };
-    match watch {
-        None => once(),
-        Some(secs) => loop {
-            if !json {
-                print!("\x1b[H\x1b[2J");
-            }
-            once()?;
-            std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
-        },
+    let Some(secs) = watch else {
+        return once(&m);
+    };
+    loop {
+        if !json {
+            print!("\x1b[H\x1b[2J");
+        }
+        once(&m)?;
+        std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
+        m = load(flag)?;
     }
 }
 
