@@ -13,7 +13,8 @@ from='let area_offset = g.offset(g.area_location(inner.current_area));'
 to='let area_offset = g.offset(g.area_location(inner.current_area) + 1);'
 grep -qF "$from" "$work/$target" || { echo "mutation site not found in $target" >&2; exit 1; }
 sed -i "s|$from|$to|" "$work/$target"
-export CARGO_TARGET_DIR=$repo/target/mutant COWCTL_VM_CACHE=$repo/vm-cache
+# Without debug info: this copy is built only to fail, and its size counts against the disk.
+export CARGO_TARGET_DIR=$repo/target/mutant COWCTL_VM_CACHE=$repo/vm-cache CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_DEV_DEBUG=false
 cd "$work"
 verdict=0
 # A failure counts only if a test ran and an assertion failed (not a build error).
