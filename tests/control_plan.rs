@@ -7,7 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use cowctl::control::observe::Observed;
-use cowctl::control::plan::{plan_apply, plan_down, Action};
+use cowctl::control::plan::{plan_apply, plan_down};
+use cowctl::control::step::Step;
 use cowctl::control::{apply, lock, reset, status, Ctx};
 use cowctl::kernel::fake::Fake;
 use cowctl::manifest::Manifest;
@@ -74,7 +75,7 @@ impl Room {
         self.ctx_on(&self.manifest, f)
     }
 
-    fn plan(&self) -> anyhow::Result<Vec<Action>> {
+    fn plan(&self) -> anyhow::Result<Vec<Step>> {
         self.ctx_do(plan_apply)
     }
 
@@ -117,7 +118,7 @@ fn apply_builds_bottom_up_and_shares_the_image_loop() {
     let shown: Vec<String> = plan.iter().map(|a| a.to_string()).collect();
     assert_eq!(
         plan.iter()
-            .filter(|a| matches!(a, Action::AttachImage { .. }))
+            .filter(|a| matches!(a, Step::AttachImage { .. }))
             .count(),
         1,
         "{shown:#?}"
@@ -586,7 +587,7 @@ fn apply_finishes_a_reset_that_stopped_half_way() {
     assert!(rows[0].warn);
     let plan = room.plan().unwrap();
     assert!(
-        plan.contains(&Action::FinishReset { pc: "pc-1".into() }),
+        plan.contains(&Step::FinishReset { pc: "pc-1".into() }),
         "{plan:#?}"
     );
     room.apply().unwrap();

@@ -16,7 +16,7 @@ use cowctl::control::{apply, sidecar, Ctx};
 use cowctl::kernel::fake::Fake;
 use cowctl::manifest::HttpConfig;
 use cowctl::service::autoextend;
-use cowctl::service::fleet::{Fleet, KernelFleet};
+use cowctl::service::live_room::{KernelRoom, LiveRoom};
 
 const PC1: &str = "127.0.0.21";
 const PC2: &str = "127.0.0.22";
@@ -25,7 +25,7 @@ const STRANGER: &str = "127.0.0.99";
 struct Room {
     dir: tempfile::TempDir,
     fake: Fake,
-    fleet: Arc<KernelFleet>,
+    fleet: Arc<KernelRoom>,
     http: SocketAddr,
 }
 
@@ -67,7 +67,7 @@ impl Room {
         let actions = plan_apply(&ctx, &Observed::read(&kernel).unwrap()).unwrap();
         apply::run(&ctx, &actions, &mut |_, _| {}).unwrap();
         let f = fake.clone();
-        let fleet = Arc::new(KernelFleet::new(
+        let fleet = Arc::new(KernelRoom::new(
             manifest.clone(),
             &d.join("run"),
             Box::new(move || f.kernel()),

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::{Applied, Backend, Listener, Progress, Resets, Words};
 use crate::control::status::{self, PcStatus};
-use crate::control::{self, lock, observe::Observed, plan, reset, Ctx};
+use crate::control::{self, lock, observe::Observed, plan, reset, step::Step, Ctx};
 use crate::image::{Committed, VersionName};
 use crate::kernel::Kernel;
 use crate::manifest::{Manifest, Pc};
@@ -41,18 +41,8 @@ impl KernelBackend {
 fn telling<'a, 'b>(
     of: usize,
     progress: &'a mut Listener<'b>,
-) -> impl FnMut(usize, &plan::Action) + Send + use<'a, 'b> {
-    move |index, a| {
-        progress(Progress::Step {
-            index,
-            of,
-            step: &a.to_string(),
-        })
-    }
-}
-
-fn texts(actions: &[plan::Action]) -> Vec<String> {
-    actions.iter().map(|a| a.to_string()).collect()
+) -> impl FnMut(usize, &Step) + Send + use<'a, 'b> {
+    move |index, a| progress(Progress::Step { index, of, step: a })
 }
 
 impl Backend for KernelBackend {
@@ -68,10 +58,10 @@ impl Backend for KernelBackend {
         format!("up to {} at a time", control::SIDE_BY_SIDE)
     }
 
-    fn plan(&self, m: &Manifest) -> Result<Vec<String>> {
+    fn plan(&self, m: &Manifest) -> Result<Vec<Step>> {
         let ctx = self.ctx(m);
         let obs = Observed::read(ctx.kernel)?;
-        Ok(texts(&plan::plan_apply(&ctx, &obs)?))
+        plan::plan_apply(&ctx, &obs)
     }
 
     fn apply(&self, m: &Manifest, progress: &mut Listener<'_>) -> Result<Applied> {
@@ -81,24 +71,19 @@ impl Backend for KernelBackend {
         let actions = plan::plan_apply(&ctx, &obs)?;
         control::apply::run(&ctx, &actions, &mut telling(actions.len(), progress))?;
         Ok(Applied {
-            steps: texts(&actions),
+            steps: actions,
             status: None,
         })
     }
 
-    fn down(
-        &self,
-        m: &Manifest,
-        pcs: &[String],
-        progress: &mut Listener<'_>,
-    ) -> Result<Vec<String>> {
+    fn down(&self, m: &Manifest, pcs: &[String], progress: &mut Listener<'_>) -> Result<Vec<Step>> {
         let ctx = self.ctx(m);
         let _lock = lock::acquire(&ctx.run_dir, "down")?;
         let selected = m.select(pcs)?;
         let obs = Observed::read(ctx.kernel)?;
         let teardown = plan::plan_down(&ctx, &obs, &selected);
         control::apply::run_teardown(&ctx, &teardown, &mut telling(teardown.len(), progress))?;
-        Ok(texts(&teardown.flatten()))
+        Ok(teardown.flatten())
     }
 
     fn status(&self, m: &Manifest, pcs: &[String]) -> Result<Vec<PcStatus>> {

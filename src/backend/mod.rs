@@ -11,9 +11,10 @@ pub mod userspace;
 
 use anyhow::Result;
 
-use crate::control::backend::{resolve, Resolved};
+use crate::control::choose::{choose, BackendKind};
 use crate::control::reset::Reset;
 use crate::control::status::PcStatus;
+pub use crate::control::step::Step;
 use crate::image::{Committed, VersionName};
 use crate::manifest::{Manifest, Pc};
 
@@ -26,7 +27,7 @@ pub enum Progress<'a> {
     Step {
         index: usize,
         of: usize,
-        step: &'a str,
+        step: &'a Step,
     },
 }
 
@@ -37,7 +38,7 @@ pub type Listener<'a> = dyn FnMut(Progress<'_>) + Send + 'a;
 /// got it with the apply (a service answers with it); None: ask `status` if it is wanted.
 #[derive(Debug, Default)]
 pub struct Applied {
-    pub steps: Vec<String>,
+    pub steps: Vec<Step>,
     pub status: Option<Vec<PcStatus>>,
 }
 
@@ -66,19 +67,14 @@ pub trait Backend {
     fn reset_pace(&self) -> String;
 
     /// The steps `apply` would take, in order; nothing is changed.
-    fn plan(&self, m: &Manifest) -> Result<Vec<String>>;
+    fn plan(&self, m: &Manifest) -> Result<Vec<Step>>;
 
     /// Makes what is served match the manifest.
     fn apply(&self, m: &Manifest, progress: &mut Listener<'_>) -> Result<Applied>;
 
     /// Stops serving these PCs (every PC when none are named); COW files stay. Returns the
     /// steps taken.
-    fn down(
-        &self,
-        m: &Manifest,
-        pcs: &[String],
-        progress: &mut Listener<'_>,
-    ) -> Result<Vec<String>>;
+    fn down(&self, m: &Manifest, pcs: &[String], progress: &mut Listener<'_>) -> Result<Vec<Step>>;
 
     /// Each named PC's state and fill (every PC when none are named), in manifest order.
     fn status(&self, m: &Manifest, pcs: &[String]) -> Result<Vec<PcStatus>>;
@@ -105,8 +101,8 @@ pub trait Backend {
 /// The backend that serves this manifest (`backend:`; `auto` is the kernel where it has
 /// device-mapper).
 pub fn pick(m: &Manifest) -> Box<dyn Backend> {
-    match resolve(m) {
-        Resolved::Kernel => Box::new(kernel::KernelBackend::real()),
-        Resolved::Userspace => Box::new(userspace::ServiceClient::new()),
+    match choose(m) {
+        BackendKind::Kernel => Box::new(kernel::KernelBackend::real()),
+        BackendKind::Userspace => Box::new(userspace::ServiceClient::new()),
     }
 }

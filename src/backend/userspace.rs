@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{Applied, Backend, Listener, Progress, Resets, Words};
+use super::{Applied, Backend, Listener, Progress, Resets, Step, Words};
 use crate::control::status::{self, PcStatus};
 use crate::control::{self, plan::file_problems, plan::refuse_if_any, reset};
 use crate::image::{Committed, VersionName};
@@ -49,7 +49,7 @@ fn expect_service(r: Option<Response>) -> Result<Response> {
 }
 
 /// Tells `progress` of steps the service has already taken.
-fn tell_done(steps: &[String], progress: &mut Listener<'_>) {
+fn tell_done(steps: &[Step], progress: &mut Listener<'_>) {
     for (index, step) in steps.iter().enumerate() {
         progress(Progress::Step {
             index,
@@ -73,7 +73,7 @@ impl Backend for ServiceClient {
         "one at a time".into()
     }
 
-    fn plan(&self, m: &Manifest) -> Result<Vec<String>> {
+    fn plan(&self, m: &Manifest) -> Result<Vec<Step>> {
         let request = Request::Plan {
             manifest: manifest_path(m)?,
         };
@@ -81,16 +81,11 @@ impl Backend for ServiceClient {
             Some(r) => r.steps,
             None => {
                 refuse_if_any(m, file_problems(m))?;
-                let mut steps = vec![format!(
-                    "start cowctl serve (NBD on {} and {})",
-                    m.nbd.listen,
-                    service::nbd_socket(m, &self.run_dir).display()
-                )];
-                steps.extend(
-                    service_plan(m, &BTreeMap::new())
-                        .iter()
-                        .map(|s| s.to_string()),
-                );
+                let mut steps = vec![Step::StartService {
+                    nbd: m.nbd.listen.to_string(),
+                    socket: service::nbd_socket(m, &self.run_dir),
+                }];
+                steps.extend(service_plan(m, &BTreeMap::new()));
                 steps
             }
         })
@@ -118,12 +113,7 @@ impl Backend for ServiceClient {
         })
     }
 
-    fn down(
-        &self,
-        m: &Manifest,
-        pcs: &[String],
-        progress: &mut Listener<'_>,
-    ) -> Result<Vec<String>> {
+    fn down(&self, m: &Manifest, pcs: &[String], progress: &mut Listener<'_>) -> Result<Vec<Step>> {
         let names = if pcs.is_empty() {
             Vec::new()
         } else {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::print_json;
-use crate::backend::{self, Progress, Resets};
+use crate::backend::{self, Progress, Resets, Step};
 use crate::control::reset::Reset;
 use crate::control::status;
 use crate::manifest::{resolve_path, Manifest};
@@ -63,9 +63,14 @@ fn finding_json(x: &crate::manifest::ManifestError) -> serde_json::Value {
 }
 
 /// The plan, numbered; `nothing` is what an empty plan means on this backend.
-fn print_plan(steps: &[String], nothing: &str, json: bool) -> Result<()> {
+/// Each step as the line it reads as; JSON lists those lines too.
+fn lines(steps: &[Step]) -> Vec<String> {
+    steps.iter().map(Step::to_string).collect()
+}
+
+fn print_plan(steps: &[Step], nothing: &str, json: bool) -> Result<()> {
     if json {
-        return print_json(&steps);
+        return print_json(&lines(steps));
     }
     if steps.is_empty() {
         println!("nothing to do: {nothing}");
@@ -98,7 +103,7 @@ pub fn apply(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
     let b = backend::pick(&m);
     let applied = b.apply(&m, &mut step_printer(json))?;
     let code = if json {
-        print_json(&applied.steps)?;
+        print_json(&lines(&applied.steps))?;
         ExitCode::SUCCESS
     } else {
         if applied.steps.is_empty() {
@@ -119,7 +124,7 @@ pub fn down(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode>
     let b = backend::pick(&m);
     let steps = b.down(&m, pcs, &mut step_printer(json))?;
     if json {
-        print_json(&steps)?;
+        print_json(&lines(&steps))?;
     } else if steps.is_empty() {
         println!("nothing to do: {}", b.words().none_up);
     } else {

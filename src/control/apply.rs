@@ -1,15 +1,16 @@
 //! Running a plan. Each step either completes or undoes its own part; the first failure
 //! stops the run and says which step failed and what was done before it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::plan::{Action, Teardown};
-use super::{dm_name, sidecar, Ctx};
+use super::plan::Teardown;
+use super::step::Step;
+use super::{dm_name, Ctx};
 use crate::dm::{DevRef, SnapshotTable, StoreMode, TableLine};
 use crate::kernel::aoe::VbladeSpec;
 use crate::kernel::devmapper::Target;
@@ -18,7 +19,7 @@ use crate::kernel::loopdev;
 
 /// Runs `actions` in order; `progress` hears of each before it starts.
 /// With `COWCTL_STEP_TIMES` set, the time each kind of step took in all goes to stderr.
-pub fn run(ctx: &Ctx, actions: &[Action], progress: &mut dyn FnMut(usize, &Action)) -> Result<()> {
+pub fn run(ctx: &Ctx, actions: &[Step], progress: &mut dyn FnMut(usize, &Step)) -> Result<()> {
     let mut loops = KnownLoops::default();
     // One fingerprint per image and run, however many PCs record it.
     let mut fingerprints = Fingerprints::new();
@@ -40,7 +41,7 @@ pub fn run(ctx: &Ctx, actions: &[Action], progress: &mut dyn FnMut(usize, &Actio
 pub fn run_teardown(
     ctx: &Ctx,
     teardown: &Teardown,
-    progress: &mut (dyn FnMut(usize, &Action) + Send),
+    progress: &mut (dyn FnMut(usize, &Step) + Send),
 ) -> Result<()> {
     let total = teardown.len();
     let offsets: Vec<usize> = teardown
@@ -93,14 +94,14 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-type Fingerprints = HashMap<PathBuf, sidecar::Golden>;
+use super::step::Fingerprints;
 
 /// How long each kind of step took in all, printed to stderr with `COWCTL_STEP_TIMES`.
 #[derive(Default)]
 struct Timings(Mutex<BTreeMap<&'static str, (usize, Duration)>>);
 
 impl Timings {
-    fn time<T>(&self, a: &Action, f: impl FnOnce() -> T) -> T {
+    fn time<T>(&self, a: &Step, f: impl FnOnce() -> T) -> T {
         let started = Instant::now();
         let r = f();
         let mut m = lock(&self.0);
@@ -181,37 +182,28 @@ pub fn run_steps<A: std::fmt::Display>(
 
 fn step(
     ctx: &Ctx,
-    action: &Action,
+    action: &Step,
     loops: &mut KnownLoops,
     fingerprints: &mut Fingerprints,
 ) -> Result<()> {
     let k = ctx.kernel;
     match action {
-        Action::CreateCow {
-            path, size, chunk, ..
-        } => crate::cowfile::create(path, *size, *chunk).map(drop),
-        Action::RecordGolden {
-            image_path, cow, ..
-        } => {
-            let golden = match fingerprints.get(image_path) {
-                Some(g) => g.clone(),
-                None => {
-                    let g = crate::image::golden_for(image_path)?;
-                    fingerprints.insert(image_path.clone(), g.clone());
-                    g
-                }
-            };
-            sidecar::write(cow, &golden)
+        Step::CreateCow { .. } | Step::RecordGolden { .. } => action.run_on_files(fingerprints),
+        Step::StartService { .. }
+        | Step::Serve { .. }
+        | Step::Reopen { .. }
+        | Step::StopServing { .. } => {
+            bail!("the kernel backend cannot {action}: it is the service's step")
         }
-        Action::AttachImage { path, .. } => {
+        Step::AttachImage { path, .. } => {
             loops.attached(k.loops.attach(path, true)?);
             Ok(())
         }
-        Action::AttachCow { path, .. } => {
+        Step::AttachCow { path, .. } => {
             loops.attached(k.loops.attach(path, false)?);
             Ok(())
         }
-        Action::CreateSnapshot {
+        Step::CreateSnapshot {
             pc,
             image,
             cow,
@@ -221,15 +213,15 @@ fn step(
             let target = snapshot_target(image, cow, *mode, *chunk_sectors, loops.get(ctx)?)?;
             k.dm.create(&dm_name(pc), &target).map(drop)
         }
-        Action::ExportIscsi { pc, spec } => export_iscsi(ctx, pc, spec),
-        Action::RecreateIscsi { pc, spec } => {
+        Step::ExportIscsi { pc, spec } => export_iscsi(ctx, pc, spec),
+        Step::RecreateIscsi { pc, spec } => {
             Lio {
                 fs: k.configfs.as_ref(),
             }
             .delete(spec.iqn.as_str())?;
             export_iscsi(ctx, pc, spec)
         }
-        Action::StartVblade { pc, spec, .. } => {
+        Step::StartVblade { pc, spec, .. } => {
             let device = k.dm.node(&dm_name(pc), &ctx.node_dir())?;
             let spec = VbladeSpec {
                 device: device.display().to_string(),
@@ -237,17 +229,17 @@ fn step(
             };
             k.vblade.start(&spec).map(drop)
         }
-        Action::StopVblade { pc } => k.vblade.stop(pc),
-        Action::UnexportIscsi { target } => Lio {
+        Step::StopVblade { pc } => k.vblade.stop(pc),
+        Step::UnexportIscsi { target } => Lio {
             fs: k.configfs.as_ref(),
         }
         .delete(target),
-        Action::RemoveSnapshot { name } => {
+        Step::RemoveSnapshot { name } => {
             k.dm.remove(name)?;
             let _ = std::fs::remove_file(ctx.node_dir().join(name));
             Ok(())
         }
-        Action::DetachLoop { dev, backing } => {
+        Step::DetachLoop { dev, backing } => {
             k.loops.detach(dev)?;
             loops.detached(dev);
             // The old COW of an interrupted reset: the reset was asked for, so it goes —
@@ -267,8 +259,8 @@ fn step(
             }
             Ok(())
         }
-        Action::Resume { pc } => k.dm.resume(&dm_name(pc)),
-        Action::FinishReset { pc: name } => {
+        Step::Resume { pc } => k.dm.resume(&dm_name(pc)),
+        Step::FinishReset { pc: name } => {
             let pc = ctx
                 .manifest
                 .pc(name)

@@ -3,7 +3,7 @@
 //! between runs except what the kernel and the files hold.
 
 pub mod apply;
-pub mod backend;
+pub mod choose;
 pub mod commit;
 pub mod lock;
 pub mod observe;
@@ -11,6 +11,7 @@ pub mod plan;
 pub mod reset;
 pub mod spec;
 pub mod status;
+pub mod step;
 
 /// `<cow>.golden` records live with the image versions they name; here for old paths.
 pub use crate::image::sidecar;

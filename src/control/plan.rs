@@ -4,143 +4,21 @@
 //! portals, CHAP secret) run first and are all reported at once.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
 use super::observe::Observed;
+use super::step::Step;
 use super::{dm_name, sidecar, Ctx, PREFIX};
 use crate::cow::{HeaderState, LoadedStore};
-use crate::dm::{DevRef, StoreMode};
-use crate::kernel::aoe::VbladeSpec;
-use crate::kernel::lio::TargetSpec;
+use crate::dm::DevRef;
 use crate::kernel::loopdev;
 use crate::manifest::{Export, Manifest, Pc};
-use crate::units::ByteSize;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    CreateCow {
-        pc: String,
-        path: PathBuf,
-        size: ByteSize,
-        chunk: ByteSize,
-    },
-    /// Write the `.golden` record beside `cow`: it was made against `image_path`.
-    RecordGolden {
-        pc: String,
-        image: String,
-        image_path: PathBuf,
-        cow: PathBuf,
-    },
-    AttachImage {
-        image: String,
-        path: PathBuf,
-    },
-    AttachCow {
-        pc: String,
-        path: PathBuf,
-    },
-    /// A persistent snapshot of `image` with `cow`, over the loops they are on when it runs.
-    CreateSnapshot {
-        pc: String,
-        image: PathBuf,
-        cow: PathBuf,
-        mode: StoreMode,
-        chunk_sectors: u32,
-    },
-    /// The target as the manifest asks for it; only its device is filled in when it runs.
-    ExportIscsi {
-        pc: String,
-        spec: TargetSpec,
-    },
-    RecreateIscsi {
-        pc: String,
-        spec: TargetSpec,
-    },
-    /// The vblade as the manifest asks for it; only its device is filled in when it runs.
-    StartVblade {
-        pc: String,
-        address: String,
-        spec: VbladeSpec,
-    },
-    StopVblade {
-        pc: String,
-    },
-    UnexportIscsi {
-        target: String,
-    },
-    RemoveSnapshot {
-        name: String,
-    },
-    DetachLoop {
-        dev: PathBuf,
-        backing: PathBuf,
-    },
-    /// A reset stopped half way: give the PC a fresh snapshot, remove the old COW.
-    FinishReset {
-        pc: String,
-    },
-    /// A commit with --pause was killed with the PC's device suspended.
-    Resume {
-        pc: String,
-    },
-}
-
-impl Action {
-    /// The step's kind, for timings.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Action::CreateCow { .. } => "create COW",
-            Action::RecordGolden { .. } => "record golden",
-            Action::AttachImage { .. } => "attach image",
-            Action::AttachCow { .. } => "attach COW",
-            Action::CreateSnapshot { .. } => "create snapshot",
-            Action::ExportIscsi { .. } => "export iSCSI",
-            Action::RecreateIscsi { .. } => "recreate iSCSI",
-            Action::StartVblade { .. } => "start vblade",
-            Action::StopVblade { .. } => "stop vblade",
-            Action::UnexportIscsi { .. } => "unexport iSCSI",
-            Action::RemoveSnapshot { .. } => "remove snapshot",
-            Action::DetachLoop { .. } => "detach loop",
-            Action::FinishReset { .. } => "finish reset",
-            Action::Resume { .. } => "resume",
-        }
-    }
-
-    fn detach(l: &loopdev::LoopInfo) -> Action {
-        Action::DetachLoop {
-            dev: l.dev.clone(),
-            backing: l.backing.clone(),
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Action::CreateCow { pc, path, size, chunk } => write!(f, "create {pc}'s COW {} ({size} sparse, chunk {chunk})", path.display()),
-            Action::RecordGolden { pc, image, .. } => write!(f, "record that {pc}'s COW belongs to golden image {image}"),
-            Action::AttachImage { image, path } => write!(f, "attach golden image {image} ({}) read-only to a loop device", path.display()),
-            Action::AttachCow { pc, path } => write!(f, "attach {pc}'s COW {} to a loop device", path.display()),
-            Action::CreateSnapshot { pc, .. } => write!(f, "create dm snapshot {} for {pc}", dm_name(pc)),
-            Action::ExportIscsi { pc, spec } => write!(f, "export {pc} as iSCSI target {}", spec.iqn),
-            Action::RecreateIscsi { pc, spec } => write!(f, "re-create iSCSI target {} of {pc}: it differs from the manifest (drops its sessions)", spec.iqn),
-            Action::StartVblade { pc, address, .. } => write!(f, "start vblade {address} for {pc}"),
-            Action::StopVblade { pc } => write!(f, "stop {pc}'s vblade"),
-            Action::UnexportIscsi { target } => write!(f, "remove iSCSI target {target}"),
-            Action::RemoveSnapshot { name } => write!(f, "remove dm snapshot {name}"),
-            Action::DetachLoop { dev, backing } => write!(f, "detach {} ({})", dev.display(), backing.display()),
-            Action::FinishReset { pc } => write!(f, "finish the reset of {pc} that stopped half way (a fresh snapshot; its old COW goes)"),
-            Action::Resume { pc } => write!(f, "resume {}, left suspended by an image commit that did not finish", dm_name(pc)),
-        }
-    }
-}
 
 /// What `apply` would do now.
-pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
+pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Step>> {
     preflight(ctx)?;
     let mut actions = Vec::new();
     let mut images_attached: BTreeSet<String> = BTreeSet::new();
@@ -149,14 +27,14 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
         let name = dm_name(&pc.name);
         if obs.parked.contains_key(&name) {
             // Its exports are checked below like any other PC's (a paused one is re-made).
-            actions.push(Action::FinishReset {
+            actions.push(Step::FinishReset {
                 pc: pc.name.clone(),
             });
             export_actions(ctx, obs, pc, true, &mut actions)?;
             continue;
         }
         if !pc.cow.exists() {
-            actions.push(Action::CreateCow {
+            actions.push(Step::CreateCow {
                 pc: pc.name.clone(),
                 path: pc.cow.clone(),
                 size: pc.cow_size,
@@ -164,7 +42,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
             });
         }
         if !sidecar::sidecar_path(&pc.cow).exists() {
-            actions.push(Action::RecordGolden {
+            actions.push(Step::RecordGolden {
                 pc: pc.name.clone(),
                 image: image.name.clone(),
                 image_path: image.path.clone(),
@@ -173,25 +51,25 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
         }
         let image_loop = loopdev::find(&obs.loops, &image.path, true);
         if image_loop.is_none() && images_attached.insert(image.name.clone()) {
-            actions.push(Action::AttachImage {
+            actions.push(Step::AttachImage {
                 image: image.name.clone(),
                 path: image.path.clone(),
             });
         }
         let cow_loop = loopdev::find(&obs.loops, &pc.cow, false);
         if cow_loop.is_none() {
-            actions.push(Action::AttachCow {
+            actions.push(Step::AttachCow {
                 pc: pc.name.clone(),
                 path: pc.cow.clone(),
             });
         }
         if obs.suspended.contains(&name) {
-            actions.push(Action::Resume {
+            actions.push(Step::Resume {
                 pc: pc.name.clone(),
             });
         }
         match obs.dm.get(&name) {
-            None => actions.push(Action::CreateSnapshot {
+            None => actions.push(Step::CreateSnapshot {
                 pc: pc.name.clone(),
                 image: image.path.clone(),
                 cow: pc.cow.clone(),
@@ -226,7 +104,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Action>> {
         }
         let discard = super::reset::discard_path(&pc.cow);
         if let Some(l) = obs.loops.iter().find(|l| l.backing == discard) {
-            actions.push(Action::detach(l));
+            actions.push(Step::detach(l));
         }
     }
     // Devices of PCs no longer in the manifest are taken down (their COW files stay).
@@ -248,18 +126,18 @@ fn export_actions(
     obs: &Observed,
     pc: &Pc,
     device_up: bool,
-    actions: &mut Vec<Action>,
+    actions: &mut Vec<Step>,
 ) -> Result<()> {
     match &pc.export {
         Export::Iscsi { target, .. } => {
             let spec = super::spec::target_spec(ctx, pc, None)?;
             match obs.target(target.as_str()) {
-                None => actions.push(Action::ExportIscsi {
+                None => actions.push(Step::ExportIscsi {
                     pc: pc.name.clone(),
                     spec,
                 }),
                 Some(t) if device_up && t.matches_ignoring_device(&spec) => {}
-                Some(_) => actions.push(Action::RecreateIscsi {
+                Some(_) => actions.push(Step::RecreateIscsi {
                     pc: pc.name.clone(),
                     spec,
                 }),
@@ -267,7 +145,7 @@ fn export_actions(
         }
         Export::Aoe { .. } => {
             let spec = super::spec::vblade_spec(ctx, pc, None)?;
-            let start = Action::StartVblade {
+            let start = Step::StartVblade {
                 pc: pc.name.clone(),
                 address: pc.export.to_string(),
                 spec: spec.clone(),
@@ -275,7 +153,7 @@ fn export_actions(
             match obs.vblade(&pc.name) {
                 Some(v) if same_vblade(&spec.args(), &v.args) => {}
                 Some(_) => {
-                    actions.push(Action::StopVblade {
+                    actions.push(Step::StopVblade {
                         pc: pc.name.clone(),
                     });
                     actions.push(start);
@@ -302,8 +180,8 @@ fn same_vblade(wanted: &[String], running: &[String]) -> bool {
 /// loops that no snapshot uses any more.
 #[derive(Debug, Default)]
 pub struct Teardown {
-    pub pcs: Vec<Vec<Action>>,
-    pub images: Vec<Action>,
+    pub pcs: Vec<Vec<Step>>,
+    pub images: Vec<Step>,
 }
 
 impl Teardown {
@@ -316,7 +194,7 @@ impl Teardown {
         self.len() == 0
     }
 
-    pub fn flatten(self) -> Vec<Action> {
+    pub fn flatten(self) -> Vec<Step> {
         self.pcs.into_iter().flatten().chain(self.images).collect()
     }
 }
@@ -340,27 +218,27 @@ fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool)
                 .as_deref()
                 .is_some_and(|b| b.ends_with(&backstore))
             {
-                actions.push(Action::UnexportIscsi {
+                actions.push(Step::UnexportIscsi {
                     target: t.iqn.clone(),
                 });
             }
         }
         if obs.vblade(pc).is_some() {
-            actions.push(Action::StopVblade { pc: pc.clone() });
+            actions.push(Step::StopVblade { pc: pc.clone() });
         }
         if let Some(table) = obs.dm.get(&name) {
-            actions.push(Action::RemoveSnapshot { name: name.clone() });
+            actions.push(Step::RemoveSnapshot { name: name.clone() });
             removed.insert(name.clone());
             if let Some(l) = obs
                 .loops
                 .iter()
                 .find(|l| table.snapshot.cow.to_string() == l.number.to_string())
             {
-                actions.push(Action::detach(l));
+                actions.push(Step::detach(l));
             }
         } else if let Some(p) = ctx.manifest.pc(pc) {
             if let Some(l) = loopdev::find(&obs.loops, &p.cow, false) {
-                actions.push(Action::detach(l));
+                actions.push(Step::detach(l));
             }
         }
         if !actions.is_empty() {
@@ -389,7 +267,7 @@ fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool)
             && image.is_some_and(|i| ctx.manifest.pcs.iter().any(|p| p.image == i.name));
         let leftover = !keep_needed_images && image.is_some();
         if (was_origin || leftover) && !needed {
-            actions.push(Action::detach(l));
+            actions.push(Step::detach(l));
         }
     }
     Teardown {

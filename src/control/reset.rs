@@ -46,6 +46,30 @@ pub struct Reset {
     pub elapsed: Duration,
 }
 
+impl Reset {
+    /// A reset of an exported PC whose I/O was paused for `paused` of the time since `start`.
+    pub fn live(pc: &str, paused: Duration, start: Instant) -> Reset {
+        Reset {
+            pc: pc.to_string(),
+            live: true,
+            seconds: paused.as_secs_f64(),
+            total_seconds: start.elapsed().as_secs_f64(),
+            elapsed: paused,
+        }
+    }
+
+    /// A reset of a PC nobody was served: only its COW file, in `took`.
+    pub fn offline(pc: &str, took: Duration) -> Reset {
+        Reset {
+            pc: pc.to_string(),
+            live: false,
+            seconds: took.as_secs_f64(),
+            total_seconds: took.as_secs_f64(),
+            elapsed: took,
+        }
+    }
+}
+
 /// Where a live reset puts the old COW until its loop is detached.
 pub fn discard_path(cow: &Path) -> PathBuf {
     let mut p = cow.as_os_str().to_owned();
@@ -54,7 +78,7 @@ pub fn discard_path(cow: &Path) -> PathBuf {
 }
 
 /// The image version a reset moves a PC to, and the read-only loop that serves it.
-struct Onto {
+struct NextVersion {
     golden: Golden,
     /// None for a PC that is not applied (only its COW file is reset).
     origin: Option<LoopInfo>,
@@ -67,7 +91,7 @@ pub fn reset(ctx: &Ctx, obs: &Observed, pc: &Pc) -> Result<Reset> {
         .expect("one result per PC")
 }
 
-fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&Onto>) -> Result<Reset> {
+fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&NextVersion>) -> Result<Reset> {
     let start = Instant::now();
     let name = dm_name(&pc.name);
     // A reset that died half way is finished on the version it was on; the PC moves at
@@ -93,13 +117,7 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&Onto>) -> Result<
         }
         return reset_file(pc, onto.map(|o| &o.golden), ctx.kernel.loops.as_ref());
     };
-    Ok(Reset {
-        pc: pc.name.clone(),
-        live: true,
-        seconds: paused.as_secs_f64(),
-        total_seconds: start.elapsed().as_secs_f64(),
-        elapsed: paused,
-    })
+    Ok(Reset::live(&pc.name, paused, start))
 }
 
 /// Resets `pcs` (all observed in `obs` beforehand), up to [`super::SIDE_BY_SIDE`] at a time;
@@ -110,14 +128,14 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&Onto>) -> Result<
 /// any more are detached after.
 pub fn reset_many(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Result<Reset>> {
     let mut loops = obs.loops.clone();
-    let onto: Vec<Result<Option<Onto>>> = pcs
+    let onto: Vec<Result<Option<NextVersion>>> = pcs
         .iter()
         .map(|pc| {
             let Some((image, golden)) = crate::image::due(ctx.manifest, pc)? else {
                 return Ok(None);
             };
             if !obs.dm.contains_key(&dm_name(&pc.name)) {
-                return Ok(Some(Onto {
+                return Ok(Some(NextVersion {
                     golden,
                     origin: None,
                 }));
@@ -133,7 +151,7 @@ pub fn reset_many(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Result<Reset>> 
                     l
                 }
             };
-            Ok(Some(Onto {
+            Ok(Some(NextVersion {
                 golden,
                 origin: Some(origin),
             }))
@@ -185,13 +203,7 @@ fn names_loop(d: &DevRef, l: &LoopInfo) -> bool {
 pub fn reset_file(pc: &Pc, onto: Option<&Golden>, loops: &dyn Loops) -> Result<Reset> {
     let r = crate::cowfile::reset(&pc.cow, loops)?;
     super::sidecar::note_reset(&pc.cow, onto)?;
-    Ok(Reset {
-        pc: pc.name.clone(),
-        live: false,
-        seconds: r.seconds,
-        total_seconds: r.seconds,
-        elapsed: r.elapsed,
-    })
+    Ok(Reset::offline(&pc.name, r.elapsed))
 }
 
 /// Returns how long the PC's I/O was paused.
@@ -200,7 +212,7 @@ fn live_reset(
     obs: &Observed,
     pc: &Pc,
     name: &str,
-    onto: Option<&Onto>,
+    onto: Option<&NextVersion>,
 ) -> Result<Duration> {
     let k = ctx.kernel;
     let lio = Lio {
@@ -300,7 +312,7 @@ fn swap(
     table: &TableLine,
     discard: &Path,
     size: u64,
-    onto: Option<&Onto>,
+    onto: Option<&NextVersion>,
 ) -> Result<()> {
     let k = ctx.kernel;
     let old_table = Target::snapshot(table);

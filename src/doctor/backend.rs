@@ -1,16 +1,16 @@
 //! Which backend will serve and why, and whether the kernel has what the kernel backend
 //! uses: device-mapper's snapshot target, loop devices, LIO over configfs, vblade.
-//! The choice is `control::backend::resolve`'s, predicted without loading anything: the
+//! The choice is `control::choose::choose`'s, predicted without loading anything: the
 //! kernel when /dev/mapper/control exists or dm_snapshot can be loaded (resolve loads it).
 
 use super::modules::{self, Module};
 use super::{Area, Check, Host};
-use crate::control::backend::Resolved;
+use crate::control::choose::BackendKind;
 use crate::manifest::{Backend, Export, Manifest};
 
 /// The predicted backend and the sentence that says why.
 pub struct Resolution {
-    pub backend: Resolved,
+    pub backend: BackendKind,
     pub why: String,
 }
 
@@ -34,19 +34,19 @@ pub fn resolve(m: &Manifest, host: &Host) -> Resolution {
     let (dm, seen) = device_mapper(host);
     let (backend, why) = match m.backend {
         Backend::Kernel => (
-            Resolved::Kernel,
+            BackendKind::Kernel,
             format!("the manifest says backend: kernel; {seen}"),
         ),
         Backend::Userspace => (
-            Resolved::Userspace,
+            BackendKind::Userspace,
             "the manifest says backend: userspace".to_string(),
         ),
         Backend::Auto if dm => (
-            Resolved::Kernel,
+            BackendKind::Kernel,
             format!("backend: auto and device-mapper is there: {seen}"),
         ),
         Backend::Auto => (
-            Resolved::Userspace,
+            BackendKind::Userspace,
             format!("backend: auto and there is no device-mapper: {seen}"),
         ),
     };
@@ -58,21 +58,21 @@ pub fn checks(m: &Manifest, host: &Host) -> Vec<Check> {
     let r = resolve(m, host);
     let (dm, _) = device_mapper(host);
     let mut out = vec![match (r.backend, dm) {
-        (Resolved::Userspace, _) => Check::ok(
+        (BackendKind::Userspace, _) => Check::ok(
             Area::Backend,
             format!("cowctl serve's userspace engine will serve: {}", r.why),
         ),
-        (Resolved::Kernel, true) => Check::ok(
+        (BackendKind::Kernel, true) => Check::ok(
             Area::Backend,
             format!("the kernel (loop + dm-snapshot) will serve: {}", r.why),
         ),
-        (Resolved::Kernel, false) => Check::fail(
+        (BackendKind::Kernel, false) => Check::fail(
             Area::Backend,
             format!("the kernel cannot serve: {}", r.why),
             "install the running kernel's modules and run modprobe dm_snapshot, or set backend: auto to serve with the userspace engine",
         ),
     }];
-    if r.backend == Resolved::Kernel {
+    if r.backend == BackendKind::Kernel {
         out.push(snapshot_target(host));
         out.push(loop_devices(host));
         if m.pcs

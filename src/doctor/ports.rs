@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use super::{Area, Check, Host};
-use crate::control::backend::Resolved;
+use crate::control::choose::BackendKind;
 use crate::manifest::{Export, Manifest};
 
 /// A TCP socket in the LISTEN state.
@@ -135,7 +135,7 @@ pub fn holder(proc: &Path, inode: u64) -> Option<Process> {
 }
 
 /// What the manifest listens on, with the field that says so.
-pub fn wanted(m: &Manifest, backend: Resolved) -> Vec<(String, SocketAddr)> {
+pub fn wanted(m: &Manifest, backend: BackendKind) -> Vec<(String, SocketAddr)> {
     let mut out = Vec::new();
     if let Some(iscsi) = &m.iscsi {
         if m.pcs
@@ -150,7 +150,7 @@ pub fn wanted(m: &Manifest, backend: Resolved) -> Vec<(String, SocketAddr)> {
             );
         }
     }
-    if backend == Resolved::Userspace {
+    if backend == BackendKind::Userspace {
         out.push(("nbd.listen".into(), m.nbd.listen));
     }
     if let Some(http) = &m.http {
@@ -161,7 +161,7 @@ pub fn wanted(m: &Manifest, backend: Resolved) -> Vec<(String, SocketAddr)> {
 }
 
 /// One line per address the manifest listens on.
-pub fn checks(m: &Manifest, host: &Host, backend: Resolved) -> Vec<Check> {
+pub fn checks(m: &Manifest, host: &Host, backend: BackendKind) -> Vec<Check> {
     let held = listeners(&host.proc);
     wanted(m, backend)
         .into_iter()
@@ -177,7 +177,13 @@ pub fn checks(m: &Manifest, host: &Host, backend: Resolved) -> Vec<Check> {
         .collect()
 }
 
-fn held_by(host: &Host, backend: Resolved, field: &str, addr: SocketAddr, l: &Listener) -> Check {
+fn held_by(
+    host: &Host,
+    backend: BackendKind,
+    field: &str,
+    addr: SocketAddr,
+    l: &Listener,
+) -> Check {
     let at = if l.addr == addr {
         format!("{field} {addr}")
     } else {
@@ -185,7 +191,7 @@ fn held_by(host: &Host, backend: Resolved, field: &str, addr: SocketAddr, l: &Li
     };
     let change = format!("or give {field} another address in the manifest");
     if l.inode == 0 {
-        return if backend == Resolved::Kernel && field == "iscsi.portals" {
+        return if backend == BackendKind::Kernel && field == "iscsi.portals" {
             Check::ok(
                 Area::Port,
                 format!("{at} is held by the kernel: LIO's portal"),
@@ -329,7 +335,7 @@ mod tests {
              iscsi:\n  iqn_prefix: iqn.2024-01.lan.t\n  portals: [\"127.0.0.1:3260\"]\n  acl: open\n\
              http:\n  listen: 10.0.0.1:8080\n  admin_listen: 127.0.0.1:8081\npcs:\n  - name: a\n    export: iscsi\n",
         );
-        let c = checks(&m, &h, Resolved::Userspace);
+        let c = checks(&m, &h, BackendKind::Userspace);
         let says: Vec<String> = c.iter().map(|c| c.to_string()).collect();
         assert_eq!(c.len(), 4, "{says:#?}");
         assert_eq!(
@@ -356,7 +362,7 @@ mod tests {
             "{}",
             says[3]
         );
-        let c = checks(&m, &h, Resolved::Kernel);
+        let c = checks(&m, &h, BackendKind::Kernel);
         assert_eq!(
             c[0].status,
             Status::Ok,
@@ -366,7 +372,7 @@ mod tests {
         assert_eq!(c.len(), 3, "no NBD on the kernel backend");
         std::fs::write(h.proc.join("net/tcp"), HEADER).unwrap();
         std::fs::write(h.proc.join("net/tcp6"), HEADER).unwrap();
-        let c = checks(&m, &h, Resolved::Userspace);
+        let c = checks(&m, &h, BackendKind::Userspace);
         assert!(
             c.iter()
                 .all(|c| c.status == Status::Ok && c.says.ends_with("is free")),

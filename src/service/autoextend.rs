@@ -1,12 +1,12 @@
 //! Auto-extend: when a PC's COW passes its manifest threshold, grow it by the step (never
-//! past the maximum) while it is served, as LVM's snapshot autoextend does. `due` decides,
+//! past the maximum) while it is served, as LVM's snapshot autoextend does. `to_grow` decides,
 //! `watch` polls a backend and applies it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::feed::Monitor;
-use super::fleet::Fleet;
+use super::live_room::LiveRoom;
 use crate::control::status::{PcState, PcStatus};
 use crate::manifest::Manifest;
 use crate::units::human;
@@ -38,7 +38,7 @@ impl std::fmt::Display for Growth {
 }
 
 /// The COWs to grow now: active, at or over their threshold, below their maximum.
-pub fn due(m: &Manifest, rows: &[PcStatus]) -> Vec<Growth> {
+pub fn to_grow(m: &Manifest, rows: &[PcStatus]) -> Vec<Growth> {
     rows.iter()
         .filter(|r| r.state == PcState::Active)
         .filter_map(|r| {
@@ -61,14 +61,14 @@ pub fn due(m: &Manifest, rows: &[PcStatus]) -> Vec<Growth> {
 }
 
 /// Grows what is due once; returns what was grown.
-pub fn check(fleet: &dyn Fleet) -> Vec<Growth> {
-    let m = fleet.manifest();
+pub fn check(room: &dyn LiveRoom) -> Vec<Growth> {
+    let m = room.manifest();
     if m.pcs.iter().all(|p| p.autoextend.is_none()) {
         return Vec::new();
     }
     let mut done = Vec::new();
-    for g in due(&m, &fleet.status()) {
-        match fleet.grow(&g.pc, g.to) {
+    for g in to_grow(&m, &room.status()) {
+        match room.grow(&g.pc, g.to) {
             Ok(()) => {
                 tracing::info!(pc = %g.pc, "{g}");
                 done.push(g);
@@ -84,7 +84,7 @@ pub const EVENTS_EVERY: u32 = 5;
 
 /// Checks every `INTERVAL`, for as long as the process runs; every `EVENTS_EVERY` checks, logs
 /// what changed in the room; every `history::interval()`, samples each PC's fill.
-pub fn watch(fleet: Arc<dyn Fleet>, monitor: Arc<Monitor>) {
+pub fn watch(room: Arc<dyn LiveRoom>, monitor: Arc<Monitor>) {
     let mut events = super::events::Events::default();
     let sample_every = super::history::interval();
     let start = Instant::now();
@@ -94,20 +94,20 @@ pub fn watch(fleet: Arc<dyn Fleet>, monitor: Arc<Monitor>) {
     loop {
         let now = Instant::now();
         if now >= next_check {
-            for g in check(fleet.as_ref()) {
+            for g in check(room.as_ref()) {
                 monitor.feed.keep(&growth_event(&g), None);
             }
             next_check = now + INTERVAL;
         }
         if now >= next_events {
-            let m = fleet.manifest();
-            let changes = events.changes(&fleet.status(), m.warn_percent, fleet.dnsmasq_up());
+            let m = room.manifest();
+            let changes = events.changes(&room.status(), m.warn_percent, room.dnsmasq_up());
             monitor.feed.push(&changes, looked);
             looked = monitor.feed.newest();
             next_events = now + INTERVAL * EVENTS_EVERY;
         }
         if now >= next_sample {
-            monitor.history.record(&fleet.status(), super::feed::now());
+            monitor.history.record(&room.status(), super::feed::now());
             next_sample = now + sample_every;
         }
         let wake = next_check.min(next_events).min(next_sample);

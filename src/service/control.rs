@@ -48,7 +48,7 @@ pub struct Response {
     pub error: Option<String>,
     /// Steps planned or done, in order.
     #[serde(default)]
-    pub steps: Vec<String>,
+    pub steps: Vec<crate::control::step::Step>,
     #[serde(default)]
     pub status: Vec<PcStatus>,
     #[serde(default)]

@@ -9,11 +9,11 @@ pub mod control;
 pub mod events;
 pub mod exports;
 pub mod feed;
-pub mod fleet;
 pub mod history;
 pub mod iscsi;
 pub mod limits;
 pub mod listen;
+pub mod live_room;
 pub mod plan;
 pub mod run;
 
@@ -28,11 +28,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::control::apply::run_steps;
 use crate::control::reset::{discard_path, Reset};
 use crate::control::status::{self, PcState, PcStatus};
+use crate::control::step::{Fingerprints, Step};
 use crate::control::{plan as kplan, sidecar};
 use crate::engine::{CommitMode, EngineOptions, SnapshotState};
 use crate::manifest::{Manifest, Pc};
 use exports::{Registry, Served, Slot};
-use plan::{ServedPc, Step};
+use plan::ServedPc;
 
 pub struct Service {
     registry: Arc<Registry>,
@@ -130,7 +131,7 @@ impl Service {
     }
 
     /// Makes the service serve `manifest`; returns the steps taken.
-    pub fn apply(&self, manifest: Manifest) -> Result<Vec<String>> {
+    pub fn apply(&self, manifest: Manifest) -> Result<Vec<Step>> {
         let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         let steps = self.plan(&manifest)?;
         // The targets' ACLs and secrets first: a PC served by the steps below is reachable
@@ -142,7 +143,7 @@ impl Service {
         self.nbd_limits.set_pc_addresses(pcs);
         let mut done = Vec::new();
         let result = run_steps(&steps, |s| self.step(&manifest, s), &mut |_, s| {
-            done.push(s.to_string())
+            done.push(s.clone())
         });
         // Status and later resets follow the new manifest even after a partial apply.
         *self.manifest.lock().unwrap_or_else(|p| p.into_inner()) = manifest;
@@ -155,12 +156,8 @@ impl Service {
                 .ok_or_else(|| anyhow!("{name} is not in the manifest"))
         };
         match step {
-            Step::CreateCow {
-                path, size, chunk, ..
-            } => crate::cowfile::create(path, *size, *chunk).map(drop),
-            Step::RecordGolden { pc: name, .. } => {
-                let p = pc(name)?;
-                sidecar::write(&p.cow, &crate::image::golden_for(&m.images[&p.image].path)?)
+            Step::CreateCow { .. } | Step::RecordGolden { .. } => {
+                step.run_on_files(&mut Fingerprints::new())
             }
             Step::Serve { pc: name, .. } => {
                 let served = open(m, pc(name)?)?;
@@ -180,7 +177,8 @@ impl Service {
                 })
                 .map(drop)
             }
-            Step::Stop { pc: name } => self.stop(name),
+            Step::StopServing { pc: name } => self.stop(name),
+            kernel => bail!("the service cannot {kernel}: it is the kernel backend's step"),
         }
     }
 
@@ -275,13 +273,7 @@ impl Service {
             .with_context(|| format!("resetting {}", pc.name))?;
         self.moved(&pc.name, due.as_ref());
         crate::control::reset::remove_discard(&discard)?;
-        Ok(Reset {
-            pc: pc.name.clone(),
-            live: true,
-            seconds: paused.as_secs_f64(),
-            total_seconds: start.elapsed().as_secs_f64(),
-            elapsed: paused,
-        })
+        Ok(Reset::live(&pc.name, paused, start))
     }
 
     /// Status and later resets see the image version a reset moved `pc` to.
@@ -337,7 +329,7 @@ impl Service {
 
     /// Stops serving these PCs (all when none are named). Returns the steps and whether
     /// nothing is served any more.
-    pub fn down(&self, names: &[String]) -> Result<(Vec<String>, bool)> {
+    pub fn down(&self, names: &[String]) -> Result<(Vec<Step>, bool)> {
         let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         let m = self.manifest();
         let served = self.served();
@@ -350,21 +342,24 @@ impl Service {
                 .filter(|n| served.contains_key(n))
                 .collect()
         };
-        let steps: Vec<Step> = targets.into_iter().map(|pc| Step::Stop { pc }).collect();
+        let steps: Vec<Step> = targets
+            .into_iter()
+            .map(|pc| Step::StopServing { pc })
+            .collect();
         let mut done = Vec::new();
         run_steps(
             &steps,
             |s| match s {
-                Step::Stop { pc } => self.stop(pc),
+                Step::StopServing { pc } => self.stop(pc),
                 _ => Ok(()),
             },
-            &mut |_, s| done.push(s.to_string()),
+            &mut |_, s| done.push(s.clone()),
         )?;
         Ok((done, self.served().is_empty()))
     }
 }
 
-impl fleet::Fleet for Service {
+impl live_room::LiveRoom for Service {
     fn manifest(&self) -> Manifest {
         Service::manifest(self)
     }

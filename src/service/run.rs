@@ -13,7 +13,7 @@ use super::autoextend;
 use super::control::{self, Request, Response};
 use super::exports::Registry;
 use super::feed::Monitor;
-use super::fleet::{Fleet, KernelFleet};
+use super::live_room::{KernelRoom, LiveRoom};
 use super::{listen, nbd_socket, Service};
 use crate::manifest::{HttpConfig, Manifest};
 
@@ -30,8 +30,8 @@ pub struct Options {
     pub http: StartHttp,
 }
 
-/// Starts the HTTP service over the fleet and the event feed; returns where it listens.
-pub type StartHttp = fn(HttpConfig, Arc<dyn Fleet>, Arc<Monitor>) -> Result<Vec<SocketAddr>>;
+/// Starts the HTTP service over the room and the event feed; returns where it listens.
+pub type StartHttp = fn(HttpConfig, Arc<dyn LiveRoom>, Arc<Monitor>) -> Result<Vec<SocketAddr>>;
 
 pub fn run(opts: &Options) -> Result<()> {
     let manifest = crate::image::load_manifest(&opts.manifest)?;
@@ -125,16 +125,16 @@ pub fn run(opts: &Options) -> Result<()> {
 /// The HTTP service (when the manifest has an `http` section) and the auto-extend watcher.
 fn start_http_and_autoextend(
     manifest: &Manifest,
-    fleet: Arc<dyn Fleet>,
+    room: Arc<dyn LiveRoom>,
     start_http: StartHttp,
 ) -> Result<()> {
     let monitor = Arc::new(Monitor::default());
     if let Some(http) = &manifest.http {
-        let bound = start_http(http.clone(), fleet.clone(), monitor.clone())?;
+        let bound = start_http(http.clone(), room.clone(), monitor.clone())?;
         let names: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
         tracing::info!("HTTP on {}", names.join(" and "));
     }
-    std::thread::spawn(move || autoextend::watch(fleet, monitor));
+    std::thread::spawn(move || autoextend::watch(room, monitor));
     Ok(())
 }
 
@@ -148,8 +148,8 @@ fn run_kernel(opts: &Options, manifest: Manifest) -> Result<()> {
     signals.thread_block()?;
     let run_dir = opts.run_dir.clone();
     let kernel = Box::new(move || crate::kernel::Kernel::real(&run_dir));
-    let fleet = Arc::new(KernelFleet::new(manifest.clone(), &opts.run_dir, kernel));
-    start_http_and_autoextend(&manifest, fleet, opts.http)?;
+    let room = Arc::new(KernelRoom::new(manifest.clone(), &opts.run_dir, kernel));
+    start_http_and_autoextend(&manifest, room, opts.http)?;
     tracing::info!(
         "watching the kernel's snapshots of {}",
         opts.manifest.display()
@@ -187,11 +187,7 @@ fn handle_control(service: &Service, conn: &UnixStream, sockets: &[PathBuf]) {
 fn answer(service: &Service, req: Request, exit: &mut bool) -> Result<Response> {
     Ok(match req {
         Request::Plan { manifest } => Response {
-            steps: service
-                .plan(&crate::image::load_manifest(&manifest)?)?
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            steps: service.plan(&crate::image::load_manifest(&manifest)?)?,
             ..Response::default()
         },
         Request::Apply { manifest } => {

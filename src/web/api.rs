@@ -35,15 +35,15 @@ fn no_pc(name: &str) -> ApiError {
 }
 
 pub async fn list(State(app): State<App>) -> Result<Response, ApiError> {
-    let fleet = app.fleet.clone();
-    let rows = blocking(move || fleet.status()).await?;
+    let room = app.room.clone();
+    let rows = blocking(move || room.status()).await?;
     Ok(Json(rows).into_response())
 }
 
 pub async fn one(State(app): State<App>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let fleet = app.fleet.clone();
+    let room = app.room.clone();
     let n = name.clone();
-    let row = blocking(move || fleet.status_of(&n)).await?;
+    let row = blocking(move || room.status_of(&n)).await?;
     row.map(|r| Json(r).into_response())
         .ok_or_else(|| no_pc(&name))
 }
@@ -56,8 +56,8 @@ pub async fn reset(
 ) -> Result<Response, ApiError> {
     let forbidden = |m: String| ApiError(Refusal::new(StatusCode::FORBIDDEN, m));
     let admin = token(&headers, app.cfg.token_file.as_deref())? == Token::Admin;
-    let fleet = app.fleet.clone();
-    let m = blocking(move || fleet.manifest()).await?;
+    let room = app.room.clone();
+    let m = blocking(move || room.manifest()).await?;
     if admin && !app.admin {
         return Err(forbidden(
             "admin requests go to the admin address (http.admin_listen)".into(),
@@ -94,9 +94,9 @@ pub async fn reset(
         }
         Some(_) => {}
     }
-    let fleet = app.fleet.clone();
+    let room = app.room.clone();
     let n = name.clone();
-    let done = blocking(move || fleet.reset(&n)).await?;
+    let done = blocking(move || room.reset(&n)).await?;
     match done {
         Ok(r) => {
             app.monitor.feed.reset(
@@ -130,8 +130,8 @@ pub async fn wake(
             "waking a PC needs the admin bearer token (Authorization: Bearer <token>)",
         )));
     }
-    let fleet = app.fleet.clone();
-    let m = blocking(move || fleet.manifest()).await?;
+    let room = app.room.clone();
+    let m = blocking(move || room.manifest()).await?;
     let Some(pc) = m.pc(&name).cloned() else {
         return Err(no_pc(&name));
     };

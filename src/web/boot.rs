@@ -147,8 +147,8 @@ pub async fn boot(
                 .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("mac: {e}")))
         })
         .transpose()?;
-    let fleet = app.fleet.clone();
-    let m = blocking(move || fleet.manifest()).await?;
+    let room = app.room.clone();
+    let m = blocking(move || room.manifest()).await?;
     let ip = peer.ip();
     let unknown = || Refusal::new(StatusCode::FORBIDDEN, "unknown client");
     // The script carries the PC's secret: it goes to the PC's own address only.
@@ -158,7 +158,7 @@ pub async fn boot(
             return Err(unknown());
         }
     }
-    if !app.fleet.sanboot(pc) {
+    if !app.room.sanboot(pc) {
         let e = BootError::Nbd {
             pc: pc.name.clone(),
         };
@@ -196,8 +196,8 @@ pub async fn boot(
             ),
         ));
     }
-    let (fleet, name) = (app.fleet.clone(), pc.name.clone());
-    match blocking(move || fleet.reset(&name)).await? {
+    let (room, name) = (app.room.clone(), pc.name.clone());
+    match blocking(move || room.reset(&name)).await? {
         Ok(r) => app.monitor.feed.reset(
             &pc.name,
             "boot",

@@ -13,11 +13,11 @@ use crate::control::status::PcStatus;
 
 pub async fn cow(State(app): State<App>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
     let ip = peer.ip();
-    let fleet = app.fleet.clone();
+    let room = app.room.clone();
     let row = blocking(move || {
-        let m = fleet.manifest();
+        let m = room.manifest();
         let name = pc_at(&m, ip)?.name.clone();
-        Some(fleet.status_of(&name))
+        Some(room.status_of(&name))
     })
     .await;
     let (status, body) = match row {

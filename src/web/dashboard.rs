@@ -13,9 +13,9 @@ const CSS: &str = include_str!("dashboard/page.css");
 const JS: &str = include_str!("dashboard/page.js");
 
 pub async fn page(State(app): State<App>) -> Result<Response, Refusal> {
-    let fleet = app.fleet.clone();
+    let room = app.room.clone();
     let remote = app.cfg.admin_is_remote();
-    let (rows, warn) = blocking(move || (fleet.status(), fleet.manifest().warn_percent)).await?;
+    let (rows, warn) = blocking(move || (room.status(), room.manifest().warn_percent)).await?;
     // Reachable from other machines, the page carries no rows: it loads them with the
     // token the admin types in.
     let data = if remote {

@@ -31,8 +31,8 @@ pub async fn identity(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    let fleet = app.fleet.clone();
-    let m = blocking(move || fleet.manifest()).await?;
+    let room = app.room.clone();
+    let m = blocking(move || room.manifest()).await?;
     let pc = pc_at(&m, peer.ip())
         .ok_or_else(|| Refusal::new(StatusCode::FORBIDDEN, "unknown client"))?;
     let values = of(pc);

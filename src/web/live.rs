@@ -31,8 +31,8 @@ pub async fn history(
 ) -> Result<Response, ApiError> {
     let pc = q.get("pc").cloned();
     if let Some(name) = &pc {
-        let fleet = app.fleet.clone();
-        if blocking(move || fleet.manifest()).await?.pc(name).is_none() {
+        let room = app.room.clone();
+        if blocking(move || room.manifest()).await?.pc(name).is_none() {
             return Err(ApiError::from(Refusal::new(
                 StatusCode::NOT_FOUND,
                 format!("no PC named {name:?} in the manifest"),

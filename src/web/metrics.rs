@@ -37,13 +37,13 @@ pub struct Room {
 }
 
 pub async fn metrics(State(app): State<App>) -> Result<Response, Refusal> {
-    let fleet = app.fleet.clone();
+    let live = app.room.clone();
     let (rows, room) = blocking(move || {
         let room = Room {
-            warn_percent: fleet.manifest().warn_percent,
-            dnsmasq_up: fleet.dnsmasq_up(),
+            warn_percent: live.manifest().warn_percent,
+            dnsmasq_up: live.dnsmasq_up(),
         };
-        (fleet.status(), room)
+        (live.status(), room)
     })
     .await?;
     let body = render(&rows, &room)

@@ -26,13 +26,13 @@ use axum::Router;
 use crate::logtext::Escaped;
 use crate::manifest::HttpConfig;
 use crate::service::feed::Monitor;
-use crate::service::fleet::Fleet;
+use crate::service::live_room::LiveRoom;
 pub use boot::{script as boot_script, BootError};
 pub use who::Peer;
 
 #[derive(Clone)]
 struct App {
-    fleet: Arc<dyn Fleet>,
+    room: Arc<dyn LiveRoom>,
     cfg: HttpConfig,
     /// This listener serves admins (the dashboard, API, metrics, token resets).
     admin: bool,
@@ -255,7 +255,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// thread of their own; returns the bound addresses, PC-facing first.
 pub fn spawn(
     cfg: HttpConfig,
-    fleet: Arc<dyn Fleet>,
+    room: Arc<dyn LiveRoom>,
     monitor: Arc<Monitor>,
 ) -> Result<Vec<SocketAddr>> {
     let mut listeners = Vec::new();
@@ -289,7 +289,7 @@ pub fn spawn(
             let mut tasks = Vec::new();
             for (l, admin) in listeners {
                 let app = App {
-                    fleet: fleet.clone(),
+                    room: room.clone(),
                     cfg: cfg.clone(),
                     admin,
                     nonces: nonces.clone(),

@@ -6,19 +6,19 @@ use std::path::Path;
 use crate::manifest::{Backend, Manifest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolved {
+pub enum BackendKind {
     Kernel,
     Userspace,
 }
 
 /// `backend: auto` (the default) picks the kernel when it has device-mapper: its control
 /// node exists, or appears once `dm-snapshot` is loaded.
-pub fn resolve(m: &Manifest) -> Resolved {
+pub fn choose(m: &Manifest) -> BackendKind {
     match m.backend {
-        Backend::Kernel => Resolved::Kernel,
-        Backend::Userspace => Resolved::Userspace,
-        Backend::Auto if kernel_has_dm() => Resolved::Kernel,
-        Backend::Auto => Resolved::Userspace,
+        Backend::Kernel => BackendKind::Kernel,
+        Backend::Userspace => BackendKind::Userspace,
+        Backend::Auto if kernel_has_dm() => BackendKind::Kernel,
+        Backend::Auto => BackendKind::Userspace,
     }
 }
 

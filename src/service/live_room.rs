@@ -1,5 +1,5 @@
 //! What the HTTP service and auto-extend need from a backend: the manifest, status, reset
-//! and growing a COW. `Service` (the engine) and `KernelFleet` (dm-snapshot) provide it.
+//! and growing a COW. `Service` (the engine) and `KernelRoom` (dm-snapshot) provide it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -12,7 +12,7 @@ use crate::control::{dm_name, lock, observe::Observed, Ctx};
 use crate::kernel::{loopdev, Kernel};
 use crate::manifest::{Manifest, Pc};
 
-pub trait Fleet: Send + Sync {
+pub trait LiveRoom: Send + Sync {
     fn manifest(&self) -> Manifest;
     fn status(&self) -> Vec<PcStatus>;
     /// One PC's status; None when the manifest has no such PC.
@@ -31,20 +31,20 @@ pub trait Fleet: Send + Sync {
 
 /// The kernel backend as seen by `cowctl serve`: every answer is read from the kernel
 /// again; the manifest file is re-read so edits show without a restart.
-pub struct KernelFleet {
+pub struct KernelRoom {
     path: PathBuf,
     run_dir: PathBuf,
     kernel: Box<dyn Fn() -> Kernel + Send + Sync>,
     last_good: Mutex<Manifest>,
 }
 
-impl KernelFleet {
+impl KernelRoom {
     pub fn new(
         manifest: Manifest,
         run_dir: &Path,
         kernel: Box<dyn Fn() -> Kernel + Send + Sync>,
-    ) -> KernelFleet {
-        KernelFleet {
+    ) -> KernelRoom {
+        KernelRoom {
             path: manifest.path.clone(),
             run_dir: run_dir.to_path_buf(),
             kernel,
@@ -63,7 +63,7 @@ impl KernelFleet {
     }
 }
 
-impl Fleet for KernelFleet {
+impl LiveRoom for KernelRoom {
     /// The manifest file as it is now; while it does not load, the last one that did.
     fn manifest(&self) -> Manifest {
         let mut last = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
