@@ -26,6 +26,7 @@ pub mod manifest;
 pub mod nbd;
 pub mod netaddr;
 pub mod pxe;
+pub mod reflink;
 pub mod rundir;
 pub mod secrets;
 pub mod service;

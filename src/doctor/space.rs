@@ -4,10 +4,7 @@
 //! made there and removed).
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{Area, Check};
@@ -21,28 +18,13 @@ pub struct Fs {
     pub free: u64,
 }
 
-fn fs_name(magic: i64) -> String {
-    match magic {
-        0xEF53 => "ext4".into(),
-        0x5846_5342 => "xfs".into(),
-        0x9123_683E => "btrfs".into(),
-        0x0102_1994 => "tmpfs".into(),
-        0x2FC1_2FC1 => "zfs".into(),
-        0x6969 => "nfs".into(),
-        0x794C_7630 => "overlayfs".into(),
-        0xF2F5_2010 => "f2fs".into(),
-        0x6573_5546 => "fuse".into(),
-        m => format!("file system 0x{m:x}"),
-    }
-}
-
 pub fn statfs(dir: &Path) -> std::io::Result<Fs> {
     let s = nix::sys::statfs::statfs(dir).map_err(std::io::Error::from)?;
     let v = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
     #[allow(clippy::useless_conversion)]
     let magic = i64::from(s.filesystem_type().0);
     Ok(Fs {
-        kind: fs_name(magic),
+        kind: crate::reflink::fs::FsKind::from_magic(magic).to_string(),
         free: v.blocks_available() * v.fragment_size(),
     })
 }
@@ -59,36 +41,15 @@ pub enum Reflink {
 
 /// Tries FICLONE between two files made in `dir` (both removed before it returns).
 pub fn reflink(dir: &Path) -> Reflink {
-    let name = |s: &str| dir.join(format!(".cowctl-doctor-{}-{s}", std::process::id()));
-    let (src_path, dst_path) = (name("src"), name("dst"));
-    let open = |p: &Path| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(p)
-    };
-    let src = match open(&src_path) {
-        Ok(f) => f,
-        Err(e) => return Reflink::Unknown(format!("cannot make a file there: {e}")),
-    };
-    let result = (|| {
-        let mut src = src;
-        src.write_all(&[0x5a; 4096])?;
-        let dst = open(&dst_path)?;
-        // SAFETY: FICLONE takes the source descriptor as its argument; both are open.
-        let r = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
-        Ok::<_, std::io::Error>(if r == 0 {
-            Reflink::Yes
-        } else {
-            Reflink::No(std::io::Error::last_os_error().to_string())
-        })
-    })();
-    let _ = std::fs::remove_file(&src_path);
-    let _ = std::fs::remove_file(&dst_path);
-    result.unwrap_or_else(|e| Reflink::Unknown(format!("cannot make a file there: {e}")))
+    use crate::reflink::ReflinkError;
+    match crate::reflink::clone::probe(dir) {
+        Ok(()) => Reflink::Yes,
+        Err(e @ ReflinkError::CannotClone { .. }) => Reflink::No(e.to_string()),
+        Err(ReflinkError::Clone { source, .. }) => {
+            Reflink::Unknown(format!("cannot make a file there: {source}"))
+        }
+        Err(e) => Reflink::Unknown(e.to_string()),
+    }
 }
 
 /// The directory itself when it exists, else None.
@@ -306,6 +267,5 @@ mod tests {
             Reflink::Unknown(_)
         ));
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
-        assert_eq!(fs_name(0x9123_683E), "btrfs");
     }
 }

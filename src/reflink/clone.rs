@@ -1,0 +1,148 @@
+//! Clones made durable: FICLONE into a new temporary file, fsync, then a rename that never
+//! replaces a file, so a crash leaves either no clone or a whole one.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::{fs, ReflinkError};
+use crate::durable;
+
+/// The name a clone is made under before it is renamed into place; one left by a crash is
+/// cowctl's own and is removed by the next clone to the same place.
+pub fn partial_path(clone: &Path) -> PathBuf {
+    let mut p = clone.as_os_str().to_owned();
+    p.push(".cloning");
+    PathBuf::from(p)
+}
+
+/// Makes `clone` a copy of `source` that shares all its blocks, in a time that does not grow
+/// with the file's size. Refuses when `clone` exists, when the two would be on different
+/// file systems and when the file system cannot clone. The new file is 0600 (a PC's disk).
+pub fn clone_new(source: &Path, clone: &Path) -> Result<(), ReflinkError> {
+    if clone.symlink_metadata().is_ok() {
+        return Err(ReflinkError::Exists {
+            clone: clone.to_path_buf(),
+        });
+    }
+    let dir = parent(clone);
+    let (from, to) = (fs::of(source)?, fs::of(dir)?);
+    if from.dev != to.dev {
+        return Err(ReflinkError::NotOneFileSystem {
+            source_file: source.to_path_buf(),
+            clone: clone.to_path_buf(),
+            source_mount: from.mount,
+            clone_mount: to.mount,
+        });
+    }
+    let partial = partial_path(clone);
+    let result = clone_into(source, &partial).and_then(|()| {
+        durable::rename_new(&partial, clone).map_err(|source| ReflinkError::Clone {
+            source_file: partial.clone(),
+            clone: clone.to_path_buf(),
+            source,
+        })
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    match result {
+        Err(ReflinkError::Clone { source: e, .. }) if refused_by_fs(&e) => {
+            Err(ReflinkError::CannotClone {
+                path: dir.to_path_buf(),
+                kind: to.kind,
+                mount: to.mount,
+            })
+        }
+        other => other,
+    }
+}
+
+/// FICLONE of `source` into a new file at `partial`, synced.
+fn clone_into(source: &Path, partial: &Path) -> Result<(), ReflinkError> {
+    let err = |source_err: std::io::Error| ReflinkError::Clone {
+        source_file: source.to_path_buf(),
+        clone: partial.to_path_buf(),
+        source: source_err,
+    };
+    let _ = std::fs::remove_file(partial);
+    let src = File::open(source).map_err(err)?;
+    let dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(partial)
+        .map_err(err)?;
+    ficlone(&src, &dst).map_err(err)?;
+    dst.sync_all().map_err(err)
+}
+
+fn ficlone(src: &File, dst: &File) -> std::io::Result<()> {
+    // SAFETY: FICLONE takes the source descriptor as its argument; both files are open for
+    // the duration of the call.
+    let r = unsafe { nix::libc::ioctl(dst.as_raw_fd(), nix::libc::FICLONE, src.as_raw_fd()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The errors a file system gives when it cannot share blocks (xfs without reflink=1 and
+/// ext4 say EOPNOTSUPP; some say EINVAL or ENOTTY for an ioctl they do not know).
+fn refused_by_fs(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EOPNOTSUPP | nix::libc::EINVAL | nix::libc::ENOTTY | nix::libc::EXDEV)
+    )
+}
+
+/// Whether files in `dir` can be cloned: the file system's kind first, then a clone of a
+/// small file made there (both files are removed before it returns).
+pub fn probe(dir: &Path) -> Result<(), ReflinkError> {
+    let here = fs::of(dir)?;
+    let cannot = || ReflinkError::CannotClone {
+        path: dir.to_path_buf(),
+        kind: here.kind,
+        mount: here.mount.clone(),
+    };
+    if !here.kind.may_clone() {
+        return Err(cannot());
+    }
+    let probe = dir.join(format!(".cowctl-reflink-probe.{}", std::process::id()));
+    let clone = partial_path(&probe);
+    let new_file = |p: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(p)
+    };
+    let result = (|| {
+        let mut src = new_file(&probe)?;
+        std::io::Write::write_all(&mut src, &[0x5a; 4096])?;
+        ficlone(&src, &new_file(&clone)?)
+    })();
+    let _ = std::fs::remove_file(&probe);
+    let _ = std::fs::remove_file(&clone);
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if refused_by_fs(&e) => Err(cannot()),
+        Err(source) => Err(ReflinkError::Clone {
+            source_file: probe,
+            clone,
+            source,
+        }),
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}

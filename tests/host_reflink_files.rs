@@ -1,0 +1,188 @@
+//! Reflink storage's file-system facts on real btrfs and xfs, each made on a loop device
+//! for the test (as root, as the test command runs): a clone shares every block of its
+//! source, a 4 KiB write makes 4 KiB its own, a clone never replaces a file, and a file
+//! system that cannot clone (ext4, xfs without reflink) is named with its mount point.
+
+mod common;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::kernel::{sh, Loop};
+use cowctl::reflink::clone::{clone_new, partial_path, probe};
+use cowctl::reflink::extents::sharing;
+use cowctl::reflink::fs::{self, FsKind};
+use cowctl::reflink::ReflinkError;
+
+const MIB: u64 = 1 << 20;
+
+/// A file system made on a loop device and mounted for the test; unmounted, then detached
+/// (the fields drop after `drop`) and removed after it.
+struct Mounted {
+    _device: Loop,
+    dir: tempfile::TempDir,
+}
+
+impl Mounted {
+    fn new(mkfs: &str, args: &[&str]) -> Mounted {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(512 * MIB)
+            .unwrap();
+        let mut all = args.to_vec();
+        all.push(image.to_str().unwrap());
+        sh(mkfs, &all);
+        let device = Loop::attach(&image, false);
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        sh("mount", &[&device.dev, mnt.to_str().unwrap()]);
+        Mounted {
+            _device: device,
+            dir,
+        }
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mnt()).status();
+    }
+}
+
+fn btrfs() -> Mounted {
+    Mounted::new("mkfs.btrfs", &["-q", "-f"])
+}
+
+fn xfs(reflink: bool) -> Mounted {
+    let option = if reflink { "reflink=1" } else { "reflink=0" };
+    Mounted::new("mkfs.xfs", &["-q", "-f", "-m", option])
+}
+
+/// A golden disk of `mib` MiB that is not all one byte, on disk.
+fn golden(dir: &Path, mib: u64) -> PathBuf {
+    let path = dir.join("golden.img");
+    let bytes: Vec<u8> = (0..mib * MIB).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+    path
+}
+
+fn write_synced(path: &Path, offset: u64, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn a_clone_shares_everything_until_written(m: &Mounted, kind: FsKind) {
+    let dir = m.mnt();
+    assert_eq!(fs::of(&dir).unwrap().kind, kind);
+    assert_eq!(fs::of(&dir).unwrap().mount, dir);
+    probe(&dir).unwrap();
+    let golden = golden(&dir, 64);
+    let disk = dir.join("pc-01.img");
+    clone_new(&golden, &disk).unwrap();
+    assert!(
+        !partial_path(&disk).exists(),
+        "the partial clone is renamed"
+    );
+    assert_eq!(
+        std::fs::read(&disk).unwrap(),
+        std::fs::read(&golden).unwrap()
+    );
+    let fresh = sharing(&disk).unwrap();
+    assert_eq!(
+        fresh.private, 0,
+        "{kind}: a fresh clone owns nothing: {fresh:?}"
+    );
+    assert_eq!(fresh.shared, 64 * MIB, "{kind}: {fresh:?}");
+
+    write_synced(&disk, 5 * MIB + 8192, &[0xEE; 4096]);
+    let written = sharing(&disk).unwrap();
+    assert_eq!(
+        written.private, 4096,
+        "{kind}: one block is the PC's own: {written:?}"
+    );
+    assert_eq!(written.shared, 64 * MIB - 4096, "{kind}: {written:?}");
+    if kind == FsKind::Xfs {
+        // xfs shares per block; btrfs per extent, and the PC's file still refers to the
+        // rest of the golden's extent, so btrfs calls all of it shared.
+        let still = sharing(&golden).unwrap();
+        assert_eq!(
+            still.private, 4096,
+            "the golden owns the block the PC replaced"
+        );
+    }
+
+    let refused = clone_new(&golden, &disk).unwrap_err();
+    assert!(matches!(refused, ReflinkError::Exists { .. }), "{refused}");
+    let mut back = vec![0u8; 4096];
+    std::io::Read::read_exact(
+        &mut {
+            let mut f = std::fs::File::open(&disk).unwrap();
+            f.seek(SeekFrom::Start(5 * MIB + 8192)).unwrap();
+            f
+        },
+        &mut back,
+    )
+    .unwrap();
+    assert_eq!(
+        back,
+        vec![0xEE; 4096],
+        "a refused clone leaves the PC's disk alone"
+    );
+}
+
+#[test]
+fn on_btrfs_a_clone_shares_every_block_until_a_block_is_written() {
+    a_clone_shares_everything_until_written(&btrfs(), FsKind::Btrfs);
+}
+
+#[test]
+fn on_xfs_a_clone_shares_every_block_until_a_block_is_written() {
+    a_clone_shares_everything_until_written(&xfs(true), FsKind::Xfs);
+}
+
+#[test]
+fn a_file_system_that_cannot_clone_is_named_with_its_mount() {
+    let plain = xfs(false);
+    let dir = plain.mnt();
+    let err = probe(&dir).unwrap_err();
+    assert!(
+        matches!(&err, ReflinkError::CannotClone { kind: FsKind::Xfs, mount, .. } if *mount == dir),
+        "{err}"
+    );
+    let golden = golden(&dir, 1);
+    let err = clone_new(&golden, &dir.join("pc-01.img")).unwrap_err();
+    assert!(matches!(err, ReflinkError::CannotClone { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} is on xfs (mounted at {}), which cannot clone files: reflink storage needs btrfs, or xfs made with reflink=1",
+            dir.display(),
+            dir.display()
+        )
+    );
+    assert!(!dir.join("pc-01.img").exists());
+    assert!(!partial_path(&dir.join("pc-01.img")).exists());
+}
+
+#[test]
+fn a_clone_onto_another_file_system_names_both_mounts() {
+    let (a, b) = (btrfs(), xfs(true));
+    let golden = golden(&a.mnt(), 1);
+    let err = clone_new(&golden, &b.mnt().join("pc-01.img")).unwrap_err();
+    assert!(
+        matches!(&err, ReflinkError::NotOneFileSystem { source_mount, clone_mount, .. }
+            if *source_mount == a.mnt() && *clone_mount == b.mnt()),
+        "{err}"
+    );
+    assert!(!b.mnt().join("pc-01.img").exists());
+}
