@@ -40,7 +40,7 @@ pub fn validate(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
                     &serde_json::json!({"valid": true, "pcs": m.pcs, "images": m.images, "warnings": warnings}),
                 )?;
             } else {
-                println!(
+                outln!(
                     "{}: valid, {} PC(s) on {} image(s)",
                     path.display(),
                     m.pcs.len(),
@@ -73,10 +73,10 @@ fn print_plan(steps: &[Step], nothing: &str, json: bool) -> Result<()> {
         return print_json(&lines(steps));
     }
     if steps.is_empty() {
-        println!("nothing to do: {nothing}");
+        outln!("nothing to do: {nothing}");
     }
     for (i, a) in steps.iter().enumerate() {
-        println!("{:>3}. {a}", i + 1);
+        outln!("{:>3}. {a}", i + 1);
     }
     Ok(())
 }
@@ -85,8 +85,8 @@ fn print_plan(steps: &[Step], nothing: &str, json: bool) -> Result<()> {
 fn step_printer(json: bool) -> impl FnMut(Progress<'_>) + Send {
     move |p| match p {
         _ if json => {}
-        Progress::Note(note) => println!("{note}"),
-        Progress::Step { index, of, step } => println!("[{}/{of}] {step}", index + 1),
+        Progress::Note(note) => outln!("{note}"),
+        Progress::Step { index, of, step } => outln!("[{}/{of}] {step}", index + 1),
     }
 }
 
@@ -107,7 +107,7 @@ pub fn apply(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         if applied.steps.is_empty() {
-            println!("nothing to do: {}", b.words().matches);
+            outln!("nothing to do: {}", b.words().matches);
         }
         let rows = match applied.status {
             Some(rows) => rows,
@@ -126,9 +126,9 @@ pub fn down(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode>
     if json {
         print_json(&lines(&steps))?;
     } else if steps.is_empty() {
-        println!("nothing to do: {}", b.words().none_up);
+        outln!("nothing to do: {}", b.words().none_up);
     } else {
-        println!("down: COW files are kept");
+        outln!("down: COW files are kept");
     }
     super::pxe::down(&m, pcs, json)?;
     Ok(ExitCode::SUCCESS)
@@ -140,7 +140,7 @@ fn print_status(rows: &[status::PcStatus], warn_percent: f64, json: bool) -> Res
     if json {
         print_json(&rows)?;
     } else {
-        print!("{}", status::render(rows, warn_percent));
+        out!("{}", status::render(rows, warn_percent));
     }
     Ok(if rows.iter().any(|r| r.warn) {
         ExitCode::from(2)
@@ -171,9 +171,12 @@ pub fn status(
     };
     loop {
         if !json {
-            print!("\x1b[H\x1b[2J");
+            out!("\x1b[H\x1b[2J");
         }
-        once(&m)?;
+        let code = once(&m)?;
+        if super::out::gone() {
+            return Ok(code);
+        }
         std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
         m = load(flag)?;
     }
@@ -200,7 +203,7 @@ pub fn reset(
 fn reset_disks(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
     let selected = m.select_for_reset(pcs)?;
     if selected.is_empty() {
-        println!("nothing to reset: every PC keeps its changes (keep: true)");
+        outln!("nothing to reset: every PC keeps its changes (keep: true)");
         return Ok(ExitCode::SUCCESS);
     }
     let b = backend::pick(m);
@@ -209,7 +212,7 @@ fn reset_disks(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
     let took = started.elapsed();
     let code = print_resets(&done, b.words().clients_saw, json)?;
     if !json && selected.len() > 1 {
-        println!(
+        outln!(
             "reset {} of {} PCs in {:.2} s ({})",
             done.len(),
             selected.len(),
@@ -240,14 +243,14 @@ fn print_resets(resets: &[Reset], how: &str, json: bool) -> Result<ExitCode> {
     }
     for r in resets {
         if r.live {
-            println!(
+            outln!(
                 "reset {}: I/O paused {:.1} ms while exported ({how}); old COW freed after {:.1} ms",
                 r.pc,
                 r.seconds * 1e3,
                 r.total_seconds * 1e3
             );
         } else {
-            println!(
+            outln!(
                 "reset {} in {:.1} ms (not applied: COW file reset)",
                 r.pc,
                 r.seconds * 1e3
@@ -307,7 +310,7 @@ pub fn chap(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode>
         print_json(&rows)?;
     } else {
         for r in &rows {
-            print!(
+            out!(
                 "{}  username {}  secret {}",
                 r["pc"].as_str().unwrap_or(""),
                 r["username"].as_str().unwrap_or(""),
@@ -315,9 +318,9 @@ pub fn chap(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode>
             );
             if let (Some(u), Some(s)) = (r["target_username"].as_str(), r["target_secret"].as_str())
             {
-                print!("  target {u} {s}");
+                out!("  target {u} {s}");
             }
-            println!();
+            outln!();
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -74,7 +74,7 @@ pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
             if json {
                 return print_json(&g);
             }
-            println!(
+            outln!(
                 "recorded that {} belongs to golden image {} ({} bytes)",
                 cowfile.display(),
                 base.display(),
@@ -90,7 +90,7 @@ pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
             if json {
                 return print_json(&c);
             }
-            println!(
+            outln!(
                 "created {}: {} sparse, chunk {} ({} sectors), room for {} data chunks ({})",
                 c.path.display(),
                 ByteSize(c.size_bytes),
@@ -100,7 +100,7 @@ pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
                 human(c.data_chunks * chunk.bytes())
             );
             if let Some(asked) = c.requested_bytes {
-                println!(
+                outln!(
                     "note: {} was rounded up by one chunk: at exactly that size a full COW invalidates the snapshot instead of overflowing",
                     ByteSize(asked)
                 );
@@ -120,27 +120,29 @@ pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
                     "INVALID (valid = 0: the kernel refuses all I/O)"
                 }
             };
-            println!(
+            outln!(
                 "file          {} ({})",
                 i.path.display(),
                 human(i.file_bytes)
             );
-            println!("state         {state}");
-            println!("version       {}", i.version);
-            println!(
+            outln!("state         {state}");
+            outln!("version       {}", i.version);
+            outln!(
                 "chunk         {} sectors ({})",
                 i.chunk_sectors,
                 ByteSize::from_sectors(u64::from(i.chunk_sectors))
             );
-            println!(
+            outln!(
                 "exceptions    {} in {} area(s) of {}",
-                i.exceptions, i.areas, i.exceptions_per_area
+                i.exceptions,
+                i.areas,
+                i.exceptions_per_area
             );
-            println!("dm status     {}", i.status);
+            outln!("dm status     {}", i.status);
             if i.fill_invalidates {
-                println!("warning       when this COW fills, the kernel invalidates the snapshot even with PO: its last chunk ends a metadata area (grow it by one chunk)");
+                outln!("warning       when this COW fills, the kernel invalidates the snapshot even with PO: its last chunk ends a metadata area (grow it by one chunk)");
             }
-            println!(
+            outln!(
                 "data fill     {:.1}% ({} of {})",
                 i.data_fill_percent,
                 human((i.sectors_allocated - i.metadata_sectors) * 512),
@@ -157,7 +159,7 @@ pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
             if json {
                 return print_json(&f);
             }
-            println!(
+            outln!(
                 "wrote {} ({}, {} of it from the COW)",
                 f.output.display(),
                 human(f.bytes),
@@ -174,7 +176,7 @@ pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
             } else {
                 "header zeroed, file system cannot punch holes"
             };
-            println!(
+            outln!(
                 "reset {} in {:.3} ms ({how}, {} freed)",
                 r.path.display(),
                 r.elapsed.as_secs_f64() * 1e3,

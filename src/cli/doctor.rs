@@ -23,7 +23,7 @@ pub fn run(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
         super::print_json(&checks)?;
     } else {
         for c in &checks {
-            println!("{c}");
+            outln!("{c}");
         }
     }
     Ok(match doctor::worst(&checks) {

@@ -144,10 +144,10 @@ fn hash(m: &Manifest, family: &str, json: bool) -> Result<ExitCode> {
     for c in &checked {
         match c {
             Checked::Added { version, sha256 } if !json => {
-                println!("{family}@{version}: sha256 {sha256} added")
+                outln!("{family}@{version}: sha256 {sha256} added")
             }
             Checked::Verified { version } if !json => {
-                println!("{family}@{version}: sha256 verified")
+                outln!("{family}@{version}: sha256 verified")
             }
             Checked::Mismatch {
                 version,
@@ -185,7 +185,7 @@ fn import(m: &Manifest, c: ImageCommand, json: bool) -> Result<ExitCode> {
         return print_json(&v).map(|()| ExitCode::SUCCESS);
     }
     let store = Store::open(&store.dir)?;
-    println!(
+    outln!(
         "imported {} as {image}@{} ({}, {} on disk){}",
         src.display(),
         v.name,
@@ -230,7 +230,7 @@ fn commit(
     if json {
         return print_json(&c).map(|()| ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "committed {pc_name} as {}@{} (parent {}): {} changed in {} chunks, {} in {:.2} s",
         from.family,
         c.version.name,
@@ -243,9 +243,10 @@ fn commit(
         },
         c.built.elapsed.as_secs_f64()
     );
-    println!(
+    outln!(
         "next: cowctl image promote {} {} [PC…]  (PCs move at their next reset)",
-        from.family, c.version.name
+        from.family,
+        c.version.name
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -286,14 +287,14 @@ fn promote(
         .map(|p| p.name.as_str())
         .collect();
     if pcs.is_empty() {
-        println!("{family}@{v} is current for the room");
+        outln!("{family}@{v} is current for the room");
     } else {
-        println!("{family}@{v} is promoted to {}", pcs.join(", "));
+        outln!("{family}@{v} is promoted to {}", pcs.join(", "));
     }
     if moving.is_empty() {
-        println!("no PC changes version");
+        outln!("no PC changes version");
     } else {
-        println!(
+        outln!(
             "at their next reset, {} move: {}",
             moving.len(),
             moving.join(", ")
@@ -393,7 +394,7 @@ fn list(m: &Manifest, only: Option<&str>, json: bool) -> Result<ExitCode> {
         let store = Store::open(dir)?;
         let rows = rows(m, family, &store);
         if !json {
-            println!(
+            outln!(
                 "{family} ({}): current {}",
                 dir.display(),
                 store.current().map_or("none", VersionName::as_str)
@@ -405,7 +406,7 @@ fn list(m: &Manifest, only: Option<&str>, json: bool) -> Result<ExitCode> {
                 .map(|r| r.version.as_str())
                 .collect();
             if !unhashed.is_empty() {
-                println!(
+                outln!(
                     "  {} without a full hash (made before cowctl took one): add it with `cowctl image hash {family}`",
                     unhashed.join(", ")
                 );
@@ -416,7 +417,7 @@ fn list(m: &Manifest, only: Option<&str>, json: bool) -> Result<ExitCode> {
     if json {
         print_json(&all)?;
     } else if families.is_empty() {
-        println!(
+        outln!(
             "no image of {} has versions (images.NAME.versions)",
             m.path.display()
         );
@@ -461,7 +462,7 @@ fn print_table(rows: &[Row]) {
         ]);
     }
     for line in crate::control::status::align(&t) {
-        println!("  {line}");
+        outln!("  {line}");
     }
 }
 
@@ -493,12 +494,12 @@ fn prune(m: &Manifest, family: &str, dry_run: bool, json: bool) -> Result<ExitCo
         print_json(&plan)?;
     } else {
         for (v, why) in &plan.keep {
-            println!("keep {family}@{v}: {why}");
+            outln!("keep {family}@{v}: {why}");
         }
     }
     for v in &plan.remove {
         if !json {
-            println!(
+            outln!(
                 "{} {family}@{} ({}, {} on disk, made {}{})",
                 if dry_run { "would remove" } else { "remove" },
                 v.name,
@@ -523,7 +524,7 @@ fn prune(m: &Manifest, family: &str, dry_run: bool, json: bool) -> Result<ExitCo
     }
     for d in &plan.leftovers {
         if !json {
-            println!(
+            outln!(
                 "{} {} (an import or commit that died half way)",
                 if dry_run { "would remove" } else { "remove" },
                 d.display()
@@ -534,7 +535,7 @@ fn prune(m: &Manifest, family: &str, dry_run: bool, json: bool) -> Result<ExitCo
         }
     }
     if !json && plan.remove.is_empty() && plan.leftovers.is_empty() {
-        println!("nothing to prune in {family}");
+        outln!("nothing to prune in {family}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,8 @@
 //! The command line: parsing and printing only; the work happens in the library.
 
+#[macro_use]
+mod out;
+
 mod complete;
 mod control;
 mod cow;
@@ -153,6 +156,6 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 
 /// Prints a value as pretty JSON on stdout.
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -60,19 +60,22 @@ fn discovered(flag: Option<&Path>, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if strangers.is_empty() {
-        println!(
+        outln!(
             "no PC outside the manifest has asked to PXE-boot ({})",
             log.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
     let dash = || "-".to_string();
-    println!(
+    outln!(
         "{:<17}  {:<15}  {:<15}  {:<10}  FIRMWARE",
-        "MAC", "FIRST SEEN", "LAST SEEN", "INTERFACE"
+        "MAC",
+        "FIRST SEEN",
+        "LAST SEEN",
+        "INTERFACE"
     );
     for s in &strangers {
-        println!(
+        outln!(
             "{:<17}  {:<15}  {:<15}  {:<10}  {}",
             s.mac,
             s.first_seen.clone().unwrap_or_else(dash),
@@ -103,19 +106,19 @@ fn adopt(
         return Ok(ExitCode::SUCCESS);
     }
     let verb = if dry_run { "would add" } else { "added" };
-    println!("{verb} to {}:", path.display());
+    outln!("{verb} to {}:", path.display());
     for pc in &a.added {
-        println!("+  - name: {}", pc.name);
-        println!("+    mac: {}", pc.mac);
+        outln!("+  - name: {}", pc.name);
+        outln!("+    mac: {}", pc.mac);
         if let Some(ip) = pc.ip {
-            println!("+    ip: {ip}");
+            outln!("+    ip: {ip}");
         }
     }
     for note in &a.notes {
-        println!("note: {note}");
+        outln!("note: {note}");
     }
     if !dry_run {
-        println!("run cowctl apply to serve and answer them");
+        outln!("run cowctl apply to serve and answer them");
     }
     Ok(ExitCode::SUCCESS)
 }

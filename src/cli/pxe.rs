@@ -19,10 +19,10 @@ pub fn apply(m: &Manifest, json: bool) -> Result<()> {
     if !json {
         let what = plan.what;
         match plan.step {
-            Step::Keep(_) => println!("{what}: dnsmasq {pid} already serves it"),
-            Step::Start => println!("{what}: started dnsmasq {pid}"),
+            Step::Keep(_) => outln!("{what}: dnsmasq {pid} already serves it"),
+            Step::Start => outln!("{what}: started dnsmasq {pid}"),
             Step::Restart(_) => {
-                println!("{what}: restarted dnsmasq as {pid} (the manifest changed)")
+                outln!("{what}: restarted dnsmasq as {pid} (the manifest changed)")
             }
         }
     }
@@ -36,9 +36,9 @@ pub fn plan(m: &Manifest, json: bool) -> Result<()> {
     };
     if !json {
         match plan.step {
-            Step::Keep(pid) => println!("PXE: dnsmasq {pid} already serves the manifest"),
-            Step::Start => println!("PXE: start dnsmasq: {}", plan.what),
-            Step::Restart(pid) => println!(
+            Step::Keep(pid) => outln!("PXE: dnsmasq {pid} already serves the manifest"),
+            Step::Start => outln!("PXE: start dnsmasq: {}", plan.what),
+            Step::Restart(pid) => outln!(
                 "PXE: restart dnsmasq {pid} with the manifest's new configuration: {}",
                 plan.what
             ),
@@ -53,7 +53,7 @@ pub fn down(m: &Manifest, pcs: &[String], json: bool) -> Result<()> {
         return Ok(());
     }
     if pxe::stop(&control::default_run_dir())? && !json {
-        println!("stopped the PXE service (dnsmasq)");
+        outln!("stopped the PXE service (dnsmasq)");
     }
     Ok(())
 }
@@ -61,7 +61,7 @@ pub fn down(m: &Manifest, pcs: &[String], json: bool) -> Result<()> {
 /// The line `status` ends with.
 pub fn status(m: &Manifest, json: bool) {
     if let Some(line) = pxe::status_line(m, &control::default_run_dir()).filter(|_| !json) {
-        println!("{line}");
+        outln!("{line}");
     }
 }
 
@@ -73,7 +73,7 @@ pub fn wake(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
         print_json(&woken)?;
     } else {
         for w in &woken {
-            println!("sent Wake-on-LAN to {w}");
+            outln!("sent Wake-on-LAN to {w}");
         }
     }
     Ok(ExitCode::SUCCESS)
