@@ -67,7 +67,7 @@ impl Manifest {
 
     /// The PCs a reset of `names` resets: those named, or when none are, every PC that
     /// does not keep its changes (`keep: true`).
-    pub fn select_for_reset(&self, names: &[String]) -> anyhow::Result<Vec<&Pc>> {
+    pub fn select_for_reset(&self, names: &[String]) -> Result<Vec<&Pc>, UnknownPc> {
         if names.is_empty() {
             return Ok(self.pcs.iter().filter(|p| !p.keep).collect());
         }
@@ -75,18 +75,28 @@ impl Manifest {
     }
 
     /// The PCs named, in manifest order; all of them when `names` is empty.
-    pub fn select(&self, names: &[String]) -> anyhow::Result<Vec<&Pc>> {
+    pub fn select(&self, names: &[String]) -> Result<Vec<&Pc>, UnknownPc> {
         if names.is_empty() {
             return Ok(self.pcs.iter().collect());
         }
         names
             .iter()
             .map(|n| {
-                self.pc(n)
-                    .ok_or_else(|| anyhow::anyhow!("no PC named {n:?} in {}", self.path.display()))
+                self.pc(n).ok_or_else(|| UnknownPc {
+                    name: n.clone(),
+                    manifest: self.path.clone(),
+                })
             })
             .collect()
     }
+}
+
+/// A PC named on the command line that the manifest does not list.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no PC named {name:?} in {}", manifest.display())]
+pub struct UnknownPc {
+    pub name: String,
+    pub manifest: PathBuf,
 }
 
 /// One manifest being checked: every error and warning found so far, each at its place.

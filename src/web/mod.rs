@@ -15,7 +15,6 @@ mod who;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -251,13 +250,27 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))
 }
 
+/// Why the HTTP service did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen for HTTP on {addr} (http.{field} in the manifest)")]
+    Listen {
+        addr: SocketAddr,
+        field: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the HTTP service's runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
 /// Binds the listeners (one when both addresses are the same) and serves them on a
 /// thread of their own; returns the bound addresses, PC-facing first.
 pub fn spawn(
     cfg: HttpConfig,
     room: Arc<dyn LiveRoom>,
     monitor: Arc<Monitor>,
-) -> Result<Vec<SocketAddr>> {
+) -> Result<Vec<SocketAddr>, HttpError> {
     let mut listeners = Vec::new();
     let addresses = if cfg.listen == cfg.admin_listen {
         vec![(cfg.listen, true)]
@@ -265,23 +278,25 @@ pub fn spawn(
         vec![(cfg.listen, false), (cfg.admin_listen, true)]
     };
     for (addr, admin) in addresses {
-        let l = std::net::TcpListener::bind(addr).with_context(|| {
-            format!(
-                "cannot listen for HTTP on {addr} (http.{} in the manifest)",
-                if admin { "admin_listen" } else { "listen" }
-            )
-        })?;
-        l.set_nonblocking(true)?;
+        let field = if admin { "admin_listen" } else { "listen" };
+        let l = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| HttpError::Listen {
+                addr,
+                field,
+                source,
+            })?;
         listeners.push((l, admin));
     }
     let bound = listeners
         .iter()
         .map(|(l, _)| l.local_addr())
-        .collect::<std::io::Result<Vec<_>>>()?;
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(HttpError::Runtime)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the HTTP service's runtime")?;
+        .map_err(HttpError::Runtime)?;
     let nonces = Arc::new(boot::Nonces::default());
     let streams = Arc::default();
     std::thread::spawn(move || {
