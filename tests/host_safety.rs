@@ -1,7 +1,7 @@
 //! The security review's probes (issue 11) as regression tests, each run the way it was
 //! found: with the cowctl binary, as a careful admin's typo or a hostile client on the
 //! room's LAN would. The kernel-side probes (resets from the live table, interrupted
-//! resets) are in tests/control_plan.rs on the recording fake.
+//! resets) are in tests/host_control_plan.rs on the recording fake.
 
 #![allow(clippy::cast_possible_truncation)] // tests build small byte streams
 

@@ -1,7 +1,7 @@
 //! The HTTP service and auto-extend over the kernel backend, on the recording fake kernel:
 //! boot scripts with their exact sanboot URIs, reset on boot, PCs found by address or MAC,
 //! CowBell numbers from dm status, and auto-extend growing the file and its loop device.
-//! The same code runs on the real kernel in the VM (tests/kernel_http.rs).
+//! The same code runs on the real kernel in the VM (tests/vm_kernel_http.rs).
 
 mod common;
 

@@ -1,6 +1,6 @@
 //! The control plane against the recording fake kernel: what is planned, in which order it
 //! reaches the kernel, and what is refused. The real kernel runs the same code in the VM
-//! (tests/kernel_control.rs).
+//! (tests/vm_kernel_control.rs).
 
 mod common;
 
