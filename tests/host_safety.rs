@@ -38,11 +38,7 @@ fn builder() -> RoomBuilder {
 /// The room of [`builder`] with its admin listener on `host`, applied.
 fn room_with_admin(host: &str) -> Room {
     let room = builder()
-        .http(
-            Http::new()
-                .admin(host)
-                .token("room-admin-token-0123456789"),
-        )
+        .http(Http::new().admin(host).token("room-admin-token-0123456789"))
         .build();
     let out = room.output(&["apply"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -194,9 +190,15 @@ fn a_file_that_is_not_a_cow_is_never_written_or_reset_as_one() {
 fn a_cow_with_data_but_no_golden_record_is_reported_then_recorded_on_request() {
     let room = room();
     let cow = room.dir.path().join("cow/pc-1.cow");
-    common::spawn_qemu_io_writer(&format!("nbd://{}/pc-1", room.nbd()), &[0x44], 1, "0", "64k")
-        .wait()
-        .unwrap();
+    common::spawn_qemu_io_writer(
+        &format!("nbd://{}/pc-1", room.nbd()),
+        &[0x44],
+        1,
+        "0",
+        "64k",
+    )
+    .wait()
+    .unwrap();
     let out = cowctl(room.dir.path(), &["down"]);
     assert!(out.status.success());
     std::fs::remove_file(room.dir.path().join("cow/pc-1.cow.golden")).unwrap();

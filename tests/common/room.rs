@@ -185,6 +185,8 @@ pub struct RoomBuilder {
     version: Option<String>,
     /// More images after g: (name, file in the room, bytes).
     images: Vec<(String, String, Vec<u8>)>,
+    /// The defaults' image (`g` unless given).
+    default_image: String,
     cow_dir: String,
     cow_size: String,
     chunk: String,
@@ -210,6 +212,7 @@ impl RoomBuilder {
             golden: Golden::Fill(7, 1 << 20),
             version: None,
             images: Vec::new(),
+            default_image: "g".into(),
             cow_dir: "cow".into(),
             cow_size: "2MiB".into(),
             chunk: "4KiB".into(),
@@ -254,6 +257,12 @@ impl RoomBuilder {
     /// Another image, `name`, in `file` with these bytes.
     pub fn image(mut self, name: &str, file: &str, bytes: Vec<u8>) -> RoomBuilder {
         self.images.push((name.into(), file.into(), bytes));
+        self
+    }
+
+    /// The image the defaults name (`g` unless given).
+    pub fn default_image(mut self, name: &str) -> RoomBuilder {
+        self.default_image = name.into();
         self
     }
 
@@ -414,8 +423,8 @@ impl RoomBuilder {
         }
         write!(
             t,
-            "defaults:\n  image: g\n  cow_dir: {d}/{}\n  cow_size: {}\n  chunk: {}\n",
-            self.cow_dir, self.cow_size, self.chunk
+            "defaults:\n  image: {}\n  cow_dir: {d}/{}\n  cow_size: {}\n  chunk: {}\n",
+            self.default_image, self.cow_dir, self.cow_size, self.chunk
         )
         .unwrap();
         if let Some(e) = &self.export {
