@@ -7,86 +7,45 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::net::Link;
 use common::pc::{self, Boot, HOST};
+use common::room::{Golden, Http, Pc, Room, RoomBuilder};
 use sha2::{Digest, Sha256};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(150);
 const PC_MAC: &str = "52:54:00:a0:e0:01";
 
-struct Room {
-    dir: tempfile::TempDir,
-    http: SocketAddr,
-    tap: Link,
+/// The room, applied, and the tap device the PC's second NIC is on (the room's AoE
+/// interface); the room goes down before the tap is removed.
+fn room(n: u32) -> (Room, Link) {
+    let tap = Link::tap(n);
+    // The PC's HTTP requests arrive from 127.0.0.1 (qemu's user network): that is its ip.
+    let room = RoomBuilder::userspace()
+        .golden(Golden::Counter(32 << 20))
+        .cow("8MiB", "4KiB")
+        .aoe(&tap.name)
+        .http(Http::new().server(HOST))
+        .pc(Pc::new("pc-01").ip("127.0.0.1").aoe(5, 1).mac(PC_MAC))
+        .build();
+    room.cowctl(&["apply"]);
+    (room, tap)
 }
 
-impl Room {
-    fn new(n: u32) -> Room {
-        let tap = Link::tap(n);
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        pc::counter_image(&dir.path().join("golden.img"), 32 << 20);
-        std::fs::create_dir(dir.path().join("cow")).unwrap();
-        let (nbd, http, admin) = (
-            common::free_port(),
-            common::free_port(),
-            common::free_port(),
-        );
-        // The PC's HTTP requests arrive from 127.0.0.1 (qemu's user network): that is its ip.
-        std::fs::write(
-            dir.path().join("room.yaml"),
-            format!(
-                "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
-                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 8MiB\n  chunk: 4KiB\n\
-                 aoe:\n  interface: {}\n\
-                 nbd:\n  listen: 127.0.0.1:{nbd}\n  socket: {d}/nbd.sock\n\
-                 http:\n  listen: 127.0.0.1:{http}\n  admin_listen: 127.0.0.1:{admin}\n  server: {HOST}\n\
-                 pcs:\n  - name: pc-01\n    ip: 127.0.0.1\n    export: aoe\n    shelf: 5\n    slot: 1\n    mac: {PC_MAC}\n",
-                tap.name
-            ),
-        )
-        .unwrap();
-        let room = Room {
-            dir,
-            http: SocketAddr::from(([127, 0, 0, 1], http)),
-            tap,
-        };
-        common::room_cowctl(room.dir.path(), &["apply"]);
-        room
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Boots a PC whose second NIC has `mac`: iPXE opens it, then chains the boot script.
-    fn boot(&self, mac: &str) -> Boot {
-        let script = format!(
-            "#!ipxe\nifopen net1\nchain http://{HOST}:{}/boot.ipxe\n",
-            self.http.port()
-        );
-        pc::boot_with(
-            self.dir.path(),
-            &script,
-            BOOT_LIMIT,
-            &|| false,
-            &pc::tap_nic(&self.tap.name, mac),
-        )
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("run/serve.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Room {
-    fn drop(&mut self) {
-        let _ = common::room_command(self.dir.path(), &["down"]).output();
-    }
+/// Boots a PC whose second NIC has `mac`: iPXE opens it, then chains the boot script.
+fn boot(room: &Room, tap: &Link, mac: &str) -> Boot {
+    let script = format!(
+        "#!ipxe\nifopen net1\nchain http://{HOST}:{}/boot.ipxe\n",
+        room.http().port()
+    );
+    pc::boot_with(
+        room.dir.path(),
+        &script,
+        BOOT_LIMIT,
+        &|| false,
+        &pc::tap_nic(&tap.name, mac),
+    )
 }
 
 fn hash(path: &std::path::Path) -> Vec<u8> {
@@ -95,25 +54,25 @@ fn hash(path: &std::path::Path) -> Vec<u8> {
 
 #[test]
 fn a_pc_boots_over_aoe_writes_its_cow_and_starts_over_after_a_reset() {
-    let room = Room::new(1);
+    let (room, tap) = room(1);
     let golden = hash(&room.path("golden.img"));
     assert_eq!(
-        room.boot(PC_MAC),
+        boot(&room, &tap, PC_MAC),
         Boot::Counted(1),
         "first boot; serve log:\n{}",
-        room.log()
+        room.log_so_far()
     );
     assert_eq!(
-        room.boot(PC_MAC),
+        boot(&room, &tap, PC_MAC),
         Boot::Counted(2),
         "the second boot reads the first one's write"
     );
-    let status = common::room_cowctl(room.dir.path(), &["status", "pc-01"]);
+    let status = room.cowctl(&["status", "pc-01"]);
     assert!(status.contains("e5.1"), "{status}");
     assert!(status.contains(&format!("AoE {PC_MAC}")), "{status}");
-    common::room_cowctl(room.dir.path(), &["reset", "pc-01"]);
+    room.cowctl(&["reset", "pc-01"]);
     assert_eq!(
-        room.boot(PC_MAC),
+        boot(&room, &tap, PC_MAC),
         Boot::Counted(1),
         "after the reset the PC is back on the golden image"
     );
@@ -126,13 +85,13 @@ fn a_pc_boots_over_aoe_writes_its_cow_and_starts_over_after_a_reset() {
 
 #[test]
 fn a_pc_with_another_mac_boots_nothing() {
-    let room = Room::new(2);
+    let (room, tap) = room(2);
     let booted = pc::boot_with(
         room.dir.path(),
         "#!ipxe\nifopen net1\nset san-retries 0\nsanboot aoe:e5.1\n",
         Duration::from_secs(45),
         &|| false,
-        &pc::tap_nic(&room.tap.name, "52:54:00:a0:e0:99"),
+        &pc::tap_nic(&tap.name, "52:54:00:a0:e0:99"),
     );
     assert!(matches!(booted, Boot::Nothing(_)), "{booted:?}");
 }
