@@ -82,7 +82,7 @@ impl Initiator {
 /// The two-PC AoE room on the target's end of `link`, applied.
 fn room(link: &Link) -> Room {
     let mac = cowctl::manifest::Mac(PC_MAC).to_string();
-    let room = common::aoe::two_pc_room(&link.name, &mac)
+    let room = common::room::two_aoe_pcs(&link.name, &mac)
         .golden(Golden::Fill(GOLDEN_BYTE, 16 << 20))
         .cow("8MiB", "4KiB")
         .build();

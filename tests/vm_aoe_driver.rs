@@ -54,7 +54,7 @@ fn the_kernel_aoe_driver_reads_and_writes_a_userspace_pc_and_sees_its_reset() {
     let link = Link::veth(1, 9000);
     link.set_peer_mac(PC_MAC);
     let golden = Rng(15).bytes(GOLDEN);
-    let room = common::aoe::two_pc_room(&link.name, PC_MAC)
+    let room = common::room::two_aoe_pcs(&link.name, PC_MAC)
         .golden(Golden::Bytes(golden.clone()))
         .cow("128MiB", "32KiB")
         .build();

@@ -6,8 +6,6 @@ use cowctl::aoe::ata::Identity;
 use cowctl::aoe::wire::{ETHERTYPE, HEADER_LEN};
 use cowctl::aoe::{Port, Unit};
 
-use super::room::{Pc, RoomBuilder};
-
 pub const TARGET_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const PC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const STRANGER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
@@ -89,13 +87,4 @@ pub fn resrel(src: [u8; 6], rcmd: u8, macs: &[[u8; 6]]) -> Vec<u8> {
         b.extend_from_slice(mac);
     }
     frame(src, SHELF, SLOT, 3, &b)
-}
-
-/// A userspace room served on `interface` (each test's own veth): pc-01 as e7.3 answering
-/// `pc_mac` only, and pc-02 as e7.4 for another MAC.
-pub fn two_pc_room(interface: &str, pc_mac: &str) -> RoomBuilder {
-    RoomBuilder::userspace()
-        .aoe(interface)
-        .pc(Pc::new("pc-01").aoe(SHELF, SLOT).mac(pc_mac))
-        .pc(Pc::new("pc-02").aoe(SHELF, 4).mac("02:42:00:00:00:22"))
 }

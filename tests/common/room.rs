@@ -488,6 +488,15 @@ impl RoomBuilder {
     }
 }
 
+/// A userspace room served over AoE on `interface` (each test's own veth): pc-01 as e7.3
+/// answering `pc_mac` only, and pc-02 as e7.4 for another MAC.
+pub fn two_aoe_pcs(interface: &str, pc_mac: &str) -> RoomBuilder {
+    RoomBuilder::userspace()
+        .aoe(interface)
+        .pc(Pc::new("pc-01").aoe(7, 3).mac(pc_mac))
+        .pc(Pc::new("pc-02").aoe(7, 4).mac("02:42:00:00:00:22"))
+}
+
 impl Default for RoomBuilder {
     fn default() -> Self {
         RoomBuilder::new()
