@@ -29,6 +29,6 @@ expect_failure() {
         echo "$name did not run:" >&2; tail -20 "$work/$name.log" >&2; verdict=1
     fi
 }
-expect_failure "host engine tests" cargo test --release --test engine_model
+expect_failure "host engine tests" cargo test --release --test host_engine_model
 expect_failure "kernel tests" scripts/test-kernel.sh b_engine_writes
 exit $verdict

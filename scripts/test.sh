@@ -19,7 +19,7 @@ echo "== host tests"
 log=$(mktemp)
 cargo test --release 2>&1 | tee "$log"
 host_passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
-# tests/http_service.rs renders the dashboard in headless Chromium and keeps a screenshot.
+# tests/host_http_service.rs renders the dashboard in headless Chromium and keeps a screenshot.
 [[ -s test-outputs/dashboard.png ]] || { echo "test: no dashboard screenshot in test-outputs/" >&2; exit 1; }
 echo "test: dashboard screenshot kept in $repo/test-outputs/dashboard.png"
 

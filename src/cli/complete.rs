@@ -6,7 +6,7 @@
 //! in step with these definitions. Here the shell hands cowctl the words and clap parses them
 //! with the same definitions the command uses, so every PC argument, `-f` anywhere and
 //! `$COWCTL_MANIFEST` behave the same in bash, zsh and fish. The feature is marked unstable;
-//! Cargo.lock pins it and tests/man_pages.rs drives the real bash script.
+//! Cargo.lock pins it and tests/host_man_pages.rs drives the real bash script.
 
 use std::ffi::OsString;
 use std::path::PathBuf;

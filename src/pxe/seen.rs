@@ -169,7 +169,7 @@ pub fn parse(text: &str) -> Vec<Seen> {
 mod tests {
     use super::*;
 
-    /// A real dnsmasq 2.90 log (tests/pxe_boot.rs's adoption test, without its option
+    /// A real dnsmasq 2.90 log (tests/qemu_pxe_boot.rs's adoption test, without its option
     /// lines): qemu's iPXE ROM asks as a stranger and is ignored; then, adopted as pc-31 and
     /// dnsmasq restarted by apply, it is answered.
     const LOG: &str = "\

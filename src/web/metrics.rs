@@ -1,6 +1,6 @@
 //! `GET /metrics`: Prometheus text, built from the status rows at each scrape. The alert
 //! rules in `contrib/prometheus/` and the Grafana dashboard in `contrib/grafana/` use these
-//! names; `tests/monitoring.rs` keeps them in step.
+//! names; `tests/host_monitoring.rs` keeps them in step.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};

@@ -88,24 +88,3 @@ pub fn resrel(src: [u8; 6], rcmd: u8, macs: &[[u8; 6]]) -> Vec<u8> {
     }
     frame(src, SHELF, SLOT, 3, &b)
 }
-
-/// The manifest of a userspace room served on `interface` (each test's own veth): pc-01 as
-/// e7.3 answering `pc_mac` only, and pc-02 as e7.4 for another MAC; NBD on `nbd_port`.
-pub fn two_pc_room(
-    d: &std::path::Path,
-    interface: &str,
-    nbd_port: u16,
-    cow_size: &str,
-    chunk: &str,
-    pc_mac: &str,
-) -> String {
-    let d = d.display();
-    format!(
-        "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
-         defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: {cow_size}\n  chunk: {chunk}\n\
-         aoe:\n  interface: {interface}\n\
-         nbd:\n  listen: 127.0.0.1:{nbd_port}\n  socket: {d}/nbd.sock\n\
-         pcs:\n  - name: pc-01\n    export: aoe\n    shelf: 7\n    slot: 3\n    mac: {pc_mac}\n\
-         \x20 - name: pc-02\n    export: aoe\n    shelf: 7\n    slot: 4\n    mac: 02:42:00:00:00:22\n"
-    )
-}

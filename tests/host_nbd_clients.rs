@@ -8,18 +8,13 @@ mod common;
 
 use common::assert_same;
 use common::kernel::sh as run;
+use common::room::{Golden, Pc, Room, RoomBuilder};
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const GOLDEN: usize = 32 << 20;
-
-struct Room {
-    dir: tempfile::TempDir,
-    port: u16,
-    golden: Vec<u8>,
-}
 
 fn pattern(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -33,80 +28,41 @@ fn pattern(seed: u64, n: usize) -> Vec<u8> {
         .collect()
 }
 
-impl Room {
-    /// A 32 MiB golden image and a room of three PCs on the userspace backend: pc-1 and
-    /// pc-2 writable, pc-ro read-only.
-    fn new() -> Room {
-        let dir = tempfile::tempdir().unwrap();
-        let golden = pattern(7, GOLDEN);
-        std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-        std::fs::create_dir(dir.path().join("cow")).unwrap();
-        let port = common::free_port();
-        let d = dir.path().display();
-        std::fs::write(
-            dir.path().join("room.yaml"),
-            format!(
-                "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n    version: \"1\"\n\
-                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 48MiB\n  chunk: 32KiB\n  export: nbd\n\
-                 nbd:\n  listen: 127.0.0.1:{port}\n  socket: {d}/nbd.sock\n\
-                 pcs:\n  - name: pc-{{1..2}}\n  - name: pc-ro\n    read_only: true\n"
-            ),
-        )
-        .unwrap();
-        Room { dir, port, golden }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cowctl_output(&self, args: &[&str]) -> Output {
-        common::room_command(self.dir.path(), args)
-            .output()
-            .unwrap()
-    }
-
-    /// Runs cowctl and returns its standard output; panics with its stderr on failure.
-    fn cowctl(&self, args: &[&str]) -> String {
-        common::room_cowctl(self.dir.path(), args)
-    }
-
-    fn uri(&self, pc: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{pc}", self.port)
-    }
-
-    fn unix_uri(&self, pc: &str) -> String {
-        format!(
-            "nbd+unix:///{pc}?socket={}",
-            self.path("nbd.sock").display()
-        )
-    }
-
-    /// The whole export, copied out with nbdcopy.
-    fn read_export(&self, uri: &str) -> Vec<u8> {
-        let out = self.path("read.img");
-        run("nbdcopy", &[uri, out.to_str().unwrap()]);
-        std::fs::read(out).unwrap()
-    }
-
-    fn pid(&self) -> i32 {
-        std::fs::read_to_string(self.path("run/serve.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
+/// A 32 MiB golden image and a room of three PCs on the userspace backend: pc-1 and
+/// pc-2 writable, pc-ro read-only.
+fn room() -> Room {
+    RoomBuilder::userspace()
+        .golden(Golden::Bytes(golden()))
+        .version("1")
+        .cow("48MiB", "32KiB")
+        .export("nbd")
+        .pc(Pc::new("pc-{1..2}"))
+        .pc(Pc::new("pc-ro").flag("read_only"))
+        .build()
 }
 
-impl Drop for Room {
-    fn drop(&mut self) {
-        let _ = self.cowctl_output(&["down"]);
-    }
+/// The golden image's bytes.
+fn golden() -> Vec<u8> {
+    pattern(7, GOLDEN)
+}
+
+fn unix_uri(room: &Room, pc: &str) -> String {
+    format!(
+        "nbd+unix:///{pc}?socket={}",
+        room.path("nbd.sock").display()
+    )
+}
+
+/// The whole export, copied out with nbdcopy.
+fn read_export(room: &Room, uri: &str) -> Vec<u8> {
+    let out = room.path("read.img");
+    run("nbdcopy", &[uri, out.to_str().unwrap()]);
+    std::fs::read(out).unwrap()
 }
 
 #[test]
 fn clients_read_and_write_over_tcp_and_the_unix_socket() {
-    let room = Room::new();
+    let room = room();
     let out = room.cowctl(&["apply"]);
     assert!(
         out.contains("serve pc-ro over NBD as export \"pc-ro\", read-only"),
@@ -114,7 +70,7 @@ fn clients_read_and_write_over_tcp_and_the_unix_socket() {
     );
 
     let info: serde_json::Value =
-        serde_json::from_str(&run("nbdinfo", &["--json", &room.uri("pc-1")])).unwrap();
+        serde_json::from_str(&run("nbdinfo", &["--json", &room.nbd_uri("pc-1")])).unwrap();
     let export = &info["exports"][0];
     assert_eq!(export["export-size"], GOLDEN as u64);
     assert_eq!(export["block_size_preferred"], 32768, "the chunk size");
@@ -130,9 +86,9 @@ fn clients_read_and_write_over_tcp_and_the_unix_socket() {
     }
     assert_eq!(export["is_read_only"], false);
     let ro: serde_json::Value =
-        serde_json::from_str(&run("nbdinfo", &["--json", &room.uri("pc-ro")])).unwrap();
+        serde_json::from_str(&run("nbdinfo", &["--json", &room.nbd_uri("pc-ro")])).unwrap();
     assert_eq!(ro["exports"][0]["is_read_only"], true);
-    let list = run("nbdinfo", &["--list", "--json", &room.uri("")]);
+    let list = run("nbdinfo", &["--list", "--json", &room.nbd_uri("")]);
     for pc in ["pc-1", "pc-2", "pc-ro"] {
         assert!(
             list.contains(&format!("\"export-name\": \"{pc}\"")),
@@ -150,24 +106,24 @@ fn clients_read_and_write_over_tcp_and_the_unix_socket() {
             "write -P 0xab 100000 3000000",
             "-c",
             "flush",
-            &room.uri("pc-1"),
+            &room.nbd_uri("pc-1"),
         ],
     );
-    let mut want = room.golden.clone();
+    let mut want = golden();
     want[100_000..3_100_000].fill(0xab);
     let expect = room.path("expect.img");
     std::fs::write(&expect, &want).unwrap();
     let cmp = ["compare", "-f", "raw", "-F", "raw"];
     run(
         "qemu-img",
-        &[&cmp[..], &[&room.uri("pc-1"), expect.to_str().unwrap()]].concat(),
+        &[&cmp[..], &[&room.nbd_uri("pc-1"), expect.to_str().unwrap()]].concat(),
     );
-    let golden = room.path("golden.img");
+    let golden_img = room.path("golden.img");
     run(
         "qemu-img",
         &[
             &cmp[..],
-            &[&room.unix_uri("pc-2"), golden.to_str().unwrap()],
+            &[&unix_uri(&room, "pc-2"), golden_img.to_str().unwrap()],
         ]
         .concat(),
     );
@@ -179,16 +135,16 @@ fn clients_read_and_write_over_tcp_and_the_unix_socket() {
         "nbdcopy",
         &[
             room.path("image.img").to_str().unwrap(),
-            &room.unix_uri("pc-2"),
+            &unix_uri(&room, "pc-2"),
         ],
     );
     assert_same(
-        &room.read_export(&room.uri("pc-2")),
+        &read_export(&room, &room.nbd_uri("pc-2")),
         &image,
         "pc-2 after nbdcopy",
     );
     assert_same(
-        &room.read_export(&room.uri("pc-1")),
+        &read_export(&room, &room.nbd_uri("pc-1")),
         &want,
         "pc-1 read back",
     );
@@ -206,30 +162,40 @@ fn clients_read_and_write_over_tcp_and_the_unix_socket() {
             "write -z 5000000 70000",
             "-c",
             "flush",
-            &room.uri("pc-1"),
+            &room.nbd_uri("pc-1"),
         ],
     );
     want[131_072..196_608].fill(0);
     want[5_000_000..5_070_000].fill(0);
     assert_same(
-        &room.read_export(&room.uri("pc-1")),
+        &read_export(&room, &room.nbd_uri("pc-1")),
         &want,
         "pc-1 after trim and zero",
     );
 
     // The read-only export refuses writes and stays golden.
     let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 1 0 4096", &room.uri("pc-ro")])
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 1 0 4096",
+            &room.nbd_uri("pc-ro"),
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success() || text.contains("denied"), "{text}");
-    assert_same(&room.read_export(&room.uri("pc-ro")), &room.golden, "pc-ro");
+    assert_same(
+        &read_export(&room, &room.nbd_uri("pc-ro")),
+        &golden(),
+        "pc-ro",
+    );
 }
 
 #[test]
 fn fio_verifies_crc32c_with_several_clients_at_once() {
-    let room = Room::new();
+    let room = room();
     room.cowctl(&["apply"]);
     // Four fio connections to pc-1 (each its own quarter) and one to pc-2, all at once.
     let job = |uri: &str, jobs: &str, size: &str, name: &str| {
@@ -253,7 +219,7 @@ fn fio_verifies_crc32c_with_several_clients_at_once() {
             .output()
             .unwrap()
     };
-    let (u1, u2) = (room.uri("pc-1"), room.uri("pc-2"));
+    let (u1, u2) = (room.nbd_uri("pc-1"), room.nbd_uri("pc-2"));
     let a = std::thread::spawn(move || job(&u1, "4", "8m", "four"));
     let b = std::thread::spawn(move || job(&u2, "1", "16m", "one"));
     for (out, what) in [(a.join().unwrap(), "pc-1 x4"), (b.join().unwrap(), "pc-2")] {
@@ -289,7 +255,7 @@ fn fio_verifies_crc32c_with_several_clients_at_once() {
 
 #[test]
 fn status_reset_and_down_work_through_the_service_while_clients_are_connected() {
-    let room = Room::new();
+    let room = room();
     let out = room.cowctl(&["plan"]);
     assert!(
         out.contains("1. start cowctl serve (NBD on 127.0.0.1:"),
@@ -308,7 +274,7 @@ fn status_reset_and_down_work_through_the_service_while_clients_are_connected() 
             "write -P 0xcd 0 4M",
             "-c",
             "flush",
-            &room.uri("pc-1"),
+            &room.nbd_uri("pc-1"),
         ],
     );
 
@@ -324,7 +290,7 @@ fn status_reset_and_down_work_through_the_service_while_clients_are_connected() 
             "sleep 4000",
             "-c",
             "read 0 4096",
-            &room.uri("pc-1"),
+            &room.nbd_uri("pc-1"),
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -342,7 +308,7 @@ fn status_reset_and_down_work_through_the_service_while_clients_are_connected() 
     };
     assert_eq!(status[0]["name"], "pc-1");
     assert_eq!(status[0]["state"], "active");
-    assert_eq!(status[0]["export"], room.uri("pc-1"));
+    assert_eq!(status[0]["export"], room.nbd_uri("pc-1"));
     assert!(
         status[0]["initiators"][0]
             .as_str()
@@ -353,7 +319,7 @@ fn status_reset_and_down_work_through_the_service_while_clients_are_connected() 
     assert!(status[0]["used_sectors"].as_u64().unwrap() >= 8192);
     let table = room.cowctl(&["status"]);
     assert!(table.starts_with("PC "), "{table}");
-    assert!(table.contains(&room.uri("pc-ro")), "{table}");
+    assert!(table.contains(&room.nbd_uri("pc-ro")), "{table}");
 
     let out = room.cowctl(&["reset", "pc-1"]);
     assert!(
@@ -367,8 +333,8 @@ fn status_reset_and_down_work_through_the_service_while_clients_are_connected() 
         "the client's connection was closed: {text}"
     );
     assert_same(
-        &room.read_export(&room.uri("pc-1")),
-        &room.golden,
+        &read_export(&room, &room.nbd_uri("pc-1")),
+        &golden(),
         "pc-1 after reset",
     );
     let s: serde_json::Value =
@@ -388,9 +354,9 @@ fn status_reset_and_down_work_through_the_service_while_clients_are_connected() 
         out.contains("stop serving pc-2 (its COW stays)") && out.contains("COW files are kept"),
         "{out}"
     );
-    let list = run("nbdinfo", &["--list", "--json", &room.uri("")]);
+    let list = run("nbdinfo", &["--list", "--json", &room.nbd_uri("")]);
     assert!(!list.contains("\"pc-2\""), "{list}");
-    let pid = room.pid();
+    let pid = room.serve_pid();
     room.cowctl(&["down"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
@@ -414,9 +380,9 @@ fn status_reset_and_down_work_through_the_service_while_clients_are_connected() 
 
 #[test]
 fn a_killed_service_keeps_every_write_flushed_before_it_died() {
-    let room = Room::new();
+    let room = room();
     room.cowctl(&["apply"]);
-    let uri = room.uri("pc-1");
+    let uri = room.nbd_uri("pc-1");
     run(
         "qemu-io",
         &["-f", "raw", "-c", "write -P 0x11 0 6M", "-c", "flush", &uri],
@@ -425,7 +391,7 @@ fn a_killed_service_keeps_every_write_flushed_before_it_died() {
     let mut writer = common::spawn_qemu_io_writer(&uri, &[0x22, 0x33, 0x44], 30, "8M", "16M");
     std::thread::sleep(Duration::from_millis(150));
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(room.pid()),
+        nix::unistd::Pid::from_raw(room.serve_pid()),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
@@ -442,13 +408,13 @@ fn a_killed_service_keeps_every_write_flushed_before_it_died() {
     assert_eq!(inspect["valid"], true, "{inspect}");
     let out = room.cowctl(&["apply"]);
     assert!(out.contains("started cowctl serve"), "{out}");
-    let disk = room.read_export(&uri);
+    let disk = read_export(&room, &uri);
     assert!(
         disk[..6 << 20].iter().all(|&b| b == 0x11),
         "flushed writes survive"
     );
     // Unflushed writes may or may not have survived, chunk by chunk; nothing else changed.
-    for (i, (&got, &gold)) in disk.iter().zip(&room.golden).enumerate().skip(6 << 20) {
+    for (i, (&got, &gold)) in disk.iter().zip(&golden()).enumerate().skip(6 << 20) {
         let in_flight = (8 << 20..24 << 20).contains(&i) && [0x22, 0x33, 0x44].contains(&got);
         assert!(
             got == gold || in_flight,
@@ -459,7 +425,7 @@ fn a_killed_service_keeps_every_write_flushed_before_it_died() {
 
 #[test]
 fn apply_follows_manifest_changes_on_a_running_service() {
-    let room = Room::new();
+    let room = room();
     room.cowctl(&["apply"]);
     let manifest = room.path("room.yaml");
     let text = std::fs::read_to_string(&manifest).unwrap();
@@ -481,9 +447,9 @@ fn apply_follows_manifest_changes_on_a_running_service() {
     assert!(!plan.contains("pc-1"), "{plan}");
     room.cowctl(&["apply"]);
     let info: serde_json::Value =
-        serde_json::from_str(&run("nbdinfo", &["--json", &room.uri("pc-2")])).unwrap();
+        serde_json::from_str(&run("nbdinfo", &["--json", &room.nbd_uri("pc-2")])).unwrap();
     assert_eq!(info["exports"][0]["is_read_only"], true);
-    let list = run("nbdinfo", &["--list", "--json", &room.uri("")]);
+    let list = run("nbdinfo", &["--list", "--json", &room.nbd_uri("")]);
     assert!(
         list.contains("\"pc-3\"") && !list.contains("\"pc-ro\""),
         "{list}"
@@ -492,9 +458,9 @@ fn apply_follows_manifest_changes_on_a_running_service() {
     // A manifest that moves the NBD address needs a restart, and says so.
     let moved = std::fs::read_to_string(&manifest)
         .unwrap()
-        .replace(&format!("127.0.0.1:{}", room.port), "127.0.0.1:1");
+        .replace(&format!("127.0.0.1:{}", room.nbd_port()), "127.0.0.1:1");
     std::fs::write(&manifest, moved).unwrap();
-    let out = room.cowctl_output(&["apply"]);
+    let out = room.output(&["apply"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("restart cowctl serve to listen there"),
@@ -505,7 +471,7 @@ fn apply_follows_manifest_changes_on_a_running_service() {
 
 #[test]
 fn with_the_ip_acl_a_pc_reaches_only_its_own_export_over_tcp() {
-    let room = Room::new();
+    let room = room();
     let manifest = room.path("room.yaml");
     let text = std::fs::read_to_string(&manifest).unwrap().replace(
         "  - name: pc-{1..2}\n",
@@ -515,38 +481,38 @@ fn with_the_ip_acl_a_pc_reaches_only_its_own_export_over_tcp() {
     std::fs::write(&manifest, text).unwrap();
     room.cowctl(&["apply"]);
     // From 127.0.0.1: pc-1 is there, pc-2 and pc-ro (no ip) do not exist.
-    run("nbdinfo", &["--size", &room.uri("pc-1")]);
+    run("nbdinfo", &["--size", &room.nbd_uri("pc-1")]);
     let out = Command::new("nbdinfo")
-        .args(["--size", &room.uri("pc-2")])
+        .args(["--size", &room.nbd_uri("pc-2")])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no export named 'pc-2'"), "{err}");
-    let list = run("nbdinfo", &["--list", "--json", &room.uri("")]);
+    let list = run("nbdinfo", &["--list", "--json", &room.nbd_uri("")]);
     assert!(
         list.contains("\"pc-1\"") && !list.contains("\"pc-2\"") && !list.contains("\"pc-ro\""),
         "{list}"
     );
     // The unix socket is root's: every export.
-    run("nbdinfo", &["--size", &room.unix_uri("pc-2")]);
+    run("nbdinfo", &["--size", &unix_uri(&room, "pc-2")]);
 }
 
 /// `down` of the whole room returns only once the service has exited, so a script's
 /// `cowctl down && cowctl apply` (or another program) finds the ports free at once.
 #[test]
 fn down_returns_once_the_service_has_let_go_of_its_ports() {
-    let room = Room::new();
+    let room = room();
     for round in 0..5 {
         room.cowctl(&["apply"]);
-        let pid = room.pid();
+        let pid = room.serve_pid();
         room.cowctl(&["down"]);
         let gone = cowctl::service::control::has_exited(pid);
-        let bound = std::net::TcpListener::bind(("127.0.0.1", room.port));
+        let bound = std::net::TcpListener::bind(("127.0.0.1", room.nbd_port()));
         assert!(
             gone && bound.is_ok(),
             "round {round}: after down the service (pid {pid}) is gone: {gone}; port {} free: {bound:?}",
-            room.port
+            room.nbd_port()
         );
     }
 }
@@ -555,7 +521,7 @@ fn down_returns_once_the_service_has_let_go_of_its_ports() {
 /// that says what happened and what to do), and the service carries on serving the others.
 #[test]
 fn a_cow_cut_or_removed_while_served_is_reported_and_the_others_carry_on() {
-    let room = Room::new();
+    let room = room();
     room.cowctl(&["apply"]);
     std::fs::OpenOptions::new()
         .write(true)
@@ -564,7 +530,7 @@ fn a_cow_cut_or_removed_while_served_is_reported_and_the_others_carry_on() {
         .set_len(4096)
         .unwrap();
     std::fs::remove_file(room.path("cow/pc-2.cow")).unwrap();
-    let out = room.cowctl_output(&["--json", "status"]);
+    let out = room.output(&["--json", "status"]);
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -586,10 +552,10 @@ fn a_cow_cut_or_removed_while_served_is_reported_and_the_others_carry_on() {
     let (warn, n) = notes("pc-ro");
     assert!(!warn && !n.contains("while it is served"), "{n}");
     // The service still answers and serves: pc-ro reads the golden image.
-    let read = room.read_export(&room.uri("pc-ro"));
+    let read = read_export(&room, &room.nbd_uri("pc-ro"));
     assert_same(
         &read[..GOLDEN],
-        &room.golden,
+        &golden(),
         "pc-ro after the others' COWs went",
     );
     assert!(room.cowctl(&["status", "pc-ro"]).contains("pc-ro"));

@@ -5,116 +5,66 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::kernel::Rng;
+use common::room::{Golden, Http, Pc, Room, RoomBuilder};
 use common::{assert_same, filled};
 
 const SIZE: usize = 8 << 20;
 
-struct Room {
-    dir: tempfile::TempDir,
-    port: u16,
-    /// The HTTP service's admin address, for the dashboard.
-    admin: u16,
+/// A room on a versioned image with no version yet: pc-01 kept, pc-02 and pc-03, the HTTP
+/// service for the dashboard.
+fn room() -> Room {
+    RoomBuilder::userspace()
+        .golden(Golden::Versions)
+        .cow("16MiB", "4KiB")
+        .export("nbd")
+        .http(Http::new().token("a-test-token-of-some-length"))
+        .pc(Pc::new("pc-01").flag("keep"))
+        .pc(Pc::new("pc-{02..03}"))
+        .build()
 }
 
-impl Room {
-    fn new() -> Room {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        std::fs::create_dir(dir.path().join("cow")).unwrap();
-        let (port, pcs, admin) = (
-            common::free_port(),
-            common::free_port(),
-            common::free_port(),
-        );
-        common::write_private(&dir.path().join("token"), "a-test-token-of-some-length\n");
-        std::fs::write(
-            dir.path().join("room.yaml"),
-            format!(
-                "backend: userspace\nimages:\n  g:\n    versions: {d}/versions\n\
-                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 16MiB\n  chunk: 4KiB\n  export: nbd\n\
-                 nbd:\n  listen: 127.0.0.1:{port}\n  socket: {d}/nbd.sock\n\
-                 http:\n  listen: 127.0.0.1:{pcs}\n  admin_listen: 127.0.0.1:{admin}\n  token_file: {d}/token\n\
-                 pcs:\n  - name: pc-01\n    keep: true\n  - name: pc-{{02..03}}\n"
-            ),
-        )
-        .unwrap();
-        Room { dir, port, admin }
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn cowctl(&self, args: &[&str]) -> String {
-        common::room_cowctl(self.dir.path(), args)
-    }
-
-    fn refused(&self, args: &[&str]) -> String {
-        let out = common::room_command(self.dir.path(), args)
-            .output()
-            .unwrap();
-        assert!(
-            !out.status.success(),
-            "cowctl {args:?} should fail: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).to_string()
-    }
-
-    fn uri(&self, pc: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{pc}", self.port)
-    }
-
-    fn write(&self, pc: &str, byte: u8, at: &str, len: &str) {
-        common::kernel::sh(
-            "qemu-io",
-            &[
-                "-f",
-                "raw",
-                "-c",
-                &format!("write -P {byte} {at} {len}"),
-                &self.uri(pc),
-            ],
-        );
-    }
-
-    /// The PC's whole disk as its client reads it.
-    fn read(&self, pc: &str) -> Vec<u8> {
-        let out = self.path(&format!("{pc}.read"));
-        let _ = std::fs::remove_file(&out);
-        common::qemu_img_convert(&self.uri(pc), "raw", out.to_str().unwrap());
-        std::fs::read(&out).unwrap()
-    }
-
-    fn version(&self, v: &str) -> Vec<u8> {
-        std::fs::read(self.path(&format!("versions/{v}/disk.img"))).unwrap()
-    }
-
-    fn versions(&self) -> Vec<String> {
-        let list: serde_json::Value =
-            serde_json::from_str(&self.cowctl(&["image", "list", "--json"])).unwrap();
-        list.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["version"].as_str().unwrap().to_string())
-            .collect()
-    }
+fn write(room: &Room, pc: &str, byte: u8, at: &str, len: &str) {
+    common::kernel::sh(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            &format!("write -P {byte} {at} {len}"),
+            &room.nbd_uri(pc),
+        ],
+    );
 }
 
-impl Drop for Room {
-    fn drop(&mut self) {
-        let _ = common::room_command(self.dir.path(), &["down"]).output();
-    }
+/// The PC's whole disk as its client reads it.
+fn read(room: &Room, pc: &str) -> Vec<u8> {
+    let out = room.path(&format!("{pc}.read"));
+    let _ = std::fs::remove_file(&out);
+    common::qemu_img_convert(&room.nbd_uri(pc), "raw", out.to_str().unwrap());
+    std::fs::read(&out).unwrap()
+}
+
+fn version(room: &Room, v: &str) -> Vec<u8> {
+    std::fs::read(room.path(&format!("versions/{v}/disk.img"))).unwrap()
+}
+
+fn versions(room: &Room) -> Vec<String> {
+    let list: serde_json::Value =
+        serde_json::from_str(&room.cowctl(&["image", "list", "--json"])).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
 fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
-    let room = Room::new();
+    let room = room();
     // No version yet: everything but import says how to make the first.
     let e = room.refused(&["status"]);
     assert!(
@@ -143,7 +93,7 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
         out.contains("as g@v1") && out.contains("it is current"),
         "{out}"
     );
-    assert_same(&room.version("v1"), &v1, "v1 as imported");
+    assert_same(&version(&room, "v1"), &v1, "v1 as imported");
     let e = room.refused(&[
         "image",
         "import",
@@ -174,20 +124,28 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
             out.contains(&format!("as g@{format}")) && !out.contains("current"),
             "{out}"
         );
-        assert_same(&room.version(format), &v1, &format!("{format} as imported"));
+        assert_same(
+            &version(&room, format),
+            &v1,
+            &format!("{format} as imported"),
+        );
     }
 
     room.cowctl(&["apply"]);
     // The maintenance PC installs something.
-    room.write("pc-01", 0xaa, "1M", "64k");
-    room.write("pc-02", 0x22, "2M", "4k");
-    room.write("pc-03", 0x33, "3M", "4k");
+    write(&room, "pc-01", 0xaa, "1M", "64k");
+    write(&room, "pc-02", 0x22, "2M", "4k");
+    write(&room, "pc-03", 0x33, "3M", "4k");
     let maintained = filled(v1.clone(), 0xaa, 1 << 20, 64 << 10);
-    assert_same(&room.read("pc-01"), &maintained, "pc-01 before the commit");
+    assert_same(
+        &read(&room, "pc-01"),
+        &maintained,
+        "pc-01 before the commit",
+    );
 
     // In use: refused, unless paused.
     let mut holder = Command::new("qemu-io")
-        .args(["-f", "raw", &room.uri("pc-01")])
+        .args(["-f", "raw", &room.nbd_uri("pc-01")])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -222,9 +180,13 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
         out.contains("committed pc-01 as g@v2 (parent v1)") && out.contains("64.0 KiB changed"),
         "{out}"
     );
-    assert_same(&room.version("v2"), &maintained, "v2 is what pc-01 showed");
     assert_same(
-        &room.version("paused"),
+        &version(&room, "v2"),
+        &maintained,
+        "v2 is what pc-01 showed",
+    );
+    assert_same(
+        &version(&room, "paused"),
         &maintained,
         "the paused commit too",
     );
@@ -250,7 +212,7 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
     );
     // The dashboard says the same.
     let dom = common::http::chromium(
-        &format!("http://127.0.0.1:{}/", room.admin),
+        &format!("http://127.0.0.1:{}/", room.admin().port()),
         &room.path("chromium"),
         &["--dump-dom"],
     );
@@ -277,19 +239,19 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
         .unwrap();
     assert_eq!(v2row["moving_here"], serde_json::json!(["pc-02"]));
     assert_same(
-        &room.read("pc-02"),
+        &read(&room, "pc-02"),
         &filled(v1.clone(), 0x22, 2 << 20, 4096),
         "pc-02 before its reset",
     );
     room.cowctl(&["reset", "pc-02"]);
-    assert_same(&room.read("pc-02"), &maintained, "pc-02 on v2");
+    assert_same(&read(&room, "pc-02"), &maintained, "pc-02 on v2");
     assert_same(
-        &room.read("pc-03"),
+        &read(&room, "pc-03"),
         &filled(v1.clone(), 0x33, 3 << 20, 4096),
         "pc-03 untouched on v1",
     );
     room.cowctl(&["reset", "pc-03"]);
-    assert_same(&room.read("pc-03"), &v1, "pc-03 reset, still v1");
+    assert_same(&read(&room, "pc-03"), &v1, "pc-03 reset, still v1");
 
     // The room: everyone but the maintenance PC moves at `reset --all`.
     room.cowctl(&["image", "promote", "g", "v2"]);
@@ -299,13 +261,13 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
         "the maintenance PC keeps its changes: {out}"
     );
     assert!(out.contains("reset 2 of 2 PCs in "), "{out}");
-    assert_same(&room.read("pc-03"), &maintained, "pc-03 on v2");
-    assert_same(&room.read("pc-01"), &maintained, "pc-01 kept its COW");
+    assert_same(&read(&room, "pc-03"), &maintained, "pc-03 on v2");
+    assert_same(&read(&room, "pc-01"), &maintained, "pc-01 kept its COW");
 
     // Rollback is promoting the older version.
     room.cowctl(&["image", "promote", "g", "v1"]);
     room.cowctl(&["reset", "pc-02"]);
-    assert_same(&room.read("pc-02"), &v1, "pc-02 rolled back");
+    assert_same(&read(&room, "pc-02"), &v1, "pc-02 rolled back");
     let list = room.cowctl(&["image", "list"]);
     assert!(list.contains("current v1"), "{list}");
 
@@ -318,7 +280,7 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
     for unused in ["paused", "vmdk", "vhdx", "vdi"] {
         assert!(out.contains(&format!("remove g@{unused} ")), "{out}");
     }
-    assert_eq!(room.versions(), ["v1", "v2"]);
+    assert_eq!(versions(&room), ["v1", "v2"]);
 
     // A version changed behind cowctl's back is refused under the COWs made over it.
     room.cowctl(&["down"]);
@@ -332,7 +294,7 @@ fn a_room_goes_v1_to_v2_and_back_at_its_resets() {
 
 #[test]
 fn a_commit_killed_at_any_point_leaves_no_half_version() {
-    let room = Room::new();
+    let room = room();
     let v1 = Rng(2).bytes(SIZE);
     std::fs::write(room.path("v1.raw"), &v1).unwrap();
     room.cowctl(&[
@@ -343,7 +305,7 @@ fn a_commit_killed_at_any_point_leaves_no_half_version() {
         "g",
     ]);
     room.cowctl(&["apply"]);
-    room.write("pc-02", 0x5a, "0", "4M");
+    write(&room, "pc-02", 0x5a, "0", "4M");
     room.cowctl(&["down"]);
     let want = filled(v1, 0x5a, 0, 4 << 20);
     let mut whole = 0;
@@ -360,10 +322,10 @@ fn a_commit_killed_at_any_point_leaves_no_half_version() {
         std::thread::sleep(Duration::from_micros(i * i * 700));
         let _ = child.kill();
         let _ = child.wait();
-        let versions = room.versions();
+        let versions = versions(&room);
         if versions.contains(&name) {
             whole += 1;
-            assert_same(&room.version(&name), &want, "a commit that finished");
+            assert_same(&version(&room, &name), &want, "a commit that finished");
         }
         assert!(
             versions.iter().all(|v| v == "v1" || v.starts_with('k')),

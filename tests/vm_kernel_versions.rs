@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::kernel::{modprobe_room, read_device, require_vm, sh, write_device, Iscsid, Rng};
+use common::room::{Golden, Iscsi, Pc, RoomBuilder};
 use common::{assert_same, filled};
 
 const SIZE: usize = 8 << 20;
@@ -28,17 +29,18 @@ impl Site {
         modprobe_room();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("cow")).unwrap();
-        let d = dir.path().display();
-        std::fs::write(
-            dir.path().join("room.yaml"),
-            format!(
-                "images:\n  g:\n    versions: {d}/versions\n\
-                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 16MiB\n  chunk: 4KiB\n\
-                 iscsi:\n  iqn_prefix: iqn.2024-01.lan.ver\n  portals: [127.0.0.1:3260]\n  acl: open\n\
-                 pcs:\n  - name: pc-01\n    keep: true\n  - name: pc-{{02..03}}\n"
-            ),
-        )
-        .unwrap();
+        let text = RoomBuilder::new()
+            .golden(Golden::Versions)
+            .cow("16MiB", "4KiB")
+            .iscsi(
+                Iscsi::new("iqn.2024-01.lan.ver")
+                    .portal("127.0.0.1:3260")
+                    .acl("open"),
+            )
+            .pc(Pc::new("pc-01").flag("keep"))
+            .pc(Pc::new("pc-{02..03}"))
+            .text_for(dir.path());
+        std::fs::write(dir.path().join("room.yaml"), text).unwrap();
         Site { dir }
     }
 

@@ -9,6 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::kernel::Rng;
+use common::room::{Golden, Pc, RoomBuilder};
 use common::{assert_same, filled};
 use sha2::{Digest, Sha256};
 
@@ -25,18 +26,19 @@ impl Site {
         let dir = tempfile::tempdir().unwrap();
         let port_a = common::free_port();
         for (room, port) in [("a", port_a), ("b", common::free_port())] {
-            let d = dir.path().display();
             std::fs::create_dir(dir.path().join(format!("cow-{room}"))).unwrap();
-            std::fs::write(
-                dir.path().join(format!("{room}.yaml")),
-                format!(
-                    "backend: userspace\nimages:\n  g:\n    versions: {d}/versions\n\
-                     defaults:\n  image: g\n  cow_dir: {d}/cow-{room}\n  cow_size: 16MiB\n  chunk: 4KiB\n  export: nbd\n\
-                     nbd:\n  listen: 127.0.0.1:{port}\n  socket: {d}/nbd-{room}.sock\n\
-                     pcs:\n  - name: pc-01\n"
-                ),
-            )
-            .unwrap();
+            let text = RoomBuilder::userspace()
+                .golden(Golden::Versions)
+                .cow_dir(&format!("cow-{room}"))
+                .cow("16MiB", "4KiB")
+                .export("nbd")
+                .nbd_at(
+                    &format!("127.0.0.1:{port}"),
+                    Some(&format!("nbd-{room}.sock")),
+                )
+                .pc(Pc::new("pc-01"))
+                .text_for(dir.path());
+            std::fs::write(dir.path().join(format!("{room}.yaml")), text).unwrap();
         }
         Site { dir, port_a }
     }

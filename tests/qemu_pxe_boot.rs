@@ -11,12 +11,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::net::{Link, Netns};
 use common::pc::{self, Boot};
+use common::room::{Golden, Http, Iscsi, Pc, Room, RoomBuilder};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(180);
 const PC_MAC: &str = "52:54:00:c0:ee:01";
@@ -31,18 +31,40 @@ enum Lan {
     OtherDhcp,
 }
 
-struct Room {
-    dir: tempfile::TempDir,
+/// The LAN's own DHCP server, in a namespace of its own; stopped when dropped.
+struct OtherDhcp {
+    _ns: Netns,
+    dhcp: Child,
+}
+
+impl Drop for OtherDhcp {
+    fn drop(&mut self) {
+        let _ = self.dhcp.kill();
+        let _ = self.dhcp.wait();
+    }
+}
+
+/// The common room on the room's network this test makes: down first, then the LAN's DHCP
+/// server stopped, then the links removed.
+struct PxeRoom {
+    room: Room,
     /// The PC's NIC.
     tap: String,
     server: String,
+    _lan: Option<OtherDhcp>,
     _links: Vec<Link>,
-    _lan: Option<(Netns, Child)>,
 }
 
-impl Room {
+impl std::ops::Deref for PxeRoom {
+    type Target = Room;
+    fn deref(&self) -> &Room {
+        &self.room
+    }
+}
+
+impl PxeRoom {
     /// A room; `k` tells apart rooms of one kind that tests make at the same time.
-    fn new(lan: Lan, k: u32) -> Room {
+    fn new(lan: Lan, k: u32) -> PxeRoom {
         // A /24 of 10.0.0.0/8 of this run's own, so parallel runs do not meet.
         let net = std::process::id() % 200 + 20;
         let third = if lan == Lan::CowctlDhcp { 77 } else { 78 } + 10 * k;
@@ -84,7 +106,7 @@ impl Room {
                 (
                     bridge.name.clone(),
                     vec![tap, wire, bridge],
-                    Some((ns, dhcp)),
+                    Some(OtherDhcp { _ns: ns, dhcp }),
                 )
             }
         };
@@ -92,48 +114,35 @@ impl Room {
             Lan::CowctlDhcp => format!("{subnet}.100-{subnet}.150"),
             Lan::OtherDhcp => "proxy".to_string(),
         };
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        pc::counter_image(&dir.path().join("golden.img"), 32 << 20);
-        std::fs::create_dir(dir.path().join("cow")).unwrap();
-        common::write_private(&dir.path().join("chap.secret"), "the-room-master-secret\n");
-        let (iscsi, nbd, http, admin) = (
-            common::free_port(),
-            common::free_port(),
-            common::free_port(),
-            common::free_port(),
-        );
-        std::fs::write(
-            dir.path().join("room.yaml"),
-            format!(
-                "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
-                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 8MiB\n  chunk: 4KiB\n\
-                 \x20 initiator: iqn.2024-01.lan.pxe:init-{{name}}\n\
-                 iscsi:\n  iqn_prefix: iqn.2024-01.lan.pxe\n  portals: [{server}:{iscsi}]\n  acl: initiator\n\
-                 \x20 chap:\n    username: room\n    secret_file: {d}/chap.secret\n\
-                 nbd:\n  listen: 127.0.0.1:{nbd}\n  socket: {d}/nbd.sock\n\
-                 http:\n  listen: {server}:{http}\n  admin_listen: 127.0.0.1:{admin}\n\
-                 pxe:\n  interface: {interface}\n  dhcp: {dhcp}\n\
-                 pcs:\n  - name: pc-01\n    mac: {PC_MAC}\n    ip: {subnet}.11\n    hostname: lab-a1\n\
-                 \x20   initiator: iqn.2024-01.lan.pxe:init-pc-01\n    reset_on_boot: true\n"
-            ),
-        )
-        .unwrap();
+        let room = RoomBuilder::userspace()
+            .golden(Golden::Counter(32 << 20))
+            .cow("8MiB", "4KiB")
+            .defaults("  initiator: iqn.2024-01.lan.pxe:init-{name}\n")
+            .iscsi(
+                Iscsi::new("iqn.2024-01.lan.pxe")
+                    .portal(&server)
+                    .acl("initiator")
+                    .chap("room", "the-room-master-secret"),
+            )
+            .http(Http::new().listen(&server))
+            .extra(&format!("pxe:\n  interface: {interface}\n  dhcp: {dhcp}\n"))
+            .pc(Pc::new("pc-01")
+                .mac(PC_MAC)
+                .ip(&format!("{subnet}.11"))
+                .set("hostname", "lab-a1")
+                .initiator("iqn.2024-01.lan.pxe:init-pc-01")
+                .flag("reset_on_boot"))
+            .build();
         let tap = links[0].name.clone();
-        let room = Room {
-            dir,
+        let out = room.cowctl(&["apply"]);
+        assert!(out.contains("started dnsmasq"), "{out}");
+        PxeRoom {
+            room,
             tap,
             server,
-            _links: links,
             _lan: other,
-        };
-        let out = common::room_cowctl(room.dir.path(), &["apply"]);
-        assert!(out.contains("started dnsmasq"), "{out}");
-        room
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+            _links: links,
+        }
     }
 
     fn boot(&self, mac: &str, limit: Duration) -> Boot {
@@ -156,19 +165,9 @@ impl Room {
     }
 }
 
-impl Drop for Room {
-    fn drop(&mut self) {
-        let _ = common::room_command(self.dir.path(), &["down"]).output();
-        if let Some((_, dhcp)) = &mut self._lan {
-            let _ = dhcp.kill();
-            let _ = dhcp.wait();
-        }
-    }
-}
-
 #[test]
 fn a_pc_pxe_boots_through_dnsmasq_ipxe_and_boot_ipxe_to_its_own_disk() {
-    let room = Room::new(Lan::CowctlDhcp, 0);
+    let room = PxeRoom::new(Lan::CowctlDhcp, 0);
     let golden = std::fs::read(room.path("golden.img")).unwrap();
 
     // PXE ROMs that are not iPXE get iPXE by TFTP: Debian's own loaders, byte for byte.
@@ -189,7 +188,7 @@ fn a_pc_pxe_boots_through_dnsmasq_ipxe_and_boot_ipxe_to_its_own_disk() {
             "{loader} by TFTP"
         );
     }
-    let status = common::room_cowctl(room.dir.path(), &["status"]);
+    let status = room.cowctl(&["status"]);
     assert!(status.contains("PXE: dnsmasq"), "{status}");
     assert!(status.contains("answers on"), "{status}");
 
@@ -225,31 +224,31 @@ fn a_pc_pxe_boots_through_dnsmasq_ipxe_and_boot_ipxe_to_its_own_disk() {
 
     // Apply leaves a dnsmasq that serves the manifest alone, and restarts it when the
     // manifest changes what it serves.
-    let plan = common::room_cowctl(room.dir.path(), &["plan"]);
+    let plan = room.cowctl(&["plan"]);
     assert!(plan.contains("already serves the manifest"), "{plan}");
     let manifest = std::fs::read_to_string(room.path("room.yaml")).unwrap();
     std::fs::write(room.path("room.yaml"), manifest.replace("lab-a1", "lab-a2")).unwrap();
-    let plan = common::room_cowctl(room.dir.path(), &["plan"]);
+    let plan = room.cowctl(&["plan"]);
     assert!(plan.contains("PXE: restart dnsmasq"), "{plan}");
-    let apply = common::room_cowctl(room.dir.path(), &["apply"]);
+    let apply = room.cowctl(&["apply"]);
     assert!(apply.contains("restarted dnsmasq as"), "{apply}");
     let conf = std::fs::read_to_string(room.path("run/pxe/dnsmasq.conf")).unwrap();
     assert!(
         conf.contains(&format!("dhcp-host={PC_MAC},")) && conf.contains(",lab-a2"),
         "{conf}"
     );
-    let apply = common::room_cowctl(room.dir.path(), &["apply"]);
+    let apply = room.cowctl(&["apply"]);
     assert!(apply.contains("already serves it"), "{apply}");
 
-    let down = common::room_cowctl(room.dir.path(), &["down"]);
+    let down = room.cowctl(&["down"]);
     assert!(down.contains("stopped the PXE service"), "{down}");
-    let status = common::room_cowctl(room.dir.path(), &["status"]);
+    let status = room.cowctl(&["status"]);
     assert!(status.contains("dnsmasq is not running"), "{status}");
 }
 
 #[test]
 fn beside_the_lans_dhcp_server_cowctl_answers_as_a_proxy_and_the_pc_boots() {
-    let room = Room::new(Lan::OtherDhcp, 0);
+    let room = PxeRoom::new(Lan::OtherDhcp, 0);
     assert_eq!(
         room.boot(PC_MAC, BOOT_LIMIT),
         Boot::Counted(1),
@@ -280,13 +279,13 @@ fn beside_the_lans_dhcp_server_cowctl_answers_as_a_proxy_and_the_pc_boots() {
     let nic = pc::tap_nic(&room.tap, stranger);
     let boot = pc::boot_from(room.dir.path(), &nic, Duration::from_secs(60), &asked);
     assert!(matches!(boot, Boot::Nothing(_)), "{boot:?}");
-    let listed = common::room_cowctl(room.dir.path(), &["pcs", "discovered"]);
+    let listed = room.cowctl(&["pcs", "discovered"]);
     assert!(listed.contains(stranger), "{listed}\n{}", room.logs());
 }
 
 #[test]
 fn a_pc_the_manifest_does_not_list_is_discovered_adopted_and_then_boots() {
-    let room = Room::new(Lan::CowctlDhcp, 1);
+    let room = PxeRoom::new(Lan::CowctlDhcp, 1);
     const NEW: &str = "52:54:00:c0:ee:31";
     // Not answered: the PXE ROM asks, dnsmasq logs it as ignored, nothing boots. The boot
     // ends as soon as the log shows that, to keep the test short.
@@ -306,7 +305,7 @@ fn a_pc_the_manifest_does_not_list_is_discovered_adopted_and_then_boots() {
     assert!(matches!(stranger, Boot::Nothing(_)), "{stranger:?}");
     assert!(ignored(), "{}", room.logs());
 
-    let listed = common::room_cowctl(room.dir.path(), &["pcs", "discovered"]);
+    let listed = room.cowctl(&["pcs", "discovered"]);
     let line = listed.lines().find(|l| l.starts_with(NEW));
     let line = line.unwrap_or_else(|| panic!("{NEW} not listed:\n{listed}\n{}", room.logs()));
     assert!(line.contains(&room.tap) && line.contains("BIOS"), "{line}");
@@ -317,24 +316,24 @@ fn a_pc_the_manifest_does_not_list_is_discovered_adopted_and_then_boots() {
 
     let before = std::fs::read_to_string(room.path("room.yaml")).unwrap();
     let adopt = ["pcs", "adopt", NEW, "--name-from", "pc-{31..31}"];
-    let out = common::room_cowctl(room.dir.path(), &adopt);
+    let out = room.cowctl(&adopt);
     assert!(out.contains("+  - name: pc-31"), "{out}");
     let after = std::fs::read_to_string(room.path("room.yaml")).unwrap();
     assert!(
         after.starts_with(&before),
         "the manifest is appended to:\n{after}"
     );
-    let listed = common::room_cowctl(room.dir.path(), &["pcs", "discovered"]);
+    let listed = room.cowctl(&["pcs", "discovered"]);
     assert!(
         !listed.contains(NEW),
         "adopted, so no longer a stranger:\n{listed}"
     );
-    let valid = common::room_cowctl(room.dir.path(), &["validate"]);
+    let valid = room.cowctl(&["validate"]);
     assert!(valid.contains("2 PC(s)"), "{valid}");
-    let plan = common::room_cowctl(room.dir.path(), &["plan"]);
+    let plan = room.cowctl(&["plan"]);
     assert!(plan.contains("pc-31"), "{plan}");
 
-    let apply = common::room_cowctl(room.dir.path(), &["apply"]);
+    let apply = room.cowctl(&["apply"]);
     assert!(apply.contains("restarted dnsmasq as"), "{apply}");
     assert_eq!(
         room.boot(NEW, BOOT_LIMIT),

@@ -1,20 +1,21 @@
 //! The security review's probes (issue 11) as regression tests, each run the way it was
 //! found: with the cowctl binary, as a careful admin's typo or a hostile client on the
 //! room's LAN would. The kernel-side probes (resets from the live table, interrupted
-//! resets) are in tests/control_plan.rs on the recording fake.
+//! resets) are in tests/host_control_plan.rs on the recording fake.
 
 #![allow(clippy::cast_possible_truncation)] // tests build small byte streams
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::http::{get, request};
+use common::room::{Golden, Http, Pc, Room, RoomBuilder};
 
 fn cowctl(dir: &Path, args: &[&str]) -> Output {
     common::room_command(dir, args).output().unwrap()
@@ -24,78 +25,56 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A userspace room: one NBD PC and one iSCSI PC, the HTTP service with a token.
-struct Room {
-    dir: tempfile::TempDir,
-    nbd: SocketAddr,
-    http: SocketAddr,
-    admin: SocketAddr,
+/// A userspace room: one NBD PC, the HTTP service with a token.
+fn builder() -> RoomBuilder {
+    RoomBuilder::userspace()
+        .golden(Golden::Fill(0x33, 4 << 20))
+        .cow("8MiB", "4KiB")
+        .export("nbd")
+        .http(Http::new().token("room-admin-token-0123456789"))
+        .pc(Pc::new("pc-1").ip("127.0.0.1").flag("self_reset"))
 }
 
-impl Room {
-    fn text(d: &Path, nbd: u16, http: u16, admin: &str, extra_pc: &str) -> String {
-        let d = d.display();
-        format!(
-            "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
-             defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 8MiB\n  chunk: 4KiB\n  export: nbd\n\
-             nbd:\n  listen: 127.0.0.1:{nbd}\n  socket: {d}/nbd.sock\n\
-             http:\n  listen: 127.0.0.1:{http}\n  admin_listen: {admin}\n  token_file: {d}/token\n\
-             pcs:\n  - name: pc-1\n    ip: 127.0.0.1\n    self_reset: true\n{extra_pc}"
+/// The room of [`builder`] with its admin listener on `host`, applied.
+fn room_with_admin(host: &str) -> Room {
+    let room = builder()
+        .http(Http::new().admin(host).token("room-admin-token-0123456789"))
+        .build();
+    let out = room.output(&["apply"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    room
+}
+
+fn room() -> Room {
+    room_with_admin("127.0.0.1")
+}
+
+/// The manifest of [`builder`]'s room in `d` with these listeners and more PCs (as
+/// written), for the tests that edit it.
+fn text(d: &Path, nbd: u16, http: u16, admin: &str, extra_pc: &str) -> String {
+    builder()
+        .nbd_at(&format!("127.0.0.1:{nbd}"), Some("nbd.sock"))
+        .http(
+            Http::new()
+                .listen(&format!("127.0.0.1:{http}"))
+                .admin(admin)
+                .token("room-admin-token-0123456789"),
         )
-    }
-
-    fn new() -> Room {
-        Room::with_admin("127.0.0.1")
-    }
-
-    fn with_admin(host: &str) -> Room {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("golden.img"), vec![0x33; 4 << 20]).unwrap();
-        std::fs::create_dir(dir.path().join("cow")).unwrap();
-        common::write_private(&dir.path().join("token"), "room-admin-token-0123456789\n");
-        let (nbd, http, admin) = (
-            common::free_port(),
-            common::free_port(),
-            common::free_port(),
-        );
-        let text = Room::text(dir.path(), nbd, http, &format!("{host}:{admin}"), "");
-        std::fs::write(dir.path().join("room.yaml"), text).unwrap();
-        let out = cowctl(dir.path(), &["apply"]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        Room {
-            dir,
-            nbd: SocketAddr::from(([127, 0, 0, 1], nbd)),
-            http: SocketAddr::from(([127, 0, 0, 1], http)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        std::fs::read_to_string(self.dir.path().join("run/serve.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    /// (resident KiB, threads) of the service.
-    fn footprint(&self) -> (u64, u64) {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let field = |k: &str| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap()
-        };
-        (field("VmRSS:"), field("Threads:"))
-    }
+        .text_for(d)
+        + extra_pc
 }
 
-impl Drop for Room {
-    fn drop(&mut self) {
-        let _ = cowctl(self.dir.path(), &["down"]);
-    }
+/// (resident KiB, threads) of the service.
+fn footprint(room: &Room) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{}/status", room.serve_pid())).unwrap();
+    let field = |k: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("Threads:"))
 }
 
 /// A manifest for `validate` only: `cow` for pc-1, and a second PC on `cow2`.
@@ -209,11 +188,17 @@ fn a_file_that_is_not_a_cow_is_never_written_or_reset_as_one() {
 
 #[test]
 fn a_cow_with_data_but_no_golden_record_is_reported_then_recorded_on_request() {
-    let room = Room::new();
+    let room = room();
     let cow = room.dir.path().join("cow/pc-1.cow");
-    common::spawn_qemu_io_writer(&format!("nbd://{}/pc-1", room.nbd), &[0x44], 1, "0", "64k")
-        .wait()
-        .unwrap();
+    common::spawn_qemu_io_writer(
+        &format!("nbd://{}/pc-1", room.nbd()),
+        &[0x44],
+        1,
+        "0",
+        "64k",
+    )
+    .wait()
+    .unwrap();
     let out = cowctl(room.dir.path(), &["down"]);
     assert!(out.status.success());
     std::fs::remove_file(room.dir.path().join("cow/pc-1.cow.golden")).unwrap();
@@ -282,12 +267,12 @@ fn secret_and_token_files_readable_by_others_are_refused() {
         stderr(&out)
     );
     // The admin token: a readable token file accepts nothing.
-    let room = Room::new();
+    let room = room();
     let token = room.dir.path().join("token");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let r = request(
         "127.0.0.1".parse().unwrap(),
-        room.admin,
+        room.admin(),
         "POST",
         "/api/v1/pcs/pc-1/reset",
         &[("Authorization", "Bearer room-admin-token-0123456789")],
@@ -310,7 +295,7 @@ fn admin_addresses_are_kept_from_pcs_and_need_the_token_when_others_can_reach_th
             "can be reached from other machines: set http.token_file",
         ),
     ] {
-        let mut text = Room::text(d, 10809, 8080, admin, "");
+        let mut text = text(d, 10809, 8080, admin, "");
         if !token {
             text = text.replace(&format!("  token_file: {}/token\n", d.display()), "");
         }
@@ -320,18 +305,18 @@ fn admin_addresses_are_kept_from_pcs_and_need_the_token_when_others_can_reach_th
         assert!(stderr(&out).contains(wanted), "{}", stderr(&out));
     }
     // An admin address on every interface: even reading needs the token.
-    let room = Room::with_admin("0.0.0.0");
-    let r = get("127.0.0.1", room.admin, "/api/v1/pcs");
+    let room = room_with_admin("0.0.0.0");
+    let r = get("127.0.0.1", room.admin(), "/api/v1/pcs");
     assert_eq!(r.status, 401, "{}", r.body);
     let r = request(
         "127.0.0.1".parse().unwrap(),
-        room.admin,
+        room.admin(),
         "GET",
         "/metrics",
         &[("Authorization", "Bearer room-admin-token-0123456789")],
     );
     assert_eq!(r.status, 200);
-    let page = get("127.0.0.1", room.admin, "/");
+    let page = get("127.0.0.1", room.admin(), "/");
     assert_eq!(page.status, 200);
     assert!(
         page.body
@@ -342,12 +327,12 @@ fn admin_addresses_are_kept_from_pcs_and_need_the_token_when_others_can_reach_th
 
 #[test]
 fn other_sites_names_and_cross_site_requests_are_refused() {
-    let room = Room::new();
+    let room = room();
     let me = "127.0.0.1".parse().unwrap();
     // DNS rebinding: a page of evil.example resolving to this machine.
     let r = request(
         me,
-        room.admin,
+        room.admin(),
         "GET",
         "/api/v1/pcs",
         &[("Host", "evil.example:8081")],
@@ -356,7 +341,7 @@ fn other_sites_names_and_cross_site_requests_are_refused() {
     // A page in the PC's own browser posting its reset.
     let r = request(
         me,
-        room.http,
+        room.http(),
         "POST",
         "/api/v1/pcs/pc-1/reset",
         &[("Origin", "http://evil.example")],
@@ -365,25 +350,25 @@ fn other_sites_names_and_cross_site_requests_are_refused() {
     assert!(r.body.contains("another web site"), "{}", r.body);
     let r = request(
         me,
-        room.http,
+        room.http(),
         "POST",
         "/api/v1/pcs/pc-1/reset",
         &[("Sec-Fetch-Site", "cross-site")],
     );
     assert_eq!(r.status, 403);
     // The PC itself (curl sends no Origin) may.
-    let r = request(me, room.http, "POST", "/api/v1/pcs/pc-1/reset", &[]);
+    let r = request(me, room.http(), "POST", "/api/v1/pcs/pc-1/reset", &[]);
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
 #[test]
 fn stalled_nbd_writes_and_idle_connections_cost_the_service_next_to_nothing() {
-    let room = Room::new();
-    let (rss_before, threads_before) = room.footprint();
+    let room = room();
+    let (rss_before, threads_before) = footprint(&room);
     // Four clients send a 32 MiB WRITE header and stall (seen: 7 MB -> 138 MB resident).
     let mut stalled = Vec::new();
     for _ in 0..4 {
-        let mut s = TcpStream::connect(room.nbd).unwrap();
+        let mut s = TcpStream::connect(room.nbd()).unwrap();
         nbd_go(&mut s, "pc-1");
         let mut req = Vec::new();
         req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
@@ -398,10 +383,10 @@ fn stalled_nbd_writes_and_idle_connections_cost_the_service_next_to_nothing() {
     }
     // 300 idle connections (seen: 306 threads): the cap per address turns most away.
     let idle: Vec<TcpStream> = (0..300)
-        .filter_map(|_| TcpStream::connect(room.nbd).ok())
+        .filter_map(|_| TcpStream::connect(room.nbd()).ok())
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let (rss, threads) = room.footprint();
+    let (rss, threads) = footprint(&room);
     assert!(
         rss < rss_before + 16 * 1024,
         "resident {rss_before} KiB -> {rss} KiB"
@@ -444,8 +429,8 @@ fn nbd_go(s: &mut TcpStream, name: &str) {
 
 #[test]
 fn an_nbd_handshake_must_finish_in_time_however_slowly_it_trickles() {
-    let room = Room::new();
-    let mut s = TcpStream::connect(room.nbd).unwrap();
+    let room = room();
+    let mut s = TcpStream::connect(room.nbd()).unwrap();
     let mut greeting = [0u8; 18];
     s.read_exact(&mut greeting).unwrap();
     // One byte every 5 s: each read is quick, the handshake never ends.
@@ -472,11 +457,11 @@ fn an_nbd_handshake_must_finish_in_time_however_slowly_it_trickles() {
 
 #[test]
 fn http_connections_are_capped_and_a_trickled_header_times_out() {
-    let room = Room::new();
+    let room = room();
     let held: Vec<TcpStream> = (0..16)
-        .map(|_| TcpStream::connect(room.http).unwrap())
+        .map(|_| TcpStream::connect(room.http()).unwrap())
         .collect();
-    let mut extra = TcpStream::connect(room.http).unwrap();
+    let mut extra = TcpStream::connect(room.http()).unwrap();
     extra
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -490,7 +475,7 @@ fn http_connections_are_capped_and_a_trickled_header_times_out() {
     drop(held);
     // Half a header, then nothing: closed within the header time limit.
     std::thread::sleep(Duration::from_millis(200));
-    let mut slow = TcpStream::connect(room.http).unwrap();
+    let mut slow = TcpStream::connect(room.http()).unwrap();
     slow.write_all(b"GET /cow HTTP/1.1\r\nHost: 127.0").unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -545,7 +530,7 @@ fn planted_links_and_files_in_cowctls_paths_are_never_followed_or_replaced() {
     std::fs::create_dir(d.join("cow")).unwrap();
     std::fs::write(d.join("victim"), "keep me").unwrap();
     // nbd.socket at a regular file: serve refuses to remove it.
-    let text = Room::text(
+    let text = text(
         d,
         common::free_port(),
         common::free_port(),
@@ -612,7 +597,7 @@ fn a_stranger_on_the_lan_finds_no_nbd_server_by_default() {
     std::fs::create_dir(dir.path().join("cow")).unwrap();
     common::write_private(&dir.path().join("token"), "room-admin-token-0123456789\n");
     let (http, admin) = (common::free_port(), common::free_port());
-    let lan_default = Room::text(dir.path(), 1, http, &format!("127.0.0.1:{admin}"), "")
+    let lan_default = text(dir.path(), 1, http, &format!("127.0.0.1:{admin}"), "")
         .replace("  listen: 127.0.0.1:1\n", "");
     let manifest = dir.path().join("room.yaml");
     let wire = Link::veth(7, 1500);

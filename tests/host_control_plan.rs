@@ -1,11 +1,12 @@
 //! The control plane against the recording fake kernel: what is planned, in which order it
 //! reaches the kernel, and what is refused. The real kernel runs the same code in the VM
-//! (tests/kernel_control.rs).
+//! (tests/vm_kernel_control.rs).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::room::{Iscsi, Pc, RoomBuilder};
 use cowctl::control::observe::Observed;
 use cowctl::control::plan::{plan_apply, plan_down};
 use cowctl::control::step::Step;
@@ -279,14 +280,17 @@ fn a_cow_made_against_another_image_is_refused() {
 }
 
 fn manifest_text(dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        "images:\n  g:\n    path: {d}/golden.img\n  o:\n    path: {d}/other.img\n\
-         defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 2MiB\n  chunk: 4KiB\n\
-         iscsi:\n  iqn_prefix: iqn.2024-01.lan.test\n  portals: [127.0.0.1:3260]\n  chap:\n    username: lab\n    secret_file: {d}/chap.secret\n\
-         aoe:\n  interface: lo\n\
-         pcs:\n  - name: pc-{{1..2}}\n    initiator: iqn.2024-01.lan.pc:{{name}}\n  - name: pc-3\n    export: aoe\n    shelf: 9\n    slot: 3\n    mac: 00:00:00:00:00:00\n"
-    )
+    RoomBuilder::new()
+        .image("o", "other.img", Vec::new())
+        .iscsi(
+            Iscsi::new("iqn.2024-01.lan.test")
+                .portal("127.0.0.1:3260")
+                .chap("lab", "a-secret-of-16ch"),
+        )
+        .aoe("lo")
+        .pc(Pc::new("pc-{1..2}").initiator("iqn.2024-01.lan.pc:{name}"))
+        .pc(Pc::new("pc-3").aoe(9, 3).mac("00:00:00:00:00:00"))
+        .text_for(dir)
 }
 
 #[test]

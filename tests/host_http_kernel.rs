@@ -1,7 +1,7 @@
 //! The HTTP service and auto-extend over the kernel backend, on the recording fake kernel:
 //! boot scripts with their exact sanboot URIs, reset on boot, PCs found by address or MAC,
 //! CowBell numbers from dm status, and auto-extend growing the file and its loop device.
-//! The same code runs on the real kernel in the VM (tests/kernel_http.rs).
+//! The same code runs on the real kernel in the VM (tests/vm_kernel_http.rs).
 
 mod common;
 
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::http::get;
+use common::room::{Iscsi, Pc, RoomBuilder};
 use cowctl::control::observe::Observed;
 use cowctl::control::plan::plan_apply;
 use cowctl::control::{apply, sidecar, Ctx};
@@ -30,21 +31,30 @@ struct Room {
 }
 
 fn manifest_text(d: &Path, portal: &str) -> String {
-    let d = d.display();
-    format!(
-        "images:\n  g:\n    path: {d}/golden.img\n    version: \"3\"\n\
-         defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 1MiB\n  chunk: 4KiB\n\
-         iscsi:\n  iqn_prefix: iqn.2024-01.lan.t\n  portals: [\"{portal}\"]\n  acl: initiator\n\
-         \x20 chap:\n    username: lab\n    secret_file: {d}/chap.secret\n\
-         aoe:\n  interface: eth0\n\
-         http:\n  listen: 127.0.0.1:0\n\
-         pcs:\n\
-         \x20 - name: pc-01\n    ip: {PC1}\n    initiator: iqn.2024-01.lan.t:init-01\n    reset_on_boot: true\n\
-         \x20   autoextend: {{threshold: 70, step: 50, max: 4MiB}}\n\
-         \x20 - name: pc-02\n    ip: {PC2}\n    initiator: iqn.2024-01.lan.t:init-02\n    mac: 52:54:00:00:00:02\n\
-         \x20   hostname: lab-b2\n    identity: {{room: \"Room 101\", domain: lab.example}}\n\
-         \x20 - name: pc-03\n    export: aoe\n    shelf: 1\n    slot: 3\n    mac: 52:54:00:00:00:03\n"
-    )
+    RoomBuilder::new()
+        .version("3")
+        .cow("1MiB", "4KiB")
+        .iscsi(
+            Iscsi::new("iqn.2024-01.lan.t")
+                .portal(&format!("\"{portal}\""))
+                .acl("initiator")
+                .chap("lab", "a-secret-of-16ch"),
+        )
+        .aoe("eth0")
+        .extra("http:\n  listen: 127.0.0.1:0\n")
+        .pc(Pc::new("pc-01")
+            .ip(PC1)
+            .initiator("iqn.2024-01.lan.t:init-01")
+            .flag("reset_on_boot")
+            .set("autoextend", "{threshold: 70, step: 50, max: 4MiB}"))
+        .pc(Pc::new("pc-02")
+            .ip(PC2)
+            .initiator("iqn.2024-01.lan.t:init-02")
+            .mac("52:54:00:00:00:02")
+            .set("hostname", "lab-b2")
+            .set("identity", "{room: \"Room 101\", domain: lab.example}"))
+        .pc(Pc::new("pc-03").aoe(1, 3).mac("52:54:00:00:00:03"))
+        .text_for(d)
 }
 
 impl Room {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::kernel::{modprobe_room, read_device, require_vm, sh, write_device, Iscsid, Rng};
+use common::room::{Iscsi, Pc, RoomBuilder};
 
 const GOLDEN: usize = 8 << 20;
 /// The master CHAP secret; each PC's own is derived from it.
@@ -53,20 +54,22 @@ impl Site {
 
     /// `iscsi` lines after the portals: the ACL mode and CHAP (`{d}` is the site's folder).
     fn write_manifest_with(&self, image: &str, access: &str) {
-        let d = self.dir.path().display();
-        let access = access.replace("{d}", &d.to_string());
-        std::fs::write(
-            self.manifest(),
-            format!(
-                "images:\n  g:\n    path: {d}/golden.img\n    version: \"1\"\n  o:\n    path: {d}/other.img\n\
-                 defaults:\n  image: {image}\n  cow_dir: {d}/cow\n  cow_size: 4MiB\n  chunk: 4KiB\n\
-                 iscsi:\n  iqn_prefix: iqn.2024-01.lan.test\n  portals: [127.0.0.1:3260]\n{access}\
-                 aoe:\n  interface: lo\n\
-                 warn_percent: 50\n\
-                 pcs:\n  - name: pc-{{1..2}}\n    initiator: iqn.2024-01.lan.pc:{{name}}\n  - name: pc-3\n    export: aoe\n    shelf: 9\n    slot: 3\n    mac: 00:00:00:00:00:00\n"
-            ),
-        )
-        .unwrap();
+        let text = RoomBuilder::new()
+            .version("1")
+            .image("o", "other.img", Vec::new())
+            .default_image(image)
+            .cow("4MiB", "4KiB")
+            .iscsi(
+                Iscsi::new("iqn.2024-01.lan.test")
+                    .portal("127.0.0.1:3260")
+                    .access(access),
+            )
+            .aoe("lo")
+            .extra("warn_percent: 50\n")
+            .pc(Pc::new("pc-{1..2}").initiator("iqn.2024-01.lan.pc:{name}"))
+            .pc(Pc::new("pc-3").aoe(9, 3).mac("00:00:00:00:00:00"))
+            .text_for(self.dir.path());
+        std::fs::write(self.manifest(), text).unwrap();
     }
 
     fn manifest(&self) -> PathBuf {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::kernel::{read_device, require_vm, sh, Rng};
 use common::net::Link;
+use common::room::Golden;
 
 const GOLDEN: usize = 64 << 20;
 const PC_MAC: &str = "02:42:00:00:00:11";
@@ -52,23 +53,12 @@ fn the_kernel_aoe_driver_reads_and_writes_a_userspace_pc_and_sees_its_reset() {
     require_vm();
     let link = Link::veth(1, 9000);
     link.set_peer_mac(PC_MAC);
-    let dir = tempfile::tempdir().unwrap();
     let golden = Rng(15).bytes(GOLDEN);
-    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-    std::fs::create_dir(dir.path().join("cow")).unwrap();
-    std::fs::write(
-        dir.path().join("room.yaml"),
-        common::aoe::two_pc_room(
-            dir.path(),
-            &link.name,
-            common::free_port(),
-            "128MiB",
-            "32KiB",
-            PC_MAC,
-        ),
-    )
-    .unwrap();
-    common::room_cowctl(dir.path(), &["apply"]);
+    let room = common::room::two_aoe_pcs(&link.name, PC_MAC)
+        .golden(Golden::Bytes(golden.clone()))
+        .cow("128MiB", "32KiB")
+        .build();
+    room.cowctl(&["apply"]);
     let _driver = AoeDriver::load(link.peer());
 
     let disk = Path::new("/dev/etherd/e7.3");
@@ -107,18 +97,18 @@ fn the_kernel_aoe_driver_reads_and_writes_a_userspace_pc_and_sees_its_reset() {
             "--do_verify=1",
         ],
     );
-    let status = common::room_cowctl(dir.path(), &["status", "pc-01"]);
+    let status = room.cowctl(&["status", "pc-01"]);
     assert!(status.contains(&format!("AoE {PC_MAC}")), "{status}");
 
     // The driver keeps the disk open across the reset; its retries reach the fresh COW.
-    common::room_cowctl(dir.path(), &["reset", "pc-01"]);
+    room.cowctl(&["reset", "pc-01"]);
     assert_eq!(
         read_device(disk),
         golden,
         "after the reset the disk is the golden image"
     );
     assert_eq!(
-        std::fs::read(dir.path().join("golden.img")).unwrap(),
+        std::fs::read(room.path("golden.img")).unwrap(),
         golden,
         "the golden image is never written"
     );
@@ -128,5 +118,5 @@ fn the_kernel_aoe_driver_reads_and_writes_a_userspace_pc_and_sees_its_reset() {
         Path::new("/dev/etherd/e7.4"),
         Duration::from_secs(3)
     ));
-    common::room_cowctl(dir.path(), &["down"]);
+    room.cowctl(&["down"]);
 }

@@ -9,121 +9,83 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pc::{self, Boot, HOST};
+use common::room::{Golden, Http, Iscsi, Pc, Room, RoomBuilder};
 use sha2::{Digest, Sha256};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(150);
 
-struct Room {
-    dir: tempfile::TempDir,
-    iscsi: u16,
-    nbd: u16,
-    http: SocketAddr,
-}
-
-impl Room {
-    fn new() -> Room {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        // iPXE guesses a geometry of 255 heads × 63 sectors: the disk needs a cylinder.
-        pc::counter_image(&dir.path().join("golden.img"), 32 << 20);
-        std::fs::create_dir(dir.path().join("cow")).unwrap();
-        common::write_private(&dir.path().join("chap.secret"), "the-room-master-secret\n");
-        let (iscsi, nbd, http, admin) = (
-            common::free_port(),
-            common::free_port(),
-            common::free_port(),
-            common::free_port(),
-        );
-        // The PC reaches this host (and so the portal on loopback) at 10.0.2.2, and its
-        // connections arrive from 127.0.0.1: that is its ip.
-        std::fs::write(
-            dir.path().join("room.yaml"),
-            format!(
-                "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
-                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 8MiB\n  chunk: 4KiB\n\
-                 iscsi:\n  iqn_prefix: iqn.2024-01.lan.boot\n  portals: [127.0.0.1:{iscsi}]\n  acl: initiator\n\
-                 \x20 chap:\n    username: room\n    secret_file: {d}/chap.secret\n\
-                 nbd:\n  listen: 127.0.0.1:{nbd}\n  socket: {d}/nbd.sock\n\
-                 http:\n  listen: 127.0.0.1:{http}\n  admin_listen: 127.0.0.1:{admin}\n  server: {HOST}\n\
-                 pcs:\n  - name: pc-01\n    ip: 127.0.0.1\n    initiator: iqn.2024-01.lan.boot:init-pc-01\n\
-                 \x20 - name: pc-02\n    initiator: iqn.2024-01.lan.boot:init-pc-02\n"
-            ),
+/// pc-01 and pc-02 over iSCSI with initiator ACLs and CHAP, the HTTP service for their
+/// boot scripts; applied.
+fn room() -> Room {
+    // iPXE guesses a geometry of 255 heads × 63 sectors: the disk needs a cylinder. The PC
+    // reaches this host (and so the portal on loopback) at 10.0.2.2, and its connections
+    // arrive from 127.0.0.1: that is its ip.
+    let room = RoomBuilder::userspace()
+        .golden(Golden::Counter(32 << 20))
+        .cow("8MiB", "4KiB")
+        .iscsi(
+            Iscsi::new("iqn.2024-01.lan.boot")
+                .acl("initiator")
+                .chap("room", "the-room-master-secret"),
         )
-        .unwrap();
-        let room = Room {
-            dir,
-            iscsi,
-            nbd,
-            http: SocketAddr::from(([127, 0, 0, 1], http)),
-        };
-        common::room_cowctl(room.dir.path(), &["apply"]);
-        room
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn golden_hash(&self) -> Vec<u8> {
-        Sha256::digest(std::fs::read(self.path("golden.img")).unwrap()).to_vec()
-    }
-
-    /// Boots the PC the way a room does: iPXE chains the HTTP service's boot script.
-    fn boot(&self) -> Boot {
-        let script = format!(
-            "#!ipxe\nchain http://{HOST}:{}/boot.ipxe\n",
-            self.http.port()
-        );
-        pc::boot(self.dir.path(), &script, BOOT_LIMIT, &|| false)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("run/serve.log")).unwrap_or_default()
-    }
+        .http(Http::new().server(HOST))
+        .pc(Pc::new("pc-01")
+            .ip("127.0.0.1")
+            .initiator("iqn.2024-01.lan.boot:init-pc-01"))
+        .pc(Pc::new("pc-02").initiator("iqn.2024-01.lan.boot:init-pc-02"))
+        .build();
+    room.cowctl(&["apply"]);
+    room
 }
 
-impl Drop for Room {
-    fn drop(&mut self) {
-        let _ = common::room_command(self.dir.path(), &["down"]).output();
-    }
+fn golden_hash(room: &Room) -> Vec<u8> {
+    Sha256::digest(std::fs::read(room.path("golden.img")).unwrap()).to_vec()
+}
+
+/// Boots the PC the way a room does: iPXE chains the HTTP service's boot script.
+fn boot(room: &Room) -> Boot {
+    let script = format!(
+        "#!ipxe\nchain http://{HOST}:{}/boot.ipxe\n",
+        room.http().port()
+    );
+    pc::boot(room.dir.path(), &script, BOOT_LIMIT, &|| false)
 }
 
 #[test]
 fn a_pc_boots_over_iscsi_writes_its_cow_and_starts_over_after_a_reset() {
-    let room = Room::new();
-    let golden = room.golden_hash();
+    let room = room();
+    let golden = golden_hash(&room);
     assert_eq!(
-        room.boot(),
+        boot(&room),
         Boot::Counted(1),
         "first boot; serve log:\n{}",
-        room.log()
+        room.log_so_far()
     );
     assert_eq!(
-        room.boot(),
+        boot(&room),
         Boot::Counted(2),
         "the second boot reads the first one's write"
     );
     // While it is not booted, status names the target like the kernel backend does.
-    let status = common::room_cowctl(room.dir.path(), &["status", "pc-01"]);
+    let status = room.cowctl(&["status", "pc-01"]);
     assert!(status.contains("iqn.2024-01.lan.boot:pc-01"), "{status}");
-    common::room_cowctl(room.dir.path(), &["reset", "pc-01"]);
+    room.cowctl(&["reset", "pc-01"]);
     assert_eq!(
-        room.boot(),
+        boot(&room),
         Boot::Counted(1),
         "after the reset the PC is back on the golden image"
     );
     assert_eq!(
-        room.golden_hash(),
+        golden_hash(&room),
         golden,
         "the golden image is never written"
     );
-    let log = room.log();
+    let log = room.log_so_far();
     assert!(
         log.contains("iqn.2024-01.lan.boot:init-pc-01"),
         "the PC logged in with the initiator name of its boot script:\n{log}"
@@ -132,22 +94,26 @@ fn a_pc_boots_over_iscsi_writes_its_cow_and_starts_over_after_a_reset() {
 
 #[test]
 fn a_wrong_chap_secret_boots_nothing() {
-    let room = Room::new();
+    let room = room();
     let script = format!(
         "#!ipxe\nset san-retries 0\nset initiator-iqn iqn.2024-01.lan.boot:init-pc-01\n\
          set username room\nset password not-the-secret-of-pc-01\n\
          sanboot iscsi:{HOST}::{}::iqn.2024-01.lan.boot:pc-01\n",
-        room.iscsi
+        room.iscsi_port()
     );
-    let refused = || room.log().contains("authentication failure");
+    let refused = || room.log_so_far().contains("authentication failure");
     let booted = pc::boot(room.dir.path(), &script, BOOT_LIMIT, &refused);
     assert!(matches!(booted, Boot::Nothing(_)), "{booted:?}");
-    assert!(refused(), "the target refused the login:\n{}", room.log());
+    assert!(
+        refused(),
+        "the target refused the login:\n{}",
+        room.log_so_far()
+    );
     // pc-02's secret, from pc-02's own script, does not open pc-01's disk either.
     let pc02 = cowctl::secrets::derive("the-room-master-secret", "initiator", "pc-02");
     let script = script.replace("not-the-secret-of-pc-01", &pc02);
     let booted = pc::boot(room.dir.path(), &script, BOOT_LIMIT, &|| {
-        room.log().matches("authentication failure").count() >= 2
+        room.log_so_far().matches("authentication failure").count() >= 2
     });
     assert!(matches!(booted, Boot::Nothing(_)), "{booted:?}");
 }
@@ -242,9 +208,9 @@ fn proc_status(pid: &str, field: &str) -> u64 {
 #[test]
 fn a_pc_logs_in_and_boots_while_strangers_hold_every_waiting_place() {
     use cowctl::service::limits::{WAITING_PER_ADDRESS, WAITING_TOTAL};
-    let room = Room::new();
-    let portal = SocketAddr::from(([127, 0, 0, 1], room.iscsi));
-    let nbd = SocketAddr::from(([127, 0, 0, 1], room.nbd));
+    let room = room();
+    let portal = SocketAddr::from(([127, 0, 0, 1], room.iscsi_port()));
+    let nbd = SocketAddr::from(([127, 0, 0, 1], room.nbd_port()));
     let pid = std::fs::read_to_string(room.path("run/serve.pid")).unwrap();
     let pid = pid.trim();
     let (threads, rss) = (proc_status(pid, "Threads:"), proc_status(pid, "VmRSS:"));
@@ -302,9 +268,17 @@ fn a_pc_logs_in_and_boots_while_strangers_hold_every_waiting_place() {
         closed_after(s, Duration::from_secs(40))
     });
     // pc-01 (127.0.0.1, an address of the manifest) boots, and reads its disk over NBD.
-    assert_eq!(room.boot(), Boot::Counted(1), "serve log:\n{}", room.log());
+    assert_eq!(
+        boot(&room),
+        Boot::Counted(1),
+        "serve log:\n{}",
+        room.log_so_far()
+    );
     let info = std::process::Command::new("qemu-img")
-        .args(["info", &format!("nbd://127.0.0.1:{}/pc-01", room.nbd)])
+        .args([
+            "info",
+            &format!("nbd://127.0.0.1:{}/pc-01", room.nbd_port()),
+        ])
         .output()
         .unwrap();
     assert!(info.status.success(), "{info:?}");
@@ -359,5 +333,9 @@ fn a_pc_logs_in_and_boots_while_strangers_hold_every_waiting_place() {
         "iSCSI strangers were cut off"
     );
     assert!(nbd_strangers.release() > 0, "NBD strangers were cut off");
-    assert!(room.log().contains("to make room"), "{}", room.log());
+    assert!(
+        room.log_so_far().contains("to make room"),
+        "{}",
+        room.log_so_far()
+    );
 }

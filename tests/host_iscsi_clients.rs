@@ -12,109 +12,85 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::room::{Golden, Iscsi, Pc, Room, RoomBuilder};
+
 const MASTER: &str = "master-secret-of-the-room";
 const INIT1: &str = "iqn.2024-01.lan.pc:pc-1";
 const INIT2: &str = "iqn.2024-01.lan.pc:pc-2";
 
-struct Room {
-    dir: tempfile::TempDir,
-    port: u16,
+/// Two PCs, each with its initiator ACL and CHAP; a golden image of 0x11 bytes.
+fn two_pcs(acl: &str) -> Room {
+    let room = RoomBuilder::userspace()
+        .golden(Golden::Fill(0x11, 16 << 20))
+        .cow("32MiB", "4KiB")
+        .iscsi(
+            Iscsi::new("iqn.2024-01.lan.test")
+                .acl(acl)
+                .chap("lab", MASTER),
+        )
+        .pc(Pc::new("pc-{1..2}").initiator("iqn.2024-01.lan.pc:{name}"))
+        .build();
+    room.cowctl(&["apply"]);
+    room
 }
 
-impl Room {
-    /// Two PCs, each with its initiator ACL and CHAP; a golden image of 0x11 bytes.
-    fn new(acl: &str) -> Room {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        std::fs::write(dir.path().join("golden.img"), vec![0x11; 16 << 20]).unwrap();
-        std::fs::create_dir(dir.path().join("cow")).unwrap();
-        common::write_private(&dir.path().join("chap.secret"), &format!("{MASTER}\n"));
-        let (port, nbd) = (common::free_port(), common::free_port());
-        std::fs::write(
-            dir.path().join("room.yaml"),
-            format!(
-                "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
-                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 32MiB\n  chunk: 4KiB\n\
-                 iscsi:\n  iqn_prefix: iqn.2024-01.lan.test\n  portals: [127.0.0.1:{port}]\n  acl: {acl}\n\
-                 \x20 chap:\n    username: lab\n    secret_file: {d}/chap.secret\n\
-                 nbd:\n  listen: 127.0.0.1:{nbd}\n  socket: {d}/nbd.sock\n\
-                 pcs:\n  - name: pc-{{1..2}}\n    initiator: iqn.2024-01.lan.pc:{{name}}\n"
-            ),
-        )
-        .unwrap();
-        let room = Room { dir, port };
-        room.cowctl(&["apply"]);
-        room
-    }
+fn target(pc: &str) -> String {
+    format!("iqn.2024-01.lan.test:{pc}")
+}
 
-    fn cowctl(&self, args: &[&str]) -> String {
-        common::room_cowctl(self.dir.path(), args)
-    }
+/// qemu's iSCSI driver options for `pc`'s disk as `initiator` with `secret`.
+fn qemu(
+    room: &Room,
+    pc: &str,
+    initiator: &str,
+    secret: &str,
+    tool: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let opts = format!(
+        "driver=iscsi,transport=tcp,portal=127.0.0.1:{},target={},lun=0,initiator-name={initiator},user=lab,password-secret=s0",
+        room.iscsi_port(),
+        target(pc)
+    );
+    Command::new(tool)
+        .args(args)
+        .args([
+            "--object",
+            &format!("secret,id=s0,data={secret}"),
+            "--image-opts",
+            &opts,
+        ])
+        .output()
+        .unwrap()
+}
 
-    fn target(pc: &str) -> String {
-        format!("iqn.2024-01.lan.test:{pc}")
-    }
+fn url(room: &Room, pc: &str, secret: &str) -> String {
+    format!(
+        "iscsi://lab%{secret}@127.0.0.1:{}/{}/0",
+        room.iscsi_port(),
+        target(pc)
+    )
+}
 
-    /// qemu's iSCSI driver options for `pc`'s disk as `initiator` with `secret`.
-    fn qemu(
-        &self,
-        pc: &str,
-        initiator: &str,
-        secret: &str,
-        tool: &str,
-        args: &[&str],
-    ) -> std::process::Output {
-        let opts = format!(
-            "driver=iscsi,transport=tcp,portal=127.0.0.1:{},target={},lun=0,initiator-name={initiator},user=lab,password-secret=s0",
-            self.port,
-            Room::target(pc)
+fn initiators(room: &Room, pc: &str) -> Vec<String> {
+    let rows: serde_json::Value =
+        serde_json::from_str(&room.cowctl(&["--json", "status", pc])).unwrap();
+    rows[0]["initiators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn wait_for(what: &str, ok: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
         );
-        Command::new(tool)
-            .args(args)
-            .args([
-                "--object",
-                &format!("secret,id=s0,data={secret}"),
-                "--image-opts",
-                &opts,
-            ])
-            .output()
-            .unwrap()
-    }
-
-    fn url(&self, pc: &str, secret: &str) -> String {
-        format!(
-            "iscsi://lab%{secret}@127.0.0.1:{}/{}/0",
-            self.port,
-            Room::target(pc)
-        )
-    }
-
-    fn initiators(&self, pc: &str) -> Vec<String> {
-        let rows: serde_json::Value =
-            serde_json::from_str(&self.cowctl(&["--json", "status", pc])).unwrap();
-        rows[0]["initiators"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect()
-    }
-
-    fn wait_for(&self, what: &str, ok: impl Fn() -> bool) {
-        let start = Instant::now();
-        while !ok() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "timed out waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Room {
-    fn drop(&mut self) {
-        let _ = common::room_command(self.dir.path(), &["down"]).output();
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -145,8 +121,9 @@ fn iscsi_perf(url: &str, initiator: &str) -> Child {
 
 #[test]
 fn qemu_writes_and_reads_a_pc_disk_with_its_own_initiator_name_and_secret() {
-    let room = Room::new("initiator");
-    let out = room.qemu(
+    let room = two_pcs("initiator");
+    let out = qemu(
+        &room,
         "pc-1",
         INIT1,
         &secret("pc-1"),
@@ -161,7 +138,14 @@ fn qemu_writes_and_reads_a_pc_disk_with_its_own_initiator_name_and_secret() {
         ],
     );
     ok(&out);
-    let info = ok(&room.qemu("pc-1", INIT1, &secret("pc-1"), "qemu-img", &["info"]));
+    let info = ok(&qemu(
+        &room,
+        "pc-1",
+        INIT1,
+        &secret("pc-1"),
+        "qemu-img",
+        &["info"],
+    ));
     assert!(info.contains("virtual size: 16 MiB"), "{info}");
     // The other PC's secret, the master secret, or another initiator name: refused.
     for (init, s, why) in [
@@ -169,11 +153,12 @@ fn qemu_writes_and_reads_a_pc_disk_with_its_own_initiator_name_and_secret() {
         (INIT1, MASTER.to_string(), "the master secret"),
         (INIT2, secret("pc-2"), "pc-2's initiator"),
     ] {
-        let out = room.qemu("pc-1", init, &s, "qemu-img", &["info"]);
+        let out = qemu(&room, "pc-1", init, &s, "qemu-img", &["info"]);
         assert!(!out.status.success(), "{why} opened pc-1's disk");
     }
     // pc-2's disk never saw pc-1's write.
-    ok(&room.qemu(
+    ok(&qemu(
+        &room,
         "pc-2",
         INIT2,
         &secret("pc-2"),
@@ -184,10 +169,14 @@ fn qemu_writes_and_reads_a_pc_disk_with_its_own_initiator_name_and_secret() {
 
 #[test]
 fn discovery_shows_an_initiator_only_the_targets_it_may_log_into() {
-    let room = Room::new("initiator");
+    let room = two_pcs("initiator");
     let ls = |init: &str| {
         let out = Command::new("iscsi-ls")
-            .args(["-i", init, &format!("iscsi://127.0.0.1:{}", room.port)])
+            .args([
+                "-i",
+                init,
+                &format!("iscsi://127.0.0.1:{}", room.iscsi_port()),
+            ])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -199,12 +188,12 @@ fn discovery_shows_an_initiator_only_the_targets_it_may_log_into() {
     );
     assert!(!pc1.contains("pc-2"), "pc-1 sees pc-2's target: {pc1}");
     assert!(!ls("iqn.2024-01.lan.evil:stranger").contains("Target:"));
-    let open = Room::new("open");
+    let open = two_pcs("open");
     let out = Command::new("iscsi-ls")
         .args([
             "-i",
             "iqn.2024-01.lan.any:one",
-            &format!("iscsi://127.0.0.1:{}", open.port),
+            &format!("iscsi://127.0.0.1:{}", open.iscsi_port()),
         ])
         .output()
         .unwrap();
@@ -217,17 +206,18 @@ fn discovery_shows_an_initiator_only_the_targets_it_may_log_into() {
 
 #[test]
 fn a_reset_under_a_logged_in_initiator_brings_it_back_to_the_golden_disk_and_down_logs_it_out() {
-    let room = Room::new("initiator");
-    ok(&room.qemu(
+    let room = two_pcs("initiator");
+    ok(&qemu(
+        &room,
         "pc-1",
         INIT1,
         &secret("pc-1"),
         "qemu-io",
         &["-c", "write -P 0x22 0 1M"],
     ));
-    let mut perf = iscsi_perf(&room.url("pc-1", &secret("pc-1")), INIT1);
-    room.wait_for("status to list the initiator", || {
-        room.initiators("pc-1")
+    let mut perf = iscsi_perf(&url(&room, "pc-1", &secret("pc-1")), INIT1);
+    wait_for("status to list the initiator", || {
+        initiators(&room, "pc-1")
             .iter()
             .any(|i| i.starts_with(&format!("{INIT1} (127.0.0.1:")))
     });
@@ -236,14 +226,15 @@ fn a_reset_under_a_logged_in_initiator_brings_it_back_to_the_golden_disk_and_dow
         out.contains("iSCSI sessions and NBD connections closed"),
         "{out}"
     );
-    room.wait_for("the initiator to log in again", || {
-        !room.initiators("pc-1").is_empty()
+    wait_for("the initiator to log in again", || {
+        !initiators(&room, "pc-1").is_empty()
     });
     assert!(
         perf.try_wait().unwrap().is_none(),
         "iscsi-perf survived the reset by logging in again"
     );
-    ok(&room.qemu(
+    ok(&qemu(
+        &room,
         "pc-1",
         INIT1,
         &secret("pc-1"),
@@ -251,8 +242,11 @@ fn a_reset_under_a_logged_in_initiator_brings_it_back_to_the_golden_disk_and_dow
         &["-c", "read -P 0x11 0 1M"],
     ));
     room.cowctl(&["down", "pc-1"]);
-    assert!(room.initiators("pc-1").is_empty(), "down logs everyone out");
-    let refused = room.qemu("pc-1", INIT1, &secret("pc-1"), "qemu-img", &["info"]);
+    assert!(
+        initiators(&room, "pc-1").is_empty(),
+        "down logs everyone out"
+    );
+    let refused = qemu(&room, "pc-1", INIT1, &secret("pc-1"), "qemu-img", &["info"]);
     assert!(
         !refused.status.success(),
         "pc-1's disk is not served after down"
@@ -263,8 +257,8 @@ fn a_reset_under_a_logged_in_initiator_brings_it_back_to_the_golden_disk_and_dow
 
 #[test]
 fn connections_are_capped_per_address_and_a_login_must_finish_in_time() {
-    let room = Room::new("initiator");
-    let addr = format!("127.0.0.1:{}", room.port);
+    let room = two_pcs("initiator");
+    let addr = format!("127.0.0.1:{}", room.iscsi_port());
     // The cap per address on connections waiting to log in: the next one is closed at once.
     let idle: Vec<TcpStream> = (0..cowctl::service::limits::WAITING_PER_ADDRESS)
         .map(|_| TcpStream::connect(&addr).unwrap())
@@ -295,18 +289,25 @@ fn connections_are_capped_per_address_and_a_login_must_finish_in_time() {
         "dropped after the 15 s login deadline, not later ({waited:?})"
     );
     // With the places given back, a PC logs in again.
-    ok(&room.qemu("pc-1", INIT1, &secret("pc-1"), "qemu-img", &["info"]));
+    ok(&qemu(
+        &room,
+        "pc-1",
+        INIT1,
+        &secret("pc-1"),
+        "qemu-img",
+        &["info"],
+    ));
 }
 
 #[test]
 fn a_newline_in_an_initiator_name_forges_no_line_in_the_log() {
-    let room = Room::new("initiator");
+    let room = two_pcs("initiator");
     let forged = "2024-01-01T00:00:00.000000Z  INFO cowctl: iSCSI: FORGED logged in with CHAP";
     let name = format!("iqn.2024-01.lan.evil:x\n{forged}\r\x1b[2K");
-    let mut s = TcpStream::connect(("127.0.0.1", room.port)).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", room.iscsi_port())).unwrap();
     let keys = common::iscsi::keys(&[
         ("InitiatorName", &name),
-        ("TargetName", &Room::target("pc-1")),
+        ("TargetName", &target("pc-1")),
         ("SessionType", "Normal"),
         ("AuthMethod", "CHAP,None"),
     ]);
@@ -319,7 +320,7 @@ fn a_newline_in_an_initiator_name_forges_no_line_in_the_log() {
     assert_ne!(reply[36], 0, "the stranger is refused");
     drop(s);
     let log = || std::fs::read_to_string(room.dir.path().join("run/serve.log")).unwrap();
-    room.wait_for("the refusal in the log", || log().contains("lan.evil"));
+    wait_for("the refusal in the log", || log().contains("lan.evil"));
     let log = log();
     assert!(
         !log.lines()

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::http::get;
 use common::kernel::{modprobe, require_vm, sh, AlignedBuf};
+use common::room::{Http, Iscsi, Pc, RoomBuilder};
 
 const MIB: u64 = 1 << 20;
 const IQN: &str = "iqn.2024-01.lan.vm:pc-1";
@@ -30,24 +31,30 @@ impl Site {
     /// and resets on boot; the manifest's ip is this machine's, so the tests are pc-1.
     fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
         // Sparse: the golden image reads zeros.
         let golden = std::fs::File::create(dir.path().join("golden.img")).unwrap();
         golden.set_len(192 * MIB).unwrap();
         std::fs::create_dir(dir.path().join("cow")).unwrap();
         common::write_private(&dir.path().join("token"), "vm-token-1234567890\n");
-        std::fs::write(
-            dir.path().join("room.yaml"),
-            format!(
-                "backend: kernel\nimages:\n  g:\n    path: {d}/golden.img\n\
-                 defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 16MiB\n  chunk: 4KiB\n\
-                 iscsi:\n  iqn_prefix: iqn.2024-01.lan.vm\n  portals: [127.0.0.1:3260]\n  acl: open\n\
-                 http:\n  listen: 127.0.0.1:8080\n  admin_listen: 127.0.0.1:8081\n  token_file: {d}/token\n\
-                 pcs:\n  - name: pc-1\n    ip: 127.0.0.1\n    reset_on_boot: true\n\
-                 \x20   autoextend: {{threshold: 25, step: 50, max: 128MiB}}\n"
-            ),
-        )
-        .unwrap();
+        let text = RoomBuilder::kernel()
+            .cow("16MiB", "4KiB")
+            .iscsi(
+                Iscsi::new("iqn.2024-01.lan.vm")
+                    .portal("127.0.0.1:3260")
+                    .acl("open"),
+            )
+            .http(
+                Http::new()
+                    .listen("127.0.0.1:8080")
+                    .admin("127.0.0.1:8081")
+                    .token("vm-token-1234567890"),
+            )
+            .pc(Pc::new("pc-1")
+                .ip("127.0.0.1")
+                .flag("reset_on_boot")
+                .set("autoextend", "{threshold: 25, step: 50, max: 128MiB}"))
+            .text_for(dir.path());
+        std::fs::write(dir.path().join("room.yaml"), text).unwrap();
         let mut site = Site {
             dir,
             serve: None,

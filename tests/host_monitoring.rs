@@ -6,11 +6,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::room::{Golden, Http, Pc, Room, RoomBuilder};
 use serde_json::Value;
 
 const PC1: &str = "127.0.0.11";
@@ -19,81 +19,34 @@ const PC2: &str = "127.0.0.12";
 /// Metric names Prometheus makes itself, which the rules may use beside cowctl's.
 const PROMETHEUS_OWN: [&str; 1] = ["up"];
 
-struct Room {
-    dir: tempfile::TempDir,
-    nbd: u16,
-    admin: SocketAddr,
-}
-
-impl Room {
-    /// Two PCs on a 16 MiB golden image with 4 MiB COWs, pc-1 auto-extending up to 16 MiB;
-    /// `cowctl apply` starts the service with `env` added to its environment. `pxe.yaml` is
-    /// the same room with a pxe section.
-    fn new(env: &[(&str, &str)]) -> Room {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        std::fs::write(dir.path().join("golden.img"), vec![0x5a; 16 << 20]).unwrap();
-        std::fs::create_dir(dir.path().join("cow")).unwrap();
-        let (nbd, pcs, admin) = (
-            common::free_port(),
-            common::free_port(),
-            common::free_port(),
-        );
-        let room = format!(
-            "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
-             defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 4MiB\n  chunk: 4KiB\n  export: nbd\n\
-             nbd:\n  listen: 127.0.0.1:{nbd}\n  socket: {d}/nbd.sock\n\
-             http:\n  listen: 0.0.0.0:{pcs}\n  admin_listen: 127.0.0.1:{admin}\n\
-             pcs:\n  - name: pc-1\n    ip: {PC1}\n    mac: 52:54:00:00:00:01\n\
-             \x20   autoextend: {{threshold: 50, step: 100, max: 16MiB}}\n\
-             \x20 - name: pc-2\n    ip: {PC2}\n    mac: 52:54:00:00:00:02\n"
-        );
-        std::fs::write(dir.path().join("room.yaml"), &room).unwrap();
-        let pxe = format!("{room}pxe:\n  interface: cowmon0\n  dhcp: proxy\n");
-        std::fs::write(dir.path().join("pxe.yaml"), pxe).unwrap();
-        let mut apply = common::room_command(dir.path(), &["apply"]);
-        apply.envs(env.iter().copied());
-        let out = apply.output().unwrap();
-        assert!(
-            out.status.success() || out.status.code() == Some(2),
-            "cowctl apply: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Room {
-            dir,
-            nbd,
-            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cowctl(&self, args: &[&str]) -> String {
-        common::room_cowctl(self.dir.path(), args)
-    }
-
-    /// Writes `mib` MiB at `at_mib` MiB through NBD; false when the disk refused.
-    fn write(&self, pc: &str, at_mib: u64, mib: u64) -> bool {
-        Command::new("qemu-io")
-            .args(["-f", "raw", "-c"])
-            .arg(format!("write -P 0x33 {at_mib}M {mib}M"))
-            .arg(format!("nbd://127.0.0.1:{}/{pc}", self.nbd))
-            .output()
-            .map(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("error"))
-            .unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("run/serve.log")).unwrap()
-    }
-}
-
-impl Drop for Room {
-    fn drop(&mut self) {
-        let _ = common::room_command(self.dir.path(), &["down"]).output();
-    }
+/// Two PCs on a 16 MiB golden image with 4 MiB COWs, pc-1 auto-extending up to 16 MiB;
+/// `cowctl apply` starts the service with `env` added to its environment. `pxe.yaml` is
+/// the same room with a pxe section.
+fn room(env: &[(&str, &str)]) -> Room {
+    let room = RoomBuilder::userspace()
+        .golden(Golden::Fill(0x5a, 16 << 20))
+        .cow("4MiB", "4KiB")
+        .export("nbd")
+        .http(Http::new().listen("0.0.0.0"))
+        .pc(Pc::new("pc-1")
+            .ip(PC1)
+            .mac("52:54:00:00:00:01")
+            .set("autoextend", "{threshold: 50, step: 100, max: 16MiB}"))
+        .pc(Pc::new("pc-2").ip(PC2).mac("52:54:00:00:00:02"))
+        .build();
+    let pxe = format!("{}pxe:\n  interface: cowmon0\n  dhcp: proxy\n", room.text);
+    std::fs::write(room.path("pxe.yaml"), pxe).unwrap();
+    let out = room
+        .command(&["apply"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() || out.status.code() == Some(2),
+        "cowctl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    room
 }
 
 fn contrib(path: &str) -> PathBuf {
@@ -241,7 +194,7 @@ fn metric_names_are_read_from_promql() {
 
 #[test]
 fn the_alert_rules_and_the_dashboard_use_only_metrics_cowctl_serve_exports() {
-    let room = Room::new(&[]);
+    let room = room(&[]);
     // The same room with a pxe section, applied straight to the service (the CLI would
     // start dnsmasq on an interface this machine does not have): its dnsmasq is "down".
     let r = cowctl::service::control::call(
@@ -253,8 +206,8 @@ fn the_alert_rules_and_the_dashboard_use_only_metrics_cowctl_serve_exports() {
     .unwrap()
     .unwrap();
     assert_eq!(r.error, None);
-    assert!(room.write("pc-2", 0, 1));
-    let scrape = common::http::get("127.0.0.1", room.admin, "/metrics");
+    assert!(room.nbd_write_mib("pc-2", 0, 1));
+    let scrape = common::http::get("127.0.0.1", room.admin(), "/metrics");
     assert_eq!(scrape.status, 200, "{}", scrape.body);
     let parsed =
         prometheus_parse::Scrape::parse(scrape.body.lines().map(|l| Ok(l.to_string()))).unwrap();
@@ -341,9 +294,9 @@ fn find(lines: &[Value], f: impl Fn(&Value) -> bool) -> Option<&Value> {
 
 #[test]
 fn json_log_lines_carry_each_event_with_its_pc() {
-    let room = Room::new(&[("COWCTL_LOG_FORMAT", "json")]);
+    let room = room(&[("COWCTL_LOG_FORMAT", "json")]);
     // 3 MiB of pc-2's 4 MiB COW: past the 75 % warning.
-    assert!(room.write("pc-2", 0, 3));
+    assert!(room.nbd_write_mib("pc-2", 0, 3));
     room.cowctl(&["reset", "pc-1"]);
     let past = |l: &Value| {
         l["fields"]["pc"] == "pc-2"
@@ -394,7 +347,7 @@ fn json_log_lines_carry_each_event_with_its_pc() {
 
 #[test]
 fn the_log_stays_text_by_default_and_an_unknown_format_is_refused() {
-    let room = Room::new(&[]);
+    let room = room(&[]);
     let log = room.log();
     assert!(
         log.lines().next().is_some_and(|l| !l.starts_with('{')),

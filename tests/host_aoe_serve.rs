@@ -8,11 +8,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::aoe::{ata, config};
 use common::net::Link;
+use common::room::{Golden, Room};
 use cowctl::aoe::socket::{Socket, MAX_FRAME};
 use cowctl::aoe::wire::{ATA_LEN, HEADER_LEN};
 
@@ -79,52 +79,15 @@ impl Initiator {
     }
 }
 
-struct Room {
-    dir: tempfile::TempDir,
-}
-
-impl Room {
-    fn new(link: &Link) -> Room {
-        let dir = tempfile::tempdir().unwrap();
-        let golden = dir.path().join("golden.img");
-        std::fs::write(&golden, vec![GOLDEN_BYTE; 16 << 20]).unwrap();
-        std::fs::create_dir(dir.path().join("cow")).unwrap();
-        let mac = cowctl::manifest::Mac(PC_MAC).to_string();
-        std::fs::write(
-            dir.path().join("room.yaml"),
-            common::aoe::two_pc_room(
-                dir.path(),
-                &link.name,
-                common::free_port(),
-                "8MiB",
-                "4KiB",
-                &mac,
-            ),
-        )
-        .unwrap();
-        let room = Room { dir };
-        common::room_cowctl(room.path(), &["apply"]);
-        room
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn kill_service(&self) {
-        let pid = std::fs::read_to_string(self.path().join("run/serve.pid")).unwrap();
-        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-        while nix::sys::signal::kill(pid, None).is_ok() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Room {
-    fn drop(&mut self) {
-        let _ = common::room_command(self.path(), &["down"]).output();
-    }
+/// The two-PC AoE room on the target's end of `link`, applied.
+fn room(link: &Link) -> Room {
+    let mac = cowctl::manifest::Mac(PC_MAC).to_string();
+    let room = common::room::two_aoe_pcs(&link.name, &mac)
+        .golden(Golden::Fill(GOLDEN_BYTE, 16 << 20))
+        .cow("8MiB", "4KiB")
+        .build();
+    room.cowctl(&["apply"]);
+    room
 }
 
 fn sectors(identify: &[u8]) -> u64 {
@@ -135,7 +98,7 @@ fn sectors(identify: &[u8]) -> u64 {
 fn an_initiator_finds_reads_and_writes_its_pc_and_a_reset_brings_back_the_golden_disk() {
     let link = Link::veth(1, 9000);
     link.set_peer_mac(&cowctl::manifest::Mac(PC_MAC).to_string());
-    let room = Room::new(&link);
+    let room = room(&link);
     let me = Initiator::new(&link);
 
     // Discovery: only pc-01 (e7.3) answers this MAC, with 17 sectors per jumbo frame.
@@ -160,19 +123,19 @@ fn an_initiator_finds_reads_and_writes_its_pc_and_a_reset_brings_back_the_golden
         &me.ata(&ata(0x24, 2048, 17, &[])).1[..data.len()],
         &data[..]
     );
-    let status = common::room_cowctl(room.path(), &["status", "pc-01"]);
+    let status = room.cowctl(&["status", "pc-01"]);
     assert!(status.contains("e7.3"), "{status}");
     assert!(status.contains("AoE 02:42:00:00:00:11"), "{status}");
 
     // AoE has no flush: a completed write survives the service being killed.
     room.kill_service();
-    common::room_cowctl(room.path(), &["apply"]);
+    room.cowctl(&["apply"]);
     assert_eq!(
         &me.ata(&ata(0x24, 2048, 17, &[])).1[..data.len()],
         &data[..]
     );
 
-    common::room_cowctl(room.path(), &["reset", "pc-01"]);
+    room.cowctl(&["reset", "pc-01"]);
     let (_, after) = me.ata(&ata(0x24, 2048, 17, &[]));
     assert!(
         after[..17 * 512].iter().all(|b| *b == GOLDEN_BYTE),
@@ -184,7 +147,7 @@ fn an_initiator_finds_reads_and_writes_its_pc_and_a_reset_brings_back_the_golden
 fn a_stranger_mac_gets_silence() {
     let link = Link::veth(2, 1500);
     link.set_peer_mac(STRANGER);
-    let _room = Room::new(&link);
+    let _room = room(&link);
     let me = Initiator::new(&link);
     let answers = me.ask(
         &config([0; 6], 0xffff, 0xff, 0, b""),
