@@ -5,50 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use common::kernel::{sh, Loop};
+use common::kernel::Mounted;
 use cowctl::engine::{Engine, EngineOptions};
 
 const MIB: u64 = 1 << 20;
-
-/// An xfs with reflink on a loop device, mounted for the test; unmounted, then detached
-/// (the fields drop after `drop`) and removed after it.
-struct Xfs {
-    _device: Loop,
-    dir: tempfile::TempDir,
-}
-
-impl Xfs {
-    fn new() -> Xfs {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(512 * MIB)
-            .unwrap();
-        sh("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", path(&image)]);
-        let device = Loop::attach(&image, false);
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        sh("mount", &[&device.dev, path(&mnt)]);
-        Xfs {
-            _device: device,
-            dir,
-        }
-    }
-
-    fn mnt(&self) -> PathBuf {
-        self.dir.path().join("mnt")
-    }
-}
-
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.mnt()).status();
-    }
-}
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -56,7 +18,7 @@ fn path(p: &Path) -> &str {
 
 #[test]
 fn image_list_shows_the_blocks_a_commit_shares_with_its_parent() {
-    let fs = Xfs::new();
+    let fs = Mounted::xfs(true);
     let m = fs.mnt();
     std::fs::create_dir(m.join("cow")).unwrap();
     std::fs::write(

@@ -7,9 +7,8 @@ mod common;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::kernel::{sh, Loop};
+use common::kernel::Mounted;
 use cowctl::reflink::clone::{clone_new, partial_path, probe};
 use cowctl::reflink::extents::sharing;
 use cowctl::reflink::fs::{self, FsKind};
@@ -17,52 +16,12 @@ use cowctl::reflink::ReflinkError;
 
 const MIB: u64 = 1 << 20;
 
-/// A file system made on a loop device and mounted for the test; unmounted, then detached
-/// (the fields drop after `drop`) and removed after it.
-struct Mounted {
-    _device: Loop,
-    dir: tempfile::TempDir,
-}
-
-impl Mounted {
-    fn new(mkfs: &str, args: &[&str]) -> Mounted {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(512 * MIB)
-            .unwrap();
-        let mut all = args.to_vec();
-        all.push(image.to_str().unwrap());
-        sh(mkfs, &all);
-        let device = Loop::attach(&image, false);
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        sh("mount", &[&device.dev, mnt.to_str().unwrap()]);
-        Mounted {
-            _device: device,
-            dir,
-        }
-    }
-
-    fn mnt(&self) -> PathBuf {
-        self.dir.path().join("mnt")
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.mnt()).status();
-    }
-}
-
 fn btrfs() -> Mounted {
-    Mounted::new("mkfs.btrfs", &["-q", "-f"])
+    Mounted::btrfs()
 }
 
 fn xfs(reflink: bool) -> Mounted {
-    let option = if reflink { "reflink=1" } else { "reflink=0" };
-    Mounted::new("mkfs.xfs", &["-q", "-f", "-m", option])
+    Mounted::xfs(reflink)
 }
 
 /// A golden disk of `mib` MiB that is not all one byte, on disk.

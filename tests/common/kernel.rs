@@ -513,3 +513,53 @@ pub fn assert_killed_service_left_its_synced_writes(
         );
     }
 }
+
+/// A file system made on a loop device and mounted for a test (as root); unmounted, then
+/// detached (the fields drop after `drop`) and its image removed after it.
+pub struct Mounted {
+    _device: Loop,
+    dir: tempfile::TempDir,
+}
+
+impl Mounted {
+    /// `mkfs` with `args` on a fresh sparse 512 MiB file, mounted.
+    pub fn new(mkfs: &str, args: &[&str]) -> Mounted {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(512 << 20)
+            .unwrap();
+        let mut all = args.to_vec();
+        all.push(image.to_str().unwrap());
+        sh(mkfs, &all);
+        let device = Loop::attach(&image, false);
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        sh("mount", &[&device.dev, mnt.to_str().unwrap()]);
+        Mounted {
+            _device: device,
+            dir,
+        }
+    }
+
+    /// xfs, with reflink or without.
+    pub fn xfs(reflink: bool) -> Mounted {
+        let option = if reflink { "reflink=1" } else { "reflink=0" };
+        Mounted::new("mkfs.xfs", &["-q", "-f", "-m", option])
+    }
+
+    pub fn btrfs() -> Mounted {
+        Mounted::new("mkfs.btrfs", &["-q", "-f"])
+    }
+
+    pub fn mnt(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mnt()).status();
+    }
+}
