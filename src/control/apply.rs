@@ -219,7 +219,7 @@ fn step(
             chunk_sectors,
         } => {
             let target = snapshot_target(image, cow, *mode, *chunk_sectors, loops.get(ctx)?)?;
-            k.dm.create(&dm_name(pc), &target).map(drop)
+            Ok(k.dm.create(&dm_name(pc), &target).map(drop)?)
         }
         Action::ExportIscsi { pc, spec } => export_iscsi(ctx, pc, spec),
         Action::RecreateIscsi { pc, spec } => {
@@ -235,13 +235,14 @@ fn step(
                 device: device.display().to_string(),
                 ..spec.clone()
             };
-            k.vblade.start(&spec).map(drop)
+            Ok(k.vblade.start(&spec).map(drop)?)
         }
-        Action::StopVblade { pc } => k.vblade.stop(pc),
+        Action::StopVblade { pc } => Ok(k.vblade.stop(pc)?),
         Action::UnexportIscsi { target } => Lio {
             fs: k.configfs.as_ref(),
         }
-        .delete(target),
+        .delete(target)
+        .map_err(Into::into),
         Action::RemoveSnapshot { name } => {
             k.dm.remove(name)?;
             let _ = std::fs::remove_file(ctx.node_dir().join(name));
@@ -267,7 +268,7 @@ fn step(
             }
             Ok(())
         }
-        Action::Resume { pc } => k.dm.resume(&dm_name(pc)),
+        Action::Resume { pc } => Ok(k.dm.resume(&dm_name(pc))?),
         Action::FinishReset { pc: name } => {
             let pc = ctx
                 .manifest
@@ -323,4 +324,5 @@ fn export_iscsi(ctx: &Ctx, pc: &str, spec: &TargetSpec) -> Result<()> {
         fs: ctx.kernel.configfs.as_ref(),
     }
     .create(&spec)
+    .map_err(Into::into)
 }

@@ -205,7 +205,7 @@ pub fn status_line(m: &Manifest, run_dir: &Path) -> Option<String> {
 
 /// Stops the room's dnsmasq; true if one ran. Its configuration file stays.
 pub fn stop(run_dir: &Path) -> Result<bool> {
-    helpers(run_dir).stop(KEY)
+    Ok(helpers(run_dir).stop(KEY)?)
 }
 
 #[cfg(test)]
@@ -216,7 +216,7 @@ mod tests {
     struct OneInterface(Vec<IpAddr>);
 
     impl Net for OneInterface {
-        fn interfaces(&self) -> Result<Vec<Interface>> {
+        fn interfaces(&self) -> Result<Vec<Interface>, crate::kernel::NetError> {
             Ok(vec![Interface {
                 name: "eth1".into(),
                 up: true,
