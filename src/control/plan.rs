@@ -567,7 +567,10 @@ fn network_problems(ctx: &Ctx) -> Vec<String> {
     }
     let ifaces = match ctx.kernel.net.interfaces() {
         Ok(i) => i,
-        Err(e) => return vec![format!("cannot read network interfaces: {e:#}")],
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            return vec![format!("cannot read network interfaces: {e:#}")];
+        }
     };
     let mut out = Vec::new();
     if let Some(iscsi) = ctx.manifest.iscsi.as_ref().filter(|_| uses_iscsi) {
