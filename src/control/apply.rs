@@ -201,7 +201,7 @@ fn step(
                     g
                 }
             };
-            sidecar::write(cow, &golden)
+            Ok(sidecar::write(cow, &golden)?)
         }
         Action::AttachImage { path, .. } => {
             loops.attached(k.loops.attach(path, true)?);
@@ -277,7 +277,7 @@ fn step(
             let obs = super::observe::Observed::read(k)?;
             loops.forget();
             super::reset::finish_parked(ctx, &obs, pc, &dm_name(name), false)?;
-            super::sidecar::note_reset(&pc.cow, None)
+            Ok(super::sidecar::note_reset(&pc.cow, None)?)
         }
     }
 }

@@ -456,7 +456,7 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
             Ok(g) => {
                 fingerprints.insert(image.name.clone(), g);
             }
-            Err(e) => problems.push(format!("{e:#}")),
+            Err(e) => problems.push(format!("{:#}", anyhow::Error::from(e))),
         }
     }
     for pc in &manifest.pcs {
@@ -518,7 +518,7 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
             }
             if let Some(g) = fingerprints.get(&pc.image) {
                 if let Err(e) = sidecar::check(&pc.name, &pc.cow, g) {
-                    problems.push(format!("{e:#}"));
+                    problems.push(format!("{:#}", anyhow::Error::from(e)));
                 }
             }
             problems.extend(version_problem(manifest, &mut stores, pc));
@@ -544,7 +544,7 @@ fn version_problem(
     if !stores.contains_key(dir) {
         match crate::image::Store::open(dir) {
             Ok(s) => stores.insert(dir.clone(), s),
-            Err(e) => return Some(format!("{e:#}")),
+            Err(e) => return Some(format!("{:#}", anyhow::Error::from(e))),
         };
     }
     crate::image::cow_problem(manifest, &stores[dir], pc)
