@@ -189,7 +189,7 @@ fn step(
     match action {
         Action::CreateCow {
             path, size, chunk, ..
-        } => crate::cowfile::create(path, *size, *chunk).map(drop),
+        } => Ok(crate::cowfile::create(path, *size, *chunk).map(drop)?),
         Action::RecordGolden {
             image_path, cow, ..
         } => {

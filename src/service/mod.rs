@@ -157,7 +157,7 @@ impl Service {
         match step {
             Step::CreateCow {
                 path, size, chunk, ..
-            } => crate::cowfile::create(path, *size, *chunk).map(drop),
+            } => Ok(crate::cowfile::create(path, *size, *chunk).map(drop)?),
             Step::RecordGolden { pc: name, .. } => {
                 let p = pc(name)?;
                 Ok(sidecar::write(
@@ -457,6 +457,7 @@ fn swap_in_fresh_cow(
     let old_record = sidecar::read(&pc.cow).ok().flatten();
     // The fresh COW's record names the image it is over before the PC can write to it.
     let fresh = crate::cowfile::create_empty(&pc.cow, size)
+        .map_err(anyhow::Error::from)
         .and_then(|()| open(m, pc))
         .and_then(|s| Ok(sidecar::note_reset(&pc.cow, onto).map(|()| s)?));
     match fresh {
