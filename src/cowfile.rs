@@ -7,14 +7,149 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::backing::FileBacking;
-use crate::cow::{Geometry, Header, HeaderState, LoadedStore, SNAP_MAGIC};
-use crate::engine::{Engine, EngineOptions, OverflowPolicy, SnapshotState};
+use crate::cow::{FormatError, Geometry, Header, HeaderState, LoadedStore, SNAP_MAGIC};
+use crate::engine::{Engine, EngineError, EngineOptions, OverflowPolicy, SnapshotState};
 use crate::kernel::loopdev::Loops;
 use crate::units::{ByteSize, SECTOR};
+
+/// What a whole-file operation refused, or which file failed; each reads as the sentence
+/// the admin sees, the cause as its `#[source]`.
+#[derive(Debug, thiserror::Error)]
+pub enum CowFileError {
+    #[error("--chunk {chunk}")]
+    Chunk {
+        chunk: ByteSize,
+        #[source]
+        source: FormatError,
+    },
+    #[error("--chunk")]
+    TableChunk(#[source] FormatError),
+    #[error("--size {size} is not a whole number of 512-byte sectors")]
+    NotSectors { size: ByteSize },
+    #[error("--size {size} is too small for chunk size {chunk}: a COW needs at least {needed} (header, first metadata area, one data chunk)")]
+    TooSmall {
+        size: ByteSize,
+        chunk: ByteSize,
+        needed: ByteSize,
+    },
+    #[error("{} already exists; cowctl never overwrites a COW file (use `cowctl cow reset` to return it to the golden state)", path.display())]
+    Exists { path: PathBuf },
+    #[error("output {} already exists; remove it first", path.display())]
+    OutputExists { path: PathBuf },
+    #[error("output {} is the same file as input {}", output.display(), input.display())]
+    SameFile { output: PathBuf, input: PathBuf },
+    #[error("cannot create {}", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot size {} to {size}", path.display())]
+    Size {
+        path: PathBuf,
+        size: ByteSize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write the header of {}", path.display())]
+    WriteHeader {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write an empty store into {}", path.display())]
+    WriteStore {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open golden image {}", path.display())]
+    OpenGolden {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open COW file {}", path.display())]
+    OpenCow {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open COW file {} over {}", cow.display(), base.display())]
+    OpenEngine {
+        cow: PathBuf,
+        base: PathBuf,
+        #[source]
+        source: EngineError,
+    },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot flush {}", path.display())]
+    Flush {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a usable COW file", path.display())]
+    NotUsable {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    #[error("{} is an invalid snapshot: its data cannot be trusted, so it is not flattened", path.display())]
+    Invalid { path: PathBuf },
+    #[error("reading the disk at byte {offset}")]
+    ReadDisk {
+        offset: u64,
+        #[source]
+        source: EngineError,
+    },
+    #[error("writing {} at byte {offset}", path.display())]
+    WriteOutput {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("flushing {}", path.display())]
+    FlushOutput {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A size, length or flush of a file just opened.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("COW file {} is in use by another cowctl process", path.display())]
+    Locked { path: PathBuf },
+    #[error("{} is attached to {}: it is in use, not reset (cowctl down first)", path.display(), dev.display())]
+    OnLoop { path: PathBuf, dev: PathBuf },
+    #[error("{} is open in {}: it is in use, not reset", path.display(), holders.join(", "))]
+    OpenElsewhere { path: PathBuf, holders: Vec<String> },
+    #[error("{} is not a COW file: it looks like {what}; refusing to wipe it", path.display())]
+    NotACow { path: PathBuf, what: String },
+}
+
+type Result<T, E = CowFileError> = std::result::Result<T, E>;
 
 #[derive(Debug, Serialize)]
 pub struct Created {
@@ -31,16 +166,18 @@ pub const PRIVATE: u32 = 0o600;
 
 /// Creates a sparse COW file with a valid header and an empty area 0.
 pub fn create(path: &Path, size: ByteSize, chunk: ByteSize) -> Result<Created> {
-    let g = Geometry::from_bytes(chunk.bytes()).with_context(|| format!("--chunk {chunk}"))?;
+    let g = Geometry::from_bytes(chunk.bytes())
+        .map_err(|source| CowFileError::Chunk { chunk, source })?;
     if !size.bytes().is_multiple_of(SECTOR) {
-        bail!("--size {size} is not a whole number of 512-byte sectors");
+        return Err(CowFileError::NotSectors { size });
     }
     let needed = 3 * g.chunk_bytes();
     if size.bytes() < needed {
-        bail!(
-            "--size {size} is too small for chunk size {chunk}: a COW needs at least {} (header, first metadata area, one data chunk)",
-            ByteSize(needed)
-        );
+        return Err(CowFileError::TooSmall {
+            size,
+            chunk,
+            needed: ByteSize(needed),
+        });
     }
     // A size whose fill would invalidate a PO snapshot gets one more chunk.
     let requested = size;
@@ -55,18 +192,27 @@ pub fn create(path: &Path, size: ByteSize, chunk: ByteSize) -> Result<Created> {
         .create_new(true)
         .mode(PRIVATE)
         .open(path)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => anyhow::anyhow!(
-                "{} already exists; cowctl never overwrites a COW file (use `cowctl cow reset` to return it to the golden state)",
-                path.display()
-            ),
-            _ => anyhow::Error::new(e).context(format!("cannot create {}", path.display())),
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => CowFileError::Exists {
+                path: path.to_path_buf(),
+            },
+            _ => CowFileError::Create {
+                path: path.to_path_buf(),
+                source,
+            },
         })?;
     file.set_len(size.bytes())
-        .with_context(|| format!("cannot size {} to {size}", path.display()))?;
+        .map_err(|source| CowFileError::Size {
+            path: path.to_path_buf(),
+            size,
+            source,
+        })?;
     file.write_all_at(&Header::new(g.chunk_sectors(), true).encode(), 0)
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write the header of {}", path.display()))?;
+        .map_err(|source| CowFileError::WriteHeader {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(Created {
         path: path.to_path_buf(),
         size_bytes: size.bytes(),
@@ -102,15 +248,22 @@ pub struct Inspection {
 /// A `--chunk` size as the sector count a dm table would carry.
 fn table_chunk_sectors(chunk: Option<ByteSize>) -> Result<Option<u32>> {
     let sectors = chunk.map(|c| Geometry::from_bytes(c.bytes()).map(|g| g.chunk_sectors()));
-    sectors.transpose().context("--chunk")
+    sectors.transpose().map_err(CowFileError::TableChunk)
 }
 
 /// Reads a COW file without changing it. `table_chunk` matters only for a new (magic 0) file.
 pub fn inspect(path: &Path, table_chunk: Option<ByteSize>) -> Result<Inspection> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = File::open(path).map_err(|source| CowFileError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let table_chunk_sectors = table_chunk_sectors(table_chunk)?;
-    let store = LoadedStore::load(&file, table_chunk_sectors)
-        .with_context(|| format!("{} is not a usable COW file", path.display()))?;
+    let store = LoadedStore::load(&file, table_chunk_sectors).map_err(|source| {
+        CowFileError::NotUsable {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     let usage = store.usage();
     let status = if store.state == HeaderState::Invalid {
         "Invalid".to_string()
@@ -153,29 +306,30 @@ pub fn flatten(
 ) -> Result<Flattened> {
     let engine = open_engine(base, cow, table_chunk, true)?;
     if engine.state() == SnapshotState::Invalid {
-        bail!(
-            "{} is an invalid snapshot: its data cannot be trusted, so it is not flattened",
-            cow.display()
-        );
+        return Err(CowFileError::Invalid {
+            path: cow.to_path_buf(),
+        });
     }
     for input in [base, cow] {
         if same_file(input, out) {
-            bail!(
-                "output {} is the same file as input {}",
-                out.display(),
-                input.display()
-            );
+            return Err(CowFileError::SameFile {
+                output: out.to_path_buf(),
+                input: input.to_path_buf(),
+            });
         }
     }
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(out)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => {
-                anyhow::anyhow!("output {} already exists; remove it first", out.display())
-            }
-            _ => anyhow::Error::new(e).context(format!("cannot create {}", out.display())),
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => CowFileError::OutputExists {
+                path: out.to_path_buf(),
+            },
+            _ => CowFileError::Create {
+                path: out.to_path_buf(),
+                source,
+            },
         })?;
     let size = engine.size();
     let mut buf = vec![0u8; 1 << 20];
@@ -184,17 +338,27 @@ pub fn flatten(
         let n = usize::try_from((size - pos).min(buf.len() as u64)).expect("at most 1 MiB");
         engine
             .read_at(&mut buf[..n], pos)
-            .with_context(|| format!("reading the disk at byte {pos}"))?;
+            .map_err(|source| CowFileError::ReadDisk {
+                offset: pos,
+                source,
+            })?;
         if buf[..n].iter().any(|&b| b != 0) {
             file.write_all_at(&buf[..n], pos)
-                .with_context(|| format!("writing {} at byte {pos}", out.display()))?;
+                .map_err(|source| CowFileError::WriteOutput {
+                    path: out.to_path_buf(),
+                    offset: pos,
+                    source,
+                })?;
         }
         pos += n as u64;
     }
     file.set_len(size)?;
     file.flush()?;
     file.sync_all()
-        .with_context(|| format!("flushing {}", out.display()))?;
+        .map_err(|source| CowFileError::FlushOutput {
+            path: out.to_path_buf(),
+            source,
+        })?;
     Ok(Flattened {
         output: out.to_path_buf(),
         bytes: size,
@@ -210,7 +374,10 @@ pub fn create_empty(path: &Path, size: u64) -> Result<()> {
         .create_new(true)
         .mode(PRIVATE)
         .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+        .map_err(|source| CowFileError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
     file.set_len(size)?;
     file.sync_all()?;
     Ok(())
@@ -236,29 +403,36 @@ pub fn open_engine(
 /// Opens the engine with every option given; a writable COW is locked against other
 /// cowctl processes for as long as the engine lives.
 pub fn open_engine_with(base: &Path, cow: &Path, options: EngineOptions) -> Result<Engine> {
-    let origin = FileBacking::open(base, false)
-        .with_context(|| format!("cannot open golden image {}", base.display()))?;
-    let cow_file = FileBacking::open(cow, !options.read_only)
-        .with_context(|| format!("cannot open COW file {}", cow.display()))?;
+    let origin = FileBacking::open(base, false).map_err(|source| CowFileError::OpenGolden {
+        path: base.to_path_buf(),
+        source,
+    })?;
+    let cow_file =
+        FileBacking::open(cow, !options.read_only).map_err(|source| CowFileError::OpenCow {
+            path: cow.to_path_buf(),
+            source,
+        })?;
     if !options.read_only {
         lock(&cow_file)?;
     }
-    Engine::open(Box::new(origin), Box::new(cow_file), options).with_context(|| {
-        format!(
-            "cannot open COW file {} over {}",
-            cow.display(),
-            base.display()
-        )
+    Engine::open(Box::new(origin), Box::new(cow_file), options).map_err(|source| {
+        CowFileError::OpenEngine {
+            cow: cow.to_path_buf(),
+            base: base.to_path_buf(),
+            source,
+        }
     })
 }
 
 fn lock(cow: &FileBacking) -> Result<()> {
-    cow.lock_exclusive().map_err(|e| match e.kind() {
-        io::ErrorKind::WouldBlock => anyhow::anyhow!(
-            "COW file {} is in use by another cowctl process",
-            cow.path().display()
-        ),
-        _ => anyhow::Error::new(e).context(format!("cannot lock {}", cow.path().display())),
+    cow.lock_exclusive().map_err(|source| match source.kind() {
+        io::ErrorKind::WouldBlock => CowFileError::Locked {
+            path: cow.path().to_path_buf(),
+        },
+        _ => CowFileError::Lock {
+            path: cow.path().to_path_buf(),
+            source,
+        },
     })
 }
 
@@ -280,8 +454,10 @@ pub struct Reset {
 /// attached to loop devices (a COW on one is in use and is refused).
 pub fn reset(path: &Path, loops: &dyn Loops) -> Result<Reset> {
     let start = Instant::now();
-    let cow = FileBacking::open(path, true)
-        .with_context(|| format!("cannot open COW file {}", path.display()))?;
+    let cow = FileBacking::open(path, true).map_err(|source| CowFileError::OpenCow {
+        path: path.to_path_buf(),
+        source,
+    })?;
     lock(&cow)?;
     let file = cow.file();
     let meta = file.metadata()?;
@@ -297,30 +473,31 @@ pub fn reset(path: &Path, loops: &dyn Loops) -> Result<Reset> {
             .iter()
             .find(|l| crate::fileid::same_file(&l.backing, path))
         {
-            bail!(
-                "{} is attached to {}: it is in use, not reset (cowctl down first)",
-                path.display(),
-                l.dev.display()
-            );
+            return Err(CowFileError::OnLoop {
+                path: path.to_path_buf(),
+                dev: l.dev.clone(),
+            });
         }
     }
     let holders = crate::filekind::open_by(path).unwrap_or_default();
     if !holders.is_empty() {
-        bail!(
-            "{} is open in {}: it is in use, not reset",
-            path.display(),
-            holders.join(", ")
-        );
+        return Err(CowFileError::OpenElsewhere {
+            path: path.to_path_buf(),
+            holders,
+        });
     }
     // Only a COW (or a file with no data yet) is wiped: an image whose first bytes
     // happen to be zero is not.
-    if let crate::filekind::Kind::Other(what) = crate::filekind::classify(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
+    if let crate::filekind::Kind::Other(what) =
+        crate::filekind::classify(path).map_err(|source| CowFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
     {
-        bail!(
-            "{} is not a COW file: it looks like {what}; refusing to wipe it",
-            path.display()
-        );
+        return Err(CowFileError::NotACow {
+            path: path.to_path_buf(),
+            what,
+        });
     }
     let blocks_before = meta.blocks() * 512;
     let punched = punch_all(file, len).is_ok();
@@ -336,11 +513,16 @@ pub fn reset(path: &Path, loops: &dyn Loops) -> Result<Reset> {
             store[..crate::cow::HEADER_SIZE]
                 .copy_from_slice(&Header::new(g.chunk_sectors(), true).encode());
             file.write_all_at(&store, 0)
-                .with_context(|| format!("cannot write an empty store into {}", path.display()))?;
+                .map_err(|source| CowFileError::WriteStore {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
         }
     }
-    file.sync_all()
-        .with_context(|| format!("cannot flush {}", path.display()))?;
+    file.sync_all().map_err(|source| CowFileError::Flush {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let blocks_after = file.metadata()?.blocks() * 512;
     let elapsed = start.elapsed();
     Ok(Reset {
@@ -367,5 +549,23 @@ fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_variants() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("pc.cow");
+        let (size, chunk) = (ByteSize(1 << 20), ByteSize(4096));
+        create(&p, size, chunk).unwrap();
+        let e = create(&p, size, chunk).unwrap_err();
+        assert!(matches!(e, CowFileError::Exists { .. }), "{e}");
+        assert!(e.to_string().ends_with("to return it to the golden state)"));
+        let e = create(&d.path().join("b"), ByteSize(1000), chunk).unwrap_err();
+        assert!(matches!(e, CowFileError::NotSectors { .. }), "{e}");
     }
 }

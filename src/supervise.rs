@@ -6,7 +6,46 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use crate::rundir::RunDirError;
+
+/// Why a helper could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    /// The helper's log file could not be handed to it as its output.
+    #[error(transparent)]
+    Log(std::io::Error),
+    #[error("cannot start {program} ({hint})")]
+    Start {
+        program: &'static str,
+        hint: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} for {key} exited at once: {last}")]
+    ExitedAtOnce {
+        program: &'static str,
+        key: String,
+        /// The last lines of its log.
+        last: String,
+    },
+    /// The pid file could not be written.
+    #[error(transparent)]
+    PidFile(std::io::Error),
+    #[error(transparent)]
+    Pid(#[from] std::num::TryFromIntError),
+    #[error("cannot stop {program} {pid} of {key}")]
+    Stop {
+        program: &'static str,
+        pid: u32,
+        key: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+type Result<T, E = SuperviseError> = std::result::Result<T, E>;
 
 /// One kind of helper: `program`, with its pid and log files in `dir`.
 #[derive(Debug, Clone)]
@@ -88,10 +127,14 @@ impl Helpers {
         let child = Command::new(self.program)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
+            .stdout(log.try_clone().map_err(SuperviseError::Log)?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("cannot start {} ({})", self.program, self.install_hint))?;
+            .map_err(|source| SuperviseError::Start {
+                program: self.program,
+                hint: self.install_hint,
+                source,
+            })?;
         let pid = child.id();
         // Reap it in the background if it dies while we still run; after we exit, init does.
         std::thread::spawn(move || {
@@ -103,9 +146,13 @@ impl Helpers {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             let last = lines[lines.len().saturating_sub(3)..].join(" / ");
-            bail!("{} for {key} exited at once: {}", self.program, last.trim());
+            return Err(SuperviseError::ExitedAtOnce {
+                program: self.program,
+                key: key.to_string(),
+                last: last.trim().to_string(),
+            });
         }
-        std::fs::write(self.pid_file(key), format!("{pid}\n"))?;
+        std::fs::write(self.pid_file(key), format!("{pid}\n")).map_err(SuperviseError::PidFile)?;
         Ok(pid)
     }
 
@@ -118,7 +165,12 @@ impl Helpers {
                 nix::unistd::Pid::from_raw(i32::try_from(r.pid)?),
                 nix::sys::signal::Signal::SIGTERM,
             )
-            .with_context(|| format!("cannot stop {} {} of {key}", self.program, r.pid))?;
+            .map_err(|source| SuperviseError::Stop {
+                program: self.program,
+                pid: r.pid,
+                key: key.to_string(),
+                source,
+            })?;
             for _ in 0..50 {
                 if cmdline(r.pid).is_none_or(|a| !self.is_ours(&a)) {
                     break;

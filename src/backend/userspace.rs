@@ -187,7 +187,7 @@ impl Backend for ServiceClient {
             Some(r) => r
                 .committed
                 .ok_or_else(|| anyhow!("cowctl serve committed nothing")),
-            None => crate::image::commit_pc(m, pc, version, note),
+            None => Ok(crate::image::commit_pc(m, pc, version, note)?),
         }
     }
 

@@ -211,7 +211,7 @@ fn step(
             chunk_sectors,
         } => {
             let target = snapshot_target(image, cow, *mode, *chunk_sectors, loops.get(ctx)?)?;
-            k.dm.create(&dm_name(pc), &target).map(drop)
+            Ok(k.dm.create(&dm_name(pc), &target).map(drop)?)
         }
         Step::ExportIscsi { pc, spec } => export_iscsi(ctx, pc, spec),
         Step::RecreateIscsi { pc, spec } => {
@@ -227,13 +227,14 @@ fn step(
                 device: device.display().to_string(),
                 ..spec.clone()
             };
-            k.vblade.start(&spec).map(drop)
+            Ok(k.vblade.start(&spec).map(drop)?)
         }
-        Step::StopVblade { pc } => k.vblade.stop(pc),
+        Step::StopVblade { pc } => Ok(k.vblade.stop(pc)?),
         Step::UnexportIscsi { target } => Lio {
             fs: k.configfs.as_ref(),
         }
-        .delete(target),
+        .delete(target)
+        .map_err(Into::into),
         Step::RemoveSnapshot { name } => {
             k.dm.remove(name)?;
             let _ = std::fs::remove_file(ctx.node_dir().join(name));
@@ -259,7 +260,7 @@ fn step(
             }
             Ok(())
         }
-        Step::Resume { pc } => k.dm.resume(&dm_name(pc)),
+        Step::Resume { pc } => Ok(k.dm.resume(&dm_name(pc))?),
         Step::FinishReset { pc: name } => {
             let pc = ctx
                 .manifest
@@ -268,7 +269,7 @@ fn step(
             let obs = super::observe::Observed::read(k)?;
             loops.forget();
             super::reset::finish_parked(ctx, &obs, pc, &dm_name(name), false)?;
-            super::sidecar::note_reset(&pc.cow, None)
+            Ok(super::sidecar::note_reset(&pc.cow, None)?)
         }
     }
 }
@@ -315,4 +316,5 @@ fn export_iscsi(ctx: &Ctx, pc: &str, spec: &TargetSpec) -> Result<()> {
         fs: ctx.kernel.configfs.as_ref(),
     }
     .create(&spec)
+    .map_err(Into::into)
 }

@@ -27,7 +27,7 @@ pub fn commit(
         );
     }
     if !obs.dm.contains_key(&name) {
-        return crate::image::commit_pc(ctx.manifest, pc, version, note);
+        return Ok(crate::image::commit_pc(ctx.manifest, pc, version, note)?);
     }
     let in_use = match &pc.export {
         Export::Iscsi { target, .. } => obs
@@ -50,7 +50,7 @@ pub fn commit(
     }
     if in_use.is_none() {
         // Nothing reaches the device: its COW file is quiet as it is.
-        return crate::image::commit_pc(ctx.manifest, pc, version, note);
+        return Ok(crate::image::commit_pc(ctx.manifest, pc, version, note)?);
     }
     // A commit killed here leaves the device suspended; `cowctl apply` resumes it.
     k.dm.suspend(&name)?;

@@ -67,7 +67,7 @@ impl Observed {
                     let listed =
                         listed.get_or_insert_with(|| k.dm.list(PREFIX).unwrap_or_default());
                     if listed.contains(&name) {
-                        return Err(e);
+                        return Err(e.into());
                     }
                 }
             }
@@ -84,7 +84,7 @@ impl Observed {
         let names = match k.dm.list(PREFIX) {
             Ok(n) => n,
             Err(_) if !need_dm => Vec::new(),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         for name in names {
             let raw = k.dm.raw_table(&name)?;

@@ -334,7 +334,7 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
             Ok(g) => {
                 fingerprints.insert(image.name.clone(), g);
             }
-            Err(e) => problems.push(format!("{e:#}")),
+            Err(e) => problems.push(format!("{:#}", anyhow::Error::from(e))),
         }
     }
     for pc in &manifest.pcs {
@@ -396,7 +396,7 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
             }
             if let Some(g) = fingerprints.get(&pc.image) {
                 if let Err(e) = sidecar::check(&pc.name, &pc.cow, g) {
-                    problems.push(format!("{e:#}"));
+                    problems.push(format!("{:#}", anyhow::Error::from(e)));
                 }
             }
             problems.extend(version_problem(manifest, &mut stores, pc));
@@ -422,7 +422,7 @@ fn version_problem(
     if !stores.contains_key(dir) {
         match crate::image::Store::open(dir) {
             Ok(s) => stores.insert(dir.clone(), s),
-            Err(e) => return Some(format!("{e:#}")),
+            Err(e) => return Some(format!("{:#}", anyhow::Error::from(e))),
         };
     }
     crate::image::cow_problem(manifest, &stores[dir], pc)
@@ -445,7 +445,10 @@ fn network_problems(ctx: &Ctx) -> Vec<String> {
     }
     let ifaces = match ctx.kernel.net.interfaces() {
         Ok(i) => i,
-        Err(e) => return vec![format!("cannot read network interfaces: {e:#}")],
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            return vec![format!("cannot read network interfaces: {e:#}")];
+        }
     };
     let mut out = Vec::new();
     if let Some(iscsi) = ctx.manifest.iscsi.as_ref().filter(|_| uses_iscsi) {

@@ -291,7 +291,8 @@ fn resume_export(ctx: &Ctx, pc: &Pc, name: &str, what: Resume<'_>) -> Result<()>
         Export::Iscsi { target, .. } if obs.target(target.as_str()).is_some() => Lio {
             fs: k.configfs.as_ref(),
         }
-        .set_enabled(target.as_str(), true),
+        .set_enabled(target.as_str(), true)
+        .map_err(Into::into),
         Export::Aoe { .. } if any_vblade || obs.vblade(&pc.name).is_some() => {
             if k.vblade.running(&pc.name)?.is_some() {
                 return Ok(());
@@ -300,6 +301,7 @@ fn resume_export(ctx: &Ctx, pc: &Pc, name: &str, what: Resume<'_>) -> Result<()>
             k.vblade
                 .start(&vblade_spec(ctx, pc, Some(device))?)
                 .map(drop)
+                .map_err(Into::into)
         }
         _ => Ok(()),
     }
@@ -345,7 +347,7 @@ fn swap(
             if let Some(origin) = onto.and_then(|o| o.origin.as_ref()) {
                 line.snapshot.origin = DevRef::Path(origin.dev.display().to_string());
             }
-            k.dm.replace(name, &Target::snapshot(&line))
+            Ok(k.dm.replace(name, &Target::snapshot(&line))?)
         }
         // Put everything back as it was.
         Err(e) => {

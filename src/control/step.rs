@@ -200,7 +200,7 @@ impl Step {
         match self {
             Step::CreateCow {
                 path, size, chunk, ..
-            } => crate::cowfile::create(path, *size, *chunk).map(drop),
+            } => Ok(crate::cowfile::create(path, *size, *chunk).map(drop)?),
             Step::RecordGolden {
                 image_path, cow, ..
             } => {
@@ -212,7 +212,7 @@ impl Step {
                         g
                     }
                 };
-                sidecar::write(cow, &golden)
+                Ok(sidecar::write(cow, &golden)?)
             }
             other => anyhow::bail!("{other} is not a step on files alone"),
         }

@@ -231,7 +231,7 @@ pub(crate) mod testing {
     pub struct FakeNet(pub Vec<Interface>);
 
     impl Net for FakeNet {
-        fn interfaces(&self) -> anyhow::Result<Vec<Interface>> {
+        fn interfaces(&self) -> Result<Vec<Interface>, crate::kernel::NetError> {
             Ok(self.0.clone())
         }
     }

@@ -15,7 +15,10 @@ pub fn checks(m: &Manifest, host: &Host) -> Vec<Check> {
         Err(e) => {
             return vec![Check::fail(
                 Area::Interface,
-                format!("cannot read the network interfaces: {e:#}"),
+                format!(
+                    "cannot read the network interfaces: {:#}",
+                    anyhow::Error::from(e)
+                ),
                 "run cowctl doctor where it may open a netlink socket",
             )]
         }
@@ -29,7 +32,10 @@ pub fn checks(m: &Manifest, host: &Host) -> Vec<Check> {
             Ok(c) => Check::ok(Area::Pxe, format!("iPXE chains PCs to {}", c.url())),
             Err(e) => Check::fail(
                 Area::Pxe,
-                format!("PCs could not chain to /boot.ipxe: {e:#}"),
+                format!(
+                    "PCs could not chain to /boot.ipxe: {:#}",
+                    anyhow::Error::from(e)
+                ),
                 "give the interface an IPv4 address, or set http.server / http.listen",
             ),
         });

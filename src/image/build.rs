@@ -9,10 +9,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use super::error::{CopyError, Error};
 use serde::Serialize;
 
 use crate::cow::{HeaderState, LoadedStore};
+
+type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How the parent's blocks got into the new file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -37,16 +39,23 @@ pub struct Built {
 /// Makes `out` (a new file) hold `parent` with the chunks of `cow` laid over it, synced.
 pub fn build(parent: &Path, cow: &Path, out: &Path) -> Result<Built> {
     let start = Instant::now();
-    let src = File::open(parent).with_context(|| format!("cannot open {}", parent.display()))?;
+    let src = File::open(parent).map_err(|source| Error::Open {
+        path: parent.to_path_buf(),
+        source,
+    })?;
     let size = crate::backing::file_or_device_size(&src)?;
-    let cow_file = File::open(cow).with_context(|| format!("cannot open {}", cow.display()))?;
-    let store = LoadedStore::load(&cow_file, None)
-        .with_context(|| format!("cannot load the COW {}", cow.display()))?;
+    let cow_file = File::open(cow).map_err(|source| Error::Open {
+        path: cow.to_path_buf(),
+        source,
+    })?;
+    let store = LoadedStore::load(&cow_file, None).map_err(|source| Error::LoadCow {
+        cow: cow.to_path_buf(),
+        source,
+    })?;
     if store.state == HeaderState::Invalid {
-        bail!(
-            "{} is an invalid snapshot (it overflowed or was dropped): its disk cannot be read, so it cannot become a version",
-            cow.display()
-        );
+        return Err(Error::InvalidCow {
+            cow: cow.to_path_buf(),
+        });
     }
     let dst = OpenOptions::new()
         .write(true)
@@ -54,7 +63,10 @@ pub fn build(parent: &Path, cow: &Path, out: &Path) -> Result<Built> {
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW)
         .open(out)
-        .with_context(|| format!("cannot create {}", out.display()))?;
+        .map_err(|source| Error::Create {
+            path: out.to_path_buf(),
+            source,
+        })?;
     let chunk = store.geometry.chunk_bytes();
     let mut runs: Vec<(u64, u64)> = store.exceptions.iter().map(|(&o, &c)| (o, c)).collect();
     // In the COW's order: concurrent writers interleave their chunks there, and reading the
@@ -70,8 +82,11 @@ pub fn build(parent: &Path, cow: &Path, out: &Path) -> Result<Built> {
             .filter(|(a, b)| a < b)
             .collect();
         covered.sort_unstable();
-        copy_extents(&src, &dst, size, &covered)
-            .with_context(|| format!("copying {} to {}", parent.display(), out.display()))?;
+        copy_extents(&src, &dst, size, &covered).map_err(|source| Error::CopyParent {
+            from: parent.to_path_buf(),
+            to: out.to_path_buf(),
+            source,
+        })?;
         Method::SparseCopy
     };
     dst.set_len(size)?;
@@ -87,20 +102,23 @@ pub fn build(parent: &Path, cow: &Path, out: &Path) -> Result<Built> {
         let at = o * chunk;
         if at < size {
             let len = (n as u64 * chunk).min(size - at);
-            copy_range(&cow_file, c * chunk, &dst, at, len).with_context(|| {
-                format!(
-                    "copying chunks {o}..{} of {} into {}",
-                    o + n as u64,
-                    cow.display(),
-                    out.display()
-                )
+            copy_range(&cow_file, c * chunk, &dst, at, len).map_err(|source| {
+                Error::CopyChunks {
+                    first: o,
+                    end: o + n as u64,
+                    cow: cow.to_path_buf(),
+                    out: out.to_path_buf(),
+                    source,
+                }
             })?;
             changed += len;
         }
         i += n;
     }
-    dst.sync_all()
-        .with_context(|| format!("cannot flush {}", out.display()))?;
+    dst.sync_all().map_err(|source| Error::Flush {
+        path: out.to_path_buf(),
+        source,
+    })?;
     Ok(Built {
         method,
         chunks: runs.len() as u64,
@@ -111,7 +129,12 @@ pub fn build(parent: &Path, cow: &Path, out: &Path) -> Result<Built> {
 
 /// A copy of `src` in its data extents only (holes stay holes), inside the kernel, leaving
 /// out the byte ranges `skip` (sorted `[start, end)`).
-pub fn copy_extents(src: &File, dst: &File, size: u64, skip: &[(u64, u64)]) -> Result<()> {
+pub fn copy_extents(
+    src: &File,
+    dst: &File,
+    size: u64,
+    skip: &[(u64, u64)],
+) -> Result<(), CopyError> {
     use nix::unistd::{lseek, Whence};
     use std::os::fd::AsRawFd;
     let fd = src.as_raw_fd();
@@ -132,7 +155,13 @@ pub fn copy_extents(src: &File, dst: &File, size: u64, skip: &[(u64, u64)]) -> R
 }
 
 /// `[from, to)` of `src` into `dst` at the same place, but for the ranges in `skip`.
-fn copy_except(src: &File, dst: &File, from: u64, to: u64, skip: &[(u64, u64)]) -> Result<()> {
+fn copy_except(
+    src: &File,
+    dst: &File,
+    from: u64,
+    to: u64,
+    skip: &[(u64, u64)],
+) -> Result<(), CopyError> {
     let first = skip.partition_point(|&(_, end)| end <= from);
     let mut at = from;
     for &(a, b) in skip[first..].iter().take_while(|&&(a, _)| a < to) {
@@ -149,7 +178,7 @@ fn copy_except(src: &File, dst: &File, from: u64, to: u64, skip: &[(u64, u64)]) 
 
 /// `len` bytes of `src` at `from` to `dst` at `to`, by `copy_file_range` (which remaps
 /// blocks where the file system shares them), by reads and writes where it cannot.
-fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> Result<()> {
+fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> Result<(), CopyError> {
     let (mut from_i, mut to_i) = (i64::try_from(from)?, i64::try_from(to)?);
     let mut left = usize::try_from(len)?;
     while left > 0 {
@@ -161,7 +190,7 @@ fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> Result<()
             Some(&mut to_i),
             left.min(STEP),
         ) {
-            Ok(0) => bail!("the source ended {left} bytes early"),
+            Ok(0) => return Err(CopyError::SourceEnded { left }),
             Ok(n) => {
                 left -= n;
                 start_writeback(dst, at, n);
@@ -201,7 +230,7 @@ fn copy_by_buffer(
     dst: &File,
     mut to: u64,
     mut left: usize,
-) -> Result<()> {
+) -> Result<(), CopyError> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; (1 << 20).min(left)];
     while left > 0 {
@@ -259,7 +288,10 @@ mod tests {
         assert_eq!(built.chunks, 3);
         assert_eq!(built.changed_bytes, 3 * 4096);
         assert!(
-            build(&parent, &cow, &out).is_err(),
+            matches!(
+                build(&parent, &cow, &out),
+                Err(Error::Create { path, .. }) if path == out
+            ),
             "never over an existing file"
         );
     }

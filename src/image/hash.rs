@@ -9,22 +9,27 @@
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use super::error::Error;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::store::{Store, VersionName};
 
+type Result<T, E = Error> = std::result::Result<T, E>;
+
 /// Lowercase hex SHA-256 of the whole file, read in 1 MiB pieces.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f = std::fs::File::open(path).map_err(|source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let n = f.read(&mut buf).map_err(|source| Error::Reading {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if n == 0 {
             break;
         }

@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use super::error::Error;
+
+type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The formats `qemu-img` is asked to read (its probe decides which one a file is).
 pub const FORMATS: [&str; 5] = ["raw", "qcow2", "vmdk", "vhdx", "vdi"];
@@ -15,23 +17,25 @@ pub fn format_of(src: &Path) -> Result<String> {
         .args(["info", "--output=json"])
         .arg(src)
         .output()
-        .context("cannot run qemu-img (Debian: apt-get install qemu-utils)")?;
+        .map_err(Error::NoQemuImg)?;
     if !out.status.success() {
-        bail!(
-            "qemu-img cannot read {}: {}",
-            src.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(Error::QemuImgInfo {
+            src: src.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("qemu-img info {} said no JSON", src.display()))?;
+    let info: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|source| Error::QemuImgJson {
+            src: src.to_path_buf(),
+            source,
+        })?;
     let format = info["format"].as_str().unwrap_or_default().to_string();
     if !FORMATS.contains(&format.as_str()) {
-        bail!(
-            "{} is a {format:?} image; cowctl imports {}",
-            src.display(),
-            FORMATS.join(", ")
-        );
+        return Err(Error::Format {
+            src: src.to_path_buf(),
+            format,
+            imports: &FORMATS,
+        });
     }
     Ok(format)
 }
@@ -39,18 +43,26 @@ pub fn format_of(src: &Path) -> Result<String> {
 /// Converts `src` into the new raw file `out` (which must not exist), sparse, synced.
 pub fn convert(src: &Path, format: &str, out: &Path) -> Result<()> {
     if out.symlink_metadata().is_ok() {
-        bail!("{} already exists", out.display());
+        return Err(Error::Exists {
+            path: out.to_path_buf(),
+        });
     }
     let status = Command::new("qemu-img")
         .args(["convert", "-q", "-f", format, "-O", "raw", "-S", "4k"])
         .arg(src)
         .arg(out)
         .status()
-        .context("cannot run qemu-img")?;
+        .map_err(Error::QemuImg)?;
     if !status.success() {
-        bail!("qemu-img convert {} failed ({status})", src.display());
+        return Err(Error::Convert {
+            src: src.to_path_buf(),
+            status,
+        });
     }
     std::fs::File::open(out)
         .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot flush {}", out.display()))
+        .map_err(|source| Error::Flush {
+            path: out.to_path_buf(),
+            source,
+        })
 }

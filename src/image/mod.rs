@@ -8,6 +8,7 @@
 //! (or, without a COW yet, on the version it is due); resets move PCs to the promoted one.
 
 pub mod build;
+pub mod error;
 pub mod hash;
 pub mod identity;
 pub mod import;
@@ -19,13 +20,15 @@ pub mod users;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::manifest::{Image, Manifest, Pc};
+pub use error::{CopyError, Error};
 pub use identity::Found;
 use sidecar::Golden;
 pub use store::{Store, Version, VersionName};
+
+type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The key a version has among the manifest's images: `win10@v2`.
 pub fn key(image: &str, v: &VersionName) -> String {
@@ -76,7 +79,7 @@ pub fn resolve(m: &mut Manifest) -> Vec<Problem> {
         let store = match Store::open(dir) {
             Ok(s) => s,
             Err(e) => {
-                problems.push((field, format!("{e:#}")));
+                problems.push((field, format!("{:#}", anyhow::Error::from(e))));
                 continue;
             }
         };
@@ -194,10 +197,7 @@ pub fn golden_for(disk: &Path) -> Result<Golden> {
         .parent()
         .filter(|_| disk.file_name() == Some(store::DISK.as_ref()));
     if let Some(record) = folder.map(|f| f.join(store::RECORD)).filter(|r| r.exists()) {
-        let text = std::fs::read_to_string(&record)
-            .with_context(|| format!("cannot read {}", record.display()))?;
-        let v: Version = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a version record", record.display()))?;
+        let v = store::read_record(&record)?;
         g.version = Some(v.id());
     }
     Ok(g)
@@ -210,13 +210,16 @@ pub fn open(m: &Manifest, image: &str) -> Result<Store> {
         .images
         .values()
         .find(|i| i.family == family)
-        .ok_or_else(|| anyhow!("no image named {family:?} in {}", m.path.display()))?;
+        .ok_or_else(|| Error::NoImage {
+            family: family.to_string(),
+            manifest: m.path.clone(),
+        })?;
     let Some(dir) = img.store.as_deref() else {
-        bail!(
-            "image {family} is one file (images.{family}.path: {}): give it `versions: DIR` in {} to keep versions",
-            img.path.display(),
-            m.path.display()
-        );
+        return Err(Error::OneFile {
+            family: family.to_string(),
+            path: img.path.clone(),
+            manifest: m.path.clone(),
+        });
     };
     Store::open(dir)
 }
@@ -234,19 +237,14 @@ fn record(
     let g = sidecar::fingerprint(&disk)?;
     let sha256 = hash::sha256_file(&disk)?;
     if g.size == 0 || g.size % 512 != 0 {
-        bail!(
-            "{} is {} bytes, not a whole number of sectors",
-            disk.display(),
-            g.size
-        );
+        return Err(Error::NotSectors { disk, size: g.size });
     }
     if let Some(other) = store.versions.values().find(|v| v.size != g.size) {
-        bail!(
-            "the new disk is {} bytes but version {} is {}: every version of an image has one size, since PCs move between them under a live export",
-            g.size,
-            other.name,
-            other.size
-        );
+        return Err(Error::SizeDiffers {
+            size: g.size,
+            other: other.name.to_string(),
+            other_size: other.size,
+        });
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o444))?;
@@ -318,8 +316,12 @@ pub fn commit(
     let mut built = None;
     let version = make_version(store, &name, |incoming| {
         built = Some(
-            build::build(&store.disk(parent), cow, &incoming.join(store::DISK))
-                .with_context(|| format!("committing {pc}"))?,
+            build::build(&store.disk(parent), cow, &incoming.join(store::DISK)).map_err(|e| {
+                Error::Commit {
+                    pc: pc.to_string(),
+                    source: Box::new(e),
+                }
+            })?,
         );
         record(
             store,
@@ -367,28 +369,31 @@ pub fn commit_pc(
 ) -> Result<Committed> {
     let image = &m.images[&pc.image];
     let (Some(dir), Some(parent)) = (image.store.as_deref(), image.version.as_deref()) else {
-        bail!(
-            "{}: image {} is one file (images.{}.path): give it `versions: DIR` to commit PCs into new versions",
-            pc.name,
-            image.family,
-            image.family
-        );
+        return Err(Error::CommitOneFile {
+            pc: pc.name.clone(),
+            family: image.family.clone(),
+        });
     };
     let store = Store::open(dir)?;
     if let Some(problem) = cow_problem(m, &store, pc) {
-        bail!(problem);
+        return Err(Error::VersionGone {
+            pc: pc.name.clone(),
+            problem,
+        });
     }
-    let parent: VersionName = parent.parse().map_err(|e: String| anyhow!(e))?;
+    let parent: VersionName = parent
+        .parse()
+        .map_err(|reason| Error::BadVersionName { reason })?;
     let changed = std::fs::File::open(&pc.cow)
         .ok()
         .and_then(|f| crate::cow::LoadedStore::load(&f, Some(pc.chunk_sectors())).ok())
         .is_some_and(|s| !s.exceptions.is_empty());
     if !changed {
-        bail!(
-            "{}: its disk has no changes over {}@{parent}: there is nothing to commit",
-            pc.name,
-            image.family
-        );
+        return Err(Error::NothingToCommit {
+            pc: pc.name.clone(),
+            family: image.family.clone(),
+            parent: parent.to_string(),
+        });
     }
     commit(&store, &parent, &pc.cow, &pc.name, name, note)
 }
@@ -416,10 +421,13 @@ fn cows_on(store: &Store) -> (BTreeMap<VersionName, Vec<String>>, Vec<PathBuf>) 
         let mut keep = |v: &VersionName, why: String| on.entry(v.clone()).or_default().push(why);
         match sidecar::read(&cow) {
             Ok(None) => stale.push(reference),
-            Err(e) => store
-                .versions
-                .keys()
-                .for_each(|v| keep(v, format!("{says} (its record is unreadable: {e:#})"))),
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                store
+                    .versions
+                    .keys()
+                    .for_each(|v| keep(v, format!("{says} (its record is unreadable: {e:#})")))
+            }
             Ok(Some(g)) => match store.version_of(&g, sidecar::written(&cow)) {
                 Found::On(v) => keep(v, says),
                 Found::Missing(_) => {}
@@ -516,6 +524,6 @@ pub fn remove_version(store: &Store, v: &VersionName) -> Result<()> {
         .dir
         .join(format!(".pruning-{v}-{}", std::process::id()));
     crate::durable::rename_new(&dir, &gone)
-        .with_context(|| format!("cannot move {} aside", dir.display()))?;
-    std::fs::remove_dir_all(&gone).with_context(|| format!("cannot remove {}", gone.display()))
+        .map_err(|source| Error::MoveAside { path: dir, source })?;
+    std::fs::remove_dir_all(&gone).map_err(|source| Error::Remove { path: gone, source })
 }

@@ -6,7 +6,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use super::error::Error;
+
+type Result<T, E = Error> = std::result::Result<T, E>;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -49,8 +51,10 @@ pub fn sidecar_path(cow: &Path) -> PathBuf {
 
 /// Size and sampled SHA-256 of an image (its first and last 4 KiB always included).
 pub fn fingerprint(image: &Path) -> Result<Golden> {
-    let f = File::open(image)
-        .with_context(|| format!("cannot open golden image {}", image.display()))?;
+    let f = File::open(image).map_err(|source| Error::OpenGolden {
+        path: image.to_path_buf(),
+        source,
+    })?;
     let size = crate::backing::file_or_device_size(&f)?;
     let mut h = Sha256::new();
     h.update(size.to_le_bytes());
@@ -64,7 +68,10 @@ pub fn fingerprint(image: &Path) -> Result<Golden> {
         };
         let n = usize::try_from((size - at).min(SAMPLE as u64)).expect("at most 4 KiB");
         f.read_exact_at(&mut buf[..n], at)
-            .with_context(|| format!("reading {}", image.display()))?;
+            .map_err(|source| Error::Reading {
+                path: image.to_path_buf(),
+                source,
+            })?;
         h.update(&buf[..n]);
     }
     let fingerprint = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
@@ -87,7 +94,7 @@ pub fn write(cow: &Path, golden: &Golden) -> Result<()> {
     let p = sidecar_path(cow);
     let text = serde_json::to_string_pretty(golden)? + "\n";
     crate::durable::write_atomic_private(&p, text.as_bytes())
-        .with_context(|| format!("cannot write {}", p.display()))
+        .map_err(|source| Error::Write { path: p, source })
 }
 
 /// Counts a reset of `cow` in its record (a COW without one has nothing to count in); when
@@ -126,11 +133,11 @@ pub fn written(cow: &Path) -> Option<u64> {
 pub fn read(cow: &Path) -> Result<Option<Golden>> {
     let p = sidecar_path(cow);
     match std::fs::read_to_string(&p) {
-        Ok(t) => Ok(Some(serde_json::from_str(&t).with_context(|| {
-            format!("{} is not a golden-image record", p.display())
-        })?)),
+        Ok(t) => Ok(Some(
+            serde_json::from_str(&t).map_err(|source| Error::NotAGolden { path: p, source })?,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+        Err(source) => Err(Error::Read { path: p, source }),
     }
 }
 
@@ -140,17 +147,16 @@ pub fn check(pc: &str, cow: &Path, image: &Golden) -> Result<()> {
         return Ok(());
     };
     if recorded.size != image.size || recorded.fingerprint != image.fingerprint {
-        bail!(
-            "{pc}: COW {} was made against golden image {} ({} bytes, fingerprint {}…), not {} ({} bytes, fingerprint {}…); \
-             attaching it would show garbage. Reset the COW (cowctl reset {pc}) or point the PC at its own image",
-            cow.display(),
-            recorded.image.display(),
-            recorded.size,
-            &recorded.fingerprint[..12.min(recorded.fingerprint.len())],
-            image.image.display(),
-            image.size,
-            &image.fingerprint[..12]
-        );
+        return Err(Error::OtherImage(Box::new(super::error::OtherImage {
+            pc: pc.to_string(),
+            cow: cow.to_path_buf(),
+            recorded_image: recorded.image,
+            recorded_size: recorded.size,
+            recorded_fingerprint: recorded.fingerprint,
+            image: image.image.clone(),
+            size: image.size,
+            fingerprint: image.fingerprint.clone(),
+        })));
     }
     Ok(())
 }

@@ -17,10 +17,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::error::Error;
 use super::sidecar::VersionId;
+
+type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A version's name: letters, digits, `.`, `_` and `-`, not starting with `.`, at most 64.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -129,6 +131,18 @@ pub struct Store {
     pub pruned: Vec<VersionName>,
 }
 
+/// A version's record (`<version>/version.json`).
+pub fn read_record(record: &Path) -> Result<Version> {
+    let text = std::fs::read_to_string(record).map_err(|source| Error::Read {
+        path: record.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| Error::NotARecord {
+        path: record.to_path_buf(),
+        source,
+    })
+}
+
 impl Store {
     /// Reads the store; a directory that does not exist yet is an empty store.
     pub fn open(dir: &Path) -> Result<Store> {
@@ -136,10 +150,18 @@ impl Store {
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => Some(e),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+            Err(source) => {
+                return Err(Error::Read {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
         };
         for entry in entries.into_iter().flatten() {
-            let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+            let entry = entry.map_err(|source| Error::Read {
+                path: dir.to_path_buf(),
+                source,
+            })?;
             let file_name = entry.file_name();
             let Some(name) = file_name
                 .to_str()
@@ -151,28 +173,28 @@ impl Store {
                 continue;
             }
             let record = entry.path().join(RECORD);
-            let text = std::fs::read_to_string(&record)
-                .with_context(|| format!("cannot read {}", record.display()))?;
-            let v: Version = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a version record", record.display()))?;
+            let v = read_record(&record)?;
             if v.name != name {
-                bail!(
-                    "{} names version {}, but it lies in {}",
-                    record.display(),
-                    v.name,
-                    entry.path().display()
-                );
+                return Err(Error::Misplaced {
+                    record,
+                    named: v.name.to_string(),
+                    dir: entry.path(),
+                });
             }
             versions.insert(name, v);
         }
         let promoted_path = dir.join(PROMOTED);
         let promoted = match std::fs::read_to_string(&promoted_path) {
-            Ok(t) => serde_json::from_str(&t).with_context(|| {
-                format!("{} is not a promotion record", promoted_path.display())
+            Ok(t) => serde_json::from_str(&t).map_err(|source| Error::NotAPromotion {
+                path: promoted_path,
+                source,
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Promoted::default(),
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot read {}", promoted_path.display()))
+            Err(source) => {
+                return Err(Error::Read {
+                    path: promoted_path,
+                    source,
+                })
             }
         };
         let pruned = std::fs::read_dir(dir.join(PRUNED))
@@ -198,12 +220,10 @@ impl Store {
     }
 
     pub fn get(&self, v: &VersionName) -> Result<&Version> {
-        self.versions.get(v).ok_or_else(|| {
-            anyhow!(
-                "{} has no version {v} (it has {})",
-                self.dir.display(),
-                self.names()
-            )
+        self.versions.get(v).ok_or_else(|| Error::NoVersion {
+            store: self.dir.clone(),
+            version: v.to_string(),
+            have: self.names(),
         })
     }
 
@@ -244,11 +264,11 @@ impl Store {
     pub fn check_free(&self, v: &VersionName) -> Result<()> {
         let dir = self.version_dir(v);
         if self.versions.contains_key(v) || dir.symlink_metadata().is_ok() {
-            bail!(
-                "{} already has a version {v} ({}): versions are never overwritten; choose another name with --version",
-                self.dir.display(),
-                dir.display()
-            );
+            return Err(Error::Taken {
+                store: self.dir.clone(),
+                version: v.to_string(),
+                dir,
+            });
         }
         Ok(())
     }
@@ -258,15 +278,17 @@ impl Store {
         let path = self.dir.join(PROMOTED);
         let text = serde_json::to_string_pretty(p)? + "\n";
         crate::durable::write_atomic(&path, text.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))
+            .map_err(|source| Error::Write { path, source })
     }
 
     /// Rewrites a version's record with a field added (`image hash`); its disk is untouched.
     pub fn rewrite_record(&self, v: &Version) -> Result<()> {
         let record = self.version_dir(&v.name).join(RECORD);
         let text = serde_json::to_string_pretty(v)? + "\n";
-        crate::durable::write_atomic(&record, text.as_bytes())
-            .with_context(|| format!("cannot write {}", record.display()))
+        crate::durable::write_atomic(&record, text.as_bytes()).map_err(|source| Error::Write {
+            path: record,
+            source,
+        })
     }
 
     /// Keeps a pruned version's record under `.pruned/`, so its name is never reused.
@@ -275,12 +297,15 @@ impl Store {
         if !dir.is_dir() {
             std::fs::create_dir(&dir)
                 .and_then(|()| crate::durable::sync_dir(&self.dir))
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+                .map_err(|source| Error::Create {
+                    path: dir.clone(),
+                    source,
+                })?;
         }
         let path = dir.join(v.name.as_str());
         let text = serde_json::to_string_pretty(v)? + "\n";
         crate::durable::write_atomic(&path, text.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))
+            .map_err(|source| Error::Write { path, source })
     }
 
     /// Folders of versions whose making was interrupted (left by a crash).
@@ -299,26 +324,32 @@ impl Store {
     pub fn publish(&self, incoming: &Path, v: &Version) -> Result<()> {
         let record = incoming.join(RECORD);
         let text = serde_json::to_string_pretty(v)? + "\n";
-        crate::durable::write_atomic(&record, text.as_bytes())
-            .with_context(|| format!("cannot write {}", record.display()))?;
-        crate::durable::rename_new(incoming, &self.version_dir(&v.name)).with_context(|| {
-            format!(
-                "cannot move {} into place as {}",
-                incoming.display(),
-                self.version_dir(&v.name).display()
-            )
+        crate::durable::write_atomic(&record, text.as_bytes()).map_err(|source| Error::Write {
+            path: record,
+            source,
+        })?;
+        crate::durable::rename_new(incoming, &self.version_dir(&v.name)).map_err(|source| {
+            Error::Publish {
+                from: incoming.to_path_buf(),
+                to: self.version_dir(&v.name),
+                source,
+            }
         })
     }
 
     /// A fresh folder to make version `v` in.
     pub fn begin(&self, v: &VersionName) -> Result<PathBuf> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir).map_err(|source| Error::Create {
+            path: self.dir.clone(),
+            source,
+        })?;
         let incoming = self
             .dir
             .join(format!("{INCOMING}{v}-{}", std::process::id()));
-        std::fs::create_dir(&incoming)
-            .with_context(|| format!("cannot create {}", incoming.display()))?;
+        std::fs::create_dir(&incoming).map_err(|source| Error::Create {
+            path: incoming.clone(),
+            source,
+        })?;
         Ok(incoming)
     }
 }
@@ -402,10 +433,13 @@ mod tests {
         s.publish(&inc, &record).unwrap();
         let s = Store::open(d.path()).unwrap();
         assert_eq!(s.get(&v1).unwrap(), &record);
-        assert!(s.check_free(&v1).is_err());
+        assert!(matches!(s.check_free(&v1), Err(Error::Taken { .. })));
         // A second publish under the same name never replaces the first.
         let inc2 = s.begin(&v1).unwrap();
-        assert!(s.publish(&inc2, &record).is_err());
+        assert!(matches!(
+            s.publish(&inc2, &record),
+            Err(Error::Publish { .. })
+        ));
         assert_eq!(std::fs::read(s.disk(&v1)).unwrap(), vec![7u8; 4096]);
     }
 

@@ -11,8 +11,10 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use super::error::Error;
 use sha2::{Digest, Sha256};
+
+type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub const USERS: &str = ".users";
 
@@ -41,10 +43,12 @@ pub fn note_in(store: &Path, cow: &Path) -> Result<()> {
     if !dir.is_dir() {
         std::fs::create_dir(&dir)
             .and_then(|()| crate::durable::sync_dir(store))
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+            .map_err(|source| Error::Create {
+                path: dir.clone(),
+                source,
+            })?;
     }
-    crate::durable::write_atomic(&file, bytes)
-        .with_context(|| format!("cannot write {}", file.display()))
+    crate::durable::write_atomic(&file, bytes).map_err(|source| Error::Write { path: file, source })
 }
 
 fn key(cow: &Path) -> String {

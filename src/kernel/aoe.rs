@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
-
+pub use super::error::VbladeError;
 use crate::netaddr::Mac;
 use crate::supervise::{Helpers, Running};
+
+type Result<T, E = VbladeError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VbladeSpec {
@@ -97,11 +98,13 @@ impl Vblades for ProcessVblades {
     }
 
     fn start(&self, spec: &VbladeSpec) -> Result<u32> {
-        self.helpers
-            .start(&spec.pc, &spec.args(), Duration::from_millis(200))
+        Ok(self
+            .helpers
+            .start(&spec.pc, &spec.args(), Duration::from_millis(200))?)
     }
 
     fn stop(&self, pc: &str) -> Result<()> {
-        self.helpers.stop(pc).map(|_| ())
+        self.helpers.stop(pc)?;
+        Ok(())
     }
 }

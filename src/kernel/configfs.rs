@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+pub use super::error::ConfigfsError;
+
+type Result<T, E = ConfigfsError> = std::result::Result<T, E>;
 
 pub const LIO_ROOT: &str = "/sys/kernel/config/target";
 
@@ -56,33 +58,44 @@ impl ConfigFs for RealConfigFs {
     }
     fn mkdir(&self, path: &str) -> Result<()> {
         self.ready();
-        std::fs::create_dir(self.p(path))
-            .with_context(|| format!("mkdir {}", self.p(path).display()))
+        std::fs::create_dir(self.p(path)).map_err(|source| ConfigfsError::Mkdir {
+            path: self.p(path),
+            source,
+        })
     }
     fn rmdir(&self, path: &str) -> Result<()> {
-        std::fs::remove_dir(self.p(path))
-            .with_context(|| format!("rmdir {}", self.p(path).display()))
+        std::fs::remove_dir(self.p(path)).map_err(|source| ConfigfsError::Rmdir {
+            path: self.p(path),
+            source,
+        })
     }
     fn write(&self, path: &str, value: &str) -> Result<()> {
-        std::fs::write(self.p(path), value)
-            .with_context(|| format!("writing {value:?} to {}", self.p(path).display()))
+        std::fs::write(self.p(path), value).map_err(|source| ConfigfsError::Write {
+            path: self.p(path),
+            value: value.to_string(),
+            source,
+        })
     }
     fn read(&self, path: &str) -> Result<String> {
-        std::fs::read_to_string(self.p(path))
-            .with_context(|| format!("reading {}", self.p(path).display()))
+        std::fs::read_to_string(self.p(path)).map_err(|source| ConfigfsError::Read {
+            path: self.p(path),
+            source,
+        })
     }
     fn symlink(&self, target: &str, link: &str) -> Result<()> {
-        std::os::unix::fs::symlink(self.p(target), self.p(link)).with_context(|| {
-            format!(
-                "linking {} to {}",
-                self.p(link).display(),
-                self.p(target).display()
-            )
+        std::os::unix::fs::symlink(self.p(target), self.p(link)).map_err(|source| {
+            ConfigfsError::Symlink {
+                link: self.p(link),
+                target: self.p(target),
+                source,
+            }
         })
     }
     fn unlink(&self, link: &str) -> Result<()> {
-        std::fs::remove_file(self.p(link))
-            .with_context(|| format!("unlinking {}", self.p(link).display()))
+        std::fs::remove_file(self.p(link)).map_err(|source| ConfigfsError::Unlink {
+            link: self.p(link),
+            source,
+        })
     }
     fn list(&self, path: &str) -> Result<Vec<String>> {
         let mut names: Vec<String> = match std::fs::read_dir(self.p(path)) {
@@ -91,7 +104,12 @@ impl ConfigFs for RealConfigFs {
                 .map(|e| e.file_name().to_string_lossy().to_string())
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", self.p(path).display())),
+            Err(source) => {
+                return Err(ConfigfsError::List {
+                    path: self.p(path),
+                    source,
+                })
+            }
         };
         names.sort();
         Ok(names)
@@ -109,8 +127,10 @@ impl ConfigFs for RealConfigFs {
             .collect())
     }
     fn readlink(&self, link: &str) -> Result<String> {
-        let t = std::fs::read_link(self.p(link))
-            .with_context(|| format!("reading link {}", self.p(link).display()))?;
+        let t = std::fs::read_link(self.p(link)).map_err(|source| ConfigfsError::Readlink {
+            link: self.p(link),
+            source,
+        })?;
         Ok(t.strip_prefix(&self.root)
             .unwrap_or(&t)
             .display()

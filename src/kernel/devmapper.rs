@@ -1,10 +1,12 @@
 //! Device-mapper through its ioctls (the `devicemapper` crate), with cowctl's typed lines.
 
-use anyhow::{anyhow, Context, Result};
 use devicemapper::{DevId, DmFlags, DmName, DmOptions, DM};
 
+pub use super::error::DmError;
 use super::DevNum;
 use crate::dm::{StatusLine, TableLine};
+
+type Result<T, E = DmError> = std::result::Result<T, E>;
 
 /// One target of a table: what `dmsetup table` prints after the start sector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +58,10 @@ pub trait DeviceMapper: Send + Sync {
     fn table(&self, name: &str) -> Result<TableLine> {
         self.raw_table(name)?
             .parse()
-            .map_err(|e| anyhow!("{name}: {e}"))
+            .map_err(|error| DmError::Parse {
+                name: name.to_string(),
+                error,
+            })
     }
     fn status(&self, name: &str) -> Result<StatusLine>;
     /// A block device node for `name`: devtmpfs's /dev/dm-N, or one made under `dir` when
@@ -79,7 +84,7 @@ impl IoctlDm {
             .as_ref()
             .map_err(|e| {
                 debug_detail(e);
-                anyhow!("device-mapper is not available on this kernel (no /dev/mapper/control, and `modprobe dm-snapshot` did not add it)")
+                DmError::Unavailable
             })
     }
 }
@@ -99,13 +104,19 @@ impl IoctlDm {
 }
 
 fn dm_name(name: &str) -> Result<&DmName> {
-    DmName::new(name).map_err(|e| anyhow!("{name:?} is not a device-mapper name: {e}"))
+    DmName::new(name).map_err(|e| DmError::BadName {
+        name: name.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn line(name: &str, rows: Vec<(u64, u64, String, String)>) -> Result<String> {
     match rows.as_slice() {
         [(start, len, kind, params)] => Ok(format!("{start} {len} {kind} {params}")),
-        _ => Err(anyhow!("{name} has {} targets, not one", rows.len())),
+        _ => Err(DmError::Targets {
+            name: name.to_string(),
+            count: rows.len(),
+        }),
     }
 }
 
@@ -121,12 +132,19 @@ pub fn block_node(name: &str, number: DevNum, dir: &std::path::Path) -> Result<s
     if is_it(&devtmpfs) {
         return Ok(devtmpfs);
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|source| DmError::NodeDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let own = dir.join(name);
     if !is_it(&own) {
         let _ = std::fs::remove_file(&own);
-        mknod(&own, SFlag::S_IFBLK, Mode::from_bits_truncate(0o600), rdev)
-            .with_context(|| format!("cannot make {}", own.display()))?;
+        mknod(&own, SFlag::S_IFBLK, Mode::from_bits_truncate(0o600), rdev).map_err(|source| {
+            DmError::Mknod {
+                node: own.clone(),
+                source,
+            }
+        })?;
     }
     Ok(own)
 }
@@ -140,7 +158,7 @@ impl DeviceMapper for IoctlDm {
         let mut names: Vec<String> = self
             .dm()?
             .list_devices()
-            .context("cannot list device-mapper devices")?
+            .map_err(DmError::List)?
             .into_iter()
             .map(|(n, _, _)| n.to_string())
             .filter(|n| n.starts_with(prefix))
@@ -154,7 +172,10 @@ impl DeviceMapper for IoctlDm {
         let n = dm_name(name)?;
         let info = dm
             .device_create(n, None, DmOptions::default())
-            .with_context(|| format!("cannot create dm device {name}"))?;
+            .map_err(|source| DmError::Create {
+                name: name.to_string(),
+                source,
+            })?;
         let id = DevId::Name(n);
         let loaded = dm
             .table_load(
@@ -166,11 +187,12 @@ impl DeviceMapper for IoctlDm {
         if let Err(e) = loaded {
             // Undo our part: a device without a table is of no use to anyone.
             let _ = dm.device_remove(&id, DmOptions::default());
-            return Err(anyhow!(
-                "cannot load table \"{} {}\" into {name}: {e}",
-                table.kind,
-                table.params
-            ));
+            return Err(DmError::CreateLoad {
+                name: name.to_string(),
+                kind: table.kind.clone(),
+                params: table.params.clone(),
+                error: e,
+            });
         }
         let d = info.device();
         Ok(DevNum {
@@ -186,43 +208,56 @@ impl DeviceMapper for IoctlDm {
             &[(0, table.length, table.kind.clone(), table.params.clone())],
             DmOptions::default(),
         )
-        .with_context(|| {
-            format!(
-                "cannot load table \"{} {}\" into {name}",
-                table.kind, table.params
-            )
+        .map_err(|source| DmError::Load {
+            name: name.to_string(),
+            kind: table.kind.clone(),
+            params: table.params.clone(),
+            source,
         })?;
         dm.device_suspend(&id, DmOptions::default())
-            .with_context(|| format!("cannot resume {name}"))?;
+            .map_err(|source| DmError::Resume {
+                name: name.to_string(),
+                source,
+            })?;
         Ok(())
     }
 
     fn suspend(&self, name: &str) -> Result<()> {
         let (dm, id) = self.device(name)?;
         dm.device_suspend(&id, DmOptions::default().set_flags(DmFlags::DM_SUSPEND))
-            .with_context(|| format!("cannot suspend {name}"))?;
+            .map_err(|source| DmError::Suspend {
+                name: name.to_string(),
+                source,
+            })?;
         Ok(())
     }
 
     fn resume(&self, name: &str) -> Result<()> {
         let (dm, id) = self.device(name)?;
         dm.device_suspend(&id, DmOptions::default())
-            .with_context(|| format!("cannot resume {name}"))?;
+            .map_err(|source| DmError::Resume {
+                name: name.to_string(),
+                source,
+            })?;
         Ok(())
     }
 
     fn suspended(&self, name: &str) -> Result<bool> {
         let (dm, id) = self.device(name)?;
-        let info = dm
-            .device_info(&id)
-            .with_context(|| format!("cannot read {name}'s state"))?;
+        let info = dm.device_info(&id).map_err(|source| DmError::State {
+            name: name.to_string(),
+            source,
+        })?;
         Ok(info.flags().contains(DmFlags::DM_SUSPEND))
     }
 
     fn remove(&self, name: &str) -> Result<()> {
         let (dm, id) = self.device(name)?;
         dm.device_remove(&id, DmOptions::default())
-            .with_context(|| format!("cannot remove dm device {name} (is it still in use?)"))?;
+            .map_err(|source| DmError::Remove {
+                name: name.to_string(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -230,7 +265,10 @@ impl DeviceMapper for IoctlDm {
         let (dm, id) = self.device(name)?;
         let d = dm
             .device_info(&id)
-            .with_context(|| format!("no dm device {name}"))?
+            .map_err(|source| DmError::NoDevice {
+                name: name.to_string(),
+                source: Some(source),
+            })?
             .device();
         Ok(DevNum {
             major: d.major,
@@ -245,7 +283,10 @@ impl DeviceMapper for IoctlDm {
                 &id,
                 DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
             )
-            .with_context(|| format!("cannot read the table of {name}"))?;
+            .map_err(|source| DmError::ReadTable {
+                name: name.to_string(),
+                source,
+            })?;
         line(name, rows)
     }
 
@@ -253,8 +294,14 @@ impl DeviceMapper for IoctlDm {
         let (dm, id) = self.device(name)?;
         let (_, rows) = dm
             .table_status(&id, DmOptions::default())
-            .with_context(|| format!("cannot read the status of {name}"))?;
+            .map_err(|source| DmError::ReadStatus {
+                name: name.to_string(),
+                source,
+            })?;
         let l = line(name, rows)?;
-        l.parse().map_err(|e| anyhow!("{name}: {e}"))
+        l.parse().map_err(|error| DmError::Parse {
+            name: name.to_string(),
+            error,
+        })
     }
 }

@@ -7,11 +7,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use anyhow::{anyhow, bail, Result};
-
 use super::aoe::{RunningVblade, VbladeSpec, Vblades};
 use super::configfs::ConfigFs;
 use super::devmapper::{DeviceMapper, Target};
+use super::error::{ConfigfsError, DmError, FakeFailure, LoopError, NetError, VbladeError};
 use super::loopdev::{LoopInfo, Loops};
 use super::net::{Interface, Net};
 use super::{DevNum, Kernel};
@@ -59,11 +58,9 @@ pub struct FakeState {
 pub struct Fake(Arc<Mutex<FakeState>>);
 
 impl Fake {
-    fn set_suspended(&self, call: String, name: &str, on: bool) -> Result<()> {
+    fn set_suspended(&self, call: String, name: &str, on: bool) -> Result<(), DmError> {
         let mut s = self.call(call)?;
-        let d =
-            s.dm.get_mut(name)
-                .ok_or_else(|| anyhow!("no dm device {name}"))?;
+        let d = s.dm.get_mut(name).ok_or_else(|| no_dm(name))?;
         d.suspended = on;
         Ok(())
     }
@@ -135,7 +132,7 @@ impl Fake {
             .collect()
     }
 
-    fn call(&self, line: String) -> Result<MutexGuard<'_, FakeState>> {
+    fn call(&self, line: String) -> Result<MutexGuard<'_, FakeState>, FakeFailure> {
         let mut s = self.state();
         let fail = s
             .fail_on
@@ -144,17 +141,17 @@ impl Fake {
         s.log.push(line.clone());
         s.trace.push(line.clone());
         if fail {
-            bail!("fake failure: {line}");
+            return Err(FakeFailure { call: line });
         }
         Ok(s)
     }
 }
 
 impl Loops for Fake {
-    fn list(&self) -> Result<Vec<LoopInfo>> {
+    fn list(&self) -> Result<Vec<LoopInfo>, LoopError> {
         Ok(self.traced("loop list".into()).loops.clone())
     }
-    fn attach(&self, file: &Path, read_only: bool) -> Result<LoopInfo> {
+    fn attach(&self, file: &Path, read_only: bool) -> Result<LoopInfo, LoopError> {
         let mut s = self.call(format!(
             "loop attach {}{}",
             file.display(),
@@ -172,36 +169,43 @@ impl Loops for Fake {
         s.loops.push(info.clone());
         Ok(info)
     }
-    fn detach(&self, dev: &Path) -> Result<()> {
+    fn detach(&self, dev: &Path) -> Result<(), LoopError> {
         let mut s = self.call(format!("loop detach {}", dev.display()))?;
         let d = dev.display().to_string();
         if let Some((name, _)) =
             s.dm.iter()
                 .find(|(_, t)| t.target.params.split(' ').take(2).any(|p| p == d))
         {
-            bail!("{d} is in use by dm device {name}");
+            return Err(LoopError::InUse {
+                dev: dev.to_path_buf(),
+                name: name.clone(),
+            });
         }
         let before = s.loops.len();
         s.loops.retain(|l| l.dev != dev);
         if s.loops.len() == before {
-            bail!("no loop {}", dev.display());
+            return Err(LoopError::NoLoop {
+                dev: dev.to_path_buf(),
+            });
         }
         Ok(())
     }
-    fn set_capacity(&self, dev: &Path) -> Result<()> {
+    fn set_capacity(&self, dev: &Path) -> Result<(), LoopError> {
         let s = self.call(format!("loop set-capacity {}", dev.display()))?;
         if !s.loops.iter().any(|l| l.dev == dev) {
-            bail!("no loop {}", dev.display());
+            return Err(LoopError::NoLoop {
+                dev: dev.to_path_buf(),
+            });
         }
         Ok(())
     }
 }
 
 impl DeviceMapper for Fake {
-    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+    fn list(&self, prefix: &str) -> Result<Vec<String>, DmError> {
         let s = self.traced("dm list".into());
         if s.no_dm {
-            bail!("device-mapper is not available on this kernel");
+            return Err(DmError::Unavailable);
         }
         Ok(s.dm
             .keys()
@@ -209,10 +213,12 @@ impl DeviceMapper for Fake {
             .cloned()
             .collect())
     }
-    fn create(&self, name: &str, table: &Target) -> Result<DevNum> {
+    fn create(&self, name: &str, table: &Target) -> Result<DevNum, DmError> {
         let mut s = self.call(format!("dm create {name} {} {}", table.kind, table.params))?;
         if s.dm.contains_key(name) {
-            bail!("dm device {name} exists");
+            return Err(DmError::Exists {
+                name: name.to_string(),
+            });
         }
         let number = DevNum {
             major: 253,
@@ -230,36 +236,31 @@ impl DeviceMapper for Fake {
         );
         Ok(number)
     }
-    fn replace(&self, name: &str, table: &Target) -> Result<()> {
+    fn replace(&self, name: &str, table: &Target) -> Result<(), DmError> {
         let mut s = self.call(format!("dm replace {name} {}", table.kind))?;
-        let d =
-            s.dm.get_mut(name)
-                .ok_or_else(|| anyhow!("no dm device {name}"))?;
+        let d = s.dm.get_mut(name).ok_or_else(|| no_dm(name))?;
         d.target = table.clone();
         d.status = None;
         d.suspended = false;
         Ok(())
     }
-    fn suspend(&self, name: &str) -> Result<()> {
+    fn suspend(&self, name: &str) -> Result<(), DmError> {
         self.set_suspended(format!("dm suspend {name}"), name, true)
     }
-    fn resume(&self, name: &str) -> Result<()> {
+    fn resume(&self, name: &str) -> Result<(), DmError> {
         self.set_suspended(format!("dm resume {name}"), name, false)
     }
-    fn suspended(&self, name: &str) -> Result<bool> {
+    fn suspended(&self, name: &str) -> Result<bool, DmError> {
         let s = self.traced(format!("dm suspended {name}"));
         s.dm.get(name)
             .map(|d| d.suspended)
-            .ok_or_else(|| anyhow!("no dm device {name}"))
+            .ok_or_else(|| no_dm(name))
     }
-    fn remove(&self, name: &str) -> Result<()> {
+    fn remove(&self, name: &str) -> Result<(), DmError> {
         let mut s = self.call(format!("dm remove {name}"))?;
         let node = format!(
             "/dev/dm-{}",
-            s.dm.get(name)
-                .ok_or_else(|| anyhow!("no dm device {name}"))?
-                .number
-                .minor
+            s.dm.get(name).ok_or_else(|| no_dm(name))?.number.minor
         );
         let held_by_lio = s
             .configfs
@@ -267,30 +268,28 @@ impl DeviceMapper for Fake {
             .any(|(p, n)| p.ends_with("/udev_path") && *n == Node::File(node.clone()));
         let held_by_vblade = s.vblades.values().any(|v| v.args.last() == Some(&node));
         if held_by_lio || held_by_vblade {
-            bail!(
-                "dm device {name} is busy (open by {})",
-                if held_by_lio {
+            return Err(DmError::Busy {
+                name: name.to_string(),
+                holder: if held_by_lio {
                     "an iblock backstore"
                 } else {
                     "vblade"
-                }
-            );
+                },
+            });
         }
         s.dm.remove(name);
         Ok(())
     }
-    fn number(&self, name: &str) -> Result<DevNum> {
+    fn number(&self, name: &str) -> Result<DevNum, DmError> {
         self.state()
             .dm
             .get(name)
             .map(|d| d.number)
-            .ok_or_else(|| anyhow!("no dm device {name}"))
+            .ok_or_else(|| no_dm(name))
     }
-    fn raw_table(&self, name: &str) -> Result<String> {
+    fn raw_table(&self, name: &str) -> Result<String, DmError> {
         let s = self.traced(format!("dm table {name}"));
-        let d =
-            s.dm.get(name)
-                .ok_or_else(|| anyhow!("no dm device {name}"))?;
+        let d = s.dm.get(name).ok_or_else(|| no_dm(name))?;
         // The kernel prints devices as major:minor.
         let mut params: Vec<String> = d.target.params.split(' ').map(String::from).collect();
         for p in params.iter_mut().take(2) {
@@ -307,17 +306,15 @@ impl DeviceMapper for Fake {
         .trim_end()
         .to_string())
     }
-    fn node(&self, name: &str, _dir: &Path) -> Result<PathBuf> {
+    fn node(&self, name: &str, _dir: &Path) -> Result<PathBuf, DmError> {
         Ok(PathBuf::from(format!(
             "/dev/dm-{}",
             self.number(name)?.minor
         )))
     }
-    fn status(&self, name: &str) -> Result<StatusLine> {
+    fn status(&self, name: &str) -> Result<StatusLine, DmError> {
         let s = self.traced(format!("dm status {name}"));
-        let d =
-            s.dm.get(name)
-                .ok_or_else(|| anyhow!("no dm device {name}"))?;
+        let d = s.dm.get(name).ok_or_else(|| no_dm(name))?;
         let chunk: u64 = d
             .target
             .params
@@ -331,7 +328,17 @@ impl DeviceMapper for Fake {
             .unwrap_or_else(|| format!("{}/{} {}", 2 * chunk, 2 * d.target.length, 2 * chunk));
         format!("0 {} snapshot {status}", d.target.length)
             .parse()
-            .map_err(|e| anyhow!("{e}"))
+            .map_err(|error| DmError::Parse {
+                name: name.to_string(),
+                error,
+            })
+    }
+}
+
+fn no_dm(name: &str) -> DmError {
+    DmError::NoDevice {
+        name: name.to_string(),
+        source: None,
     }
 }
 
@@ -360,20 +367,22 @@ impl ConfigFs for Fake {
     fn exists(&self, path: &str) -> bool {
         self.state().configfs.contains_key(path)
     }
-    fn mkdir(&self, path: &str) -> Result<()> {
+    fn mkdir(&self, path: &str) -> Result<(), ConfigfsError> {
         let mut s = self.call(format!("configfs mkdir {path}"))?;
         if s.configfs
             .get(path)
             .is_some_and(|n| *n == Node::Dir { made: true })
         {
-            bail!("{path} exists");
+            return Err(ConfigfsError::Exists {
+                path: path.to_string(),
+            });
         }
         s.ensure_parents(path);
         s.configfs
             .insert(path.to_string(), Node::Dir { made: true });
         Ok(())
     }
-    fn rmdir(&self, path: &str) -> Result<()> {
+    fn rmdir(&self, path: &str) -> Result<(), ConfigfsError> {
         let mut s = self.call(format!("configfs rmdir {path}"))?;
         let prefix = format!("{path}/");
         let busy: Vec<String> = s
@@ -385,13 +394,16 @@ impl ConfigFs for Fake {
             .map(|(p, _)| p.clone())
             .collect();
         if !busy.is_empty() {
-            bail!("rmdir {path}: not empty ({})", busy.join(", "));
+            return Err(ConfigfsError::NotEmpty {
+                path: path.to_string(),
+                busy,
+            });
         }
         s.configfs
             .retain(|p, _| p != path && !p.starts_with(&prefix));
         Ok(())
     }
-    fn write(&self, path: &str, value: &str) -> Result<()> {
+    fn write(&self, path: &str, value: &str) -> Result<(), ConfigfsError> {
         let line = if path.contains("password") {
             format!("configfs write {path} <secret>")
         } else {
@@ -403,30 +415,36 @@ impl ConfigFs for Fake {
             .insert(path.to_string(), Node::File(value.to_string()));
         Ok(())
     }
-    fn read(&self, path: &str) -> Result<String> {
+    fn read(&self, path: &str) -> Result<String, ConfigfsError> {
         match self.state().configfs.get(path) {
             Some(Node::File(v)) => Ok(v.clone()),
-            _ => bail!("no file {path}"),
+            _ => Err(ConfigfsError::NoFile {
+                path: path.to_string(),
+            }),
         }
     }
-    fn symlink(&self, target: &str, link: &str) -> Result<()> {
+    fn symlink(&self, target: &str, link: &str) -> Result<(), ConfigfsError> {
         let mut s = self.call(format!("configfs link {link} -> {target}"))?;
         if !s.configfs.contains_key(target) {
-            bail!("link target {target} does not exist");
+            return Err(ConfigfsError::NoTarget {
+                target: target.to_string(),
+            });
         }
         s.ensure_parents(link);
         s.configfs
             .insert(link.to_string(), Node::Link(target.to_string()));
         Ok(())
     }
-    fn unlink(&self, link: &str) -> Result<()> {
+    fn unlink(&self, link: &str) -> Result<(), ConfigfsError> {
         let mut s = self.call(format!("configfs unlink {link}"))?;
         match s.configfs.remove(link) {
             Some(Node::Link(_)) => Ok(()),
-            _ => bail!("no link {link}"),
+            _ => Err(ConfigfsError::NoLink {
+                link: link.to_string(),
+            }),
         }
     }
-    fn list(&self, path: &str) -> Result<Vec<String>> {
+    fn list(&self, path: &str) -> Result<Vec<String>, ConfigfsError> {
         let prefix = format!("{path}/");
         Ok(self
             .traced(format!("configfs list {path}"))
@@ -437,7 +455,7 @@ impl ConfigFs for Fake {
             .map(String::from)
             .collect())
     }
-    fn links(&self, path: &str) -> Result<Vec<String>> {
+    fn links(&self, path: &str) -> Result<Vec<String>, ConfigfsError> {
         let prefix = format!("{path}/");
         Ok(self
             .state()
@@ -449,16 +467,18 @@ impl ConfigFs for Fake {
             .map(String::from)
             .collect())
     }
-    fn readlink(&self, link: &str) -> Result<String> {
+    fn readlink(&self, link: &str) -> Result<String, ConfigfsError> {
         match self.state().configfs.get(link) {
             Some(Node::Link(t)) => Ok(t.clone()),
-            _ => bail!("no link {link}"),
+            _ => Err(ConfigfsError::NoLink {
+                link: link.to_string(),
+            }),
         }
     }
 }
 
 impl Vblades for Fake {
-    fn list(&self) -> Result<Vec<RunningVblade>> {
+    fn list(&self) -> Result<Vec<RunningVblade>, VbladeError> {
         Ok(self
             .traced("vblade list".into())
             .vblades
@@ -466,10 +486,10 @@ impl Vblades for Fake {
             .cloned()
             .collect())
     }
-    fn running(&self, pc: &str) -> Result<Option<RunningVblade>> {
+    fn running(&self, pc: &str) -> Result<Option<RunningVblade>, VbladeError> {
         Ok(self.traced(format!("vblade {pc}")).vblades.get(pc).cloned())
     }
-    fn start(&self, spec: &VbladeSpec) -> Result<u32> {
+    fn start(&self, spec: &VbladeSpec) -> Result<u32, VbladeError> {
         let mut s = self.call(format!(
             "vblade start {} {}",
             spec.pc,
@@ -486,7 +506,7 @@ impl Vblades for Fake {
         );
         Ok(pid)
     }
-    fn stop(&self, pc: &str) -> Result<()> {
+    fn stop(&self, pc: &str) -> Result<(), VbladeError> {
         let mut s = self.call(format!("vblade stop {pc}"))?;
         s.vblades.remove(pc);
         Ok(())
@@ -494,7 +514,7 @@ impl Vblades for Fake {
 }
 
 impl Net for Fake {
-    fn interfaces(&self) -> Result<Vec<Interface>> {
+    fn interfaces(&self) -> Result<Vec<Interface>, NetError> {
         Ok(self.state().interfaces.clone())
     }
 }

@@ -3,7 +3,10 @@
 //! ACL per initiator (or open mode), with CHAP when configured. Creation undoes its own part
 //! when a step fails; deletion follows rtslib's teardown order, children first.
 
-use anyhow::{Context, Result};
+use super::error::ConfigfsError;
+pub use super::error::LioError;
+
+type Result<T, E = LioError> = std::result::Result<T, E>;
 
 use super::configfs::{join, ConfigFs};
 use crate::iqn::Iqn;
@@ -121,7 +124,7 @@ fn read_credentials(fs: &dyn ConfigFs, auth: &str) -> Credentials {
     }
 }
 
-fn write_credentials(fs: &dyn ConfigFs, auth: &str, c: &Credentials) -> Result<()> {
+fn write_credentials(fs: &dyn ConfigFs, auth: &str, c: &Credentials) -> Result<(), ConfigfsError> {
     fs.write(&join(&[auth, "userid"]), &c.userid)?;
     fs.write(&join(&[auth, "password"]), &c.password)?;
     if let Some((user, secret)) = &c.mutual {
@@ -255,7 +258,10 @@ impl Lio<'_> {
         if let Err(e) = self.create_target(spec, &so) {
             let _ = self.delete_target(spec.iqn.as_str());
             let _ = self.delete_storage_object(&so);
-            return Err(e.context(format!("creating iSCSI target {}", spec.iqn)));
+            return Err(LioError::Create {
+                iqn: spec.iqn.to_string(),
+                source: Box::new(e),
+            });
         }
         Ok(())
     }
@@ -268,7 +274,7 @@ impl Lio<'_> {
             .expect("a free index");
         let hba = join(&["core", &format!("iblock_{index}")]);
         let so = join(&[&hba, &spec.so_name]);
-        let made = (|| -> Result<()> {
+        let made = (|| -> Result<(), ConfigfsError> {
             fs.mkdir(&hba)?;
             fs.mkdir(&so)?;
             fs.write(
@@ -289,7 +295,10 @@ impl Lio<'_> {
         if let Err(e) = made {
             let _ = fs.rmdir(&so);
             let _ = fs.rmdir(&hba);
-            return Err(e.context(format!("creating the iblock backstore for {}", spec.device)));
+            return Err(LioError::Backstore {
+                device: spec.device.clone(),
+                source: e,
+            });
         }
         Ok(so)
     }
@@ -298,8 +307,7 @@ impl Lio<'_> {
         let fs = self.fs;
         if !fs.exists("iscsi") {
             // Registers the iSCSI fabric (the kernel loads iscsi_target_mod).
-            fs.mkdir("iscsi")
-                .context("registering the iSCSI fabric (is iscsi_target_mod available?)")?;
+            fs.mkdir("iscsi").map_err(LioError::Fabric)?;
         }
         let target = join(&["iscsi", spec.iqn.as_str()]);
         let tpg = Self::tpg(spec.iqn.as_str());
@@ -310,7 +318,10 @@ impl Lio<'_> {
         fs.symlink(so, &join(&[&lun, &spec.so_name]))?;
         for p in &spec.portals {
             fs.mkdir(&join(&[&tpg, "np", &p.to_string()]))
-                .with_context(|| format!("portal {p} (is the address configured on this host?)"))?;
+                .map_err(|source| LioError::Portal {
+                    portal: p.to_string(),
+                    source,
+                })?;
         }
         let attr = |name: &str, v: &str| fs.write(&join(&[&tpg, "attrib", name]), v);
         match &spec.access {
@@ -346,10 +357,10 @@ impl Lio<'_> {
 
     /// Enables or disables the TPG: disabling drops every session (and refuses new ones).
     pub fn set_enabled(&self, iqn: &str, enabled: bool) -> Result<()> {
-        self.fs.write(
+        Ok(self.fs.write(
             &join(&[&Self::tpg(iqn), "enable"]),
             if enabled { "1" } else { "0" },
-        )
+        )?)
     }
 
     /// Tears a target down in rtslib's order, then its storage object.
@@ -399,7 +410,7 @@ impl Lio<'_> {
             // 5. The TPG, then the target.
             fs.rmdir(&tpg)?;
         }
-        fs.rmdir(&target)
+        Ok(fs.rmdir(&target)?)
     }
 
     fn delete_storage_object(&self, so: &str) -> Result<()> {

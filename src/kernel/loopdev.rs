@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{Context, Result};
-
+pub use super::error::LoopError;
 use super::DevNum;
+
+type Result<T, E = LoopError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoopInfo {
@@ -44,7 +45,7 @@ fn read_loop(name: &str) -> Result<Option<LoopInfo>> {
         .trim_end_matches(" (deleted)");
     let number: DevNum = std::fs::read_to_string(sys.join("dev"))?
         .parse()
-        .map_err(anyhow::Error::msg)?;
+        .map_err(|reason| LoopError::Number { reason })?;
     let ro = std::fs::read_to_string(sys.join("ro"))
         .map(|s| s.trim() == "1")
         .unwrap_or(false);
@@ -80,38 +81,43 @@ impl Loops for SysLoops {
         // device the kernel calls free.
         static ATTACHING: Mutex<()> = Mutex::new(());
         let _one_at_a_time = ATTACHING.lock().unwrap_or_else(|p| p.into_inner());
-        let control = loopdev::LoopControl::open()
-            .context("cannot open /dev/loop-control (is the loop module loaded?)")?;
-        let dev = control.next_free().context("no free loop device")?;
+        let control = loopdev::LoopControl::open().map_err(LoopError::Control)?;
+        let dev = control.next_free().map_err(LoopError::NoFree)?;
         dev.with()
             .read_only(read_only)
             .attach(file)
-            .with_context(|| format!("cannot attach {} to a loop device", file.display()))?;
-        let path = dev.path().context("loop device has no path")?;
+            .map_err(|source| LoopError::Attach {
+                file: file.to_path_buf(),
+                source,
+            })?;
+        let path = dev.path().ok_or(LoopError::NoPath)?;
         // Only this device's sysfs: a reset attaches inside its pause, and the room's other
         // loops are none of its business.
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        read_loop(&name)?.with_context(|| {
-            format!(
-                "{} vanished after attaching {}",
-                path.display(),
-                file.display()
-            )
+        read_loop(&name)?.ok_or_else(|| LoopError::Vanished {
+            dev: path.clone(),
+            file: file.to_path_buf(),
         })
     }
 
     fn detach(&self, dev: &Path) -> Result<()> {
         loopdev::LoopDevice::open(dev)
             .and_then(|d| d.detach())
-            .with_context(|| format!("cannot detach {}", dev.display()))
+            .map_err(|source| LoopError::Detach {
+                dev: dev.to_path_buf(),
+                source,
+            })
     }
 
     fn set_capacity(&self, dev: &Path) -> Result<()> {
         loopdev::LoopDevice::open(dev)
             .and_then(|d| d.set_capacity())
-            .with_context(|| format!("cannot make {} take its file's new size", dev.display()))
+            .map_err(|source| LoopError::SetCapacity {
+                dev: dev.to_path_buf(),
+                source,
+            })
     }
 }

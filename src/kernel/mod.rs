@@ -5,12 +5,15 @@
 pub mod aoe;
 pub mod configfs;
 pub mod devmapper;
+pub mod error;
 pub mod fake;
 pub mod lio;
 pub mod loopdev;
 pub mod net;
 
 use std::fmt;
+
+pub use error::{ConfigfsError, DmError, FakeFailure, LioError, LoopError, NetError, VbladeError};
 
 /// A block device number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

@@ -3,7 +3,9 @@
 
 use std::net::IpAddr;
 
-use anyhow::{Context, Result};
+pub use super::error::NetError;
+
+type Result<T, E = NetError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
@@ -22,7 +24,8 @@ impl Net for Netlink {
     fn interfaces(&self) -> Result<Vec<Interface>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?;
+            .build()
+            .map_err(NetError::Runtime)?;
         rt.block_on(read_interfaces())
     }
 }
@@ -32,15 +35,11 @@ async fn read_interfaces() -> Result<Vec<Interface>> {
     use rtnetlink::packet_route::address::AddressAttribute;
     use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 
-    let (conn, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
     tokio::spawn(conn);
     let mut out = Vec::new();
     let mut links = handle.link().get().execute();
-    while let Some(msg) = links
-        .try_next()
-        .await
-        .context("cannot list network interfaces")?
-    {
+    while let Some(msg) = links.try_next().await.map_err(NetError::Links)? {
         let name = msg.attributes.iter().find_map(|a| match a {
             LinkAttribute::IfName(n) => Some(n.clone()),
             _ => None,
@@ -56,7 +55,7 @@ async fn read_interfaces() -> Result<Vec<Interface>> {
         ));
     }
     let mut addrs = handle.address().get().execute();
-    while let Some(msg) = addrs.try_next().await.context("cannot list addresses")? {
+    while let Some(msg) = addrs.try_next().await.map_err(NetError::Addresses)? {
         let ip = msg.attributes.iter().find_map(|a| match a {
             AddressAttribute::Address(ip) | AddressAttribute::Local(ip) => Some(*ip),
             _ => None,

@@ -4,6 +4,7 @@
 //! manifest gives another configuration, and leaves it alone otherwise.
 
 pub mod config;
+pub mod error;
 pub mod seen;
 pub mod wake;
 
@@ -11,12 +12,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+pub use error::PxeError;
 
 use crate::kernel::net::Net;
 use crate::manifest::{DhcpMode, Manifest, PxeConfig};
 use crate::supervise::{Helpers, Running};
 pub use config::Chain;
+
+type Result<T, E = PxeError> = std::result::Result<T, E>;
 
 const KEY: &str = "dnsmasq";
 
@@ -36,22 +39,20 @@ fn conf_path(run_dir: &Path) -> PathBuf {
 /// IPv4 address; checked against `http.listen`.
 pub fn chain(m: &Manifest, pxe: &PxeConfig, net: &dyn Net) -> Result<Chain> {
     let Some(http) = &m.http else {
-        bail!("the pxe section needs an http section (PCs chain to its /boot.ipxe)");
+        return Err(PxeError::NoHttp);
     };
     let server = match http.server {
         Some(IpAddr::V4(ip)) => ip,
-        Some(IpAddr::V6(ip)) => bail!(
-            "http.server {ip} is IPv6, but PXE and iPXE's DHCP chain here are IPv4: give an IPv4 address"
-        ),
+        Some(IpAddr::V6(ip)) => return Err(PxeError::Ipv6Server { ip }),
         None => interface_ipv4(pxe, net)?,
     };
     let listen = http.listen.ip();
     if !listen.is_unspecified() && listen != IpAddr::V4(server) {
-        bail!(
-            "http.listen is {}, but PCs on {} would reach it at {server}: listen there or on 0.0.0.0",
-            http.listen,
-            pxe.interface
-        );
+        return Err(PxeError::ListenElsewhere {
+            listen: http.listen,
+            interface: pxe.interface.clone(),
+            server,
+        });
     }
     Ok(Chain {
         server,
@@ -62,10 +63,9 @@ pub fn chain(m: &Manifest, pxe: &PxeConfig, net: &dyn Net) -> Result<Chain> {
 fn interface_ipv4(pxe: &PxeConfig, net: &dyn Net) -> Result<Ipv4Addr> {
     let interfaces = net.interfaces()?;
     let Some(iface) = interfaces.iter().find(|i| i.name == pxe.interface) else {
-        bail!(
-            "pxe.interface {} does not exist on this machine",
-            pxe.interface
-        );
+        return Err(PxeError::NoInterface {
+            interface: pxe.interface.clone(),
+        });
     };
     iface
         .addresses
@@ -74,11 +74,8 @@ fn interface_ipv4(pxe: &PxeConfig, net: &dyn Net) -> Result<Ipv4Addr> {
             IpAddr::V4(v4) => Some(*v4),
             IpAddr::V6(_) => None,
         })
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "pxe.interface {} has no IPv4 address, so PCs could not reach /boot.ipxe (or set http.server)",
-                pxe.interface
-            )
+        .ok_or_else(|| PxeError::NoIpv4 {
+            interface: pxe.interface.clone(),
         })
 }
 
@@ -107,10 +104,10 @@ pub fn plan(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<Plan>>
     let chain = chain(m, pxe, net)?;
     for f in [config::BIOS_LOADER, config::UEFI_LOADER] {
         if !pxe.tftp_root.join(f).is_file() {
-            bail!(
-                "{} has no {f} for PXE ROMs to load (install Debian's ipxe package, or set pxe.tftp_root)",
-                pxe.tftp_root.display()
-            );
+            return Err(PxeError::NoLoader {
+                tftp_root: pxe.tftp_root.clone(),
+                loader: f,
+            });
         }
     }
     let h = helpers(run_dir);
@@ -148,8 +145,12 @@ pub fn apply(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<(Plan
     }
     let conf = conf_path(run_dir);
     crate::rundir::ensure(&h.dir)?;
-    crate::durable::write_atomic(&conf, plan.config.as_bytes())
-        .with_context(|| format!("cannot write {}", conf.display()))?;
+    crate::durable::write_atomic(&conf, plan.config.as_bytes()).map_err(|source| {
+        PxeError::WriteConfig {
+            path: conf.clone(),
+            source,
+        }
+    })?;
     let args = vec![
         "--keep-in-foreground".to_string(),
         format!("--conf-file={}", conf.display()),
@@ -205,7 +206,7 @@ pub fn status_line(m: &Manifest, run_dir: &Path) -> Option<String> {
 
 /// Stops the room's dnsmasq; true if one ran. Its configuration file stays.
 pub fn stop(run_dir: &Path) -> Result<bool> {
-    helpers(run_dir).stop(KEY)
+    helpers(run_dir).stop(KEY).map_err(PxeError::from)
 }
 
 #[cfg(test)]
@@ -216,7 +217,7 @@ mod tests {
     struct OneInterface(Vec<IpAddr>);
 
     impl Net for OneInterface {
-        fn interfaces(&self) -> Result<Vec<Interface>> {
+        fn interfaces(&self) -> Result<Vec<Interface>, crate::kernel::NetError> {
             Ok(vec![Interface {
                 name: "eth1".into(),
                 up: true,
@@ -255,12 +256,16 @@ mod tests {
     #[test]
     fn a_chain_pcs_could_not_follow_is_refused_with_a_sentence() {
         let e = chain_of("  listen: 0.0.0.0:8080\n", &["fe80::1"]).unwrap_err();
-        assert!(e.to_string().contains("eth1 has no IPv4 address"), "{e}");
+        assert!(
+            matches!(&e, PxeError::NoIpv4 { interface } if interface == "eth1"),
+            "{e}"
+        );
         let e = chain_of("  listen: 10.7.0.1:8080\n", &["10.9.0.1"]).unwrap_err();
         assert!(
-            e.to_string().contains(
-                "http.listen is 10.7.0.1:8080, but PCs on eth1 would reach it at 10.9.0.1"
-            ),
+            matches!(&e, PxeError::ListenElsewhere { listen, interface, server }
+                if listen.to_string() == "10.7.0.1:8080"
+                    && interface == "eth1"
+                    && server.to_string() == "10.9.0.1"),
             "{e}"
         );
         let m = room("  listen: 0.0.0.0:8080\n");
@@ -270,7 +275,7 @@ mod tests {
         };
         let e = chain(&m, &pxe, &OneInterface(vec![])).unwrap_err();
         assert!(
-            e.to_string().contains("pxe.interface eth9 does not exist"),
+            matches!(&e, PxeError::NoInterface { interface } if interface == "eth9"),
             "{e}"
         );
     }

@@ -4,8 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 
-use anyhow::{Context, Result};
-
+pub use super::error::WakeError;
 use crate::manifest::{Mac, Manifest, Pc};
 
 pub const PORT: u16 = 9;
@@ -30,26 +29,28 @@ fn target(m: &Manifest) -> (Option<&str>, Ipv4Addr) {
 /// Sends each PC its magic packet (three times, as WoL tools do: it is one UDP datagram
 /// that a busy switch may drop). A PC without a `mac` is an error naming it, before
 /// anything is sent.
-pub fn wake(m: &Manifest, pcs: &[&Pc]) -> Result<Vec<String>> {
+pub fn wake(m: &Manifest, pcs: &[&Pc]) -> Result<Vec<String>, WakeError> {
     let mut macs = Vec::new();
     for pc in pcs {
         let Some(mac) = pc.mac else {
-            anyhow::bail!(
-                "{} has no mac in {}: Wake-on-LAN needs it",
-                pc.name,
-                m.path.display()
-            );
+            return Err(WakeError::NoMac {
+                pc: pc.name.clone(),
+                manifest: m.path.clone(),
+            });
         };
         macs.push((pc.name.clone(), mac));
     }
     let (interface, broadcast) = target(m);
-    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
-        .context("cannot open a UDP socket for Wake-on-LAN")?;
-    socket.set_broadcast(true)?;
+    let socket =
+        UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).map_err(WakeError::Socket)?;
+    socket.set_broadcast(true).map_err(WakeError::Broadcast)?;
     if let Some(ifname) = interface {
         let name = std::ffi::OsString::from(ifname);
         nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::BindToDevice, &name)
-            .with_context(|| format!("cannot send Wake-on-LAN on {ifname} (pxe.interface)"))?;
+            .map_err(|source| WakeError::Interface {
+                interface: ifname.to_string(),
+                source,
+            })?;
     }
     let to = SocketAddrV4::new(broadcast, PORT);
     let mut woken = Vec::new();
@@ -58,7 +59,11 @@ pub fn wake(m: &Manifest, pcs: &[&Pc]) -> Result<Vec<String>> {
         for _ in 0..3 {
             socket
                 .send_to(&packet, to)
-                .with_context(|| format!("cannot send {name}'s Wake-on-LAN packet to {to}"))?;
+                .map_err(|source| WakeError::Send {
+                    pc: name.clone(),
+                    to,
+                    source,
+                })?;
         }
         woken.push(format!("{name} ({mac})"));
     }

@@ -139,7 +139,7 @@ impl LiveRoom for KernelRoom {
             let l = loopdev::find(&obs.loops, &pc.cow, false)
                 .ok_or_else(|| anyhow!("{name}'s COW {} is on no loop device", pc.cow.display()))?;
             grow_file(&pc.cow, len)?;
-            ctx.kernel.loops.set_capacity(&l.dev)
+            Ok(ctx.kernel.loops.set_capacity(&l.dev)?)
         })
     }
 

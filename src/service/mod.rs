@@ -305,7 +305,7 @@ impl Service {
             .map(|v| v.parse().map_err(|e: String| anyhow!(e)))
             .transpose()?;
         let Some(slot) = self.registry.get(name) else {
-            return crate::image::commit_pc(&m, pc, version, note);
+            return Ok(crate::image::commit_pc(&m, pc, version, note)?);
         };
         let mut peers = slot.peers();
         peers.extend(self.aoe.peers(name));
@@ -321,7 +321,7 @@ impl Service {
                 .as_ref()
                 .map_or(Ok(()), |s| s.engine.flush())
                 .map_err(|e| anyhow!("flushing {name}'s COW: {e}"));
-            out = Some(flushed.and_then(|()| crate::image::commit_pc(&m, pc, version, note)));
+            out = Some(flushed.and_then(|()| Ok(crate::image::commit_pc(&m, pc, version, note)?)));
             (served, Ok(()))
         })?;
         out.expect("ran")
@@ -449,8 +449,9 @@ fn swap_in_fresh_cow(
     let old_record = sidecar::read(&pc.cow).ok().flatten();
     // The fresh COW's record names the image it is over before the PC can write to it.
     let fresh = crate::cowfile::create_empty(&pc.cow, size)
+        .map_err(anyhow::Error::from)
         .and_then(|()| open(m, pc))
-        .and_then(|s| sidecar::note_reset(&pc.cow, onto).map(|()| s));
+        .and_then(|s| Ok(sidecar::note_reset(&pc.cow, onto).map(|()| s)?));
     match fresh {
         Ok(s) => {
             old.engine.abandon();
