@@ -221,14 +221,7 @@ fn step(
             .delete(spec.iqn.as_str())?;
             export_iscsi(ctx, pc, spec)
         }
-        Step::StartVblade { pc, spec, .. } => {
-            let device = k.dm.node(&dm_name(pc), &ctx.node_dir())?;
-            let spec = VbladeSpec {
-                device: device.display().to_string(),
-                ..spec.clone()
-            };
-            Ok(k.vblade.start(&spec).map(drop)?)
-        }
+        Step::StartVblade { pc, spec, .. } => start_vblade(ctx, pc, spec),
         Step::StopVblade { pc } => Ok(k.vblade.stop(pc)?),
         Step::UnexportIscsi { target } => Lio {
             fs: k.configfs.as_ref(),
@@ -240,38 +233,55 @@ fn step(
             let _ = std::fs::remove_file(ctx.node_dir().join(name));
             Ok(())
         }
-        Step::DetachLoop { dev, backing } => {
-            k.loops.detach(dev)?;
-            loops.detached(dev);
-            // The old COW of an interrupted reset: the reset was asked for, so it goes —
-            // only a PC's own `<cow>.discard`, and only when it is a COW.
-            let discarded = ctx
-                .manifest
-                .pcs
-                .iter()
-                .any(|p| super::reset::discard_path(&p.cow) == *backing);
-            let a_cow = matches!(
-                crate::filekind::classify(backing),
-                Ok(crate::filekind::Kind::Cow | crate::filekind::Kind::Fresh)
-            );
-            if discarded && a_cow {
-                std::fs::remove_file(backing)
-                    .with_context(|| format!("cannot remove {}", backing.display()))?;
-            }
-            Ok(())
-        }
+        Step::DetachLoop { dev, backing } => detach_loop(ctx, dev, backing, loops),
         Step::Resume { pc } => Ok(k.dm.resume(&dm_name(pc))?),
-        Step::FinishReset { pc: name } => {
-            let pc = ctx
-                .manifest
-                .pc(name)
-                .ok_or_else(|| anyhow!("{name} is not in the manifest"))?;
-            let obs = super::observe::Observed::read(k)?;
-            loops.forget();
-            super::reset::finish_parked(ctx, &obs, pc, &dm_name(name), false)?;
-            Ok(super::sidecar::note_reset(&pc.cow, None)?)
-        }
+        Step::FinishReset { pc: name } => finish_reset(ctx, name, loops),
     }
+}
+
+/// A vblade over the PC's snapshot device, whose node only now exists.
+fn start_vblade(ctx: &Ctx, pc: &str, spec: &VbladeSpec) -> Result<()> {
+    let k = ctx.kernel;
+    let device = k.dm.node(&dm_name(pc), &ctx.node_dir())?;
+    let spec = VbladeSpec {
+        device: device.display().to_string(),
+        ..spec.clone()
+    };
+    Ok(k.vblade.start(&spec).map(drop)?)
+}
+
+fn detach_loop(ctx: &Ctx, dev: &Path, backing: &Path, loops: &mut KnownLoops) -> Result<()> {
+    ctx.kernel.loops.detach(dev)?;
+    loops.detached(dev);
+    // The old COW of an interrupted reset: the reset was asked for, so it goes — only a
+    // PC's own `<cow>.discard`, and only when it is a COW.
+    let discarded = ctx
+        .manifest
+        .pcs
+        .iter()
+        .any(|p| super::reset::discard_path(&p.cow) == *backing);
+    let a_cow = matches!(
+        crate::filekind::classify(backing),
+        Ok(crate::filekind::Kind::Cow | crate::filekind::Kind::Fresh)
+    );
+    if discarded && a_cow {
+        std::fs::remove_file(backing)
+            .with_context(|| format!("cannot remove {}", backing.display()))?;
+    }
+    Ok(())
+}
+
+/// A reset that stopped half way, finished from what the kernel shows now (the loops
+/// known so far are read again).
+fn finish_reset(ctx: &Ctx, name: &str, loops: &mut KnownLoops) -> Result<()> {
+    let pc = ctx
+        .manifest
+        .pc(name)
+        .ok_or_else(|| anyhow!("{name} is not in the manifest"))?;
+    let obs = super::observe::Observed::read(ctx.kernel)?;
+    loops.forget();
+    super::reset::finish_parked(ctx, &obs, pc, &dm_name(name), false)?;
+    Ok(super::sidecar::note_reset(&pc.cow, None)?)
 }
 
 /// The snapshot table of `image` and `cow` over the loops now attached to them.

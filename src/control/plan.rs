@@ -15,7 +15,7 @@ use super::{dm_name, sidecar, Ctx, PREFIX};
 use crate::cow::{HeaderState, LoadedStore};
 use crate::dm::DevRef;
 use crate::kernel::loopdev;
-use crate::manifest::{Export, Manifest, Pc};
+use crate::manifest::{Export, Image, Manifest, Pc};
 
 /// What `apply` would do now.
 pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Step>> {
@@ -23,78 +23,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Step>> {
     let mut actions = Vec::new();
     let mut images_attached: BTreeSet<String> = BTreeSet::new();
     for pc in &ctx.manifest.pcs {
-        let image = ctx.image(pc);
-        let name = dm_name(&pc.name);
-        if obs.parked.contains_key(&name) {
-            // Its exports are checked below like any other PC's (a paused one is re-made).
-            actions.push(Step::FinishReset {
-                pc: pc.name.clone(),
-            });
-            export_actions(ctx, obs, pc, true, &mut actions)?;
-            continue;
-        }
-        if !pc.cow.exists() {
-            actions.push(Step::CreateCow {
-                pc: pc.name.clone(),
-                path: pc.cow.clone(),
-                size: pc.cow_size,
-                chunk: pc.chunk,
-            });
-        }
-        if !sidecar::sidecar_path(&pc.cow).exists() {
-            actions.push(Step::RecordGolden {
-                pc: pc.name.clone(),
-                image: image.name.clone(),
-                image_path: image.path.clone(),
-                cow: pc.cow.clone(),
-            });
-        }
-        let image_loop = loopdev::find(&obs.loops, &image.path, true);
-        if image_loop.is_none() && images_attached.insert(image.name.clone()) {
-            actions.push(Step::AttachImage {
-                image: image.name.clone(),
-                path: image.path.clone(),
-            });
-        }
-        let cow_loop = loopdev::find(&obs.loops, &pc.cow, false);
-        if cow_loop.is_none() {
-            actions.push(Step::AttachCow {
-                pc: pc.name.clone(),
-                path: pc.cow.clone(),
-            });
-        }
-        if obs.suspended.contains(&name) {
-            actions.push(Step::Resume {
-                pc: pc.name.clone(),
-            });
-        }
-        match obs.dm.get(&name) {
-            None => actions.push(Step::CreateSnapshot {
-                pc: pc.name.clone(),
-                image: image.path.clone(),
-                cow: pc.cow.clone(),
-                mode: pc.overflow,
-                chunk_sectors: pc.chunk_sectors(),
-            }),
-            Some(table) => {
-                let s = &table.snapshot;
-                let same = |d: &DevRef, l: Option<&loopdev::LoopInfo>| {
-                    l.is_some_and(|l| d.to_string() == l.number.to_string())
-                };
-                if !same(&s.origin, image_loop)
-                    || !same(&s.cow, cow_loop)
-                    || s.mode != pc.overflow
-                    || s.chunk_sectors != pc.chunk_sectors()
-                {
-                    bail!(
-                        "{name} exists with table \"{table}\", which is not what the manifest asks for {}; run `cowctl down {}` first (COW files stay)",
-                        pc.name,
-                        pc.name
-                    );
-                }
-            }
-        }
-        export_actions(ctx, obs, pc, obs.dm.contains_key(&name), &mut actions)?;
+        pc_actions(ctx, obs, pc, &mut images_attached, &mut actions)?;
     }
     // A reset that was interrupted may have left the old COW set aside on its loop
     // (FinishReset takes care of a parked PC's own).
@@ -117,6 +46,104 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Step>> {
         .collect();
     actions.extend(teardown(ctx, obs, &orphans, true).flatten());
     Ok(actions)
+}
+
+/// One PC, bottom-up: a parked one's reset finished; else its COW file and golden record,
+/// the image's loop (once per image: `images_attached`), the COW's loop, resume, the
+/// snapshot, then the export.
+fn pc_actions(
+    ctx: &Ctx,
+    obs: &Observed,
+    pc: &Pc,
+    images_attached: &mut BTreeSet<String>,
+    actions: &mut Vec<Step>,
+) -> Result<()> {
+    let image = ctx.image(pc);
+    let name = dm_name(&pc.name);
+    if obs.parked.contains_key(&name) {
+        // Its exports are checked below like any other PC's (a paused one is re-made).
+        actions.push(Step::FinishReset {
+            pc: pc.name.clone(),
+        });
+        return export_actions(ctx, obs, pc, true, actions);
+    }
+    if !pc.cow.exists() {
+        actions.push(Step::CreateCow {
+            pc: pc.name.clone(),
+            path: pc.cow.clone(),
+            size: pc.cow_size,
+            chunk: pc.chunk,
+        });
+    }
+    if !sidecar::sidecar_path(&pc.cow).exists() {
+        actions.push(Step::RecordGolden {
+            pc: pc.name.clone(),
+            image: image.name.clone(),
+            image_path: image.path.clone(),
+            cow: pc.cow.clone(),
+        });
+    }
+    let image_loop = loopdev::find(&obs.loops, &image.path, true);
+    if image_loop.is_none() && images_attached.insert(image.name.clone()) {
+        actions.push(Step::AttachImage {
+            image: image.name.clone(),
+            path: image.path.clone(),
+        });
+    }
+    let cow_loop = loopdev::find(&obs.loops, &pc.cow, false);
+    if cow_loop.is_none() {
+        actions.push(Step::AttachCow {
+            pc: pc.name.clone(),
+            path: pc.cow.clone(),
+        });
+    }
+    if obs.suspended.contains(&name) {
+        actions.push(Step::Resume {
+            pc: pc.name.clone(),
+        });
+    }
+    snapshot_action(obs, pc, image, image_loop, cow_loop, actions)?;
+    export_actions(ctx, obs, pc, obs.dm.contains_key(&name), actions)
+}
+
+/// The PC's snapshot: created when missing; one whose table differs from the manifest
+/// (origin, COW, mode, chunk) is refused, not replaced.
+fn snapshot_action(
+    obs: &Observed,
+    pc: &Pc,
+    image: &Image,
+    image_loop: Option<&loopdev::LoopInfo>,
+    cow_loop: Option<&loopdev::LoopInfo>,
+    actions: &mut Vec<Step>,
+) -> Result<()> {
+    let name = dm_name(&pc.name);
+    match obs.dm.get(&name) {
+        None => actions.push(Step::CreateSnapshot {
+            pc: pc.name.clone(),
+            image: image.path.clone(),
+            cow: pc.cow.clone(),
+            mode: pc.overflow,
+            chunk_sectors: pc.chunk_sectors(),
+        }),
+        Some(table) => {
+            let s = &table.snapshot;
+            let same = |d: &DevRef, l: Option<&loopdev::LoopInfo>| {
+                l.is_some_and(|l| d.to_string() == l.number.to_string())
+            };
+            if !same(&s.origin, image_loop)
+                || !same(&s.cow, cow_loop)
+                || s.mode != pc.overflow
+                || s.chunk_sectors != pc.chunk_sectors()
+            {
+                bail!(
+                    "{name} exists with table \"{table}\", which is not what the manifest asks for {}; run `cowctl down {}` first (COW files stay)",
+                    pc.name,
+                    pc.name
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What the PC's export needs: made, re-made (it differs, or its device is new), or nothing;
@@ -318,8 +345,39 @@ pub fn refuse_if_any(manifest: &Manifest, problems: Vec<String>) -> Result<()> {
 /// image they are about to be laid over; new COWs' directories present.
 pub fn file_problems(manifest: &Manifest) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut fingerprints = std::collections::BTreeMap::new();
+    let fingerprints = image_fingerprints(manifest, &mut problems);
     let mut stores = std::collections::BTreeMap::new();
+    for pc in &manifest.pcs {
+        if pc.cow.exists() {
+            if let Some(p) = cow_kind_problem(pc) {
+                problems.push(p);
+                continue;
+            }
+            problems.extend(cow_store_problem(manifest, pc));
+            if let Some(g) = fingerprints.get(&pc.image) {
+                if let Err(e) = sidecar::check(&pc.name, &pc.cow, g) {
+                    problems.push(format!("{e:#}"));
+                }
+            }
+            problems.extend(version_problem(manifest, &mut stores, pc));
+        } else if let Some(dir) = pc.cow.parent().filter(|d| !d.exists()) {
+            problems.push(format!(
+                "{}: the COW's directory {} does not exist",
+                pc.name,
+                dir.display()
+            ));
+        }
+    }
+    problems
+}
+
+/// The fingerprint of each golden image a PC uses, by image name; an image that cannot
+/// be read or is not whole sectors is a problem instead.
+fn image_fingerprints(
+    manifest: &Manifest,
+    problems: &mut Vec<String>,
+) -> std::collections::BTreeMap<String, sidecar::Golden> {
+    let mut fingerprints = std::collections::BTreeMap::new();
     for image in manifest
         .images
         .values()
@@ -337,78 +395,64 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
             Err(e) => problems.push(format!("{:#}", anyhow::Error::from(e))),
         }
     }
-    for pc in &manifest.pcs {
-        if pc.cow.exists() {
-            match crate::filekind::classify(&pc.cow) {
-                Ok(crate::filekind::Kind::Other(what)) => {
-                    problems.push(format!(
-                        "{}: {} is not a COW file: it looks like {what}; cowctl writes only to files that start with a snapshot header or that have no data yet (point cow: at a file of its own)",
-                        pc.name,
-                        pc.cow.display()
-                    ));
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    problems.push(format!(
-                        "{}: cannot read {}: {e}",
-                        pc.name,
-                        pc.cow.display()
-                    ));
-                    continue;
-                }
-            }
-            match std::fs::File::open(&pc.cow)
-                .map_err(anyhow::Error::from)
-                .and_then(|f| Ok(LoadedStore::load(&f, Some(pc.chunk_sectors()))?))
-            {
-                Ok(s)
-                    if s.state != HeaderState::New
-                        && s.geometry.chunk_sectors() != pc.chunk_sectors() =>
-                {
-                    problems.push(format!(
-                        "{}: COW {} has chunks of {} sectors but the manifest says {}",
-                        pc.name,
-                        pc.cow.display(),
-                        s.geometry.chunk_sectors(),
-                        pc.chunk
-                    ))
-                }
-                Ok(s) if !s.exceptions.is_empty() && !sidecar::sidecar_path(&pc.cow).exists() => {
-                    // Recording it now would vouch for data cowctl cannot place.
-                    problems.push(format!(
-                        "{}: COW {} holds {} written chunks but has no record of the golden image they were written over ({}); if they belong to {}, record it with `cowctl cow record {} --base {}`, else reset it",
-                        pc.name,
-                        pc.cow.display(),
-                        s.exceptions.len(),
-                        sidecar::sidecar_path(&pc.cow).display(),
-                        manifest.images[&pc.image].path.display(),
-                        pc.cow.display(),
-                        manifest.images[&pc.image].path.display(),
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) => problems.push(format!(
-                    "{}: COW {} is not usable: {e:#}",
-                    pc.name,
-                    pc.cow.display()
-                )),
-            }
-            if let Some(g) = fingerprints.get(&pc.image) {
-                if let Err(e) = sidecar::check(&pc.name, &pc.cow, g) {
-                    problems.push(format!("{:#}", anyhow::Error::from(e)));
-                }
-            }
-            problems.extend(version_problem(manifest, &mut stores, pc));
-        } else if let Some(dir) = pc.cow.parent().filter(|d| !d.exists()) {
-            problems.push(format!(
-                "{}: the COW's directory {} does not exist",
-                pc.name,
-                dir.display()
-            ));
-        }
+    fingerprints
+}
+
+/// An existing COW that is not one (or cannot be read): nothing else is checked of it.
+fn cow_kind_problem(pc: &Pc) -> Option<String> {
+    match crate::filekind::classify(&pc.cow) {
+        Ok(crate::filekind::Kind::Other(what)) => Some(format!(
+            "{}: {} is not a COW file: it looks like {what}; cowctl writes only to files that start with a snapshot header or that have no data yet (point cow: at a file of its own)",
+            pc.name,
+            pc.cow.display()
+        )),
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "{}: cannot read {}: {e}",
+            pc.name,
+            pc.cow.display()
+        )),
     }
-    problems
+}
+
+/// An existing COW's store: loadable, of the manifest's chunk size, and its written chunks
+/// recorded against a golden image.
+fn cow_store_problem(manifest: &Manifest, pc: &Pc) -> Option<String> {
+    match std::fs::File::open(&pc.cow)
+        .map_err(anyhow::Error::from)
+        .and_then(|f| Ok(LoadedStore::load(&f, Some(pc.chunk_sectors()))?))
+    {
+        Ok(s)
+            if s.state != HeaderState::New && s.geometry.chunk_sectors() != pc.chunk_sectors() =>
+        {
+            Some(format!(
+                "{}: COW {} has chunks of {} sectors but the manifest says {}",
+                pc.name,
+                pc.cow.display(),
+                s.geometry.chunk_sectors(),
+                pc.chunk
+            ))
+        }
+        Ok(s) if !s.exceptions.is_empty() && !sidecar::sidecar_path(&pc.cow).exists() => {
+            // Recording it now would vouch for data cowctl cannot place.
+            Some(format!(
+                "{}: COW {} holds {} written chunks but has no record of the golden image they were written over ({}); if they belong to {}, record it with `cowctl cow record {} --base {}`, else reset it",
+                pc.name,
+                pc.cow.display(),
+                s.exceptions.len(),
+                sidecar::sidecar_path(&pc.cow).display(),
+                manifest.images[&pc.image].path.display(),
+                pc.cow.display(),
+                manifest.images[&pc.image].path.display(),
+            ))
+        }
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "{}: COW {} is not usable: {e:#}",
+            pc.name,
+            pc.cow.display()
+        )),
+    }
 }
 
 /// A PC's COW over a version the store does not hold (`image::cow_problem`); each store is

@@ -289,18 +289,10 @@ mod tests {
         std::os::unix::fs::symlink(format!("socket:[{inode}]"), dir.join("fd/3")).unwrap();
     }
 
-    #[test]
-    fn each_address_is_free_ours_or_held_by_someone_named() {
-        let d = tempfile::tempdir().unwrap();
-        let (net, dm, clock) = (
-            FakeNet(vec![]),
-            FakeDm(None),
-            FakeClock {
-                synced: Synced::Yes,
-                now: 0,
-            },
-        );
-        let h = host(d.path(), &net, &dm, &clock);
+    /// Listening sockets as /proc shows them: 0.0.0.0:8080 held by nginx, 127.0.0.1:10809
+    /// by cowctl serve, 127.0.0.1:3260 by the kernel (inode 0), [::]:8081 by a process
+    /// this user cannot see.
+    fn hold_ports(h: &Host) {
         std::fs::create_dir_all(h.proc.join("net")).unwrap();
         std::fs::write(
             h.proc.join("net/tcp"),
@@ -317,9 +309,9 @@ mod tests {
             format!("{HEADER}{}", line("[::]:8081".parse().unwrap(), "0A", 300)),
         )
         .unwrap();
-        process(&h, 41, &["/usr/sbin/nginx", "-g", "daemon off;"], 100);
+        process(h, 41, &["/usr/sbin/nginx", "-g", "daemon off;"], 100);
         process(
-            &h,
+            h,
             42,
             &[
                 "/usr/local/bin/cowctl",
@@ -329,6 +321,21 @@ mod tests {
             ],
             200,
         );
+    }
+
+    #[test]
+    fn each_address_is_free_ours_or_held_by_someone_named() {
+        let d = tempfile::tempdir().unwrap();
+        let (net, dm, clock) = (
+            FakeNet(vec![]),
+            FakeDm(None),
+            FakeClock {
+                synced: Synced::Yes,
+                now: 0,
+            },
+        );
+        let h = host(d.path(), &net, &dm, &clock);
+        hold_ports(&h);
         let m = manifest(
             d.path(),
             "images:\n  g:\n    path: /g.img\ndefaults:\n  image: g\n  cow_dir: /c\n  cow_size: 1GiB\n\

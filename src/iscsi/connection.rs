@@ -7,7 +7,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::login::{Directory, End, Established, Login, SessionKind};
+use super::login::{Directory, End, Established, Login, Reply, SessionKind};
 use super::negotiate::OUR_MAX_RECV_DATA;
 use super::pdu::{InitiatorOpcode, LoginRequest, LoginStatus};
 use super::reader::{Digests, PduReader, PduWriter, ReadError};
@@ -219,31 +219,7 @@ pub fn converse<R: io::Read, W: io::Write>(
         }
         let req = LoginRequest::parse(&pdu.bhs);
         let mut reply = login.handle(&req, pdu.data, portal.directory());
-        let mut attachment = None;
-        if let Some(End::FullFeature(est)) = &reply.end {
-            if let SessionKind::Normal { .. } = est.kind {
-                // Admitted before attaching: a refused login must not reinstate (close)
-                // the PC's running session.
-                let attached = if admission.logged_in() {
-                    portal.attach(est, peer, line.closer()?)
-                } else {
-                    Err(LoginStatus::OUT_OF_RESOURCES)
-                };
-                match attached {
-                    Ok(a) => attachment = Some(a),
-                    Err(LoginStatus::OUT_OF_RESOURCES) => super::login::refuse(
-                        &mut reply,
-                        LoginStatus::OUT_OF_RESOURCES,
-                        "as many initiators are logged in as the service takes",
-                    ),
-                    Err(status) => super::login::refuse(
-                        &mut reply,
-                        status,
-                        "the PC's disk is not being served",
-                    ),
-                }
-            }
-        }
+        let attachment = attach(&mut reply, line, peer, portal, admission)?;
         writer.send(&reply.bhs, &reply.data)?;
         writer.flush()?;
         match reply.end {
@@ -280,6 +256,39 @@ pub fn converse<R: io::Read, W: io::Write>(
     drop(session);
     drop(attachment);
     ended
+}
+
+/// A login that reached the full feature phase of a normal session: admitted, then tied
+/// to the PC's disk; a refusal of either turns the reply into a refusal. Admitted before
+/// attaching: a refused login must not reinstate (close) the PC's running session.
+fn attach(
+    reply: &mut Reply,
+    line: &dyn Line,
+    peer: SocketAddr,
+    portal: &dyn Portal,
+    admission: &mut dyn Admission,
+) -> io::Result<Option<Attachment>> {
+    let Some(End::FullFeature(est)) = &reply.end else {
+        return Ok(None);
+    };
+    let SessionKind::Normal { .. } = est.kind else {
+        return Ok(None);
+    };
+    let attached = if admission.logged_in() {
+        portal.attach(est, peer, line.closer()?)
+    } else {
+        Err(LoginStatus::OUT_OF_RESOURCES)
+    };
+    match attached {
+        Ok(a) => return Ok(Some(a)),
+        Err(LoginStatus::OUT_OF_RESOURCES) => super::login::refuse(
+            reply,
+            LoginStatus::OUT_OF_RESOURCES,
+            "as many initiators are logged in as the service takes",
+        ),
+        Err(status) => super::login::refuse(reply, status, "the PC's disk is not being served"),
+    }
+    Ok(None)
 }
 
 /// The full feature phase until the connection ends; a discovery session (`until` set)

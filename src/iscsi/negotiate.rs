@@ -67,25 +67,8 @@ impl Params {
         if matches!(value, "NotUnderstood" | "Irrelevant" | "Reject") {
             return Answer::Silent;
         }
-        let reply = |v: &str| Answer::Reply(v.to_string());
-        let reject = || Answer::Reply("Reject".to_string());
         match key {
-            "HeaderDigest" | "DataDigest" => {
-                // The first value in the initiator's list that we support.
-                let chosen = value.split(',').find(|v| matches!(*v, "CRC32C" | "None"));
-                match chosen {
-                    Some(v) => {
-                        let on = v == "CRC32C";
-                        if key == "HeaderDigest" {
-                            self.header_digest = on;
-                        } else {
-                            self.data_digest = on;
-                        }
-                        reply(v)
-                    }
-                    None => reject(),
-                }
-            }
+            "HeaderDigest" | "DataDigest" => self.digest(key, value),
             "MaxConnections" => match number(value, 1, 65535) {
                 Some(_) => reply("1"),
                 None => reject(),
@@ -104,44 +87,10 @@ impl Params {
                 }
                 None => reject(),
             },
-            "MaxRecvDataSegmentLength" => match number(value, 512, (1 << 24) - 1) {
-                Some(n) => {
-                    self.initiator_max_recv_data = n;
-                    Answer::Silent
-                }
-                None => reject(),
-            },
-            "MaxBurstLength" => match number(value, 512, (1 << 24) - 1) {
-                Some(n) => {
-                    self.max_burst = n.min(OUR_MAX_BURST);
-                    self.first_burst = self.first_burst.min(self.max_burst);
-                    reply(&self.max_burst.to_string())
-                }
-                None => reject(),
-            },
-            "FirstBurstLength" => match number(value, 512, (1 << 24) - 1) {
-                Some(n) => {
-                    self.first_burst = n.min(OUR_MAX_BURST).min(self.max_burst);
-                    reply(&self.first_burst.to_string())
-                }
-                None => reject(),
-            },
-            "DefaultTime2Wait" => match number(value, 0, 3600) {
-                // Result function: maximum; ours is 2.
-                Some(n) => {
-                    self.default_time2wait = n.max(2);
-                    reply(&self.default_time2wait.to_string())
-                }
-                None => reject(),
-            },
-            "DefaultTime2Retain" => match number(value, 0, 3600) {
-                // Result function: minimum. Level 0 recovery keeps nothing after a drop.
-                Some(n) => {
-                    self.default_time2retain = n.min(20);
-                    reply(&self.default_time2retain.to_string())
-                }
-                None => reject(),
-            },
+            "MaxRecvDataSegmentLength" | "MaxBurstLength" | "FirstBurstLength" => {
+                self.length(key, value)
+            }
+            "DefaultTime2Wait" | "DefaultTime2Retain" => self.time(key, value),
             "MaxOutstandingR2T" => match number(value, 1, 65535) {
                 Some(n) => {
                     self.max_outstanding_r2t = n.min(OUR_MAX_OUTSTANDING_R2T);
@@ -180,6 +129,69 @@ impl Params {
             _ => reply("NotUnderstood"),
         }
     }
+
+    /// HeaderDigest, DataDigest: the first value in the initiator's list that we support.
+    fn digest(&mut self, key: &str, value: &str) -> Answer {
+        let chosen = value.split(',').find(|v| matches!(*v, "CRC32C" | "None"));
+        match chosen {
+            Some(v) => {
+                let on = v == "CRC32C";
+                if key == "HeaderDigest" {
+                    self.header_digest = on;
+                } else {
+                    self.data_digest = on;
+                }
+                reply(v)
+            }
+            None => reject(),
+        }
+    }
+
+    /// MaxRecvDataSegmentLength (declarative), MaxBurstLength and FirstBurstLength
+    /// (result function: minimum, the first burst within the burst).
+    fn length(&mut self, key: &str, value: &str) -> Answer {
+        let Some(n) = number(value, 512, (1 << 24) - 1) else {
+            return reject();
+        };
+        match key {
+            "MaxRecvDataSegmentLength" => {
+                self.initiator_max_recv_data = n;
+                Answer::Silent
+            }
+            "MaxBurstLength" => {
+                self.max_burst = n.min(OUR_MAX_BURST);
+                self.first_burst = self.first_burst.min(self.max_burst);
+                reply(&self.max_burst.to_string())
+            }
+            _ => {
+                self.first_burst = n.min(OUR_MAX_BURST).min(self.max_burst);
+                reply(&self.first_burst.to_string())
+            }
+        }
+    }
+
+    fn time(&mut self, key: &str, value: &str) -> Answer {
+        let Some(n) = number(value, 0, 3600) else {
+            return reject();
+        };
+        if key == "DefaultTime2Wait" {
+            // Result function: maximum; ours is 2.
+            self.default_time2wait = n.max(2);
+            reply(&self.default_time2wait.to_string())
+        } else {
+            // Result function: minimum. Level 0 recovery keeps nothing after a drop.
+            self.default_time2retain = n.min(20);
+            reply(&self.default_time2retain.to_string())
+        }
+    }
+}
+
+fn reply(v: &str) -> Answer {
+    Answer::Reply(v.to_string())
+}
+
+fn reject() -> Answer {
+    Answer::Reply("Reject".to_string())
 }
 
 fn number(v: &str, min: u32, max: u32) -> Option<u32> {

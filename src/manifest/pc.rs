@@ -107,59 +107,10 @@ impl Builder {
         if !types::valid_pc_name(name) {
             self.error(&at("name"), format!("{name:?} is not a PC name (lower-case letters, digits and '-', at most 32, starting with a letter or digit)"));
         }
-        let image = value("image").unwrap_or_default();
-        if image.is_empty() {
-            self.error(
-                &at("image"),
-                format!("{name}: no image (set image here or in defaults)"),
-            );
-        } else if !images.contains_key(&image) {
-            self.error(
-                &at("image"),
-                format!("{name}: image {image:?} is not listed under images"),
-            );
-        }
-        let mut parse_size = |f: &str, default: &str| -> ByteSize {
-            let v = value(f).unwrap_or_else(|| default.to_string());
-            v.parse().unwrap_or_else(|e| {
-                self.error(&at(f), format!("{name}: {e}"));
-                ByteSize(0)
-            })
-        };
-        let cow_size = parse_size("cow_size", "");
-        let chunk = parse_size("chunk", "32KiB");
-        if let Err(e) = Geometry::from_bytes(chunk.bytes()) {
-            self.error(&at("chunk"), format!("{name}: {e}"));
-        } else if cow_size.bytes() < 3 * chunk.bytes() || !cow_size.bytes().is_multiple_of(512) {
-            self.error(&at("cow_size"), format!("{name}: a COW of {cow_size} is too small or not whole sectors (at least 3 chunks of {chunk})"));
-        }
-        let cow = match (value("cow"), value("cow_dir")) {
-            (Some(c), _) => PathBuf::from(c),
-            (None, Some(d)) => Path::new(&d).join(format!("{name}.cow")),
-            (None, None) => {
-                self.error(
-                    &at("cow"),
-                    format!(
-                        "{name}: say where the COW lives (cow, or cow_dir here or in defaults)"
-                    ),
-                );
-                PathBuf::new()
-            }
-        };
-        if !cow.as_os_str().is_empty() && !cow.is_absolute() {
-            self.error(
-                &at("cow"),
-                format!("{name}: {} is not an absolute path", cow.display()),
-            );
-        }
-        let overflow = match value("overflow").as_deref() {
-            None | Some("PO") => StoreMode::PO,
-            Some("P") => StoreMode::P,
-            Some(o) => {
-                self.error(&at("overflow"), format!("{name}: {o:?} is not P or PO"));
-                StoreMode::PO
-            }
-        };
+        let image = self.pc_image(&at, name, value, images);
+        let (cow_size, chunk) = self.pc_sizes(&at, name, value);
+        let cow = self.pc_cow(&at, name, value);
+        let overflow = self.pc_overflow(&at, name, value);
         let mac = value("mac").and_then(|m| {
             m.parse::<Mac>()
                 .map_err(|e| self.error(&at("mac"), format!("{name}: {e}")))
@@ -216,6 +167,100 @@ impl Builder {
             hostname,
             identity,
         })
+    }
+
+    /// The PC's image: named, and one of the images section's.
+    fn pc_image(
+        &mut self,
+        at: &dyn Fn(&str) -> String,
+        name: &str,
+        value: &dyn Fn(&str) -> Option<String>,
+        images: &BTreeMap<String, Image>,
+    ) -> String {
+        let image = value("image").unwrap_or_default();
+        if image.is_empty() {
+            self.error(
+                &at("image"),
+                format!("{name}: no image (set image here or in defaults)"),
+            );
+        } else if !images.contains_key(&image) {
+            self.error(
+                &at("image"),
+                format!("{name}: image {image:?} is not listed under images"),
+            );
+        }
+        image
+    }
+
+    /// cow_size and chunk: each a size, the chunk a valid one, the COW at least 3 chunks
+    /// of whole sectors.
+    fn pc_sizes(
+        &mut self,
+        at: &dyn Fn(&str) -> String,
+        name: &str,
+        value: &dyn Fn(&str) -> Option<String>,
+    ) -> (ByteSize, ByteSize) {
+        let mut parse_size = |f: &str, default: &str| -> ByteSize {
+            let v = value(f).unwrap_or_else(|| default.to_string());
+            v.parse().unwrap_or_else(|e| {
+                self.error(&at(f), format!("{name}: {e}"));
+                ByteSize(0)
+            })
+        };
+        let cow_size = parse_size("cow_size", "");
+        let chunk = parse_size("chunk", "32KiB");
+        if let Err(e) = Geometry::from_bytes(chunk.bytes()) {
+            self.error(&at("chunk"), format!("{name}: {e}"));
+        } else if cow_size.bytes() < 3 * chunk.bytes() || !cow_size.bytes().is_multiple_of(512) {
+            self.error(&at("cow_size"), format!("{name}: a COW of {cow_size} is too small or not whole sectors (at least 3 chunks of {chunk})"));
+        }
+        (cow_size, chunk)
+    }
+
+    /// The COW's path: cow, or <name>.cow in cow_dir; absolute.
+    fn pc_cow(
+        &mut self,
+        at: &dyn Fn(&str) -> String,
+        name: &str,
+        value: &dyn Fn(&str) -> Option<String>,
+    ) -> PathBuf {
+        let cow = match (value("cow"), value("cow_dir")) {
+            (Some(c), _) => PathBuf::from(c),
+            (None, Some(d)) => Path::new(&d).join(format!("{name}.cow")),
+            (None, None) => {
+                self.error(
+                    &at("cow"),
+                    format!(
+                        "{name}: say where the COW lives (cow, or cow_dir here or in defaults)"
+                    ),
+                );
+                PathBuf::new()
+            }
+        };
+        if !cow.as_os_str().is_empty() && !cow.is_absolute() {
+            self.error(
+                &at("cow"),
+                format!("{name}: {} is not an absolute path", cow.display()),
+            );
+        }
+        cow
+    }
+
+    /// overflow: PO (the default) or P.
+    fn pc_overflow(
+        &mut self,
+        at: &dyn Fn(&str) -> String,
+        name: &str,
+        value: &dyn Fn(&str) -> Option<String>,
+    ) -> StoreMode {
+        match value("overflow").as_deref() {
+            None | Some("PO") => StoreMode::PO,
+            Some("P") => StoreMode::P,
+            Some(o) => {
+                self.error(&at("overflow"), format!("{name}: {o:?} is not P or PO"));
+                StoreMode::PO
+            }
+        }
     }
 
     fn autoextend(

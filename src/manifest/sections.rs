@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::raw::{RawHttp, RawImages, RawIscsi, RawNbd, Text};
+use super::raw::{RawChap, RawHttp, RawImages, RawIscsi, RawNbd, Text};
 use super::{AclMode, Builder, Chap, HttpConfig, Image, IscsiConfig, NbdAcl, NbdConfig, Portal};
 use crate::iqn::Iqn;
 
@@ -227,46 +227,53 @@ impl Builder {
                 AclMode::PerInitiator
             }
         };
-        let chap = r.chap.map(|c| {
-            if !c.secret_file.is_absolute() {
-                self.error("iscsi.chap.secret_file", "must be an absolute path");
-            }
-            if let Some(m) = &c.mutual_secret_file {
-                if !m.is_absolute() {
-                    self.error("iscsi.chap.mutual_secret_file", "must be an absolute path");
-                }
-                if *m == c.secret_file {
-                    self.error(
-                        "iscsi.chap.mutual_secret_file",
-                        "must differ from secret_file: initiators refuse a target whose secret is their own",
-                    );
-                }
-            }
-            if c.mutual_username.is_some() && c.mutual_secret_file.is_none() {
-                self.error("iscsi.chap.mutual_username", "needs mutual_secret_file");
-            }
-            for (field, name) in [("username", Some(&c.username)), ("mutual_username", c.mutual_username.as_ref())] {
-                if let Some(n) = name {
-                    if n.is_empty() || n.len() > 255 || !crate::secrets::plain(n) {
-                        self.error(
-                            &format!("iscsi.chap.{field}"),
-                            "must be 1 to 255 printable characters without blanks, $, quotes or backslashes",
-                        );
-                    }
-                }
-            }
-            Chap {
-                username: c.username,
-                secret_file: c.secret_file,
-                mutual_secret_file: c.mutual_secret_file,
-                mutual_username: c.mutual_username.unwrap_or_else(|| "cowctl".to_string()),
-            }
-        });
+        let chap = r.chap.map(|c| self.chap(c));
         Some(IscsiConfig {
             iqn_prefix: prefix?,
             portals,
             acl,
             chap,
         })
+    }
+
+    /// The iscsi section's chap: absolute secret files (the mutual one not the initiator's
+    /// own), a mutual username only with a mutual secret, names CHAP can carry.
+    fn chap(&mut self, c: RawChap) -> Chap {
+        if !c.secret_file.is_absolute() {
+            self.error("iscsi.chap.secret_file", "must be an absolute path");
+        }
+        if let Some(m) = &c.mutual_secret_file {
+            if !m.is_absolute() {
+                self.error("iscsi.chap.mutual_secret_file", "must be an absolute path");
+            }
+            if *m == c.secret_file {
+                self.error(
+                    "iscsi.chap.mutual_secret_file",
+                    "must differ from secret_file: initiators refuse a target whose secret is their own",
+                );
+            }
+        }
+        if c.mutual_username.is_some() && c.mutual_secret_file.is_none() {
+            self.error("iscsi.chap.mutual_username", "needs mutual_secret_file");
+        }
+        for (field, name) in [
+            ("username", Some(&c.username)),
+            ("mutual_username", c.mutual_username.as_ref()),
+        ] {
+            if let Some(n) = name {
+                if n.is_empty() || n.len() > 255 || !crate::secrets::plain(n) {
+                    self.error(
+                        &format!("iscsi.chap.{field}"),
+                        "must be 1 to 255 printable characters without blanks, $, quotes or backslashes",
+                    );
+                }
+            }
+        }
+        Chap {
+            username: c.username,
+            secret_file: c.secret_file,
+            mutual_secret_file: c.mutual_secret_file,
+            mutual_username: c.mutual_username.unwrap_or_else(|| "cowctl".to_string()),
+        }
     }
 }

@@ -47,19 +47,7 @@ pub fn transmission_flags(info: &ExportInfo) -> u16 {
 }
 
 pub fn handshake<S: Read + Write>(s: &mut S, exports: &dyn Exports) -> io::Result<Outcome> {
-    let mut greeting = Vec::with_capacity(18);
-    greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
-    greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
-    greeting.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
-    s.write_all(&greeting)?;
-    s.flush()?;
-    let client_flags = read_u32(s)?;
-    if client_flags & !(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES) != 0 {
-        return Err(invalid(format!(
-            "unknown client flags 0x{client_flags:08x}"
-        )));
-    }
-    let no_zeroes = client_flags & CLIENT_NO_ZEROES != 0;
+    let no_zeroes = greet(s)?;
     for _ in 0..MAX_OPTIONS {
         let mut head = [0u8; 16];
         s.read_exact(&mut head)?;
@@ -76,24 +64,7 @@ pub fn handshake<S: Read + Write>(s: &mut S, exports: &dyn Exports) -> io::Resul
         let mut data = vec![0u8; len as usize];
         s.read_exact(&mut data)?;
         match option {
-            OPT_EXPORT_NAME => {
-                let Some(info) = std::str::from_utf8(&data)
-                    .ok()
-                    .and_then(|n| exports.lookup(n))
-                else {
-                    return Ok(Outcome::Close);
-                };
-                let mut b = Vec::with_capacity(10 + 124);
-                b.extend_from_slice(&info.size.to_be_bytes());
-                b.extend_from_slice(&transmission_flags(&info).to_be_bytes());
-                if !no_zeroes {
-                    b.extend_from_slice(&[0u8; 124]);
-                }
-                s.write_all(&b)?;
-                s.flush()?;
-                let name = String::from_utf8(data).expect("checked above");
-                return Ok(Outcome::Go { name, info });
-            }
+            OPT_EXPORT_NAME => return export_name(s, exports, data, no_zeroes),
             OPT_ABORT => {
                 // The client drops the connection after this; it may already have.
                 let _ = reply(s, option, REP_ACK, &[]);
@@ -102,34 +73,12 @@ pub fn handshake<S: Read + Write>(s: &mut S, exports: &dyn Exports) -> io::Resul
             OPT_LIST if !data.is_empty() => {
                 reply(s, option, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data")?
             }
-            OPT_LIST => {
-                for name in exports.names() {
-                    let mut d = Vec::with_capacity(4 + name.len());
-                    d.extend_from_slice(&u32::try_from(name.len()).unwrap_or(0).to_be_bytes());
-                    d.extend_from_slice(name.as_bytes());
-                    write_option_reply(s, option, REP_SERVER, &d)?;
+            OPT_LIST => list(s, option, exports)?,
+            OPT_INFO | OPT_GO => {
+                if let Some(go) = info_or_go(s, option, &data, exports)? {
+                    return Ok(go);
                 }
-                reply(s, option, REP_ACK, &[])?;
             }
-            OPT_INFO | OPT_GO => match parse_info_request(&data) {
-                Err(why) => reply(s, option, REP_ERR_INVALID, why.as_bytes())?,
-                Ok((name, requests)) => match exports.lookup(name) {
-                    None => {
-                        let msg = format!("no export named {name:?}");
-                        reply(s, option, REP_ERR_UNKNOWN, msg.as_bytes())?
-                    }
-                    Some(info) => {
-                        send_info(s, option, name, &info, &requests)?;
-                        reply(s, option, REP_ACK, &[])?;
-                        if option == OPT_GO {
-                            return Ok(Outcome::Go {
-                                name: name.to_string(),
-                                info,
-                            });
-                        }
-                    }
-                },
-            },
             // STARTTLS, structured replies, meta contexts and anything newer: not offered,
             // so the client carries on with simple replies.
             _ => reply(s, option, REP_ERR_UNSUP, &[])?,
@@ -138,6 +87,90 @@ pub fn handshake<S: Read + Write>(s: &mut S, exports: &dyn Exports) -> io::Resul
     Err(invalid(format!(
         "more than {MAX_OPTIONS} options without choosing an export"
     )))
+}
+
+/// The server's greeting, then the client's flags; whether the client asked for no zeroes.
+fn greet<S: Read + Write>(s: &mut S) -> io::Result<bool> {
+    let mut greeting = Vec::with_capacity(18);
+    greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
+    greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    greeting.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    s.write_all(&greeting)?;
+    s.flush()?;
+    let client_flags = read_u32(s)?;
+    if client_flags & !(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES) != 0 {
+        return Err(invalid(format!(
+            "unknown client flags 0x{client_flags:08x}"
+        )));
+    }
+    Ok(client_flags & CLIENT_NO_ZEROES != 0)
+}
+
+/// NBD_OPT_EXPORT_NAME: the export's size and flags, or (an unknown name) the connection
+/// closed, the only refusal this option has.
+fn export_name<S: Write>(
+    s: &mut S,
+    exports: &dyn Exports,
+    data: Vec<u8>,
+    no_zeroes: bool,
+) -> io::Result<Outcome> {
+    let Some(info) = std::str::from_utf8(&data)
+        .ok()
+        .and_then(|n| exports.lookup(n))
+    else {
+        return Ok(Outcome::Close);
+    };
+    let mut b = Vec::with_capacity(10 + 124);
+    b.extend_from_slice(&info.size.to_be_bytes());
+    b.extend_from_slice(&transmission_flags(&info).to_be_bytes());
+    if !no_zeroes {
+        b.extend_from_slice(&[0u8; 124]);
+    }
+    s.write_all(&b)?;
+    s.flush()?;
+    let name = String::from_utf8(data).expect("checked above");
+    Ok(Outcome::Go { name, info })
+}
+
+/// NBD_OPT_LIST: each export's name, then the ACK.
+fn list<S: Write>(s: &mut S, option: u32, exports: &dyn Exports) -> io::Result<()> {
+    for name in exports.names() {
+        let mut d = Vec::with_capacity(4 + name.len());
+        d.extend_from_slice(&u32::try_from(name.len()).unwrap_or(0).to_be_bytes());
+        d.extend_from_slice(name.as_bytes());
+        write_option_reply(s, option, REP_SERVER, &d)?;
+    }
+    reply(s, option, REP_ACK, &[])
+}
+
+/// NBD_OPT_INFO / NBD_OPT_GO: the export's information, or why not; a GO that succeeds
+/// is the handshake's outcome.
+fn info_or_go<S: Write>(
+    s: &mut S,
+    option: u32,
+    data: &[u8],
+    exports: &dyn Exports,
+) -> io::Result<Option<Outcome>> {
+    match parse_info_request(data) {
+        Err(why) => reply(s, option, REP_ERR_INVALID, why.as_bytes())?,
+        Ok((name, requests)) => match exports.lookup(name) {
+            None => {
+                let msg = format!("no export named {name:?}");
+                reply(s, option, REP_ERR_UNKNOWN, msg.as_bytes())?
+            }
+            Some(info) => {
+                send_info(s, option, name, &info, &requests)?;
+                reply(s, option, REP_ACK, &[])?;
+                if option == OPT_GO {
+                    return Ok(Some(Outcome::Go {
+                        name: name.to_string(),
+                        info,
+                    }));
+                }
+            }
+        },
+    }
+    Ok(None)
 }
 
 /// NBD_OPT_INFO / NBD_OPT_GO data: a 32-bit name length, the name, a 16-bit count of

@@ -86,148 +86,209 @@ pub fn serve<R: Read, W: Sink>(
     size: u64,
     read_only: bool,
 ) -> io::Result<End> {
-    let mut scratch: Vec<u8> = Vec::new();
+    let mut conn = Connection {
+        r,
+        w,
+        device,
+        size,
+        read_only,
+        scratch: Vec::new(),
+    };
     loop {
         // Send what is buffered when no further request is already read, before a read
         // that may block.
-        if r.buffer().is_empty() {
-            w.flush()?;
+        if conn.r.buffer().is_empty() {
+            conn.w.flush()?;
         }
-        let req = match Request::read_from(r) {
+        let req = match conn.next_request()? {
             Ok(req) => req,
-            Err(RequestError::Closed) => return Ok(End::Disconnected),
+            Err(end) => return Ok(end),
+        };
+        let status = match conn.answer(&req)? {
+            Answered::Status(status) => status,
+            Answered::Sent => continue,
+            Answered::End(end) => return Ok(end),
+        };
+        write_simple_reply(conn.w, req.handle, status.err().map_or(0, |e| e as u32))?;
+    }
+}
+
+/// One connection's transmission phase: its streams, its export, and the buffer that
+/// payloads pass through.
+struct Connection<'a, R, W> {
+    r: &'a mut BufReader<R>,
+    w: &'a mut W,
+    device: &'a dyn Device,
+    size: u64,
+    read_only: bool,
+    scratch: Vec<u8>,
+}
+
+/// What became of one request.
+enum Answered {
+    /// The simple reply is still to be sent, with this error or none.
+    Status(Result<(), Errno>),
+    /// The reply and its data are already sent.
+    Sent,
+    /// The connection ends here.
+    End(End),
+}
+
+impl<R: Read, W: Sink> Connection<'_, R, W> {
+    /// The next request, or how the connection ends: closed, a bad magic, a WRITE over
+    /// the cap.
+    fn next_request(&mut self) -> io::Result<Result<Request, End>> {
+        let req = match Request::read_from(self.r) {
+            Ok(req) => req,
+            Err(RequestError::Closed) => return Ok(Err(End::Disconnected)),
             Err(RequestError::BadMagic(m)) => {
-                w.flush()?;
-                return Ok(End::ProtocolError(format!(
+                self.w.flush()?;
+                return Ok(Err(End::ProtocolError(format!(
                     "request magic 0x{m:08x} is not NBD_REQUEST_MAGIC"
-                )));
+                ))));
             }
             Err(RequestError::Io(e)) => return Err(e),
         };
-        let len = u64::from(req.length);
         // A WRITE's payload must be consumed even when the request is refused, or the
         // stream loses its framing; past the cap it is not worth reading.
         if req.command == Command::Write && req.length > MAX_PAYLOAD {
-            w.flush()?;
-            return Ok(End::ProtocolError(format!(
+            self.w.flush()?;
+            return Ok(Err(End::ProtocolError(format!(
                 "a WRITE of {} bytes is over the {MAX_PAYLOAD}-byte maximum payload",
                 req.length
-            )));
+            ))));
         }
-        let in_range = req.end(len).is_some_and(|end| end <= size);
-        let error = if req.flags & !KNOWN_FLAGS != 0 {
+        Ok(Ok(req))
+    }
+
+    /// Runs one request: unknown flags refused (a WRITE's payload skipped), then the command.
+    fn answer(&mut self, req: &Request) -> io::Result<Answered> {
+        let len = u64::from(req.length);
+        let in_range = req.end(len).is_some_and(|end| end <= self.size);
+        if req.flags & !KNOWN_FLAGS != 0 {
             if req.command == Command::Write {
-                skip(r, len)?;
+                skip(self.r, len)?;
             }
+            return Ok(Answered::Status(Err(Errno::Inval)));
+        }
+        let status = match req.command {
+            Command::Read => return self.read(req, in_range),
+            Command::Write => self.write(req, in_range)?,
+            Command::Disconnect => {
+                self.w.flush()?;
+                return Ok(Answered::End(End::Disconnected));
+            }
+            Command::Flush => self.device.flush(),
+            Command::Trim => self.trim(req, in_range),
+            Command::WriteZeroes => self.write_zeroes(req, in_range),
+            // A hint with no effect on content; clients send it unadvertised.
+            Command::Cache if in_range => Ok(()),
+            Command::Cache | Command::Other(_) => Err(Errno::Inval),
+        };
+        Ok(Answered::Status(status))
+    }
+
+    /// A READ: large ones from the files' extents with sendfile, others through the buffer.
+    fn read(&mut self, req: &Request, in_range: bool) -> io::Result<Answered> {
+        if req.length > MAX_PAYLOAD || !in_range {
+            return Ok(Answered::Status(Err(Errno::Inval)));
+        }
+        let device = self.device;
+        if let Some(extents) = (req.length as usize >= SEND_FILE_MIN)
+            .then(|| device.extents(req.offset, req.length as usize))
+            .flatten()
+            .filter(|e| worth_sending(e.as_ref(), req.length as usize))
+        {
+            return match extents {
+                Ok(extents) => {
+                    let mut header = Vec::with_capacity(16);
+                    write_simple_reply(&mut header, req.handle, 0)?;
+                    self.w.send_reply_from_files(&header, &extents)?;
+                    Ok(Answered::Sent)
+                }
+                Err(e) => Ok(Answered::Status(Err(e))),
+            };
+        }
+        self.read_through_buffer(req)
+    }
+
+    /// A READ in pieces through the buffer.
+    fn read_through_buffer(&mut self, req: &Request) -> io::Result<Answered> {
+        let n = req.length as usize;
+        self.scratch.resize(n.min(PIECE), 0);
+        // The first piece is read before the reply is sent, so an error can still be
+        // reported; one later on can only end the connection.
+        let first = n.min(PIECE);
+        if let Err(e) = self.device.read_at(&mut self.scratch[..first], req.offset) {
+            return Ok(Answered::Status(Err(e)));
+        }
+        write_simple_reply(self.w, req.handle, 0)?;
+        self.w.write_all(&self.scratch[..first])?;
+        let mut done = first;
+        while done < n {
+            let k = (n - done).min(PIECE);
+            self.device
+                .read_at(&mut self.scratch[..k], req.offset + done as u64)
+                .map_err(|e| io::Error::other(format!("a read failed midway ({e:?})")))?;
+            self.w.write_all(&self.scratch[..k])?;
+            done += k;
+        }
+        Ok(Answered::Sent)
+    }
+
+    /// A WRITE: taken in pieces as they arrive, each written before the next is read; the
+    /// payload is consumed whether or not the write is allowed.
+    fn write(&mut self, req: &Request, in_range: bool) -> io::Result<Result<(), Errno>> {
+        let n = req.length as usize;
+        self.scratch.resize(n.min(PIECE), 0);
+        let writable = !self.read_only && in_range;
+        let mut result = Ok(());
+        let mut done = 0;
+        while done < n {
+            let k = (n - done).min(PIECE);
+            self.r.read_exact(&mut self.scratch[..k])?;
+            if writable && result.is_ok() {
+                result = self
+                    .device
+                    .write_at(&self.scratch[..k], req.offset + done as u64);
+            }
+            done += k;
+        }
+        Ok(if self.read_only {
+            Err(Errno::Perm)
+        } else if !in_range {
+            Err(Errno::NoSpc)
+        } else {
+            result.and_then(|()| fua(self.device, req.flags))
+        })
+    }
+
+    fn trim(&self, req: &Request, in_range: bool) -> Result<(), Errno> {
+        if self.read_only {
+            Err(Errno::Perm)
+        } else if !in_range {
             Err(Errno::Inval)
         } else {
-            match req.command {
-                Command::Read => {
-                    if req.length > MAX_PAYLOAD || !in_range {
-                        Err(Errno::Inval)
-                    } else if let Some(extents) = (req.length as usize >= SEND_FILE_MIN)
-                        .then(|| device.extents(req.offset, req.length as usize))
-                        .flatten()
-                        .filter(|e| worth_sending(e.as_ref(), req.length as usize))
-                    {
-                        match extents {
-                            Ok(extents) => {
-                                let mut header = Vec::with_capacity(16);
-                                write_simple_reply(&mut header, req.handle, 0)?;
-                                w.send_reply_from_files(&header, &extents)?;
-                                continue;
-                            }
-                            Err(e) => Err(e),
-                        }
-                    } else {
-                        let n = req.length as usize;
-                        scratch.resize(n.min(PIECE), 0);
-                        // The first piece is read before the reply is sent, so an error
-                        // can still be reported; one later on can only end the connection.
-                        let first = n.min(PIECE);
-                        match device.read_at(&mut scratch[..first], req.offset) {
-                            Ok(()) => {
-                                write_simple_reply(w, req.handle, 0)?;
-                                w.write_all(&scratch[..first])?;
-                                let mut done = first;
-                                while done < n {
-                                    let k = (n - done).min(PIECE);
-                                    device
-                                        .read_at(&mut scratch[..k], req.offset + done as u64)
-                                        .map_err(|e| {
-                                            io::Error::other(format!(
-                                                "a read failed midway ({e:?})"
-                                            ))
-                                        })?;
-                                    w.write_all(&scratch[..k])?;
-                                    done += k;
-                                }
-                                continue;
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                }
-                Command::Write => {
-                    // Taken in pieces as they arrive, each written before the next is read.
-                    let n = req.length as usize;
-                    scratch.resize(n.min(PIECE), 0);
-                    let writable = !read_only && in_range;
-                    let mut result = Ok(());
-                    let mut done = 0;
-                    while done < n {
-                        let k = (n - done).min(PIECE);
-                        r.read_exact(&mut scratch[..k])?;
-                        if writable && result.is_ok() {
-                            result = device.write_at(&scratch[..k], req.offset + done as u64);
-                        }
-                        done += k;
-                    }
-                    if read_only {
-                        Err(Errno::Perm)
-                    } else if !in_range {
-                        Err(Errno::NoSpc)
-                    } else {
-                        result.and_then(|()| fua(device, req.flags))
-                    }
-                }
-                Command::Disconnect => {
-                    w.flush()?;
-                    return Ok(End::Disconnected);
-                }
-                Command::Flush => device.flush(),
-                Command::Trim => {
-                    if read_only {
-                        Err(Errno::Perm)
-                    } else if !in_range {
-                        Err(Errno::Inval)
-                    } else {
-                        device
-                            .trim(req.offset, len)
-                            .and_then(|()| fua(device, req.flags))
-                    }
-                }
-                Command::WriteZeroes => {
-                    if read_only {
-                        Err(Errno::Perm)
-                    } else if req.flags & CMD_FLAG_FAST_ZERO != 0 {
-                        // Not advertised: the spec asks for EINVAL.
-                        Err(Errno::Inval)
-                    } else if !in_range {
-                        Err(Errno::NoSpc)
-                    } else {
-                        let no_hole = req.flags & CMD_FLAG_NO_HOLE != 0;
-                        device
-                            .write_zeroes(req.offset, len, no_hole)
-                            .and_then(|()| fua(device, req.flags))
-                    }
-                }
-                // A hint with no effect on content; clients send it unadvertised.
-                Command::Cache if in_range => Ok(()),
-                Command::Cache | Command::Other(_) => Err(Errno::Inval),
-            }
-        };
-        write_simple_reply(w, req.handle, error.err().map_or(0, |e| e as u32))?;
+            self.device
+                .trim(req.offset, u64::from(req.length))
+                .and_then(|()| fua(self.device, req.flags))
+        }
+    }
+
+    fn write_zeroes(&self, req: &Request, in_range: bool) -> Result<(), Errno> {
+        if self.read_only {
+            Err(Errno::Perm)
+        } else if req.flags & CMD_FLAG_FAST_ZERO != 0 {
+            // Not advertised: the spec asks for EINVAL.
+            Err(Errno::Inval)
+        } else if !in_range {
+            Err(Errno::NoSpc)
+        } else {
+            let no_hole = req.flags & CMD_FLAG_NO_HOLE != 0;
+            self.device
+                .write_zeroes(req.offset, u64::from(req.length), no_hole)
+                .and_then(|()| fua(self.device, req.flags))
+        }
     }
 }
 

@@ -64,11 +64,7 @@ pub fn run(opts: &Options) -> Result<()> {
     )?;
 
     // Signals are taken by one thread; every thread spawned from here inherits the mask.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGHUP);
-    signals.thread_block()?;
+    let signals = block_signals()?;
 
     let registry = Arc::new(Registry::default());
     let service = Arc::new(Service::new(
@@ -101,18 +97,8 @@ pub fn run(opts: &Options) -> Result<()> {
     std::thread::spawn(move || listen::accept_tcp(tcp, r, limits));
     let r = registry.clone();
     std::thread::spawn(move || listen::accept_unix(unix, r));
-    let s = service.clone();
     let sockets = [nbd_path.clone(), control_path.clone(), pid_path.clone()];
-    std::thread::spawn(move || loop {
-        match signals.wait() {
-            Ok(Signal::SIGHUP) => tracing::info!("SIGHUP ignored: run `cowctl apply` to reload"),
-            Ok(sig) => {
-                tracing::info!("{sig}: committing every COW and exiting");
-                shut_down(&s, &sockets, 0);
-            }
-            Err(_) => {}
-        }
-    });
+    on_signals(signals, service.clone(), sockets);
     for conn in control_listener.incoming() {
         let Ok(conn) = conn else { continue };
         let s = service.clone();
@@ -120,6 +106,32 @@ pub fn run(opts: &Options) -> Result<()> {
         std::thread::spawn(move || handle_control(&s, &conn, &sockets));
     }
     Ok(())
+}
+
+/// SIGTERM, SIGINT and SIGHUP blocked, to be taken by one thread with `wait`; every
+/// thread spawned after this inherits the mask.
+fn block_signals() -> Result<SigSet> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGHUP);
+    signals.thread_block()?;
+    Ok(signals)
+}
+
+/// A thread that takes the signals: SIGHUP is ignored, SIGTERM and SIGINT commit every COW,
+/// remove the sockets and exit.
+fn on_signals(signals: SigSet, service: Arc<Service>, sockets: [PathBuf; 3]) {
+    std::thread::spawn(move || loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => tracing::info!("SIGHUP ignored: run `cowctl apply` to reload"),
+            Ok(sig) => {
+                tracing::info!("{sig}: committing every COW and exiting");
+                shut_down(&service, &sockets, 0);
+            }
+            Err(_) => {}
+        }
+    });
 }
 
 /// The HTTP service (when the manifest has an `http` section) and the auto-extend watcher.
@@ -141,11 +153,7 @@ fn start_http_and_autoextend(
 /// `cowctl serve` on the kernel backend: HTTP and auto-extend over the kernel's snapshots
 /// (`cowctl apply` serves the disks); SIGTERM or SIGINT ends it.
 fn run_kernel(opts: &Options, manifest: Manifest) -> Result<()> {
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGHUP);
-    signals.thread_block()?;
+    let signals = block_signals()?;
     let run_dir = opts.run_dir.clone();
     let kernel = Box::new(move || crate::kernel::Kernel::real(&run_dir));
     let room = Arc::new(KernelRoom::new(manifest.clone(), &opts.run_dir, kernel));

@@ -172,19 +172,7 @@ pub async fn boot(
     }
     let Some(nonce) = query.get("reset") else {
         // The first request changes nothing: it hands out the nonce to come back with.
-        let nonce = app.nonces.mint(&pc.name, ip).map_err(|e| {
-            Refusal::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("no random numbers: {e}"),
-            )
-        })?;
-        return Ok(text(
-            StatusCode::OK,
-            format!(
-                "#!ipxe\n# cowctl: {} is reset on boot\nchain /boot.ipxe?reset={nonce}\n",
-                pc.name
-            ),
-        ));
+        return nonce_script(&app, pc, ip);
     };
     if !app.nonces.redeem(&pc.name, ip, nonce) {
         return Err(Refusal::new(
@@ -216,4 +204,21 @@ pub async fn boot(
         }
     }
     Ok(text(StatusCode::OK, body))
+}
+
+/// The script that chains back with a fresh reset nonce for the PC at `ip`.
+fn nonce_script(app: &App, pc: &Pc, ip: IpAddr) -> Result<Response, Refusal> {
+    let nonce = app.nonces.mint(&pc.name, ip).map_err(|e| {
+        Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("no random numbers: {e}"),
+        )
+    })?;
+    Ok(text(
+        StatusCode::OK,
+        format!(
+            "#!ipxe\n# cowctl: {} is reset on boot\nchain /boot.ipxe?reset={nonce}\n",
+            pc.name
+        ),
+    ))
 }

@@ -163,7 +163,60 @@ impl Login {
         data: &[u8],
         dir: &dyn Directory,
     ) -> Result<Step, (LoginStatus, String)> {
-        let bad = |why: &str| (LoginStatus::INITIATOR_ERROR, why.to_string());
+        self.check_request(req, data)?;
+        self.pending.extend_from_slice(data);
+        if req.cont {
+            return Ok(Step::More);
+        }
+        let text = std::mem::take(&mut self.pending);
+        let keys = Pairs::parse(&text).map_err(|e| bad(&e.to_string()))?;
+        let mut out = Pairs::default();
+        if self.first {
+            self.first = false;
+            self.begin(&keys, dir)?;
+            if matches!(self.kind, Some(SessionKind::Normal { .. })) {
+                out.push("TargetPortalGroupTag", PORTAL_GROUP.to_string());
+            }
+        }
+        if req.csg == OPERATIONAL && !matches!(self.auth, Auth::Done { .. }) {
+            // The security stage was skipped: allowed only where no authentication is due.
+            self.auth_method("None")?;
+        }
+        for (k, v) in &keys.0 {
+            match k.as_str() {
+                "InitiatorName" | "TargetName" | "SessionType" => {}
+                "AuthMethod" if req.csg == SECURITY => {
+                    let chosen = self.auth_method(v)?;
+                    out.push("AuthMethod", chosen);
+                }
+                "CHAP_A" if req.csg == SECURITY => self.chap_algorithm(v, &mut out)?,
+                "CHAP_N" | "CHAP_R" | "CHAP_I" | "CHAP_C" if req.csg == SECURITY => {}
+                _ => match self.params.offer(k, v) {
+                    Answer::Reply(answer) => out.push(k, answer),
+                    Answer::Silent => {}
+                    Answer::NotOperational => out.push(k, "NotUnderstood"),
+                },
+            }
+        }
+        if keys.get("CHAP_N").is_some() || keys.get("CHAP_R").is_some() {
+            self.check_chap(&keys, &mut out)?;
+        }
+        if req.csg == SECURITY && self.auth == Auth::Start && req.transit {
+            // No AuthMethod offered at all: as if None.
+            self.auth_method("None")?;
+        }
+        // Until CHAP is through, the initiator stays in the security stage.
+        let transit = req.transit && matches!(self.auth, Auth::Done { .. });
+        // Operational keys belong to the operational stage (or the jump past it).
+        if req.csg == OPERATIONAL || (transit && req.nsg == FULL_FEATURE) {
+            self.declare(&mut out);
+        }
+        Ok(Step::Answer { keys: out, transit })
+    }
+
+    /// A request's header against the protocol (version, no added connection, stages and
+    /// their order, T and C bits) and its text against the cap, before any key is read.
+    fn check_request(&self, req: &LoginRequest, data: &[u8]) -> Result<(), (LoginStatus, String)> {
         if req.version_min > 0 {
             return Err((
                 LoginStatus::UNSUPPORTED_VERSION,
@@ -195,73 +248,30 @@ impl Login {
         if self.pending.len() + data.len() > MAX_TEXT {
             return Err(bad("the login text is over 64 KiB"));
         }
-        self.pending.extend_from_slice(data);
-        if req.cont {
-            return Ok(Step::More);
+        Ok(())
+    }
+
+    /// CHAP_A: MD5 among the offered algorithms; the answer is our identifier and challenge.
+    fn chap_algorithm(&mut self, v: &str, out: &mut Pairs) -> Result<(), (LoginStatus, String)> {
+        if self.auth != Auth::AwaitAlgorithm {
+            return Err(bad("CHAP_A came when no CHAP exchange was under way"));
         }
-        let text = std::mem::take(&mut self.pending);
-        let keys = Pairs::parse(&text).map_err(|e| bad(&e.to_string()))?;
-        let mut out = Pairs::default();
-        if self.first {
-            self.first = false;
-            self.begin(&keys, dir)?;
-            if matches!(self.kind, Some(SessionKind::Normal { .. })) {
-                out.push("TargetPortalGroupTag", PORTAL_GROUP.to_string());
-            }
+        if !v.split(',').any(|a| a == "5") {
+            return Err((
+                LoginStatus::AUTHENTICATION_FAILURE,
+                format!("the initiator offers CHAP algorithms {v}, not MD5 (5)"),
+            ));
         }
-        if req.csg == OPERATIONAL && !matches!(self.auth, Auth::Done { .. }) {
-            // The security stage was skipped: allowed only where no authentication is due.
-            self.auth_method("None")?;
-        }
-        for (k, v) in &keys.0 {
-            match k.as_str() {
-                "InitiatorName" | "TargetName" | "SessionType" => {}
-                "AuthMethod" if req.csg == SECURITY => {
-                    let chosen = self.auth_method(v)?;
-                    out.push("AuthMethod", chosen);
-                }
-                "CHAP_A" if req.csg == SECURITY => {
-                    if self.auth != Auth::AwaitAlgorithm {
-                        return Err(bad("CHAP_A came when no CHAP exchange was under way"));
-                    }
-                    if !v.split(',').any(|a| a == "5") {
-                        return Err((
-                            LoginStatus::AUTHENTICATION_FAILURE,
-                            format!("the initiator offers CHAP algorithms {v}, not MD5 (5)"),
-                        ));
-                    }
-                    let (id, challenge) = chap::challenge()
-                        .map_err(|e| (LoginStatus::TARGET_ERROR, e.to_string()))?;
-                    out.push("CHAP_A", "5");
-                    out.push("CHAP_I", id.to_string());
-                    out.push("CHAP_C", chap::encode_hex(&challenge));
-                    self.auth = Auth::AwaitResponse {
-                        id,
-                        challenge: challenge.to_vec(),
-                    };
-                }
-                "CHAP_N" | "CHAP_R" | "CHAP_I" | "CHAP_C" if req.csg == SECURITY => {}
-                _ => match self.params.offer(k, v) {
-                    Answer::Reply(answer) => out.push(k, answer),
-                    Answer::Silent => {}
-                    Answer::NotOperational => out.push(k, "NotUnderstood"),
-                },
-            }
-        }
-        if keys.get("CHAP_N").is_some() || keys.get("CHAP_R").is_some() {
-            self.check_chap(&keys, &mut out)?;
-        }
-        if req.csg == SECURITY && self.auth == Auth::Start && req.transit {
-            // No AuthMethod offered at all: as if None.
-            self.auth_method("None")?;
-        }
-        // Until CHAP is through, the initiator stays in the security stage.
-        let transit = req.transit && matches!(self.auth, Auth::Done { .. });
-        // Operational keys belong to the operational stage (or the jump past it).
-        if req.csg == OPERATIONAL || (transit && req.nsg == FULL_FEATURE) {
-            self.declare(&mut out);
-        }
-        Ok(Step::Answer { keys: out, transit })
+        let (id, challenge) =
+            chap::challenge().map_err(|e| (LoginStatus::TARGET_ERROR, e.to_string()))?;
+        out.push("CHAP_A", "5");
+        out.push("CHAP_I", id.to_string());
+        out.push("CHAP_C", chap::encode_hex(&challenge));
+        self.auth = Auth::AwaitResponse {
+            id,
+            challenge: challenge.to_vec(),
+        };
+        Ok(())
     }
 
     /// Our declarative keys, once, in the operational stage (or on the way past it).
@@ -271,6 +281,11 @@ impl Login {
             out.push("MaxRecvDataSegmentLength", OUR_MAX_RECV_DATA.to_string());
         }
     }
+}
+
+/// A refusal for the initiator's error.
+fn bad(why: &str) -> (LoginStatus, String) {
+    (LoginStatus::INITIATOR_ERROR, why.to_string())
 }
 
 /// Turns a successful last response into a refusal (the disk could not be attached).

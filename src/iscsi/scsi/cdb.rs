@@ -194,217 +194,270 @@ pub fn cdb_len(op: u8) -> usize {
     }
 }
 
+/// LBA and length of a 10-byte read, write, verify, ... CDB.
+fn rw10(c: &[u8]) -> Range {
+    Range {
+        lba: u64::from(be32(c, 2)),
+        blocks: be16(c, 7),
+    }
+}
+
+/// LBA and length of a 12-byte CDB.
+fn rw12(c: &[u8]) -> Range {
+    Range {
+        lba: u64::from(be32(c, 2)),
+        blocks: be32(c, 6),
+    }
+}
+
+/// LBA and length of a 16-byte CDB.
+fn rw16(c: &[u8]) -> Range {
+    Range {
+        lba: be64(c, 2),
+        blocks: be32(c, 10),
+    }
+}
+
+fn test_unit_ready(c: &[u8]) -> Result<Op, Sense> {
+    reserved(c, 1, 0xff)?;
+    Ok(Op::TestUnitReady)
+}
+
+fn request_sense(c: &[u8]) -> Result<Op, Sense> {
+    reserved(c, 1, 0xfe)?;
+    Ok(Op::RequestSense {
+        desc: c[1] & 1 != 0,
+        alloc: u32::from(c[4]),
+    })
+}
+
+fn inquiry(c: &[u8]) -> Result<Op, Sense> {
+    // CMDDT (bit 1) is obsolete: refused.
+    reserved(c, 1, 0xfe)?;
+    let evpd = c[1] & 1 != 0;
+    if !evpd && c[2] != 0 {
+        return Err(Sense::invalid_cdb_field(2, None));
+    }
+    Ok(Op::Inquiry {
+        evpd,
+        page: c[2],
+        alloc: be16(c, 3),
+    })
+}
+
+fn report_luns(c: &[u8]) -> Result<Op, Sense> {
+    if c[2] > 2 {
+        return Err(Sense::invalid_cdb_field(2, None));
+    }
+    let alloc = be32(c, 6);
+    if alloc < 16 {
+        return Err(Sense::invalid_cdb_field(6, None));
+    }
+    Ok(Op::ReportLuns { alloc })
+}
+
+fn read_capacity_10(c: &[u8]) -> Result<Op, Sense> {
+    // PMI and an LBA are obsolete in SBC-3; a PMI of 0 must come with LBA 0.
+    if c[8] & 1 == 0 && be32(c, 2) != 0 {
+        return Err(Sense::invalid_cdb_field(2, None));
+    }
+    Ok(Op::ReadCapacity10)
+}
+
+/// SERVICE ACTION IN (16): READ CAPACITY (16) and GET LBA STATUS.
+fn service_action_in_16(c: &[u8]) -> Result<Op, Sense> {
+    match c[1] & 0x1f {
+        SA_READ_CAPACITY_16 => Ok(Op::ReadCapacity16 { alloc: be32(c, 10) }),
+        SA_GET_LBA_STATUS => Ok(Op::GetLbaStatus {
+            lba: be64(c, 2),
+            alloc: be32(c, 10),
+        }),
+        _ => Err(Sense::invalid_cdb_field(1, None)),
+    }
+}
+
+/// MAINTENANCE IN: REPORT SUPPORTED OPERATION CODES only.
+fn maintenance_in(c: &[u8]) -> Result<Op, Sense> {
+    match c[1] & 0x1f {
+        SA_REPORT_SUPPORTED_OPCODES => {
+            let options = c[2] & 0x07;
+            if options > 3 {
+                return Err(Sense::invalid_cdb_field(2, None));
+            }
+            reserved(c, 2, 0x78)?;
+            Ok(Op::ReportSupportedOpcodes {
+                options: c[2],
+                opcode: c[3],
+                sa: u16::from_be_bytes([c[4], c[5]]),
+                alloc: be32(c, 6),
+            })
+        }
+        _ => Err(Sense::INVALID_OPCODE),
+    }
+}
+
+fn read_write_6(c: &[u8]) -> Result<Op, Sense> {
+    let lba = (u64::from(c[1] & 0x1f) << 16) | u64::from(be16(c, 2));
+    reserved(c, 1, 0xe0)?;
+    // A transfer length of 0 means 256 blocks (SBC-3 §5.8).
+    let blocks = if c[4] == 0 { 256 } else { u32::from(c[4]) };
+    let range = Range { lba, blocks };
+    Ok(if c[0] == READ_6 {
+        Op::Read { range, fua: false }
+    } else {
+        Op::Write { range, fua: false }
+    })
+}
+
+/// READ and WRITE (10), (12) and (16).
+fn read_write(c: &[u8]) -> Result<Op, Sense> {
+    // RDPROTECT/WRPROTECT: no protection information here.
+    reserved(c, 1, 0xe0)?;
+    let range = match c[0] {
+        READ_10 | WRITE_10 => rw10(c),
+        READ_12 | WRITE_12 => rw12(c),
+        _ => rw16(c),
+    };
+    let fua = c[1] & 0x08 != 0;
+    Ok(if matches!(c[0], READ_10 | READ_12 | READ_16) {
+        Op::Read { range, fua }
+    } else {
+        Op::Write { range, fua }
+    })
+}
+
+fn verify(c: &[u8]) -> Result<Op, Sense> {
+    reserved(c, 1, 0xe0)?;
+    let bytchk = (c[1] >> 1) & 3;
+    if bytchk > 1 {
+        return Err(Sense::invalid_cdb_field(1, Some(2)));
+    }
+    let range = match c[0] {
+        VERIFY_10 => rw10(c),
+        VERIFY_12 => rw12(c),
+        _ => rw16(c),
+    };
+    Ok(Op::Verify {
+        range,
+        bytchk: bytchk == 1,
+    })
+}
+
+fn write_verify(c: &[u8]) -> Result<Op, Sense> {
+    reserved(c, 1, 0xe0)?;
+    let range = match c[0] {
+        WRITE_VERIFY_10 => rw10(c),
+        WRITE_VERIFY_12 => rw12(c),
+        _ => rw16(c),
+    };
+    Ok(Op::WriteVerify { range })
+}
+
+fn write_same(c: &[u8]) -> Result<Op, Sense> {
+    reserved(c, 1, 0xe0)?;
+    if c[1] & 0x10 != 0 {
+        // ANCHOR: the device does not anchor.
+        return Err(Sense::invalid_cdb_field(1, Some(4)));
+    }
+    if c[1] & 0x06 != 0 {
+        // PBDATA and LBDATA are obsolete.
+        return Err(Sense::invalid_cdb_field(1, Some(1)));
+    }
+    let (range, ndob) = if c[0] == WRITE_SAME_10 {
+        (rw10(c), false)
+    } else {
+        (rw16(c), c[1] & 1 != 0)
+    };
+    Ok(Op::WriteSame {
+        range,
+        unmap: c[1] & 0x08 != 0,
+        ndob,
+    })
+}
+
+fn unmap(c: &[u8]) -> Result<Op, Sense> {
+    if c[1] & 1 != 0 {
+        return Err(Sense::invalid_cdb_field(1, Some(0)));
+    }
+    Ok(Op::Unmap {
+        param_len: be16(c, 7),
+    })
+}
+
+fn mode_sense(c: &[u8]) -> Result<Op, Sense> {
+    let ten = c[0] == MODE_SENSE_10;
+    reserved(c, 1, if ten { 0xe7 } else { 0xf7 })?;
+    Ok(Op::ModeSense {
+        ten,
+        dbd: c[1] & 0x08 != 0,
+        llbaa: ten && c[1] & 0x10 != 0,
+        pc: c[2] >> 6,
+        page: c[2] & 0x3f,
+        subpage: c[3],
+        alloc: if ten { be16(c, 7) } else { u32::from(c[4]) },
+    })
+}
+
+fn start_stop_unit(c: &[u8]) -> Result<Op, Sense> {
+    reserved(c, 1, 0xfe)?;
+    Ok(Op::StartStopUnit)
+}
+
+fn reserve(c: &[u8]) -> Result<Op, Sense> {
+    // Third-party and extent reservations are obsolete.
+    reserved(c, 1, if c[0] == RESERVE_6 { 0x1f } else { 0x13 })?;
+    Ok(Op::Reserve)
+}
+
+fn release(c: &[u8]) -> Result<Op, Sense> {
+    reserved(c, 1, if c[0] == RELEASE_6 { 0x1f } else { 0x13 })?;
+    Ok(Op::Release)
+}
+
 impl Op {
     pub fn decode(c: &[u8; 16]) -> Result<Op, Sense> {
         let len = cdb_len(c[0]);
         // CONTROL: NACA (ACA is not supported) and the obsolete LINK bit.
         reserved(c, len - 1, 0x05)?;
-        let rw10 = |c: &[u8]| Range {
-            lba: u64::from(be32(c, 2)),
-            blocks: be16(c, 7),
-        };
-        let rw12 = |c: &[u8]| Range {
-            lba: u64::from(be32(c, 2)),
-            blocks: be32(c, 6),
-        };
-        let rw16 = |c: &[u8]| Range {
-            lba: be64(c, 2),
-            blocks: be32(c, 10),
-        };
-        Ok(match c[0] {
-            TEST_UNIT_READY => {
-                reserved(c, 1, 0xff)?;
-                Op::TestUnitReady
-            }
-            REQUEST_SENSE => {
-                reserved(c, 1, 0xfe)?;
-                Op::RequestSense {
-                    desc: c[1] & 1 != 0,
-                    alloc: u32::from(c[4]),
-                }
-            }
-            INQUIRY => {
-                // CMDDT (bit 1) is obsolete: refused.
-                reserved(c, 1, 0xfe)?;
-                let evpd = c[1] & 1 != 0;
-                if !evpd && c[2] != 0 {
-                    return Err(Sense::invalid_cdb_field(2, None));
-                }
-                Op::Inquiry {
-                    evpd,
-                    page: c[2],
-                    alloc: be16(c, 3),
-                }
-            }
-            REPORT_LUNS => {
-                if c[2] > 2 {
-                    return Err(Sense::invalid_cdb_field(2, None));
-                }
-                let alloc = be32(c, 6);
-                if alloc < 16 {
-                    return Err(Sense::invalid_cdb_field(6, None));
-                }
-                Op::ReportLuns { alloc }
-            }
-            READ_CAPACITY_10 => {
-                // PMI and an LBA are obsolete in SBC-3; a PMI of 0 must come with LBA 0.
-                if c[8] & 1 == 0 && be32(c, 2) != 0 {
-                    return Err(Sense::invalid_cdb_field(2, None));
-                }
-                Op::ReadCapacity10
-            }
-            SERVICE_ACTION_IN_16 => match c[1] & 0x1f {
-                SA_READ_CAPACITY_16 => Op::ReadCapacity16 { alloc: be32(c, 10) },
-                SA_GET_LBA_STATUS => Op::GetLbaStatus {
-                    lba: be64(c, 2),
-                    alloc: be32(c, 10),
-                },
-                _ => return Err(Sense::invalid_cdb_field(1, None)),
-            },
-            MAINTENANCE_IN => match c[1] & 0x1f {
-                SA_REPORT_SUPPORTED_OPCODES => {
-                    let options = c[2] & 0x07;
-                    if options > 3 {
-                        return Err(Sense::invalid_cdb_field(2, None));
-                    }
-                    reserved(c, 2, 0x78)?;
-                    Op::ReportSupportedOpcodes {
-                        options: c[2],
-                        opcode: c[3],
-                        sa: u16::from_be_bytes([c[4], c[5]]),
-                        alloc: be32(c, 6),
-                    }
-                }
-                _ => return Err(Sense::INVALID_OPCODE),
-            },
-            READ_6 | WRITE_6 => {
-                let lba = (u64::from(c[1] & 0x1f) << 16) | u64::from(be16(c, 2));
-                reserved(c, 1, 0xe0)?;
-                // A transfer length of 0 means 256 blocks (SBC-3 §5.8).
-                let blocks = if c[4] == 0 { 256 } else { u32::from(c[4]) };
-                let range = Range { lba, blocks };
-                if c[0] == READ_6 {
-                    Op::Read { range, fua: false }
-                } else {
-                    Op::Write { range, fua: false }
-                }
-            }
-            READ_10 | READ_12 | READ_16 | WRITE_10 | WRITE_12 | WRITE_16 => {
-                // RDPROTECT/WRPROTECT: no protection information here.
-                reserved(c, 1, 0xe0)?;
-                let range = match c[0] {
-                    READ_10 | WRITE_10 => rw10(c),
-                    READ_12 | WRITE_12 => rw12(c),
-                    _ => rw16(c),
-                };
-                let fua = c[1] & 0x08 != 0;
-                if matches!(c[0], READ_10 | READ_12 | READ_16) {
-                    Op::Read { range, fua }
-                } else {
-                    Op::Write { range, fua }
-                }
-            }
-            VERIFY_10 | VERIFY_12 | VERIFY_16 => {
-                reserved(c, 1, 0xe0)?;
-                let bytchk = (c[1] >> 1) & 3;
-                if bytchk > 1 {
-                    return Err(Sense::invalid_cdb_field(1, Some(2)));
-                }
-                let range = match c[0] {
-                    VERIFY_10 => rw10(c),
-                    VERIFY_12 => rw12(c),
-                    _ => rw16(c),
-                };
-                Op::Verify {
-                    range,
-                    bytchk: bytchk == 1,
-                }
-            }
-            WRITE_VERIFY_10 | WRITE_VERIFY_12 | WRITE_VERIFY_16 => {
-                reserved(c, 1, 0xe0)?;
-                let range = match c[0] {
-                    WRITE_VERIFY_10 => rw10(c),
-                    WRITE_VERIFY_12 => rw12(c),
-                    _ => rw16(c),
-                };
-                Op::WriteVerify { range }
-            }
-            SYNCHRONIZE_CACHE_10 => Op::SyncCache { range: rw10(c) },
-            SYNCHRONIZE_CACHE_16 => Op::SyncCache { range: rw16(c) },
-            PRE_FETCH_10 => Op::PreFetch { range: rw10(c) },
-            PRE_FETCH_16 => Op::PreFetch { range: rw16(c) },
-            WRITE_SAME_10 | WRITE_SAME_16 => {
-                reserved(c, 1, 0xe0)?;
-                if c[1] & 0x10 != 0 {
-                    // ANCHOR: the device does not anchor.
-                    return Err(Sense::invalid_cdb_field(1, Some(4)));
-                }
-                if c[1] & 0x06 != 0 {
-                    // PBDATA and LBDATA are obsolete.
-                    return Err(Sense::invalid_cdb_field(1, Some(1)));
-                }
-                let (range, ndob) = if c[0] == WRITE_SAME_10 {
-                    (rw10(c), false)
-                } else {
-                    (rw16(c), c[1] & 1 != 0)
-                };
-                Op::WriteSame {
-                    range,
-                    unmap: c[1] & 0x08 != 0,
-                    ndob,
-                }
-            }
-            UNMAP => {
-                if c[1] & 1 != 0 {
-                    return Err(Sense::invalid_cdb_field(1, Some(0)));
-                }
-                Op::Unmap {
-                    param_len: be16(c, 7),
-                }
-            }
-            MODE_SENSE_6 | MODE_SENSE_10 => {
-                let ten = c[0] == MODE_SENSE_10;
-                reserved(c, 1, if ten { 0xe7 } else { 0xf7 })?;
-                Op::ModeSense {
-                    ten,
-                    dbd: c[1] & 0x08 != 0,
-                    llbaa: ten && c[1] & 0x10 != 0,
-                    pc: c[2] >> 6,
-                    page: c[2] & 0x3f,
-                    subpage: c[3],
-                    alloc: if ten { be16(c, 7) } else { u32::from(c[4]) },
-                }
-            }
-            MODE_SELECT_6 => Op::ModeSelect {
+        match c[0] {
+            TEST_UNIT_READY => test_unit_ready(c),
+            REQUEST_SENSE => request_sense(c),
+            INQUIRY => inquiry(c),
+            REPORT_LUNS => report_luns(c),
+            READ_CAPACITY_10 => read_capacity_10(c),
+            SERVICE_ACTION_IN_16 => service_action_in_16(c),
+            MAINTENANCE_IN => maintenance_in(c),
+            READ_6 | WRITE_6 => read_write_6(c),
+            READ_10 | READ_12 | READ_16 | WRITE_10 | WRITE_12 | WRITE_16 => read_write(c),
+            VERIFY_10 | VERIFY_12 | VERIFY_16 => verify(c),
+            WRITE_VERIFY_10 | WRITE_VERIFY_12 | WRITE_VERIFY_16 => write_verify(c),
+            SYNCHRONIZE_CACHE_10 => Ok(Op::SyncCache { range: rw10(c) }),
+            SYNCHRONIZE_CACHE_16 => Ok(Op::SyncCache { range: rw16(c) }),
+            PRE_FETCH_10 => Ok(Op::PreFetch { range: rw10(c) }),
+            PRE_FETCH_16 => Ok(Op::PreFetch { range: rw16(c) }),
+            WRITE_SAME_10 | WRITE_SAME_16 => write_same(c),
+            UNMAP => unmap(c),
+            MODE_SENSE_6 | MODE_SENSE_10 => mode_sense(c),
+            MODE_SELECT_6 => Ok(Op::ModeSelect {
                 param_len: u32::from(c[4]),
-            },
-            MODE_SELECT_10 => Op::ModeSelect {
+            }),
+            MODE_SELECT_10 => Ok(Op::ModeSelect {
                 param_len: be16(c, 7),
-            },
-            START_STOP_UNIT => {
-                reserved(c, 1, 0xfe)?;
-                Op::StartStopUnit
-            }
-            PREVENT_ALLOW => Op::PreventAllow,
-            RESERVE_6 | RESERVE_10 => {
-                // Third-party and extent reservations are obsolete.
-                reserved(c, 1, if c[0] == RESERVE_6 { 0x1f } else { 0x13 })?;
-                Op::Reserve
-            }
-            RELEASE_6 | RELEASE_10 => {
-                reserved(c, 1, if c[0] == RELEASE_6 { 0x1f } else { 0x13 })?;
-                Op::Release
-            }
-            READ_DEFECT_DATA_10 => Op::ReadDefectData {
+            }),
+            START_STOP_UNIT => start_stop_unit(c),
+            PREVENT_ALLOW => Ok(Op::PreventAllow),
+            RESERVE_6 | RESERVE_10 => reserve(c),
+            RELEASE_6 | RELEASE_10 => release(c),
+            READ_DEFECT_DATA_10 => Ok(Op::ReadDefectData {
                 ten: true,
                 alloc: be16(c, 7),
-            },
-            READ_DEFECT_DATA_12 => Op::ReadDefectData {
+            }),
+            READ_DEFECT_DATA_12 => Ok(Op::ReadDefectData {
                 ten: false,
                 alloc: be32(c, 6),
-            },
-            _ => return Err(Sense::INVALID_OPCODE),
-        })
+            }),
+            _ => Err(Sense::INVALID_OPCODE),
+        }
     }
 
     /// Bytes the command takes from the initiator (given the disk's block size), and where

@@ -233,17 +233,7 @@ impl Lu {
     /// Runs a command that takes no data from the initiator. `check` has passed.
     pub fn execute(&self, op: &Op, nexus: Nexus, lun_exists: bool) -> Result<Done, Failure> {
         if !lun_exists {
-            return match *op {
-                Op::Inquiry {
-                    evpd: false, alloc, ..
-                } => Ok(Done::bytes(inquiry::standard(false), alloc)),
-                Op::ReportLuns { alloc } => Ok(Done::bytes(report_luns(), alloc)),
-                Op::RequestSense { desc, alloc } => Ok(Done::bytes(
-                    request_sense(Sense::LUN_NOT_SUPPORTED, desc),
-                    alloc,
-                )),
-                _ => Err(Sense::LUN_NOT_SUPPORTED.into()),
-            };
+            return without_lun(op);
         }
         Ok(match *op {
             Op::TestUnitReady | Op::StartStopUnit | Op::PreventAllow => Done::good(DataIn::None),
@@ -259,33 +249,9 @@ impl Lu {
                 Done::bytes(d, alloc)
             }
             Op::ReportLuns { alloc } => Done::bytes(report_luns(), alloc),
-            Op::ReadCapacity10 => {
-                let last = self.blocks().saturating_sub(1);
-                let mut d = Vec::with_capacity(8);
-                d.extend_from_slice(&u32::try_from(last).unwrap_or(u32::MAX).to_be_bytes());
-                d.extend_from_slice(&BLOCK_LEN.to_be_bytes());
-                Done::good(DataIn::Bytes(d))
-            }
-            Op::ReadCapacity16 { alloc } => {
-                let mut d = vec![0u8; 32];
-                d[..8].copy_from_slice(&self.blocks().saturating_sub(1).to_be_bytes());
-                d[8..12].copy_from_slice(&BLOCK_LEN.to_be_bytes());
-                // One logical block per physical block: GET LBA STATUS answers per block.
-                d[14] = 0x80; // LBPME: thin provisioned, UNMAP works
-                Done::bytes(d, alloc)
-            }
-            Op::GetLbaStatus { lba, alloc } => {
-                if lba >= self.blocks() {
-                    return Err(Sense::LBA_OUT_OF_RANGE.into());
-                }
-                let mut d = vec![0u8; 24];
-                d[..4].copy_from_slice(&20u32.to_be_bytes());
-                d[8..16].copy_from_slice(&lba.to_be_bytes());
-                let count = u32::try_from(self.blocks() - lba).unwrap_or(u32::MAX);
-                d[16..20].copy_from_slice(&count.to_be_bytes());
-                // Provisioning status 0: mapped (or the golden image shows through).
-                Done::bytes(d, alloc)
-            }
+            Op::ReadCapacity10 => self.read_capacity_10(),
+            Op::ReadCapacity16 { alloc } => self.read_capacity_16(alloc),
+            Op::GetLbaStatus { lba, alloc } => self.get_lba_status(lba, alloc)?,
             Op::ReportSupportedOpcodes { .. } => return Err(Sense::INVALID_OPCODE.into()),
             Op::Read { range, fua: _ } => {
                 let (offset, len) = self.range(range)?;
@@ -294,32 +260,15 @@ impl Lu {
             Op::Verify {
                 range,
                 bytchk: false,
-            } => {
-                // BYTCHK 0: the medium is checked; reading it is the check.
-                let (offset, len) = self.range(range)?;
-                self.read_check(offset, len)?;
-                Done::good(DataIn::None)
-            }
+            } => self.verify_medium(range)?,
             Op::SyncCache { .. } => {
                 self.disk.flush().map_err(write_error)?;
                 Done::good(DataIn::None)
             }
-            Op::PreFetch { range } => {
-                self.range(range)?;
-                // The data is in the page cache or the disk's reach: CONDITION MET says
-                // the cache has room for it.
-                Done {
-                    status: status::CONDITION_MET,
-                    data: DataIn::None,
-                }
-            }
+            Op::PreFetch { range } => self.pre_fetch(range)?,
             Op::WriteSame {
                 range, ndob: true, ..
-            } => {
-                let (offset, len) = self.range(range)?;
-                self.disk.write_zeroes(offset, len).map_err(write_error)?;
-                Done::good(DataIn::None)
-            }
+            } => self.write_same_zeroes(range)?,
             Op::ModeSense {
                 ten,
                 dbd,
@@ -328,25 +277,11 @@ impl Lu {
                 page,
                 subpage,
                 alloc,
-            } => {
-                let disk = mode::Disk {
-                    blocks: self.blocks(),
-                    block_len: BLOCK_LEN,
-                    read_only: self.disk.read_only(),
-                };
-                Done::bytes(
-                    mode::sense(disk, ten, dbd, llbaa, pc, page, subpage)?,
-                    alloc,
-                )
-            }
-            Op::Reserve => {
-                let mut r = self.reservation.lock();
-                match *r {
-                    Some(h) if h != nexus => return Err(Failure::ReservationConflict),
-                    _ => *r = Some(nexus),
-                }
-                Done::good(DataIn::None)
-            }
+            } => Done::bytes(
+                mode::sense(self.mode_disk(), ten, dbd, llbaa, pc, page, subpage)?,
+                alloc,
+            ),
+            Op::Reserve => self.reserve(nexus)?,
             Op::Release => {
                 self.nexus_lost(nexus);
                 Done::good(DataIn::None)
@@ -364,6 +299,79 @@ impl Lu {
             | Op::Unmap { .. }
             | Op::ModeSelect { .. } => return Err(Sense::INTERNAL_TARGET_FAILURE.into()),
         })
+    }
+
+    fn read_capacity_10(&self) -> Done {
+        let last = self.blocks().saturating_sub(1);
+        let mut d = Vec::with_capacity(8);
+        d.extend_from_slice(&u32::try_from(last).unwrap_or(u32::MAX).to_be_bytes());
+        d.extend_from_slice(&BLOCK_LEN.to_be_bytes());
+        Done::good(DataIn::Bytes(d))
+    }
+
+    fn read_capacity_16(&self, alloc: u32) -> Done {
+        let mut d = vec![0u8; 32];
+        d[..8].copy_from_slice(&self.blocks().saturating_sub(1).to_be_bytes());
+        d[8..12].copy_from_slice(&BLOCK_LEN.to_be_bytes());
+        // One logical block per physical block: GET LBA STATUS answers per block.
+        d[14] = 0x80; // LBPME: thin provisioned, UNMAP works
+        Done::bytes(d, alloc)
+    }
+
+    fn get_lba_status(&self, lba: u64, alloc: u32) -> Result<Done, Failure> {
+        if lba >= self.blocks() {
+            return Err(Sense::LBA_OUT_OF_RANGE.into());
+        }
+        let mut d = vec![0u8; 24];
+        d[..4].copy_from_slice(&20u32.to_be_bytes());
+        d[8..16].copy_from_slice(&lba.to_be_bytes());
+        let count = u32::try_from(self.blocks() - lba).unwrap_or(u32::MAX);
+        d[16..20].copy_from_slice(&count.to_be_bytes());
+        // Provisioning status 0: mapped (or the golden image shows through).
+        Ok(Done::bytes(d, alloc))
+    }
+
+    /// VERIFY with BYTCHK 0: the medium is checked; reading it is the check.
+    fn verify_medium(&self, range: Range) -> Result<Done, Failure> {
+        let (offset, len) = self.range(range)?;
+        self.read_check(offset, len)?;
+        Ok(Done::good(DataIn::None))
+    }
+
+    fn pre_fetch(&self, range: Range) -> Result<Done, Failure> {
+        self.range(range)?;
+        // The data is in the page cache or the disk's reach: CONDITION MET says the cache
+        // has room for it.
+        Ok(Done {
+            status: status::CONDITION_MET,
+            data: DataIn::None,
+        })
+    }
+
+    /// WRITE SAME with NDOB: zeroes, no data sent.
+    fn write_same_zeroes(&self, range: Range) -> Result<Done, Failure> {
+        let (offset, len) = self.range(range)?;
+        self.disk.write_zeroes(offset, len).map_err(write_error)?;
+        Ok(Done::good(DataIn::None))
+    }
+
+    /// The disk as MODE SENSE describes it.
+    fn mode_disk(&self) -> mode::Disk {
+        mode::Disk {
+            blocks: self.blocks(),
+            block_len: BLOCK_LEN,
+            read_only: self.disk.read_only(),
+        }
+    }
+
+    /// RESERVE (6)/(10): taken, or kept by the nexus that holds it.
+    fn reserve(&self, nexus: Nexus) -> Result<Done, Failure> {
+        let mut r = self.reservation.lock();
+        match *r {
+            Some(h) if h != nexus => return Err(Failure::ReservationConflict),
+            _ => *r = Some(nexus),
+        }
+        Ok(Done::good(DataIn::None))
     }
 
     fn read_check(&self, offset: u64, len: u64) -> Result<(), Sense> {
@@ -489,6 +497,22 @@ fn report_luns() -> Vec<u8> {
     let mut d = vec![0u8; 16];
     d[3] = 8;
     d
+}
+
+/// What a LUN that does not exist answers: INQUIRY (peripheral qualifier 3), REPORT LUNS
+/// and REQUEST SENSE; anything else is LOGICAL UNIT NOT SUPPORTED.
+fn without_lun(op: &Op) -> Result<Done, Failure> {
+    match *op {
+        Op::Inquiry {
+            evpd: false, alloc, ..
+        } => Ok(Done::bytes(inquiry::standard(false), alloc)),
+        Op::ReportLuns { alloc } => Ok(Done::bytes(report_luns(), alloc)),
+        Op::RequestSense { desc, alloc } => Ok(Done::bytes(
+            request_sense(Sense::LUN_NOT_SUPPORTED, desc),
+            alloc,
+        )),
+        _ => Err(Sense::LUN_NOT_SUPPORTED.into()),
+    }
 }
 
 fn request_sense(s: Sense, desc: bool) -> Vec<u8> {

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use super::{lun_is_zero, Kind, Next, Reply, Session, Task, MAX_TASKS, READ_PIECE};
 use crate::iscsi::pdu::*;
-use crate::iscsi::scsi::{self, DataIn, DataOut, Done, Failure, Lu, Op, Sense};
+use crate::iscsi::scsi::{self, DataIn, DataOut, Done, Failure, Lu, Nexus, Op, Sense};
 
 impl<'a, W: Write> Session<'a, W> {
     pub(super) fn scsi_command(&mut self, b: &Bhs, ahs: &[u8], data: &[u8]) -> io::Result<Next> {
@@ -21,15 +21,7 @@ impl<'a, W: Write> Session<'a, W> {
             ));
         };
         let (lu, nexus) = (lu.clone(), *nexus);
-        let p = self.est.params;
-        // Immediate data: only when negotiated, within the first burst and what was
-        // expected; no unsolicited Data-Out (InitialR2T=Yes), so F is always set.
-        let data_ok = data.is_empty()
-            || (p.immediate_data
-                && cmd.write
-                && data.len() as u64 <= u64::from(p.first_burst)
-                && data.len() as u64 <= u64::from(cmd.expected_len));
-        if !data_ok || !cmd.final_bit {
+        if !self.immediate_data_ok(&cmd, data) || !cmd.final_bit {
             self.reject(RejectReason::ProtocolError, b)?;
             return Ok(Next::Continue);
         }
@@ -43,19 +35,7 @@ impl<'a, W: Write> Session<'a, W> {
             expected: cmd.expected_len,
         };
         let lun_exists = lun_is_zero(cmd.lun);
-        // An extended CDB (AHS type 1) means a CDB over 16 bytes: none is served.
-        let extended = ahs.len() >= 3 && ahs[2] == 1;
-        let checked = if extended {
-            Err(Failure::Check(Sense::INVALID_OPCODE))
-        } else {
-            Op::decode(&cmd.cdb).map_err(Failure::Check).and_then(|op| {
-                if lun_exists {
-                    lu.check(&op, nexus)?;
-                }
-                Ok(op)
-            })
-        };
-        let op = match checked {
+        let op = match checked_op(&lu, nexus, &cmd, ahs, lun_exists) {
             Ok(op) => op,
             // Refused before any data moved; immediate data is dropped with it.
             Err(f) => {
@@ -85,27 +65,23 @@ impl<'a, W: Write> Session<'a, W> {
             self.out.send(&bhs, &[])?;
             return Ok(Next::Continue);
         }
-        let task = Task {
-            reply,
-            lun: cmd.lun,
-            op,
-            sink,
-            want: u32::try_from(cdb_out).map_or(cmd.expected_len, |n| n.min(cmd.expected_len)),
-            cdb_len: cdb_out,
-            r2ts: Vec::new(),
-            // Solicited data starts after the immediate data (checked: at most the
-            // expected length).
-            next_r2t_offset: u32::try_from(data.len()).unwrap_or(u32::MAX),
-            r2t_sn: 0,
-            buffer: Vec::new(),
-            failure: None,
-            miscompare: None,
-        };
+        let task = new_task(&cmd, reply, op, sink, cdb_out, data.len());
         self.tasks.insert(cmd.itt, task);
         if !data.is_empty() {
             self.take_data(cmd.itt, &lu, 0, data);
         }
         self.progress(cmd.itt, &lu)
+    }
+
+    /// Immediate data: only when negotiated, within the first burst and what was expected;
+    /// no unsolicited Data-Out (InitialR2T=Yes), so F is always set.
+    fn immediate_data_ok(&self, cmd: &ScsiCommand, data: &[u8]) -> bool {
+        let p = self.est.params;
+        data.is_empty()
+            || (p.immediate_data
+                && cmd.write
+                && data.len() as u64 <= u64::from(p.first_burst)
+                && data.len() as u64 <= u64::from(cmd.expected_len))
     }
 
     /// Sends the outcome of a command that took no data: its Data-In, or its status.
@@ -183,5 +159,54 @@ impl<'a, W: Write> Session<'a, W> {
             }
         }
         Ok(())
+    }
+}
+
+/// The command's operation: an extended CDB (AHS type 1, a CDB over 16 bytes) is not
+/// served; the CDB decoded, and on LUN 0 checked against the LU before any data moves.
+fn checked_op(
+    lu: &Lu,
+    nexus: Nexus,
+    cmd: &ScsiCommand,
+    ahs: &[u8],
+    lun_exists: bool,
+) -> Result<Op, Failure> {
+    let extended = ahs.len() >= 3 && ahs[2] == 1;
+    if extended {
+        Err(Failure::Check(Sense::INVALID_OPCODE))
+    } else {
+        Op::decode(&cmd.cdb).map_err(Failure::Check).and_then(|op| {
+            if lun_exists {
+                lu.check(&op, nexus)?;
+            }
+            Ok(op)
+        })
+    }
+}
+
+/// A command waiting for its Data-Out; `immediate` bytes of it came with the command.
+fn new_task(
+    cmd: &ScsiCommand,
+    reply: Reply,
+    op: Op,
+    sink: DataOut,
+    cdb_out: u64,
+    immediate: usize,
+) -> Task {
+    Task {
+        reply,
+        lun: cmd.lun,
+        op,
+        sink,
+        want: u32::try_from(cdb_out).map_or(cmd.expected_len, |n| n.min(cmd.expected_len)),
+        cdb_len: cdb_out,
+        r2ts: Vec::new(),
+        // Solicited data starts after the immediate data (checked: at most the expected
+        // length).
+        next_r2t_offset: u32::try_from(immediate).unwrap_or(u32::MAX),
+        r2t_sn: 0,
+        buffer: Vec::new(),
+        failure: None,
+        miscompare: None,
     }
 }
