@@ -238,11 +238,10 @@ fn step(
             Ok(k.vblade.start(&spec).map(drop)?)
         }
         Action::StopVblade { pc } => Ok(k.vblade.stop(pc)?),
-        Action::UnexportIscsi { target } => Lio {
+        Action::UnexportIscsi { target } => Ok(Lio {
             fs: k.configfs.as_ref(),
         }
-        .delete(target)
-        .map_err(Into::into),
+        .delete(target)?),
         Action::RemoveSnapshot { name } => {
             k.dm.remove(name)?;
             let _ = std::fs::remove_file(ctx.node_dir().join(name));
