@@ -467,38 +467,7 @@ pub fn reset(path: &Path, loops: &dyn Loops) -> Result<Reset> {
         .read_exact_at(&mut raw, 0)
         .ok()
         .map(|()| Header::decode(&raw));
-    // Nobody may be using it: not a loop device (no process shows those), not a process.
-    if let Ok(loops) = loops.list() {
-        if let Some(l) = loops
-            .iter()
-            .find(|l| crate::fileid::same_file(&l.backing, path))
-        {
-            return Err(CowFileError::OnLoop {
-                path: path.to_path_buf(),
-                dev: l.dev.clone(),
-            });
-        }
-    }
-    let holders = crate::filekind::open_by(path).unwrap_or_default();
-    if !holders.is_empty() {
-        return Err(CowFileError::OpenElsewhere {
-            path: path.to_path_buf(),
-            holders,
-        });
-    }
-    // Only a COW (or a file with no data yet) is wiped: an image whose first bytes
-    // happen to be zero is not.
-    if let crate::filekind::Kind::Other(what) =
-        crate::filekind::classify(path).map_err(|source| CowFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?
-    {
-        return Err(CowFileError::NotACow {
-            path: path.to_path_buf(),
-            what,
-        });
-    }
+    refuse_in_use(path, loops)?;
     let blocks_before = meta.blocks() * 512;
     let punched = punch_all(file, len).is_ok();
     if !punched {
@@ -532,6 +501,43 @@ pub fn reset(path: &Path, loops: &dyn Loops) -> Result<Reset> {
         holes_punched: punched,
         elapsed,
     })
+}
+
+/// Refuses a COW someone uses: on a loop device (no process shows those), open in a
+/// process, or not a COW at all (an image whose first bytes happen to be zero).
+fn refuse_in_use(path: &Path, loops: &dyn Loops) -> Result<()> {
+    if let Ok(loops) = loops.list() {
+        if let Some(l) = loops
+            .iter()
+            .find(|l| crate::fileid::same_file(&l.backing, path))
+        {
+            return Err(CowFileError::OnLoop {
+                path: path.to_path_buf(),
+                dev: l.dev.clone(),
+            });
+        }
+    }
+    let holders = crate::filekind::open_by(path).unwrap_or_default();
+    if !holders.is_empty() {
+        return Err(CowFileError::OpenElsewhere {
+            path: path.to_path_buf(),
+            holders,
+        });
+    }
+    // Only a COW (or a file with no data yet) is wiped: an image whose first bytes
+    // happen to be zero is not.
+    if let crate::filekind::Kind::Other(what) =
+        crate::filekind::classify(path).map_err(|source| CowFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+    {
+        return Err(CowFileError::NotACow {
+            path: path.to_path_buf(),
+            what,
+        });
+    }
+    Ok(())
 }
 
 fn punch_all(file: &File, len: u64) -> nix::Result<()> {

@@ -90,6 +90,28 @@ pub fn build(parent: &Path, cow: &Path, out: &Path) -> Result<Built> {
         Method::SparseCopy
     };
     dst.set_len(size)?;
+    let changed = lay_chunks(&runs, chunk, size, (&cow_file, cow), (&dst, out))?;
+    dst.sync_all().map_err(|source| Error::Flush {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    Ok(Built {
+        method,
+        chunks: runs.len() as u64,
+        changed_bytes: changed,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Copies the COW's chunks (`runs` of origin chunk, COW chunk) over the parent's bytes in
+/// `dst`; the bytes they changed.
+fn lay_chunks(
+    runs: &[(u64, u64)],
+    chunk: u64,
+    size: u64,
+    (cow_file, cow): (&File, &Path),
+    (dst, out): (&File, &Path),
+) -> Result<u64> {
     let mut changed = 0u64;
     let mut i = 0;
     while i < runs.len() {
@@ -102,29 +124,18 @@ pub fn build(parent: &Path, cow: &Path, out: &Path) -> Result<Built> {
         let at = o * chunk;
         if at < size {
             let len = (n as u64 * chunk).min(size - at);
-            copy_range(&cow_file, c * chunk, &dst, at, len).map_err(|source| {
-                Error::CopyChunks {
-                    first: o,
-                    end: o + n as u64,
-                    cow: cow.to_path_buf(),
-                    out: out.to_path_buf(),
-                    source,
-                }
+            copy_range(cow_file, c * chunk, dst, at, len).map_err(|source| Error::CopyChunks {
+                first: o,
+                end: o + n as u64,
+                cow: cow.to_path_buf(),
+                out: out.to_path_buf(),
+                source,
             })?;
             changed += len;
         }
         i += n;
     }
-    dst.sync_all().map_err(|source| Error::Flush {
-        path: out.to_path_buf(),
-        source,
-    })?;
-    Ok(Built {
-        method,
-        chunks: runs.len() as u64,
-        changed_bytes: changed,
-        elapsed: start.elapsed(),
-    })
+    Ok(changed)
 }
 
 /// A copy of `src` in its data extents only (holes stay holes), inside the kernel, leaving

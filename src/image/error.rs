@@ -217,6 +217,21 @@ pub struct OtherImage {
     pub fingerprint: String,
 }
 
+impl Error {
+    /// The sentence with its causes after it, joined by ": " (what `{:#}` of an
+    /// `anyhow::Error` prints), for a problem listed among others.
+    pub fn with_causes(&self) -> String {
+        let mut out = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            next = e.source();
+        }
+        out
+    }
+}
+
 /// A fingerprint's first 12 hex digits, as the admin is shown it.
 fn short(fingerprint: &str) -> &str {
     fingerprint.get(..12).unwrap_or(fingerprint)
@@ -269,9 +284,9 @@ mod tests {
                 source: CopyError::SourceEnded { left: 7 },
             }),
         };
-        assert_eq!(
-            format!("{:#}", anyhow::Error::from(e)),
-            "committing pc-01: copying chunks 3..5 of /c into /o: the source ended 7 bytes early"
-        );
+        let chained =
+            "committing pc-01: copying chunks 3..5 of /c into /o: the source ended 7 bytes early";
+        assert_eq!(e.with_causes(), chained);
+        assert_eq!(format!("{:#}", anyhow::Error::from(e)), chained);
     }
 }

@@ -79,7 +79,7 @@ pub fn resolve(m: &mut Manifest) -> Vec<Problem> {
         let store = match Store::open(dir) {
             Ok(s) => s,
             Err(e) => {
-                problems.push((field, format!("{:#}", anyhow::Error::from(e))));
+                problems.push((field, e.with_causes()));
                 continue;
             }
         };
@@ -422,11 +422,11 @@ fn cows_on(store: &Store) -> (BTreeMap<VersionName, Vec<String>>, Vec<PathBuf>) 
         match sidecar::read(&cow) {
             Ok(None) => stale.push(reference),
             Err(e) => {
-                let e = anyhow::Error::from(e);
+                let e = e.with_causes();
                 store
                     .versions
                     .keys()
-                    .for_each(|v| keep(v, format!("{says} (its record is unreadable: {e:#})")))
+                    .for_each(|v| keep(v, format!("{says} (its record is unreadable: {e})")))
             }
             Ok(Some(g)) => match store.version_of(&g, sidecar::written(&cow)) {
                 Found::On(v) => keep(v, says),
