@@ -661,6 +661,49 @@ fn about_others<'a>(trace: &'a [String], pcs: &[&str]) -> Vec<&'a String> {
 }
 
 #[test]
+fn status_names_a_cow_removed_replaced_or_cut_under_an_applied_pc() {
+    let room = Room::new();
+    room.apply().unwrap();
+    let rows = |room: &Room| {
+        room.ctx_do(|ctx, obs| {
+            status::collect(ctx, obs, &ctx.manifest.pcs.iter().collect::<Vec<_>>())
+        })
+    };
+    assert!(rows(&room).iter().all(|r| r.notes.is_empty() && !r.warn));
+    let aside = room.dir.path().join("pc-1.aside");
+    std::fs::rename(room.cow("pc-1"), &aside).unwrap();
+    let copy = room.dir.path().join("pc-2.copy");
+    std::fs::copy(room.cow("pc-2"), &copy).unwrap();
+    std::fs::rename(&copy, room.cow("pc-2")).unwrap();
+    let len = std::fs::metadata(room.cow("pc-3")).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(room.cow("pc-3"))
+        .unwrap()
+        .set_len(len - 4096)
+        .unwrap();
+    let seen = rows(&room);
+    let said = |i: usize, what: &str| {
+        assert!(seen[i].warn, "{:?}", seen[i]);
+        assert!(
+            seen[i].notes.iter().any(|n| n.contains(what)),
+            "{}: {:?}",
+            seen[i].name,
+            seen[i].notes
+        );
+    };
+    said(0, "pc-1's COW");
+    said(0, "was removed while it is served");
+    said(1, "was replaced by another file while it is served");
+    said(
+        2,
+        &format!("was cut to {} bytes while it is served", len - 4096),
+    );
+    std::fs::rename(&aside, room.cow("pc-1")).unwrap();
+    assert!(rows(&room)[0].notes.is_empty(), "the file is back");
+}
+
+#[test]
 fn status_of_one_pc_reads_only_that_pc() {
     let room = Room::new();
     room.apply().unwrap();

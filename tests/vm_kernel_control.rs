@@ -351,6 +351,64 @@ fn aoe_on_lo_serves_the_dm_device() {
 
 #[test]
 #[ignore = "needs the real kernel: scripts/test-kernel.sh"]
+fn a_cow_removed_or_replaced_under_an_applied_pc_is_named_and_the_others_carry_on() {
+    let site = Site::new();
+    site.ok(&["apply"]);
+    let cow = |pc: &str| site.dir.path().join("cow").join(format!("{pc}.cow"));
+    let notes = |pc: &str| -> Vec<String> {
+        let rows = site.status();
+        let row = rows.iter().find(|r| r["name"] == pc).unwrap();
+        row["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(notes("pc-1").is_empty(), "{:?}", notes("pc-1"));
+    let aside = site.dir.path().join("pc-1.aside");
+    std::fs::rename(cow("pc-1"), &aside).unwrap();
+    let copy = site.dir.path().join("pc-2.copy");
+    std::fs::copy(cow("pc-2"), &copy).unwrap();
+    std::fs::rename(&copy, cow("pc-2")).unwrap();
+
+    let out = site.cowctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("$ cowctl status\n{text}");
+    assert_eq!(out.status.code(), Some(2), "a warning: {text}");
+    assert!(
+        text.contains(&format!(
+            "pc-1's COW {} was removed while it is served",
+            cow("pc-1").display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("pc-2's COW") && text.contains("was replaced by another file"),
+        "{text}"
+    );
+    assert!(
+        notes("pc-3").is_empty(),
+        "pc-3 is untouched: {:?}",
+        notes("pc-3")
+    );
+    // The kernel still serves pc-1 from the file it opened: writes and reads go on.
+    let dev = Path::new("/dev/mapper/cowctl-pc-1");
+    write_device(dev, 4096, &[0x5a; 4096]);
+    assert_eq!(read_device(dev)[4096..8192], [0x5a; 4096]);
+
+    std::fs::rename(&aside, cow("pc-1")).unwrap();
+    assert!(
+        notes("pc-1").is_empty(),
+        "the file is back: {:?}",
+        notes("pc-1")
+    );
+    site.ok(&["down"]);
+    assert_clean(site.dir.path());
+}
+
+#[test]
+#[ignore = "needs the real kernel: scripts/test-kernel.sh"]
 fn a_cow_made_against_another_image_is_refused() {
     let site = Site::new();
     site.ok(&["apply"]);

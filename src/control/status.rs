@@ -111,14 +111,51 @@ fn one(ctx: &Ctx, obs: &Observed, pc: &Pc) -> PcStatus {
             .unwrap_or_default(),
         Export::Aoe { .. } | Export::Nbd => Vec::new(),
     };
-    row(
+    let mut row = row(
         ctx.manifest,
         pc,
         state,
         usage,
         pc.export.to_string(),
         initiators,
-    )
+    );
+    if let Some(problem) = obs
+        .dm
+        .get(&name)
+        .and_then(|t| {
+            ctx.kernel
+                .loops
+                .opened(&t.snapshot.cow.to_string())
+                .ok()
+                .flatten()
+        })
+        .and_then(|opened| cow_file_problem(pc, opened.file, opened.bytes))
+    {
+        row.notes.push(problem);
+        row.warn = true;
+    }
+    row
+}
+
+/// What is wrong with the file at the PC's COW path while it is served from the file
+/// `opened` (st_dev, st_ino) of `bytes`: removed, replaced by another file, or cut shorter.
+/// None while the path leads to that file, whole. Both backends say it alike.
+pub fn cow_file_problem(pc: &Pc, opened: (u64, u64), bytes: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let (name, cow) = (&pc.name, pc.cow.display());
+    match std::fs::metadata(&pc.cow) {
+        Err(_) => Some(format!(
+            "{name}'s COW {cow} was removed while it is served: its writes go to a file no longer on disk and are lost when it stops; restore the file or reset {name}"
+        )),
+        Ok(m) if (m.dev(), m.ino()) != opened => Some(format!(
+            "{name}'s COW {cow} was replaced by another file while it is served: it still writes the one it opened, which is lost when it stops; restore the file or reset {name}"
+        )),
+        Ok(m) if m.len() < bytes => Some(format!(
+            "{name}'s COW {cow} was cut to {} bytes while it is served, shorter than its store ({bytes} bytes): reads of the part cut off fail; reset {name}",
+            m.len()
+        )),
+        Ok(_) => None,
+    }
 }
 
 /// State and usage of a PC that is not being served, read from its COW file.

@@ -53,6 +53,12 @@ pub enum LoopError {
     InUse { dev: PathBuf, name: String },
     #[error("no loop {}", dev.display())]
     NoLoop { dev: PathBuf },
+    #[error("cannot read which file {} holds open", dev.display())]
+    Status {
+        dev: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error(transparent)]
     Fake(#[from] FakeFailure),
 }

@@ -11,7 +11,7 @@ use super::aoe::{RunningVblade, VbladeSpec, Vblades};
 use super::configfs::ConfigFs;
 use super::devmapper::{DeviceMapper, Target};
 use super::error::{ConfigfsError, DmError, FakeFailure, LoopError, NetError, VbladeError};
-use super::loopdev::{LoopInfo, Loops};
+use super::loopdev::{LoopInfo, Loops, Opened};
 use super::net::{Interface, Net};
 use super::{DevNum, Kernel};
 use crate::dm::StatusLine;
@@ -38,6 +38,8 @@ enum Node {
 #[derive(Debug, Default)]
 pub struct FakeState {
     pub loops: Vec<LoopInfo>,
+    /// What each attached loop holds open (by its node), as the file was when attached.
+    pub opened: BTreeMap<PathBuf, Opened>,
     pub dm: BTreeMap<String, FakeDm>,
     configfs: BTreeMap<String, Node>,
     pub vblades: BTreeMap<String, RunningVblade>,
@@ -151,6 +153,20 @@ impl Loops for Fake {
     fn list(&self) -> Result<Vec<LoopInfo>, LoopError> {
         Ok(self.traced("loop list".into()).loops.clone())
     }
+    fn opened(&self, device: &str) -> Result<Option<Opened>, LoopError> {
+        let found = self
+            .state()
+            .loops
+            .iter()
+            .find(|l| l.number.to_string() == device || l.dev == Path::new(device))
+            .cloned();
+        let backing = found.as_ref().map(|l| l.backing.display().to_string());
+        let s = self.traced(format!(
+            "loop opened {device} ({})",
+            backing.unwrap_or_default()
+        ));
+        Ok(found.and_then(|l| s.opened.get(&l.dev).copied()))
+    }
     fn attach(&self, file: &Path, read_only: bool) -> Result<LoopInfo, LoopError> {
         let mut s = self.call(format!(
             "loop attach {}{}",
@@ -167,6 +183,14 @@ impl Loops for Fake {
             read_only,
         };
         s.loops.push(info.clone());
+        if let Ok(m) = std::fs::metadata(file) {
+            use std::os::unix::fs::MetadataExt;
+            let opened = Opened {
+                file: (m.dev(), m.ino()),
+                bytes: m.len(),
+            };
+            s.opened.insert(info.dev.clone(), opened);
+        }
         Ok(info)
     }
     fn detach(&self, dev: &Path) -> Result<(), LoopError> {
@@ -183,6 +207,7 @@ impl Loops for Fake {
         }
         let before = s.loops.len();
         s.loops.retain(|l| l.dev != dev);
+        s.opened.remove(dev);
         if s.loops.len() == before {
             return Err(LoopError::NoLoop {
                 dev: dev.to_path_buf(),

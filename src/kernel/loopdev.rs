@@ -17,8 +17,19 @@ pub struct LoopInfo {
     pub read_only: bool,
 }
 
+/// The file a loop device holds open, as (st_dev, st_ino) — the path it was attached by may
+/// since lead elsewhere or nowhere — and the device's size in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub file: (u64, u64),
+    pub bytes: u64,
+}
+
 pub trait Loops: Send + Sync {
     fn list(&self) -> Result<Vec<LoopInfo>>;
+    /// What the loop device `device` ("major:minor" as a dm table names it, or its node)
+    /// holds open; None when it is not a loop device with a file attached.
+    fn opened(&self, device: &str) -> Result<Option<Opened>>;
     fn attach(&self, file: &Path, read_only: bool) -> Result<LoopInfo>;
     fn detach(&self, dev: &Path) -> Result<()>;
     /// Makes the loop device take its backing file's new size (`losetup -c`).
@@ -57,7 +68,68 @@ fn read_loop(name: &str) -> Result<Option<LoopInfo>> {
     }))
 }
 
+/// `struct loop_info64` of linux/loop.h, as LOOP_GET_STATUS64 fills it.
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    size_limit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
+
+/// The (st_dev, st_ino) of the file attached to the loop device node `dev`.
+fn attached_file(dev: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let node = std::fs::File::open(dev)?;
+    // SAFETY: an all-zero loop_info64 is valid; the kernel fills it and writes no further.
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the call and `info` is a whole loop_info64.
+    unsafe { loop_get_status64(node.as_raw_fd(), &raw mut info) }?;
+    Ok((info.device, info.inode))
+}
+
 impl Loops for SysLoops {
+    fn opened(&self, device: &str) -> Result<Option<Opened>> {
+        let sys = match device.parse::<DevNum>() {
+            Ok(n) => PathBuf::from(format!("/sys/dev/block/{n}")),
+            Err(_) => Path::new("/sys/class/block")
+                .join(Path::new(device).file_name().unwrap_or_default()),
+        };
+        let (Ok(real), Ok(sectors)) = (
+            std::fs::canonicalize(&sys),
+            std::fs::read_to_string(sys.join("size")),
+        ) else {
+            return Ok(None);
+        };
+        let Some(name) = real.file_name() else {
+            return Ok(None);
+        };
+        if !sys.join("loop/backing_file").exists() {
+            return Ok(None);
+        }
+        let node = Path::new("/dev").join(name);
+        let file = attached_file(&node).map_err(|source| LoopError::Status {
+            dev: node.clone(),
+            source,
+        })?;
+        let sectors: u64 = sectors.trim().parse().unwrap_or(0);
+        Ok(Some(Opened {
+            file,
+            bytes: sectors * 512,
+        }))
+    }
+
     fn list(&self) -> Result<Vec<LoopInfo>> {
         let mut out = Vec::new();
         let Ok(dir) = std::fs::read_dir("/sys/block") else {
@@ -119,5 +191,13 @@ impl Loops for SysLoops {
                 dev: dev.to_path_buf(),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loop_info64_has_its_c_size() {
+        assert_eq!(std::mem::size_of::<super::LoopInfo64>(), 232);
     }
 }

@@ -34,22 +34,8 @@ impl Served {
     /// replaced by another file, or cut shorter than the store the engine writes. None
     /// while it is the file the engine opened, whole.
     pub fn cow_file_problem(&self) -> Option<String> {
-        use std::os::unix::fs::MetadataExt;
-        let (pc, cow) = (&self.pc.name, self.pc.cow.display());
-        let size = self.engine.usage().total_sectors * 512;
-        match std::fs::metadata(&self.pc.cow) {
-            Err(_) => Some(format!(
-                "{pc}'s COW {cow} was removed while it is served: its writes go to a file no longer on disk and are lost when it stops; restore the file or reset {pc}"
-            )),
-            Ok(m) if (m.dev(), m.ino()) != self.cow_file => Some(format!(
-                "{pc}'s COW {cow} was replaced by another file while it is served: it still writes the one it opened, which is lost when it stops; restore the file or reset {pc}"
-            )),
-            Ok(m) if m.len() < size => Some(format!(
-                "{pc}'s COW {cow} was cut to {} bytes while it is served, shorter than its store ({size} bytes): reads of the part cut off fail; reset {pc}",
-                m.len()
-            )),
-            Ok(_) => None,
-        }
+        let bytes = self.engine.usage().total_sectors * 512;
+        crate::control::status::cow_file_problem(&self.pc, self.cow_file, bytes)
     }
 
     /// With `nbd.acl: ip`, a TCP client must come from the PC's own address; the unix
