@@ -19,6 +19,12 @@ pub trait Backing: ReadAt + Send + Sync {
         let zeroes = vec![0u8; usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?];
         self.write_all_at(&zeroes, offset)
     }
+    /// Takes the space for a range now, so that writing it later cannot fail for want of
+    /// room (ENOSPC comes here instead). Storage that is all there already does nothing.
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// Makes the storage `len` bytes long (only ever longer): the COW grows.
     fn grow(&self, len: u64) -> io::Result<()> {
         let _ = len;
@@ -65,6 +71,9 @@ impl<T: Backing + ?Sized> Backing for std::sync::Arc<T> {
     }
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         (**self).discard(offset, len)
+    }
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).reserve(offset, len)
     }
     fn grow(&self, len: u64) -> io::Result<()> {
         (**self).grow(len)
@@ -157,6 +166,21 @@ impl Backing for FileBacking {
             self.file.set_len(len)?;
         }
         Ok(())
+    }
+
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        let (Ok(o), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        match fallocate(fd, FallocateFlags::FALLOC_FL_KEEP_SIZE, o, l) {
+            Ok(()) => Ok(()),
+            // Block devices and file systems without fallocate have their space already,
+            // or can only say so when written.
+            Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENODEV) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {

@@ -102,7 +102,14 @@ struct Inner {
     /// OnFlush: the current area is on disk whole, with this many entries; None until a
     /// commit has written it whole.
     current_written: Option<u64>,
+    /// The COW file's space is taken (fallocate) up to this offset: every chunk handed out
+    /// and the metadata chunks among them lie below it.
+    reserved_to: u64,
 }
+
+/// How far ahead of the chunk handed out the COW file's space is taken at once, so that
+/// most new chunks cost no extra call.
+const RESERVE_AHEAD: u64 = 1 << 20;
 
 impl Metadata {
     pub(super) fn new(
@@ -132,6 +139,9 @@ impl Metadata {
                 sealed: Vec::new(),
                 recorded: 0,
                 current_written: None,
+                reserved_to: store
+                    .geometry
+                    .offset(store.geometry.area_location(store.current_area)),
             }),
             committed: Condvar::new(),
             gate: Mutex::new(0),
@@ -239,9 +249,37 @@ impl Metadata {
             });
         }
         let chunk = inner.next_free;
-        inner.next_free = self.geometry.skip_metadata(chunk + 1);
+        let next = self.geometry.skip_metadata(chunk + 1);
+        // Through the metadata chunk skipped, if any: the next area's entries go there.
+        let end = self.geometry.offset(next).min(self.cow_bytes());
+        if end > inner.reserved_to {
+            self.reserve_to(&mut inner, cow, end)?;
+        }
+        inner.next_free = next;
         inner.pending += 1;
         Ok(chunk)
+    }
+
+    /// Takes the COW file's space up to `end` (and some way ahead) before a chunk there is
+    /// handed out. A full file system then refuses this one write with ENOSPC, and nothing
+    /// changes; found later, by the chunk's copy or the metadata write, it would invalidate
+    /// the snapshot (as the kernel does on a COW write error) and lose the PC.
+    fn reserve_to(
+        &self,
+        inner: &mut Inner,
+        cow: &dyn Backing,
+        end: u64,
+    ) -> Result<(), EngineError> {
+        let from = inner.reserved_to;
+        let ahead = (end + RESERVE_AHEAD).min(self.cow_bytes()).max(end);
+        if cow.reserve(from, ahead - from).is_ok() {
+            inner.reserved_to = ahead;
+            return Ok(());
+        }
+        cow.reserve(from, end - from)
+            .map_err(EngineError::io("taking room in the COW file", from))?;
+        inner.reserved_to = end;
+        Ok(())
     }
 
     /// `persistent_commit_exception`: record the exception and, when no other exception is
