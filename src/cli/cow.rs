@@ -148,7 +148,9 @@ fn inspect(cowfile: &Path, chunk: Option<ByteSize>, json: bool) -> anyhow::Resul
     );
     outln!(
         "exceptions    {} in {} area(s) of {}",
-        i.exceptions, i.areas, i.exceptions_per_area
+        i.exceptions,
+        i.areas,
+        i.exceptions_per_area
     );
     outln!("dm status     {}", i.status);
     if i.fill_invalidates {

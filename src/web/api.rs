@@ -144,7 +144,7 @@ pub async fn wake(
         }
         Err(e) => Err(ApiError(Refusal::new(
             StatusCode::CONFLICT,
-            format!("{:#}", anyhow::Error::from(e)),
+            crate::logtext::chain(&e),
         ))),
     }
 }
