@@ -61,7 +61,7 @@ impl Backend for KernelBackend {
     fn plan(&self, m: &Manifest) -> Result<Vec<Step>> {
         let ctx = self.ctx(m);
         let obs = Observed::read(ctx.kernel)?;
-        plan::plan_apply(&ctx, &obs)
+        Ok(plan::plan_apply(&ctx, &obs)?)
     }
 
     fn apply(&self, m: &Manifest, progress: &mut Listener<'_>) -> Result<Applied> {
@@ -101,7 +101,7 @@ impl Backend for KernelBackend {
         for (r, pc) in reset::reset_many(&ctx, &obs, pcs).into_iter().zip(pcs) {
             match r {
                 Ok(r) => out.done.push(r),
-                Err(e) => out.failed.push((pc.name.clone(), e)),
+                Err(e) => out.failed.push((pc.name.clone(), e.into())),
             }
         }
         Ok(out)
@@ -117,7 +117,7 @@ impl Backend for KernelBackend {
     ) -> Result<Committed> {
         let ctx = self.ctx(m);
         let _lock = lock::acquire(&ctx.run_dir, "image commit")?;
-        control::commit::commit(&ctx, pc, version, note, pause)
+        Ok(control::commit::commit(&ctx, pc, version, note, pause)?)
     }
 
     /// On the kernel `cowctl apply` serves the disks; `serve` runs only the HTTP service

@@ -159,7 +159,11 @@ impl Backend for ServiceClient {
                 .iter()
                 .map(|pc| {
                     let due = crate::image::due(m, pc)?;
-                    reset::reset_file(pc, due.as_ref().map(|(_, g)| g), &SysLoops)
+                    Ok(reset::reset_file(
+                        pc,
+                        due.as_ref().map(|(_, g)| g),
+                        &SysLoops,
+                    )?)
                 })
                 .collect::<Result<_>>()?,
         };

@@ -122,7 +122,7 @@ impl LiveRoom for KernelRoom {
             if !obs.dm.contains_key(&dm) && !obs.parked.contains_key(&dm) {
                 anyhow::bail!("{name} is not applied: there is no served disk to reset");
             }
-            crate::control::reset::reset(ctx, &obs, pc)
+            Ok(crate::control::reset::reset(ctx, &obs, pc)?)
         })
     }
 

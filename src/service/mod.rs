@@ -142,12 +142,14 @@ impl Service {
         self.iscsi.limits.set_pc_addresses(pcs.iter().copied());
         self.nbd_limits.set_pc_addresses(pcs);
         let mut done = Vec::new();
-        let result = run_steps(&steps, |s| self.step(&manifest, s), &mut |_, s| {
-            done.push(s.clone())
-        });
+        let result = run_steps(
+            &steps,
+            |s| self.step(&manifest, s).map_err(Failed),
+            &mut |_, s| done.push(s.clone()),
+        );
         // Status and later resets follow the new manifest even after a partial apply.
         *self.manifest.lock().unwrap_or_else(|p| p.into_inner()) = manifest;
-        result.map(|()| done)
+        Ok(result.map(|()| done)?)
     }
 
     fn step(&self, m: &Manifest, step: &Step) -> Result<()> {
@@ -157,7 +159,7 @@ impl Service {
         };
         match step {
             Step::CreateCow { .. } | Step::RecordGolden { .. } => {
-                step.run_on_files(&mut Fingerprints::new())
+                Ok(step.run_on_files(&mut Fingerprints::new())?)
             }
             Step::Serve { pc: name, .. } => {
                 let served = open(m, pc(name)?)?;
@@ -350,7 +352,7 @@ impl Service {
         run_steps(
             &steps,
             |s| match s {
-                Step::StopServing { pc } => self.stop(pc),
+                Step::StopServing { pc } => self.stop(pc).map_err(Failed),
                 _ => Ok(()),
             },
             &mut |_, s| done.push(s.clone()),
@@ -513,3 +515,15 @@ pub fn nbd_socket(m: &Manifest, run_dir: &Path) -> PathBuf {
         .clone()
         .unwrap_or_else(|| run_dir.join("nbd.sock"))
 }
+
+/// A step's error as `control::apply::run_steps` takes it: its whole chain.
+#[derive(Debug)]
+struct Failed(anyhow::Error);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Failed {}
