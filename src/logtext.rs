@@ -31,7 +31,7 @@ impl<T: fmt::Display> fmt::Debug for Escaped<T> {
     }
 }
 
-/// An error and its causes, each after ": " — the text `{:#}` of an `anyhow::Error` prints,
+/// An error and its causes, each after ": " — the line the CLI prints after "cowctl: ",
 /// and what the admin reads wherever an error becomes text (`{e:#}` of a plain error prints
 /// only its own sentence).
 pub fn chain(e: &dyn std::error::Error) -> String {

@@ -218,8 +218,8 @@ pub struct OtherImage {
 }
 
 impl Error {
-    /// The sentence with its causes after it, joined by ": " (what `{:#}` of an
-    /// `anyhow::Error` prints), for a problem listed among others.
+    /// The sentence with its causes after it, joined by ": " (`logtext::chain`, as the
+    /// CLI prints it), for a problem listed among others.
     pub fn with_causes(&self) -> String {
         crate::logtext::chain(self)
     }
