@@ -19,9 +19,12 @@ pub enum Error {
     UnknownPc(#[from] crate::manifest::UnknownPc),
     #[error(transparent)]
     RunDir(#[from] crate::rundir::RunDirError),
-    /// `cowctl serve` and its control socket, in the service's words (with their causes).
+    /// `cowctl serve` run in the foreground, in the service's words (with their causes).
     #[error(transparent)]
-    Service(#[from] anyhow::Error),
+    Service(#[from] crate::service::Error),
+    /// The service's control socket: not reached, or the service's refusal as it wrote it.
+    #[error(transparent)]
+    ServiceClient(#[from] crate::service::ClientError),
     /// Starting `cowctl serve` (this program, its log's handles), in the system's words.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -207,7 +207,7 @@ pub(super) fn serve(m: &Manifest, start_empty: bool, kernel: bool) -> Result<()>
         run_dir: control::default_run_dir(),
         start_empty,
         kernel,
-        http: |cfg, room, monitor| Ok(crate::web::spawn(cfg, room, monitor)?),
+        http: crate::web::spawn,
     })?)
 }
 

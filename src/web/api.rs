@@ -112,7 +112,7 @@ pub async fn reset(
         }
         Err(e) => Err(ApiError(Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{name}: reset failed: {e:#}"),
+            format!("{name}: reset failed: {}", crate::logtext::chain(&e)),
         ))),
     }
 }
