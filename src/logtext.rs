@@ -31,6 +31,20 @@ impl<T: fmt::Display> fmt::Debug for Escaped<T> {
     }
 }
 
+/// An error and its causes, each after ": " — the line the CLI prints after "cowctl: ",
+/// and what the admin reads wherever an error becomes text (`{e:#}` of a plain error prints
+/// only its own sentence).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
 struct EscapeWriter<'a, 'b>(&'a mut fmt::Formatter<'b>);
 
 impl fmt::Write for EscapeWriter<'_, '_> {
@@ -72,6 +86,25 @@ mod tests {
         let e = std::io::Error::other("no export named \"a\nb\"");
         assert_eq!(Escaped(&e).to_string(), "no export named \"a\\nb\"");
         assert!(!Escaped(forged).to_string().chars().any(breaks_line));
+    }
+
+    #[test]
+    fn a_chain_reads_each_cause_after_a_colon() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("cannot read /x")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::other("disk on fire"));
+        assert_eq!(chain(&e), "cannot read /x: disk on fire");
+        assert_eq!(chain(&std::io::Error::other("alone")), "alone");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use common::room::{Iscsi, Pc, RoomBuilder};
 use cowctl::control::observe::Observed;
 use cowctl::control::plan::{plan_apply, plan_down};
 use cowctl::control::step::Step;
-use cowctl::control::{apply, lock, reset, status, Ctx};
+use cowctl::control::{self, apply, lock, reset, status, Ctx};
 use cowctl::kernel::fake::Fake;
 use cowctl::manifest::Manifest;
 
@@ -76,21 +76,21 @@ impl Room {
         self.ctx_on(&self.manifest, f)
     }
 
-    fn plan(&self) -> anyhow::Result<Vec<Step>> {
+    fn plan(&self) -> control::Result<Vec<Step>> {
         self.ctx_do(plan_apply)
     }
 
-    fn apply(&self) -> anyhow::Result<()> {
+    fn apply(&self) -> control::Result<()> {
         self.ctx_do(|ctx, obs| {
             let actions = plan_apply(ctx, obs)?;
             apply::run(ctx, &actions, &mut |_, _| {})
         })
     }
 
-    fn down(&self, names: &[&str]) -> anyhow::Result<()> {
+    fn down(&self, names: &[&str]) -> control::Result<()> {
         self.ctx_do(|ctx, obs| {
             let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-            let pcs = ctx.manifest.select(&names)?;
+            let pcs = ctx.manifest.select(&names).unwrap();
             apply::run(ctx, &plan_down(ctx, obs, &pcs).flatten(), &mut |_, _| {})
         })
     }
@@ -237,7 +237,14 @@ fn a_failing_step_undoes_its_part_and_says_which_step() {
     let room = Room::new();
     room.fake
         .fail_on("configfs mkdir iscsi/iqn.2024-01.lan.test:pc-2/tpgt_1/np");
-    let err = format!("{:#}", room.apply().unwrap_err());
+    let err = room.apply().unwrap_err();
+    assert!(
+        matches!(&err, control::Error::Step(s)
+            if s.step.contains("export pc-2 as iSCSI target iqn.2024-01.lan.test:pc-2")
+                && matches!(*s.error, control::Error::Lio(_))),
+        "{err}"
+    );
+    let err = err.to_string();
     assert!(
         err.contains("export pc-2 as iSCSI target iqn.2024-01.lan.test:pc-2")
             && err.contains("step "),
@@ -265,8 +272,19 @@ fn a_cow_made_against_another_image_is_refused() {
     // Every PC now points at the other image, with the COW files made against the first.
     let err = room.ctx_with(
         |t| t.replace("  image: g\n", "  image: o\n"),
-        |ctx, obs| format!("{:#}", plan_apply(ctx, obs).unwrap_err()),
+        |ctx, obs| plan_apply(ctx, obs).unwrap_err(),
     );
+    let control::Error::Refused { problems, .. } = &err else {
+        panic!("not refused before any change: {err}")
+    };
+    for pc in ["pc-1", "pc-2", "pc-3"] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(&format!("{pc}: COW"))
+                && p.contains("was made against golden image")),
+            "{pc}: {problems:?}"
+        );
+    }
+    let err = err.to_string();
     assert!(
         err.contains("pc-1: COW")
             && err.contains("was made against golden image")
@@ -300,12 +318,23 @@ fn missing_portal_addresses_and_interfaces_are_named_before_anything_changes() {
             .replace("portals: [127.0.0.1:3260]", "portals: [192.0.2.7:3260]")
             .replace("interface: lo", "interface: eth9");
     });
-    let err = format!("{:#}", room.plan().unwrap_err());
+    let err = room.plan().unwrap_err();
+    let control::Error::Refused { problems, .. } = &err else {
+        panic!("not refused before any change: {err}")
+    };
     assert!(
-        err.contains("iSCSI portal 192.0.2.7:3260: no interface that is up has address 192.0.2.7"),
+        problems
+            .iter()
+            .any(|p| p
+                == "iSCSI portal 192.0.2.7:3260: no interface that is up has address 192.0.2.7"),
         "{err}"
     );
-    assert!(err.contains("AoE interface eth9 does not exist"), "{err}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p == "AoE interface eth9 does not exist"),
+        "{err}"
+    );
     assert!(
         room.fake.log().is_empty(),
         "nothing may reach the kernel: {:?}",
@@ -442,10 +471,14 @@ fn a_pc_removed_from_the_manifest_is_taken_down() {
 fn a_second_mutating_cowctl_is_told_who_holds_the_lock() {
     let dir = tempfile::tempdir().unwrap();
     let _held = lock::acquire(dir.path(), "apply").unwrap();
-    let err = lock::acquire(dir.path(), "reset")
-        .err()
-        .unwrap()
-        .to_string();
+    let err = lock::acquire(dir.path(), "reset").err().unwrap();
+    assert!(
+        matches!(&err, control::LockError::Held { holder }
+            if holder.contains("`cowctl apply`")
+                && holder.contains(&std::process::id().to_string())),
+        "{err}"
+    );
+    let err = err.to_string();
     assert!(
         err.contains("another cowctl is at work")
             && err.contains("`cowctl apply`")
@@ -466,7 +499,7 @@ fn without_device_mapper_apply_stops_and_status_reads_the_cow_files() {
     room.fake.state().no_dm = true;
     let kernel = room.fake.kernel();
     assert!(
-        Observed::read(&kernel).is_err(),
+        matches!(Observed::read(&kernel), Err(control::Error::Dm(_))),
         "plan and apply need device-mapper"
     );
     let ctx = Ctx {
@@ -519,7 +552,12 @@ fn a_reset_acts_on_what_the_kernel_serves_not_on_an_edited_manifest() {
             |ctx, obs| reset::reset(ctx, obs, ctx.manifest.pc("pc-1").unwrap()),
         )
         .unwrap_err();
-    let msg = format!("{err:#}");
+    assert!(
+        matches!(&err, control::Error::OtherCow { pc, served, .. }
+            if pc == "pc-1" && *served == room.cow("pc-1")),
+        "{err}"
+    );
+    let msg = err.to_string();
     assert!(
         msg.contains("the kernel serves the COW") && msg.contains("nothing is reset"),
         "{msg}"
@@ -546,8 +584,13 @@ fn a_not_applied_reset_refuses_a_cow_that_a_loop_device_holds() {
         .ctx_do(|ctx, obs| reset::reset(ctx, obs, ctx.manifest.pc("pc-2").unwrap()))
         .unwrap_err();
     assert!(
-        format!("{err:#}").contains("is attached to /dev/loop"),
-        "{err:#}"
+        matches!(&err, control::Error::CowAttachedAlone { pc, dev, .. }
+            if pc == "pc-2" && dev.to_string_lossy().starts_with("/dev/loop")),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("is attached to /dev/loop"),
+        "{err}"
     );
 }
 
@@ -647,8 +690,9 @@ fn read_only_is_refused_on_the_kernel_backend() {
         Room::with(|t| *t = t.replace("    shelf: 9\n", "    shelf: 9\n    read_only: true\n"));
     let err = room.apply().unwrap_err();
     assert!(
-        format!("{err:#}").contains("pc-3: read_only is served by the userspace engine only"),
-        "{err:#}"
+        matches!(&err, control::Error::Refused { problems, .. }
+            if problems.iter().any(|p| p.starts_with("pc-3: read_only is served by the userspace engine only"))),
+        "{err}"
     );
 }
 
@@ -820,7 +864,13 @@ fn reset_of_many_pcs_resets_each_and_reports_each_failure() {
         results[0].is_ok() && results[2].is_ok(),
         "the others are reset"
     );
-    let err = format!("{:#}", results[1].as_ref().unwrap_err());
+    let err = results[1].as_ref().unwrap_err();
+    assert!(
+        matches!(err, control::Error::Resetting { pc, source }
+            if pc == "pc-2" && matches!(**source, control::Error::Dm(_))),
+        "{err}"
+    );
+    let err = cowctl::logtext::chain(err);
     assert!(err.contains("pc-2"), "{err}");
     // Every PC is served again, pc-2 on its old snapshot.
     room.fake.state().fail_on = None;
@@ -843,9 +893,12 @@ fn a_teardown_side_by_side_removes_every_pc_and_keeps_going_past_a_failure() {
         assert_eq!(teardown.pcs.len(), 3, "one group per PC");
         apply::run_teardown(ctx, &teardown, &mut |_, _| {}).unwrap_err()
     });
-    let err = format!("{err:#}");
+    let control::Error::Teardown { failures } = &err else {
+        panic!("not the teardown's own refusal: {err}")
+    };
+    assert_eq!(failures.len(), 1, "{err}");
     assert!(
-        err.contains("remove") && err.contains("cowctl-pc-2"),
+        failures[0].contains("remove") && failures[0].contains("cowctl-pc-2"),
         "{err}"
     );
     {

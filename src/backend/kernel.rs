@@ -4,9 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
-
-use super::{Applied, Backend, Listener, Progress, Resets, Words};
+use super::{Applied, Backend, Error, Listener, Progress, Resets, Result, Words};
 use crate::control::status::{self, PcStatus};
 use crate::control::{self, lock, observe::Observed, plan, reset, step::Step, Ctx};
 use crate::image::{Committed, VersionName};
@@ -61,7 +59,7 @@ impl Backend for KernelBackend {
     fn plan(&self, m: &Manifest) -> Result<Vec<Step>> {
         let ctx = self.ctx(m);
         let obs = Observed::read(ctx.kernel)?;
-        plan::plan_apply(&ctx, &obs)
+        Ok(plan::plan_apply(&ctx, &obs)?)
     }
 
     fn apply(&self, m: &Manifest, progress: &mut Listener<'_>) -> Result<Applied> {
@@ -101,7 +99,7 @@ impl Backend for KernelBackend {
         for (r, pc) in reset::reset_many(&ctx, &obs, pcs).into_iter().zip(pcs) {
             match r {
                 Ok(r) => out.done.push(r),
-                Err(e) => out.failed.push((pc.name.clone(), e)),
+                Err(e) => out.failed.push((pc.name.clone(), e.into())),
             }
         }
         Ok(out)
@@ -117,18 +115,19 @@ impl Backend for KernelBackend {
     ) -> Result<Committed> {
         let ctx = self.ctx(m);
         let _lock = lock::acquire(&ctx.run_dir, "image commit")?;
-        control::commit::commit(&ctx, pc, version, note, pause)
+        Ok(control::commit::commit(&ctx, pc, version, note, pause)?)
     }
 
     /// On the kernel `cowctl apply` serves the disks; `serve` runs only the HTTP service
     /// and auto-extend, so a manifest that asks for neither is refused.
     fn serve(&self, m: &Manifest, start_empty: bool) -> Result<()> {
         if m.http.is_none() && m.pcs.iter().all(|p| p.autoextend.is_none()) {
-            anyhow::bail!(
-                "{} is served by the kernel (device-mapper is here and backend is {}), where `cowctl apply` serves the disks and `cowctl serve` runs only the HTTP service and auto-extend, and the manifest asks for neither (no http section, no autoextend); set backend: userspace to serve the disks with cowctl's engine over NBD",
-                m.path.display(),
-                serde_json::to_string(&m.backend)?.trim_matches('"')
-            );
+            // A unit variant always serializes: its name as the manifest spells it.
+            let backend = serde_json::to_string(&m.backend).unwrap_or_default();
+            return Err(Error::NothingToServe {
+                manifest: m.path.clone(),
+                backend: backend.trim_matches('"').to_string(),
+            });
         }
         super::userspace::serve(m, start_empty, true)
     }

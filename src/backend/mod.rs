@@ -6,10 +6,11 @@
 //! the service when it is not running). A new backend is one more implementation of this
 //! trait and one more arm in [`pick`].
 
+pub mod error;
 pub mod kernel;
 pub mod userspace;
 
-use anyhow::Result;
+pub use error::{Error, Result};
 
 use crate::control::choose::{choose, BackendKind};
 use crate::control::reset::Reset;
@@ -46,7 +47,7 @@ pub struct Applied {
 #[derive(Debug, Default)]
 pub struct Resets {
     pub done: Vec<Reset>,
-    pub failed: Vec<(String, anyhow::Error)>,
+    pub failed: Vec<(String, Error)>,
 }
 
 /// How a backend's results read to the admin.

@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-
-use super::{Applied, Backend, Listener, Progress, Resets, Step, Words};
+use super::{Applied, Backend, Error, Listener, Progress, Resets, Result, Step, Words};
 use crate::control::status::{self, PcStatus};
 use crate::control::{self, plan::file_problems, plan::refuse_if_any, reset};
 use crate::image::{Committed, VersionName};
@@ -30,7 +28,7 @@ impl ServiceClient {
     }
 
     fn ask(&self, request: &Request) -> Result<Option<Response>> {
-        call(&self.run_dir, request)
+        Ok(call(&self.run_dir, request)?)
     }
 }
 
@@ -41,11 +39,14 @@ impl Default for ServiceClient {
 }
 
 fn manifest_path(m: &Manifest) -> Result<PathBuf> {
-    std::fs::canonicalize(&m.path).with_context(|| format!("cannot resolve {}", m.path.display()))
+    std::fs::canonicalize(&m.path).map_err(|source| Error::Resolve {
+        path: m.path.clone(),
+        source,
+    })
 }
 
 fn expect_service(r: Option<Response>) -> Result<Response> {
-    r.ok_or_else(|| anyhow!("cowctl serve stopped answering on its control socket"))
+    r.ok_or(Error::ServiceGone)
 }
 
 /// Tells `progress` of steps the service has already taken.
@@ -159,7 +160,11 @@ impl Backend for ServiceClient {
                 .iter()
                 .map(|pc| {
                     let due = crate::image::due(m, pc)?;
-                    reset::reset_file(pc, due.as_ref().map(|(_, g)| g), &SysLoops)
+                    Ok(reset::reset_file(
+                        pc,
+                        due.as_ref().map(|(_, g)| g),
+                        &SysLoops,
+                    )?)
                 })
                 .collect::<Result<_>>()?,
         };
@@ -184,9 +189,7 @@ impl Backend for ServiceClient {
             pause,
         };
         match self.ask(&request)? {
-            Some(r) => r
-                .committed
-                .ok_or_else(|| anyhow!("cowctl serve committed nothing")),
+            Some(r) => r.committed.ok_or(Error::NothingCommitted),
             None => Ok(crate::image::commit_pc(m, pc, version, note)?),
         }
     }
@@ -199,13 +202,13 @@ impl Backend for ServiceClient {
 /// `cowctl serve` in the foreground: the NBD service with HTTP and auto-extend, or on the
 /// kernel backend (`kernel`) HTTP and auto-extend over the kernel's snapshots.
 pub(super) fn serve(m: &Manifest, start_empty: bool, kernel: bool) -> Result<()> {
-    service::run::run(&service::run::Options {
+    Ok(service::run::run(&service::run::Options {
         manifest: manifest_path(m)?,
         run_dir: control::default_run_dir(),
         start_empty,
         kernel,
-        http: |cfg, room, monitor| Ok(crate::web::spawn(cfg, room, monitor)?),
-    })
+        http: crate::web::spawn,
+    })?)
 }
 
 /// Starts `cowctl serve` in its own session, logging to `serve.log` in the run directory,
@@ -231,7 +234,7 @@ fn start_service(manifest: &Path, dir: &Path) -> Result<()> {
                 .map_err(std::io::Error::from)
         });
     }
-    let mut child = cmd.spawn().context("cannot start cowctl serve")?;
+    let mut child = cmd.spawn().map_err(Error::Spawn)?;
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if call(dir, &Request::Status).is_ok_and(|r| r.is_some()) {
@@ -240,12 +243,12 @@ fn start_service(manifest: &Path, dir: &Path) -> Result<()> {
         if let Some(status) = child.try_wait()? {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let last = text.lines().last().unwrap_or("").trim();
-            bail!("cowctl serve exited ({status}) before it answered: {last}");
+            return Err(Error::ServiceExited {
+                status,
+                last_line: last.to_string(),
+            });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!(
-        "cowctl serve did not answer within 15 s (see {})",
-        log_path.display()
-    )
+    Err(Error::ServiceSilent { log: log_path })
 }

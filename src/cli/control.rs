@@ -222,13 +222,13 @@ fn reset_disks(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
     }
     match failed.len() {
         0 => Ok(code),
-        1 => Err(failed.remove(0).1),
+        1 => Err(failed.remove(0).1.into()),
         n => anyhow::bail!(
             "{n} of {} resets failed (the others are done): {}",
             selected.len(),
             failed
                 .iter()
-                .map(|(pc, e)| format!("{pc}: {e:#}"))
+                .map(|(pc, e)| format!("{pc}: {}", crate::logtext::chain(e)))
                 .collect::<Vec<_>>()
                 .join("; ")
         ),

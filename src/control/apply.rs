@@ -6,11 +6,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-
 use super::plan::Teardown;
 use super::step::Step;
-use super::{dm_name, Ctx};
+use super::{dm_name, Ctx, Error, Result, StepFailed};
 use crate::dm::{DevRef, SnapshotTable, StoreMode, TableLine};
 use crate::kernel::aoe::VbladeSpec;
 use crate::kernel::devmapper::Target;
@@ -30,7 +28,7 @@ pub fn run(ctx: &Ctx, actions: &[Step], progress: &mut dyn FnMut(usize, &Step)) 
         progress,
     );
     times.report();
-    result
+    Ok(result?)
 }
 
 /// Runs a teardown: the PCs' groups side by side, up to [`super::SIDE_BY_SIDE`] at a time
@@ -62,7 +60,8 @@ pub fn run_teardown(
             let i = offsets[g] + j;
             (lock(&progress))(i, a);
             if let Err(e) = times.time(a, || step(ctx, a, &mut loops, &mut fingerprints)) {
-                return Some(format!("step {} of {total} failed: {a}: {e:#}", i + 1));
+                let e = crate::logtext::chain(&e);
+                return Some(format!("step {} of {total} failed: {a}: {e}", i + 1));
             }
         }
         None
@@ -72,10 +71,7 @@ pub fn run_teardown(
     .collect();
     if !failures.is_empty() {
         times.report();
-        bail!(
-            "{} (the other PCs' steps are done and stay; `cowctl plan` shows what is left)",
-            failures.join("; ")
-        );
+        return Err(Error::Teardown { failures });
     }
     let before = total - teardown.images.len();
     let progress = progress.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -87,7 +83,7 @@ pub fn run_teardown(
         &mut |i, a| progress(before + i, a),
     );
     times.report();
-    result
+    Ok(result?)
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -157,24 +153,20 @@ impl KnownLoops {
 
 /// Runs steps in order, stopping at the first failure with a sentence that names the step
 /// and what was done before it. Shared by the kernel and userspace backends.
-pub fn run_steps<A: std::fmt::Display>(
+pub fn run_steps<A: std::fmt::Display, E: std::error::Error + 'static>(
     actions: &[A],
-    mut step: impl FnMut(&A) -> Result<()>,
+    mut step: impl FnMut(&A) -> Result<(), E>,
     progress: &mut dyn FnMut(usize, &A),
-) -> Result<()> {
+) -> Result<(), StepFailed<E>> {
     for (i, action) in actions.iter().enumerate() {
         progress(i, action);
         if let Err(e) = step(action) {
-            let done = if i == 0 {
-                "nothing was changed before it".to_string()
-            } else {
-                format!("the {i} step(s) before it are done and stay")
-            };
-            bail!(
-                "step {} of {} failed: {action}: {e:#} ({done}; `cowctl plan` shows what is left)",
-                i + 1,
-                actions.len()
-            );
+            return Err(StepFailed {
+                number: i + 1,
+                total: actions.len(),
+                step: action.to_string(),
+                error: Box::new(e),
+            });
         }
     }
     Ok(())
@@ -192,9 +184,9 @@ fn step(
         Step::StartService { .. }
         | Step::Serve { .. }
         | Step::Reopen { .. }
-        | Step::StopServing { .. } => {
-            bail!("the kernel backend cannot {action}: it is the service's step")
-        }
+        | Step::StopServing { .. } => Err(Error::ServiceStep {
+            step: action.to_string(),
+        }),
         Step::AttachImage { path, .. } => {
             loops.attached(k.loops.attach(path, true)?);
             Ok(())
@@ -265,8 +257,10 @@ fn detach_loop(ctx: &Ctx, dev: &Path, backing: &Path, loops: &mut KnownLoops) ->
         Ok(crate::filekind::Kind::Cow | crate::filekind::Kind::Fresh)
     );
     if discarded && a_cow {
-        std::fs::remove_file(backing)
-            .with_context(|| format!("cannot remove {}", backing.display()))?;
+        std::fs::remove_file(backing).map_err(|source| Error::Remove {
+            path: backing.to_path_buf(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -274,10 +268,9 @@ fn detach_loop(ctx: &Ctx, dev: &Path, backing: &Path, loops: &mut KnownLoops) ->
 /// A reset that stopped half way, finished from what the kernel shows now (the loops
 /// known so far are read again).
 fn finish_reset(ctx: &Ctx, name: &str, loops: &mut KnownLoops) -> Result<()> {
-    let pc = ctx
-        .manifest
-        .pc(name)
-        .ok_or_else(|| anyhow!("{name} is not in the manifest"))?;
+    let pc = ctx.manifest.pc(name).ok_or_else(|| Error::NotInManifest {
+        pc: name.to_string(),
+    })?;
     let obs = super::observe::Observed::read(ctx.kernel)?;
     loops.forget();
     super::reset::finish_parked(ctx, &obs, pc, &dm_name(name), false)?;
@@ -292,12 +285,17 @@ fn snapshot_target(
     chunk_sectors: u32,
     loops: &[loopdev::LoopInfo],
 ) -> Result<Target> {
-    let origin = loopdev::find(loops, image, true)
-        .ok_or_else(|| anyhow!("golden image {} is not on a loop device", image.display()))?;
-    let cow_loop = loopdev::find(loops, cow, false)
-        .ok_or_else(|| anyhow!("COW {} is not on a loop device", cow.display()))?;
+    let origin = loopdev::find(loops, image, true).ok_or_else(|| Error::ImageNotOnLoop {
+        image: image.to_path_buf(),
+    })?;
+    let cow_loop = loopdev::find(loops, cow, false).ok_or_else(|| Error::CowNotOnLoop {
+        cow: cow.to_path_buf(),
+    })?;
     let sectors = std::fs::metadata(image)
-        .with_context(|| format!("cannot read {}", image.display()))?
+        .map_err(|source| Error::Read {
+            path: image.to_path_buf(),
+            source,
+        })?
         .len()
         / 512;
     let line = TableLine {

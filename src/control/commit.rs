@@ -2,10 +2,8 @@
 //! in use is refused, or with --pause its dm device is suspended while its COW file is
 //! copied (in-flight writes complete first, new ones wait), then resumed.
 
-use anyhow::{bail, Result};
-
 use super::observe::Observed;
-use super::{dm_name, Ctx};
+use super::{dm_name, Ctx, Error, Result};
 use crate::image::{Committed, VersionName};
 use crate::manifest::{Export, Pc};
 
@@ -20,11 +18,9 @@ pub fn commit(
     let obs = Observed::read(k)?;
     let name = dm_name(&pc.name);
     if obs.parked.contains_key(&name) {
-        bail!(
-            "{}: a reset of it stopped half way; finish it with cowctl reset {} (or apply) first",
-            pc.name,
-            pc.name
-        );
+        return Err(Error::HalfReset {
+            pc: pc.name.clone(),
+        });
     }
     if !obs.dm.contains_key(&name) {
         return Ok(crate::image::commit_pc(ctx.manifest, pc, version, note)?);
@@ -42,11 +38,10 @@ pub fn commit(
         Export::Nbd => None,
     };
     if let (Some(why), false) = (&in_use, pause) {
-        bail!(
-            "{} is in use ({why}): a running system's disk is not consistent on its own; shut the PC down (or cowctl down {}) first, or say --pause to stop its I/O for the copy",
-            pc.name,
-            pc.name
-        );
+        return Err(Error::InUse {
+            pc: pc.name.clone(),
+            why: why.clone(),
+        });
     }
     if in_use.is_none() {
         // Nothing reaches the device: its COW file is quiet as it is.

@@ -4,26 +4,25 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use super::LockError;
 
 pub struct Lock {
     _file: File,
 }
 
-pub fn acquire(run_dir: &Path, what: &str) -> Result<Lock> {
+pub fn acquire(run_dir: &Path, what: &str) -> Result<Lock, LockError> {
     let path = run_dir.join("lock");
     let mut file = crate::rundir::open(run_dir, "lock", false)?;
     if let Err(e) = file.try_lock() {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         match e {
-            std::fs::TryLockError::WouldBlock => bail!(
-                "another cowctl is at work ({}); try again when it is done",
-                holder.trim()
-            ),
-            std::fs::TryLockError::Error(e) => {
-                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            std::fs::TryLockError::WouldBlock => {
+                return Err(LockError::Held {
+                    holder: holder.trim().to_string(),
+                })
             }
+            std::fs::TryLockError::Error(source) => return Err(LockError::Lock { path, source }),
         }
     }
     file.set_len(0)?;

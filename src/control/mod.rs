@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod choose;
 pub mod commit;
+pub mod error;
 pub mod lock;
 pub mod observe;
 pub mod plan;
@@ -12,6 +13,8 @@ pub mod reset;
 pub mod spec;
 pub mod status;
 pub mod step;
+
+pub use error::{Error, LockError, Result, StepFailed};
 
 /// `<cow>.golden` records live with the image versions they name; here for old paths.
 pub use crate::image::sidecar;

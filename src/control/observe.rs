@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
-
-use super::{dm_name, PREFIX};
+use super::{dm_name, Error, Result, PREFIX};
 use crate::dm::TableLine;
 use crate::kernel::aoe::RunningVblade;
 use crate::kernel::lio::{Lio, ObservedTarget};
@@ -100,7 +98,13 @@ impl Observed {
             self.parked.insert(name, length.parse().unwrap_or(0));
             return Ok(());
         }
-        let table = raw.parse().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let table = match raw.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                let reason = format!("{e}");
+                return Err(Error::Table { name, reason });
+            }
+        };
         self.dm.insert(name, table);
         Ok(())
     }

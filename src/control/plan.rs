@@ -7,14 +7,13 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
-
 use super::observe::Observed;
 use super::step::Step;
-use super::{dm_name, sidecar, Ctx, PREFIX};
+use super::{dm_name, sidecar, Ctx, Error, Result, PREFIX};
 use crate::cow::{HeaderState, LoadedStore};
 use crate::dm::DevRef;
 use crate::kernel::loopdev;
+use crate::logtext::chain;
 use crate::manifest::{Export, Image, Manifest, Pc};
 
 /// What `apply` would do now.
@@ -135,11 +134,11 @@ fn snapshot_action(
                 || s.mode != pc.overflow
                 || s.chunk_sectors != pc.chunk_sectors()
             {
-                bail!(
-                    "{name} exists with table \"{table}\", which is not what the manifest asks for {}; run `cowctl down {}` first (COW files stay)",
-                    pc.name,
-                    pc.name
-                );
+                return Err(Error::OtherTable {
+                    pc: pc.name.clone(),
+                    name,
+                    table: table.to_string(),
+                });
             }
         }
     }
@@ -332,11 +331,10 @@ pub fn refuse_if_any(manifest: &Manifest, problems: Vec<String>) -> Result<()> {
     if problems.is_empty() {
         Ok(())
     } else {
-        bail!(
-            "cannot apply {}:\n  - {}",
-            manifest.path.display(),
-            problems.join("\n  - ")
-        )
+        Err(Error::Refused {
+            manifest: manifest.path.clone(),
+            problems,
+        })
     }
 }
 
@@ -356,7 +354,7 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
             problems.extend(cow_store_problem(manifest, pc));
             if let Some(g) = fingerprints.get(&pc.image) {
                 if let Err(e) = sidecar::check(&pc.name, &pc.cow, g) {
-                    problems.push(format!("{e:#}"));
+                    problems.push(chain(&e));
                 }
             }
             problems.extend(version_problem(manifest, &mut stores, pc));
@@ -392,7 +390,7 @@ fn image_fingerprints(
             Ok(g) => {
                 fingerprints.insert(image.name.clone(), g);
             }
-            Err(e) => problems.push(format!("{:#}", anyhow::Error::from(e))),
+            Err(e) => problems.push(chain(&e)),
         }
     }
     fingerprints
@@ -418,10 +416,10 @@ fn cow_kind_problem(pc: &Pc) -> Option<String> {
 /// An existing COW's store: loadable, of the manifest's chunk size, and its written chunks
 /// recorded against a golden image.
 fn cow_store_problem(manifest: &Manifest, pc: &Pc) -> Option<String> {
-    match std::fs::File::open(&pc.cow)
-        .map_err(anyhow::Error::from)
-        .and_then(|f| Ok(LoadedStore::load(&f, Some(pc.chunk_sectors()))?))
-    {
+    let store = std::fs::File::open(&pc.cow)
+        .map_err(|e| chain(&e))
+        .and_then(|f| LoadedStore::load(&f, Some(pc.chunk_sectors())).map_err(|e| chain(&e)));
+    match store {
         Ok(s)
             if s.state != HeaderState::New && s.geometry.chunk_sectors() != pc.chunk_sectors() =>
         {
@@ -448,7 +446,7 @@ fn cow_store_problem(manifest: &Manifest, pc: &Pc) -> Option<String> {
         }
         Ok(_) => None,
         Err(e) => Some(format!(
-            "{}: COW {} is not usable: {e:#}",
+            "{}: COW {} is not usable: {e}",
             pc.name,
             pc.cow.display()
         )),
@@ -466,7 +464,7 @@ fn version_problem(
     if !stores.contains_key(dir) {
         match crate::image::Store::open(dir) {
             Ok(s) => stores.insert(dir.clone(), s),
-            Err(e) => return Some(format!("{:#}", anyhow::Error::from(e))),
+            Err(e) => return Some(chain(&e)),
         };
     }
     crate::image::cow_problem(manifest, &stores[dir], pc)
@@ -489,10 +487,7 @@ fn network_problems(ctx: &Ctx) -> Vec<String> {
     }
     let ifaces = match ctx.kernel.net.interfaces() {
         Ok(i) => i,
-        Err(e) => {
-            let e = anyhow::Error::from(e);
-            return vec![format!("cannot read network interfaces: {e:#}")];
-        }
+        Err(e) => return vec![format!("cannot read network interfaces: {}", chain(&e))],
     };
     let mut out = Vec::new();
     if let Some(iscsi) = ctx.manifest.iscsi.as_ref().filter(|_| uses_iscsi) {

@@ -18,13 +18,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use super::observe::Observed;
 use super::sidecar::Golden;
 use super::spec::vblade_spec;
-use super::{dm_name, Ctx};
+use super::{dm_name, Ctx, Error, Result};
 use crate::dm::{DevRef, SnapshotTable, TableLine};
 use crate::fileid::same_file;
 use crate::filekind::{classify, Kind};
@@ -106,14 +105,11 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&NextVersion>) -> 
         live_reset(ctx, obs, pc, &name, onto)?
     } else {
         if let Some(l) = obs.loops.iter().find(|l| same_file(&l.backing, &pc.cow)) {
-            bail!(
-                "{}'s COW {} is attached to {} though no snapshot of {} uses it (a half-made apply?): run cowctl apply or cowctl down {} first",
-                pc.name,
-                pc.cow.display(),
-                l.dev.display(),
-                pc.name,
-                pc.name
-            );
+            return Err(Error::CowAttachedAlone {
+                pc: pc.name.clone(),
+                cow: pc.cow.clone(),
+                dev: l.dev.clone(),
+            });
         }
         return reset_file(pc, onto.map(|o| &o.golden), ctx.kernel.loops.as_ref());
     };
@@ -159,12 +155,22 @@ pub fn reset_many(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Result<Reset>> 
         .collect();
     let moved = onto.iter().any(|o| matches!(o, Ok(Some(_))));
     let done = super::side_by_side(pcs, |i, pc| match &onto[i] {
-        Ok(o) => reset_one(ctx, obs, pc, o.as_ref()),
-        Err(e) => Err(anyhow!("{}: {e:#}", pc.name)),
+        Ok(o) => Some(reset_one(ctx, obs, pc, o.as_ref())),
+        Err(_) => None,
     });
+    let done = (done.into_iter().zip(onto).zip(pcs))
+        .map(|((done, onto), pc)| match (done, onto) {
+            (Some(r), _) => r,
+            (None, Err(e)) => Err(Error::Due {
+                pc: pc.name.clone(),
+                error: Box::new(e),
+            }),
+            (None, Ok(_)) => unreachable!("each PC is reset or its version failed"),
+        })
+        .collect();
     if moved {
         if let Err(e) = detach_unused_versions(ctx) {
-            tracing::warn!("after the resets: {e:#}");
+            tracing::warn!("after the resets: {}", crate::logtext::chain(&e));
         }
     }
     done
@@ -219,37 +225,38 @@ fn live_reset(
         fs: k.configfs.as_ref(),
     };
     let table = &obs.dm[name];
-    let old_loop = loop_of(obs, &table.snapshot.cow).cloned().ok_or_else(|| {
-        anyhow!(
-            "{}'s snapshot {name} takes its COW from {}, which is no loop device: cowctl resets only what it set up",
-            pc.name,
-            table.snapshot.cow
-        )
-    })?;
+    let old_loop =
+        loop_of(obs, &table.snapshot.cow)
+            .cloned()
+            .ok_or_else(|| Error::CowOnNoLoop {
+                pc: pc.name.clone(),
+                name: name.to_string(),
+                cow: table.snapshot.cow.to_string(),
+            })?;
     // The file to be thrown away is the one the kernel uses, and it must be the manifest's.
     if !same_file(&old_loop.backing, &pc.cow) {
-        bail!(
-            "{}: the kernel serves the COW {} but the manifest says {}; nothing is reset (run cowctl apply, or cowctl down {}, first)",
-            pc.name,
-            old_loop.backing.display(),
-            pc.cow.display(),
-            pc.name
-        );
+        return Err(Error::OtherCow {
+            pc: pc.name.clone(),
+            served: old_loop.backing.clone(),
+            manifest: pc.cow.clone(),
+        });
     }
     let image = ctx.image(pc);
     if let Some(origin) = loop_of(obs, &table.snapshot.origin) {
         if !same_file(&origin.backing, &image.path) {
-            bail!(
-                "{}: the kernel serves golden image {} but the manifest says {}; nothing is reset (run cowctl apply first)",
-                pc.name,
-                origin.backing.display(),
-                image.path.display()
-            );
+            return Err(Error::OtherImage {
+                pc: pc.name.clone(),
+                served: origin.backing.clone(),
+                manifest: image.path.clone(),
+            });
         }
     }
     let discard = discard_path(&pc.cow);
     let size = std::fs::metadata(&pc.cow)
-        .with_context(|| format!("cannot read {}", pc.cow.display()))?
+        .map_err(|source| Error::Read {
+            path: pc.cow.clone(),
+            source,
+        })?
         .len();
 
     let paused = Instant::now();
@@ -265,8 +272,14 @@ fn live_reset(
     // 4b. Resume I/O whatever happened, so a failed reset leaves the PC as it was.
     let restarted = resume_export(ctx, pc, name, Resume::WhatWasThere(obs));
     let paused = paused.elapsed();
-    swapped.with_context(|| format!("resetting {}", pc.name))?;
-    restarted.with_context(|| format!("re-exporting {} after its reset", pc.name))?;
+    swapped.map_err(|e| Error::Resetting {
+        pc: pc.name.clone(),
+        source: Box::new(e),
+    })?;
+    restarted.map_err(|e| Error::ReExporting {
+        pc: pc.name.clone(),
+        source: Box::new(e),
+    })?;
     // 5. Free the old COW now that the PC is back.
     k.loops.detach(&old_loop.dev)?;
     remove_discard(&discard)?;
@@ -324,12 +337,10 @@ fn swap(
     // 3. A fresh COW at the same path, the old one set aside (never over another file).
     let mut created = false;
     let fresh = (|| -> Result<LoopInfo> {
-        crate::durable::rename_new(&pc.cow, discard).with_context(|| {
-            format!(
-                "cannot move {} aside to {}",
-                pc.cow.display(),
-                discard.display()
-            )
+        crate::durable::rename_new(&pc.cow, discard).map_err(|source| Error::MoveAside {
+            cow: pc.cow.clone(),
+            discard: discard.to_path_buf(),
+            source,
         })?;
         crate::cowfile::create_empty(&pc.cow, size)?;
         created = true;
@@ -369,14 +380,21 @@ fn swap(
 /// Deletes a COW that a reset set aside, after checking it is one.
 pub fn remove_discard(discard: &Path) -> Result<()> {
     match classify(discard) {
-        Ok(Kind::Cow | Kind::Fresh) => std::fs::remove_file(discard)
-            .with_context(|| format!("cannot remove {}", discard.display())),
-        Ok(Kind::Other(what)) => bail!(
-            "{} is not a COW (it looks like {what}): it is left where it is",
-            discard.display()
-        ),
+        Ok(Kind::Cow | Kind::Fresh) => {
+            std::fs::remove_file(discard).map_err(|source| Error::Remove {
+                path: discard.to_path_buf(),
+                source,
+            })
+        }
+        Ok(Kind::Other(what)) => Err(Error::DiscardNotCow {
+            path: discard.to_path_buf(),
+            what,
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", discard.display())),
+        Err(source) => Err(Error::Read {
+            path: discard.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -400,11 +418,11 @@ pub fn finish_parked(
             .unwrap_or(pc.cow_size.bytes());
         crate::cowfile::create_empty(&pc.cow, size)?;
     } else if let Kind::Other(what) = classify(&pc.cow)? {
-        bail!(
-            "{}: {} is not a COW file (it looks like {what}); the interrupted reset is not finished",
-            pc.name,
-            pc.cow.display()
-        );
+        return Err(Error::ParkedNotCow {
+            pc: pc.name.clone(),
+            cow: pc.cow.clone(),
+            what,
+        });
     }
     let loops = k.loops.list()?;
     let cow_loop = match loops.iter().find(|l| same_file(&l.backing, &pc.cow)) {
@@ -431,7 +449,10 @@ pub fn finish_parked(
         },
     };
     k.dm.replace(name, &Target::snapshot(&line))
-        .with_context(|| format!("finishing {}'s interrupted reset", pc.name))?;
+        .map_err(|e| Error::Finishing {
+            pc: pc.name.clone(),
+            source: Box::new(e.into()),
+        })?;
     if re_export {
         resume_export(ctx, pc, name, Resume::All(obs))?;
     }

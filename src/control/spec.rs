@@ -4,9 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Result};
-
-use super::{dm_name, Ctx};
+use super::{dm_name, Ctx, Error, Result};
 use crate::kernel::aoe::VbladeSpec;
 use crate::kernel::lio::{Access, Credentials, TargetSpec};
 use crate::manifest::{AclMode, Export, Pc};
@@ -14,13 +12,13 @@ use crate::manifest::{AclMode, Export, Pc};
 /// The iSCSI export the manifest asks for (device left empty when not known yet).
 pub fn target_spec(ctx: &Ctx, p: &Pc, device: Option<PathBuf>) -> Result<TargetSpec> {
     let Export::Iscsi { target, initiator } = &p.export else {
-        bail!("{} is not exported over iSCSI", p.name)
+        return Err(Error::NotIscsi { pc: p.name.clone() });
     };
     let cfg = ctx
         .manifest
         .iscsi
         .as_ref()
-        .ok_or_else(|| anyhow!("the manifest has no iscsi section"))?;
+        .ok_or(Error::NoSection { section: "iscsi" })?;
     let access = match cfg.acl {
         AclMode::Open => Access::Open,
         AclMode::PerInitiator => Access::Initiators(initiator.iter().cloned().collect()),
@@ -50,13 +48,13 @@ pub fn target_spec(ctx: &Ctx, p: &Pc, device: Option<PathBuf>) -> Result<TargetS
 /// The vblade the manifest asks for (device left empty when not known yet).
 pub fn vblade_spec(ctx: &Ctx, p: &Pc, device: Option<PathBuf>) -> Result<VbladeSpec> {
     let Export::Aoe { shelf, slot, macs } = &p.export else {
-        bail!("{} is not exported over AoE", p.name)
+        return Err(Error::NotAoe { pc: p.name.clone() });
     };
     let aoe = ctx
         .manifest
         .aoe
         .as_ref()
-        .ok_or_else(|| anyhow!("the manifest has no aoe section"))?;
+        .ok_or(Error::NoSection { section: "aoe" })?;
     Ok(VbladeSpec {
         pc: p.name.clone(),
         shelf: *shelf,

@@ -196,7 +196,7 @@ pub type Fingerprints = HashMap<PathBuf, sidecar::Golden>;
 impl Step {
     /// Runs a step that only touches files, the same on every backend: creates a COW file
     /// or writes its golden record. Any other step is refused.
-    pub fn run_on_files(&self, fingerprints: &mut Fingerprints) -> anyhow::Result<()> {
+    pub fn run_on_files(&self, fingerprints: &mut Fingerprints) -> super::Result<()> {
         match self {
             Step::CreateCow {
                 path, size, chunk, ..
@@ -214,7 +214,9 @@ impl Step {
                 };
                 Ok(sidecar::write(cow, &golden)?)
             }
-            other => anyhow::bail!("{other} is not a step on files alone"),
+            other => Err(super::Error::NotFileStep {
+                step: other.to_string(),
+            }),
         }
     }
 }
@@ -243,6 +245,10 @@ mod tests {
         let err = Step::Reopen { pc: "pc-01".into() }
             .run_on_files(&mut Fingerprints::new())
             .unwrap_err();
+        assert!(
+            matches!(&err, super::super::Error::NotFileStep { step } if step.starts_with("re-open pc-01")),
+            "{err}"
+        );
         assert!(
             err.to_string().contains("not a step on files alone"),
             "{err}"

@@ -16,8 +16,8 @@ pub fn checks(m: &Manifest, host: &Host) -> Vec<Check> {
             return vec![Check::fail(
                 Area::Interface,
                 format!(
-                    "cannot read the network interfaces: {:#}",
-                    anyhow::Error::from(e)
+                    "cannot read the network interfaces: {}",
+                    crate::logtext::chain(&e)
                 ),
                 "run cowctl doctor where it may open a netlink socket",
             )]
@@ -33,8 +33,8 @@ pub fn checks(m: &Manifest, host: &Host) -> Vec<Check> {
             Err(e) => Check::fail(
                 Area::Pxe,
                 format!(
-                    "PCs could not chain to /boot.ipxe: {:#}",
-                    anyhow::Error::from(e)
+                    "PCs could not chain to /boot.ipxe: {}",
+                    crate::logtext::chain(&e)
                 ),
                 "give the interface an IPv4 address, or set http.server / http.listen",
             ),

@@ -218,17 +218,10 @@ pub struct OtherImage {
 }
 
 impl Error {
-    /// The sentence with its causes after it, joined by ": " (what `{:#}` of an
-    /// `anyhow::Error` prints), for a problem listed among others.
+    /// The sentence with its causes after it, joined by ": " (`logtext::chain`, as the
+    /// CLI prints it), for a problem listed among others.
     pub fn with_causes(&self) -> String {
-        let mut out = self.to_string();
-        let mut next = std::error::Error::source(self);
-        while let Some(e) = next {
-            out.push_str(": ");
-            out.push_str(&e.to_string());
-            next = e.source();
-        }
-        out
+        crate::logtext::chain(self)
     }
 }
 
@@ -287,6 +280,6 @@ mod tests {
         let chained =
             "committing pc-01: copying chunks 3..5 of /c into /o: the source ended 7 bytes early";
         assert_eq!(e.with_causes(), chained);
-        assert_eq!(format!("{:#}", anyhow::Error::from(e)), chained);
+        assert_eq!(crate::logtext::chain(&e), chained);
     }
 }

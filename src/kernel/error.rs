@@ -303,7 +303,7 @@ mod tests {
         };
         assert_eq!(e.to_string(), "creating iSCSI target iqn.2024-01.lab:pc1");
         assert_eq!(
-            format!("{:#}", anyhow::Error::from(e)),
+            crate::logtext::chain(&e),
             format!(
                 "creating iSCSI target iqn.2024-01.lab:pc1: portal 10.0.0.1:3260 (is the address \
                  configured on this host?): mkdir /cfg/iscsi/t/tpgt_1/np/10.0.0.1:3260: {}",
@@ -313,9 +313,6 @@ mod tests {
         let fake = LoopError::from(FakeFailure {
             call: "loop attach /x".into(),
         });
-        assert_eq!(
-            format!("{:#}", anyhow::Error::from(fake)),
-            "fake failure: loop attach /x"
-        );
+        assert_eq!(crate::logtext::chain(&fake), "fake failure: loop attach /x");
     }
 }

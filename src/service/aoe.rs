@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use super::{Error, Result};
 
 use super::exports::{Registry, Slot};
 use crate::aoe::ata;
@@ -176,16 +176,15 @@ impl AoeService {
         let Some(interface) = &self.interface else {
             return Ok(None);
         };
-        let what = || {
-            format!(
-                "cannot serve AoE on {interface} (aoe.interface in {})",
-                manifest_path.display()
-            )
+        let what = |source: std::io::Error| Error::ServeAoe {
+            interface: interface.clone(),
+            manifest: manifest_path.to_path_buf(),
+            source,
         };
-        let socket = Arc::new(Socket::open(interface).with_context(what)?);
-        let _ = self.mac.set(socket.mac().with_context(what)?);
+        let socket = Arc::new(Socket::open(interface).map_err(what)?);
+        let _ = self.mac.set(socket.mac().map_err(what)?);
         self.mtu
-            .store(socket.mtu().with_context(what)?, Ordering::Relaxed);
+            .store(socket.mtu().map_err(what)?, Ordering::Relaxed);
         let _ = self.socket.set(socket.clone());
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get().saturating_sub(1).clamp(1, MAX_WORKERS));

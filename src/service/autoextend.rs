@@ -73,7 +73,9 @@ pub fn check(room: &dyn LiveRoom) -> Vec<Growth> {
                 tracing::info!(pc = %g.pc, "{g}");
                 done.push(g);
             }
-            Err(e) => tracing::warn!(pc = %g.pc, "{}: cannot auto-extend its COW: {e:#}", g.pc),
+            Err(e) => {
+                tracing::warn!(pc = %g.pc, "{}: cannot auto-extend its COW: {}", g.pc, crate::logtext::chain(&e))
+            }
         }
     }
     done

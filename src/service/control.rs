@@ -7,11 +7,12 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::control::reset::Reset;
 use crate::control::status::PcStatus;
+
+use super::{ClientError, Error};
 
 /// Requests larger than this are refused (the largest real one names a manifest path).
 const MAX_REQUEST: u64 = 64 << 10;
@@ -62,7 +63,7 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
 }
 
 /// Sends a request to the service; None when no service is listening.
-pub fn call(run_dir: &Path, request: &Request) -> Result<Option<Response>> {
+pub fn call(run_dir: &Path, request: &Request) -> Result<Option<Response>, ClientError> {
     let path = socket_path(run_dir);
     let mut stream = match UnixStream::connect(&path) {
         Ok(s) => s,
@@ -74,10 +75,7 @@ pub fn call(run_dir: &Path, request: &Request) -> Result<Option<Response>> {
         {
             return Ok(None)
         }
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot reach cowctl serve at {}", path.display()))
-        }
+        Err(source) => return Err(ClientError::Reach { path, source }),
     };
     let down_all = matches!(request, Request::Down { pcs } if pcs.is_empty());
     let pid = down_all.then(|| serve_pid(run_dir)).flatten();
@@ -86,22 +84,18 @@ pub fn call(run_dir: &Path, request: &Request) -> Result<Option<Response>> {
     stream.write_all(&line)?;
     let mut reply = String::new();
     let mut reader = BufReader::new(stream);
-    reader
-        .read_line(&mut reply)
-        .with_context(|| format!("no reply from cowctl serve at {}", path.display()))?;
+    if let Err(source) = reader.read_line(&mut reply) {
+        return Err(ClientError::NoReply { path, source });
+    }
     if down_all && !reply.is_empty() {
         wait_for_exit(reader.get_mut(), &path, pid)?;
     }
     if reply.is_empty() {
-        anyhow::bail!(
-            "cowctl serve at {} closed the connection without replying",
-            path.display()
-        );
+        return Err(ClientError::Closed { path });
     }
-    let response: Response =
-        serde_json::from_str(&reply).context("a malformed reply from cowctl serve")?;
-    match &response.error {
-        Some(e) => Err(anyhow::anyhow!("{e}")),
+    let response: Response = serde_json::from_str(&reply).map_err(ClientError::Malformed)?;
+    match response.error {
+        Some(e) => Err(ClientError::Refused(e)),
         None => Ok(Some(response)),
     }
 }
@@ -119,22 +113,29 @@ fn serve_pid(run_dir: &Path) -> Option<i32> {
 /// does; then every one of its threads must be gone too, since the last of them to go is
 /// what closes its listening sockets. Only then are its ports free, and a `cowctl apply`
 /// straight after binds them again instead of finding them in use.
-fn wait_for_exit(stream: &mut UnixStream, path: &Path, pid: Option<i32>) -> Result<()> {
+fn wait_for_exit(
+    stream: &mut UnixStream,
+    path: &Path,
+    pid: Option<i32>,
+) -> Result<(), ClientError> {
     const LIMIT: Duration = Duration::from_secs(120);
-    let late = || {
-        format!(
-            "cowctl serve at {} took every PC down but had not exited after {} s",
-            path.display(),
-            LIMIT.as_secs()
-        )
-    };
     let started = std::time::Instant::now();
     stream.set_read_timeout(Some(LIMIT))?;
     let mut rest = Vec::new();
-    std::io::Read::read_to_end(stream, &mut rest).with_context(late)?;
+    if let Err(source) = std::io::Read::read_to_end(stream, &mut rest) {
+        return Err(ClientError::Late {
+            path: path.to_path_buf(),
+            seconds: LIMIT.as_secs(),
+            source,
+        });
+    }
     while let Some(pid) = pid.filter(|&p| !has_exited(p)) {
         if started.elapsed() > LIMIT {
-            anyhow::bail!("{} (pid {pid})", late());
+            return Err(ClientError::StillRunning {
+                path: path.to_path_buf(),
+                seconds: LIMIT.as_secs(),
+                pid,
+            });
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -160,14 +161,14 @@ pub fn has_exited(pid: i32) -> bool {
 }
 
 /// Reads one request from a control connection.
-pub fn read_request(stream: &UnixStream) -> Result<Request> {
+pub fn read_request(stream: &UnixStream) -> Result<Request, Error> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = String::new();
     BufReader::new(std::io::Read::take(stream, MAX_REQUEST)).read_line(&mut line)?;
-    serde_json::from_str(&line).context("not a cowctl control request")
+    serde_json::from_str(&line).map_err(Error::NotARequest)
 }
 
-pub fn write_response(mut stream: &UnixStream, response: &Response) -> Result<()> {
+pub fn write_response(mut stream: &UnixStream, response: &Response) -> Result<(), Error> {
     let mut line = serde_json::to_vec(response)?;
     line.push(b'\n');
     stream.write_all(&line)?;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use super::{Error, Result};
 
 use std::net::IpAddr;
 
@@ -221,11 +221,10 @@ impl Slot {
             if left.is_zero() {
                 inner.paused = false;
                 self.changed.notify_all();
-                bail!(
-                    "{}'s connections did not finish within {} s",
-                    self.name,
-                    DRAIN_TIMEOUT.as_secs()
-                );
+                return Err(Error::Drain {
+                    pc: self.name.clone(),
+                    seconds: DRAIN_TIMEOUT.as_secs(),
+                });
             }
             inner = self
                 .changed

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, RwLock};
 
-use anyhow::{Context, Result};
+use super::{Error, Result};
 
 use super::exports::Registry;
 use super::limits::{ConnLimits, Permit};
@@ -132,11 +132,10 @@ impl IscsiService {
     pub fn listen(self: &Arc<Self>, manifest_path: &std::path::Path) -> Result<Vec<SocketAddr>> {
         let mut bound = Vec::new();
         for p in &self.portals {
-            let l = TcpListener::bind(p).with_context(|| {
-                format!(
-                    "cannot listen for iSCSI on {p} (iscsi.portals in {})",
-                    manifest_path.display()
-                )
+            let l = TcpListener::bind(p).map_err(|source| Error::ListenIscsi {
+                portal: *p,
+                manifest: manifest_path.to_path_buf(),
+                source,
             })?;
             bound.push(l.local_addr()?);
             let me = self.clone();

@@ -97,7 +97,7 @@ fn spawn<S: Socket>(
         .spawn(move || {
             let mut permit = permit;
             if let Err(e) = connection(stream, &peer, ip, &registry, permit.as_mut()) {
-                tracing::debug!("NBD connection from {peer} ended: {:#}", Escaped(e));
+                tracing::debug!("NBD connection from {peer} ended: {}", Escaped(e));
             }
         });
 }
@@ -108,7 +108,7 @@ fn connection<S: Socket>(
     ip: Option<IpAddr>,
     registry: &Registry,
     permit: Option<&mut Permit>,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let mut rw = ReadWrite {
         r: Deadline {
             inner: stream.duplicate()?,

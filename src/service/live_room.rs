@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::{anyhow, Context, Result};
-
+use super::{Error, Result};
 use crate::control::reset::Reset;
 use crate::control::status::{self, PcState, PcStatus};
 use crate::control::{dm_name, lock, observe::Observed, Ctx};
 use crate::kernel::{loopdev, Kernel};
+use crate::logtext::chain;
 use crate::manifest::{Manifest, Pc};
 
 pub trait LiveRoom: Send + Sync {
@@ -81,7 +81,7 @@ impl LiveRoom for KernelRoom {
             Ok(status::collect(ctx, &obs, &pcs))
         });
         r.unwrap_or_else(|e| {
-            tracing::warn!("cannot read the kernel's state: {e:#}");
+            tracing::warn!("cannot read the kernel's state: {}", chain(&e));
             let m = self.manifest();
             m.pcs
                 .iter()
@@ -106,7 +106,7 @@ impl LiveRoom for KernelRoom {
             Ok(status::collect(ctx, &obs, &[pc]).pop())
         });
         r.unwrap_or_else(|e| {
-            tracing::warn!("cannot read the kernel's state: {e:#}");
+            tracing::warn!("cannot read the kernel's state: {}", chain(&e));
             None
         })
     }
@@ -120,9 +120,10 @@ impl LiveRoom for KernelRoom {
             // nothing to reset there, whatever the manifest file says now.
             let dm = dm_name(name);
             if !obs.dm.contains_key(&dm) && !obs.parked.contains_key(&dm) {
-                anyhow::bail!("{name} is not applied: there is no served disk to reset");
+                let pc = name.to_string();
+                return Err(Error::NothingToReset { pc });
             }
-            crate::control::reset::reset(ctx, &obs, pc)
+            Ok(crate::control::reset::reset(ctx, &obs, pc)?)
         })
     }
 
@@ -134,10 +135,14 @@ impl LiveRoom for KernelRoom {
             let pc = pc(ctx.manifest, name)?;
             let obs = Observed::read(ctx.kernel)?;
             if !obs.dm.contains_key(&dm_name(name)) {
-                return Err(anyhow!("{name} is not applied"));
+                let pc = name.to_string();
+                return Err(Error::NotApplied { pc });
             }
-            let l = loopdev::find(&obs.loops, &pc.cow, false)
-                .ok_or_else(|| anyhow!("{name}'s COW {} is on no loop device", pc.cow.display()))?;
+            let l =
+                loopdev::find(&obs.loops, &pc.cow, false).ok_or_else(|| Error::CowOnNoLoop {
+                    pc: name.to_string(),
+                    cow: pc.cow.clone(),
+                })?;
             grow_file(&pc.cow, len)?;
             Ok(ctx.kernel.loops.set_capacity(&l.dev)?)
         })
@@ -149,8 +154,12 @@ impl LiveRoom for KernelRoom {
 }
 
 fn pc<'a>(m: &'a Manifest, name: &str) -> Result<&'a Pc> {
-    m.pc(name)
-        .ok_or_else(|| anyhow!("no PC named {name:?} in {}", m.path.display()))
+    m.pc(name).ok_or_else(|| {
+        Error::from(crate::manifest::UnknownPc {
+            name: name.to_string(),
+            manifest: m.path.clone(),
+        })
+    })
 }
 
 /// Makes a COW file `len` bytes long; never shorter (a shrunk COW loses exceptions).
@@ -158,11 +167,17 @@ pub fn grow_file(path: &Path, len: u64) -> Result<()> {
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+        .map_err(|source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let now = f.metadata()?.len();
     if len > now {
-        f.set_len(len)
-            .with_context(|| format!("cannot grow {} to {len} bytes", path.display()))?;
+        f.set_len(len).map_err(|source| Error::GrowFile {
+            path: path.to_path_buf(),
+            len,
+            source,
+        })?;
     }
     Ok(())
 }

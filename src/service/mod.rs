@@ -6,6 +6,7 @@
 pub mod aoe;
 pub mod autoextend;
 pub mod control;
+pub mod error;
 pub mod events;
 pub mod exports;
 pub mod feed;
@@ -23,8 +24,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
-
 use crate::control::apply::run_steps;
 use crate::control::reset::{discard_path, Reset};
 use crate::control::status::{self, PcState, PcStatus};
@@ -34,6 +33,8 @@ use crate::engine::{CommitMode, EngineOptions, SnapshotState};
 use crate::manifest::{Manifest, Pc};
 use exports::{Registry, Served, Slot};
 use plan::ServedPc;
+
+pub use error::{ClientError, Error, HttpError, Result};
 
 pub struct Service {
     registry: Arc<Registry>,
@@ -111,20 +112,19 @@ impl Service {
 
     pub fn plan(&self, manifest: &Manifest) -> Result<Vec<Step>> {
         if manifest.nbd.listen != self.listen {
-            bail!(
-                "nbd.listen changed from {} to {}: restart cowctl serve to listen there",
-                self.listen,
-                manifest.nbd.listen
-            );
+            return Err(Error::NbdListenChanged {
+                from: self.listen,
+                to: manifest.nbd.listen,
+            });
         }
         if manifest.http != self.http {
-            bail!("the http section changed: restart cowctl serve for it to take effect");
+            return Err(Error::HttpChanged);
         }
         if portals(manifest) != self.iscsi.portals_configured() {
-            bail!("iscsi.portals changed: restart cowctl serve to listen there");
+            return Err(Error::PortalsChanged);
         }
         if aoe_interface(manifest).as_deref() != self.aoe.interface() {
-            bail!("aoe.interface changed: restart cowctl serve to serve AoE there");
+            return Err(Error::AoeInterfaceChanged);
         }
         kplan::refuse_if_any(manifest, kplan::file_problems(manifest))?;
         Ok(plan::plan(manifest, &self.served()))
@@ -147,17 +147,18 @@ impl Service {
         });
         // Status and later resets follow the new manifest even after a partial apply.
         *self.manifest.lock().unwrap_or_else(|p| p.into_inner()) = manifest;
-        result.map(|()| done)
+        Ok(result.map(|()| done)?)
     }
 
     fn step(&self, m: &Manifest, step: &Step) -> Result<()> {
         let pc = |name: &str| {
-            m.pc(name)
-                .ok_or_else(|| anyhow!("{name} is not in the manifest"))
+            m.pc(name).ok_or_else(|| Error::NotInManifest {
+                pc: name.to_string(),
+            })
         };
         match step {
             Step::CreateCow { .. } | Step::RecordGolden { .. } => {
-                step.run_on_files(&mut Fingerprints::new())
+                Ok(step.run_on_files(&mut Fingerprints::new())?)
             }
             Step::Serve { pc: name, .. } => {
                 let served = open(m, pc(name)?)?;
@@ -178,14 +179,16 @@ impl Service {
                 .map(drop)
             }
             Step::StopServing { pc: name } => self.stop(name),
-            kernel => bail!("the service cannot {kernel}: it is the kernel backend's step"),
+            kernel => Err(Error::KernelStep {
+                step: kernel.to_string(),
+            }),
         }
     }
 
     fn slot(&self, name: &str) -> Result<Arc<Slot>> {
-        self.registry
-            .get(name)
-            .ok_or_else(|| anyhow!("{name} is not being served"))
+        self.registry.get(name).ok_or_else(|| Error::NotServed {
+            pc: name.to_string(),
+        })
     }
 
     /// Stops serving a PC: its connections end, its exceptions are committed, its COW is
@@ -195,7 +198,10 @@ impl Service {
         slot.quiesce(|old| {
             let flushed = match old.as_ref().map(|s| s.engine.flush()) {
                 None | Some(Ok(())) | Some(Err(crate::engine::EngineError::Invalid)) => Ok(()),
-                Some(Err(e)) => Err(e).with_context(|| format!("flushing {name}'s COW")),
+                Some(Err(source)) => Err(Error::Flush {
+                    pc: name.to_string(),
+                    source,
+                }),
             };
             (None, flushed)
         })?;
@@ -270,7 +276,10 @@ impl Service {
         let discard = discard_path(&pc.cow);
         let paused = slot
             .quiesce(|old| swap_in_fresh_cow(&m, &pc, old, &discard, onto))
-            .with_context(|| format!("resetting {}", pc.name))?;
+            .map_err(|e| Error::Resetting {
+                pc: pc.name.clone(),
+                source: Box::new(e),
+            })?;
         self.moved(&pc.name, due.as_ref());
         crate::control::reset::remove_discard(&discard)?;
         Ok(Reset::live(&pc.name, paused, start))
@@ -298,11 +307,12 @@ impl Service {
     ) -> Result<crate::image::Committed> {
         let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         let m = self.manifest();
-        let pc = m
-            .pc(name)
-            .ok_or_else(|| anyhow!("no PC named {name:?} in {}", m.path.display()))?;
+        let pc = m.pc(name).ok_or_else(|| crate::manifest::UnknownPc {
+            name: name.to_string(),
+            manifest: m.path.clone(),
+        })?;
         let version = version
-            .map(|v| v.parse().map_err(|e: String| anyhow!(e)))
+            .map(|v| v.parse().map_err(Error::Version))
             .transpose()?;
         let Some(slot) = self.registry.get(name) else {
             return Ok(crate::image::commit_pc(&m, pc, version, note)?);
@@ -310,17 +320,20 @@ impl Service {
         let mut peers = slot.peers();
         peers.extend(self.aoe.peers(name));
         if !peers.is_empty() && !pause {
-            bail!(
-                "{name} is in use ({}): a running system's disk is not consistent on its own; shut the PC down first, or say --pause to stop its I/O for the copy",
-                peers.join(", ")
-            );
+            return Err(Error::InUse {
+                pc: name.to_string(),
+                peers,
+            });
         }
         let mut out = None;
         slot.quiesce(|served| {
             let flushed = served
                 .as_ref()
                 .map_or(Ok(()), |s| s.engine.flush())
-                .map_err(|e| anyhow!("flushing {name}'s COW: {e}"));
+                .map_err(|error| Error::FlushForCommit {
+                    pc: name.to_string(),
+                    error,
+                });
             out = Some(flushed.and_then(|()| Ok(crate::image::commit_pc(&m, pc, version, note)?)));
             (served, Ok(()))
         })?;
@@ -370,15 +383,19 @@ impl live_room::LiveRoom for Service {
 
     fn reset(&self, pc: &str) -> Result<Reset> {
         let mut done = Service::reset(self, &[pc.to_string()])?;
-        done.pop().ok_or_else(|| anyhow!("{pc} was not reset"))
+        done.pop()
+            .ok_or_else(|| Error::NotReset { pc: pc.to_string() })
     }
 
     fn grow(&self, pc: &str, len: u64) -> Result<()> {
         let slot = self.slot(pc)?;
         slot.with_served(|sv| sv.engine.grow(len))
-            .ok_or_else(|| anyhow!("{pc} is not being served"))?
+            .ok_or_else(|| Error::NotServed { pc: pc.to_string() })?
             .map(drop)
-            .with_context(|| format!("growing {pc}'s COW"))
+            .map_err(|source| Error::Grow {
+                pc: pc.to_string(),
+                source,
+            })
     }
 
     fn sanboot(&self, pc: &Pc) -> bool {
@@ -403,8 +420,10 @@ fn open(m: &Manifest, pc: &Pc) -> Result<Served> {
         grow: pc.autoextend.map(|a| a.grow_policy()),
     };
     let engine = crate::cowfile::open_engine_with(&image_path, &pc.cow, options)?;
-    let opened =
-        std::fs::metadata(&pc.cow).with_context(|| format!("cannot read {}", pc.cow.display()))?;
+    let opened = std::fs::metadata(&pc.cow).map_err(|source| Error::Read {
+        path: pc.cow.clone(),
+        source,
+    })?;
     Ok(Served {
         engine: Arc::new(engine),
         pc: pc.clone(),
@@ -428,28 +447,31 @@ fn swap_in_fresh_cow(
     onto: Option<&sidecar::Golden>,
 ) -> (Option<Served>, Result<()>) {
     let Some(old) = old else {
-        return (None, Err(anyhow!("{} is not being served", pc.name)));
+        let e = Error::NotServed {
+            pc: pc.name.clone(),
+        };
+        return (None, Err(e));
     };
     let size = match std::fs::metadata(&pc.cow) {
         Ok(meta) => meta.len(),
-        Err(e) => {
-            let e = anyhow::Error::new(e).context(format!("cannot read {}", pc.cow.display()));
-            return (Some(old), Err(e));
+        Err(source) => {
+            let path = pc.cow.clone();
+            return (Some(old), Err(Error::Read { path, source }));
         }
     };
     // Never over another file: a `.discard` that is there already stays.
-    if let Err(e) = crate::durable::rename_new(&pc.cow, discard) {
-        let e = anyhow::Error::new(e).context(format!(
-            "cannot move {} aside to {}",
-            pc.cow.display(),
-            discard.display()
-        ));
+    if let Err(source) = crate::durable::rename_new(&pc.cow, discard) {
+        let e = Error::MoveAside {
+            cow: pc.cow.clone(),
+            discard: discard.to_path_buf(),
+            source,
+        };
         return (Some(old), Err(e));
     }
     let old_record = sidecar::read(&pc.cow).ok().flatten();
     // The fresh COW's record names the image it is over before the PC can write to it.
     let fresh = crate::cowfile::create_empty(&pc.cow, size)
-        .map_err(anyhow::Error::from)
+        .map_err(Error::from)
         .and_then(|()| open(m, pc))
         .and_then(|s| Ok(sidecar::note_reset(&pc.cow, onto).map(|()| s)?));
     match fresh {
@@ -465,13 +487,14 @@ fn swap_in_fresh_cow(
             }
             match crate::durable::rename_new(discard, &pc.cow) {
                 Ok(()) => (Some(old), Err(e)),
-                Err(e2) => (
+                Err(back) => (
                     Some(old),
-                    Err(e.context(format!(
-                        "and {} could not be moved back to {}: {e2}",
-                        discard.display(),
-                        pc.cow.display()
-                    ))),
+                    Err(Error::NotMovedBack {
+                        discard: discard.to_path_buf(),
+                        cow: pc.cow.clone(),
+                        back,
+                        source: Box::new(e),
+                    }),
                 ),
             }
         }

@@ -6,7 +6,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use super::{Error, HttpError, Result};
 use nix::sys::signal::{SigSet, Signal};
 
 use super::autoextend;
@@ -15,6 +15,7 @@ use super::exports::Registry;
 use super::feed::Monitor;
 use super::live_room::{KernelRoom, LiveRoom};
 use super::{listen, nbd_socket, Service};
+use crate::logtext::chain;
 use crate::manifest::{HttpConfig, Manifest};
 
 pub struct Options {
@@ -31,7 +32,8 @@ pub struct Options {
 }
 
 /// Starts the HTTP service over the room and the event feed; returns where it listens.
-pub type StartHttp = fn(HttpConfig, Arc<dyn LiveRoom>, Arc<Monitor>) -> Result<Vec<SocketAddr>>;
+pub type StartHttp =
+    fn(HttpConfig, Arc<dyn LiveRoom>, Arc<Monitor>) -> Result<Vec<SocketAddr>, HttpError>;
 
 pub fn run(opts: &Options) -> Result<()> {
     let manifest = crate::image::load_manifest(&opts.manifest)?;
@@ -41,17 +43,14 @@ pub fn run(opts: &Options) -> Result<()> {
     crate::rundir::ensure(&opts.run_dir)?;
     let control_path = control::socket_path(&opts.run_dir);
     if UnixStream::connect(&control_path).is_ok() {
-        bail!(
-            "cowctl serve is already running (its control socket {} answers)",
-            control_path.display()
-        );
+        return Err(Error::AlreadyRunning {
+            socket: control_path,
+        });
     }
-    let tcp = TcpListener::bind(manifest.nbd.listen).with_context(|| {
-        format!(
-            "cannot listen for NBD on {} (nbd.listen in {})",
-            manifest.nbd.listen,
-            opts.manifest.display()
-        )
+    let tcp = TcpListener::bind(manifest.nbd.listen).map_err(|source| Error::ListenNbd {
+        addr: manifest.nbd.listen,
+        manifest: opts.manifest.clone(),
+        source,
     })?;
     let nbd_path = nbd_socket(&manifest, &opts.run_dir);
     let unix = bind_unix(&nbd_path)?;
@@ -245,9 +244,10 @@ fn answer(service: &Service, req: Request, exit: &mut bool) -> Result<Response> 
     })
 }
 
-fn error(e: anyhow::Error) -> Response {
+/// The reply to a refused request: the error and its causes, as the CLI prints them.
+fn error(e: Error) -> Response {
     Response {
-        error: Some(format!("{e:#}")),
+        error: Some(chain(&e)),
         ..Response::default()
     }
 }
@@ -255,7 +255,7 @@ fn error(e: anyhow::Error) -> Response {
 /// Stops serving every PC (committing its COW), removes the sockets and pid file, exits.
 fn shut_down(service: &Service, sockets: &[PathBuf], code: i32) -> ! {
     if let Err(e) = service.down(&[]) {
-        tracing::error!("{e:#}");
+        tracing::error!("{}", chain(&e));
     }
     for s in sockets {
         let _ = std::fs::remove_file(s);
@@ -269,23 +269,32 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
-            bail!(
-                "{} is not a socket (it is a {}): cowctl replaces only a stale socket there; choose another path (nbd.socket)",
-                path.display(),
-                if m.file_type().is_symlink() { "symlink" } else if m.is_dir() { "directory" } else { "file" }
-            );
+            let kind = if m.file_type().is_symlink() {
+                "symlink"
+            } else if m.is_dir() {
+                "directory"
+            } else {
+                "file"
+            };
+            let path = path.to_path_buf();
+            return Err(Error::NotASocket { path, kind });
         }
         if UnixStream::connect(path).is_ok() {
-            bail!("{} is in use by another process", path.display());
+            let path = path.to_path_buf();
+            return Err(Error::SocketInUse { path });
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+        std::fs::remove_file(path).map_err(|source| Error::RemoveStale {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let l =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let l = UnixListener::bind(path).map_err(|source| Error::ListenUnix {
+        path: path.to_path_buf(),
+        source,
+    })?;
     // The control socket resets disks: only its owner may use it.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;

@@ -112,7 +112,7 @@ pub async fn reset(
         }
         Err(e) => Err(ApiError(Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{name}: reset failed: {e:#}"),
+            format!("{name}: reset failed: {}", crate::logtext::chain(&e)),
         ))),
     }
 }
@@ -144,7 +144,7 @@ pub async fn wake(
         }
         Err(e) => Err(ApiError(Refusal::new(
             StatusCode::CONFLICT,
-            format!("{:#}", anyhow::Error::from(e)),
+            crate::logtext::chain(&e),
         ))),
     }
 }

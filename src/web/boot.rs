@@ -196,10 +196,11 @@ pub async fn boot(
             ),
         ),
         Err(e) => {
-            tracing::error!(pc = %pc.name, "{}: reset on boot failed: {e:#}", pc.name);
+            let e = crate::logtext::chain(&e);
+            tracing::error!(pc = %pc.name, "{}: reset on boot failed: {e}", pc.name);
             return Err(Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("{}: the reset before boot failed: {e:#}", pc.name),
+                format!("{}: the reset before boot failed: {e}", pc.name),
             ));
         }
     }

@@ -250,19 +250,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))
 }
 
-/// Why the HTTP service did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum HttpError {
-    #[error("cannot listen for HTTP on {addr} (http.{field} in the manifest)")]
-    Listen {
-        addr: SocketAddr,
-        field: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start the HTTP service's runtime")]
-    Runtime(#[source] std::io::Error),
-}
+/// Why the HTTP service did not start (defined under `service`, whose `run::StartHttp`
+/// returns it).
+pub use crate::service::error::HttpError;
 
 /// Binds the listeners (one when both addresses are the same) and serves them on a
 /// thread of their own; returns the bound addresses, PC-facing first.
