@@ -8,11 +8,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cowctl::backing::FileBacking;
-use cowctl::chunkmap::ChunkMap;
+use cowctl::base::chunkmap::ChunkMap;
+use cowctl::base::units::ByteSize;
 use cowctl::cow::ReadAt;
+use cowctl::engine::backing::FileBacking;
 use cowctl::engine::{CommitMode, Engine, EngineOptions, OverflowPolicy};
-use cowctl::units::ByteSize;
 use criterion::{criterion_group, Criterion, Throughput};
 
 struct Counting;

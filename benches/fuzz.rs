@@ -513,7 +513,7 @@ fn targets() -> Vec<Target> {
             name: "cow store",
             seeds: cow_seeds(),
             run: Box::new(|input| {
-                let m = cowctl::backing::MemBacking::new(input.to_vec());
+                let m = cowctl::engine::backing::MemBacking::new(input.to_vec());
                 let chunk = match input.len() % 3 {
                     0 => None,
                     1 => Some(8),

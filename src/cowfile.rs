@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::backing::FileBacking;
+use crate::base::units::{ByteSize, SECTOR};
 use crate::cow::{FormatError, Geometry, Header, HeaderState, LoadedStore, SNAP_MAGIC};
+use crate::engine::backing::FileBacking;
 use crate::engine::{Engine, EngineError, EngineOptions, OverflowPolicy, SnapshotState};
 use crate::kernel::loopdev::Loops;
-use crate::units::{ByteSize, SECTOR};
 
 /// What a whole-file operation refused, or which file failed; each reads as the sentence
 /// the admin sees, the cause as its `#[source]`.
@@ -461,7 +461,7 @@ pub fn reset(path: &Path, loops: &dyn Loops) -> Result<Reset> {
     lock(&cow)?;
     let file = cow.file();
     let meta = file.metadata()?;
-    let len = crate::backing::file_or_device_size(file)?;
+    let len = crate::engine::backing::file_or_device_size(file)?;
     let mut raw = [0u8; crate::cow::HEADER_SIZE];
     let header = file
         .read_exact_at(&mut raw, 0)
@@ -509,7 +509,7 @@ fn refuse_in_use(path: &Path, loops: &dyn Loops) -> Result<()> {
     if let Ok(loops) = loops.list() {
         if let Some(l) = loops
             .iter()
-            .find(|l| crate::fileid::same_file(&l.backing, path))
+            .find(|l| crate::base::fileid::same_file(&l.backing, path))
         {
             return Err(CowFileError::OnLoop {
                 path: path.to_path_buf(),
@@ -517,7 +517,7 @@ fn refuse_in_use(path: &Path, loops: &dyn Loops) -> Result<()> {
             });
         }
     }
-    let holders = crate::filekind::open_by(path).unwrap_or_default();
+    let holders = crate::engine::filekind::open_by(path).unwrap_or_default();
     if !holders.is_empty() {
         return Err(CowFileError::OpenElsewhere {
             path: path.to_path_buf(),
@@ -526,8 +526,8 @@ fn refuse_in_use(path: &Path, loops: &dyn Loops) -> Result<()> {
     }
     // Only a COW (or a file with no data yet) is wiped: an image whose first bytes
     // happen to be zero is not.
-    if let crate::filekind::Kind::Other(what) =
-        crate::filekind::classify(path).map_err(|source| CowFileError::Read {
+    if let crate::engine::filekind::Kind::Other(what) = crate::engine::filekind::classify(path)
+        .map_err(|source| CowFileError::Read {
             path: path.to_path_buf(),
             source,
         })?

@@ -155,7 +155,7 @@ fn apply_builds_bottom_up_and_shares_the_image_loop() {
         let info = cowctl::cowfile::inspect(&room.cow(pc), None).unwrap();
         assert_eq!(info.chunk_sectors, 8);
         assert!(
-            cowctl::control::sidecar::read(&room.cow(pc))
+            cowctl::control::golden_record::read(&room.cow(pc))
                 .unwrap()
                 .is_some(),
             "{pc} has its golden record"
@@ -492,8 +492,8 @@ fn without_device_mapper_apply_stops_and_status_reads_the_cow_files() {
     let room = Room::new();
     cowctl::cowfile::create(
         &room.cow("pc-1"),
-        cowctl::units::ByteSize(2 << 20),
-        cowctl::units::ByteSize(4096),
+        cowctl::base::units::ByteSize(2 << 20),
+        cowctl::base::units::ByteSize(4096),
     )
     .unwrap();
     room.fake.state().no_dm = true;
@@ -870,7 +870,7 @@ fn reset_of_many_pcs_resets_each_and_reports_each_failure() {
             if pc == "pc-2" && matches!(**source, control::Error::Dm(_))),
         "{err}"
     );
-    let err = cowctl::logtext::chain(err);
+    let err = cowctl::base::logtext::chain(err);
     assert!(err.contains("pc-2"), "{err}");
     // Every PC is served again, pc-2 on its old snapshot.
     room.fake.state().fail_on = None;
@@ -996,7 +996,7 @@ fn resets_move_pcs_to_the_promoted_version_and_free_the_old_versions_loop() {
     assert!(!log
         .iter()
         .any(|l| l.starts_with("loop detach") && l.contains("v1")));
-    let sidecar = cowctl::control::sidecar::read(&room.cow("pc-1"))
+    let sidecar = cowctl::control::golden_record::read(&room.cow("pc-1"))
         .unwrap()
         .unwrap();
     assert_eq!(sidecar.image, v2);

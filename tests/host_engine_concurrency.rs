@@ -7,8 +7,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use cowctl::backing::FileBacking;
 use cowctl::cow::LoadedStore;
+use cowctl::engine::backing::FileBacking;
 use cowctl::engine::{Engine, EngineOptions, OverflowPolicy};
 
 const THREADS: u64 = 8;
@@ -43,8 +43,8 @@ fn racing_first_writes_into_shared_chunks_lose_nothing() {
     std::fs::write(dir.path().join("golden"), &golden).unwrap();
     cowctl::cowfile::create(
         &dir.path().join("cow"),
-        cowctl::units::ByteSize(4 << 20),
-        cowctl::units::ByteSize(4096),
+        cowctl::base::units::ByteSize(4 << 20),
+        cowctl::base::units::ByteSize(4096),
     )
     .unwrap();
     let engine = Arc::new(open(dir.path()));

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use cowctl::backing::{MemBacking, MemOp};
 use cowctl::cow::{HeaderState, LoadedStore};
+use cowctl::engine::backing::{MemBacking, MemOp};
 use cowctl::engine::{CommitMode, Engine, EngineOptions, OverflowPolicy};
 use proptest::prelude::*;
 

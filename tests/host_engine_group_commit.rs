@@ -5,8 +5,8 @@
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 
-use cowctl::backing::{Backing, MemBacking, MemOp};
 use cowctl::cow::ReadAt;
+use cowctl::engine::backing::{Backing, MemBacking, MemOp};
 use cowctl::engine::{CommitMode, Engine, EngineOptions, OverflowPolicy};
 
 /// A device whose next sync waits until the test opens it.

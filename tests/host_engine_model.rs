@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use cowctl::backing::FileBacking;
+use cowctl::engine::backing::FileBacking;
 use cowctl::engine::{
     CommitMode, Engine, EngineError, EngineOptions, GrowPolicy, OverflowPolicy, SnapshotState,
 };
@@ -487,8 +487,8 @@ fn filling_the_last_area_exactly_at_the_end_invalidates_even_with_po() {
     let safe = dir.path().join("safe");
     let made = cowctl::cowfile::create(
         &safe,
-        cowctl::units::ByteSize(34 * 512),
-        cowctl::units::ByteSize(512),
+        cowctl::base::units::ByteSize(34 * 512),
+        cowctl::base::units::ByteSize(512),
     )
     .unwrap();
     assert_eq!(

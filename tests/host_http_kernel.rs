@@ -13,7 +13,7 @@ use common::http::get;
 use common::room::{Iscsi, Pc, RoomBuilder};
 use cowctl::control::observe::Observed;
 use cowctl::control::plan::plan_apply;
-use cowctl::control::{apply, sidecar, Ctx};
+use cowctl::control::{apply, golden_record, Ctx};
 use cowctl::kernel::fake::Fake;
 use cowctl::manifest::HttpConfig;
 use cowctl::service::autoextend;
@@ -139,10 +139,10 @@ fn boot_scripts_sanboot_each_pc_exactly_and_reset_on_boot() {
     let r = get(PC1, room.http, path);
     assert_eq!(r.status, 200, "{}", r.body);
     // pc-01's own secret, derived from the master: it opens pc-01's disk only.
-    let own = cowctl::secrets::derive("a-secret-of-16ch", "initiator", "pc-01");
+    let own = cowctl::manifest::secrets::derive("a-secret-of-16ch", "initiator", "pc-01");
     assert_ne!(
         own,
-        cowctl::secrets::derive("a-secret-of-16ch", "initiator", "pc-02")
+        cowctl::manifest::secrets::derive("a-secret-of-16ch", "initiator", "pc-02")
     );
     assert_eq!(
         r.body,
@@ -163,7 +163,10 @@ fn boot_scripts_sanboot_each_pc_exactly_and_reset_on_boot() {
         "reset_on_boot reset pc-01 live: {log:?}"
     );
     assert_eq!(
-        sidecar::read(&room.cow("pc-01")).unwrap().unwrap().resets,
+        golden_record::read(&room.cow("pc-01"))
+            .unwrap()
+            .unwrap()
+            .resets,
         1
     );
     let again = get(PC1, room.http, path);
@@ -180,7 +183,10 @@ fn boot_scripts_sanboot_each_pc_exactly_and_reset_on_boot() {
     );
     assert_eq!(forged.status, 403);
     assert_eq!(
-        sidecar::read(&room.cow("pc-01")).unwrap().unwrap().resets,
+        golden_record::read(&room.cow("pc-01"))
+            .unwrap()
+            .unwrap()
+            .resets,
         1,
         "no reset without the nonce"
     );
@@ -204,7 +210,10 @@ fn boot_scripts_sanboot_each_pc_exactly_and_reset_on_boot() {
     );
     assert!(room.fake.log().is_empty(), "pc-02 is not reset on boot");
     assert_eq!(
-        sidecar::read(&room.cow("pc-02")).unwrap().unwrap().resets,
+        golden_record::read(&room.cow("pc-02"))
+            .unwrap()
+            .unwrap()
+            .resets,
         0
     );
 

@@ -95,7 +95,7 @@ fn wait_for(what: &str, ok: impl Fn() -> bool) {
 }
 
 fn secret(pc: &str) -> String {
-    cowctl::secrets::derive(MASTER, "initiator", pc)
+    cowctl::manifest::secrets::derive(MASTER, "initiator", pc)
 }
 
 fn ok(out: &std::process::Output) -> String {

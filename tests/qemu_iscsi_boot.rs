@@ -110,7 +110,7 @@ fn a_wrong_chap_secret_boots_nothing() {
         room.log_so_far()
     );
     // pc-02's secret, from pc-02's own script, does not open pc-01's disk either.
-    let pc02 = cowctl::secrets::derive("the-room-master-secret", "initiator", "pc-02");
+    let pc02 = cowctl::manifest::secrets::derive("the-room-master-secret", "initiator", "pc-02");
     let script = script.replace("not-the-secret-of-pc-01", &pc02);
     let booted = pc::boot(room.dir.path(), &script, BOOT_LIMIT, &|| {
         room.log_so_far().matches("authentication failure").count() >= 2

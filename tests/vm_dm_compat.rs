@@ -103,8 +103,8 @@ impl Case {
             grow: None,
         };
         Engine::open(
-            Box::new(cowctl::backing::FileBacking::open(&self.golden, false).unwrap()),
-            Box::new(cowctl::backing::FileBacking::open(&self.cow, true).unwrap()),
+            Box::new(cowctl::engine::backing::FileBacking::open(&self.golden, false).unwrap()),
+            Box::new(cowctl::engine::backing::FileBacking::open(&self.cow, true).unwrap()),
             options,
         )
         .unwrap()

@@ -17,7 +17,7 @@ const GOLDEN: usize = 8 << 20;
 const SECRET: &str = "cowctl-test-secret";
 
 fn secret(pc: &str) -> String {
-    cowctl::secrets::derive(SECRET, "initiator", pc)
+    cowctl::manifest::secrets::derive(SECRET, "initiator", pc)
 }
 const TARGET1: &str = "iqn.2024-01.lan.test:pc-1";
 const TARGET2: &str = "iqn.2024-01.lan.test:pc-2";

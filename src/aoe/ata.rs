@@ -4,7 +4,7 @@
 
 use super::frame::FrameBuf;
 use super::wire::Ata;
-use crate::disk::{Disk, DiskError};
+use crate::engine::disk::{Disk, DiskError};
 
 pub const SECTOR: usize = 512;
 const SECTOR_BYTES: u64 = SECTOR as u64;
@@ -65,7 +65,7 @@ impl Identity {
     /// The same serial the PC's iSCSI disk has (its first 20 digits), so a disk keeps its
     /// identity across exports.
     pub fn for_pc(pc: &str) -> Identity {
-        let mut serial = crate::diskid::serial_for(pc);
+        let mut serial = crate::base::diskid::serial_for(pc);
         serial.truncate(20);
         Identity {
             serial,

@@ -137,7 +137,7 @@ impl Socket {
     /// The interface's MAC address.
     pub fn mac(&self) -> io::Result<[u8; 6]> {
         let text = self.sysfs("address")?;
-        let mac: crate::netaddr::Mac = text
+        let mac: crate::base::netaddr::Mac = text
             .parse()
             .map_err(|e: String| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(mac.0)

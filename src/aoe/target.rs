@@ -11,7 +11,7 @@ use super::wire::{
     self, command, config_reply, mask_error, Ata, Error, Header, Mask, Resrel, ANY_SHELF, ANY_SLOT,
     ATA_LEN, CONFIG_LEN, HEADER_LEN, MASK_LEN, MAX_CONFIG, RESREL_LEN,
 };
-use crate::disk::Disk;
+use crate::engine::disk::Disk;
 
 /// The most MACs a Mac Mask List holds.
 pub const MAX_MASKS: usize = 64;

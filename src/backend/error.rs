@@ -18,7 +18,7 @@ pub enum Error {
     #[error(transparent)]
     UnknownPc(#[from] crate::manifest::UnknownPc),
     #[error(transparent)]
-    RunDir(#[from] crate::rundir::RunDirError),
+    RunDir(#[from] crate::base::rundir::RunDirError),
     /// `cowctl serve` run in the foreground, in the service's words (with their causes).
     #[error(transparent)]
     Service(#[from] crate::service::Error),

@@ -159,7 +159,7 @@ impl Backend for ServiceClient {
             None => pcs
                 .iter()
                 .map(|pc| {
-                    let due = crate::image::due(m, pc)?;
+                    let due = crate::image::next_version(m, pc)?;
                     Ok(reset::reset_file(
                         pc,
                         due.as_ref().map(|(_, g)| g),
@@ -217,7 +217,7 @@ pub(super) fn serve(m: &Manifest, start_empty: bool, kernel: bool) -> Result<()>
 fn start_service(manifest: &Path, dir: &Path) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let log_path = dir.join("serve.log");
-    let log = crate::rundir::open(dir, "serve.log", true)?;
+    let log = crate::base::rundir::open(dir, "serve.log", true)?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.args(["serve", "--start-empty", "-f"])
         .arg(manifest)

@@ -228,7 +228,7 @@ fn reset_disks(m: &Manifest, pcs: &[String], json: bool) -> Result<ExitCode> {
             selected.len(),
             failed
                 .iter()
-                .map(|(pc, e)| format!("{pc}: {}", crate::logtext::chain(e)))
+                .map(|(pc, e)| format!("{pc}: {}", crate::base::logtext::chain(e)))
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
@@ -281,7 +281,7 @@ pub fn chap(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode>
                 manifest.path.display()
             )
         })?;
-    let master = crate::secrets::ChapMaster::read(chap)?;
+    let master = crate::manifest::secrets::ChapMaster::read(chap)?;
     let selected = manifest.select(pcs)?;
     if let Some(pc) = selected
         .iter()

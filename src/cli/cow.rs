@@ -3,8 +3,8 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 
 use super::print_json;
+use crate::base::units::{human, ByteSize};
 use crate::cowfile;
-use crate::units::{human, ByteSize};
 
 #[derive(Debug, Subcommand)]
 pub enum CowCommand {
@@ -73,22 +73,23 @@ pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
 
 /// `cow record`: the `.golden` record of a COW that has none.
 fn record(cowfile: &Path, base: &Path, json: bool) -> anyhow::Result<()> {
-    use crate::control::sidecar;
-    if let crate::filekind::Kind::Other(what) = crate::filekind::classify(cowfile)? {
+    use crate::control::golden_record;
+    if let crate::engine::filekind::Kind::Other(what) = crate::engine::filekind::classify(cowfile)?
+    {
         anyhow::bail!(
             "{} is not a COW file: it looks like {what}",
             cowfile.display()
         );
     }
-    if let Some(g) = sidecar::read(cowfile)? {
+    if let Some(g) = golden_record::read(cowfile)? {
         anyhow::bail!(
             "{} already records golden image {}; it is not changed",
-            sidecar::sidecar_path(cowfile).display(),
+            golden_record::record_path(cowfile).display(),
             g.image.display()
         );
     }
     let g = crate::image::golden_for(base)?;
-    sidecar::write(cowfile, &g)?;
+    golden_record::write(cowfile, &g)?;
     if json {
         return print_json(&g);
     }

@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use super::control::load;
 use super::print_json;
+use crate::base::units::human;
 use crate::image::{self, Store, VersionName};
 use crate::manifest::Manifest;
-use crate::units::human;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {

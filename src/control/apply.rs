@@ -60,7 +60,7 @@ pub fn run_teardown(
             let i = offsets[g] + j;
             (lock(&progress))(i, a);
             if let Err(e) = times.time(a, || step(ctx, a, &mut loops, &mut fingerprints)) {
-                let e = crate::logtext::chain(&e);
+                let e = crate::base::logtext::chain(&e);
                 return Some(format!("step {} of {total} failed: {a}: {e}", i + 1));
             }
         }
@@ -253,8 +253,8 @@ fn detach_loop(ctx: &Ctx, dev: &Path, backing: &Path, loops: &mut KnownLoops) ->
         .iter()
         .any(|p| super::reset::discard_path(&p.cow) == *backing);
     let a_cow = matches!(
-        crate::filekind::classify(backing),
-        Ok(crate::filekind::Kind::Cow | crate::filekind::Kind::Fresh)
+        crate::engine::filekind::classify(backing),
+        Ok(crate::engine::filekind::Kind::Cow | crate::engine::filekind::Kind::Fresh)
     );
     if discarded && a_cow {
         std::fs::remove_file(backing).map_err(|source| Error::Remove {
@@ -274,7 +274,7 @@ fn finish_reset(ctx: &Ctx, name: &str, loops: &mut KnownLoops) -> Result<()> {
     let obs = super::observe::Observed::read(ctx.kernel)?;
     loops.forget();
     super::reset::finish_parked(ctx, &obs, pc, &dm_name(name), false)?;
-    Ok(super::sidecar::note_reset(&pc.cow, None)?)
+    Ok(super::golden_record::note_reset(&pc.cow, None)?)
 }
 
 /// The snapshot table of `image` and `cow` over the loops now attached to them.

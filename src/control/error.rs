@@ -5,8 +5,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::base::logtext::chain;
 use crate::kernel::error::{ConfigfsError, DmError, LioError, LoopError, NetError, VbladeError};
-use crate::logtext::chain;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -30,7 +30,7 @@ pub enum Error {
     #[error(transparent)]
     CowFile(#[from] crate::cowfile::CowFileError),
     #[error(transparent)]
-    Secret(#[from] crate::secrets::SecretError),
+    Secret(#[from] crate::manifest::secrets::SecretError),
     #[error(transparent)]
     Lock(#[from] LockError),
     /// A file a step reads (`classify`) could not be, in the system's words.
@@ -173,7 +173,7 @@ pub enum LockError {
         source: io::Error,
     },
     #[error(transparent)]
-    RunDir(#[from] crate::rundir::RunDirError),
+    RunDir(#[from] crate::base::rundir::RunDirError),
     /// The holder's line could not be written into the lock file.
     #[error(transparent)]
     Write(#[from] io::Error),

@@ -12,7 +12,7 @@ pub struct Lock {
 
 pub fn acquire(run_dir: &Path, what: &str) -> Result<Lock, LockError> {
     let path = run_dir.join("lock");
-    let mut file = crate::rundir::open(run_dir, "lock", false)?;
+    let mut file = crate::base::rundir::open(run_dir, "lock", false)?;
     if let Err(e) = file.try_lock() {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);

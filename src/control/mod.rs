@@ -17,7 +17,7 @@ pub mod step;
 pub use error::{Error, LockError, Result, StepFailed};
 
 /// `<cow>.golden` records live with the image versions they name; here for old paths.
-pub use crate::image::sidecar;
+pub use crate::image::golden_record;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 
 use super::observe::Observed;
 use super::step::Step;
-use super::{dm_name, sidecar, Ctx, Error, Result, PREFIX};
+use super::{dm_name, golden_record, Ctx, Error, Result, PREFIX};
+use crate::base::logtext::chain;
 use crate::cow::{HeaderState, LoadedStore};
 use crate::dm::DevRef;
 use crate::kernel::loopdev;
-use crate::logtext::chain;
 use crate::manifest::{Export, Image, Manifest, Pc};
 
 /// What `apply` would do now.
@@ -74,7 +74,7 @@ fn pc_actions(
             chunk: pc.chunk,
         });
     }
-    if !sidecar::sidecar_path(&pc.cow).exists() {
+    if !golden_record::record_path(&pc.cow).exists() {
         actions.push(Step::RecordGolden {
             pc: pc.name.clone(),
             image: image.name.clone(),
@@ -319,7 +319,7 @@ fn preflight(ctx: &Ctx) -> Result<()> {
     }
     problems.extend(network_problems(ctx));
     if let Some(chap) = ctx.manifest.iscsi.as_ref().and_then(|i| i.chap.as_ref()) {
-        if let Err(e) = crate::secrets::ChapMaster::read(chap) {
+        if let Err(e) = crate::manifest::secrets::ChapMaster::read(chap) {
             problems.push(e.to_string());
         }
     }
@@ -353,7 +353,7 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
             }
             problems.extend(cow_store_problem(manifest, pc));
             if let Some(g) = fingerprints.get(&pc.image) {
-                if let Err(e) = sidecar::check(&pc.name, &pc.cow, g) {
+                if let Err(e) = golden_record::check(&pc.name, &pc.cow, g) {
                     problems.push(chain(&e));
                 }
             }
@@ -374,14 +374,14 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
 fn image_fingerprints(
     manifest: &Manifest,
     problems: &mut Vec<String>,
-) -> std::collections::BTreeMap<String, sidecar::Golden> {
+) -> std::collections::BTreeMap<String, golden_record::Golden> {
     let mut fingerprints = std::collections::BTreeMap::new();
     for image in manifest
         .images
         .values()
         .filter(|i| manifest.pcs.iter().any(|p| p.image == i.name))
     {
-        match sidecar::fingerprint(&image.path) {
+        match golden_record::fingerprint(&image.path) {
             Ok(g) if g.size % 512 != 0 || g.size == 0 => problems.push(format!(
                 "golden image {} is {} bytes, not a whole number of sectors",
                 image.path.display(),
@@ -398,8 +398,8 @@ fn image_fingerprints(
 
 /// An existing COW that is not one (or cannot be read): nothing else is checked of it.
 fn cow_kind_problem(pc: &Pc) -> Option<String> {
-    match crate::filekind::classify(&pc.cow) {
-        Ok(crate::filekind::Kind::Other(what)) => Some(format!(
+    match crate::engine::filekind::classify(&pc.cow) {
+        Ok(crate::engine::filekind::Kind::Other(what)) => Some(format!(
             "{}: {} is not a COW file: it looks like {what}; cowctl writes only to files that start with a snapshot header or that have no data yet (point cow: at a file of its own)",
             pc.name,
             pc.cow.display()
@@ -431,14 +431,14 @@ fn cow_store_problem(manifest: &Manifest, pc: &Pc) -> Option<String> {
                 pc.chunk
             ))
         }
-        Ok(s) if !s.exceptions.is_empty() && !sidecar::sidecar_path(&pc.cow).exists() => {
+        Ok(s) if !s.exceptions.is_empty() && !golden_record::record_path(&pc.cow).exists() => {
             // Recording it now would vouch for data cowctl cannot place.
             Some(format!(
                 "{}: COW {} holds {} written chunks but has no record of the golden image they were written over ({}); if they belong to {}, record it with `cowctl cow record {} --base {}`, else reset it",
                 pc.name,
                 pc.cow.display(),
                 s.exceptions.len(),
-                sidecar::sidecar_path(&pc.cow).display(),
+                golden_record::record_path(&pc.cow).display(),
                 manifest.images[&pc.image].path.display(),
                 pc.cow.display(),
                 manifest.images[&pc.image].path.display(),

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::golden_record::Golden;
 use super::observe::Observed;
-use super::sidecar::Golden;
 use super::spec::vblade_spec;
 use super::{dm_name, Ctx, Error, Result};
+use crate::base::fileid::same_file;
 use crate::dm::{DevRef, SnapshotTable, TableLine};
-use crate::fileid::same_file;
-use crate::filekind::{classify, Kind};
+use crate::engine::filekind::{classify, Kind};
 use crate::kernel::devmapper::Target;
 use crate::kernel::lio::Lio;
 use crate::kernel::loopdev::{LoopInfo, Loops};
@@ -98,7 +98,7 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&NextVersion>) -> 
     let onto = onto.filter(|_| !obs.parked.contains_key(&name));
     let paused = if obs.parked.contains_key(&name) {
         let paused = finish_parked(ctx, obs, pc, &name, true)?;
-        super::sidecar::note_reset(&pc.cow, None)?;
+        super::golden_record::note_reset(&pc.cow, None)?;
         paused
     } else if obs.dm.contains_key(&name) {
         // The record is written with the fresh COW, before the PC's I/O resumes.
@@ -127,7 +127,7 @@ pub fn reset_many(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Result<Reset>> 
     let onto: Vec<Result<Option<NextVersion>>> = pcs
         .iter()
         .map(|pc| {
-            let Some((image, golden)) = crate::image::due(ctx.manifest, pc)? else {
+            let Some((image, golden)) = crate::image::next_version(ctx.manifest, pc)? else {
                 return Ok(None);
             };
             if !obs.dm.contains_key(&dm_name(&pc.name)) {
@@ -170,7 +170,7 @@ pub fn reset_many(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Result<Reset>> 
         .collect();
     if moved {
         if let Err(e) = detach_unused_versions(ctx) {
-            tracing::warn!("after the resets: {}", crate::logtext::chain(&e));
+            tracing::warn!("after the resets: {}", crate::base::logtext::chain(&e));
         }
     }
     done
@@ -208,7 +208,7 @@ fn names_loop(d: &DevRef, l: &LoopInfo) -> bool {
 /// version, `onto` is the one its record names now.
 pub fn reset_file(pc: &Pc, onto: Option<&Golden>, loops: &dyn Loops) -> Result<Reset> {
     let r = crate::cowfile::reset(&pc.cow, loops)?;
-    super::sidecar::note_reset(&pc.cow, onto)?;
+    super::golden_record::note_reset(&pc.cow, onto)?;
     Ok(Reset::offline(&pc.name, r.elapsed))
 }
 
@@ -331,13 +331,13 @@ fn swap(
 ) -> Result<()> {
     let k = ctx.kernel;
     let old_table = Target::snapshot(table);
-    let old_record = super::sidecar::read(&pc.cow)?;
+    let old_record = super::golden_record::read(&pc.cow)?;
     // 2. Park the device: the old snapshot is destroyed, nothing can write.
     k.dm.replace(name, &Target::error(table.length))?;
     // 3. A fresh COW at the same path, the old one set aside (never over another file).
     let mut created = false;
     let fresh = (|| -> Result<LoopInfo> {
-        crate::durable::rename_new(&pc.cow, discard).map_err(|source| Error::MoveAside {
+        crate::base::durable::rename_new(&pc.cow, discard).map_err(|source| Error::MoveAside {
             cow: pc.cow.clone(),
             discard: discard.to_path_buf(),
             source,
@@ -347,7 +347,7 @@ fn swap(
         let l = k.loops.attach(&pc.cow, false)?;
         // Before anything can write the fresh COW, its record names the image it is over:
         // a crash from here on finishes the reset on that image.
-        super::sidecar::note_reset(&pc.cow, onto.map(|o| &o.golden))?;
+        super::golden_record::note_reset(&pc.cow, onto.map(|o| &o.golden))?;
         Ok(l)
     })();
     match fresh {
@@ -366,9 +366,9 @@ fn swap(
                 if created {
                     let _ = std::fs::remove_file(&pc.cow);
                 }
-                let _ = crate::durable::rename_new(discard, &pc.cow);
+                let _ = crate::base::durable::rename_new(discard, &pc.cow);
                 if let Some(old) = &old_record {
-                    let _ = super::sidecar::write(&pc.cow, old);
+                    let _ = super::golden_record::write(&pc.cow, old);
                 }
             }
             k.dm.replace(name, &old_table)?;

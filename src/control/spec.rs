@@ -25,7 +25,7 @@ pub fn target_spec(ctx: &Ctx, p: &Pc, device: Option<PathBuf>) -> Result<TargetS
     };
     let chap = match &cfg.chap {
         Some(c) => {
-            let mine = crate::secrets::ChapMaster::read(c)?.for_pc(&p.name);
+            let mine = crate::manifest::secrets::ChapMaster::read(c)?.for_pc(&p.name);
             Some(Credentials {
                 userid: mine.initiator.username,
                 password: mine.initiator.secret,
@@ -37,7 +37,7 @@ pub fn target_spec(ctx: &Ctx, p: &Pc, device: Option<PathBuf>) -> Result<TargetS
     Ok(TargetSpec {
         iqn: target.clone(),
         so_name: dm_name(&p.name),
-        serial: crate::diskid::serial_for(&p.name),
+        serial: crate::base::diskid::serial_for(&p.name),
         device: device.map(|d| d.display().to_string()).unwrap_or_default(),
         portals: cfg.portals.clone(),
         access,

@@ -202,7 +202,7 @@ pub fn row(
     // Auto-extend grows the COW at its threshold: warn when the maximum is getting full.
     let risk_percent = usage.map(|u| {
         let cap = max_sectors.map_or(u.total_sectors, |m| m.max(u.total_sectors));
-        crate::units::percent(u.sectors_allocated, cap)
+        crate::base::units::percent(u.sectors_allocated, cap)
     });
     let mut notes = open_to_others(pc);
     // The PC's version store, read once for both questions asked of it below.
@@ -219,10 +219,14 @@ pub fn row(
     ) || risk_percent.is_some_and(|p| p >= manifest.warn_percent)
         || lost.is_some();
     notes.extend(lost);
-    let history = super::sidecar::read(&pc.cow).ok().flatten();
+    let history = super::golden_record::read(&pc.cow).ok().flatten();
     let next_version = store
         .as_ref()
-        .and_then(|s| crate::image::due_in(manifest, pc, s).ok().flatten())
+        .and_then(|s| {
+            crate::image::next_version_in(manifest, pc, s)
+                .ok()
+                .flatten()
+        })
         .and_then(|(i, _)| i.version);
     PcStatus {
         name: pc.name.clone(),
@@ -250,7 +254,7 @@ pub fn row(
 /// 0600; one made before, or by hand, is the admin's to change, so it is only said.
 fn open_to_others(pc: &Pc) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
-    let record = super::sidecar::sidecar_path(&pc.cow);
+    let record = super::golden_record::record_path(&pc.cow);
     [("COW", pc.cow.as_path()), ("golden-image record", &record)]
         .into_iter()
         .filter_map(|(what, path)| {
@@ -297,7 +301,7 @@ pub fn align(table: &[Vec<String>]) -> Vec<String> {
 
 /// The status table and a warning line per PC over the threshold.
 pub fn render(rows: &[PcStatus], warn_percent: f64) -> String {
-    use crate::units::human;
+    use crate::base::units::human;
     let mut table = vec![[
         "PC",
         "IMAGE",
@@ -319,7 +323,7 @@ pub fn render(rows: &[PcStatus], warn_percent: f64) -> String {
             "-".into()
         } else {
             // Initiator names come from the network: one cell, one line.
-            crate::logtext::Escaped(r.initiators.join(",")).to_string()
+            crate::base::logtext::Escaped(r.initiators.join(",")).to_string()
         };
         let mut image = match &r.image_version {
             Some(v) => format!("{}@{v}", r.image),
@@ -366,7 +370,7 @@ pub fn render(rows: &[PcStatus], warn_percent: f64) -> String {
             PcState::MergeFailed => "failed a merge".to_string(),
             _ if r.max_sectors.is_some() => format!(
                 "is {:.1}% full counting all auto-extend may add (warning at {warn_percent}%): reset it or raise autoextend.max",
-                crate::units::percent(r.used_sectors.unwrap_or(0), r.capacity_sectors().unwrap_or(0))
+                crate::base::units::percent(r.used_sectors.unwrap_or(0), r.capacity_sectors().unwrap_or(0))
             ),
             _ => format!("is {:.1}% full (warning at {warn_percent}%): reset it or grow its COW before it fills", r.used_percent.unwrap_or(0.0)),
         };

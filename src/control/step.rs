@@ -9,12 +9,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{dm_name, sidecar};
+use super::{dm_name, golden_record};
+use crate::base::units::ByteSize;
 use crate::dm::StoreMode;
 use crate::kernel::aoe::VbladeSpec;
 use crate::kernel::lio::TargetSpec;
 use crate::kernel::loopdev;
-use crate::units::ByteSize;
 
 /// Kernel steps are never sent over the service's control socket (they would carry CHAP
 /// secrets), so they are left out of its serialized form.
@@ -191,7 +191,7 @@ impl fmt::Display for Step {
 }
 
 /// Each image's fingerprint, read once per run however many PCs' records name it.
-pub type Fingerprints = HashMap<PathBuf, sidecar::Golden>;
+pub type Fingerprints = HashMap<PathBuf, golden_record::Golden>;
 
 impl Step {
     /// Runs a step that only touches files, the same on every backend: creates a COW file
@@ -212,7 +212,7 @@ impl Step {
                         g
                     }
                 };
-                Ok(sidecar::write(cow, &golden)?)
+                Ok(golden_record::write(cow, &golden)?)
             }
             other => Err(super::Error::NotFileStep {
                 step: other.to_string(),

@@ -1,7 +1,7 @@
 //! On-disk structures and chunk arithmetic of the persistent exception store.
 
 use super::error::FormatError;
-use crate::units::SECTOR;
+use crate::base::units::SECTOR;
 
 /// "SnAp" read as a little-endian u32.
 pub const SNAP_MAGIC: u32 = 0x7041_6e53;

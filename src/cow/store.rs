@@ -10,7 +10,7 @@ use super::format::{
     HEADER_SIZE,
 };
 use super::usage::Usage;
-use crate::chunkmap::ChunkMap;
+use crate::base::chunkmap::ChunkMap;
 
 /// Positional reads from a file or block device.
 pub trait ReadAt {
@@ -255,6 +255,6 @@ impl ReadAt for std::fs::File {
     }
 
     fn size(&self) -> io::Result<u64> {
-        crate::fileid::file_or_device_size(self)
+        crate::base::fileid::file_or_device_size(self)
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::format::{Geometry, HEADER_CHUNKS};
-use crate::units::SECTOR;
+use crate::base::units::SECTOR;
 
 /// `<sectors_allocated>/<total_sectors> <metadata_sectors>`, as `persistent_usage` computes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,7 +42,7 @@ impl Usage {
 
     /// Fill in percent counting metadata too (`allocated / total`), what LVM calls Data%.
     pub fn allocated_percent(&self) -> f64 {
-        crate::units::percent(self.sectors_allocated, self.total_sectors)
+        crate::base::units::percent(self.sectors_allocated, self.total_sectors)
     }
 }
 

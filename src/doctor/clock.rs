@@ -6,7 +6,7 @@
 use std::os::unix::fs::MetadataExt;
 
 use super::{Area, Check};
-use crate::image::sidecar::sidecar_path;
+use crate::image::golden_record::record_path;
 use crate::manifest::Manifest;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +59,13 @@ pub fn newest_record(m: &Manifest) -> Option<(u64, std::path::PathBuf)> {
     m.pcs
         .iter()
         .filter_map(|pc| {
-            let path = sidecar_path(&pc.cow);
+            let path = record_path(&pc.cow);
             let mtime = std::fs::metadata(&path).ok()?.mtime();
             let reset = std::fs::read(&path)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<crate::image::sidecar::Golden>(&b).ok())
+                .and_then(|b| {
+                    serde_json::from_slice::<crate::image::golden_record::Golden>(&b).ok()
+                })
                 .and_then(|g| g.last_reset)
                 .unwrap_or(0);
             Some((u64::try_from(mtime).unwrap_or(0).max(reset), path))
@@ -131,7 +133,7 @@ mod tests {
         let c = checks(&m, &clock(Synced::Unknown, 0));
         assert_eq!(c.len(), 1, "no records, nothing to compare: {c:?}");
         assert_eq!(c[0].status, Status::Warn);
-        let record = sidecar_path(&d.path().join("b.cow"));
+        let record = record_path(&d.path().join("b.cow"));
         std::fs::write(
             &record,
             r#"{"image":"/g.img","size":1,"fingerprint":"x","last_reset":4000000000}"#,

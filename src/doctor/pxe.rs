@@ -17,7 +17,7 @@ pub fn checks(m: &Manifest, host: &Host) -> Vec<Check> {
                 Area::Interface,
                 format!(
                     "cannot read the network interfaces: {}",
-                    crate::logtext::chain(&e)
+                    crate::base::logtext::chain(&e)
                 ),
                 "run cowctl doctor where it may open a netlink socket",
             )]
@@ -34,7 +34,7 @@ pub fn checks(m: &Manifest, host: &Host) -> Vec<Check> {
                 Area::Pxe,
                 format!(
                     "PCs could not chain to /boot.ipxe: {}",
-                    crate::logtext::chain(&e)
+                    crate::base::logtext::chain(&e)
                 ),
                 "give the interface an IPv4 address, or set http.server / http.listen",
             ),

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use super::{Area, Check};
+use crate::manifest::secrets::{read_private, SecretError};
 use crate::manifest::Manifest;
-use crate::secrets::{read_private, SecretError};
 
 /// A command that writes a new random secret only its owner may read.
 fn generate(path: &Path) -> String {

@@ -8,8 +8,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{Area, Check};
+use crate::base::units::human;
 use crate::manifest::Manifest;
-use crate::units::human;
 
 /// What statfs says of a directory's file system.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::error::EngineError;
-use crate::backing::Backing;
+use crate::base::units::SECTOR;
 use crate::cow::{
     DiskException, Geometry, Header, LoadedStore, OverflowPolicy, Usage, DISK_EXCEPTION_SIZE,
     HEADER_SIZE,
 };
-use crate::units::SECTOR;
+use crate::engine::backing::Backing;
 
 /// When a new exception reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -184,8 +184,8 @@ impl Metadata {
             self.cow_bytes.store(next, Ordering::Release);
             tracing::warn!(
                 "the COW was full: grown on demand from {} to {} (auto-extend)",
-                crate::units::human(now),
-                crate::units::human(next)
+                crate::base::units::human(now),
+                crate::base::units::human(next)
             );
         }
     }

@@ -7,7 +7,10 @@
 //! covers it whole), writes it, and commits the exception before the write completes —
 //! the same point at which the kernel completes it.
 
+pub mod backing;
+pub mod disk;
 mod error;
+pub mod filekind;
 mod metadata;
 
 use std::sync::{Mutex, RwLock};
@@ -16,9 +19,9 @@ pub use crate::cow::OverflowPolicy;
 pub use error::EngineError;
 pub use metadata::{CommitMode, GrowPolicy, SnapshotState};
 
-use crate::backing::Backing;
-use crate::chunkmap::ChunkMap;
+use crate::base::chunkmap::ChunkMap;
 use crate::cow::{DiskException, Geometry, Header, HeaderState, LoadedStore, ReadAt, Usage};
+use crate::engine::backing::Backing;
 use metadata::Metadata;
 
 /// Writers allocating chunks serialize per stripe, so two first writes to one chunk never

@@ -43,7 +43,7 @@ pub fn build(parent: &Path, cow: &Path, out: &Path) -> Result<Built> {
         path: parent.to_path_buf(),
         source,
     })?;
-    let size = crate::backing::file_or_device_size(&src)?;
+    let size = crate::engine::backing::file_or_device_size(&src)?;
     let cow_file = File::open(cow).map_err(|source| Error::Open {
         path: cow.to_path_buf(),
         source,

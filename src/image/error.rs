@@ -221,7 +221,7 @@ impl Error {
     /// The sentence with its causes after it, joined by ": " (`logtext::chain`, as the
     /// CLI prints it), for a problem listed among others.
     pub fn with_causes(&self) -> String {
-        crate::logtext::chain(self)
+        crate::base::logtext::chain(self)
     }
 }
 
@@ -280,6 +280,6 @@ mod tests {
         let chained =
             "committing pc-01: copying chunks 3..5 of /c into /o: the source ended 7 bytes early";
         assert_eq!(e.with_causes(), chained);
-        assert_eq!(crate::logtext::chain(&e), chained);
+        assert_eq!(crate::base::logtext::chain(&e), chained);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::sidecar::Golden;
+use super::golden_record::Golden;
 use super::store::{Store, Version, VersionName};
 
 /// Which version a COW's `.golden` record names ([`Store::version_of`]).
@@ -70,7 +70,7 @@ impl Store {
         g.version
             .as_ref()
             .is_none_or(|id| id.name == v.name.as_str())
-            && (g.image == disk || crate::fileid::same_file(&g.image, &disk))
+            && (g.image == disk || crate::base::fileid::same_file(&g.image, &disk))
             && g.size == v.size
             && g.fingerprint == v.fingerprint
             && (v.sha256.is_none() || v.hashed_later.is_some())
@@ -80,14 +80,14 @@ impl Store {
     /// Whether `disk` lies in a version folder of this store (whether or not it is one now).
     pub fn holds(&self, disk: &Path) -> bool {
         super::users::store_of(disk)
-            .is_some_and(|d| d == self.dir || crate::fileid::same_file(d, &self.dir))
+            .is_some_and(|d| d == self.dir || crate::base::fileid::same_file(d, &self.dir))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::sidecar::VersionId;
+    use crate::image::golden_record::VersionId;
     use crate::image::store::Promoted;
     use std::path::PathBuf;
 

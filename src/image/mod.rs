@@ -9,10 +9,10 @@
 
 pub mod build;
 pub mod error;
+pub mod golden_record;
 pub mod hash;
 pub mod identity;
 pub mod import;
-pub mod sidecar;
 pub mod space;
 pub mod store;
 pub mod users;
@@ -24,8 +24,8 @@ use serde::Serialize;
 
 use crate::manifest::{Image, Manifest, Pc};
 pub use error::{CopyError, Error};
+use golden_record::Golden;
 pub use identity::Found;
-use sidecar::Golden;
 pub use store::{Store, Version, VersionName};
 
 type Result<T, E = Error> = std::result::Result<T, E>;
@@ -99,7 +99,7 @@ pub fn resolve(m: &mut Manifest) -> Vec<Problem> {
         }
         for i in users {
             let pc = &m.pcs[i];
-            if sidecar::sidecar_path(&pc.cow).exists() {
+            if golden_record::record_path(&pc.cow).exists() {
                 // Best effort (a reading command may not write the store): the COWs of
                 // stores made before back-references become visible to prune.
                 let _ = users::note_in(dir, &pc.cow);
@@ -122,8 +122,8 @@ pub fn resolve(m: &mut Manifest) -> Vec<Problem> {
 
 /// The version a PC's COW was made against, when it has one of this store's.
 fn running_version<'a>(store: &'a Store, pc: &Pc) -> Found<'a> {
-    match sidecar::read(&pc.cow).ok().flatten() {
-        Some(g) => store.version_of(&g, sidecar::written(&pc.cow)),
+    match golden_record::read(&pc.cow).ok().flatten() {
+        Some(g) => store.version_of(&g, golden_record::written(&pc.cow)),
         None => Found::Elsewhere,
     }
 }
@@ -151,16 +151,16 @@ pub fn cow_problem(m: &Manifest, store: &Store, pc: &Pc) -> Option<String> {
 
 /// The version `pc` moves to at its next reset when that is not the one it runs, read from
 /// the store now (it may have been committed and promoted after the manifest was loaded).
-pub fn due(m: &Manifest, pc: &Pc) -> Result<Option<(Image, Golden)>> {
+pub fn next_version(m: &Manifest, pc: &Pc) -> Result<Option<(Image, Golden)>> {
     let Some(dir) = m.images[&pc.image].store.as_deref() else {
         return Ok(None);
     };
-    due_in(m, pc, &Store::open(dir)?)
+    next_version_in(m, pc, &Store::open(dir)?)
 }
 
-/// [`due`] with the PC's store already read (status reads it once per PC for this and for
+/// [`next_version`] with the PC's store already read (status reads it once per PC for this and for
 /// [`cow_problem`]).
-pub fn due_in(m: &Manifest, pc: &Pc, store: &Store) -> Result<Option<(Image, Golden)>> {
+pub fn next_version_in(m: &Manifest, pc: &Pc, store: &Store) -> Result<Option<(Image, Golden)>> {
     let image = &m.images[&pc.image];
     let Some(v) = store.target(&pc.name) else {
         return Ok(None);
@@ -192,7 +192,7 @@ pub fn golden_of(store: &Store, v: &Version) -> Golden {
 /// fingerprint, and when `disk` is a version's (`<store>/<v>/disk.img`), that version's
 /// identity.
 pub fn golden_for(disk: &Path) -> Result<Golden> {
-    let mut g = sidecar::fingerprint(disk)?;
+    let mut g = golden_record::fingerprint(disk)?;
     let folder = disk
         .parent()
         .filter(|_| disk.file_name() == Some(store::DISK.as_ref()));
@@ -234,7 +234,7 @@ fn record(
     made_from: String,
 ) -> Result<Version> {
     let disk = incoming.join(store::DISK);
-    let g = sidecar::fingerprint(&disk)?;
+    let g = golden_record::fingerprint(&disk)?;
     let sha256 = hash::sha256_file(&disk)?;
     if g.size == 0 || g.size % 512 != 0 {
         return Err(Error::NotSectors { disk, size: g.size });
@@ -419,7 +419,7 @@ fn cows_on(store: &Store) -> (BTreeMap<VersionName, Vec<String>>, Vec<PathBuf>) 
     for (reference, cow) in users::list(&store.dir) {
         let says = format!("COW {}", cow.display());
         let mut keep = |v: &VersionName, why: String| on.entry(v.clone()).or_default().push(why);
-        match sidecar::read(&cow) {
+        match golden_record::read(&cow) {
             Ok(None) => stale.push(reference),
             Err(e) => {
                 let e = e.with_causes();
@@ -428,7 +428,7 @@ fn cows_on(store: &Store) -> (BTreeMap<VersionName, Vec<String>>, Vec<PathBuf>) 
                     .keys()
                     .for_each(|v| keep(v, format!("{says} (its record is unreadable: {e})")))
             }
-            Ok(Some(g)) => match store.version_of(&g, sidecar::written(&cow)) {
+            Ok(Some(g)) => match store.version_of(&g, golden_record::written(&cow)) {
                 Found::On(v) => keep(v, says),
                 Found::Missing(_) => {}
                 Found::Elsewhere => store
@@ -478,7 +478,7 @@ pub fn prune_plan(
             .filter(|(_, pv)| **pv == v.name)
             .map(|(p, _)| p.as_str())
             .collect();
-        let holders = crate::filekind::open_by(&disk).unwrap_or_default();
+        let holders = crate::engine::filekind::open_by(&disk).unwrap_or_default();
         let why = if store.current() == Some(&v.name) {
             Some("current".to_string())
         } else if !pinned.is_empty() {
@@ -489,7 +489,7 @@ pub fn prune_plan(
             Some(format!("{} runs on it", cows.join(", ")))
         } else if let Some(l) = loops
             .iter()
-            .find(|l| crate::fileid::same_file(&l.backing, &disk))
+            .find(|l| crate::base::fileid::same_file(&l.backing, &disk))
         {
             Some(format!("attached to {}", l.dev.display()))
         } else if !holders.is_empty() {
@@ -523,7 +523,7 @@ pub fn remove_version(store: &Store, v: &VersionName) -> Result<()> {
     let gone = store
         .dir
         .join(format!(".pruning-{v}-{}", std::process::id()));
-    crate::durable::rename_new(&dir, &gone)
+    crate::base::durable::rename_new(&dir, &gone)
         .map_err(|source| Error::MoveAside { path: dir, source })?;
     std::fs::remove_dir_all(&gone).map_err(|source| Error::Remove { path: gone, source })
 }

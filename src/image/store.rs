@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::Error;
-use super::sidecar::VersionId;
+use super::golden_record::VersionId;
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -277,7 +277,7 @@ impl Store {
     pub fn write_promoted(&self, p: &Promoted) -> Result<()> {
         let path = self.dir.join(PROMOTED);
         let text = serde_json::to_string_pretty(p)? + "\n";
-        crate::durable::write_atomic(&path, text.as_bytes())
+        crate::base::durable::write_atomic(&path, text.as_bytes())
             .map_err(|source| Error::Write { path, source })
     }
 
@@ -285,9 +285,11 @@ impl Store {
     pub fn rewrite_record(&self, v: &Version) -> Result<()> {
         let record = self.version_dir(&v.name).join(RECORD);
         let text = serde_json::to_string_pretty(v)? + "\n";
-        crate::durable::write_atomic(&record, text.as_bytes()).map_err(|source| Error::Write {
-            path: record,
-            source,
+        crate::base::durable::write_atomic(&record, text.as_bytes()).map_err(|source| {
+            Error::Write {
+                path: record,
+                source,
+            }
         })
     }
 
@@ -296,7 +298,7 @@ impl Store {
         let dir = self.dir.join(PRUNED);
         if !dir.is_dir() {
             std::fs::create_dir(&dir)
-                .and_then(|()| crate::durable::sync_dir(&self.dir))
+                .and_then(|()| crate::base::durable::sync_dir(&self.dir))
                 .map_err(|source| Error::Create {
                     path: dir.clone(),
                     source,
@@ -304,7 +306,7 @@ impl Store {
         }
         let path = dir.join(v.name.as_str());
         let text = serde_json::to_string_pretty(v)? + "\n";
-        crate::durable::write_atomic(&path, text.as_bytes())
+        crate::base::durable::write_atomic(&path, text.as_bytes())
             .map_err(|source| Error::Write { path, source })
     }
 
@@ -324,11 +326,13 @@ impl Store {
     pub fn publish(&self, incoming: &Path, v: &Version) -> Result<()> {
         let record = incoming.join(RECORD);
         let text = serde_json::to_string_pretty(v)? + "\n";
-        crate::durable::write_atomic(&record, text.as_bytes()).map_err(|source| Error::Write {
-            path: record,
-            source,
+        crate::base::durable::write_atomic(&record, text.as_bytes()).map_err(|source| {
+            Error::Write {
+                path: record,
+                source,
+            }
         })?;
-        crate::durable::rename_new(incoming, &self.version_dir(&v.name)).map_err(|source| {
+        crate::base::durable::rename_new(incoming, &self.version_dir(&v.name)).map_err(|source| {
             Error::Publish {
                 from: incoming.to_path_buf(),
                 to: self.version_dir(&v.name),

@@ -42,13 +42,14 @@ pub fn note_in(store: &Path, cow: &Path) -> Result<()> {
     }
     if !dir.is_dir() {
         std::fs::create_dir(&dir)
-            .and_then(|()| crate::durable::sync_dir(store))
+            .and_then(|()| crate::base::durable::sync_dir(store))
             .map_err(|source| Error::Create {
                 path: dir.clone(),
                 source,
             })?;
     }
-    crate::durable::write_atomic(&file, bytes).map_err(|source| Error::Write { path: file, source })
+    crate::base::durable::write_atomic(&file, bytes)
+        .map_err(|source| Error::Write { path: file, source })
 }
 
 fn key(cow: &Path) -> String {

@@ -17,4 +17,4 @@ pub mod text;
 pub use connection::{serve, Attachment, Ended, Portal};
 pub use login::{Access, Directory, Established};
 
-pub use crate::disk::EngineDisk;
+pub use crate::engine::disk::EngineDisk;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use super::error::VbladeError;
-use crate::netaddr::Mac;
-use crate::supervise::{Helpers, Running};
+use crate::base::netaddr::Mac;
+use crate::kernel::supervise::{Helpers, Running};
 
 type Result<T, E = VbladeError> = std::result::Result<T, E>;
 

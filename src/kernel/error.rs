@@ -5,7 +5,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::supervise::SuperviseError;
+use crate::kernel::supervise::SuperviseError;
 
 /// A call the recording fake was told to fail (`Fake::fail_on`).
 #[derive(Debug, thiserror::Error)]
@@ -303,7 +303,7 @@ mod tests {
         };
         assert_eq!(e.to_string(), "creating iSCSI target iqn.2024-01.lab:pc1");
         assert_eq!(
-            crate::logtext::chain(&e),
+            crate::base::logtext::chain(&e),
             format!(
                 "creating iSCSI target iqn.2024-01.lab:pc1: portal 10.0.0.1:3260 (is the address \
                  configured on this host?): mkdir /cfg/iscsi/t/tpgt_1/np/10.0.0.1:3260: {}",
@@ -313,6 +313,9 @@ mod tests {
         let fake = LoopError::from(FakeFailure {
             call: "loop attach /x".into(),
         });
-        assert_eq!(crate::logtext::chain(&fake), "fake failure: loop attach /x");
+        assert_eq!(
+            crate::base::logtext::chain(&fake),
+            "fake failure: loop attach /x"
+        );
     }
 }

@@ -9,8 +9,8 @@ pub use super::error::LioError;
 type Result<T, E = LioError> = std::result::Result<T, E>;
 
 use super::configfs::{join, ConfigFs};
-use crate::iqn::Iqn;
-use crate::netaddr::Portal;
+use crate::base::iqn::Iqn;
+use crate::base::netaddr::Portal;
 
 /// Storage objects cowctl owns are named with this prefix.
 pub const SO_PREFIX: &str = "cowctl-";
@@ -286,7 +286,7 @@ impl Lio<'_> {
             // The identity the userspace target reports too (`diskid`), so a
             // PC sees the same disk on either backend. Set before the LUN exports it.
             fs.write(&join(&[&so, "wwn/vpd_unit_serial"]), &spec.serial)?;
-            use crate::diskid::{PRODUCT, REVISION, VENDOR};
+            use crate::base::diskid::{PRODUCT, REVISION, VENDOR};
             fs.write(&join(&[&so, "wwn/vendor_id"]), VENDOR)?;
             fs.write(&join(&[&so, "wwn/product_id"]), PRODUCT)?;
             fs.write(&join(&[&so, "wwn/revision"]), REVISION)?;

@@ -10,6 +10,7 @@ pub mod fake;
 pub mod lio;
 pub mod loopdev;
 pub mod net;
+pub mod supervise;
 
 use std::fmt;
 

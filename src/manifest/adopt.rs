@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{DhcpMode, Manifest};
-use crate::netaddr::Mac;
+use crate::base::netaddr::Mac;
 
 /// A PC to add: what its entry says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -277,7 +277,7 @@ pub fn adopt(
         )));
     }
     if !dry_run {
-        crate::durable::write_atomic(path, new_text.as_bytes()).map_err(io)?;
+        crate::base::durable::write_atomic(path, new_text.as_bytes()).map_err(io)?;
     }
     let notes = added
         .iter()

@@ -4,7 +4,7 @@
 
 use super::raw::RawPc;
 use super::{AclMode, AoeConfig, Builder, Export, IscsiConfig, Mac};
-use crate::iqn::Iqn;
+use crate::base::iqn::Iqn;
 
 impl Builder {
     pub(super) fn iscsi_export(

@@ -15,6 +15,7 @@ mod pc;
 mod positions;
 mod pxe;
 mod raw;
+pub mod secrets;
 mod sections;
 mod types;
 mod warnings;

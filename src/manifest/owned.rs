@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::types::{HttpConfig, Image, IscsiConfig, Pc};
 use super::Builder;
-use crate::fileid::{identity, Identity};
+use crate::base::fileid::{identity, Identity};
 
 /// The names a versioned image's store gives its files (`image::store` writes them; the
 /// check here must know them to keep a COW off them).

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use super::raw::{RawAutoExtend, RawPc, Text};
 use super::{expand, pxe, types};
 use super::{AoeConfig, AutoExtend, Builder, Export, Image, IscsiConfig, Mac, Pc};
+use crate::base::units::ByteSize;
 use crate::cow::Geometry;
 use crate::dm::StoreMode;
-use crate::units::ByteSize;
 
 impl Builder {
     pub(super) fn pcs(

@@ -134,7 +134,7 @@ impl Builder {
 
     /// A value cowctl writes into dnsmasq's configuration must stay on its line there.
     fn one_line(&mut self, field: &str, value: &str) {
-        if let Some(c) = crate::logtext::first_control(value) {
+        if let Some(c) = crate::base::logtext::first_control(value) {
             self.error(
                 field,
                 format!(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::raw::{RawChap, RawHttp, RawImages, RawIscsi, RawNbd, Text};
 use super::{AclMode, Builder, Chap, HttpConfig, Image, IscsiConfig, NbdAcl, NbdConfig, Portal};
-use crate::iqn::Iqn;
+use crate::base::iqn::Iqn;
 
 impl Builder {
     fn address(
@@ -261,7 +261,7 @@ impl Builder {
             ("mutual_username", c.mutual_username.as_ref()),
         ] {
             if let Some(n) = name {
-                if n.is_empty() || n.len() > 255 || !crate::secrets::plain(n) {
+                if n.is_empty() || n.len() > 255 || !crate::manifest::secrets::plain(n) {
                     self.error(
                         &format!("iscsi.chap.{field}"),
                         "must be 1 to 255 printable characters without blanks, $, quotes or backslashes",

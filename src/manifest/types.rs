@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::base::iqn::Iqn;
+pub use crate::base::netaddr::{Mac, Portal};
+use crate::base::units::ByteSize;
 use crate::dm::StoreMode;
-use crate::iqn::Iqn;
-pub use crate::netaddr::{Mac, Portal};
-pub use crate::secrets::Chap;
-use crate::units::ByteSize;
+pub use crate::manifest::secrets::Chap;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Image {

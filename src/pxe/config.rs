@@ -39,11 +39,11 @@ pub struct UnsafeValue {
 
 /// `value` when it is one line's worth of text.
 fn one_line(field: &str, value: String) -> Result<String, UnsafeValue> {
-    match crate::logtext::first_control(&value) {
+    match crate::base::logtext::first_control(&value) {
         None => Ok(value),
         Some(_) => Err(UnsafeValue {
             field: field.to_string(),
-            value: crate::logtext::Escaped(&value).to_string(),
+            value: crate::base::logtext::Escaped(&value).to_string(),
         }),
     }
 }

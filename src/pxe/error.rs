@@ -6,9 +6,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
 use super::config::UnsafeValue;
+use crate::base::rundir::RunDirError;
+use crate::kernel::supervise::SuperviseError;
 use crate::kernel::NetError;
-use crate::rundir::RunDirError;
-use crate::supervise::SuperviseError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PxeError {

@@ -15,8 +15,8 @@ use std::time::Duration;
 pub use error::PxeError;
 
 use crate::kernel::net::Net;
+use crate::kernel::supervise::{Helpers, Running};
 use crate::manifest::{DhcpMode, Manifest, PxeConfig};
-use crate::supervise::{Helpers, Running};
 pub use config::Chain;
 
 type Result<T, E = PxeError> = std::result::Result<T, E>;
@@ -144,8 +144,8 @@ pub fn apply(m: &Manifest, run_dir: &Path, net: &dyn Net) -> Result<Option<(Plan
         Step::Start => {}
     }
     let conf = conf_path(run_dir);
-    crate::rundir::ensure(&h.dir)?;
-    crate::durable::write_atomic(&conf, plan.config.as_bytes()).map_err(|source| {
+    crate::base::rundir::ensure(&h.dir)?;
+    crate::base::durable::write_atomic(&conf, plan.config.as_bytes()).map_err(|source| {
         PxeError::WriteConfig {
             path: conf.clone(),
             source,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::netaddr::Mac;
+use crate::base::netaddr::Mac;
 
 /// The file dnsmasq logs its DHCP traffic to, in the PXE run directory.
 pub const LOG_NAME: &str = "dhcp.log";

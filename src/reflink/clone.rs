@@ -7,7 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{fs, ReflinkError};
-use crate::durable;
+use crate::base::durable;
 
 /// The name a clone is made under before it is renamed into place; one left by a crash is
 /// cowctl's own and is removed by the next clone to the same place.

@@ -17,7 +17,7 @@ use crate::aoe::frame::FrameBuf;
 use crate::aoe::socket::{Batch, Socket, BATCH, MAX_FRAME};
 use crate::aoe::wire::{command, Header, FLAG_ERROR, FLAG_RESPONSE, HEADER_LEN};
 use crate::aoe::{Port, Unit};
-use crate::disk::EngineDisk;
+use crate::engine::disk::EngineDisk;
 use crate::manifest::{Export, Mac, Manifest};
 
 /// Requests the initiator may keep outstanding (Query Config's Buffer Count); the socket's

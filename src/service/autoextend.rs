@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::feed::Monitor;
 use super::live_room::LiveRoom;
+use crate::base::units::human;
 use crate::control::status::{PcState, PcStatus};
 use crate::manifest::Manifest;
-use crate::units::human;
 
 /// How often the COWs are looked at. A PC must not write a whole step in this time.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -74,7 +74,7 @@ pub fn check(room: &dyn LiveRoom) -> Vec<Growth> {
                 done.push(g);
             }
             Err(e) => {
-                tracing::warn!(pc = %g.pc, "{}: cannot auto-extend its COW: {}", g.pc, crate::logtext::chain(&e))
+                tracing::warn!(pc = %g.pc, "{}: cannot auto-extend its COW: {}", g.pc, crate::base::logtext::chain(&e))
             }
         }
     }

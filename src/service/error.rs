@@ -26,13 +26,13 @@ pub enum Error {
     #[error(transparent)]
     CowFile(#[from] crate::cowfile::CowFileError),
     #[error(transparent)]
-    Secret(#[from] crate::secrets::SecretError),
+    Secret(#[from] crate::manifest::secrets::SecretError),
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestErrors),
     #[error(transparent)]
     UnknownPc(#[from] crate::manifest::UnknownPc),
     #[error(transparent)]
-    RunDir(#[from] crate::rundir::RunDirError),
+    RunDir(#[from] crate::base::rundir::RunDirError),
     #[error(transparent)]
     Loop(#[from] crate::kernel::error::LoopError),
     #[error(transparent)]
@@ -246,7 +246,7 @@ pub enum HttpError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logtext::chain;
+    use crate::base::logtext::chain;
 
     /// The sentences the admin read before the service's errors were typed, causes and all.
     #[test]

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
+use crate::base::units::{human, percent};
 use crate::control::status::{PcState, PcStatus};
-use crate::units::{human, percent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {

@@ -10,14 +10,14 @@ use super::{Error, Result};
 
 use super::exports::Registry;
 use super::limits::{ConnLimits, Permit};
+use crate::base::logtext::Escaped;
 use crate::iscsi::chap::{Credentials, Secret};
 use crate::iscsi::login::{Access, Directory, Established, SessionKind};
 use crate::iscsi::pdu::LoginStatus;
 use crate::iscsi::scsi::{Identity, Lu, Reservation};
 use crate::iscsi::{Attachment, EngineDisk, Portal};
-use crate::logtext::Escaped;
+use crate::manifest::secrets::ChapMaster;
 use crate::manifest::{AclMode, Export, Manifest};
-use crate::secrets::ChapMaster;
 
 /// One PC's target as the manifest of the last apply describes it.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::exports::{PeerView, Registry};
 use super::limits::{ConnLimits, Permit};
-use crate::logtext::Escaped;
+use crate::base::logtext::Escaped;
 use crate::nbd::{self, Outcome};
 
 /// A client that has not chosen an export by then is dropped: the whole handshake, not

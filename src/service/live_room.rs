@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{Error, Result};
+use crate::base::logtext::chain;
 use crate::control::reset::Reset;
 use crate::control::status::{self, PcState, PcStatus};
 use crate::control::{dm_name, lock, observe::Observed, Ctx};
 use crate::kernel::{loopdev, Kernel};
-use crate::logtext::chain;
 use crate::manifest::{Manifest, Pc};
 
 pub trait LiveRoom: Send + Sync {

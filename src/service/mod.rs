@@ -28,7 +28,7 @@ use crate::control::apply::run_steps;
 use crate::control::reset::{discard_path, Reset};
 use crate::control::status::{self, PcState, PcStatus};
 use crate::control::step::{Fingerprints, Step};
-use crate::control::{plan as kplan, sidecar};
+use crate::control::{golden_record, plan as kplan};
 use crate::engine::{CommitMode, EngineOptions, SnapshotState};
 use crate::manifest::{Manifest, Pc};
 use exports::{Registry, Served, Slot};
@@ -260,7 +260,7 @@ impl Service {
     fn reset_one(&self, m: &Manifest, pc: &Pc) -> Result<Reset> {
         let start = Instant::now();
         // A PC due for another image version moves to it with its fresh COW.
-        let due = crate::image::due(m, pc)?;
+        let due = crate::image::next_version(m, pc)?;
         let onto = due.as_ref().map(|(_, g)| g);
         let Some(slot) = self.registry.get(&pc.name) else {
             let r = crate::control::reset::reset_file(pc, onto, &crate::kernel::loopdev::SysLoops)?;
@@ -286,7 +286,7 @@ impl Service {
     }
 
     /// Status and later resets see the image version a reset moved `pc` to.
-    fn moved(&self, pc: &str, due: Option<&(crate::manifest::Image, sidecar::Golden)>) {
+    fn moved(&self, pc: &str, due: Option<&(crate::manifest::Image, golden_record::Golden)>) {
         let Some((image, _)) = due else { return };
         let mut mine = self.manifest.lock().unwrap_or_else(|p| p.into_inner());
         mine.images.insert(image.name.clone(), image.clone());
@@ -444,7 +444,7 @@ fn swap_in_fresh_cow(
     pc: &Pc,
     old: Option<Served>,
     discard: &Path,
-    onto: Option<&sidecar::Golden>,
+    onto: Option<&golden_record::Golden>,
 ) -> (Option<Served>, Result<()>) {
     let Some(old) = old else {
         let e = Error::NotServed {
@@ -460,7 +460,7 @@ fn swap_in_fresh_cow(
         }
     };
     // Never over another file: a `.discard` that is there already stays.
-    if let Err(source) = crate::durable::rename_new(&pc.cow, discard) {
+    if let Err(source) = crate::base::durable::rename_new(&pc.cow, discard) {
         let e = Error::MoveAside {
             cow: pc.cow.clone(),
             discard: discard.to_path_buf(),
@@ -468,12 +468,12 @@ fn swap_in_fresh_cow(
         };
         return (Some(old), Err(e));
     }
-    let old_record = sidecar::read(&pc.cow).ok().flatten();
+    let old_record = golden_record::read(&pc.cow).ok().flatten();
     // The fresh COW's record names the image it is over before the PC can write to it.
     let fresh = crate::cowfile::create_empty(&pc.cow, size)
         .map_err(Error::from)
         .and_then(|()| open(m, pc))
-        .and_then(|s| Ok(sidecar::note_reset(&pc.cow, onto).map(|()| s)?));
+        .and_then(|s| Ok(golden_record::note_reset(&pc.cow, onto).map(|()| s)?));
     match fresh {
         Ok(s) => {
             old.engine.abandon();
@@ -483,9 +483,9 @@ fn swap_in_fresh_cow(
             // The old engine still has its file open: put the name back and keep serving it.
             let _ = std::fs::remove_file(&pc.cow);
             if let Some(old) = &old_record {
-                let _ = sidecar::write(&pc.cow, old);
+                let _ = golden_record::write(&pc.cow, old);
             }
-            match crate::durable::rename_new(discard, &pc.cow) {
+            match crate::base::durable::rename_new(discard, &pc.cow) {
                 Ok(()) => (Some(old), Err(e)),
                 Err(back) => (
                     Some(old),

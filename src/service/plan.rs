@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::control::sidecar;
+use crate::base::units::ByteSize;
+use crate::control::golden_record;
 use crate::control::step::Step;
 use crate::manifest::{Manifest, Pc};
-use crate::units::ByteSize;
 
 /// What is served for one PC: enough to tell whether its manifest entry changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub fn plan(manifest: &Manifest, served: &BTreeMap<String, ServedPc>) -> Vec<Ste
                 chunk: pc.chunk,
             });
         }
-        if !sidecar::sidecar_path(&pc.cow).exists() {
+        if !golden_record::record_path(&pc.cow).exists() {
             steps.push(Step::RecordGolden {
                 pc: name.clone(),
                 image: pc.image.clone(),

@@ -15,7 +15,7 @@ use super::exports::Registry;
 use super::feed::Monitor;
 use super::live_room::{KernelRoom, LiveRoom};
 use super::{listen, nbd_socket, Service};
-use crate::logtext::chain;
+use crate::base::logtext::chain;
 use crate::manifest::{HttpConfig, Manifest};
 
 pub struct Options {
@@ -40,7 +40,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.kernel {
         return run_kernel(opts, manifest);
     }
-    crate::rundir::ensure(&opts.run_dir)?;
+    crate::base::rundir::ensure(&opts.run_dir)?;
     let control_path = control::socket_path(&opts.run_dir);
     if UnixStream::connect(&control_path).is_ok() {
         return Err(Error::AlreadyRunning {
@@ -56,7 +56,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let unix = bind_unix(&nbd_path)?;
     let control_listener = bind_unix(&control_path)?;
     let pid_path = opts.run_dir.join("serve.pid");
-    crate::rundir::write(
+    crate::base::rundir::write(
         &opts.run_dir,
         "serve.pid",
         &format!("{}\n", std::process::id()),

@@ -112,7 +112,7 @@ pub async fn reset(
         }
         Err(e) => Err(ApiError(Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{name}: reset failed: {}", crate::logtext::chain(&e)),
+            format!("{name}: reset failed: {}", crate::base::logtext::chain(&e)),
         ))),
     }
 }
@@ -144,7 +144,7 @@ pub async fn wake(
         }
         Err(e) => Err(ApiError(Refusal::new(
             StatusCode::CONFLICT,
-            crate::logtext::chain(&e),
+            crate::base::logtext::chain(&e),
         ))),
     }
 }

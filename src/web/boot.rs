@@ -119,7 +119,7 @@ pub fn script(
             }
             if let Some(chap) = cfg.and_then(|c| c.chap.as_ref()) {
                 // This PC's own credentials: they open its disk only.
-                let mine = crate::secrets::ChapMaster::read(chap)
+                let mine = crate::manifest::secrets::ChapMaster::read(chap)
                     .map_err(|e| BootError::Secret(e.to_string()))?
                     .for_pc(&pc.name);
                 out.push_str(&format!("set username {}\n", mine.initiator.username));
@@ -196,7 +196,7 @@ pub async fn boot(
             ),
         ),
         Err(e) => {
-            let e = crate::logtext::chain(&e);
+            let e = crate::base::logtext::chain(&e);
             tracing::error!(pc = %pc.name, "{}: reset on boot failed: {e}", pc.name);
             return Err(Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

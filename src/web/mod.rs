@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::logtext::Escaped;
+use crate::base::logtext::Escaped;
 use crate::manifest::HttpConfig;
 use crate::service::feed::Monitor;
 use crate::service::live_room::LiveRoom;

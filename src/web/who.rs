@@ -104,13 +104,14 @@ pub fn token(headers: &HeaderMap, token_file: Option<&Path>) -> Result<Token, Re
             "no admin token is configured (set http.token_file in the manifest)",
         ));
     };
-    let expected = crate::secrets::read_private(file, "admin token", 16, 4096).map_err(|e| {
-        tracing::error!("{e}");
-        Refusal::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the admin token file cannot be used (see the service's log)",
-        )
-    })?;
+    let expected =
+        crate::manifest::secrets::read_private(file, "admin token", 16, 4096).map_err(|e| {
+            tracing::error!("{e}");
+            Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the admin token file cannot be used (see the service's log)",
+            )
+        })?;
     if same(given.trim().as_bytes(), expected.as_bytes()) {
         Ok(Token::Admin)
     } else {

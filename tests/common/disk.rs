@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use cowctl::disk::{Disk, DiskError};
+use cowctl::engine::disk::{Disk, DiskError};
 
 pub const DISK_SIZE: u64 = 4 << 20;
 

@@ -157,7 +157,7 @@ impl Snapshot {
     /// The whole device, read with O_DIRECT so no page cache hides what the kernel holds.
     pub fn read_all(&self) -> Vec<u8> {
         let f = self.open(true);
-        let len = cowctl::backing::file_or_device_size(&f).unwrap() as usize;
+        let len = cowctl::engine::backing::file_or_device_size(&f).unwrap() as usize;
         let mut buf = AlignedBuf::new(len);
         f.read_exact_at(buf.as_mut(), 0).unwrap();
         buf.as_ref().to_vec()
@@ -378,8 +378,9 @@ impl Iscsid {
         // The disk shows in sysfs before the kernel has finished adding it: wait until it
         // opens and has a size (a re-login can briefly answer ENXIO).
         let usable = |d: &Path| {
-            std::fs::File::open(d)
-                .is_ok_and(|f| cowctl::backing::file_or_device_size(&f).is_ok_and(|n| n > 0))
+            std::fs::File::open(d).is_ok_and(|f| {
+                cowctl::engine::backing::file_or_device_size(&f).is_ok_and(|n| n > 0)
+            })
         };
         for _ in 0..100 {
             if let Some(disk) = session_disk(target).filter(|d| usable(d)) {
@@ -463,7 +464,7 @@ pub fn read_device(dev: &Path) -> Vec<u8> {
         .custom_flags(nix::libc::O_DIRECT)
         .open(dev)
         .unwrap();
-    let len = cowctl::backing::file_or_device_size(&f).unwrap() as usize;
+    let len = cowctl::engine::backing::file_or_device_size(&f).unwrap() as usize;
     let mut buf = AlignedBuf::new(len);
     f.read_exact_at(buf.as_mut(), 0).unwrap();
     buf.as_ref().to_vec()

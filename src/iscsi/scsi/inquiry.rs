@@ -4,7 +4,7 @@
 //! alone, so it is the same after a reset and on either backend.
 
 use super::Limits;
-pub use crate::diskid::{serial_for, PRODUCT, REVISION, VENDOR};
+pub use crate::base::diskid::{serial_for, PRODUCT, REVISION, VENDOR};
 
 /// LIO's IEEE company ID, which it puts in every NAA designator it makes from a serial.
 const LIO_COMPANY_ID: [u8; 3] = [0x00, 0x14, 0x05];

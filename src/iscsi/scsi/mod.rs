@@ -10,7 +10,7 @@ pub mod sense;
 
 use std::sync::{Arc, Mutex};
 
-pub use crate::disk::{Disk, DiskError};
+pub use crate::engine::disk::{Disk, DiskError};
 pub use cdb::{DataOut, Op, Range};
 pub use inquiry::Identity;
 pub use sense::{status, Sense};

@@ -40,7 +40,10 @@ impl<'a, W: Write> Session<'a, W> {
         let keys = match Pairs::parse(data) {
             Ok(k) => k,
             Err(e) => {
-                tracing::debug!("iSCSI: bad text request: {}", crate::logtext::Escaped(e));
+                tracing::debug!(
+                    "iSCSI: bad text request: {}",
+                    crate::base::logtext::Escaped(e)
+                );
                 self.reject(RejectReason::ProtocolError, b)?;
                 return Ok(Next::Continue);
             }

@@ -186,7 +186,7 @@ impl<'a, W: Write> Session<'a, W> {
     /// A Data-Out that breaks its sequence: at error recovery level 0 the command fails
     /// (ABORTED COMMAND, DATA PHASE ERROR), and its later Data-Out is dropped.
     fn bad_data_out(&mut self, itt: u32, why: &str) -> io::Result<Next> {
-        tracing::debug!("iSCSI: {}", crate::logtext::Escaped(why));
+        tracing::debug!("iSCSI: {}", crate::base::logtext::Escaped(why));
         if let Some(t) = self.tasks.remove(&itt) {
             let residual = Residual::of(t.reply.expected, t.cdb_len);
             let sense = Sense::new(scsi::sense::Key::AbortedCommand, 0x4b, 0x00);

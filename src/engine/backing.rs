@@ -89,7 +89,7 @@ impl<T: Backing + ?Sized> Backing for std::sync::Arc<T> {
     }
 }
 
-pub use crate::fileid::file_or_device_size;
+pub use crate::base::fileid::file_or_device_size;
 
 /// A file (or block device) with its path, so errors can name it.
 #[derive(Debug)]

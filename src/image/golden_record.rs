@@ -43,7 +43,7 @@ pub struct VersionId {
     pub sha256: Option<String>,
 }
 
-pub fn sidecar_path(cow: &Path) -> PathBuf {
+pub fn record_path(cow: &Path) -> PathBuf {
     let mut p = cow.as_os_str().to_owned();
     p.push(".golden");
     PathBuf::from(p)
@@ -55,7 +55,7 @@ pub fn fingerprint(image: &Path) -> Result<Golden> {
         path: image.to_path_buf(),
         source,
     })?;
-    let size = crate::backing::file_or_device_size(&f)?;
+    let size = crate::engine::backing::file_or_device_size(&f)?;
     let mut h = Sha256::new();
     h.update(size.to_le_bytes());
     let mut buf = vec![0u8; SAMPLE];
@@ -91,9 +91,9 @@ pub fn write(cow: &Path, golden: &Golden) -> Result<()> {
     if golden.version.is_some() {
         crate::image::users::note(&golden.image, cow)?;
     }
-    let p = sidecar_path(cow);
+    let p = record_path(cow);
     let text = serde_json::to_string_pretty(golden)? + "\n";
-    crate::durable::write_atomic_private(&p, text.as_bytes())
+    crate::base::durable::write_atomic_private(&p, text.as_bytes())
         .map_err(|source| Error::Write { path: p, source })
 }
 
@@ -124,14 +124,14 @@ pub fn note_reset(cow: &Path, onto: Option<&Golden>) -> Result<()> {
 
 /// When the record was last written (Unix seconds), if the file system says.
 pub fn written(cow: &Path) -> Option<u64> {
-    let m = std::fs::metadata(sidecar_path(cow)).ok()?.modified().ok()?;
+    let m = std::fs::metadata(record_path(cow)).ok()?.modified().ok()?;
     m.duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_secs())
 }
 
 pub fn read(cow: &Path) -> Result<Option<Golden>> {
-    let p = sidecar_path(cow);
+    let p = record_path(cow);
     match std::fs::read_to_string(&p) {
         Ok(t) => Ok(Some(
             serde_json::from_str(&t).map_err(|source| Error::NotAGolden { path: p, source })?,

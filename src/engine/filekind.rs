@@ -27,7 +27,7 @@ pub enum Kind {
 /// Looks at `path`, reading at most its header and the data regions up to 64 MiB.
 pub fn classify(path: &Path) -> io::Result<Kind> {
     let f = File::open(path)?;
-    let len = crate::backing::file_or_device_size(&f)?;
+    let len = crate::engine::backing::file_or_device_size(&f)?;
     let mut head = [0u8; 4096];
     let n = read_up_to(&f, &mut head, 0)?;
     let head = &head[..n];

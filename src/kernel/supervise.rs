@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::rundir::RunDirError;
+use crate::base::rundir::RunDirError;
 
 /// Why a helper could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -121,9 +121,9 @@ impl Helpers {
     /// Starts the helper with its output in its log file; fails, with the log's last
     /// words, if it exits within `settle`.
     pub fn start(&self, key: &str, args: &[String], settle: Duration) -> Result<u32> {
-        crate::rundir::ensure(&self.dir)?;
+        crate::base::rundir::ensure(&self.dir)?;
         let log_path = self.log_file(key);
-        let log = crate::rundir::open(&self.dir, &format!("{key}.log"), false)?;
+        let log = crate::base::rundir::open(&self.dir, &format!("{key}.log"), false)?;
         let child = Command::new(self.program)
             .args(args)
             .stdin(Stdio::null())

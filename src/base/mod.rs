@@ -1,0 +1,13 @@
+//! Layer 0: units and formats with no policy that every layer above may use: sizes, file
+//! identity and durable writes, log text, the run directory, IQNs, portal and MAC
+//! addresses, a disk's SCSI identity, the chunk map.
+
+pub mod chunkmap;
+pub mod diskid;
+pub mod durable;
+pub mod fileid;
+pub mod iqn;
+pub mod logtext;
+pub mod netaddr;
+pub mod rundir;
+pub mod units;
