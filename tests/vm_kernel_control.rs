@@ -393,9 +393,13 @@ fn a_cow_removed_or_replaced_under_an_applied_pc_is_named_and_the_others_carry_o
         notes("pc-3")
     );
     // The kernel still serves pc-1 from the file it opened: writes and reads go on.
-    let dev = Path::new("/dev/mapper/cowctl-pc-1");
-    write_device(dev, 4096, &[0x5a; 4096]);
-    assert_eq!(read_device(dev)[4096..8192], [0x5a; 4096]);
+    let minor = sh(
+        "dmsetup",
+        &["info", "-c", "--noheadings", "-o", "minor", "cowctl-pc-1"],
+    );
+    let dev = PathBuf::from(format!("/dev/dm-{}", minor.trim()));
+    write_device(&dev, 4096, &[0x5a; 4096]);
+    assert_eq!(read_device(&dev)[4096..8192], [0x5a; 4096]);
 
     std::fs::rename(&aside, cow("pc-1")).unwrap();
     assert!(
