@@ -18,5 +18,6 @@ pub mod manifest;
 pub mod nbd;
 pub mod pxe;
 pub mod reflink;
+pub mod room;
 pub mod service;
 pub mod web;

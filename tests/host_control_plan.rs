@@ -9,10 +9,13 @@ use std::path::{Path, PathBuf};
 use common::room::{Iscsi, Pc, RoomBuilder};
 use cowctl::control::observe::Observed;
 use cowctl::control::plan::{plan_apply, plan_down};
-use cowctl::control::step::Step;
-use cowctl::control::{self, apply, lock, reset, status, Ctx};
+use cowctl::control::{self, apply, reset, status, Ctx};
 use cowctl::kernel::fake::Fake;
 use cowctl::manifest::Manifest;
+use cowctl::room::lock;
+use cowctl::room::reset as room_reset;
+use cowctl::room::status as rows;
+use cowctl::room::step::Step;
 
 struct Room {
     dir: tempfile::TempDir,
@@ -155,7 +158,7 @@ fn apply_builds_bottom_up_and_shares_the_image_loop() {
         let info = cowctl::cowfile::inspect(&room.cow(pc), None).unwrap();
         assert_eq!(info.chunk_sectors, 8);
         assert!(
-            cowctl::control::golden_record::read(&room.cow(pc))
+            cowctl::image::golden_record::read(&room.cow(pc))
                 .unwrap()
                 .is_some(),
             "{pc} has its golden record"
@@ -384,7 +387,7 @@ fn reset_while_exported_pauses_io_and_swaps_in_a_fresh_snapshot() {
         cowctl::cow::HeaderState::New
     );
     assert!(
-        !cowctl::control::reset::discard_path(&room.cow("pc-1")).exists(),
+        !cowctl::room::reset::discard_path(&room.cow("pc-1")).exists(),
         "the old COW is deleted"
     );
     {
@@ -430,14 +433,14 @@ fn status_warns_over_the_threshold_and_on_broken_snapshots() {
         .ctx_do(|ctx, obs| status::collect(ctx, obs, &ctx.manifest.pcs.iter().collect::<Vec<_>>()));
     assert_eq!(
         (rows[0].state, rows[0].warn, rows[0].used_percent),
-        (status::PcState::Active, true, Some(78.125))
+        (rows::PcState::Active, true, Some(78.125))
     );
     assert_eq!(
         (rows[1].state, rows[1].warn),
-        (status::PcState::Invalid, true)
+        (rows::PcState::Invalid, true)
     );
     assert!(!rows[2].warn);
-    let shown = status::render(&rows, 75.0);
+    let shown = rows::render(&rows, 75.0);
     assert!(
         shown.contains("WARNING: pc-1 is 78.1% full (warning at 75%)"),
         "{shown}"
@@ -473,7 +476,7 @@ fn a_second_mutating_cowctl_is_told_who_holds_the_lock() {
     let _held = lock::acquire(dir.path(), "apply").unwrap();
     let err = lock::acquire(dir.path(), "reset").err().unwrap();
     assert!(
-        matches!(&err, control::LockError::Held { holder }
+        matches!(&err, lock::LockError::Held { holder }
             if holder.contains("`cowctl apply`")
                 && holder.contains(&std::process::id().to_string())),
         "{err}"
@@ -514,9 +517,9 @@ fn without_device_mapper_apply_stops_and_status_reads_the_cow_files() {
     let one = Observed::for_status(&kernel, &room.manifest, &all[..1]).unwrap();
     assert_eq!(
         status::collect(&ctx, &one, &all[..1])[0].state,
-        status::PcState::NotApplied
+        rows::PcState::NotApplied
     );
-    assert_eq!(rows[0].state, status::PcState::NotApplied);
+    assert_eq!(rows[0].state, rows::PcState::NotApplied);
     assert_eq!(
         (rows[0].used_sectors, rows[0].total_sectors),
         (Some(16), Some(4096)),
@@ -610,7 +613,7 @@ fn interrupted_reset(room: &Room, fresh_made: bool) {
         &cowctl::kernel::devmapper::Target::error(length),
     )
     .unwrap();
-    let discard = reset::discard_path(&room.cow("pc-1"));
+    let discard = room_reset::discard_path(&room.cow("pc-1"));
     std::fs::rename(room.cow("pc-1"), &discard).unwrap();
     // The old COW's loop now shows the new name, as a real loop device does.
     for l in room.fake.state().loops.iter_mut() {
@@ -630,7 +633,7 @@ fn apply_finishes_a_reset_that_stopped_half_way() {
     // Every command still works: status names the state.
     let rows = room
         .ctx_do(|ctx, obs| status::collect(ctx, obs, &ctx.manifest.pcs.iter().collect::<Vec<_>>()));
-    assert_eq!(rows[0].state, status::PcState::Parked);
+    assert_eq!(rows[0].state, rows::PcState::Parked);
     assert!(rows[0].warn);
     let plan = room.plan().unwrap();
     assert!(
@@ -638,7 +641,7 @@ fn apply_finishes_a_reset_that_stopped_half_way() {
         "{plan:#?}"
     );
     room.apply().unwrap();
-    let discard = reset::discard_path(&room.cow("pc-1"));
+    let discard = room_reset::discard_path(&room.cow("pc-1"));
     assert!(!discard.exists(), "the old COW is gone");
     let s = room.fake.state();
     assert_eq!(s.dm["cowctl-pc-1"].target.kind, "snapshot");
@@ -656,7 +659,7 @@ fn apply_finishes_a_reset_that_stopped_half_way() {
     );
     let rows = room
         .ctx_do(|ctx, obs| status::collect(ctx, obs, &ctx.manifest.pcs.iter().collect::<Vec<_>>()));
-    assert_eq!(rows[0].state, status::PcState::Active);
+    assert_eq!(rows[0].state, rows::PcState::Active);
     assert!(
         room.plan().unwrap().is_empty(),
         "and a second apply does nothing"
@@ -673,7 +676,7 @@ fn reset_finishes_a_reset_that_stopped_before_its_fresh_cow() {
         .unwrap();
     assert!(r.live);
     assert!(room.cow("pc-1").exists(), "a fresh COW was made");
-    assert!(!reset::discard_path(&room.cow("pc-1")).exists());
+    assert!(!room_reset::discard_path(&room.cow("pc-1")).exists());
     assert_eq!(room.fake.state().dm["cowctl-pc-1"].target.kind, "snapshot");
     let enabled = room
         .fake
@@ -758,7 +761,7 @@ fn status_of_one_pc_reads_only_that_pc() {
         status::collect(ctx, &obs, &[pc])
     });
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].state, status::PcState::Active);
+    assert_eq!(rows[0].state, rows::PcState::Active);
     let trace = room.fake.take_trace();
     assert!(
         about_others(&trace, &["pc-1"]).is_empty(),
@@ -879,7 +882,7 @@ fn reset_of_many_pcs_resets_each_and_reports_each_failure() {
         let obs = Observed::for_status(ctx.kernel, ctx.manifest, &pcs).unwrap();
         status::collect(ctx, &obs, &pcs)
     });
-    assert!(rows.iter().all(|r| r.state == status::PcState::Active));
+    assert!(rows.iter().all(|r| r.state == rows::PcState::Active));
 }
 
 #[test]
@@ -996,7 +999,7 @@ fn resets_move_pcs_to_the_promoted_version_and_free_the_old_versions_loop() {
     assert!(!log
         .iter()
         .any(|l| l.starts_with("loop detach") && l.contains("v1")));
-    let sidecar = cowctl::control::golden_record::read(&room.cow("pc-1"))
+    let sidecar = cowctl::image::golden_record::read(&room.cow("pc-1"))
         .unwrap()
         .unwrap();
     assert_eq!(sidecar.image, v2);

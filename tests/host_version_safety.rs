@@ -218,7 +218,7 @@ fn prune_promote_and_hash_refuse_while_another_cowctl_holds_the_lock() {
     let site = Site::new();
     site.import("a", &Rng(31).bytes(SIZE), "v1");
     site.import("a", &Rng(32).bytes(SIZE), "v2");
-    let held = cowctl::control::lock::acquire(&site.path("run"), "apply").unwrap();
+    let held = cowctl::room::lock::acquire(&site.path("run"), "apply").unwrap();
     for args in [
         &["image", "prune", "g"][..],
         &["image", "promote", "g", "v2"],

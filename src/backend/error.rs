@@ -12,7 +12,7 @@ pub enum Error {
     #[error(transparent)]
     Control(#[from] crate::control::Error),
     #[error(transparent)]
-    Lock(#[from] crate::control::LockError),
+    Lock(#[from] crate::room::lock::LockError),
     #[error(transparent)]
     Image(#[from] crate::image::Error),
     #[error(transparent)]

@@ -5,11 +5,13 @@
 use std::path::PathBuf;
 
 use super::{Applied, Backend, Error, Listener, Progress, Resets, Result, Words};
-use crate::control::status::{self, PcStatus};
-use crate::control::{self, lock, observe::Observed, plan, reset, step::Step, Ctx};
+use crate::control::status;
+use crate::control::{self, observe::Observed, plan, reset, Ctx};
 use crate::image::{Committed, VersionName};
 use crate::kernel::Kernel;
 use crate::manifest::{Manifest, Pc};
+use crate::room::status::PcStatus;
+use crate::room::{lock, step::Step};
 
 pub struct KernelBackend {
     kernel: Kernel,

@@ -12,12 +12,12 @@ pub mod userspace;
 
 pub use error::{Error, Result};
 
-use crate::control::choose::{choose, BackendKind};
-use crate::control::reset::Reset;
-use crate::control::status::PcStatus;
-pub use crate::control::step::Step;
 use crate::image::{Committed, VersionName};
 use crate::manifest::{Manifest, Pc};
+use crate::room::choose::{choose, BackendKind};
+use crate::room::reset::Reset;
+use crate::room::status::PcStatus;
+pub use crate::room::step::Step;
 
 /// What a backend tells as it works: a note for the admin (a service started), or one
 /// step of a plan, the `index`th (from 0) of `of`. A backend that runs its steps itself

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{Applied, Backend, Error, Listener, Progress, Resets, Result, Step, Words};
-use crate::control::status::{self, PcStatus};
 use crate::control::{self, plan::file_problems, plan::refuse_if_any, reset};
 use crate::image::{Committed, VersionName};
 use crate::kernel::loopdev::SysLoops;
 use crate::manifest::{Manifest, Pc};
+use crate::room::status::{self, PcStatus};
 use crate::service::control::{call, Request, Response};
 use crate::service::{self, plan::plan as service_plan};
 
@@ -94,7 +94,7 @@ impl Backend for ServiceClient {
 
     fn apply(&self, m: &Manifest, progress: &mut Listener<'_>) -> Result<Applied> {
         let dir = &self.run_dir;
-        let _lock = control::lock::acquire(dir, "apply")?;
+        let _lock = crate::room::lock::acquire(dir, "apply")?;
         let path = manifest_path(m)?;
         if self.ask(&Request::Status)?.is_none() {
             refuse_if_any(m, file_problems(m))?;

@@ -8,9 +8,9 @@ use anyhow::Result;
 
 use super::print_json;
 use crate::backend::{self, Progress, Resets, Step};
-use crate::control::reset::Reset;
-use crate::control::status;
 use crate::manifest::{resolve_path, Manifest};
+use crate::room::reset::Reset;
+use crate::room::status;
 
 pub(super) fn load(flag: Option<&Path>) -> Result<Manifest> {
     Ok(crate::image::load_manifest(&resolve_path(flag))?)

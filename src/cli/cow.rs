@@ -73,7 +73,7 @@ pub fn run(cmd: CowCommand, json: bool) -> anyhow::Result<()> {
 
 /// `cow record`: the `.golden` record of a COW that has none.
 fn record(cowfile: &Path, base: &Path, json: bool) -> anyhow::Result<()> {
-    use crate::control::golden_record;
+    use crate::image::golden_record;
     if let crate::engine::filekind::Kind::Other(what) = crate::engine::filekind::classify(cowfile)?
     {
         anyhow::bail!(

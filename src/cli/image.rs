@@ -95,7 +95,7 @@ pub fn run(c: ImageCommand, flag: Option<&Path>, json: bool) -> Result<ExitCode>
         | ImageCommand::Prune { image, .. }
         | ImageCommand::Hash { image } => {
             let what = format!("image {} {image}", command_name(&c));
-            Some(crate::control::lock::acquire(
+            Some(crate::room::lock::acquire(
                 &crate::control::default_run_dir(),
                 &what,
             )?)
@@ -461,7 +461,7 @@ fn print_table(rows: &[Row]) {
             r.note.clone(),
         ]);
     }
-    for line in crate::control::status::align(&t) {
+    for line in crate::room::status::align(&t) {
         outln!("  {line}");
     }
 }

@@ -8,9 +8,10 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::print_json;
-use crate::control::{self, lock};
+use crate::control;
 use crate::manifest::{adopt, resolve_path, Manifest};
 use crate::pxe::seen;
+use crate::room::lock;
 
 #[derive(Debug, Subcommand)]
 pub enum PcsCommand {

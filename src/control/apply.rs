@@ -7,13 +7,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::plan::Teardown;
-use super::step::Step;
-use super::{dm_name, Ctx, Error, Result, StepFailed};
+use super::{dm_name, Ctx, Error, Result};
 use crate::dm::{DevRef, SnapshotTable, StoreMode, TableLine};
 use crate::kernel::aoe::VbladeSpec;
 use crate::kernel::devmapper::Target;
 use crate::kernel::lio::{Lio, TargetSpec};
 use crate::kernel::loopdev;
+use crate::room::step::Step;
+use crate::room::steps::run_steps;
 
 /// Runs `actions` in order; `progress` hears of each before it starts.
 /// With `COWCTL_STEP_TIMES` set, the time each kind of step took in all goes to stderr.
@@ -90,7 +91,7 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-use super::step::Fingerprints;
+use crate::room::step::Fingerprints;
 
 /// How long each kind of step took in all, printed to stderr with `COWCTL_STEP_TIMES`.
 #[derive(Default)]
@@ -151,27 +152,6 @@ impl KnownLoops {
     }
 }
 
-/// Runs steps in order, stopping at the first failure with a sentence that names the step
-/// and what was done before it. Shared by the kernel and userspace backends.
-pub fn run_steps<A: std::fmt::Display, E: std::error::Error + 'static>(
-    actions: &[A],
-    mut step: impl FnMut(&A) -> Result<(), E>,
-    progress: &mut dyn FnMut(usize, &A),
-) -> Result<(), StepFailed<E>> {
-    for (i, action) in actions.iter().enumerate() {
-        progress(i, action);
-        if let Err(e) = step(action) {
-            return Err(StepFailed {
-                number: i + 1,
-                total: actions.len(),
-                step: action.to_string(),
-                error: Box::new(e),
-            });
-        }
-    }
-    Ok(())
-}
-
 fn step(
     ctx: &Ctx,
     action: &Step,
@@ -180,7 +160,9 @@ fn step(
 ) -> Result<()> {
     let k = ctx.kernel;
     match action {
-        Step::CreateCow { .. } | Step::RecordGolden { .. } => action.run_on_files(fingerprints),
+        Step::CreateCow { .. } | Step::RecordGolden { .. } => {
+            Ok(action.run_on_files(fingerprints)?)
+        }
         Step::StartService { .. }
         | Step::Serve { .. }
         | Step::Reopen { .. }
@@ -251,7 +233,7 @@ fn detach_loop(ctx: &Ctx, dev: &Path, backing: &Path, loops: &mut KnownLoops) ->
         .manifest
         .pcs
         .iter()
-        .any(|p| super::reset::discard_path(&p.cow) == *backing);
+        .any(|p| crate::room::reset::discard_path(&p.cow) == *backing);
     let a_cow = matches!(
         crate::engine::filekind::classify(backing),
         Ok(crate::engine::filekind::Kind::Cow | crate::engine::filekind::Kind::Fresh)
@@ -274,7 +256,7 @@ fn finish_reset(ctx: &Ctx, name: &str, loops: &mut KnownLoops) -> Result<()> {
     let obs = super::observe::Observed::read(ctx.kernel)?;
     loops.forget();
     super::reset::finish_parked(ctx, &obs, pc, &dm_name(name), false)?;
-    Ok(super::golden_record::note_reset(&pc.cow, None)?)
+    Ok(crate::image::golden_record::note_reset(&pc.cow, None)?)
 }
 
 /// The snapshot table of `image` and `cow` over the loops now attached to them.

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use crate::base::logtext::chain;
 use crate::kernel::error::{ConfigfsError, DmError, LioError, LoopError, NetError, VbladeError};
+use crate::room::lock::LockError;
+use crate::room::steps::StepFailed;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -67,8 +69,8 @@ pub enum Error {
     Teardown { failures: Vec<String> },
     #[error("the kernel backend cannot {step}: it is the service's step")]
     ServiceStep { step: String },
-    #[error("{step} is not a step on files alone")]
-    NotFileStep { step: String },
+    #[error(transparent)]
+    FileStep(#[from] crate::room::step::FileStepError),
     #[error("golden image {} is not on a loop device", image.display())]
     ImageNotOnLoop { image: PathBuf },
     #[error("COW {} is not on a loop device", cow.display())]
@@ -158,43 +160,5 @@ pub enum Error {
 impl From<DmError> for Error {
     fn from(e: DmError) -> Error {
         Error::Dm(Box::new(e))
-    }
-}
-
-/// One mutating cowctl at a time (`lock::acquire`).
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    #[error("another cowctl is at work ({holder}); try again when it is done")]
-    Held { holder: String },
-    #[error("cannot lock {}", path.display())]
-    Lock {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error(transparent)]
-    RunDir(#[from] crate::base::rundir::RunDirError),
-    /// The holder's line could not be written into the lock file.
-    #[error(transparent)]
-    Write(#[from] io::Error),
-}
-
-/// A plan's step failed: which, of how many, with its error's chain and what was done
-/// before it. Shared by the kernel's steps and the service's.
-#[derive(Debug, thiserror::Error)]
-#[error("step {number} of {total} failed: {step}: {} ({}; `cowctl plan` shows what is left)", chain(error.as_ref()), done(*number))]
-pub struct StepFailed<E: std::error::Error + 'static> {
-    /// From 1.
-    pub number: usize,
-    pub total: usize,
-    /// The step as plan prints it.
-    pub step: String,
-    pub error: Box<E>,
-}
-
-fn done(number: usize) -> String {
-    match number - 1 {
-        0 => "nothing was changed before it".to_string(),
-        before => format!("the {before} step(s) before it are done and stay"),
     }
 }

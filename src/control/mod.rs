@@ -3,21 +3,16 @@
 //! between runs except what the kernel and the files hold.
 
 pub mod apply;
-pub mod choose;
 pub mod commit;
 pub mod error;
-pub mod lock;
 pub mod observe;
 pub mod plan;
 pub mod reset;
 pub mod spec;
 pub mod status;
-pub mod step;
 
-pub use error::{Error, LockError, Result, StepFailed};
-
-/// `<cow>.golden` records live with the image versions they name; here for old paths.
-pub use crate::image::golden_record;
+pub use crate::dm::{dm_name, PREFIX};
+pub use error::{Error, Result};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,13 +43,6 @@ pub fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(usize, &T) -> R + 
     let mut done = done.into_inner().unwrap_or_else(|p| p.into_inner());
     done.sort_by_key(|(i, _)| *i);
     done.into_iter().map(|(_, r)| r).collect()
-}
-
-/// Every dm device and LIO storage object cowctl makes carries this prefix.
-pub const PREFIX: &str = "cowctl-";
-
-pub fn dm_name(pc: &str) -> String {
-    format!("{PREFIX}{pc}")
 }
 
 /// What every operation works with, passed in explicitly.

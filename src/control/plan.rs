@@ -8,13 +8,14 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use super::observe::Observed;
-use super::step::Step;
-use super::{dm_name, golden_record, Ctx, Error, Result, PREFIX};
+use super::{dm_name, Ctx, Error, Result, PREFIX};
 use crate::base::logtext::chain;
 use crate::cow::{HeaderState, LoadedStore};
 use crate::dm::DevRef;
+use crate::image::golden_record;
 use crate::kernel::loopdev;
 use crate::manifest::{Export, Image, Manifest, Pc};
+use crate::room::step::Step;
 
 /// What `apply` would do now.
 pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Step>> {
@@ -30,7 +31,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Step>> {
         if obs.parked.contains_key(&dm_name(&pc.name)) {
             continue;
         }
-        let discard = super::reset::discard_path(&pc.cow);
+        let discard = crate::room::reset::discard_path(&pc.cow);
         if let Some(l) = obs.loops.iter().find(|l| l.backing == discard) {
             actions.push(Step::detach(l));
         }

@@ -15,66 +15,21 @@
 //! still parked, a `.discard` left) is finished by the next reset or apply. A PC that is
 //! not applied has its COW file reset in place, unless a loop device still holds it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-use super::golden_record::Golden;
 use super::observe::Observed;
 use super::spec::vblade_spec;
 use super::{dm_name, Ctx, Error, Result};
 use crate::base::fileid::same_file;
 use crate::dm::{DevRef, SnapshotTable, TableLine};
 use crate::engine::filekind::{classify, Kind};
+use crate::image::golden_record::Golden;
 use crate::kernel::devmapper::Target;
 use crate::kernel::lio::Lio;
 use crate::kernel::loopdev::{LoopInfo, Loops};
 use crate::manifest::{Export, Pc};
-
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub struct Reset {
-    pub pc: String,
-    /// True when the PC was exported (and its I/O paused) during the reset.
-    pub live: bool,
-    /// From stopping the PC's I/O to resuming it (the whole reset when not live).
-    pub seconds: f64,
-    /// Including freeing the old COW's space after the PC was back.
-    pub total_seconds: f64,
-    #[serde(skip)]
-    pub elapsed: Duration,
-}
-
-impl Reset {
-    /// A reset of an exported PC whose I/O was paused for `paused` of the time since `start`.
-    pub fn live(pc: &str, paused: Duration, start: Instant) -> Reset {
-        Reset {
-            pc: pc.to_string(),
-            live: true,
-            seconds: paused.as_secs_f64(),
-            total_seconds: start.elapsed().as_secs_f64(),
-            elapsed: paused,
-        }
-    }
-
-    /// A reset of a PC nobody was served: only its COW file, in `took`.
-    pub fn offline(pc: &str, took: Duration) -> Reset {
-        Reset {
-            pc: pc.to_string(),
-            live: false,
-            seconds: took.as_secs_f64(),
-            total_seconds: took.as_secs_f64(),
-            elapsed: took,
-        }
-    }
-}
-
-/// Where a live reset puts the old COW until its loop is detached.
-pub fn discard_path(cow: &Path) -> PathBuf {
-    let mut p = cow.as_os_str().to_owned();
-    p.push(".discard");
-    PathBuf::from(p)
-}
+use crate::room::reset::{discard_path, Reset};
 
 /// The image version a reset moves a PC to, and the read-only loop that serves it.
 struct NextVersion {
@@ -98,7 +53,7 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&NextVersion>) -> 
     let onto = onto.filter(|_| !obs.parked.contains_key(&name));
     let paused = if obs.parked.contains_key(&name) {
         let paused = finish_parked(ctx, obs, pc, &name, true)?;
-        super::golden_record::note_reset(&pc.cow, None)?;
+        crate::image::golden_record::note_reset(&pc.cow, None)?;
         paused
     } else if obs.dm.contains_key(&name) {
         // The record is written with the fresh COW, before the PC's I/O resumes.
@@ -208,7 +163,7 @@ fn names_loop(d: &DevRef, l: &LoopInfo) -> bool {
 /// version, `onto` is the one its record names now.
 pub fn reset_file(pc: &Pc, onto: Option<&Golden>, loops: &dyn Loops) -> Result<Reset> {
     let r = crate::cowfile::reset(&pc.cow, loops)?;
-    super::golden_record::note_reset(&pc.cow, onto)?;
+    crate::image::golden_record::note_reset(&pc.cow, onto)?;
     Ok(Reset::offline(&pc.name, r.elapsed))
 }
 
@@ -331,7 +286,7 @@ fn swap(
 ) -> Result<()> {
     let k = ctx.kernel;
     let old_table = Target::snapshot(table);
-    let old_record = super::golden_record::read(&pc.cow)?;
+    let old_record = crate::image::golden_record::read(&pc.cow)?;
     // 2. Park the device: the old snapshot is destroyed, nothing can write.
     k.dm.replace(name, &Target::error(table.length))?;
     // 3. A fresh COW at the same path, the old one set aside (never over another file).
@@ -347,7 +302,7 @@ fn swap(
         let l = k.loops.attach(&pc.cow, false)?;
         // Before anything can write the fresh COW, its record names the image it is over:
         // a crash from here on finishes the reset on that image.
-        super::golden_record::note_reset(&pc.cow, onto.map(|o| &o.golden))?;
+        crate::image::golden_record::note_reset(&pc.cow, onto.map(|o| &o.golden))?;
         Ok(l)
     })();
     match fresh {
@@ -368,7 +323,7 @@ fn swap(
                 }
                 let _ = crate::base::durable::rename_new(discard, &pc.cow);
                 if let Some(old) = &old_record {
-                    let _ = super::golden_record::write(&pc.cow, old);
+                    let _ = crate::image::golden_record::write(&pc.cow, old);
                 }
             }
             k.dm.replace(name, &old_table)?;

@@ -5,8 +5,8 @@
 
 use super::modules::{self, Module};
 use super::{Area, Check, Host};
-use crate::control::choose::BackendKind;
 use crate::manifest::{Backend, Export, Manifest};
+use crate::room::choose::BackendKind;
 
 /// The predicted backend and the sentence that says why.
 pub struct Resolution {

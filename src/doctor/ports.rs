@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use super::{Area, Check, Host};
-use crate::control::choose::BackendKind;
 use crate::manifest::{Export, Manifest};
+use crate::room::choose::BackendKind;
 
 /// A TCP socket in the LISTEN state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use super::feed::Monitor;
 use super::live_room::LiveRoom;
 use crate::base::units::human;
-use crate::control::status::{PcState, PcStatus};
 use crate::manifest::Manifest;
+use crate::room::status::{PcState, PcStatus};
 
 /// How often the COWs are looked at. A PC must not write a whole step in this time.
 pub const INTERVAL: Duration = Duration::from_secs(1);

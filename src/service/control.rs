@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::reset::Reset;
-use crate::control::status::PcStatus;
+use crate::room::reset::Reset;
+use crate::room::status::PcStatus;
 
 use super::{ClientError, Error};
 
@@ -49,7 +49,7 @@ pub struct Response {
     pub error: Option<String>,
     /// Steps planned or done, in order.
     #[serde(default)]
-    pub steps: Vec<crate::control::step::Step>,
+    pub steps: Vec<crate::room::step::Step>,
     #[serde(default)]
     pub status: Vec<PcStatus>,
     #[serde(default)]

@@ -8,8 +8,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::control::StepFailed;
 use crate::engine::EngineError;
+use crate::room::steps::StepFailed;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -18,11 +18,13 @@ pub enum Error {
     #[error(transparent)]
     Control(#[from] crate::control::Error),
     #[error(transparent)]
-    Lock(#[from] crate::control::LockError),
+    Lock(#[from] crate::room::lock::LockError),
     #[error(transparent)]
     Step(#[from] StepFailed<Error>),
     #[error(transparent)]
     Image(#[from] crate::image::Error),
+    #[error(transparent)]
+    FileStep(#[from] crate::room::step::FileStepError),
     #[error(transparent)]
     CowFile(#[from] crate::cowfile::CowFileError),
     #[error(transparent)]

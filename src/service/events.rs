@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::base::units::{human, percent};
-use crate::control::status::{PcState, PcStatus};
+use crate::room::status::{PcState, PcStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {

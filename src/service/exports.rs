@@ -35,7 +35,7 @@ impl Served {
     /// while it is the file the engine opened, whole.
     pub fn cow_file_problem(&self) -> Option<String> {
         let bytes = self.engine.usage().total_sectors * 512;
-        crate::control::status::cow_file_problem(&self.pc, self.cow_file, bytes)
+        crate::room::status::cow_file_problem(&self.pc, self.cow_file, bytes)
     }
 
     /// With `nbd.acl: ip`, a TCP client must come from the PC's own address; the unix

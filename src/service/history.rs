@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::control::status::PcStatus;
+use crate::room::status::PcStatus;
 
 /// Samples kept per PC: 24 h at one a minute.
 pub const CAPACITY: usize = 1440;

@@ -6,11 +6,13 @@ use std::sync::Mutex;
 
 use super::{Error, Result};
 use crate::base::logtext::chain;
-use crate::control::reset::Reset;
-use crate::control::status::{self, PcState, PcStatus};
-use crate::control::{dm_name, lock, observe::Observed, Ctx};
+use crate::control::status;
+use crate::control::{dm_name, observe::Observed, Ctx};
 use crate::kernel::{loopdev, Kernel};
 use crate::manifest::{Manifest, Pc};
+use crate::room::lock;
+use crate::room::reset::Reset;
+use crate::room::status::{self as rows, PcState, PcStatus};
 
 pub trait LiveRoom: Send + Sync {
     fn manifest(&self) -> Manifest;
@@ -87,7 +89,7 @@ impl LiveRoom for KernelRoom {
                 .iter()
                 .map(|pc| {
                     let export = pc.export.to_string();
-                    status::row(&m, pc, PcState::Unknown, None, export, Vec::new())
+                    rows::row(&m, pc, PcState::Unknown, None, export, Vec::new())
                 })
                 .collect()
         })

@@ -24,13 +24,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::control::apply::run_steps;
-use crate::control::reset::{discard_path, Reset};
-use crate::control::status::{self, PcState, PcStatus};
-use crate::control::step::{Fingerprints, Step};
-use crate::control::{golden_record, plan as kplan};
+use crate::control::plan as kplan;
 use crate::engine::{CommitMode, EngineOptions, SnapshotState};
+use crate::image::golden_record;
 use crate::manifest::{Manifest, Pc};
+use crate::room::reset::{discard_path, Reset};
+use crate::room::status::{self, PcState, PcStatus};
+use crate::room::step::{Fingerprints, Step};
+use crate::room::steps::run_steps;
 use exports::{Registry, Served, Slot};
 use plan::ServedPc;
 

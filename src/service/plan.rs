@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::base::units::ByteSize;
-use crate::control::golden_record;
-use crate::control::step::Step;
+use crate::image::golden_record;
 use crate::manifest::{Manifest, Pc};
+use crate::room::step::Step;
 
 /// What is served for one PC: enough to tell whether its manifest entry changed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use axum::response::Response;
 
 use super::who::{pc_at, Peer};
 use super::{blocking, text, App};
-use crate::control::status::PcStatus;
+use crate::room::status::PcStatus;
 
 pub async fn cow(State(app): State<App>, ConnectInfo(peer): ConnectInfo<Peer>) -> Response {
     let ip = peer.ip();

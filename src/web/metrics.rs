@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use super::{blocking, App, Refusal};
-use crate::control::status::{PcState, PcStatus};
+use crate::room::status::{PcState, PcStatus};
 
 type Labels = Vec<(String, String)>;
 

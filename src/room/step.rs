@@ -9,9 +9,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{dm_name, golden_record};
 use crate::base::units::ByteSize;
+use crate::dm::dm_name;
 use crate::dm::StoreMode;
+use crate::image::golden_record;
 use crate::kernel::aoe::VbladeSpec;
 use crate::kernel::lio::TargetSpec;
 use crate::kernel::loopdev;
@@ -146,7 +147,7 @@ impl Step {
         }
     }
 
-    pub(super) fn detach(l: &loopdev::LoopInfo) -> Step {
+    pub fn detach(l: &loopdev::LoopInfo) -> Step {
         Step::DetachLoop {
             dev: l.dev.clone(),
             backing: l.backing.clone(),
@@ -193,10 +194,21 @@ impl fmt::Display for Step {
 /// Each image's fingerprint, read once per run however many PCs' records name it.
 pub type Fingerprints = HashMap<PathBuf, golden_record::Golden>;
 
+/// Why a step on files alone failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileStepError {
+    #[error(transparent)]
+    CowFile(#[from] crate::cowfile::CowFileError),
+    #[error(transparent)]
+    Image(#[from] crate::image::Error),
+    #[error("{step} is not a step on files alone")]
+    NotFileStep { step: String },
+}
+
 impl Step {
     /// Runs a step that only touches files, the same on every backend: creates a COW file
     /// or writes its golden record. Any other step is refused.
-    pub fn run_on_files(&self, fingerprints: &mut Fingerprints) -> super::Result<()> {
+    pub fn run_on_files(&self, fingerprints: &mut Fingerprints) -> Result<(), FileStepError> {
         match self {
             Step::CreateCow {
                 path, size, chunk, ..
@@ -214,7 +226,7 @@ impl Step {
                 };
                 Ok(golden_record::write(cow, &golden)?)
             }
-            other => Err(super::Error::NotFileStep {
+            other => Err(FileStepError::NotFileStep {
                 step: other.to_string(),
             }),
         }
@@ -246,7 +258,7 @@ mod tests {
             .run_on_files(&mut Fingerprints::new())
             .unwrap_err();
         assert!(
-            matches!(&err, super::super::Error::NotFileStep { step } if step.starts_with("re-open pc-01")),
+            matches!(&err, FileStepError::NotFileStep { step } if step.starts_with("re-open pc-01")),
             "{err}"
         );
         assert!(

@@ -4,7 +4,8 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 
-use super::LockError;
+use std::io;
+use std::path::PathBuf;
 
 pub struct Lock {
     _file: File,
@@ -37,4 +38,22 @@ pub fn acquire(run_dir: &Path, what: &str) -> Result<Lock, LockError> {
         std::process::id()
     )?;
     Ok(Lock { _file: file })
+}
+
+/// One mutating cowctl at a time (`lock::acquire`).
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another cowctl is at work ({holder}); try again when it is done")]
+    Held { holder: String },
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    RunDir(#[from] crate::base::rundir::RunDirError),
+    /// The holder's line could not be written into the lock file.
+    #[error(transparent)]
+    Write(#[from] io::Error),
 }
