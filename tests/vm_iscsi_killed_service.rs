@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::kernel::{modprobe, read_device, require_vm, sh, write_device, Iscsid, Rng};
+use common::room::{Golden, Iscsi, Pc, RoomBuilder};
 
 const GOLDEN: usize = 16 << 20;
 const TARGET: &str = "iqn.2024-01.lan.vm:pc-1";
@@ -22,33 +23,19 @@ fn a_cow_written_over_iscsi_loads_in_dm_snapshot_with_every_synced_write() {
     require_vm();
     modprobe("dm-snapshot");
     modprobe("loop");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
     let golden = Rng(9).bytes(GOLDEN);
-    std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
-    std::fs::create_dir(dir.path().join("cow")).unwrap();
-    let manifest = dir.path().join("room.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "backend: userspace\nimages:\n  g:\n    path: {d}/golden.img\n\
-             defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 64MiB\n  chunk: 4KiB\n\
-             iscsi:\n  iqn_prefix: iqn.2024-01.lan.vm\n  portals: [127.0.0.1:3261]\n  acl: initiator\n\
-             nbd:\n  listen: 127.0.0.1:10809\npcs:\n  - name: pc-1\n    initiator: {INITIATOR}\n"
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cowctl"))
-        .arg("apply")
-        .env("COWCTL_RUN_DIR", dir.path().join("run"))
-        .env("COWCTL_MANIFEST", &manifest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let room = RoomBuilder::userspace()
+        .golden(Golden::Bytes(golden.clone()))
+        .cow("64MiB", "4KiB")
+        .iscsi(
+            Iscsi::new("iqn.2024-01.lan.vm")
+                .portal("127.0.0.1:3261")
+                .acl("initiator"),
+        )
+        .nbd_at("127.0.0.1:10809", None)
+        .pc(Pc::new("pc-1").initiator(INITIATOR))
+        .files();
+    room.cowctl(&["apply"]);
 
     let iscsid = Iscsid::start_for("127.0.0.1:3261");
     iscsid.iface("pc1", INITIATOR);
@@ -77,14 +64,14 @@ fn a_cow_written_over_iscsi_loads_in_dm_snapshot_with_every_synced_write() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let pid = std::fs::read_to_string(dir.path().join("run/serve.pid")).unwrap();
+    let pid = std::fs::read_to_string(room.path("run/serve.pid")).unwrap();
     sh("kill", &["-KILL", pid.trim()]);
     let _ = writer.kill();
     iscsid.logout("pc1", TARGET);
     let _ = writer.wait();
 
     common::kernel::assert_killed_service_left_its_synced_writes(
-        dir.path(),
+        &room.path("."),
         "cowtest-iscsi-kill",
         &golden,
         &[0],
