@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::kernel::Mounted;
+use common::room::{Golden, Pc, RoomBuilder};
 use cowctl::engine::{Engine, EngineOptions};
 
 const MIB: u64 = 1 << 20;
@@ -21,18 +22,14 @@ fn image_list_shows_the_blocks_a_commit_shares_with_its_parent() {
     let fs = Mounted::xfs(true);
     let m = fs.mnt();
     std::fs::create_dir(m.join("cow")).unwrap();
-    std::fs::write(
-        m.join("room.yaml"),
-        format!(
-            "backend: userspace\nimages:\n  g:\n    versions: {d}/versions\n\
-             defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 16MiB\n  chunk: 4KiB\n  export: nbd\n\
-             nbd:\n  listen: 127.0.0.1:{port}\n  socket: {d}/nbd.sock\n\
-             pcs:\n  - name: pc-01\n",
-            d = m.display(),
-            port = common::free_port()
-        ),
-    )
-    .unwrap();
+    // The room lives on the xfs, so the builder writes only its manifest.
+    let text = RoomBuilder::userspace()
+        .golden(Golden::Versions)
+        .cow("16MiB", "4KiB")
+        .export("nbd")
+        .pc(Pc::new("pc-01"))
+        .text_for(&m);
+    std::fs::write(m.join("room.yaml"), text).unwrap();
     let golden: Vec<u8> = (0..8 * MIB).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(m.join("golden.raw"), &golden).unwrap();
     common::room_cowctl(

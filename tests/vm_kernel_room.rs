@@ -13,18 +13,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::kernel::{modprobe_room, require_vm, sh, write_device, AlignedBuf, Rng};
+use common::room::{Iscsi, Pc, RoomBuilder};
 
 const PCS: usize = 200;
 const GOLDEN: usize = 1 << 20;
+const SECRET: &str = "a-room-secret-of-16";
 
 fn manifest(d: &Path) -> String {
-    let d = d.display();
-    format!(
-        "images:\n  g:\n    path: {d}/golden.img\n\
-         defaults:\n  image: g\n  cow_dir: {d}/cow\n  cow_size: 1MiB\n  chunk: 4KiB\n\
-         iscsi:\n  iqn_prefix: iqn.2024-01.lan.room\n  portals: [127.0.0.1:3260]\n  acl: initiator\n  chap:\n    username: lab\n    secret_file: {d}/chap.secret\n\
-         pcs:\n  - name: pc-{{1..{PCS}}}\n    initiator: iqn.2024-01.lan.pc:{{name}}\n"
-    )
+    RoomBuilder::new()
+        .cow("1MiB", "4KiB")
+        .iscsi(
+            Iscsi::new("iqn.2024-01.lan.room")
+                .portal("127.0.0.1:3260")
+                .acl("initiator")
+                .chap("lab", SECRET),
+        )
+        .pc(Pc::new(&format!("pc-{{1..{PCS}}}")).initiator("iqn.2024-01.lan.pc:{name}"))
+        .text_for(d)
 }
 
 fn cowctl(dir: &Path, args: &[&str]) -> String {
@@ -91,7 +96,7 @@ fn a_room_of_200_pcs_applies_resets_at_once_and_comes_down_clean() {
     let d = dir.path();
     let golden = Rng(200).bytes(GOLDEN);
     std::fs::write(d.join("golden.img"), &golden).unwrap();
-    common::write_private(&d.join("chap.secret"), "a-room-secret-of-16\n");
+    common::write_private(&d.join("chap.secret"), &format!("{SECRET}\n"));
     std::fs::create_dir(d.join("cow")).unwrap();
     std::fs::write(d.join("room.yaml"), manifest(d)).unwrap();
 
