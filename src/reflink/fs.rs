@@ -160,6 +160,7 @@ mod tests {
         assert!(FsKind::from_magic(0x9123_683E).may_clone());
         assert!(FsKind::from_magic(0x5846_5342).may_clone());
         assert!(!FsKind::from_magic(0xEF53).may_clone());
+        assert_eq!(FsKind::from_magic(0x9123_683E).to_string(), "btrfs");
         assert_eq!(FsKind::from_magic(0x1234).to_string(), "file system 0x1234");
     }
 }
