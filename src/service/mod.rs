@@ -143,15 +143,16 @@ impl Service {
         self.iscsi.limits.set_pc_addresses(pcs.iter().copied());
         self.nbd_limits.set_pc_addresses(pcs);
         let mut done = Vec::new();
-        let result = run_steps(&steps, |s| self.step(&manifest, s), &mut |_, s| {
-            done.push(s.clone())
-        });
+        // Each image is fingerprinted once per apply, however many new PCs' records name it.
+        let mut fingerprints = Fingerprints::new();
+        let step = |s: &Step| self.step(&manifest, s, &mut fingerprints);
+        let result = run_steps(&steps, step, &mut |_, s| done.push(s.clone()));
         // Status and later resets follow the new manifest even after a partial apply.
         *self.manifest.lock().unwrap_or_else(|p| p.into_inner()) = manifest;
         Ok(result.map(|()| done)?)
     }
 
-    fn step(&self, m: &Manifest, step: &Step) -> Result<()> {
+    fn step(&self, m: &Manifest, step: &Step, fingerprints: &mut Fingerprints) -> Result<()> {
         let pc = |name: &str| {
             m.pc(name).ok_or_else(|| Error::NotInManifest {
                 pc: name.to_string(),
@@ -159,7 +160,7 @@ impl Service {
         };
         match step {
             Step::CreateCow { .. } | Step::RecordGolden { .. } => {
-                Ok(step.run_on_files(&mut Fingerprints::new())?)
+                Ok(step.run_on_files(fingerprints)?)
             }
             Step::Serve { pc: name, .. } => {
                 let served = open(m, pc(name)?)?;
