@@ -68,15 +68,20 @@ fn clone_into(source: &Path, partial: &Path) -> Result<(), ReflinkError> {
     };
     let _ = std::fs::remove_file(partial);
     let src = File::open(source).map_err(err)?;
-    let dst = OpenOptions::new()
+    let dst = new_private_file(partial).map_err(err)?;
+    ficlone(&src, &dst).map_err(err)?;
+    dst.sync_all().map_err(err)
+}
+
+/// A file made new for cowctl alone (0600), never through a symlink.
+fn new_private_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(partial)
-        .map_err(err)?;
-    ficlone(&src, &dst).map_err(err)?;
-    dst.sync_all().map_err(err)
+        .open(path)
 }
 
 fn ficlone(src: &File, dst: &File) -> std::io::Result<()> {
@@ -113,19 +118,10 @@ pub fn probe(dir: &Path) -> Result<(), ReflinkError> {
     }
     let probe = dir.join(format!(".cowctl-reflink-probe.{}", std::process::id()));
     let clone = partial_path(&probe);
-    let new_file = |p: &Path| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(p)
-    };
     let result = (|| {
-        let mut src = new_file(&probe)?;
+        let mut src = new_private_file(&probe)?;
         std::io::Write::write_all(&mut src, &[0x5a; 4096])?;
-        ficlone(&src, &new_file(&clone)?)
+        ficlone(&src, &new_private_file(&clone)?)
     })();
     let _ = std::fs::remove_file(&probe);
     let _ = std::fs::remove_file(&clone);
