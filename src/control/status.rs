@@ -41,20 +41,13 @@ fn one(ctx: &Ctx, obs: &Observed, pc: &Pc) -> PcStatus {
         pc.export.to_string(),
         initiators,
     );
-    if let Some(problem) = obs
-        .dm
-        .get(&name)
-        .and_then(|t| {
-            ctx.kernel
-                .loops
-                .opened(&t.snapshot.cow.to_string())
-                .ok()
-                .flatten()
-        })
-        .and_then(|opened| cow_file_problem(pc, opened.file, opened.bytes))
-    {
-        row.notes.push(problem);
-        row.warn = true;
-    }
+    let opened = obs.dm.get(&name).and_then(|t| {
+        ctx.kernel
+            .loops
+            .opened(&t.snapshot.cow.to_string())
+            .ok()
+            .flatten()
+    });
+    row.warn_of(opened.and_then(|o| cow_file_problem(pc, o.file, o.bytes)));
     row
 }

@@ -77,6 +77,15 @@ pub struct PcStatus {
 }
 
 impl PcStatus {
+    /// A problem the admin must act on (the COW's file gone from under a served PC): said
+    /// as a note, and the row warns.
+    pub fn warn_of(&mut self, problem: Option<String>) {
+        if let Some(p) = problem {
+            self.notes.push(p);
+            self.warn = true;
+        }
+    }
+
     /// How full the COW is against what it can still become: the maximum when
     /// auto-extend can grow it, else its size. What warnings and CowBell go by.
     pub fn capacity_sectors(&self) -> Option<u64> {

@@ -240,11 +240,7 @@ impl Service {
             e => e.to_string(),
         };
         let mut row = status::row(m, pc, state, usage, export, peers);
-        if let Some(problem) = slot.and_then(|s| s.with_served(Served::cow_file_problem).flatten())
-        {
-            row.notes.push(problem);
-            row.warn = true;
-        }
+        row.warn_of(slot.and_then(|s| s.with_served(Served::cow_file_problem).flatten()));
         row
     }
 
