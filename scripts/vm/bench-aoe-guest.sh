@@ -7,6 +7,7 @@
 # cowctl's PC starts each round on a fresh COW, so its random writes allocate chunks (and
 # copy the rest of a chunk from the golden image for each) as a fresh PC's do. Chunks are
 # 32 KiB (cowctl's default), or BENCH_AOE_CHUNK_KIB for both COW paths.
+# The COWs are twice the disk, so random writes touching every chunk never fill one.
 set -euo pipefail
 repo=${COWCTL_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 cowctl=$repo/target/release/cowctl
@@ -78,7 +79,7 @@ images:
 defaults:
   image: g
   cow_dir: $work/cow
-  cow_size: ${mb}MiB
+  cow_size: $((2 * mb))MiB
   chunk: ${chunk_kib}KiB
 aoe:
   interface: cwbt
@@ -107,7 +108,7 @@ for round in $(seq "$rounds"); do
     # The kernel backend's way: vblade over a dm-snapshot of the golden image (loop
     # devices, a fresh COW file, 32 KiB chunks), as e3.1.
     rm -f "$work/kernel.cow"
-    truncate -s "${mb}M" "$work/kernel.cow"
+    truncate -s "$((2 * mb))M" "$work/kernel.cow"
     golden_loop=$(losetup -f --show -r "$work/golden.img")
     cow_loop=$(losetup -f --show "$work/kernel.cow")
     dmsetup create cwbsnap --table "0 $((mb * 2048)) snapshot $golden_loop $cow_loop P $((chunk_kib * 2))"
