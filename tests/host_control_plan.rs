@@ -699,6 +699,18 @@ fn read_only_is_refused_on_the_kernel_backend() {
     );
 }
 
+#[test]
+fn reflink_storage_is_refused_on_the_kernel_backend() {
+    let room = Room::with(|t| *t = t.replace("golden.img\n", "golden.img\n    storage: reflink\n"));
+    let err = room.apply().unwrap_err();
+    assert!(
+        matches!(&err, control::Error::Refused { problems, .. }
+            if problems.iter().any(|p| p.starts_with("pc-1: image g has storage: reflink, which is served by the userspace engine only"))),
+        "{err}"
+    );
+    assert!(room.fake.state().dm.is_empty(), "nothing was made");
+}
+
 /// Lines of `trace` that name none of `pcs`: reads of the rest of the room.
 fn about_others<'a>(trace: &'a [String], pcs: &[&str]) -> Vec<&'a String> {
     trace

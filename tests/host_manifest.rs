@@ -159,6 +159,30 @@ fn backend_nbd_and_read_only_parse_with_defaults() {
 }
 
 #[test]
+fn an_image_keeps_its_pcs_disks_as_cow_files_or_as_clones() {
+    use cowctl::manifest::Storage;
+    let m = parse(&format!("{BASE}pcs:\n  - name: a\n")).unwrap();
+    assert_eq!(m.images["g"].storage, Storage::Cow, "COW files by default");
+    assert_eq!(m.pcs[0].cow, Path::new("/cow/a.cow"));
+    let reflink = BASE.replace("g.img\n", "g.img\n    storage: reflink\n");
+    let m = parse(&format!("{reflink}pcs:\n  - name: a\n")).unwrap();
+    assert_eq!(m.storage_of(&m.pcs[0]), Storage::Reflink);
+    assert_eq!(
+        m.pcs[0].cow,
+        Path::new("/cow/a.img"),
+        "a clone is a disk image"
+    );
+    let bad = BASE.replace("g.img\n", "g.img\n    storage: tape\n");
+    let err = parse(&format!("{bad}pcs:\n  - name: a\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("room.yaml:4:5: images.g.storage: g: storage \"tape\" is not cow"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_backend_and_nbd_fields_are_named() {
     let err = parse(&format!(
         "{BASE}backend: fuse\nnbd:\n  listen: 10809\n  socket: rel.sock\n  acl: mac\npcs:\n  - name: a\n    export: nfs\n"

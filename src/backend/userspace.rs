@@ -136,7 +136,7 @@ impl Backend for ServiceClient {
                 .pcs
                 .iter()
                 .map(|pc| {
-                    let (state, usage) = status::from_cow_file(pc);
+                    let (state, usage) = status::from_cow_file(pc, m.storage_of(pc));
                     let export = service::export_uri(m.nbd.listen, &pc.name);
                     status::row(m, pc, state, usage, export, Vec::new())
                 })
@@ -160,8 +160,11 @@ impl Backend for ServiceClient {
                 .iter()
                 .map(|pc| {
                     let due = crate::image::next_version(m, pc)?;
+                    let image = due.as_ref().map_or(&m.images[&pc.image], |(i, _)| i);
                     Ok(reset::reset_file(
                         pc,
+                        m.storage_of(pc),
+                        &image.path,
                         due.as_ref().map(|(_, g)| g),
                         &SysLoops,
                     )?)

@@ -160,7 +160,7 @@ fn step(
 ) -> Result<()> {
     let k = ctx.kernel;
     match action {
-        Step::CreateCow { .. } | Step::RecordGolden { .. } => {
+        Step::CreateCow { .. } | Step::CloneDisk { .. } | Step::RecordGolden { .. } => {
             Ok(action.run_on_files(fingerprints)?)
         }
         Step::StartService { .. }

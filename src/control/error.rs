@@ -32,6 +32,8 @@ pub enum Error {
     #[error(transparent)]
     CowFile(#[from] crate::cowfile::CowFileError),
     #[error(transparent)]
+    Reflink(#[from] crate::reflink::ReflinkError),
+    #[error(transparent)]
     Secret(#[from] crate::manifest::secrets::SecretError),
     #[error(transparent)]
     Lock(#[from] LockError),

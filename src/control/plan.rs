@@ -14,7 +14,7 @@ use crate::cow::{HeaderState, LoadedStore};
 use crate::dm::DevRef;
 use crate::image::golden_record;
 use crate::kernel::loopdev;
-use crate::manifest::{Export, Image, Manifest, Pc};
+use crate::manifest::{Export, Image, Manifest, Pc, Storage};
 use crate::room::step::Step;
 
 /// What `apply` would do now.
@@ -312,6 +312,14 @@ fn preflight(ctx: &Ctx) -> Result<()> {
             pc.name
         ));
     }
+    for pc in ctx.manifest.pcs.iter() {
+        if ctx.manifest.storage_of(pc) == Storage::Reflink {
+            problems.push(format!(
+                "{}: image {} has storage: reflink, which is served by the userspace engine only so far (set backend: userspace)",
+                pc.name, pc.image
+            ));
+        }
+    }
     for pc in ctx.manifest.pcs.iter().filter(|p| p.read_only) {
         problems.push(format!(
             "{}: read_only is served by the userspace engine only (set backend: userspace): the kernel's snapshot target writes its COW",
@@ -347,6 +355,13 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
     let fingerprints = image_fingerprints(manifest, &mut problems);
     let mut stores = std::collections::BTreeMap::new();
     for pc in &manifest.pcs {
+        if manifest.storage_of(pc) == Storage::Reflink {
+            problems.extend(clone_problem(manifest, pc, &fingerprints));
+            if pc.cow.exists() {
+                problems.extend(version_problem(manifest, &mut stores, pc));
+            }
+            continue;
+        }
         if pc.cow.exists() {
             if let Some(p) = cow_kind_problem(pc) {
                 problems.push(p);
@@ -368,6 +383,57 @@ pub fn file_problems(manifest: &Manifest) -> Vec<String> {
         }
     }
     problems
+}
+
+/// A reflink PC's disk: an existing one must be its image's size and recorded against
+/// it; a new one's directory must be on the image's file system, and that file system
+/// able to clone.
+fn clone_problem(
+    manifest: &Manifest,
+    pc: &Pc,
+    fingerprints: &std::collections::BTreeMap<String, golden_record::Golden>,
+) -> Option<String> {
+    let image = &manifest.images[&pc.image].path;
+    if pc.cow.exists() {
+        let size = std::fs::metadata(&pc.cow).map(|m| m.len());
+        let golden = fingerprints.get(&pc.image)?;
+        return match size {
+            Err(e) => Some(format!("{}: cannot read {}: {e}", pc.name, pc.cow.display())),
+            Ok(n) if n != golden.size => Some(format!(
+                "{}: its disk {} is {n} bytes, but image {} is {} bytes: a reflink PC's disk is a clone of its image (point cow: at a file of its own, or reset the PC)",
+                pc.name,
+                pc.cow.display(),
+                pc.image,
+                golden.size
+            )),
+            Ok(_) => golden_record::check(&pc.name, &pc.cow, golden)
+                .err()
+                .map(|e| chain(&e)),
+        };
+    }
+    let dir = pc.cow.parent()?;
+    if !dir.exists() {
+        return Some(format!(
+            "{}: the disk's directory {} does not exist",
+            pc.name,
+            dir.display()
+        ));
+    }
+    let same_fs = crate::reflink::fs::of(image).and_then(|from| {
+        let to = crate::reflink::fs::of(dir)?;
+        if from.dev != to.dev {
+            return Err(crate::reflink::ReflinkError::NotOneFileSystem {
+                source_file: image.clone(),
+                clone: pc.cow.clone(),
+                source_mount: from.mount,
+                clone_mount: to.mount,
+            });
+        }
+        crate::reflink::clone::probe(dir)
+    });
+    same_fs
+        .err()
+        .map(|e| format!("{}: storage: reflink: {}", pc.name, chain(&e)))
 }
 
 /// The fingerprint of each golden image a PC uses, by image name; an image that cannot

@@ -28,12 +28,14 @@ use crate::image::golden_record::Golden;
 use crate::kernel::devmapper::Target;
 use crate::kernel::lio::Lio;
 use crate::kernel::loopdev::{LoopInfo, Loops};
-use crate::manifest::{Export, Pc};
+use crate::manifest::{Export, Pc, Storage};
 use crate::room::reset::{discard_path, Reset};
 
 /// The image version a reset moves a PC to, and the read-only loop that serves it.
 struct NextVersion {
     golden: Golden,
+    /// The version's disk.
+    image: std::path::PathBuf,
     /// None for a PC that is not applied (only its COW file is reset).
     origin: Option<LoopInfo>,
 }
@@ -66,7 +68,10 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&NextVersion>) -> 
                 dev: l.dev.clone(),
             });
         }
-        return reset_file(pc, onto.map(|o| &o.golden), ctx.kernel.loops.as_ref());
+        let image = onto.map_or(&ctx.image(pc).path, |o| &o.image);
+        let storage = ctx.manifest.storage_of(pc);
+        let loops = ctx.kernel.loops.as_ref();
+        return reset_file(pc, storage, image, onto.map(|o| &o.golden), loops);
     };
     Ok(Reset::live(&pc.name, paused, start))
 }
@@ -88,6 +93,7 @@ pub fn reset_many(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Result<Reset>> 
             if !obs.dm.contains_key(&dm_name(&pc.name)) {
                 return Ok(Some(NextVersion {
                     golden,
+                    image: image.path,
                     origin: None,
                 }));
             }
@@ -104,6 +110,7 @@ pub fn reset_many(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Result<Reset>> 
             };
             Ok(Some(NextVersion {
                 golden,
+                image: image.path,
                 origin: Some(origin),
             }))
         })
@@ -159,12 +166,25 @@ fn names_loop(d: &DevRef, l: &LoopInfo) -> bool {
     d.to_string() == l.number.to_string() || d.to_string() == l.dev.display().to_string()
 }
 
-/// Resets a COW file that nothing serves, in place; when the PC moves to another image
-/// version, `onto` is the one its record names now.
-pub fn reset_file(pc: &Pc, onto: Option<&Golden>, loops: &dyn Loops) -> Result<Reset> {
-    let r = crate::cowfile::reset(&pc.cow, loops)?;
+/// Resets a PC's disk that nothing serves: a COW in place, a clone replaced by a fresh
+/// clone of `image` (the disk of the version it runs next). When the PC moves to another
+/// image version, `onto` is the one its record names now.
+pub fn reset_file(
+    pc: &Pc,
+    storage: Storage,
+    image: &Path,
+    onto: Option<&Golden>,
+    loops: &dyn Loops,
+) -> Result<Reset> {
+    let start = Instant::now();
+    match storage {
+        Storage::Cow => drop(crate::cowfile::reset(&pc.cow, loops)?),
+        Storage::Reflink => {
+            crate::reflink::clone::replace_with_clone(image, &pc.cow, &discard_path(&pc.cow))?
+        }
+    }
     crate::image::golden_record::note_reset(&pc.cow, onto)?;
-    Ok(Reset::offline(&pc.name, r.elapsed))
+    Ok(Reset::offline(&pc.name, start.elapsed()))
 }
 
 /// Returns how long the PC's I/O was paused.

@@ -24,7 +24,7 @@ fn one(ctx: &Ctx, obs: &Observed, pc: &Pc) -> PcStatus {
             Ok(SnapshotStatus::Unknown) | Err(_) => (PcState::Unknown, None),
         }
     } else {
-        from_cow_file(pc)
+        from_cow_file(pc, ctx.manifest.storage_of(pc))
     };
     let initiators = match &pc.export {
         Export::Iscsi { target, .. } => obs

@@ -4,7 +4,7 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::{EngineError, PcDisk};
 
 /// Errors a disk reports, as the protocols tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,15 +33,15 @@ pub trait Disk: Send + Sync {
     }
 }
 
-/// A PC's engine as the disk its exports serve.
+/// A PC's disk (its COW's engine or its clone) as the disk its exports serve.
 pub struct EngineDisk {
-    pub engine: Arc<Engine>,
+    pub engine: Arc<PcDisk>,
     pub read_only: bool,
 }
 
 fn disk_error(e: &EngineError) -> DiskError {
     match e {
-        EngineError::Overflow => DiskError::NoSpace,
+        EngineError::Overflow | EngineError::Quota { .. } => DiskError::NoSpace,
         EngineError::ReadOnly => DiskError::ReadOnly,
         EngineError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
             DiskError::NoSpace
@@ -84,6 +84,6 @@ impl Disk for EngineDisk {
     }
 
     fn granularity(&self) -> u64 {
-        self.engine.geometry().chunk_bytes()
+        self.engine.granularity()
     }
 }

@@ -15,6 +15,8 @@ pub enum EngineError {
     },
     #[error("snapshot overflowed: the COW has no free chunk left, so writes fail while reads keep working (grow the COW and reopen it, or reset it)")]
     Overflow,
+    #[error("the PC's disk holds its quota of {bytes} bytes of its own: writes to blocks it still shares with its image fail (raise cow_size, or reset it)")]
+    Quota { bytes: u64 },
     #[error("snapshot is invalid (it overflowed without the O option, or an I/O error hit its COW); it cannot be recovered, only reset")]
     Invalid,
     #[error("{len} bytes at byte {offset} reach past the end of the {size}-byte disk")]

@@ -8,16 +8,19 @@
 //! the same point at which the kernel completes it.
 
 pub mod backing;
+pub mod clonefile;
 pub mod disk;
 mod error;
 pub mod filekind;
 mod metadata;
+pub mod pcdisk;
 
 use std::sync::{Mutex, RwLock};
 
 pub use crate::cow::OverflowPolicy;
 pub use error::EngineError;
 pub use metadata::{CommitMode, GrowPolicy, SnapshotState};
+pub use pcdisk::PcDisk;
 
 use crate::base::chunkmap::ChunkMap;
 use crate::cow::{DiskException, Geometry, Header, HeaderState, LoadedStore, ReadAt, Usage};

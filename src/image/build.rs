@@ -57,16 +57,7 @@ pub fn build(parent: &Path, cow: &Path, out: &Path) -> Result<Built> {
             cow: cow.to_path_buf(),
         });
     }
-    let dst = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(out)
-        .map_err(|source| Error::Create {
-            path: out.to_path_buf(),
-            source,
-        })?;
+    let dst = new_version_file(out)?;
     let chunk = store.geometry.chunk_bytes();
     let mut runs: Vec<(u64, u64)> = store.exceptions.iter().map(|(&o, &c)| (o, c)).collect();
     // In the COW's order: concurrent writers interleave their chunks there, and reading the
@@ -101,6 +92,54 @@ pub fn build(parent: &Path, cow: &Path, out: &Path) -> Result<Built> {
         changed_bytes: changed,
         elapsed: start.elapsed(),
     })
+}
+
+/// Makes `out` (a new file) hold a reflink PC's disk as it is, synced: one clone where the
+/// file system can (the version then shares every block with the PC's disk), else a copy
+/// of its data extents. `changed` is what the disk no longer shares with its version.
+pub fn build_from_clone(disk: &Path, out: &Path, changed: u64) -> Result<Built> {
+    let start = Instant::now();
+    let src = File::open(disk).map_err(|source| Error::Open {
+        path: disk.to_path_buf(),
+        source,
+    })?;
+    let size = crate::engine::backing::file_or_device_size(&src)?;
+    let dst = new_version_file(out)?;
+    let method = if clone_file(&src, &dst).is_ok() {
+        Method::Reflink
+    } else {
+        copy_extents(&src, &dst, size, &[]).map_err(|source| Error::CopyParent {
+            from: disk.to_path_buf(),
+            to: out.to_path_buf(),
+            source,
+        })?;
+        dst.set_len(size)?;
+        Method::SparseCopy
+    };
+    dst.sync_all().map_err(|source| Error::Flush {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    Ok(Built {
+        method,
+        chunks: 0,
+        changed_bytes: changed,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// A version's new disk file: made new (never over a file), never through a symlink.
+fn new_version_file(out: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(out)
+        .map_err(|source| Error::Create {
+            path: out.to_path_buf(),
+            source,
+        })
 }
 
 /// Copies the COW's chunks (`runs` of origin chunk, COW chunk) over the parent's bytes in

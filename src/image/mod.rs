@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::manifest::{Image, Manifest, Pc};
+use crate::manifest::{Image, Manifest, Pc, Storage};
 pub use error::{CopyError, Error};
 use golden_record::Golden;
 pub use identity::Found;
@@ -36,13 +36,14 @@ pub fn key(image: &str, v: &VersionName) -> String {
 }
 
 /// The image entry of one version.
-pub fn entry(family: &str, store: &Store, v: &Version) -> Image {
+pub fn entry(family: &Image, store: &Store, v: &Version) -> Image {
     Image {
-        name: key(family, &v.name),
+        name: key(&family.family, &v.name),
         path: store.disk(&v.name),
         version: Some(v.name.to_string()),
         store: Some(store.dir.clone()),
-        family: family.to_string(),
+        family: family.family.clone(),
+        storage: family.storage,
     }
 }
 
@@ -94,7 +95,7 @@ pub fn resolve(m: &mut Manifest) -> Vec<Problem> {
         }
         m.images.remove(&image.name);
         for v in store.versions.values() {
-            let e = entry(&image.name, &store, v);
+            let e = entry(&image, &store, v);
             m.images.insert(e.name.clone(), e);
         }
         for i in users {
@@ -171,7 +172,7 @@ pub fn next_version_in(m: &Manifest, pc: &Pc, store: &Store) -> Result<Option<(I
     }
     let version = store.get(v)?;
     Ok(Some((
-        entry(&image.family, store, version),
+        entry(image, store, version),
         golden_of(store, version),
     )))
 }
@@ -302,11 +303,12 @@ pub struct Committed {
 }
 
 /// `cowctl image commit`: a new version holding the disk a PC sees (its version with its
-/// COW over it). The COW must not change meanwhile: the caller has stopped the PC's I/O.
+/// COW over it, or its clone). The COW must not change meanwhile: the caller has stopped the PC's I/O.
 pub fn commit(
     store: &Store,
     parent: &VersionName,
     cow: &Path,
+    changes: Changes,
     pc: &str,
     name: Option<VersionName>,
     note: &str,
@@ -316,11 +318,15 @@ pub fn commit(
     let mut built = None;
     let version = make_version(store, &name, |incoming| {
         built = Some(
-            build::build(&store.disk(parent), cow, &incoming.join(store::DISK)).map_err(|e| {
-                Error::Commit {
-                    pc: pc.to_string(),
-                    source: Box::new(e),
+            match changes {
+                Changes::Cow => build::build(&store.disk(parent), cow, &incoming.join(store::DISK)),
+                Changes::Clone { own_bytes } => {
+                    build::build_from_clone(cow, &incoming.join(store::DISK), own_bytes)
                 }
+            }
+            .map_err(|e| Error::Commit {
+                pc: pc.to_string(),
+                source: Box::new(e),
             })?,
         );
         record(
@@ -384,10 +390,21 @@ pub fn commit_pc(
     let parent: VersionName = parent
         .parse()
         .map_err(|reason| Error::BadVersionName { reason })?;
-    let changed = std::fs::File::open(&pc.cow)
-        .ok()
-        .and_then(|f| crate::cow::LoadedStore::load(&f, Some(pc.chunk_sectors())).ok())
-        .is_some_and(|s| !s.exceptions.is_empty());
+    let changes = match image.storage {
+        Storage::Cow => Changes::Cow,
+        Storage::Reflink => Changes::Clone {
+            own_bytes: crate::reflink::extents::sharing(&pc.cow)
+                .map(|s| s.private)
+                .unwrap_or(0),
+        },
+    };
+    let changed = match changes {
+        Changes::Cow => std::fs::File::open(&pc.cow)
+            .ok()
+            .and_then(|f| crate::cow::LoadedStore::load(&f, Some(pc.chunk_sectors())).ok())
+            .is_some_and(|s| !s.exceptions.is_empty()),
+        Changes::Clone { own_bytes } => own_bytes > 0,
+    };
     if !changed {
         return Err(Error::NothingToCommit {
             pc: pc.name.clone(),
@@ -395,7 +412,15 @@ pub fn commit_pc(
             parent: parent.to_string(),
         });
     }
-    commit(&store, &parent, &pc.cow, &pc.name, name, note)
+    commit(&store, &parent, &pc.cow, changes, &pc.name, name, note)
+}
+
+/// How a PC's disk holds its changes, for a commit: a COW's chunks over the parent, or a
+/// whole clone that no longer shares `own_bytes` with it.
+#[derive(Debug, Clone, Copy)]
+pub enum Changes {
+    Cow,
+    Clone { own_bytes: u64 },
 }
 
 /// What `cowctl image prune` would remove, and why each other version stays.

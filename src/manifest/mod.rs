@@ -30,7 +30,7 @@ pub use owned::{PROMOTION_RECORD, VERSION_DISK, VERSION_RECORD};
 use positions::Positions;
 pub use types::{
     AclMode, AoeConfig, AutoExtend, Backend, Chap, DhcpMode, Export, HttpConfig, Image,
-    IscsiConfig, Mac, NbdAcl, NbdConfig, Pc, Portal, PxeConfig,
+    IscsiConfig, Mac, NbdAcl, NbdConfig, Pc, Portal, PxeConfig, Storage,
 };
 
 pub const DEFAULT_PATH: &str = "/etc/cowctl/cowctl.yaml";
@@ -64,6 +64,14 @@ pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
 impl Manifest {
     pub fn pc(&self, name: &str) -> Option<&Pc> {
         self.pcs.iter().find(|p| p.name == name)
+    }
+
+    /// How a PC's disk is kept: its image's storage.
+    pub fn storage_of(&self, pc: &Pc) -> Storage {
+        self.images
+            .get(&pc.image)
+            .map(|i| i.storage)
+            .unwrap_or_default()
     }
 
     /// The PCs a reset of `names` resets: those named, or when none are, every PC that

@@ -109,7 +109,8 @@ impl Builder {
         }
         let image = self.pc_image(&at, name, value, images);
         let (cow_size, chunk) = self.pc_sizes(&at, name, value);
-        let cow = self.pc_cow(&at, name, value);
+        let storage = images.get(&image).map(|i| i.storage).unwrap_or_default();
+        let cow = self.pc_cow(&at, name, value, storage);
         let overflow = self.pc_overflow(&at, name, value);
         let mac = value("mac").and_then(|m| {
             m.parse::<Mac>()
@@ -217,16 +218,22 @@ impl Builder {
         (cow_size, chunk)
     }
 
-    /// The COW's path: cow, or <name>.cow in cow_dir; absolute.
+    /// The COW's path: cow, or <name>.cow in cow_dir; absolute. A reflink PC's disk (its
+    /// clone) is a disk image, <name>.img.
     fn pc_cow(
         &mut self,
         at: &dyn Fn(&str) -> String,
         name: &str,
         value: &dyn Fn(&str) -> Option<String>,
+        storage: super::Storage,
     ) -> PathBuf {
+        let ext = match storage {
+            super::Storage::Cow => "cow",
+            super::Storage::Reflink => "img",
+        };
         let cow = match (value("cow"), value("cow_dir")) {
             (Some(c), _) => PathBuf::from(c),
-            (None, Some(d)) => Path::new(&d).join(format!("{name}.cow")),
+            (None, Some(d)) => Path::new(&d).join(format!("{name}.{ext}")),
             (None, None) => {
                 self.error(
                     &at("cow"),

@@ -14,6 +14,8 @@ pub struct RawImage {
     /// A directory of versions (`cowctl image`): PCs move between them at their resets.
     pub versions: Option<PathBuf>,
     pub version: Option<String>,
+    /// `cow` (dm-snapshot COW files, the default) or `reflink` (clones of the disk).
+    pub storage: Option<String>,
 }
 
 /// A field that may hold a range: a string or a plain number.

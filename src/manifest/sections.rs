@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use super::raw::{RawChap, RawHttp, RawImages, RawIscsi, RawNbd, Text};
-use super::{AclMode, Builder, Chap, HttpConfig, Image, IscsiConfig, NbdAcl, NbdConfig, Portal};
+use super::{
+    AclMode, Builder, Chap, HttpConfig, Image, IscsiConfig, NbdAcl, NbdConfig, Portal, Storage,
+};
 use crate::base::iqn::Iqn;
 
 impl Builder {
@@ -174,6 +176,17 @@ impl Builder {
                     format!("{} is not an absolute path", path.display()),
                 );
             }
+            let storage = match img.storage.as_deref() {
+                None | Some("cow") => Storage::Cow,
+                Some("reflink") => Storage::Reflink,
+                Some(other) => {
+                    self.error(
+                        &format!("images.{name}.storage"),
+                        format!("{name}: storage {other:?} is not cow (COW files, the default) or reflink (clones on btrfs or xfs)"),
+                    );
+                    Storage::Cow
+                }
+            };
             out.insert(
                 name.clone(),
                 Image {
@@ -182,6 +195,7 @@ impl Builder {
                     path,
                     version: img.version,
                     store,
+                    storage,
                 },
             );
         }

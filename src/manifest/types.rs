@@ -24,6 +24,29 @@ pub struct Image {
     pub store: Option<PathBuf>,
     /// The image's name in the manifest.
     pub family: String,
+    /// How its PCs' disks are kept.
+    pub storage: Storage,
+}
+
+/// How the PCs of an image keep their writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// A COW file in dm-snapshot's persistent format over the golden image (both backends).
+    #[default]
+    Cow,
+    /// A clone (FICLONE) of the image's disk on btrfs or xfs: a plain disk file whose
+    /// blocks the file system shares with the image until the PC writes them.
+    Reflink,
+}
+
+impl fmt::Display for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Storage::Cow => "cow",
+            Storage::Reflink => "reflink",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -13,13 +13,13 @@ pub use handshake::{handshake, ExportInfo, Exports, Outcome};
 pub use transmission::{serve, Device, End, Sink};
 pub use wire::Errno;
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, PcDisk};
 
 /// The errno a client sees for an engine error.
 pub fn errno(e: &EngineError) -> Errno {
     match e {
         // A full COW is a full disk; the PC's file system copes with ENOSPC.
-        EngineError::Overflow => Errno::NoSpc,
+        EngineError::Overflow | EngineError::Quota { .. } => Errno::NoSpc,
         EngineError::ReadOnly => Errno::Perm,
         EngineError::OutOfRange { .. } => Errno::Inval,
         EngineError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
@@ -56,5 +56,35 @@ impl Device for Engine {
 
     fn write_zeroes(&self, offset: u64, len: u64, no_hole: bool) -> Result<(), Errno> {
         Engine::write_zeroes(self, offset, len, no_hole).map_err(|e| errno(&e))
+    }
+}
+
+impl Device for PcDisk {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Errno> {
+        PcDisk::read_at(self, buf, offset).map_err(|e| errno(&e))
+    }
+
+    fn extents(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Option<Result<Vec<crate::engine::Extent<'_>>, Errno>> {
+        PcDisk::extents(self, offset, len).map(|r| r.map_err(|e| errno(&e)))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), Errno> {
+        PcDisk::write_at(self, buf, offset).map_err(|e| errno(&e))
+    }
+
+    fn flush(&self) -> Result<(), Errno> {
+        PcDisk::flush(self).map_err(|e| errno(&e))
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> Result<(), Errno> {
+        PcDisk::trim(self, offset, len).map_err(|e| errno(&e))
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, no_hole: bool) -> Result<(), Errno> {
+        PcDisk::write_zeroes(self, offset, len, no_hole).map_err(|e| errno(&e))
     }
 }

@@ -59,6 +59,43 @@ pub fn clone_new(source: &Path, clone: &Path) -> Result<(), ReflinkError> {
     }
 }
 
+/// Replaces the clone at `clone` with a fresh clone of `source` (a reset): the old file is
+/// renamed to `aside` (never over a file there), the new clone made, and only then is the
+/// old one removed. When the new clone cannot be made, the old file goes back to its name.
+pub fn replace_with_clone(source: &Path, clone: &Path, aside: &Path) -> Result<(), ReflinkError> {
+    set_aside(clone, aside)?;
+    if let Err(e) = clone_new(source, clone) {
+        return Err(put_back(aside, clone).err().unwrap_or(e));
+    }
+    remove_aside(aside)
+}
+
+/// Moves a clone out of the way under `aside`, which must not exist.
+pub fn set_aside(clone: &Path, aside: &Path) -> Result<(), ReflinkError> {
+    durable::rename_new(clone, aside).map_err(|source| ReflinkError::SetAside {
+        clone: clone.to_path_buf(),
+        aside: aside.to_path_buf(),
+        source,
+    })
+}
+
+/// Returns a clone set aside to its name (after a failed replacement).
+pub fn put_back(aside: &Path, clone: &Path) -> Result<(), ReflinkError> {
+    durable::rename_new(aside, clone).map_err(|source| ReflinkError::SetAside {
+        clone: aside.to_path_buf(),
+        aside: clone.to_path_buf(),
+        source,
+    })
+}
+
+/// Frees an old clone set aside.
+pub fn remove_aside(aside: &Path) -> Result<(), ReflinkError> {
+    std::fs::remove_file(aside).map_err(|source| ReflinkError::Remove {
+        path: aside.to_path_buf(),
+        source,
+    })
+}
+
 /// FICLONE of `source` into a new file at `partial`, synced.
 fn clone_into(source: &Path, partial: &Path) -> Result<(), ReflinkError> {
     let err = |source_err: std::io::Error| ReflinkError::Clone {

@@ -52,6 +52,8 @@ struct FiemapExtent {
 }
 
 const EXTENT_LAST: u32 = 0x1;
+/// FIEMAP_FLAG_SYNC: write the file's dirty pages before mapping it.
+const FLAG_SYNC: u32 = 0x1;
 const EXTENT_SHARED: u32 = 0x2000;
 /// Extents asked for per call: a fragmented file takes several calls, never a big buffer.
 const PER_CALL: usize = 256;
@@ -68,16 +70,42 @@ nix::ioctl_readwrite!(fs_ioc_fiemap, b'f', 11, FiemapHeader);
 /// How `file`'s allocated bytes are shared (holes count as neither). The extents are read
 /// as the file system has them now, without flushing dirty pages first.
 pub fn sharing_of(file: &File) -> io::Result<Sharing> {
+    let mut out = Sharing::default();
+    each_extent(file, 0, |_, length, shared| {
+        if shared {
+            out.shared += length;
+        } else {
+            out.private += length;
+        }
+    })?;
+    Ok(out)
+}
+
+/// The (offset, length) ranges of `file` that only it holds: written since it was cloned,
+/// or never shared. Dirty pages are written first (FIEMAP_FLAG_SYNC), so a write still in
+/// the page cache counts as what it will be.
+pub fn private_ranges(file: &File) -> io::Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    each_extent(file, FLAG_SYNC, |logical, length, shared| {
+        if !shared {
+            out.push((logical, length));
+        }
+    })?;
+    Ok(out)
+}
+
+/// Calls `f(logical, length, shared)` for each of `file`'s extents, in order.
+fn each_extent(file: &File, flags: u32, mut f: impl FnMut(u64, u64, bool)) -> io::Result<()> {
     let mut req = Box::new(Request {
         header: FiemapHeader::default(),
         extents: [FiemapExtent::default(); PER_CALL],
     });
-    let mut out = Sharing::default();
     let mut start = 0u64;
     loop {
         req.header = FiemapHeader {
             start,
             length: u64::MAX - start,
+            flags,
             extent_count: u32::try_from(PER_CALL).expect("a small count"),
             ..FiemapHeader::default()
         };
@@ -88,18 +116,14 @@ pub fn sharing_of(file: &File) -> io::Result<Sharing> {
             .unwrap_or(0)
             .min(PER_CALL);
         let Some(last) = req.extents[..n].last().copied() else {
-            return Ok(out);
+            return Ok(());
         };
         for e in &req.extents[..n] {
-            if e.flags & EXTENT_SHARED != 0 {
-                out.shared += e.length;
-            } else {
-                out.private += e.length;
-            }
+            f(e.logical, e.length, e.flags & EXTENT_SHARED != 0);
         }
         let next = last.logical.saturating_add(last.length);
         if last.flags & EXTENT_LAST != 0 || next <= start {
-            return Ok(out);
+            return Ok(());
         }
         start = next;
     }

@@ -4,7 +4,8 @@
 //! makes the file system copy that one block, not a COW chunk; what a PC has changed is what
 //! its file no longer shares. This module holds the three file-system facts that storage
 //! rests on: which file system a path is on ([`fs`]), a durable clone ([`clone`]) and the
-//! bytes a clone no longer shares ([`extents`]).
+//! bytes a clone no longer shares ([`extents`]). `cowctl serve` serves the clones
+//! (`engine::clonefile`) of images with `storage: reflink`.
 
 pub mod clone;
 pub mod extents;
@@ -38,6 +39,19 @@ pub enum ReflinkError {
     Clone {
         source_file: PathBuf,
         clone: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot move {clone} to {aside}")]
+    SetAside {
+        clone: PathBuf,
+        aside: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove the old disk {path}")]
+    Remove {
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::cow::Usage;
-use crate::manifest::{Manifest, Pc};
+use crate::manifest::{Manifest, Pc, Storage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -115,8 +115,23 @@ pub fn cow_file_problem(pc: &Pc, opened: (u64, u64), bytes: u64) -> Option<Strin
     }
 }
 
-/// State and usage of a PC that is not being served, read from its COW file.
-pub fn from_cow_file(pc: &Pc) -> (PcState, Option<Usage>) {
+/// State and usage of a PC that is not being served, read from its COW file (or, for a
+/// clone, from the extents it no longer shares).
+pub fn from_cow_file(pc: &Pc, storage: Storage) -> (PcState, Option<Usage>) {
+    if storage == Storage::Reflink {
+        // A clone's fill: the bytes it no longer shares with its image.
+        return match crate::reflink::extents::sharing(&pc.cow) {
+            Ok(s) => (
+                PcState::NotApplied,
+                Some(Usage {
+                    sectors_allocated: s.private / 512,
+                    total_sectors: pc.cow_size.bytes() / 512,
+                    metadata_sectors: 0,
+                }),
+            ),
+            Err(_) => (PcState::NotApplied, None),
+        };
+    }
     match crate::cowfile::inspect(&pc.cow, Some(pc.chunk)) {
         Ok(i) if !i.valid => (PcState::Invalid, None),
         Ok(i) => (

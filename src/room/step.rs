@@ -28,6 +28,12 @@ pub enum Step {
         size: ByteSize,
         chunk: ByteSize,
     },
+    /// Make a reflink PC's disk: a clone of its image's disk (`storage: reflink`).
+    CloneDisk {
+        pc: String,
+        image_path: PathBuf,
+        path: PathBuf,
+    },
     /// Write the `.golden` record beside `cow`: it was made against `image_path`.
     RecordGolden {
         pc: String,
@@ -127,6 +133,7 @@ impl Step {
     pub fn kind(&self) -> &'static str {
         match self {
             Step::CreateCow { .. } => "create COW",
+            Step::CloneDisk { .. } => "clone disk",
             Step::RecordGolden { .. } => "record golden",
             Step::AttachImage { .. } => "attach image",
             Step::AttachCow { .. } => "attach COW",
@@ -159,6 +166,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::CreateCow { pc, path, size, chunk } => write!(f, "create {pc}'s COW {} ({size} sparse, chunk {chunk})", path.display()),
+            Step::CloneDisk { pc, image_path, path } => write!(f, "clone {pc}'s disk {} from {} (reflink)", path.display(), image_path.display()),
             Step::RecordGolden { pc, image, .. } => write!(f, "record that {pc}'s COW belongs to golden image {image}"),
             Step::AttachImage { image, path } => write!(f, "attach golden image {image} ({}) read-only to a loop device", path.display()),
             Step::AttachCow { pc, path } => write!(f, "attach {pc}'s COW {} to a loop device", path.display()),
@@ -201,18 +209,23 @@ pub enum FileStepError {
     CowFile(#[from] crate::cowfile::CowFileError),
     #[error(transparent)]
     Image(#[from] crate::image::Error),
+    #[error(transparent)]
+    Reflink(#[from] crate::reflink::ReflinkError),
     #[error("{step} is not a step on files alone")]
     NotFileStep { step: String },
 }
 
 impl Step {
     /// Runs a step that only touches files, the same on every backend: creates a COW file
-    /// or writes its golden record. Any other step is refused.
+    /// or a clone, or writes its golden record. Any other step is refused.
     pub fn run_on_files(&self, fingerprints: &mut Fingerprints) -> Result<(), FileStepError> {
         match self {
             Step::CreateCow {
                 path, size, chunk, ..
             } => Ok(crate::cowfile::create(path, *size, *chunk).map(drop)?),
+            Step::CloneDisk {
+                image_path, path, ..
+            } => Ok(crate::reflink::clone::clone_new(image_path, path)?),
             Step::RecordGolden {
                 image_path, cow, ..
             } => {

@@ -28,6 +28,8 @@ pub enum Error {
     #[error(transparent)]
     CowFile(#[from] crate::cowfile::CowFileError),
     #[error(transparent)]
+    Reflink(#[from] crate::reflink::ReflinkError),
+    #[error(transparent)]
     Secret(#[from] crate::manifest::secrets::SecretError),
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestErrors),

@@ -11,20 +11,21 @@ use super::{Error, Result};
 
 use std::net::IpAddr;
 
-use crate::engine::Engine;
+use crate::engine::PcDisk;
 use crate::manifest::{NbdAcl, Pc};
 use crate::nbd::{ExportInfo, Exports};
 
 /// How long a reset or down waits for connections to finish their current request.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// An engine being served, with the manifest entry it was opened from.
+/// A PC's disk being served (its COW's engine or its clone), with the manifest entry it
+/// was opened from.
 pub struct Served {
-    pub engine: Arc<Engine>,
+    pub disk: Arc<PcDisk>,
     pub pc: Pc,
     pub image_path: std::path::PathBuf,
     pub acl: NbdAcl,
-    /// The COW file the engine has open, as (device, inode): the path may come to lead
+    /// The COW (or clone) file the disk has open, as (device, inode): the path may come to lead
     /// elsewhere, or nowhere, while it is served.
     pub cow_file: (u64, u64),
 }
@@ -34,7 +35,10 @@ impl Served {
     /// replaced by another file, or cut shorter than the store the engine writes. None
     /// while it is the file the engine opened, whole.
     pub fn cow_file_problem(&self) -> Option<String> {
-        let bytes = self.engine.usage().total_sectors * 512;
+        let bytes = match self.disk.as_ref() {
+            PcDisk::Cow(engine) => engine.usage().total_sectors * 512,
+            PcDisk::Clone(clone) => clone.size(),
+        };
         crate::room::status::cow_file_problem(&self.pc, self.cow_file, bytes)
     }
 
@@ -135,7 +139,7 @@ impl Slot {
         peer: String,
         peer_ip: Option<IpAddr>,
         close: Box<dyn Fn() + Send>,
-    ) -> Option<(Arc<Engine>, ExportInfo, ConnGuard)> {
+    ) -> Option<(Arc<PcDisk>, ExportInfo, ConnGuard)> {
         self.attach_if(peer, close, |s| s.allows(peer_ip))
             .map(|(served, engine, guard)| (engine, served, guard))
     }
@@ -146,7 +150,7 @@ impl Slot {
         self: &Arc<Slot>,
         peer: String,
         close: Box<dyn Fn() + Send>,
-    ) -> Option<(Arc<Engine>, bool, ConnGuard)> {
+    ) -> Option<(Arc<PcDisk>, bool, ConnGuard)> {
         self.attach_if(peer, close, |_| true)
             .map(|(info, engine, guard)| (engine, info.read_only, guard))
     }
@@ -156,13 +160,13 @@ impl Slot {
         peer: String,
         close: Box<dyn Fn() + Send>,
         allowed: impl Fn(&Served) -> bool,
-    ) -> Option<(ExportInfo, Arc<Engine>, ConnGuard)> {
+    ) -> Option<(ExportInfo, Arc<PcDisk>, ConnGuard)> {
         let mut inner = self.lock();
         while inner.paused {
             inner = self.changed.wait(inner).unwrap_or_else(|p| p.into_inner());
         }
         let served = inner.served.as_ref().filter(|s| allowed(s))?;
-        let (engine, info) = (served.engine.clone(), export_info(served));
+        let (engine, info) = (served.disk.clone(), export_info(served));
         let id = inner.next_id;
         inner.next_id += 1;
         inner.conns.insert(id, Conn { peer, close });
@@ -179,14 +183,14 @@ impl Slot {
     /// Runs one request that has no connection (an AoE frame) on the engine and whether it
     /// is read-only; None, without waiting, while a reset or down is under way or when
     /// nothing is served (the initiator retries). A quiesce waits for requests under way.
-    pub fn io<T>(&self, f: impl FnOnce(&Arc<Engine>, bool) -> T) -> Option<T> {
+    pub fn io<T>(&self, f: impl FnOnce(&Arc<PcDisk>, bool) -> T) -> Option<T> {
         let (engine, read_only) = {
             let mut inner = self.lock();
             if inner.paused {
                 return None;
             }
             let s = inner.served.as_ref()?;
-            let got = (s.engine.clone(), s.pc.read_only);
+            let got = (s.disk.clone(), s.pc.read_only);
             inner.in_flight += 1;
             got
         };
@@ -256,9 +260,9 @@ impl Drop for InFlight<'_> {
 }
 
 fn export_info(s: &Served) -> ExportInfo {
-    let chunk = u32::try_from(s.engine.geometry().chunk_bytes()).unwrap_or(u32::MAX);
+    let chunk = u32::try_from(s.disk.granularity()).unwrap_or(u32::MAX);
     ExportInfo {
-        size: s.engine.size(),
+        size: s.disk.size(),
         read_only: s.pc.read_only,
         // A power of two of at least 512, at most the largest payload: the chunk size.
         preferred_block: chunk.clamp(4096, crate::nbd::wire::MAX_PAYLOAD),

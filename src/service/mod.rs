@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::control::plan as kplan;
-use crate::engine::{CommitMode, EngineOptions, SnapshotState};
+use crate::engine::clonefile::CloneFile;
+use crate::engine::{CommitMode, EngineOptions, PcDisk, SnapshotState};
 use crate::image::golden_record;
 use crate::manifest::{Manifest, Pc};
 use crate::room::reset::{discard_path, Reset};
@@ -104,6 +105,10 @@ impl Service {
                             read_only: sv.pc.read_only,
                             acl: sv.acl,
                             ip: sv.pc.ip,
+                            storage: match *sv.disk {
+                                PcDisk::Cow(_) => crate::manifest::Storage::Cow,
+                                PcDisk::Clone(_) => crate::manifest::Storage::Reflink,
+                            },
                         },
                     )
                 })
@@ -159,7 +164,7 @@ impl Service {
             })
         };
         match step {
-            Step::CreateCow { .. } | Step::RecordGolden { .. } => {
+            Step::CreateCow { .. } | Step::CloneDisk { .. } | Step::RecordGolden { .. } => {
                 Ok(step.run_on_files(fingerprints)?)
             }
             Step::Serve { pc: name, .. } => {
@@ -198,7 +203,7 @@ impl Service {
     fn stop(&self, name: &str) -> Result<()> {
         let slot = self.slot(name)?;
         slot.quiesce(|old| {
-            let flushed = match old.as_ref().map(|s| s.engine.flush()) {
+            let flushed = match old.as_ref().map(|s| s.disk.flush()) {
                 None | Some(Ok(())) | Some(Err(crate::engine::EngineError::Invalid)) => Ok(()),
                 Some(Err(source)) => Err(Error::Flush {
                     pc: name.to_string(),
@@ -220,7 +225,7 @@ impl Service {
         let slot = self.registry.get(&pc.name);
         let live = slot
             .as_ref()
-            .and_then(|s| s.with_served(|sv| (sv.engine.state(), sv.engine.usage())));
+            .and_then(|s| s.with_served(|sv| (sv.disk.state(), sv.disk.usage())));
         let (state, usage) = match live {
             Some((s, u)) => (
                 match s {
@@ -230,7 +235,7 @@ impl Service {
                 },
                 (s != SnapshotState::Invalid).then_some(u),
             ),
-            None => status::from_cow_file(pc),
+            None => status::from_cow_file(pc, m.storage_of(pc)),
         };
         let mut peers = slot.as_ref().map(|s| s.peers()).unwrap_or_default();
         peers.extend(self.aoe.peers(&pc.name));
@@ -261,7 +266,10 @@ impl Service {
         let due = crate::image::next_version(m, pc)?;
         let onto = due.as_ref().map(|(_, g)| g);
         let Some(slot) = self.registry.get(&pc.name) else {
-            let r = crate::control::reset::reset_file(pc, onto, &crate::kernel::loopdev::SysLoops)?;
+            let image = due.as_ref().map_or(&m.images[&pc.image], |(i, _)| i);
+            let storage = m.storage_of(pc);
+            let loops = crate::kernel::loopdev::SysLoops;
+            let r = crate::control::reset::reset_file(pc, storage, &image.path, onto, &loops)?;
             self.moved(&pc.name, due.as_ref());
             return Ok(r);
         };
@@ -279,7 +287,10 @@ impl Service {
                 source: Box::new(e),
             })?;
         self.moved(&pc.name, due.as_ref());
-        crate::control::reset::remove_discard(&discard)?;
+        match m.storage_of(&pc) {
+            crate::manifest::Storage::Cow => crate::control::reset::remove_discard(&discard)?,
+            crate::manifest::Storage::Reflink => crate::reflink::clone::remove_aside(&discard)?,
+        }
         Ok(Reset::live(&pc.name, paused, start))
     }
 
@@ -327,7 +338,7 @@ impl Service {
         slot.quiesce(|served| {
             let flushed = served
                 .as_ref()
-                .map_or(Ok(()), |s| s.engine.flush())
+                .map_or(Ok(()), |s| s.disk.flush())
                 .map_err(|error| Error::FlushForCommit {
                     pc: name.to_string(),
                     error,
@@ -387,7 +398,7 @@ impl live_room::LiveRoom for Service {
 
     fn grow(&self, pc: &str, len: u64) -> Result<()> {
         let slot = self.slot(pc)?;
-        slot.with_served(|sv| sv.engine.grow(len))
+        slot.with_served(|sv| sv.disk.grow(len))
             .ok_or_else(|| Error::NotServed { pc: pc.to_string() })?
             .map(drop)
             .map_err(|source| Error::Grow {
@@ -406,24 +417,34 @@ impl live_room::LiveRoom for Service {
     }
 }
 
-/// Opens a PC's engine as the service runs it: exceptions committed at flush (NBD's
-/// contract), the manifest's overflow rule, read-only when asked.
+/// Opens a PC's disk as the service runs it. A COW's engine commits exceptions at flush
+/// (NBD's contract), with the manifest's overflow rule; a clone is served as it is, its
+/// quota `cow_size`. Both read-only when asked.
 fn open(m: &Manifest, pc: &Pc) -> Result<Served> {
     let image_path = m.images[&pc.image].path.clone();
-    let options = EngineOptions {
-        table_chunk_sectors: Some(pc.chunk_sectors()),
-        overflow: pc.overflow.overflow_policy(),
-        read_only: pc.read_only,
-        commit: CommitMode::OnFlush,
-        grow: pc.autoextend.map(|a| a.grow_policy()),
+    let disk = match m.storage_of(pc) {
+        crate::manifest::Storage::Cow => {
+            let options = EngineOptions {
+                table_chunk_sectors: Some(pc.chunk_sectors()),
+                overflow: pc.overflow.overflow_policy(),
+                read_only: pc.read_only,
+                commit: CommitMode::OnFlush,
+                grow: pc.autoextend.map(|a| a.grow_policy()),
+            };
+            PcDisk::Cow(crate::cowfile::open_engine_with(
+                &image_path,
+                &pc.cow,
+                options,
+            )?)
+        }
+        crate::manifest::Storage::Reflink => PcDisk::Clone(open_clone(pc)?),
     };
-    let engine = crate::cowfile::open_engine_with(&image_path, &pc.cow, options)?;
     let opened = std::fs::metadata(&pc.cow).map_err(|source| Error::Read {
         path: pc.cow.clone(),
         source,
     })?;
     Ok(Served {
-        engine: Arc::new(engine),
+        disk: Arc::new(disk),
         pc: pc.clone(),
         image_path,
         acl: m.nbd.acl,
@@ -432,6 +453,28 @@ fn open(m: &Manifest, pc: &Pc) -> Result<Served> {
             std::os::unix::fs::MetadataExt::ino(&opened),
         ),
     })
+}
+
+/// A reflink PC's clone, with the blocks it already holds alone (FIEMAP) counted.
+fn open_clone(pc: &Pc) -> Result<CloneFile> {
+    let read = |source| Error::Read {
+        path: pc.cow.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!pc.read_only)
+        .open(&pc.cow)
+        .map_err(read)?;
+    let size = file.metadata().map_err(read)?.len();
+    let private = crate::reflink::extents::private_ranges(&file).map_err(read)?;
+    Ok(CloneFile::new(
+        file,
+        size,
+        pc.read_only,
+        pc.cow_size.bytes(),
+        &private,
+    ))
 }
 
 /// The reset's swap, run while the PC's I/O is stopped: the old COW is set aside, a fresh
@@ -468,13 +511,12 @@ fn swap_in_fresh_cow(
     }
     let old_record = golden_record::read(&pc.cow).ok().flatten();
     // The fresh COW's record names the image it is over before the PC can write to it.
-    let fresh = crate::cowfile::create_empty(&pc.cow, size)
-        .map_err(Error::from)
+    let fresh = fresh_disk(m, pc, size)
         .and_then(|()| open(m, pc))
         .and_then(|s| Ok(golden_record::note_reset(&pc.cow, onto).map(|()| s)?));
     match fresh {
         Ok(s) => {
-            old.engine.abandon();
+            old.disk.abandon();
             (Some(s), Ok(()))
         }
         Err(e) => {
@@ -495,6 +537,17 @@ fn swap_in_fresh_cow(
                     }),
                 ),
             }
+        }
+    }
+}
+
+/// A new disk for the PC at its path: an empty COW of `size` bytes, or a clone of its image.
+fn fresh_disk(m: &Manifest, pc: &Pc, size: u64) -> Result<()> {
+    match m.storage_of(pc) {
+        crate::manifest::Storage::Cow => Ok(crate::cowfile::create_empty(&pc.cow, size)?),
+        crate::manifest::Storage::Reflink => {
+            let image = &m.images[&pc.image].path;
+            Ok(crate::reflink::clone::clone_new(image, &pc.cow)?)
         }
     }
 }

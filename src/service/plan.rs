@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::base::units::ByteSize;
 use crate::image::golden_record;
-use crate::manifest::{Manifest, Pc};
+use crate::manifest::{Manifest, Pc, Storage};
 use crate::room::step::Step;
 
 /// What is served for one PC: enough to tell whether its manifest entry changed.
@@ -18,6 +18,7 @@ pub struct ServedPc {
     pub read_only: bool,
     pub acl: crate::manifest::NbdAcl,
     pub ip: Option<std::net::IpAddr>,
+    pub storage: Storage,
 }
 
 impl ServedPc {
@@ -30,6 +31,7 @@ impl ServedPc {
             read_only: pc.read_only,
             acl: manifest.nbd.acl,
             ip: pc.ip,
+            storage: manifest.storage_of(pc),
         }
     }
 }
@@ -41,11 +43,18 @@ pub fn plan(manifest: &Manifest, served: &BTreeMap<String, ServedPc>) -> Vec<Ste
     for pc in &manifest.pcs {
         let name = pc.name.clone();
         if !pc.cow.exists() {
-            steps.push(Step::CreateCow {
-                pc: name.clone(),
-                path: pc.cow.clone(),
-                size: pc.cow_size,
-                chunk: pc.chunk,
+            steps.push(match manifest.storage_of(pc) {
+                Storage::Cow => Step::CreateCow {
+                    pc: name.clone(),
+                    path: pc.cow.clone(),
+                    size: pc.cow_size,
+                    chunk: pc.chunk,
+                },
+                Storage::Reflink => Step::CloneDisk {
+                    pc: name.clone(),
+                    image_path: manifest.images[&pc.image].path.clone(),
+                    path: pc.cow.clone(),
+                },
             });
         }
         if !golden_record::record_path(&pc.cow).exists() {

@@ -183,6 +183,8 @@ pub struct RoomBuilder {
     golden: Golden,
     /// `version:` of image g (a path image).
     version: Option<String>,
+    /// `storage:` of image g.
+    storage: Option<String>,
     /// More images after g: (name, file in the room, bytes).
     images: Vec<(String, String, Vec<u8>)>,
     /// The defaults' image (`g` unless given).
@@ -211,6 +213,7 @@ impl RoomBuilder {
             backend: None,
             golden: Golden::Fill(7, 1 << 20),
             version: None,
+            storage: None,
             images: Vec::new(),
             default_image: "g".into(),
             cow_dir: "cow".into(),
@@ -251,6 +254,12 @@ impl RoomBuilder {
     /// Image g's `version:` label.
     pub fn version(mut self, v: &str) -> RoomBuilder {
         self.version = Some(v.into());
+        self
+    }
+
+    /// Image g's `storage:` (`reflink`).
+    pub fn storage(mut self, s: &str) -> RoomBuilder {
+        self.storage = Some(s.into());
         self
     }
 
@@ -352,6 +361,14 @@ impl RoomBuilder {
         room
     }
 
+    /// [`Self::build`] in a new temp dir under `parent` (a file system of the test's own).
+    pub fn build_in(self, parent: &Path) -> Room {
+        let dir = tempfile::Builder::new().tempdir_in(parent).unwrap();
+        let mut room = self.write_in(dir);
+        room.down_on_drop = true;
+        room
+    }
+
     /// The room's files in a new temp dir, for tests that run cowctl's library on it (the
     /// fake kernel): nothing runs when it is dropped.
     pub fn files(self) -> Room {
@@ -417,6 +434,9 @@ impl RoomBuilder {
         }
         if let Some(v) = &self.version {
             writeln!(t, "    version: \"{v}\"").unwrap();
+        }
+        if let Some(s) = &self.storage {
+            writeln!(t, "    storage: {s}").unwrap();
         }
         for (name, file, _) in &self.images {
             writeln!(t, "  {name}:\n    path: {d}/{file}").unwrap();

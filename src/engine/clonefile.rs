@@ -1,0 +1,328 @@
+//! A reflink PC's disk: a plain disk file, cloned from its version's disk, served as it is.
+//! The file system shares every block with the version until the PC writes it, and then
+//! copies only the block written, so a first write costs what a rewrite does.
+//!
+//! What a PC has changed is what its file no longer shares. The file system can say so
+//! (FIEMAP), but asking it per write or per status would cost a walk of the file's extents;
+//! instead the disk keeps one bit per 4 KiB block it holds alone, starting from the
+//! extents found when it was opened and set by each write, cleared by each discard. The
+//! count is the PC's fill, held against its quota (`cow_size`): a write that would take
+//! the PC past it gets "no space", as a full COW's does.
+//!
+//! Durability is the file system's: a completed write is in the page cache, which outlives
+//! this process; a flush is `fdatasync`.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::EngineError;
+use crate::cow::Usage;
+
+/// The unit the disk counts a PC's own bytes in: the block btrfs and xfs copy on a write.
+pub const BLOCK: u64 = 4096;
+
+pub struct CloneFile {
+    file: File,
+    size: u64,
+    read_only: bool,
+    /// The most bytes the PC may hold alone; writes beyond it are refused.
+    quota: AtomicU64,
+    own: Mutex<OwnBlocks>,
+    abandoned: AtomicBool,
+}
+
+/// One bit per block the PC holds alone, and how many are set.
+struct OwnBlocks {
+    bits: Vec<u64>,
+    count: u64,
+}
+
+impl OwnBlocks {
+    fn new(blocks: u64) -> OwnBlocks {
+        let words = usize::try_from(blocks.div_ceil(64)).expect("a disk's blocks fit in memory");
+        OwnBlocks {
+            bits: vec![0; words],
+            count: 0,
+        }
+    }
+
+    fn is_set(&self, b: u64) -> bool {
+        self.bits[(b / 64) as usize] & (1 << (b % 64)) != 0
+    }
+
+    /// How many of blocks `first..end` are not set yet.
+    fn unset_in(&self, first: u64, end: u64) -> u64 {
+        (first..end).filter(|&b| !self.is_set(b)).count() as u64
+    }
+
+    fn set(&mut self, first: u64, end: u64, on: bool) {
+        for b in first..end {
+            let (word, bit) = ((b / 64) as usize, 1u64 << (b % 64));
+            let was = self.bits[word] & bit != 0;
+            if on && !was {
+                self.bits[word] |= bit;
+                self.count += 1;
+            } else if !on && was {
+                self.bits[word] &= !bit;
+                self.count -= 1;
+            }
+        }
+    }
+}
+
+impl CloneFile {
+    /// Serves `file`, `size` bytes long, whose bytes in `private` (offset, length) are
+    /// already the PC's own (from FIEMAP when it is opened); `quota` caps them.
+    pub fn new(
+        file: File,
+        size: u64,
+        read_only: bool,
+        quota: u64,
+        private: &[(u64, u64)],
+    ) -> CloneFile {
+        let mut own = OwnBlocks::new(size.div_ceil(BLOCK));
+        for &(offset, len) in private {
+            let end = offset.saturating_add(len).min(size);
+            if offset < end {
+                own.set(offset / BLOCK, end.div_ceil(BLOCK), true);
+            }
+        }
+        CloneFile {
+            file,
+            size,
+            read_only,
+            quota: AtomicU64::new(quota),
+            own: Mutex::new(own),
+            abandoned: AtomicBool::new(false),
+        }
+    }
+
+    fn own(&self) -> std::sync::MutexGuard<'_, OwnBlocks> {
+        self.own.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The bytes the PC holds alone.
+    pub fn own_bytes(&self) -> u64 {
+        self.own().count * BLOCK
+    }
+
+    /// The fill as `dmsetup status` numbers would give it: own bytes of the quota.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            sectors_allocated: self.own_bytes() / 512,
+            total_sectors: self.quota.load(Ordering::Relaxed) / 512,
+            metadata_sectors: 0,
+        }
+    }
+
+    /// Raises the quota to `len` bytes (never lowers it); returns the old one.
+    pub fn grow(&self, len: u64) -> Result<u64, EngineError> {
+        if self.read_only {
+            return Err(EngineError::ReadOnly);
+        }
+        Ok(self.quota.fetch_max(len, Ordering::Relaxed))
+    }
+
+    /// The clone is about to be thrown away (a reset): closing it syncs nothing.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(EngineError::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    fn check_writable(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        if self.read_only {
+            return Err(EngineError::ReadOnly);
+        }
+        self.check_range(offset, len)
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), EngineError> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(EngineError::io("reading the PC's disk", offset))
+    }
+
+    /// Refuses a write of `first..end` blocks that would take the PC past its quota.
+    fn admit(&self, first: u64, end: u64) -> Result<(), EngineError> {
+        let own = self.own();
+        let quota = self.quota.load(Ordering::Relaxed);
+        let new = own.unset_in(first, end);
+        if new > 0 && (own.count + new) * BLOCK > quota {
+            return Err(EngineError::Quota { bytes: quota });
+        }
+        Ok(())
+    }
+
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), EngineError> {
+        let len = buf.len() as u64;
+        self.check_writable(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (first, end) = (offset / BLOCK, (offset + len).div_ceil(BLOCK));
+        self.admit(first, end)?;
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(EngineError::io("writing the PC's disk", offset))?;
+        self.own().set(first, end, true);
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), EngineError> {
+        self.file
+            .sync_data()
+            .map_err(EngineError::io("syncing the PC's disk", 0))
+    }
+
+    /// A discard: the whole blocks of the range are punched out (they read as zeros and
+    /// are no longer the PC's); partial blocks at its ends are left as they are.
+    pub fn trim(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        self.check_writable(offset, len)?;
+        let (first, end) = (offset.div_ceil(BLOCK), (offset + len) / BLOCK);
+        if first < end {
+            self.punch(first * BLOCK, (end - first) * BLOCK)?;
+            self.own().set(first, end, false);
+        }
+        Ok(())
+    }
+
+    /// Makes the range read as zeros: whole blocks punched out unless `no_hole`, the rest
+    /// (and everything with `no_hole`) written.
+    pub fn write_zeroes(&self, offset: u64, len: u64, no_hole: bool) -> Result<(), EngineError> {
+        self.check_writable(offset, len)?;
+        let (first, end) = (offset.div_ceil(BLOCK), (offset + len) / BLOCK);
+        if no_hole || first >= end {
+            return self.write_zero_bytes(offset, len);
+        }
+        self.write_zero_bytes(offset, first * BLOCK - offset)?;
+        self.punch(first * BLOCK, (end - first) * BLOCK)?;
+        self.own().set(first, end, false);
+        self.write_zero_bytes(end * BLOCK, offset + len - end * BLOCK)
+    }
+
+    fn write_zero_bytes(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        const PIECE: usize = 1 << 20;
+        let zeroes = vec![0u8; usize::try_from(len).map_or(PIECE, |l| l.min(PIECE))];
+        let mut done = 0u64;
+        while done < len {
+            let n = usize::try_from(len - done).map_or(PIECE, |l| l.min(PIECE));
+            self.write_at(&zeroes[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn punch(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        let (o, l) = (offset as i64, len as i64);
+        fallocate(std::os::fd::AsRawFd::as_raw_fd(&self.file), flags, o, l)
+            .map_err(|e| EngineError::io("punching out blocks of the PC's disk", offset)(e.into()))
+    }
+}
+
+impl Drop for CloneFile {
+    /// Closing syncs what a flush would, unless the clone is being thrown away.
+    fn drop(&mut self) {
+        if !self.abandoned.load(Ordering::Acquire) && !self.read_only {
+            if let Err(e) = self.file.sync_data() {
+                tracing::error!("syncing a PC's disk at close failed: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(size: u64, quota: u64, private: &[(u64, u64)]) -> (tempfile::NamedTempFile, CloneFile) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(size).unwrap();
+        let file = f.reopen().unwrap();
+        (f, CloneFile::new(file, size, false, quota, private))
+    }
+
+    #[test]
+    fn writes_count_each_block_once_and_reads_see_them() {
+        let (_f, d) = disk(1 << 20, 1 << 20, &[]);
+        d.write_at(&[7u8; 100], 4000).unwrap(); // blocks 0 and 1
+        d.write_at(&[8u8; 4096], 4096).unwrap(); // block 1 again
+        assert_eq!(d.own_bytes(), 2 * BLOCK);
+        let mut back = [0u8; 100];
+        d.read_at(&mut back, 4000).unwrap();
+        assert_eq!(back[..96], [7u8; 96]);
+        assert_eq!(back[96..], [8u8; 4]);
+        assert_eq!(d.usage().sectors_allocated, 16);
+        assert_eq!(d.usage().total_sectors, 2048);
+    }
+
+    #[test]
+    fn the_quota_refuses_new_blocks_but_not_rewrites() {
+        let (_f, d) = disk(1 << 20, 2 * BLOCK, &[(0, 100)]);
+        assert_eq!(d.own_bytes(), BLOCK, "the extent found at open counts");
+        d.write_at(&[1u8; 4096], 8192).unwrap();
+        let full = d.write_at(&[1u8; 1], 3 * 4096);
+        assert!(
+            matches!(full, Err(EngineError::Quota { bytes: 8192 })),
+            "{full:?}"
+        );
+        d.write_at(&[2u8; 4096], 0).unwrap();
+        assert_eq!(d.grow(3 * BLOCK).unwrap(), 2 * BLOCK);
+        d.write_at(&[1u8; 1], 3 * 4096).unwrap();
+        assert_eq!(d.own_bytes(), 3 * BLOCK);
+    }
+
+    #[test]
+    fn discards_free_whole_blocks_and_zeroes_read_back() {
+        let (_f, d) = disk(1 << 20, 1 << 20, &[]);
+        d.write_at(&[9u8; 3 * 4096], 0).unwrap();
+        d.trim(100, 4096 * 2).unwrap(); // only block 1 is whole
+        assert_eq!(d.own_bytes(), 2 * BLOCK);
+        let mut b = [1u8; 4096];
+        d.read_at(&mut b, 4096).unwrap();
+        assert_eq!(b, [0u8; 4096]);
+        d.write_zeroes(10, 3 * 4096 - 20, false).unwrap();
+        let mut all = vec![1u8; 3 * 4096];
+        d.read_at(&mut all, 0).unwrap();
+        assert_eq!(all[..10], [9u8; 10]);
+        assert!(all[10..3 * 4096 - 10].iter().all(|&x| x == 0));
+        assert_eq!(all[3 * 4096 - 10..], [9u8; 10]);
+    }
+
+    #[test]
+    fn out_of_range_and_read_only_are_refused() {
+        let (f, d) = disk(8192, 8192, &[]);
+        assert!(matches!(
+            d.write_at(&[0u8; 2], 8191),
+            Err(EngineError::OutOfRange { .. })
+        ));
+        let ro = CloneFile::new(f.reopen().unwrap(), 8192, true, 8192, &[]);
+        assert!(matches!(
+            ro.write_at(&[0u8; 1], 0),
+            Err(EngineError::ReadOnly)
+        ));
+        assert!(matches!(ro.grow(1 << 20), Err(EngineError::ReadOnly)));
+    }
+}

@@ -1,0 +1,129 @@
+//! A PC's disk as the userspace targets serve it, whichever way its writes are kept: a COW
+//! over the golden image ([`Engine`]) or a reflink clone of it ([`CloneFile`]).
+
+use super::clonefile::{CloneFile, BLOCK};
+use super::{Engine, EngineError, Extent, SnapshotState};
+use crate::cow::Usage;
+
+// One per served PC, each behind an Arc: the COW engine's size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+pub enum PcDisk {
+    Cow(Engine),
+    Clone(CloneFile),
+}
+
+impl PcDisk {
+    /// The disk's size: the golden image's (a clone is as long as its image).
+    pub fn size(&self) -> u64 {
+        match self {
+            PcDisk::Cow(e) => e.size(),
+            PcDisk::Clone(c) => c.size(),
+        }
+    }
+
+    /// The preferred I/O size: the COW's chunk, or the block a clone copies on a write.
+    pub fn granularity(&self) -> u64 {
+        match self {
+            PcDisk::Cow(e) => e.geometry().chunk_bytes(),
+            PcDisk::Clone(_) => BLOCK,
+        }
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), EngineError> {
+        match self {
+            PcDisk::Cow(e) => e.read_at(buf, offset),
+            PcDisk::Clone(c) => c.read_at(buf, offset),
+        }
+    }
+
+    /// Where `len` bytes at `offset` lie, for a server that sends them from the page cache.
+    pub fn extents(&self, offset: u64, len: usize) -> Option<Result<Vec<Extent<'_>>, EngineError>> {
+        match self {
+            PcDisk::Cow(e) => e.extents(offset, len),
+            PcDisk::Clone(c) => {
+                let fd = std::os::fd::AsFd::as_fd(c.file());
+                let ok = offset
+                    .checked_add(len as u64)
+                    .is_some_and(|end| end <= c.size());
+                Some(if ok {
+                    Ok(vec![Extent { fd, offset, len }])
+                } else {
+                    Err(EngineError::OutOfRange {
+                        offset,
+                        len: len as u64,
+                        size: c.size(),
+                    })
+                })
+            }
+        }
+    }
+
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), EngineError> {
+        match self {
+            PcDisk::Cow(e) => e.write_at(buf, offset),
+            PcDisk::Clone(c) => c.write_at(buf, offset),
+        }
+    }
+
+    pub fn flush(&self) -> Result<(), EngineError> {
+        match self {
+            PcDisk::Cow(e) => e.flush(),
+            PcDisk::Clone(c) => c.flush(),
+        }
+    }
+
+    /// What a write-through protocol (AoE) calls after a batch of writes: a COW's new
+    /// exceptions committed. A clone's writes are in the page cache already, which outlives
+    /// this process, so it has nothing to do.
+    pub fn commit(&self) -> Result<(), EngineError> {
+        match self {
+            PcDisk::Cow(e) => e.commit(),
+            PcDisk::Clone(_) => Ok(()),
+        }
+    }
+
+    pub fn trim(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        match self {
+            PcDisk::Cow(e) => e.trim(offset, len),
+            PcDisk::Clone(c) => c.trim(offset, len),
+        }
+    }
+
+    pub fn write_zeroes(&self, offset: u64, len: u64, no_hole: bool) -> Result<(), EngineError> {
+        match self {
+            PcDisk::Cow(e) => e.write_zeroes(offset, len, no_hole),
+            PcDisk::Clone(c) => c.write_zeroes(offset, len, no_hole),
+        }
+    }
+
+    /// A clone is always active: past its quota its writes are refused, as `overflow: PO`
+    /// refuses a full COW's, but nothing invalidates it.
+    pub fn state(&self) -> SnapshotState {
+        match self {
+            PcDisk::Cow(e) => e.state(),
+            PcDisk::Clone(_) => SnapshotState::Active,
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        match self {
+            PcDisk::Cow(e) => e.usage(),
+            PcDisk::Clone(c) => c.usage(),
+        }
+    }
+
+    /// A COW grows its file; a clone's quota is raised.
+    pub fn grow(&self, len: u64) -> Result<u64, EngineError> {
+        match self {
+            PcDisk::Cow(e) => e.grow(len),
+            PcDisk::Clone(c) => c.grow(len),
+        }
+    }
+
+    pub fn abandon(&self) {
+        match self {
+            PcDisk::Cow(e) => e.abandon(),
+            PcDisk::Clone(c) => c.abandon(),
+        }
+    }
+}
