@@ -1,0 +1,147 @@
+//! A PC's disk as the service opens it (its COW's engine, or its clone), and the swap a
+//! live reset makes under the paused PC.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::exports::Served;
+use super::{Error, Result};
+use crate::engine::clonefile::CloneFile;
+use crate::engine::{CommitMode, EngineOptions, PcDisk};
+use crate::image::golden_record;
+use crate::manifest::{Manifest, Pc, Storage};
+
+/// Opens a PC's disk as the service runs it. A COW's engine commits exceptions at flush
+/// (NBD's contract), with the manifest's overflow rule; a clone is served as it is, its
+/// quota `cow_size`. Both read-only when asked.
+pub(super) fn open(m: &Manifest, pc: &Pc) -> Result<Served> {
+    let image_path = m.images[&pc.image].path.clone();
+    let disk = match m.storage_of(pc) {
+        Storage::Cow => {
+            let options = EngineOptions {
+                table_chunk_sectors: Some(pc.chunk_sectors()),
+                overflow: pc.overflow.overflow_policy(),
+                read_only: pc.read_only,
+                commit: CommitMode::OnFlush,
+                grow: pc.autoextend.map(|a| a.grow_policy()),
+            };
+            PcDisk::Cow(crate::cowfile::open_engine_with(
+                &image_path,
+                &pc.cow,
+                options,
+            )?)
+        }
+        Storage::Reflink => PcDisk::Clone(open_clone(pc)?),
+    };
+    let opened = std::fs::metadata(&pc.cow).map_err(|source| Error::Read {
+        path: pc.cow.clone(),
+        source,
+    })?;
+    Ok(Served {
+        disk: Arc::new(disk),
+        pc: pc.clone(),
+        image_path,
+        acl: m.nbd.acl,
+        cow_file: (
+            std::os::unix::fs::MetadataExt::dev(&opened),
+            std::os::unix::fs::MetadataExt::ino(&opened),
+        ),
+    })
+}
+
+/// A reflink PC's clone, with the blocks it already holds alone (FIEMAP) counted.
+fn open_clone(pc: &Pc) -> Result<CloneFile> {
+    let read = |source| Error::Read {
+        path: pc.cow.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!pc.read_only)
+        .open(&pc.cow)
+        .map_err(read)?;
+    let size = file.metadata().map_err(read)?.len();
+    let private = crate::reflink::extents::private_ranges(&file).map_err(read)?;
+    Ok(CloneFile::new(
+        file,
+        size,
+        pc.read_only,
+        pc.cow_size.bytes(),
+        &private,
+    ))
+}
+
+/// The reset's swap, run while the PC's I/O is stopped: the old COW is set aside, a fresh
+/// sparse one of the same size takes its path and is opened, and only then is the old
+/// engine abandoned (nothing more is written to it). On failure the old COW keeps serving.
+pub(super) fn swap_in_fresh_cow(
+    m: &Manifest,
+    pc: &Pc,
+    old: Option<Served>,
+    discard: &Path,
+    onto: Option<&golden_record::Golden>,
+) -> (Option<Served>, Result<()>) {
+    let Some(old) = old else {
+        let e = Error::NotServed {
+            pc: pc.name.clone(),
+        };
+        return (None, Err(e));
+    };
+    let size = match std::fs::metadata(&pc.cow) {
+        Ok(meta) => meta.len(),
+        Err(source) => {
+            let path = pc.cow.clone();
+            return (Some(old), Err(Error::Read { path, source }));
+        }
+    };
+    // Never over another file: a `.discard` that is there already stays.
+    if let Err(source) = crate::base::durable::rename_new(&pc.cow, discard) {
+        let e = Error::MoveAside {
+            cow: pc.cow.clone(),
+            discard: discard.to_path_buf(),
+            source,
+        };
+        return (Some(old), Err(e));
+    }
+    let old_record = golden_record::read(&pc.cow).ok().flatten();
+    // The fresh COW's record names the image it is over before the PC can write to it.
+    let fresh = fresh_disk(m, pc, size)
+        .and_then(|()| open(m, pc))
+        .and_then(|s| Ok(golden_record::note_reset(&pc.cow, onto).map(|()| s)?));
+    match fresh {
+        Ok(s) => {
+            old.disk.abandon();
+            (Some(s), Ok(()))
+        }
+        Err(e) => {
+            // The old engine still has its file open: put the name back and keep serving it.
+            let _ = std::fs::remove_file(&pc.cow);
+            if let Some(old) = &old_record {
+                let _ = golden_record::write(&pc.cow, old);
+            }
+            match crate::base::durable::rename_new(discard, &pc.cow) {
+                Ok(()) => (Some(old), Err(e)),
+                Err(back) => (
+                    Some(old),
+                    Err(Error::NotMovedBack {
+                        discard: discard.to_path_buf(),
+                        cow: pc.cow.clone(),
+                        back,
+                        source: Box::new(e),
+                    }),
+                ),
+            }
+        }
+    }
+}
+
+/// A new disk for the PC at its path: an empty COW of `size` bytes, or a clone of its image.
+fn fresh_disk(m: &Manifest, pc: &Pc, size: u64) -> Result<()> {
+    match m.storage_of(pc) {
+        Storage::Cow => Ok(crate::cowfile::create_empty(&pc.cow, size)?),
+        Storage::Reflink => {
+            let image = &m.images[&pc.image].path;
+            Ok(crate::reflink::clone::clone_new(image, &pc.cow)?)
+        }
+    }
+}
