@@ -2,10 +2,10 @@
  * flight on one session for SECONDS and prints "iops mbps". libiscsi's own iscsi-perf only
  * reads; this drives reads and writes the same way, so both targets meet the same client.
  *
- *   iscsi-bench URL randread|randwrite|seqread BLOCK_BYTES DEPTH SECONDS
+ *   iscsi-bench URL randread|randwrite|seqread BLOCK_BYTES DEPTH SECONDS [SPAN_MIB]
  *
  * Random jobs pick block-aligned offsets over the first 1 GiB of the LUN (or all of it when
- * smaller); sequential reads wrap around at the end. Any failed command aborts the run. */
+ * smaller, or the first SPAN_MIB MiB); sequential reads wrap around at the end. Any failed command aborts the run. */
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
 #include <poll.h>
@@ -85,8 +85,8 @@ static void issue(struct bench *b) {
 }
 
 int main(int argc, char **argv) {
-	if (argc != 6) {
-		fprintf(stderr, "usage: iscsi-bench URL randread|randwrite|seqread BLOCK_BYTES DEPTH SECONDS\n");
+	if (argc != 6 && argc != 7) {
+		fprintf(stderr, "usage: iscsi-bench URL randread|randwrite|seqread BLOCK_BYTES DEPTH SECONDS [SPAN_MIB]\n");
 		return 2;
 	}
 	struct bench b = {0};
@@ -117,6 +117,8 @@ int main(int argc, char **argv) {
 	b.span = rc->returned_lba + 1;
 	if (b.span > (1ull << 21))
 		b.span = 1ull << 21; /* 1 GiB */
+	if (argc == 7 && (uint64_t)atoll(argv[6]) * 2048 < b.span)
+		b.span = (uint64_t)atoll(argv[6]) * 2048;
 	scsi_free_scsi_task(cap);
 	b.data = malloc(b.block);
 	for (uint32_t i = 0; i < b.block; i++)
