@@ -20,15 +20,23 @@ const PC_MAC: &str = "52:54:00:a0:e0:01";
 /// The room, applied, and the tap device the PC's second NIC is on (the room's AoE
 /// interface); the room goes down before the tap is removed.
 fn room(n: u32) -> (Room, Link) {
+    room_in(n, None)
+}
+
+/// [`room`], in a folder under `parent` with `storage: reflink` when given one.
+fn room_in(n: u32, parent: Option<&std::path::Path>) -> (Room, Link) {
     let tap = Link::tap(n);
     // The PC's HTTP requests arrive from 127.0.0.1 (qemu's user network): that is its ip.
-    let room = RoomBuilder::userspace()
+    let builder = RoomBuilder::userspace()
         .golden(Golden::Counter(32 << 20))
         .cow("8MiB", "4KiB")
         .aoe(&tap.name)
         .http(Http::new().server(HOST))
-        .pc(Pc::new("pc-01").ip("127.0.0.1").aoe(5, 1).mac(PC_MAC))
-        .build();
+        .pc(Pc::new("pc-01").ip("127.0.0.1").aoe(5, 1).mac(PC_MAC));
+    let room = match parent {
+        None => builder.build(),
+        Some(dir) => builder.storage("reflink").build_in(dir),
+    };
     room.cowctl(&["apply"]);
     (room, tap)
 }
@@ -55,15 +63,28 @@ fn hash(path: &std::path::Path) -> Vec<u8> {
 #[test]
 fn a_pc_boots_over_aoe_writes_its_cow_and_starts_over_after_a_reset() {
     let (room, tap) = room(1);
+    boots_counts_and_starts_over(&room, &tap);
+}
+
+/// The same PC from a reflink clone of the image on btrfs (`storage: reflink`).
+#[test]
+fn a_pc_boots_over_aoe_from_a_reflink_clone() {
+    let btrfs = common::kernel::Mounted::btrfs();
+    let (room, tap) = room_in(3, Some(&btrfs.mnt()));
+    assert!(room.path("cow/pc-01.img").exists());
+    boots_counts_and_starts_over(&room, &tap);
+}
+
+fn boots_counts_and_starts_over(room: &Room, tap: &Link) {
     let golden = hash(&room.path("golden.img"));
     assert_eq!(
-        boot(&room, &tap, PC_MAC),
+        boot(room, tap, PC_MAC),
         Boot::Counted(1),
         "first boot; serve log:\n{}",
         room.log_so_far()
     );
     assert_eq!(
-        boot(&room, &tap, PC_MAC),
+        boot(room, tap, PC_MAC),
         Boot::Counted(2),
         "the second boot reads the first one's write"
     );
@@ -72,7 +93,7 @@ fn a_pc_boots_over_aoe_writes_its_cow_and_starts_over_after_a_reset() {
     assert!(status.contains(&format!("AoE {PC_MAC}")), "{status}");
     room.cowctl(&["reset", "pc-01"]);
     assert_eq!(
-        boot(&room, &tap, PC_MAC),
+        boot(room, tap, PC_MAC),
         Boot::Counted(1),
         "after the reset the PC is back on the golden image"
     );

@@ -22,10 +22,14 @@ const BOOT_LIMIT: Duration = Duration::from_secs(150);
 /// pc-01 and pc-02 over iSCSI with initiator ACLs and CHAP, the HTTP service for their
 /// boot scripts; applied.
 fn room() -> Room {
+    applied(room_builder().build())
+}
+
+fn room_builder() -> RoomBuilder {
     // iPXE guesses a geometry of 255 heads × 63 sectors: the disk needs a cylinder. The PC
     // reaches this host (and so the portal on loopback) at 10.0.2.2, and its connections
     // arrive from 127.0.0.1: that is its ip.
-    let room = RoomBuilder::userspace()
+    RoomBuilder::userspace()
         .golden(Golden::Counter(32 << 20))
         .cow("8MiB", "4KiB")
         .iscsi(
@@ -38,7 +42,9 @@ fn room() -> Room {
             .ip("127.0.0.1")
             .initiator("iqn.2024-01.lan.boot:init-pc-01"))
         .pc(Pc::new("pc-02").initiator("iqn.2024-01.lan.boot:init-pc-02"))
-        .build();
+}
+
+fn applied(room: Room) -> Room {
     room.cowctl(&["apply"]);
     room
 }
@@ -58,16 +64,29 @@ fn boot(room: &Room) -> Boot {
 
 #[test]
 fn a_pc_boots_over_iscsi_writes_its_cow_and_starts_over_after_a_reset() {
-    let room = room();
-    let golden = golden_hash(&room);
+    boots_counts_and_starts_over(&room());
+}
+
+/// The same PC from a reflink clone of the image on xfs (`storage: reflink`): its boots
+/// write into its own disk file, the reset clones the image again.
+#[test]
+fn a_pc_boots_over_iscsi_from_a_reflink_clone() {
+    let xfs = common::kernel::Mounted::xfs(true);
+    let room = applied(room_builder().storage("reflink").build_in(&xfs.mnt()));
+    assert!(room.path("cow/pc-01.img").exists());
+    boots_counts_and_starts_over(&room);
+}
+
+fn boots_counts_and_starts_over(room: &Room) {
+    let golden = golden_hash(room);
     assert_eq!(
-        boot(&room),
+        boot(room),
         Boot::Counted(1),
         "first boot; serve log:\n{}",
         room.log_so_far()
     );
     assert_eq!(
-        boot(&room),
+        boot(room),
         Boot::Counted(2),
         "the second boot reads the first one's write"
     );
@@ -76,12 +95,12 @@ fn a_pc_boots_over_iscsi_writes_its_cow_and_starts_over_after_a_reset() {
     assert!(status.contains("iqn.2024-01.lan.boot:pc-01"), "{status}");
     room.cowctl(&["reset", "pc-01"]);
     assert_eq!(
-        boot(&room),
+        boot(room),
         Boot::Counted(1),
         "after the reset the PC is back on the golden image"
     );
     assert_eq!(
-        golden_hash(&room),
+        golden_hash(room),
         golden,
         "the golden image is never written"
     );
