@@ -153,6 +153,19 @@ fn a_room_of_clones_works_through_every_command(m: &Mounted, fs: &str) {
         "{fs}"
     );
     assert!(!room.path("cow/pc-2.img.discard").exists(), "{fs}");
+
+    // The guard: a clone of an image that has changed since is refused, not served.
+    std::fs::write(room.path("golden.img"), vec![8u8; GOLDEN]).unwrap();
+    let said = room.refused(&["apply"]);
+    assert!(
+        said.contains("pc-1: COW") && said.contains("was made against golden image"),
+        "{fs}: {said}"
+    );
+    assert_eq!(
+        std::fs::read(room.path("cow/pc-2.img")).unwrap(),
+        golden(),
+        "{fs}: kept"
+    );
 }
 
 /// Versions of a reflink image: a PC's clone committed is one more clone (the new version
@@ -232,6 +245,29 @@ fn xfs_serves_a_room_of_clones() {
     let m = Mounted::xfs(true);
     a_room_of_clones_works_through_every_command(&m, "xfs");
     versions_move_as_clones(&m, "xfs");
+}
+
+#[test]
+fn status_warns_when_the_file_system_has_less_room_than_a_quota_allows() {
+    let m = Mounted::xfs(true);
+    let room = RoomBuilder::userspace()
+        .golden(Golden::Fill(7, GOLDEN))
+        .storage("reflink")
+        .cow("2GiB", "32KiB")
+        .export("nbd")
+        .pc(Pc::new("pc-1"))
+        .build_in(&m.mnt());
+    room.cowctl(&["apply"]);
+    let row = room.status_of("pc-1");
+    assert_eq!(row["warn"], true, "{row}");
+    assert!(
+        row["notes"]
+            .to_string()
+            .contains("its quota (cow_size) still allows"),
+        "{row}"
+    );
+    let doctor = room.cowctl(&["doctor"]);
+    assert!(doctor.contains("reflink: yes"), "{doctor}");
 }
 
 #[test]

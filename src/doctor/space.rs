@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Area, Check};
 use crate::base::units::human;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Storage};
 
 /// What statfs says of a directory's file system.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +95,11 @@ pub fn checks(m: &Manifest) -> Vec<Check> {
         r.worst += pc.autoextend.map_or(pc.cow_size.bytes(), |a| {
             a.max.bytes().max(pc.cow_size.bytes())
         });
-        r.used += std::fs::metadata(&pc.cow).map_or(0, |md| md.blocks() * 512);
+        // A clone's blocks are mostly its image's: only those it holds alone take room.
+        r.used += match m.storage_of(pc) {
+            Storage::Reflink => crate::reflink::extents::sharing(&pc.cow).map_or(0, |s| s.private),
+            Storage::Cow => std::fs::metadata(&pc.cow).map_or(0, |md| md.blocks() * 512),
+        };
     }
     out.extend(rooms.values().map(cow_room));
     let mut stores: Vec<(&Path, u64)> = Vec::new();

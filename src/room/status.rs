@@ -115,6 +115,23 @@ pub fn cow_file_problem(pc: &Pc, opened: (u64, u64), bytes: u64) -> Option<Strin
     }
 }
 
+/// A clone may write until it holds its quota alone; when its file system has less free
+/// space than that, its writes may get "no space" first.
+fn clone_space_problem(pc: &Pc, u: Usage) -> Option<String> {
+    let dir = pc.cow.parent()?;
+    let v = nix::sys::statvfs::statvfs(dir).ok()?;
+    let free = v.blocks_available() * v.fragment_size();
+    let left = u.total_sectors.saturating_sub(u.sectors_allocated) * 512;
+    (free < left).then(|| {
+        format!(
+            "its file system ({}) has {} free, less than the {} its quota (cow_size) still allows: its writes may fail with no space before that",
+            dir.display(),
+            crate::base::units::human(free),
+            crate::base::units::human(left)
+        )
+    })
+}
+
 /// State and usage of a PC that is not being served, read from its COW file (or, for a
 /// clone, from the extents it no longer shares).
 pub fn from_cow_file(pc: &Pc, storage: Storage) -> (PcState, Option<Usage>) {
@@ -191,6 +208,12 @@ pub fn row(
     ) || risk_percent.is_some_and(|p| p >= manifest.warn_percent)
         || lost.is_some();
     notes.extend(lost);
+    let short = match (image.storage, usage) {
+        (Storage::Reflink, Some(u)) => clone_space_problem(pc, u),
+        _ => None,
+    };
+    let warn = warn || short.is_some();
+    notes.extend(short);
     let history = crate::image::golden_record::read(&pc.cow).ok().flatten();
     let next_version = store
         .as_ref()
