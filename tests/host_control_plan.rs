@@ -30,7 +30,11 @@ impl Room {
     }
 
     fn with(edit: impl FnOnce(&mut String)) -> Room {
-        let dir = tempfile::tempdir().unwrap();
+        Room::in_dir(tempfile::tempdir().unwrap(), edit)
+    }
+
+    /// [`Room::with`] in `dir` (a file system of the test's own).
+    fn in_dir(dir: tempfile::TempDir, edit: impl FnOnce(&mut String)) -> Room {
         std::fs::write(dir.path().join("golden.img"), vec![7u8; 1 << 20]).unwrap();
         std::fs::write(dir.path().join("other.img"), vec![8u8; 1 << 20]).unwrap();
         common::write_private(&dir.path().join("chap.secret"), "a-secret-of-16ch\n");
@@ -700,15 +704,75 @@ fn read_only_is_refused_on_the_kernel_backend() {
 }
 
 #[test]
-fn reflink_storage_is_refused_on_the_kernel_backend() {
-    let room = Room::with(|t| *t = t.replace("golden.img\n", "golden.img\n    storage: reflink\n"));
-    let err = room.apply().unwrap_err();
-    assert!(
-        matches!(&err, control::Error::Refused { problems, .. }
-            if problems.iter().any(|p| p.starts_with("pc-1: image g has storage: reflink, which is served by the userspace engine only"))),
-        "{err}"
+fn a_reflink_pc_is_a_linear_device_over_its_clone_and_a_reset_reloads_its_table() {
+    let xfs = common::kernel::Mounted::xfs(true);
+    let dir = tempfile::tempdir_in(xfs.mnt()).unwrap();
+    let room = Room::in_dir(dir, |t| {
+        *t = t.replace("golden.img\n", "golden.img\n    storage: reflink\n")
+    });
+    let plan = room.plan().unwrap();
+    let pc1: Vec<&str> = plan
+        .iter()
+        .filter(|s| s.to_string().contains("pc-1"))
+        .map(Step::kind)
+        .collect();
+    assert_eq!(
+        pc1,
+        [
+            "clone disk",
+            "record golden",
+            "attach COW",
+            "create linear",
+            "export iSCSI"
+        ]
     );
-    assert!(room.fake.state().dm.is_empty(), "nothing was made");
+    assert!(
+        !plan.iter().any(|s| matches!(s, Step::AttachImage { .. })),
+        "clones need no image loop"
+    );
+    room.apply().unwrap();
+    let disk = room.dir.path().join("cow/pc-1.img");
+    let golden = std::fs::read(room.dir.path().join("golden.img")).unwrap();
+    assert_eq!(std::fs::read(&disk).unwrap(), golden);
+    let before = room.fake.state().dm["cowctl-pc-1"].target.clone();
+    assert_eq!(before.kind, "linear");
+    assert_eq!(before.length, golden.len() as u64 / 512);
+    assert!(
+        room.plan().unwrap().is_empty(),
+        "applied: nothing left to do"
+    );
+
+    std::fs::write(&disk, vec![9u8; golden.len()]).unwrap();
+    room.fake.clear_log();
+    let r = room
+        .ctx_do(|ctx, obs| reset::reset(ctx, obs, ctx.manifest.pc("pc-1").unwrap()))
+        .unwrap();
+    assert!(r.live);
+    let log = room.fake.log();
+    let off = position(
+        &log,
+        "configfs write iscsi/iqn.2024-01.lan.test:pc-1/tpgt_1/enable 0",
+    );
+    let reload = position(&log, "dm replace cowctl-pc-1 linear");
+    let on = position(
+        &log,
+        "configfs write iscsi/iqn.2024-01.lan.test:pc-1/tpgt_1/enable 1",
+    );
+    assert!(off < reload && reload < on, "{log:#?}");
+    let after = room.fake.state().dm["cowctl-pc-1"].target.clone();
+    assert_ne!(
+        after.params, before.params,
+        "the table names the fresh clone's loop"
+    );
+    assert_eq!(std::fs::read(&disk).unwrap(), golden, "a fresh clone");
+    assert!(
+        !room_reset::discard_path(&disk).exists(),
+        "the old clone is gone"
+    );
+
+    room.down(&["pc-1"]).unwrap();
+    assert!(!room.fake.state().dm.contains_key("cowctl-pc-1"));
+    assert!(disk.exists(), "down keeps the PC's disk");
 }
 
 /// Lines of `trace` that name none of `pcs`: reads of the rest of the room.

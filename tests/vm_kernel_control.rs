@@ -26,21 +26,31 @@ const INIT1: &str = "iqn.2024-01.lan.pc:pc-1";
 struct Site {
     dir: tempfile::TempDir,
     golden: Vec<u8>,
+    /// `storage:` of the images, when not COW files.
+    storage: Option<&'static str>,
 }
 
 impl Site {
     /// A golden image, a CHAP secret and a manifest: pc-1 and pc-2 over iSCSI with ACLs and
     /// CHAP, pc-3 over AoE on lo.
     fn new() -> Site {
+        Site::in_dir(tempfile::tempdir().unwrap(), None)
+    }
+
+    /// [`Site::new`] in `dir`, its images with `storage` when given.
+    fn in_dir(dir: tempfile::TempDir, storage: Option<&'static str>) -> Site {
         require_vm();
         modprobe_room();
-        let dir = tempfile::tempdir().unwrap();
         let golden = Rng(42).bytes(GOLDEN);
         std::fs::write(dir.path().join("golden.img"), &golden).unwrap();
         std::fs::write(dir.path().join("other.img"), Rng(7).bytes(GOLDEN)).unwrap();
         common::write_private(&dir.path().join("chap.secret"), &format!("{SECRET}\n"));
         std::fs::create_dir(dir.path().join("cow")).unwrap();
-        let s = Site { dir, golden };
+        let s = Site {
+            dir,
+            golden,
+            storage,
+        };
         s.write_manifest("g");
         s
     }
@@ -54,7 +64,11 @@ impl Site {
 
     /// `iscsi` lines after the portals: the ACL mode and CHAP (`{d}` is the site's folder).
     fn write_manifest_with(&self, image: &str, access: &str) {
-        let text = RoomBuilder::new()
+        let mut room = RoomBuilder::new();
+        if let Some(s) = self.storage {
+            room = room.storage(s);
+        }
+        let text = room
             .version("1")
             .image("o", "other.img", Vec::new())
             .default_image(image)
@@ -229,6 +243,73 @@ fn iscsi_login_write_status_live_reset_down_apply() {
         read_device(&disk) == expected,
         "down + apply brings the PC back with its COW content"
     );
+    iscsid.logout("pc1", TARGET1);
+    site.ok(&["down"]);
+    assert_clean(site.dir.path());
+}
+
+/// A reflink room on xfs: each PC's disk a clone on a loop device under a dm `linear`
+/// device that LIO exports; the initiator's writes count as the clone's own bytes; a reset
+/// while it is logged in reloads the table over a fresh clone; down and apply keep the disk.
+#[test]
+#[ignore = "needs the real kernel: scripts/test-kernel.sh"]
+fn a_reflink_pc_is_served_by_lio_over_its_clone_and_reset_by_a_table_reload() {
+    let xfs = common::kernel::Mounted::xfs(true);
+    let site = Site::in_dir(tempfile::tempdir_in(xfs.mnt()).unwrap(), Some("reflink"));
+    let iscsid = Iscsid::start();
+    let applied = site.ok(&["apply"]);
+    assert!(applied.contains("clone pc-1's disk"), "{applied}");
+    assert!(
+        applied.contains("create dm linear cowctl-pc-1"),
+        "{applied}"
+    );
+    let table = sh("dmsetup", &["table", "cowctl-pc-1"]);
+    assert!(table.contains(" linear "), "{table}");
+    assert!(site.ok(&["plan"]).contains("nothing to do"));
+
+    iscsid.iface("pc1", INIT1);
+    let disk = iscsid
+        .login("pc1", TARGET1, Some(("lab", &secret("pc-1"))))
+        .expect("pc-1 logs in");
+    assert!(
+        read_device(&disk) == site.golden,
+        "a clone reads as its image"
+    );
+    let data = Rng(5).bytes(3 << 20);
+    write_device(&disk, 1 << 20, &data);
+    let used = site.used("pc-1");
+    assert!(
+        used >= (3 << 20) / 512,
+        "the clone's own bytes: {used} sectors"
+    );
+    let mut expected = site.golden.clone();
+    expected[1 << 20..(1 << 20) + data.len()].copy_from_slice(&data);
+    assert!(
+        read_device(&disk) == expected,
+        "the initiator reads what it wrote"
+    );
+
+    let shown = site.ok(&["reset", "pc-1"]);
+    assert!(shown.contains("while exported"), "{shown}");
+    iscsid.wait_logged_in(TARGET1);
+    assert!(
+        read_device(&disk) == site.golden,
+        "a fresh clone after the reset"
+    );
+    assert_eq!(site.used("pc-1"), 0);
+    assert!(!site.dir.path().join("cow/pc-1.img.discard").exists());
+    write_device(&disk, 0, &data[..1 << 20]);
+    let mut expected = site.golden.clone();
+    expected[..1 << 20].copy_from_slice(&data[..1 << 20]);
+    iscsid.logout("pc1", TARGET1);
+
+    site.ok(&["down"]);
+    assert_clean(site.dir.path());
+    site.ok(&["apply"]);
+    let disk = iscsid
+        .login("pc1", TARGET1, Some(("lab", &secret("pc-1"))))
+        .unwrap();
+    assert!(read_device(&disk) == expected, "down + apply keep the disk");
     iscsid.logout("pc1", TARGET1);
     site.ok(&["down"]);
     assert_clean(site.dir.path());

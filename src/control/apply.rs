@@ -187,6 +187,9 @@ fn step(
             let target = snapshot_target(image, cow, *mode, *chunk_sectors, loops.get(ctx)?)?;
             Ok(k.dm.create(&dm_name(pc), &target).map(drop)?)
         }
+        Step::CreateLinear { pc, disk } => {
+            super::clone::create_linear(ctx, pc, disk, loops.get(ctx)?)
+        }
         Step::ExportIscsi { pc, spec } => export_iscsi(ctx, pc, spec),
         Step::RecreateIscsi { pc, spec } => {
             Lio {

@@ -22,7 +22,7 @@ pub fn commit(
             pc: pc.name.clone(),
         });
     }
-    if !obs.dm.contains_key(&name) {
+    if !obs.dm.contains_key(&name) && !obs.linear.contains_key(&name) {
         return Ok(crate::image::commit_pc(ctx.manifest, pc, version, note)?);
     }
     let in_use = match &pc.export {

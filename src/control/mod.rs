@@ -3,8 +3,10 @@
 //! between runs except what the kernel and the files hold.
 
 pub mod apply;
+pub mod clone;
 pub mod commit;
 pub mod error;
+pub mod export;
 pub mod observe;
 pub mod plan;
 pub mod reset;

@@ -16,6 +16,8 @@ pub struct Observed {
     pub loops: Vec<LoopInfo>,
     /// cowctl's dm devices and their tables.
     pub dm: BTreeMap<String, TableLine>,
+    /// cowctl's devices mapped `linear` onto a reflink PC's clone: the device each maps to.
+    pub linear: BTreeMap<String, crate::dm::DevRef>,
     /// cowctl's devices parked on an `error` table by a reset that did not finish, with
     /// their length in sectors.
     pub parked: BTreeMap<String, u64>,
@@ -28,7 +30,7 @@ pub struct Observed {
 impl Observed {
     pub fn read(k: &Kernel) -> Result<Observed> {
         let mut obs = Self::dm_devices(k, true)?;
-        for name in obs.dm.keys() {
+        for name in obs.dm.keys().chain(obs.linear.keys()) {
             if k.dm.suspended(name)? {
                 obs.suspended.push(name.clone());
             }
@@ -97,6 +99,12 @@ impl Observed {
         if let ["0", length, "error", ..] = fields.as_slice() {
             self.parked.insert(name, length.parse().unwrap_or(0));
             return Ok(());
+        }
+        if let ["0", _, "linear", dev, "0"] = fields.as_slice() {
+            if let Ok(dev) = dev.parse() {
+                self.linear.insert(name, dev);
+                return Ok(());
+            }
         }
         let table = match raw.parse() {
             Ok(t) => t,

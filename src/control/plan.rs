@@ -40,6 +40,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Step>> {
     let orphans: Vec<String> = obs
         .dm
         .keys()
+        .chain(obs.linear.keys())
         .filter_map(|n| n.strip_prefix(PREFIX))
         .filter(|pc| ctx.manifest.pc(pc).is_none())
         .map(String::from)
@@ -58,6 +59,10 @@ fn pc_actions(
     images_attached: &mut BTreeSet<String>,
     actions: &mut Vec<Step>,
 ) -> Result<()> {
+    if ctx.manifest.storage_of(pc) == Storage::Reflink {
+        let up = super::clone::plan_actions(ctx, obs, pc, actions)?;
+        return export_actions(ctx, obs, pc, up, actions);
+    }
     let image = ctx.image(pc);
     let name = dm_name(&pc.name);
     if obs.parked.contains_key(&name) {
@@ -263,6 +268,11 @@ fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool)
             {
                 actions.push(Step::detach(l));
             }
+        } else if let Some(dev) = obs.linear.get(&name) {
+            actions.push(Step::RemoveSnapshot { name: name.clone() });
+            if let Some(l) = obs.loops.iter().find(|l| super::export::names_loop(dev, l)) {
+                actions.push(Step::detach(l));
+            }
         } else if let Some(p) = ctx.manifest.pc(pc) {
             if let Some(l) = loopdev::find(&obs.loops, &p.cow, false) {
                 actions.push(Step::detach(l));
@@ -311,14 +321,6 @@ fn preflight(ctx: &Ctx) -> Result<()> {
             "{}: export nbd is served by the userspace engine only (set backend: userspace)",
             pc.name
         ));
-    }
-    for pc in ctx.manifest.pcs.iter() {
-        if ctx.manifest.storage_of(pc) == Storage::Reflink {
-            problems.push(format!(
-                "{}: image {} has storage: reflink, which is served by the userspace engine only so far (set backend: userspace)",
-                pc.name, pc.image
-            ));
-        }
     }
     for pc in ctx.manifest.pcs.iter().filter(|p| p.read_only) {
         problems.push(format!(

@@ -18,17 +18,16 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::export::{loop_of, names_loop, pause_export, resume_export, Resume};
 use super::observe::Observed;
-use super::spec::vblade_spec;
 use super::{dm_name, Ctx, Error, Result};
 use crate::base::fileid::same_file;
 use crate::dm::{DevRef, SnapshotTable, TableLine};
 use crate::engine::filekind::{classify, Kind};
 use crate::image::golden_record::Golden;
 use crate::kernel::devmapper::Target;
-use crate::kernel::lio::Lio;
 use crate::kernel::loopdev::{LoopInfo, Loops};
-use crate::manifest::{Export, Pc, Storage};
+use crate::manifest::{Pc, Storage};
 use crate::room::reset::{discard_path, Reset};
 
 /// The image version a reset moves a PC to, and the read-only loop that serves it.
@@ -60,6 +59,9 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&NextVersion>) -> 
     } else if obs.dm.contains_key(&name) {
         // The record is written with the fresh COW, before the PC's I/O resumes.
         live_reset(ctx, obs, pc, &name, onto)?
+    } else if let Some(dev) = obs.linear.get(&name) {
+        let image = onto.map_or(&ctx.image(pc).path, |o| &o.image);
+        super::clone::live_reset(ctx, obs, pc, dev, image, onto.map(|o| &o.golden))?
     } else {
         if let Some(l) = obs.loops.iter().find(|l| same_file(&l.backing, &pc.cow)) {
             return Err(Error::CowAttachedAlone {
@@ -157,15 +159,6 @@ fn detach_unused_versions(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-fn loop_of<'a>(obs: &'a Observed, d: &DevRef) -> Option<&'a LoopInfo> {
-    obs.loops.iter().find(|l| names_loop(d, l))
-}
-
-/// A table names a device by number or by node: either way, is it this loop?
-fn names_loop(d: &DevRef, l: &LoopInfo) -> bool {
-    d.to_string() == l.number.to_string() || d.to_string() == l.dev.display().to_string()
-}
-
 /// Resets a PC's disk that nothing serves: a COW in place, a clone replaced by a fresh
 /// clone of `image` (the disk of the version it runs next). When the PC moves to another
 /// image version, `onto` is the one its record names now.
@@ -196,9 +189,6 @@ fn live_reset(
     onto: Option<&NextVersion>,
 ) -> Result<Duration> {
     let k = ctx.kernel;
-    let lio = Lio {
-        fs: k.configfs.as_ref(),
-    };
     let table = &obs.dm[name];
     let old_loop =
         loop_of(obs, &table.snapshot.cow)
@@ -236,13 +226,7 @@ fn live_reset(
 
     let paused = Instant::now();
     // 1. Stop I/O: disabling the TPG drops the sessions; the initiator retries its login.
-    match &pc.export {
-        Export::Iscsi { target, .. } if obs.target(target.as_str()).is_some() => {
-            lio.set_enabled(target.as_str(), false)?
-        }
-        Export::Aoe { .. } if obs.vblade(&pc.name).is_some() => k.vblade.stop(&pc.name)?,
-        _ => {}
-    }
+    pause_export(ctx, obs, pc)?;
     let swapped = swap(ctx, pc, name, table, &discard, size, onto);
     // 4b. Resume I/O whatever happened, so a failed reset leaves the PC as it was.
     let restarted = resume_export(ctx, pc, name, Resume::WhatWasThere(obs));
@@ -259,40 +243,6 @@ fn live_reset(
     k.loops.detach(&old_loop.dev)?;
     remove_discard(&discard)?;
     Ok(paused)
-}
-
-/// Which exports to bring back after the snapshot is loaded again.
-enum Resume<'a> {
-    /// Those that were there before the reset paused them.
-    WhatWasThere(&'a Observed),
-    /// Every export the PC has in the kernel (after a reset that died with them paused).
-    All(&'a Observed),
-}
-
-fn resume_export(ctx: &Ctx, pc: &Pc, name: &str, what: Resume<'_>) -> Result<()> {
-    let k = ctx.kernel;
-    let (obs, any_vblade) = match what {
-        Resume::WhatWasThere(o) => (o, false),
-        Resume::All(o) => (o, true),
-    };
-    match &pc.export {
-        Export::Iscsi { target, .. } if obs.target(target.as_str()).is_some() => Lio {
-            fs: k.configfs.as_ref(),
-        }
-        .set_enabled(target.as_str(), true)
-        .map_err(Into::into),
-        Export::Aoe { .. } if any_vblade || obs.vblade(&pc.name).is_some() => {
-            if k.vblade.running(&pc.name)?.is_some() {
-                return Ok(());
-            }
-            let device = k.dm.node(name, &ctx.node_dir())?;
-            k.vblade
-                .start(&vblade_spec(ctx, pc, Some(device))?)
-                .map(drop)
-                .map_err(Into::into)
-        }
-        _ => Ok(()),
-    }
 }
 
 fn swap(

@@ -23,6 +23,8 @@ fn one(ctx: &Ctx, obs: &Observed, pc: &Pc) -> PcStatus {
             Ok(SnapshotStatus::MergeFailed) => (PcState::MergeFailed, None),
             Ok(SnapshotStatus::Unknown) | Err(_) => (PcState::Unknown, None),
         }
+    } else if obs.linear.contains_key(&name) {
+        super::clone::status(pc)
     } else {
         from_cow_file(pc, ctx.manifest.storage_of(pc))
     };

@@ -28,6 +28,15 @@ impl Target {
         }
     }
 
+    /// Maps the whole device onto `dev` (a reflink PC's clone on its loop).
+    pub fn linear(length: u64, dev: &str) -> Target {
+        Target {
+            length,
+            kind: "linear".into(),
+            params: format!("{dev} 0"),
+        }
+    }
+
     /// Fails all I/O: parks a device while its snapshot is replaced.
     pub fn error(length: u64) -> Target {
         Target {

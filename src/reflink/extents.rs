@@ -20,11 +20,21 @@ pub struct Sharing {
 
 /// [`sharing_of`] the file at `path`.
 pub fn sharing(path: &Path) -> Result<Sharing, ReflinkError> {
+    sharing_at(path, 0)
+}
+
+/// [`sharing`] after the file's dirty pages are written: what a PC wrote through the
+/// kernel's page cache (a loop device) counts at once.
+pub fn sharing_synced(path: &Path) -> Result<Sharing, ReflinkError> {
+    sharing_at(path, FLAG_SYNC)
+}
+
+fn sharing_at(path: &Path, flags: u32) -> Result<Sharing, ReflinkError> {
     let err = |source: io::Error| ReflinkError::Extents {
         path: path.to_path_buf(),
         source,
     };
-    sharing_of(&File::open(path).map_err(err)?).map_err(err)
+    counted(&File::open(path).map_err(err)?, flags).map_err(err)
 }
 
 /// `struct fiemap` of linux/fiemap.h: the request and answer header.
@@ -70,8 +80,12 @@ nix::ioctl_readwrite!(fs_ioc_fiemap, b'f', 11, FiemapHeader);
 /// How `file`'s allocated bytes are shared (holes count as neither). The extents are read
 /// as the file system has them now, without flushing dirty pages first.
 pub fn sharing_of(file: &File) -> io::Result<Sharing> {
+    counted(file, 0)
+}
+
+fn counted(file: &File, flags: u32) -> io::Result<Sharing> {
     let mut out = Sharing::default();
-    each_extent(file, 0, |_, length, shared| {
+    each_extent(file, flags, |_, length, shared| {
         if shared {
             out.shared += length;
         } else {

@@ -61,6 +61,12 @@ pub enum Step {
         mode: StoreMode,
         chunk_sectors: u32,
     },
+    /// A reflink PC's device: dm `linear` over the loop its clone `disk` is on.
+    #[serde(skip)]
+    CreateLinear {
+        pc: String,
+        disk: PathBuf,
+    },
     /// The target as the manifest asks for it; only its device is filled in when it runs.
     #[serde(skip)]
     ExportIscsi {
@@ -138,6 +144,7 @@ impl Step {
             Step::AttachImage { .. } => "attach image",
             Step::AttachCow { .. } => "attach COW",
             Step::CreateSnapshot { .. } => "create snapshot",
+            Step::CreateLinear { .. } => "create linear",
             Step::ExportIscsi { .. } => "export iSCSI",
             Step::RecreateIscsi { .. } => "recreate iSCSI",
             Step::StartVblade { .. } => "start vblade",
@@ -171,6 +178,7 @@ impl fmt::Display for Step {
             Step::AttachImage { image, path } => write!(f, "attach golden image {image} ({}) read-only to a loop device", path.display()),
             Step::AttachCow { pc, path } => write!(f, "attach {pc}'s COW {} to a loop device", path.display()),
             Step::CreateSnapshot { pc, .. } => write!(f, "create dm snapshot {} for {pc}", dm_name(pc)),
+            Step::CreateLinear { pc, disk } => write!(f, "create dm linear {} for {pc} over its disk {}", dm_name(pc), disk.display()),
             Step::ExportIscsi { pc, spec } => write!(f, "export {pc} as iSCSI target {}", spec.iqn),
             Step::RecreateIscsi { pc, spec } => write!(f, "re-create iSCSI target {} of {pc}: it differs from the manifest (drops its sessions)", spec.iqn),
             Step::StartVblade { pc, address, .. } => write!(f, "start vblade {address} for {pc}"),
