@@ -8,6 +8,9 @@
 # until the last PC finishes, aggregate read throughput and its ratio to one PC's, and the
 # server's memory per connected PC (resident size with every PC logged in, before the storm,
 # minus before any, divided by N).
+# BENCH_STORM_FS=xfs (or btrfs) puts the room and tgt's copy on that file system, made on a
+# loop-mounted sparse file; BENCH_STORM_STORAGE=reflink then serves each PC a clone of the
+# image instead of a COW (storage: reflink).
 #   scripts/bench-boot-storm.sh    (BENCH_STORM_NS="1 10 50 200" BENCH_STORM_READ_MIB=300 BENCH_STORM_WRITE_MIB=50)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,21 +23,35 @@ read_mib=${BENCH_STORM_READ_MIB:-300} write_mib=${BENCH_STORM_WRITE_MIB:-50}
 max=${ns[-1]}
 work=$(mktemp -d /var/tmp/cowctl-storm.XXXXXX)
 export COWCTL_RUN_DIR=$work/run COWCTL_MANIFEST=$work/room.yaml
-trap 'stop_tgt; target/release/cowctl down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+storage=${BENCH_STORM_STORAGE:-cow}
+data=$work
+trap 'stop_tgt; target/release/cowctl down >/dev/null 2>&1 || true; umount "$work/fs" 2>/dev/null || true; rm -rf "$work"' EXIT
+if [[ -n ${BENCH_STORM_FS:-} ]]; then
+    truncate -s 64G "$work/fs.img"
+    case $BENCH_STORM_FS in
+        xfs) mkfs.xfs -q -f -m reflink=1 "$work/fs.img" ;;
+        btrfs) mkfs.btrfs -q -f "$work/fs.img" ;;
+        *) echo "bench-boot-storm: BENCH_STORM_FS is xfs or btrfs" >&2; exit 2 ;;
+    esac
+    mkdir "$work/fs"
+    mount -o loop "$work/fs.img" "$work/fs"
+    data=$work/fs
+fi
 gcc -O2 -Wall -pthread -o "$work/boot-storm" scripts/bench/boot-storm.c -liscsi
-head -c $(((read_mib + 212) << 20)) /dev/urandom >"$work/golden.img"
-cp "$work/golden.img" "$work/tgt.img" # tgt serves a copy: nothing may write the golden image
+head -c $(((read_mib + 212) << 20)) /dev/urandom >"$data/golden.img"
+cp "$data/golden.img" "$data/tgt.img" # tgt serves a copy: nothing may write the golden image
 prefix=iqn.2024-01.lan.storm
 read -r port nbd tport < <(free_ports 3)
-mkdir "$work/cow"
+mkdir "$data/cow"
 cat >"$COWCTL_MANIFEST" <<YAML
 backend: userspace
 images:
   g:
-    path: $work/golden.img
+    path: $data/golden.img
+    storage: $storage
 defaults:
   image: g
-  cow_dir: $work/cow
+  cow_dir: $data/cow
   cow_size: $((write_mib * 2 + 16))MiB
   chunk: 32KiB
 iscsi:
@@ -56,7 +73,7 @@ tgtd_pid=$!
 for _ in $(seq 50); do tgtadm -C "$control" --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
 for i in $(seq "$max"); do
     tgtadm -C "$control" --lld iscsi --op new --mode target --tid "$i" -T "$prefix:pc-$(printf %03d "$i")"
-    tgtadm -C "$control" --lld iscsi --op new --mode logicalunit --tid "$i" --lun 1 -b "$work/tgt.img"
+    tgtadm -C "$control" --lld iscsi --op new --mode logicalunit --tid "$i" --lun 1 -b "$data/tgt.img"
     tgtadm -C "$control" --lld iscsi --op bind --mode target --tid "$i" -I ALL
 done
 
@@ -91,6 +108,7 @@ done
 one=${ns[0]}
 ratio() { python3 -c "print(f'{$1 / max($2, 1e-9):.2f}×')"; }
 cell() { echo "${last[$1-$2]} s, $(python3 -c "print(f'{${mbps[$1-$2]}:,}')") MB/s ($(ratio "${mbps[$1-$2]}" "${mbps[$1-$one]}"))"; }
+echo "bench-boot-storm: storage: $storage, on ${BENCH_STORM_FS:-the work folder}"
 echo "| PCs booting at once | cowctl: boot ($read_mib MiB read + $write_mib MiB written each) | cowctl: reads only | tgt: reads only | cowctl ÷ tgt, reads | memory per connected PC: cowctl, tgt | last PC's time ÷ (N × one PC's), cowctl boot |"
 echo "|---|---|---|---|---|---|---|"
 for n in "${ns[@]}"; do

@@ -8,6 +8,8 @@
 # copy the rest of a chunk from the golden image for each) as a fresh PC's do. Chunks are
 # 32 KiB (cowctl's default), or BENCH_AOE_CHUNK_KIB for both COW paths.
 # The COWs are twice the disk, so random writes touching every chunk never fill one.
+# Reflink storage too: cowctl serve with `storage: reflink` (the PC's disk a clone of the
+# image on xfs made on a loop file) against vblade serving a plain copy on that same xfs.
 set -euo pipefail
 repo=${COWCTL_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 cowctl=$repo/target/release/cowctl
@@ -23,6 +25,13 @@ modprobe loop
 modprobe dm-snapshot
 head -c "${mb}M" /dev/urandom >"$work/golden.img"
 cp "$work/golden.img" "$work/vblade.img"
+truncate -s "$((6 * mb))M" "$work/xfs.img"
+mkfs.xfs -q -f -m reflink=1 "$work/xfs.img"
+mkdir "$work/x"
+mount -o loop "$work/xfs.img" "$work/x"
+cp "$work/golden.img" "$work/x/golden.img"
+cp "$work/golden.img" "$work/x/vblade.img"
+mkdir "$work/x/disks"
 
 wait_disk() {
     for _ in $(seq 60); do
@@ -93,6 +102,29 @@ pcs:
     slot: 1
     mac: $mac
 YAML
+cat >"$work/room-reflink.yaml" <<YAML
+backend: userspace
+images:
+  g:
+    path: $work/x/golden.img
+    storage: reflink
+defaults:
+  image: g
+  cow_dir: $work/x/disks
+  cow_size: $((2 * mb))MiB
+aoe:
+  interface: cwbt
+nbd:
+  listen: 127.0.0.1:10810
+  socket: $work/nbd-reflink.sock
+pcs:
+  - name: pc-01
+    export: aoe
+    shelf: 4
+    slot: 1
+    mac: $mac
+YAML
+reflink_room() { COWCTL_RUN_DIR=$work/run-reflink COWCTL_MANIFEST=$work/room-reflink.yaml "$cowctl" "$@"; }
 export COWCTL_RUN_DIR=$work/run COWCTL_MANIFEST=$work/room.yaml
 # Rounds run the three targets one after another, only one at a time (each would wake for the
 # other's frames); cowctl's PC gets a fresh COW each round.
@@ -121,6 +153,7 @@ for round in $(seq "$rounds"); do
     wait "$vblade_pid" 2>/dev/null || true
     dmsetup remove cwbsnap
     losetup -d "$golden_loop" "$cow_loop"
+    rm -f "$work/kernel.cow"
 
     # cowctl serve with one PC as e2.1 over the golden image.
     "$cowctl" reset pc-01 >/dev/null 2>&1 || true
@@ -128,7 +161,23 @@ for round in $(seq "$rounds"); do
     wait_disk /dev/etherd/e2.1
     for j in "${jobs[@]}"; do run_fio cowctl "$j" /dev/etherd/e2.1; done
     "$cowctl" down >/dev/null
+
+    # vblade serving a plain copy on the xfs the clones are on, as e5.1.
+    vblade 5 1 cwbt "$work/x/vblade.img" >"$work/vblade-xfs.log" 2>&1 &
+    vblade_pid=$!
+    wait_disk /dev/etherd/e5.1
+    for j in "${jobs[@]}"; do run_fio vblade_xfs "$j" /dev/etherd/e5.1; done
+    kill "$vblade_pid"
+    wait "$vblade_pid" 2>/dev/null || true
+
+    # cowctl serve with a fresh clone of the image on xfs, as e4.1.
+    reflink_room reset pc-01 >/dev/null 2>&1 || true
+    reflink_room apply >/dev/null
+    wait_disk /dev/etherd/e4.1
+    for j in "${jobs[@]}"; do run_fio reflink "$j" /dev/etherd/e4.1; done
+    reflink_room down >/dev/null
 done
+umount "$work/x" 
 aoe-flush -a || true
 rmmod aoe || true
 
@@ -151,12 +200,18 @@ labels = {
 def cell(target, job):
     iops, mbps = sorted(runs[(target, job)])[len(runs[(target, job)]) // 2]
     return f"{iops:,} IOPS, {mbps:,} MB/s"
-def ratio(job, peer):
-    r = [c[0] / max(p[0], 1) for c, p in zip(runs[("cowctl", job)], runs[(peer, job)])]
+def ratio(job, peer, ours="cowctl"):
+    r = [c[0] / max(p[0], 1) for c, p in zip(runs[(ours, job)], runs[(peer, job)])]
     return f"{statistics.median(r):.2f}× ({min(r):.2f}–{max(r):.2f})"
 print(f"| fio through the kernel's aoe driver ({mb} MiB, MTU 9000, {chunk} KiB chunks, median of {rounds} rounds × {seconds} s) | cowctl serve | vblade, raw file | cowctl ÷ vblade, median (range) | vblade over dm-snapshot (kernel backend) | cowctl ÷ dm-snapshot, median (range) |")
 print("|---|---|---|---|---|---|")
 for j in jobs:
     print(f"| {labels[j]} | {cell('cowctl', j)} | {cell('vblade', j)} | {ratio(j, 'vblade')} | {cell('kernel', j)} | {ratio(j, 'kernel')} |")
+print()
+print(f"| reflink storage on xfs ({mb} MiB, median of {rounds} rounds × {seconds} s) | cowctl serve, a fresh clone | vblade, plain file on the same xfs | clone ÷ vblade, median (range) | cowctl serve, COW ({chunk} KiB chunks) | clone ÷ COW, median (range) |")
+print("|---|---|---|---|---|---|")
+for j in jobs:
+    label = labels[j].replace("fresh COW", "fresh disk").replace("written chunks", "written blocks")
+    print(f"| {label} | {cell('reflink', j)} | {cell('vblade_xfs', j)} | {ratio(j, 'vblade_xfs', 'reflink')} | {cell('cowctl', j)} | {ratio(j, 'cowctl', 'reflink')} |")
 PY
 rm -rf "$work"
