@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::kernel::Mounted;
 use common::room::{Golden, Iscsi, Pc, Room, RoomBuilder};
-use cowctl::reflink::extents::sharing;
+use cowctl::reflink::extents::{own_bytes, sharing};
 
 const MIB: u64 = 1 << 20;
 /// The golden disk's size.
@@ -206,6 +206,10 @@ fn versions_move_as_clones(m: &Mounted, fs: &str) {
         sharing(&v2).unwrap().shared >= 15 * MIB,
         "{fs}: v2 is a clone"
     );
+    // pc-1's blocks are shared now (with v2), yet still its own against the image it runs.
+    let v1 = room.path("versions/v1/disk.img");
+    let own = own_bytes(&room.path("cow/pc-1.img"), &v1).unwrap();
+    assert_eq!(own, 64 * 1024, "{fs}: shared with v2 is not v1's");
 
     room.cowctl(&["image", "promote", "g", "v2"]);
     room.cowctl(&["reset", "pc-2"]);

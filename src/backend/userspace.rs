@@ -136,7 +136,7 @@ impl Backend for ServiceClient {
                 .pcs
                 .iter()
                 .map(|pc| {
-                    let (state, usage) = status::from_cow_file(pc, m.storage_of(pc));
+                    let (state, usage) = status::from_cow_file(m, pc);
                     let export = service::export_uri(m.nbd.listen, &pc.name);
                     status::row(m, pc, state, usage, export, Vec::new())
                 })

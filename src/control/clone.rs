@@ -93,14 +93,14 @@ fn sectors_of(disk: &Path) -> Result<u64> {
     Ok(len / 512)
 }
 
-/// A reflink PC's fill as the kernel serves it: the bytes its clone no longer shares
-/// (FIEMAP, after its dirty pages are written), against its quota.
-pub fn status(pc: &Pc) -> (PcState, Option<Usage>) {
-    match crate::reflink::extents::sharing_synced(&pc.cow) {
-        Ok(s) => (
+/// A reflink PC's fill as the kernel serves it: the bytes where its clone is no longer
+/// its image (FIEMAP, after its dirty pages are written), against its quota.
+pub fn status(ctx: &Ctx, pc: &Pc) -> (PcState, Option<Usage>) {
+    match crate::reflink::extents::own_bytes(&pc.cow, &ctx.image(pc).path) {
+        Ok(own) => (
             PcState::Active,
             Some(Usage {
-                sectors_allocated: s.private / 512,
+                sectors_allocated: own / 512,
                 total_sectors: pc.cow_size.bytes() / 512,
                 metadata_sectors: 0,
             }),

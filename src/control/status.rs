@@ -24,9 +24,9 @@ fn one(ctx: &Ctx, obs: &Observed, pc: &Pc) -> PcStatus {
             Ok(SnapshotStatus::Unknown) | Err(_) => (PcState::Unknown, None),
         }
     } else if obs.linear.contains_key(&name) {
-        super::clone::status(pc)
+        super::clone::status(ctx, pc)
     } else {
-        from_cow_file(pc, ctx.manifest.storage_of(pc))
+        from_cow_file(ctx.manifest, pc)
     };
     let initiators = match &pc.export {
         Export::Iscsi { target, .. } => obs

@@ -97,7 +97,10 @@ pub fn checks(m: &Manifest) -> Vec<Check> {
         });
         // A clone's blocks are mostly its image's: only those it holds alone take room.
         r.used += match m.storage_of(pc) {
-            Storage::Reflink => crate::reflink::extents::sharing(&pc.cow).map_or(0, |s| s.private),
+            Storage::Reflink => {
+                let image = &m.images[&pc.image].path;
+                crate::reflink::extents::own_bytes(&pc.cow, image).unwrap_or(0)
+            }
             Storage::Cow => std::fs::metadata(&pc.cow).map_or(0, |md| md.blocks() * 512),
         };
     }

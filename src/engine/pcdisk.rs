@@ -41,19 +41,29 @@ impl PcDisk {
         match self {
             PcDisk::Cow(e) => e.extents(offset, len),
             PcDisk::Clone(c) => {
-                let fd = std::os::fd::AsFd::as_fd(c.file());
                 let ok = offset
                     .checked_add(len as u64)
                     .is_some_and(|end| end <= c.size());
-                Some(if ok {
-                    Ok(vec![Extent { fd, offset, len }])
-                } else {
-                    Err(EngineError::OutOfRange {
+                if !ok {
+                    return Some(Err(EngineError::OutOfRange {
                         offset,
                         len: len as u64,
                         size: c.size(),
-                    })
-                })
+                    }));
+                }
+                let (clone, image) = (
+                    std::os::fd::AsFd::as_fd(c.file()),
+                    std::os::fd::AsFd::as_fd(c.image()),
+                );
+                let runs = c
+                    .runs(offset, len)
+                    .into_iter()
+                    .map(|(from_image, at, n)| Extent {
+                        fd: if from_image { image } else { clone },
+                        offset: at,
+                        len: n,
+                    });
+                Some(Ok(runs.collect()))
             }
         }
     }

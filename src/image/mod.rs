@@ -393,9 +393,7 @@ pub fn commit_pc(
     let changes = match image.storage {
         Storage::Cow => Changes::Cow,
         Storage::Reflink => Changes::Clone {
-            own_bytes: crate::reflink::extents::sharing(&pc.cow)
-                .map(|s| s.private)
-                .unwrap_or(0),
+            own_bytes: crate::reflink::extents::own_bytes(&pc.cow, &image.path).unwrap_or(0),
         },
     };
     let changed = match changes {

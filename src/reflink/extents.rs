@@ -23,12 +23,6 @@ pub fn sharing(path: &Path) -> Result<Sharing, ReflinkError> {
     sharing_at(path, 0)
 }
 
-/// [`sharing`] after the file's dirty pages are written: what a PC wrote through the
-/// kernel's page cache (a loop device) counts at once.
-pub fn sharing_synced(path: &Path) -> Result<Sharing, ReflinkError> {
-    sharing_at(path, FLAG_SYNC)
-}
-
 fn sharing_at(path: &Path, flags: u32) -> Result<Sharing, ReflinkError> {
     let err = |source: io::Error| ReflinkError::Extents {
         path: path.to_path_buf(),
@@ -95,21 +89,113 @@ fn counted(file: &File, flags: u32) -> io::Result<Sharing> {
     Ok(out)
 }
 
-/// The (offset, length) ranges of `file` that only it holds: written since it was cloned,
-/// or never shared. Dirty pages are written first (FIEMAP_FLAG_SYNC), so a write still in
-/// the page cache counts as what it will be.
-pub fn private_ranges(file: &File) -> io::Result<Vec<(u64, u64)>> {
+/// Extent flags that leave a range's data somewhere else than its physical address says
+/// (unknown, delayed allocation, not yet written, inline, encrypted, not aligned): such a
+/// range is never taken for the image's.
+const NOT_PLAIN: u32 = 0x2 | 0x4 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800;
+
+/// One mapped range of a file: logical start, physical start, length; `plain` unless a
+/// [`NOT_PLAIN`] flag is set.
+#[derive(Debug, Clone, Copy)]
+struct Mapped {
+    logical: u64,
+    physical: u64,
+    length: u64,
+    plain: bool,
+}
+
+fn mapping(file: &File, flags: u32) -> io::Result<Vec<Mapped>> {
     let mut out = Vec::new();
-    each_extent(file, FLAG_SYNC, |logical, length, shared| {
-        if !shared {
-            out.push((logical, length));
-        }
+    each_raw(file, flags, |e| {
+        out.push(Mapped {
+            logical: e.logical,
+            physical: e.physical,
+            length: e.length,
+            plain: e.flags & NOT_PLAIN == 0,
+        })
     })?;
     Ok(out)
 }
 
+/// The ranges (offset, length) of whole `block`s over the first `size` bytes where `clone`
+/// still is `image`: both map them to the same physical blocks at the same offsets, or both
+/// have a hole there. Nothing else is taken for the image's: a range the clone shares with
+/// some other file (a version committed from it) is its own, as is one it punched out.
+/// The clone's dirty pages are written first, so a write in the page cache counts.
+pub fn same_as(clone: &File, image: &File, size: u64, block: u64) -> io::Result<Vec<(u64, u64)>> {
+    let (c, i) = (mapping(clone, FLAG_SYNC)?, mapping(image, 0)?);
+    let mut cuts: Vec<u64> = vec![0, size];
+    for m in c.iter().chain(&i) {
+        cuts.extend([
+            m.logical.min(size),
+            m.logical.saturating_add(m.length).min(size),
+        ]);
+    }
+    cuts.sort_unstable();
+    cuts.dedup();
+    let at = |list: &[Mapped], p: u64| {
+        let k = list.partition_point(|m| m.logical.saturating_add(m.length) <= p);
+        list.get(k).filter(|m| m.logical <= p).copied()
+    };
+    let mut same: Vec<(u64, u64)> = Vec::new();
+    for w in cuts.windows(2) {
+        let (p, q) = (w[0], w[1]);
+        let equal = match (at(&c, p), at(&i, p)) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.plain && b.plain && a.physical + (p - a.logical) == b.physical + (p - b.logical)
+            }
+            _ => false,
+        };
+        if !equal {
+            continue;
+        }
+        match same.last_mut() {
+            Some(last) if last.0 + last.1 == p => last.1 += q - p,
+            _ => same.push((p, q - p)),
+        }
+    }
+    // Only whole blocks: a block the clone changed in part is its own.
+    Ok(same
+        .into_iter()
+        .filter_map(|(o, l)| {
+            let (a, b) = (o.div_ceil(block) * block, (o + l) / block * block);
+            (a < b).then_some((a, b - a))
+        })
+        .collect())
+}
+
+/// What a clone holds of its own against its image: its size less [`same_as`].
+pub fn own_bytes(clone: &Path, image: &Path) -> Result<u64, ReflinkError> {
+    let open = |path: &Path| {
+        File::open(path).map_err(|source| ReflinkError::Extents {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let (c, i) = (open(clone)?, open(image)?);
+    let err = |source: io::Error| ReflinkError::Extents {
+        path: clone.to_path_buf(),
+        source,
+    };
+    let size = c.metadata().map_err(err)?.len();
+    let same: u64 = same_as(&c, &i, size, 4096)
+        .map_err(err)?
+        .iter()
+        .map(|r| r.1)
+        .sum();
+    Ok(size.div_ceil(4096) * 4096 - same)
+}
+
 /// Calls `f(logical, length, shared)` for each of `file`'s extents, in order.
 fn each_extent(file: &File, flags: u32, mut f: impl FnMut(u64, u64, bool)) -> io::Result<()> {
+    each_raw(file, flags, |e| {
+        f(e.logical, e.length, e.flags & EXTENT_SHARED != 0)
+    })
+}
+
+/// Calls `f` with each of `file`'s extents as FIEMAP gives them, in order.
+fn each_raw(file: &File, flags: u32, mut f: impl FnMut(&FiemapExtent)) -> io::Result<()> {
     let mut req = Box::new(Request {
         header: FiemapHeader::default(),
         extents: [FiemapExtent::default(); PER_CALL],
@@ -133,7 +219,7 @@ fn each_extent(file: &File, flags: u32, mut f: impl FnMut(u64, u64, bool)) -> io
             return Ok(());
         };
         for e in &req.extents[..n] {
-            f(e.logical, e.length, e.flags & EXTENT_SHARED != 0);
+            f(e);
         }
         let next = last.logical.saturating_add(last.length);
         if last.flags & EXTENT_LAST != 0 || next <= start {

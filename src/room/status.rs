@@ -134,14 +134,15 @@ fn clone_space_problem(pc: &Pc, u: Usage) -> Option<String> {
 
 /// State and usage of a PC that is not being served, read from its COW file (or, for a
 /// clone, from the extents it no longer shares).
-pub fn from_cow_file(pc: &Pc, storage: Storage) -> (PcState, Option<Usage>) {
-    if storage == Storage::Reflink {
-        // A clone's fill: the bytes it no longer shares with its image.
-        return match crate::reflink::extents::sharing(&pc.cow) {
-            Ok(s) => (
+pub fn from_cow_file(m: &Manifest, pc: &Pc) -> (PcState, Option<Usage>) {
+    if m.storage_of(pc) == Storage::Reflink {
+        // A clone's fill: the bytes where it is no longer its image.
+        let image = &m.images[&pc.image].path;
+        return match crate::reflink::extents::own_bytes(&pc.cow, image) {
+            Ok(own) => (
                 PcState::NotApplied,
                 Some(Usage {
-                    sectors_allocated: s.private / 512,
+                    sectors_allocated: own / 512,
                     total_sectors: pc.cow_size.bytes() / 512,
                     metadata_sectors: 0,
                 }),

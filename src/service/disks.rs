@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::exports::Served;
 use super::{Error, Result};
-use crate::engine::clonefile::CloneFile;
+use crate::engine::clonefile::{CloneFile, BLOCK};
 use crate::engine::{CommitMode, EngineOptions, PcDisk};
 use crate::image::golden_record;
 use crate::manifest::{Manifest, Pc, Storage};
@@ -31,7 +31,7 @@ pub(super) fn open(m: &Manifest, pc: &Pc) -> Result<Served> {
                 options,
             )?)
         }
-        Storage::Reflink => PcDisk::Clone(open_clone(pc)?),
+        Storage::Reflink => PcDisk::Clone(open_clone(pc, &image_path)?),
     };
     let opened = std::fs::metadata(&pc.cow).map_err(|source| Error::Read {
         path: pc.cow.clone(),
@@ -49,26 +49,24 @@ pub(super) fn open(m: &Manifest, pc: &Pc) -> Result<Served> {
     })
 }
 
-/// A reflink PC's clone, with the blocks it already holds alone (FIEMAP) counted.
-fn open_clone(pc: &Pc) -> Result<CloneFile> {
-    let read = |source| Error::Read {
-        path: pc.cow.clone(),
-        source,
+/// A reflink PC's clone of `image`, with the blocks where it is no longer the image
+/// (FIEMAP: other physical blocks, or a hole) counted as its own.
+fn open_clone(pc: &Pc, image: &Path) -> Result<CloneFile> {
+    let read = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Read { path, source }
     };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(!pc.read_only)
         .open(&pc.cow)
-        .map_err(read)?;
-    let size = file.metadata().map_err(read)?.len();
-    let private = crate::reflink::extents::private_ranges(&file).map_err(read)?;
-    Ok(CloneFile::new(
-        file,
-        size,
-        pc.read_only,
-        pc.cow_size.bytes(),
-        &private,
-    ))
+        .map_err(read(&pc.cow))?;
+    let golden = std::fs::File::open(image).map_err(read(image))?;
+    let size = file.metadata().map_err(read(&pc.cow))?.len();
+    let same =
+        crate::reflink::extents::same_as(&file, &golden, size, BLOCK).map_err(read(&pc.cow))?;
+    let limits = (pc.read_only, pc.cow_size.bytes());
+    Ok(CloneFile::new(file, golden, size, limits, &same))
 }
 
 /// The reset's swap, run while the PC's I/O is stopped: the old COW is set aside, a fresh

@@ -236,7 +236,7 @@ impl Service {
                 },
                 (s != SnapshotState::Invalid).then_some(u),
             ),
-            None => status::from_cow_file(pc, m.storage_of(pc)),
+            None => status::from_cow_file(m, pc),
         };
         let mut peers = slot.as_ref().map(|s| s.peers()).unwrap_or_default();
         peers.extend(self.aoe.peers(&pc.name));
