@@ -66,17 +66,28 @@ impl OwnBlocks {
         (first..end).filter(|&b| !self.is_set(b)).count() as u64
     }
 
+    /// Sets (or clears) blocks `first..end`, a word of 64 at a time: a reset opens a fresh
+    /// clone of a 20 GiB disk inside its pause, and bit by bit that would be 5 M steps.
     fn set(&mut self, first: u64, end: u64, on: bool) {
-        for b in first..end {
-            let (word, bit) = ((b / 64) as usize, 1u64 << (b % 64));
-            let was = self.bits[word] & bit != 0;
-            if on && !was {
-                self.bits[word] |= bit;
-                self.count += 1;
-            } else if !on && was {
-                self.bits[word] &= !bit;
-                self.count -= 1;
+        let mut b = first;
+        while b < end {
+            let word = (b / 64) as usize;
+            let from = b % 64;
+            let to = (end - (b - from)).min(64);
+            let mask = if to - from == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (to - from)) - 1) << from
+            };
+            let before = u64::from(self.bits[word].count_ones());
+            if on {
+                self.bits[word] |= mask;
+            } else {
+                self.bits[word] &= !mask;
             }
+            let after = u64::from(self.bits[word].count_ones());
+            self.count = self.count + after - before;
+            b += to - from;
         }
     }
 }
@@ -345,6 +356,23 @@ mod tests {
             clone,
             disk,
         }
+    }
+
+    #[test]
+    fn ranges_of_blocks_set_and_clear_across_words_and_count_once() {
+        let mut own = OwnBlocks::new(300);
+        own.set(3, 200, true);
+        assert_eq!(own.count, 197);
+        own.set(0, 70, true);
+        assert_eq!(own.count, 200);
+        own.set(64, 128, false);
+        assert_eq!(own.count, 136);
+        assert!(own.is_set(63) && !own.is_set(64) && !own.is_set(127) && own.is_set(128));
+        own.set(199, 300, true);
+        assert_eq!(own.count, 136 + 100);
+        own.set(0, 300, false);
+        assert_eq!(own.count, 0);
+        assert_eq!(own.unset_in(0, 300), 300);
     }
 
     #[test]
