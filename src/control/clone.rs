@@ -6,9 +6,9 @@
 //! or with what the PC wrote.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::export::{names_loop, pause_export, resume_export, Resume};
+use super::export::{names_loop, while_paused};
 use super::observe::Observed;
 use super::{dm_name, Ctx, Error, Result};
 use crate::base::fileid::same_file;
@@ -139,20 +139,9 @@ pub fn live_reset(
         });
     }
     let discard = discard_path(&pc.cow);
-    let paused = Instant::now();
-    // 1. Stop I/O: the initiator retries its login meanwhile.
-    pause_export(ctx, obs, pc)?;
-    let swapped = swap(ctx, pc, &old_loop, image, &discard, onto);
-    // Resume I/O whatever happened, so a failed reset leaves the PC as it was.
-    let restarted = resume_export(ctx, pc, &name, Resume::WhatWasThere(obs));
-    let paused = paused.elapsed();
-    swapped.map_err(|e| Error::Resetting {
-        pc: pc.name.clone(),
-        source: Box::new(e),
-    })?;
-    restarted.map_err(|e| Error::ReExporting {
-        pc: pc.name.clone(),
-        source: Box::new(e),
+    // The initiator retries its login while the export is paused.
+    let paused = while_paused(ctx, obs, pc, &name, || {
+        swap(ctx, pc, &old_loop, image, &discard, onto)
     })?;
     // The old clone goes now that the PC is back.
     k.loops.detach(&old_loop.dev)?;

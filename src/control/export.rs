@@ -9,6 +9,32 @@ use crate::kernel::lio::Lio;
 use crate::kernel::loopdev::LoopInfo;
 use crate::manifest::{Export, Pc};
 
+/// Runs `swap` (the change under the device) with the PC's export paused, and resumes
+/// the export whatever happened, so a failed swap leaves the PC as it was. Returns how
+/// long I/O was paused.
+pub fn while_paused(
+    ctx: &Ctx,
+    obs: &Observed,
+    pc: &Pc,
+    name: &str,
+    swap: impl FnOnce() -> Result<()>,
+) -> Result<std::time::Duration> {
+    let start = std::time::Instant::now();
+    pause_export(ctx, obs, pc)?;
+    let swapped = swap();
+    let restarted = resume_export(ctx, pc, name, Resume::WhatWasThere(obs));
+    let paused = start.elapsed();
+    swapped.map_err(|e| super::Error::Resetting {
+        pc: pc.name.clone(),
+        source: Box::new(e),
+    })?;
+    restarted.map_err(|e| super::Error::ReExporting {
+        pc: pc.name.clone(),
+        source: Box::new(e),
+    })?;
+    Ok(paused)
+}
+
 /// Stops the PC's I/O: disabling the TPG drops its sessions (the initiator retries its
 /// login), or its vblade stops.
 pub fn pause_export(ctx: &Ctx, obs: &Observed, pc: &Pc) -> Result<()> {

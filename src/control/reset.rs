@@ -18,7 +18,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::export::{loop_of, names_loop, pause_export, resume_export, Resume};
+use super::export::{loop_of, names_loop, resume_export, while_paused, Resume};
 use super::observe::Observed;
 use super::{dm_name, Ctx, Error, Result};
 use crate::base::fileid::same_file;
@@ -224,20 +224,10 @@ fn live_reset(
         })?
         .len();
 
-    let paused = Instant::now();
-    // 1. Stop I/O: disabling the TPG drops the sessions; the initiator retries its login.
-    pause_export(ctx, obs, pc)?;
-    let swapped = swap(ctx, pc, name, table, &discard, size, onto);
-    // 4b. Resume I/O whatever happened, so a failed reset leaves the PC as it was.
-    let restarted = resume_export(ctx, pc, name, Resume::WhatWasThere(obs));
-    let paused = paused.elapsed();
-    swapped.map_err(|e| Error::Resetting {
-        pc: pc.name.clone(),
-        source: Box::new(e),
-    })?;
-    restarted.map_err(|e| Error::ReExporting {
-        pc: pc.name.clone(),
-        source: Box::new(e),
+    // 1. Stop I/O (the initiator retries its login); 2-4 in swap; 4b. resume I/O whatever
+    // happened, so a failed reset leaves the PC as it was.
+    let paused = while_paused(ctx, obs, pc, name, || {
+        swap(ctx, pc, name, table, &discard, size, onto)
     })?;
     // 5. Free the old COW now that the PC is back.
     k.loops.detach(&old_loop.dev)?;
