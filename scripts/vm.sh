@@ -4,6 +4,7 @@
 # built or installed on the host runs in the guest at the same path.
 #
 #   scripts/vm.sh prepare            install what is needed, cache the kernel and initramfs
+#   scripts/vm.sh prepare-kernel     cache Debian's kernel only; print its directory
 #   scripts/vm.sh run CMD [ARG...]   boot, run CMD as root in the guest (cwd = this repo),
 #                                    print the guest log, exit with CMD's status
 #                                    (124: timed out; 125: the guest kernel oopsed)
@@ -24,8 +25,8 @@ kernel_package() {
     apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
 }
 
-prepare() {
-    "$repo/scripts/provision.sh" --tests
+# Debian's kernel, unpacked with its modules under the cache; prints its directory.
+prepare_kernel() {
     local pkg kver
     pkg=$(kernel_package)
     [[ -n $pkg ]] || { apt-get update -qq >&2; pkg=$(kernel_package); }
@@ -40,6 +41,14 @@ prepare() {
         depmod -b "$kdir/root" "$kver"
         touch "$kdir/ready"
     fi
+    echo "$kdir"
+}
+
+prepare() {
+    "$repo/scripts/provision.sh" --tests
+    local kdir kver
+    kdir=$(prepare_kernel)
+    kver=$(basename "$kdir")
     local initrd=$kdir/initrd-$(sha256sum "$repo/scripts/vm/initramfs-init" | cut -c1-12).cpio.gz
     if [[ ! -f $initrd ]]; then
         build_initrd "$kdir/root" "$kver" "$initrd"
@@ -136,6 +145,7 @@ run() {
 
 case ${1:-} in
     prepare) prepare >/dev/null ;;
+    prepare-kernel) prepare_kernel ;;
     run) shift; run "$@" ;;
-    *) echo "usage: scripts/vm.sh prepare | run CMD [ARG...]" >&2; exit 2 ;;
+    *) echo "usage: scripts/vm.sh prepare | prepare-kernel | run CMD [ARG...]" >&2; exit 2 ;;
 esac

@@ -10,6 +10,7 @@ pub mod httproom;
 pub mod iscsi;
 pub mod net;
 pub mod pc;
+pub mod realos;
 pub mod room;
 
 use cowctl::cow::{DiskException, Geometry, Header};

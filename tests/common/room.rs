@@ -36,6 +36,8 @@ pub enum Golden {
     Counter(u64),
     /// No file: `versions: {d}/versions`, a store the test imports into.
     Versions,
+    /// `golden.img`: a real Linux on a GPT disk (realos.rs).
+    RealOs,
 }
 
 /// The `iscsi` section: the portal is 127.0.0.1 at a free port unless given.
@@ -395,6 +397,10 @@ impl RoomBuilder {
                 Ok(())
             }
             Golden::Versions => Ok(()),
+            Golden::RealOs => {
+                common::realos::golden(&d.join("golden.img"));
+                Ok(())
+            }
         }
         .unwrap();
         for (_, file, bytes) in &self.images {

@@ -1,0 +1,270 @@
+//! A real Linux boots from cowctl's userspace iSCSI target on a BIOS PC (qemu's iPXE ROM)
+//! and on a UEFI PC (OVMF, PXE through the room's dnsmasq to Debian's ipxe.efi): the
+//! firmware sanboots the disk, publishes the connection in the iBFT, and the OS's own
+//! open-iscsi (`iscsistart` in its initramfs) logs in again with the same initiator name,
+//! while the firmware's session may still be open, and mounts its root over iSCSI. Its init
+//! checks the files earlier boots wrote, writes its own, syncs and powers off; the next boot
+//! finds them, and after `cowctl reset` they are gone. The OS prints its kernel log, which
+//! must hold no disk or connection error.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::net::Link;
+use common::pc::HOST;
+use common::realos::{self, Firmware, Job, Report};
+use common::room::{Golden, Http, Iscsi, Pc, Room, RoomBuilder};
+
+const BOOT_LIMIT: Duration = Duration::from_secs(240);
+const UEFI_MAC: &str = "52:54:00:c0:ee:41";
+
+fn builder() -> RoomBuilder {
+    RoomBuilder::userspace()
+        .golden(Golden::RealOs)
+        .cow("64MiB", "4KiB")
+        .defaults("  initiator: iqn.2024-01.lan.os:init-{name}\n")
+}
+
+/// A BIOS PC on qemu's user network: its connections reach the portal on loopback from
+/// 127.0.0.1, which is its ip. NBD lets the test read the disk from outside.
+fn bios_room() -> Room {
+    let room = builder()
+        .nbd()
+        .iscsi(
+            Iscsi::new("iqn.2024-01.lan.os")
+                .acl("initiator")
+                .chap("room", "the-room-master-secret"),
+        )
+        .http(Http::new().server(HOST))
+        .pc(Pc::new("os-01").ip("127.0.0.1"))
+        .build();
+    room.cowctl(&["apply"]);
+    room
+}
+
+fn boot_bios(room: &Room, job: Job) -> realos::Pc {
+    let tftp = room.dir.path().join("tftp");
+    std::fs::create_dir_all(&tftp).unwrap();
+    let script = format!(
+        "#!ipxe\nchain http://{HOST}:{}/boot.ipxe\n",
+        room.http().port()
+    );
+    std::fs::write(tftp.join("boot.ipxe"), script).unwrap();
+    let nics = realos::user_nic(&tftp, "boot.ipxe");
+    realos::Pc::start(room.dir.path(), Firmware::Bios, &nics, job)
+}
+
+/// Asserts the boot's line, that no I/O failed, and that every connection that broke was
+/// made again.
+fn booted(report: &Report, room: &Room, want: (u32, u32, u32), what: &str) {
+    assert_eq!(
+        report.boot(),
+        Some(want),
+        "{what}: serial log:\n{}\nserve log:\n{}",
+        report.log,
+        room.log_so_far()
+    );
+    assert_eq!(
+        report.io_errors(),
+        Vec::<String>::new(),
+        "{what}: the OS saw I/O fail:\n{}\nserve log:\n{}",
+        report.log,
+        room.log_so_far()
+    );
+    assert_eq!(
+        report.connection_errors().len(),
+        report.recoveries(),
+        "{what}: a broken connection was not made again:\n{}\nserve log:\n{}",
+        report.log,
+        room.log_so_far()
+    );
+}
+
+/// How many times the PC's initiator logged in to its target so far.
+fn logins(room: &Room) -> usize {
+    room.log_so_far()
+        .matches("iqn.2024-01.lan.os:init-os-01 logged in to iqn.2024-01.lan.os:os-01")
+        .count()
+}
+
+fn boots_keeps_its_files_and_starts_over(room: &Room, boot: &dyn Fn(Job) -> realos::Pc) {
+    let first = boot(Job::Boot).finish(BOOT_LIMIT);
+    booted(&first, room, (1, 0, 0), "first boot");
+    // The handoff: the firmware logged in, then the OS again with the same initiator name
+    // (from the iBFT) while the firmware's session was still open, then the OS's iscsid
+    // once more as it took the session over.
+    assert!(
+        logins(room) >= 2,
+        "the firmware's login and the OS's:\n{}",
+        room.log_so_far()
+    );
+    let second = boot(Job::Boot).finish(BOOT_LIMIT);
+    booted(
+        &second,
+        room,
+        (2, 1, 0),
+        "second boot: finds the first one's file",
+    );
+    room.cowctl(&["reset", "os-01"]);
+    let third = boot(Job::Boot).finish(BOOT_LIMIT);
+    booted(
+        &third,
+        room,
+        (1, 0, 0),
+        "after the reset: the golden image again",
+    );
+    println!(
+        "real OS boot times: {:.1} s, {:.1} s, {:.1} s",
+        first.took.as_secs_f64(),
+        second.took.as_secs_f64(),
+        third.took.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_real_linux_boots_on_a_bios_pc_keeps_its_files_and_starts_over_after_a_reset() {
+    let room = bios_room();
+    boots_keeps_its_files_and_starts_over(&room, &|job| boot_bios(&room, job));
+}
+
+/// The room's own network on a tap device: cowctl's dnsmasq hands the UEFI PC's PXE
+/// Debian's ipxe.efi, then /boot.ipxe.
+struct UefiRoom {
+    room: Room,
+    tap: Link,
+}
+
+fn uefi_room() -> UefiRoom {
+    let net = std::process::id() % 200 + 20;
+    let subnet = format!("10.{net}.91");
+    let server = format!("{subnet}.1");
+    let tap = Link::tap(41);
+    tap.add_address(&format!("{server}/24"));
+    let room = builder()
+        .iscsi(
+            Iscsi::new("iqn.2024-01.lan.os")
+                .portal(&server)
+                .acl("initiator")
+                .chap("room", "the-room-master-secret"),
+        )
+        .http(Http::new().listen(&server))
+        .extra(&format!(
+            "pxe:\n  interface: {}\n  dhcp: {subnet}.100-{subnet}.150\n",
+            tap.name
+        ))
+        .pc(Pc::new("os-01").mac(UEFI_MAC).ip(&format!("{subnet}.11")))
+        .build();
+    let out = room.cowctl(&["apply"]);
+    assert!(out.contains("started dnsmasq"), "{out}");
+    UefiRoom { room, tap }
+}
+
+fn boot_uefi(room: &UefiRoom, job: Job) -> realos::Pc {
+    let nics = vec![
+        "-netdev".to_string(),
+        format!("tap,id=n0,ifname={},script=no,downscript=no", room.tap.name),
+        // No option ROM: OVMF's own virtio-net driver and PXE, as a PC's vendor firmware.
+        "-device".to_string(),
+        format!("virtio-net-pci,netdev=n0,mac={UEFI_MAC},romfile="),
+    ];
+    realos::Pc::start(room.room.dir.path(), Firmware::Uefi, &nics, job)
+}
+
+#[test]
+fn a_real_linux_boots_on_a_uefi_pc_through_pxe_keeps_its_files_and_starts_over_after_a_reset() {
+    let room = uefi_room();
+    boots_keeps_its_files_and_starts_over(&room.room, &|job| boot_uefi(&room, job));
+    let dhcp = std::fs::read_to_string(room.room.path("run/pxe/dhcp.log")).unwrap();
+    assert!(
+        dhcp.contains("PXEClient:Arch:00007") && dhcp.contains("ipxe.efi"),
+        "dnsmasq sent the UEFI PC's PXE Debian's ipxe.efi:\n{dhcp}"
+    );
+}
+
+/// `cowctl serve` is killed (SIGKILL) while the booted OS writes and syncs, and started again
+/// by `cowctl apply`: the OS's iscsid makes its connection again, its writes carry on without
+/// an I/O error, the next boot finds every file it synced intact, and the root file system
+/// checks clean from outside.
+#[test]
+fn a_real_linux_rides_out_a_killed_cowctl_serve_with_every_synced_write_kept() {
+    let room = bios_room();
+    let mut pc = boot_bios(&room, Job::Write(30));
+    assert!(
+        pc.wait_for("cowctl-os synced boot-1-w3 ", BOOT_LIMIT),
+        "the OS did not start writing:\n{}\nserve log:\n{}",
+        pc.log(),
+        room.log_so_far()
+    );
+    let killed = Instant::now();
+    room.kill_service();
+    room.cowctl(&["apply"]);
+    let restarted = killed.elapsed();
+    let report = pc.finish(BOOT_LIMIT);
+    booted(
+        &report,
+        &room,
+        (1, 0, 0),
+        "the boot the service was killed under",
+    );
+    assert!(
+        report.connection_errors().len() >= 2,
+        "the OS's connection broke with the service (and once at iscsid's start):\n{}",
+        report.log
+    );
+    assert!(
+        logins(&room) >= 4,
+        "the OS's iscsid logged in again after the restart:\n{}",
+        room.log_so_far()
+    );
+    let synced = report.synced();
+    let after_kill = synced.iter().skip_while(|f| *f != "boot-1-w3").count();
+    assert!(
+        after_kill > 3,
+        "the OS kept writing after the restart: {synced:?}\n{}",
+        report.log
+    );
+    println!(
+        "killed serve: started again in {:.2} s; the OS's longest wait for a sync: {:.2} s; \
+         {} files synced",
+        restarted.as_secs_f64(),
+        report.longest_stall(),
+        synced.len()
+    );
+
+    // Every file it synced is there, intact: its boot file and the ones it wrote after.
+    let next = boot_bios(&room, Job::Boot).finish(BOOT_LIMIT);
+    let files = u32::try_from(synced.len()).unwrap();
+    booted(
+        &next,
+        &room,
+        (2, 1 + files, 0),
+        "the boot after the restart",
+    );
+    root_checks_clean(&room);
+}
+
+/// e2fsck finds nothing to fix on the PC's root file system, read over NBD.
+fn root_checks_clean(room: &Room) {
+    let disk = room.path("os-01.raw");
+    common::qemu_img_convert(&room.nbd_uri("os-01"), "raw", disk.to_str().unwrap());
+    let root = room.path("os-01-root.ext4");
+    let out = std::process::Command::new("dd")
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", root.display()))
+        .args(["bs=1M", "skip=45", "count=80", "status=none"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
