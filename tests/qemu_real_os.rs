@@ -4,8 +4,9 @@
 //! open-iscsi (`iscsistart` in its initramfs) logs in again with the same initiator name,
 //! while the firmware's session may still be open, and mounts its root over iSCSI. Its init
 //! checks the files earlier boots wrote, writes its own, syncs and powers off; the next boot
-//! finds them, and after `cowctl reset` they are gone. The OS prints its kernel log, which
-//! must hold no disk or connection error.
+//! finds them, and after `cowctl reset` they are gone. The kernel's messages on the serial
+//! console must tell of no I/O error, and of no broken connection that was not made again
+//! (the OS's iscsid logs in once more as it takes over the session from the initramfs).
 
 mod common;
 
@@ -18,6 +19,7 @@ use common::room::{Golden, Http, Iscsi, Pc, Room, RoomBuilder};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(240);
 const UEFI_MAC: &str = "52:54:00:c0:ee:41";
+const AOE_MAC: &str = "52:54:00:c0:ee:43";
 
 fn builder() -> RoomBuilder {
     RoomBuilder::userspace()
@@ -72,9 +74,8 @@ fn booted(report: &Report, room: &Room, want: (u32, u32, u32), what: &str) {
         report.log,
         room.log_so_far()
     );
-    assert_eq!(
-        report.connection_errors().len(),
-        report.recoveries(),
+    assert!(
+        report.recoveries() >= report.connection_errors().len(),
         "{what}: a broken connection was not made again:\n{}\nserve log:\n{}",
         report.log,
         room.log_so_far()
@@ -208,8 +209,8 @@ fn a_real_linux_rides_out_a_killed_cowctl_serve_with_every_synced_write_kept() {
         "the boot the service was killed under",
     );
     assert!(
-        report.connection_errors().len() >= 2,
-        "the OS's connection broke with the service (and once at iscsid's start):\n{}",
+        !report.connection_errors().is_empty(),
+        "the OS's connection broke with the service:\n{}",
         report.log
     );
     assert!(
@@ -266,5 +267,73 @@ fn root_checks_clean(room: &Room) {
         "e2fsck -fn: {}{}",
         String::from_utf8_lossy(&fsck.stdout),
         String::from_utf8_lossy(&fsck.stderr)
+    );
+}
+
+/// Over AoE (BIOS; iPXE publishes an aBFT, and the initramfs binds the kernel's aoe driver
+/// to the NIC it names): boots, keeps its files, rides out a killed `cowctl serve` (AoE has
+/// no connection: the driver sends again until the target answers), starts over after a
+/// reset.
+#[test]
+fn a_real_linux_boots_over_aoe_rides_out_a_killed_cowctl_serve_and_starts_over_after_a_reset() {
+    let tap = Link::tap(43);
+    let room = builder()
+        .aoe(&tap.name)
+        .http(Http::new().server(HOST))
+        .pc(Pc::new("os-01").ip("127.0.0.1").aoe(6, 1).mac(AOE_MAC))
+        .build();
+    room.cowctl(&["apply"]);
+    let boot = |job| {
+        let tftp = room.dir.path().join("tftp");
+        std::fs::create_dir_all(&tftp).unwrap();
+        let script = format!(
+            "#!ipxe\nifopen net1\nchain http://{HOST}:{}/boot.ipxe\n",
+            room.http().port()
+        );
+        std::fs::write(tftp.join("boot.ipxe"), script).unwrap();
+        let mut nics = realos::user_nic(&tftp, "boot.ipxe");
+        nics.extend(common::pc::tap_nic(&tap.name, AOE_MAC));
+        realos::Pc::start(room.dir.path(), Firmware::Bios, &nics, job)
+    };
+    let first = boot(Job::Boot).finish(BOOT_LIMIT);
+    booted(&first, &room, (1, 0, 0), "first boot over AoE");
+    assert!(first.log.contains("aBFT target e6.1"), "{}", first.log);
+
+    let mut pc = boot(Job::Write(20));
+    assert!(
+        pc.wait_for("cowctl-os synced boot-2-w3 ", BOOT_LIMIT),
+        "the OS did not start writing:\n{}\nserve log:\n{}",
+        pc.log(),
+        room.log_so_far()
+    );
+    room.kill_service();
+    room.cowctl(&["apply"]);
+    let second = pc.finish(BOOT_LIMIT);
+    booted(
+        &second,
+        &room,
+        (2, 1, 0),
+        "the boot over AoE the service was killed under",
+    );
+    let files = u32::try_from(second.synced().len()).unwrap();
+    println!(
+        "AoE: the OS's longest wait for a sync across the restart: {:.2} s; {files} files",
+        second.longest_stall()
+    );
+
+    let third = boot(Job::Boot).finish(BOOT_LIMIT);
+    booted(
+        &third,
+        &room,
+        (3, 2 + files, 0),
+        "every file synced over AoE is there",
+    );
+    room.cowctl(&["reset", "os-01"]);
+    let fourth = boot(Job::Boot).finish(BOOT_LIMIT);
+    booted(
+        &fourth,
+        &room,
+        (1, 0, 0),
+        "after the reset: the golden image again",
     );
 }

@@ -35,7 +35,7 @@ trap 'rm -rf "$work"' EXIT
 
 # --- the initramfs: busybox, iscsistart with its libraries, the modules it needs ---
 stage=$work/initramfs
-mkdir -p "$stage"/{bin,sbin,dev,proc,sys,run,etc/iscsi,newroot,mods,lib64,lib/x86_64-linux-gnu}
+mkdir -p "$stage"/{bin,sbin,dev,proc,sys,run,tmp,etc/iscsi,newroot,mods,lib64,lib/x86_64-linux-gnu}
 cp /bin/busybox "$stage/bin/busybox"
 # A program of this machine and the libraries it links, into a root.
 add_program() {
@@ -59,9 +59,10 @@ add_module() {
     basename "$path" >>"$stage/mods/order"
 }
 : >"$stage/mods/order"
-# The PC's NICs (e1000, virtio), the iSCSI initiator and the iBFT reader, the disk, its file system,
-# and qemu's fw_cfg, through which a test tells the OS what to do on this boot.
-for m in e1000 virtio_pci virtio_net iscsi_tcp iscsi_ibft sd_mod crc32c_generic ext4 qemu_fw_cfg; do
+# The PC's NICs (e1000, virtio), the iSCSI initiator and the iBFT reader, the AoE driver
+# (loaded later, bound to the NIC of the aBFT), the disk, its file system, and qemu's
+# fw_cfg, through which a test tells the OS what to do on this boot.
+for m in e1000 virtio_pci virtio_net iscsi_tcp iscsi_ibft aoe sd_mod crc32c_generic ext4 qemu_fw_cfg; do
     path=$(awk -F: -v m="$m" '{ n = $1; sub(/.*\//, "", n); sub(/\.ko.*/, "", n) } n == m { print $1; exit }' "$dep")
     [[ -n $path ]] && add_module "$path" # absent: built into this kernel
 done

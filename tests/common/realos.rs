@@ -163,8 +163,7 @@ impl Drop for Pc {
     }
 }
 
-const END: &str = "cowctl-os end of kernel log";
-const KERNEL_LOG: &str = "cowctl-os kernel log:";
+const END: &str = "cowctl-os powering off";
 
 impl Report {
     /// The boot's line: its number, how many earlier files it checked, how many were bad.
@@ -219,11 +218,8 @@ impl Report {
         self.lines_with(&["is operational after recovery"]).len()
     }
 
-    /// Lines of the console up to the kernel log the OS prints at its end (which repeats
-    /// them).
     fn lines_with(&self, signs: &[&str]) -> Vec<String> {
-        let console = self.log.split(KERNEL_LOG).next().unwrap_or_default();
-        console
+        self.log
             .lines()
             .filter(|l| signs.iter().any(|s| l.contains(s)))
             .map(str::to_string)
