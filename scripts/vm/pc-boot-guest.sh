@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# In the test VM (scripts/test-vm-pc-boot.sh): a kernel-backend room of one PC, exported by
-# `cowctl apply` with LIO (CHAP and the initiator ACL) and its boot script served by `cowctl
-# serve`, both on ports qemu forwards from the host, where a qemu PC boots it. The host asks
+# In the test VM (scripts/test-vm-pc-boot.sh): a kernel-backend room of one PC whose golden
+# image is the real Linux of scripts/real-os/build.sh (COWCTL_TEST_GOLDEN, built on the host),
+# exported by `cowctl apply` with LIO (CHAP and the initiator ACL) and its boot script served
+# by `cowctl serve`, both on ports qemu forwards from the host, where qemu PCs boot it. The host asks
 # for commands (a live reset) through files in the results share; at the end the golden
 # image must be unchanged and down must leave nothing behind.
 set -euo pipefail
@@ -13,8 +14,7 @@ work=$(mktemp -d)
 modprobe dm-snapshot
 modprobe target_core_mod
 modprobe iscsi_target_mod
-nasm -f bin tests/data/counter-boot.asm -o "$work/boot.bin"
-{ cat "$work/boot.bin"; head -c $(((32 << 20) - 512)) /dev/zero; } >"$work/golden.img"
+cp --sparse=always "$COWCTL_TEST_GOLDEN" "$work/golden.img"
 before=$(sha256sum <"$work/golden.img")
 mkdir "$work/cow"
 (umask 077 && echo "vm-pc-boot-master-secret" >"$work/chap.secret")
@@ -28,7 +28,7 @@ images:
 defaults:
   image: g
   cow_dir: $work/cow
-  cow_size: 16MiB
+  cow_size: 64MiB
   chunk: 4KiB
 iscsi:
   iqn_prefix: iqn.2024-01.lan.vmboot
