@@ -276,12 +276,13 @@ fn snapshot_target(
     let cow_loop = loopdev::find(loops, cow, false).ok_or_else(|| Error::CowNotOnLoop {
         cow: cow.to_path_buf(),
     })?;
-    let sectors = std::fs::metadata(image)
+    // A block device (an image given as a link to an LV) has no length in its metadata.
+    let sectors = std::fs::File::open(image)
+        .and_then(|f| crate::base::fileid::file_or_device_size(&f))
         .map_err(|source| Error::Read {
             path: image.to_path_buf(),
             source,
         })?
-        .len()
         / 512;
     let line = TableLine {
         start: 0,

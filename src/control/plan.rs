@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use super::observe::Observed;
 use super::{dm_name, Ctx, Error, Result, PREFIX};
+use crate::base::fileid::same_file;
 use crate::base::logtext::chain;
 use crate::cow::{HeaderState, LoadedStore};
 use crate::dm::DevRef;
@@ -299,7 +300,11 @@ fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool)
         let was_origin = obs.dm.iter().any(|(n, t)| {
             removed.contains(n) && t.snapshot.origin.to_string() == l.number.to_string()
         });
-        let image = ctx.manifest.images.values().find(|i| i.path == l.backing);
+        let image = ctx
+            .manifest
+            .images
+            .values()
+            .find(|i| i.path == l.backing || same_file(&i.path, &l.backing));
         let needed = keep_needed_images
             && image.is_some_and(|i| ctx.manifest.pcs.iter().any(|p| p.image == i.name));
         let leftover = !keep_needed_images && image.is_some();

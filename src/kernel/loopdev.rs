@@ -36,11 +36,14 @@ pub trait Loops: Send + Sync {
     fn set_capacity(&self, dev: &Path) -> Result<()>;
 }
 
-/// Finds the loop attached to `file` with the wanted mode.
+/// Finds the loop attached to `file` with the wanted mode. The kernel names the file it
+/// opened, so a manifest's symbolic link (to an image file, or to a block device such as an
+/// LV) is matched by what it points at.
 pub fn find<'a>(loops: &'a [LoopInfo], file: &Path, read_only: bool) -> Option<&'a LoopInfo> {
-    loops
-        .iter()
-        .find(|l| l.backing == file && l.read_only == read_only)
+    loops.iter().find(|l| {
+        l.read_only == read_only
+            && (l.backing == file || crate::base::fileid::same_file(&l.backing, file))
+    })
 }
 
 pub struct SysLoops;

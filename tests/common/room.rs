@@ -38,6 +38,8 @@ pub enum Golden {
     Versions,
     /// `golden.img`: a real Linux on a GPT disk (realos.rs).
     RealOs,
+    /// `golden.img`: a symbolic link to this file or device.
+    Link(PathBuf),
 }
 
 /// The `iscsi` section: the portal is 127.0.0.1 at a free port unless given.
@@ -401,6 +403,7 @@ impl RoomBuilder {
                 common::realos::golden(&d.join("golden.img"));
                 Ok(())
             }
+            Golden::Link(to) => std::os::unix::fs::symlink(to, d.join("golden.img")),
         }
         .unwrap();
         for (_, file, bytes) in &self.images {
