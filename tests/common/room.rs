@@ -734,12 +734,15 @@ impl Room {
             .unwrap()
     }
 
-    /// Kills `cowctl serve` with SIGKILL and waits until it is gone.
+    /// Kills `cowctl serve` with SIGKILL and waits until it is gone: exited, or a zombie
+    /// whose threads are all gone (its sockets and files are closed then; how soon its
+    /// parent, init, reaps it is not the service's time).
     pub fn kill_service(&self) {
-        let pid = nix::unistd::Pid::from_raw(self.serve_pid());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-        while nix::sys::signal::kill(pid, None).is_ok() {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let pid = self.serve_pid();
+        let target = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL).unwrap();
+        while !cowctl::service::control::has_exited(pid) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# How long a room of N PCs is without its userspace target when `cowctl serve` is killed
+# (SIGKILL) and `cowctl apply` starts it again: from the kill until every PC's iSCSI target
+# answers a login again (iscsi-inq, one per PC, in parallel), for N = 1, 10, 50. This is the
+# floor of what a PC's initiator sees; a real OS adds its own reconnect delay on top
+# (tests/qemu_real_os.rs measures one booted Linux: its longest wait for a sync).
+#   scripts/bench-restart.sh       (BENCH_RESTART_NS="1 10 50", BENCH_RESTART_ROUNDS=3)
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+scripts/provision.sh --tests
+cargo build --release --quiet --bins
+source scripts/lib/iscsi.sh
+read -r -a ns <<<"${BENCH_RESTART_NS:-1 10 50}"
+rounds=${BENCH_RESTART_ROUNDS:-3}
+work=$(mktemp -d /var/tmp/cowctl-bench-restart.XXXXXX)
+export COWCTL_RUN_DIR=$work/run COWCTL_MANIFEST=$work/room.yaml
+trap 'target/release/cowctl down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+truncate -s 1G "$work/golden.img"
+prefix=iqn.2024-01.lan.bench-restart
+ms() { echo $(($(date +%s%N) / 1000000)); }
+echo "| PCs | kill → apply returns | kill → every PC's target answers |"
+echo "|---|---|---|"
+for n in "${ns[@]}"; do
+    target/release/cowctl down >/dev/null 2>&1 || true
+    read -r port nbd < <(free_ports 2)
+    mkdir -p "$work/cow"
+    {
+        printf 'backend: userspace\nimages:\n  g:\n    path: %s/golden.img\n' "$work"
+        printf 'defaults:\n  image: g\n  cow_dir: %s/cow\n  cow_size: 256MiB\n  chunk: 4KiB\n' "$work"
+        printf 'iscsi:\n  iqn_prefix: %s\n  portals: ["127.0.0.1:%s"]\n  acl: open\n' "$prefix" "$port"
+        printf 'nbd:\n  listen: 127.0.0.1:%s\n  socket: %s/nbd.sock\npcs:\n' "$nbd" "$work"
+        for i in $(seq "$n"); do printf '  - name: pc-%03d\n' "$i"; done
+    } >"$COWCTL_MANIFEST"
+    target/release/cowctl apply >/dev/null
+    applied=() answered=()
+    for _ in $(seq "$rounds"); do
+        start=$(ms)
+        pid=$(cat "$work/run/serve.pid")
+        kill -9 "$pid"
+        # Gone, or a zombie (its sockets are closed; when init reaps it is not cowctl's time).
+        while [[ -e /proc/$pid ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; do sleep 0.005; done
+        target/release/cowctl apply >/dev/null
+        applied+=($(($(ms) - start)))
+        pids=()
+        for i in $(seq "$n"); do
+            (until iscsi-inq "iscsi://127.0.0.1:$port/$prefix:$(printf pc-%03d "$i")/0" >/dev/null 2>&1; do sleep 0.01; done) &
+            pids+=($!)
+        done
+        wait "${pids[@]}"
+        answered+=($(($(ms) - start)))
+    done
+    median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+    printf '| %s | %s ms | %s ms |\n' "$n" "$(median "${applied[@]}")" "$(median "${answered[@]}")"
+done
