@@ -20,6 +20,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${COWCTL_VM_CACHE:-$repo/vm-cache}
+source "$repo/scripts/lib/modules.sh"
 # Newest linux-image-<version>-amd64 that linux-image-amd64 depends on.
 kernel_package() {
     apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
@@ -63,23 +64,8 @@ build_initrd() {
     stage=$(mktemp -d)
     mkdir -p "$stage"/{bin,dev,proc,sys,lower,upper,newroot,mods}
     cp /bin/busybox "$stage/bin/busybox"
-    # Modules for virtio + 9p + overlay, each after the modules it depends on (modules.dep).
-    local dep=$root/lib/modules/$kver/modules.dep
-    local -A seen=()
-    add_module() {
-        local path=$1 d
-        [[ -n ${seen[$path]:-} ]] && return
-        seen[$path]=1
-        for d in $(awk -F': ' -v m="$path" '$1 == m { print $2 }' "$dep"); do add_module "$d"; done
-        cp "$root/lib/modules/$kver/$path" "$stage/mods/"
-        basename "$path" >>"$stage/mods/order"
-    }
-    : >"$stage/mods/order"
-    local m path
-    for m in virtio_pci 9pnet_virtio 9p overlay; do
-        path=$(awk -F: -v m="$m" '{ n = $1; sub(/.*\//, "", n); sub(/\.ko.*/, "", n) } n == m { print $1; exit }' "$dep")
-        [[ -n $path ]] && add_module "$path" # absent: built into this kernel
-    done
+    # Modules for virtio + 9p + overlay, each after the modules it depends on.
+    copy_modules "$root" "$kver" "$stage" virtio_pci 9pnet_virtio 9p overlay
     install -m 0755 "$repo/scripts/vm/initramfs-init" "$stage/init"
     (cd "$stage" && find . | cpio -o -H newc --quiet | gzip -1) >"$out"
     rm -rf "$stage"

@@ -46,14 +46,21 @@ fn bios_room() -> Room {
 }
 
 fn boot_bios(room: &Room, job: Job) -> realos::Pc {
+    boot_bios_with(room, job, "", &[])
+}
+
+/// A BIOS PC on qemu's user network whose iPXE runs the commands `first`, then chains the
+/// room's `/boot.ipxe`; `more_nics` are its other NICs.
+fn boot_bios_with(room: &Room, job: Job, first: &str, more_nics: &[String]) -> realos::Pc {
     let tftp = room.dir.path().join("tftp");
     std::fs::create_dir_all(&tftp).unwrap();
     let script = format!(
-        "#!ipxe\nchain http://{HOST}:{}/boot.ipxe\n",
+        "#!ipxe\n{first}chain http://{HOST}:{}/boot.ipxe\n",
         room.http().port()
     );
     std::fs::write(tftp.join("boot.ipxe"), script).unwrap();
-    let nics = realos::user_nic(&tftp, "boot.ipxe");
+    let mut nics = realos::user_nic(&tftp, "boot.ipxe");
+    nics.extend_from_slice(more_nics);
     realos::Pc::start(room.dir.path(), Firmware::Bios, &nics, job)
 }
 
@@ -283,18 +290,8 @@ fn a_real_linux_boots_over_aoe_rides_out_a_killed_cowctl_serve_and_starts_over_a
         .pc(Pc::new("os-01").ip("127.0.0.1").aoe(6, 1).mac(AOE_MAC))
         .build();
     room.cowctl(&["apply"]);
-    let boot = |job| {
-        let tftp = room.dir.path().join("tftp");
-        std::fs::create_dir_all(&tftp).unwrap();
-        let script = format!(
-            "#!ipxe\nifopen net1\nchain http://{HOST}:{}/boot.ipxe\n",
-            room.http().port()
-        );
-        std::fs::write(tftp.join("boot.ipxe"), script).unwrap();
-        let mut nics = realos::user_nic(&tftp, "boot.ipxe");
-        nics.extend(common::pc::tap_nic(&tap.name, AOE_MAC));
-        realos::Pc::start(room.dir.path(), Firmware::Bios, &nics, job)
-    };
+    let aoe_nic = common::pc::tap_nic(&tap.name, AOE_MAC);
+    let boot = |job| boot_bios_with(&room, job, "ifopen net1\n", &aoe_nic);
     let first = boot(Job::Boot).finish(BOOT_LIMIT);
     booted(&first, &room, (1, 0, 0), "first boot over AoE");
     assert!(first.log.contains("aBFT target e6.1"), "{}", first.log);

@@ -16,6 +16,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+source "$repo/scripts/lib/modules.sh"
 out=${1:?usage: scripts/real-os/build.sh OUT}
 
 need() { command -v "$1" >/dev/null || { echo "real-os: $1 is missing (Debian package $2)" >&2; exit 1; }; }
@@ -48,24 +49,11 @@ add_program() {
     cp -L /lib64/ld-linux-x86-64.so.2 "$dest/lib64/"
 }
 add_program "$stage" /usr/sbin/iscsistart
-dep=$root/lib/modules/$kver/modules.dep
-declare -A seen=()
-add_module() {
-    local path=$1 d
-    [[ -n ${seen[$path]:-} ]] && return
-    seen[$path]=1
-    for d in $(awk -F': ' -v m="$path" '$1 == m { print $2 }' "$dep"); do add_module "$d"; done
-    cp "$root/lib/modules/$kver/$path" "$stage/mods/"
-    basename "$path" >>"$stage/mods/order"
-}
-: >"$stage/mods/order"
 # The PC's NICs (e1000, virtio), the iSCSI initiator and the iBFT reader, the AoE driver
 # (loaded later, bound to the NIC of the aBFT), the disk, its file system, and qemu's
 # fw_cfg, through which a test tells the OS what to do on this boot.
-for m in e1000 virtio_pci virtio_net iscsi_tcp iscsi_ibft aoe sd_mod crc32c_generic ext4 qemu_fw_cfg; do
-    path=$(awk -F: -v m="$m" '{ n = $1; sub(/.*\//, "", n); sub(/\.ko.*/, "", n) } n == m { print $1; exit }' "$dep")
-    [[ -n $path ]] && add_module "$path" # absent: built into this kernel
-done
+copy_modules "$root" "$kver" "$stage" e1000 virtio_pci virtio_net iscsi_tcp iscsi_ibft aoe \
+    sd_mod crc32c_generic ext4 qemu_fw_cfg
 install -m 0755 "$here/initramfs-init" "$stage/init"
 (cd "$stage" && find . | cpio -o -H newc --quiet | gzip -6) >"$work/initrd.img"
 
