@@ -190,12 +190,61 @@ fn a_real_linux_boots_on_a_uefi_pc_through_pxe_keeps_its_files_and_starts_over_a
     );
 }
 
-/// `cowctl serve` is killed (SIGKILL) while the booted OS writes and syncs, and started again
-/// by `cowctl apply`: the OS's iscsid makes its connection again, its writes carry on without
-/// an I/O error, the next boot finds every file it synced intact, and the root file system
+/// A planned restart (SIGHUP: the binary on disk takes every socket and session over in
+/// the same process) while the booted OS writes and syncs: it keeps writing (up to file
+/// `until`), and from the restart on its console tells of no broken connection and no
+/// I/O error. Returns how long the handover took, as serve's log tells it.
+fn upgrade_under(pc: &mut realos::Pc, room: &Room, until: &str) -> String {
+    let from = pc.log().len();
+    let pid = room.serve_pid();
+    let handovers = room.log_so_far().matches("handover: took over").count();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while room.log_so_far().matches("handover: took over").count() == handovers {
+        assert!(
+            Instant::now() < deadline,
+            "no handover:\n{}",
+            room.log_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(room.serve_pid(), pid, "the same process serves on");
+    assert!(
+        pc.wait_for(&format!("cowctl-os synced {until} "), BOOT_LIMIT),
+        "the OS did not keep writing after the restart:\n{}\nserve log:\n{}",
+        pc.log(),
+        room.log_so_far()
+    );
+    let log = pc.log();
+    assert_eq!(
+        realos::trouble(&log[from..]),
+        Vec::<String>::new(),
+        "the OS saw the planned restart:\n{log}\nserve log:\n{}",
+        room.log_so_far()
+    );
+    let serve_log = room.log_so_far();
+    let line = serve_log
+        .lines()
+        .rfind(|l| l.contains("handover: took over"))
+        .unwrap_or_default();
+    line.split("handover: ")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `cowctl serve` is restarted as planned (SIGHUP) while the booted OS writes and syncs: no
+/// broken connection, no I/O error. Then it is killed (SIGKILL) and started again by
+/// `cowctl apply`: the OS's iscsid makes its connection again, its writes carry on without
+/// an I/O error. The next boot finds every file it synced intact, and the root file system
 /// checks clean from outside.
 #[test]
-fn a_real_linux_rides_out_a_killed_cowctl_serve_with_every_synced_write_kept() {
+fn a_real_linux_rides_out_a_planned_restart_and_a_killed_cowctl_serve_with_every_synced_write_kept()
+{
     let room = bios_room();
     let mut pc = boot_bios(&room, Job::Write(30));
     assert!(
@@ -204,6 +253,9 @@ fn a_real_linux_rides_out_a_killed_cowctl_serve_with_every_synced_write_kept() {
         pc.log(),
         room.log_so_far()
     );
+    let upgrade = upgrade_under(&mut pc, &room, "boot-1-w6");
+    println!("planned restart under a writing OS (iSCSI): {upgrade}");
+    let before_kill = pc.log().len();
     let killed = Instant::now();
     room.kill_service();
     room.cowctl(&["apply"]);
@@ -216,7 +268,7 @@ fn a_real_linux_rides_out_a_killed_cowctl_serve_with_every_synced_write_kept() {
         "the boot the service was killed under",
     );
     assert!(
-        !report.connection_errors().is_empty(),
+        !realos::trouble(&report.log[before_kill..]).is_empty(),
         "the OS's connection broke with the service:\n{}",
         report.log
     );
@@ -226,7 +278,7 @@ fn a_real_linux_rides_out_a_killed_cowctl_serve_with_every_synced_write_kept() {
         room.log_so_far()
     );
     let synced = report.synced();
-    let after_kill = synced.iter().skip_while(|f| *f != "boot-1-w3").count();
+    let after_kill = synced.iter().skip_while(|f| *f != "boot-1-w6").count();
     assert!(
         after_kill > 3,
         "the OS kept writing after the restart: {synced:?}\n{}",
@@ -278,11 +330,12 @@ fn root_checks_clean(room: &Room) {
 }
 
 /// Over AoE (BIOS; iPXE publishes an aBFT, and the initramfs binds the kernel's aoe driver
-/// to the NIC it names): boots, keeps its files, rides out a killed `cowctl serve` (AoE has
-/// no connection: the driver sends again until the target answers), starts over after a
-/// reset.
+/// to the NIC it names): boots, keeps its files, rides out a planned restart (the raw socket
+/// is handed over with the frames waiting in it) and a killed `cowctl serve` (AoE has no
+/// connection: the driver sends again until the target answers), starts over after a reset.
 #[test]
-fn a_real_linux_boots_over_aoe_rides_out_a_killed_cowctl_serve_and_starts_over_after_a_reset() {
+fn a_real_linux_boots_over_aoe_rides_out_a_planned_restart_and_a_killed_cowctl_serve_and_starts_over(
+) {
     let tap = Link::tap(43);
     let room = builder()
         .aoe(&tap.name)
@@ -303,6 +356,8 @@ fn a_real_linux_boots_over_aoe_rides_out_a_killed_cowctl_serve_and_starts_over_a
         pc.log(),
         room.log_so_far()
     );
+    let upgrade = upgrade_under(&mut pc, &room, "boot-2-w6");
+    println!("planned restart under a writing OS (AoE): {upgrade}");
     room.kill_service();
     room.cowctl(&["apply"]);
     let second = pc.finish(BOOT_LIMIT);

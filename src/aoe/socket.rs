@@ -29,15 +29,40 @@ pub struct Socket {
     ifindex: libc::c_int,
 }
 
+impl std::os::fd::AsFd for Socket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl Socket {
     pub fn open(interface: &str) -> io::Result<Socket> {
+        Socket::from_fd(Socket::open_fd(interface)?, interface)
+    }
+
+    /// A socket opened earlier (by [`open_fd`](Self::open_fd), perhaps in the process
+    /// this one replaced) on `interface`.
+    pub fn from_fd(fd: OwnedFd, interface: &str) -> io::Result<Socket> {
+        Ok(Socket {
+            fd,
+            interface: interface.to_string(),
+            ifindex: Socket::ifindex(interface)?,
+        })
+    }
+
+    fn ifindex(interface: &str) -> io::Result<libc::c_int> {
         let ifindex = nix::net::if_::if_nametoindex(interface).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("no network interface {interface:?} ({e})"),
             )
         })?;
-        let ifindex = libc::c_int::try_from(ifindex).map_err(|_| io::ErrorKind::InvalidInput)?;
+        libc::c_int::try_from(ifindex).map_err(|_| io::ErrorKind::InvalidInput.into())
+    }
+
+    /// A raw socket for AoE frames, bound to `interface`.
+    pub fn open_fd(interface: &str) -> io::Result<OwnedFd> {
+        let ifindex = Socket::ifindex(interface)?;
         let protocol = ETHERTYPE.to_be();
         // SAFETY: plain system calls on values owned here; the fd is owned from its creation.
         let fd = unsafe {
@@ -79,7 +104,7 @@ impl Socket {
         }
         // Linux 4.20 and later; older kernels' own frames are filtered by packet type.
         let _ = s.set_int(libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
-        Ok(s)
+        Ok(s.fd)
     }
 
     fn set_int(&self, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {

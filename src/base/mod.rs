@@ -1,11 +1,12 @@
 //! Layer 0: units and formats with no policy that every layer above may use: sizes, file
-//! identity and durable writes, log text, the run directory, IQNs, portal and MAC
+//! identity and durable writes, log text, the run directory, sockets handed to the next process, IQNs, portal and MAC
 //! addresses, a disk's SCSI identity, the chunk map.
 
 pub mod chunkmap;
 pub mod diskid;
 pub mod durable;
 pub mod fileid;
+pub mod inherit;
 pub mod iqn;
 pub mod logtext;
 pub mod netaddr;

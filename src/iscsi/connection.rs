@@ -3,7 +3,8 @@
 //! watched for idleness (NOP-In pings) and the session's resources released at the end.
 
 use std::io::{self, BufWriter};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,8 @@ use super::pdu::{InitiatorOpcode, LoginRequest, LoginStatus};
 use super::reader::{Digests, PduReader, PduWriter, ReadError};
 use super::scsi::{Lu, Nexus};
 use super::session::{self, Discovery, Kind, Next, Session};
+
+pub use super::line::{Clocked, Line};
 
 /// A login that has not reached the full feature phase by then is dropped, however
 /// slowly its bytes trickle in: the deadline holds inside every read.
@@ -48,6 +51,30 @@ pub trait Portal: Sync {
     ) -> Result<Attachment, LoginStatus>;
     /// The portals SendTargets reports.
     fn portals(&self) -> Vec<SocketAddr>;
+    /// The service's planned restarts, when it has them.
+    fn handoff(&self) -> Option<&dyn Handoff> {
+        None
+    }
+}
+
+/// A planned restart of the service (an upgrade): each connection stops at a moment its
+/// session stands still and hands its socket and session to the next process, which
+/// resumes it where it stood. The initiator sees a short pause, not a broken connection.
+pub trait Handoff: Sync {
+    /// Readable once a handover is asked for: blocked reads wake on it.
+    fn wake(&self) -> Arc<OwnedFd>;
+    /// True once a handover is asked for.
+    fn requested(&self) -> bool;
+    /// Takes a session that stands still.
+    fn take(&self, parked: Parked);
+}
+
+/// A session handed over: its connection, where it stands (the StatSN and ExpCmdSN of the
+/// next PDUs), and what was received and not yet read.
+pub struct Parked {
+    pub stream: TcpStream,
+    pub est: Established,
+    pub unread: Vec<u8>,
 }
 
 /// How a connection ended, for the log.
@@ -56,6 +83,11 @@ pub enum Ended {
     Refused(LoginStatus, String),
     LoginTimeout,
     Closed(String),
+    /// Stood still and was handed to the next process (see [`Handoff`]).
+    HandedOver {
+        est: Box<Established>,
+        unread: Vec<u8>,
+    },
 }
 
 impl std::fmt::Display for Ended {
@@ -68,18 +100,9 @@ impl std::fmt::Display for Ended {
                 LOGIN_TIMEOUT.as_secs()
             ),
             Ended::Closed(why) => f.write_str(why),
+            Ended::HandedOver { .. } => f.write_str("handed over to the next process"),
         }
     }
-}
-
-/// What the connection loop needs of its transport besides reading and writing.
-pub trait Line {
-    /// Blocks reads at most this long (None: forever).
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
-    /// Every read ends by `until` (None: no deadline), however the peer trickles bytes.
-    fn set_deadline(&self, until: Option<Instant>);
-    /// A callback that shuts the connection down from another thread.
-    fn closer(&self) -> io::Result<Box<dyn Fn() + Send>>;
 }
 
 /// The service's say on a connection whose initiator has logged into a PC's target.
@@ -98,75 +121,6 @@ impl Admission for AdmitAll {
     }
 }
 
-/// A read timeout and a deadline, shared by a connection's reading half and its line.
-#[derive(Debug, Default, Clone, Copy)]
-struct Clock {
-    tick: Option<Duration>,
-    until: Option<Instant>,
-}
-
-/// A TCP connection whose reads all end by the deadline while one is set.
-pub struct Clocked {
-    stream: TcpStream,
-    clock: Arc<std::sync::Mutex<Clock>>,
-}
-
-impl Clocked {
-    pub fn new(stream: TcpStream) -> Clocked {
-        Clocked {
-            stream,
-            clock: Arc::default(),
-        }
-    }
-
-    fn clock(&self) -> Clock {
-        *self.clock.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn try_clone(&self) -> io::Result<Clocked> {
-        Ok(Clocked {
-            stream: self.stream.try_clone()?,
-            clock: self.clock.clone(),
-        })
-    }
-}
-
-impl io::Read for Clocked {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let clock = self.clock();
-        if let Some(until) = clock.until {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            let t = clock.tick.map_or(left, |t| t.min(left));
-            self.stream.set_read_timeout(Some(t))?;
-        }
-        io::Read::read(&mut self.stream, buf)
-    }
-}
-
-impl Line for Clocked {
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.clock.lock().unwrap_or_else(|p| p.into_inner()).tick = t;
-        self.stream.set_read_timeout(t)
-    }
-
-    fn set_deadline(&self, until: Option<Instant>) {
-        self.clock.lock().unwrap_or_else(|p| p.into_inner()).until = until;
-        if until.is_none() {
-            let _ = self.stream.set_read_timeout(self.clock().tick);
-        }
-    }
-
-    fn closer(&self) -> io::Result<Box<dyn Fn() + Send>> {
-        let s = self.stream.try_clone()?;
-        Ok(Box::new(move || {
-            let _ = s.shutdown(Shutdown::Both);
-        }))
-    }
-}
-
 /// Serves one TCP connection until it ends.
 pub fn serve(
     stream: TcpStream,
@@ -176,13 +130,91 @@ pub fn serve(
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr()?;
     let local = stream.local_addr().ok();
-    let line = Clocked::new(stream);
+    let line = Clocked::new(stream, portal.handoff().map(|h| h.wake()));
     let reader = PduReader::new(line.try_clone()?, LOGIN_MAX_DATA);
     let writer = PduWriter::new(BufWriter::with_capacity(
         WRITE_BUFFER,
         line.stream.try_clone()?,
     ));
-    converse(reader, writer, &line, peer, local, portal, admission)
+    let ended = converse(reader, writer, &line, peer, local, portal, admission)?;
+    park(ended, &line, portal)
+}
+
+/// Gives a session that stood still to the service's handoff; other ends pass through.
+fn park(ended: Ended, line: &Clocked, portal: &dyn Portal) -> io::Result<Ended> {
+    match (ended, portal.handoff()) {
+        (Ended::HandedOver { est, unread }, Some(handoff)) => {
+            handoff.take(Parked {
+                stream: line.stream.try_clone()?,
+                est: (*est).clone(),
+                unread: unread.clone(),
+            });
+            Ok(Ended::HandedOver { est, unread })
+        }
+        (ended, _) => Ok(ended),
+    }
+}
+
+/// Resumes a session the previous process handed over: attached to the PC's disk again
+/// and straight into the full feature phase, with the StatSN and ExpCmdSN it stood at.
+pub fn resume(
+    parked: Parked,
+    portal: &dyn Portal,
+    admission: &mut dyn Admission,
+) -> io::Result<Ended> {
+    let Parked {
+        stream,
+        est,
+        unread,
+    } = parked;
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr()?;
+    let local = stream.local_addr().ok();
+    let line = Clocked::new(stream, portal.handoff().map(|h| h.wake()));
+    let mut reader = PduReader::new(line.try_clone()?, LOGIN_MAX_DATA);
+    let writer = PduWriter::new(BufWriter::with_capacity(
+        WRITE_BUFFER,
+        line.stream.try_clone()?,
+    ));
+    if !matches!(est.kind, SessionKind::Normal { .. }) {
+        return Ok(Ended::Closed("a discovery session is not resumed".into()));
+    }
+    if !admission.logged_in() {
+        return Ok(Ended::Closed(
+            "as many initiators are logged in as the service takes".into(),
+        ));
+    }
+    let attachment = match portal.attach(&est, peer, line.closer()?) {
+        Ok(a) => a,
+        Err(status) => {
+            return Ok(Ended::Refused(
+                status,
+                "the PC's disk is not served after the restart".into(),
+            ))
+        }
+    };
+    reader.set_limits(OUR_MAX_RECV_DATA as usize, digests(&est));
+    if let Err(e) = reader.prefill(&unread) {
+        return Ok(Ended::Closed(format!("resuming: {e}")));
+    }
+    let ended = feature_phase(
+        &mut reader,
+        writer,
+        &line,
+        est,
+        Some(attachment),
+        local,
+        None,
+        portal,
+    )?;
+    park(ended, &line, portal)
+}
+
+fn digests(est: &Established) -> Digests {
+    Digests {
+        header: est.params.header_digest,
+        data: est.params.data_digest,
+    }
 }
 
 /// Login, then the full feature phase, over any line (tests use memory).
@@ -206,6 +238,8 @@ pub fn converse<R: io::Read, W: io::Write>(
         }
         let pdu = match reader.read_pdu() {
             Ok(p) => p,
+            // A handover's wake-up: a login is not handed over, it goes on or times out.
+            Err(ReadError::TimedOut) if Instant::now() < deadline => continue,
             Err(ReadError::TimedOut) => return Ok(Ended::LoginTimeout),
             Err(ReadError::Closed) => {
                 return Ok(Ended::Closed("the initiator left during login".into()))
@@ -228,14 +262,35 @@ pub fn converse<R: io::Read, W: io::Write>(
             Some(End::FullFeature(est)) => break (*est, attachment),
         }
     };
-    let digests = Digests {
-        header: est.params.header_digest,
-        data: est.params.data_digest,
-    };
-    reader.set_limits(OUR_MAX_RECV_DATA as usize, digests);
-    line.set_read_timeout(Some(TICK))?;
+    reader.set_limits(OUR_MAX_RECV_DATA as usize, digests(&est));
     // A discovery session proves nothing: it stays a stranger's, with a lifetime.
     let until = attachment.is_none().then(|| came + DISCOVERY_LIFETIME);
+    feature_phase(
+        &mut reader,
+        writer,
+        line,
+        est,
+        attachment,
+        local,
+        until,
+        portal,
+    )
+}
+
+/// The full feature phase of an established session, until its connection ends or it is
+/// handed over.
+#[allow(clippy::too_many_arguments)]
+fn feature_phase<R: io::Read, W: io::Write>(
+    reader: &mut PduReader<R>,
+    writer: PduWriter<W>,
+    line: &dyn Line,
+    est: Established,
+    attachment: Option<Attachment>,
+    local: Option<SocketAddr>,
+    until: Option<Instant>,
+    portal: &dyn Portal,
+) -> io::Result<Ended> {
+    line.set_read_timeout(Some(TICK))?;
     line.set_deadline(until);
     let kind = match &attachment {
         Some(a) => Kind::Normal {
@@ -250,12 +305,23 @@ pub fn converse<R: io::Read, W: io::Write>(
         local,
     };
     let mut session = Session::new(writer, est, kind, discovery);
-    let ended = full_feature(&mut reader, &mut session, until);
-    session.end();
-    let _ = session.flush();
-    drop(session);
-    drop(attachment);
-    ended
+    let handoff = portal.handoff().filter(|_| attachment.is_some());
+    let ended = full_feature(reader, &mut session, until, handoff);
+    match ended {
+        Ok(Ended::HandedOver { est, .. }) => {
+            // Not ended: the next process carries the session on.
+            session.flush()?;
+            Ok(Ended::HandedOver {
+                est,
+                unread: reader.unread().to_vec(),
+            })
+        }
+        ended => {
+            session.end();
+            let _ = session.flush();
+            ended
+        }
+    }
 }
 
 /// A login that reached the full feature phase of a normal session: admitted, then tied
@@ -297,8 +363,18 @@ fn full_feature<R: io::Read, W: io::Write>(
     reader: &mut PduReader<R>,
     session: &mut Session<'_, W>,
     until: Option<Instant>,
+    handoff: Option<&dyn Handoff>,
 ) -> io::Result<Ended> {
     loop {
+        if let Some(est) = handoff
+            .filter(|h| h.requested())
+            .and_then(|_| session.suspend())
+        {
+            return Ok(Ended::HandedOver {
+                est: Box::new(est),
+                unread: Vec::new(),
+            });
+        }
         if !reader.has_pdu() {
             session.flush()?;
         }

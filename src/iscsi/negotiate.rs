@@ -13,7 +13,7 @@ pub const OUR_MAX_BURST: u32 = (1 << 24) - 1024;
 pub const OUR_MAX_OUTSTANDING_R2T: u32 = 4;
 
 /// The session's operational parameters; `Default` is RFC 7143's defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Params {
     pub header_digest: bool,
     pub data_digest: bool,

@@ -84,6 +84,28 @@ impl<R: Read> PduReader<R> {
         &self.inner
     }
 
+    /// What has been received and not yet read as a PDU (a handover passes it on).
+    pub fn unread(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Puts back bytes received before this reader existed (the previous process's
+    /// [`unread`](Self::unread)); refused when they do not fit the buffer.
+    pub fn prefill(&mut self, bytes: &[u8]) -> Result<(), ReadError> {
+        if self.end - self.start + bytes.len() > self.buf.len() {
+            return Err(ReadError::DataTooLong {
+                len: bytes.len(),
+                max: self.buf.len(),
+            });
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+        Ok(())
+    }
+
     /// True when a whole PDU is already buffered (no read would block for it).
     pub fn has_pdu(&self) -> bool {
         matches!(self.framed_len(), Some(Ok(n)) if self.end - self.start >= n)

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::{Error, Result};
 
 use super::exports::{Registry, Slot};
+use super::handover::Handover;
 use crate::aoe::ata;
 use crate::aoe::ata::Identity;
 use crate::aoe::frame::FrameBuf;
@@ -18,6 +19,7 @@ use crate::aoe::socket::{Batch, Socket, BATCH, MAX_FRAME};
 use crate::aoe::wire::{command, Header, FLAG_ERROR, FLAG_RESPONSE, HEADER_LEN};
 use crate::aoe::{Port, Unit};
 use crate::engine::disk::EngineDisk;
+use crate::iscsi::connection::Handoff;
 use crate::manifest::{Export, Mac, Manifest};
 
 /// Requests the initiator may keep outstanding (Query Config's Buffer Count); the socket's
@@ -111,10 +113,16 @@ pub struct AoeService {
     socket: OnceLock<Arc<Socket>>,
     mac: OnceLock<[u8; 6]>,
     mtu: AtomicUsize,
+    handover: Arc<Handover>,
+    workers: AtomicUsize,
 }
 
 impl AoeService {
-    pub fn new(registry: Arc<Registry>, interface: Option<String>) -> Arc<AoeService> {
+    pub fn new(
+        registry: Arc<Registry>,
+        interface: Option<String>,
+        handover: Arc<Handover>,
+    ) -> Arc<AoeService> {
         Arc::new(AoeService {
             registry,
             interface,
@@ -122,6 +130,8 @@ impl AoeService {
             socket: OnceLock::new(),
             mac: OnceLock::new(),
             mtu: AtomicUsize::new(1500),
+            handover,
+            workers: AtomicUsize::new(0),
         })
     }
 
@@ -181,13 +191,17 @@ impl AoeService {
             manifest: manifest_path.to_path_buf(),
             source,
         };
-        let socket = Arc::new(Socket::open(interface).map_err(what)?);
+        let fd =
+            crate::base::inherit::other(&format!("aoe {interface}"), || Socket::open_fd(interface))
+                .map_err(what)?;
+        let socket = Arc::new(Socket::from_fd(fd, interface).map_err(what)?);
         let _ = self.mac.set(socket.mac().map_err(what)?);
         self.mtu
             .store(socket.mtu().map_err(what)?, Ordering::Relaxed);
         let _ = self.socket.set(socket.clone());
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get().saturating_sub(1).clamp(1, MAX_WORKERS));
+        self.workers.store(workers, Ordering::Relaxed);
         for i in 0..workers {
             let me = self.clone();
             let socket = socket.clone();
@@ -220,6 +234,7 @@ impl AoeService {
             .map(|_| FrameBuf::with_capacity(MAX_FRAME))
             .collect();
         loop {
+            self.wait_for_frames(socket);
             if let Err(e) = socket.recv_batch(&mut batch) {
                 tracing::error!("AoE: reading {} failed: {e}", socket.interface());
                 std::thread::sleep(Duration::from_millis(100));
@@ -240,6 +255,33 @@ impl AoeService {
                 .collect();
             if let Err(e) = socket.send_batch(&frames) {
                 tracing::warn!("AoE: cannot answer on {}: {e}", socket.interface());
+            }
+        }
+    }
+
+    /// The number of workers answering frames.
+    pub fn workers(&self) -> usize {
+        self.workers.load(Ordering::Relaxed)
+    }
+
+    /// Blocks until frames wait in the socket; a worker stops here for good when a
+    /// handover is asked for (the frames wait for the next process).
+    fn wait_for_frames(&self, socket: &Socket) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        loop {
+            if self.handover.requested() {
+                self.handover.stop_aoe_worker();
+            }
+            let mut fds = [
+                PollFd::new(socket.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.handover.wake_fd().as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) if fds[0].any().unwrap_or(true) && !self.handover.requested() => return,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                // poll itself failing: let the read say why.
+                Err(_) => return,
             }
         }
     }

@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::{Error, Result};
 
 use super::exports::Registry;
+use super::handover::Handover;
 use super::limits::{ConnLimits, Permit};
 use crate::base::logtext::Escaped;
 use crate::iscsi::chap::{Credentials, Secret};
+use crate::iscsi::connection::{Admission, Handoff, Parked};
 use crate::iscsi::login::{Access, Directory, Established, SessionKind};
 use crate::iscsi::pdu::LoginStatus;
 use crate::iscsi::scsi::{Identity, Lu, Reservation};
@@ -42,6 +44,7 @@ pub struct IscsiService {
     reservations: Mutex<HashMap<String, Arc<Reservation>>>,
     next_nexus: std::sync::atomic::AtomicU64,
     pub limits: Arc<ConnLimits>,
+    handover: Arc<Handover>,
 }
 
 impl IscsiService {
@@ -49,6 +52,7 @@ impl IscsiService {
         registry: Arc<Registry>,
         portals: Vec<SocketAddr>,
         limits: Arc<ConnLimits>,
+        handover: Arc<Handover>,
     ) -> Arc<IscsiService> {
         Arc::new(IscsiService {
             registry,
@@ -58,6 +62,7 @@ impl IscsiService {
             reservations: Mutex::new(HashMap::new()),
             next_nexus: std::sync::atomic::AtomicU64::new(1),
             limits,
+            handover,
         })
     }
 
@@ -132,7 +137,7 @@ impl IscsiService {
     pub fn listen(self: &Arc<Self>, manifest_path: &std::path::Path) -> Result<Vec<SocketAddr>> {
         let mut bound = Vec::new();
         for p in &self.portals {
-            let l = TcpListener::bind(p).map_err(|source| Error::ListenIscsi {
+            let l = crate::base::inherit::tcp(*p).map_err(|source| Error::ListenIscsi {
                 portal: *p,
                 manifest: manifest_path.to_path_buf(),
                 source,
@@ -147,31 +152,67 @@ impl IscsiService {
     fn accept(self: Arc<Self>, l: TcpListener) {
         for stream in l.incoming() {
             let Ok(stream) = stream else { continue };
+            super::limits::keepalive(&stream);
             let Ok(peer) = stream.peer_addr() else {
                 continue;
             };
-            let mut permit = match self.limits.admit(peer.ip(), super::limits::closer(&stream)) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!("iSCSI: refused a connection from {peer}: {e}");
-                    continue;
-                }
-            };
-            super::limits::keepalive(&stream);
-            let me = self.clone();
-            let _ = std::thread::Builder::new()
-                .name(format!("iscsi {peer}"))
-                .spawn(move || {
-                    match crate::iscsi::serve(stream, &me, &mut Admitted(&mut permit, peer)) {
-                        Ok(end) => {
-                            tracing::info!("iSCSI connection from {peer} ended: {}", Escaped(end))
-                        }
-                        Err(e) => {
-                            tracing::info!("iSCSI connection from {peer} ended: {}", Escaped(e))
-                        }
-                    }
-                });
+            let permit = self.limits.admit(peer.ip(), super::limits::closer(&stream));
+            self.clone().spawn(peer, permit, move |portal, admission| {
+                crate::iscsi::serve(stream, portal, admission)
+            });
         }
+    }
+
+    /// Sessions logged in to a PC's target right now.
+    pub fn live_sessions(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Carries on the sessions the previous process handed over.
+    pub fn resume(self: &Arc<Self>, sessions: Vec<Parked>) {
+        for parked in sessions {
+            let Ok(peer) = parked.stream.peer_addr() else {
+                continue;
+            };
+            // Logged in already: straight into the members' pool, as it was.
+            let permit = self.limits.admit_member(peer.ip());
+            self.clone().spawn(peer, permit, move |portal, admission| {
+                crate::iscsi::connection::resume(parked, portal, admission)
+            });
+        }
+    }
+
+    /// A thread for one connection, counted against the limits, logging how it ended.
+    fn spawn<F>(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        permit: std::result::Result<Permit, super::limits::Refused>,
+        run: F,
+    ) where
+        F: FnOnce(&dyn Portal, &mut dyn Admission) -> std::io::Result<crate::iscsi::Ended>
+            + Send
+            + 'static,
+    {
+        let mut permit = match permit {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("iSCSI: refused a connection from {peer}: {e}");
+                return;
+            }
+        };
+        let _ = std::thread::Builder::new()
+            .name(format!("iscsi {peer}"))
+            .spawn(move || match run(&self, &mut Admitted(&mut permit, peer)) {
+                Ok(end) => {
+                    tracing::info!("iSCSI connection from {peer} ended: {}", Escaped(end))
+                }
+                Err(e) => {
+                    tracing::info!("iSCSI connection from {peer} ended: {}", Escaped(e))
+                }
+            });
     }
 }
 
@@ -315,6 +356,10 @@ impl Portal for Arc<IscsiService> {
 
     fn portals(&self) -> Vec<SocketAddr> {
         self.portals.clone()
+    }
+
+    fn handoff(&self) -> Option<&dyn Handoff> {
+        Some(self.handover.as_ref())
     }
 }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod exports;
 pub mod feed;
+pub mod handover;
 pub mod history;
 pub mod iscsi;
 pub mod limits;
@@ -57,17 +58,30 @@ pub struct Service {
     pub nbd_limits: Arc<limits::ConnLimits>,
     /// The run directory: where the room's dnsmasq keeps its pid file.
     run_dir: PathBuf,
+    /// Where connections park for a planned restart.
+    handover: Arc<handover::Handover>,
 }
 
 impl Service {
-    pub fn new(manifest: Manifest, registry: Arc<Registry>, run_dir: &Path) -> Service {
+    pub fn new(
+        manifest: Manifest,
+        registry: Arc<Registry>,
+        run_dir: &Path,
+        handover: Arc<handover::Handover>,
+    ) -> Service {
         let limits = limits::ConnLimits::standard();
         Service {
             nbd_limits: limits::ConnLimits::standard(),
             listen: manifest.nbd.listen,
             http: manifest.http.clone(),
-            iscsi: iscsi::IscsiService::new(registry.clone(), portals(&manifest), limits),
-            aoe: aoe::AoeService::new(registry.clone(), aoe_interface(&manifest)),
+            iscsi: iscsi::IscsiService::new(
+                registry.clone(),
+                portals(&manifest),
+                limits,
+                handover.clone(),
+            ),
+            aoe: aoe::AoeService::new(registry.clone(), aoe_interface(&manifest), handover.clone()),
+            handover,
             manifest: Mutex::new(manifest),
             registry,
             ops: Mutex::new(()),

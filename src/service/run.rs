@@ -1,7 +1,7 @@
 //! `cowctl serve`: bind the NBD and control sockets, serve the manifest, answer control
 //! requests, and on SIGTERM or SIGINT commit every COW and exit.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,8 +13,10 @@ use super::autoextend;
 use super::control::{self, Request, Response};
 use super::exports::Registry;
 use super::feed::Monitor;
+use super::handover::{self, Handover};
 use super::live_room::{KernelRoom, LiveRoom};
 use super::{listen, nbd_socket, Service};
+use crate::base::inherit;
 use crate::base::logtext::chain;
 use crate::manifest::{HttpConfig, Manifest};
 
@@ -40,21 +42,25 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.kernel {
         return run_kernel(opts, manifest);
     }
+    // A planned restart: the previous process's sockets and sessions, taken first.
+    let taken = handover::take_from_env();
+    // The binary on disk when this one started: what a planned restart runs.
+    let exe = std::env::current_exe()?;
     crate::base::rundir::ensure(&opts.run_dir)?;
     let control_path = control::socket_path(&opts.run_dir);
-    if UnixStream::connect(&control_path).is_ok() {
+    if taken.is_none() && UnixStream::connect(&control_path).is_ok() {
         return Err(Error::AlreadyRunning {
             socket: control_path,
         });
     }
-    let tcp = TcpListener::bind(manifest.nbd.listen).map_err(|source| Error::ListenNbd {
+    let tcp = inherit::tcp(manifest.nbd.listen).map_err(|source| Error::ListenNbd {
         addr: manifest.nbd.listen,
         manifest: opts.manifest.clone(),
         source,
     })?;
     let nbd_path = nbd_socket(&manifest, &opts.run_dir);
-    let unix = bind_unix(&nbd_path)?;
-    let control_listener = bind_unix(&control_path)?;
+    let unix = inherit::unix(&nbd_path, || bind_unix(&nbd_path))?;
+    let control_listener = inherit::unix(&control_path, || bind_unix(&control_path))?;
     let pid_path = opts.run_dir.join("serve.pid");
     crate::base::rundir::write(
         &opts.run_dir,
@@ -70,6 +76,7 @@ pub fn run(opts: &Options) -> Result<()> {
         manifest.clone(),
         registry.clone(),
         &opts.run_dir,
+        Arc::new(Handover::new()?),
     ));
     let iscsi = service.iscsi().listen(&opts.manifest)?;
     if let Some(interface) = service.aoe().listen(&opts.manifest)? {
@@ -91,13 +98,24 @@ pub fn run(opts: &Options) -> Result<()> {
             tracing::info!("{step}");
         }
     }
+    for name in inherit::close_unclaimed() {
+        tracing::info!("handover: {name} is not in the manifest any more: closed");
+    }
+    if let Some(taken) = taken {
+        let n = taken.sessions.len();
+        service.iscsi().resume(taken.sessions);
+        tracing::info!(
+            "handover: took over {n} iSCSI sessions, {} ms after the handover began",
+            taken.since.as_millis()
+        );
+    }
     let r = registry.clone();
     let limits = service.nbd_limits.clone();
     std::thread::spawn(move || listen::accept_tcp(tcp, r, limits));
     let r = registry.clone();
     std::thread::spawn(move || listen::accept_unix(unix, r));
     let sockets = [nbd_path.clone(), control_path.clone(), pid_path.clone()];
-    on_signals(signals, service.clone(), sockets);
+    on_signals(signals, service.clone(), sockets, exe);
     for conn in control_listener.incoming() {
         let Ok(conn) = conn else { continue };
         let s = service.clone();
@@ -118,12 +136,20 @@ fn block_signals() -> Result<SigSet> {
     Ok(signals)
 }
 
-/// A thread that takes the signals: SIGHUP is ignored, SIGTERM and SIGINT commit every COW,
-/// remove the sockets and exit.
-fn on_signals(signals: SigSet, service: Arc<Service>, sockets: [PathBuf; 3]) {
+/// A thread that takes the signals: SIGHUP hands everything over to the binary on disk
+/// (a planned restart, see [`handover`]), SIGTERM and SIGINT commit every COW, remove the
+/// sockets and exit.
+fn on_signals(signals: SigSet, service: Arc<Service>, sockets: [PathBuf; 3], exe: PathBuf) {
     std::thread::spawn(move || loop {
         match signals.wait() {
-            Ok(Signal::SIGHUP) => tracing::info!("SIGHUP ignored: run `cowctl apply` to reload"),
+            Ok(Signal::SIGHUP) => {
+                tracing::info!(
+                    "SIGHUP: handing every socket and session over to {}",
+                    exe.display()
+                );
+                let refused = upgrade(&service, &exe);
+                tracing::error!("handover refused, serving on: {refused}");
+            }
             Ok(sig) => {
                 tracing::info!("{sig}: committing every COW and exiting");
                 shut_down(&service, &sockets, 0);
@@ -250,6 +276,32 @@ fn error(e: Error) -> Response {
         error: Some(chain(&e)),
         ..Response::default()
     }
+}
+
+/// Hands over to `exe` (one control operation at a time: none runs meanwhile); returns
+/// only when the handover was refused with nothing stopped.
+fn upgrade(service: &Service, exe: &Path) -> handover::Refused {
+    let _one_at_a_time = service.ops.lock().unwrap_or_else(|p| p.into_inner());
+    let manifest = service.manifest().path;
+    let manifest = std::fs::canonicalize(&manifest).unwrap_or(manifest);
+    let iscsi = service.iscsi();
+    let live = move || iscsi.live_sessions();
+    let registry = service.registry.clone();
+    let flush_all = move || {
+        let results = registry
+            .all()
+            .into_iter()
+            .filter_map(|slot| slot.with_served(|s| s.disk.clone()).map(|d| (slot, d)));
+        results
+            .filter_map(|(slot, disk)| disk.flush().err().map(|e| format!("{}: {e}", slot.name)))
+            .collect()
+    };
+    let room = handover::Room {
+        live_sessions: &live,
+        aoe_workers: service.aoe().workers(),
+        flush_all: &flush_all,
+    };
+    handover::upgrade(&service.handover, room, exe, &manifest)
 }
 
 /// Stops serving every PC (committing its COW), removes the sockets and pid file, exits.

@@ -269,7 +269,7 @@ pub fn spawn(
     };
     for (addr, admin) in addresses {
         let field = if admin { "admin_listen" } else { "listen" };
-        let l = std::net::TcpListener::bind(addr)
+        let l = crate::base::inherit::tcp(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| HttpError::Listen {
                 addr,

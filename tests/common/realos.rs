@@ -164,6 +164,32 @@ impl Drop for Pc {
 }
 
 const END: &str = "cowctl-os powering off";
+/// What the kernel's log (and the OS's own) says of I/O the OS lost or saw fail.
+const IO_ERRORS: [&str; 8] = [
+    "cowctl-os write failed",
+    "I/O error",
+    "critical medium error",
+    "Buffer I/O",
+    "EXT4-fs error",
+    "session recovery timed out",
+    "rejecting I/O",
+    "Remounting filesystem read-only",
+];
+const CONNECTION_ERROR: &str = "detected conn error";
+
+/// The lines of a console log that tell of failed I/O or a broken connection.
+pub fn trouble(log: &str) -> Vec<String> {
+    let mut signs = IO_ERRORS.to_vec();
+    signs.push(CONNECTION_ERROR);
+    lines_with(log, &signs)
+}
+
+fn lines_with(log: &str, signs: &[&str]) -> Vec<String> {
+    log.lines()
+        .filter(|l| signs.iter().any(|s| l.contains(s)))
+        .map(str::to_string)
+        .collect()
+}
 
 impl Report {
     /// The boot's line: its number, how many earlier files it checked, how many were bad.
@@ -193,22 +219,12 @@ impl Report {
 
     /// Lines of the kernel's log (and the OS's own) that tell of I/O the OS lost or saw fail.
     pub fn io_errors(&self) -> Vec<String> {
-        const SIGNS: [&str; 8] = [
-            "cowctl-os write failed",
-            "I/O error",
-            "critical medium error",
-            "Buffer I/O",
-            "EXT4-fs error",
-            "session recovery timed out",
-            "rejecting I/O",
-            "Remounting filesystem read-only",
-        ];
-        self.lines_with(&SIGNS)
+        lines_with(&self.log, &IO_ERRORS)
     }
 
     /// Lines of the kernel's log that tell of the iSCSI connection failing.
     pub fn connection_errors(&self) -> Vec<String> {
-        self.lines_with(&["detected conn error"])
+        lines_with(&self.log, &[CONNECTION_ERROR])
     }
 
     /// How many times the OS's iscsid made a failed connection again. It makes one at its
@@ -219,11 +235,7 @@ impl Report {
     }
 
     fn lines_with(&self, signs: &[&str]) -> Vec<String> {
-        self.log
-            .lines()
-            .filter(|l| signs.iter().any(|s| l.contains(s)))
-            .map(str::to_string)
-            .collect()
+        lines_with(&self.log, signs)
     }
 
     /// The OS's uptime at each file it synced (Job::Write), in order.

@@ -37,14 +37,14 @@ pub trait Directory {
     fn visible(&self, initiator: &str) -> Vec<String>;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SessionKind {
     Discovery,
     Normal { target: String },
 }
 
 /// A login that succeeded: what the full feature phase starts from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Established {
     pub kind: SessionKind,
     pub initiator: String,

@@ -355,6 +355,21 @@ impl<'a, W: Write> Session<'a, W> {
     }
 
     /// The session ended: a reservation it held is released.
+    /// Where the session stands, when it stands still: no command waits for data, no text
+    /// answer is half sent, no ping is unanswered and no CmdSN is missing. A handover to
+    /// the next process resumes it from here with [`Session::new`].
+    pub fn suspend(&self) -> Option<Established> {
+        let still = self.tasks.is_empty()
+            && self.text_left.is_none()
+            && self.ping.is_none()
+            && self.ahead.is_empty();
+        still.then(|| Established {
+            stat_sn: self.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            ..self.est.clone()
+        })
+    }
+
     pub fn end(&mut self) {
         if let Kind::Normal { lu, nexus } = &self.kind {
             lu.nexus_lost(*nexus);

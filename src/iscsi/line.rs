@@ -1,0 +1,131 @@
+//! A connection's transport: reads held to a login deadline however slowly bytes trickle
+//! in, a tick to wake an idle connection for its pings, and a wake-up for a handover (a
+//! blocked read returns at once when the service asks its connections to stand still).
+
+use std::io;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the connection loop needs of its transport besides reading and writing.
+pub trait Line {
+    /// Blocks reads at most this long (None: forever).
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    /// Every read ends by `until` (None: no deadline), however the peer trickles bytes.
+    fn set_deadline(&self, until: Option<Instant>);
+    /// A callback that shuts the connection down from another thread.
+    fn closer(&self) -> io::Result<Box<dyn Fn() + Send>>;
+}
+
+/// A read timeout and a deadline, shared by a connection's reading half and its line.
+#[derive(Debug, Default, Clone, Copy)]
+struct Clock {
+    tick: Option<Duration>,
+    until: Option<Instant>,
+}
+
+/// A TCP connection whose reads all end by the deadline while one is set.
+pub struct Clocked {
+    pub(super) stream: TcpStream,
+    clock: Arc<std::sync::Mutex<Clock>>,
+    /// Readable once a handover is asked for; reads wake on it once, then only the tick
+    /// wakes them (the connection looks for a still moment after each PDU).
+    wake: Option<Arc<OwnedFd>>,
+    woken: Arc<AtomicBool>,
+}
+
+impl Clocked {
+    pub fn new(stream: TcpStream, wake: Option<Arc<OwnedFd>>) -> Clocked {
+        Clocked {
+            stream,
+            clock: Arc::default(),
+            wake,
+            woken: Arc::default(),
+        }
+    }
+
+    fn clock(&self) -> Clock {
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn try_clone(&self) -> io::Result<Clocked> {
+        Ok(Clocked {
+            stream: self.stream.try_clone()?,
+            clock: self.clock.clone(),
+            wake: self.wake.clone(),
+            woken: self.woken.clone(),
+        })
+    }
+
+    /// Waits for bytes or the wake-up, at most `limit`; false when they did not come.
+    fn wait_for_bytes(&self, wake: &OwnedFd, limit: Option<Duration>) -> io::Result<bool> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let timeout = limit.map_or(PollTimeout::NONE, |d| {
+            PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX)
+        });
+        let mut fds = [
+            PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
+            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, timeout) {
+            Ok(0) => return Ok(false),
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        if fds[0].any().unwrap_or(true) {
+            return Ok(true);
+        }
+        self.woken.store(true, Ordering::Relaxed);
+        Ok(false)
+    }
+}
+
+impl io::Read for Clocked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let clock = self.clock();
+        let mut limit = clock.tick;
+        if let Some(until) = clock.until {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let t = clock.tick.map_or(left, |t| t.min(left));
+            self.stream.set_read_timeout(Some(t))?;
+            limit = Some(t);
+        }
+        if let Some(wake) = self
+            .wake
+            .as_ref()
+            .filter(|_| !self.woken.load(Ordering::Relaxed))
+        {
+            if !self.wait_for_bytes(wake, limit)? {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        }
+        io::Read::read(&mut self.stream, buf)
+    }
+}
+
+impl Line for Clocked {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.clock.lock().unwrap_or_else(|p| p.into_inner()).tick = t;
+        self.stream.set_read_timeout(t)
+    }
+
+    fn set_deadline(&self, until: Option<Instant>) {
+        self.clock.lock().unwrap_or_else(|p| p.into_inner()).until = until;
+        if until.is_none() {
+            let _ = self.stream.set_read_timeout(self.clock().tick);
+        }
+    }
+
+    fn closer(&self) -> io::Result<Box<dyn Fn() + Send>> {
+        let s = self.stream.try_clone()?;
+        Ok(Box::new(move || {
+            let _ = s.shutdown(Shutdown::Both);
+        }))
+    }
+}

@@ -1,0 +1,332 @@
+//! A planned restart of `cowctl serve` (SIGHUP, what `systemctl reload cowctl` sends): the
+//! binary on disk takes every listening socket and iSCSI session over in the same process.
+//! libiscsi initiators (scripts/bench/hold.c, with libiscsi's own reconnect turned off, so a
+//! broken connection fails a command) write, SYNCHRONIZE CACHE and read back all the while:
+//! no command may fail and every read must return what was written.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::room::{Golden, Http, Iscsi, Pc, Room, RoomBuilder};
+
+const PREFIX: &str = "iqn.2024-01.lan.upgrade";
+
+/// scripts/bench/hold.c, compiled once per test process.
+fn hold_binary() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = repo.join("target/hold");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join(format!("hold-{}", std::process::id()));
+        let gcc = Command::new("gcc")
+            .args(["-O2", "-Wall", "-pthread", "-o"])
+            .arg(&out)
+            .arg(repo.join("scripts/bench/hold.c"))
+            .arg("-liscsi")
+            .output()
+            .unwrap();
+        assert!(
+            gcc.status.success(),
+            "gcc: {}",
+            String::from_utf8_lossy(&gcc.stderr)
+        );
+        out
+    })
+}
+
+fn room(pcs: usize) -> Room {
+    let mut b = RoomBuilder::userspace()
+        // Big enough that most writes are first writes, which make new exceptions.
+        .golden(Golden::Sparse(1 << 30))
+        .cow("1GiB", "4KiB")
+        .nbd()
+        .http(Http::new())
+        .iscsi(Iscsi::new(PREFIX).acl("open"));
+    for i in 1..=pcs {
+        b = b.pc(Pc::new(&format!("pc-{i:03}")));
+    }
+    b.build()
+}
+
+/// `hold` for `pcs` PCs and `seconds`, started once every PC has logged in.
+fn hold(room: &Room, pcs: usize, seconds: u32) -> Child {
+    let ready = room.path("ready");
+    let _ = std::fs::remove_file(&ready);
+    let child = Command::new(hold_binary())
+        .arg(format!(
+            "iscsi://127.0.0.1:{}/{PREFIX}:pc-",
+            room.iscsi_port()
+        ))
+        .args(["1", &pcs.to_string(), "0", &seconds.to_string()])
+        .arg(&ready)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(Instant::now() < until, "the initiators did not log in");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// What hold printed: rounds, failed commands, read-backs that differed, the longest round.
+fn held(child: Child) -> (u64, u64, u64, f64, String) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let all = format!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    let f: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(f.len(), 4, "hold printed: {all}");
+    (
+        f[0].parse().unwrap(),
+        f[1].parse().unwrap(),
+        f[2].parse().unwrap(),
+        f[3].parse().unwrap(),
+        all,
+    )
+}
+
+fn sighup(room: &Room) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(room.serve_pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+}
+
+/// Waits until serve's log holds `what` `count` times.
+fn wait_for_log(room: &Room, what: &str, count: usize) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while room.log_so_far().matches(what).count() < count {
+        assert!(
+            Instant::now() < until,
+            "no {what:?} in serve's log:\n{}",
+            room.log_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The binary a process runs, as (device, inode).
+fn exe_of(pid: i32) -> (u64, u64) {
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).unwrap();
+    (m.dev(), m.ino())
+}
+
+fn file_id(path: &Path) -> (u64, u64) {
+    let m = std::fs::metadata(path).unwrap();
+    (m.dev(), m.ino())
+}
+
+/// Puts a fresh copy of cowctl at `path` the way a package upgrade does: a new file renamed
+/// over the old one, which the running process keeps.
+fn install_binary(path: &Path) {
+    let new = path.with_extension("new");
+    std::fs::copy(env!("CARGO_BIN_EXE_cowctl"), &new).unwrap();
+    std::fs::rename(&new, path).unwrap();
+}
+
+#[test]
+fn a_planned_restart_runs_the_new_binary_with_every_session_and_no_write_lost() {
+    const PCS: usize = 4;
+    let room = room(PCS);
+    // The service runs from a copy of cowctl, so the test can upgrade it.
+    let bin = room.path("bin/cowctl");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    install_binary(&bin);
+    let apply = room.command(&["apply"]);
+    let apply = Command::new(&bin)
+        .args(apply.get_args())
+        .envs(apply.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()
+        .unwrap();
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+    let pid = room.serve_pid();
+    assert_eq!(exe_of(pid), file_id(&bin));
+
+    let client = hold(&room, PCS, 6);
+    std::thread::sleep(Duration::from_secs(1));
+    install_binary(&bin);
+    assert_ne!(
+        exe_of(pid),
+        file_id(&bin),
+        "the running binary was replaced"
+    );
+    sighup(&room);
+    wait_for_log(
+        &room,
+        &format!("handover: took over {PCS} iSCSI sessions"),
+        1,
+    );
+    assert_eq!(room.serve_pid(), pid, "the same process serves on");
+    assert_eq!(exe_of(pid), file_id(&bin), "it runs the new binary");
+    // A second restart hands over what the first one took.
+    std::thread::sleep(Duration::from_secs(1));
+    sighup(&room);
+    wait_for_log(
+        &room,
+        &format!("handover: took over {PCS} iSCSI sessions"),
+        2,
+    );
+
+    let (rounds, errors, differ, longest, out) = held(client);
+    assert_eq!(
+        (errors, differ),
+        (0, 0),
+        "{out}\nserve log:\n{}",
+        room.log_so_far()
+    );
+    assert!(rounds > 100, "{out}");
+    println!(
+        "{PCS} initiators through two planned restarts: {rounds} rounds, longest {longest} ms"
+    );
+
+    // Every other socket was handed over too: control (status), NBD and HTTP answer.
+    let status = room.status();
+    assert_eq!(status.as_array().map(Vec::len), Some(PCS), "{status}");
+    assert!(room.nbd_write_mib("pc-001", 1, 1), "NBD after the restart");
+    let reply = common::http::get("127.0.0.1", room.admin(), "/metrics");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[test]
+fn a_restart_whose_manifest_does_not_load_is_refused_and_the_room_is_served_on() {
+    let room = room(2);
+    room.cowctl(&["apply"]);
+    let client = hold(&room, 2, 3);
+    let good = std::fs::read_to_string(&room.manifest).unwrap();
+    std::fs::write(&room.manifest, "pcs: [\n").unwrap();
+    sighup(&room);
+    wait_for_log(&room, "handover refused, serving on", 1);
+    std::fs::write(&room.manifest, good).unwrap();
+    let (_, errors, differ, _, out) = held(client);
+    assert_eq!((errors, differ), (0, 0), "{out}");
+    let log = room.log_so_far();
+    assert!(
+        log.contains("does not load") && !log.contains("took over"),
+        "{log}"
+    );
+}
+
+/// One iSCSI session driven by hand over TCP, so the test picks the moment of the restart.
+struct Session {
+    stream: std::net::TcpStream,
+    reader: cowctl::iscsi::reader::PduReader<std::net::TcpStream>,
+    cmd_sn: u32,
+    stat_sn: Option<u32>,
+}
+
+impl Session {
+    fn login(room: &Room, pc: &str) -> Session {
+        use common::iscsi::{keys, login};
+        let stream = std::net::TcpStream::connect(("127.0.0.1", room.iscsi_port())).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let reader = cowctl::iscsi::reader::PduReader::new(stream.try_clone().unwrap(), 1 << 20);
+        let mut s = Session {
+            stream,
+            reader,
+            cmd_sn: 0,
+            stat_sn: None,
+        };
+        let target = format!("{PREFIX}:{pc}");
+        let text = keys(&[
+            ("InitiatorName", "iqn.2024-01.lan.upgrade:by-hand"),
+            ("TargetName", &target),
+            ("SessionType", "Normal"),
+            ("HeaderDigest", "None"),
+            ("DataDigest", "None"),
+            ("ImmediateData", "Yes"),
+            ("MaxRecvDataSegmentLength", "65536"),
+        ]);
+        let reply = s.send(&login(1, 3, true, 1, &text));
+        assert_eq!(reply.bhs.0[36..38], [0, 0], "the login succeeds");
+        s
+    }
+
+    /// Sends one PDU and returns the response that carries a status (after any Data-In).
+    fn send(&mut self, pdu: &[u8]) -> common::iscsi::Reply {
+        use std::io::Write;
+        self.stream.write_all(pdu).unwrap();
+        let mut data = Vec::new();
+        loop {
+            let p = self.reader.read_pdu().unwrap();
+            data.extend_from_slice(p.data);
+            let has_status = p.bhs.opcode_byte() != 0x25 || p.bhs.0[1] & 0x01 != 0;
+            if has_status {
+                let stat_sn = p.bhs.u32_at(24);
+                if let Some(before) = self.stat_sn {
+                    assert_eq!(stat_sn, before.wrapping_add(1), "StatSN goes on by one");
+                }
+                self.stat_sn = Some(stat_sn);
+                return common::iscsi::Reply { bhs: p.bhs, data };
+            }
+        }
+    }
+
+    fn command(
+        &mut self,
+        cdb: &[u8],
+        expected: u32,
+        read: bool,
+        data: &[u8],
+    ) -> common::iscsi::Reply {
+        // The login carried CmdSN 1 without taking it: the first command's is 1 too.
+        self.cmd_sn += 1;
+        let itt = self.cmd_sn;
+        let pdu = common::iscsi::command(
+            itt,
+            self.cmd_sn,
+            cdb,
+            expected,
+            read,
+            !read && expected > 0,
+            data,
+        );
+        let reply = self.send(&pdu);
+        assert_eq!(reply.itt(), itt);
+        assert_eq!(reply.status(), 0, "GOOD status");
+        reply
+    }
+}
+
+fn rw10(op: u8, lba: u32, blocks: u16) -> Vec<u8> {
+    let mut c = vec![op, 0];
+    c.extend_from_slice(&lba.to_be_bytes());
+    c.push(0);
+    c.extend_from_slice(&blocks.to_be_bytes());
+    c.push(0);
+    c
+}
+
+/// A write acknowledged just before the restart, with no SYNCHRONIZE CACHE yet (the disk
+/// has a write cache: its exception may still be only in the old process's memory), is
+/// read back after it; the session goes on with the next StatSN and CmdSN.
+#[test]
+fn a_write_acknowledged_before_a_restart_is_read_back_after_it_in_the_same_session() {
+    let room = room(1);
+    room.cowctl(&["apply"]);
+    let mut s = Session::login(&room, "pc-001");
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8 + 1).collect();
+    s.command(&rw10(0x2a, 800, 8), 4096, false, &data);
+    sighup(&room);
+    wait_for_log(&room, "handover: took over 1 iSCSI sessions", 1);
+    let back = s.command(&rw10(0x28, 800, 8), 4096, true, &[]);
+    assert!(back.data == data, "the write is there after the restart");
+    // And a SYNCHRONIZE CACHE in the new process, then the data again.
+    s.command(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, false, &[]);
+    let again = s.command(&rw10(0x28, 800, 8), 4096, true, &[]);
+    assert!(again.data == data);
+}
