@@ -33,7 +33,8 @@ strip --strip-unneeded "$root/usr/bin/cowctl"
 {
     echo "# cowctl serve: installed by the cowctl package, not enabled. Describe the room in"
     echo "# /etc/cowctl/cowctl.yaml, then: systemctl enable --now cowctl-serve. \`cowctl apply\`"
-    echo "# reloads it through its control socket; \`systemctl stop\` commits every COW first."
+    echo "# applies manifests through its control socket; \`systemctl reload\` hands every"
+    echo "# socket and session to the binary on disk; \`systemctl stop\` commits every COW first."
     sed -e '1,/^\[Unit\]/{/^#/d}' -e 's#/usr/local/bin/cowctl#/usr/bin/cowctl#' scripts/systemd/cowctl-serve.service
 } >"$root/lib/systemd/system/cowctl-serve.service"
 chmod 0644 "$root/lib/systemd/system/cowctl-serve.service"
@@ -95,8 +96,10 @@ cat >"$root/DEBIAN/postinst" <<'SCRIPT'
 set -e
 if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload || true
+    # An upgrade: the running service hands every socket and session to the new binary
+    # (SIGHUP), so the room's PCs see a pause, not a broken connection.
     if systemctl is-active --quiet cowctl-serve.service; then
-        systemctl restart cowctl-serve.service || true
+        systemctl reload cowctl-serve.service || systemctl restart cowctl-serve.service || true
     fi
 fi
 SCRIPT

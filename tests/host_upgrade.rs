@@ -330,3 +330,52 @@ fn a_write_acknowledged_before_a_restart_is_read_back_after_it_in_the_same_sessi
     let again = s.command(&rw10(0x28, 800, 8), 4096, true, &[]);
     assert!(again.data == data);
 }
+
+/// On the kernel backend `cowctl serve` runs only HTTP and auto-extend (the kernel serves
+/// the disks); a planned restart hands its HTTP listeners over: same process, same ports.
+#[test]
+fn a_planned_restart_of_the_kernel_backends_serve_keeps_its_http_listeners() {
+    let room = RoomBuilder::kernel()
+        .http(Http::new())
+        .iscsi(Iscsi::new(PREFIX).acl("open"))
+        .pc(Pc::new("pc-01"))
+        .build();
+    let log = room.path("serve-kernel.log");
+    let mut serve = room
+        .command(&["serve"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(room.path("serve-kernel.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || {
+        std::fs::read_to_string(room.path("serve-kernel.err")).unwrap_or_default()
+            + &std::fs::read_to_string(&log).unwrap_or_default()
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while !read_log().contains("watching the kernel's snapshots") {
+        assert!(
+            Instant::now() < until,
+            "serve did not start:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = common::http::get("127.0.0.1", room.admin(), "/metrics").status;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(serve.id()).unwrap()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    while !read_log().contains("took over the HTTP listeners") {
+        assert!(Instant::now() < until, "no handover:\n{}", read_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        serve.try_wait().unwrap().is_none(),
+        "the same process serves on"
+    );
+    let after = common::http::get("127.0.0.1", room.admin(), "/metrics").status;
+    assert_eq!(after, before, "{}", read_log());
+    let _ = serve.kill();
+    let _ = serve.wait();
+}

@@ -231,10 +231,23 @@ fn upgrade_under(pc: &mut realos::Pc, room: &Room, until: &str) -> String {
         .lines()
         .rfind(|l| l.contains("handover: took over"))
         .unwrap_or_default();
-    line.split("handover: ")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string()
+    // The wait for a sync across the restart: from the last file synced before it to the
+    // first one after.
+    let at = |text: &str| {
+        Report {
+            log: text.to_string(),
+            took: Duration::ZERO,
+        }
+        .synced_at()
+    };
+    let across = match (at(&log[..from]).last(), at(&log[from..]).first()) {
+        (Some(before), Some(after)) => after - before,
+        _ => f64::NAN,
+    };
+    format!(
+        "{}; the OS's wait for a sync across it: {across:.2} s",
+        line.split("handover: ").nth(1).unwrap_or_default()
+    )
 }
 
 /// `cowctl serve` is restarted as planned (SIGHUP) while the booted OS writes and syncs: no

@@ -27,6 +27,7 @@ say "installed"
 /usr/bin/cowctl validate | grep -q "^/etc/cowctl/cowctl.yaml: valid, 14 PC(s)" || fail "cowctl validate of the shipped manifest"
 systemd-analyze verify /lib/systemd/system/cowctl-serve.service || fail "systemd-analyze verify cowctl-serve.service"
 grep -qx 'ExecStart=/usr/bin/cowctl serve' /lib/systemd/system/cowctl-serve.service || fail "the unit does not run /usr/bin/cowctl"
+grep -qx 'ExecReload=/bin/kill -HUP $MAINPID' /lib/systemd/system/cowctl-serve.service || fail "the unit's reload is not the planned restart (SIGHUP)"
 # A man page per command, found by man through the standard path.
 man -P cat cowctl-reset 2>/dev/null | grep -q "cowctl-reset" || fail "man cowctl-reset"
 man -P cat cowctl 2>/dev/null | grep -q "cowctl-image(1)" || fail "man cowctl lists no subcommand pages"

@@ -178,19 +178,42 @@ fn start_http_and_autoextend(
 /// `cowctl serve` on the kernel backend: HTTP and auto-extend over the kernel's snapshots
 /// (`cowctl apply` serves the disks); SIGTERM or SIGINT ends it.
 fn run_kernel(opts: &Options, manifest: Manifest) -> Result<()> {
+    // A planned restart hands over the HTTP listeners (the kernel serves the disks).
+    let taken = handover::take_from_env();
+    let exe = std::env::current_exe()?;
     let signals = block_signals()?;
     let run_dir = opts.run_dir.clone();
     let kernel = Box::new(move || crate::kernel::Kernel::real(&run_dir));
     let room = Arc::new(KernelRoom::new(manifest.clone(), &opts.run_dir, kernel));
     start_http_and_autoextend(&manifest, room, opts.http)?;
+    for name in inherit::close_unclaimed() {
+        tracing::info!("handover: {name} is not in the manifest any more: closed");
+    }
+    if let Some(taken) = taken {
+        tracing::info!(
+            "handover: took over the HTTP listeners, {} ms after the handover began",
+            taken.since.as_millis()
+        );
+    }
     tracing::info!(
         "watching the kernel's snapshots of {}",
         opts.manifest.display()
     );
+    let handover = Handover::new()?;
     loop {
         match signals.wait() {
             Ok(Signal::SIGHUP) => {
-                tracing::info!("SIGHUP ignored: the manifest is re-read as it changes")
+                tracing::info!(
+                    "SIGHUP: handing the HTTP listeners over to {}",
+                    exe.display()
+                );
+                let room = handover::Room {
+                    live_sessions: &|| 0,
+                    aoe_workers: 0,
+                    flush_all: &Vec::new,
+                };
+                let refused = handover::upgrade(&handover, room, &exe, &opts.manifest);
+                tracing::error!("handover refused, serving on: {refused}");
             }
             Ok(sig) => {
                 tracing::info!("{sig}: exiting");
