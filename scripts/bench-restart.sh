@@ -100,6 +100,6 @@ for n in "${ns[@]}"; do
     read -r _ e0 m0 base < <(hold_run "$n" "")
     read -r _ e1 m1 across < <(hold_run "$n" HUP)
     still=$(grep -o 'stood still in [0-9.]* ms' "$work/run/serve.log" | tail -1 | grep -o '[0-9.]* ms')
-    taken=$(grep -o 'took over [0-9]* iSCSI sessions, [0-9]* ms' "$work/run/serve.log" | tail -1 | grep -o '[0-9]* ms$')
+    taken=$(grep -o 'took over [0-9]* iSCSI sessions and [0-9]* NBD connections, [0-9]* ms' "$work/run/serve.log" | tail -1 | grep -o '[0-9]* ms$')
     printf '| %s | %s ms | %s ms | %s | %s | %s | %s |\n' "$n" "$base" "$across" "$((e0 + e1))" "$((m0 + m1))" "$still" "$taken"
 done

@@ -379,3 +379,62 @@ fn a_planned_restart_of_the_kernel_backends_serve_keeps_its_http_listeners() {
     let _ = serve.kill();
     let _ = serve.wait();
 }
+
+/// qemu-io as an NBD client on `uri`: writes, then sleeps through the restart, then reads
+/// its writes back, writes, flushes and reads again on the same connection.
+fn qemu_io_across(uri: &str, at_mib: u64) -> Child {
+    let (a, b) = (format!("{at_mib}M"), format!("{}M", at_mib + 1));
+    Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .args(["-c", &format!("write -P 0x5a {a} 1M")])
+        .args(["-c", "sleep 3000"])
+        .args(["-c", &format!("read -P 0x5a {a} 1M")])
+        .args(["-c", &format!("write -P 0xa5 {b} 1M")])
+        .args(["-c", "flush"])
+        .args(["-c", &format!("read -P 0xa5 {b} 1M")])
+        .arg(uri)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// NBD connections (TCP and the unix socket) are handed over between two requests: qemu-io,
+/// which has no reconnect unless asked, goes on through the restart on the same connection.
+#[test]
+fn nbd_clients_go_on_through_a_planned_restart_on_the_same_connection() {
+    let room = room(2);
+    room.cowctl(&["apply"]);
+    let socket = room.path("nbd.sock");
+    let tcp = qemu_io_across(&room.nbd_uri("pc-001"), 2);
+    let unix = qemu_io_across(
+        &format!("nbd+unix:///pc-002?socket={}", socket.display()),
+        4,
+    );
+    wait_for_log(&room, "connected to pc-002", 1);
+    wait_for_log(&room, "connected to pc-001", 1);
+    std::thread::sleep(Duration::from_millis(500));
+    sighup(&room);
+    wait_for_log(&room, "and 2 NBD connections", 1);
+    for (what, child) in [("TCP", tcp), ("unix", unix)] {
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success()
+                && !text.contains("failed")
+                && text.matches("read 1048576/1048576").count() == 2,
+            "qemu-io over {what}:\n{text}\nserve log:\n{}",
+            room.log_so_far()
+        );
+    }
+    let log = room.log_so_far();
+    assert!(
+        log.contains("handover: took over 0 iSCSI sessions and 2 NBD connections"),
+        "{log}"
+    );
+    assert_eq!(log.matches("connected to pc-00").count(), 4, "{log}");
+}

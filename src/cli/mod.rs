@@ -108,6 +108,8 @@ pub enum Command {
     ///
     /// On the userspace backend it serves every PC with cowctl's engine (NBD, iSCSI, AoE),
     /// with the HTTP service and auto-extend; on the kernel backend only the last two.
+    /// SIGHUP (`systemctl reload`) runs the binary on disk in its place with every socket
+    /// and iSCSI session handed over; SIGTERM commits every COW and exits.
     Serve {
         /// Serve nothing until the first `cowctl apply` (how apply starts the service).
         #[arg(long, hide = true)]

@@ -10,7 +10,7 @@ pub mod wire;
 use std::io;
 
 pub use handshake::{handshake, ExportInfo, Exports, Outcome};
-pub use transmission::{serve, Device, End, Sink};
+pub use transmission::{serve, serve_until, Device, End, Sink};
 pub use wire::Errno;
 
 use crate::engine::{Engine, EngineError, PcDisk};

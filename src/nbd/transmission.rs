@@ -74,6 +74,9 @@ pub enum End {
     Disconnected,
     /// The client broke the protocol (bad magic, an oversized WRITE): the connection is closed.
     ProtocolError(String),
+    /// Stopped between two requests for a planned restart: the next process carries the
+    /// connection on, starting with these bytes received and not yet read.
+    HandedOver { unread: Vec<u8> },
 }
 
 const KNOWN_FLAGS: u16 = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO | (1 << 2) | (1 << 3);
@@ -86,6 +89,20 @@ pub fn serve<R: Read, W: Sink>(
     size: u64,
     read_only: bool,
 ) -> io::Result<End> {
+    serve_until(r, w, device, size, read_only, &|_| false)
+}
+
+/// [`serve`], asking `hand_over` between requests whether to stop for a planned restart.
+/// It is told whether a request is already buffered; when none is, it may block until the
+/// client sends one (and then answers false) or a handover is asked for (true).
+pub fn serve_until<R: Read, W: Sink>(
+    r: &mut BufReader<R>,
+    w: &mut W,
+    device: &dyn Device,
+    size: u64,
+    read_only: bool,
+    hand_over: &dyn Fn(bool) -> bool,
+) -> io::Result<End> {
     let mut conn = Connection {
         r,
         w,
@@ -97,8 +114,15 @@ pub fn serve<R: Read, W: Sink>(
     loop {
         // Send what is buffered when no further request is already read, before a read
         // that may block.
-        if conn.r.buffer().is_empty() {
+        let buffered = !conn.r.buffer().is_empty();
+        if !buffered {
             conn.w.flush()?;
+        }
+        if hand_over(buffered) {
+            conn.w.flush()?;
+            return Ok(End::HandedOver {
+                unread: conn.r.buffer().to_vec(),
+            });
         }
         let req = match conn.next_request()? {
             Ok(req) => req,

@@ -6,7 +6,7 @@
 //!    nothing changes and the reason is logged.
 //! 2. Every iSCSI connection stops at a moment its session stands still (no command
 //!    waiting for data, no ping unanswered), flushes its answers and parks its socket with
-//!    its StatSN, ExpCmdSN and unread bytes. The AoE workers stop between batches of frames;
+//!    its StatSN, ExpCmdSN and unread bytes; every NBD connection between two requests. The AoE workers stop between batches of frames;
 //!    frames that come meanwhile wait in the same raw socket, which is handed over too.
 //! 3. Every PC's disk is flushed: a write acknowledged under a write cache (iSCSI with WCE,
 //!    NBD) is in the COW's data but its exception only in this process's memory until a
@@ -15,8 +15,8 @@
 //!    memfd whose number is in `COWCTL_HANDOVER_FD`.
 //! 4. The new binary takes the sockets instead of binding, applies the manifest (opening
 //!    every COW again) and resumes each session where it stood. The initiator sees a pause
-//!    and no broken connection. NBD connections are not resumed: NBD has no way to tell a
-//!    client where a request stands, and they end at the exec (the client reconnects).
+//!    and no broken connection. NBD connections are handed over the same way, between two
+//!    requests (NBD keeps no state between them beyond the export).
 
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -50,6 +50,29 @@ pub struct State {
     /// Listening sockets by name (see [`inherit`]).
     listeners: Vec<(String, RawFd)>,
     iscsi: Vec<ParkedSession>,
+    #[serde(default)]
+    nbd: Vec<NbdState>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NbdState {
+    fd: RawFd,
+    unix: bool,
+    peer: String,
+    ip: Option<std::net::IpAddr>,
+    export: String,
+    unread: Vec<u8>,
+}
+
+/// An NBD connection stopped between two requests: its socket (TCP, or the unix socket),
+/// who it is, its export, and what was received and not yet read.
+pub struct ParkedNbd {
+    pub fd: OwnedFd,
+    pub unix: bool,
+    pub peer: String,
+    pub ip: Option<std::net::IpAddr>,
+    pub export: String,
+    pub unread: Vec<u8>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,8 +87,20 @@ pub struct Handover {
     wake: Arc<OwnedFd>,
     requested: AtomicBool,
     parked: Mutex<Vec<Parked>>,
+    parked_nbd: Mutex<Vec<ParkedNbd>>,
+    /// NBD connections in their transmission phase.
+    nbd_live: AtomicUsize,
     /// AoE workers that have stopped between batches.
     aoe_stopped: AtomicUsize,
+}
+
+/// Counts an NBD connection as live while it is held.
+pub struct NbdLive<'a>(&'a Handover);
+
+impl Drop for NbdLive<'_> {
+    fn drop(&mut self) {
+        self.0.nbd_live.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Handoff for Handover {
@@ -95,6 +130,8 @@ impl Handover {
             wake: Arc::new(OwnedFd::from(fd)),
             requested: AtomicBool::new(false),
             parked: Mutex::new(Vec::new()),
+            parked_nbd: Mutex::new(Vec::new()),
+            nbd_live: AtomicUsize::new(0),
             aoe_stopped: AtomicUsize::new(0),
         })
     }
@@ -102,6 +139,20 @@ impl Handover {
     /// The fd that becomes readable when a handover is asked for.
     pub fn wake_fd(&self) -> &OwnedFd {
         &self.wake
+    }
+
+    /// An NBD connection entered transmission: the handover waits for it to park.
+    pub fn nbd_live(&self) -> NbdLive<'_> {
+        self.nbd_live.fetch_add(1, Ordering::AcqRel);
+        NbdLive(self)
+    }
+
+    /// Takes an NBD connection that stopped between two requests.
+    pub fn take_nbd(&self, parked: ParkedNbd) {
+        self.parked_nbd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(parked);
     }
 
     /// An AoE worker stops here for good once a handover is asked for.
@@ -124,7 +175,8 @@ impl Handover {
     fn wait_for_stillness(&self, live: &dyn Fn() -> usize, aoe_workers: usize) -> bool {
         let until = Instant::now() + STAND_STILL;
         while Instant::now() < until {
-            if live() == 0 && self.aoe_stopped.load(Ordering::Acquire) >= aoe_workers {
+            let nbd = self.nbd_live.load(Ordering::Acquire);
+            if live() + nbd == 0 && self.aoe_stopped.load(Ordering::Acquire) >= aoe_workers {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -188,10 +240,17 @@ pub fn upgrade(handover: &Handover, room: Room<'_>, exe: &Path, manifest: &Path)
         tracing::error!("handover: flushing {failure}");
     }
     let parked = std::mem::take(&mut *handover.parked.lock().unwrap_or_else(|p| p.into_inner()));
-    let left = (room.live_sessions)();
+    let nbd = std::mem::take(
+        &mut *handover
+            .parked_nbd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    let left = (room.live_sessions)() + handover.nbd_live.load(Ordering::Acquire);
     tracing::info!(
-        "handover: {} iSCSI sessions stood still in {:.1} ms{}; running {}",
+        "handover: {} iSCSI sessions and {} NBD connections stood still in {:.1} ms{}; running {}",
         parked.len(),
+        nbd.len(),
         began.elapsed().as_secs_f64() * 1000.0,
         if still {
             String::new()
@@ -212,6 +271,17 @@ pub fn upgrade(handover: &Handover, room: Room<'_>, exe: &Path, manifest: &Path)
             .map(|p| ParkedSession {
                 fd: OwnedFd::from(p.stream).into_raw_fd(),
                 est: p.est,
+                unread: p.unread,
+            })
+            .collect(),
+        nbd: nbd
+            .into_iter()
+            .map(|p| NbdState {
+                fd: p.fd.into_raw_fd(),
+                unix: p.unix,
+                peer: p.peer,
+                ip: p.ip,
+                export: p.export,
                 unread: p.unread,
             })
             .collect(),
@@ -238,6 +308,7 @@ fn exec(state: &State, exe: &Path, manifest: &Path) -> std::io::Error {
         .iter()
         .map(|(_, fd)| *fd)
         .chain(state.iscsi.iter().map(|s| s.fd))
+        .chain(state.nbd.iter().map(|s| s.fd))
         .chain([memfd.as_raw_fd()]);
     for fd in fds {
         if let Err(e) = inherit::keep_across_exec(fd) {
@@ -272,6 +343,7 @@ fn write_state(state: &State) -> std::io::Result<OwnedFd> {
 /// [`inherit`]) and its sessions returned, to resume once the manifest is applied.
 pub struct Taken {
     pub sessions: Vec<Parked>,
+    pub nbd: Vec<ParkedNbd>,
     /// How long ago the handover began.
     pub since: Duration,
 }
@@ -318,6 +390,7 @@ fn adopt(mut state: State) -> Taken {
     // Never the standard streams, whatever the state says.
     state.listeners.retain(|(_, fd)| *fd > 2);
     state.iscsi.retain(|s| s.fd > 2);
+    state.nbd.retain(|s| s.fd > 2);
     // SAFETY: the previous process kept these fds open across the exec for this one, and
     // nothing in this process has opened them (the state is read before anything else).
     unsafe { inherit::adopt(&state.listeners) };
@@ -331,6 +404,19 @@ fn adopt(mut state: State) -> Taken {
             unread: s.unread,
         })
         .collect();
+    let nbd = state
+        .nbd
+        .into_iter()
+        .map(|s| ParkedNbd {
+            // SAFETY: as above: an open socket of a parked NBD connection, ours alone.
+            fd: unsafe { OwnedFd::from_raw_fd(s.fd) },
+            unix: s.unix,
+            peer: s.peer,
+            ip: s.ip,
+            export: s.export,
+            unread: s.unread,
+        })
+        .collect();
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -338,6 +424,7 @@ fn adopt(mut state: State) -> Taken {
     let since = u64::try_from(now_ms.saturating_sub(u128::from(state.began_ms))).unwrap_or(0);
     Taken {
         sessions,
+        nbd,
         since: Duration::from_millis(since),
     }
 }

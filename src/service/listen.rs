@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::exports::{PeerView, Registry};
+use super::handover::{Handover, ParkedNbd};
 use super::limits::{ConnLimits, Permit};
 use crate::base::logtext::Escaped;
+use crate::iscsi::connection::Handoff;
 use crate::nbd::{self, Outcome};
 
 /// A client that has not chosen an export by then is dropped: the whole handshake, not
@@ -22,13 +24,16 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const BUFFER: usize = 256 << 10;
 
 /// What a connection needs of its socket besides reading and writing.
-trait Socket: Read + Write + AsFd + Send + Sized + 'static {
+trait Socket: Read + Write + AsFd + Into<std::os::fd::OwnedFd> + Send + Sized + 'static {
+    /// A unix socket (else TCP), as a handover records it.
+    const UNIX: bool;
     fn duplicate(&self) -> std::io::Result<Self>;
     fn shut(&self);
     fn set_timeout(&self, t: Option<Duration>);
 }
 
 impl Socket for TcpStream {
+    const UNIX: bool = false;
     fn duplicate(&self) -> std::io::Result<Self> {
         self.try_clone()
     }
@@ -41,6 +46,7 @@ impl Socket for TcpStream {
 }
 
 impl Socket for UnixStream {
+    const UNIX: bool = true;
     fn duplicate(&self) -> std::io::Result<Self> {
         self.try_clone()
     }
@@ -52,7 +58,14 @@ impl Socket for UnixStream {
     }
 }
 
-pub fn accept_tcp(listener: TcpListener, registry: Arc<Registry>, limits: Arc<ConnLimits>) {
+/// What every NBD connection shares: the PCs' slots, and the planned restart's coordinator.
+#[derive(Clone)]
+pub struct Nbd {
+    pub registry: Arc<Registry>,
+    pub handover: Arc<Handover>,
+}
+
+pub fn accept_tcp(listener: TcpListener, nbd: Nbd, limits: Arc<ConnLimits>) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let Ok(addr) = stream.peer_addr() else {
@@ -68,45 +81,66 @@ pub fn accept_tcp(listener: TcpListener, registry: Arc<Registry>, limits: Arc<Co
         // Replies to small requests must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         super::limits::keepalive(&stream);
-        spawn(
-            stream,
-            addr.to_string(),
-            Some(addr.ip()),
-            registry.clone(),
-            Some(permit),
-        );
+        let peer = addr.to_string();
+        let nbd = nbd.clone();
+        spawn(&peer.clone(), move || {
+            let mut permit = permit;
+            connection(stream, &peer, Some(addr.ip()), &nbd, Some(&mut permit))
+        });
     }
 }
 
-pub fn accept_unix(listener: UnixListener, registry: Arc<Registry>) {
+pub fn accept_unix(listener: UnixListener, nbd: Nbd) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        spawn(stream, "unix".to_string(), None, registry.clone(), None);
+        let nbd = nbd.clone();
+        spawn("unix", move || connection(stream, "unix", None, &nbd, None));
     }
 }
 
-fn spawn<S: Socket>(
-    stream: S,
-    peer: String,
-    ip: Option<IpAddr>,
-    registry: Arc<Registry>,
-    permit: Option<Permit>,
-) {
-    let _ = std::thread::Builder::new()
-        .name(format!("nbd {peer}"))
-        .spawn(move || {
-            let mut permit = permit;
-            if let Err(e) = connection(stream, &peer, ip, &registry, permit.as_mut()) {
-                tracing::debug!("NBD connection from {peer} ended: {}", Escaped(e));
+/// Carries on the NBD connections the previous process handed over.
+pub fn resume(parked: Vec<ParkedNbd>, nbd: &Nbd, limits: &Arc<ConnLimits>) {
+    for p in parked {
+        let nbd = nbd.clone();
+        let peer = p.peer.clone();
+        if p.unix {
+            let stream = UnixStream::from(p.fd);
+            spawn(&peer.clone(), move || {
+                transmission(stream, &peer, None, &nbd, &p.export, p.unread)
+            });
+            continue;
+        }
+        let stream = TcpStream::from(p.fd);
+        // Connected already: straight into the members' pool, as it was.
+        let permit = match p.ip.map(|ip| limits.admit_member(ip)).transpose() {
+            Ok(permit) => permit,
+            Err(e) => {
+                tracing::warn!("NBD: closed {peer}'s connection handed over: {e}");
+                continue;
             }
+        };
+        spawn(&peer.clone(), move || {
+            let _permit = permit;
+            transmission(stream, &peer, p.ip, &nbd, &p.export, p.unread)
         });
+    }
+}
+
+fn spawn(peer: &str, run: impl FnOnce() -> std::io::Result<()> + Send + 'static) {
+    let name = format!("nbd {peer}");
+    let peer = peer.to_string();
+    let _ = std::thread::Builder::new().name(name).spawn(move || {
+        if let Err(e) = run() {
+            tracing::debug!("NBD connection from {peer} ended: {}", Escaped(e));
+        }
+    });
 }
 
 fn connection<S: Socket>(
     stream: S,
     peer: &str,
     ip: Option<IpAddr>,
-    registry: &Registry,
+    nbd: &Nbd,
     permit: Option<&mut Permit>,
 ) -> std::io::Result<()> {
     let mut rw = ReadWrite {
@@ -116,16 +150,11 @@ fn connection<S: Socket>(
         },
         w: stream.duplicate()?,
     };
-    let view = PeerView { registry, peer: ip };
+    let view = PeerView {
+        registry: &nbd.registry,
+        peer: ip,
+    };
     let Outcome::Go { name, .. } = nbd::handshake(&mut rw, &view)? else {
-        return Ok(());
-    };
-    let rw = ReadWrite {
-        r: rw.r.inner,
-        w: rw.w,
-    };
-    stream.set_timeout(Some(IDLE_TIMEOUT));
-    let Some(slot) = registry.get(&name) else {
         return Ok(());
     };
     // The client chose an export it may open: it is no longer a stranger's connection.
@@ -133,18 +162,45 @@ fn connection<S: Socket>(
         tracing::warn!("NBD: closed {peer}'s connection to {name}: {e}");
         return Ok(());
     }
+    transmission(stream, peer, ip, nbd, &name, Vec::new())
+}
+
+/// The transmission phase on export `name`, starting with `unread` (bytes a previous
+/// process received and did not read), until the client leaves or a handover parks it.
+fn transmission<S: Socket>(
+    stream: S,
+    peer: &str,
+    ip: Option<IpAddr>,
+    nbd: &Nbd,
+    name: &str,
+    unread: Vec<u8>,
+) -> std::io::Result<()> {
+    stream.set_timeout(Some(IDLE_TIMEOUT));
+    let Some(slot) = nbd.registry.get(name) else {
+        return Ok(());
+    };
     let closer = stream.duplicate()?;
     let Some((engine, info, guard)) =
         slot.attach(peer.to_string(), ip, Box::new(move || closer.shut()))
     else {
         return Ok(());
     };
+    let live = nbd.handover.nbd_live();
     tracing::info!(pc = %name, "{peer} connected to {name}");
     // What the engine logs (a COW grown on demand) names the PC.
     let _span = tracing::info_span!("", pc = %name).entered();
-    let mut r = BufReader::with_capacity(BUFFER, rw.r);
-    let mut w = SocketSink(BufWriter::with_capacity(BUFFER, rw.w));
-    let end = nbd::serve(&mut r, &mut w, engine.as_ref(), info.size, info.read_only);
+    let reader = std::io::Cursor::new(unread).chain(stream.duplicate()?);
+    let mut r = BufReader::with_capacity(BUFFER, reader);
+    let mut w = SocketSink(BufWriter::with_capacity(BUFFER, stream.duplicate()?));
+    let hand_over = |buffered: bool| wait_for_request(&stream, &nbd.handover, buffered);
+    let end = nbd::serve_until(
+        &mut r,
+        &mut w,
+        engine.as_ref(),
+        info.size,
+        info.read_only,
+        &hand_over,
+    );
     // The engine goes before the guard, so a reset that waits for this connection gets
     // the only reference to it.
     drop(engine);
@@ -154,9 +210,39 @@ fn connection<S: Socket>(
             tracing::warn!("closed {peer}'s connection to {name}: {}", Escaped(why))
         }
         Ok(nbd::End::Disconnected) => tracing::info!("{peer} disconnected from {name}"),
+        Ok(nbd::End::HandedOver { unread }) => {
+            drop(r);
+            drop(w);
+            nbd.handover.take_nbd(ParkedNbd {
+                fd: stream.into(),
+                unix: S::UNIX,
+                peer: peer.to_string(),
+                ip,
+                export: name.to_string(),
+                unread,
+            });
+            tracing::info!("{peer}'s connection to {name}: handed over to the next process");
+        }
         Err(e) => tracing::info!("{peer}'s connection to {name} closed: {}", Escaped(e)),
     }
+    drop(live);
     Ok(())
+}
+
+/// Between two requests: true when the connection is to stop for a planned restart. With
+/// nothing buffered it first waits for the client's next request or the handover's wake-up.
+fn wait_for_request<S: Socket>(stream: &S, handover: &Handover, buffered: bool) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    if buffered || handover.requested() {
+        return handover.requested();
+    }
+    let timeout = PollTimeout::try_from(IDLE_TIMEOUT).unwrap_or(PollTimeout::MAX);
+    let mut fds = [
+        PollFd::new(stream.as_fd(), PollFlags::POLLIN),
+        PollFd::new(handover.wake_fd().as_fd(), PollFlags::POLLIN),
+    ];
+    let _ = poll(&mut fds, timeout);
+    handover.requested()
 }
 
 /// Buffered replies on a socket; large reads go out with sendfile.

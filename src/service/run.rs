@@ -101,19 +101,23 @@ pub fn run(opts: &Options) -> Result<()> {
     for name in inherit::close_unclaimed() {
         tracing::info!("handover: {name} is not in the manifest any more: closed");
     }
+    let nbd = listen::Nbd {
+        registry: registry.clone(),
+        handover: service.handover.clone(),
+    };
     if let Some(taken) = taken {
-        let n = taken.sessions.len();
+        let (n, m) = (taken.sessions.len(), taken.nbd.len());
         service.iscsi().resume(taken.sessions);
+        listen::resume(taken.nbd, &nbd, &service.nbd_limits);
         tracing::info!(
-            "handover: took over {n} iSCSI sessions, {} ms after the handover began",
+            "handover: took over {n} iSCSI sessions and {m} NBD connections, {} ms after the handover began",
             taken.since.as_millis()
         );
     }
-    let r = registry.clone();
     let limits = service.nbd_limits.clone();
-    std::thread::spawn(move || listen::accept_tcp(tcp, r, limits));
-    let r = registry.clone();
-    std::thread::spawn(move || listen::accept_unix(unix, r));
+    let for_tcp = nbd.clone();
+    std::thread::spawn(move || listen::accept_tcp(tcp, for_tcp, limits));
+    std::thread::spawn(move || listen::accept_unix(unix, nbd));
     let sockets = [nbd_path.clone(), control_path.clone(), pid_path.clone()];
     on_signals(signals, service.clone(), sockets, exe);
     for conn in control_listener.incoming() {
