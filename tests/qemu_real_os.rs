@@ -20,6 +20,7 @@ use common::room::{Golden, Http, Iscsi, Pc, Room, RoomBuilder};
 const BOOT_LIMIT: Duration = Duration::from_secs(240);
 const UEFI_MAC: &str = "52:54:00:c0:ee:41";
 const AOE_MAC: &str = "52:54:00:c0:ee:43";
+const UEFI_AOE_MAC: &str = "52:54:00:c0:ee:44";
 
 fn builder() -> RoomBuilder {
     RoomBuilder::userspace()
@@ -143,50 +144,72 @@ struct UefiRoom {
     tap: Link,
 }
 
-fn uefi_room() -> UefiRoom {
-    let net = std::process::id() % 200 + 20;
+/// A UEFI PC's room: iSCSI (`aoe` false) or AoE, on a tap of its own (`n`).
+fn uefi_room(n: u32, aoe: bool) -> UefiRoom {
+    let net = (std::process::id() + n) % 200 + 20;
     let subnet = format!("10.{net}.91");
     let server = format!("{subnet}.1");
-    let tap = Link::tap(41);
+    let tap = Link::tap(n);
     tap.add_address(&format!("{server}/24"));
-    let room = builder()
-        .iscsi(
+    let b = builder().http(Http::new().listen(&server)).extra(&format!(
+        "pxe:\n  interface: {}\n  dhcp: {subnet}.100-{subnet}.150\n",
+        tap.name
+    ));
+    let ip = format!("{subnet}.11");
+    let b = if aoe {
+        b.aoe(&tap.name)
+            .pc(Pc::new("os-01").ip(&ip).aoe(6, 1).mac(UEFI_AOE_MAC))
+    } else {
+        b.iscsi(
             Iscsi::new("iqn.2024-01.lan.os")
                 .portal(&server)
                 .acl("initiator")
                 .chap("room", "the-room-master-secret"),
         )
-        .http(Http::new().listen(&server))
-        .extra(&format!(
-            "pxe:\n  interface: {}\n  dhcp: {subnet}.100-{subnet}.150\n",
-            tap.name
-        ))
-        .pc(Pc::new("os-01").mac(UEFI_MAC).ip(&format!("{subnet}.11")))
-        .build();
+        .pc(Pc::new("os-01").mac(UEFI_MAC).ip(&ip))
+    };
+    let room = b.build();
     let out = room.cowctl(&["apply"]);
     assert!(out.contains("started dnsmasq"), "{out}");
     UefiRoom { room, tap }
 }
 
-fn boot_uefi(room: &UefiRoom, job: Job) -> realos::Pc {
+fn boot_uefi(room: &UefiRoom, mac: &str, job: Job) -> realos::Pc {
     let nics = vec![
         "-netdev".to_string(),
         format!("tap,id=n0,ifname={},script=no,downscript=no", room.tap.name),
         // No option ROM: OVMF's own virtio-net driver and PXE, as a PC's vendor firmware.
         "-device".to_string(),
-        format!("virtio-net-pci,netdev=n0,mac={UEFI_MAC},romfile="),
+        format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
     ];
     realos::Pc::start(room.room.dir.path(), Firmware::Uefi, &nics, job)
 }
 
 #[test]
 fn a_real_linux_boots_on_a_uefi_pc_through_pxe_keeps_its_files_and_starts_over_after_a_reset() {
-    let room = uefi_room();
-    boots_keeps_its_files_and_starts_over(&room.room, &|job| boot_uefi(&room, job));
+    let room = uefi_room(41, false);
+    boots_keeps_its_files_and_starts_over(&room.room, &|job| boot_uefi(&room, UEFI_MAC, job));
     let dhcp = std::fs::read_to_string(room.room.path("run/pxe/dhcp.log")).unwrap();
     assert!(
         dhcp.contains("PXEClient:Arch:00007") && dhcp.contains("ipxe.efi"),
         "dnsmasq sent the UEFI PC's PXE Debian's ipxe.efi:\n{dhcp}"
+    );
+}
+
+/// Over AoE on a UEFI PC: its one NIC does PXE (OVMF's own), fetches the script and sanboots
+/// AoE, so the EFI iPXE, which drives only the NIC it was loaded from, finds the target; it
+/// publishes the aBFT as an ACPI table, where the initramfs finds it. The OS boots from it
+/// and writes and syncs its file (keeping files and a reset over AoE are the BIOS test's:
+/// one boot here keeps the test command's time down).
+#[test]
+fn a_real_linux_boots_over_aoe_on_a_uefi_pc() {
+    let room = uefi_room(44, true);
+    let first = boot_uefi(&room, UEFI_AOE_MAC, Job::Boot).finish(BOOT_LIMIT);
+    booted(&first, &room.room, (1, 0, 0), "a boot over AoE on UEFI");
+    assert!(
+        first.log.contains("aBFT target e6.1") && first.log.contains("EFI v"),
+        "{}",
+        first.log
     );
 }
 
