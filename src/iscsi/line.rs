@@ -101,6 +101,15 @@ impl io::Read for Clocked {
             .as_ref()
             .filter(|_| !self.woken.load(Ordering::Relaxed))
         {
+            // Bytes already there are read at once: the wait (one more system call) is only
+            // for a read that would block.
+            use nix::sys::socket::{recv, MsgFlags};
+            use std::os::fd::AsRawFd;
+            match recv(self.stream.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => return Ok(n),
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
             if !self.wait_for_bytes(wake, limit)? {
                 return Err(io::ErrorKind::TimedOut.into());
             }
