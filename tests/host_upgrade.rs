@@ -93,6 +93,13 @@ fn held(child: Child) -> (u64, u64, u64, f64, String) {
     )
 }
 
+/// A JSON page of the admin listener.
+fn api(room: &Room, path: &str) -> serde_json::Value {
+    let r = common::http::get("127.0.0.1", room.admin(), path);
+    assert_eq!(r.status, 200, "{path}: {}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
 fn sighup(room: &Room) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(room.serve_pid()),
@@ -136,7 +143,8 @@ fn install_binary(path: &Path) {
 #[test]
 fn a_planned_restart_runs_the_new_binary_with_every_session_and_no_write_lost() {
     const PCS: usize = 4;
-    let room = room(PCS);
+    // One PC more than the initiators: its reset makes an event for the dashboard's feed.
+    let room = room(PCS + 1);
     // The service runs from a copy of cowctl, so the test can upgrade it.
     let bin = room.path("bin/cowctl");
     std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
@@ -145,6 +153,8 @@ fn a_planned_restart_runs_the_new_binary_with_every_session_and_no_write_lost() 
     let apply = Command::new(&bin)
         .args(apply.get_args())
         .envs(apply.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        // The dashboard's fill history sampled every 200 ms, so it has some to hand over.
+        .env("COWCTL_HISTORY_INTERVAL_MS", "200")
         .output()
         .unwrap();
     assert!(
@@ -157,6 +167,20 @@ fn a_planned_restart_runs_the_new_binary_with_every_session_and_no_write_lost() 
 
     let client = hold(&room, PCS, 6);
     std::thread::sleep(Duration::from_secs(1));
+    room.cowctl(&["reset", "pc-005"]);
+    let until = Instant::now() + Duration::from_secs(10);
+    while api(&room, "/api/events")
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(Instant::now() < until, "no event for the reset");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (events, history) = (api(&room, "/api/events"), api(&room, "/api/history"));
+    assert!(
+        history["pc-001"].as_array().is_some_and(|h| h.len() >= 2),
+        "{history}"
+    );
     install_binary(&bin);
     assert_ne!(
         exe_of(pid),
@@ -192,9 +216,21 @@ fn a_planned_restart_runs_the_new_binary_with_every_session_and_no_write_lost() 
         "{PCS} initiators through two planned restarts: {rounds} rounds, longest {longest} ms"
     );
 
+    // The dashboard kept its events (same ids) and its fill history.
+    let events_after = api(&room, "/api/events");
+    let kept = |e: &serde_json::Value| events_after.as_array().unwrap().contains(e);
+    assert!(
+        !events.as_array().unwrap().is_empty() && events.as_array().unwrap().iter().all(kept),
+        "{events}\nafter the restarts:\n{events_after}"
+    );
+    let history_after = api(&room, "/api/history");
+    assert_eq!(
+        history_after["pc-001"][0], history["pc-001"][0],
+        "the oldest sample is still there"
+    );
     // Every other socket was handed over too: control (status), NBD and HTTP answer.
     let status = room.status();
-    assert_eq!(status.as_array().map(Vec::len), Some(PCS), "{status}");
+    assert_eq!(status.as_array().map(Vec::len), Some(PCS + 1), "{status}");
     assert!(room.nbd_write_mib("pc-001", 1, 1), "NBD after the restart");
     let reply = common::http::get("127.0.0.1", room.admin(), "/metrics");
     assert_eq!(reply.status, 200, "{}", reply.body);

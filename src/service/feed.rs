@@ -5,28 +5,28 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::events::{self, Level};
 
 /// Events kept.
 pub const KEEP: usize = 500;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Entry {
     /// Counts up from 1 for the service's lifetime.
     pub id: u64,
     /// Unix seconds.
     pub time: u64,
     /// reset, autoextend, state, warning, maximum, applied, removed, version, dnsmasq.
-    pub kind: &'static str,
-    pub level: &'static str,
+    pub kind: String,
+    pub level: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pc: Option<String>,
     /// For resets: `admin` (the bearer token), `pc` (the PC itself), `boot` (reset on boot),
     /// `cowctl` (seen by the watcher: `cowctl reset` or another process).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub by: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub by: Option<String>,
     pub text: String,
 }
 
@@ -58,10 +58,10 @@ impl Feed {
         let entry = Entry {
             id: inner.0,
             time: now(),
-            kind: ev.kind,
-            level: level_name(ev.level),
+            kind: ev.kind.to_string(),
+            level: level_name(ev.level).to_string(),
             pc: ev.pc.clone(),
-            by,
+            by: by.map(str::to_string),
             text: ev.text.clone(),
         };
         if inner.1.len() == KEEP {
@@ -126,6 +126,23 @@ impl Feed {
     pub fn newest(&self) -> u64 {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).0
     }
+
+    /// Everything kept, for the next process of a planned restart.
+    fn export(&self) -> SavedFeed {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        SavedFeed {
+            newest: inner.0,
+            entries: inner.1.iter().cloned().collect(),
+        }
+    }
+
+    /// Takes what the previous process kept (its newest KEEP), ids going on from its own.
+    fn import(&self, saved: SavedFeed) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let skip = saved.entries.len().saturating_sub(KEEP);
+        inner.1 = saved.entries.into_iter().skip(skip).collect();
+        inner.0 = saved.newest.max(inner.1.back().map_or(0, |e| e.id));
+    }
 }
 
 /// What the watcher and the web share: the fill histories and the event feed.
@@ -133,6 +150,34 @@ impl Feed {
 pub struct Monitor {
     pub history: super::history::Histories,
     pub feed: Feed,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedFeed {
+    newest: u64,
+    entries: Vec<Entry>,
+}
+
+/// A Monitor as a planned restart hands it to the next process, so the dashboard keeps its
+/// history and events.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedMonitor {
+    history: super::history::SavedHistories,
+    feed: SavedFeed,
+}
+
+impl Monitor {
+    pub fn export(&self) -> SavedMonitor {
+        SavedMonitor {
+            history: self.history.export(),
+            feed: self.feed.export(),
+        }
+    }
+
+    pub fn import(&self, saved: SavedMonitor) {
+        self.history.import(saved.history);
+        self.feed.import(saved.feed);
+    }
 }
 
 #[cfg(test)]
@@ -164,7 +209,10 @@ mod tests {
         };
         f.push(&[seen("pc-1"), seen("pc-1"), seen("pc-2")], 599);
         let new = f.after(600);
-        let got: Vec<_> = new.iter().map(|e| (e.pc.as_deref(), e.by)).collect();
+        let got: Vec<_> = new
+            .iter()
+            .map(|e| (e.pc.as_deref(), e.by.as_deref()))
+            .collect();
         assert_eq!(
             got,
             [

@@ -11,8 +11,8 @@
 //! 3. Every PC's disk is flushed: a write acknowledged under a write cache (iSCSI with WCE,
 //!    NBD) is in the COW's data but its exception only in this process's memory until a
 //!    flush, and the initiator's SYNCHRONIZE CACHE may come to the next process. Then the
-//!    sockets are kept across exec and their names, fds and the sessions are written to a
-//!    memfd whose number is in `COWCTL_HANDOVER_FD`.
+//!    sockets are kept across exec and their names, fds, the sessions and the dashboard's
+//!    history and events are written to a memfd whose number is in `COWCTL_HANDOVER_FD`.
 //! 4. The new binary takes the sockets instead of binding, applies the manifest (opening
 //!    every COW again) and resumes each session where it stood. The initiator sees a pause
 //!    and no broken connection. NBD connections are handed over the same way, between two
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::feed::{Monitor, SavedMonitor};
 use crate::base::inherit;
 use crate::iscsi::connection::{Handoff, Parked};
 use crate::iscsi::Established;
@@ -52,6 +53,9 @@ pub struct State {
     iscsi: Vec<ParkedSession>,
     #[serde(default)]
     nbd: Vec<NbdState>,
+    /// The dashboard's fill history and event feed.
+    #[serde(default)]
+    monitor: Option<SavedMonitor>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -206,6 +210,8 @@ pub struct Room<'a> {
     pub live_sessions: &'a dyn Fn() -> usize,
     pub aoe_workers: usize,
     pub flush_all: &'a dyn Fn() -> Vec<String>,
+    /// The dashboard's history and events, carried over.
+    pub monitor: &'a Monitor,
 }
 
 /// Hands everything over to `exe`, serving `manifest`; returns only if the handover was
@@ -285,6 +291,7 @@ pub fn upgrade(handover: &Handover, room: Room<'_>, exe: &Path, manifest: &Path)
                 unread: p.unread,
             })
             .collect(),
+        monitor: Some(room.monitor.export()),
     };
     let err = exec(&state, exe, manifest);
     tracing::error!(
@@ -344,6 +351,8 @@ fn write_state(state: &State) -> std::io::Result<OwnedFd> {
 pub struct Taken {
     pub sessions: Vec<Parked>,
     pub nbd: Vec<ParkedNbd>,
+    /// The dashboard's history and events, for the new Monitor.
+    pub monitor: Option<SavedMonitor>,
     /// How long ago the handover began.
     pub since: Duration,
 }
@@ -425,6 +434,7 @@ fn adopt(mut state: State) -> Taken {
     Taken {
         sessions,
         nbd,
+        monitor: state.monitor,
         since: Duration::from_millis(since),
     }
 }

@@ -72,6 +72,9 @@ impl History {
     }
 }
 
+/// Every PC's samples as `[t, used, total]`, oldest first (a planned restart's handover).
+pub type SavedHistories = BTreeMap<String, Vec<[u64; 3]>>;
+
 /// Every PC's history.
 #[derive(Debug, Default)]
 pub struct Histories {
@@ -92,6 +95,27 @@ impl Histories {
                 used: used * 512,
                 total: total * 512,
             });
+        }
+    }
+
+    pub fn export(&self) -> SavedHistories {
+        let pcs = self.pcs.lock().unwrap_or_else(|p| p.into_inner());
+        pcs.iter()
+            .map(|(name, h)| {
+                let rows = h.samples().map(|s| [s.t, s.used, s.total]).collect();
+                (name.clone(), rows)
+            })
+            .collect()
+    }
+
+    /// Takes the previous process's samples (each ring keeps its newest CAPACITY).
+    pub fn import(&self, saved: SavedHistories) {
+        let mut pcs = self.pcs.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, rows) in saved {
+            let h = pcs.entry(name).or_default();
+            for [t, used, total] in rows {
+                h.push(Sample { t, used, total });
+            }
         }
     }
 

@@ -43,7 +43,7 @@ pub fn run(opts: &Options) -> Result<()> {
         return run_kernel(opts, manifest);
     }
     // A planned restart: the previous process's sockets and sessions, taken first.
-    let taken = handover::take_from_env();
+    let mut taken = handover::take_from_env();
     // The binary on disk when this one started: what a planned restart runs.
     let exe = std::env::current_exe()?;
     crate::base::rundir::ensure(&opts.run_dir)?;
@@ -92,7 +92,11 @@ pub fn run(opts: &Options) -> Result<()> {
         let names: Vec<String> = iscsi.iter().map(|a| a.to_string()).collect();
         tracing::info!("serving iSCSI on {}", names.join(" and "));
     }
-    start_http_and_autoextend(&manifest, service.clone(), opts.http)?;
+    let monitor = Arc::new(Monitor::default());
+    if let Some(saved) = taken.as_mut().and_then(|t| t.monitor.take()) {
+        monitor.import(saved);
+    }
+    start_http_and_autoextend(&manifest, service.clone(), opts.http, monitor.clone())?;
     if !opts.start_empty {
         for step in service.apply(manifest)? {
             tracing::info!("{step}");
@@ -119,7 +123,7 @@ pub fn run(opts: &Options) -> Result<()> {
     std::thread::spawn(move || listen::accept_tcp(tcp, for_tcp, limits));
     std::thread::spawn(move || listen::accept_unix(unix, nbd));
     let sockets = [nbd_path.clone(), control_path.clone(), pid_path.clone()];
-    on_signals(signals, service.clone(), sockets, exe);
+    on_signals(signals, service.clone(), sockets, exe, monitor);
     for conn in control_listener.incoming() {
         let Ok(conn) = conn else { continue };
         let s = service.clone();
@@ -143,7 +147,13 @@ fn block_signals() -> Result<SigSet> {
 /// A thread that takes the signals: SIGHUP hands everything over to the binary on disk
 /// (a planned restart, see [`handover`]), SIGTERM and SIGINT commit every COW, remove the
 /// sockets and exit.
-fn on_signals(signals: SigSet, service: Arc<Service>, sockets: [PathBuf; 3], exe: PathBuf) {
+fn on_signals(
+    signals: SigSet,
+    service: Arc<Service>,
+    sockets: [PathBuf; 3],
+    exe: PathBuf,
+    monitor: Arc<Monitor>,
+) {
     std::thread::spawn(move || loop {
         match signals.wait() {
             Ok(Signal::SIGHUP) => {
@@ -151,7 +161,7 @@ fn on_signals(signals: SigSet, service: Arc<Service>, sockets: [PathBuf; 3], exe
                     "SIGHUP: handing every socket and session over to {}",
                     exe.display()
                 );
-                let refused = upgrade(&service, &exe);
+                let refused = upgrade(&service, &exe, &monitor);
                 tracing::error!("handover refused, serving on: {refused}");
             }
             Ok(sig) => {
@@ -163,13 +173,14 @@ fn on_signals(signals: SigSet, service: Arc<Service>, sockets: [PathBuf; 3], exe
     });
 }
 
-/// The HTTP service (when the manifest has an `http` section) and the auto-extend watcher.
+/// The HTTP service (when the manifest has an `http` section) and the auto-extend watcher,
+/// over `monitor` (the previous process's history and events after a planned restart).
 fn start_http_and_autoextend(
     manifest: &Manifest,
     room: Arc<dyn LiveRoom>,
     start_http: StartHttp,
+    monitor: Arc<Monitor>,
 ) -> Result<()> {
-    let monitor = Arc::new(Monitor::default());
     if let Some(http) = &manifest.http {
         let bound = start_http(http.clone(), room.clone(), monitor.clone())?;
         let names: Vec<String> = bound.iter().map(|a| a.to_string()).collect();
@@ -183,13 +194,17 @@ fn start_http_and_autoextend(
 /// (`cowctl apply` serves the disks); SIGTERM or SIGINT ends it.
 fn run_kernel(opts: &Options, manifest: Manifest) -> Result<()> {
     // A planned restart hands over the HTTP listeners (the kernel serves the disks).
-    let taken = handover::take_from_env();
+    let mut taken = handover::take_from_env();
     let exe = std::env::current_exe()?;
     let signals = block_signals()?;
     let run_dir = opts.run_dir.clone();
     let kernel = Box::new(move || crate::kernel::Kernel::real(&run_dir));
     let room = Arc::new(KernelRoom::new(manifest.clone(), &opts.run_dir, kernel));
-    start_http_and_autoextend(&manifest, room, opts.http)?;
+    let monitor = Arc::new(Monitor::default());
+    if let Some(saved) = taken.as_mut().and_then(|t| t.monitor.take()) {
+        monitor.import(saved);
+    }
+    start_http_and_autoextend(&manifest, room, opts.http, monitor.clone())?;
     for name in inherit::close_unclaimed() {
         tracing::info!("handover: {name} is not in the manifest any more: closed");
     }
@@ -215,6 +230,7 @@ fn run_kernel(opts: &Options, manifest: Manifest) -> Result<()> {
                     live_sessions: &|| 0,
                     aoe_workers: 0,
                     flush_all: &Vec::new,
+                    monitor: &monitor,
                 };
                 let refused = handover::upgrade(&handover, room, &exe, &opts.manifest);
                 tracing::error!("handover refused, serving on: {refused}");
@@ -307,7 +323,7 @@ fn error(e: Error) -> Response {
 
 /// Hands over to `exe` (one control operation at a time: none runs meanwhile); returns
 /// only when the handover was refused with nothing stopped.
-fn upgrade(service: &Service, exe: &Path) -> handover::Refused {
+fn upgrade(service: &Service, exe: &Path, monitor: &Monitor) -> handover::Refused {
     let _one_at_a_time = service.ops.lock().unwrap_or_else(|p| p.into_inner());
     let manifest = service.manifest().path;
     let manifest = std::fs::canonicalize(&manifest).unwrap_or(manifest);
@@ -327,6 +343,7 @@ fn upgrade(service: &Service, exe: &Path) -> handover::Refused {
         live_sessions: &live,
         aoe_workers: service.aoe().workers(),
         flush_all: &flush_all,
+        monitor,
     };
     handover::upgrade(&service.handover, room, exe, &manifest)
 }
