@@ -474,3 +474,65 @@ fn nbd_clients_go_on_through_a_planned_restart_on_the_same_connection() {
     );
     assert_eq!(log.matches("connected to pc-00").count(), 4, "{log}");
 }
+
+/// Every socket `pid` holds is close-on-exec (none leaks into a program it starts).
+fn sockets_close_on_exec(pid: i32) -> Vec<String> {
+    let mut leaking = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let fd = e.file_name().to_string_lossy().to_string();
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        if !target.to_string_lossy().starts_with("socket:") {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap_or(0);
+        if flags & 0o2_000_000 == 0 {
+            leaking.push(format!("fd {fd} ({})", target.display()));
+        }
+    }
+    leaking
+}
+
+/// A session that does not stand still (a CmdSN it skipped never came) is cut when the
+/// handover has waited 5 s, before the disks' last flush: the write it had acknowledged is
+/// there after the restart. The new process's sockets are all close-on-exec.
+#[test]
+fn a_session_that_never_stands_still_is_cut_and_its_acknowledged_write_kept() {
+    let room = room(1);
+    room.cowctl(&["apply"]);
+    let mut s = Session::login(&room, "pc-001");
+    // CmdSN 2 where 1 is due: inside the window, so it is done, but the gap stays open.
+    s.cmd_sn = 1;
+    let data = vec![0x6bu8; 4096];
+    s.command(&rw10(0x2a, 96, 8), 4096, false, &data);
+    sighup(&room);
+    wait_for_log(&room, "handover: took over", 1);
+    let log = room.log_so_far();
+    assert!(log.contains("(1 did not within 5 s and are cut)"), "{log}");
+    // The cut connection is closed.
+    let mut byte = [0u8; 1];
+    let closed = std::io::Read::read(&mut s.stream, &mut byte);
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "read -P 0x6b 48k 4k"])
+        .arg(room.nbd_uri("pc-001"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("fail") && text.contains("read 4096/4096"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sockets_close_on_exec(room.serve_pid()),
+        Vec::<String>::new()
+    );
+}

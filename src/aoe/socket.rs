@@ -199,8 +199,9 @@ impl Socket {
         Ok((self.addressed(&from) && n <= buf.len()).then_some(n))
     }
 
-    /// Waits for a frame, then takes the others already queued, up to [`BATCH`], in one
-    /// call (an initiator keeps many requests outstanding).
+    /// Takes the frames already queued, up to [`BATCH`], in one call (an initiator keeps
+    /// many requests outstanding); WouldBlock when there are none (the caller waits with
+    /// poll, where a planned restart can wake it too).
     pub fn recv_batch(&self, batch: &mut Batch) -> io::Result<()> {
         // SAFETY: all-zero is a valid value of these plain C structs.
         let mut from: [libc::sockaddr_ll; BATCH] = unsafe { zeroed() };
@@ -223,7 +224,7 @@ impl Socket {
                 self.fd.as_raw_fd(),
                 msgs.as_mut_ptr(),
                 BATCH_C,
-                libc::MSG_WAITFORONE,
+                libc::MSG_WAITFORONE | libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
         };

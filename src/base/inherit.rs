@@ -32,9 +32,43 @@ pub unsafe fn adopt(fds: &[(String, RawFd)]) {
     let mut given = lock(&GIVEN);
     let map = given.get_or_insert_with(HashMap::new);
     for (name, fd) in fds {
+        // Not passed on to the programs this process starts (dnsmasq would keep the ports).
+        let _ = close_on_exec(*fd);
         // SAFETY: the caller vouches that the fd is open and ours alone.
         map.insert(name.clone(), unsafe { OwnedFd::from_raw_fd(*fd) });
     }
+}
+
+/// Closes every socket this process holds beyond the standard streams: what a previous
+/// process handed over when its handover cannot be read (the clients connect again, and the
+/// listeners can be bound anew). Called first thing, before this process has sockets of
+/// its own.
+pub fn close_stray_sockets() -> usize {
+    use nix::sys::stat::{fstat, SFlag};
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    let mut closed = 0;
+    for fd in fds {
+        let socket = fstat(fd).is_ok_and(|st| {
+            SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFSOCK
+        });
+        if socket && nix::unistd::close(fd).is_ok() {
+            closed += 1;
+        }
+    }
+    closed
+}
+
+/// Marks `fd` close-on-exec again (a descriptor taken over from the previous process).
+pub fn close_on_exec(fd: RawFd) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
 }
 
 /// Closes the handed-over sockets no listener took (the manifest no longer names them).

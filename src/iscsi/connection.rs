@@ -65,8 +65,11 @@ pub trait Handoff: Sync {
     fn wake(&self) -> Arc<OwnedFd>;
     /// True once a handover is asked for.
     fn requested(&self) -> bool;
-    /// Takes a session that stands still.
-    fn take(&self, parked: Parked);
+    /// A session stood still and is on its way to [`take`](Self::take) (so the handover
+    /// waits for it even after its attachment to the PC's disk is gone).
+    fn parking(&self);
+    /// Takes a session that stood still (None: it could not be parked after all).
+    fn take(&self, parked: Option<Parked>);
 }
 
 /// A session handed over: its connection, where it stands (the StatSN and ExpCmdSN of the
@@ -144,11 +147,18 @@ pub fn serve(
 fn park(ended: Ended, line: &Clocked, portal: &dyn Portal) -> io::Result<Ended> {
     match (ended, portal.handoff()) {
         (Ended::HandedOver { est, unread }, Some(handoff)) => {
-            handoff.take(Parked {
-                stream: line.stream.try_clone()?,
+            let stream = match line.stream.try_clone() {
+                Ok(s) => s,
+                Err(e) => {
+                    handoff.take(None);
+                    return Err(e);
+                }
+            };
+            handoff.take(Some(Parked {
+                stream,
                 est: (*est).clone(),
                 unread: unread.clone(),
-            });
+            }));
             Ok(Ended::HandedOver { est, unread })
         }
         (ended, _) => Ok(ended),
@@ -310,7 +320,12 @@ fn feature_phase<R: io::Read, W: io::Write>(
     match ended {
         Ok(Ended::HandedOver { est, .. }) => {
             // Not ended: the next process carries the session on.
-            session.flush()?;
+            if let Err(e) = session.flush() {
+                if let Some(h) = portal.handoff() {
+                    h.take(None);
+                }
+                return Err(e);
+            }
             Ok(Ended::HandedOver {
                 est,
                 unread: reader.unread().to_vec(),
@@ -366,10 +381,11 @@ fn full_feature<R: io::Read, W: io::Write>(
     handoff: Option<&dyn Handoff>,
 ) -> io::Result<Ended> {
     loop {
-        if let Some(est) = handoff
+        if let Some((h, est)) = handoff
             .filter(|h| h.requested())
-            .and_then(|_| session.suspend())
+            .and_then(|h| Some((h, session.suspend()?)))
         {
+            h.parking();
             return Ok(Ended::HandedOver {
                 est: Box::new(est),
                 unread: Vec::new(),

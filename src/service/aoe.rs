@@ -236,6 +236,10 @@ impl AoeService {
         loop {
             self.wait_for_frames(socket);
             if let Err(e) = socket.recv_batch(&mut batch) {
+                // Another worker took the frames the wait saw: wait again.
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    continue;
+                }
                 tracing::error!("AoE: reading {} failed: {e}", socket.interface());
                 std::thread::sleep(Duration::from_millis(100));
                 continue;

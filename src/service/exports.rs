@@ -244,6 +244,39 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// A planned restart is about to replace this process: stops all I/O for good (a
+    /// reset under way finishes first), closes the connections still here and waits until
+    /// they and every request under way have finished, so nothing is acknowledged after
+    /// the disks' last flush. False when that took longer than `limit`.
+    pub fn stop_for_handover(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut inner = self.lock();
+        let mut stopped = false;
+        loop {
+            if !stopped && !inner.paused {
+                inner.paused = true;
+                stopped = true;
+                for c in inner.conns.values() {
+                    (c.close)();
+                }
+            }
+            if stopped && inner.conns.is_empty() && inner.in_flight == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
 /// Counts a connectionless request as finished when dropped.
 struct InFlight<'a>(&'a Slot);
 

@@ -91,6 +91,8 @@ pub struct Handover {
     wake: Arc<OwnedFd>,
     requested: AtomicBool,
     parked: Mutex<Vec<Parked>>,
+    /// Sessions that stood still and are on their way to `parked`.
+    parking: AtomicUsize,
     parked_nbd: Mutex<Vec<ParkedNbd>>,
     /// NBD connections in their transmission phase.
     nbd_live: AtomicUsize,
@@ -116,11 +118,18 @@ impl Handoff for Handover {
         self.requested.load(Ordering::Acquire)
     }
 
-    fn take(&self, parked: Parked) {
-        self.parked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(parked);
+    fn parking(&self) {
+        self.parking.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn take(&self, parked: Option<Parked>) {
+        if let Some(parked) = parked {
+            self.parked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(parked);
+        }
+        self.parking.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -134,6 +143,7 @@ impl Handover {
             wake: Arc::new(OwnedFd::from(fd)),
             requested: AtomicBool::new(false),
             parked: Mutex::new(Vec::new()),
+            parking: AtomicUsize::new(0),
             parked_nbd: Mutex::new(Vec::new()),
             nbd_live: AtomicUsize::new(0),
             aoe_stopped: AtomicUsize::new(0),
@@ -180,7 +190,10 @@ impl Handover {
         let until = Instant::now() + STAND_STILL;
         while Instant::now() < until {
             let nbd = self.nbd_live.load(Ordering::Acquire);
-            if live() + nbd == 0 && self.aoe_stopped.load(Ordering::Acquire) >= aoe_workers {
+            let parking = self.parking.load(Ordering::Acquire);
+            if live() + nbd + parking == 0
+                && self.aoe_stopped.load(Ordering::Acquire) >= aoe_workers
+            {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -204,11 +217,14 @@ pub enum Refused {
 }
 
 /// What the service above provides: how many sessions still run, how many AoE workers
-/// there are, and a flush of every PC's disk (writes acknowledged under a write cache are
-/// on disk only after one; the next process must find them), which returns its failures.
+/// there are, a stop of all I/O (every PC's connections still there closed, and waited
+/// for, so nothing is acknowledged after the flush), and a flush of every PC's disk
+/// (writes acknowledged under a write cache are on disk only after one; the next process
+/// must find them); both return their failures.
 pub struct Room<'a> {
     pub live_sessions: &'a dyn Fn() -> usize,
     pub aoe_workers: usize,
+    pub stop_all: &'a dyn Fn() -> Vec<String>,
     pub flush_all: &'a dyn Fn() -> Vec<String>,
     /// The dashboard's history and events, carried over.
     pub monitor: &'a Monitor,
@@ -242,6 +258,12 @@ pub fn upgrade(handover: &Handover, room: Room<'_>, exe: &Path, manifest: &Path)
         return Refused::Wake(e);
     }
     let still = handover.wait_for_stillness(room.live_sessions, room.aoe_workers);
+    let left = (room.live_sessions)() + handover.nbd_live.load(Ordering::Acquire);
+    // Connections that did not stand still are cut here, before the flush: none of them
+    // may acknowledge a write the flush does not cover.
+    for failure in (room.stop_all)() {
+        tracing::error!("handover: stopping {failure}");
+    }
     for failure in (room.flush_all)() {
         tracing::error!("handover: flushing {failure}");
     }
@@ -252,7 +274,6 @@ pub fn upgrade(handover: &Handover, room: Room<'_>, exe: &Path, manifest: &Path)
             .lock()
             .unwrap_or_else(|p| p.into_inner()),
     );
-    let left = (room.live_sessions)() + handover.nbd_live.load(Ordering::Acquire);
     tracing::info!(
         "handover: {} iSCSI sessions and {} NBD connections stood still in {:.1} ms{}; running {}",
         parked.len(),
@@ -366,7 +387,10 @@ pub fn take_from_env() -> Option<Taken> {
     match read_state(&value) {
         Ok(state) => Some(adopt(state)),
         Err(why) => {
-            tracing::error!("handover: cannot read what the previous process handed over ({ENV}={value}): {why}; its connections are dropped");
+            // Its sockets are closed, so the listeners can be bound anew and the clients
+            // connect again, as after a restart.
+            let closed = inherit::close_stray_sockets();
+            tracing::error!("handover: cannot read what the previous process handed over ({ENV}={value}): {why}; its {closed} sockets are closed");
             None
         }
     }
@@ -407,8 +431,11 @@ fn adopt(mut state: State) -> Taken {
         .iscsi
         .into_iter()
         .map(|s| Parked {
-            // SAFETY: as above: an open TCP socket of a parked session, ours alone.
-            stream: std::net::TcpStream::from(unsafe { OwnedFd::from_raw_fd(s.fd) }),
+            stream: {
+                let _ = inherit::close_on_exec(s.fd);
+                // SAFETY: as above: an open TCP socket of a parked session, ours alone.
+                std::net::TcpStream::from(unsafe { OwnedFd::from_raw_fd(s.fd) })
+            },
             est: s.est,
             unread: s.unread,
         })
@@ -417,8 +444,11 @@ fn adopt(mut state: State) -> Taken {
         .nbd
         .into_iter()
         .map(|s| ParkedNbd {
-            // SAFETY: as above: an open socket of a parked NBD connection, ours alone.
-            fd: unsafe { OwnedFd::from_raw_fd(s.fd) },
+            fd: {
+                let _ = inherit::close_on_exec(s.fd);
+                // SAFETY: as above: an open socket of a parked NBD connection, ours alone.
+                unsafe { OwnedFd::from_raw_fd(s.fd) }
+            },
             unix: s.unix,
             peer: s.peer,
             ip: s.ip,

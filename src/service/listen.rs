@@ -189,8 +189,18 @@ fn transmission<S: Socket>(
     tracing::info!(pc = %name, "{peer} connected to {name}");
     // What the engine logs (a COW grown on demand) names the PC.
     let _span = tracing::info_span!("", pc = %name).entered();
+    if unread.len() > BUFFER {
+        tracing::warn!("NBD: closed {peer}'s connection handed over with {} unread bytes, over the {BUFFER}-byte buffer", unread.len());
+        return Ok(());
+    }
+    let pending = !unread.is_empty();
     let reader = std::io::Cursor::new(unread).chain(stream.duplicate()?);
     let mut r = BufReader::with_capacity(BUFFER, reader);
+    if pending {
+        // Into the buffer at once: requests the previous process received are answered
+        // before this one waits for more, and a handover passes them on again.
+        std::io::BufRead::fill_buf(&mut r)?;
+    }
     let mut w = SocketSink(BufWriter::with_capacity(BUFFER, stream.duplicate()?));
     let hand_over = |buffered: bool| wait_for_request(&stream, &nbd.handover, buffered);
     let end = nbd::serve_until(

@@ -229,6 +229,7 @@ fn run_kernel(opts: &Options, manifest: Manifest) -> Result<()> {
                 let room = handover::Room {
                     live_sessions: &|| 0,
                     aoe_workers: 0,
+                    stop_all: &Vec::new,
                     flush_all: &Vec::new,
                     monitor: &monitor,
                 };
@@ -339,9 +340,18 @@ fn upgrade(service: &Service, exe: &Path, monitor: &Monitor) -> handover::Refuse
             .filter_map(|(slot, disk)| disk.flush().err().map(|e| format!("{}: {e}", slot.name)))
             .collect()
     };
+    let slots = service.registry.clone();
+    let stop_all = move || {
+        const LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+        let slots = slots.all();
+        let late = slots.iter().filter(|s| !s.stop_for_handover(LIMIT));
+        late.map(|s| format!("{}: its connections did not end within 5 s", s.name))
+            .collect()
+    };
     let room = handover::Room {
         live_sessions: &live,
         aoe_workers: service.aoe().workers(),
+        stop_all: &stop_all,
         flush_all: &flush_all,
         monitor,
     };
