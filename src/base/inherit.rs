@@ -32,11 +32,20 @@ pub unsafe fn adopt(fds: &[(String, RawFd)]) {
     let mut given = lock(&GIVEN);
     let map = given.get_or_insert_with(HashMap::new);
     for (name, fd) in fds {
-        // Not passed on to the programs this process starts (dnsmasq would keep the ports).
-        let _ = close_on_exec(*fd);
         // SAFETY: the caller vouches that the fd is open and ours alone.
-        map.insert(name.clone(), unsafe { OwnedFd::from_raw_fd(*fd) });
+        map.insert(name.clone(), unsafe { take_over(*fd) });
     }
+}
+
+/// Owns a descriptor the previous process left open across the exec, close-on-exec again:
+/// not passed on to the programs this process starts (dnsmasq would keep the ports).
+///
+/// # Safety
+/// `fd` must be open and owned by nobody else in this process.
+pub unsafe fn take_over(fd: RawFd) -> OwnedFd {
+    let _ = set_close_on_exec(fd, true);
+    // SAFETY: the caller vouches that the fd is open and ours alone.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Closes every socket this process holds beyond the standard streams: what a previous
@@ -62,13 +71,6 @@ pub fn close_stray_sockets() -> usize {
         }
     }
     closed
-}
-
-/// Marks `fd` close-on-exec again (a descriptor taken over from the previous process).
-pub fn close_on_exec(fd: RawFd) -> std::io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    Ok(())
 }
 
 /// Closes the handed-over sockets no listener took (the manifest no longer names them).
@@ -129,10 +131,16 @@ pub fn other<E>(name: &str, open: impl FnOnce() -> Result<OwnedFd, E>) -> Result
     Ok(fd)
 }
 
-/// Lets `fd` survive the next exec (every descriptor Rust opens is close-on-exec).
-pub fn keep_across_exec(fd: RawFd) -> std::io::Result<()> {
+/// Whether `fd` is closed by the next exec (every descriptor Rust opens is; false lets it
+/// survive into the next process).
+pub fn set_close_on_exec(fd: RawFd, on: bool) -> std::io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    let flags = if on {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    fcntl(fd, FcntlArg::F_SETFD(flags))?;
     Ok(())
 }
 

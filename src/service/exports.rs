@@ -248,9 +248,8 @@ impl Slot {
     /// A planned restart is about to replace this process: stops all I/O for good (a
     /// reset under way finishes first), closes the connections still here and waits until
     /// they and every request under way have finished, so nothing is acknowledged after
-    /// the disks' last flush. False when that took longer than `limit`.
-    pub fn stop_for_handover(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
+    /// the disks' last flush. False when that was not done by `deadline`.
+    pub fn stop_for_handover(&self, deadline: Instant) -> bool {
         let mut inner = self.lock();
         let mut stopped = false;
         loop {
@@ -330,6 +329,30 @@ impl Registry {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+    }
+
+    /// A planned restart: every slot's I/O stopped for good and its connections ended, all
+    /// by one `deadline`; the PCs whose connections did not end by then.
+    pub fn stop_all_for_handover(&self, deadline: Instant) -> Vec<String> {
+        let slots = self.all();
+        let late = slots.iter().filter(|s| !s.stop_for_handover(deadline));
+        late.map(|s| {
+            format!(
+                "{}: its connections did not end by the handover's deadline",
+                s.name
+            )
+        })
+        .collect()
+    }
+
+    /// Flushes every served PC's disk; the failures, each naming its PC.
+    pub fn flush_all(&self) -> Vec<String> {
+        let slots = self.all();
+        let failed = slots.iter().filter_map(|slot| {
+            let disk = slot.with_served(|s| s.disk.clone())?;
+            disk.flush().err().map(|e| format!("{}: {e}", slot.name))
+        });
+        failed.collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Slot>>> {

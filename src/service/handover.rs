@@ -38,7 +38,7 @@ pub const ENV: &str = "COWCTL_HANDOVER_FD";
 const FORMAT: u32 = 1;
 /// How long the sessions have to stand still before the exec goes ahead without the rest
 /// (those see a broken connection and log in again, as after a crash).
-const STAND_STILL: Duration = Duration::from_secs(5);
+pub const STAND_STILL: Duration = Duration::from_secs(5);
 /// The largest handover a new process reads (sessions carry at most a buffer each).
 const MAX_STATE: u64 = 256 << 20;
 
@@ -247,13 +247,7 @@ pub fn upgrade(handover: &Handover, room: Room<'_>, exe: &Path, manifest: &Path)
         };
     }
     let began = Instant::now();
-    let began_ms = u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(0);
+    let began_ms = unix_ms();
     if let Err(e) = handover.request() {
         return Refused::Wake(e);
     }
@@ -339,7 +333,7 @@ fn exec(state: &State, exe: &Path, manifest: &Path) -> std::io::Error {
         .chain(state.nbd.iter().map(|s| s.fd))
         .chain([memfd.as_raw_fd()]);
     for fd in fds {
-        if let Err(e) = inherit::keep_across_exec(fd) {
+        if let Err(e) = inherit::set_close_on_exec(fd, false) {
             return e;
         }
     }
@@ -431,11 +425,8 @@ fn adopt(mut state: State) -> Taken {
         .iscsi
         .into_iter()
         .map(|s| Parked {
-            stream: {
-                let _ = inherit::close_on_exec(s.fd);
-                // SAFETY: as above: an open TCP socket of a parked session, ours alone.
-                std::net::TcpStream::from(unsafe { OwnedFd::from_raw_fd(s.fd) })
-            },
+            // SAFETY: as above: an open TCP socket of a parked session, ours alone.
+            stream: std::net::TcpStream::from(unsafe { inherit::take_over(s.fd) }),
             est: s.est,
             unread: s.unread,
         })
@@ -444,11 +435,8 @@ fn adopt(mut state: State) -> Taken {
         .nbd
         .into_iter()
         .map(|s| ParkedNbd {
-            fd: {
-                let _ = inherit::close_on_exec(s.fd);
-                // SAFETY: as above: an open socket of a parked NBD connection, ours alone.
-                unsafe { OwnedFd::from_raw_fd(s.fd) }
-            },
+            // SAFETY: as above: an open socket of a parked NBD connection, ours alone.
+            fd: unsafe { inherit::take_over(s.fd) },
             unix: s.unix,
             peer: s.peer,
             ip: s.ip,
@@ -456,15 +444,16 @@ fn adopt(mut state: State) -> Taken {
             unread: s.unread,
         })
         .collect();
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let since = u64::try_from(now_ms.saturating_sub(u128::from(state.began_ms))).unwrap_or(0);
     Taken {
         sessions,
         nbd,
         monitor: state.monitor,
-        since: Duration::from_millis(since),
+        since: Duration::from_millis(unix_ms().saturating_sub(state.began_ms)),
     }
+}
+
+/// Milliseconds since the epoch: a time both processes of a handover read alike.
+fn unix_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH);
+    u64::try_from(since.unwrap_or_default().as_millis()).unwrap_or(0)
 }

@@ -92,19 +92,14 @@ pub fn run(opts: &Options) -> Result<()> {
         let names: Vec<String> = iscsi.iter().map(|a| a.to_string()).collect();
         tracing::info!("serving iSCSI on {}", names.join(" and "));
     }
-    let monitor = Arc::new(Monitor::default());
-    if let Some(saved) = taken.as_mut().and_then(|t| t.monitor.take()) {
-        monitor.import(saved);
-    }
+    let monitor = carried_monitor(&mut taken);
     start_http_and_autoextend(&manifest, service.clone(), opts.http, monitor.clone())?;
     if !opts.start_empty {
         for step in service.apply(manifest)? {
             tracing::info!("{step}");
         }
     }
-    for name in inherit::close_unclaimed() {
-        tracing::info!("handover: {name} is not in the manifest any more: closed");
-    }
+    close_unclaimed();
     let nbd = listen::Nbd {
         registry: registry.clone(),
         handover: service.handover.clone(),
@@ -173,6 +168,22 @@ fn on_signals(
     });
 }
 
+/// The dashboard's history and events: the previous process's after a planned restart.
+fn carried_monitor(taken: &mut Option<handover::Taken>) -> Arc<Monitor> {
+    let monitor = Arc::new(Monitor::default());
+    if let Some(saved) = taken.as_mut().and_then(|t| t.monitor.take()) {
+        monitor.import(saved);
+    }
+    monitor
+}
+
+/// Closes the sockets a planned restart handed over that no listener took.
+fn close_unclaimed() {
+    for name in inherit::close_unclaimed() {
+        tracing::info!("handover: {name} is not in the manifest any more: closed");
+    }
+}
+
 /// The HTTP service (when the manifest has an `http` section) and the auto-extend watcher,
 /// over `monitor` (the previous process's history and events after a planned restart).
 fn start_http_and_autoextend(
@@ -200,14 +211,9 @@ fn run_kernel(opts: &Options, manifest: Manifest) -> Result<()> {
     let run_dir = opts.run_dir.clone();
     let kernel = Box::new(move || crate::kernel::Kernel::real(&run_dir));
     let room = Arc::new(KernelRoom::new(manifest.clone(), &opts.run_dir, kernel));
-    let monitor = Arc::new(Monitor::default());
-    if let Some(saved) = taken.as_mut().and_then(|t| t.monitor.take()) {
-        monitor.import(saved);
-    }
+    let monitor = carried_monitor(&mut taken);
     start_http_and_autoextend(&manifest, room, opts.http, monitor.clone())?;
-    for name in inherit::close_unclaimed() {
-        tracing::info!("handover: {name} is not in the manifest any more: closed");
-    }
+    close_unclaimed();
     if let Some(taken) = taken {
         tracing::info!(
             "handover: took over the HTTP listeners, {} ms after the handover began",
@@ -330,23 +336,10 @@ fn upgrade(service: &Service, exe: &Path, monitor: &Monitor) -> handover::Refuse
     let manifest = std::fs::canonicalize(&manifest).unwrap_or(manifest);
     let iscsi = service.iscsi();
     let live = move || iscsi.live_sessions();
-    let registry = service.registry.clone();
-    let flush_all = move || {
-        let results = registry
-            .all()
-            .into_iter()
-            .filter_map(|slot| slot.with_served(|s| s.disk.clone()).map(|d| (slot, d)));
-        results
-            .filter_map(|(slot, disk)| disk.flush().err().map(|e| format!("{}: {e}", slot.name)))
-            .collect()
-    };
-    let slots = service.registry.clone();
-    let stop_all = move || {
-        const LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
-        let slots = slots.all();
-        let late = slots.iter().filter(|s| !s.stop_for_handover(LIMIT));
-        late.map(|s| format!("{}: its connections did not end within 5 s", s.name))
-            .collect()
+    let flush_all = || service.registry.flush_all();
+    let stop_all = || {
+        let deadline = std::time::Instant::now() + handover::STAND_STILL;
+        service.registry.stop_all_for_handover(deadline)
     };
     let room = handover::Room {
         live_sessions: &live,
