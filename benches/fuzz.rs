@@ -32,7 +32,9 @@ mod disk;
 #[path = "../tests/common/iscsi.rs"]
 #[allow(dead_code)]
 mod iscsi_common;
-use iscsi_common::{command, data_out, login, pdu, DiskRef, MemDisk, OnePc, DISK_SIZE as DISK};
+use iscsi_common::{
+    command, data_out, login, pdu, rw10, DiskRef, MemDisk, OnePc, DISK_SIZE as DISK,
+};
 
 struct Rng(u64);
 
@@ -235,14 +237,6 @@ fn cmd(itt: u32, sn: u32, cdb: &[u8], len: u32, read: bool, data: &[u8]) -> Vec<
 fn iscsi_seeds() -> Vec<Vec<u8>> {
     let lead = lg(1, 3, true, "InitiatorName=iqn.x:i;TargetName=iqn.2024-01.lan.test:pc;SessionType=Normal;MaxRecvDataSegmentLength=65536;MaxBurstLength=16384;FirstBurstLength=8192;ImmediateData=Yes;");
     let mut seeds = vec![lead.clone()];
-    let rw10 = |op: u8, lba: u32, n: u16| {
-        let mut c = vec![op, 0];
-        c.extend_from_slice(&lba.to_be_bytes());
-        c.push(0);
-        c.extend_from_slice(&n.to_be_bytes());
-        c.push(0);
-        c
-    };
     let mut s = lead.clone();
     s.extend(cmd(1, 1, &[0x12, 0, 0, 0, 96, 0], 96, true, &[]));
     s.extend(cmd(2, 2, &rw10(0x28, 8, 4), 2048, true, &[]));

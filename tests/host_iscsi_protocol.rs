@@ -104,15 +104,6 @@ impl Conn {
     }
 }
 
-fn rw10(op: u8, lba: u32, blocks: u16) -> Vec<u8> {
-    let mut c = vec![op, 0];
-    c.extend_from_slice(&lba.to_be_bytes());
-    c.push(0);
-    c.extend_from_slice(&blocks.to_be_bytes());
-    c.push(0);
-    c
-}
-
 fn rw16(op: u8, lba: u64, blocks: u32) -> Vec<u8> {
     let mut c = vec![op, 0];
     c.extend_from_slice(&lba.to_be_bytes());

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::iscsi::rw10;
 use common::room::{Golden, Http, Iscsi, Pc, Room, RoomBuilder};
 
 const PREFIX: &str = "iqn.2024-01.lan.upgrade";
@@ -165,8 +166,8 @@ fn a_planned_restart_runs_the_new_binary_with_every_session_and_no_write_lost() 
     let pid = room.serve_pid();
     assert_eq!(exe_of(pid), file_id(&bin));
 
-    let client = hold(&room, PCS, 6);
-    std::thread::sleep(Duration::from_secs(1));
+    // The watcher's first look at the room takes seconds: the events come before the
+    // initiators start, so the restarts fall inside their run.
     room.cowctl(&["reset", "pc-005"]);
     let until = Instant::now() + Duration::from_secs(10);
     while api(&room, "/api/events")
@@ -176,6 +177,8 @@ fn a_planned_restart_runs_the_new_binary_with_every_session_and_no_write_lost() 
         assert!(Instant::now() < until, "no event for the reset");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let client = hold(&room, PCS, 6);
+    std::thread::sleep(Duration::from_secs(1));
     let (events, history) = (api(&room, "/api/events"), api(&room, "/api/history"));
     assert!(
         history["pc-001"].as_array().is_some_and(|h| h.len() >= 2),
@@ -336,15 +339,6 @@ impl Session {
         assert_eq!(reply.status(), 0, "GOOD status");
         reply
     }
-}
-
-fn rw10(op: u8, lba: u32, blocks: u16) -> Vec<u8> {
-    let mut c = vec![op, 0];
-    c.extend_from_slice(&lba.to_be_bytes());
-    c.push(0);
-    c.extend_from_slice(&blocks.to_be_bytes());
-    c.push(0);
-    c
 }
 
 /// A write acknowledged just before the restart, with no SYNCHRONIZE CACHE yet (the disk

@@ -138,6 +138,16 @@ pub fn leading_login(cmd_sn: u32) -> Vec<u8> {
     )
 }
 
+/// A READ(10) (0x28) or WRITE(10) (0x2a) CDB of `blocks` blocks at `lba`.
+pub fn rw10(op: u8, lba: u32, blocks: u16) -> Vec<u8> {
+    let mut c = vec![op, 0];
+    c.extend_from_slice(&lba.to_be_bytes());
+    c.push(0);
+    c.extend_from_slice(&blocks.to_be_bytes());
+    c.push(0);
+    c
+}
+
 /// A SCSI Command with optional immediate data.
 pub fn command(
     itt: u32,
