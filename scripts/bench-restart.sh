@@ -29,9 +29,8 @@ gcc -O2 -Wall -pthread -o "$work/hold" scripts/bench/hold.c -liscsi
 hold_seconds=${BENCH_HOLD_SECONDS:-8}
 prefix=iqn.2024-01.lan.bench-restart
 ms() { echo $(($(date +%s%N) / 1000000)); }
-echo "| PCs | kill → apply returns | kill → every PC's target answers |"
-echo "|---|---|---|"
-for n in "${ns[@]}"; do
+# serve_pcs N: a fresh service on free ports serving pc-001..pc-N (open ACL); sets port.
+serve_pcs() {
     target/release/cowctl down >/dev/null 2>&1 || true
     read -r port nbd < <(free_ports 2)
     mkdir -p "$work/cow"
@@ -40,9 +39,14 @@ for n in "${ns[@]}"; do
         printf 'defaults:\n  image: g\n  cow_dir: %s/cow\n  cow_size: 1GiB\n  chunk: 4KiB\n' "$work"
         printf 'iscsi:\n  iqn_prefix: %s\n  portals: ["127.0.0.1:%s"]\n  acl: open\n' "$prefix" "$port"
         printf 'nbd:\n  listen: 127.0.0.1:%s\n  socket: %s/nbd.sock\npcs:\n' "$nbd" "$work"
-        for i in $(seq "$n"); do printf '  - name: pc-%03d\n' "$i"; done
+        for i in $(seq "$1"); do printf '  - name: pc-%03d\n' "$i"; done
     } >"$COWCTL_MANIFEST"
     target/release/cowctl apply >/dev/null
+}
+echo "| PCs | kill → apply returns | kill → every PC's target answers |"
+echo "|---|---|---|"
+for n in "${ns[@]}"; do
+    serve_pcs "$n"
     applied=() answered=()
     for _ in $(seq "$rounds"); do
         start=$(ms)
@@ -87,16 +91,7 @@ echo "Planned restart (SIGHUP) under N initiators writing, syncing and reading b
 echo "| PCs | longest round, no restart | longest round, restart | failed commands | wrong read-backs | sessions stood still | taken over after |"
 echo "|---|---|---|---|---|---|---|"
 for n in "${ns[@]}"; do
-    target/release/cowctl down >/dev/null 2>&1 || true
-    read -r port nbd < <(free_ports 2)
-    {
-        printf 'backend: userspace\nimages:\n  g:\n    path: %s/golden.img\n' "$work"
-        printf 'defaults:\n  image: g\n  cow_dir: %s/cow\n  cow_size: 1GiB\n  chunk: 4KiB\n' "$work"
-        printf 'iscsi:\n  iqn_prefix: %s\n  portals: ["127.0.0.1:%s"]\n  acl: open\n' "$prefix" "$port"
-        printf 'nbd:\n  listen: 127.0.0.1:%s\n  socket: %s/nbd.sock\npcs:\n' "$nbd" "$work"
-        for i in $(seq "$n"); do printf '  - name: pc-%03d\n' "$i"; done
-    } >"$COWCTL_MANIFEST"
-    target/release/cowctl apply >/dev/null
+    serve_pcs "$n"
     read -r _ e0 m0 base < <(hold_run "$n" "")
     read -r _ e1 m1 across < <(hold_run "$n" HUP)
     still=$(grep -o 'stood still in [0-9.]* ms' "$work/run/serve.log" | tail -1 | grep -o '[0-9.]* ms')
