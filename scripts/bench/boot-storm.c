@@ -15,19 +15,13 @@
  * iscsi://127.0.0.1:3260/iqn.2024-01.lan.storm:pc-%03d gives ...:pc-001/0, from a loopback
  * address of its own, 127.0.<i / 250 + 1>.<i % 250 + 1>, as the PCs of a room each have theirs
  * (a target may cap the sessions of one address). */
-#include <arpa/inet.h>
+#include "pcs.h"
 #include <iscsi/iscsi.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/syscall.h>
 #include <iscsi/scsi-lowlevel.h>
 #include <pthread.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #define BLOCK (64 * 1024)
 #define RUN (1024 * 1024)
@@ -40,32 +34,6 @@ static double last_done, start_time;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
 static uint32_t *order; /* the runs, in boot order */
-
-/* The calling PC's source address: libiscsi opens its sockets itself, so connect() is
- * wrapped here to bind them first. */
-static __thread in_addr_t source;
-
-int connect(int fd, const struct sockaddr *to, socklen_t len) {
-	if (source && to->sa_family == AF_INET) {
-		struct sockaddr_in from = {.sin_family = AF_INET, .sin_addr.s_addr = source};
-		if (bind(fd, (const struct sockaddr *)&from, sizeof from) != 0)
-			return -1;
-	}
-	return (int)syscall(SYS_connect, fd, to, len);
-}
-
-static double now(void) {
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-static uint64_t xorshift(uint64_t *s) {
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
 
 struct pc {
 	int n;
@@ -85,7 +53,7 @@ static void *boot(void *arg) {
 	char initiator[128], url_text[512];
 	snprintf(initiator, sizeof initiator, "iqn.2024-01.lan.storm:init-%03d", pc->n);
 	snprintf(url_text, sizeof url_text, "%s%03d/%d", prefix, pc->n, lun);
-	source = htonl((127u << 24) | ((uint32_t)(pc->n / 250 + 1) << 8) | (uint32_t)(pc->n % 250 + 1));
+	use_pc_source(pc->n);
 	struct iscsi_context *c = iscsi_create_context(initiator);
 	struct iscsi_url *url = c ? iscsi_parse_full_url(c, url_text) : NULL;
 	if (url == NULL) {

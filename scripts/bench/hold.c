@@ -13,19 +13,13 @@
  * iscsi://127.0.0.1:3260/iqn.2024-01.lan.hold:pc-%03d gives ...:pc-001/0, from a loopback
  * address of its own, 127.0.<i / 250 + 1>.<i % 250 + 1>, as the PCs of a room each have theirs
  * (a target caps the sessions of one address). */
-#include <arpa/inet.h>
+#include "pcs.h"
 #include <iscsi/iscsi.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/syscall.h>
 #include <iscsi/scsi-lowlevel.h>
 #include <pthread.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #define BLOCK 4096
 #define SPAN_BLOCKS (1024 * 1024 * 1024 / BLOCK)
@@ -39,32 +33,6 @@ static double longest;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
 
-/* The calling PC's source address: libiscsi opens its sockets itself, so connect() is
- * wrapped here to bind them first. */
-static __thread in_addr_t source;
-
-int connect(int fd, const struct sockaddr *to, socklen_t len) {
-	if (source && to->sa_family == AF_INET) {
-		struct sockaddr_in from = {.sin_family = AF_INET, .sin_addr.s_addr = source};
-		if (bind(fd, (const struct sockaddr *)&from, sizeof from) != 0)
-			return -1;
-	}
-	return (int)syscall(SYS_connect, fd, to, len);
-}
-
-static double now(void) {
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-static uint64_t xorshift(uint64_t *s) {
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 static int ok(struct scsi_task *t) {
 	int good = t && t->status == SCSI_STATUS_GOOD;
 	if (t)
@@ -74,7 +42,7 @@ static int ok(struct scsi_task *t) {
 
 static void *pc(void *arg) {
 	int n = (int)(intptr_t)arg;
-	source = htonl((127u << 24) | ((unsigned)(n / 250 + 1) << 8) | (unsigned)(n % 250 + 1));
+	use_pc_source(n);
 	char url[512], initiator[128];
 	snprintf(url, sizeof url, "%s%03d/%d", prefix, n, lun);
 	snprintf(initiator, sizeof initiator, "iqn.2024-01.lan.hold:init-%03d", n);
