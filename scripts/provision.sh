@@ -10,7 +10,8 @@ build=(gcc pkg-config libdevmapper-dev libclang-dev)
 run=(kmod dmsetup vblade util-linux iproute2 qemu-utils libnbd-bin curl dnsmasq-base ipxe)
 demo=(qemu-system-x86 ipxe-qemu nasm libiscsi-bin)
 tests=("${demo[@]}" man-db groff-base dpkg-dev systemd xfsprogs btrfs-progs busybox-static cpio open-iscsi aoetools fio python3 libnbd-bin nbdkit chromium tgt libiscsi-dev qemu-block-extra prometheus
-    ovmf fdisk dosfstools mtools syslinux syslinux-common systemd-boot-efi)
+    ovmf fdisk dosfstools mtools syslinux syslinux-common systemd-boot-efi
+    ceph-mon ceph-mgr ceph-osd ceph-common librbd1)
 want=("${build[@]}" "${run[@]}")
 [[ ${1:-} == --demo ]] && want+=("${demo[@]}")
 [[ ${1:-} == --tests ]] && want+=("${tests[@]}")

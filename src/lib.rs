@@ -17,6 +17,8 @@ pub mod kernel;
 pub mod manifest;
 pub mod nbd;
 pub mod pxe;
+pub mod rbd;
+pub mod rbdpc;
 pub mod reflink;
 pub mod room;
 pub mod service;

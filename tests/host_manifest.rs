@@ -572,3 +572,63 @@ fn the_readme_tour_room_is_valid() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn an_rbd_image_is_a_snapshot_in_the_ceph_sections_pool() {
+    let rbd = "images:\n  w:\n    storage: rbd\n    rbd: golden-w@v1\nceph:\n  conf: /etc/ceph/lab.conf\n  pool: lab\n  object_size: 128KiB\nbackend: userspace\ndefaults:\n  image: w\n  cow_size: 2GiB\n  export: nbd\npcs:\n  - name: pc-1\n";
+    let m = parse(rbd).unwrap();
+    let ceph = m.ceph.as_ref().unwrap();
+    assert_eq!(ceph.settings.pool, "lab");
+    assert_eq!(ceph.settings.client, "admin");
+    assert_eq!(ceph.order(), 17);
+    assert_eq!(m.images["w"].path, Path::new("rbd:lab/golden-w@v1"));
+    assert_eq!(
+        m.rbd_clone(m.pc("pc-1").unwrap()).as_deref(),
+        Some("cowctl.pc-1")
+    );
+    assert!(m.uses_rbd());
+
+    // Each mistake named at its field.
+    let wrong = [
+        (
+            "    rbd: golden-w@v1\n",
+            "    rbd: golden-w\n",
+            "images.w.rbd",
+            "is not IMAGE@SNAPSHOT",
+        ),
+        (
+            "    rbd: golden-w@v1\n",
+            "    rbd: golden-w@v1\n    path: /x.img\n",
+            "images.w.storage",
+            "not a file or a directory of versions",
+        ),
+        (
+            "  object_size: 128KiB\n",
+            "  object_size: 96KiB\n",
+            "ceph.object_size",
+            "not a power of two",
+        ),
+        (
+            "  pool: lab\n",
+            "  pool: a/b\n",
+            "ceph.pool",
+            "is not a Ceph name",
+        ),
+        (
+            "ceph:\n  conf: /etc/ceph/lab.conf\n  pool: lab\n  object_size: 128KiB\n",
+            "",
+            "images.w.storage",
+            "needs a ceph section",
+        ),
+    ];
+    for (from, to, field, says) in wrong {
+        let text = rbd.replace(from, to);
+        let err = parse(&text).unwrap_err();
+        let e = err
+            .errors
+            .iter()
+            .find(|e| e.field == field)
+            .unwrap_or_else(|| panic!("no error at {field}: {err}"));
+        assert!(e.message.contains(says), "{field}: {}", e.message);
+    }
+}

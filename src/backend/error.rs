@@ -12,6 +12,9 @@ pub enum Error {
     #[error(transparent)]
     Control(#[from] crate::control::Error),
     #[error(transparent)]
+    /// Boxed: the rbd storage's errors name a PC, its clone and two snapshots.
+    Rbd(Box<crate::rbdpc::Error>),
+    #[error(transparent)]
     Lock(#[from] crate::room::lock::LockError),
     #[error(transparent)]
     Image(#[from] crate::image::Error),
@@ -50,4 +53,10 @@ pub enum Error {
     ServiceSilent { log: PathBuf },
     #[error("{} is served by the kernel (device-mapper is here and backend is {backend}), where `cowctl apply` serves the disks and `cowctl serve` runs only the HTTP service and auto-extend, and the manifest asks for neither (no http section, no autoextend); set backend: userspace to serve the disks with cowctl's engine over NBD", manifest.display())]
     NothingToServe { manifest: PathBuf, backend: String },
+}
+
+impl From<crate::rbdpc::Error> for Error {
+    fn from(e: crate::rbdpc::Error) -> Error {
+        Error::Rbd(Box::new(e))
+    }
 }

@@ -86,7 +86,7 @@ impl Backend for ServiceClient {
                     nbd: m.nbd.listen.to_string(),
                     socket: service::nbd_socket(m, &self.run_dir),
                 }];
-                steps.extend(service_plan(m, &BTreeMap::new()));
+                steps.extend(service_plan(m, &BTreeMap::new())?);
                 steps
             }
         })
@@ -162,8 +162,8 @@ impl Backend for ServiceClient {
                     let due = crate::image::next_version(m, pc)?;
                     let image = due.as_ref().map_or(&m.images[&pc.image], |(i, _)| i);
                     Ok(reset::reset_file(
+                        m,
                         pc,
-                        m.storage_of(pc),
                         &image.path,
                         due.as_ref().map(|(_, g)| g),
                         &SysLoops,

@@ -164,6 +164,7 @@ fn step(
             Ok(action.run_on_files(fingerprints)?)
         }
         Step::StartService { .. }
+        | Step::CloneRbd { .. }
         | Step::Serve { .. }
         | Step::Reopen { .. }
         | Step::StopServing { .. } => Err(Error::ServiceStep {

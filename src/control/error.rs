@@ -34,6 +34,9 @@ pub enum Error {
     #[error(transparent)]
     Reflink(#[from] crate::reflink::ReflinkError),
     #[error(transparent)]
+    /// Boxed: the rbd storage's errors name a PC, its clone and two snapshots.
+    Rbd(Box<crate::rbdpc::Error>),
+    #[error(transparent)]
     Secret(#[from] crate::manifest::secrets::SecretError),
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -162,5 +165,11 @@ pub enum Error {
 impl From<DmError> for Error {
     fn from(e: DmError) -> Error {
         Error::Dm(Box::new(e))
+    }
+}
+
+impl From<crate::rbdpc::Error> for Error {
+    fn from(e: crate::rbdpc::Error) -> Error {
+        Error::Rbd(Box::new(e))
     }
 }

@@ -327,6 +327,12 @@ fn preflight(ctx: &Ctx) -> Result<()> {
             pc.name
         ));
     }
+    for pc in (ctx.manifest.pcs.iter()).filter(|p| ctx.manifest.storage_of(p) == Storage::Rbd) {
+        problems.push(format!(
+            "{}: storage: rbd is served by the userspace engine only (set backend: userspace): the kernel path does not map rbd images",
+            pc.name
+        ));
+    }
     for pc in ctx.manifest.pcs.iter().filter(|p| p.read_only) {
         problems.push(format!(
             "{}: read_only is served by the userspace engine only (set backend: userspace): the kernel's snapshot target writes its COW",
@@ -453,6 +459,7 @@ fn image_fingerprints(
     for image in manifest
         .images
         .values()
+        .filter(|i| i.storage != Storage::Rbd)
         .filter(|i| manifest.pcs.iter().any(|p| p.image == i.name))
     {
         match golden_record::fingerprint(&image.path) {

@@ -27,6 +27,7 @@ use crate::engine::filekind::{classify, Kind};
 use crate::image::golden_record::Golden;
 use crate::kernel::devmapper::Target;
 use crate::kernel::loopdev::{LoopInfo, Loops};
+use crate::manifest::Manifest;
 use crate::manifest::{Pc, Storage};
 use crate::room::reset::{discard_path, Reset};
 
@@ -71,9 +72,8 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&NextVersion>) -> 
             });
         }
         let image = onto.map_or(&ctx.image(pc).path, |o| &o.image);
-        let storage = ctx.manifest.storage_of(pc);
         let loops = ctx.kernel.loops.as_ref();
-        return reset_file(pc, storage, image, onto.map(|o| &o.golden), loops);
+        return reset_file(ctx.manifest, pc, image, onto.map(|o| &o.golden), loops);
     };
     Ok(Reset::live(&pc.name, paused, start))
 }
@@ -163,14 +163,19 @@ fn detach_unused_versions(ctx: &Ctx) -> Result<()> {
 /// clone of `image` (the disk of the version it runs next). When the PC moves to another
 /// image version, `onto` is the one its record names now.
 pub fn reset_file(
+    m: &Manifest,
     pc: &Pc,
-    storage: Storage,
     image: &Path,
     onto: Option<&Golden>,
     loops: &dyn Loops,
 ) -> Result<Reset> {
     let start = Instant::now();
-    match storage {
+    match m.storage_of(pc) {
+        Storage::Rbd => {
+            let cluster = crate::rbdpc::cluster_of(m, pc)?;
+            cluster.reset_offline(m, pc)?;
+            return Ok(Reset::offline(&pc.name, start.elapsed()));
+        }
         Storage::Cow => drop(crate::cowfile::reset(&pc.cow, loops)?),
         Storage::Reflink => {
             crate::reflink::clone::replace_with_clone(image, &pc.cow, &discard_path(&pc.cow))?

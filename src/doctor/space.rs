@@ -72,7 +72,7 @@ struct Room {
 pub fn checks(m: &Manifest) -> Vec<Check> {
     let mut out = Vec::new();
     let mut rooms: BTreeMap<u64, Room> = BTreeMap::new();
-    for pc in &m.pcs {
+    for pc in m.pcs.iter().filter(|p| m.storage_of(p) != Storage::Rbd) {
         let dir = pc.cow.parent().unwrap_or(Path::new("/")).to_path_buf();
         let Some(dev) = existing(&dir) else {
             if !out
@@ -101,7 +101,9 @@ pub fn checks(m: &Manifest) -> Vec<Check> {
                 let image = &m.images[&pc.image].path;
                 crate::reflink::extents::own_bytes(&pc.cow, image).unwrap_or(0)
             }
-            Storage::Cow => std::fs::metadata(&pc.cow).map_or(0, |md| md.blocks() * 512),
+            Storage::Cow | Storage::Rbd => {
+                std::fs::metadata(&pc.cow).map_or(0, |md| md.blocks() * 512)
+            }
         };
     }
     out.extend(rooms.values().map(cow_room));

@@ -13,7 +13,9 @@ pub mod disk;
 mod error;
 pub mod filekind;
 mod metadata;
+mod ownblocks;
 pub mod pcdisk;
+pub mod rbddisk;
 
 use std::sync::{Mutex, RwLock};
 

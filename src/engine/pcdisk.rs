@@ -1,7 +1,9 @@
 //! A PC's disk as the userspace targets serve it, whichever way its writes are kept: a COW
-//! over the golden image ([`Engine`]) or a reflink clone of it ([`CloneFile`]).
+//! over the golden image ([`Engine`]), a reflink clone of it ([`CloneFile`]) or a clone in
+//! a Ceph pool ([`RbdDisk`]).
 
 use super::clonefile::{CloneFile, BLOCK};
+use super::rbddisk::RbdDisk;
 use super::{Engine, EngineError, Extent, SnapshotState};
 use crate::cow::Usage;
 
@@ -10,6 +12,7 @@ use crate::cow::Usage;
 pub enum PcDisk {
     Cow(Engine),
     Clone(CloneFile),
+    Rbd(RbdDisk),
 }
 
 impl PcDisk {
@@ -18,6 +21,7 @@ impl PcDisk {
         match self {
             PcDisk::Cow(e) => e.size(),
             PcDisk::Clone(c) => c.size(),
+            PcDisk::Rbd(r) => r.size(),
         }
     }
 
@@ -26,6 +30,7 @@ impl PcDisk {
         match self {
             PcDisk::Cow(e) => e.geometry().chunk_bytes(),
             PcDisk::Clone(_) => BLOCK,
+            PcDisk::Rbd(r) => r.object_size(),
         }
     }
 
@@ -33,6 +38,7 @@ impl PcDisk {
         match self {
             PcDisk::Cow(e) => e.read_at(buf, offset),
             PcDisk::Clone(c) => c.read_at(buf, offset),
+            PcDisk::Rbd(r) => r.read_at(buf, offset),
         }
     }
 
@@ -40,6 +46,7 @@ impl PcDisk {
     pub fn extents(&self, offset: u64, len: usize) -> Option<Result<Vec<Extent<'_>>, EngineError>> {
         match self {
             PcDisk::Cow(e) => e.extents(offset, len),
+            PcDisk::Rbd(_) => None,
             PcDisk::Clone(c) => {
                 let ok = offset
                     .checked_add(len as u64)
@@ -72,6 +79,7 @@ impl PcDisk {
         match self {
             PcDisk::Cow(e) => e.write_at(buf, offset),
             PcDisk::Clone(c) => c.write_at(buf, offset),
+            PcDisk::Rbd(r) => r.write_at(buf, offset),
         }
     }
 
@@ -79,16 +87,17 @@ impl PcDisk {
         match self {
             PcDisk::Cow(e) => e.flush(),
             PcDisk::Clone(c) => c.flush(),
+            PcDisk::Rbd(r) => r.flush(),
         }
     }
 
     /// What a write-through protocol (AoE) calls after a batch of writes: a COW's new
     /// exceptions committed. A clone's writes are in the page cache already, which outlives
-    /// this process, so it has nothing to do.
+    /// this process, and an rbd clone's in the cluster, so they have nothing to do.
     pub fn commit(&self) -> Result<(), EngineError> {
         match self {
             PcDisk::Cow(e) => e.commit(),
-            PcDisk::Clone(_) => Ok(()),
+            PcDisk::Clone(_) | PcDisk::Rbd(_) => Ok(()),
         }
     }
 
@@ -96,6 +105,7 @@ impl PcDisk {
         match self {
             PcDisk::Cow(e) => e.trim(offset, len),
             PcDisk::Clone(c) => c.trim(offset, len),
+            PcDisk::Rbd(r) => r.trim(offset, len),
         }
     }
 
@@ -103,6 +113,7 @@ impl PcDisk {
         match self {
             PcDisk::Cow(e) => e.write_zeroes(offset, len, no_hole),
             PcDisk::Clone(c) => c.write_zeroes(offset, len, no_hole),
+            PcDisk::Rbd(r) => r.write_zeroes(offset, len),
         }
     }
 
@@ -111,7 +122,7 @@ impl PcDisk {
     pub fn state(&self) -> SnapshotState {
         match self {
             PcDisk::Cow(e) => e.state(),
-            PcDisk::Clone(_) => SnapshotState::Active,
+            PcDisk::Clone(_) | PcDisk::Rbd(_) => SnapshotState::Active,
         }
     }
 
@@ -119,6 +130,7 @@ impl PcDisk {
         match self {
             PcDisk::Cow(e) => e.usage(),
             PcDisk::Clone(c) => c.usage(),
+            PcDisk::Rbd(r) => r.usage(),
         }
     }
 
@@ -127,6 +139,7 @@ impl PcDisk {
         match self {
             PcDisk::Cow(e) => e.grow(len),
             PcDisk::Clone(c) => c.grow(len),
+            PcDisk::Rbd(r) => r.grow(len),
         }
     }
 
@@ -134,6 +147,7 @@ impl PcDisk {
         match self {
             PcDisk::Cow(e) => e.abandon(),
             PcDisk::Clone(c) => c.abandon(),
+            PcDisk::Rbd(_) => {}
         }
     }
 }

@@ -125,6 +125,8 @@ pub enum Error {
     },
     #[error("{pc}: image {family} is one file (images.{family}.path): give it `versions: DIR` to commit PCs into new versions")]
     CommitOneFile { pc: String, family: String },
+    #[error("{pc}: image {family} is a snapshot in a Ceph pool (storage: rbd); cowctl does not keep versions of rbd images yet, so it cannot commit {pc}")]
+    CommitRbd { pc: String, family: String },
     /// The PC's COW is over a version the store does not hold (`cow_problem`'s sentence).
     #[error("{problem}")]
     VersionGone { pc: String, problem: String },

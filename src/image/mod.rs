@@ -44,6 +44,7 @@ pub fn entry(family: &Image, store: &Store, v: &Version) -> Image {
         store: Some(store.dir.clone()),
         family: family.family.clone(),
         storage: family.storage,
+        rbd: family.rbd.clone(),
     }
 }
 
@@ -374,6 +375,12 @@ pub fn commit_pc(
     note: &str,
 ) -> Result<Committed> {
     let image = &m.images[&pc.image];
+    if image.storage == Storage::Rbd {
+        return Err(Error::CommitRbd {
+            pc: pc.name.clone(),
+            family: image.family.clone(),
+        });
+    }
     let (Some(dir), Some(parent)) = (image.store.as_deref(), image.version.as_deref()) else {
         return Err(Error::CommitOneFile {
             pc: pc.name.clone(),
@@ -391,7 +398,8 @@ pub fn commit_pc(
         .parse()
         .map_err(|reason| Error::BadVersionName { reason })?;
     let changes = match image.storage {
-        Storage::Cow => Changes::Cow,
+        // An rbd image has no store of versions in files: refused above.
+        Storage::Cow | Storage::Rbd => Changes::Cow,
         Storage::Reflink => Changes::Clone {
             own_bytes: crate::reflink::extents::own_bytes(&pc.cow, &image.path).unwrap_or(0),
         },

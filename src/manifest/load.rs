@@ -88,6 +88,7 @@ struct RawSections {
     nbd: Option<RawNbd>,
     http: Option<RawHttp>,
     pxe: Option<RawPxe>,
+    ceph: Option<super::ceph::RawCeph>,
 }
 
 impl Builder {
@@ -97,7 +98,8 @@ impl Builder {
         if raw.defaults.name.is_some() {
             self.error("defaults.name", "defaults cannot name a PC");
         }
-        let images = self.images(raw.images.unwrap_or_default());
+        let ceph = raw.ceph.and_then(|r| self.ceph(r));
+        let images = self.images(raw.images.unwrap_or_default(), ceph.as_ref());
         let iscsi = raw.iscsi.and_then(|r| self.iscsi(r));
         let aoe = raw.aoe.map(|r| AoeConfig {
             interface: r.interface,
@@ -138,6 +140,7 @@ impl Builder {
             nbd,
             http,
             pxe,
+            ceph,
             warnings: std::mem::take(&mut self.warnings),
         })
     }
@@ -185,7 +188,8 @@ impl Builder {
                 "nbd" => raw.nbd = self.section::<RawNbd>("nbd", v),
                 "http" => raw.http = self.section::<RawHttp>("http", v),
                 "pxe" => raw.pxe = self.section::<RawPxe>("pxe", v),
-                other => self.error(other, format!("unknown section {other:?} (expected images, defaults, pcs, iscsi, aoe, nbd, http, pxe, backend, warn_percent)")),
+                "ceph" => raw.ceph = self.section("ceph", v),
+                other => self.error(other, format!("unknown section {other:?} (expected images, defaults, pcs, iscsi, aoe, nbd, http, pxe, ceph, backend, warn_percent)")),
             }
         }
         raw

@@ -6,6 +6,7 @@
 //! checking to (reading in `load.rs`, the sections in `sections.rs`, PCs in `pc.rs`).
 
 pub mod adopt;
+mod ceph;
 mod error;
 mod expand;
 mod exports;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde_norway::Value;
 
+pub use ceph::{CephConfig, RbdSnapshot};
 pub use error::{ManifestError, ManifestErrors, ManifestWarning};
 pub use owned::{PROMOTION_RECORD, VERSION_DISK, VERSION_RECORD};
 use positions::Positions;
@@ -50,6 +52,8 @@ pub struct Manifest {
     pub http: Option<HttpConfig>,
     /// The supervised dnsmasq that boots PCs into `/boot.ipxe`; none without a `pxe` section.
     pub pxe: Option<PxeConfig>,
+    /// The Ceph cluster of `storage: rbd` images; none without a `ceph` section.
+    pub ceph: Option<CephConfig>,
     /// What is valid but risky, each with where it is (see `warnings.rs`).
     pub warnings: Vec<ManifestWarning>,
 }
@@ -72,6 +76,17 @@ impl Manifest {
             .get(&pc.image)
             .map(|i| i.storage)
             .unwrap_or_default()
+    }
+
+    /// A PC's disk on rbd storage: its clone's name in the ceph section's pool.
+    pub fn rbd_clone(&self, pc: &Pc) -> Option<String> {
+        let ceph = self.ceph.as_ref()?;
+        (self.storage_of(pc) == Storage::Rbd).then(|| format!("{}.{}", ceph.prefix, pc.name))
+    }
+
+    /// Whether any image keeps its PCs' disks on rbd.
+    pub fn uses_rbd(&self) -> bool {
+        self.images.values().any(|i| i.storage == Storage::Rbd)
     }
 
     /// The PCs a reset of `names` resets: those named, or when none are, every PC that

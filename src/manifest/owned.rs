@@ -107,6 +107,9 @@ impl Builder {
         let owned = owned_files(images, pcs, iscsi, http);
         let cows: Vec<Identity> = pcs.iter().map(|p| identity(&p.cow)).collect();
         for (i, (pc, id)) in pcs.iter().zip(&cows).enumerate() {
+            if pc.cow.as_os_str().is_empty() {
+                continue; // an rbd PC: its disk is no file
+            }
             let clash = owned
                 .iter()
                 .find(|(other, _)| other.same(id))

@@ -230,6 +230,8 @@ impl Builder {
         let ext = match storage {
             super::Storage::Cow => "cow",
             super::Storage::Reflink => "img",
+            // The disk is a clone in the cluster (Manifest::rbd_clone): no file.
+            super::Storage::Rbd => return PathBuf::new(),
         };
         let cow = match (value("cow"), value("cow_dir")) {
             (Some(c), _) => PathBuf::from(c),

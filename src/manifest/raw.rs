@@ -16,6 +16,8 @@ pub struct RawImage {
     pub version: Option<String>,
     /// `cow` (dm-snapshot COW files, the default) or `reflink` (clones of the disk).
     pub storage: Option<String>,
+    /// `storage: rbd`: the image's protected snapshot in the ceph section's pool.
+    pub rbd: Option<String>,
 }
 
 /// A field that may hold a range: a string or a plain number.

@@ -137,7 +137,11 @@ impl Builder {
         }
     }
 
-    pub(super) fn images(&mut self, raw: RawImages) -> BTreeMap<String, Image> {
+    pub(super) fn images(
+        &mut self,
+        raw: RawImages,
+        ceph: Option<&super::CephConfig>,
+    ) -> BTreeMap<String, Image> {
         let mut out = BTreeMap::new();
         for (name, img) in raw {
             if name.is_empty()
@@ -149,6 +153,12 @@ impl Builder {
                     &format!("images.{name}"),
                     format!("{name:?} is not an image name (letters, digits, '.', '_' and '-')"),
                 );
+            }
+            if img.storage.as_deref() == Some("rbd") || img.rbd.is_some() {
+                if let Some(image) = self.rbd_image(&name, img, ceph) {
+                    out.insert(name, image);
+                }
+                continue;
             }
             let (field, path, store) = match (img.path, img.versions) {
                 (Some(p), None) => ("path", p, None),
@@ -182,7 +192,7 @@ impl Builder {
                 Some(other) => {
                     self.error(
                         &format!("images.{name}.storage"),
-                        format!("{name}: storage {other:?} is not cow (COW files, the default) or reflink (clones on btrfs or xfs)"),
+                        format!("{name}: storage {other:?} is not cow (COW files, the default), reflink (clones on btrfs or xfs) or rbd (clones in a Ceph pool)"),
                     );
                     Storage::Cow
                 }
@@ -196,6 +206,7 @@ impl Builder {
                     version: img.version,
                     store,
                     storage,
+                    rbd: None,
                 },
             );
         }

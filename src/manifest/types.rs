@@ -26,6 +26,8 @@ pub struct Image {
     pub family: String,
     /// How its PCs' disks are kept.
     pub storage: Storage,
+    /// `storage: rbd`: the snapshot its PCs' clones are made from.
+    pub rbd: Option<super::RbdSnapshot>,
 }
 
 /// How the PCs of an image keep their writes.
@@ -38,6 +40,8 @@ pub enum Storage {
     /// A clone (FICLONE) of the image's disk on btrfs or xfs: a plain disk file whose
     /// blocks the file system shares with the image until the PC writes them.
     Reflink,
+    /// A clone of the image's protected snapshot in a Ceph pool (`ceph` section).
+    Rbd,
 }
 
 impl fmt::Display for Storage {
@@ -45,6 +49,7 @@ impl fmt::Display for Storage {
         f.write_str(match self {
             Storage::Cow => "cow",
             Storage::Reflink => "reflink",
+            Storage::Rbd => "rbd",
         })
     }
 }

@@ -12,11 +12,13 @@ pub enum BackendKind {
 }
 
 /// `backend: auto` (the default) picks the kernel when it has device-mapper: its control
-/// node exists, or appears once `dm-snapshot` is loaded.
+/// node exists, or appears once `dm-snapshot` is loaded. A room with rbd images is served
+/// by `cowctl serve` (the kernel path does not map rbd images).
 pub fn choose(m: &Manifest) -> BackendKind {
     match m.backend {
         Backend::Kernel => BackendKind::Kernel,
         Backend::Userspace => BackendKind::Userspace,
+        Backend::Auto if m.uses_rbd() => BackendKind::Userspace,
         Backend::Auto if kernel_has_dm() => BackendKind::Kernel,
         Backend::Auto => BackendKind::Userspace,
     }

@@ -135,6 +135,11 @@ fn clone_space_problem(pc: &Pc, u: Usage) -> Option<String> {
 /// State and usage of a PC that is not being served, read from its COW file (or, for a
 /// clone, from the extents it no longer shares).
 pub fn from_cow_file(m: &Manifest, pc: &Pc) -> (PcState, Option<Usage>) {
+    if m.storage_of(pc) == Storage::Rbd {
+        // An rbd clone's fill: its objects, as `rbd du` counts them.
+        let usage = crate::rbdpc::cluster_of(m, pc).and_then(|c| c.usage(m, pc));
+        return (PcState::NotApplied, usage.ok());
+    }
     if m.storage_of(pc) == Storage::Reflink {
         // A clone's fill: the bytes where it is no longer its image.
         let image = &m.images[&pc.image].path;

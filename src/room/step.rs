@@ -34,6 +34,13 @@ pub enum Step {
         image_path: PathBuf,
         path: PathBuf,
     },
+    /// Make an rbd PC's disk: a clone (`clone`, `pool/name`) of its image's protected
+    /// snapshot (`snapshot`, `pool/image@snap`), in the cluster (`storage: rbd`).
+    CloneRbd {
+        pc: String,
+        snapshot: String,
+        clone: String,
+    },
     /// Write the `.golden` record beside `cow`: it was made against `image_path`.
     RecordGolden {
         pc: String,
@@ -140,6 +147,7 @@ impl Step {
         match self {
             Step::CreateCow { .. } => "create COW",
             Step::CloneDisk { .. } => "clone disk",
+            Step::CloneRbd { .. } => "clone rbd disk",
             Step::RecordGolden { .. } => "record golden",
             Step::AttachImage { .. } => "attach image",
             Step::AttachCow { .. } => "attach COW",
@@ -174,6 +182,7 @@ impl fmt::Display for Step {
         match self {
             Step::CreateCow { pc, path, size, chunk } => write!(f, "create {pc}'s COW {} ({size} sparse, chunk {chunk})", path.display()),
             Step::CloneDisk { pc, image_path, path } => write!(f, "clone {pc}'s disk {} from {} (reflink)", path.display(), image_path.display()),
+            Step::CloneRbd { pc, snapshot, clone } => write!(f, "clone {pc}'s disk {clone} from {snapshot} (rbd)"),
             Step::RecordGolden { pc, image, .. } => write!(f, "record that {pc}'s COW belongs to golden image {image}"),
             Step::AttachImage { image, path } => write!(f, "attach golden image {image} ({}) read-only to a loop device", path.display()),
             Step::AttachCow { pc, path } => write!(f, "attach {pc}'s COW {} to a loop device", path.display()),

@@ -38,20 +38,30 @@ fn open_as(m: &Manifest, pc: &Pc, fresh: bool) -> Result<Served> {
             )?)
         }
         Storage::Reflink => PcDisk::Clone(open_clone(pc, &image_path, fresh)?),
+        Storage::Rbd => {
+            let cluster = crate::rbdpc::cluster_of(m, pc)?;
+            PcDisk::Rbd(cluster.open(m, pc, fresh)?)
+        }
     };
-    let opened = std::fs::metadata(&pc.cow).map_err(|source| Error::Read {
-        path: pc.cow.clone(),
-        source,
-    })?;
+    let cow_file = match disk {
+        PcDisk::Rbd(_) => None,
+        _ => {
+            let opened = std::fs::metadata(&pc.cow).map_err(|source| Error::Read {
+                path: pc.cow.clone(),
+                source,
+            })?;
+            Some((
+                std::os::unix::fs::MetadataExt::dev(&opened),
+                std::os::unix::fs::MetadataExt::ino(&opened),
+            ))
+        }
+    };
     Ok(Served {
         disk: Arc::new(disk),
         pc: pc.clone(),
         image_path,
         acl: m.nbd.acl,
-        cow_file: (
-            std::os::unix::fs::MetadataExt::dev(&opened),
-            std::os::unix::fs::MetadataExt::ino(&opened),
-        ),
+        cow_file,
     })
 }
 
@@ -142,10 +152,39 @@ pub(super) fn swap_in_fresh_cow(
     }
 }
 
+/// The reset's swap of an rbd PC, while it is paused: the old clone is closed and renamed
+/// aside, the fresh clone made beforehand (`next`) takes its name and is opened. Returns
+/// the name set aside, to be removed after the pause. On failure the old clone keeps
+/// serving, under its own name.
+pub(super) fn swap_in_fresh_rbd(
+    m: &Manifest,
+    pc: &Pc,
+    old: Option<Served>,
+    next: &str,
+) -> (Option<Served>, Result<String>) {
+    let cluster = match crate::rbdpc::cluster_of(m, pc) {
+        Ok(c) => c,
+        Err(e) => return (old, Err(e.into())),
+    };
+    let aside = match cluster.swap_in(m, pc, next) {
+        Ok(aside) => aside,
+        Err(e) => return (old, Err(e.into())),
+    };
+    match open_as(m, pc, true) {
+        // The old clone's handle closes (and its lock goes) with the last of its users.
+        Ok(s) => (Some(s), Ok(aside)),
+        Err(e) => {
+            let back = cluster.swap_back(m, pc, next, &aside);
+            (old, Err(back.map_or_else(Into::into, |()| e)))
+        }
+    }
+}
+
 /// A new disk for the PC at its path: an empty COW of `size` bytes, or a clone of its image.
 fn fresh_disk(m: &Manifest, pc: &Pc, size: u64) -> Result<()> {
     match m.storage_of(pc) {
         Storage::Cow => Ok(crate::cowfile::create_empty(&pc.cow, size)?),
+        Storage::Rbd => Ok(crate::rbdpc::cluster_of(m, pc)?.make_disk(m, pc)?),
         Storage::Reflink => {
             let image = &m.images[&pc.image].path;
             Ok(crate::reflink::clone::clone_new(image, &pc.cow)?)

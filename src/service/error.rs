@@ -30,6 +30,9 @@ pub enum Error {
     #[error(transparent)]
     Reflink(#[from] crate::reflink::ReflinkError),
     #[error(transparent)]
+    /// Boxed: the rbd storage's errors name a PC, its clone and two snapshots.
+    Rbd(Box<crate::rbdpc::Error>),
+    #[error(transparent)]
     Secret(#[from] crate::manifest::secrets::SecretError),
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestErrors),
@@ -245,6 +248,12 @@ pub enum HttpError {
     },
     #[error("cannot start the HTTP service's runtime")]
     Runtime(#[source] std::io::Error),
+}
+
+impl From<crate::rbdpc::Error> for Error {
+    fn from(e: crate::rbdpc::Error) -> Error {
+        Error::Rbd(Box::new(e))
+    }
 }
 
 #[cfg(test)]

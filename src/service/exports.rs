@@ -27,7 +27,7 @@ pub struct Served {
     pub acl: NbdAcl,
     /// The COW (or clone) file the disk has open, as (device, inode): the path may come to lead
     /// elsewhere, or nowhere, while it is served.
-    pub cow_file: (u64, u64),
+    pub cow_file: Option<(u64, u64)>,
 }
 
 impl Served {
@@ -38,8 +38,9 @@ impl Served {
         let bytes = match self.disk.as_ref() {
             PcDisk::Cow(engine) => engine.usage().total_sectors * 512,
             PcDisk::Clone(clone) => clone.size(),
+            PcDisk::Rbd(_) => return None, // no file: the cluster holds the clone
         };
-        crate::room::status::cow_file_problem(&self.pc, self.cow_file, bytes)
+        crate::room::status::cow_file_problem(&self.pc, self.cow_file?, bytes)
     }
 
     /// With `nbd.acl: ip`, a TCP client must come from the PC's own address; the unix

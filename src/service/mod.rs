@@ -123,6 +123,7 @@ impl Service {
                             storage: match *sv.disk {
                                 PcDisk::Cow(_) => crate::manifest::Storage::Cow,
                                 PcDisk::Clone(_) => crate::manifest::Storage::Reflink,
+                                PcDisk::Rbd(_) => crate::manifest::Storage::Rbd,
                             },
                         },
                     )
@@ -148,7 +149,7 @@ impl Service {
             return Err(Error::AoeInterfaceChanged);
         }
         kplan::refuse_if_any(manifest, kplan::file_problems(manifest))?;
-        Ok(plan::plan(manifest, &self.served()))
+        Ok(plan::plan(manifest, &self.served())?)
     }
 
     /// Makes the service serve `manifest`; returns the steps taken.
@@ -181,6 +182,10 @@ impl Service {
         match step {
             Step::CreateCow { .. } | Step::CloneDisk { .. } | Step::RecordGolden { .. } => {
                 Ok(step.run_on_files(fingerprints)?)
+            }
+            Step::CloneRbd { pc: name, .. } => {
+                let p = pc(name)?;
+                Ok(crate::rbdpc::cluster_of(m, p)?.make_disk(m, p)?)
             }
             Step::Serve { pc: name, .. } => {
                 let served = open(m, pc(name)?)?;
@@ -282,12 +287,14 @@ impl Service {
         let onto = due.as_ref().map(|(_, g)| g);
         let Some(slot) = self.registry.get(&pc.name) else {
             let image = due.as_ref().map_or(&m.images[&pc.image], |(i, _)| i);
-            let storage = m.storage_of(pc);
             let loops = crate::kernel::loopdev::SysLoops;
-            let r = crate::control::reset::reset_file(pc, storage, &image.path, onto, &loops)?;
+            let r = crate::control::reset::reset_file(m, pc, &image.path, onto, &loops)?;
             self.moved(&pc.name, due.as_ref());
             return Ok(r);
         };
+        if m.storage_of(pc) == crate::manifest::Storage::Rbd {
+            return self.reset_rbd(m, pc, &slot, start);
+        }
         // The fresh engine opens over the version the PC moves to.
         let (mut m, mut pc) = (m.clone(), pc.clone());
         if let Some((image, _)) = &due {
@@ -305,6 +312,28 @@ impl Service {
         match m.storage_of(&pc) {
             crate::manifest::Storage::Cow => crate::control::reset::remove_discard(&discard)?,
             crate::manifest::Storage::Reflink => crate::reflink::clone::remove_aside(&discard)?,
+            crate::manifest::Storage::Rbd => {}
+        }
+        Ok(Reset::live(&pc.name, paused, start))
+    }
+
+    /// An rbd PC's live reset: the fresh clone is made before the pause, which only
+    /// renames the two and opens the fresh one; the old clone is removed after it.
+    fn reset_rbd(&self, m: &Manifest, pc: &Pc, slot: &Slot, start: Instant) -> Result<Reset> {
+        let cluster = crate::rbdpc::cluster_of(m, pc)?;
+        let next = cluster.prepare_fresh(m, pc)?;
+        let mut aside = None;
+        let paused = slot
+            .quiesce(|old| {
+                let (served, swapped) = disks::swap_in_fresh_rbd(m, pc, old, &next);
+                (served, swapped.map(|a| aside = Some(a)))
+            })
+            .map_err(|e| Error::Resetting {
+                pc: pc.name.clone(),
+                source: Box::new(e),
+            })?;
+        if let Some(aside) = aside {
+            cluster.remove_aside(&aside)?;
         }
         Ok(Reset::live(&pc.name, paused, start))
     }

@@ -36,13 +36,36 @@ impl ServedPc {
     }
 }
 
-/// The steps that make the service serve the manifest: new PCs get a COW, a golden record
-/// and an export; changed ones are re-opened; PCs no longer listed stop being served.
-pub fn plan(manifest: &Manifest, served: &BTreeMap<String, ServedPc>) -> Vec<Step> {
+/// The steps that make the service serve the manifest: new PCs get a COW (or a clone), a
+/// golden record and an export; changed ones are re-opened; PCs no longer listed stop
+/// being served. An rbd PC's clone is looked for in the cluster, and its image's snapshot
+/// must be there to clone.
+pub fn plan(
+    manifest: &Manifest,
+    served: &BTreeMap<String, ServedPc>,
+) -> Result<Vec<Step>, crate::rbdpc::Error> {
     let mut steps = Vec::new();
+    let cluster = crate::rbdpc::shared(manifest)?;
     for pc in &manifest.pcs {
         let name = pc.name.clone();
-        if !pc.cow.exists() {
+        if let Some(cluster) = cluster
+            .as_ref()
+            .filter(|_| manifest.storage_of(pc) == Storage::Rbd)
+        {
+            if !cluster.has_disk(manifest, pc)? {
+                let snapshot = manifest.images[&pc.image]
+                    .rbd
+                    .as_ref()
+                    .expect("an rbd image");
+                cluster.check_snapshot(snapshot)?;
+                let pool = cluster.pool();
+                steps.push(Step::CloneRbd {
+                    pc: name.clone(),
+                    snapshot: pool.spec(&snapshot.to_string()),
+                    clone: pool.spec(&manifest.rbd_clone(pc).expect("an rbd PC")),
+                });
+            }
+        } else if !pc.cow.exists() {
             steps.push(match manifest.storage_of(pc) {
                 Storage::Cow => Step::CreateCow {
                     pc: name.clone(),
@@ -50,14 +73,15 @@ pub fn plan(manifest: &Manifest, served: &BTreeMap<String, ServedPc>) -> Vec<Ste
                     size: pc.cow_size,
                     chunk: pc.chunk,
                 },
-                Storage::Reflink => Step::CloneDisk {
+                Storage::Reflink | Storage::Rbd => Step::CloneDisk {
                     pc: name.clone(),
                     image_path: manifest.images[&pc.image].path.clone(),
                     path: pc.cow.clone(),
                 },
             });
         }
-        if !golden_record::record_path(&pc.cow).exists() {
+        let files = manifest.storage_of(pc) != Storage::Rbd;
+        if files && !golden_record::record_path(&pc.cow).exists() {
             steps.push(Step::RecordGolden {
                 pc: name.clone(),
                 image: pc.image.clone(),
@@ -86,5 +110,5 @@ pub fn plan(manifest: &Manifest, served: &BTreeMap<String, ServedPc>) -> Vec<Ste
             steps.push(Step::StopServing { pc: name.clone() });
         }
     }
-    steps
+    Ok(steps)
 }

@@ -40,6 +40,9 @@ pub enum Golden {
     RealOs,
     /// `golden.img`: a symbolic link to this file or device.
     Link(PathBuf),
+    /// No file: `storage: rbd` with `rbd: IMAGE@SNAPSHOT` in the ceph section's pool (the
+    /// test makes it, and adds the ceph section with `extra`).
+    Rbd(String),
 }
 
 /// The `iscsi` section: the portal is 127.0.0.1 at a free port unless given.
@@ -398,7 +401,7 @@ impl RoomBuilder {
                 common::pc::counter_image(&d.join("golden.img"), *size);
                 Ok(())
             }
-            Golden::Versions => Ok(()),
+            Golden::Versions | Golden::Rbd(_) => Ok(()),
             Golden::RealOs => {
                 common::realos::golden(&d.join("golden.img"));
                 Ok(())
@@ -437,8 +440,9 @@ impl RoomBuilder {
             writeln!(t, "backend: {b}").unwrap();
         }
         t.push_str("images:\n  g:\n");
-        match self.golden {
+        match &self.golden {
             Golden::Versions => writeln!(t, "    versions: {d}/versions").unwrap(),
+            Golden::Rbd(snapshot) => writeln!(t, "    storage: rbd\n    rbd: {snapshot}").unwrap(),
             _ => writeln!(t, "    path: {d}/golden.img").unwrap(),
         }
         if let Some(v) = &self.version {

@@ -1,0 +1,184 @@
+//! An rbd PC's disk: its clone of the image's protected snapshot in a Ceph pool, served
+//! through librbd. The cluster copies an object up from the image on its first write and
+//! keeps every write durable before librbd answers (the client's cache is off), so a
+//! flush has nothing of cowctl's to write.
+//!
+//! The PC's fill is `rbd du`'s: the clone's objects, counted once when it is opened
+//! (the cluster's object map) and then kept here, one bit per object, set by writes. It
+//! is held against `cow_size` as a quota, like a reflink clone's blocks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::ownblocks::OwnBlocks;
+use super::EngineError;
+use crate::cow::Usage;
+use crate::rbd::Image;
+
+pub struct RbdDisk {
+    image: Image,
+    size: u64,
+    /// The clone's object size: the unit a first write copies and the fill counts.
+    object: u64,
+    read_only: bool,
+    quota: AtomicU64,
+    own: Mutex<OwnBlocks>,
+}
+
+fn io(what: &'static str, offset: u64) -> impl FnOnce(crate::rbd::Error) -> EngineError {
+    move |e| {
+        let source = match e.errno() {
+            Some(errno) => std::io::Error::from_raw_os_error(errno),
+            None => std::io::Error::other(e.to_string()),
+        };
+        EngineError::Io {
+            what,
+            offset,
+            source,
+        }
+    }
+}
+
+impl RbdDisk {
+    /// Serves `image` (a PC's clone, opened and locked by the caller), whose objects of
+    /// its own are `own` ((offset, length) from `Image::own_objects`; none for a fresh
+    /// clone).
+    pub fn new(
+        image: Image,
+        (read_only, quota): (bool, u64),
+        own: &[(u64, u64)],
+    ) -> Result<RbdDisk, crate::rbd::Error> {
+        let size = image.size()?;
+        let object = image.object_size()?.max(512);
+        let mut bits = OwnBlocks::new(size.div_ceil(object));
+        for &(offset, len) in own {
+            let end = offset.saturating_add(len).min(size);
+            if offset < end {
+                bits.set(offset / object, end.div_ceil(object), true);
+            }
+        }
+        Ok(RbdDisk {
+            image,
+            size,
+            object,
+            read_only,
+            quota: AtomicU64::new(quota),
+            own: Mutex::new(bits),
+        })
+    }
+
+    fn own(&self) -> std::sync::MutexGuard<'_, OwnBlocks> {
+        self.own.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn object_size(&self) -> u64 {
+        self.object
+    }
+
+    /// The clone's name in its pool.
+    pub fn name(&self) -> &str {
+        self.image.name()
+    }
+
+    pub fn own_bytes(&self) -> u64 {
+        self.own().count * self.object
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            sectors_allocated: self.own_bytes() / 512,
+            total_sectors: self.quota.load(Ordering::Relaxed) / 512,
+            metadata_sectors: 0,
+        }
+    }
+
+    /// Raises the quota to `len` bytes (never lowers it); returns the old one.
+    pub fn grow(&self, len: u64) -> Result<u64, EngineError> {
+        if self.read_only {
+            return Err(EngineError::ReadOnly);
+        }
+        Ok(self.quota.fetch_max(len, Ordering::Relaxed))
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(EngineError::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    /// Refuses a write that would take the PC past its quota; returns the objects it covers.
+    fn admit(&self, offset: u64, len: u64) -> Result<(u64, u64), EngineError> {
+        if self.read_only {
+            return Err(EngineError::ReadOnly);
+        }
+        self.check_range(offset, len)?;
+        let (first, end) = (offset / self.object, (offset + len).div_ceil(self.object));
+        let own = self.own();
+        let quota = self.quota.load(Ordering::Relaxed);
+        let new = own.unset_in(first, end);
+        if new > 0 && (own.count + new) * self.object > quota {
+            return Err(EngineError::Quota { bytes: quota });
+        }
+        Ok((first, end))
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), EngineError> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.image
+            .read_at(buf, offset)
+            .map_err(io("reading the PC's rbd clone", offset))
+    }
+
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), EngineError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let (first, end) = self.admit(offset, buf.len() as u64)?;
+        self.image
+            .write_at(buf, offset)
+            .map_err(io("writing the PC's rbd clone", offset))?;
+        self.own().set(first, end, true);
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), EngineError> {
+        self.image
+            .flush()
+            .map_err(io("flushing the PC's rbd clone", 0))
+    }
+
+    /// A discard: the range reads as zeros afterwards (in a clone, librbd hides the
+    /// image's bytes there), and like a COW's exception it stays in the fill.
+    pub fn trim(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (first, end) = self.admit(offset, len)?;
+        self.image
+            .discard(offset, len)
+            .map_err(io("discarding in the PC's rbd clone", offset))?;
+        self.own().set(first, end, true);
+        Ok(())
+    }
+
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (first, end) = self.admit(offset, len)?;
+        self.image
+            .write_zeroes(offset, len)
+            .map_err(io("zeroing in the PC's rbd clone", offset))?;
+        self.own().set(first, end, true);
+        Ok(())
+    }
+}

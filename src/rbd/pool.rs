@@ -1,0 +1,251 @@
+//! A connection to the cluster as one client, and one pool's I/O context: what images are
+//! made, renamed, cloned and removed with.
+
+use std::ffi::{c_char, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::ptr;
+use std::sync::Arc;
+
+use super::ffi::{self, Calls, IoCtx, Rados};
+use super::{calls, check, cstr, Error, Image, Result, Settings};
+
+struct Cluster {
+    calls: &'static Calls,
+    handle: Rados,
+}
+
+// SAFETY: librados's cluster handle is thread-safe (its docs: one handle shared by threads).
+unsafe impl Send for Cluster {}
+unsafe impl Sync for Cluster {}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SAFETY: the handle was connected by `Pool::connect`, every ioctx holds an Arc of it.
+        unsafe { (self.calls.rados_shutdown)(self.handle) }
+    }
+}
+
+/// One pool of one cluster. Cheap to share (`Arc`); images opened from it keep it alive.
+pub struct Pool {
+    cluster: Arc<Cluster>,
+    pub(super) io: IoCtx,
+    name: String,
+}
+
+// SAFETY: an I/O context is thread-safe for the calls made here (librados's docs).
+unsafe impl Send for Pool {}
+unsafe impl Sync for Pool {}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // SAFETY: created by rados_ioctx_create; images hold an Arc<Pool>, so none is open.
+        unsafe { (self.cluster.calls.rados_ioctx_destroy)(self.io) }
+    }
+}
+
+fn path_cstr(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Nul {
+        what: p.display().to_string(),
+    })
+}
+
+impl Pool {
+    /// Connects as `client.<settings.client>` with the settings' configuration and opens
+    /// its pool. The client's cache is off: a write is acknowledged only once the cluster
+    /// has it (the durability contract), so a crash of cowctl loses nothing it answered.
+    pub fn connect(settings: &Settings) -> Result<Arc<Pool>> {
+        let calls = calls()?;
+        let name = cstr(&format!("client.{}", settings.client), "the client id")?;
+        let cluster_name = cstr("ceph", "")?;
+        let mut handle: Rados = ptr::null_mut();
+        let what = || format!("client.{}", settings.client);
+        // SAFETY: out-pointer to a handle; the strings outlive the call.
+        let ret =
+            unsafe { (calls.rados_create2)(&mut handle, cluster_name.as_ptr(), name.as_ptr(), 0) };
+        check(ret.into(), "create", what)?;
+        let cluster = Arc::new(Cluster { calls, handle });
+        let conf = path_cstr(&settings.conf)?;
+        // SAFETY: a live handle, a C string.
+        let ret = unsafe { (calls.rados_conf_read_file)(handle, conf.as_ptr()) };
+        check(ret.into(), "read configuration", || {
+            settings.conf.display().to_string()
+        })?;
+        let set = |key: &str, value: &[u8]| -> Result<()> {
+            let (k, v) = (
+                cstr(key, key)?,
+                CString::new(value).map_err(|_| Error::Nul { what: key.into() })?,
+            );
+            // SAFETY: a live, not yet connected handle.
+            let ret = unsafe { (calls.rados_conf_set)(handle, k.as_ptr(), v.as_ptr()) };
+            check(ret.into(), "set", || key.to_string()).map(drop)
+        };
+        if let Some(keyring) = &settings.keyring {
+            set("keyring", keyring.as_os_str().as_bytes())?;
+        }
+        set("rbd_cache", b"false")?;
+        // A cluster that is not there fails the command instead of hanging it.
+        set("client_mount_timeout", b"15")?;
+        set("rados_mon_op_timeout", b"15")?;
+        // SAFETY: a configured handle.
+        let ret = unsafe { (calls.rados_connect)(handle) };
+        check(ret.into(), "connect to the cluster of", || {
+            settings.conf.display().to_string()
+        })?;
+        let pool = cstr(&settings.pool, "the pool name")?;
+        let mut io: IoCtx = ptr::null_mut();
+        // SAFETY: a connected handle, an out-pointer.
+        let ret = unsafe { (calls.rados_ioctx_create)(handle, pool.as_ptr(), &mut io) };
+        check(ret.into(), "open pool", || settings.pool.clone())?;
+        Ok(Arc::new(Pool {
+            cluster,
+            io,
+            name: settings.pool.clone(),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn calls(&self) -> &'static Calls {
+        self.cluster.calls
+    }
+
+    /// This client's id in the cluster (`client.<id>` in lock owners and blocklists).
+    pub fn instance_id(&self) -> u64 {
+        // SAFETY: a connected handle.
+        unsafe { (self.calls().rados_get_instance_id)(self.cluster.handle) }
+    }
+
+    /// This client's addresses, as the cluster's blocklist names them.
+    pub fn addresses(&self) -> Result<String> {
+        let mut out: *mut c_char = ptr::null_mut();
+        // SAFETY: out-pointer to a buffer librados allocates; freed below.
+        let ret = unsafe { (self.calls().rados_getaddrs)(self.cluster.handle, &mut out) };
+        check(ret.into(), "addresses of", || "this client".into())?;
+        // SAFETY: a NUL-terminated string from librados.
+        let s = unsafe { std::ffi::CStr::from_ptr(out) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: allocated by rados_getaddrs.
+        unsafe { (self.calls().rados_buffer_free)(out) };
+        Ok(s)
+    }
+
+    /// Fences a client off the cluster's OSDs (a dead gateway): its writes in flight can
+    /// never land after this returns.
+    pub fn blocklist(&self, address: &str, seconds: u32) -> Result<()> {
+        let a = cstr(address, "the address")?;
+        // SAFETY: librados takes a non-const pointer but does not write through it.
+        let ret = unsafe {
+            (self.calls().rados_blocklist_add)(self.cluster.handle, a.as_ptr().cast_mut(), seconds)
+        };
+        check(ret.into(), "blocklist", || address.to_string()).map(drop)
+    }
+
+    /// Opens an image for I/O (or a snapshot of it, read-only).
+    pub fn open(self: &Arc<Self>, name: &str) -> Result<Image> {
+        Image::open(self, name, None, false)
+    }
+
+    pub fn open_read_only(self: &Arc<Self>, name: &str, snap: Option<&str>) -> Result<Image> {
+        Image::open(self, name, snap, true)
+    }
+
+    /// A new image of `size` bytes with objects of 2^`order` bytes.
+    pub fn create(&self, name: &str, size: u64, order: u8) -> Result<()> {
+        let n = cstr(name, "the image name")?;
+        with_order(self.calls(), order, |opts| {
+            // SAFETY: a live ioctx and options handle.
+            let ret = unsafe { (self.calls().rbd_create4)(self.io, n.as_ptr(), size, opts) };
+            check(ret.into(), "create", || self.spec(name)).map(drop)
+        })
+    }
+
+    /// `child`, a copy-on-write clone of `parent@snap` (a protected snapshot) with
+    /// objects of 2^`order` bytes.
+    pub fn clone_image(&self, parent: &str, snap: &str, child: &str, order: u8) -> Result<()> {
+        let (p, s, c) = (
+            cstr(parent, "the image name")?,
+            cstr(snap, "the snapshot name")?,
+            cstr(child, "the clone's name")?,
+        );
+        with_order(self.calls(), order, |opts| {
+            // SAFETY: live ioctx (used as parent's and child's pool) and options.
+            let ret = unsafe {
+                (self.calls().rbd_clone3)(
+                    self.io,
+                    p.as_ptr(),
+                    s.as_ptr(),
+                    self.io,
+                    c.as_ptr(),
+                    opts,
+                )
+            };
+            check(ret.into(), "clone", || {
+                format!("{} as {}", self.spec(&format!("{parent}@{snap}")), child)
+            })
+            .map(drop)
+        })
+    }
+
+    /// Removes an image (which nobody may have open: EBUSY otherwise).
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let n = cstr(name, "the image name")?;
+        // SAFETY: a live ioctx.
+        let ret = unsafe { (self.calls().rbd_remove)(self.io, n.as_ptr()) };
+        check(ret.into(), "remove", || self.spec(name)).map(drop)
+    }
+
+    /// Renames an image; EEXIST when `to` is taken (an rbd rename never replaces).
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (f, t) = (cstr(from, "the image name")?, cstr(to, "the image name")?);
+        // SAFETY: a live ioctx.
+        let ret = unsafe { (self.calls().rbd_rename)(self.io, f.as_ptr(), t.as_ptr()) };
+        check(ret.into(), "rename", || {
+            format!("{} to {to}", self.spec(from))
+        })
+        .map(drop)
+    }
+
+    /// Whether an image of this name is there.
+    pub fn exists(self: &Arc<Self>, name: &str) -> Result<bool> {
+        match Image::open(self, name, None, true) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `pool/name`, as `rbd` writes an image.
+    pub fn spec(&self, name: &str) -> String {
+        format!("{}/{name}", self.name)
+    }
+}
+
+fn with_order<T>(
+    calls: &Calls,
+    order: u8,
+    f: impl FnOnce(ffi::ImageOptions) -> Result<T>,
+) -> Result<T> {
+    let mut opts: ffi::ImageOptions = ptr::null_mut();
+    // SAFETY: out-pointer; destroyed below.
+    unsafe { (calls.rbd_image_options_create)(&mut opts) };
+    // A clone's striping is its parent's unless given: one object at a time, of the
+    // clone's own size (a stripe unit larger than the object is refused).
+    let options = [
+        (ffi::IMAGE_OPTION_ORDER, u64::from(order)),
+        (ffi::IMAGE_OPTION_STRIPE_UNIT, 1u64 << order),
+        (ffi::IMAGE_OPTION_STRIPE_COUNT, 1),
+    ];
+    let set = options.iter().try_for_each(|&(key, value)| {
+        // SAFETY: a live options handle.
+        let ret = unsafe { (calls.rbd_image_options_set_uint64)(opts, key, value) };
+        check(ret.into(), "set the object size of", || "an image".into()).map(drop)
+    });
+    let out = set.and_then(|()| f(opts));
+    // SAFETY: created above, not used after.
+    unsafe { (calls.rbd_image_options_destroy)(opts) };
+    out
+}

@@ -1,0 +1,307 @@
+//! `storage: rbd`: a PC's disk is a clone, in the ceph section's pool, of its image's
+//! protected snapshot. Here: the clone's name, making it, checking it is a clone of the
+//! snapshot the manifest names (the guard), opening it under the exclusive lock that keeps
+//! any other cowctl from writing it, counting its fill, and the swap a reset makes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cow::Usage;
+use crate::engine::rbddisk::RbdDisk;
+use crate::manifest::{CephConfig, Manifest, Pc, RbdSnapshot};
+use crate::rbd::{Image, Parent, Pool};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Rbd(#[from] crate::rbd::Error),
+    #[error("{pc} is on rbd storage, but the manifest has no ceph section")]
+    NoCeph { pc: String },
+    #[error("the image snapshot {snapshot} is not in the cluster: make it with `rbd snap create {snapshot}` and `rbd snap protect {snapshot}`")]
+    NoSnapshot { snapshot: String },
+    #[error("the image snapshot {snapshot} is not protected, so no clone can be made of it: `rbd snap protect {snapshot}`")]
+    NotProtected { snapshot: String },
+    #[error("{pc}'s disk {clone} is not a clone of an image snapshot; cowctl serves only the clones it made (move the image away, or name another prefix)")]
+    NotAClone { pc: String, clone: String },
+    #[error("{pc}'s disk {clone} is a clone of {has}, but its image is {wants}: serving it would show a disk made over another image; reset {pc} to clone it anew")]
+    OtherParent {
+        pc: String,
+        clone: String,
+        has: String,
+        wants: String,
+    },
+    #[error("{pc}'s disk {clone} is served by another gateway, {gateway} (its lock is held by {owners}); it is served from one place at a time")]
+    HeldElsewhere {
+        pc: String,
+        clone: String,
+        gateway: String,
+        owners: String,
+    },
+    #[error("{pc} has no disk in the cluster yet ({clone}): apply makes it")]
+    NoClone { pc: String, clone: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The clone's metadata key naming the gateway that serves it.
+const GATEWAY_KEY: &str = "cowctl.gateway";
+
+/// This gateway as others name it: its host name and process.
+fn gateway_name() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "?".into());
+    format!("{host} (pid {})", std::process::id())
+}
+
+/// A connection to the pool of a manifest's rbd images.
+pub struct Cluster {
+    pool: Arc<Pool>,
+    ceph: CephConfig,
+}
+
+impl Cluster {
+    /// Connects when the manifest has rbd images; None when it has none.
+    pub fn connect(m: &Manifest) -> Result<Option<Cluster>> {
+        let Some(ceph) = m.ceph.as_ref().filter(|_| m.uses_rbd()) else {
+            return Ok(None);
+        };
+        Ok(Some(Cluster {
+            pool: Pool::connect(&ceph.settings)?,
+            ceph: ceph.clone(),
+        }))
+    }
+
+    /// Whether this connection is to the cluster and pool `m` names.
+    pub fn serves(&self, m: &Manifest) -> bool {
+        m.ceph
+            .as_ref()
+            .is_some_and(|c| c.settings == self.ceph.settings)
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    fn names(&self, m: &Manifest, pc: &Pc) -> Result<(String, RbdSnapshot)> {
+        let clone = m.rbd_clone(pc).ok_or_else(|| Error::NoCeph {
+            pc: pc.name.clone(),
+        })?;
+        let snapshot = m.images[&pc.image]
+            .rbd
+            .clone()
+            .ok_or_else(|| Error::NoCeph {
+                pc: pc.name.clone(),
+            })?;
+        Ok((clone, snapshot))
+    }
+
+    /// Whether the PC's clone is there.
+    pub fn has_disk(&self, m: &Manifest, pc: &Pc) -> Result<bool> {
+        let (clone, _) = self.names(m, pc)?;
+        Ok(self.pool.exists(&clone)?)
+    }
+
+    /// The image's snapshot is there and protected: clones can be made of it.
+    pub fn check_snapshot(&self, snapshot: &RbdSnapshot) -> Result<()> {
+        let spec = self.pool.spec(&snapshot.to_string());
+        let image = match self.pool.open_read_only(&snapshot.image, None) {
+            Err(e) if e.is_not_found() => return Err(Error::NoSnapshot { snapshot: spec }),
+            other => other?,
+        };
+        match image.snapshot_protected_exists(&snapshot.snap)? {
+            (false, _) => Err(Error::NoSnapshot { snapshot: spec }),
+            (true, false) => Err(Error::NotProtected { snapshot: spec }),
+            (true, true) => Ok(()),
+        }
+    }
+
+    /// Makes the PC's clone (`name`, or its own name) of its image's snapshot, with the
+    /// ceph section's object size. An rbd clone is never made over an existing image.
+    fn clone_as(&self, m: &Manifest, pc: &Pc, name: Option<&str>) -> Result<()> {
+        let (clone, snapshot) = self.names(m, pc)?;
+        self.check_snapshot(&snapshot)?;
+        let order = self.ceph.order();
+        let name = name.unwrap_or(&clone);
+        Ok(self
+            .pool
+            .clone_image(&snapshot.image, &snapshot.snap, name, order)?)
+    }
+
+    pub fn make_disk(&self, m: &Manifest, pc: &Pc) -> Result<()> {
+        self.clone_as(m, pc, None)
+    }
+
+    /// The guard: the clone must be of the snapshot the manifest names.
+    fn check_parent(&self, m: &Manifest, pc: &Pc, image: &Image) -> Result<()> {
+        let (clone, snapshot) = self.names(m, pc)?;
+        let wants = Parent {
+            pool: self.pool.name().to_string(),
+            image: snapshot.image.clone(),
+            snap: snapshot.snap.clone(),
+        };
+        match image.parent()? {
+            None => Err(Error::NotAClone {
+                pc: pc.name.clone(),
+                clone: self.pool.spec(&clone),
+            }),
+            Some(has) if has != wants => Err(Error::OtherParent {
+                pc: pc.name.clone(),
+                clone: self.pool.spec(&clone),
+                has: has.to_string(),
+                wants: wants.to_string(),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn open_image(&self, m: &Manifest, pc: &Pc, read_only: bool) -> Result<Image> {
+        let (clone, _) = self.names(m, pc)?;
+        let opened = if read_only {
+            self.pool.open_read_only(&clone, None)
+        } else {
+            self.pool.open(&clone)
+        };
+        match opened {
+            Err(e) if e.is_not_found() => Err(Error::NoClone {
+                pc: pc.name.clone(),
+                clone: self.pool.spec(&clone),
+            }),
+            other => Ok(other?),
+        }
+    }
+
+    /// Opens the PC's clone to serve it: checked against its image, locked so no other
+    /// gateway writes it, its fill counted (a `fresh` clone has none to count).
+    pub fn open(&self, m: &Manifest, pc: &Pc, fresh: bool) -> Result<RbdDisk> {
+        let image = self.open_image(m, pc, pc.read_only)?;
+        self.check_parent(m, pc, &image)?;
+        if !pc.read_only {
+            if let Err(e) = image.lock_exclusive() {
+                let owners = image.lock_owners().unwrap_or_default();
+                if owners.is_empty() {
+                    return Err(e.into());
+                }
+                let gateway = image.metadata(GATEWAY_KEY).ok().flatten();
+                return Err(Error::HeldElsewhere {
+                    pc: pc.name.clone(),
+                    clone: self.pool.spec(image.name()),
+                    gateway: gateway.unwrap_or_else(|| "one that did not say its name".into()),
+                    owners: owners.join(", "),
+                });
+            }
+            // Who serves it, for the gateway that finds it taken (the lock names only an
+            // address).
+            image.set_metadata(GATEWAY_KEY, &gateway_name())?;
+        }
+        let own = if fresh {
+            Vec::new()
+        } else {
+            image.own_objects()?
+        };
+        Ok(RbdDisk::new(
+            image,
+            (pc.read_only, pc.cow_size.bytes()),
+            &own,
+        )?)
+    }
+
+    /// The fill of a PC nobody serves here: its clone's objects, against its quota.
+    pub fn usage(&self, m: &Manifest, pc: &Pc) -> Result<Usage> {
+        let image = self.open_image(m, pc, true)?;
+        self.check_parent(m, pc, &image)?;
+        let object = image.object_size()?;
+        let own: u64 = image.own_objects()?.len() as u64 * object;
+        Ok(Usage {
+            sectors_allocated: own / 512,
+            total_sectors: pc.cow_size.bytes() / 512,
+            metadata_sectors: 0,
+        })
+    }
+
+    /// A reset's first half, before the PC pauses: a fresh clone beside the PC's, named
+    /// `<clone>.next` (one left by a reset that failed is replaced: it was never served).
+    pub fn prepare_fresh(&self, m: &Manifest, pc: &Pc) -> Result<String> {
+        let (clone, _) = self.names(m, pc)?;
+        let next = format!("{clone}.next");
+        match self.pool.remove(&next) {
+            Err(e) if !e.is_not_found() => return Err(e.into()),
+            _ => {}
+        }
+        self.clone_as(m, pc, Some(&next))?;
+        Ok(next)
+    }
+
+    /// A reset's swap, while the PC is paused: its clone is renamed aside and the fresh
+    /// one takes its name. Returns the name set aside.
+    pub fn swap_in(&self, m: &Manifest, pc: &Pc, next: &str) -> Result<String> {
+        let (clone, _) = self.names(m, pc)?;
+        let aside = format!("{clone}.reset-{}", std::process::id());
+        self.pool.rename(&clone, &aside)?;
+        if let Err(e) = self.pool.rename(next, &clone) {
+            let _ = self.pool.rename(&aside, &clone);
+            return Err(e.into());
+        }
+        Ok(aside)
+    }
+
+    /// Undoes [`Cluster::swap_in`]: the fresh clone goes back to `next`, the old one to
+    /// its name.
+    pub fn swap_back(&self, m: &Manifest, pc: &Pc, next: &str, aside: &str) -> Result<()> {
+        let (clone, _) = self.names(m, pc)?;
+        self.pool.rename(&clone, next)?;
+        Ok(self.pool.rename(aside, &clone)?)
+    }
+
+    /// Removes a clone set aside by a reset, once its handle is closed (librbd refuses to
+    /// remove an image somebody has open: the last reads of the old disk may still be
+    /// finishing, so it is tried for a few seconds).
+    pub fn remove_aside(&self, aside: &str) -> Result<()> {
+        let mut tries = 0;
+        loop {
+            match self.pool.remove(aside) {
+                Err(e) if e.errno() == Some(libc::EBUSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) if e.is_not_found() => return Ok(()),
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// A reset of a PC nobody serves: a fresh clone in its place, the old one removed.
+    pub fn reset_offline(&self, m: &Manifest, pc: &Pc) -> Result<()> {
+        let next = self.prepare_fresh(m, pc)?;
+        if !self.has_disk(m, pc)? {
+            let (clone, _) = self.names(m, pc)?;
+            return Ok(self.pool.rename(&next, &clone)?);
+        }
+        let aside = self.swap_in(m, pc, &next)?;
+        self.remove_aside(&aside)
+    }
+}
+
+/// One connection per process to the cluster a manifest names, shared by everything that
+/// asks (the service's PCs, status, resets); made anew when the manifest names another.
+pub fn shared(m: &Manifest) -> Result<Option<Arc<Cluster>>> {
+    static SHARED: std::sync::Mutex<Option<Arc<Cluster>>> = std::sync::Mutex::new(None);
+    if !m.uses_rbd() {
+        return Ok(None);
+    }
+    let mut held = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = held.as_ref().filter(|c| c.serves(m)) {
+        return Ok(Some(c.clone()));
+    }
+    let fresh = Cluster::connect(m)?.map(Arc::new);
+    held.clone_from(&fresh);
+    Ok(fresh)
+}
+
+/// [`shared`] for a PC on rbd storage: its cluster, which must be there.
+pub fn cluster_of(m: &Manifest, pc: &Pc) -> Result<Arc<Cluster>> {
+    shared(m)?.ok_or_else(|| Error::NoCeph {
+        pc: pc.name.clone(),
+    })
+}

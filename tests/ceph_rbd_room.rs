@@ -1,0 +1,241 @@
+//! Rooms whose image has `storage: rbd`, served by `cowctl serve` from clones in a real Ceph
+//! cluster that the test starts (scripts/ceph/cluster.sh: one monitor, one manager, one
+//! OSD on a sparse file, all on loopback; one cluster for every test here). The `rbd`
+//! command line checks what cowctl did: apply clones each PC's disk from the image's
+//! protected snapshot, NBD and iSCSI clients write it, status counts the clone's objects as
+//! `rbd du` does against the PC's quota, reset swaps in a fresh clone while the PC stays
+//! exported and removes the old one, down and apply keep every written byte, the guard
+//! refuses a clone of another snapshot, a second gateway cannot serve a PC the first holds,
+//! and a qemu PC boots from a clone with its iPXE ROM.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::ceph::cluster;
+use common::pc::{self, Boot, HOST};
+use common::room::{Golden, Http, Iscsi, Pc, Room, RoomBuilder};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+/// qemu-io's output for `cmd` on `target` (an NBD or iSCSI URL).
+fn qemu_io(target: &str, cmd: &str) -> String {
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", cmd, target])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn wrote(out: &str) -> bool {
+    out.contains("wrote") && !out.contains("failed")
+}
+
+fn reads(target: &str, at: u64, len: u64, pattern: u8) -> bool {
+    let out = qemu_io(target, &format!("read -P {pattern:#x} {at} {len}"));
+    out.contains("read ") && !out.contains("failed") && !out.contains("mismatch")
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname().unwrap().into_string().unwrap()
+}
+
+fn used(room: &Room, pc: &str) -> u64 {
+    room.status_of(pc)["used_sectors"].as_u64().unwrap() * 512
+}
+
+/// A room over `golden@base` (16 MiB of 0x07), clones named `<prefix>.<pc>`: pc-1 and
+/// pc-2 over NBD, pc-3 over iSCSI, each with a quota of 4 MiB.
+fn rbd_room(prefix: &str, golden: &str) -> RoomBuilder {
+    RoomBuilder::userspace()
+        .golden(Golden::Rbd(format!("{golden}@base")))
+        .extra(&cluster().section(prefix))
+        .cow("4MiB", "4KiB")
+        .export("nbd")
+        .iscsi(Iscsi::new("iqn.2024-01.lan.rbd").acl("open"))
+        .pc(Pc::new("pc-{1..2}"))
+        .pc(Pc::new("pc-3").export("iscsi"))
+}
+
+#[test]
+fn a_room_on_rbd_works_through_every_command() {
+    let c = cluster();
+    c.golden("every", "base", &vec![7; 16 << 20]);
+    let room = rbd_room("every", "every").build();
+    let applied = room.cowctl(&["apply"]);
+    assert!(
+        applied.contains("clone pc-1's disk rbd/every.pc-1 from rbd/every@base (rbd)"),
+        "{applied}"
+    );
+    assert_eq!(c.parent("every.pc-1").as_deref(), Some("rbd/every@base"));
+    let pc1 = room.nbd_uri("pc-1");
+    assert!(reads(&pc1, 0, 16 * MIB, 0x07), "a fresh clone is its image");
+    assert_eq!(used(&room, "pc-1"), 0);
+
+    // Writes land in the PC's clone only; status counts its objects as rbd du does.
+    assert!(wrote(&qemu_io(&pc1, "write -P 0x11 1M 1M")));
+    assert!(reads(&pc1, MIB, MIB, 0x11));
+    assert!(
+        reads(&room.nbd_uri("pc-2"), MIB, MIB, 0x07),
+        "pc-2 is untouched"
+    );
+    assert_eq!(used(&room, "pc-1"), MIB);
+    assert_eq!(c.du("every.pc-1"), MIB, "status and rbd du agree");
+    assert_eq!(used(&room, "pc-2"), 0);
+    // A 4 KiB write copies up one object (64 KiB, the ceph section's default).
+    assert!(wrote(&qemu_io(&pc1, "write -P 0x12 8M 4k")));
+    assert_eq!(used(&room, "pc-1"), MIB + 64 * KIB);
+    assert_eq!(c.du("every.pc-1"), MIB + 64 * KIB);
+    let row = room.status_of("pc-1");
+    assert_eq!(
+        row["total_sectors"].as_u64().unwrap() * 512,
+        4 * MIB,
+        "{row}"
+    );
+    assert_eq!(row["state"], "active", "{row}");
+
+    // The quota (cow_size, 4 MiB) refuses new objects as a full disk does; rewrites go on.
+    let full = qemu_io(&pc1, "write -P 0x22 4M 8M");
+    assert!(full.contains("No space left on device"), "{full}");
+    assert!(wrote(&qemu_io(&pc1, "write -P 0x33 1M 1M")), "a rewrite");
+    assert!(reads(&pc1, MIB, MIB, 0x33));
+
+    // iSCSI serves a clone the same way.
+    let pc3 = format!(
+        "iscsi://127.0.0.1:{}/iqn.2024-01.lan.rbd:pc-3/0",
+        room.iscsi_port()
+    );
+    assert!(wrote(&qemu_io(&pc3, "write -P 0x44 0 64k")));
+    assert!(reads(&pc3, 0, 64 * KIB, 0x44));
+    assert_eq!(used(&room, "pc-3"), 64 * KIB);
+
+    // A live reset: a fresh clone under the same name, the old one removed.
+    let reset = room.cowctl(&["reset", "pc-1"]);
+    assert!(reset.contains("pc-1"), "{reset}");
+    assert!(reads(&pc1, 0, 16 * MIB, 0x07), "back to the image");
+    assert_eq!(used(&room, "pc-1"), 0);
+    assert_eq!(c.du("every.pc-1"), 0);
+    let left: Vec<String> = c
+        .images()
+        .into_iter()
+        .filter(|i| i.starts_with("every.pc-1."))
+        .collect();
+    assert!(left.is_empty(), "the old clone is removed: {left:?}");
+
+    // Down closes the clones and keeps them; status still counts them from the cluster.
+    room.cowctl(&["down"]);
+    assert_eq!(used(&room, "pc-3"), 64 * KIB);
+    assert!(c.images().contains(&"every.pc-3".to_string()));
+    // An offline reset, then apply serves the clones again with what they hold.
+    room.cowctl(&["reset", "pc-2"]);
+    room.cowctl(&["apply"]);
+    assert!(reads(&pc3, 0, 64 * KIB, 0x44), "written before down");
+    assert_eq!(used(&room, "pc-3"), 64 * KIB);
+}
+
+#[test]
+fn the_guard_refuses_a_clone_of_another_snapshot_and_a_missing_one() {
+    let c = cluster();
+    c.golden("guard", "base", &vec![1; 4 << 20]);
+    c.golden("other", "base", &vec![2; 4 << 20]);
+    let room = rbd_room("guard", "guard").build();
+    room.cowctl(&["apply"]);
+    room.cowctl(&["down"]);
+    // pc-2's disk replaced by a clone of another image: serving it would show that image.
+    c.rbd(&["rm", "--no-progress", "rbd/guard.pc-2"]);
+    c.rbd(&["clone", "rbd/other@base", "rbd/guard.pc-2"]);
+    let refused = room.refused(&["apply"]);
+    assert!(
+        refused.contains("pc-2's disk rbd/guard.pc-2 is a clone of rbd/other@base, but its image is rbd/guard@base"),
+        "{refused}"
+    );
+    // Its reset clones it anew from the right snapshot.
+    room.cowctl(&["reset", "pc-2"]);
+    assert_eq!(c.parent("guard.pc-2").as_deref(), Some("rbd/guard@base"));
+    room.cowctl(&["apply"]);
+
+    // A snapshot that is not there, or not protected, is named with the command to make it.
+    let missing = rbd_room("guard2", "guard-missing").build();
+    let refused = missing.refused(&["apply"]);
+    assert!(
+        refused.contains("the image snapshot rbd/guard-missing@base is not in the cluster"),
+        "{refused}"
+    );
+    c.rbd(&["create", "--size", "4M", "rbd/unprotected"]);
+    c.rbd(&["snap", "create", "rbd/unprotected@base"]);
+    let unprotected = rbd_room("guard3", "unprotected").build();
+    let refused = unprotected.refused(&["apply"]);
+    assert!(
+        refused.contains("rbd snap protect rbd/unprotected@base"),
+        "{refused}"
+    );
+}
+
+/// Two gateways with one manifest and one cluster: the PC the first serves holds its
+/// clone's exclusive lock, so the second refuses to serve it (and can once it is free).
+#[test]
+fn a_second_gateway_cannot_serve_a_pc_the_first_holds() {
+    let c = cluster();
+    c.golden("twice", "base", &vec![3; 4 << 20]);
+    let first = rbd_room("twice", "twice").build();
+    first.cowctl(&["apply"]);
+    let second = rbd_room("twice", "twice").build();
+    let refused = second.refused(&["apply"]);
+    assert!(
+        refused.contains(&format!(
+            "pc-1's disk rbd/twice.pc-1 is served by another gateway, {} (pid {})",
+            hostname(),
+            first.serve_pid()
+        )),
+        "{refused}"
+    );
+    first.cowctl(&["down"]);
+    second.cowctl(&["apply"]);
+    assert!(reads(&second.nbd_uri("pc-1"), 0, 4 * MIB, 0x03));
+}
+
+/// A qemu PC with its iPXE ROM boots from an rbd clone over iSCSI: the counting boot
+/// sector counts 1, 2, and after a reset 1 again.
+#[test]
+fn a_pc_boots_over_iscsi_from_an_rbd_clone() {
+    let c = cluster();
+    let image = tempfile::NamedTempFile::new().unwrap();
+    pc::counter_image(image.path(), 32 << 20);
+    c.golden("boot", "base", &std::fs::read(image.path()).unwrap());
+    let room = RoomBuilder::userspace()
+        .golden(Golden::Rbd("boot@base".into()))
+        .extra(&c.section("boot"))
+        .cow("8MiB", "4KiB")
+        .iscsi(Iscsi::new("iqn.2024-01.lan.rbdboot").acl("open"))
+        .http(Http::new().server(HOST))
+        .pc(Pc::new("pc-01").ip("127.0.0.1"))
+        .build();
+    room.cowctl(&["apply"]);
+    let script = format!(
+        "#!ipxe\nchain http://{HOST}:{}/boot.ipxe\n",
+        room.http().port()
+    );
+    let boot = || {
+        pc::boot(room.dir.path(), &script, Duration::from_secs(150), &|| {
+            false
+        })
+    };
+    assert_eq!(boot(), Boot::Counted(1), "{}", room.log_so_far());
+    assert_eq!(boot(), Boot::Counted(2));
+    room.cowctl(&["reset", "pc-01"]);
+    assert_eq!(boot(), Boot::Counted(1));
+    let snapshot = tempfile::NamedTempFile::new().unwrap();
+    let to = snapshot.path().to_str().unwrap();
+    std::fs::remove_file(to).unwrap();
+    c.rbd(&["export", "--no-progress", "rbd/boot@base", to]);
+    assert!(
+        std::fs::read(to).unwrap() == std::fs::read(image.path()).unwrap(),
+        "the image's snapshot is never written"
+    );
+}
