@@ -15,10 +15,15 @@ pub struct MemDisk {
     pub flushes: Mutex<u32>,
 }
 
+/// The disk's first contents, made once: byte i is i % 251. Computed byte by byte for
+/// every disk it cost ~3 ms, nearly all of a fuzz input's time; a copy costs a tenth.
+static PATTERN: std::sync::LazyLock<Vec<u8>> =
+    std::sync::LazyLock::new(|| (0..DISK_SIZE).map(|i| (i % 251) as u8).collect());
+
 impl MemDisk {
     pub fn new() -> Arc<MemDisk> {
         Arc::new(MemDisk {
-            bytes: Mutex::new((0..DISK_SIZE).map(|i| (i % 251) as u8).collect()),
+            bytes: Mutex::new(PATTERN.clone()),
             ..Default::default()
         })
     }
