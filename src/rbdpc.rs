@@ -46,13 +46,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// The clone's metadata key naming the gateway that serves it.
 const GATEWAY_KEY: &str = "cowctl.gateway";
 
-/// This gateway as others name it: its host name and process.
-fn gateway_name() -> String {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "?".into());
-    format!("{host} (pid {})", std::process::id())
+/// This gateway as others name it: its name in the gateways section, else its host name.
+fn gateway_name(m: &Manifest) -> String {
+    m.here.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "?".into())
+    })
 }
 
 /// A connection to the pool of a manifest's rbd images.
@@ -193,7 +194,7 @@ impl Cluster {
             }
             // Who serves it, for the gateway that finds it taken (the lock names only an
             // address).
-            image.set_metadata(GATEWAY_KEY, &gateway_name())?;
+            image.set_metadata(GATEWAY_KEY, &gateway_name(m))?;
         }
         let own = if fresh {
             Vec::new()
@@ -205,6 +206,23 @@ impl Cluster {
             (pc.read_only, pc.cow_size.bytes()),
             &own,
         )?)
+    }
+
+    /// Who holds the PC's clone (its exclusive lock): the gateway's name as it wrote it,
+    /// else the lock owner's address; None when nobody does.
+    pub fn holder(&self, m: &Manifest, pc: &Pc) -> Result<Option<String>> {
+        // Opened for writing (nothing is written, no lock taken): a read-only handle
+        // does not see the exclusive lock.
+        let image = match self.open_image(m, pc, false) {
+            Err(Error::NoClone { .. }) => return Ok(None),
+            other => other?,
+        };
+        let owners = image.lock_owners()?;
+        if owners.is_empty() {
+            return Ok(None);
+        }
+        let named = image.metadata(GATEWAY_KEY).ok().flatten();
+        Ok(Some(named.unwrap_or_else(|| owners.join(", "))))
     }
 
     /// The fill of a PC nobody serves here: its clone's objects, against its quota.

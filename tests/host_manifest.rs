@@ -632,3 +632,46 @@ fn an_rbd_image_is_a_snapshot_in_the_ceph_sections_pool() {
         assert!(e.message.contains(says), "{field}: {}", e.message);
     }
 }
+
+#[test]
+fn gateways_order_each_pc_and_boot_scripts_name_them_in_that_order() {
+    let text = "images:\n  w:\n    storage: rbd\n    rbd: golden-w@v1\nceph:\n  pool: lab\ngateways:\n  - name: gw-a\n    iscsi: 10.0.0.1\n    http: 10.0.0.1:8080\n  - name: gw-b\n    iscsi: 10.0.0.2:3261\niscsi:\n  iqn_prefix: iqn.2024-01.lan.x\n  portals: [0.0.0.0]\n  acl: open\nhttp:\n  listen: 0.0.0.0:80\n  admin_listen: 127.0.0.1:81\nbackend: userspace\ndefaults:\n  image: w\n  cow_size: 2GiB\npcs:\n  - name: pc-{1..20}\n";
+    let m = parse(text).unwrap();
+    let firsts: Vec<&str> = m
+        .pcs
+        .iter()
+        .map(|p| m.gateway_order(&p.name)[0].name.as_str())
+        .collect();
+    let on_a = firsts.iter().filter(|g| **g == "gw-a").count();
+    assert!(
+        (5..=15).contains(&on_a),
+        "the PCs spread over both: {firsts:?}"
+    );
+    // The order is the PC's own: the same however the gateways are listed.
+    let swapped = text.replace("  - name: gw-a\n    iscsi: 10.0.0.1\n    http: 10.0.0.1:8080\n", "").replace("    iscsi: 10.0.0.2:3261\n", "    iscsi: 10.0.0.2:3261\n  - name: gw-a\n    iscsi: 10.0.0.1\n    http: 10.0.0.1:8080\n");
+    let m2 = parse(&swapped).unwrap();
+    for pc in &m.pcs {
+        let names = |m: &Manifest| -> Vec<String> {
+            m.gateway_order(&pc.name)
+                .iter()
+                .map(|g| g.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&m), names(&m2));
+    }
+    // Seen from gw-a, the manifest's listeners are gw-a's.
+    let at_a = m.clone().as_gateway("gw-a").unwrap();
+    assert_eq!(
+        at_a.iscsi.as_ref().unwrap().portals[0].0.to_string(),
+        "10.0.0.1:3260"
+    );
+    assert_eq!(
+        at_a.http.as_ref().unwrap().listen.to_string(),
+        "10.0.0.1:8080"
+    );
+    assert!(m
+        .clone()
+        .as_gateway("gw-c")
+        .unwrap_err()
+        .contains("gw-a, gw-b"));
+}

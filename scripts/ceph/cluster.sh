@@ -155,6 +155,8 @@ bluestore block create = true
 bluestore block size = 4294967296
 bluestore fsck on mkfs = false
 osd memory target = 943718400
+# A dead client's watch (and so a dead gateway's exclusive lock) goes after 5 s, not 30.
+osd client watch timeout = 5
 bluestore cache autotune = false
 bluestore cache size = 134217728
 [client]

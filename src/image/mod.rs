@@ -57,6 +57,11 @@ pub type Problem = (String, String);
 pub fn load_manifest(path: &Path) -> Result<Manifest, crate::manifest::ManifestErrors> {
     let text = Manifest::read_text(path)?;
     let mut m = Manifest::parse(path, &text)?;
+    if let Some(here) = m.gateway_name() {
+        m = m
+            .as_gateway(&here)
+            .map_err(|e| Manifest::located(path, &text, vec![("gateways".into(), e)]))?;
+    }
     let problems = resolve(&mut m);
     if problems.is_empty() {
         Ok(m)

@@ -89,6 +89,7 @@ struct RawSections {
     http: Option<RawHttp>,
     pxe: Option<RawPxe>,
     ceph: Option<super::ceph::RawCeph>,
+    gateways: Vec<super::gateways::RawGateway>,
 }
 
 impl Builder {
@@ -99,6 +100,7 @@ impl Builder {
             self.error("defaults.name", "defaults cannot name a PC");
         }
         let ceph = raw.ceph.and_then(|r| self.ceph(r));
+        let gateways = self.gateways(raw.gateways, ceph.is_some());
         let images = self.images(raw.images.unwrap_or_default(), ceph.as_ref());
         let iscsi = raw.iscsi.and_then(|r| self.iscsi(r));
         let aoe = raw.aoe.map(|r| AoeConfig {
@@ -141,6 +143,8 @@ impl Builder {
             http,
             pxe,
             ceph,
+            gateways,
+            here: None,
             warnings: std::mem::take(&mut self.warnings),
         })
     }
@@ -189,7 +193,8 @@ impl Builder {
                 "http" => raw.http = self.section::<RawHttp>("http", v),
                 "pxe" => raw.pxe = self.section::<RawPxe>("pxe", v),
                 "ceph" => raw.ceph = self.section("ceph", v),
-                other => self.error(other, format!("unknown section {other:?} (expected images, defaults, pcs, iscsi, aoe, nbd, http, pxe, ceph, backend, warn_percent)")),
+                "gateways" => raw.gateways = self.section("gateways", v).unwrap_or_default(),
+                other => self.error(other, format!("unknown section {other:?} (expected images, defaults, pcs, iscsi, aoe, nbd, http, pxe, ceph, gateways, backend, warn_percent)")),
             }
         }
         raw

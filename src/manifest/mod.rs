@@ -10,6 +10,7 @@ mod ceph;
 mod error;
 mod expand;
 mod exports;
+mod gateways;
 mod load;
 mod owned;
 mod pc;
@@ -28,6 +29,7 @@ use serde_norway::Value;
 
 pub use ceph::{CephConfig, RbdSnapshot};
 pub use error::{ManifestError, ManifestErrors, ManifestWarning};
+pub use gateways::Gateway;
 pub use owned::{PROMOTION_RECORD, VERSION_DISK, VERSION_RECORD};
 use positions::Positions;
 pub use types::{
@@ -54,6 +56,11 @@ pub struct Manifest {
     pub pxe: Option<PxeConfig>,
     /// The Ceph cluster of `storage: rbd` images; none without a `ceph` section.
     pub ceph: Option<CephConfig>,
+    /// Several `cowctl serve` in front of the ceph section's cluster; none without a
+    /// `gateways` section.
+    pub gateways: Vec<Gateway>,
+    /// The gateway this manifest is served by (`as_gateway`).
+    pub here: Option<String>,
     /// What is valid but risky, each with where it is (see `warnings.rs`).
     pub warnings: Vec<ManifestWarning>,
 }

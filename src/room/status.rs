@@ -20,6 +20,8 @@ pub enum PcState {
     NotApplied,
     /// A reset stopped half way: the device fails all I/O until `apply` or `reset`.
     Parked,
+    /// Another gateway serves it (`gateways`, rbd storage).
+    Elsewhere,
     Unknown,
 }
 
@@ -37,6 +39,7 @@ impl PcState {
             PcState::MergeFailed => "merge failed",
             PcState::NotApplied => "not applied",
             PcState::Parked => "reset interrupted",
+            PcState::Elsewhere => "served elsewhere",
             PcState::Unknown => "unknown",
         }
     }
@@ -74,6 +77,9 @@ pub struct PcStatus {
     /// other users can read).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// With gateways: the one that serves the PC (this one, or another).
+    #[serde(default)]
+    pub gateway: Option<String>,
 }
 
 impl PcStatus {
@@ -248,6 +254,7 @@ pub fn row(
         resets: history.as_ref().map_or(0, |h| h.resets),
         last_reset: history.and_then(|h| h.last_reset),
         notes,
+        gateway: None,
     }
 }
 

@@ -259,6 +259,7 @@ mod tests {
             resets: 0,
             last_reset: None,
             notes: Vec::new(),
+            gateway: None,
         }
     }
 

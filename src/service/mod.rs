@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod exports;
 pub mod feed;
+pub mod gateway;
 pub mod handover;
 pub mod history;
 pub mod iscsi;
@@ -264,8 +265,22 @@ impl Service {
             crate::manifest::Export::Nbd => export_uri(self.listen, &pc.name),
             e => e.to_string(),
         };
+        let here = slot
+            .as_ref()
+            .is_some_and(|s| s.with_served(|_| ()).is_some());
         let mut row = status::row(m, pc, state, usage, export, peers);
         row.warn_of(slot.and_then(|s| s.with_served(Served::cow_file_problem).flatten()));
+        if !m.gateways.is_empty() && m.storage_of(pc) == crate::manifest::Storage::Rbd {
+            row.gateway = if here {
+                m.here.clone()
+            } else {
+                let holder = crate::rbdpc::cluster_of(m, pc).and_then(|c| c.holder(m, pc));
+                holder.ok().flatten()
+            };
+            if !here && row.gateway.is_some() {
+                row.state = PcState::Elsewhere;
+            }
+        }
         row
     }
 

@@ -52,6 +52,12 @@ pub fn plan(
             .as_ref()
             .filter(|_| manifest.storage_of(pc) == Storage::Rbd)
         {
+            // With gateways, a PC's first gateway makes and serves its clone, unless
+            // another holds it (took it over): service/gateway.rs takes it back when free.
+            let mine = manifest.first_here(&pc.name);
+            if !served.contains_key(&pc.name) && !mine {
+                continue;
+            }
             if !cluster.has_disk(manifest, pc)? {
                 let snapshot = manifest.images[&pc.image]
                     .rbd
@@ -89,7 +95,17 @@ pub fn plan(
                 cow: pc.cow.clone(),
             });
         }
+        let elsewhere = || -> Result<bool, crate::rbdpc::Error> {
+            let rbd = cluster
+                .as_ref()
+                .filter(|_| manifest.storage_of(pc) == Storage::Rbd);
+            match rbd {
+                Some(c) if !manifest.gateways.is_empty() => Ok(c.holder(manifest, pc)?.is_some()),
+                _ => Ok(false),
+            }
+        };
         match served.get(&pc.name) {
+            None if elsewhere()? => {}
             None => steps.push(Step::Serve {
                 pc: name,
                 read_only: pc.read_only,

@@ -15,7 +15,7 @@ use super::exports::Registry;
 use super::feed::Monitor;
 use super::handover::{self, Handover};
 use super::live_room::{KernelRoom, LiveRoom};
-use super::{listen, nbd_socket, Service};
+use super::{gateway, listen, nbd_socket, Service};
 use crate::base::inherit;
 use crate::base::logtext::chain;
 use crate::manifest::{HttpConfig, Manifest};
@@ -100,6 +100,10 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     }
     close_unclaimed();
+    {
+        let s = service.clone();
+        std::thread::spawn(move || gateway::watch(s));
+    }
     let nbd = listen::Nbd {
         registry: registry.clone(),
         handover: service.handover.clone(),

@@ -105,15 +105,6 @@ pub fn script(
                 .ok_or_else(|| BootError::NoServer {
                     pc: pc.name.clone(),
                 })?;
-            let server = match server {
-                IpAddr::V6(v6) => format!("[{v6}]"),
-                v4 => v4.to_string(),
-            };
-            let port = if portal.port() == 3260 {
-                String::new()
-            } else {
-                portal.port().to_string()
-            };
             if let Some(i) = initiator {
                 out.push_str(&format!("set initiator-iqn {i}\n"));
             }
@@ -129,10 +120,35 @@ pub fn script(
                     out.push_str(&format!("set reverse-password {}\n", t.secret));
                 }
             }
-            out.push_str(&format!("sanboot iscsi:{server}::{port}::{target}\n"));
+            let at = std::net::SocketAddr::new(server, portal.port());
+            let mut uris = vec![iscsi_uri(at, target.as_str())];
+            // With gateways, each one's portal in the order they serve the PC: iPXE tries
+            // the next path when one does not answer or does not serve the PC.
+            if !m.gateways.is_empty() && m.storage_of(pc) == crate::manifest::Storage::Rbd {
+                uris = m
+                    .gateway_order(&pc.name)
+                    .iter()
+                    .map(|g| iscsi_uri(g.portal.0, target.as_str()))
+                    .collect();
+            }
+            out.push_str(&format!("sanboot {}\n", uris.join(" ")));
         }
     }
     Ok(out)
+}
+
+/// `iscsi:SERVER::PORT::TARGET`, the port left out when it is 3260.
+fn iscsi_uri(portal: std::net::SocketAddr, target: &str) -> String {
+    let server = match portal.ip() {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    let port = if portal.port() == 3260 {
+        String::new()
+    } else {
+        portal.port().to_string()
+    };
+    format!("iscsi:{server}::{port}::{target}")
 }
 
 pub async fn boot(
@@ -222,4 +238,37 @@ fn nonce_script(app: &App, pc: &Pc, ip: IpAddr) -> Result<Response, Refusal> {
             pc.name
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::manifest::Manifest;
+
+    #[test]
+    fn with_gateways_the_script_names_each_ones_portal_in_the_pcs_order() {
+        let text = "images:\n  w:\n    storage: rbd\n    rbd: golden-w@v1\nceph:\n  pool: lab\ngateways:\n  - name: gw-a\n    iscsi: 10.0.0.1\n  - name: gw-b\n    iscsi: 10.0.0.2:3261\niscsi:\n  iqn_prefix: iqn.2024-01.lan.x\n  portals: [0.0.0.0]\n  acl: open\nhttp:\n  listen: 0.0.0.0:80\n  admin_listen: 127.0.0.1:81\nbackend: userspace\ndefaults:\n  image: w\n  cow_size: 2GiB\npcs:\n  - name: pc-{1..20}\n";
+        let m = Manifest::parse(Path::new("room.yaml"), text)
+            .unwrap()
+            .as_gateway("gw-a")
+            .unwrap();
+        let uri = |gateway: &str, pc: &str| match gateway {
+            "gw-a" => format!("iscsi:10.0.0.1::::iqn.2024-01.lan.x:{pc}"),
+            _ => format!("iscsi:10.0.0.2::3261::iqn.2024-01.lan.x:{pc}"),
+        };
+        let mut firsts = std::collections::BTreeSet::new();
+        for pc in &m.pcs {
+            let script = super::script(&m, m.http.as_ref().unwrap(), pc, None).unwrap();
+            let order = m.gateway_order(&pc.name);
+            let line = format!(
+                "sanboot {} {}\n",
+                uri(&order[0].name, &pc.name),
+                uri(&order[1].name, &pc.name)
+            );
+            assert!(script.contains(&line), "{script}");
+            firsts.insert(order[0].name.clone());
+        }
+        assert_eq!(firsts.len(), 2, "both gateways come first for some PCs");
+    }
 }

@@ -17,13 +17,14 @@ use crate::room::status::{PcState, PcStatus};
 
 type Labels = Vec<(String, String)>;
 
-const STATES: [PcState; 7] = [
+const STATES: [PcState; 8] = [
     PcState::Active,
     PcState::Overflow,
     PcState::Invalid,
     PcState::MergeFailed,
     PcState::NotApplied,
     PcState::Parked,
+    PcState::Elsewhere,
     PcState::Unknown,
 ];
 
@@ -164,6 +165,7 @@ mod tests {
             resets: 0,
             last_reset: None,
             notes: Vec::new(),
+            gateway: None,
         }
     }
 

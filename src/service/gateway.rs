@@ -1,0 +1,105 @@
+//! Gateways (`gateways`, rbd storage): several `cowctl serve` in front of one cluster. A
+//! PC's clone is held by the exclusive lock of the gateway that serves it, so no two serve
+//! it. Every few seconds each gateway looks at the rbd PCs it does not serve:
+//! - held by somebody: it asks for the lock. A live holder refuses; a dead one's lock is
+//!   broken by librbd once the cluster has dropped its watch (`osd client watch timeout`,
+//!   30 s by default), and the holder is blocklisted, so a gateway that was only cut off
+//!   can never write again. This is how a dead gateway's PCs move.
+//! - held by nobody: its first gateway serves it (after an apply, or back after a
+//!   takeover once the other gateway let go); any other waits until it has been free for
+//!   [`GRACE`] × its rank, for a first gateway that never came.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::exports::Slot;
+use super::{disks, Service};
+use crate::manifest::{Pc, Storage};
+
+/// How long an rbd PC must be nobody's before its second gateway serves it.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// How often the PCs are looked at: `COWCTL_TAKEOVER_INTERVAL_MS` (a test knob), else 2 s.
+fn interval() -> Duration {
+    std::env::var("COWCTL_TAKEOVER_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(2), Duration::from_millis)
+}
+
+/// Runs for the life of the service.
+pub fn watch(service: Arc<Service>) {
+    let mut free_since: HashMap<String, Instant> = HashMap::new();
+    loop {
+        std::thread::sleep(interval());
+        service.take_over_round(&mut free_since);
+    }
+}
+
+impl Service {
+    fn take_over_round(&self, free_since: &mut HashMap<String, Instant>) {
+        let m = self.manifest();
+        let Some(here) = m.here.clone() else { return };
+        let Ok(Some(cluster)) = crate::rbdpc::shared(&m) else {
+            return;
+        };
+        let rbd = m.pcs.iter().filter(|p| m.storage_of(p) == Storage::Rbd);
+        for pc in rbd {
+            if self.registry.get(&pc.name).is_some() {
+                free_since.remove(&pc.name);
+                continue;
+            }
+            let rank = m
+                .gateway_order(&pc.name)
+                .iter()
+                .position(|g| g.name == here)
+                .unwrap_or(usize::MAX);
+            let holder = match cluster.holder(&m, pc) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::debug!(pc = %pc.name, "gateway: {e}");
+                    continue;
+                }
+            };
+            let free = free_since
+                .entry(pc.name.clone())
+                .or_insert_with(Instant::now);
+            let due = GRACE.saturating_mul(u32::try_from(rank).unwrap_or(u32::MAX));
+            let ask = holder.is_some() || rank == 0 || free.elapsed() >= due;
+            if holder.is_some() {
+                free_since.remove(&pc.name);
+            }
+            if !ask {
+                continue;
+            }
+            match self.serve_here(&m, pc) {
+                Ok(()) => {
+                    let was = holder.map_or_else(|| "nobody".into(), |h| h.to_string());
+                    tracing::info!(pc = %pc.name, "gateway {here} serves {} now (it was held by {was})", pc.name);
+                    free_since.remove(&pc.name);
+                }
+                Err(super::Error::Rbd(e))
+                    if matches!(*e, crate::rbdpc::Error::HeldElsewhere { .. }) =>
+                {
+                    tracing::debug!(pc = %pc.name, "gateway: {e}");
+                }
+                Err(e) => {
+                    tracing::warn!(pc = %pc.name, "gateway {here} could not serve {}: {e}", pc.name)
+                }
+            }
+        }
+    }
+
+    /// Serves `pc` here (its clone's lock taken), as apply's Serve step does.
+    fn serve_here(&self, m: &crate::manifest::Manifest, pc: &Pc) -> super::Result<()> {
+        let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        if self.registry.get(&pc.name).is_some() {
+            return Ok(());
+        }
+        let served = disks::open(m, pc)?;
+        self.registry.insert(Slot::new(&pc.name, served));
+        self.aoe.announce(&pc.name);
+        Ok(())
+    }
+}
