@@ -11,6 +11,8 @@
 mod common;
 #[path = "ceph_rbd_room/gateways.rs"]
 mod gateways;
+#[path = "ceph_rbd_room/pipelined.rs"]
+mod pipelined;
 
 use std::process::Command;
 use std::time::Duration;

@@ -31,6 +31,11 @@ pub trait Disk: Send + Sync {
     fn granularity(&self) -> u64 {
         4096
     }
+    /// Requests gain from being in flight together: each waits on the network (an rbd
+    /// clone), not on this machine's page cache.
+    fn parallel(&self) -> bool {
+        false
+    }
 }
 
 /// A PC's disk (its COW's engine or its clone) as the disk its exports serve.
@@ -85,5 +90,9 @@ impl Disk for EngineDisk {
 
     fn granularity(&self) -> u64 {
         self.engine.granularity()
+    }
+
+    fn parallel(&self) -> bool {
+        self.engine.parallel()
     }
 }

@@ -25,6 +25,12 @@ impl PcDisk {
         }
     }
 
+    /// Whether each request waits on the network (an rbd clone), so several in flight
+    /// together go faster than one at a time.
+    pub fn parallel(&self) -> bool {
+        matches!(self, PcDisk::Rbd(_))
+    }
+
     /// The preferred I/O size: the COW's chunk, or the block a clone copies on a write.
     pub fn granularity(&self) -> u64 {
         match self {

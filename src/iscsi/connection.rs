@@ -316,7 +316,7 @@ fn feature_phase<R: io::Read, W: io::Write>(
     };
     let mut session = Session::new(writer, est, kind, discovery);
     let handoff = portal.handoff().filter(|_| attachment.is_some());
-    let ended = full_feature(reader, &mut session, until, handoff);
+    let ended = full_feature(reader, &mut session, (line, until), handoff);
     match ended {
         Ok(Ended::HandedOver { est, .. }) => {
             // Not ended: the next process carries the session on.
@@ -377,7 +377,7 @@ fn attach(
 fn full_feature<R: io::Read, W: io::Write>(
     reader: &mut PduReader<R>,
     session: &mut Session<'_, W>,
-    until: Option<Instant>,
+    (line, until): (&dyn Line, Option<Instant>),
     handoff: Option<&dyn Handoff>,
 ) -> io::Result<Ended> {
     loop {
@@ -392,6 +392,7 @@ fn full_feature<R: io::Read, W: io::Write>(
             });
         }
         if !reader.has_pdu() {
+            wait_in_flight(session, line)?;
             session.flush()?;
         }
         let next = match reader.read_pdu() {
@@ -420,6 +421,23 @@ fn full_feature<R: io::Read, W: io::Write>(
             return Ok(Ended::Closed(why));
         }
     }
+}
+
+/// Before waiting for the initiator: answers the reads and writes in flight as they finish,
+/// until all are answered or the initiator sends more (they stay in flight meanwhile).
+fn wait_in_flight<W: io::Write>(session: &mut Session<'_, W>, line: &dyn Line) -> io::Result<()> {
+    while session.answer_done()? {
+        session.flush()?;
+        let Some(fd) = session.in_flight_fd() else {
+            return Ok(());
+        };
+        match line.wait_ready(fd, TICK) {
+            Some(true) => return Ok(()),
+            Some(false) => {}
+            None => return session.settle(),
+        }
+    }
+    Ok(())
 }
 
 /// Session handles are not reused soon; 0 is reserved.

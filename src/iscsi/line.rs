@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,12 @@ pub trait Line {
     fn set_deadline(&self, until: Option<Instant>);
     /// A callback that shuts the connection down from another thread.
     fn closer(&self) -> io::Result<Box<dyn Fn() + Send>>;
+    /// Waits for bytes to read or for `other` to be readable, at most `limit`: whether
+    /// bytes came; None for a line that cannot tell (then reads are made when wanted).
+    fn wait_ready(&self, other: BorrowedFd<'_>, limit: Duration) -> Option<bool> {
+        let _ = (other, limit);
+        None
+    }
 }
 
 /// A read timeout and a deadline, shared by a connection's reading half and its line.
@@ -118,6 +124,26 @@ impl io::Read for Clocked {
     }
 }
 
+/// Acknowledges what comes next at once, not with the next answer: while requests are in
+/// flight no answer may go for milliseconds, and an initiator that sends a command's
+/// header and data apart (libiscsi) holds the data back (Nagle) until the header is
+/// acknowledged, so commands would trickle in one at a time. Linux clears the flag by
+/// itself, so it is set before each wait.
+fn quick_ack(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a live socket and an int option of the size passed.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            std::ptr::addr_of!(on).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4),
+        );
+    }
+}
+
 impl Line for Clocked {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.clock.lock().unwrap_or_else(|p| p.into_inner()).tick = t;
@@ -129,6 +155,18 @@ impl Line for Clocked {
         if until.is_none() {
             let _ = self.stream.set_read_timeout(self.clock().tick);
         }
+    }
+
+    fn wait_ready(&self, other: BorrowedFd<'_>, limit: Duration) -> Option<bool> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        quick_ack(&self.stream);
+        let mut fds = [
+            PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
+            PollFd::new(other, PollFlags::POLLIN),
+        ];
+        let timeout = PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX);
+        let polled = poll(&mut fds, timeout).is_ok_and(|n| n > 0);
+        Some(polled && fds[0].any().unwrap_or(true))
     }
 
     fn closer(&self) -> io::Result<Box<dyn Fn() + Send>> {

@@ -296,6 +296,8 @@ pub struct ScsiCommand {
     pub final_bit: bool,
     pub read: bool,
     pub write: bool,
+    /// The task attribute (0 untagged, 1 simple, 2 ordered, 3 head of queue, 4 ACA).
+    pub attr: u8,
     pub lun: u64,
     pub itt: u32,
     pub expected_len: u32,
@@ -312,6 +314,7 @@ impl ScsiCommand {
             final_bit: f & 0x80 != 0,
             read: f & 0x40 != 0,
             write: f & 0x20 != 0,
+            attr: f & 0x07,
             lun: b.lun(),
             itt: b.itt(),
             expected_len: b.u32_at(20),

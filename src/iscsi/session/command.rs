@@ -4,9 +4,9 @@
 
 use std::io::{self, Write};
 
-use super::{lun_is_zero, Kind, Next, Reply, Session, Task, MAX_TASKS, READ_PIECE};
+use super::{lun_is_zero, pipeline, Kind, Next, Reply, Session, Task, MAX_TASKS, READ_PIECE};
 use crate::iscsi::pdu::*;
-use crate::iscsi::scsi::{self, DataIn, DataOut, Done, Failure, Lu, Nexus, Op, Sense};
+use crate::iscsi::scsi::{self, status, DataIn, DataOut, Done, Failure, Lu, Nexus, Op, Sense};
 
 impl<'a, W: Write> Session<'a, W> {
     pub(super) fn scsi_command(&mut self, b: &Bhs, ahs: &[u8], data: &[u8]) -> io::Result<Next> {
@@ -49,9 +49,43 @@ impl<'a, W: Write> Session<'a, W> {
         } else {
             (0, DataOut::None)
         };
+        let in_flight = lun_exists && lu.disk.parallel() && pipeline::simple(cmd.attr);
+        let read = in_flight && matches!(op, Op::Read { .. });
+        // A WRITE that brought all its data is written in flight.
+        let write = match (in_flight, op, sink) {
+            (true, Op::Write { fua: false, .. }, DataOut::Write { offset }) => {
+                let whole = !data.is_empty()
+                    && data.len() as u64 == cdb_out
+                    && cdb_out <= u64::from(cmd.expected_len);
+                whole.then_some(offset)
+            }
+            _ => None,
+        };
+        if !read && write.is_none() {
+            self.drain()?;
+        }
         if sink == DataOut::None {
             let result = lu.execute(&op, nexus, lun_exists);
+            if let (
+                true,
+                Ok(Done {
+                    status,
+                    data: DataIn::Disk { offset, len },
+                }),
+            ) = (read, &result)
+            {
+                if reply.read && reply.expected > 0 {
+                    self.read_in_flight(reply, &lu, (*offset, *len), *status)?;
+                    return Ok(Next::Continue);
+                }
+            }
+            self.drain()?;
             return self.complete(reply, &lu, result).map(|()| Next::Continue);
+        }
+        if let Some(offset) = write {
+            let residual = Residual::of(reply.expected, cdb_out);
+            self.write_in_flight(reply, &lu, offset, data, (status::GOOD, residual))?;
+            return Ok(Next::Continue);
         }
         if sink == DataOut::Buffer && cdb_out > scsi::MAX_PARAMETER_LIST {
             let f = Failure::Check(Sense::PARAMETER_LIST_LENGTH_ERROR);
@@ -85,7 +119,12 @@ impl<'a, W: Write> Session<'a, W> {
     }
 
     /// Sends the outcome of a command that took no data: its Data-In, or its status.
-    fn complete(&mut self, reply: Reply, lu: &Lu, result: Result<Done, Failure>) -> io::Result<()> {
+    pub(super) fn complete(
+        &mut self,
+        reply: Reply,
+        lu: &Lu,
+        result: Result<Done, Failure>,
+    ) -> io::Result<()> {
         let done = match result {
             Ok(d) => d,
             Err(f) => return self.respond_failure(reply.itt, f, Residual::default()),

@@ -9,6 +9,7 @@
 //! text in `send_targets.rs`.
 
 mod command;
+mod pipeline;
 mod send_targets;
 mod tasks;
 
@@ -109,6 +110,8 @@ pub struct Session<'a, W: Write> {
     /// Idle pings go to initiators that answer them: not iPXE, not discovery sessions.
     pings: bool,
     ping_after: Duration,
+    /// Reads and writes in flight (a disk that gains from it, `pipeline.rs`).
+    pipeline: pipeline::Pipeline,
 }
 
 /// iPXE's ISIDs carry its IANA enterprise number (Fen Systems, 0x002723); it ignores NOP-In
@@ -149,11 +152,29 @@ impl<'a, W: Write> Session<'a, W> {
             last_heard: Instant::now(),
             text_left: None,
             buf: Vec::new(),
+            pipeline: pipeline::Pipeline::default(),
         }
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+
+    /// Answers every read and write in flight: before the session waits for the
+    /// initiator, which may be waiting for those answers.
+    pub fn settle(&mut self) -> io::Result<()> {
+        self.drain()
+    }
+
+    /// Answers the reads and writes in flight that are done, waiting for none; true
+    /// while some are still in flight.
+    pub fn answer_done(&mut self) -> io::Result<bool> {
+        pipeline::answered(self)
+    }
+
+    /// Readable once a read or write in flight finishes; None while none is in flight.
+    pub fn in_flight_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.pipeline.done_fd()
     }
 
     /// How long the line may be quiet before a ping, and a ping unanswered before the
@@ -223,6 +244,10 @@ impl<'a, W: Write> Session<'a, W> {
             self.reject(RejectReason::CommandNotSupported, b)?;
             return Ok(Next::Continue);
         };
+        // Everything but a command runs after what is in flight, as if it had run in turn.
+        if op != InitiatorOpcode::ScsiCommand {
+            self.drain()?;
+        }
         match op {
             InitiatorOpcode::NopOut => self.nop_out(b, pdu.data),
             InitiatorOpcode::ScsiCommand => self.scsi_command(b, pdu.ahs, pdu.data),
@@ -360,6 +385,7 @@ impl<'a, W: Write> Session<'a, W> {
     /// the next process resumes it from here with [`Session::new`].
     pub fn suspend(&self) -> Option<Established> {
         let still = self.tasks.is_empty()
+            && self.pipeline.is_empty()
             && self.text_left.is_none()
             && self.ping.is_none()
             && self.ahead.is_empty();
@@ -371,6 +397,7 @@ impl<'a, W: Write> Session<'a, W> {
     }
 
     pub fn end(&mut self) {
+        self.pipeline.abandon();
         if let Kind::Normal { lu, nexus } = &self.kind {
             lu.nexus_lost(*nexus);
         }
