@@ -82,7 +82,8 @@ run_iscsi() {
 }
 fio_nbd() {
     local uri=$1 rw=$2 bs=$3 depth=$4
-    fio --name=j --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$depth" \
+    # qemu-nbd over rbd: once hung a run for minutes; a job that does not end is an error.
+    timeout $((runtime + 60)) fio --name=j --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$depth" \
         --size=1G --time_based --runtime="$runtime" --randrepeat=0 --output-format=json \
         >"$work/fio.json" 2>"$work/fio.err" || { cat "$work/fio.err" >&2; return 1; }
     # fio may print a note before its JSON.

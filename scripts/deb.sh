@@ -68,7 +68,8 @@ size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
 
 # Depends: what every command may call (modprobe, mount). Recommends: what the common
 # features call: qemu-img for images in other formats, dnsmasq and iPXE for PXE.
-# Suggests: the kernel backend's AoE exports (vblade) and the initiators to try a PC's disk.
+# Suggests: the kernel backend's AoE exports (vblade), the initiators to try a PC's disk, and Ceph's
+# client library for storage: rbd (loaded at run time, only by rooms that use it).
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: cowctl
 Version: $version
@@ -77,7 +78,7 @@ Maintainer: cowctl developers <cowctl@localhost>
 Installed-Size: $size
 Depends: $shlibs, kmod, mount
 Recommends: qemu-utils, dnsmasq-base, ipxe
-Suggests: vblade, nbd-client, open-iscsi
+Suggests: vblade, nbd-client, open-iscsi, librbd1
 Section: admin
 Priority: optional
 Description: serve many diskless PCs from one golden disk image

@@ -242,3 +242,40 @@ fn a_pc_boots_over_iscsi_from_an_rbd_clone() {
         "the image's snapshot is never written"
     );
 }
+
+/// AoE serves an rbd clone as it serves a COW: an initiator's raw frames on a veth pair
+/// read the image, write, read back, and count in status; a reset brings the image back.
+#[test]
+fn an_aoe_initiator_reads_and_writes_an_rbd_clone() {
+    use common::aoe::ata;
+    use common::aoenic::Initiator;
+    let c = cluster();
+    c.golden("aoe", "base", &vec![0x47; 16 << 20]);
+    let link = common::net::Link::veth(41, 9000);
+    let pc_mac = "02:42:00:00:00:41";
+    link.set_peer_mac(pc_mac);
+    let room = common::room::two_aoe_pcs(&link.name, pc_mac)
+        .golden(Golden::Rbd("aoe@base".into()))
+        .extra(&c.section("aoe"))
+        .cow("8MiB", "4KiB")
+        .build();
+    room.cowctl(&["apply"]);
+    let me = Initiator::new(&link);
+    let (_, before) = me.ata(&ata(0x24, 2048, 17, &[]));
+    assert!(before[..17 * 512].iter().all(|b| *b == 0x47), "the image");
+    let data: Vec<u8> = (0..17 * 512u32).map(|i| (i % 253) as u8).collect();
+    assert_eq!(me.ata(&ata(0x34, 2048, 17, &data)).0, 0x40, "written");
+    assert_eq!(
+        &me.ata(&ata(0x24, 2048, 17, &[])).1[..data.len()],
+        &data[..]
+    );
+    // 17 sectors at sector 2048 (1 MiB) touch the 64 KiB object there.
+    assert_eq!(used(&room, "pc-01"), 64 * KIB);
+    assert_eq!(c.du("aoe.pc-01"), 64 * KIB);
+    room.cowctl(&["reset", "pc-01"]);
+    let (_, after) = me.ata(&ata(0x24, 2048, 17, &[]));
+    assert!(
+        after[..17 * 512].iter().all(|b| *b == 0x47),
+        "the image again"
+    );
+}

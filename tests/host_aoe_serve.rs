@@ -8,76 +8,17 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::aoe::{ata, config};
+use common::aoenic::Initiator;
 use common::net::Link;
 use common::room::{Golden, Room};
-use cowctl::aoe::socket::{Socket, MAX_FRAME};
-use cowctl::aoe::wire::{ATA_LEN, HEADER_LEN};
+use cowctl::aoe::wire::HEADER_LEN;
 
 const PC_MAC: [u8; 6] = [0x02, 0x42, 0, 0, 0, 0x11];
 const STRANGER: &str = "02:42:00:00:00:99";
 const GOLDEN_BYTE: u8 = 0x47;
-
-/// The initiator's end of the link.
-struct Initiator {
-    socket: Socket,
-    mac: [u8; 6],
-    target: [u8; 6],
-}
-
-impl Initiator {
-    fn new(link: &Link) -> Initiator {
-        let socket = Socket::open(link.peer()).unwrap();
-        socket.set_read_timeout(Duration::from_millis(200)).unwrap();
-        let mac = socket.mac().unwrap();
-        let target =
-            std::fs::read_to_string(format!("/sys/class/net/{}/address", link.name)).unwrap();
-        let target = target.trim().parse::<cowctl::manifest::Mac>().unwrap().0;
-        Initiator {
-            socket,
-            mac,
-            target,
-        }
-    }
-
-    /// Sends `frame` (built for PC_MAC) from this NIC's MAC, to everyone for a Query Config
-    /// (discovery) and to the target's MAC otherwise, and collects the answers that arrive
-    /// within `wait`.
-    fn ask(&self, frame: &[u8], wait: Duration) -> Vec<Vec<u8>> {
-        let mut f = frame.to_vec();
-        let dst = if f[19] == 1 { [0xff; 6] } else { self.target };
-        f[0..6].copy_from_slice(&dst);
-        f[6..12].copy_from_slice(&self.mac);
-        self.socket.send(&f).unwrap();
-        let mut answers = Vec::new();
-        let mut buf = vec![0u8; MAX_FRAME];
-        let end = Instant::now() + wait;
-        while Instant::now() < end {
-            if let Ok(Some(n)) = self.socket.recv(&mut buf) {
-                let a = &buf[..n];
-                // Our own request is not an answer; nor is a stale announcement.
-                if a[14] & 0x08 != 0 && a[20..24] == f[20..24] && a[19] == f[19] {
-                    answers.push(a.to_vec());
-                }
-            }
-        }
-        answers
-    }
-
-    /// The single answer to an ATA command: its status register and data.
-    fn ata(&self, frame: &[u8]) -> (u8, Vec<u8>) {
-        for _ in 0..5 {
-            let mut answers = self.ask(frame, Duration::from_millis(400));
-            if let Some(a) = answers.pop() {
-                assert_eq!(a[14] & 0x04, 0, "an AoE error {}", a[15]);
-                return (a[HEADER_LEN + 3], a[HEADER_LEN + ATA_LEN..].to_vec());
-            }
-        }
-        panic!("no answer to the ATA command");
-    }
-}
 
 /// The two-PC AoE room on the target's end of `link`, applied.
 fn room(link: &Link) -> Room {

@@ -56,6 +56,13 @@ impl Gateway {
     }
 }
 
+/// The room's own `down` on drop does not know which gateway it is: this one does.
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
 fn qemu_io(target: &str, cmds: &[&str]) -> bool {
     let mut c = Command::new("qemu-io");
     c.args(["-f", "raw"]);

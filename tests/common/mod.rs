@@ -3,6 +3,7 @@
 #![allow(clippy::cast_possible_truncation)] // tests index small in-memory images
 
 pub mod aoe;
+pub mod aoenic;
 pub mod ceph;
 pub mod devtools;
 pub mod disk;
