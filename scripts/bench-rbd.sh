@@ -29,7 +29,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-scripts/ceph/cluster.sh start "$work/ceph" --owner-pid $$ >&2
+# Room for the image and three clones written all over (a full OSD blocks every write).
+scripts/ceph/cluster.sh start "$work/ceph" --osd-gib 16 --owner-pid $$ >&2
 export CEPH_CONF=$work/ceph/ceph.conf
 echo "bench-rbd: a 1 GiB image of random data, snapshot golden@base" >&2
 head -c $((1 << 30)) /dev/urandom >"$work/golden.img"
@@ -76,14 +77,15 @@ run_iscsi() {
     local side=$1 url=$2
     for job in "${iscsi_jobs[@]}"; do
         set -- $job
-        read -r iops[iscsi-$side-$4] mbps[iscsi-$side-$4] < <("$work/iscsi-bench" "$url" "$1" "$2" "$3" "$runtime")
+        # A job that does not end (tgt-rbd once stopped answering mid-run) counts as 0.
+        read -r iops[iscsi-$side-$4] mbps[iscsi-$side-$4] < <(timeout -k 10 $((runtime + 60)) "$work/iscsi-bench" "$url" "$1" "$2" "$3" "$runtime" || echo 0 0)
         echo "bench-rbd: iSCSI $side $4: ${iops[iscsi-$side-$4]} IOPS" >&2
     done
 }
 fio_nbd() {
     local uri=$1 rw=$2 bs=$3 depth=$4
     # qemu-nbd over rbd: once hung a run for minutes; a job that does not end is an error.
-    timeout $((runtime + 60)) fio --name=j --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$depth" \
+    timeout -k 10 $((runtime + 60)) fio --name=j --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$depth" \
         --size=1G --time_based --runtime="$runtime" --randrepeat=0 --output-format=json \
         >"$work/fio.json" 2>"$work/fio.err" || { cat "$work/fio.err" >&2; return 1; }
     # fio may print a note before its JSON.
@@ -95,7 +97,7 @@ run_nbd() {
     local side=$1 uri=$2
     for job in "${nbd_jobs[@]}"; do
         set -- $job
-        read -r iops[nbd-$side-$4] mbps[nbd-$side-$4] < <(fio_nbd "$uri" "$1" "$2" "$3")
+        read -r iops[nbd-$side-$4] mbps[nbd-$side-$4] < <(fio_nbd "$uri" "$1" "$2" "$3" || echo 0 0)
         echo "bench-rbd: NBD $side $4: ${iops[nbd-$side-$4]} IOPS" >&2
     done
 }
@@ -105,18 +107,32 @@ run_iscsi cowctl "$cowctl_url"
 target/release/cowctl reset pc-1 >/dev/null
 run_nbd cowctl "$cowctl_nbd"
 target/release/cowctl down >/dev/null
+rbd rm --no-progress rbd/cowctl.pc-1 >/dev/null
 
+# tgtd with its rbd backing store on the clone rbd/tgt; tgt_url set.
+start_tgt_rbd() {
+    local port control
+    port=$(free_port)
+    control=$((20000 + RANDOM % 10000))
+    tgtd -C "$control" -f --iscsi "portal=127.0.0.1:$port" >>"$work/tgtd.log" 2>&1 &
+    tgtd_pid=$!
+    for _ in $(seq 50); do tgtadm -C "$control" --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
+    tgtadm -C "$control" --lld iscsi --op new --mode target --tid 1 -T iqn.2024-01.lan.bench:tgt
+    tgtadm -C "$control" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 --bstype rbd -b rbd/tgt --bsopts "conf=$CEPH_CONF"
+    tgtadm -C "$control" --lld iscsi --op bind --mode target --tid 1 -I ALL
+    tgt_url=iscsi://127.0.0.1:$port/iqn.2024-01.lan.bench:tgt/1
+}
 clone tgt
-port=$(free_port)
-control=$((20000 + RANDOM % 10000))
-tgtd -C "$control" -f --iscsi "portal=127.0.0.1:$port" >"$work/tgtd.log" 2>&1 &
-tgtd_pid=$!
-for _ in $(seq 50); do tgtadm -C "$control" --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
-tgtadm -C "$control" --lld iscsi --op new --mode target --tid 1 -T iqn.2024-01.lan.bench:tgt
-tgtadm -C "$control" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 --bstype rbd -b rbd/tgt --bsopts "conf=$CEPH_CONF"
-tgtadm -C "$control" --lld iscsi --op bind --mode target --tid 1 -I ALL
-run_iscsi tgt "iscsi://127.0.0.1:$port/iqn.2024-01.lan.bench:tgt/1"
-stop_tgt
+# A tgtd of its own for each job (one serving all four stopped answering in an early run,
+# on an OSD that had filled up; each job logs in anew anyway).
+for job in "${iscsi_jobs[@]}"; do
+    start_tgt_rbd
+    iscsi_jobs_all=("${iscsi_jobs[@]}")
+    iscsi_jobs=("$job")
+    run_iscsi tgt "$tgt_url"
+    iscsi_jobs=("${iscsi_jobs_all[@]}")
+    stop_tgt
+done
 
 clone qnbd
 qport=$(free_port)

@@ -4,7 +4,7 @@
 # 4 GiB sparse files, all on 127.0.0.1 with cephx, everything (data, logs, sockets, pid files)
 # under one directory DIR, pool `rbd` (size 1, 8 PGs) ready for `rbd` and librbd.
 #
-#   scripts/ceph/cluster.sh start DIR [--osds N] [--owner-pid PID] [--port PORT]
+#   scripts/ceph/cluster.sh start DIR [--osds N] [--osd-gib G] [--owner-pid PID] [--port PORT]
 #   scripts/ceph/cluster.sh stop DIR
 #
 # `start` returns once every PG is active+clean (about 5 s; gives up after 90 s, printing the
@@ -19,7 +19,7 @@
 set -euo pipefail
 
 script=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
-usage() { echo "usage: $0 start DIR [--osds N] [--owner-pid PID] [--port PORT] | stop DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start DIR [--osds N] [--osd-gib G] [--owner-pid PID] [--port PORT] | stop DIR" >&2; exit 2; }
 say() { echo "ceph-cluster: $*" >&2; }
 [[ $# -ge 2 ]] || usage
 cmd=$1 D=$(realpath -m "$2")
@@ -68,17 +68,18 @@ start) ;;
 *) usage ;;
 esac
 
-osds=1 owner= port=
+osds=1 owner= port= gib=4
 while [[ $# -gt 0 ]]; do
     case $1 in
     --osds) osds=$2 ;;
+    --osd-gib) gib=$2 ;;
     --owner-pid) owner=$2 ;;
     --port) port=$2 ;;
     *) usage ;;
     esac
     shift 2 || usage
 done
-[[ $osds =~ ^[1-9][0-9]*$ && $port =~ ^[0-9]*$ ]] || usage
+[[ $osds =~ ^[1-9][0-9]*$ && $gib =~ ^[1-9][0-9]*$ && $port =~ ^[0-9]*$ ]] || usage
 [[ -z $owner ]] || alive "$owner" || { say "owner pid $owner is not running"; exit 1; }
 if [[ -e $D && -n $(ls -A "$D") ]]; then say "$D is not empty"; exit 1; fi
 listening() { [[ -n $(ss -ltnH "sport = :$1") ]]; }
@@ -152,7 +153,8 @@ $daemon
 osd data = $D/\$name
 osd objectstore = bluestore
 bluestore block create = true
-bluestore block size = 4294967296
+# Sparse: what is written takes room. A full OSD (95 %) blocks every write.
+bluestore block size = $((gib << 30))
 bluestore fsck on mkfs = false
 osd memory target = 943718400
 # A dead client's watch (and so a dead gateway's exclusive lock) goes after 5 s, not 30.

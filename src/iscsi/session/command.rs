@@ -74,7 +74,9 @@ impl<'a, W: Write> Session<'a, W> {
                 }),
             ) = (read, &result)
             {
-                if reply.read && reply.expected > 0 {
+                // One that asks for more than the initiator expects keeps its residual the
+                // usual way.
+                if reply.read && reply.expected > 0 && *len <= u64::from(reply.expected) {
                     self.read_in_flight(reply, &lu, (*offset, *len), *status)?;
                     return Ok(Next::Continue);
                 }
