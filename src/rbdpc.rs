@@ -17,6 +17,8 @@ pub enum Error {
     Rbd(#[from] crate::rbd::Error),
     #[error("{pc} is on rbd storage, but the manifest has no ceph section")]
     NoCeph { pc: String },
+    #[error("the image {image} is not in the cluster: import the golden disk (`rbd import FILE {image}`), then snapshot and protect it")]
+    NoImage { image: String },
     #[error("the image snapshot {snapshot} is not in the cluster: make it with `rbd snap create {snapshot}` and `rbd snap protect {snapshot}`")]
     NoSnapshot { snapshot: String },
     #[error("the image snapshot {snapshot} is not protected, so no clone can be made of it: `rbd snap protect {snapshot}`")]
@@ -37,23 +39,39 @@ pub enum Error {
         gateway: String,
         owners: String,
     },
-    #[error("{pc} has no disk in the cluster yet ({clone}): apply makes it")]
+    #[error("{pc} has no disk in the cluster yet ({clone}): apply on its first gateway makes it")]
     NoClone { pc: String, clone: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// The clone's metadata key naming the gateway that serves it.
+/// The clone's metadata keys naming the gateway that serves it, and its host and process
+/// (to tell this gateway's dead predecessor from a live gateway).
 const GATEWAY_KEY: &str = "cowctl.gateway";
+const HOST_KEY: &str = "cowctl.host";
+const PID_KEY: &str = "cowctl.pid";
+
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "?".into())
+}
 
 /// This gateway as others name it: its name in the gateways section, else its host name.
 fn gateway_name(m: &Manifest) -> String {
-    m.here.clone().unwrap_or_else(|| {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "?".into())
-    })
+    m.here.clone().unwrap_or_else(host_name)
+}
+
+/// Whether a process of this host is there and running (a zombie is gone: it only waits
+/// for its parent to collect it).
+fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command's name, which is in parentheses and may hold spaces.
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    pid > 0 && !matches!(state, Some('Z' | 'X') | None)
 }
 
 /// A connection to the pool of a manifest's rbd images.
@@ -108,7 +126,10 @@ impl Cluster {
     pub fn check_snapshot(&self, snapshot: &RbdSnapshot) -> Result<()> {
         let spec = self.pool.spec(&snapshot.to_string());
         let image = match self.pool.open_read_only(&snapshot.image, None) {
-            Err(e) if e.is_not_found() => return Err(Error::NoSnapshot { snapshot: spec }),
+            Err(e) if e.is_not_found() => {
+                let image = self.pool.spec(&snapshot.image);
+                return Err(Error::NoImage { image });
+            }
             other => other?,
         };
         match image.snapshot_protected_exists(&snapshot.snap)? {
@@ -159,15 +180,20 @@ impl Cluster {
 
     fn open_image(&self, m: &Manifest, pc: &Pc, read_only: bool) -> Result<Image> {
         let (clone, _) = self.names(m, pc)?;
+        self.open_image_named(pc, &clone, read_only)
+    }
+
+    /// The image `name` (the PC's clone, or a fresh one beside it), opened.
+    fn open_image_named(&self, pc: &Pc, name: &str, read_only: bool) -> Result<Image> {
         let opened = if read_only {
-            self.pool.open_read_only(&clone, None)
+            self.pool.open_read_only(name, None)
         } else {
-            self.pool.open(&clone)
+            self.pool.open(name)
         };
         match opened {
             Err(e) if e.is_not_found() => Err(Error::NoClone {
                 pc: pc.name.clone(),
-                clone: self.pool.spec(&clone),
+                clone: self.pool.spec(name),
             }),
             other => Ok(other?),
         }
@@ -176,25 +202,16 @@ impl Cluster {
     /// Opens the PC's clone to serve it: checked against its image, locked so no other
     /// gateway writes it, its fill counted (a `fresh` clone has none to count).
     pub fn open(&self, m: &Manifest, pc: &Pc, fresh: bool) -> Result<RbdDisk> {
-        let image = self.open_image(m, pc, pc.read_only)?;
+        let (clone, _) = self.names(m, pc)?;
+        self.open_named(m, pc, &clone, fresh)
+    }
+
+    /// [`Cluster::open`] of the image `name` (the PC's clone, or a fresh one beside it).
+    pub fn open_named(&self, m: &Manifest, pc: &Pc, name: &str, fresh: bool) -> Result<RbdDisk> {
+        let image = self.open_image_named(pc, name, pc.read_only)?;
         self.check_parent(m, pc, &image)?;
         if !pc.read_only {
-            if let Err(e) = image.lock_exclusive() {
-                let owners = image.lock_owners().unwrap_or_default();
-                if owners.is_empty() {
-                    return Err(e.into());
-                }
-                let gateway = image.metadata(GATEWAY_KEY).ok().flatten();
-                return Err(Error::HeldElsewhere {
-                    pc: pc.name.clone(),
-                    clone: self.pool.spec(image.name()),
-                    gateway: gateway.unwrap_or_else(|| "one that did not say its name".into()),
-                    owners: owners.join(", "),
-                });
-            }
-            // Who serves it, for the gateway that finds it taken (the lock names only an
-            // address).
-            image.set_metadata(GATEWAY_KEY, &gateway_name(m))?;
+            self.lock(m, pc, &image)?;
         }
         let own = if fresh {
             Vec::new()
@@ -206,6 +223,57 @@ impl Cluster {
             (pc.read_only, pc.cow_size.bytes()),
             &own,
         )?)
+    }
+
+    /// Takes the clone's exclusive lock for this gateway, and says so in its metadata (the
+    /// lock names only an address). A lock of this gateway's dead predecessor (this host,
+    /// a process that is gone, or this very process before a restart) is broken; anybody
+    /// else's is refused, naming the holder.
+    fn lock(&self, m: &Manifest, pc: &Pc, image: &Image) -> Result<()> {
+        // Who holds it is asked first: asking a dead holder for its lock waits for the
+        // cluster to give up on it (the watch timeout), a live one refuses.
+        let owners = image.lock_owners()?;
+        if !owners.is_empty() {
+            if !self.held_by_dead_predecessor(image) {
+                return Err(self.held_elsewhere(pc, image, &owners));
+            }
+            // librbd blocklists the dead client as it breaks its lock.
+            for owner in &owners {
+                image.break_lock(owner)?;
+            }
+        }
+        if let Err(e) = image.lock_exclusive() {
+            // Taken in between by another gateway.
+            let owners = image.lock_owners().unwrap_or_default();
+            if owners.is_empty() {
+                return Err(e.into());
+            }
+            return Err(self.held_elsewhere(pc, image, &owners));
+        }
+        image.set_metadata(GATEWAY_KEY, &gateway_name(m))?;
+        image.set_metadata(HOST_KEY, &host_name())?;
+        image.set_metadata(PID_KEY, &std::process::id().to_string())?;
+        Ok(())
+    }
+
+    /// The lock was this gateway's, in a process of this host that is gone (or this very
+    /// process, before a planned restart's exec).
+    fn held_by_dead_predecessor(&self, image: &Image) -> bool {
+        let said = |key| image.metadata(key).ok().flatten();
+        said(HOST_KEY).is_some_and(|h| h == host_name())
+            && said(PID_KEY)
+                .and_then(|p| p.parse::<i32>().ok())
+                .is_some_and(|pid| u32::try_from(pid) == Ok(std::process::id()) || !alive(pid))
+    }
+
+    fn held_elsewhere(&self, pc: &Pc, image: &Image, owners: &[String]) -> Error {
+        let gateway = image.metadata(GATEWAY_KEY).ok().flatten();
+        Error::HeldElsewhere {
+            pc: pc.name.clone(),
+            clone: self.pool.spec(image.name()),
+            gateway: gateway.unwrap_or_else(|| "one that did not say its name".into()),
+            owners: owners.join(", "),
+        }
     }
 
     /// Who holds the PC's clone (its exclusive lock): the gateway's name as it wrote it,
@@ -255,21 +323,16 @@ impl Cluster {
     /// one takes its name. Returns the name set aside.
     pub fn swap_in(&self, m: &Manifest, pc: &Pc, next: &str) -> Result<String> {
         let (clone, _) = self.names(m, pc)?;
-        let aside = format!("{clone}.reset-{}", std::process::id());
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let aside = format!("{clone}.reset-{stamp}");
         self.pool.rename(&clone, &aside)?;
         if let Err(e) = self.pool.rename(next, &clone) {
             let _ = self.pool.rename(&aside, &clone);
             return Err(e.into());
         }
         Ok(aside)
-    }
-
-    /// Undoes [`Cluster::swap_in`]: the fresh clone goes back to `next`, the old one to
-    /// its name.
-    pub fn swap_back(&self, m: &Manifest, pc: &Pc, next: &str, aside: &str) -> Result<()> {
-        let (clone, _) = self.names(m, pc)?;
-        self.pool.rename(&clone, next)?;
-        Ok(self.pool.rename(aside, &clone)?)
     }
 
     /// Removes a clone set aside by a reset, once its handle is closed (librbd refuses to
@@ -289,14 +352,24 @@ impl Cluster {
         }
     }
 
-    /// A reset of a PC nobody serves: a fresh clone in its place, the old one removed.
+    /// A reset of a PC nobody serves here: a fresh clone in its place, the old one
+    /// removed. The old clone's lock is held meanwhile, so a PC another gateway serves is
+    /// refused (naming it), not swapped from under it.
     pub fn reset_offline(&self, m: &Manifest, pc: &Pc) -> Result<()> {
+        let (clone, _) = self.names(m, pc)?;
+        let held = match self.open(m, pc, true) {
+            Ok(disk) => Some(disk),
+            Err(Error::NoClone { .. }) => None,
+            // A clone of another snapshot is what a reset replaces.
+            Err(Error::OtherParent { .. } | Error::NotAClone { .. }) => None,
+            Err(e) => return Err(e),
+        };
         let next = self.prepare_fresh(m, pc)?;
-        if !self.has_disk(m, pc)? {
-            let (clone, _) = self.names(m, pc)?;
+        if !self.pool.exists(&clone)? {
             return Ok(self.pool.rename(&next, &clone)?);
         }
         let aside = self.swap_in(m, pc, &next)?;
+        drop(held);
         self.remove_aside(&aside)
     }
 }
@@ -304,17 +377,31 @@ impl Cluster {
 /// One connection per process to the cluster a manifest names, shared by everything that
 /// asks (the service's PCs, status, resets); made anew when the manifest names another.
 pub fn shared(m: &Manifest) -> Result<Option<Arc<Cluster>>> {
-    static SHARED: std::sync::Mutex<Option<Arc<Cluster>>> = std::sync::Mutex::new(None);
     if !m.uses_rbd() {
         return Ok(None);
     }
-    let mut held = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut held = shared_slot().lock().unwrap_or_else(|p| p.into_inner());
     if let Some(c) = held.as_ref().filter(|c| c.serves(m)) {
         return Ok(Some(c.clone()));
     }
     let fresh = Cluster::connect(m)?.map(Arc::new);
     held.clone_from(&fresh);
     Ok(fresh)
+}
+
+/// Lets go of the shared connection (a planned restart: the next process connects anew,
+/// and this client's sessions must not outlive the exec). Images still open keep it alive
+/// until they close.
+pub fn disconnect() {
+    shared_slot()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+}
+
+fn shared_slot() -> &'static std::sync::Mutex<Option<Arc<Cluster>>> {
+    static SHARED: std::sync::Mutex<Option<Arc<Cluster>>> = std::sync::Mutex::new(None);
+    &SHARED
 }
 
 /// [`shared`] for a PC on rbd storage: its cluster, which must be there.

@@ -168,7 +168,8 @@ fn the_guard_refuses_a_clone_of_another_snapshot_and_a_missing_one() {
     let missing = rbd_room("guard2", "guard-missing").build();
     let refused = missing.refused(&["apply"]);
     assert!(
-        refused.contains("the image snapshot rbd/guard-missing@base is not in the cluster"),
+        refused
+            .contains("the image rbd/guard-missing is not in the cluster: import the golden disk"),
         "{refused}"
     );
     c.rbd(&["create", "--size", "4M", "rbd/unprotected"]);
@@ -278,4 +279,44 @@ fn an_aoe_initiator_reads_and_writes_an_rbd_clone() {
         after[..17 * 512].iter().all(|b| *b == 0x47),
         "the image again"
     );
+}
+
+/// A gateway that restarts takes its own PCs back at once: after a SIGKILL (its dead
+/// self's lock is broken, not waited out) and after a planned restart (SIGHUP: the clones
+/// are closed before the exec). Every write is read back after both.
+#[test]
+fn a_restarted_gateway_takes_its_own_pcs_back_at_once() {
+    let c = cluster();
+    c.golden("again", "base", &vec![4; 8 << 20]);
+    let room = rbd_room("again", "again").build();
+    room.cowctl(&["apply"]);
+    let pc1 = room.nbd_uri("pc-1");
+    assert!(wrote(&qemu_io(&pc1, "write -P 0x61 1M 64k")));
+    room.kill_service();
+    let started = std::time::Instant::now();
+    room.cowctl(&["apply"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "apply waited {:?}: the cluster's watch timeout is 5 s",
+        started.elapsed()
+    );
+    assert!(reads(&pc1, MIB, 64 * KIB, 0x61), "written before the kill");
+
+    assert!(wrote(&qemu_io(&pc1, "write -P 0x62 2M 64k")));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(room.serve_pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !room.log_so_far().contains("handover: took over") {
+        assert!(std::time::Instant::now() < until, "{}", room.log_so_far());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        reads(&pc1, 2 * MIB, 64 * KIB, 0x62),
+        "{}",
+        room.log_so_far()
+    );
+    assert_eq!(room.status_of("pc-1")["state"], "active");
 }

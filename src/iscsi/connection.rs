@@ -381,6 +381,11 @@ fn full_feature<R: io::Read, W: io::Write>(
     handoff: Option<&dyn Handoff>,
 ) -> io::Result<Ended> {
     loop {
+        if handoff.is_some_and(|h| h.requested()) {
+            // Reads and writes in flight are answered first: a busy session stands still
+            // only once they are.
+            session.settle()?;
+        }
         if let Some((h, est)) = handoff
             .filter(|h| h.requested())
             .and_then(|h| Some((h, session.suspend()?)))

@@ -15,6 +15,9 @@ pub const LOCK_MODE_EXCLUSIVE: c_int = 0;
 pub const IMAGE_OPTION_ORDER: c_int = 2;
 pub const IMAGE_OPTION_STRIPE_UNIT: c_int = 3;
 pub const IMAGE_OPTION_STRIPE_COUNT: c_int = 4;
+pub const IMAGE_OPTION_FEATURES_SET: c_int = 8;
+/// `RBD_FEATURE_EXCLUSIVE_LOCK`.
+pub const FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
 /// `RBD_MAX_BLOCK_NAME_SIZE` and `RBD_MAX_IMAGE_NAME_SIZE`.
 const BLOCK_NAME_SIZE: usize = 24;
 const IMAGE_NAME_SIZE: usize = 96;
@@ -73,10 +76,6 @@ calls! {
     rados rados_conf_set: fn(Rados, *const c_char, *const c_char) -> c_int;
     rados rados_connect: fn(Rados) -> c_int;
     rados rados_shutdown: fn(Rados);
-    rados rados_get_instance_id: fn(Rados) -> u64;
-    rados rados_getaddrs: fn(Rados, *mut *mut c_char) -> c_int;
-    rados rados_buffer_free: fn(*mut c_char);
-    rados rados_blocklist_add: fn(Rados, *mut c_char, u32) -> c_int;
     rados rados_ioctx_create: fn(Rados, *const c_char, *mut IoCtx) -> c_int;
     rados rados_ioctx_destroy: fn(IoCtx);
     rbd rbd_open: fn(IoCtx, *const c_char, *mut RbdImage, *const c_char) -> c_int;
@@ -104,7 +103,6 @@ calls! {
     rbd rbd_linked_image_spec_cleanup: fn(*mut LinkedImageSpec);
     rbd rbd_snap_spec_cleanup: fn(*mut SnapSpec);
     rbd rbd_lock_acquire: fn(RbdImage, c_int) -> c_int;
-    rbd rbd_lock_release: fn(RbdImage) -> c_int;
     rbd rbd_lock_get_owners: fn(RbdImage, *mut c_int, *mut *mut c_char, *mut usize) -> c_int;
     rbd rbd_lock_get_owners_cleanup: fn(*mut *mut c_char, usize);
     rbd rbd_lock_break: fn(RbdImage, c_int, *const c_char) -> c_int;

@@ -3,7 +3,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::ffi::{self, RbdImage};
 use super::{check, cstr, Pool, Result};
@@ -195,15 +195,18 @@ impl Image {
     /// object map's answer when the image has one).
     pub fn own_objects(&self) -> Result<Vec<(u64, u64)>> {
         extern "C" fn note(offset: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int {
-            // SAFETY: `arg` is the Vec passed below, alive for the call.
-            let out = unsafe { &mut *arg.cast::<Vec<(u64, u64)>>() };
+            // SAFETY: `arg` is the Mutex passed below, alive for the call; librbd may call
+            // from its own threads, so the Vec is behind the lock.
+            let out = unsafe { &*arg.cast::<Mutex<Vec<(u64, u64)>>>() };
             if exists != 0 {
-                out.push((offset, len as u64));
+                out.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((offset, len as u64));
             }
             0
         }
         let size = self.size()?;
-        let mut out: Vec<(u64, u64)> = Vec::new();
+        let out: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
         // SAFETY: a live handle; the callback only touches `out`.
         let ret = unsafe {
             (self.pool.calls().rbd_diff_iterate2)(
@@ -214,11 +217,11 @@ impl Image {
                 0,
                 1,
                 note,
-                (&mut out as *mut Vec<(u64, u64)>).cast(),
+                std::ptr::addr_of!(out).cast_mut().cast(),
             )
         };
         check(ret.into(), "list the objects of", || self.what())?;
-        Ok(out)
+        Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The snapshot this clone was made from; `None` for an image that is no clone.
@@ -256,13 +259,7 @@ impl Image {
         check(ret.into(), "take the exclusive lock of", || self.what()).map(drop)
     }
 
-    pub fn unlock(&self) -> Result<()> {
-        // SAFETY: a live handle.
-        let ret = unsafe { (self.pool.calls().rbd_lock_release)(self.handle) };
-        check(ret.into(), "release the lock of", || self.what()).map(drop)
-    }
-
-    /// Who holds the exclusive lock (`client.<id>` names); empty when nobody does.
+    /// Who holds the exclusive lock (the holders' client addresses); empty when nobody does.
     pub fn lock_owners(&self) -> Result<Vec<String>> {
         let calls = self.pool.calls();
         let mut owners: [*mut c_char; 8] = [ptr::null_mut(); 8];

@@ -28,7 +28,7 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "Ceph's client libraries cannot be loaded ({0}): install librbd1 (apt-get install librbd1)"
+        "Ceph's client libraries cannot be loaded or lack a call cowctl makes ({0}): install Debian 12's librbd1 (apt-get install librbd1) or newer"
     )]
     Load(String),
     #[error("{what} has a NUL byte")]

@@ -1,7 +1,7 @@
 //! A connection to the cluster as one client, and one pool's I/O context: what images are
 //! made, renamed, cloned and removed with.
 
-use std::ffi::{c_char, CString};
+use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr;
@@ -63,7 +63,7 @@ impl Pool {
         // SAFETY: out-pointer to a handle; the strings outlive the call.
         let ret =
             unsafe { (calls.rados_create2)(&mut handle, cluster_name.as_ptr(), name.as_ptr(), 0) };
-        check(ret.into(), "create", what)?;
+        check(ret.into(), "create a cluster handle for", what)?;
         let cluster = Arc::new(Cluster { calls, handle });
         let conf = path_cstr(&settings.conf)?;
         // SAFETY: a live handle, a C string.
@@ -110,38 +110,6 @@ impl Pool {
 
     pub(super) fn calls(&self) -> &'static Calls {
         self.cluster.calls
-    }
-
-    /// This client's id in the cluster (`client.<id>` in lock owners and blocklists).
-    pub fn instance_id(&self) -> u64 {
-        // SAFETY: a connected handle.
-        unsafe { (self.calls().rados_get_instance_id)(self.cluster.handle) }
-    }
-
-    /// This client's addresses, as the cluster's blocklist names them.
-    pub fn addresses(&self) -> Result<String> {
-        let mut out: *mut c_char = ptr::null_mut();
-        // SAFETY: out-pointer to a buffer librados allocates; freed below.
-        let ret = unsafe { (self.calls().rados_getaddrs)(self.cluster.handle, &mut out) };
-        check(ret.into(), "addresses of", || "this client".into())?;
-        // SAFETY: a NUL-terminated string from librados.
-        let s = unsafe { std::ffi::CStr::from_ptr(out) }
-            .to_string_lossy()
-            .into_owned();
-        // SAFETY: allocated by rados_getaddrs.
-        unsafe { (self.calls().rados_buffer_free)(out) };
-        Ok(s)
-    }
-
-    /// Fences a client off the cluster's OSDs (a dead gateway): its writes in flight can
-    /// never land after this returns.
-    pub fn blocklist(&self, address: &str, seconds: u32) -> Result<()> {
-        let a = cstr(address, "the address")?;
-        // SAFETY: librados takes a non-const pointer but does not write through it.
-        let ret = unsafe {
-            (self.calls().rados_blocklist_add)(self.cluster.handle, a.as_ptr().cast_mut(), seconds)
-        };
-        check(ret.into(), "blocklist", || address.to_string()).map(drop)
     }
 
     /// Opens an image for I/O (or a snapshot of it, read-only).
@@ -238,11 +206,19 @@ fn with_order<T>(
         (ffi::IMAGE_OPTION_ORDER, u64::from(order)),
         (ffi::IMAGE_OPTION_STRIPE_UNIT, 1u64 << order),
         (ffi::IMAGE_OPTION_STRIPE_COUNT, 1),
+        // The exclusive lock keeps two gateways off one PC, whatever the cluster's
+        // default features (a cluster set up for the kernel's rbd may have only layering).
+        (ffi::IMAGE_OPTION_FEATURES_SET, ffi::FEATURE_EXCLUSIVE_LOCK),
     ];
     let set = options.iter().try_for_each(|&(key, value)| {
         // SAFETY: a live options handle.
         let ret = unsafe { (calls.rbd_image_options_set_uint64)(opts, key, value) };
-        check(ret.into(), "set the object size of", || "an image".into()).map(drop)
+        check(
+            ret.into(),
+            "set the layout (object size, stripes, features) of",
+            || "a new image".into(),
+        )
+        .map(drop)
     });
     let out = set.and_then(|()| f(opts));
     // SAFETY: created above, not used after.

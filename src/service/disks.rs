@@ -56,13 +56,18 @@ fn open_as(m: &Manifest, pc: &Pc, fresh: bool) -> Result<Served> {
             ))
         }
     };
-    Ok(Served {
+    Ok(served(m, pc, disk, cow_file))
+}
+
+/// What the service serves for `pc`: `disk`, the manifest entry, the file it opened.
+fn served(m: &Manifest, pc: &Pc, disk: PcDisk, cow_file: Option<(u64, u64)>) -> Served {
+    Served {
         disk: Arc::new(disk),
         pc: pc.clone(),
-        image_path,
+        image_path: m.images[&pc.image].path.clone(),
         acl: m.nbd.acl,
         cow_file,
-    })
+    }
 }
 
 /// A reflink PC's clone of `image`, with the blocks where it is no longer the image
@@ -166,18 +171,18 @@ pub(super) fn swap_in_fresh_rbd(
         Ok(c) => c,
         Err(e) => return (old, Err(e.into())),
     };
+    // Locked before it takes the PC's name: no other gateway can take it in between (the
+    // open handle follows the rename).
+    let fresh = match cluster.open_named(m, pc, next, true) {
+        Ok(disk) => disk,
+        Err(e) => return (old, Err(e.into())),
+    };
     let aside = match cluster.swap_in(m, pc, next) {
         Ok(aside) => aside,
         Err(e) => return (old, Err(e.into())),
     };
-    match open_as(m, pc, true) {
-        // The old clone's handle closes (and its lock goes) with the last of its users.
-        Ok(s) => (Some(s), Ok(aside)),
-        Err(e) => {
-            let back = cluster.swap_back(m, pc, next, &aside);
-            (old, Err(back.map_or_else(Into::into, |()| e)))
-        }
-    }
+    // The old clone's handle closes (and its lock goes) with the last of its users.
+    (Some(served(m, pc, PcDisk::Rbd(fresh), None)), Ok(aside))
 }
 
 /// A new disk for the PC at its path: an empty COW of `size` bytes, or a clone of its image.

@@ -356,6 +356,22 @@ impl Registry {
         failed.collect()
     }
 
+    /// A planned restart, after the flush: every rbd clone closed (its exclusive lock
+    /// let go for the next process, which opens it anew).
+    pub fn release_rbd(&self) {
+        for slot in self.all() {
+            let mut inner = slot.lock();
+            if inner
+                .served
+                .as_ref()
+                .is_some_and(|s| matches!(*s.disk, PcDisk::Rbd(_)))
+            {
+                inner.served = None;
+            }
+        }
+        crate::rbdpc::disconnect();
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Slot>>> {
         self.slots.read().unwrap_or_else(|p| p.into_inner())
     }

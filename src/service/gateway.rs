@@ -97,6 +97,16 @@ impl Service {
         if self.registry.get(&pc.name).is_some() {
             return Ok(());
         }
+        // A PC whose first gateway never came has no clone yet: the one taking it makes it.
+        let cluster = crate::rbdpc::cluster_of(m, pc)?;
+        if !cluster.has_disk(m, pc)? {
+            if let Err(e) = cluster.make_disk(m, pc) {
+                // Another gateway may have made it meanwhile.
+                if !cluster.has_disk(m, pc)? {
+                    return Err(e.into());
+                }
+            }
+        }
         let served = disks::open(m, pc)?;
         self.registry.insert(Slot::new(&pc.name, served));
         self.aoe.announce(&pc.name);

@@ -348,7 +348,10 @@ impl Service {
                 source: Box::new(e),
             })?;
         if let Some(aside) = aside {
-            cluster.remove_aside(&aside)?;
+            // The PC is reset either way; a clone left aside is named in the log.
+            if let Err(e) = cluster.remove_aside(&aside) {
+                tracing::warn!(pc = %pc.name, "reset: the old clone stays in the pool: {e}");
+            }
         }
         Ok(Reset::live(&pc.name, paused, start))
     }

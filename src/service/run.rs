@@ -340,7 +340,12 @@ fn upgrade(service: &Service, exe: &Path, monitor: &Monitor) -> handover::Refuse
     let manifest = std::fs::canonicalize(&manifest).unwrap_or(manifest);
     let iscsi = service.iscsi();
     let live = move || iscsi.live_sessions();
-    let flush_all = || service.registry.flush_all();
+    // After the flush, rbd clones are closed: their locks go to the next process.
+    let flush_all = || {
+        let failed = service.registry.flush_all();
+        service.registry.release_rbd();
+        failed
+    };
     let stop_all = || {
         let deadline = std::time::Instant::now() + handover::STAND_STILL;
         service.registry.stop_all_for_handover(deadline)

@@ -90,7 +90,10 @@ fn commands_in_flight_together_answer_once_each_and_reads_see_the_writes_before_
             expect.insert(itt, None);
         }
     }
-    stream.write_all(&burst).unwrap();
+    // Sent from a thread of its own: the answers are read meanwhile, so neither side's
+    // buffers can fill up and block the other.
+    let mut sender = stream.try_clone().unwrap();
+    let sending = std::thread::spawn(move || sender.write_all(&burst).unwrap());
 
     let mut answered = BTreeSet::new();
     let mut stat_sn: Option<u32> = None;
@@ -120,6 +123,7 @@ fn commands_in_flight_together_answer_once_each_and_reads_see_the_writes_before_
             reply.itt()
         );
     }
+    sending.join().unwrap();
     for (itt, want) in &expect {
         if let Some((lba, byte)) = want {
             let got = &data[itt];

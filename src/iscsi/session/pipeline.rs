@@ -230,6 +230,9 @@ impl<W: Write> Session<'_, W> {
             let r = (disk.disk.read_at(&mut buf, offset))
                 .map(|()| buf)
                 .map_err(|_| Sense::UNRECOVERED_READ_ERROR);
+            // The disk is let go before the answer: a reset waits for the session's
+            // answers, then must hold the disk's last reference to close it.
+            drop(disk);
             let _ = tx.send(r);
             let _ = signal.write(1);
         });
@@ -262,7 +265,9 @@ impl<W: Write> Session<'_, W> {
         let data = data.to_vec();
         let signal = self.pipeline.signal();
         let job: Job = Box::new(move || {
-            let _ = tx.send(disk.write_piece(offset, &data).map(|()| Vec::new()));
+            let r = disk.write_piece(offset, &data).map(|()| Vec::new());
+            drop(disk);
+            let _ = tx.send(r);
             let _ = signal.write(1);
         });
         submit(job);
