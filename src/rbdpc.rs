@@ -70,7 +70,9 @@ fn alive(pid: i32) -> bool {
         return false;
     };
     // The state follows the command's name, which is in parentheses and may hold spaces.
-    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
     pid > 0 && !matches!(state, Some('Z' | 'X') | None)
 }
 
