@@ -14,37 +14,15 @@ mod gateways;
 #[path = "ceph_rbd_room/pipelined.rs"]
 mod pipelined;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::ceph::cluster;
 use common::pc::{self, Boot, HOST};
+use common::qemuio::{qemu_io, reads, wrote};
 use common::room::{Golden, Http, Iscsi, Pc, Room, RoomBuilder};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
-
-/// qemu-io's output for `cmd` on `target` (an NBD or iSCSI URL).
-fn qemu_io(target: &str, cmd: &str) -> String {
-    let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", cmd, target])
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn wrote(out: &str) -> bool {
-    out.contains("wrote") && !out.contains("failed")
-}
-
-fn reads(target: &str, at: u64, len: u64, pattern: u8) -> bool {
-    let out = qemu_io(target, &format!("read -P {pattern:#x} {at} {len}"));
-    out.contains("read ") && !out.contains("failed") && !out.contains("mismatch")
-}
 
 fn hostname() -> String {
     nix::unistd::gethostname().unwrap().into_string().unwrap()

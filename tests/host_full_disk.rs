@@ -10,6 +10,7 @@ mod common;
 use std::process::Command;
 
 use common::kernel::sh;
+use common::qemuio::wrote;
 use common::room::{Golden, Iscsi, Pc, Room, RoomBuilder};
 
 const MIB: usize = 1 << 20;
@@ -55,25 +56,11 @@ impl Drop for Tmpfs {
 
 /// qemu-io's output for `cmd` on the PC's NBD export.
 fn qemu_io(room: &Room, pc: &str, cmd: &str) -> String {
-    let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", cmd])
-        .arg(room.nbd_uri(pc))
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn wrote(out: &str) -> bool {
-    out.contains("wrote") && !out.contains("failed")
+    common::qemuio::qemu_io(&room.nbd_uri(pc), cmd)
 }
 
 fn read_back(room: &Room, pc: &str, at: usize, len: usize, pattern: u8) -> bool {
-    let out = qemu_io(room, pc, &format!("read -P {pattern:#x} {at} {len}"));
-    out.contains("read ") && !out.contains("failed") && !out.contains("mismatch")
+    common::qemuio::reads(&room.nbd_uri(pc), at as u64, len as u64, pattern)
 }
 
 #[test]

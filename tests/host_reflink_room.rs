@@ -8,9 +8,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::kernel::Mounted;
+use common::qemuio::{qemu_io, reads, wrote};
 use common::room::{Golden, Iscsi, Pc, Room, RoomBuilder};
 use cowctl::reflink::extents::{own_bytes, sharing};
 
@@ -33,28 +33,6 @@ fn room_on(parent: &Path) -> Room {
         .pc(Pc::new("pc-{1..2}"))
         .pc(Pc::new("pc-3").export("iscsi"))
         .build_in(parent)
-}
-
-/// qemu-io's output for `cmd` on `target` (an NBD or iSCSI URL).
-fn qemu_io(target: &str, cmd: &str) -> String {
-    let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", cmd, target])
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn wrote(out: &str) -> bool {
-    out.contains("wrote") && !out.contains("failed")
-}
-
-fn reads(target: &str, at: u64, len: u64, pattern: u8) -> bool {
-    let out = qemu_io(target, &format!("read -P {pattern:#x} {at} {len}"));
-    out.contains("read ") && !out.contains("failed") && !out.contains("mismatch")
 }
 
 /// The PC's disk reads as the golden image (all 0x07) at `at`, `len` bytes.

@@ -12,6 +12,7 @@ pub mod httproom;
 pub mod iscsi;
 pub mod net;
 pub mod pc;
+pub mod qemuio;
 pub mod realos;
 pub mod room;
 

@@ -222,30 +222,51 @@ impl<W: Write> Session<'_, W> {
         // The initiator takes at most what it expects; the rest is the residual.
         let send = len.min(u64::from(reply.expected));
         self.room_for(offset, send, false)?;
+        let read = move |lu: &Lu| {
+            let mut buf = vec![0u8; usize::try_from(send).expect("a read fits in memory")];
+            (lu.disk.read_at(&mut buf, offset))
+                .map(|()| buf)
+                .map_err(|_| Sense::UNRECOVERED_READ_ERROR)
+        };
+        self.launch(
+            reply,
+            lu,
+            Answer::Read { status },
+            (offset, send, false),
+            read,
+        );
+        Ok(())
+    }
+
+    /// Runs `work` on the pool and queues its answer; the pool signals the session's
+    /// eventfd when it is done.
+    fn launch(
+        &mut self,
+        reply: Reply,
+        lu: &Arc<Lu>,
+        answer: Answer,
+        span: (u64, u64, bool),
+        work: impl FnOnce(&Lu) -> Result<Vec<u8>, Sense> + Send + 'static,
+    ) {
         let (tx, rx) = channel();
         let disk = lu.clone();
         let signal = self.pipeline.signal();
-        let job: Job = Box::new(move || {
-            let mut buf = vec![0u8; usize::try_from(send).expect("a read fits in memory")];
-            let r = (disk.disk.read_at(&mut buf, offset))
-                .map(|()| buf)
-                .map_err(|_| Sense::UNRECOVERED_READ_ERROR);
+        submit(Box::new(move || {
+            let r = work(&disk);
             // The disk is let go before the answer: a reset waits for the session's
             // answers, then must hold the disk's last reference to close it.
             drop(disk);
             let _ = tx.send(r);
             let _ = signal.write(1);
-        });
-        submit(job);
+        }));
         self.pipeline.queue.push_back(InFlight {
             reply,
             lu: lu.clone(),
-            answer: Answer::Read { status },
-            span: (offset, send, false),
+            answer,
+            span,
             done: rx,
             outcome: None,
         });
-        Ok(())
     }
 
     /// A WRITE whose data all came with the command: written in flight, answered with
@@ -260,25 +281,10 @@ impl<W: Write> Session<'_, W> {
     ) -> io::Result<()> {
         let len = data.len() as u64;
         self.room_for(offset, len, true)?;
-        let (tx, rx) = channel();
-        let disk = lu.clone();
         let data = data.to_vec();
-        let signal = self.pipeline.signal();
-        let job: Job = Box::new(move || {
-            let r = disk.write_piece(offset, &data).map(|()| Vec::new());
-            drop(disk);
-            let _ = tx.send(r);
-            let _ = signal.write(1);
-        });
-        submit(job);
-        self.pipeline.queue.push_back(InFlight {
-            reply,
-            lu: lu.clone(),
-            answer: Answer::Write { status, residual },
-            span: (offset, len, true),
-            done: rx,
-            outcome: None,
-        });
+        let write = move |lu: &Lu| lu.write_piece(offset, &data).map(|()| Vec::new());
+        let answer = Answer::Write { status, residual };
+        self.launch(reply, lu, answer, (offset, len, true), write);
         Ok(())
     }
 }
