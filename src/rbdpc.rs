@@ -295,6 +295,68 @@ impl Cluster {
         Ok(Some(named.unwrap_or_else(|| owners.join(", "))))
     }
 
+    /// The snapshot the PC's clone was made of; None when it has no clone (or is not one).
+    pub fn parent_of(&self, m: &Manifest, pc: &Pc) -> Result<Option<Parent>> {
+        let clone = m.rbd_clone(pc).ok_or_else(|| Error::NoCeph {
+            pc: pc.name.clone(),
+        })?;
+        match self.open_image_named(pc, &clone, true) {
+            Err(Error::NoClone { .. }) => Ok(None),
+            other => Ok(other?.parent()?),
+        }
+    }
+
+    /// A commit, while the PC is paused (or nobody serves it): its clone becomes the image
+    /// `into`, with `record` in its metadata and the protected snapshot `snap`, and the PC
+    /// gets a fresh clone of that snapshot under its own name (the same disk as before, so
+    /// it sees no change). `disk` is the clone's handle, opened under its lock. On failure
+    /// nothing was renamed and the PC keeps its clone.
+    pub fn commit_clone(
+        &self,
+        m: &Manifest,
+        pc: &Pc,
+        disk: &Image,
+        into: &str,
+        snap: &str,
+        record: (&str, &str),
+    ) -> Result<()> {
+        let (clone, _) = self.names(m, pc)?;
+        disk.flush()?;
+        disk.set_metadata(record.0, record.1)?;
+        disk.snapshot_protected(snap)?;
+        let next = format!("{clone}.next");
+        let undo = |next_made: bool| {
+            if next_made {
+                let _ = self.pool.remove(&next);
+            }
+            let _ = disk.remove_snapshot(snap);
+        };
+        match self.pool.remove(&next) {
+            Err(e) if !e.is_not_found() => {
+                undo(false);
+                return Err(e.into());
+            }
+            _ => {}
+        }
+        if let Err(e) = self
+            .pool
+            .clone_image(&clone, snap, &next, self.ceph.order())
+        {
+            undo(false);
+            return Err(e.into());
+        }
+        if let Err(e) = self.pool.rename(&clone, into) {
+            undo(true);
+            return Err(e.into());
+        }
+        if let Err(e) = self.pool.rename(&next, &clone) {
+            let _ = self.pool.rename(into, &clone);
+            undo(true);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     /// The fill of a PC nobody serves here: its clone's objects, against its quota.
     pub fn usage(&self, m: &Manifest, pc: &Pc) -> Result<Usage> {
         let image = self.open_image(m, pc, true)?;

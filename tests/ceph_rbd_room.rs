@@ -13,6 +13,8 @@ mod common;
 mod gateways;
 #[path = "ceph_rbd_room/pipelined.rs"]
 mod pipelined;
+#[path = "ceph_rbd_room/versions.rs"]
+mod versions;
 
 use std::time::Duration;
 

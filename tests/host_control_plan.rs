@@ -1050,7 +1050,7 @@ fn resets_move_pcs_to_the_promoted_version_and_free_the_old_versions_loop() {
     let d = room.dir.path().join("versions");
     let (v1, v2) = (d.join("v1/disk.img"), d.join("v2/disk.img"));
     assert_eq!(room.origin_of("pc-1"), v1);
-    let store = cowctl::image::Store::open(&d).unwrap();
+    let store = cowctl::image::Versions::Files(cowctl::image::Store::open(&d).unwrap());
     cowctl::image::promote(&store, &"v2".parse().unwrap(), &[]).unwrap();
     room.fake.clear_log();
     room.ctx_reloaded(|ctx, obs| {

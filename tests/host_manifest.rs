@@ -587,14 +587,26 @@ fn an_rbd_image_is_a_snapshot_in_the_ceph_sections_pool() {
         Some("cowctl.pc-1")
     );
     assert!(m.uses_rbd());
+    // `rbd: NAME`: versions cowctl keeps in the pool, NAME.v1@v1 …, resolved from the cluster.
+    let versioned = parse(&rbd.replace("rbd: golden-w@v1", "rbd: golden-w")).unwrap();
+    let w = &versioned.images["w"];
+    assert_eq!(w.rbd_versions.as_deref(), Some("golden-w"));
+    assert_eq!(w.rbd, None);
+    assert_eq!(w.path, Path::new("rbd:lab/golden-w.*"));
 
     // Each mistake named at its field.
     let wrong = [
         (
             "    rbd: golden-w@v1\n",
-            "    rbd: golden-w\n",
+            "    rbd: golden/w\n",
             "images.w.rbd",
-            "is not IMAGE@SNAPSHOT",
+            "is neither IMAGE@SNAPSHOT",
+        ),
+        (
+            "    rbd: golden-w@v1\n",
+            "    rbd: golden-w@\n",
+            "images.w.rbd",
+            "is neither IMAGE@SNAPSHOT",
         ),
         (
             "    rbd: golden-w@v1\n",

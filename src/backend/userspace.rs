@@ -160,14 +160,7 @@ impl Backend for ServiceClient {
                 .iter()
                 .map(|pc| {
                     let due = crate::image::next_version(m, pc)?;
-                    let image = due.as_ref().map_or(&m.images[&pc.image], |(i, _)| i);
-                    Ok(reset::reset_file(
-                        m,
-                        pc,
-                        &image.path,
-                        due.as_ref().map(|(_, g)| g),
-                        &SysLoops,
-                    )?)
+                    Ok(reset::reset_unserved(m, pc, due.as_ref(), &SysLoops)?)
                 })
                 .collect::<Result<_>>()?,
         };

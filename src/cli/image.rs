@@ -8,9 +8,10 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::control::load;
+use super::image_text::{on_disk, utc};
 use super::print_json;
 use crate::base::units::human;
-use crate::image::{self, Store, VersionName};
+use crate::image::{self, VersionName, Versions};
 use crate::manifest::Manifest;
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +136,9 @@ fn command_name(c: &ImageCommand) -> &'static str {
 
 fn hash(m: &Manifest, family: &str, json: bool) -> Result<ExitCode> {
     use image::hash::Checked;
+    if image::open_rbd(m, family)?.is_some() {
+        bail!("{family}'s versions are images in a Ceph pool: the cluster checks their data itself (its own checksums on every object), so cowctl keeps no hash of them to verify");
+    }
     let store = image::open(m, family)?;
     let checked = image::hash::hash_store(&store)?;
     if json {
@@ -179,19 +183,19 @@ fn import(m: &Manifest, c: ImageCommand, json: bool) -> Result<ExitCode> {
     else {
         unreachable!("an import")
     };
-    let store = image::open(m, &image)?;
-    let v = image::import(&store, &src, name(version)?, &note)?;
+    let versions = Versions::open(m, &image)?;
+    let v = versions.import(&src, name(version)?, &note)?;
     if json {
         return print_json(&v).map(|()| ExitCode::SUCCESS);
     }
-    let store = Store::open(&store.dir)?;
+    let versions = versions.reread(m, &image)?;
     outln!(
-        "imported {} as {image}@{} ({}, {} on disk){}",
+        "imported {} as {image}@{} ({}, {} stored){}",
         src.display(),
         v.name,
         human(v.size),
-        on_disk(image::space::of(&store.disk(&v.name))),
-        if store.current() == Some(&v.name) {
+        on_disk(versions.space(&v.name)),
+        if versions.view().current() == Some(&v.name) {
             "; it is current"
         } else {
             ""
@@ -203,15 +207,6 @@ fn import(m: &Manifest, c: ImageCommand, json: bool) -> Result<ExitCode> {
 fn name(v: Option<String>) -> Result<Option<VersionName>> {
     v.map(|v| v.parse().map_err(|e: String| anyhow!(e)))
         .transpose()
-}
-
-/// `8.0 MiB`, or `8.0 MiB (7.0 MiB shared)` where blocks are shared with other files.
-fn on_disk(s: image::space::Space) -> String {
-    if s.shared == 0 {
-        human(s.allocated)
-    } else {
-        format!("{} ({} shared)", human(s.allocated), human(s.shared))
-    }
 }
 
 fn commit(
@@ -240,6 +235,7 @@ fn commit(
         match c.built.method {
             image::build::Method::Reflink => "blocks shared with the parent (reflink)",
             image::build::Method::SparseCopy => "parent copied sparse",
+            image::build::Method::RbdClone => "its clone became the version (nothing copied)",
         },
         c.built.elapsed.as_secs_f64()
     );
@@ -258,7 +254,7 @@ fn promote(
     pcs: &[String],
     json: bool,
 ) -> Result<ExitCode> {
-    let store = image::open(m, family)?;
+    let versions = Versions::open(m, family)?;
     let v: VersionName = version.parse().map_err(|e: String| anyhow!(e))?;
     for pc in pcs {
         match m.pc(pc) {
@@ -272,11 +268,12 @@ fn promote(
             Some(_) => {}
         }
     }
-    let promoted = image::promote(&store, &v, pcs)?;
+    let promoted = image::promote(&versions, &v, pcs)?;
     if json {
         return print_json(&promoted).map(|()| ExitCode::SUCCESS);
     }
-    let store = Store::open(&store.dir)?;
+    let versions = versions.reread(m, family)?;
+    let store = versions.view();
     let moving: Vec<&str> = m
         .pcs
         .iter()
@@ -326,7 +323,8 @@ struct Row {
 }
 
 /// One row per version, oldest first.
-fn rows(m: &Manifest, family: &str, store: &Store) -> Vec<Row> {
+fn rows(m: &Manifest, family: &str, versions: &Versions) -> Vec<Row> {
+    let store = versions.view();
     let on = |key: &str| -> Vec<String> {
         m.pcs
             .iter()
@@ -346,7 +344,7 @@ fn rows(m: &Manifest, family: &str, store: &Store) -> Vec<Row> {
                 .filter(|p| store.target(&p.name) == Some(&v.name))
                 .map(|p| p.name.clone())
                 .collect();
-            let space = image::space::of(&store.disk(&v.name));
+            let space = versions.space(&v.name);
             Row {
                 image: family.to_string(),
                 version: v.name.clone(),
@@ -375,28 +373,28 @@ fn rows(m: &Manifest, family: &str, store: &Store) -> Vec<Row> {
 }
 
 fn list(m: &Manifest, only: Option<&str>, json: bool) -> Result<ExitCode> {
-    let mut families: Vec<(String, PathBuf)> = Vec::new();
+    let mut families: Vec<String> = Vec::new();
     for i in m.images.values() {
-        if let Some(d) = &i.store {
-            if !families.iter().any(|(f, _)| *f == i.family) {
-                families.push((i.family.clone(), d.clone()));
-            }
+        let versioned = i.store.is_some() || i.rbd_versions.is_some();
+        if versioned && !families.contains(&i.family) {
+            families.push(i.family.clone());
         }
     }
     if let Some(o) = only {
-        families.retain(|(f, _)| f == o);
+        families.retain(|f| f == o);
         if families.is_empty() {
             image::open(m, o)?; // says why: no such image, or one without versions
         }
     }
     let mut all = Vec::new();
-    for (family, dir) in &families {
-        let store = Store::open(dir)?;
-        let rows = rows(m, family, &store);
+    for family in &families {
+        let versions = Versions::open(m, family)?;
+        let store = versions.view();
+        let rows = rows(m, family, &versions);
         if !json {
             outln!(
                 "{family} ({}): current {}",
-                dir.display(),
+                store.dir.display(),
                 store.current().map_or("none", VersionName::as_str)
             );
             print_table(&rows);
@@ -405,7 +403,7 @@ fn list(m: &Manifest, only: Option<&str>, json: bool) -> Result<ExitCode> {
                 .filter(|r| r.sha256.is_none())
                 .map(|r| r.version.as_str())
                 .collect();
-            if !unhashed.is_empty() {
+            if !unhashed.is_empty() && matches!(versions, Versions::Files(_)) {
                 outln!(
                     "  {} without a full hash (made before cowctl took one): add it with `cowctl image hash {family}`",
                     unhashed.join(", ")
@@ -466,28 +464,10 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-/// `YYYY-MM-DD HH:MM` of Unix seconds.
-fn utc(secs: u64) -> String {
-    let days = i64::try_from(secs / 86400).unwrap_or(0);
-    let rem = secs % 86400;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!(
-        "{y:04}-{mo:02}-{d:02} {:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60
-    )
-}
-
 fn prune(m: &Manifest, family: &str, dry_run: bool, json: bool) -> Result<ExitCode> {
+    if let Some(store) = image::open_rbd(m, family)? {
+        return super::image_rbd::prune(m, family, &store, dry_run, json);
+    }
     let store = image::open(m, family)?;
     let plan = image::prune_plan(m, &store, family, &crate::kernel::loopdev::SysLoops);
     if json {
@@ -538,13 +518,4 @@ fn prune(m: &Manifest, family: &str, dry_run: bool, json: bool) -> Result<ExitCo
         outln!("nothing to prune in {family}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dates_are_utc() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00");
-        assert_eq!(super::utc(1_796_170_200), "2026-12-02 00:10");
-    }
 }

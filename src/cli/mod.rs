@@ -10,6 +10,8 @@ mod doctor;
 mod examples;
 mod generate;
 mod image;
+mod image_rbd;
+mod image_text;
 mod logging;
 mod pcs;
 mod pxe;

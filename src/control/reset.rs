@@ -159,6 +159,25 @@ fn detach_unused_versions(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Resets a PC's disk that nothing serves here, onto the version it is `due` (when it
+/// moves): an rbd PC's clone made anew of that version's snapshot, a file as
+/// [`reset_file`] does.
+pub fn reset_unserved(
+    m: &Manifest,
+    pc: &Pc,
+    due: Option<&(crate::manifest::Image, Golden)>,
+    loops: &dyn Loops,
+) -> Result<Reset> {
+    if m.storage_of(pc) == Storage::Rbd {
+        let start = Instant::now();
+        let (m, pc) = m.with_pc_on(pc, due.map(|(i, _)| i));
+        crate::rbdpc::cluster_of(&m, &pc)?.reset_offline(&m, &pc)?;
+        return Ok(Reset::offline(&pc.name, start.elapsed()));
+    }
+    let image = due.map_or(&m.images[&pc.image], |(i, _)| i);
+    reset_file(m, pc, &image.path, due.map(|(_, g)| g), loops)
+}
+
 /// Resets a PC's disk that nothing serves: a COW in place, a clone replaced by a fresh
 /// clone of `image` (the disk of the version it runs next). When the PC moves to another
 /// image version, `onto` is the one its record names now.

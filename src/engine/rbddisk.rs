@@ -80,6 +80,11 @@ impl RbdDisk {
     }
 
     /// The clone's name in its pool.
+    /// The clone's handle, for what a commit does to it while the PC is paused.
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
     pub fn name(&self) -> &str {
         self.image.name()
     }

@@ -24,6 +24,8 @@ pub enum Method {
     Reflink,
     /// The parent's data extents copied (holes kept).
     SparseCopy,
+    /// An rbd PC's clone became the version itself (nothing copied).
+    RbdClone,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

@@ -125,8 +125,16 @@ pub enum Error {
     },
     #[error("{pc}: image {family} is one file (images.{family}.path): give it `versions: DIR` to commit PCs into new versions")]
     CommitOneFile { pc: String, family: String },
-    #[error("{pc}: image {family} is a snapshot in a Ceph pool (storage: rbd); cowctl does not keep versions of rbd images yet, so it cannot commit {pc}")]
+    #[error("{pc}: image {family} is one snapshot in a Ceph pool (rbd: IMAGE@SNAPSHOT), not versions cowctl keeps; to commit PCs, name it rbd: NAME and import its first version with `cowctl image import FILE --image {family}`")]
     CommitRbd { pc: String, family: String },
+    #[error(
+        "image {family} keeps its versions in a Ceph pool, but the manifest has no ceph section"
+    )]
+    NoCeph { family: String },
+    #[error("the version record {what} in the cluster is unreadable: {reason}")]
+    RbdRecord { what: String, reason: String },
+    #[error(transparent)]
+    Rbd(#[from] crate::rbdpc::Error),
     /// The PC's COW is over a version the store does not hold (`cow_problem`'s sentence).
     #[error("{problem}")]
     VersionGone { pc: String, problem: String },

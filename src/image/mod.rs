@@ -13,9 +13,12 @@ pub mod golden_record;
 pub mod hash;
 pub mod identity;
 pub mod import;
+mod rbdimport;
+pub mod rbdstore;
 pub mod space;
 pub mod store;
 pub mod users;
+pub mod versions;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +29,9 @@ use crate::manifest::{Image, Manifest, Pc, Storage};
 pub use error::{CopyError, Error};
 use golden_record::Golden;
 pub use identity::Found;
+pub use rbdstore::RbdStore;
 pub use store::{Store, Version, VersionName};
+pub use versions::Versions;
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -45,6 +50,7 @@ pub fn entry(family: &Image, store: &Store, v: &Version) -> Image {
         family: family.family.clone(),
         storage: family.storage,
         rbd: family.rbd.clone(),
+        rbd_versions: family.rbd_versions.clone(),
     }
 }
 
@@ -124,6 +130,7 @@ pub fn resolve(m: &mut Manifest) -> Vec<Problem> {
             }
         }
     }
+    rbdstore::resolve(m, &mut problems);
     problems
 }
 
@@ -159,7 +166,11 @@ pub fn cow_problem(m: &Manifest, store: &Store, pc: &Pc) -> Option<String> {
 /// The version `pc` moves to at its next reset when that is not the one it runs, read from
 /// the store now (it may have been committed and promoted after the manifest was loaded).
 pub fn next_version(m: &Manifest, pc: &Pc) -> Result<Option<(Image, Golden)>> {
-    let Some(dir) = m.images[&pc.image].store.as_deref() else {
+    let image = &m.images[&pc.image];
+    if image.rbd_versions.is_some() {
+        return rbdstore::next_version(m, pc, image);
+    }
+    let Some(dir) = image.store.as_deref() else {
         return Ok(None);
     };
     next_version_in(m, pc, &Store::open(dir)?)
@@ -208,6 +219,15 @@ pub fn golden_for(disk: &Path) -> Result<Golden> {
         g.version = Some(v.id());
     }
     Ok(g)
+}
+
+/// The store of a family whose versions are in a Ceph pool; None for any other image.
+pub fn open_rbd(m: &Manifest, image: &str) -> Result<Option<RbdStore>> {
+    let family = image.split('@').next().unwrap_or(image);
+    match m.images.values().find(|i| i.family == family) {
+        Some(i) if i.rbd_versions.is_some() => Ok(Some(RbdStore::open(m, i)?)),
+        _ => Ok(None),
+    }
 }
 
 /// The store of a versioned image of the manifest.
@@ -352,7 +372,8 @@ pub fn commit(
 
 /// `cowctl image promote`: `v` becomes the room's version (clearing the test group's pins),
 /// or the version of the PCs named.
-pub fn promote(store: &Store, v: &VersionName, pcs: &[String]) -> Result<store::Promoted> {
+pub fn promote(versions: &Versions, v: &VersionName, pcs: &[String]) -> Result<store::Promoted> {
+    let store = versions.view();
     store.get(v)?;
     let mut p = store.promoted.clone();
     if pcs.is_empty() {
@@ -367,7 +388,7 @@ pub fn promote(store: &Store, v: &VersionName, pcs: &[String]) -> Result<store::
             }
         }
     }
-    store.write_promoted(&p)?;
+    versions.write_promoted(&p)?;
     Ok(p)
 }
 
@@ -381,10 +402,16 @@ pub fn commit_pc(
 ) -> Result<Committed> {
     let image = &m.images[&pc.image];
     if image.storage == Storage::Rbd {
-        return Err(Error::CommitRbd {
-            pc: pc.name.clone(),
-            family: image.family.clone(),
-        });
+        if image.rbd_versions.is_none() {
+            return Err(Error::CommitRbd {
+                pc: pc.name.clone(),
+                family: image.family.clone(),
+            });
+        }
+        // Nobody serves it here: its clone is opened (and locked) for the commit.
+        let store = RbdStore::open(m, image)?;
+        let disk = store.cluster.open(m, pc, false)?;
+        return store.commit(m, pc, &disk, name, note);
     }
     let (Some(dir), Some(parent)) = (image.store.as_deref(), image.version.as_deref()) else {
         return Err(Error::CommitOneFile {

@@ -1,5 +1,6 @@
 //! The `ceph` section (how cowctl reaches the cluster of `storage: rbd` images) and an
-//! image's `rbd: NAME@SNAPSHOT`, the protected snapshot its PCs' disks are cloned from.
+//! image's `rbd: NAME@SNAPSHOT`, the protected snapshot its PCs' disks are cloned from, or
+//! `rbd: NAME`, a family of versions `cowctl image` keeps in the pool.
 
 use std::path::PathBuf;
 
@@ -120,22 +121,34 @@ impl Builder {
         })
     }
 
-    /// `images.<name>.rbd`: `IMAGE@SNAPSHOT`.
-    pub(super) fn rbd_snapshot(&mut self, name: &str, text: &str) -> Option<RbdSnapshot> {
+    /// `images.<name>.rbd`: `IMAGE@SNAPSHOT` (one snapshot the admin keeps), or `NAME`
+    /// (versions cowctl keeps: `NAME.<version>@<version>`).
+    pub(super) fn rbd_source(&mut self, name: &str, text: &str) -> Option<RbdSource> {
         match text.split_once('@') {
-            Some((image, snap)) if rbd_name_ok(image) && rbd_name_ok(snap) => Some(RbdSnapshot {
-                image: image.to_string(),
-                snap: snap.to_string(),
-            }),
+            Some((image, snap)) if rbd_name_ok(image) && rbd_name_ok(snap) => {
+                Some(RbdSource::Snapshot(RbdSnapshot {
+                    image: image.to_string(),
+                    snap: snap.to_string(),
+                }))
+            }
+            None if rbd_name_ok(text) && text.len() <= 64 => {
+                Some(RbdSource::Versions(text.to_string()))
+            }
             _ => {
                 self.error(
                     &format!("images.{name}.rbd"),
-                    format!("{name}: rbd {text:?} is not IMAGE@SNAPSHOT (an image in the ceph section's pool and its protected snapshot)"),
+                    format!("{name}: rbd {text:?} is neither IMAGE@SNAPSHOT (an image in the ceph section's pool and its protected snapshot) nor NAME (at most 64 characters: the versions `cowctl image` keeps, NAME.v1@v1 …)"),
                 );
                 None
             }
         }
     }
+}
+
+/// What an rbd image's PCs are cloned from.
+pub(super) enum RbdSource {
+    Snapshot(RbdSnapshot),
+    Versions(String),
 }
 
 impl Builder {
@@ -155,25 +168,31 @@ impl Builder {
             );
         }
         if img.path.is_some() || img.versions.is_some() || img.version.is_some() {
-            self.error(&at("storage"), format!("{name}: an rbd image is its snapshot (rbd: IMAGE@SNAPSHOT), not a file or a directory of versions"));
+            self.error(&at("storage"), format!("{name}: an rbd image is its snapshot (rbd: IMAGE@SNAPSHOT) or its versions in the pool (rbd: NAME), not a file or a directory of versions"));
         }
         let Some(text) = img.rbd else {
-            self.error(&at("rbd"), format!("{name}: storage: rbd needs rbd: IMAGE@SNAPSHOT, the protected snapshot its PCs are cloned from"));
+            self.error(&at("rbd"), format!("{name}: storage: rbd needs rbd: IMAGE@SNAPSHOT (the protected snapshot its PCs are cloned from) or rbd: NAME (versions cowctl keeps)"));
             return None;
         };
-        let snapshot = self.rbd_snapshot(name, &text)?;
+        let source = self.rbd_source(name, &text)?;
         let Some(ceph) = ceph else {
             self.error(&at("storage"), format!("{name}: storage: rbd needs a ceph section (conf, pool) saying where the cluster is"));
             return None;
         };
+        let pool = &ceph.settings.pool;
+        let (path, rbd, rbd_versions) = match source {
+            RbdSource::Snapshot(s) => (format!("rbd:{pool}/{s}"), Some(s), None),
+            RbdSource::Versions(base) => (format!("rbd:{pool}/{base}.*"), None, Some(base)),
+        };
         Some(super::Image {
             name: name.to_string(),
             family: name.to_string(),
-            path: PathBuf::from(format!("rbd:{}/{snapshot}", ceph.settings.pool)),
+            path: PathBuf::from(path),
             version: None,
             store: None,
             storage: super::Storage::Rbd,
-            rbd: Some(snapshot),
+            rbd,
+            rbd_versions,
         })
     }
 }

@@ -91,6 +91,16 @@ impl Manifest {
         (self.storage_of(pc) == Storage::Rbd).then(|| format!("{}.{}", ceph.prefix, pc.name))
     }
 
+    /// This manifest with `pc` on `image` (a version it moves to), when one is given.
+    pub fn with_pc_on(&self, pc: &Pc, image: Option<&Image>) -> (Manifest, Pc) {
+        let (mut m, mut pc) = (self.clone(), pc.clone());
+        if let Some(image) = image {
+            m.images.insert(image.name.clone(), image.clone());
+            pc.image = image.name.clone();
+        }
+        (m, pc)
+    }
+
     /// Whether any image keeps its PCs' disks on rbd.
     pub fn uses_rbd(&self) -> bool {
         self.images.values().any(|i| i.storage == Storage::Rbd)

@@ -207,6 +207,7 @@ impl Builder {
                     store,
                     storage,
                     rbd: None,
+                    rbd_versions: None,
                 },
             );
         }

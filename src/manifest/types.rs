@@ -26,8 +26,12 @@ pub struct Image {
     pub family: String,
     /// How its PCs' disks are kept.
     pub storage: Storage,
-    /// `storage: rbd`: the snapshot its PCs' clones are made from.
+    /// `storage: rbd`: the snapshot its PCs' clones are made from (for a family of versions,
+    /// the version's; none before `crate::image::resolve`).
     pub rbd: Option<super::RbdSnapshot>,
+    /// `storage: rbd` with versions (`rbd: NAME`): the name their images start with,
+    /// `NAME.<version>`, each with its protected snapshot `<version>`.
+    pub rbd_versions: Option<String>,
 }
 
 /// How the PCs of an image keep their writes.

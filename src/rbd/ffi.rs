@@ -16,6 +16,8 @@ pub const IMAGE_OPTION_ORDER: c_int = 2;
 pub const IMAGE_OPTION_STRIPE_UNIT: c_int = 3;
 pub const IMAGE_OPTION_STRIPE_COUNT: c_int = 4;
 pub const IMAGE_OPTION_FEATURES_SET: c_int = 8;
+/// `RBD_FEATURE_LAYERING`: clones can be made of its snapshots.
+pub const FEATURE_LAYERING: u64 = 1;
 /// `RBD_FEATURE_EXCLUSIVE_LOCK`.
 pub const FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
 /// `RBD_MAX_BLOCK_NAME_SIZE` and `RBD_MAX_IMAGE_NAME_SIZE`.
@@ -31,6 +33,12 @@ pub struct ImageInfo {
     pub block_name_prefix: [c_char; BLOCK_NAME_SIZE],
     pub parent_pool: i64,
     pub parent_name: [c_char; IMAGE_NAME_SIZE],
+}
+
+#[repr(C)]
+pub struct ImageSpec {
+    pub id: *mut c_char,
+    pub name: *mut c_char,
 }
 
 #[repr(C)]
@@ -108,6 +116,14 @@ calls! {
     rbd rbd_lock_break: fn(RbdImage, c_int, *const c_char) -> c_int;
     rbd rbd_metadata_get: fn(RbdImage, *const c_char, *mut c_char, *mut usize) -> c_int;
     rbd rbd_metadata_set: fn(RbdImage, *const c_char, *const c_char) -> c_int;
+    rbd rbd_snap_unprotect: fn(RbdImage, *const c_char) -> c_int;
+    rbd rbd_snap_remove: fn(RbdImage, *const c_char) -> c_int;
+    rbd rbd_list2: fn(IoCtx, *mut ImageSpec, *mut usize) -> c_int;
+    rbd rbd_image_spec_list_cleanup: fn(*mut ImageSpec, usize);
+    rbd rbd_list_children3: fn(RbdImage, *mut LinkedImageSpec, *mut usize) -> c_int;
+    rbd rbd_linked_image_spec_list_cleanup: fn(*mut LinkedImageSpec, usize);
+    rbd rbd_pool_metadata_get: fn(IoCtx, *const c_char, *mut c_char, *mut usize) -> c_int;
+    rbd rbd_pool_metadata_set: fn(IoCtx, *const c_char, *const c_char) -> c_int;
 }
 
 struct Libraries {

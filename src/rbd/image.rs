@@ -307,6 +307,61 @@ impl Image {
         check(ret.into(), "protect", || format!("{}@{snap}", self.what())).map(drop)
     }
 
+    /// Unprotects and removes a snapshot (librbd refuses, EBUSY, while clones of it exist).
+    pub fn remove_snapshot(&self, snap: &str) -> Result<()> {
+        let s = cstr(snap, "the snapshot name")?;
+        let calls = self.pool.calls();
+        // SAFETY: a live handle and a C string.
+        let ret = unsafe { (calls.rbd_snap_unprotect)(self.handle, s.as_ptr()) };
+        if ret != -libc::EINVAL {
+            // EINVAL: it was not protected.
+            check(ret.into(), "unprotect", || {
+                format!("{}@{snap}", self.what())
+            })?;
+        }
+        // SAFETY: as above.
+        let ret = unsafe { (calls.rbd_snap_remove)(self.handle, s.as_ptr()) };
+        check(ret.into(), "remove snapshot", || {
+            format!("{}@{snap}", self.what())
+        })
+        .map(drop)
+    }
+
+    /// The clones of the snapshot this handle was opened at (`pool/image`, or `image` in
+    /// this pool), from every pool, those in the trash too.
+    pub fn children(&self) -> Result<Vec<String>> {
+        let calls = self.pool.calls();
+        let mut max = 16usize;
+        loop {
+            // SAFETY: all-zero is a valid spec (null pointers and integers).
+            let mut specs: Vec<ffi::LinkedImageSpec> =
+                (0..max).map(|_| unsafe { std::mem::zeroed() }).collect();
+            let mut count = max;
+            // SAFETY: a live handle, an array of `count` specs.
+            let ret =
+                unsafe { (calls.rbd_list_children3)(self.handle, specs.as_mut_ptr(), &mut count) };
+            if ret == -libc::ERANGE && count > max && count <= 1 << 20 {
+                max = count;
+                continue;
+            }
+            check(ret.into(), "list the clones of", || self.what())?;
+            let names = specs[..count]
+                .iter()
+                .map(|c| {
+                    let (pool, name) = (owned(c.pool_name), owned(c.image_name));
+                    if pool == self.pool.name() {
+                        name
+                    } else {
+                        format!("{pool}/{name}")
+                    }
+                })
+                .collect();
+            // SAFETY: `count` specs filled in by the call above.
+            unsafe { (calls.rbd_linked_image_spec_list_cleanup)(specs.as_mut_ptr(), count) };
+            return Ok(names);
+        }
+    }
+
     /// Whether `snap` is there and protected (what a clone needs).
     pub fn snapshot_protected_exists(&self, snap: &str) -> Result<(bool, bool)> {
         let s = cstr(snap, "the snapshot name")?;

@@ -186,6 +186,80 @@ impl Pool {
         }
     }
 
+    /// The names of the pool's images.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let calls = self.calls();
+        let mut max = 64usize;
+        loop {
+            let mut specs: Vec<ffi::ImageSpec> = (0..max)
+                .map(|_| ffi::ImageSpec {
+                    id: ptr::null_mut(),
+                    name: ptr::null_mut(),
+                })
+                .collect();
+            let mut count = max;
+            // SAFETY: a live ioctx, an array of `count` specs.
+            let ret = unsafe { (calls.rbd_list2)(self.io, specs.as_mut_ptr(), &mut count) };
+            if ret == -libc::ERANGE && count > max && count <= 1 << 22 {
+                max = count;
+                continue;
+            }
+            check(ret.into(), "list the images of pool", || self.name.clone())?;
+            let names = specs[..count]
+                .iter()
+                .filter(|s| !s.name.is_null())
+                // SAFETY: NUL-terminated names librbd filled in.
+                .map(|s| {
+                    unsafe { std::ffi::CStr::from_ptr(s.name) }
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            // SAFETY: `count` specs filled in by the call above.
+            unsafe { (calls.rbd_image_spec_list_cleanup)(specs.as_mut_ptr(), count) };
+            return Ok(names);
+        }
+    }
+
+    /// A value of the pool's own key/value metadata (rbd pool metadata).
+    pub fn metadata(&self, key: &str) -> Result<Option<String>> {
+        let k = cstr(key, "the key")?;
+        let mut len = 4096usize;
+        loop {
+            let mut buf = vec![0u8; len];
+            // SAFETY: a live ioctx, a buffer of `len` bytes.
+            let ret = unsafe {
+                (self.calls().rbd_pool_metadata_get)(
+                    self.io,
+                    k.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            if ret == -libc::ENOENT {
+                return Ok(None);
+            }
+            if ret == -libc::ERANGE && len > buf.len() && len <= 1 << 24 {
+                continue;
+            }
+            check(ret.into(), "read pool metadata", || {
+                format!("{key} of {}", self.name)
+            })?;
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            return Ok(Some(String::from_utf8_lossy(&buf[..end]).into_owned()));
+        }
+    }
+
+    pub fn set_metadata(&self, key: &str, value: &str) -> Result<()> {
+        let (k, v) = (cstr(key, "the key")?, cstr(value, "the value")?);
+        // SAFETY: a live ioctx and C strings.
+        let ret = unsafe { (self.calls().rbd_pool_metadata_set)(self.io, k.as_ptr(), v.as_ptr()) };
+        check(ret.into(), "write pool metadata", || {
+            format!("{key} of {}", self.name)
+        })
+        .map(drop)
+    }
+
     /// `pool/name`, as `rbd` writes an image.
     pub fn spec(&self, name: &str) -> String {
         format!("{}/{name}", self.name)
@@ -208,7 +282,11 @@ fn with_order<T>(
         (ffi::IMAGE_OPTION_STRIPE_COUNT, 1),
         // The exclusive lock keeps two gateways off one PC, whatever the cluster's
         // default features (a cluster set up for the kernel's rbd may have only layering).
-        (ffi::IMAGE_OPTION_FEATURES_SET, ffi::FEATURE_EXCLUSIVE_LOCK),
+        // Layering: a commit's version is a PC's clone, and clones are made of it.
+        (
+            ffi::IMAGE_OPTION_FEATURES_SET,
+            ffi::FEATURE_LAYERING | ffi::FEATURE_EXCLUSIVE_LOCK,
+        ),
     ];
     let set = options.iter().try_for_each(|&(key, value)| {
         // SAFETY: a live options handle.

@@ -5,6 +5,7 @@
 
 pub mod aoe;
 pub mod autoextend;
+mod commit_rbd;
 pub mod control;
 mod disks;
 pub mod error;
@@ -29,7 +30,6 @@ use std::time::Instant;
 
 use crate::control::plan as kplan;
 use crate::engine::{PcDisk, SnapshotState};
-use crate::image::golden_record;
 use crate::manifest::{Manifest, Pc};
 use crate::room::reset::{discard_path, Reset};
 use crate::room::status::{self, PcState, PcStatus};
@@ -301,20 +301,17 @@ impl Service {
         let due = crate::image::next_version(m, pc)?;
         let onto = due.as_ref().map(|(_, g)| g);
         let Some(slot) = self.registry.get(&pc.name) else {
-            let image = due.as_ref().map_or(&m.images[&pc.image], |(i, _)| i);
             let loops = crate::kernel::loopdev::SysLoops;
-            let r = crate::control::reset::reset_file(m, pc, &image.path, onto, &loops)?;
-            self.moved(&pc.name, due.as_ref());
+            let r = crate::control::reset::reset_unserved(m, pc, due.as_ref(), &loops)?;
+            self.moved(&pc.name, due.as_ref().map(|(i, _)| i));
             return Ok(r);
         };
-        if m.storage_of(pc) == crate::manifest::Storage::Rbd {
-            return self.reset_rbd(m, pc, &slot, start);
-        }
-        // The fresh engine opens over the version the PC moves to.
-        let (mut m, mut pc) = (m.clone(), pc.clone());
-        if let Some((image, _)) = &due {
-            m.images.insert(image.name.clone(), image.clone());
-            pc.image = image.name.clone();
+        // The fresh disk opens over the version the PC moves to.
+        let (m, pc) = m.with_pc_on(pc, due.as_ref().map(|(i, _)| i));
+        if m.storage_of(&pc) == crate::manifest::Storage::Rbd {
+            let r = self.reset_rbd(&m, &pc, &slot, start)?;
+            self.moved(&pc.name, due.as_ref().map(|(i, _)| i));
+            return Ok(r);
         }
         let discard = discard_path(&pc.cow);
         let paused = slot
@@ -323,7 +320,7 @@ impl Service {
                 pc: pc.name.clone(),
                 source: Box::new(e),
             })?;
-        self.moved(&pc.name, due.as_ref());
+        self.moved(&pc.name, due.as_ref().map(|(i, _)| i));
         match m.storage_of(&pc) {
             crate::manifest::Storage::Cow => crate::control::reset::remove_discard(&discard)?,
             crate::manifest::Storage::Reflink => crate::reflink::clone::remove_aside(&discard)?,
@@ -357,8 +354,8 @@ impl Service {
     }
 
     /// Status and later resets see the image version a reset moved `pc` to.
-    fn moved(&self, pc: &str, due: Option<&(crate::manifest::Image, golden_record::Golden)>) {
-        let Some((image, _)) = due else { return };
+    fn moved(&self, pc: &str, due: Option<&crate::manifest::Image>) {
+        let Some(image) = due else { return };
         let mut mine = self.manifest.lock().unwrap_or_else(|p| p.into_inner());
         mine.images.insert(image.name.clone(), image.clone());
         if let Some(p) = mine.pcs.iter_mut().find(|p| p.name == pc) {
@@ -395,6 +392,11 @@ impl Service {
                 pc: name.to_string(),
                 peers,
             });
+        }
+        if m.images[&pc.image].rbd_versions.is_some() {
+            let (committed, image) = commit_rbd::commit(&m, pc, &slot, version, note)?;
+            self.moved(name, Some(&image));
+            return Ok(committed);
         }
         let mut out = None;
         slot.quiesce(|served| {

@@ -1,0 +1,412 @@
+//! The versions of an rbd image (`rbd: NAME`), kept in the cluster so every gateway sees
+//! the same ones: each version is an image `NAME.<version>` with its protected snapshot
+//! `<version>` and its record in the image's metadata; which version is current, the test
+//! group's pins and the names of pruned versions are in the pool's metadata. No file.
+//!
+//! A PC runs the version its clone was made of (the clone's parent, which the cluster
+//! keeps); an import writes a new image; a commit turns the PC's clone itself into the
+//! new version (nothing is copied) and gives the PC a fresh clone of it. A version with
+//! clones (PCs', or later versions made by commit) cannot be removed: the cluster refuses.
+
+use std::sync::Arc;
+
+use super::golden_record::Golden;
+use super::store::{now, Promoted, Store, Version, VersionName};
+use super::{Error, Found, Result};
+use crate::manifest::{Image, Manifest, Pc, RbdSnapshot};
+use crate::rbdpc::Cluster;
+
+/// The version image's metadata key holding its record (JSON, as `version.json`).
+pub const RECORD_KEY: &str = "cowctl.version";
+/// The object size of an imported version: what librbd reads from the cluster in one piece
+/// when a PC first reads it (the PCs' clones have their own, smaller ones).
+pub(super) const IMPORT_ORDER: u8 = 22;
+
+pub struct RbdStore {
+    /// The versions, promotion and pruned names, as a file store would hold them; its `dir`
+    /// names the place (`rbd:POOL/NAME`) for messages.
+    pub view: Store,
+    pub cluster: Arc<Cluster>,
+    pub base: String,
+}
+
+fn promoted_key(base: &str) -> String {
+    format!("cowctl.versions.{base}.promoted")
+}
+
+fn pruned_key(base: &str) -> String {
+    format!("cowctl.versions.{base}.pruned")
+}
+
+/// A librbd result as the store's.
+pub(super) fn rbd<T>(r: crate::rbd::Result<T>) -> Result<T> {
+    r.map_err(|e| Error::Rbd(e.into()))
+}
+
+fn bad_record(what: String) -> impl FnOnce(serde_json::Error) -> Error {
+    move |e| Error::RbdRecord {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+impl RbdStore {
+    /// The store of a family with `rbd_versions`, read from the cluster.
+    pub fn open(m: &Manifest, image: &Image) -> Result<RbdStore> {
+        let base = image.rbd_versions.clone().ok_or_else(|| Error::OneFile {
+            family: image.family.clone(),
+            path: image.path.clone(),
+            manifest: m.path.clone(),
+        })?;
+        let cluster = crate::rbdpc::shared(m)?.ok_or_else(|| Error::NoCeph {
+            family: image.family.clone(),
+        })?;
+        let view = read(&cluster, &base)?;
+        Ok(RbdStore {
+            view,
+            cluster,
+            base,
+        })
+    }
+
+    pub fn image_name(&self, v: &VersionName) -> String {
+        format!("{}.{v}", self.base)
+    }
+
+    pub fn snapshot(&self, v: &VersionName) -> RbdSnapshot {
+        RbdSnapshot {
+            image: self.image_name(v),
+            snap: v.to_string(),
+        }
+    }
+
+    /// The manifest's image entry of one version (`family@version`).
+    pub fn entry(&self, family: &Image, v: &VersionName) -> Image {
+        let snapshot = self.snapshot(v);
+        Image {
+            name: super::key(&family.family, v),
+            path: format!("rbd:{}/{snapshot}", self.cluster.pool().name()).into(),
+            version: Some(v.to_string()),
+            store: None,
+            family: family.family.clone(),
+            storage: family.storage,
+            rbd: Some(snapshot),
+            rbd_versions: Some(self.base.clone()),
+        }
+    }
+
+    pub fn write_promoted(&self, p: &Promoted) -> Result<()> {
+        let text = serde_json::to_string(p).expect("serializable");
+        let pool = self.cluster.pool();
+        rbd(pool.set_metadata(&promoted_key(&self.base), &text))
+    }
+
+    /// The version `pc` runs: the one its clone was made of, when it is one of these.
+    pub fn running(&self, m: &Manifest, pc: &Pc) -> Result<Found<'_>> {
+        let Some(parent) = self.cluster.parent_of(m, pc)? else {
+            return Ok(Found::Elsewhere);
+        };
+        let on = self
+            .view
+            .versions
+            .keys()
+            .find(|v| parent.image == self.image_name(v) && parent.snap == v.as_str());
+        Ok(match on {
+            Some(v) => Found::On(v),
+            None => Found::Elsewhere,
+        })
+    }
+
+    /// Refuses a name that a version has, had (pruned) or any image of the pool has.
+    pub(super) fn check_free(&self, name: &VersionName) -> Result<()> {
+        let image = self.image_name(name);
+        let taken = self.view.versions.contains_key(name)
+            || self.view.pruned.contains(name)
+            || rbd(self.cluster.pool().exists(&image))?;
+        if taken {
+            return Err(Error::Taken {
+                store: self.view.dir.clone(),
+                version: name.to_string(),
+                dir: self.cluster.pool().spec(&image).into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `cowctl image commit` of an rbd PC whose clone is open in `disk` (under its lock,
+    /// its I/O stopped): the clone becomes version `name` over `parent`, the PC gets a fresh
+    /// clone of it. The caller reopens the PC on the returned version's entry.
+    pub fn commit(
+        &self,
+        m: &Manifest,
+        pc: &Pc,
+        disk: &crate::engine::rbddisk::RbdDisk,
+        name: Option<VersionName>,
+        note: &str,
+    ) -> Result<super::Committed> {
+        let start = std::time::Instant::now();
+        let image = &m.images[&pc.image];
+        let parent: VersionName = image
+            .version
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|reason| Error::BadVersionName { reason })?;
+        let own = disk.own_bytes();
+        if own == 0 {
+            return Err(Error::NothingToCommit {
+                pc: pc.name.clone(),
+                family: image.family.clone(),
+                parent: parent.to_string(),
+            });
+        }
+        let name = name.unwrap_or_else(|| self.view.next_name());
+        self.check_free(&name)?;
+        let version = Version {
+            name: name.clone(),
+            parent: Some(parent),
+            created: now(),
+            note: note.to_string(),
+            made_from: format!("commit of {}", pc.name),
+            size: disk.size(),
+            fingerprint: String::new(),
+            sha256: None,
+            hashed_later: None,
+        };
+        let text = serde_json::to_string(&version).expect("serializable");
+        self.cluster.commit_clone(
+            m,
+            pc,
+            disk.image(),
+            &self.image_name(&name),
+            name.as_str(),
+            (RECORD_KEY, &text),
+        )?;
+        Ok(super::Committed {
+            version,
+            built: super::build::Built {
+                method: super::build::Method::RbdClone,
+                chunks: own / disk.object_size().max(1),
+                changed_bytes: own,
+                elapsed: start.elapsed(),
+            },
+        })
+    }
+
+    /// The clones of a version's snapshot: PCs' disks (of any manifest or gateway) and
+    /// versions committed over it.
+    pub fn clones_of(&self, v: &VersionName) -> Result<Vec<String>> {
+        let pool = self.cluster.pool();
+        let image = pool.open_read_only(&self.image_name(v), Some(v.as_str()));
+        rbd(rbd(image)?.children())
+    }
+
+    /// Removes a version that nothing is cloned from: its name is recorded as pruned first
+    /// (never reused), then its snapshot and image go. The cluster refuses a snapshot that
+    /// has clones, so a PC made meanwhile keeps it.
+    pub fn remove(&self, v: &VersionName) -> Result<()> {
+        let mut pruned = self.view.pruned.clone();
+        if !pruned.contains(v) {
+            pruned.push(v.clone());
+        }
+        let pool = self.cluster.pool();
+        let text = serde_json::to_string(&pruned).expect("serializable");
+        rbd(pool.set_metadata(&pruned_key(&self.base), &text))?;
+        let name = self.image_name(v);
+        rbd(rbd(pool.open(&name))?.remove_snapshot(v.as_str()))?;
+        rbd(pool.remove(&name))
+    }
+
+    /// What `cowctl image prune` would remove: versions that are not current, promoted,
+    /// run by a PC of the manifest, or cloned (by any PC's disk, on any gateway, or by a
+    /// version committed over it).
+    pub fn prune_plan(&self, m: &Manifest, family: &str) -> Result<RbdPruning> {
+        let mut out = RbdPruning::default();
+        let store = &self.view;
+        for v in store.versions.values() {
+            let users: Vec<&str> = (m.pcs.iter())
+                .filter(|p| p.image == super::key(family, &v.name))
+                .map(|p| p.name.as_str())
+                .collect();
+            let pinned: Vec<&str> = (store.promoted.pcs.iter())
+                .filter(|(_, pv)| **pv == v.name)
+                .map(|(p, _)| p.as_str())
+                .collect();
+            let clones: Vec<String> = self
+                .clones_of(&v.name)?
+                .into_iter()
+                .map(|c| match c.strip_prefix(&format!("{}.", self.base)) {
+                    Some(later) if store.versions.keys().any(|k| k.as_str() == later) => {
+                        format!("{family}@{later}")
+                    }
+                    _ => c,
+                })
+                .collect();
+            let why = if store.current() == Some(&v.name) {
+                Some("current".to_string())
+            } else if !pinned.is_empty() {
+                Some(format!("promoted to {}", pinned.join(", ")))
+            } else if !users.is_empty() {
+                Some(format!("{} run on it", users.join(", ")))
+            } else if !clones.is_empty() {
+                Some(format!("cloned by {}", clones.join(", ")))
+            } else {
+                None
+            };
+            match why {
+                Some(w) => out.keep.push((v.name.clone(), w)),
+                None => out.remove.push(v.clone()),
+            }
+        }
+        out.leftovers = self.leftovers();
+        Ok(out)
+    }
+
+    /// The bytes a version's image holds itself (its objects, as `rbd du` counts them).
+    pub fn allocated(&self, v: &VersionName) -> u64 {
+        let pool = self.cluster.pool();
+        pool.open_read_only(&self.image_name(v), None)
+            .and_then(|i| Ok(i.own_objects()?.len() as u64 * i.object_size()?))
+            .unwrap_or(0)
+    }
+
+    /// Images an import or commit left half made (`NAME.incoming-*`).
+    pub fn leftovers(&self) -> Vec<String> {
+        let prefix = format!("{}.incoming-", self.base);
+        let names = self.cluster.pool().list().unwrap_or_default();
+        names
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    }
+}
+
+/// [`resolve`] for the families whose versions are in a Ceph pool (`rbd: NAME`): each PC
+/// on the version its clone was made of, else the one it is due.
+pub(super) fn resolve(m: &mut Manifest, problems: &mut Vec<super::Problem>) {
+    let families: Vec<Image> = m
+        .images
+        .values()
+        .filter(|i| i.rbd_versions.is_some() && i.version.is_none())
+        .cloned()
+        .collect();
+    for image in families {
+        let field = format!("images.{}.rbd", image.name);
+        let store = match RbdStore::open(m, &image) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push((field, e.with_causes()));
+                continue;
+            }
+        };
+        let users: Vec<usize> = (0..m.pcs.len())
+            .filter(|&i| m.pcs[i].image == image.name)
+            .collect();
+        if store.view.versions.is_empty() {
+            if !users.is_empty() {
+                problems.push((field, format!("{} holds no version of {} yet: make the first with `cowctl image import FILE --image {}`", store.view.dir.display(), image.name, image.name)));
+            }
+            continue;
+        }
+        // Asked while the PCs still name the family (a clone's name comes from it).
+        let mut running = Vec::new();
+        for &i in &users {
+            match store.running(m, &m.pcs[i]) {
+                Ok(Found::On(v)) => running.push(Some(v.clone())),
+                Ok(_) => running.push(None),
+                Err(e) => {
+                    problems.push((
+                        field.clone(),
+                        format!("{}: {}", m.pcs[i].name, e.with_causes()),
+                    ));
+                    running.push(None);
+                }
+            }
+        }
+        m.images.remove(&image.name);
+        for v in store.view.versions.keys() {
+            let e = store.entry(&image, v);
+            m.images.insert(e.name.clone(), e);
+        }
+        for (i, on) in users.into_iter().zip(running) {
+            let pc = &m.pcs[i];
+            match on.or_else(|| store.view.target(&pc.name).cloned()) {
+                Some(v) if store.view.versions.contains_key(&v) => m.pcs[i].image = super::key(&image.name, &v),
+                Some(v) => problems.push((field.clone(), format!("{}: the pool's record promotes version {v}, which {} does not hold", pc.name, store.view.dir.display()))),
+                None => problems.push((field.clone(), format!("no version of {} is current yet: make one current with `cowctl image promote {} VERSION`", image.name, image.name))),
+            }
+        }
+    }
+}
+
+/// [`super::next_version`] of a PC on an rbd family's version.
+pub(super) fn next_version(
+    m: &Manifest,
+    pc: &Pc,
+    image: &Image,
+) -> Result<Option<(Image, Golden)>> {
+    let store = RbdStore::open(m, image)?;
+    let Some(v) = store.view.target(&pc.name) else {
+        return Ok(None);
+    };
+    if image.version.as_deref() == Some(v.as_str()) {
+        return Ok(None);
+    }
+    let version = store.view.get(v)?;
+    let golden = Golden {
+        image: image.path.clone(),
+        size: version.size,
+        fingerprint: String::new(),
+        resets: 0,
+        last_reset: None,
+        version: Some(version.id()),
+    };
+    Ok(Some((store.entry(image, v), golden)))
+}
+
+/// What a prune of an rbd family would do.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RbdPruning {
+    pub remove: Vec<Version>,
+    pub keep: Vec<(VersionName, String)>,
+    /// Images an import or commit left half made (or one under way): named, not removed.
+    pub leftovers: Vec<String>,
+}
+
+/// The versions (images `base.<v>` whose record names `<v>`), promotion and pruned names.
+fn read(cluster: &Cluster, base: &str) -> Result<Store> {
+    let pool = cluster.pool();
+    let mut view = Store {
+        dir: format!("rbd:{}/{base}", pool.name()).into(),
+        versions: Default::default(),
+        promoted: Promoted::default(),
+        pruned: Vec::new(),
+    };
+    let prefix = format!("{base}.");
+    for name in rbd(pool.list())? {
+        let Some(v) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Ok(v) = v.parse::<VersionName>() else {
+            continue;
+        };
+        let image = match pool.open_read_only(&name, None) {
+            Err(e) if e.is_not_found() => continue,
+            other => rbd(other)?,
+        };
+        let Some(text) = rbd(image.metadata(RECORD_KEY))? else {
+            continue;
+        };
+        let record: Version = serde_json::from_str(&text).map_err(bad_record(pool.spec(&name)))?;
+        if record.name == v {
+            view.versions.insert(v, record);
+        }
+    }
+    if let Some(text) = rbd(pool.metadata(&promoted_key(base)))? {
+        view.promoted = serde_json::from_str(&text).map_err(bad_record(promoted_key(base)))?;
+    }
+    if let Some(text) = rbd(pool.metadata(&pruned_key(base)))? {
+        view.pruned = serde_json::from_str(&text).map_err(bad_record(pruned_key(base)))?;
+    }
+    Ok(view)
+}

@@ -1,0 +1,57 @@
+//! `cowctl image commit` of a served rbd PC: while its I/O is stopped, its clone becomes
+//! the new version (nothing copied) and the PC goes on with a fresh clone of it, the same
+//! disk it had, so the PC sees no change.
+
+use super::exports::Slot;
+use super::{disks, Error, Result};
+use crate::engine::PcDisk;
+use crate::image::{Committed, RbdStore, VersionName};
+use crate::manifest::{Image, Manifest, Pc};
+
+/// Commits `pc` (served in `slot`); returns the commit and the image entry of the version
+/// the PC now runs.
+pub(super) fn commit(
+    m: &Manifest,
+    pc: &Pc,
+    slot: &Slot,
+    version: Option<VersionName>,
+    note: &str,
+) -> Result<(Committed, Image)> {
+    let store = RbdStore::open(m, &m.images[&pc.image])?;
+    let mut out = None;
+    slot.quiesce(|served| {
+        let Some(old) = served else {
+            let e = Error::NotServed {
+                pc: pc.name.clone(),
+            };
+            out = Some(Err(e));
+            return (None, Ok(()));
+        };
+        let PcDisk::Rbd(disk) = &*old.disk else {
+            unreachable!("an rbd PC is served from its clone")
+        };
+        let committed = match store.commit(m, pc, disk, version, note) {
+            Ok(c) => c,
+            Err(e) => {
+                out = Some(Err(e.into()));
+                return (Some(old), Ok(()));
+            }
+        };
+        // The old handle is on the version now: closed with `old`, never written again.
+        let image = store.entry(&m.images[&pc.image], &committed.version.name);
+        let (m, pc) = m.with_pc_on(pc, Some(&image));
+        match disks::open(&m, &pc) {
+            Ok(fresh) => {
+                out = Some(Ok((committed, image)));
+                (Some(fresh), Ok(()))
+            }
+            Err(e) => {
+                // The version is made; the PC waits for the next apply to serve its clone.
+                tracing::warn!(pc = %pc.name, "commit: the fresh clone did not open: {e}");
+                out = Some(Ok((committed, image)));
+                (None, Ok(()))
+            }
+        }
+    })?;
+    out.expect("ran")
+}
