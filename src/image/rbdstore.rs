@@ -339,6 +339,28 @@ pub(super) fn resolve(m: &mut Manifest, problems: &mut Vec<super::Problem>) {
     }
 }
 
+/// The version `pc` moves to at its next reset when that is not the one it runs: only the
+/// pool's promotion record is read (status asks this for every PC).
+pub fn due_name(m: &Manifest, pc: &Pc) -> Option<String> {
+    let image = &m.images[&pc.image];
+    let base = image.rbd_versions.as_deref()?;
+    let cluster = crate::rbdpc::shared(m).ok().flatten()?;
+    let text = cluster
+        .pool()
+        .metadata(&promoted_key(base))
+        .ok()
+        .flatten()?;
+    let promoted: Promoted = serde_json::from_str(&text).ok()?;
+    let store = Store {
+        dir: Default::default(),
+        versions: Default::default(),
+        promoted,
+        pruned: Vec::new(),
+    };
+    let due = store.target(&pc.name)?.to_string();
+    (image.version.as_deref() != Some(due.as_str())).then_some(due)
+}
+
 /// [`super::next_version`] of a PC on an rbd family's version.
 pub(super) fn next_version(
     m: &Manifest,

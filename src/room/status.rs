@@ -234,7 +234,8 @@ pub fn row(
                 .ok()
                 .flatten()
         })
-        .and_then(|(i, _)| i.version);
+        .and_then(|(i, _)| i.version)
+        .or_else(|| crate::image::rbdstore::due_name(manifest, pc));
     PcStatus {
         name: pc.name.clone(),
         image: image.family.clone(),

@@ -92,6 +92,8 @@ fn versions_in_the_pool_import_commit_promote_roll_back_and_prune() {
     let out = room.cowctl(&["image", "promote", "g", "v2"]);
     assert!(out.contains("1 move: pc-2"), "{out}");
     assert!(reads(&pc2, MIB, MIB, 0x07));
+    assert_eq!(room.status_of("pc-2")["next_version"], "v2");
+    assert!(room.status_of("pc-1")["next_version"].is_null());
     room.cowctl(&["reset", "pc-2"]);
     assert!(reads(&pc2, MIB, MIB, 0x55), "pc-2 runs v2");
     assert_eq!(c.parent("ver.pc-2").as_deref(), Some("rbd/ver.v2@v2"));
