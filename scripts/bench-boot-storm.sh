@@ -11,6 +11,9 @@
 # BENCH_STORM_FS=xfs (or btrfs) puts the room and tgt's copy on that file system, made on a
 # loop-mounted sparse file; BENCH_STORM_STORAGE=reflink then serves each PC a clone of the
 # image instead of a COW (storage: reflink).
+# BENCH_STORM_STORAGE=rbd starts a Ceph cluster (scripts/ceph/cluster.sh, one OSD on a sparse
+# file) and serves each PC a clone of the image's snapshot in it (storage: rbd); tgt then
+# serves each PC a clone of its own through its rbd backing store (Debian tgt-rbd).
 #   scripts/bench-boot-storm.sh    (BENCH_STORM_NS="1 10 50 200" BENCH_STORM_READ_MIB=300 BENCH_STORM_WRITE_MIB=50)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,7 +28,7 @@ work=$(mktemp -d /var/tmp/cowctl-storm.XXXXXX)
 export COWCTL_RUN_DIR=$work/run COWCTL_MANIFEST=$work/room.yaml
 storage=${BENCH_STORM_STORAGE:-cow}
 data=$work
-trap 'stop_tgt; target/release/cowctl down >/dev/null 2>&1 || true; umount "$work/fs" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'stop_tgt; target/release/cowctl down >/dev/null 2>&1 || true; umount "$work/fs" 2>/dev/null || true; [[ $storage != rbd ]] || scripts/ceph/cluster.sh stop "$work/ceph" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 if [[ -n ${BENCH_STORM_FS:-} ]]; then
     truncate -s 64G "$work/fs.img"
     case $BENCH_STORM_FS in
@@ -43,12 +46,25 @@ cp "$data/golden.img" "$data/tgt.img" # tgt serves a copy: nothing may write the
 prefix=iqn.2024-01.lan.storm
 read -r port nbd tport < <(free_ports 3)
 mkdir "$data/cow"
+image="    path: $data/golden.img
+    storage: $storage"
+if [[ $storage == rbd ]]; then
+    dpkg-query -W -f='${Status}' tgt-rbd 2>/dev/null | grep -q "install ok installed" || apt-get install -y -qq --no-install-recommends tgt-rbd >&2
+    scripts/ceph/cluster.sh start "$work/ceph" --osd-gib 16 --owner-pid $$ >&2
+    export CEPH_CONF=$work/ceph/ceph.conf
+    rbd import --no-progress "$data/golden.img" rbd/golden
+    rbd snap create rbd/golden@base >/dev/null 2>&1
+    rbd snap protect rbd/golden@base
+    image="    storage: rbd
+    rbd: golden@base
+ceph:
+  conf: $CEPH_CONF"
+fi
 cat >"$COWCTL_MANIFEST" <<YAML
 backend: userspace
 images:
   g:
-    path: $data/golden.img
-    storage: $storage
+$image
 defaults:
   image: g
   cow_dir: $data/cow
@@ -73,7 +89,13 @@ tgtd_pid=$!
 for _ in $(seq 50); do tgtadm -C "$control" --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
 for i in $(seq "$max"); do
     tgtadm -C "$control" --lld iscsi --op new --mode target --tid "$i" -T "$prefix:pc-$(printf %03d "$i")"
-    tgtadm -C "$control" --lld iscsi --op new --mode logicalunit --tid "$i" --lun 1 -b "$data/tgt.img"
+    if [[ $storage == rbd ]]; then
+        # Each PC its own clone, as cowctl makes them (64 KiB objects, one stripe).
+        rbd clone --object-size 64K --stripe-unit 64K --stripe-count 1 rbd/golden@base "rbd/tgt-$i"
+        tgtadm -C "$control" --lld iscsi --op new --mode logicalunit --tid "$i" --lun 1 --bstype rbd -b "rbd/tgt-$i" --bsopts "conf=$CEPH_CONF"
+    else
+        tgtadm -C "$control" --lld iscsi --op new --mode logicalunit --tid "$i" --lun 1 -b "$data/tgt.img"
+    fi
     tgtadm -C "$control" --lld iscsi --op bind --mode target --tid "$i" -I ALL
 done
 

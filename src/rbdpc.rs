@@ -39,6 +39,13 @@ pub enum Error {
         gateway: String,
         owners: String,
     },
+    #[error("{pc}'s disk is left as {clone} by a commit that failed half way ({source}): rename it back to the PC's clone with `rbd rename`, then apply")]
+    Stranded {
+        pc: String,
+        clone: String,
+        #[source]
+        source: crate::rbd::Error,
+    },
     #[error("{pc} has no disk in the cluster yet ({clone}): apply on its first gateway makes it")]
     NoClone { pc: String, clone: String },
 }
@@ -165,12 +172,20 @@ impl Cluster {
             image: snapshot.image.clone(),
             snap: snapshot.snap.clone(),
         };
+        // A PC on a family of versions may run another of them than this gateway last
+        // read (another gateway committed or reset it since): its disk is still its image's.
+        let family = m.images[&pc.image].rbd_versions.as_deref();
+        let same_family = |has: &Parent| {
+            family.is_some_and(|base| {
+                has.pool == wants.pool && has.image == format!("{base}.{}", has.snap)
+            })
+        };
         match image.parent()? {
             None => Err(Error::NotAClone {
                 pc: pc.name.clone(),
                 clone: self.pool.spec(&clone),
             }),
-            Some(has) if has != wants => Err(Error::OtherParent {
+            Some(has) if has != wants && !same_family(&has) => Err(Error::OtherParent {
                 pc: pc.name.clone(),
                 clone: self.pool.spec(&clone),
                 has: has.to_string(),
@@ -215,6 +230,11 @@ impl Cluster {
         if !pc.read_only {
             self.lock(m, pc, &image)?;
         }
+        self.disk_of(pc, image, fresh)
+    }
+
+    /// The PC's disk over its opened (and locked) clone.
+    fn disk_of(&self, pc: &Pc, image: Image, fresh: bool) -> Result<RbdDisk> {
         let own = if fresh {
             Vec::new()
         } else {
@@ -309,8 +329,10 @@ impl Cluster {
     /// A commit, while the PC is paused (or nobody serves it): its clone becomes the image
     /// `into`, with `record` in its metadata and the protected snapshot `snap`, and the PC
     /// gets a fresh clone of that snapshot under its own name (the same disk as before, so
-    /// it sees no change). `disk` is the clone's handle, opened under its lock. On failure
-    /// nothing was renamed and the PC keeps its clone.
+    /// it sees no change), opened and locked before it takes the name. `disk` is the
+    /// clone's handle, opened under its lock. On failure nothing was renamed and the PC
+    /// keeps its clone, except [`Error::Stranded`]: then its clone has another name and
+    /// must not be served.
     pub fn commit_clone(
         &self,
         m: &Manifest,
@@ -319,42 +341,67 @@ impl Cluster {
         into: &str,
         snap: &str,
         record: (&str, &str),
-    ) -> Result<()> {
+    ) -> Result<RbdDisk> {
         let (clone, _) = self.names(m, pc)?;
-        disk.flush()?;
-        disk.set_metadata(record.0, record.1)?;
-        disk.snapshot_protected(snap)?;
         let next = format!("{clone}.next");
-        let undo = |next_made: bool| {
-            if next_made {
+        let undo = |made_next: bool| {
+            if made_next {
                 let _ = self.pool.remove(&next);
             }
             let _ = disk.remove_snapshot(snap);
+            let _ = disk.remove_metadata(record.0);
         };
-        match self.pool.remove(&next) {
-            Err(e) if !e.is_not_found() => {
-                undo(false);
-                return Err(e.into());
+        // Clones copy their parent's metadata: the version must not say which gateway
+        // served it, or its clones would name a holder they never had.
+        let prepared = (|| -> Result<()> {
+            disk.flush()?;
+            for key in [GATEWAY_KEY, HOST_KEY, PID_KEY] {
+                disk.remove_metadata(key)?;
             }
-            _ => {}
-        }
-        if let Err(e) = self
-            .pool
-            .clone_image(&clone, snap, &next, self.ceph.order())
-        {
+            disk.set_metadata(record.0, record.1)?;
+            disk.snapshot_protected(snap)?;
+            match self.pool.remove(&next) {
+                Err(e) if !e.is_not_found() => return Err(e.into()),
+                _ => {}
+            }
+            Ok(())
+        })();
+        if let Err(e) = prepared {
             undo(false);
-            return Err(e.into());
+            return Err(e);
         }
+        let fresh = (|| -> Result<Image> {
+            self.pool
+                .clone_image(&clone, snap, &next, self.ceph.order())?;
+            let image = self.open_image_named(pc, &next, false)?;
+            self.lock(m, pc, &image)?;
+            Ok(image)
+        })();
+        let fresh = match fresh {
+            Ok(image) => image,
+            Err(e) => {
+                undo(true);
+                return Err(e);
+            }
+        };
         if let Err(e) = self.pool.rename(&clone, into) {
+            drop(fresh);
             undo(true);
             return Err(e.into());
         }
         if let Err(e) = self.pool.rename(&next, &clone) {
-            let _ = self.pool.rename(into, &clone);
+            drop(fresh);
+            if self.pool.rename(into, &clone).is_err() {
+                return Err(Error::Stranded {
+                    pc: pc.name.clone(),
+                    clone: self.pool.spec(into),
+                    source: e,
+                });
+            }
             undo(true);
             return Err(e.into());
         }
-        Ok(())
+        self.disk_of(pc, fresh, true)
     }
 
     /// The fill of a PC nobody serves here: its clone's objects, against its quota.
@@ -421,15 +468,18 @@ impl Cluster {
     /// refused (naming it), not swapped from under it.
     pub fn reset_offline(&self, m: &Manifest, pc: &Pc) -> Result<()> {
         let (clone, _) = self.names(m, pc)?;
-        let held = match self.open(m, pc, true) {
-            Ok(disk) => Some(disk),
+        // Locked whatever it is a clone of (one of another snapshot is what a reset
+        // replaces, one of another version what it moves): a held one is refused.
+        let held = match self.open_image_named(pc, &clone, false) {
+            Ok(image) => {
+                self.lock(m, pc, &image)?;
+                Some(image)
+            }
             Err(Error::NoClone { .. }) => None,
-            // A clone of another snapshot is what a reset replaces.
-            Err(Error::OtherParent { .. } | Error::NotAClone { .. }) => None,
             Err(e) => return Err(e),
         };
         let next = self.prepare_fresh(m, pc)?;
-        if !self.pool.exists(&clone)? {
+        if held.is_none() {
             return Ok(self.pool.rename(&next, &clone)?);
         }
         let aside = self.swap_in(m, pc, &next)?;

@@ -593,6 +593,13 @@ fn an_rbd_image_is_a_snapshot_in_the_ceph_sections_pool() {
     assert_eq!(w.rbd_versions.as_deref(), Some("golden-w"));
     assert_eq!(w.rbd, None);
     assert_eq!(w.path, Path::new("rbd:lab/golden-w.*"));
+    let clash = parse(&rbd.replace("rbd: golden-w@v1", "rbd: cowctl")).unwrap_err();
+    assert!(
+        clash
+            .to_string()
+            .contains("is the ceph section's prefix too"),
+        "{clash}"
+    );
 
     // Each mistake named at its field.
     let wrong = [

@@ -79,12 +79,12 @@ impl RbdDisk {
         self.object
     }
 
-    /// The clone's name in its pool.
     /// The clone's handle, for what a commit does to it while the PC is paused.
     pub fn image(&self) -> &Image {
         &self.image
     }
 
+    /// The clone's name in its pool.
     pub fn name(&self) -> &str {
         self.image.name()
     }

@@ -135,6 +135,12 @@ pub enum Error {
     RbdRecord { what: String, reason: String },
     #[error(transparent)]
     Rbd(#[from] crate::rbdpc::Error),
+    #[error("{pc}'s disk is not a clone of a version of {family}: reset it onto one before committing it")]
+    NotOnAVersion { pc: String, family: String },
+    #[error(
+        "version {version} was made current or promoted meanwhile (on another gateway?): it stays"
+    )]
+    PromotedMeanwhile { version: String },
     /// The PC's COW is over a version the store does not hold (`cow_problem`'s sentence).
     #[error("{problem}")]
     VersionGone { pc: String, problem: String },

@@ -411,7 +411,7 @@ pub fn commit_pc(
         // Nobody serves it here: its clone is opened (and locked) for the commit.
         let store = RbdStore::open(m, image)?;
         let disk = store.cluster.open(m, pc, false)?;
-        return store.commit(m, pc, &disk, name, note);
+        return store.commit(m, pc, &disk, name, note).map(|(c, _fresh)| c);
     }
     let (Some(dir), Some(parent)) = (image.store.as_deref(), image.version.as_deref()) else {
         return Err(Error::CommitOneFile {

@@ -21,26 +21,18 @@ pub(super) fn import(
     let format = super::import::format_of(src)?;
     let name = name.unwrap_or_else(|| store.view.next_name());
     store.check_free(&name)?;
-    let converted;
+    // Removed with all it holds when the import ends, however it ends.
+    let scratch;
     let raw = if format == "raw" {
-        src
+        src.to_path_buf()
     } else {
-        let dir = tempfile_dir(src)?;
-        converted = dir.join("disk.img");
+        scratch = Scratch::new()?;
+        let converted = scratch.0.join("disk.img");
         super::import::convert(src, &format, &converted)?;
-        &converted
+        converted
     };
-    let out = import_raw(
-        store,
-        raw,
-        &name,
-        note,
-        format!("import of {} ({format})", src.display()),
-    );
-    if raw != src {
-        let _ = std::fs::remove_dir_all(raw.parent().expect("a folder"));
-    }
-    let v = out?;
+    let made_from = format!("import of {} ({format})", src.display());
+    let v = import_raw(store, &raw, &name, note, made_from)?;
     if store.view.current().is_none() {
         let mut p = store.view.promoted.clone();
         p.current = Some(v.name.clone());
@@ -114,17 +106,30 @@ fn import_raw(
 }
 
 /// A private folder for a conversion: under $TMPDIR, else /var/tmp (a disk, where /tmp
-/// may be memory), named after this process.
-fn tempfile_dir(_src: &Path) -> Result<std::path::PathBuf> {
-    let root =
-        std::env::var_os("TMPDIR").map_or_else(|| "/var/tmp".into(), std::path::PathBuf::from);
-    let dir = root.join(format!("cowctl-import-{}", std::process::id()));
-    let made = std::fs::DirBuilder::new().mode(0o700).create(&dir);
-    made.map_err(|source| Error::Open {
-        path: dir.clone(),
-        source,
-    })?;
-    Ok(dir)
+/// may be memory), named after this process and the time; removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        let root =
+            std::env::var_os("TMPDIR").map_or_else(|| "/var/tmp".into(), std::path::PathBuf::from);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = root.join(format!("cowctl-import-{}-{stamp}", std::process::id()));
+        let made = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        made.map_err(|source| Error::Open {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Why copying a disk's data stopped: reading it, or writing it.

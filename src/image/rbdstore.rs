@@ -70,6 +70,10 @@ impl RbdStore {
     }
 
     pub fn image_name(&self, v: &VersionName) -> String {
+        self.image_name_of(v.as_str())
+    }
+
+    fn image_name_of(&self, v: &str) -> String {
         format!("{}.{v}", self.base)
     }
 
@@ -134,8 +138,8 @@ impl RbdStore {
     }
 
     /// `cowctl image commit` of an rbd PC whose clone is open in `disk` (under its lock,
-    /// its I/O stopped): the clone becomes version `name` over `parent`, the PC gets a fresh
-    /// clone of it. The caller reopens the PC on the returned version's entry.
+    /// its I/O stopped): the clone becomes version `name` over the version it was made of,
+    /// and the PC gets a fresh clone of it, returned opened and locked for serving.
     pub fn commit(
         &self,
         m: &Manifest,
@@ -143,15 +147,18 @@ impl RbdStore {
         disk: &crate::engine::rbddisk::RbdDisk,
         name: Option<VersionName>,
         note: &str,
-    ) -> Result<super::Committed> {
+    ) -> Result<(super::Committed, crate::engine::rbddisk::RbdDisk)> {
         let start = std::time::Instant::now();
         let image = &m.images[&pc.image];
-        let parent: VersionName = image
-            .version
-            .as_deref()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|reason| Error::BadVersionName { reason })?;
+        // What the clone says, not what this gateway read last (another may have moved it).
+        let parent = rbd(disk.image().parent())?
+            .filter(|p| p.image == self.image_name_of(&p.snap))
+            .and_then(|p| p.snap.parse::<VersionName>().ok())
+            .filter(|v| self.view.versions.contains_key(v))
+            .ok_or_else(|| Error::NotOnAVersion {
+                pc: pc.name.clone(),
+                family: image.family.clone(),
+            })?;
         let own = disk.own_bytes();
         if own == 0 {
             return Err(Error::NothingToCommit {
@@ -174,7 +181,7 @@ impl RbdStore {
             hashed_later: None,
         };
         let text = serde_json::to_string(&version).expect("serializable");
-        self.cluster.commit_clone(
+        let fresh = self.cluster.commit_clone(
             m,
             pc,
             disk.image(),
@@ -182,7 +189,7 @@ impl RbdStore {
             name.as_str(),
             (RECORD_KEY, &text),
         )?;
-        Ok(super::Committed {
+        let committed = super::Committed {
             version,
             built: super::build::Built {
                 method: super::build::Method::RbdClone,
@@ -190,7 +197,8 @@ impl RbdStore {
                 changed_bytes: own,
                 elapsed: start.elapsed(),
             },
-        })
+        };
+        Ok((committed, fresh))
     }
 
     /// The clones of a version's snapshot: PCs' disks (of any manifest or gateway) and
@@ -201,11 +209,18 @@ impl RbdStore {
         rbd(rbd(image)?.children())
     }
 
-    /// Removes a version that nothing is cloned from: its name is recorded as pruned first
-    /// (never reused), then its snapshot and image go. The cluster refuses a snapshot that
-    /// has clones, so a PC made meanwhile keeps it.
+    /// Removes a version that nothing is cloned from. Read again first: one made current or
+    /// promoted meanwhile (on another gateway) stays. Its name is recorded as pruned (never
+    /// reused), its record dropped (it is no version from then on), then its snapshot and
+    /// image go; the cluster refuses a snapshot with clones, so a PC made meanwhile keeps it.
     pub fn remove(&self, v: &VersionName) -> Result<()> {
-        let mut pruned = self.view.pruned.clone();
+        let now = read(&self.cluster, &self.base)?;
+        if now.current() == Some(v) || now.promoted.pcs.values().any(|p| p == v) {
+            return Err(Error::PromotedMeanwhile {
+                version: v.to_string(),
+            });
+        }
+        let mut pruned = now.pruned;
         if !pruned.contains(v) {
             pruned.push(v.clone());
         }
@@ -213,7 +228,10 @@ impl RbdStore {
         let text = serde_json::to_string(&pruned).expect("serializable");
         rbd(pool.set_metadata(&pruned_key(&self.base), &text))?;
         let name = self.image_name(v);
-        rbd(rbd(pool.open(&name))?.remove_snapshot(v.as_str()))?;
+        let image = rbd(pool.open(&name))?;
+        rbd(image.remove_metadata(RECORD_KEY))?;
+        rbd(image.remove_snapshot(v.as_str()))?;
+        drop(image);
         rbd(pool.remove(&name))
     }
 
@@ -419,6 +437,10 @@ fn read(cluster: &Cluster, base: &str) -> Result<Store> {
         let Some(text) = rbd(image.metadata(RECORD_KEY))? else {
             continue;
         };
+        // Half made or half removed: not a version until its snapshot can be cloned.
+        if rbd(image.snapshot_protected_exists(v.as_str()))? != (true, true) {
+            continue;
+        }
         let record: Version = serde_json::from_str(&text).map_err(bad_record(pool.spec(&name)))?;
         if record.name == v {
             view.versions.insert(v, record);

@@ -180,6 +180,9 @@ impl Builder {
             return None;
         };
         let pool = &ceph.settings.pool;
+        if matches!(&source, RbdSource::Versions(base) if *base == ceph.prefix) {
+            self.error(&at("rbd"), format!("{name}: rbd {text:?} is the ceph section's prefix too: a PC's clone <prefix>.<pc> would look like a version <name>.<version>; name them apart"));
+        }
         let (path, rbd, rbd_versions) = match source {
             RbdSource::Snapshot(s) => (format!("rbd:{pool}/{s}"), Some(s), None),
             RbdSource::Versions(base) => (format!("rbd:{pool}/{base}.*"), None, Some(base)),

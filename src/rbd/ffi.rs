@@ -116,6 +116,7 @@ calls! {
     rbd rbd_lock_break: fn(RbdImage, c_int, *const c_char) -> c_int;
     rbd rbd_metadata_get: fn(RbdImage, *const c_char, *mut c_char, *mut usize) -> c_int;
     rbd rbd_metadata_set: fn(RbdImage, *const c_char, *const c_char) -> c_int;
+    rbd rbd_metadata_remove: fn(RbdImage, *const c_char) -> c_int;
     rbd rbd_snap_unprotect: fn(RbdImage, *const c_char) -> c_int;
     rbd rbd_snap_remove: fn(RbdImage, *const c_char) -> c_int;
     rbd rbd_list2: fn(IoCtx, *mut ImageSpec, *mut usize) -> c_int;

@@ -417,4 +417,18 @@ impl Image {
         })
         .map(drop)
     }
+
+    /// Removes a key of the image's metadata (one that is not there is no error).
+    pub fn remove_metadata(&self, key: &str) -> Result<()> {
+        let k = cstr(key, "the key")?;
+        // SAFETY: a live handle and a C string.
+        let ret = unsafe { (self.pool.calls().rbd_metadata_remove)(self.handle, k.as_ptr()) };
+        if ret == -libc::ENOENT {
+            return Ok(());
+        }
+        check(ret.into(), "remove metadata", || {
+            format!("{} of {}", key, self.what())
+        })
+        .map(drop)
+    }
 }

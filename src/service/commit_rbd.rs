@@ -30,28 +30,26 @@ pub(super) fn commit(
         let PcDisk::Rbd(disk) = &*old.disk else {
             unreachable!("an rbd PC is served from its clone")
         };
-        let committed = match store.commit(m, pc, disk, version, note) {
-            Ok(c) => c,
+        let (committed, fresh) = match store.commit(m, pc, disk, version, note) {
+            Ok(done) => done,
             Err(e) => {
+                // A clone renamed away and not back must not be written as the PC's.
+                let stranded = matches!(
+                    e,
+                    crate::image::Error::Rbd(crate::rbdpc::Error::Stranded { .. })
+                );
                 out = Some(Err(e.into()));
-                return (Some(old), Ok(()));
+                return (if stranded { None } else { Some(old) }, Ok(()));
             }
         };
         // The old handle is on the version now: closed with `old`, never written again.
         let image = store.entry(&m.images[&pc.image], &committed.version.name);
         let (m, pc) = m.with_pc_on(pc, Some(&image));
-        match disks::open(&m, &pc) {
-            Ok(fresh) => {
-                out = Some(Ok((committed, image)));
-                (Some(fresh), Ok(()))
-            }
-            Err(e) => {
-                // The version is made; the PC waits for the next apply to serve its clone.
-                tracing::warn!(pc = %pc.name, "commit: the fresh clone did not open: {e}");
-                out = Some(Ok((committed, image)));
-                (None, Ok(()))
-            }
-        }
+        out = Some(Ok((committed, image)));
+        (
+            Some(disks::served(&m, &pc, PcDisk::Rbd(fresh), None)),
+            Ok(()),
+        )
     })?;
     out.expect("ran")
 }

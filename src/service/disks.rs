@@ -60,7 +60,7 @@ fn open_as(m: &Manifest, pc: &Pc, fresh: bool) -> Result<Served> {
 }
 
 /// What the service serves for `pc`: `disk`, the manifest entry, the file it opened.
-fn served(m: &Manifest, pc: &Pc, disk: PcDisk, cow_file: Option<(u64, u64)>) -> Served {
+pub(super) fn served(m: &Manifest, pc: &Pc, disk: PcDisk, cow_file: Option<(u64, u64)>) -> Served {
     Served {
         disk: Arc::new(disk),
         pc: pc.clone(),

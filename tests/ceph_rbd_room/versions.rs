@@ -8,13 +8,15 @@ use super::{cluster, qemu_io, reads, used, wrote, Golden, Pc, RoomBuilder, MIB};
 #[test]
 fn versions_in_the_pool_import_commit_promote_roll_back_and_prune() {
     let c = cluster();
-    let room = RoomBuilder::userspace()
-        .golden(Golden::Rbd("ver".into()))
-        .extra(&c.section("ver"))
-        .cow("8MiB", "4KiB")
-        .export("nbd")
-        .pc(Pc::new("pc-{1..2}"))
-        .build();
+    let builder = || {
+        RoomBuilder::userspace()
+            .golden(Golden::Rbd("ver".into()))
+            .extra(&c.section("pcs"))
+            .cow("8MiB", "4KiB")
+            .export("nbd")
+            .pc(Pc::new("pc-{1..2}"))
+    };
+    let room = builder().build();
     let refused = room.refused(&["apply"]);
     assert!(
         refused.contains("images.g.rbd") && refused.contains("holds no version of g yet"),
@@ -54,7 +56,7 @@ fn versions_in_the_pool_import_commit_promote_roll_back_and_prune() {
     );
 
     room.cowctl(&["apply"]);
-    assert_eq!(c.parent("ver.pc-1").as_deref(), Some("rbd/ver.v1@v1"));
+    assert_eq!(c.parent("pcs.pc-1").as_deref(), Some("rbd/ver.v1@v1"));
     let (pc1, pc2) = (room.nbd_uri("pc-1"), room.nbd_uri("pc-2"));
     assert!(reads(&pc1, 0, 16 * MIB, 0x07));
     let nothing = room.refused(&["image", "commit", "pc-1"]);
@@ -74,7 +76,7 @@ fn versions_in_the_pool_import_commit_promote_roll_back_and_prune() {
         "pc-1's clone is v2"
     );
     assert_eq!(
-        c.parent("ver.pc-1").as_deref(),
+        c.parent("pcs.pc-1").as_deref(),
         Some("rbd/ver.v2@v2"),
         "a fresh clone of v2"
     );
@@ -93,17 +95,26 @@ fn versions_in_the_pool_import_commit_promote_roll_back_and_prune() {
     assert!(out.contains("1 move: pc-2"), "{out}");
     assert!(reads(&pc2, MIB, MIB, 0x07));
     assert_eq!(room.status_of("pc-2")["next_version"], "v2");
+    // Another gateway cannot move pc-2 from under the one serving it.
+    let other = builder().build();
+    let refused = other.refused(&["reset", "pc-2"]);
+    assert!(
+        refused.contains("is served by another gateway"),
+        "{refused}"
+    );
+    assert!(reads(&pc2, MIB, MIB, 0x07));
+    assert_eq!(c.parent("pcs.pc-2").as_deref(), Some("rbd/ver.v1@v1"));
     assert!(room.status_of("pc-1")["next_version"].is_null());
     room.cowctl(&["reset", "pc-2"]);
     assert!(reads(&pc2, MIB, MIB, 0x55), "pc-2 runs v2");
-    assert_eq!(c.parent("ver.pc-2").as_deref(), Some("rbd/ver.v2@v2"));
+    assert_eq!(c.parent("pcs.pc-2").as_deref(), Some("rbd/ver.v2@v2"));
     assert_eq!(room.status_of("pc-2")["image_version"], "v2");
 
     // Roll back: promote v1 again; pc-2's reset takes it back.
     room.cowctl(&["image", "promote", "g", "v1"]);
     room.cowctl(&["reset", "pc-2"]);
     assert!(reads(&pc2, MIB, MIB, 0x07), "pc-2 rolled back to v1");
-    assert_eq!(c.parent("ver.pc-2").as_deref(), Some("rbd/ver.v1@v1"));
+    assert_eq!(c.parent("pcs.pc-2").as_deref(), Some("rbd/ver.v1@v1"));
 
     // Prune keeps the current version and the one pc-1 runs on ...
     let out = room.cowctl(&["image", "prune", "g"]);
@@ -121,7 +132,7 @@ fn versions_in_the_pool_import_commit_promote_roll_back_and_prune() {
     room.cowctl(&["down"]);
     let out = room.cowctl(&["image", "commit", "pc-2"]);
     assert!(out.contains("committed pc-2 as g@v3 (parent v1)"), "{out}");
-    assert_eq!(c.parent("ver.pc-2").as_deref(), Some("rbd/ver.v3@v3"));
+    assert_eq!(c.parent("pcs.pc-2").as_deref(), Some("rbd/ver.v3@v3"));
     room.cowctl(&["apply"]);
     assert!(reads(&pc2, 0, 64 << 10, 0x66), "pc-2 goes on on v3");
     room.cowctl(&["down"]);
