@@ -11,6 +11,8 @@
 mod common;
 #[path = "ceph_rbd_room/gateways.rs"]
 mod gateways;
+#[path = "ceph_rbd_room/nbd_pipelined.rs"]
+mod nbd_pipelined;
 #[path = "ceph_rbd_room/pipelined.rs"]
 mod pipelined;
 #[path = "ceph_rbd_room/versions.rs"]

@@ -12,6 +12,7 @@ pub mod clonefile;
 pub mod disk;
 mod error;
 pub mod filekind;
+pub mod iopool;
 mod metadata;
 mod ownblocks;
 pub mod pcdisk;

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod import;
 mod rbdimport;
 pub mod rbdstore;
+mod resolve;
 pub mod space;
 pub mod store;
 pub mod users;
@@ -30,6 +31,7 @@ pub use error::{CopyError, Error};
 use golden_record::Golden;
 pub use identity::Found;
 pub use rbdstore::RbdStore;
+pub use resolve::resolve;
 pub use store::{Store, Version, VersionName};
 pub use versions::Versions;
 
@@ -76,66 +78,8 @@ pub fn load_manifest(path: &Path) -> Result<Manifest, crate::manifest::ManifestE
     }
 }
 
-/// Replaces each versioned image by one image per version and puts every PC on its own:
-/// the version its COW was made against, else the one it is due.
-pub fn resolve(m: &mut Manifest) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    let versioned: Vec<Image> = m
-        .images
-        .values()
-        .filter(|i| i.store.is_some())
-        .cloned()
-        .collect();
-    for image in versioned {
-        let dir = image.store.as_deref().expect("filtered");
-        let field = format!("images.{}.versions", image.name);
-        let store = match Store::open(dir) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.push((field, e.with_causes()));
-                continue;
-            }
-        };
-        let users: Vec<usize> = (0..m.pcs.len())
-            .filter(|&i| m.pcs[i].image == image.name)
-            .collect();
-        if store.versions.is_empty() {
-            if !users.is_empty() {
-                problems.push((field, format!("{} holds no version of {} yet: make the first with `cowctl image import FILE --image {}`", dir.display(), image.name, image.name)));
-            }
-            continue;
-        }
-        m.images.remove(&image.name);
-        for v in store.versions.values() {
-            let e = entry(&image, &store, v);
-            m.images.insert(e.name.clone(), e);
-        }
-        for i in users {
-            let pc = &m.pcs[i];
-            if golden_record::record_path(&pc.cow).exists() {
-                // Best effort (a reading command may not write the store): the COWs of
-                // stores made before back-references become visible to prune.
-                let _ = users::note_in(dir, &pc.cow);
-            }
-            let running = match running_version(&store, pc) {
-                Found::On(v) => Some(v.clone()),
-                // Put on the version it is due; plan, apply and commit refuse it
-                // (`cow_problem`), and a reset moves it.
-                Found::Missing(_) | Found::Elsewhere => None,
-            };
-            match running.or_else(|| store.target(&pc.name).cloned()) {
-                Some(v) if store.versions.contains_key(&v) => m.pcs[i].image = key(&image.name, &v),
-                Some(v) => problems.push((field.clone(), format!("{}: {} promotes version {v}, which {} does not hold", pc.name, dir.join("promoted.json").display(), dir.display()))),
-                None => problems.push((field.clone(), format!("no version of {} is current yet: make one current with `cowctl image promote {} VERSION`", image.name, image.name))),
-            }
-        }
-    }
-    rbdstore::resolve(m, &mut problems);
-    problems
-}
-
 /// The version a PC's COW was made against, when it has one of this store's.
-fn running_version<'a>(store: &'a Store, pc: &Pc) -> Found<'a> {
+pub(super) fn running_version<'a>(store: &'a Store, pc: &Pc) -> Found<'a> {
     match golden_record::read(&pc.cow).ok().flatten() {
         Some(g) => store.version_of(&g, golden_record::written(&pc.cow)),
         None => Found::Elsewhere,

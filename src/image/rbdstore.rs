@@ -299,64 +299,6 @@ impl RbdStore {
     }
 }
 
-/// [`resolve`] for the families whose versions are in a Ceph pool (`rbd: NAME`): each PC
-/// on the version its clone was made of, else the one it is due.
-pub(super) fn resolve(m: &mut Manifest, problems: &mut Vec<super::Problem>) {
-    let families: Vec<Image> = m
-        .images
-        .values()
-        .filter(|i| i.rbd_versions.is_some() && i.version.is_none())
-        .cloned()
-        .collect();
-    for image in families {
-        let field = format!("images.{}.rbd", image.name);
-        let store = match RbdStore::open(m, &image) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.push((field, e.with_causes()));
-                continue;
-            }
-        };
-        let users: Vec<usize> = (0..m.pcs.len())
-            .filter(|&i| m.pcs[i].image == image.name)
-            .collect();
-        if store.view.versions.is_empty() {
-            if !users.is_empty() {
-                problems.push((field, format!("{} holds no version of {} yet: make the first with `cowctl image import FILE --image {}`", store.view.dir.display(), image.name, image.name)));
-            }
-            continue;
-        }
-        // Asked while the PCs still name the family (a clone's name comes from it).
-        let mut running = Vec::new();
-        for &i in &users {
-            match store.running(m, &m.pcs[i]) {
-                Ok(Found::On(v)) => running.push(Some(v.clone())),
-                Ok(_) => running.push(None),
-                Err(e) => {
-                    problems.push((
-                        field.clone(),
-                        format!("{}: {}", m.pcs[i].name, e.with_causes()),
-                    ));
-                    running.push(None);
-                }
-            }
-        }
-        m.images.remove(&image.name);
-        for v in store.view.versions.keys() {
-            let e = store.entry(&image, v);
-            m.images.insert(e.name.clone(), e);
-        }
-        for (i, on) in users.into_iter().zip(running) {
-            let pc = &m.pcs[i];
-            match on.or_else(|| store.view.target(&pc.name).cloned()) {
-                Some(v) if store.view.versions.contains_key(&v) => m.pcs[i].image = super::key(&image.name, &v),
-                Some(v) => problems.push((field.clone(), format!("{}: the pool's record promotes version {v}, which {} does not hold", pc.name, store.view.dir.display()))),
-                None => problems.push((field.clone(), format!("no version of {} is current yet: make one current with `cowctl image promote {} VERSION`", image.name, image.name))),
-            }
-        }
-    }
-}
-
 /// The version `pc` moves to at its next reset when that is not the one it runs: only the
 /// pool's promotion record is read (status asks this for every PC).
 pub fn due_name(m: &Manifest, pc: &Pc) -> Option<String> {

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use super::space::Space;
 use super::store::{Promoted, Store, Version, VersionName};
-use super::{RbdStore, Result};
-use crate::manifest::Manifest;
+use super::{Found, RbdStore, Result};
+use crate::manifest::{Image, Manifest, Pc};
 
 pub enum Versions {
     Files(Store),
@@ -35,6 +35,44 @@ impl Versions {
         match self {
             Versions::Files(s) => Ok(Versions::Files(Store::open(&s.dir)?)),
             Versions::Rbd(_) => Versions::open(m, family),
+        }
+    }
+
+    /// The version `pc` runs: its COW's record's, or the one its clone was made of; None
+    /// when it has none of these (no disk yet, or one made over something else).
+    pub fn running(&self, m: &Manifest, pc: &Pc) -> Result<Option<VersionName>> {
+        match self {
+            Versions::Files(s) => {
+                if super::golden_record::record_path(&pc.cow).exists() {
+                    // Best effort (a reading command may not write the store): the COWs of
+                    // stores made before back-references become visible to prune.
+                    let _ = super::users::note_in(&s.dir, &pc.cow);
+                }
+                match super::running_version(s, pc) {
+                    Found::On(v) => Ok(Some(v.clone())),
+                    Found::Missing(_) | Found::Elsewhere => Ok(None),
+                }
+            }
+            Versions::Rbd(r) => match r.running(m, pc)? {
+                Found::On(v) => Ok(Some(v.clone())),
+                _ => Ok(None),
+            },
+        }
+    }
+
+    /// The manifest's image entry of one version of `family`.
+    pub fn entry(&self, family: &Image, v: &VersionName) -> Image {
+        match self {
+            Versions::Files(s) => super::entry(family, s, &s.versions[v]),
+            Versions::Rbd(r) => r.entry(family, v),
+        }
+    }
+
+    /// Where the record of which version is promoted is kept.
+    pub fn promotion_record(&self) -> String {
+        match self {
+            Versions::Files(s) => s.dir.join(super::store::PROMOTED).display().to_string(),
+            Versions::Rbd(r) => format!("the pool's record of {}", r.view.dir.display()),
         }
     }
 

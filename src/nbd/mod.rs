@@ -3,14 +3,16 @@
 //! WRITE_ZEROES. Pure protocol over `Read + Write`, so it is fuzzed in memory; sockets and
 //! exports live in `crate::service`.
 
+pub mod device;
 pub mod handshake;
+pub mod inflight;
 pub mod transmission;
 pub mod wire;
 
 use std::io;
 
 pub use handshake::{handshake, ExportInfo, Exports, Outcome};
-pub use transmission::{serve, serve_until, Device, End, Sink};
+pub use transmission::{serve, serve_until, Device, End, SharedDevice, Sink, Wake};
 pub use wire::Errno;
 
 use crate::engine::{Engine, EngineError, PcDisk};
@@ -86,5 +88,9 @@ impl Device for PcDisk {
 
     fn write_zeroes(&self, offset: u64, len: u64, no_hole: bool) -> Result<(), Errno> {
         PcDisk::write_zeroes(self, offset, len, no_hole).map_err(|e| errno(&e))
+    }
+
+    fn parallel(&self) -> bool {
+        PcDisk::parallel(self)
     }
 }

@@ -1,13 +1,18 @@
-//! The transmission phase: requests in, simple replies out, one at a time per connection.
+//! The transmission phase: requests in, simple replies out, one at a time per connection
+//! (on a device that says `parallel`, plain reads and writes in flight together:
+//! `inflight.rs`).
 //! Every request is checked before the device sees it — magic, flags, offset + length
 //! overflow, the export's end, the payload cap — so a device only ever gets in-range I/O,
 //! and no buffer is sized by the client beyond `MAX_PAYLOAD`. Replies are buffered and
 //! sent when no further request is already waiting, so a deep queue costs few syscalls.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::os::fd::BorrowedFd;
 
+pub use super::device::{Device, Sink};
 use super::handshake::skip;
+use super::inflight::InFlight;
+pub use super::inflight::SharedDevice;
 use super::wire::*;
 use crate::engine::Extent;
 
@@ -18,53 +23,15 @@ const SEND_FILE_MIN: usize = 64 << 10;
 /// client that sends 32 MiB WRITE headers and stalls costs the service nothing.
 const PIECE: usize = 1 << 20;
 
-/// Where replies go. A socket sends file bytes with sendfile (one copy, in the kernel);
-/// anything else reads them into memory and writes them.
-pub trait Sink: Write {
-    /// A reply header followed by file bytes, as one stream.
-    fn send_reply_from_files(&mut self, header: &[u8], extents: &[Extent<'_>]) -> io::Result<()> {
-        self.write_all(header)?;
-        for e in extents {
-            self.send_file(e.fd, e.offset, e.len)?;
-        }
-        Ok(())
-    }
-
-    fn send_file(&mut self, fd: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<()> {
-        let mut buf = vec![0u8; len.min(1 << 20)];
-        let (mut offset, mut left) = (offset, len);
-        while left > 0 {
-            let n = left.min(buf.len());
-            let got = nix::sys::uio::pread(
-                fd,
-                &mut buf[..n],
-                i64::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?,
-            )?;
-            if got == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            self.write_all(&buf[..got])?;
-            offset += got as u64;
-            left -= got;
-        }
-        Ok(())
-    }
-}
-
-impl Sink for Vec<u8> {}
-
-/// The block device behind an export. Offsets and lengths are already checked.
-pub trait Device {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Errno>;
-    /// Where a read's bytes lie in files, so large reads can go out with sendfile; None
-    /// when the device has no files (then `read_at` serves).
-    fn extents(&self, _offset: u64, _len: usize) -> Option<Result<Vec<Extent<'_>>, Errno>> {
-        None
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), Errno>;
-    fn flush(&self) -> Result<(), Errno>;
-    fn trim(&self, offset: u64, len: u64) -> Result<(), Errno>;
-    fn write_zeroes(&self, offset: u64, len: u64, no_hole: bool) -> Result<(), Errno>;
+/// Why the wait between two requests ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A request is there (or the wait gave up: the read that follows says why).
+    Request,
+    /// A request in flight is done: its reply can go.
+    Done,
+    /// Stop for a planned restart.
+    HandOver,
 }
 
 /// How a connection's transmission phase ended.
@@ -89,20 +56,27 @@ pub fn serve<R: Read, W: Sink>(
     size: u64,
     read_only: bool,
 ) -> io::Result<End> {
-    serve_until(r, w, device, size, read_only, &|_| false)
+    serve_until(r, w, device, None, size, read_only, &|_, _| Wake::Request)
 }
 
-/// [`serve`], asking `hand_over` between requests whether to stop for a planned restart.
-/// It is told whether a request is already buffered; when none is, it may block until the
-/// client sends one (and then answers false) or a handover is asked for (true).
+/// [`serve`], asking `wait` between requests whether to stop for a planned restart. It is
+/// told whether a request is already buffered, and what becomes readable when a request in
+/// flight is done; when nothing is buffered it may block until the client sends one, a
+/// request in flight is done, or a handover is asked for. `shared` is the device again, to
+/// keep requests in flight with when it says `parallel`.
 pub fn serve_until<R: Read, W: Sink>(
     r: &mut BufReader<R>,
     w: &mut W,
     device: &dyn Device,
+    shared: Option<SharedDevice>,
     size: u64,
     read_only: bool,
-    hand_over: &dyn Fn(bool) -> bool,
+    wait: &dyn Fn(bool, Option<BorrowedFd<'_>>) -> Wake,
 ) -> io::Result<End> {
+    let flight = match shared.filter(|d| d.parallel()) {
+        Some(d) => Some(InFlight::new(d)?),
+        None => None,
+    };
     let mut conn = Connection {
         r,
         w,
@@ -110,24 +84,40 @@ pub fn serve_until<R: Read, W: Sink>(
         size,
         read_only,
         scratch: Vec::new(),
+        flight,
     };
     loop {
+        if let Some(f) = conn.flight.as_mut() {
+            f.reply_done(conn.w)?;
+        }
         // Send what is buffered when no further request is already read, before a read
         // that may block.
         let buffered = !conn.r.buffer().is_empty();
         if !buffered {
             conn.w.flush()?;
         }
-        if hand_over(buffered) {
-            conn.w.flush()?;
-            return Ok(End::HandedOver {
-                unread: conn.r.buffer().to_vec(),
-            });
+        match wait(buffered, conn.flight.as_ref().and_then(InFlight::done_fd)) {
+            Wake::Request => {}
+            Wake::Done => continue,
+            Wake::HandOver => {
+                conn.settle()?;
+                conn.w.flush()?;
+                return Ok(End::HandedOver {
+                    unread: conn.r.buffer().to_vec(),
+                });
+            }
         }
         let req = match conn.next_request()? {
             Ok(req) => req,
-            Err(end) => return Ok(end),
+            Err(end) => {
+                conn.settle()?;
+                return Ok(end);
+            }
         };
+        if conn.in_flight(&req)? {
+            continue;
+        }
+        conn.settle()?;
         let status = match conn.answer(&req)? {
             Answered::Status(status) => status,
             Answered::Sent => continue,
@@ -146,6 +136,8 @@ struct Connection<'a, R, W> {
     size: u64,
     read_only: bool,
     scratch: Vec<u8>,
+    /// Requests in flight, on a device that is `parallel`.
+    flight: Option<InFlight>,
 }
 
 /// What became of one request.
@@ -159,6 +151,41 @@ enum Answered {
 }
 
 impl<R: Read, W: Sink> Connection<'_, R, W> {
+    /// Waits for every request in flight and sends its reply.
+    fn settle(&mut self) -> io::Result<()> {
+        match self.flight.as_mut() {
+            Some(f) => f.drain(self.w),
+            None => Ok(()),
+        }
+    }
+
+    /// Puts a plain READ or WRITE in flight when it may go (its payload read first);
+    /// false when it is to be answered in order, after everything in flight.
+    fn in_flight(&mut self, req: &Request) -> io::Result<bool> {
+        let Some(f) = self.flight.as_mut() else {
+            return Ok(false);
+        };
+        let len = u64::from(req.length);
+        let plain = req.flags == 0 && req.length > 0 && req.length <= MAX_PAYLOAD;
+        let in_range = req.end(len).is_some_and(|end| end <= self.size);
+        let writes = match req.command {
+            Command::Read => false,
+            Command::Write if !self.read_only => true,
+            _ => return Ok(false),
+        };
+        if !plain || !in_range || !f.admits(self.w, (req.offset, len, writes))? {
+            return Ok(false);
+        }
+        if writes {
+            let mut data = vec![0u8; req.length as usize];
+            self.r.read_exact(&mut data)?;
+            f.write(req.handle, req.offset, data);
+        } else {
+            f.read(req.handle, req.offset, req.length as usize);
+        }
+        Ok(true)
+    }
+
     /// The next request, or how the connection ends: closed, a bad magic, a WRITE over
     /// the cap.
     fn next_request(&mut self) -> io::Result<Result<Request, End>> {

@@ -202,14 +202,18 @@ fn transmission<S: Socket>(
         std::io::BufRead::fill_buf(&mut r)?;
     }
     let mut w = SocketSink(BufWriter::with_capacity(BUFFER, stream.duplicate()?));
-    let hand_over = |buffered: bool| wait_for_request(&stream, &nbd.handover, buffered);
+    let wait = |buffered: bool, done: Option<BorrowedFd<'_>>| {
+        wait_for_request(&stream, &nbd.handover, buffered, done)
+    };
+    let shared: nbd::SharedDevice = engine.clone();
     let end = nbd::serve_until(
         &mut r,
         &mut w,
         engine.as_ref(),
+        Some(shared),
         info.size,
         info.read_only,
-        &hand_over,
+        &wait,
     );
     // The engine goes before the guard, so a reset that waits for this connection gets
     // the only reference to it.
@@ -239,20 +243,41 @@ fn transmission<S: Socket>(
     Ok(())
 }
 
-/// Between two requests: true when the connection is to stop for a planned restart. With
-/// nothing buffered it first waits for the client's next request or the handover's wake-up.
-fn wait_for_request<S: Socket>(stream: &S, handover: &Handover, buffered: bool) -> bool {
+/// Between two requests: whether the connection is to stop for a planned restart, or go
+/// on with the next request or with a request in flight that is done (`done` readable).
+/// With nothing buffered it first waits for one of the three.
+fn wait_for_request<S: Socket>(
+    stream: &S,
+    handover: &Handover,
+    buffered: bool,
+    done: Option<BorrowedFd<'_>>,
+) -> nbd::Wake {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    if buffered || handover.requested() {
-        return handover.requested();
+    if handover.requested() {
+        return nbd::Wake::HandOver;
+    }
+    if buffered {
+        return nbd::Wake::Request;
     }
     let timeout = PollTimeout::try_from(IDLE_TIMEOUT).unwrap_or(PollTimeout::MAX);
-    let mut fds = [
+    let mut fds = vec![
         PollFd::new(stream.as_fd(), PollFlags::POLLIN),
         PollFd::new(handover.wake_fd().as_fd(), PollFlags::POLLIN),
     ];
+    fds.extend(done.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
     let _ = poll(&mut fds, timeout);
-    handover.requested()
+    let ready = |i: usize| {
+        fds.get(i)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| r.intersects(PollFlags::POLLIN))
+    };
+    if handover.requested() {
+        nbd::Wake::HandOver
+    } else if ready(2) && !ready(0) {
+        nbd::Wake::Done
+    } else {
+        nbd::Wake::Request
+    }
 }
 
 /// Buffered replies on a socket; large reads go out with sendfile.

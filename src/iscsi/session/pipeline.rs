@@ -15,8 +15,8 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
@@ -27,34 +27,6 @@ use crate::iscsi::scsi::{DataIn, Done, Failure, Lu, Sense};
 /// Requests one session keeps in flight at most (the initiator's queue depth is usually
 /// below; past it, the oldest is answered first).
 pub const MAX_IN_FLIGHT: usize = 32;
-/// Threads of the pool all sessions share: requests in flight across the room.
-const POOL_THREADS: usize = 64;
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// The pool: threads that take jobs off one queue.
-fn pool() -> &'static Mutex<Sender<Job>> {
-    static POOL: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let (tx, rx) = channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..POOL_THREADS {
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("iscsi-io-{i}"))
-                .spawn(move || loop {
-                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
-                })
-                .expect("a thread of the I/O pool");
-        }
-        Mutex::new(tx)
-    })
-}
-
 /// What a request in flight answers with once done.
 #[derive(Clone, Copy)]
 enum Answer {
@@ -251,7 +223,7 @@ impl<W: Write> Session<'_, W> {
         let (tx, rx) = channel();
         let disk = lu.clone();
         let signal = self.pipeline.signal();
-        submit(Box::new(move || {
+        crate::engine::iopool::submit(Box::new(move || {
             let r = work(&disk);
             // The disk is let go before the answer: a reset waits for the session's
             // answers, then must hold the disk's last reference to close it.
@@ -298,10 +270,4 @@ pub(super) fn answered<W: Write>(s: &mut Session<'_, W>) -> io::Result<bool> {
     }
     s.answer_finished()?;
     Ok(!s.pipeline.is_empty())
-}
-
-fn submit(job: Job) {
-    let tx = pool().lock().unwrap_or_else(|p| p.into_inner());
-    // The pool's threads never end, so the queue is always there.
-    let _ = tx.send(job);
 }
