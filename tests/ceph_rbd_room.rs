@@ -186,6 +186,52 @@ fn a_second_gateway_cannot_serve_a_pc_the_first_holds() {
     assert!(reads(&second.nbd_uri("pc-1"), 0, 4 * MIB, 0x03));
 }
 
+/// A gateway the cluster cuts off (blocklisted, as a gateway taken for dead is) finds out
+/// from its PC's I/O, lets go of its PCs and connects anew; nobody else holds them, so it
+/// serves them again with every byte written before.
+#[test]
+fn a_gateway_the_cluster_cut_off_connects_anew_and_serves_its_pcs_again() {
+    let c = cluster();
+    c.golden("cut", "base", &vec![4; 4 << 20]);
+    let room = rbd_room("cut", "cut").build();
+    let applied = room
+        .command(&["apply"])
+        .env("COWCTL_TAKEOVER_INTERVAL_MS", "300")
+        .output()
+        .unwrap();
+    assert!(applied.status.success(), "{applied:?}");
+    let pc1 = room.nbd_uri("pc-1");
+    assert!(wrote(&qemu_io(&pc1, "write -P 0x21 0 64k")));
+    let watchers = c.watchers("cut.pc-1");
+    assert_eq!(watchers.len(), 1, "{watchers:?}");
+    c.ceph(&["osd", "blocklist", "add", &watchers[0]]);
+    // The cut-off client's I/O fails (that is how the gateway learns of it) ...
+    let start = std::time::Instant::now();
+    while wrote(&qemu_io(&pc1, "write -P 0x22 1M 4k")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "writes go on after the blocklist"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // ... then it serves the PC again from a new connection, with what it held.
+    while !reads(&pc1, 0, 64 * KIB, 0x21) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not served again:\n{}",
+            room.log_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(wrote(&qemu_io(&pc1, "write -P 0x23 2M 64k")));
+    assert!(reads(&pc1, 2 * MIB, 64 * KIB, 0x23));
+    let log = room.log_so_far();
+    assert!(log.contains("the cluster cut this gateway off"), "{log}");
+    let now = c.watchers("cut.pc-1");
+    assert!(now.len() == 1 && now != watchers, "a new client: {now:?}");
+    c.ceph(&["osd", "blocklist", "rm", &watchers[0]]);
+}
+
 /// A qemu PC with its iPXE ROM boots from an rbd clone over iSCSI: the counting boot
 /// sector counts 1, 2, and after a reset 1 again.
 #[test]

@@ -7,7 +7,7 @@
 //! (the cluster's object map) and then kept here, one bit per object, set by writes. It
 //! is held against `cow_size` as a quota, like a reflink clone's blocks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::ownblocks::OwnBlocks;
@@ -23,6 +23,29 @@ pub struct RbdDisk {
     read_only: bool,
     quota: AtomicU64,
     own: Mutex<OwnBlocks>,
+    /// The cluster refused this client (blocklisted: another gateway took the PC over):
+    /// nothing this handle does can succeed any more.
+    cut_off: AtomicBool,
+}
+
+impl RbdDisk {
+    fn io(
+        &self,
+        what: &'static str,
+        offset: u64,
+    ) -> impl FnOnce(crate::rbd::Error) -> EngineError + '_ {
+        move |e| {
+            if e.is_blocklisted() {
+                self.cut_off.store(true, Ordering::Relaxed);
+            }
+            io(what, offset)(e)
+        }
+    }
+
+    /// Whether the cluster has cut this gateway's client off (its I/O says so).
+    pub fn is_cut_off(&self) -> bool {
+        self.cut_off.load(Ordering::Relaxed)
+    }
 }
 
 fn io(what: &'static str, offset: u64) -> impl FnOnce(crate::rbd::Error) -> EngineError {
@@ -64,6 +87,7 @@ impl RbdDisk {
             read_only,
             quota: AtomicU64::new(quota),
             own: Mutex::new(bits),
+            cut_off: AtomicBool::new(false),
         })
     }
 
@@ -140,7 +164,7 @@ impl RbdDisk {
         self.check_range(offset, buf.len() as u64)?;
         self.image
             .read_at(buf, offset)
-            .map_err(io("reading the PC's rbd clone", offset))
+            .map_err(self.io("reading the PC's rbd clone", offset))
     }
 
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), EngineError> {
@@ -150,7 +174,7 @@ impl RbdDisk {
         let (first, end) = self.admit(offset, buf.len() as u64)?;
         self.image
             .write_at(buf, offset)
-            .map_err(io("writing the PC's rbd clone", offset))?;
+            .map_err(self.io("writing the PC's rbd clone", offset))?;
         self.own().set(first, end, true);
         Ok(())
     }
@@ -158,7 +182,7 @@ impl RbdDisk {
     pub fn flush(&self) -> Result<(), EngineError> {
         self.image
             .flush()
-            .map_err(io("flushing the PC's rbd clone", 0))
+            .map_err(self.io("flushing the PC's rbd clone", 0))
     }
 
     /// A discard: the range reads as zeros afterwards (in a clone, librbd hides the
@@ -170,7 +194,7 @@ impl RbdDisk {
         let (first, end) = self.admit(offset, len)?;
         self.image
             .discard(offset, len)
-            .map_err(io("discarding in the PC's rbd clone", offset))?;
+            .map_err(self.io("discarding in the PC's rbd clone", offset))?;
         self.own().set(first, end, true);
         Ok(())
     }
@@ -182,7 +206,7 @@ impl RbdDisk {
         let (first, end) = self.admit(offset, len)?;
         self.image
             .write_zeroes(offset, len)
-            .map_err(io("zeroing in the PC's rbd clone", offset))?;
+            .map_err(self.io("zeroing in the PC's rbd clone", offset))?;
         self.own().set(first, end, true);
         Ok(())
     }

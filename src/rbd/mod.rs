@@ -51,6 +51,12 @@ impl Error {
         }
     }
 
+    /// The cluster refuses this client: it is blocklisted (librbd's EBLOCKLISTED is
+    /// ESHUTDOWN), as a gateway is when another breaks its lock.
+    pub fn is_blocklisted(&self) -> bool {
+        self.errno() == Some(libc::ESHUTDOWN)
+    }
+
     /// The image or snapshot is not there.
     pub fn is_not_found(&self) -> bool {
         self.errno() == Some(libc::ENOENT)

@@ -8,6 +8,10 @@
 //! - held by nobody: its first gateway serves it (after an apply, or back after a
 //!   takeover once the other gateway let go); any other waits until it has been free for
 //!   [`GRACE`] × its rank, for a first gateway that never came.
+//!
+//! A gateway the cluster cut off (blocklisted: it was taken for dead, and its PCs taken
+//! over) finds out from its PCs' I/O: it lets go of every PC it served on that connection
+//! and connects anew, then looks at them as at any other (serving those nobody took).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::exports::Slot;
 use super::{disks, Service};
+use crate::engine::PcDisk;
 use crate::manifest::{Pc, Storage};
 
 /// How long an rbd PC must be nobody's before its second gateway serves it.
@@ -39,8 +44,20 @@ pub fn watch(service: Arc<Service>) {
 
 impl Service {
     fn take_over_round(&self, free_since: &mut HashMap<String, Instant>) {
+        let gone = self.let_go_if_cut_off();
         let m = self.manifest();
-        let Some(here) = m.here.clone() else { return };
+        let Some(here) = m.here.clone() else {
+            // No other gateways: what it let go is its own to serve again, once free.
+            for pc in gone.iter().filter_map(|name| m.pc(name)) {
+                match self.serve_here(&m, pc) {
+                    Ok(()) => tracing::info!(pc = %pc.name, "serves {} again", pc.name),
+                    Err(e) => {
+                        tracing::warn!(pc = %pc.name, "could not serve {} again: {e}", pc.name)
+                    }
+                }
+            }
+            return;
+        };
         let Ok(Some(cluster)) = crate::rbdpc::shared(&m) else {
             return;
         };
@@ -89,6 +106,36 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// When the cluster has cut this gateway's client off, lets go of every rbd PC it
+    /// served (their handles can do nothing more; no flush) and drops the connection, so
+    /// the next look connects anew. Returns the PCs it let go of.
+    fn let_go_if_cut_off(&self) -> Vec<String> {
+        let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let rbd_disk = |slot: &Slot| {
+            slot.with_served(|sv| match &*sv.disk {
+                PcDisk::Rbd(d) => Some(d.is_cut_off()),
+                _ => None,
+            })
+            .flatten()
+        };
+        let slots = self.registry.all();
+        if !slots.iter().any(|s| rbd_disk(s) == Some(true)) {
+            return Vec::new();
+        }
+        let mut gone = Vec::new();
+        for slot in slots.iter().filter(|s| rbd_disk(s).is_some()) {
+            let _ = slot.quiesce(|_| (None, Ok(())));
+            self.registry.remove(&slot.name);
+            gone.push(slot.name.clone());
+        }
+        crate::rbdpc::disconnect();
+        tracing::warn!(
+            "the cluster cut this gateway off (blocklisted; another gateway may have taken its PCs): let go of {}; connecting anew",
+            gone.join(", ")
+        );
+        gone
     }
 
     /// Serves `pc` here (its clone's lock taken), as apply's Serve step does.

@@ -58,6 +58,31 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `ceph ARGS` against the cluster; its stdout, and a panic when it fails.
+    pub fn ceph(&self, args: &[&str]) -> String {
+        let out = Command::new("ceph")
+            .arg("-c")
+            .arg(self.conf())
+            .args(args)
+            .output()
+            .expect("ceph runs");
+        assert!(
+            out.status.success(),
+            "ceph {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The addresses of the clients watching an image (`rbd status`): who has it open.
+    pub fn watchers(&self, image: &str) -> Vec<String> {
+        self.rbd(&["status", &format!("rbd/{image}")])
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("watcher="))
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn rbd_output(&self, args: &[&str]) -> std::process::Output {
         Command::new("rbd")
             .arg("-c")
