@@ -362,9 +362,43 @@ fn upgrade(service: &Service, exe: &Path, monitor: &Monitor) -> handover::Refuse
 
 /// Stops serving every PC (committing its COW), removes the sockets and pid file, exits.
 fn shut_down(service: &Service, sockets: &[PathBuf], code: i32) -> ! {
+    let m = service.manifest();
+    let on_rbd = |p: &&crate::manifest::Pc| m.storage_of(p) == crate::manifest::Storage::Rbd;
+    let rbd = m.pcs.iter().any(|p| on_rbd(&p));
+    let files: Vec<String> = (m.pcs.iter())
+        .filter(|p| !on_rbd(p))
+        .map(|p| p.name.clone())
+        .collect();
+    // The COWs first: their commit is what must not be cut short.
+    if !files.is_empty() {
+        if let Err(e) = service.down(&files) {
+            tracing::error!("{}", chain(&e));
+        }
+    }
+    if rbd {
+        // A cluster that does not answer blocks librbd's close; every write it answered is
+        // in the cluster already (its cache is off), so the process may go without it.
+        let paths = sockets.to_vec();
+        std::thread::spawn(move || {
+            std::thread::sleep(RBD_CLOSE_WAIT);
+            tracing::error!(
+                "the cluster did not answer within {} s: exiting without closing the rbd clones (every write they answered is in the cluster; their locks go when the cluster drops this client)",
+                RBD_CLOSE_WAIT.as_secs()
+            );
+            remove_and_exit(&paths, code)
+        });
+    }
+    // Then the rbd PCs, and anything served that the manifest no longer names.
     if let Err(e) = service.down(&[]) {
         tracing::error!("{}", chain(&e));
     }
+    remove_and_exit(sockets, code)
+}
+
+/// How long an exit waits for the cluster to close the rbd clones.
+const RBD_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn remove_and_exit(sockets: &[PathBuf], code: i32) -> ! {
     for s in sockets {
         let _ = std::fs::remove_file(s);
     }
