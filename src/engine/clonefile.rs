@@ -19,10 +19,9 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::ownblocks::OwnBlocks;
+use super::ownblocks::{Fill, OwnBlocks};
 use super::EngineError;
 use crate::cow::Usage;
 
@@ -36,10 +35,8 @@ pub struct CloneFile {
     /// the PC's own come from here.
     image: File,
     size: u64,
-    read_only: bool,
-    /// The most bytes the PC may hold alone; writes beyond it are refused.
-    quota: AtomicU64,
-    own: Mutex<OwnBlocks>,
+    /// Its own blocks against the most bytes the PC may hold alone.
+    fill: Fill,
     abandoned: AtomicBool,
 }
 
@@ -67,15 +64,9 @@ impl CloneFile {
             file,
             image,
             size,
-            read_only,
-            quota: AtomicU64::new(quota),
-            own: Mutex::new(own),
+            fill: Fill::new(own, BLOCK, size, (read_only, quota)),
             abandoned: AtomicBool::new(false),
         }
-    }
-
-    fn own(&self) -> std::sync::MutexGuard<'_, OwnBlocks> {
-        self.own.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn size(&self) -> u64 {
@@ -88,24 +79,17 @@ impl CloneFile {
 
     /// The bytes the PC holds alone.
     pub fn own_bytes(&self) -> u64 {
-        self.own().count * BLOCK
+        self.fill.own_bytes()
     }
 
     /// The fill as `dmsetup status` numbers would give it: own bytes of the quota.
     pub fn usage(&self) -> Usage {
-        Usage {
-            sectors_allocated: self.own_bytes() / 512,
-            total_sectors: self.quota.load(Ordering::Relaxed) / 512,
-            metadata_sectors: 0,
-        }
+        self.fill.usage()
     }
 
     /// Raises the quota to `len` bytes (never lowers it); returns the old one.
     pub fn grow(&self, len: u64) -> Result<u64, EngineError> {
-        if self.read_only {
-            return Err(EngineError::ReadOnly);
-        }
-        Ok(self.quota.fetch_max(len, Ordering::Relaxed))
+        self.fill.grow(len)
     }
 
     /// The clone is about to be thrown away (a reset): closing it syncs nothing.
@@ -113,26 +97,8 @@ impl CloneFile {
         self.abandoned.store(true, Ordering::Release);
     }
 
-    fn check_range(&self, offset: u64, len: u64) -> Result<(), EngineError> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(EngineError::OutOfRange {
-                offset,
-                len,
-                size: self.size,
-            }),
-        }
-    }
-
-    fn check_writable(&self, offset: u64, len: u64) -> Result<(), EngineError> {
-        if self.read_only {
-            return Err(EngineError::ReadOnly);
-        }
-        self.check_range(offset, len)
-    }
-
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), EngineError> {
-        self.check_range(offset, buf.len() as u64)?;
+        self.fill.check_range(offset, buf.len() as u64)?;
         let mut done = 0usize;
         for (from_image, at, len) in self.runs(offset, buf.len()) {
             let seg = &mut buf[done..done + len];
@@ -151,7 +117,7 @@ impl CloneFile {
     /// Splits `len` bytes at `offset` into runs (from the image?, offset, length) read
     /// from one file each.
     pub fn runs(&self, offset: u64, len: usize) -> Vec<(bool, u64, usize)> {
-        let own = self.own();
+        let own = self.fill.own();
         let mut runs: Vec<(bool, u64, usize)> = Vec::new();
         let mut done = 0usize;
         while done < len {
@@ -173,29 +139,18 @@ impl CloneFile {
         &self.image
     }
 
-    /// Refuses a write of `first..end` blocks that would take the PC past its quota.
-    fn admit(&self, first: u64, end: u64) -> Result<(), EngineError> {
-        let own = self.own();
-        let quota = self.quota.load(Ordering::Relaxed);
-        let new = own.unset_in(first, end);
-        if new > 0 && (own.count + new) * BLOCK > quota {
-            return Err(EngineError::Quota { bytes: quota });
-        }
-        Ok(())
-    }
-
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), EngineError> {
         let len = buf.len() as u64;
-        self.check_writable(offset, len)?;
+        self.fill.check_writable(offset, len)?;
         if len == 0 {
             return Ok(());
         }
         let (first, end) = (offset / BLOCK, (offset + len).div_ceil(BLOCK));
-        self.admit(first, end)?;
+        self.fill.admit(first, end)?;
         self.file
             .write_all_at(buf, offset)
             .map_err(EngineError::io("writing the PC's disk", offset))?;
-        self.own().set(first, end, true);
+        self.fill.mark(first, end);
         Ok(())
     }
 
@@ -209,12 +164,12 @@ impl CloneFile {
     /// stay the PC's own: the hole is not the image's); partial blocks at its ends are left
     /// as they are. Like a COW's exception, the fill does not drop.
     pub fn trim(&self, offset: u64, len: u64) -> Result<(), EngineError> {
-        self.check_writable(offset, len)?;
+        self.fill.check_writable(offset, len)?;
         let (first, end) = (offset.div_ceil(BLOCK), (offset + len) / BLOCK);
         if first < end {
-            self.admit(first, end)?;
+            self.fill.admit(first, end)?;
             self.punch(first * BLOCK, (end - first) * BLOCK)?;
-            self.own().set(first, end, true);
+            self.fill.mark(first, end);
         }
         Ok(())
     }
@@ -222,15 +177,15 @@ impl CloneFile {
     /// Makes the range read as zeros: whole blocks punched out unless `no_hole`, the rest
     /// (and everything with `no_hole`) written.
     pub fn write_zeroes(&self, offset: u64, len: u64, no_hole: bool) -> Result<(), EngineError> {
-        self.check_writable(offset, len)?;
+        self.fill.check_writable(offset, len)?;
         let (first, end) = (offset.div_ceil(BLOCK), (offset + len) / BLOCK);
         if no_hole || first >= end {
             return self.write_zero_bytes(offset, len);
         }
         self.write_zero_bytes(offset, first * BLOCK - offset)?;
-        self.admit(first, end)?;
+        self.fill.admit(first, end)?;
         self.punch(first * BLOCK, (end - first) * BLOCK)?;
-        self.own().set(first, end, true);
+        self.fill.mark(first, end);
         self.write_zero_bytes(end * BLOCK, offset + len - end * BLOCK)
     }
 
@@ -258,7 +213,7 @@ impl CloneFile {
 impl Drop for CloneFile {
     /// Closing syncs what a flush would, unless the clone is being thrown away.
     fn drop(&mut self) {
-        if !self.abandoned.load(Ordering::Acquire) && !self.read_only {
+        if !self.abandoned.load(Ordering::Acquire) && !self.fill.read_only() {
             if let Err(e) = self.file.sync_data() {
                 tracing::error!("syncing a PC's disk at close failed: {e}");
             }

@@ -1,6 +1,106 @@
 //! One bit per unit of a PC's disk that is the PC's own (a reflink clone's 4 KiB blocks, an
 //! rbd clone's objects), and how many are set: the PC's fill, held against its quota.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::EngineError;
+use crate::cow::Usage;
+
+/// A clone's fill (its own units) against its quota (`cow_size`, raised by auto-extend),
+/// and the checks before a write: the disk's end, read-only, the quota.
+pub(super) struct Fill {
+    own: Mutex<OwnBlocks>,
+    /// The bytes one bit stands for.
+    unit: u64,
+    /// The disk's size.
+    size: u64,
+    quota: AtomicU64,
+    read_only: bool,
+}
+
+impl Fill {
+    pub(super) fn new(
+        own: OwnBlocks,
+        unit: u64,
+        size: u64,
+        (read_only, quota): (bool, u64),
+    ) -> Fill {
+        Fill {
+            own: Mutex::new(own),
+            unit,
+            size,
+            quota: AtomicU64::new(quota),
+            read_only,
+        }
+    }
+
+    pub(super) fn own(&self) -> MutexGuard<'_, OwnBlocks> {
+        self.own.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The bytes the PC holds alone.
+    pub(super) fn own_bytes(&self) -> u64 {
+        self.own().count * self.unit
+    }
+
+    /// The fill as `dmsetup status` numbers would give it: own bytes of the quota.
+    pub(super) fn usage(&self) -> Usage {
+        Usage {
+            sectors_allocated: self.own_bytes() / 512,
+            total_sectors: self.quota.load(Ordering::Relaxed) / 512,
+            metadata_sectors: 0,
+        }
+    }
+
+    /// Raises the quota to `len` bytes (never lowers it); returns the old one.
+    pub(super) fn grow(&self, len: u64) -> Result<u64, EngineError> {
+        if self.read_only {
+            return Err(EngineError::ReadOnly);
+        }
+        Ok(self.quota.fetch_max(len, Ordering::Relaxed))
+    }
+
+    pub(super) fn check_range(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(EngineError::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    pub(super) fn check_writable(&self, offset: u64, len: u64) -> Result<(), EngineError> {
+        if self.read_only {
+            return Err(EngineError::ReadOnly);
+        }
+        self.check_range(offset, len)
+    }
+
+    /// Refuses a write of units `first..end` that would take the PC past its quota
+    /// (rewrites of its own units always go).
+    pub(super) fn admit(&self, first: u64, end: u64) -> Result<(), EngineError> {
+        let own = self.own();
+        let quota = self.quota.load(Ordering::Relaxed);
+        let new = own.unset_in(first, end);
+        if new > 0 && (own.count + new) * self.unit > quota {
+            return Err(EngineError::Quota { bytes: quota });
+        }
+        Ok(())
+    }
+
+    /// Units `first..end` are the PC's own now (written).
+    pub(super) fn mark(&self, first: u64, end: u64) {
+        self.own().set(first, end, true);
+    }
+}
+
 /// One bit per block the PC holds alone, and how many are set.
 pub(super) struct OwnBlocks {
     bits: Vec<u64>,

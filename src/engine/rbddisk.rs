@@ -7,10 +7,9 @@
 //! (the cluster's object map) and then kept here, one bit per object, set by writes. It
 //! is held against `cow_size` as a quota, like a reflink clone's blocks.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::ownblocks::OwnBlocks;
+use super::ownblocks::{Fill, OwnBlocks};
 use super::EngineError;
 use crate::cow::Usage;
 use crate::rbd::Image;
@@ -20,9 +19,7 @@ pub struct RbdDisk {
     size: u64,
     /// The clone's object size: the unit a first write copies and the fill counts.
     object: u64,
-    read_only: bool,
-    quota: AtomicU64,
-    own: Mutex<OwnBlocks>,
+    fill: Fill,
     /// The cluster refused this client (blocklisted: another gateway took the PC over):
     /// nothing this handle does can succeed any more.
     cut_off: AtomicBool,
@@ -84,15 +81,9 @@ impl RbdDisk {
             image,
             size,
             object,
-            read_only,
-            quota: AtomicU64::new(quota),
-            own: Mutex::new(bits),
+            fill: Fill::new(bits, object, size, (read_only, quota)),
             cut_off: AtomicBool::new(false),
         })
-    }
-
-    fn own(&self) -> std::sync::MutexGuard<'_, OwnBlocks> {
-        self.own.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn size(&self) -> u64 {
@@ -114,54 +105,28 @@ impl RbdDisk {
     }
 
     pub fn own_bytes(&self) -> u64 {
-        self.own().count * self.object
+        self.fill.own_bytes()
     }
 
     pub fn usage(&self) -> Usage {
-        Usage {
-            sectors_allocated: self.own_bytes() / 512,
-            total_sectors: self.quota.load(Ordering::Relaxed) / 512,
-            metadata_sectors: 0,
-        }
+        self.fill.usage()
     }
 
     /// Raises the quota to `len` bytes (never lowers it); returns the old one.
     pub fn grow(&self, len: u64) -> Result<u64, EngineError> {
-        if self.read_only {
-            return Err(EngineError::ReadOnly);
-        }
-        Ok(self.quota.fetch_max(len, Ordering::Relaxed))
-    }
-
-    fn check_range(&self, offset: u64, len: u64) -> Result<(), EngineError> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(EngineError::OutOfRange {
-                offset,
-                len,
-                size: self.size,
-            }),
-        }
+        self.fill.grow(len)
     }
 
     /// Refuses a write that would take the PC past its quota; returns the objects it covers.
     fn admit(&self, offset: u64, len: u64) -> Result<(u64, u64), EngineError> {
-        if self.read_only {
-            return Err(EngineError::ReadOnly);
-        }
-        self.check_range(offset, len)?;
+        self.fill.check_writable(offset, len)?;
         let (first, end) = (offset / self.object, (offset + len).div_ceil(self.object));
-        let own = self.own();
-        let quota = self.quota.load(Ordering::Relaxed);
-        let new = own.unset_in(first, end);
-        if new > 0 && (own.count + new) * self.object > quota {
-            return Err(EngineError::Quota { bytes: quota });
-        }
+        self.fill.admit(first, end)?;
         Ok((first, end))
     }
 
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), EngineError> {
-        self.check_range(offset, buf.len() as u64)?;
+        self.fill.check_range(offset, buf.len() as u64)?;
         self.image
             .read_at(buf, offset)
             .map_err(self.io("reading the PC's rbd clone", offset))
@@ -175,7 +140,7 @@ impl RbdDisk {
         self.image
             .write_at(buf, offset)
             .map_err(self.io("writing the PC's rbd clone", offset))?;
-        self.own().set(first, end, true);
+        self.fill.mark(first, end);
         Ok(())
     }
 
@@ -195,7 +160,7 @@ impl RbdDisk {
         self.image
             .discard(offset, len)
             .map_err(self.io("discarding in the PC's rbd clone", offset))?;
-        self.own().set(first, end, true);
+        self.fill.mark(first, end);
         Ok(())
     }
 
@@ -207,7 +172,7 @@ impl RbdDisk {
         self.image
             .write_zeroes(offset, len)
             .map_err(self.io("zeroing in the PC's rbd clone", offset))?;
-        self.own().set(first, end, true);
+        self.fill.mark(first, end);
         Ok(())
     }
 }
