@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::control::load;
-use super::image_text::{on_disk, utc};
+use super::image_text::{on_disk, prune_lines, removal_line, utc};
 use super::print_json;
 use crate::base::units::human;
 use crate::image::{self, VersionName, Versions};
@@ -472,26 +472,12 @@ fn prune(m: &Manifest, family: &str, dry_run: bool, json: bool) -> Result<ExitCo
     let plan = image::prune_plan(m, &store, family, &crate::kernel::loopdev::SysLoops);
     if json {
         print_json(&plan)?;
-    } else {
-        for (v, why) in &plan.keep {
-            outln!("keep {family}@{v}: {why}");
-        }
     }
+    prune_lines(family, &plan.keep, json);
     for v in &plan.remove {
         if !json {
-            outln!(
-                "{} {family}@{} ({}, {} on disk, made {}{})",
-                if dry_run { "would remove" } else { "remove" },
-                v.name,
-                human(v.size),
-                on_disk(image::space::of(&store.disk(&v.name))),
-                utc(v.created),
-                if v.note.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", v.note)
-                }
-            );
+            let space = image::space::of(&store.disk(&v.name));
+            outln!("{}", removal_line(family, v, space, (dry_run, "on disk")));
         }
         if !dry_run {
             image::remove_version(&store, &v.name)?;

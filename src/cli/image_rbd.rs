@@ -4,9 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::image_text::{on_disk, utc};
+use super::image_text::{prune_lines, removal_line};
 use super::print_json;
-use crate::base::units::human;
 use crate::image::RbdStore;
 use crate::manifest::Manifest;
 
@@ -20,30 +19,15 @@ pub(super) fn prune(
     let plan = store.prune_plan(m, family)?;
     if json {
         print_json(&plan)?;
-    } else {
-        for (v, why) in &plan.keep {
-            outln!("keep {family}@{v}: {why}");
-        }
     }
+    prune_lines(family, &plan.keep, json);
     for v in &plan.remove {
         if !json {
             let space = crate::image::space::Space {
                 allocated: store.allocated(&v.name),
                 shared: 0,
             };
-            outln!(
-                "{} {family}@{} ({}, {} stored, made {}{})",
-                if dry_run { "would remove" } else { "remove" },
-                v.name,
-                human(v.size),
-                on_disk(space),
-                utc(v.created),
-                if v.note.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", v.note)
-                }
-            );
+            outln!("{}", removal_line(family, v, space, (dry_run, "stored")));
         }
         if !dry_run {
             store.remove(&v.name)?;

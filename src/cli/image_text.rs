@@ -33,6 +33,38 @@ pub(super) fn utc(secs: u64) -> String {
     )
 }
 
+/// What `image prune` says of the versions it keeps, and why.
+pub(super) fn prune_lines(family: &str, keep: &[(image::VersionName, String)], json: bool) {
+    if !json {
+        for (v, why) in keep {
+            outln!("keep {family}@{v}: {why}");
+        }
+    }
+}
+
+/// What `image prune` says of a version it removes (or would): its name, size, space
+/// (`stored`: "on disk", or "stored" in a pool), age and note.
+pub(super) fn removal_line(
+    family: &str,
+    v: &image::Version,
+    space: image::space::Space,
+    (dry_run, stored): (bool, &str),
+) -> String {
+    format!(
+        "{} {family}@{} ({}, {} {stored}, made {}{})",
+        if dry_run { "would remove" } else { "remove" },
+        v.name,
+        human(v.size),
+        on_disk(space),
+        utc(v.created),
+        if v.note.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", v.note)
+        }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -472,38 +472,20 @@ pub fn prune_plan(
     };
     for v in store.versions.values() {
         let disk = store.disk(&v.name);
-        let users: Vec<&str> = m
-            .pcs
-            .iter()
-            .filter(|p| p.image == key(family, &v.name))
-            .map(|p| p.name.as_str())
-            .collect();
-        let pinned: Vec<&str> = store
-            .promoted
-            .pcs
-            .iter()
-            .filter(|(_, pv)| **pv == v.name)
-            .map(|(p, _)| p.as_str())
-            .collect();
-        let holders = crate::engine::filekind::open_by(&disk).unwrap_or_default();
-        let why = if store.current() == Some(&v.name) {
-            Some("current".to_string())
-        } else if !pinned.is_empty() {
-            Some(format!("promoted to {}", pinned.join(", ")))
-        } else if !users.is_empty() {
-            Some(format!("{} run on it", users.join(", ")))
-        } else if let Some(cows) = cows.get(&v.name) {
-            Some(format!("{} runs on it", cows.join(", ")))
-        } else if let Some(l) = loops
-            .iter()
-            .find(|l| crate::base::fileid::same_file(&l.backing, &disk))
-        {
-            Some(format!("attached to {}", l.dev.display()))
-        } else if !holders.is_empty() {
-            Some(format!("open in {}", holders.join(", ")))
-        } else {
-            None
-        };
+        let why = kept_for_the_room(m, store, family, &v.name)
+            .or_else(|| {
+                let cows = cows.get(&v.name)?;
+                Some(format!("{} runs on it", cows.join(", ")))
+            })
+            .or_else(|| {
+                let l =
+                    (loops.iter()).find(|l| crate::base::fileid::same_file(&l.backing, &disk))?;
+                Some(format!("attached to {}", l.dev.display()))
+            })
+            .or_else(|| {
+                let holders = crate::engine::filekind::open_by(&disk).unwrap_or_default();
+                (!holders.is_empty()).then(|| format!("open in {}", holders.join(", ")))
+            });
         match why {
             Some(w) => out.keep.push((v.name.clone(), w)),
             None => out.remove.push(v.clone()),
@@ -520,6 +502,33 @@ pub fn prune_plan(
         }
     }
     out
+}
+
+/// Why a version stays, wherever its store: it is current, promoted to PCs, or the
+/// manifest's PCs run on it.
+pub(super) fn kept_for_the_room(
+    m: &Manifest,
+    store: &Store,
+    family: &str,
+    v: &VersionName,
+) -> Option<String> {
+    let users: Vec<&str> = (m.pcs.iter())
+        .filter(|p| p.image == key(family, v))
+        .map(|p| p.name.as_str())
+        .collect();
+    let pinned: Vec<&str> = (store.promoted.pcs.iter())
+        .filter(|(_, pv)| *pv == v)
+        .map(|(p, _)| p.as_str())
+        .collect();
+    if store.current() == Some(v) {
+        Some("current".to_string())
+    } else if !pinned.is_empty() {
+        Some(format!("promoted to {}", pinned.join(", ")))
+    } else if !users.is_empty() {
+        Some(format!("{} run on it", users.join(", ")))
+    } else {
+        None
+    }
 }
 
 /// Removes one version: its record is kept under `.pruned/` (its name is never reused), its

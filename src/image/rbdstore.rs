@@ -242,34 +242,21 @@ impl RbdStore {
         let mut out = RbdPruning::default();
         let store = &self.view;
         for v in store.versions.values() {
-            let users: Vec<&str> = (m.pcs.iter())
-                .filter(|p| p.image == super::key(family, &v.name))
-                .map(|p| p.name.as_str())
-                .collect();
-            let pinned: Vec<&str> = (store.promoted.pcs.iter())
-                .filter(|(_, pv)| **pv == v.name)
-                .map(|(p, _)| p.as_str())
-                .collect();
-            let clones: Vec<String> = self
-                .clones_of(&v.name)?
-                .into_iter()
-                .map(|c| match c.strip_prefix(&format!("{}.", self.base)) {
-                    Some(later) if store.versions.keys().any(|k| k.as_str() == later) => {
-                        format!("{family}@{later}")
-                    }
-                    _ => c,
-                })
-                .collect();
-            let why = if store.current() == Some(&v.name) {
-                Some("current".to_string())
-            } else if !pinned.is_empty() {
-                Some(format!("promoted to {}", pinned.join(", ")))
-            } else if !users.is_empty() {
-                Some(format!("{} run on it", users.join(", ")))
-            } else if !clones.is_empty() {
-                Some(format!("cloned by {}", clones.join(", ")))
-            } else {
-                None
+            let why = match super::kept_for_the_room(m, store, family, &v.name) {
+                Some(why) => Some(why),
+                None => {
+                    let clones: Vec<String> = self
+                        .clones_of(&v.name)?
+                        .into_iter()
+                        .map(|c| match c.strip_prefix(&format!("{}.", self.base)) {
+                            Some(later) if store.versions.keys().any(|k| k.as_str() == later) => {
+                                format!("{family}@{later}")
+                            }
+                            _ => c,
+                        })
+                        .collect();
+                    (!clones.is_empty()).then(|| format!("cloned by {}", clones.join(", ")))
+                }
             };
             match why {
                 Some(w) => out.keep.push((v.name.clone(), w)),
