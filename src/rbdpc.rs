@@ -299,8 +299,14 @@ impl Cluster {
     }
 
     /// Who holds the PC's clone (its exclusive lock): the gateway's name as it wrote it,
-    /// else the lock owner's address; None when nobody does.
+    /// else the lock owner's address; None when nobody does (or there is no clone).
     pub fn holder(&self, m: &Manifest, pc: &Pc) -> Result<Option<String>> {
+        Ok(self.holder_of(m, pc)?.flatten())
+    }
+
+    /// One look at the PC's clone: None when it is not there, else who holds it, as
+    /// [`Cluster::holder`] says.
+    pub fn holder_of(&self, m: &Manifest, pc: &Pc) -> Result<Option<Option<String>>> {
         // Opened for writing (nothing is written, no lock taken): a read-only handle
         // does not see the exclusive lock.
         let image = match self.open_image(m, pc, false) {
@@ -309,10 +315,10 @@ impl Cluster {
         };
         let owners = image.lock_owners()?;
         if owners.is_empty() {
-            return Ok(None);
+            return Ok(Some(None));
         }
         let named = image.metadata(GATEWAY_KEY).ok().flatten();
-        Ok(Some(named.unwrap_or_else(|| owners.join(", "))))
+        Ok(Some(Some(named.unwrap_or_else(|| owners.join(", ")))))
     }
 
     /// The snapshot the PC's clone was made of; None when it has no clone (or is not one).

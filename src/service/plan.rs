@@ -48,6 +48,7 @@ pub fn plan(
     let cluster = crate::rbdpc::shared(manifest)?;
     for pc in &manifest.pcs {
         let name = pc.name.clone();
+        let mut held_elsewhere = false;
         if let Some(cluster) = cluster
             .as_ref()
             .filter(|_| manifest.storage_of(pc) == Storage::Rbd)
@@ -55,21 +56,30 @@ pub fn plan(
             // With gateways, a PC's first gateway makes and serves its clone, unless
             // another holds it (took it over): service/gateway.rs takes it back when free.
             let mine = manifest.first_here(&pc.name);
-            if !served.contains_key(&pc.name) && !mine {
+            if served.contains_key(&pc.name) {
+                // Its clone is there, held here.
+            } else if !mine {
                 continue;
-            }
-            if !cluster.has_disk(manifest, pc)? {
-                let snapshot = manifest.images[&pc.image]
-                    .rbd
-                    .as_ref()
-                    .expect("an rbd image");
-                cluster.check_snapshot(snapshot)?;
-                let pool = cluster.pool();
-                steps.push(Step::CloneRbd {
-                    pc: name.clone(),
-                    snapshot: pool.spec(&snapshot.to_string()),
-                    clone: pool.spec(&manifest.rbd_clone(pc).expect("an rbd PC")),
-                });
+            } else {
+                // One look at the clone: whether it is there, and who holds it.
+                match cluster.holder_of(manifest, pc)? {
+                    None => {
+                        let snapshot = manifest.images[&pc.image]
+                            .rbd
+                            .as_ref()
+                            .expect("an rbd image");
+                        cluster.check_snapshot(snapshot)?;
+                        let pool = cluster.pool();
+                        steps.push(Step::CloneRbd {
+                            pc: name.clone(),
+                            snapshot: pool.spec(&snapshot.to_string()),
+                            clone: pool.spec(&manifest.rbd_clone(pc).expect("an rbd PC")),
+                        });
+                    }
+                    Some(holder) => {
+                        held_elsewhere = holder.is_some() && !manifest.gateways.is_empty()
+                    }
+                }
             }
         } else if !pc.cow.exists() {
             steps.push(match manifest.storage_of(pc) {
@@ -95,17 +105,8 @@ pub fn plan(
                 cow: pc.cow.clone(),
             });
         }
-        let elsewhere = || -> Result<bool, crate::rbdpc::Error> {
-            let rbd = cluster
-                .as_ref()
-                .filter(|_| manifest.storage_of(pc) == Storage::Rbd);
-            match rbd {
-                Some(c) if !manifest.gateways.is_empty() => Ok(c.holder(manifest, pc)?.is_some()),
-                _ => Ok(false),
-            }
-        };
         match served.get(&pc.name) {
-            None if elsewhere()? => {}
+            None if held_elsewhere => {}
             None => steps.push(Step::Serve {
                 pc: name,
                 read_only: pc.read_only,
