@@ -256,7 +256,7 @@ impl Cluster {
         // cluster to give up on it (the watch timeout), a live one refuses.
         let owners = image.lock_owners()?;
         if !owners.is_empty() {
-            if !self.held_by_dead_predecessor(image) {
+            if !self.held_by_dead_predecessor(image, &owners) {
                 return Err(self.held_elsewhere(pc, image, &owners));
             }
             // librbd blocklists the dead client as it breaks its lock.
@@ -272,20 +272,28 @@ impl Cluster {
             }
             return Err(self.held_elsewhere(pc, image, &owners));
         }
+        held_here().extend(image.lock_owners().unwrap_or_default());
         image.set_metadata(GATEWAY_KEY, &gateway_name(m))?;
         image.set_metadata(HOST_KEY, &host_name())?;
         image.set_metadata(PID_KEY, &std::process::id().to_string())?;
         Ok(())
     }
 
-    /// The lock was this gateway's, in a process of this host that is gone (or this very
-    /// process, before a planned restart's exec).
-    fn held_by_dead_predecessor(&self, image: &Image) -> bool {
+    /// The lock was this gateway's, in a process of this host that is gone, or this very
+    /// process: before a planned restart's exec (which holds no lock yet), or as the client
+    /// it was before the cluster cut it off (the owners are clients this process held the
+    /// lock as; another gateway that locked it since has not yet written its name).
+    fn held_by_dead_predecessor(&self, image: &Image, owners: &[String]) -> bool {
         let said = |key| image.metadata(key).ok().flatten();
+        let this = |pid: i32| {
+            let held = held_here();
+            u32::try_from(pid) == Ok(std::process::id())
+                && (held.is_empty() || owners.iter().all(|o| held.contains(o)))
+        };
         said(HOST_KEY).is_some_and(|h| h == host_name())
             && said(PID_KEY)
                 .and_then(|p| p.parse::<i32>().ok())
-                .is_some_and(|pid| u32::try_from(pid) == Ok(std::process::id()) || !alive(pid))
+                .is_some_and(|pid| this(pid) || !alive(pid))
     }
 
     fn held_elsewhere(&self, pc: &Pc, image: &Image, owners: &[String]) -> Error {
@@ -492,6 +500,13 @@ impl Cluster {
         drop(held);
         self.remove_aside(&aside)
     }
+}
+
+/// The lock owners (client addresses) this process has held clones' locks as.
+fn held_here() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+    static HELD: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    HELD.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One connection per process to the cluster a manifest names, shared by everything that

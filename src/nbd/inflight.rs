@@ -26,6 +26,8 @@ pub const MAX_BYTES: usize = 16 << 20;
 pub type SharedDevice = Arc<dyn Device + Send + Sync>;
 
 struct Done {
+    /// Which launch it is (clients may reuse a handle: it is only echoed back).
+    seq: u64,
     handle: u64,
     /// A READ's data, or nothing for a WRITE; or the error to reply with.
     result: Result<Vec<u8>, Errno>,
@@ -34,7 +36,7 @@ struct Done {
 /// A request in flight: its handle, the bytes it covers and whether it writes them, and the
 /// payload bytes it holds.
 struct Pending {
-    handle: u64,
+    seq: u64,
     span: (u64, u64, bool),
     bytes: usize,
 }
@@ -46,6 +48,7 @@ pub struct InFlight {
     rx: Receiver<Done>,
     /// Readable once a request finished.
     signal: Arc<EventFd>,
+    launched: u64,
 }
 
 impl InFlight {
@@ -59,6 +62,7 @@ impl InFlight {
             tx,
             rx,
             signal,
+            launched: 0,
         })
     }
 
@@ -121,19 +125,23 @@ impl InFlight {
         work: impl FnOnce(&dyn Device) -> Result<Vec<u8>, Errno> + Send + 'static,
     ) {
         let (device, tx, signal) = (self.device.clone(), self.tx.clone(), self.signal.clone());
+        self.launched += 1;
+        let seq = self.launched;
         crate::engine::iopool::submit(Box::new(move || {
-            let result = work(device.as_ref());
+            // A panic must still answer, or the connection would wait for it forever.
+            let run = std::panic::AssertUnwindSafe(|| work(device.as_ref()));
+            let result = std::panic::catch_unwind(run).unwrap_or(Err(Errno::Io));
             // The device is let go before the reply: a reset waits for the connection,
             // then must hold the device's last reference to close it.
             drop(device);
-            let _ = tx.send(Done { handle, result });
+            let _ = tx.send(Done {
+                seq,
+                handle,
+                result,
+            });
             let _ = signal.write(1);
         }));
-        self.pending.push(Pending {
-            handle,
-            span,
-            bytes,
-        });
+        self.pending.push(Pending { seq, span, bytes });
     }
 
     /// Replies to every request that is done, without waiting.
@@ -162,7 +170,7 @@ impl InFlight {
     }
 
     fn reply<W: Sink>(&mut self, w: &mut W, done: Done) -> io::Result<()> {
-        if let Some(i) = self.pending.iter().position(|p| p.handle == done.handle) {
+        if let Some(i) = self.pending.iter().position(|p| p.seq == done.seq) {
             self.pending.swap_remove(i);
         }
         match done.result {

@@ -177,8 +177,13 @@ impl<R: Read, W: Sink> Connection<'_, R, W> {
             return Ok(false);
         }
         if writes {
-            let mut data = vec![0u8; req.length as usize];
-            self.r.read_exact(&mut data)?;
+            // Grown as the payload arrives: a client that sends a header and stalls pins
+            // no more than it sent.
+            let mut data = Vec::new();
+            (&mut *self.r).take(len).read_to_end(&mut data)?;
+            if data.len() as u64 != len {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
             f.write(req.handle, req.offset, data);
         } else {
             f.read(req.handle, req.offset, req.length as usize);

@@ -13,7 +13,7 @@
 //! over) finds out from its PCs' I/O: it lets go of every PC it served on that connection
 //! and connects anew, then looks at them as at any other (serving those nobody took).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,28 +36,40 @@ fn interval() -> Duration {
 /// Runs for the life of the service.
 pub fn watch(service: Arc<Service>) {
     let mut free_since: HashMap<String, Instant> = HashMap::new();
+    let mut let_go = BTreeSet::new();
     loop {
         std::thread::sleep(interval());
-        service.take_over_round(&mut free_since);
+        service.take_over_round(&mut free_since, &mut let_go);
     }
 }
 
 impl Service {
-    fn take_over_round(&self, free_since: &mut HashMap<String, Instant>) {
-        let gone = self.let_go_if_cut_off();
+    fn take_over_round(
+        &self,
+        free_since: &mut HashMap<String, Instant>,
+        let_go: &mut BTreeSet<String>,
+    ) {
+        let_go.extend(self.let_go_if_cut_off());
         let m = self.manifest();
         let Some(here) = m.here.clone() else {
-            // No other gateways: what it let go is its own to serve again, once free.
-            for pc in gone.iter().filter_map(|name| m.pc(name)) {
+            // No other gateways: what it let go is its own to serve again, once it can.
+            let_go.retain(|name| {
+                let Some(pc) = m.pc(name) else { return false };
                 match self.serve_here(&m, pc) {
-                    Ok(()) => tracing::info!(pc = %pc.name, "serves {} again", pc.name),
+                    Ok(()) => {
+                        tracing::info!(pc = %pc.name, "serves {} again", pc.name);
+                        false
+                    }
                     Err(e) => {
-                        tracing::warn!(pc = %pc.name, "could not serve {} again: {e}", pc.name)
+                        tracing::warn!(pc = %pc.name, "could not serve {} again (tried again in a moment): {e}", pc.name);
+                        true
                     }
                 }
-            }
+            });
             return;
         };
+        // With gateways, what it let go is looked at below like any other PC.
+        let_go.clear();
         let Ok(Some(cluster)) = crate::rbdpc::shared(&m) else {
             return;
         };
@@ -109,31 +121,61 @@ impl Service {
     }
 
     /// When the cluster has cut this gateway's client off, lets go of every rbd PC it
-    /// served (their handles can do nothing more; no flush) and drops the connection, so
-    /// the next look connects anew. Returns the PCs it let go of.
+    /// served (their handles can do nothing more; no flush) and, once all are let go, drops
+    /// the connection, so the next look connects anew. Returns the PCs it let go of.
+    ///
+    /// Found out from the PCs' I/O, and by a read of one served clone each round: after a
+    /// takeover the PCs' clients have gone to the other gateway, and nothing else would
+    /// touch the dead handles.
     fn let_go_if_cut_off(&self) -> Vec<String> {
-        let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         let rbd_disk = |slot: &Slot| {
             slot.with_served(|sv| match &*sv.disk {
-                PcDisk::Rbd(d) => Some(d.is_cut_off()),
+                PcDisk::Rbd(_) => Some(sv.disk.clone()),
                 _ => None,
             })
             .flatten()
         };
-        let slots = self.registry.all();
-        if !slots.iter().any(|s| rbd_disk(s) == Some(true)) {
+        let cut = |disk: &Arc<PcDisk>| matches!(&**disk, PcDisk::Rbd(d) if d.is_cut_off());
+        let slots: Vec<(Arc<Slot>, Arc<PcDisk>)> = (self.registry.all().into_iter())
+            .filter_map(|s| rbd_disk(&s).map(|d| (s, d)))
+            .collect();
+        if let Some((_, disk)) = slots.first() {
+            let mut probe = [0u8; 512];
+            let _ = disk.read_at(&mut probe, 0);
+        }
+        if !slots.iter().any(|(_, d)| cut(d)) {
             return Vec::new();
         }
+        // The probe ran without it: a cluster that is slow to answer holds up no command.
+        let _op = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         let mut gone = Vec::new();
-        for slot in slots.iter().filter(|s| rbd_disk(s).is_some()) {
-            let _ = slot.quiesce(|_| (None, Ok(())));
-            self.registry.remove(&slot.name);
-            gone.push(slot.name.clone());
+        let mut all = true;
+        for (slot, disk) in slots {
+            drop(disk);
+            // Every rbd disk opened on the connection is cut off with it.
+            let on_rbd = slot.with_served(|sv| matches!(&*sv.disk, PcDisk::Rbd(_)));
+            if on_rbd != Some(true) {
+                continue;
+            }
+            match slot.quiesce(|_| (None, Ok(()))) {
+                Ok(_) => {
+                    self.registry.remove(&slot.name);
+                    gone.push(slot.name.clone());
+                }
+                // Its connections did not stop: tried again next round.
+                Err(e) => {
+                    tracing::warn!(pc = %slot.name, "could not let go of {}: {e}", slot.name);
+                    all = false;
+                }
+            }
         }
-        crate::rbdpc::disconnect();
+        if all {
+            crate::rbdpc::disconnect();
+        }
         tracing::warn!(
-            "the cluster cut this gateway off (blocklisted; another gateway may have taken its PCs): let go of {}; connecting anew",
-            gone.join(", ")
+            "the cluster cut this gateway off (blocklisted; another gateway may have taken its PCs): let go of {}{}",
+            gone.join(", "),
+            if all { "; connecting anew" } else { "" }
         );
         gone
     }

@@ -221,7 +221,7 @@ impl Service {
 
     /// Stops serving a PC: its connections end, its exceptions are committed, its COW is
     /// closed (and stays).
-    fn stop(&self, name: &str) -> Result<()> {
+    pub(super) fn stop(&self, name: &str) -> Result<()> {
         let slot = self.slot(name)?;
         slot.quiesce(|old| {
             let flushed = match old.as_ref().map(|s| s.disk.flush()) {

@@ -362,17 +362,21 @@ fn upgrade(service: &Service, exe: &Path, monitor: &Monitor) -> handover::Refuse
 
 /// Stops serving every PC (committing its COW), removes the sockets and pid file, exits.
 fn shut_down(service: &Service, sockets: &[PathBuf], code: i32) -> ! {
-    let m = service.manifest();
-    let on_rbd = |p: &&crate::manifest::Pc| m.storage_of(p) == crate::manifest::Storage::Rbd;
-    let rbd = m.pcs.iter().any(|p| on_rbd(&p));
-    let files: Vec<String> = (m.pcs.iter())
-        .filter(|p| !on_rbd(p))
-        .map(|p| p.name.clone())
-        .collect();
-    // The COWs first: their commit is what must not be cut short.
-    if !files.is_empty() {
-        if let Err(e) = service.down(&files) {
-            tracing::error!("{}", chain(&e));
+    // The COWs and clone files first, each on its own and without waiting for a command
+    // under way (one may be stuck in librbd): their commit is what must not be cut short.
+    let on_rbd = |slot: &super::exports::Slot| {
+        slot.with_served(|sv| matches!(&*sv.disk, crate::engine::PcDisk::Rbd(_)))
+    };
+    let mut rbd = false;
+    for slot in service.registry.all() {
+        match on_rbd(&slot) {
+            Some(false) => {
+                if let Err(e) = service.stop(&slot.name) {
+                    tracing::error!("{}", chain(&e));
+                }
+            }
+            Some(true) => rbd = true,
+            None => {}
         }
     }
     if rbd {
@@ -385,10 +389,16 @@ fn shut_down(service: &Service, sockets: &[PathBuf], code: i32) -> ! {
                 "the cluster did not answer within {} s: exiting without closing the rbd clones (every write they answered is in the cluster; their locks go when the cluster drops this client)",
                 RBD_CLOSE_WAIT.as_secs()
             );
-            remove_and_exit(&paths, code)
+            for s in &paths {
+                let _ = std::fs::remove_file(s);
+            }
+            // Not exit(): Ceph's libraries are busy in another thread, and their exit
+            // handlers could hang or crash on that.
+            // SAFETY: ends the process at once; nothing of it runs after.
+            unsafe { libc::_exit(code) }
         });
     }
-    // Then the rbd PCs, and anything served that the manifest no longer names.
+    // Then the rbd PCs, and anything else still served.
     if let Err(e) = service.down(&[]) {
         tracing::error!("{}", chain(&e));
     }
