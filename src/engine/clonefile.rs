@@ -150,7 +150,6 @@ impl CloneFile {
         self.file
             .write_all_at(buf, offset)
             .map_err(EngineError::io("writing the PC's disk", offset))?;
-        self.fill.mark(first, end);
         Ok(())
     }
 
@@ -169,7 +168,6 @@ impl CloneFile {
         if first < end {
             self.fill.admit(first, end)?;
             self.punch(first * BLOCK, (end - first) * BLOCK)?;
-            self.fill.mark(first, end);
         }
         Ok(())
     }
@@ -185,7 +183,6 @@ impl CloneFile {
         self.write_zero_bytes(offset, first * BLOCK - offset)?;
         self.fill.admit(first, end)?;
         self.punch(first * BLOCK, (end - first) * BLOCK)?;
-        self.fill.mark(first, end);
         self.write_zero_bytes(end * BLOCK, offset + len - end * BLOCK)
     }
 

@@ -84,20 +84,18 @@ impl Fill {
     }
 
     /// Refuses a write of units `first..end` that would take the PC past its quota
-    /// (rewrites of its own units always go).
+    /// (rewrites of its own units always go); else claims them as the PC's own at once, in
+    /// the same step, so writes in flight together cannot pass the quota side by side. A
+    /// write that then fails leaves them claimed: the fill errs on the full side.
     pub(super) fn admit(&self, first: u64, end: u64) -> Result<(), EngineError> {
-        let own = self.own();
+        let mut own = self.own();
         let quota = self.quota.load(Ordering::Relaxed);
         let new = own.unset_in(first, end);
         if new > 0 && (own.count + new) * self.unit > quota {
             return Err(EngineError::Quota { bytes: quota });
         }
+        own.set(first, end, true);
         Ok(())
-    }
-
-    /// Units `first..end` are the PC's own now (written).
-    pub(super) fn mark(&self, first: u64, end: u64) {
-        self.own().set(first, end, true);
     }
 }
 
@@ -170,5 +168,21 @@ mod tests {
         own.set(0, 300, false);
         assert_eq!(own.count, 0);
         assert_eq!(own.unset_in(0, 300), 300);
+    }
+
+    #[test]
+    fn a_write_admitted_claims_its_units_so_writes_in_flight_cannot_pass_the_quota_together() {
+        let fill = Fill::new(OwnBlocks::new(16), 4096, 16 * 4096, (false, 2 * 4096));
+        fill.admit(0, 2).unwrap();
+        assert_eq!(
+            fill.own_bytes(),
+            2 * 4096,
+            "claimed before the write is done"
+        );
+        assert!(matches!(fill.admit(2, 3), Err(EngineError::Quota { .. })));
+        fill.admit(1, 2).unwrap();
+        assert!(fill.grow(3 * 4096).is_ok());
+        fill.admit(2, 3).unwrap();
+        assert_eq!(fill.usage().sectors_allocated, 3 * 8);
     }
 }

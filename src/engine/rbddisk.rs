@@ -117,12 +117,12 @@ impl RbdDisk {
         self.fill.grow(len)
     }
 
-    /// Refuses a write that would take the PC past its quota; returns the objects it covers.
-    fn admit(&self, offset: u64, len: u64) -> Result<(u64, u64), EngineError> {
+    /// Refuses a write that would take the PC past its quota; else the objects it covers
+    /// are the PC's own from now on.
+    fn admit(&self, offset: u64, len: u64) -> Result<(), EngineError> {
         self.fill.check_writable(offset, len)?;
         let (first, end) = (offset / self.object, (offset + len).div_ceil(self.object));
-        self.fill.admit(first, end)?;
-        Ok((first, end))
+        self.fill.admit(first, end)
     }
 
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), EngineError> {
@@ -136,11 +136,10 @@ impl RbdDisk {
         if buf.is_empty() {
             return Ok(());
         }
-        let (first, end) = self.admit(offset, buf.len() as u64)?;
+        self.admit(offset, buf.len() as u64)?;
         self.image
             .write_at(buf, offset)
             .map_err(self.io("writing the PC's rbd clone", offset))?;
-        self.fill.mark(first, end);
         Ok(())
     }
 
@@ -156,11 +155,10 @@ impl RbdDisk {
         if len == 0 {
             return Ok(());
         }
-        let (first, end) = self.admit(offset, len)?;
+        self.admit(offset, len)?;
         self.image
             .discard(offset, len)
             .map_err(self.io("discarding in the PC's rbd clone", offset))?;
-        self.fill.mark(first, end);
         Ok(())
     }
 
@@ -168,11 +166,10 @@ impl RbdDisk {
         if len == 0 {
             return Ok(());
         }
-        let (first, end) = self.admit(offset, len)?;
+        self.admit(offset, len)?;
         self.image
             .write_zeroes(offset, len)
             .map_err(self.io("zeroing in the PC's rbd clone", offset))?;
-        self.fill.mark(first, end);
         Ok(())
     }
 }
