@@ -298,13 +298,7 @@ pub fn due_name(m: &Manifest, pc: &Pc) -> Option<String> {
         .ok()
         .flatten()?;
     let promoted: Promoted = serde_json::from_str(&text).ok()?;
-    let store = Store {
-        dir: Default::default(),
-        versions: Default::default(),
-        promoted,
-        pruned: Vec::new(),
-    };
-    let due = store.target(&pc.name)?.to_string();
+    let due = promoted.target(&pc.name)?.to_string();
     (image.version.as_deref() != Some(due.as_str())).then_some(due)
 }
 
@@ -322,15 +316,16 @@ pub(super) fn next_version(
         return Ok(None);
     }
     let version = store.view.get(v)?;
+    let due = store.entry(image, v);
     let golden = Golden {
-        image: image.path.clone(),
+        image: due.path.clone(),
         size: version.size,
         fingerprint: String::new(),
         resets: 0,
         last_reset: None,
         version: Some(version.id()),
     };
-    Ok(Some((store.entry(image, v), golden)))
+    Ok(Some((due, golden)))
 }
 
 /// What a prune of an rbd family would do.

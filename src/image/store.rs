@@ -116,6 +116,13 @@ pub struct Promoted {
     pub pcs: BTreeMap<String, VersionName>,
 }
 
+impl Promoted {
+    /// The version `pc` moves to at its next reset: its own pin, else the room's.
+    pub fn target(&self, pc: &str) -> Option<&VersionName> {
+        self.pcs.get(pc).or(self.current.as_ref())
+    }
+}
+
 pub use crate::manifest::{
     PROMOTION_RECORD as PROMOTED, VERSION_DISK as DISK, VERSION_RECORD as RECORD,
 };
@@ -245,7 +252,7 @@ impl Store {
 
     /// The version `pc` moves to at its next reset (or starts on, without a COW).
     pub fn target(&self, pc: &str) -> Option<&VersionName> {
-        self.promoted.pcs.get(pc).or(self.promoted.current.as_ref())
+        self.promoted.target(pc)
     }
 
     /// `v<N+1>` after the highest `v<N>` there is or was (a pruned name is not reused).
