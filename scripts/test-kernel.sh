@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the VM test suite (the #[ignore]d tests of tests/vm_*.rs, docs/testing.md) as root
 # inside the qemu VM with Debian's stock kernel. Fails if any test fails or none ran.
-# tests/vm_initiator.rs is left to scripts/test-vm-initiator.sh, which serves its host half.
+# tests/vm_initiator.rs and tests/vm_kernel_rbd.rs are left to scripts/test-vm-initiator.sh and
+# scripts/test-vm-rbd.sh, which run their host halves.
 #   scripts/test-kernel.sh [TEST-NAME-FILTER]     (COWCTL_KERNEL_SUITE=vm_kernel_control: one suite)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,7 +15,7 @@ mapfile -t binaries < <(cargo test --release --no-run --message-format=json --te
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"] \
-            and m["target"]["name"] != "vm_initiator":
+            and m["target"]["name"] not in ("vm_initiator", "vm_kernel_rbd"):
         print(m["executable"])')
 ((${#binaries[@]})) || { echo "test-kernel: no VM test binaries were built" >&2; exit 1; }
 

@@ -45,6 +45,11 @@ scripts/test-vm-initiator.sh | tee "$log"
 grep -q "^test-vm-initiator: 1 passed" "$log"
 kernel_passed=$((kernel_passed + 1))
 
+echo "== the VM's kernel maps rbd clones from a Ceph cluster on this host and LIO exports them"
+scripts/test-vm-rbd.sh | tee "$log"
+grep -q "^test-vm-rbd: 1 passed" "$log"
+kernel_passed=$((kernel_passed + 1))
+
 echo "== a qemu PC on this host boots from the kernel backend's LIO export in the VM"
 scripts/test-vm-pc-boot.sh | tee "$log"
 grep -q "^test-vm-pc-boot: 1 passed" "$log"

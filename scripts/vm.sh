@@ -15,7 +15,9 @@
 # COWCTL_VM_NET=1 (qemu's user network: the guest is 10.0.2.15 and reaches this host's
 # loopback services at 10.0.2.2), COWCTL_VM_FWD ("PORT ..." of this host's loopback forwarded
 # to the same ports in the guest, with COWCTL_VM_NET), COWCTL_VM_RESULTS (the results
-# directory, made by the caller, which can then talk to the guest through its files).
+# directory, made by the caller, which can then talk to the guest through its files),
+# COWCTL_VM_TAP (a tap device of this host, made and addressed by the caller: the guest's
+# eth0 on it, with the address COWCTL_VM_TAP_ADDR, e.g. 10.97.0.2/24; not with COWCTL_VM_NET).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -83,7 +85,7 @@ run() {
         printf 'COWCTL_KVER=%q\n' "$kver"
         printf 'COWCTL_MODULES=%q\n' "$kdir/root/lib/modules/$kver"
         printf 'COWCTL_CMD=('; printf '%q ' "$@"; printf ')\n'
-        env | grep -E '^(COWCTL_TEST_|COWCTL_VM_NET|RUST_BACKTRACE|RUST_LOG)' | sed 's/^/export /' || true
+        env | grep -E '^(COWCTL_TEST_|COWCTL_VM_NET|COWCTL_VM_TAP_ADDR|RUST_BACKTRACE|RUST_LOG)' | sed 's/^/export /' || true
     } >"$results/job"
     local log=${COWCTL_VM_LOG:-$results/console.log}
     local scratch=()
@@ -96,6 +98,8 @@ run() {
     local fwd=""
     for p in ${COWCTL_VM_FWD:-}; do fwd+=",hostfwd=tcp:127.0.0.1:$p-:$p"; done
     [[ -n ${COWCTL_VM_NET:-} ]] && net=(-netdev "user,id=n0$fwd" -device virtio-net-pci,netdev=n0)
+    [[ -n ${COWCTL_VM_TAP:-} ]] &&
+        net=(-netdev "tap,id=n0,ifname=$COWCTL_VM_TAP,script=no,downscript=no" -device virtio-net-pci,netdev=n0)
     set +e
     timeout --foreground "${COWCTL_VM_TIMEOUT:-1500}" qemu-system-x86_64 \
         -accel tcg,thread=multi -cpu max -smp 2 -m "${COWCTL_VM_MEM:-2048}" \

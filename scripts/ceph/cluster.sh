@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Starts and stops a small real Ceph cluster for tests (Debian 12's ceph-mon, ceph-mgr,
 # ceph-osd, ceph-common; no systemd, no root disks): one mon, one mgr and N bluestore OSDs on
-# 4 GiB sparse files, all on 127.0.0.1 with cephx, everything (data, logs, sockets, pid files)
+# 4 GiB sparse files, all on 127.0.0.1 (or --addr) with cephx, everything (data, logs, sockets, pid files)
 # under one directory DIR, pool `rbd` (size 1, 8 PGs) ready for `rbd` and librbd.
 #
 #   scripts/ceph/cluster.sh start DIR [--osds N] [--osd-gib G] [--owner-pid PID] [--port PORT]
+#                                     [--addr IPV4]
 #   scripts/ceph/cluster.sh stop DIR
 #
 # `start` returns once every PG is active+clean (about 5 s; gives up after 90 s, printing the
@@ -16,10 +17,12 @@
 # before the daemons do, so an owner killed while `start` runs is covered too). `stop` (0.3 s)
 # stops the daemons by the pids in their pid files (other clusters may run alongside), kills
 # the guardian and leaves DIR. Never remove DIR without `stop`: the daemons would keep running.
+# --addr: the one address of this host every daemon binds to (default 127.0.0.1), e.g. a tap
+# device's, so that a VM on that tap reaches the monitor and the OSDs too.
 set -euo pipefail
 
 script=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
-usage() { echo "usage: $0 start DIR [--osds N] [--osd-gib G] [--owner-pid PID] [--port PORT] | stop DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start DIR [--osds N] [--osd-gib G] [--owner-pid PID] [--port PORT] [--addr IPV4] | stop DIR" >&2; exit 2; }
 say() { echo "ceph-cluster: $*" >&2; }
 [[ $# -ge 2 ]] || usage
 cmd=$1 D=$(realpath -m "$2")
@@ -68,18 +71,20 @@ start) ;;
 *) usage ;;
 esac
 
-osds=1 owner= port= gib=4
+osds=1 owner= port= gib=4 addr=127.0.0.1
 while [[ $# -gt 0 ]]; do
     case $1 in
     --osds) osds=$2 ;;
     --osd-gib) gib=$2 ;;
     --owner-pid) owner=$2 ;;
     --port) port=$2 ;;
+    --addr) addr=$2 ;;
     *) usage ;;
     esac
     shift 2 || usage
 done
-[[ $osds =~ ^[1-9][0-9]*$ && $gib =~ ^[1-9][0-9]*$ && $port =~ ^[0-9]*$ ]] || usage
+[[ $osds =~ ^[1-9][0-9]*$ && $gib =~ ^[1-9][0-9]*$ && $port =~ ^[0-9]*$ &&
+    $addr =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || usage
 [[ -z $owner ]] || alive "$owner" || { say "owner pid $owner is not running"; exit 1; }
 if [[ -e $D && -n $(ls -A "$D") ]]; then say "$D is not empty"; exit 1; fi
 listening() { [[ -n $(ss -ltnH "sport = :$1") ]]; }
@@ -120,8 +125,8 @@ log file = $D/log/\$name.log"
 cat >"$D/ceph.conf" <<EOF
 [global]
 fsid = $(cat /proc/sys/kernel/random/uuid)
-mon host = v2:127.0.0.1:$port
-public network = 127.0.0.1/32
+mon host = v2:$addr:$port
+public network = $addr/32
 ms bind ipv6 = false
 auth cluster required = cephx
 auth service required = cephx
@@ -176,7 +181,7 @@ kt --create-keyring "$D/mon.keyring" --gen-key -n mon. --cap mon 'allow *'
 kt "$D/mon.keyring" --import-keyring "$D/ceph.client.admin.keyring"
 kt "$D/mon.keyring" --import-keyring "$D/mgr.x/keyring"
 monmaptool --create --fsid "$(sed -n 's/^fsid = //p' "$D/ceph.conf")" \
-    --addv a "[v2:127.0.0.1:$port]" "$D/monmap" >/dev/null
+    --addv a "[v2:$addr:$port]" "$D/monmap" >/dev/null
 ceph-mon -c "$D/ceph.conf" -i a --mkfs --monmap "$D/monmap" --keyring "$D/mon.keyring"
 ceph-mon -c "$D/ceph.conf" -i a
 ceph-mgr -c "$D/ceph.conf" -i x

@@ -163,8 +163,11 @@ fn step(
         Step::CreateCow { .. } | Step::CloneDisk { .. } | Step::RecordGolden { .. } => {
             Ok(action.run_on_files(fingerprints)?)
         }
+        Step::CloneRbd { .. }
+        | Step::MapRbd { .. }
+        | Step::CreateLinearRbd { .. }
+        | Step::UnmapRbd { .. } => super::rbd::run_step(ctx, action),
         Step::StartService { .. }
-        | Step::CloneRbd { .. }
         | Step::Serve { .. }
         | Step::Reopen { .. }
         | Step::StopServing { .. } => Err(Error::ServiceStep {

@@ -25,6 +25,12 @@ pub fn commit(
     if !obs.dm.contains_key(&name) && !obs.linear.contains_key(&name) {
         return Ok(crate::image::commit_pc(ctx.manifest, pc, version, note)?);
     }
+    if ctx.manifest.storage_of(pc) == crate::manifest::Storage::Rbd {
+        // The kernel holds the clone's lock for as long as it maps it.
+        return Err(Error::CommitMapped {
+            pc: pc.name.clone(),
+        });
+    }
     let in_use = match &pc.export {
         Export::Iscsi { target, .. } => obs
             .target(target.as_str())

@@ -6,7 +6,9 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::base::logtext::chain;
-use crate::kernel::error::{ConfigfsError, DmError, LioError, LoopError, NetError, VbladeError};
+use crate::kernel::error::{
+    ConfigfsError, DmError, LioError, LoopError, NetError, RbdMapError, VbladeError,
+};
 use crate::room::lock::LockError;
 use crate::room::steps::StepFailed;
 
@@ -28,6 +30,8 @@ pub enum Error {
     #[error(transparent)]
     Net(#[from] NetError),
     #[error(transparent)]
+    RbdMap(#[from] RbdMapError),
+    #[error(transparent)]
     Image(#[from] crate::image::Error),
     #[error(transparent)]
     CowFile(#[from] crate::cowfile::CowFileError),
@@ -44,6 +48,22 @@ pub enum Error {
     #[error(transparent)]
     Io(#[from] io::Error),
 
+    #[error("{pc}'s disk {clone} is held by {holder}: the kernel maps it only when no gateway serves it (stop serving it there first)")]
+    RbdHeld {
+        pc: String,
+        clone: String,
+        holder: String,
+    },
+    #[error("{pc}'s disk is mapped by this host's kernel, which holds its lock: take it down first (`cowctl down {pc}`), commit, then apply")]
+    CommitMapped { pc: String },
+    #[error("{pc}'s disk {clone} is not mapped by the kernel; apply maps it")]
+    RbdNotMapped { pc: String, clone: String },
+    #[error("{pc}'s device is over {served}, but its disk is {manifest}: nothing was changed")]
+    OtherRbd {
+        pc: String,
+        served: String,
+        manifest: String,
+    },
     #[error("{pc} is not in the manifest")]
     NotInManifest { pc: String },
     #[error("{pc} is not exported over iSCSI")]

@@ -9,6 +9,7 @@ pub mod error;
 pub mod export;
 pub mod observe;
 pub mod plan;
+pub mod rbd;
 pub mod reset;
 pub mod spec;
 pub mod status;

@@ -25,6 +25,8 @@ pub struct Observed {
     pub vblades: Vec<RunningVblade>,
     /// cowctl's devices left suspended (a commit with --pause that was killed).
     pub suspended: Vec<String>,
+    /// Images the kernel's rbd driver maps (rbd PCs' clones among them).
+    pub rbd: Vec<crate::kernel::rbdmap::Mapped>,
 }
 
 impl Observed {
@@ -41,6 +43,7 @@ impl Observed {
         }
         .observe()?;
         obs.vblades = k.vblade.list()?;
+        obs.rbd = k.rbd.list()?;
         Ok(obs)
     }
 
@@ -54,9 +57,15 @@ impl Observed {
         if pcs.len() >= room.pcs.len() {
             let mut obs = Self::dm_devices(k, false)?;
             obs.targets = lio.observe()?;
+            if room.uses_rbd() {
+                obs.rbd = k.rbd.list()?;
+            }
             return Ok(obs);
         }
         let mut obs = Observed::default();
+        if room.uses_rbd() {
+            obs.rbd = k.rbd.list()?;
+        }
         // Listed only if a PC has no device, to tell "not applied" from a failed read.
         let mut listed: Option<Vec<String>> = None;
         for pc in pcs {

@@ -60,9 +60,16 @@ fn pc_actions(
     images_attached: &mut BTreeSet<String>,
     actions: &mut Vec<Step>,
 ) -> Result<()> {
-    if ctx.manifest.storage_of(pc) == Storage::Reflink {
-        let up = super::clone::plan_actions(ctx, obs, pc, actions)?;
-        return export_actions(ctx, obs, pc, up, actions);
+    match ctx.manifest.storage_of(pc) {
+        Storage::Reflink => {
+            let up = super::clone::plan_actions(ctx, obs, pc, actions)?;
+            return export_actions(ctx, obs, pc, up, actions);
+        }
+        Storage::Rbd => {
+            let up = super::rbd::plan_actions(ctx, obs, pc, actions)?;
+            return export_actions(ctx, obs, pc, up, actions);
+        }
+        Storage::Cow => {}
     }
     let image = ctx.image(pc);
     let name = dm_name(&pc.name);
@@ -273,6 +280,11 @@ fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool)
             actions.push(Step::RemoveSnapshot { name: name.clone() });
             if let Some(l) = obs.loops.iter().find(|l| super::export::names_loop(dev, l)) {
                 actions.push(Step::detach(l));
+            } else if let Some(m) = super::rbd::mapping_under(obs, dev) {
+                actions.push(Step::UnmapRbd {
+                    id: m.id,
+                    clone: format!("{}/{}", m.pool, m.name),
+                });
             }
         } else if let Some(p) = ctx.manifest.pc(pc) {
             if let Some(l) = loopdev::find(&obs.loops, &p.cow, false) {
@@ -324,12 +336,6 @@ fn preflight(ctx: &Ctx) -> Result<()> {
     for pc in ctx.manifest.pcs.iter().filter(|p| p.export == Export::Nbd) {
         problems.push(format!(
             "{}: export nbd is served by the userspace engine only (set backend: userspace)",
-            pc.name
-        ));
-    }
-    for pc in (ctx.manifest.pcs.iter()).filter(|p| ctx.manifest.storage_of(p) == Storage::Rbd) {
-        problems.push(format!(
-            "{}: storage: rbd is served by the userspace engine only (set backend: userspace): the kernel path does not map rbd images",
             pc.name
         ));
     }

@@ -34,8 +34,8 @@ use crate::room::reset::{discard_path, Reset};
 /// The image version a reset moves a PC to, and the read-only loop that serves it.
 struct NextVersion {
     golden: Golden,
-    /// The version's disk.
-    image: std::path::PathBuf,
+    /// The version (its disk, or its rbd snapshot).
+    image: crate::manifest::Image,
     /// None for a PC that is not applied (only its COW file is reset).
     origin: Option<LoopInfo>,
 }
@@ -53,6 +53,13 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&NextVersion>) -> 
     // A reset that died half way is finished on the version it was on; the PC moves at
     // its next reset.
     let onto = onto.filter(|_| !obs.parked.contains_key(&name));
+    if obs.parked.contains_key(&name) && ctx.manifest.storage_of(pc) == Storage::Rbd {
+        // Its reset stopped in the pause; apply maps its clone and loads its table again.
+        return Err(Error::RbdNotMapped {
+            pc: pc.name.clone(),
+            clone: ctx.manifest.rbd_clone(pc).unwrap_or_default(),
+        });
+    }
     let paused = if obs.parked.contains_key(&name) {
         let paused = finish_parked(ctx, obs, pc, &name, true)?;
         crate::image::golden_record::note_reset(&pc.cow, None)?;
@@ -61,8 +68,12 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&NextVersion>) -> 
         // The record is written with the fresh COW, before the PC's I/O resumes.
         live_reset(ctx, obs, pc, &name, onto)?
     } else if let Some(dev) = obs.linear.get(&name) {
-        let image = onto.map_or(&ctx.image(pc).path, |o| &o.image);
-        super::clone::live_reset(ctx, obs, pc, dev, image, onto.map(|o| &o.golden))?
+        if ctx.manifest.storage_of(pc) == Storage::Rbd {
+            super::rbd::live_reset(ctx, obs, pc, dev, onto.map(|o| &o.image))?
+        } else {
+            let image = onto.map_or(&ctx.image(pc).path, |o| &o.image.path);
+            super::clone::live_reset(ctx, obs, pc, dev, image, onto.map(|o| &o.golden))?
+        }
     } else {
         if let Some(l) = obs.loops.iter().find(|l| same_file(&l.backing, &pc.cow)) {
             return Err(Error::CowAttachedAlone {
@@ -71,9 +82,9 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&NextVersion>) -> 
                 dev: l.dev.clone(),
             });
         }
-        let image = onto.map_or(&ctx.image(pc).path, |o| &o.image);
         let loops = ctx.kernel.loops.as_ref();
-        return reset_file(ctx.manifest, pc, image, onto.map(|o| &o.golden), loops);
+        let due = onto.map(|o| (o.image.clone(), o.golden.clone()));
+        return reset_unserved(ctx.manifest, pc, due.as_ref(), loops);
     };
     Ok(Reset::live(&pc.name, paused, start))
 }
@@ -95,7 +106,7 @@ pub fn reset_many(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Result<Reset>> 
             if !obs.dm.contains_key(&dm_name(&pc.name)) {
                 return Ok(Some(NextVersion {
                     golden,
-                    image: image.path,
+                    image,
                     origin: None,
                 }));
             }
@@ -112,7 +123,7 @@ pub fn reset_many(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<Result<Reset>> 
             };
             Ok(Some(NextVersion {
                 golden,
-                image: image.path,
+                image,
                 origin: Some(origin),
             }))
         })

@@ -24,7 +24,10 @@ fn one(ctx: &Ctx, obs: &Observed, pc: &Pc) -> PcStatus {
             Ok(SnapshotStatus::Unknown) | Err(_) => (PcState::Unknown, None),
         }
     } else if obs.linear.contains_key(&name) {
-        super::clone::status(ctx, pc)
+        match ctx.manifest.storage_of(pc) {
+            crate::manifest::Storage::Rbd => super::rbd::status(ctx, pc),
+            _ => super::clone::status(ctx, pc),
+        }
     } else {
         from_cow_file(ctx.manifest, pc)
     };

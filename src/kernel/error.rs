@@ -268,6 +268,50 @@ pub enum VbladeError {
     Fake(#[from] FakeFailure),
 }
 
+/// The kernel's rbd driver (`RbdMaps`).
+#[derive(Debug, thiserror::Error)]
+pub enum RbdMapError {
+    #[error("the kernel's rbd mapping needs {what} without spaces, commas or control characters")]
+    Field { what: &'static str },
+    #[error("the monitor address {token:?} is not an IP address with a port (the kernel's rbd driver takes addresses, not host names: set mon_host in ceph.conf to addresses)")]
+    Monitor { token: String },
+    #[error("cannot read {}", path.display())]
+    Sysfs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} holds {text:?}, not a number", path.display())]
+    Value { path: PathBuf, text: String },
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the kernel could not map {image} (is the rbd module there, the cluster reachable, the image's lock free?)")]
+    Map {
+        image: String,
+        #[source]
+        source: Box<RbdMapError>,
+    },
+    #[error("no key for client.{client} in {}: the kernel's rbd driver needs the client's key (set keyring in the ceph section)", keyrings.join(", "))]
+    NoKey {
+        client: String,
+        keyrings: Vec<String>,
+    },
+    #[error("the kernel mapped {image}, but no device shows it")]
+    Vanished { image: String },
+    #[error("the kernel could not unmap /dev/rbd{id} (is something still holding it open?)")]
+    Unmap {
+        id: u32,
+        #[source]
+        source: Box<RbdMapError>,
+    },
+    #[error(transparent)]
+    Fake(#[from] FakeFailure),
+}
+
 /// Network interfaces over rtnetlink (`Net`).
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

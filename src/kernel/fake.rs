@@ -44,6 +44,8 @@ pub struct FakeState {
     configfs: BTreeMap<String, Node>,
     pub vblades: BTreeMap<String, RunningVblade>,
     pub interfaces: Vec<Interface>,
+    /// Images the fake rbd driver maps (`fake_rbd.rs`).
+    pub rbd: Vec<super::rbdmap::Mapped>,
     pub log: Vec<String>,
     /// Every call of `log` and every read between them ("dm list", "dm status
     /// cowctl-pc-01", "loop list", "configfs list iscsi", "vblade list"), in order: what a
@@ -94,6 +96,7 @@ impl Fake {
             configfs: Box::new(self.clone()),
             vblade: Box::new(self.clone()),
             net: Box::new(self.clone()),
+            rbd: Box::new(self.clone()),
         }
     }
 
@@ -114,7 +117,7 @@ impl Fake {
         std::mem::take(&mut self.state().trace)
     }
 
-    fn traced(&self, line: String) -> MutexGuard<'_, FakeState> {
+    pub(super) fn traced(&self, line: String) -> MutexGuard<'_, FakeState> {
         let mut s = self.state();
         s.trace.push(line);
         s
@@ -134,7 +137,7 @@ impl Fake {
             .collect()
     }
 
-    fn call(&self, line: String) -> Result<MutexGuard<'_, FakeState>, FakeFailure> {
+    pub(super) fn call(&self, line: String) -> Result<MutexGuard<'_, FakeState>, FakeFailure> {
         let mut s = self.state();
         let fail = s
             .fail_on

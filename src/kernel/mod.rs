@@ -7,14 +7,18 @@ pub mod configfs;
 pub mod devmapper;
 pub mod error;
 pub mod fake;
+mod fake_rbd;
 pub mod lio;
 pub mod loopdev;
 pub mod net;
+pub mod rbdmap;
 pub mod supervise;
 
 use std::fmt;
 
-pub use error::{ConfigfsError, DmError, FakeFailure, LioError, LoopError, NetError, VbladeError};
+pub use error::{
+    ConfigfsError, DmError, FakeFailure, LioError, LoopError, NetError, RbdMapError, VbladeError,
+};
 
 /// A block device number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -65,6 +69,7 @@ pub struct Kernel {
     pub configfs: Box<dyn configfs::ConfigFs>,
     pub vblade: Box<dyn aoe::Vblades>,
     pub net: Box<dyn net::Net>,
+    pub rbd: Box<dyn rbdmap::RbdMaps>,
 }
 
 impl Kernel {
@@ -76,6 +81,7 @@ impl Kernel {
             configfs: Box::new(configfs::RealConfigFs::new(configfs::LIO_ROOT)),
             vblade: Box::new(aoe::ProcessVblades::new(run_dir.join("vblade"))),
             net: Box::new(net::Netlink),
+            rbd: Box::new(rbdmap::SysRbd::new("/sys/bus/rbd")),
         }
     }
 }

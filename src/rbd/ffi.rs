@@ -82,6 +82,7 @@ calls! {
     rados rados_create2: fn(*mut Rados, *const c_char, *const c_char, u64) -> c_int;
     rados rados_conf_read_file: fn(Rados, *const c_char) -> c_int;
     rados rados_conf_set: fn(Rados, *const c_char, *const c_char) -> c_int;
+    rados rados_conf_get: fn(Rados, *const c_char, *mut c_char, usize) -> c_int;
     rados rados_connect: fn(Rados) -> c_int;
     rados rados_shutdown: fn(Rados);
     rados rados_ioctx_create: fn(Rados, *const c_char, *mut IoCtx) -> c_int;
@@ -90,6 +91,7 @@ calls! {
     rbd rbd_open_read_only: fn(IoCtx, *const c_char, *mut RbdImage, *const c_char) -> c_int;
     rbd rbd_close: fn(RbdImage) -> c_int;
     rbd rbd_stat: fn(RbdImage, *mut ImageInfo, usize) -> c_int;
+    rbd rbd_get_id: fn(RbdImage, *mut c_char, usize) -> c_int;
     rbd rbd_read2: fn(RbdImage, u64, usize, *mut c_char, c_int) -> isize;
     rbd rbd_write2: fn(RbdImage, u64, usize, *const c_char, c_int) -> isize;
     rbd rbd_discard: fn(RbdImage, u64, u64) -> c_int;

@@ -431,4 +431,16 @@ impl Image {
         })
         .map(drop)
     }
+
+    /// The image's id in its pool: the name the kernel's driver shows it by
+    /// (`/sys/bus/rbd/devices/N/image_id`), which a rename does not change.
+    pub fn id(&self) -> Result<String> {
+        let mut buf = vec![0u8; 64];
+        // SAFETY: a live handle, a buffer of its length.
+        let ret = unsafe {
+            (self.pool.calls().rbd_get_id)(self.handle, buf.as_mut_ptr().cast(), buf.len())
+        };
+        check(ret.into(), "read the id of", || self.what())?;
+        Ok(owned(buf.as_ptr().cast()))
+    }
 }

@@ -108,6 +108,25 @@ impl Pool {
         &self.name
     }
 
+    /// A value of the client's configuration as librados read it (`mon_host`, `keyring`:
+    /// what the kernel's rbd driver needs to reach the cluster as this client).
+    pub fn conf(&self, key: &str) -> Result<String> {
+        let k = cstr(key, "the option")?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: a connected handle, a buffer of its length.
+        let ret = unsafe {
+            (self.cluster.calls.rados_conf_get)(
+                self.cluster.handle,
+                k.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        check(ret.into(), "read the option", || key.to_string())?;
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+    }
+
     pub(super) fn calls(&self) -> &'static Calls {
         self.cluster.calls
     }

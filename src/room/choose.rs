@@ -13,7 +13,8 @@ pub enum BackendKind {
 
 /// `backend: auto` (the default) picks the kernel when it has device-mapper: its control
 /// node exists, or appears once `dm-snapshot` is loaded. A room with rbd images is served
-/// by `cowctl serve` (the kernel path does not map rbd images).
+/// by `cowctl serve` unless it asks for the kernel (which maps the clones with its rbd
+/// driver): the userspace gateways take each other's PCs over, the kernel does not.
 pub fn choose(m: &Manifest) -> BackendKind {
     match m.backend {
         Backend::Kernel => BackendKind::Kernel,

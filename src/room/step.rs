@@ -74,6 +74,25 @@ pub enum Step {
         pc: String,
         disk: PathBuf,
     },
+    /// An rbd PC's clone (`clone`, `pool/name`) mapped by the kernel's rbd driver, which
+    /// holds its exclusive lock while mapped.
+    #[serde(skip)]
+    MapRbd {
+        pc: String,
+        clone: String,
+    },
+    /// An rbd PC's device: dm `linear` over the kernel's mapping of its clone.
+    #[serde(skip)]
+    CreateLinearRbd {
+        pc: String,
+        clone: String,
+    },
+    /// The kernel's mapping `/dev/rbd<id>` of an rbd PC's clone (`clone`) undone.
+    #[serde(skip)]
+    UnmapRbd {
+        id: u32,
+        clone: String,
+    },
     /// The target as the manifest asks for it; only its device is filled in when it runs.
     #[serde(skip)]
     ExportIscsi {
@@ -153,6 +172,9 @@ impl Step {
             Step::AttachCow { .. } => "attach COW",
             Step::CreateSnapshot { .. } => "create snapshot",
             Step::CreateLinear { .. } => "create linear",
+            Step::MapRbd { .. } => "map rbd",
+            Step::CreateLinearRbd { .. } => "create linear over rbd",
+            Step::UnmapRbd { .. } => "unmap rbd",
             Step::ExportIscsi { .. } => "export iSCSI",
             Step::RecreateIscsi { .. } => "recreate iSCSI",
             Step::StartVblade { .. } => "start vblade",
@@ -188,6 +210,9 @@ impl fmt::Display for Step {
             Step::AttachCow { pc, path } => write!(f, "attach {pc}'s COW {} to a loop device", path.display()),
             Step::CreateSnapshot { pc, .. } => write!(f, "create dm snapshot {} for {pc}", dm_name(pc)),
             Step::CreateLinear { pc, disk } => write!(f, "create dm linear {} for {pc} over its disk {}", dm_name(pc), disk.display()),
+            Step::MapRbd { pc, clone } => write!(f, "map {pc}'s disk {clone} (kernel rbd, exclusive lock)"),
+            Step::CreateLinearRbd { pc, clone } => write!(f, "create dm linear {} for {pc} over its mapped disk {clone}", dm_name(pc)),
+            Step::UnmapRbd { id, clone } => write!(f, "unmap /dev/rbd{id} ({clone})"),
             Step::ExportIscsi { pc, spec } => write!(f, "export {pc} as iSCSI target {}", spec.iqn),
             Step::RecreateIscsi { pc, spec } => write!(f, "re-create iSCSI target {} of {pc}: it differs from the manifest (drops its sessions)", spec.iqn),
             Step::StartVblade { pc, address, .. } => write!(f, "start vblade {address} for {pc}"),

@@ -35,6 +35,17 @@ pub fn cluster() -> &'static Cluster {
 }
 
 impl Cluster {
+    /// A cluster somebody else started and stops, in `dir` (the VM's tests use the host's,
+    /// started by scripts/test-vm-rbd.sh).
+    pub fn existing(dir: PathBuf) -> Cluster {
+        assert!(
+            dir.join("ceph.conf").exists(),
+            "no cluster in {}",
+            dir.display()
+        );
+        Cluster { dir }
+    }
+
     pub fn conf(&self) -> PathBuf {
         self.dir.join("ceph.conf")
     }

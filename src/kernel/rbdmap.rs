@@ -1,0 +1,349 @@
+//! The kernel's `rbd` driver: RBD images mapped as block devices (`/dev/rbdN`) through
+//! sysfs (`/sys/bus/rbd/add_single_major`, `remove_single_major`, `devices/N/*`), as
+//! `rbd device map` does, without its wait for udev (the test VM has none). A mapping
+//! takes the image's exclusive lock and keeps it (`exclusive`): no other client writes
+//! the image while the kernel serves it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::error::RbdMapError;
+use super::DevNum;
+
+/// An image mapped by the kernel, as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapped {
+    /// The N of `/dev/rbdN` and `/sys/bus/rbd/devices/N`.
+    pub id: u32,
+    pub pool: String,
+    /// The name it was mapped by (a later rename does not change it).
+    pub name: String,
+    /// The image's id in its pool: what names it across renames.
+    pub image_id: String,
+    pub number: DevNum,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl Mapped {
+    pub fn dev(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/rbd{}", self.id))
+    }
+}
+
+/// How the kernel's client reaches the cluster: the monitors' addresses, msgr2 or the
+/// legacy protocol, and the client's name and secret (cephx).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MapRequest {
+    pub monitors: Vec<SocketAddr>,
+    pub msgr2: bool,
+    pub client: String,
+    pub secret: String,
+    pub pool: String,
+    pub image: String,
+}
+
+impl fmt::Debug for MapRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "map {}/{} (client.{})",
+            self.pool, self.image, self.client
+        )
+    }
+}
+
+/// A value the add line carries in one field: no space, comma or control character (a
+/// name or secret that had one would change the line's meaning).
+fn plain(what: &'static str, value: &str) -> Result<(), RbdMapError> {
+    let bad = |c: char| c.is_whitespace() || c == ',' || c.is_control();
+    if value.is_empty() || value.contains(bad) {
+        return Err(RbdMapError::Field { what });
+    }
+    Ok(())
+}
+
+impl MapRequest {
+    /// The line written to `add_single_major`: "MONS OPTIONS POOL IMAGE -" (no snapshot:
+    /// the image itself, read-write). Checked field by field first.
+    pub fn line(&self) -> Result<String, RbdMapError> {
+        if self.monitors.is_empty() {
+            return Err(RbdMapError::Field { what: "monitors" });
+        }
+        plain("client name", &self.client)?;
+        plain("secret", &self.secret)?;
+        plain("pool", &self.pool)?;
+        plain("image", &self.image)?;
+        let mons: Vec<String> = self.monitors.iter().map(ToString::to_string).collect();
+        // A lock held by a live peer is refused (EROFS) rather than waited for forever.
+        let mut options = format!(
+            "name={},secret={},exclusive,lock_timeout=30",
+            self.client, self.secret
+        );
+        if self.msgr2 {
+            options.push_str(",ms_mode=prefer-crc");
+        }
+        Ok(format!(
+            "{} {options} {} {} -",
+            mons.join(","),
+            self.pool,
+            self.image
+        ))
+    }
+}
+
+/// Monitors as ceph.conf's `mon_host` names them ("v2:1.2.3.4:3300", "[v2:…,v1:…]",
+/// "1.2.3.4:6789, 5.6.7.8"): the msgr2 addresses when there are any, else the legacy
+/// ones (port 6789 when none is given). The kernel takes addresses only, no host names.
+pub fn monitors(mon_host: &str) -> Result<(Vec<SocketAddr>, bool), RbdMapError> {
+    let (mut v2, mut v1) = (Vec::new(), Vec::new());
+    for token in mon_host
+        .split(|c: char| c == ',' || c == ';' || c.is_whitespace() || c == '[' || c == ']')
+        .filter(|t| !t.is_empty())
+    {
+        let (list, addr) = match token.split_once(':') {
+            Some(("v2", rest)) => (&mut v2, rest),
+            Some(("v1", rest)) => (&mut v1, rest),
+            _ => (&mut v1, token),
+        };
+        let parsed = addr
+            .parse::<SocketAddr>()
+            .or_else(|_| format!("{addr}:6789").parse())
+            .map_err(|_| RbdMapError::Monitor {
+                token: token.to_string(),
+            })?;
+        list.push(parsed);
+    }
+    match (v2.is_empty(), v1.is_empty()) {
+        (false, _) => Ok((v2, true)),
+        (true, false) => Ok((v1, false)),
+        (true, true) => Err(RbdMapError::Field { what: "monitors" }),
+    }
+}
+
+/// The client's key in a keyring file (`[client.NAME]` … `key = …`).
+pub fn key_in_keyring(text: &str, client: &str) -> Option<String> {
+    let section = format!("[client.{client}]");
+    let mut inside = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == section;
+        } else if inside {
+            if let Some((k, v)) = line.split_once('=') {
+                if k.trim() == "key" {
+                    return Some(v.trim().to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Images mapped by the kernel.
+pub trait RbdMaps: Send + Sync {
+    fn list(&self) -> Result<Vec<Mapped>, RbdMapError>;
+    /// Maps the image; returns its device once the kernel made it.
+    fn map(&self, req: &MapRequest) -> Result<Mapped, RbdMapError>;
+    /// Unmaps device `id` (refused while something holds it open, as dm does).
+    fn unmap(&self, id: u32) -> Result<(), RbdMapError>;
+}
+
+/// The real driver under `/sys/bus/rbd`.
+pub struct SysRbd {
+    root: PathBuf,
+}
+
+impl SysRbd {
+    pub fn new(root: impl Into<PathBuf>) -> SysRbd {
+        SysRbd { root: root.into() }
+    }
+
+    fn read(&self, path: &Path) -> Result<String, RbdMapError> {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|source| RbdMapError::Sysfs {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+
+    fn device(&self, id: u32) -> Result<Mapped, RbdMapError> {
+        let dir = self.root.join("devices").join(id.to_string());
+        let num = |f: &str| -> Result<u32, RbdMapError> {
+            let path = dir.join(f);
+            let text = self.read(&path)?;
+            text.parse().map_err(|_| RbdMapError::Value { path, text })
+        };
+        let size_path = dir.join("size");
+        let size = self.read(&size_path)?;
+        Ok(Mapped {
+            id,
+            pool: self.read(&dir.join("pool"))?,
+            name: self.read(&dir.join("name"))?,
+            image_id: self.read(&dir.join("image_id"))?,
+            number: DevNum {
+                major: num("major")?,
+                minor: num("minor")?,
+            },
+            size: size.parse().map_err(|_| RbdMapError::Value {
+                path: size_path,
+                text: size.clone(),
+            })?,
+        })
+    }
+
+    fn write(&self, file: &str, line: &str) -> Result<(), RbdMapError> {
+        use std::io::Write;
+        let path = self.root.join(file);
+        let failed = |source| RbdMapError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(failed)?;
+        // One write: sysfs takes the line whole, and answers with the kernel's errno.
+        f.write_all(line.as_bytes()).map_err(failed)
+    }
+}
+
+impl RbdMaps for SysRbd {
+    fn list(&self) -> Result<Vec<Mapped>, RbdMapError> {
+        let dir = self.root.join("devices");
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            other => other.map_err(|source| RbdMapError::Sysfs { path: dir, source })?,
+        };
+        let mut ids: Vec<u32> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        // A device unmapped while listed is skipped, not an error.
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| self.device(id).ok())
+            .collect())
+    }
+
+    fn map(&self, req: &MapRequest) -> Result<Mapped, RbdMapError> {
+        let line = req.line()?;
+        super::modprobe("rbd");
+        let before: Vec<u32> = self.list()?.iter().map(|m| m.id).collect();
+        self.write("add_single_major", &line)
+            .map_err(|e| RbdMapError::Map {
+                image: format!("{}/{}", req.pool, req.image),
+                source: Box::new(e),
+            })?;
+        self.list()?
+            .into_iter()
+            .find(|m| !before.contains(&m.id) && m.pool == req.pool && m.name == req.image)
+            .ok_or_else(|| RbdMapError::Vanished {
+                image: format!("{}/{}", req.pool, req.image),
+            })
+    }
+
+    fn unmap(&self, id: u32) -> Result<(), RbdMapError> {
+        self.write("remove_single_major", &id.to_string())
+            .map_err(|e| RbdMapError::Unmap {
+                id,
+                source: Box::new(e),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monitors_are_read_as_ceph_writes_them() {
+        let (m, v2) = monitors("v2:10.97.0.1:5568").unwrap();
+        assert_eq!((m, v2), (vec!["10.97.0.1:5568".parse().unwrap()], true));
+        let (m, v2) =
+            monitors("[v2:10.0.0.1:3300,v1:10.0.0.1:6789],[v2:10.0.0.2:3300,v1:10.0.0.2:6789]")
+                .unwrap();
+        assert!(v2);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1], "10.0.0.2:3300".parse().unwrap());
+        let (m, v2) = monitors("10.0.0.1, 10.0.0.2:6790").unwrap();
+        assert!(!v2);
+        assert_eq!(m[0], "10.0.0.1:6789".parse().unwrap());
+        assert_eq!(m[1], "10.0.0.2:6790".parse().unwrap());
+        assert!(matches!(
+            monitors("mon.example:3300"),
+            Err(RbdMapError::Monitor { .. })
+        ));
+        assert!(monitors(" ").is_err());
+    }
+
+    #[test]
+    fn the_add_line_carries_each_field_in_its_place() {
+        let mut req = MapRequest {
+            monitors: vec!["10.0.0.1:3300".parse().unwrap()],
+            msgr2: true,
+            client: "admin".into(),
+            secret: "AQAo==".into(),
+            pool: "rbd".into(),
+            image: "room.pc-1".into(),
+        };
+        assert_eq!(
+            req.line().unwrap(),
+            "10.0.0.1:3300 name=admin,secret=AQAo==,exclusive,lock_timeout=30,ms_mode=prefer-crc rbd room.pc-1 -"
+        );
+        assert!(
+            !format!("{req:?}").contains("AQAo"),
+            "the secret stays out of logs"
+        );
+        req.image = "a b".into();
+        assert!(matches!(
+            req.line(),
+            Err(RbdMapError::Field { what: "image" })
+        ));
+        req.image = "x".into();
+        req.client = "admin,secret=x".into();
+        assert!(matches!(
+            req.line(),
+            Err(RbdMapError::Field {
+                what: "client name"
+            })
+        ));
+    }
+
+    #[test]
+    fn the_clients_key_is_found_in_its_section() {
+        let text = "[client.other]\n\tkey = AAA\n[client.admin]\n\tkey = BBB==\n\tcaps mon = \"allow *\"\n";
+        assert_eq!(key_in_keyring(text, "admin").as_deref(), Some("BBB=="));
+        assert_eq!(key_in_keyring(text, "nobody"), None);
+    }
+
+    #[test]
+    fn sysfs_devices_are_read_and_the_add_line_written() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root.path().join("devices/3");
+        std::fs::create_dir_all(&dev).unwrap();
+        for (f, v) in [
+            ("pool", "rbd\n"),
+            ("name", "room.pc-1\n"),
+            ("image_id", "101b43df8214\n"),
+            ("major", "254\n"),
+            ("minor", "48\n"),
+            ("size", "8388608\n"),
+        ] {
+            std::fs::write(dev.join(f), v).unwrap();
+        }
+        let sys = SysRbd::new(root.path());
+        let listed = sys.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].image_id, "101b43df8214");
+        assert_eq!(listed[0].number.to_string(), "254:48");
+        assert_eq!(listed[0].dev(), Path::new("/dev/rbd3"));
+        std::fs::write(root.path().join("remove_single_major"), "").unwrap();
+        sys.unmap(3).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("remove_single_major")).unwrap(),
+            "3"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! The kernel path on rbd storage (VM only, through scripts/test-vm-rbd.sh, which starts a
+//! real Ceph cluster on the host, bound to a tap device whose other end is the VM's NIC):
+//! `backend: kernel` maps each PC's clone with the kernel's rbd driver (which holds the
+//! clone's exclusive lock) and LIO exports a dm linear device over it. open-iscsi in the VM
+//! writes through it; status counts the clone's objects as `rbd du` does; a live reset
+//! swaps in a fresh clone while the initiator stays logged in; down unmaps everything and
+//! keeps the clone, whose bytes the next apply serves again; a second cowctl cannot serve
+//! a PC the kernel maps.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::ceph::Cluster;
+use common::kernel::{modprobe, modprobe_room, read_device, require_vm, sh, Iscsid};
+use common::room::{Golden, Iscsi, Pc, RoomBuilder};
+
+const MIB: usize = 1 << 20;
+const TARGET: &str = "iqn.2024-01.lan.krbd:pc-1";
+
+fn mapped() -> Vec<(String, PathBuf)> {
+    let Ok(dir) = std::fs::read_dir("/sys/bus/rbd/devices") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .map(|e| {
+            let name = std::fs::read_to_string(e.path().join("name")).unwrap();
+            let id = e.file_name().into_string().unwrap();
+            (
+                name.trim().to_string(),
+                PathBuf::from(format!("/dev/rbd{id}")),
+            )
+        })
+        .collect()
+}
+
+fn region(dev: &Path, at: usize, len: usize) -> Vec<u8> {
+    read_device(dev)[at..at + len].to_vec()
+}
+
+fn write_through(dev: &Path, at: usize, byte: u8) {
+    common::kernel::write_device(dev, at as u64, &vec![byte; MIB]);
+    sh("sync", &[]);
+}
+
+#[test]
+#[ignore = "needs the VM and the host's cluster: scripts/test-vm-rbd.sh"]
+fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
+    require_vm();
+    modprobe_room();
+    modprobe("rbd");
+    let dir = std::env::var("COWCTL_TEST_CEPH_DIR").expect("set by scripts/test-vm-rbd.sh");
+    let c = Cluster::existing(dir.into());
+    c.golden("kgold", "base", &vec![7; 16 * MIB]);
+    let room = RoomBuilder::kernel()
+        .golden(Golden::Rbd("kgold@base".into()))
+        .extra(&c.section("kroom"))
+        .cow("8MiB", "4KiB")
+        .iscsi(
+            Iscsi::new("iqn.2024-01.lan.krbd")
+                .portal("127.0.0.1:3260")
+                .acl("open"),
+        )
+        .pc(Pc::new("pc-1"))
+        .build();
+
+    let applied = room.cowctl(&["apply"]);
+    for step in [
+        "clone pc-1's disk rbd/kroom.pc-1 from rbd/kgold@base (rbd)",
+        "map pc-1's disk rbd/kroom.pc-1 (kernel rbd, exclusive lock)",
+        "create dm linear cowctl-pc-1 for pc-1 over its mapped disk rbd/kroom.pc-1",
+    ] {
+        assert!(applied.contains(step), "{step:?} not in:\n{applied}");
+    }
+    assert_eq!(c.parent("kroom.pc-1").as_deref(), Some("rbd/kgold@base"));
+    let maps = mapped();
+    assert_eq!(maps.len(), 1, "{maps:?}");
+    assert_eq!(maps[0].0, "kroom.pc-1");
+    let plan = room.cowctl(&["plan"]);
+    assert!(
+        !plan.contains("map "),
+        "an applied room has nothing to map: {plan}"
+    );
+
+    // A second cowctl (a userspace gateway) cannot serve the clone the kernel holds.
+    let other = RoomBuilder::userspace()
+        .golden(Golden::Rbd("kgold@base".into()))
+        .extra(&c.section("kroom"))
+        .cow("8MiB", "4KiB")
+        .export("nbd")
+        .pc(Pc::new("pc-1"))
+        .build();
+    let refused = other.refused(&["apply"]);
+    assert!(refused.contains("pc-1"), "{refused}");
+    assert!(
+        refused.contains("lock") || refused.contains("held"),
+        "{refused}"
+    );
+    drop(other);
+
+    // open-iscsi writes through LIO, the linear device and the mapping into the clone.
+    let iscsid = Iscsid::start();
+    iscsid.iface("pc", "iqn.2024-01.lan.krbd:init-1");
+    let disk = iscsid.login("pc", TARGET, None).unwrap();
+    assert_eq!(
+        region(&disk, 0, MIB),
+        vec![7; MIB],
+        "a fresh clone is its image"
+    );
+    write_through(&disk, MIB, 0x11);
+    assert_eq!(region(&disk, MIB, MIB), vec![0x11; MIB]);
+    let row = room.status_of("pc-1");
+    let used = row["used_sectors"].as_u64().unwrap() * 512;
+    assert_eq!(used, MIB as u64, "{row}");
+    assert_eq!(c.du("kroom.pc-1"), used, "status and rbd du agree");
+    assert_eq!(row["total_sectors"].as_u64().unwrap() * 512, 8 * MIB as u64);
+    assert_eq!(row["initiators"].as_array().map(Vec::len), Some(1), "{row}");
+
+    // A live reset: the initiator stays logged in and finds the image again.
+    let reset = room.cowctl(&["reset", "pc-1"]);
+    assert!(reset.contains("pc-1"), "{reset}");
+    eprintln!(
+        "reset on the kernel path (TCG, not a performance figure): {}",
+        reset.trim()
+    );
+    iscsid.wait_logged_in(TARGET);
+    assert_eq!(region(&disk, MIB, MIB), vec![7; MIB], "back to the image");
+    assert_eq!(c.du("kroom.pc-1"), 0);
+    assert_eq!(room.status_of("pc-1")["used_sectors"], 0);
+    let images = c.images();
+    assert!(
+        !images.iter().any(|i| i.starts_with("kroom.pc-1.")),
+        "the old clone is removed: {images:?}"
+    );
+    assert_eq!(
+        mapped().len(),
+        1,
+        "the old clone is unmapped: {:?}",
+        mapped()
+    );
+
+    // Down unmaps and keeps the clone; the next apply serves its bytes again.
+    write_through(&disk, 2 * MIB, 0x22);
+    iscsid.logout("pc", TARGET);
+    let down = room.cowctl(&["down"]);
+    assert!(down.contains("unmap /dev/rbd"), "{down}");
+    assert!(mapped().is_empty(), "{:?}", mapped());
+    assert!(!sh("dmsetup", &["ls"]).contains("cowctl-"));
+    assert!(!Path::new("/sys/kernel/config/target/iscsi")
+        .join(TARGET)
+        .exists());
+    assert_eq!(
+        c.du("kroom.pc-1"),
+        MIB as u64,
+        "the clone and its write stay"
+    );
+    room.cowctl(&["apply"]);
+    let maps = mapped();
+    assert_eq!(maps.len(), 1, "{maps:?}");
+    assert_eq!(region(&maps[0].1, 2 * MIB, MIB), vec![0x22; MIB]);
+    room.cowctl(&["down"]);
+    assert!(mapped().is_empty());
+}
