@@ -36,7 +36,7 @@ ip link set "$tap" up
 scripts/ceph/cluster.sh start "$work/ceph" --addr "$host_addr" --owner-pid $$
 status=0
 COWCTL_VM_TAP=$tap COWCTL_VM_TAP_ADDR=$guest_addr/30 COWCTL_TEST_CEPH_DIR=$work/ceph \
-    RUST_BACKTRACE=1 scripts/vm.sh run "$bin" --ignored --test-threads=1 --color=never 2>&1 |
+    RUST_BACKTRACE=1 scripts/vm.sh run "$bin" --ignored --test-threads=1 --color=never ${COWCTL_TEST_NOCAPTURE:+--nocapture} 2>&1 |
     sed -u "s/\x1b\[[0-9;]*m//g" | tee "$work/vm.log" || status=1
 grep -q "test result: ok. 1 passed" "$work/vm.log" || status=1
 if ((status)); then echo "test-vm-rbd: FAILED" >&2; else echo "test-vm-rbd: 1 passed (the VM's kernel maps clones from this host's cluster, LIO exports them)"; fi

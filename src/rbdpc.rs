@@ -418,6 +418,16 @@ impl Cluster {
         self.disk_of(pc, fresh, true)
     }
 
+    /// Says in the clone's metadata that this host's kernel serves it (its lock names
+    /// only the kernel's client): no gateway takes it for a dead predecessor's and breaks it.
+    pub fn mark_kernel(&self, m: &Manifest, clone: &str) -> Result<()> {
+        let image = self.pool.open(clone)?;
+        image.remove_metadata(HOST_KEY)?;
+        image.remove_metadata(PID_KEY)?;
+        image.set_metadata(GATEWAY_KEY, &format!("{} (its kernel)", gateway_name(m)))?;
+        Ok(())
+    }
+
     /// The fill of a PC nobody serves here: its clone's objects, against its quota.
     pub fn usage(&self, m: &Manifest, pc: &Pc) -> Result<Usage> {
         let image = self.open_image(m, pc, true)?;

@@ -5,7 +5,7 @@
 //! writes through it; status counts the clone's objects as `rbd du` does; a live reset
 //! swaps in a fresh clone while the initiator stays logged in; down unmaps everything and
 //! keeps the clone, whose bytes the next apply serves again; a second cowctl cannot serve
-//! a PC the kernel maps.
+//! a PC the kernel maps; a PC taken out of the manifest is unmapped by the next apply.
 
 mod common;
 
@@ -61,7 +61,7 @@ fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
                 .portal("127.0.0.1:3260")
                 .acl("open"),
         )
-        .pc(Pc::new("pc-1"))
+        .pc(Pc::new("pc-{1..2}"))
         .build();
 
     let applied = room.cowctl(&["apply"]);
@@ -73,9 +73,9 @@ fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
         assert!(applied.contains(step), "{step:?} not in:\n{applied}");
     }
     assert_eq!(c.parent("kroom.pc-1").as_deref(), Some("rbd/kgold@base"));
-    let maps = mapped();
-    assert_eq!(maps.len(), 1, "{maps:?}");
-    assert_eq!(maps[0].0, "kroom.pc-1");
+    let mut names: Vec<String> = mapped().into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    assert_eq!(names, ["kroom.pc-1", "kroom.pc-2"]);
     let plan = room.cowctl(&["plan"]);
     assert!(
         !plan.contains("map "),
@@ -91,12 +91,24 @@ fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
         .pc(Pc::new("pc-1"))
         .build();
     let refused = other.refused(&["apply"]);
-    assert!(refused.contains("pc-1"), "{refused}");
     assert!(
-        refused.contains("lock") || refused.contains("held"),
+        refused.contains("pc-1's disk rbd/kroom.pc-1 is served by another gateway")
+            && refused.contains("(its kernel)"),
         "{refused}"
     );
     drop(other);
+
+    // A PC taken out of the manifest: its export and device go, its clone is unmapped.
+    std::fs::write(&room.manifest, room.text.replace("pc-{1..2}", "pc-1")).unwrap();
+    let applied = room.cowctl(&["apply"]);
+    assert!(applied.contains("unmap /dev/rbd"), "{applied}");
+    let maps = mapped();
+    assert_eq!(maps.len(), 1, "{maps:?}");
+    assert_eq!(maps[0].0, "kroom.pc-1");
+    assert!(
+        c.images().contains(&"kroom.pc-2".to_string()),
+        "its clone stays"
+    );
 
     // open-iscsi writes through LIO, the linear device and the mapping into the clone.
     let iscsid = Iscsid::start();
@@ -118,6 +130,7 @@ fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
 
     // A live reset: the initiator stays logged in and finds the image again.
     let reset = room.cowctl(&["reset", "pc-1"]);
+    assert!(reset.contains("paused"), "a live reset: {reset}");
     assert!(reset.contains("pc-1"), "{reset}");
     eprintln!(
         "reset on the kernel path (TCG, not a performance figure): {}",

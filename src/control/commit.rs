@@ -22,14 +22,18 @@ pub fn commit(
             pc: pc.name.clone(),
         });
     }
-    if !obs.dm.contains_key(&name) && !obs.linear.contains_key(&name) {
-        return Ok(crate::image::commit_pc(ctx.manifest, pc, version, note)?);
-    }
     if ctx.manifest.storage_of(pc) == crate::manifest::Storage::Rbd {
         // The kernel holds the clone's lock for as long as it maps it.
-        return Err(Error::CommitMapped {
-            pc: pc.name.clone(),
-        });
+        let mut down = Vec::new();
+        super::rbd::teardown(ctx, &obs, &pc.name, &mut down);
+        if obs.linear.contains_key(&name) || !down.is_empty() {
+            return Err(Error::CommitMapped {
+                pc: pc.name.clone(),
+            });
+        }
+    }
+    if !obs.dm.contains_key(&name) && !obs.linear.contains_key(&name) {
+        return Ok(crate::image::commit_pc(ctx.manifest, pc, version, note)?);
     }
     let in_use = match &pc.export {
         Export::Iscsi { target, .. } => obs

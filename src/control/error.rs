@@ -56,6 +56,8 @@ pub enum Error {
     },
     #[error("{pc}'s disk is mapped by this host's kernel, which holds its lock: take it down first (`cowctl down {pc}`), commit, then apply")]
     CommitMapped { pc: String },
+    #[error("{pc}'s last reset stopped in its pause: `cowctl apply` maps its clone and loads its device's table again, then it can be reset")]
+    RbdParked { pc: String },
     #[error("{pc}'s disk {clone} is not mapped by the kernel; apply maps it")]
     RbdNotMapped { pc: String, clone: String },
     #[error("{pc}'s device is over {served}, but its disk is {manifest}: nothing was changed")]

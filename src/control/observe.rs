@@ -57,15 +57,9 @@ impl Observed {
         if pcs.len() >= room.pcs.len() {
             let mut obs = Self::dm_devices(k, false)?;
             obs.targets = lio.observe()?;
-            if room.uses_rbd() {
-                obs.rbd = k.rbd.list()?;
-            }
             return Ok(obs);
         }
         let mut obs = Observed::default();
-        if room.uses_rbd() {
-            obs.rbd = k.rbd.list()?;
-        }
         // Listed only if a PC has no device, to tell "not applied" from a failed read.
         let mut listed: Option<Vec<String>> = None;
         for pc in pcs {

@@ -38,7 +38,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Step>> {
         }
     }
     // Devices of PCs no longer in the manifest are taken down (their COW files stay).
-    let orphans: Vec<String> = obs
+    let mut orphans: Vec<String> = obs
         .dm
         .keys()
         .chain(obs.linear.keys())
@@ -46,6 +46,11 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Step>> {
         .filter(|pc| ctx.manifest.pc(pc).is_none())
         .map(String::from)
         .collect();
+    for pc in super::rbd::mapped_orphans(ctx, obs) {
+        if !orphans.contains(&pc) {
+            orphans.push(pc);
+        }
+    }
     actions.extend(teardown(ctx, obs, &orphans, true).flatten());
     Ok(actions)
 }
@@ -291,6 +296,7 @@ fn teardown(ctx: &Ctx, obs: &Observed, pcs: &[String], keep_needed_images: bool)
                 actions.push(Step::detach(l));
             }
         }
+        super::rbd::teardown(ctx, obs, pc, &mut actions);
         if !actions.is_empty() {
             groups.push(actions);
         }
@@ -339,6 +345,7 @@ fn preflight(ctx: &Ctx) -> Result<()> {
             pc.name
         ));
     }
+    problems.extend(super::rbd::preflight(ctx.manifest));
     for pc in ctx.manifest.pcs.iter().filter(|p| p.read_only) {
         problems.push(format!(
             "{}: read_only is served by the userspace engine only (set backend: userspace): the kernel's snapshot target writes its COW",

@@ -115,10 +115,12 @@ pub fn plan_actions(ctx: &Ctx, obs: &Observed, pc: &Pc, actions: &mut Vec<Step>)
         });
     }
     let clone = cluster.pool().spec(&clone_name(m, pc)?);
+    let mut mapped = None;
     if cluster.has_disk(m, pc)? {
         // The guard, as the userspace engine's: a clone of another image is refused.
         cluster.usage(m, pc)?;
-        if mapping_of(&cluster, obs, m, pc)?.is_none() {
+        mapped = mapping_of(&cluster, obs, m, pc)?;
+        if mapped.is_none() {
             if let Some(holder) = cluster.holder(m, pc)? {
                 return Err(Error::RbdHeld {
                     pc: pc.name.clone(),
@@ -148,8 +150,9 @@ pub fn plan_actions(ctx: &Ctx, obs: &Observed, pc: &Pc, actions: &mut Vec<Step>)
             pc: pc.name.clone(),
         });
     }
-    // A parked device (a reset stopped in its pause) gets its table and export again.
-    let up = obs.linear.contains_key(&name);
+    // A parked device (a reset stopped in its pause), or one over anything but this
+    // clone's mapping, gets its table (and export) again.
+    let up = (obs.linear.get(&name).zip(mapped)).is_some_and(|(dev, m)| names_mapping(dev, m));
     if !up {
         actions.push(Step::CreateLinearRbd {
             pc: pc.name.clone(),
@@ -175,7 +178,9 @@ pub fn run_step(ctx: &Ctx, step: &Step) -> Result<()> {
         Step::MapRbd { pc, .. } => {
             let pc = pc_of(pc)?;
             let cluster = crate::rbdpc::cluster_of(m, pc)?;
-            let req = map_request(&cluster, m, &clone_name(m, pc)?)?;
+            let clone = clone_name(m, pc)?;
+            let req = map_request(&cluster, m, &clone)?;
+            cluster.mark_kernel(m, &clone)?;
             Ok(ctx.kernel.rbd.map(&req).map(drop)?)
         }
         Step::CreateLinearRbd { pc, clone } => {
@@ -232,55 +237,54 @@ pub fn live_reset(
         pc: pc.name.clone(),
         clone: cluster.pool().spec(&clone),
     })?;
-    if image_id(&cluster, &clone)?.as_deref() != Some(old.image_id.as_str()) {
+    let ours = old.pool == cluster.pool().name()
+        && image_id(&cluster, &clone)?.as_deref() == Some(old.image_id.as_str());
+    if !ours {
         return Err(Error::OtherRbd {
             pc: pc.name.clone(),
             served: format!("{}/{}", old.pool, old.name),
             manifest: cluster.pool().spec(&clone),
         });
     }
-    // The fresh clone is made before the PC pauses. The kernel holds a mapped clone's
-    // lock, and a locked clone cannot be renamed: in the pause the old one is let go of
-    // before the renames, and the fresh one mapped after them.
+    // Everything that can fail without the cluster is done before the PC pauses: the
+    // fresh clone made and marked, the request that maps it built and checked.
+    let req = map_request(&cluster, &m, &clone)?;
+    req.line()?;
     let next = cluster.prepare_fresh(&m, &pc)?;
+    cluster.mark_kernel(&m, &next)?;
     let mut aside = None;
     let paused = while_paused(ctx, obs, &pc, &name, || {
-        aside = Some(swap(ctx, &cluster, (&m, &pc), old, &next)?);
-        Ok(())
+        swap(ctx, &cluster, (&m, &pc), (old, &req), (&next, &mut aside))
     });
-    let paused = match paused {
-        Ok(p) => p,
-        Err(e) => {
-            if aside.is_none() {
-                let _ = cluster.remove_aside(&next);
-            }
-            return Err(e);
-        }
-    };
-    // The old clone goes now that the PC is back on the fresh one.
-    if let Some(aside) = aside {
-        cluster.remove_aside(&aside)?;
+    if let (Err(_), None) = (&paused, &aside) {
+        let _ = cluster.remove_aside(&next);
     }
-    Ok(paused)
+    // The old clone goes once the PC is back on the fresh one (even if bringing the export
+    // back failed: the PC's disk is the fresh clone now).
+    if let Some(aside) = aside {
+        if let Err(e) = cluster.remove_aside(&aside) {
+            tracing::warn!(pc = %pc.name, "after the reset: {}", crate::base::logtext::chain(&e));
+        }
+    }
+    paused
 }
 
 /// The pause of a live reset: the device parked on an error table, the old clone
-/// unmapped and renamed aside, the fresh one (`next`) renamed into its place, mapped, and
-/// the table loaded over it. Returns the name the old clone was set aside as. On failure
-/// the old clone is put back and mapped again as far as it can be.
+/// unmapped and renamed aside (its new name goes into `aside` at once), the fresh one
+/// (`next`) renamed into its place, mapped with `req`, and the table loaded over it. On
+/// failure before the fresh clone is mapped, the old clone is put back and mapped again.
 fn swap(
     ctx: &Ctx,
     cluster: &Cluster,
     (m, pc): (&Manifest, &Pc),
-    old: &Mapped,
-    next: &str,
-) -> Result<String> {
+    (old, req): (&Mapped, &MapRequest),
+    (next, aside): (&str, &mut Option<String>),
+) -> Result<()> {
     let k = ctx.kernel;
     let name = dm_name(&pc.name);
     let clone = clone_name(m, pc)?;
-    let map_clone = || -> Result<Mapped> { Ok(k.rbd.map(&map_request(cluster, m, &clone)?)?) };
     let back_on_old = || -> Result<()> {
-        let again = map_clone()?;
+        let again = k.rbd.map(req)?;
         Ok(k.dm.replace(&name, &linear_over(&again))?)
     };
     k.dm.replace(&name, &Target::error(old.size / 512))?;
@@ -288,24 +292,92 @@ fn swap(
         let _ = k.dm.replace(&name, &linear_over(old));
         return Err(e.into());
     }
-    let aside = match cluster.swap_in(m, pc, next) {
+    let set_aside = match cluster.swap_in(m, pc, next) {
         Ok(a) => a,
         Err(e) => {
             let _ = back_on_old();
             return Err(e.into());
         }
     };
-    match map_clone() {
+    match k.rbd.map(req) {
         Ok(fresh) => {
-            k.dm.replace(&name, &linear_over(&fresh))?;
-            Ok(aside)
+            *aside = Some(set_aside);
+            // Failing here leaves the device parked over nothing: apply loads its table.
+            Ok(k.dm.replace(&name, &linear_over(&fresh))?)
         }
         Err(e) => {
             let pool = cluster.pool();
             let _ = pool.rename(&clone, next);
-            let _ = pool.rename(&aside, &clone);
+            let _ = pool.rename(&set_aside, &clone);
             let _ = back_on_old();
-            Err(e)
+            Err(e.into())
         }
     }
+}
+
+/// What the kernel path cannot do for rbd PCs, found before any change.
+pub fn preflight(m: &Manifest) -> Vec<String> {
+    let mut problems = Vec::new();
+    let rbd = |p: &&Pc| m.storage_of(p) == crate::manifest::Storage::Rbd;
+    if !m.gateways.is_empty() && m.pcs.iter().any(|p| rbd(&p)) {
+        problems.push(
+            "gateways: several gateways that take over each other's PCs are cowctl serve's (set backend: userspace); the kernel maps every PC on the host it runs on".into(),
+        );
+    }
+    for pc in m.pcs.iter().filter(rbd).filter(|p| p.autoextend.is_some()) {
+        problems.push(format!(
+            "{}: autoextend: on the kernel path an rbd PC's quota is watched, not enforced, so there is nothing to extend (remove autoextend, or set backend: userspace)",
+            pc.name
+        ));
+    }
+    problems
+}
+
+/// The PC's clone's name in its pool, from the manifest's ceph section, for a PC that
+/// may no longer be in the manifest.
+fn clone_of(m: &Manifest, pc: &str) -> Option<(String, String)> {
+    let ceph = m.ceph.as_ref()?;
+    Some((ceph.settings.pool.clone(), format!("{}.{pc}", ceph.prefix)))
+}
+
+/// `down`'s steps for what the kernel maps of `pc`'s clone, after its export and device
+/// went: a device parked by a reset that stopped in its pause, then every mapping of the
+/// clone (a reset maps the clone by its name, so a mapping's name is the clone's).
+pub fn teardown(ctx: &Ctx, obs: &Observed, pc: &str, actions: &mut Vec<Step>) {
+    let Some((pool, clone)) = clone_of(ctx.manifest, pc) else {
+        return;
+    };
+    let name = dm_name(pc);
+    if obs.parked.contains_key(&name)
+        && ctx
+            .manifest
+            .pc(pc)
+            .is_none_or(|p| ctx.manifest.storage_of(p) == crate::manifest::Storage::Rbd)
+    {
+        actions.push(Step::RemoveSnapshot { name });
+    }
+    for m in obs.rbd.iter().filter(|m| m.pool == pool && m.name == clone) {
+        let step = Step::UnmapRbd {
+            id: m.id,
+            clone: format!("{}/{}", m.pool, m.name),
+        };
+        if !actions.contains(&step) {
+            actions.push(step);
+        }
+    }
+}
+
+/// PCs no longer in the manifest whose clones the kernel still maps (`<prefix>.<pc>`).
+pub fn mapped_orphans(ctx: &Ctx, obs: &Observed) -> Vec<String> {
+    let Some(ceph) = ctx.manifest.ceph.as_ref() else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.", ceph.prefix);
+    obs.rbd
+        .iter()
+        .filter(|m| m.pool == ceph.settings.pool)
+        .filter_map(|m| m.name.strip_prefix(&prefix))
+        .filter(|pc| !pc.contains('.') && ctx.manifest.pc(pc).is_none())
+        .map(String::from)
+        .collect()
 }

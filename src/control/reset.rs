@@ -55,9 +55,8 @@ fn reset_one(ctx: &Ctx, obs: &Observed, pc: &Pc, onto: Option<&NextVersion>) -> 
     let onto = onto.filter(|_| !obs.parked.contains_key(&name));
     if obs.parked.contains_key(&name) && ctx.manifest.storage_of(pc) == Storage::Rbd {
         // Its reset stopped in the pause; apply maps its clone and loads its table again.
-        return Err(Error::RbdNotMapped {
+        return Err(Error::RbdParked {
             pc: pc.name.clone(),
-            clone: ctx.manifest.rbd_clone(pc).unwrap_or_default(),
         });
     }
     let paused = if obs.parked.contains_key(&name) {

@@ -93,27 +93,41 @@ impl MapRequest {
     }
 }
 
-/// Monitors as ceph.conf's `mon_host` names them ("v2:1.2.3.4:3300", "[v2:…,v1:…]",
-/// "1.2.3.4:6789, 5.6.7.8"): the msgr2 addresses when there are any, else the legacy
-/// ones (port 6789 when none is given). The kernel takes addresses only, no host names.
+/// Monitors as ceph.conf's `mon_host` names them ("v2:1.2.3.4:3300",
+/// "[v2:1.2.3.4:3300/0,v1:1.2.3.4:6789/0]", "1.2.3.4:6789, 5.6.7.8", "[::1]:6789"): the
+/// msgr2 addresses when there are any, else the legacy ones; a missing port is the
+/// protocol's (3300 for msgr2, 6789 for legacy). The kernel takes addresses, not names.
 pub fn monitors(mon_host: &str) -> Result<(Vec<SocketAddr>, bool), RbdMapError> {
     let (mut v2, mut v1) = (Vec::new(), Vec::new());
     for token in mon_host
-        .split(|c: char| c == ',' || c == ';' || c.is_whitespace() || c == '[' || c == ']')
+        .split(|c: char| c == ',' || c == ';' || c.is_whitespace())
         .filter(|t| !t.is_empty())
     {
-        let (list, addr) = match token.split_once(':') {
-            Some(("v2", rest)) => (&mut v2, rest),
-            Some(("v1", rest)) => (&mut v1, rest),
-            _ => (&mut v1, token),
+        let bad = || RbdMapError::Monitor {
+            token: token.to_string(),
         };
+        // A monitor's address vector is bracketed: "[v2:…" opens it, "…]" closes it.
+        let mut t = token.strip_prefix("[v").map_or(token, |_| &token[1..]);
+        if t.ends_with(']') && t.matches('[').count() < t.matches(']').count() {
+            t = &t[..t.len() - 1];
+        }
+        let (msgr2, addr) = match t.split_at_checked(3) {
+            Some(("v2:", rest)) => (true, rest),
+            Some(("v1:", rest)) => (false, rest),
+            _ => (false, t),
+        };
+        // The nonce after the address ("/0") is not the kernel's business.
+        let addr = addr.split('/').next().unwrap_or(addr);
+        let port = if msgr2 { 3300 } else { 6789 };
         let parsed = addr
             .parse::<SocketAddr>()
-            .or_else(|_| format!("{addr}:6789").parse())
-            .map_err(|_| RbdMapError::Monitor {
-                token: token.to_string(),
-            })?;
-        list.push(parsed);
+            .or_else(|_| {
+                let ip = addr.trim_start_matches('[').trim_end_matches(']');
+                ip.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, port))
+            })
+            .map_err(|_| bad())?;
+        if msgr2 { &mut v2 } else { &mut v1 }.push(parsed);
     }
     match (v2.is_empty(), v1.is_empty()) {
         (false, _) => Ok((v2, true)),
@@ -267,6 +281,17 @@ mod tests {
         assert!(v2);
         assert_eq!(m.len(), 2);
         assert_eq!(m[1], "10.0.0.2:3300".parse().unwrap());
+        let (m, v2) = monitors("[v2:10.0.0.1:3300/0,v1:10.0.0.1:6789/0] [v2:10.0.0.2/0]").unwrap();
+        assert!(v2);
+        assert_eq!(m[0], "10.0.0.1:3300".parse().unwrap());
+        assert_eq!(m[1], "10.0.0.2:3300".parse().unwrap(), "msgr2's own port");
+        let (m, v2) = monitors("[v2:[fd00::1]:3300/0,v1:[fd00::1]:6789/0]").unwrap();
+        assert!(v2);
+        assert_eq!(m, vec!["[fd00::1]:3300".parse().unwrap()]);
+        let (m, v2) = monitors("[::1]:6789 ::2").unwrap();
+        assert!(!v2);
+        assert_eq!(m[0], "[::1]:6789".parse().unwrap());
+        assert_eq!(m[1], "[::2]:6789".parse().unwrap());
         let (m, v2) = monitors("10.0.0.1, 10.0.0.2:6790").unwrap();
         assert!(!v2);
         assert_eq!(m[0], "10.0.0.1:6789".parse().unwrap());

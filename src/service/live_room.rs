@@ -121,7 +121,8 @@ impl LiveRoom for KernelRoom {
             // Over HTTP only what the kernel serves is reset: a PC that is not applied has
             // nothing to reset there, whatever the manifest file says now.
             let dm = dm_name(name);
-            if !obs.dm.contains_key(&dm) && !obs.parked.contains_key(&dm) {
+            let served = obs.dm.contains_key(&dm) || obs.linear.contains_key(&dm);
+            if !served && !obs.parked.contains_key(&dm) {
                 let pc = name.to_string();
                 return Err(Error::NothingToReset { pc });
             }
