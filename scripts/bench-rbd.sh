@@ -6,7 +6,8 @@
 # objects, as cowctl makes them). Jobs: 4 KiB random writes at queue depth 16 into the fresh
 # clone (first writes: each copies an object up from the image), the same again (rewrites),
 # 4 KiB random reads at depth 16, 1 MiB sequential reads at depth 4 (iscsi-bench over iSCSI,
-# fio's nbd engine over NBD). Then a reset's pause in rooms of 1, 10 and 50 PCs, and the
+# fio's nbd engine over NBD), and librbd alone (rbd bench at the same depths) as what the
+# machine and cluster give any gateway. Then a reset's pause in rooms of 1, 10 and 50 PCs, and the
 # memory and cluster connections of cowctl serve with 50 PCs. Prints tables with ratios.
 #   scripts/bench-rbd.sh        (RUNTIME=10 seconds per job)
 set -euo pipefail
@@ -134,6 +135,23 @@ for job in "${iscsi_jobs[@]}"; do
     stop_tgt
 done
 
+# librbd alone (rbd bench, its own asynchronous I/O, the same depths, cache off as
+# cowctl's): what this machine and cluster give any gateway, on fresh clones of the image.
+rbd_bench() {
+    local image=$1 type=$2 pattern=$3 size=$4 threads=$5 total=$6
+    rbd bench --io-type "$type" --io-pattern "$pattern" --io-size "$size" --io-threads "$threads" \
+        --io-total "$total" --rbd_cache=false "rbd/$image" 2>/dev/null | sed -n 's/^elapsed:.*ops\/sec: *\([0-9]*\).*/\1/p'
+}
+clone raw
+iops[raw-first]=$(rbd_bench raw write rand 4K 16 80M)
+iops[raw-rewrite]=$(rbd_bench raw write rand 4K 16 80M)
+clone raw2
+iops[raw-randread]=$(rbd_bench raw2 read rand 4K 16 400M)
+iops[raw-seqread]=$(rbd_bench raw2 read seq 1M 4 4G)
+for j in first rewrite randread seqread; do echo "bench-rbd: librbd alone $j: ${iops[raw-$j]} IOPS" >&2; done
+rbd rm --no-progress rbd/raw >/dev/null 2>&1 || true
+rbd rm --no-progress rbd/raw2 >/dev/null 2>&1 || true
+
 clone qnbd
 qport=$(free_port)
 qemu-nbd -f raw --persistent --shared=4 -b 127.0.0.1 -p "$qport" -x pc "rbd:rbd/qnbd:conf=$CEPH_CONF" &
@@ -166,10 +184,10 @@ label() {
         randread) echo "4 KiB random read qd16" ;; seqread) echo "1 MiB sequential read qd4" ;; esac
 }
 echo
-echo "| $runtime s per job, one OSD | cowctl iSCSI | tgt-rbd | cowctl ÷ tgt | cowctl NBD | qemu-nbd | cowctl ÷ qemu-nbd |"
-echo "|---|---|---|---|---|---|---|"
+echo "| $runtime s per job, one OSD | cowctl iSCSI | tgt-rbd | cowctl ÷ tgt | cowctl NBD | qemu-nbd | cowctl ÷ qemu-nbd | librbd alone (rbd bench) | cowctl iSCSI ÷ librbd alone |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for j in first rewrite randread seqread; do
-    echo "| $(label $j) | $(fmt "${iops[iscsi-cowctl-$j]}") IOPS, $(fmt "${mbps[iscsi-cowctl-$j]}") MB/s | $(fmt "${iops[iscsi-tgt-$j]}") IOPS | $(ratio "${iops[iscsi-cowctl-$j]}" "${iops[iscsi-tgt-$j]}") | $(fmt "${iops[nbd-cowctl-$j]}") IOPS, $(fmt "${mbps[nbd-cowctl-$j]}") MB/s | $(fmt "${iops[nbd-qemu-nbd-$j]}") IOPS | $(ratio "${iops[nbd-cowctl-$j]}" "${iops[nbd-qemu-nbd-$j]}") |"
+    echo "| $(label $j) | $(fmt "${iops[iscsi-cowctl-$j]}") IOPS, $(fmt "${mbps[iscsi-cowctl-$j]}") MB/s | $(fmt "${iops[iscsi-tgt-$j]}") IOPS | $(ratio "${iops[iscsi-cowctl-$j]}" "${iops[iscsi-tgt-$j]}") | $(fmt "${iops[nbd-cowctl-$j]}") IOPS, $(fmt "${mbps[nbd-cowctl-$j]}") MB/s | $(fmt "${iops[nbd-qemu-nbd-$j]}") IOPS | $(ratio "${iops[nbd-cowctl-$j]}" "${iops[nbd-qemu-nbd-$j]}") | $(fmt "${iops[raw-$j]:-0}") IOPS | $(ratio "${iops[iscsi-cowctl-$j]}" "${iops[raw-$j]:-0}") |"
 done
 echo
 echo "| cowctl serve, storage: rbd | 1 PC | 10 PCs | 50 PCs |"

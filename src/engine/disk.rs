@@ -36,7 +36,24 @@ pub trait Disk: Send + Sync {
     fn parallel(&self) -> bool {
         false
     }
+    /// Starts a read that answers `done` on another thread, when the disk can without a
+    /// thread waiting for it (an rbd clone); else gives `done` back, not called.
+    fn start_read(&self, _offset: u64, _len: usize, done: ReadDone) -> Option<ReadDone> {
+        Some(done)
+    }
+    /// [`Disk::start_read`] for a write; gives `data` and `done` back when it cannot.
+    fn start_write(
+        &self,
+        _offset: u64,
+        data: Vec<u8>,
+        done: WriteDone,
+    ) -> Option<(Vec<u8>, WriteDone)> {
+        Some((data, done))
+    }
 }
+
+pub type ReadDone = Box<dyn FnOnce(Result<Vec<u8>, DiskError>) + Send>;
+pub type WriteDone = Box<dyn FnOnce(Result<(), DiskError>) + Send>;
 
 /// A PC's disk (its COW's engine or its clone) as the disk its exports serve.
 pub struct EngineDisk {
@@ -94,5 +111,42 @@ impl Disk for EngineDisk {
 
     fn parallel(&self) -> bool {
         self.engine.parallel()
+    }
+
+    fn start_read(&self, offset: u64, len: usize, done: ReadDone) -> Option<ReadDone> {
+        if !self.engine.parallel() {
+            return Some(done);
+        }
+        let back = self.engine.start_read(
+            offset,
+            len,
+            Box::new(move |r| done(r.map_err(|e| disk_error(&e)))),
+        );
+        // An engine that took the request back is answered here, waiting.
+        if let Some(back) = back {
+            let mut buf = vec![0; len];
+            back(self.engine.read_at(&mut buf, offset).map(|()| buf));
+        }
+        None
+    }
+
+    fn start_write(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        done: WriteDone,
+    ) -> Option<(Vec<u8>, WriteDone)> {
+        if !self.engine.parallel() {
+            return Some((data, done));
+        }
+        let back = self.engine.start_write(
+            offset,
+            data,
+            Box::new(move |r| done(r.map_err(|e| disk_error(&e)))),
+        );
+        if let Some((data, back)) = back {
+            back(self.engine.write_at(&data, offset));
+        }
+        None
     }
 }

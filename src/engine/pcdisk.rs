@@ -48,6 +48,39 @@ impl PcDisk {
         }
     }
 
+    /// Starts a read that answers `done` on another thread when the disk can (an rbd
+    /// clone, through librbd's asynchronous I/O); else gives `done` back, not called.
+    pub fn start_read(
+        &self,
+        offset: u64,
+        len: usize,
+        done: super::rbddisk::ReadDone,
+    ) -> Option<super::rbddisk::ReadDone> {
+        match self {
+            PcDisk::Rbd(r) => {
+                r.start_read(offset, len, done);
+                None
+            }
+            PcDisk::Cow(_) | PcDisk::Clone(_) => Some(done),
+        }
+    }
+
+    /// [`PcDisk::start_read`] for a write of `data`; gives both back when it cannot.
+    pub fn start_write(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        done: super::rbddisk::WriteDone,
+    ) -> Option<(Vec<u8>, super::rbddisk::WriteDone)> {
+        match self {
+            PcDisk::Rbd(r) => {
+                r.start_write(offset, data, done);
+                None
+            }
+            PcDisk::Cow(_) | PcDisk::Clone(_) => Some((data, done)),
+        }
+    }
+
     /// Where `len` bytes at `offset` lie, for a server that sends them from the page cache.
     pub fn extents(&self, offset: u64, len: usize) -> Option<Result<Vec<Extent<'_>>, EngineError>> {
         match self {

@@ -8,6 +8,7 @@
 //! is held against `cow_size` as a quota, like a reflink clone's blocks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::ownblocks::{Fill, OwnBlocks};
 use super::EngineError;
@@ -21,9 +22,13 @@ pub struct RbdDisk {
     object: u64,
     fill: Fill,
     /// The cluster refused this client (blocklisted: another gateway took the PC over):
-    /// nothing this handle does can succeed any more.
-    cut_off: AtomicBool,
+    /// nothing this handle does can succeed any more. Shared with requests in flight.
+    cut_off: Arc<AtomicBool>,
 }
+
+/// What an asynchronous read or write ([`RbdDisk::start_read`]) answers.
+pub type ReadDone = Box<dyn FnOnce(Result<Vec<u8>, EngineError>) + Send>;
+pub type WriteDone = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
 
 impl RbdDisk {
     fn io(
@@ -34,6 +39,21 @@ impl RbdDisk {
         move |e| {
             if e.is_blocklisted() {
                 self.cut_off.store(true, Ordering::Relaxed);
+            }
+            io(what, offset)(e)
+        }
+    }
+
+    /// [`RbdDisk::io`] for a request that answers on librbd's thread, after this call.
+    fn io_later(
+        &self,
+        what: &'static str,
+        offset: u64,
+    ) -> impl FnOnce(crate::rbd::Error) -> EngineError + Send + 'static {
+        let cut_off = self.cut_off.clone();
+        move |e| {
+            if e.is_blocklisted() {
+                cut_off.store(true, Ordering::Relaxed);
             }
             io(what, offset)(e)
         }
@@ -82,7 +102,7 @@ impl RbdDisk {
             size,
             object,
             fill: Fill::new(bits, object, size, (read_only, quota)),
-            cut_off: AtomicBool::new(false),
+            cut_off: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -141,6 +161,30 @@ impl RbdDisk {
             .write_at(buf, offset)
             .map_err(self.io("writing the PC's rbd clone", offset))?;
         Ok(())
+    }
+
+    /// [`RbdDisk::read_at`] without waiting: `done` gets the bytes on librbd's thread.
+    pub fn start_read(&self, offset: u64, len: usize, done: ReadDone) {
+        if let Err(e) = self.fill.check_range(offset, len as u64) {
+            return done(Err(e));
+        }
+        let failed = self.io_later("reading the PC's rbd clone", offset);
+        self.image
+            .aio_read(offset, len, Box::new(move |r| done(r.map_err(failed))));
+    }
+
+    /// [`RbdDisk::write_at`] without waiting: `done` hears when the cluster has it. The
+    /// quota is checked (and the objects counted) before it is sent, as for a write.
+    pub fn start_write(&self, offset: u64, data: Vec<u8>, done: WriteDone) {
+        if data.is_empty() {
+            return done(Ok(()));
+        }
+        if let Err(e) = self.admit(offset, data.len() as u64) {
+            return done(Err(e));
+        }
+        let failed = self.io_later("writing the PC's rbd clone", offset);
+        self.image
+            .aio_write(offset, data, Box::new(move |r| done(r.map_err(failed))));
     }
 
     pub fn flush(&self) -> Result<(), EngineError> {

@@ -57,4 +57,21 @@ pub trait Device {
     fn parallel(&self) -> bool {
         false
     }
+    /// Starts a read that answers `done` on another thread, when the device can without
+    /// a thread waiting for it (an rbd clone); else gives `done` back, not called.
+    fn start_read(&self, _offset: u64, _len: usize, done: ReadDone) -> Option<ReadDone> {
+        Some(done)
+    }
+    /// [`Device::start_read`] for a write; gives `data` and `done` back when it cannot.
+    fn start_write(
+        &self,
+        _offset: u64,
+        data: Vec<u8>,
+        done: WriteDone,
+    ) -> Option<(Vec<u8>, WriteDone)> {
+        Some((data, done))
+    }
 }
+
+pub type ReadDone = Box<dyn FnOnce(Result<Vec<u8>, Errno>) + Send>;
+pub type WriteDone = Box<dyn FnOnce(Result<(), Errno>) + Send>;

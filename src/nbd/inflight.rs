@@ -2,7 +2,8 @@
 //! network (an rbd clone: `Device::parallel`). Over one connection the client's queue
 //! would otherwise reach the cluster one request at a time. A plain READ or WRITE (no FUA,
 //! in range, nothing in flight writing the blocks it touches, or touching those it writes)
-//! goes to the shared pool (`engine::iopool`) while the connection reads on; its reply goes
+//! is started on the device (librbd's asynchronous I/O; else on the shared pool,
+//! `engine::iopool`) while the connection reads on; its reply goes
 //! out when it is done, in any order (NBD replies carry the request's handle). Every other
 //! request first waits for all in flight and sends their replies, so it runs after them as
 //! before. None outlives the connection: dropping this waits for what is still running.
@@ -101,32 +102,59 @@ impl InFlight {
         self.pending.iter().map(|p| p.bytes).sum()
     }
 
-    /// Reads `len` bytes at `offset` on the pool; replied to by a later [`InFlight::reply_done`].
+    /// Reads `len` bytes at `offset` in flight (the device answers by itself, or a pool
+    /// thread waits for it); replied to by a later [`InFlight::reply_done`].
     pub fn read(&mut self, handle: u64, offset: u64, len: usize) {
-        self.launch(handle, (offset, len as u64, false), len, move |d| {
-            let mut buf = vec![0u8; len];
-            d.read_at(&mut buf, offset).map(|()| buf)
-        });
+        let finish = self.launch(handle, (offset, len as u64, false), len);
+        if let Some(done) = self.device.start_read(offset, len, Box::new(finish)) {
+            self.on_pool(
+                move |d| {
+                    let mut buf = vec![0u8; len];
+                    d.read_at(&mut buf, offset).map(|()| buf)
+                },
+                done,
+            );
+        }
     }
 
-    /// Writes `data` at `offset` on the pool.
+    /// Writes `data` at `offset` in flight.
     pub fn write(&mut self, handle: u64, offset: u64, data: Vec<u8>) {
         let len = data.len();
-        self.launch(handle, (offset, len as u64, true), len, move |d| {
-            d.write_at(&data, offset).map(|()| Vec::new())
-        });
+        let finish = self.launch(handle, (offset, len as u64, true), len);
+        let done = Box::new(move |r: Result<(), Errno>| finish(r.map(|()| Vec::new())));
+        if let Some((data, done)) = self.device.start_write(offset, data, done) {
+            self.on_pool(move |d| d.write_at(&data, offset), done);
+        }
     }
 
+    /// Counts a request in flight; returns what answers it (from any thread, once).
     fn launch(
         &mut self,
         handle: u64,
         span: (u64, u64, bool),
         bytes: usize,
-        work: impl FnOnce(&dyn Device) -> Result<Vec<u8>, Errno> + Send + 'static,
-    ) {
-        let (device, tx, signal) = (self.device.clone(), self.tx.clone(), self.signal.clone());
+    ) -> impl FnOnce(Result<Vec<u8>, Errno>) + Send + 'static {
+        let (tx, signal) = (self.tx.clone(), self.signal.clone());
         self.launched += 1;
         let seq = self.launched;
+        self.pending.push(Pending { seq, span, bytes });
+        move |result| {
+            let _ = tx.send(Done {
+                seq,
+                handle,
+                result,
+            });
+            let _ = signal.write(1);
+        }
+    }
+
+    /// Runs `work` on the shared pool, then hands its result to `then`.
+    fn on_pool<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&dyn Device) -> Result<R, Errno> + Send + 'static,
+        then: impl FnOnce(Result<R, Errno>) + Send + 'static,
+    ) {
+        let device = self.device.clone();
         crate::engine::iopool::submit(Box::new(move || {
             // A panic must still answer, or the connection would wait for it forever.
             let run = std::panic::AssertUnwindSafe(|| work(device.as_ref()));
@@ -134,14 +162,8 @@ impl InFlight {
             // The device is let go before the reply: a reset waits for the connection,
             // then must hold the device's last reference to close it.
             drop(device);
-            let _ = tx.send(Done {
-                seq,
-                handle,
-                result,
-            });
-            let _ = signal.write(1);
+            then(result);
         }));
-        self.pending.push(Pending { seq, span, bytes });
     }
 
     /// Replies to every request that is done, without waiting.

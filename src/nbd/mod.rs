@@ -93,4 +93,38 @@ impl Device for PcDisk {
     fn parallel(&self) -> bool {
         PcDisk::parallel(self)
     }
+
+    fn start_read(
+        &self,
+        offset: u64,
+        len: usize,
+        done: device::ReadDone,
+    ) -> Option<device::ReadDone> {
+        if !PcDisk::parallel(self) {
+            return Some(done);
+        }
+        let done = Box::new(move |r: Result<Vec<u8>, _>| done(r.map_err(|e| errno(&e))));
+        // An engine that took the request back is answered here, waiting.
+        if let Some(back) = PcDisk::start_read(self, offset, len, done) {
+            let mut buf = vec![0; len];
+            back(PcDisk::read_at(self, &mut buf, offset).map(|()| buf));
+        }
+        None
+    }
+
+    fn start_write(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        done: device::WriteDone,
+    ) -> Option<(Vec<u8>, device::WriteDone)> {
+        if !PcDisk::parallel(self) {
+            return Some((data, done));
+        }
+        let done = Box::new(move |r: Result<(), _>| done(r.map_err(|e| errno(&e))));
+        if let Some((data, back)) = PcDisk::start_write(self, offset, data, done) {
+            back(PcDisk::write_at(self, &data, offset));
+        }
+        None
+    }
 }

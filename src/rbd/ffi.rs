@@ -10,6 +10,8 @@ pub type IoCtx = *mut c_void;
 pub type RbdImage = *mut c_void;
 pub type ImageOptions = *mut c_void;
 pub type DiffCallback = extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
+pub type Completion = *mut c_void;
+pub type CompletionCallback = extern "C" fn(Completion, *mut c_void);
 
 pub const LOCK_MODE_EXCLUSIVE: c_int = 0;
 pub const IMAGE_OPTION_ORDER: c_int = 2;
@@ -97,6 +99,11 @@ calls! {
     rbd rbd_discard: fn(RbdImage, u64, u64) -> c_int;
     rbd rbd_write_zeroes: fn(RbdImage, u64, usize, c_int, c_int) -> isize;
     rbd rbd_flush: fn(RbdImage) -> c_int;
+    rbd rbd_aio_create_completion: fn(*mut c_void, CompletionCallback, *mut Completion) -> c_int;
+    rbd rbd_aio_read2: fn(RbdImage, u64, usize, *mut c_char, Completion, c_int) -> c_int;
+    rbd rbd_aio_write2: fn(RbdImage, u64, usize, *const c_char, Completion, c_int) -> c_int;
+    rbd rbd_aio_get_return_value: fn(Completion) -> isize;
+    rbd rbd_aio_release: fn(Completion);
     rbd rbd_diff_iterate2: fn(RbdImage, *const c_char, u64, u64, u8, u8, DiffCallback, *mut c_void) -> c_int;
     rbd rbd_image_options_create: fn(*mut ImageOptions);
     rbd rbd_image_options_destroy: fn(ImageOptions);

@@ -9,8 +9,8 @@ use super::ffi::{self, RbdImage};
 use super::{check, cstr, Pool, Result};
 
 pub struct Image {
-    pool: Arc<Pool>,
-    handle: RbdImage,
+    pub(super) pool: Arc<Pool>,
+    pub(super) handle: RbdImage,
     name: String,
 }
 
@@ -79,7 +79,7 @@ impl Image {
         &self.name
     }
 
-    fn what(&self) -> String {
+    pub(super) fn what(&self) -> String {
         self.pool.spec(&self.name)
     }
 

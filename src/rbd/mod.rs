@@ -3,10 +3,12 @@
 //! ([`Image`]). No policy: which images cowctl makes and how it names them is `storage:
 //! rbd`'s (`engine/rbddisk.rs`, the service).
 
+mod aio;
 mod ffi;
 mod image;
 mod pool;
 
+pub use aio::{ReadDone, WriteDone};
 pub use image::{Image, Parent};
 pub use pool::Pool;
 

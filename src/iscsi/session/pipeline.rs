@@ -1,7 +1,8 @@
 //! Reads and writes kept in flight together, for a disk whose every request waits on the
 //! network (an rbd clone: `Disk::parallel`). One connection serves its commands one at a
 //! time; over librbd that would be one round trip to the cluster at a time. Here a READ
-//! or a WRITE that carries all its data goes to a shared pool of threads instead, and the
+//! or a WRITE that carries all its data is started on the disk (librbd's asynchronous I/O:
+//! no thread waits for it; a disk that cannot goes to a shared pool of threads), and the
 //! session reads the next PDU meanwhile; answers go out in the order the commands came.
 //!
 //! What keeps the protocol as it was: only SIMPLE tasks go here (not untagged, ordered,
@@ -27,6 +28,9 @@ use crate::iscsi::scsi::{DataIn, Done, Failure, Lu, Sense};
 /// Requests one session keeps in flight at most (the initiator's queue depth is usually
 /// below; past it, the oldest is answered first).
 pub const MAX_IN_FLIGHT: usize = 32;
+/// A request's outcome: a READ's data (nothing for a WRITE), or its sense.
+type Outcome = Result<Vec<u8>, Sense>;
+
 /// What a request in flight answers with once done.
 #[derive(Clone, Copy)]
 enum Answer {
@@ -194,49 +198,55 @@ impl<W: Write> Session<'_, W> {
         // The initiator takes at most what it expects; the rest is the residual.
         let send = len.min(u64::from(reply.expected));
         self.room_for(offset, send, false)?;
-        let read = move |lu: &Lu| {
-            let mut buf = vec![0u8; usize::try_from(send).expect("a read fits in memory")];
-            (lu.disk.read_at(&mut buf, offset))
-                .map(|()| buf)
-                .map_err(|_| Sense::UNRECOVERED_READ_ERROR)
-        };
-        self.launch(
+        let bytes = usize::try_from(send).expect("a read fits in memory");
+        let (answered, rx) = self.answer_slot();
+        let done = Box::new(move |r: Result<Vec<u8>, _>| {
+            answered(r.map_err(|_| Sense::UNRECOVERED_READ_ERROR));
+        });
+        // The disk answers by itself (librbd's asynchronous I/O), or a pool thread waits.
+        if let Some(done) = lu.disk.start_read(offset, bytes, done) {
+            let read = move |lu: &Lu| {
+                let mut buf = vec![0u8; bytes];
+                lu.disk.read_at(&mut buf, offset).map(|()| buf)
+            };
+            on_pool(lu, read, done);
+        }
+        self.queue(
             reply,
             lu,
             Answer::Read { status },
             (offset, send, false),
-            read,
+            rx,
         );
         Ok(())
     }
 
-    /// Runs `work` on the pool and queues its answer; the pool signals the session's
-    /// eventfd when it is done.
-    fn launch(
+    /// Where a request's outcome goes: the closure sends it and wakes the session (its
+    /// eventfd); the receiver is the request's place in the queue.
+    fn answer_slot(&mut self) -> (impl FnOnce(Outcome) + Send + 'static, Receiver<Outcome>) {
+        let (tx, rx) = channel();
+        let signal = self.pipeline.signal();
+        let answered = move |r| {
+            let _ = tx.send(r);
+            let _ = signal.write(1);
+        };
+        (answered, rx)
+    }
+
+    fn queue(
         &mut self,
         reply: Reply,
         lu: &Arc<Lu>,
         answer: Answer,
         span: (u64, u64, bool),
-        work: impl FnOnce(&Lu) -> Result<Vec<u8>, Sense> + Send + 'static,
+        done: Receiver<Outcome>,
     ) {
-        let (tx, rx) = channel();
-        let disk = lu.clone();
-        let signal = self.pipeline.signal();
-        crate::engine::iopool::submit(Box::new(move || {
-            let r = work(&disk);
-            // The disk is let go before the answer: a reset waits for the session's
-            // answers, then must hold the disk's last reference to close it.
-            drop(disk);
-            let _ = tx.send(r);
-            let _ = signal.write(1);
-        }));
         self.pipeline.queue.push_back(InFlight {
             reply,
             lu: lu.clone(),
             answer,
             span,
-            done: rx,
+            done,
             outcome: None,
         });
     }
@@ -253,12 +263,36 @@ impl<W: Write> Session<'_, W> {
     ) -> io::Result<()> {
         let len = data.len() as u64;
         self.room_for(offset, len, true)?;
-        let data = data.to_vec();
-        let write = move |lu: &Lu| lu.write_piece(offset, &data).map(|()| Vec::new());
+        let (answered, rx) = self.answer_slot();
+        let done = Box::new(move |r: Result<(), _>| {
+            answered(
+                r.map(|()| Vec::new())
+                    .map_err(crate::iscsi::scsi::write_error),
+            );
+        });
+        if let Some((data, done)) = lu.disk.start_write(offset, data.to_vec(), done) {
+            on_pool(lu, move |lu: &Lu| lu.disk.write_at(&data, offset), done);
+        }
         let answer = Answer::Write { status, residual };
-        self.launch(reply, lu, answer, (offset, len, true), write);
+        self.queue(reply, lu, answer, (offset, len, true), rx);
         Ok(())
     }
+}
+
+/// Runs `work` on the shared pool, then hands its result to `then`. The LU is let go
+/// in between: a reset waits for the session's answers, then must hold the disk's last
+/// reference to close it. (A request the disk started itself holds no reference.)
+fn on_pool<R>(
+    lu: &Arc<Lu>,
+    work: impl FnOnce(&Lu) -> R + Send + 'static,
+    then: impl FnOnce(R) + Send + 'static,
+) {
+    let lu = lu.clone();
+    crate::engine::iopool::submit(Box::new(move || {
+        let r = work(&lu);
+        drop(lu);
+        then(r);
+    }));
 }
 
 /// [`Session::answer_done`]; whether some are still in flight.
