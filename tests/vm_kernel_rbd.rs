@@ -5,7 +5,8 @@
 //! writes through it; status counts the clone's objects as `rbd du` does; a live reset
 //! swaps in a fresh clone while the initiator stays logged in; down unmaps everything and
 //! keeps the clone, whose bytes the next apply serves again; a second cowctl cannot serve
-//! a PC the kernel maps; a PC taken out of the manifest is unmapped by the next apply.
+//! a PC the kernel maps; a PC taken out of the manifest is unmapped by the next apply; an
+//! admin's reset over HTTP (`cowctl serve` on the kernel backend) swaps the clone too.
 
 mod common;
 
@@ -13,10 +14,11 @@ use std::path::{Path, PathBuf};
 
 use common::ceph::Cluster;
 use common::kernel::{modprobe, modprobe_room, read_device, require_vm, sh, Iscsid};
-use common::room::{Golden, Iscsi, Pc, RoomBuilder};
+use common::room::{Golden, Http, Iscsi, Pc, RoomBuilder};
 
 const MIB: usize = 1 << 20;
 const TARGET: &str = "iqn.2024-01.lan.krbd:pc-1";
+const TOKEN: &str = "vm-rbd-token-1234567890";
 
 fn mapped() -> Vec<(String, PathBuf)> {
     let Ok(dir) = std::fs::read_dir("/sys/bus/rbd/devices") else {
@@ -60,6 +62,12 @@ fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
             Iscsi::new("iqn.2024-01.lan.krbd")
                 .portal("127.0.0.1:3260")
                 .acl("open"),
+        )
+        .http(
+            Http::new()
+                .listen("127.0.0.1")
+                .admin("127.0.0.1")
+                .token(TOKEN),
         )
         .pc(Pc::new("pc-{1..2}"))
         .build();
@@ -151,6 +159,31 @@ fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
         "the old clone is unmapped: {:?}",
         mapped()
     );
+
+    // An admin's reset over HTTP (cowctl serve on the kernel backend) takes the same path.
+    write_through(&disk, 3 * MIB, 0x33);
+    let mut serve = room
+        .command(&["serve"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(room.admin()).is_err() {
+        assert!(start.elapsed().as_secs() < 20, "cowctl serve answers");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let r = common::http::post(
+        "127.0.0.1",
+        room.admin(),
+        "/api/v1/pcs/pc-1/reset",
+        Some(TOKEN),
+    );
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert_eq!(r.status, 200, "{}", r.body);
+    iscsid.wait_logged_in(TARGET);
+    assert_eq!(region(&disk, 3 * MIB, MIB), vec![7; MIB], "reset over HTTP");
+    assert_eq!(c.du("kroom.pc-1"), 0);
 
     // Down unmaps and keeps the clone; the next apply serves its bytes again.
     write_through(&disk, 2 * MIB, 0x22);
