@@ -6,15 +6,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-scripts/vm.sh prepare
-cargo build --release --quiet --bins
-bin=$(cargo test --release --no-run --message-format=json --test vm_initiator 2>/dev/null |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["executable"])')
-[[ -n $bin ]] || { echo "test-vm-initiator: the test binary was not built" >&2; exit 1; }
+source scripts/lib/vmtest.sh
+bin=$(vm_test_binary vm_initiator)
 work=$(mktemp -d /tmp/cowctl-vm-initiator.XXXXXX)
 export COWCTL_RUN_DIR=$work/run COWCTL_MANIFEST=$work/room.yaml
 trap 'target/release/cowctl down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT

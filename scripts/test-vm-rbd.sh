@@ -9,15 +9,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-scripts/vm.sh prepare
-cargo build --release --quiet --bins
-bin=$(cargo test --release --no-run --message-format=json --test vm_kernel_rbd 2>/dev/null |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["executable"])')
-[[ -n $bin ]] || { echo "test-vm-rbd: the test binary was not built" >&2; exit 1; }
+source scripts/lib/vmtest.sh
+bin=$(vm_test_binary vm_kernel_rbd)
 work=$(mktemp -d /tmp/cowctl-vm-rbd.XXXXXX)
 tap=cowrbd$(($$ % 100000))
 # A /30 of 10.97.x.y picked from the pid, so that two runs on one host do not collide.
