@@ -45,6 +45,8 @@ pub struct IscsiService {
     next_nexus: std::sync::atomic::AtomicU64,
     pub limits: Arc<ConnLimits>,
     handover: Arc<Handover>,
+    /// The applied manifest, for where a PC served by another gateway is (redirects).
+    manifest: RwLock<Option<Arc<Manifest>>>,
 }
 
 impl IscsiService {
@@ -63,12 +65,14 @@ impl IscsiService {
             next_nexus: std::sync::atomic::AtomicU64::new(1),
             limits,
             handover,
+            manifest: RwLock::new(None),
         })
     }
 
     /// Takes the targets of a newly applied manifest (each PC's own CHAP secrets are
     /// derived here, once).
     pub fn set_manifest(&self, m: &Manifest) -> Result<()> {
+        *self.manifest.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(m.clone()));
         let Some(cfg) = &m.iscsi else {
             *self.targets.write().unwrap_or_else(|p| p.into_inner()) = BTreeMap::new();
             return Ok(());
@@ -248,6 +252,32 @@ impl Directory for IscsiService {
             target: target.to_string(),
             chap: t.chap,
         })
+    }
+
+    /// A PC on rbd that another gateway of the manifest holds (its clone's lock): that
+    /// gateway's portal. Only the manifest's portals are ever named.
+    fn moved(&self, target: &str) -> Option<String> {
+        let t = self.target(target)?;
+        let m = self
+            .manifest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let pc = m.pc(&t.pc)?;
+        if m.gateways.is_empty() || m.storage_of(pc) != crate::manifest::Storage::Rbd {
+            return None;
+        }
+        let holder = crate::rbdpc::cluster_of(&m, pc)
+            .ok()?
+            .holder(&m, pc)
+            .ok()??;
+        let g =
+            (m.gateways.iter()).find(|g| g.name == holder && m.here.as_ref() != Some(&g.name))?;
+        let own = self
+            .portals
+            .iter()
+            .any(|p| p.to_string() == g.portal.to_string());
+        (!own).then(|| g.portal.to_string())
     }
 
     fn visible(&self, initiator: &str) -> Vec<String> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::common::ceph::cluster;
 use super::common::free_port;
-use super::common::room::{Golden, Pc, Room, RoomBuilder};
+use super::common::room::{Golden, Iscsi, Pc, Room, RoomBuilder};
 
 struct Gateway {
     name: &'static str,
@@ -199,4 +199,54 @@ fn a_killed_gateways_pc_is_taken_over_with_every_flushed_write_and_never_served_
         qemu_io(&b.uri(pc), &["read -P 5 4M 64k"]),
         "gw-b still does"
     );
+}
+
+/// An initiator that reaches a gateway which does not serve its PC (the portal it booted
+/// from came back after another took the PC over) is redirected to the gateway that holds
+/// the PC's clone (Target moved temporarily, with that gateway's portal), and works there.
+#[test]
+fn a_login_at_a_gateway_that_does_not_serve_the_pc_is_redirected_to_the_one_that_does() {
+    let c = cluster();
+    c.golden("redir", "base", &vec![6; 4 << 20]);
+    let (a_iscsi, b_iscsi) = (free_port(), free_port());
+    let section = format!(
+        "{}gateways:\n  - name: gw-a\n    iscsi: 127.0.0.1:{a_iscsi}\n    nbd: 127.0.0.1:{}\n  - name: gw-b\n    iscsi: 127.0.0.1:{b_iscsi}\n    nbd: 127.0.0.1:{}\n",
+        c.section("redir"),
+        free_port(),
+        free_port()
+    );
+    let gateway = |name: &'static str| Gateway {
+        name,
+        nbd: 0,
+        room: RoomBuilder::userspace()
+            .golden(Golden::Rbd("redir@base".into()))
+            .extra(&section)
+            .cow("8MiB", "4KiB")
+            .iscsi(Iscsi::new("iqn.2024-01.lan.redir").acl("open"))
+            .export("iscsi")
+            .pc(Pc::new("pc-{1..4}"))
+            .build(),
+    };
+    let (a, b) = (gateway("gw-a"), gateway("gw-b"));
+    a.cowctl(&["apply"]);
+    b.cowctl(&["apply"]);
+    let m = cowctl::manifest::Manifest::load(&a.room.manifest).unwrap();
+    let pc = ["pc-1", "pc-2", "pc-3", "pc-4"]
+        .into_iter()
+        .find(|p| m.gateway_order(p)[0].name == "gw-a")
+        .expect("gw-a serves one of four PCs first");
+    assert_eq!(b.row(pc)["state"], "elsewhere");
+    let at = |port: u16| format!("iscsi://127.0.0.1:{port}/iqn.2024-01.lan.redir:{pc}/0");
+    // Through gw-b's portal: redirected to gw-a, which serves the write.
+    assert!(
+        qemu_io(&at(b_iscsi), &["read -P 6 0 64k", "write -P 9 1M 64k"]),
+        "redirected to gw-a\n{}",
+        b.room.log_so_far()
+    );
+    assert!(
+        qemu_io(&at(a_iscsi), &["read -P 9 1M 64k"]),
+        "the write is gw-a's"
+    );
+    let log = b.room.log_so_far();
+    assert!(log.contains("is sent there"), "{log}");
 }

@@ -35,6 +35,12 @@ pub trait Directory {
     fn access(&self, target: &str, initiator: &str) -> Result<Access, LoginStatus>;
     /// The targets `initiator` may log into, for SendTargets.
     fn visible(&self, initiator: &str) -> Vec<String>;
+    /// Where `target` is served now when it is not served here (another gateway's portal,
+    /// `ip:port`): a login is redirected there (RFC 7143 §11.13.5, Target moved
+    /// temporarily) instead of being told to come back later.
+    fn moved(&self, _target: &str) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -87,6 +93,8 @@ pub struct Login {
     pending: Vec<u8>,
     declared: bool,
     first: bool,
+    /// The TargetAddress a redirection sends the initiator to.
+    moved_to: Option<String>,
 }
 
 impl Login {
@@ -106,6 +114,7 @@ impl Login {
             pending: Vec::new(),
             declared: false,
             first: true,
+            moved_to: None,
         }
     }
 
@@ -149,11 +158,21 @@ impl Login {
                 });
                 Reply { bhs, data, end }
             }
-            Err((status, why)) => Reply {
-                bhs: login_response(req, false, req.csg, 0, 0, sn, status),
-                data: Vec::new(),
-                end: Some(End::Refused(status, why)),
-            },
+            Err((status, why)) => {
+                let mut bhs = login_response(req, false, req.csg, 0, 0, sn, status);
+                let mut keys = Pairs::default();
+                if let Some(to) = self.moved_to.take() {
+                    // The portal group tag: each gateway has one, its first.
+                    keys.push("TargetAddress", format!("{to},1"));
+                }
+                let data = keys.encode();
+                bhs.set_data_len(data.len());
+                Reply {
+                    bhs,
+                    data,
+                    end: Some(End::Refused(status, why)),
+                }
+            }
         }
     }
 
@@ -352,6 +371,34 @@ mod tests {
 
     const FIRST: &[u8] =
         b"InitiatorName=iqn.i:pc\0TargetName=iqn.t:pc\0SessionType=Normal\0AuthMethod=CHAP,None\0";
+
+    /// A target served by another gateway: not here, but there.
+    struct Moved;
+
+    impl Directory for Moved {
+        fn access(&self, _: &str, _: &str) -> Result<Access, LoginStatus> {
+            Err(LoginStatus::SERVICE_UNAVAILABLE)
+        }
+        fn visible(&self, _: &str) -> Vec<String> {
+            Vec::new()
+        }
+        fn moved(&self, _: &str) -> Option<String> {
+            Some("10.0.0.2:3260".into())
+        }
+    }
+
+    #[test]
+    fn a_target_served_elsewhere_redirects_the_login_there() {
+        let mut l = Login::new(7, 32);
+        let r = l.handle(&req(0, 1, true), FIRST, &Moved);
+        assert_eq!(status(&r), (1, 1), "Target moved temporarily");
+        assert_eq!(keys(&r).get("TargetAddress"), Some("10.0.0.2:3260,1"));
+        assert_eq!(r.bhs.data_len(), r.data.len());
+        assert!(matches!(r.end, Some(End::Refused(..))));
+        // Not served anywhere (no address): come back later, as before.
+        let r = Login::new(7, 32).handle(&req(0, 1, true), FIRST, &OneTarget(None));
+        assert_eq!(status(&r), (0, 0));
+    }
 
     #[test]
     fn no_authentication_then_operational_then_full_feature() {

@@ -52,9 +52,21 @@ impl Login {
                 let target = keys
                     .get("TargetName")
                     .ok_or_else(|| missing("TargetName"))?;
-                let access = dir
-                    .access(target, initiator)
-                    .map_err(|s| (s, format!("{initiator} may not log into {target}")))?;
+                let access = match dir.access(target, initiator) {
+                    Ok(a) => a,
+                    Err(s) => {
+                        let moved = (s == LoginStatus::SERVICE_UNAVAILABLE)
+                            .then(|| dir.moved(target))
+                            .flatten();
+                        if let Some(to) = moved {
+                            let why =
+                                format!("{target} is served at {to}: {initiator} is sent there");
+                            self.moved_to = Some(to);
+                            return Err((LoginStatus::TARGET_MOVED_TEMPORARILY, why));
+                        }
+                        return Err((s, format!("{initiator} may not log into {target}")));
+                    }
+                };
                 self.access = Some(access);
                 SessionKind::Normal {
                     target: target.to_string(),

@@ -239,6 +239,8 @@ pub struct LoginStatus {
 
 impl LoginStatus {
     pub const SUCCESS: LoginStatus = LoginStatus::new(0, 0);
+    /// Redirection: the target is at the TargetAddress the response carries, for now.
+    pub const TARGET_MOVED_TEMPORARILY: LoginStatus = LoginStatus::new(1, 1);
     pub const INITIATOR_ERROR: LoginStatus = LoginStatus::new(2, 0);
     pub const AUTHENTICATION_FAILURE: LoginStatus = LoginStatus::new(2, 1);
     pub const AUTHORIZATION_FAILURE: LoginStatus = LoginStatus::new(2, 2);
