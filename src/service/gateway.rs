@@ -77,6 +77,7 @@ impl Service {
         for pc in rbd {
             if self.registry.get(&pc.name).is_some() {
                 free_since.remove(&pc.name);
+                self.iscsi.note_holder(&pc.name, None);
                 continue;
             }
             let rank = m
@@ -91,6 +92,8 @@ impl Service {
                     continue;
                 }
             };
+            // What a login for it at this gateway is redirected by.
+            self.iscsi.note_holder(&pc.name, holder.as_deref());
             let free = free_since
                 .entry(pc.name.clone())
                 .or_insert_with(Instant::now);

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use super::{Error, Result};
 
@@ -47,7 +48,13 @@ pub struct IscsiService {
     handover: Arc<Handover>,
     /// The applied manifest, for where a PC served by another gateway is (redirects).
     manifest: RwLock<Option<Arc<Manifest>>>,
+    /// Who holds each rbd PC not served here, as the gateway loop last saw it, and when:
+    /// a login is redirected from this, never from a look at the cluster on its thread.
+    holders: Mutex<HashMap<String, (String, Instant)>>,
 }
+
+/// How long the gateway loop's word on a PC's holder is good for a redirect.
+const HOLDER_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl IscsiService {
     pub fn new(
@@ -66,6 +73,7 @@ impl IscsiService {
             limits,
             handover,
             manifest: RwLock::new(None),
+            holders: Mutex::new(HashMap::new()),
         })
     }
 
@@ -114,6 +122,16 @@ impl IscsiService {
         }
         *self.targets.write().unwrap_or_else(|p| p.into_inner()) = targets;
         Ok(())
+    }
+
+    /// The gateway loop's look at an rbd PC this gateway does not serve: who holds it
+    /// (its gateway's name), or nobody.
+    pub fn note_holder(&self, pc: &str, holder: Option<&str>) {
+        let mut held = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        match holder {
+            Some(h) => held.insert(pc.to_string(), (h.to_string(), Instant::now())),
+            None => held.remove(pc),
+        };
     }
 
     pub fn portals_configured(&self) -> Vec<SocketAddr> {
@@ -254,30 +272,27 @@ impl Directory for IscsiService {
         })
     }
 
-    /// A PC on rbd that another gateway of the manifest holds (its clone's lock): that
-    /// gateway's portal. Only the manifest's portals are ever named.
+    /// A PC that another gateway of the manifest holds, as the gateway loop saw it a
+    /// moment ago: that gateway's portal. Only the manifest's IPv4 portals are named (iPXE
+    /// cannot read a bracketed IPv6 address in a redirect); nothing here waits on the cluster.
     fn moved(&self, target: &str) -> Option<String> {
         let t = self.target(target)?;
+        let (holder, seen) = (self.holders.lock().unwrap_or_else(|p| p.into_inner()))
+            .get(&t.pc)
+            .cloned()?;
+        if seen.elapsed() > HOLDER_FRESH {
+            return None;
+        }
         let m = self
             .manifest
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()?;
-        let pc = m.pc(&t.pc)?;
-        if m.gateways.is_empty() || m.storage_of(pc) != crate::manifest::Storage::Rbd {
-            return None;
-        }
-        let holder = crate::rbdpc::cluster_of(&m, pc)
-            .ok()?
-            .holder(&m, pc)
-            .ok()??;
         let g =
             (m.gateways.iter()).find(|g| g.name == holder && m.here.as_ref() != Some(&g.name))?;
-        let own = self
-            .portals
-            .iter()
-            .any(|p| p.to_string() == g.portal.to_string());
-        (!own).then(|| g.portal.to_string())
+        let portal: SocketAddr = g.portal.to_string().parse().ok()?;
+        let own = self.portals.contains(&portal);
+        (portal.is_ipv4() && !own).then(|| portal.to_string())
     }
 
     fn visible(&self, initiator: &str) -> Vec<String> {

@@ -236,6 +236,9 @@ fn a_login_at_a_gateway_that_does_not_serve_the_pc_is_redirected_to_the_one_that
         .find(|p| m.gateway_order(p)[0].name == "gw-a")
         .expect("gw-a serves one of four PCs first");
     assert_eq!(b.row(pc)["state"], "elsewhere");
+    // gw-b redirects from what its gateway loop saw (every 300 ms here), not from a look
+    // at the cluster on the login's thread.
+    std::thread::sleep(Duration::from_secs(1));
     let at = |port: u16| format!("iscsi://127.0.0.1:{port}/iqn.2024-01.lan.redir:{pc}/0");
     // Through gw-b's portal: redirected to gw-a, which serves the write.
     assert!(

@@ -162,8 +162,8 @@ impl Login {
                 let mut bhs = login_response(req, false, req.csg, 0, 0, sn, status);
                 let mut keys = Pairs::default();
                 if let Some(to) = self.moved_to.take() {
-                    // The portal group tag: each gateway has one, its first.
-                    keys.push("TargetAddress", format!("{to},1"));
+                    // No portal group tag with a redirect (RFC 7143 §13.8).
+                    keys.push("TargetAddress", to);
                 }
                 let data = keys.encode();
                 bhs.set_data_len(data.len());
@@ -392,7 +392,7 @@ mod tests {
         let mut l = Login::new(7, 32);
         let r = l.handle(&req(0, 1, true), FIRST, &Moved);
         assert_eq!(status(&r), (1, 1), "Target moved temporarily");
-        assert_eq!(keys(&r).get("TargetAddress"), Some("10.0.0.2:3260,1"));
+        assert_eq!(keys(&r).get("TargetAddress"), Some("10.0.0.2:3260"));
         assert_eq!(r.bhs.data_len(), r.data.len());
         assert!(matches!(r.end, Some(End::Refused(..))));
         // Not served anywhere (no address): come back later, as before.
