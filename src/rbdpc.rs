@@ -428,10 +428,17 @@ impl Cluster {
         Ok(())
     }
 
-    /// The fill of a PC nobody serves here: its clone's objects, against its quota.
-    pub fn usage(&self, m: &Manifest, pc: &Pc) -> Result<Usage> {
+    /// The guard alone, on a clone nobody need open for I/O (the kernel maps it): it must
+    /// be a clone of the snapshot the manifest names.
+    pub fn check_disk(&self, m: &Manifest, pc: &Pc) -> Result<Image> {
         let image = self.open_image(m, pc, true)?;
         self.check_parent(m, pc, &image)?;
+        Ok(image)
+    }
+
+    /// The fill of a PC nobody serves here: its clone's objects, against its quota.
+    pub fn usage(&self, m: &Manifest, pc: &Pc) -> Result<Usage> {
+        let image = self.check_disk(m, pc)?;
         let object = image.object_size()?;
         let own: u64 = image.own_objects()?.len() as u64 * object;
         Ok(Usage {

@@ -24,9 +24,7 @@ pub fn commit(
     }
     if ctx.manifest.storage_of(pc) == crate::manifest::Storage::Rbd {
         // The kernel holds the clone's lock for as long as it maps it.
-        let mut down = Vec::new();
-        super::rbd::teardown(ctx, &obs, &pc.name, &mut down);
-        if obs.linear.contains_key(&name) || !down.is_empty() {
+        if obs.linear.contains_key(&name) || super::rbd::is_mapped(ctx, &obs, &pc.name) {
             return Err(Error::CommitMapped {
                 pc: pc.name.clone(),
             });

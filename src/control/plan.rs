@@ -46,11 +46,7 @@ pub fn plan_apply(ctx: &Ctx, obs: &Observed) -> Result<Vec<Step>> {
         .filter(|pc| ctx.manifest.pc(pc).is_none())
         .map(String::from)
         .collect();
-    for pc in super::rbd::mapped_orphans(ctx, obs) {
-        if !orphans.contains(&pc) {
-            orphans.push(pc);
-        }
-    }
+    super::rbd::add_mapped_orphans(ctx, obs, &mut orphans);
     actions.extend(teardown(ctx, obs, &orphans, true).flatten());
     Ok(actions)
 }
@@ -65,16 +61,14 @@ fn pc_actions(
     images_attached: &mut BTreeSet<String>,
     actions: &mut Vec<Step>,
 ) -> Result<()> {
-    match ctx.manifest.storage_of(pc) {
-        Storage::Reflink => {
-            let up = super::clone::plan_actions(ctx, obs, pc, actions)?;
-            return export_actions(ctx, obs, pc, up, actions);
-        }
-        Storage::Rbd => {
-            let up = super::rbd::plan_actions(ctx, obs, pc, actions)?;
-            return export_actions(ctx, obs, pc, up, actions);
-        }
-        Storage::Cow => {}
+    // A clone (reflink or rbd) has its own device steps; its export is any PC's.
+    let clone_up = match ctx.manifest.storage_of(pc) {
+        Storage::Reflink => Some(super::clone::plan_actions(ctx, obs, pc, actions)?),
+        Storage::Rbd => Some(super::rbd::plan_actions(ctx, obs, pc, actions)?),
+        Storage::Cow => None,
+    };
+    if let Some(up) = clone_up {
+        return export_actions(ctx, obs, pc, up, actions);
     }
     let image = ctx.image(pc);
     let name = dm_name(&pc.name);

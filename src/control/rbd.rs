@@ -47,11 +47,14 @@ pub fn mapping_of<'a>(
     m: &Manifest,
     pc: &Pc,
 ) -> Result<Option<&'a Mapped>> {
-    let Some(id) = image_id(cluster, &clone_name(m, pc)?)? else {
-        return Ok(None);
-    };
+    let id = image_id(cluster, &clone_name(m, pc)?)?;
+    Ok(id.and_then(|id| mapped_as(cluster, obs, &id)))
+}
+
+/// The kernel's mapping of the image with this id in the cluster's pool.
+fn mapped_as<'a>(cluster: &Cluster, obs: &'a Observed, id: &str) -> Option<&'a Mapped> {
     let pool = cluster.pool().name();
-    Ok(obs.rbd.iter().find(|d| d.pool == pool && d.image_id == id))
+    obs.rbd.iter().find(|d| d.pool == pool && d.image_id == id)
 }
 
 /// Whether a table's device is this mapping.
@@ -116,10 +119,11 @@ pub fn plan_actions(ctx: &Ctx, obs: &Observed, pc: &Pc, actions: &mut Vec<Step>)
     }
     let clone = cluster.pool().spec(&clone_name(m, pc)?);
     let mut mapped = None;
-    if cluster.has_disk(m, pc)? {
+    // One look at the clone: there or not, and its id (what a mapping is known by).
+    if let Some(id) = image_id(&cluster, &clone_name(m, pc)?)? {
         // The guard, as the userspace engine's: a clone of another image is refused.
-        cluster.usage(m, pc)?;
-        mapped = mapping_of(&cluster, obs, m, pc)?;
+        cluster.check_disk(m, pc)?;
+        mapped = mapped_as(&cluster, obs, &id);
         if mapped.is_none() {
             if let Some(holder) = cluster.holder(m, pc)? {
                 return Err(Error::RbdHeld {
@@ -356,7 +360,7 @@ pub fn teardown(ctx: &Ctx, obs: &Observed, pc: &str, actions: &mut Vec<Step>) {
     {
         actions.push(Step::RemoveSnapshot { name });
     }
-    for m in obs.rbd.iter().filter(|m| m.pool == pool && m.name == clone) {
+    for m in mappings_named(obs, &pool, &clone) {
         let step = Step::UnmapRbd {
             id: m.id,
             clone: format!("{}/{}", m.pool, m.name),
@@ -367,17 +371,37 @@ pub fn teardown(ctx: &Ctx, obs: &Observed, pc: &str, actions: &mut Vec<Step>) {
     }
 }
 
-/// PCs no longer in the manifest whose clones the kernel still maps (`<prefix>.<pc>`).
-pub fn mapped_orphans(ctx: &Ctx, obs: &Observed) -> Vec<String> {
-    let Some(ceph) = ctx.manifest.ceph.as_ref() else {
-        return Vec::new();
-    };
-    let prefix = format!("{}.", ceph.prefix);
+/// The kernel's mappings made by the clone's name (a reset maps the clone by its name).
+fn mappings_named<'a>(
+    obs: &'a Observed,
+    pool: &'a str,
+    clone: &'a str,
+) -> impl Iterator<Item = &'a Mapped> {
     obs.rbd
         .iter()
+        .filter(move |m| m.pool == pool && m.name == clone)
+}
+
+/// Whether the kernel maps `pc`'s clone (with or without a device over it).
+pub fn is_mapped(ctx: &Ctx, obs: &Observed, pc: &str) -> bool {
+    clone_of(ctx.manifest, pc)
+        .is_some_and(|(pool, clone)| mappings_named(obs, &pool, &clone).next().is_some())
+}
+
+/// PCs no longer in the manifest whose clones the kernel still maps (`<prefix>.<pc>`),
+/// added to `orphans` (once each).
+pub fn add_mapped_orphans(ctx: &Ctx, obs: &Observed, orphans: &mut Vec<String>) {
+    let Some(ceph) = ctx.manifest.ceph.as_ref() else {
+        return;
+    };
+    let prefix = format!("{}.", ceph.prefix);
+    for pc in (obs.rbd.iter())
         .filter(|m| m.pool == ceph.settings.pool)
         .filter_map(|m| m.name.strip_prefix(&prefix))
         .filter(|pc| !pc.contains('.') && ctx.manifest.pc(pc).is_none())
-        .map(String::from)
-        .collect()
+    {
+        if !orphans.iter().any(|o| o == pc) {
+            orphans.push(pc.to_string());
+        }
+    }
 }

@@ -117,16 +117,8 @@ impl Disk for EngineDisk {
         if !self.engine.parallel() {
             return Some(done);
         }
-        let back = self.engine.start_read(
-            offset,
-            len,
-            Box::new(move |r| done(r.map_err(|e| disk_error(&e)))),
-        );
-        // An engine that took the request back is answered here, waiting.
-        if let Some(back) = back {
-            let mut buf = vec![0; len];
-            back(self.engine.read_at(&mut buf, offset).map(|()| buf));
-        }
+        let done = Box::new(move |r: Result<_, _>| done(r.map_err(|e| disk_error(&e))));
+        self.engine.start_read(offset, len, done);
         None
     }
 
@@ -139,14 +131,8 @@ impl Disk for EngineDisk {
         if !self.engine.parallel() {
             return Some((data, done));
         }
-        let back = self.engine.start_write(
-            offset,
-            data,
-            Box::new(move |r| done(r.map_err(|e| disk_error(&e)))),
-        );
-        if let Some((data, back)) = back {
-            back(self.engine.write_at(&data, offset));
-        }
+        let done = Box::new(move |r: Result<_, _>| done(r.map_err(|e| disk_error(&e))));
+        self.engine.start_write(offset, data, done);
         None
     }
 }

@@ -48,36 +48,23 @@ impl PcDisk {
         }
     }
 
-    /// Starts a read that answers `done` on another thread when the disk can (an rbd
-    /// clone, through librbd's asynchronous I/O); else gives `done` back, not called.
-    pub fn start_read(
-        &self,
-        offset: u64,
-        len: usize,
-        done: super::rbddisk::ReadDone,
-    ) -> Option<super::rbddisk::ReadDone> {
+    /// Starts a read that answers `done` on librbd's thread (an rbd clone, through its
+    /// asynchronous I/O); any other disk answers here, before this returns.
+    pub fn start_read(&self, offset: u64, len: usize, done: super::rbddisk::ReadDone) {
         match self {
-            PcDisk::Rbd(r) => {
-                r.start_read(offset, len, done);
-                None
+            PcDisk::Rbd(r) => r.start_read(offset, len, done),
+            PcDisk::Cow(_) | PcDisk::Clone(_) => {
+                let mut buf = vec![0; len];
+                done(self.read_at(&mut buf, offset).map(|()| buf));
             }
-            PcDisk::Cow(_) | PcDisk::Clone(_) => Some(done),
         }
     }
 
-    /// [`PcDisk::start_read`] for a write of `data`; gives both back when it cannot.
-    pub fn start_write(
-        &self,
-        offset: u64,
-        data: Vec<u8>,
-        done: super::rbddisk::WriteDone,
-    ) -> Option<(Vec<u8>, super::rbddisk::WriteDone)> {
+    /// [`PcDisk::start_read`] for a write of `data`.
+    pub fn start_write(&self, offset: u64, data: Vec<u8>, done: super::rbddisk::WriteDone) {
         match self {
-            PcDisk::Rbd(r) => {
-                r.start_write(offset, data, done);
-                None
-            }
-            PcDisk::Cow(_) | PcDisk::Clone(_) => Some((data, done)),
+            PcDisk::Rbd(r) => r.start_write(offset, data, done),
+            PcDisk::Cow(_) | PcDisk::Clone(_) => done(self.write_at(&data, offset)),
         }
     }
 

@@ -104,11 +104,7 @@ impl Device for PcDisk {
             return Some(done);
         }
         let done = Box::new(move |r: Result<Vec<u8>, _>| done(r.map_err(|e| errno(&e))));
-        // An engine that took the request back is answered here, waiting.
-        if let Some(back) = PcDisk::start_read(self, offset, len, done) {
-            let mut buf = vec![0; len];
-            back(PcDisk::read_at(self, &mut buf, offset).map(|()| buf));
-        }
+        PcDisk::start_read(self, offset, len, done);
         None
     }
 
@@ -122,9 +118,7 @@ impl Device for PcDisk {
             return Some((data, done));
         }
         let done = Box::new(move |r: Result<(), _>| done(r.map_err(|e| errno(&e))));
-        if let Some((data, back)) = PcDisk::start_write(self, offset, data, done) {
-            back(PcDisk::write_at(self, &data, offset));
-        }
+        PcDisk::start_write(self, offset, data, done);
         None
     }
 }

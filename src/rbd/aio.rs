@@ -23,7 +23,7 @@ enum Done {
 struct Request {
     calls: &'static Calls,
     done: Done,
-    what: String,
+    what: std::sync::Arc<str>,
     offset: u64,
 }
 
@@ -71,7 +71,7 @@ impl Image {
         let mut request = Box::new(Request {
             calls,
             done,
-            what: self.what(),
+            what: self.spec.clone(),
             offset,
         });
         let (buf, len) = match &mut request.done {

@@ -12,6 +12,8 @@ pub struct Image {
     pub(super) pool: Arc<Pool>,
     pub(super) handle: RbdImage,
     name: String,
+    /// `pool/name`, made once: what errors name, shared with requests in flight.
+    pub(super) spec: Arc<str>,
 }
 
 // SAFETY: librbd's image handles take concurrent I/O from many threads (they are what
@@ -72,6 +74,7 @@ impl Image {
             pool: pool.clone(),
             handle,
             name: name.to_string(),
+            spec: pool.spec(name).into(),
         })
     }
 
@@ -80,7 +83,7 @@ impl Image {
     }
 
     pub(super) fn what(&self) -> String {
-        self.pool.spec(&self.name)
+        self.spec.to_string()
     }
 
     fn stat(&self) -> Result<ffi::ImageInfo> {
