@@ -115,6 +115,10 @@ fn a_room_of_clones_works_through_every_command(m: &Mounted, fs: &str) {
     );
     assert_eq!(used(&room, "pc-1"), 0, "{fs}");
     assert!(!room.path("cow/pc-1.img.discard").exists(), "{fs}");
+    assert!(
+        !room.path("cow/pc-1.img.cloning").exists(),
+        "{fs}: the clone made before the pause took the disk's place"
+    );
     assert_eq!(sharing(&disk).unwrap().private, 0, "{fs}");
     assert!(
         reads(&pc3, 0, 64 * 1024, 0x44),

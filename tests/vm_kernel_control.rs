@@ -249,8 +249,9 @@ fn iscsi_login_write_status_live_reset_down_apply() {
 }
 
 /// A reflink room on xfs: each PC's disk a clone on a loop device under a dm `linear`
-/// device that LIO exports; the initiator's writes count as the clone's own bytes; a reset
-/// while it is logged in reloads the table over a fresh clone; down and apply keep the disk.
+/// device that LIO (or vblade) exports; the initiator's writes count as the clone's own
+/// bytes; a reset while it is logged in reloads the table over a fresh clone; down and
+/// apply keep the disk; the aoe driver reads and writes pc-3's clone and sees its reset.
 #[test]
 #[ignore = "needs the real kernel: scripts/test-kernel.sh"]
 fn a_reflink_pc_is_served_by_lio_over_its_clone_and_reset_by_a_table_reload() {
@@ -311,6 +312,31 @@ fn a_reflink_pc_is_served_by_lio_over_its_clone_and_reset_by_a_table_reload() {
         .unwrap();
     assert!(read_device(&disk) == expected, "down + apply keep the disk");
     iscsid.logout("pc1", TARGET1);
+
+    // pc-3 over AoE: vblade exports its linear device, and the kernel's aoe driver reads the
+    // clone, writes into it and, holding the disk, sees a reset bring the image back.
+    let aoe = aoe_on_lo();
+    assert!(
+        read_device(&aoe) == site.golden,
+        "pc-3 over AoE reads its image"
+    );
+    let bytes = Rng(11).bytes(1 << 20);
+    write_device(&aoe, 2 << 20, &bytes);
+    let mut written = site.golden.clone();
+    written[2 << 20..3 << 20].copy_from_slice(&bytes);
+    assert!(
+        read_device(&aoe) == written,
+        "the aoe driver reads its writes"
+    );
+    let used = site.used("pc-3");
+    assert!(used >= (1 << 20) / 512, "pc-3's own bytes: {used} sectors");
+    let shown = site.ok(&["reset", "pc-3"]);
+    assert!(shown.contains("while exported"), "{shown}");
+    assert!(
+        read_device(&aoe) == site.golden,
+        "a fresh clone under the aoe driver after the reset"
+    );
+    assert_eq!(site.used("pc-3"), 0);
     site.ok(&["down"]);
     assert_clean(site.dir.path());
 }
@@ -382,6 +408,25 @@ fn strangers_and_wrong_chap_secrets_are_refused() {
     iscsid.logout("pc1", TARGET1);
 }
 
+/// pc-3's disk (e9.3) as the kernel's aoe driver on `lo` finds it, once it has its whole
+/// size; devices the driver knew from earlier tests are forgotten first.
+fn aoe_on_lo() -> PathBuf {
+    sh("modprobe", &["aoe", "aoe_iflist=lo"]);
+    let _ = Command::new("aoe-flush").arg("-a").output();
+    let disk = PathBuf::from("/dev/etherd/e9.3");
+    for _ in 0..150 {
+        let _ = Command::new("aoe-discover").output();
+        let size = std::fs::File::open(&disk)
+            .ok()
+            .and_then(|f| cowctl::engine::backing::file_or_device_size(&f).ok());
+        if size == Some(GOLDEN as u64) {
+            return disk;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("the aoe driver found no e9.3 of {GOLDEN} bytes on lo");
+}
+
 #[test]
 #[ignore = "needs the real kernel: scripts/test-kernel.sh"]
 fn aoe_on_lo_serves_the_dm_device() {
@@ -396,26 +441,9 @@ fn aoe_on_lo_serves_the_dm_device() {
         .trim()
     ));
     write_device(&dm, 4096 * 3, &Rng(9).bytes(8192));
-    sh("modprobe", &["aoe", "aoe_iflist=lo"]);
-    let disk = PathBuf::from("/dev/etherd/e9.3");
-    for _ in 0..150 {
-        let _ = Command::new("aoe-discover").output();
-        if disk.exists() && std::fs::metadata(&disk).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    assert!(disk.exists(), "the aoe driver found no e9.3 on lo");
-    let mut seen = Vec::new();
-    for _ in 0..50 {
-        seen = std::fs::read(&disk).unwrap_or_default();
-        if seen.len() == GOLDEN {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let disk = aoe_on_lo();
     assert!(
-        seen == read_device(&dm),
+        read_device(&disk) == read_device(&dm),
         "the AoE disk differs from the dm device"
     );
     // The vblade is supervised: killed, it is restarted by the next apply.

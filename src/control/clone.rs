@@ -94,8 +94,14 @@ fn sectors_of(disk: &Path) -> Result<u64> {
 }
 
 /// A reflink PC's fill as the kernel serves it: the bytes where its clone is no longer
-/// its image (FIEMAP, after its dirty pages are written), against its quota.
+/// its image (FIEMAP, after its dirty pages are written), against its quota. vblade writes
+/// through the linear device's page cache, so that is flushed into the clone first.
 pub fn status(ctx: &Ctx, pc: &Pc) -> (PcState, Option<Usage>) {
+    if let Ok(node) = ctx.kernel.dm.node(&dm_name(&pc.name), &ctx.node_dir()) {
+        if let Ok(device) = std::fs::File::open(node) {
+            let _ = device.sync_data(); // status then counts what it could see before
+        }
+    }
     match crate::reflink::extents::own_bytes(&pc.cow, &ctx.image(pc).path) {
         Ok(own) => (
             PcState::Active,
@@ -139,23 +145,27 @@ pub fn live_reset(
         });
     }
     let discard = discard_path(&pc.cow);
+    // Cloned before the pause: FICLONE waits for the image's readers, and syncs.
+    let fresh = crate::reflink::clone::prepare(image, &pc.cow)?;
     // The initiator retries its login while the export is paused.
     let paused = while_paused(ctx, obs, pc, &name, || {
-        swap(ctx, pc, &old_loop, image, &discard, onto)
-    })?;
+        swap(ctx, pc, &old_loop, &fresh, &discard, onto)
+    });
+    let _ = std::fs::remove_file(&fresh); // still there only when the swap failed
+    let paused = paused?;
     // The old clone goes now that the PC is back.
     k.loops.detach(&old_loop.dev)?;
     crate::reflink::clone::remove_aside(&discard)?;
     Ok(paused)
 }
 
-/// The old clone set aside, a fresh one in its place on a new loop, the table reloaded
-/// over it; on failure the old clone and table are put back.
+/// The old clone set aside, the fresh one (made ahead as `fresh`) in its place on a new
+/// loop, the table reloaded over it; on failure the old clone and table are put back.
 fn swap(
     ctx: &Ctx,
     pc: &Pc,
     old_loop: &LoopInfo,
-    image: &Path,
+    fresh: &Path,
     discard: &Path,
     onto: Option<&Golden>,
 ) -> Result<()> {
@@ -164,12 +174,12 @@ fn swap(
     let sectors = sectors_of(&pc.cow)?;
     let old_record = golden_record::read(&pc.cow)?;
     crate::reflink::clone::set_aside(&pc.cow, discard)?;
-    let fresh = (|| -> Result<LoopInfo> {
-        crate::reflink::clone::clone_new(image, &pc.cow)?;
+    let attached = (|| -> Result<LoopInfo> {
+        crate::reflink::clone::install(fresh, &pc.cow)?;
         golden_record::note_reset(&pc.cow, onto)?;
         Ok(k.loops.attach(&pc.cow, false)?)
     })();
-    match fresh {
+    match attached {
         Ok(l) => {
             let target = Target::linear(sectors_of(&pc.cow)?, &l.dev.display().to_string());
             Ok(k.dm.replace(&name, &target)?)

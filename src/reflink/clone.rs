@@ -26,6 +26,14 @@ pub fn clone_new(source: &Path, clone: &Path) -> Result<(), ReflinkError> {
             clone: clone.to_path_buf(),
         });
     }
+    let partial = prepare(source, clone)?;
+    install(&partial, clone)
+}
+
+/// A fresh clone of `source` for `clone`'s place, made and synced under its partial name
+/// (a reset makes it before the PC's pause: cloning waits for the image's readers and
+/// syncs); [`install`] puts it in place. `clone` itself is not looked at.
+pub fn prepare(source: &Path, clone: &Path) -> Result<PathBuf, ReflinkError> {
     let dir = parent(clone);
     let (from, to) = (fs::of(source)?, fs::of(dir)?);
     if from.dev != to.dev {
@@ -37,26 +45,35 @@ pub fn clone_new(source: &Path, clone: &Path) -> Result<(), ReflinkError> {
         });
     }
     let partial = partial_path(clone);
-    let result = clone_into(source, &partial).and_then(|()| {
-        durable::rename_new(&partial, clone).map_err(|source| ReflinkError::Clone {
-            source_file: partial.clone(),
+    match clone_into(source, &partial) {
+        Ok(()) => Ok(partial),
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            match e {
+                ReflinkError::Clone { source: e, .. } if refused_by_fs(&e) => {
+                    Err(ReflinkError::CannotClone {
+                        path: dir.to_path_buf(),
+                        kind: to.kind,
+                        mount: to.mount,
+                    })
+                }
+                other => Err(other),
+            }
+        }
+    }
+}
+
+/// Renames a clone [`prepare`]d as `partial` to `clone`, never over a file; on failure the
+/// partial clone is removed.
+pub fn install(partial: &Path, clone: &Path) -> Result<(), ReflinkError> {
+    durable::rename_new(partial, clone).map_err(|source| {
+        let _ = std::fs::remove_file(partial);
+        ReflinkError::Clone {
+            source_file: partial.to_path_buf(),
             clone: clone.to_path_buf(),
             source,
-        })
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    match result {
-        Err(ReflinkError::Clone { source: e, .. }) if refused_by_fs(&e) => {
-            Err(ReflinkError::CannotClone {
-                path: dir.to_path_buf(),
-                kind: to.kind,
-                mount: to.mount,
-            })
         }
-        other => other,
-    }
+    })
 }
 
 /// Replaces the clone at `clone` with a fresh clone of `source` (a reset): the old file is

@@ -94,13 +94,13 @@ fn open_clone(pc: &Pc, image: &Path, fresh: bool) -> Result<CloneFile> {
 }
 
 /// The reset's swap, run while the PC's I/O is stopped: the old COW is set aside, a fresh
-/// sparse one of the same size takes its path and is opened, and only then is the old
-/// engine abandoned (nothing more is written to it). On failure the old COW keeps serving.
+/// sparse one of the same size (or the clone `made` before the pause) takes its path and is
+/// opened, and only then is the old engine abandoned (nothing more is written to it). On
+/// failure the old COW keeps serving.
 pub(super) fn swap_in_fresh_cow(
-    m: &Manifest,
-    pc: &Pc,
+    (m, pc): (&Manifest, &Pc),
     old: Option<Served>,
-    discard: &Path,
+    (discard, made): (&Path, Option<&Path>),
     onto: Option<&golden_record::Golden>,
 ) -> (Option<Served>, Result<()>) {
     let Some(old) = old else {
@@ -127,7 +127,7 @@ pub(super) fn swap_in_fresh_cow(
     }
     let old_record = golden_record::read(&pc.cow).ok().flatten();
     // The fresh COW's record names the image it is over before the PC can write to it.
-    let fresh = fresh_disk(m, pc, size)
+    let fresh = fresh_disk(m, pc, size, made)
         .and_then(|()| open_as(m, pc, true))
         .and_then(|s| Ok(golden_record::note_reset(&pc.cow, onto).map(|()| s)?));
     match fresh {
@@ -185,14 +185,18 @@ pub(super) fn swap_in_fresh_rbd(
     (Some(served(m, pc, PcDisk::Rbd(fresh), None)), Ok(aside))
 }
 
-/// A new disk for the PC at its path: an empty COW of `size` bytes, or a clone of its image.
-fn fresh_disk(m: &Manifest, pc: &Pc, size: u64) -> Result<()> {
+/// A new disk for the PC at its path: an empty COW of `size` bytes, or a clone of its image
+/// (the one `made` ahead, when there is one).
+fn fresh_disk(m: &Manifest, pc: &Pc, size: u64, made: Option<&Path>) -> Result<()> {
     match m.storage_of(pc) {
         Storage::Cow => Ok(crate::cowfile::create_empty(&pc.cow, size)?),
         Storage::Rbd => Ok(crate::rbdpc::cluster_of(m, pc)?.make_disk(m, pc)?),
-        Storage::Reflink => {
-            let image = &m.images[&pc.image].path;
-            Ok(crate::reflink::clone::clone_new(image, &pc.cow)?)
-        }
+        Storage::Reflink => match made {
+            Some(made) => Ok(crate::reflink::clone::install(made, &pc.cow)?),
+            None => {
+                let image = &m.images[&pc.image].path;
+                Ok(crate::reflink::clone::clone_new(image, &pc.cow)?)
+            }
+        },
     }
 }

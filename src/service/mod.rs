@@ -314,12 +314,23 @@ impl Service {
             return Ok(r);
         }
         let discard = discard_path(&pc.cow);
+        // A clone is made before the pause: FICLONE waits for the image's readers, and syncs.
+        let made = match m.storage_of(&pc) {
+            crate::manifest::Storage::Reflink => {
+                let image = &m.images[&pc.image].path;
+                Some(crate::reflink::clone::prepare(image, &pc.cow)?)
+            }
+            _ => None,
+        };
         let paused = slot
-            .quiesce(|old| swap_in_fresh_cow(&m, &pc, old, &discard, onto))
-            .map_err(|e| Error::Resetting {
-                pc: pc.name.clone(),
-                source: Box::new(e),
-            })?;
+            .quiesce(|old| swap_in_fresh_cow((&m, &pc), old, (&discard, made.as_deref()), onto));
+        if let Some(made) = &made {
+            let _ = std::fs::remove_file(made); // still there only when the swap failed
+        }
+        let paused = paused.map_err(|e| Error::Resetting {
+            pc: pc.name.clone(),
+            source: Box::new(e),
+        })?;
         self.moved(&pc.name, due.as_ref().map(|(i, _)| i));
         match m.storage_of(&pc) {
             crate::manifest::Storage::Cow => crate::control::reset::remove_discard(&discard)?,
