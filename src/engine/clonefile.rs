@@ -28,6 +28,9 @@ use crate::cow::Usage;
 /// The unit the disk counts a PC's own bytes in: the block btrfs and xfs copy on a write.
 pub const BLOCK: u64 = BLOCK_LEN as u64;
 const BLOCK_LEN: usize = 4096;
+/// The longest stretch of the image's blocks between a PC's own that a read takes from the
+/// clone rather than from the image's file.
+const SHORT_IMAGE_RUN: usize = 32 << 10;
 
 pub struct CloneFile {
     file: File,
@@ -115,21 +118,41 @@ impl CloneFile {
     }
 
     /// Splits `len` bytes at `offset` into runs (from the image?, offset, length) read
-    /// from one file each.
+    /// from one file each. A short stretch of the image's blocks beside the PC's own is
+    /// read from the clone, which holds the same bytes there: on a disk the PC has written
+    /// all over, one read beats many small ones, and the room's shared page cache matters
+    /// for the long stretches the PCs boot from.
     pub fn runs(&self, offset: u64, len: usize) -> Vec<(bool, u64, usize)> {
-        let own = self.fill.own();
         let mut runs: Vec<(bool, u64, usize)> = Vec::new();
-        let mut done = 0usize;
-        while done < len {
-            let pos = offset + done as u64;
-            let within = (pos % BLOCK) as usize; // less than a block
-            let n = (BLOCK_LEN - within).min(len - done);
-            let from_image = !own.is_set(pos / BLOCK);
-            match runs.last_mut() {
-                Some(last) if last.0 == from_image => last.2 += n,
-                _ => runs.push((from_image, pos, n)),
+        {
+            let own = self.fill.own();
+            let mut done = 0usize;
+            while done < len {
+                let pos = offset + done as u64;
+                let within = (pos % BLOCK) as usize; // less than a block
+                let n = (BLOCK_LEN - within).min(len - done);
+                let from_image = !own.is_set(pos / BLOCK);
+                match runs.last_mut() {
+                    Some(last) if last.0 == from_image => last.2 += n,
+                    _ => runs.push((from_image, pos, n)),
+                }
+                done += n;
             }
-            done += n;
+        }
+        if runs.len() > 1 {
+            for run in runs.iter_mut() {
+                // Runs alternate, so every image run here has an own run beside it.
+                if run.0 && run.2 < SHORT_IMAGE_RUN {
+                    run.0 = false;
+                }
+            }
+            runs.dedup_by(|next, last| {
+                let same = last.0 == next.0;
+                if same {
+                    last.2 += next.2;
+                }
+                same
+            });
         }
         runs
     }
@@ -280,8 +303,11 @@ mod tests {
     fn blocks_still_the_images_are_read_from_the_image() {
         let p = pair(64 << 10, 1 << 20, &[(8192, 4096)]);
         let d = &p.disk;
-        // Were block 0 read from the clone file, this would show.
-        p.clone.as_file().write_all_at(&[0xEE; 4096], 0).unwrap();
+        // Were block 8 read from the clone file, this would show.
+        p.clone
+            .as_file()
+            .write_all_at(&[0xEE; 4096], 32768)
+            .unwrap();
         let mut all = vec![1u8; 64 << 10];
         d.read_at(&mut all, 0).unwrap();
         assert!(all[..8192].iter().all(|&b| b == 7), "the image's");
@@ -289,8 +315,15 @@ mod tests {
         assert!(all[12288..].iter().all(|&b| b == 7));
         assert_eq!(
             d.runs(4000, 9000),
-            [(true, 4000, 4192), (false, 8192, 4096), (true, 12288, 712)]
+            [(false, 4000, 9000)],
+            "short stretches of the image beside the PC's own are read from the clone"
         );
+        assert_eq!(
+            d.runs(0, 64 << 10),
+            [(false, 0, 12288), (true, 12288, 53248)],
+            "a long stretch is the image's"
+        );
+        assert_eq!(d.runs(12288, 8192), [(true, 12288, 8192)]);
         d.write_at(&[5u8; 10], 20000).unwrap();
         let mut b = [0u8; 4096];
         d.read_at(&mut b, 16384).unwrap();
