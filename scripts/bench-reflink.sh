@@ -7,21 +7,28 @@
 #   first writes: 4 KiB random writes at queue depth 16 into a fresh disk, over 1 GiB;
 #   rewrites: the same over the first 64 MiB, written whole before;
 #   4 KiB random reads at depth 16 and 1 MiB sequential reads at depth 4.
-# Then one reset's pause after 16, 256 and 768 MiB written, and `cowctl status` of a
-# room of 200 PCs with 20 GiB disks, each holding 256 blocks of its own (served, and not
-# served) and one reset's pause on such a disk. Prints tables with ratios. Not part of the
-# tests.
-#   scripts/bench-reflink.sh          (RUNTIME=10 seconds per job, BENCH_FS=xfs)
+# Each job runs ROUNDS times, the sides taking turns, on a fresh disk each round (a reset;
+# tgt's plain file stays); the table shows each side's median and the ratios' range. The
+# file system's own ceiling for the writes is measured beside them: fio writing a fresh
+# clone directly, one pwrite at a time as cowctl's session does (no network, no protocol).
+# Then the boot storm (scripts/bench/boot-storm.c: 300 MiB read + 50 MiB of 64 KiB writes
+# and a SYNCHRONIZE CACHE per PC) at 1, 10 and 50 PCs on clones and on COWs, ROUNDS times;
+# one reset's pause after 16, 256 and 768 MiB written; and `cowctl status` of a room of 200
+# PCs with 20 GiB disks, each holding 256 blocks of its own (served, and not served) and one
+# reset's pause on such a disk. Prints tables with ratios. Not part of the tests.
+#   scripts/bench-reflink.sh          (RUNTIME=8 seconds per job, ROUNDS=3, BENCH_FS=xfs)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-runtime=${RUNTIME:-10}
+runtime=${RUNTIME:-8}
+rounds=${ROUNDS:-3}
 fs=${BENCH_FS:-xfs}
 scripts/provision.sh --tests >/dev/null
 cargo build --release --quiet --bins
 cowctl=$repo/target/release/cowctl
 work=$(mktemp -d /var/tmp/cowctl-bench-reflink.XXXXXX)
 gcc -O2 -Wall -o "$work/iscsi-bench" scripts/bench/iscsi-bench.c -liscsi
+gcc -O2 -Wall -pthread -o "$work/boot-storm" scripts/bench/boot-storm.c -liscsi
 source scripts/lib/iscsi.sh
 mnt=$work/mnt
 rooms=()
@@ -48,10 +55,15 @@ head -c $((1 << 30)) /dev/urandom >"$mnt/golden.img"
 cp --reflink=never "$mnt/golden.img" "$mnt/plain.img"
 sync
 
-# room NAME STORAGE CHUNK PCS GOLDEN: a room in $mnt/NAME of PCS iSCSI PCs (pc-1 … pc-N) on
-# GOLDEN, applied; sets url (pc-1's) and room_dir.
+# room NAME STORAGE CHUNK PCS GOLDEN [NAMES]: a room in $mnt/NAME of PCS iSCSI PCs (pc-1 … pc-N,
+# or pc-001 … with NAMES=padded) on GOLDEN, applied; sets url (the first PC's), prefix (the
+# PCs' URL before their number) and room_dir.
 room() {
-    local name=$1 storage=$2 chunk=$3 pcs=$4 golden=$5 port nbd
+    local name=$1 storage=$2 chunk=$3 pcs=$4 golden=$5 port nbd first=pc-1 names="pc-{1..$4}"
+    if [[ ${6:-} == padded ]]; then
+        names="pc-{001..$(printf %03d "$pcs")}"
+        first=pc-001
+    fi
     room_dir=$mnt/$name
     rooms+=("$room_dir")
     mkdir -p "$room_dir/cow"
@@ -75,10 +87,11 @@ nbd:
   listen: 127.0.0.1:$nbd
   socket: $room_dir/nbd.sock
 pcs:
-  - name: pc-{1..$pcs}
+  - name: $names
 YAML
     in_room "$room_dir" apply >/dev/null
-    url=iscsi://127.0.0.1:$port/iqn.2024-01.lan.bench:pc-1/0
+    prefix=iscsi://127.0.0.1:$port/iqn.2024-01.lan.bench:pc-
+    url=iscsi://127.0.0.1:$port/iqn.2024-01.lan.bench:$first/0
 }
 
 in_room() {
@@ -87,15 +100,41 @@ in_room() {
     COWCTL_RUN_DIR=$dir/run COWCTL_MANIFEST=$dir/room.yaml "$cowctl" "$@"
 }
 
-declare -A iops mbps pause
+# Each job's IOPS and MB/s per side, one "iops:mbps" per round.
+declare -A runs pause
+bench() { # side job iscsi-bench-args…
+    local side=$1 job=$2 i m
+    shift 2
+    read -r i m < <("$work/iscsi-bench" "$@")
+    runs[$side-$job]+="$i:$m "
+}
+# fio_alone JOB ARGS…: fio on the file system itself, one pwrite at a time; prints "IOPS MB/s".
+fio_alone() {
+    fio --name=alone --filename="$mnt/alone.img" --bs=4k --ioengine=psync --time_based \
+        --runtime="$runtime" --output-format=json "$@" | python3 -c '
+import json, sys
+w = json.load(sys.stdin)["jobs"][0]["write"]
+print(round(w["iops"]), round(w["bw_bytes"] / 1e6))'
+}
 run_jobs() {
-    local side=$1 url=$2
-    read -r iops[$side-first] mbps[$side-first] < <("$work/iscsi-bench" "$url" randwrite 4096 16 "$runtime")
+    local side=$1 url=$2 i m
+    if [[ $side == fs ]]; then
+        rm -f "$mnt/alone.img"
+        cp --reflink=always "$mnt/golden.img" "$mnt/alone.img"
+        sync
+        read -r i m < <(fio_alone --rw=randwrite --size=1g)
+        runs[fs-first]+="$i:$m "
+        dd if=/dev/zero of="$mnt/alone.img" bs=1M count=64 conv=notrunc,fdatasync status=none
+        read -r i m < <(fio_alone --rw=randwrite --size=64m)
+        runs[fs-rewrite]+="$i:$m "
+        return
+    fi
+    bench "$side" first "$url" randwrite 4096 16 "$runtime"
     qemu-io -f raw -c "write -P 0x5a 0 64M" "$url" >/dev/null
-    read -r iops[$side-rewrite] mbps[$side-rewrite] < <("$work/iscsi-bench" "$url" randwrite 4096 16 "$runtime" 64)
-    read -r iops[$side-randread] mbps[$side-randread] < <("$work/iscsi-bench" "$url" randread 4096 16 "$runtime")
-    read -r iops[$side-seqread] mbps[$side-seqread] < <("$work/iscsi-bench" "$url" seqread 1048576 4 "$runtime")
-    echo "bench-reflink: $side first ${iops[$side-first]} rewrite ${iops[$side-rewrite]} randread ${iops[$side-randread]} seqread ${mbps[$side-seqread]} MB/s" >&2
+    bench "$side" rewrite "$url" randwrite 4096 16 "$runtime" 64
+    bench "$side" randread "$url" randread 4096 16 "$runtime"
+    bench "$side" seqread "$url" seqread 1048576 4 "$runtime"
+    echo "bench-reflink: $side: first writes ${runs[$side-first]}/ rewrites ${runs[$side-rewrite]}/ reads ${runs[$side-randread]}/ ${runs[$side-seqread]}(IOPS:MB/s)" >&2
 }
 
 # One reset's pause after the PC wrote 16, 256 and 768 MiB.
@@ -109,19 +148,72 @@ pauses() {
     echo "bench-reflink: $side reset pauses ${all[*]} ms" >&2
 }
 
+declare -A urls dirs
 for side in reflink cow32 cow4; do
     case $side in
         reflink) room "$side" reflink 32KiB 1 "$mnt/golden.img" ;;
         cow32) room "$side" cow 32KiB 1 "$mnt/golden.img" ;;
         cow4) room "$side" cow 4KiB 1 "$mnt/golden.img" ;;
     esac
-    run_jobs "$side" "$url"
-    pauses "$side" "$room_dir" "$url"
-    in_room "$room_dir" down >/dev/null
+    urls[$side]=$url
+    dirs[$side]=$room_dir
 done
 start_tgt "$mnt/plain.img" iqn.2024-01.lan.bench:tgt "$work/tgtd.log"
-run_jobs tgt "$tgt_url"
+urls[tgt]=$tgt_url
+sides=(reflink cow32 cow4 tgt fs)
+for round in $(seq "$rounds"); do
+    echo "bench-reflink: round $round of $rounds" >&2
+    # The sides take turns in a new order each round, so none always runs first or last.
+    shift_by=$(((round - 1) % ${#sides[@]}))
+    order=("${sides[@]:shift_by}" "${sides[@]:0:shift_by}")
+    for side in "${order[@]}"; do
+        if [[ $round -gt 1 && -n ${dirs[$side]:-} ]]; then
+            in_room "${dirs[$side]}" reset pc-1 >/dev/null # a fresh disk for the first writes
+        fi
+        run_jobs "$side" "${urls[$side]:-}"
+    done
+done
 stop_tgt
+for side in reflink cow32 cow4; do
+    pauses "$side" "${dirs[$side]}" "${urls[$side]}"
+    in_room "${dirs[$side]}" down >/dev/null
+done
+rm -f "$mnt/alone.img"
+
+# The boot storm, clones against COWs of 32 KiB chunks, ROUNDS times at each size.
+declare -A storms
+for side in reflink cow32; do
+    storage=reflink
+    [[ $side == cow32 ]] && storage=cow
+    room "storm-$side" "$storage" 32KiB 50 "$mnt/golden.img" padded
+    dirs[storm-$side]=$room_dir
+    urls[storm-$side]=$prefix
+done
+storm() { # side n: prints the last PC's time in seconds
+    rm -f "$work/ready" "$work/go"
+    "$work/boot-storm" "${urls[storm-$1]}" 1 "$2" 0 300 50 "$work/ready" "$work/go" >"$work/out" &
+    local client=$!
+    while [[ ! -e $work/ready ]]; do
+        kill -0 "$client" 2>/dev/null || { wait "$client" || true; echo "bench-reflink: the storm of $2 PCs on $1 failed" >&2; exit 1; }
+        sleep 0.1
+    done
+    touch "$work/go"
+    wait "$client"
+    read -r t _ <"$work/out"
+    echo "$t"
+}
+for n in 1 10 50; do
+    for round in $(seq "$rounds"); do
+        order=(reflink cow32)
+        ((round % 2)) || order=(cow32 reflink)
+        for side in "${order[@]}"; do
+            in_room "${dirs[storm-$side]}" reset --all >/dev/null
+            storms[$side-$n]+="$(storm "$side" "$n") "
+        done
+    done
+    echo "bench-reflink: storm of $n PCs: clones ${storms[reflink-$n]}s, COWs ${storms[cow32-$n]}s" >&2
+done
+for side in reflink cow32; do in_room "${dirs[storm-$side]}" down >/dev/null; done
 
 # status_ms DIR: the median of 3 `cowctl status` runs of the room, in ms.
 status_ms() {
@@ -173,21 +265,57 @@ PY
 done
 
 ratio() { python3 -c "print(f'{$1 / max($2, 0.1):.2f}×')"; }
-fmt() { python3 -c "print(f'{int(float($1)):,}')"; }
-cell() { echo "$(fmt "${iops[$1-$2]}") IOPS, $(fmt "${mbps[$1-$2]}") MB/s"; }
 echo
-echo "| iSCSI, iscsi-bench on $fs ($runtime s per job) | reflink clone | COW, 32 KiB chunks | COW, 4 KiB chunks | tgt, plain file | reflink ÷ COW 32 KiB | reflink ÷ COW 4 KiB | reflink ÷ tgt |"
-echo "|---|---|---|---|---|---|---|---|"
-for job in first rewrite randread seqread; do
-    case $job in
-        first) label="4 KiB random write qd16, fresh disk (first writes)" ;;
-        rewrite) label="4 KiB random write qd16, written blocks (rewrites)" ;;
-        randread) label="4 KiB random read qd16" ;;
-        seqread) label="1 MiB sequential read qd4" ;;
-    esac
-    echo "| $label | $(cell reflink $job) | $(cell cow32 $job) | $(cell cow4 $job) | $(cell tgt $job) | $(ratio "${iops[reflink-$job]}" "${iops[cow32-$job]}") | $(ratio "${iops[reflink-$job]}" "${iops[cow4-$job]}") | $(ratio "${iops[reflink-$job]}" "${iops[tgt-$job]}") |"
-done
-echo
+for key in "${!runs[@]}"; do echo "$key ${runs[$key]}"; done >"$work/runs"
+for key in "${!storms[@]}"; do echo "$key ${storms[$key]}"; done >"$work/storms"
+python3 - "$work/runs" "$work/storms" "$fs" "$runtime" "$rounds" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    key, *cells = line.split()
+    runs[key] = [tuple(float(x) for x in c.split(":")) for c in cells]
+storms = {}
+for line in open(sys.argv[2]):
+    key, *times = line.split()
+    storms[key] = [float(t) for t in times]
+fs, runtime, rounds = sys.argv[3], sys.argv[4], sys.argv[5]
+med = statistics.median
+
+def cell(side, job):
+    r = runs.get(f"{side}-{job}")
+    if not r:
+        return "—"
+    return f"{med(i for i, _ in r):,.0f} IOPS, {med(m for _, m in r):,.0f} MB/s"
+
+def ratio(a, b, job, higher=True):
+    ra, rb = runs.get(f"{a}-{job}"), runs.get(f"{b}-{job}")
+    if not ra or not rb:
+        return "—"
+    each = sorted(x[0] / max(y[0], 0.1) for x, y in zip(ra, rb))
+    m = med(x[0] for x in ra) / max(med(y[0] for y in rb), 0.1)
+    return f"{m:.2f}× ({each[0]:.2f}–{each[-1]:.2f})" if len(each) > 1 else f"{m:.2f}×"
+
+labels = {
+    "first": "4 KiB random write qd16, fresh disk (first writes)",
+    "rewrite": "4 KiB random write qd16, written blocks (rewrites)",
+    "randread": "4 KiB random read qd16",
+    "seqread": "1 MiB sequential read qd4",
+}
+print(f"| iSCSI, iscsi-bench on {fs} ({runtime} s per job, median of {rounds} rounds) | reflink clone | COW, 32 KiB chunks | COW, 4 KiB chunks | tgt, plain file | {fs} alone: fio on a fresh clone, one pwrite at a time | reflink ÷ COW 32 KiB (range) | reflink ÷ COW 4 KiB (range) | reflink ÷ tgt (range) | reflink ÷ {fs} alone |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for job, label in labels.items():
+    cells = [cell(s, job) for s in ("reflink", "cow32", "cow4", "tgt", "fs")]
+    ratios = [ratio("reflink", s, job) for s in ("cow32", "cow4", "tgt", "fs")]
+    print(f"| {label} | " + " | ".join(cells + ratios) + " |")
+print()
+print(f"| boot storm on {fs}, N PCs at once (300 MiB read + 50 MiB written each; median of {rounds} rounds) | clones: last PC done | COWs, 32 KiB chunks: last PC done | clones ÷ COWs, time (range) |")
+print("|---|---|---|---|")
+for n in (1, 10, 50):
+    c, w = storms.get(f"reflink-{n}"), storms.get(f"cow32-{n}")
+    each = sorted(a / b for a, b in zip(c, w))
+    print(f"| {n} | {med(c):.3f} s | {med(w):.3f} s | {med(c) / med(w):.2f}× ({each[0]:.2f}–{each[-1]:.2f}) |")
+print()
+PY
 echo "| one PC | reflink clone | COW, 32 KiB chunks | COW, 4 KiB chunks |"
 echo "|---|---|---|---|"
 echo "| one reset's pause after 16 / 256 / 768 MiB written | ${pause[reflink]} | ${pause[cow32]} | ${pause[cow4]} |"
