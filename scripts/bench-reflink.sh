@@ -12,7 +12,9 @@
 # file system's own ceiling for the writes is measured beside them: fio writing a fresh
 # clone directly, one pwrite at a time as cowctl's session does (no network, no protocol).
 # Then the boot storm (scripts/bench/boot-storm.c: 300 MiB read + 50 MiB of 64 KiB writes
-# and a SYNCHRONIZE CACHE per PC) at 1, 10 and 50 PCs on clones and on COWs, ROUNDS times;
+# and a SYNCHRONIZE CACHE per PC) at 1, 10 and 50 PCs on clones and on COWs, ROUNDS times,
+# beside the storm's writes done by fio on the file system alone (into clones, and appended
+# to new files as a COW's chunks are);
 # one reset's pause after 16, 256 and 768 MiB written; and `cowctl status` of a room of 200
 # PCs with 20 GiB disks, each holding 256 blocks of its own (served, and not served) and one
 # reset's pause on such a disk. Prints tables with ratios. Not part of the tests.
@@ -202,16 +204,38 @@ storm() { # side n: prints the last PC's time in seconds
     read -r t _ <"$work/out"
     echo "$t"
 }
+# storm_writes_alone MODE N: the storm's writes on the file system alone, in seconds: N fio
+# writers, each 50 MiB of 64 KiB writes and an fsync, scattered over a fresh clone of the
+# image (MODE clone) or appended to a new file (MODE append, as a COW's chunks go).
+storm_writes_alone() {
+    local mode=$1 n=$2 args=() t
+    rm -rf "$mnt/alone" && mkdir "$mnt/alone"
+    for i in $(seq "$n"); do
+        [[ $mode == clone ]] && cp --reflink=always "$mnt/golden.img" "$mnt/alone/$i"
+        args+=(--name="w$i" --filename="$mnt/alone/$i")
+    done
+    sync
+    t=$(date +%s%N)
+    if [[ $mode == clone ]]; then
+        fio --rw=randwrite --bs=64k --size=1g --io_size=50m --ioengine=psync --end_fsync=1 "${args[@]}" >/dev/null
+    else
+        fio --rw=write --bs=64k --size=50m --ioengine=psync --end_fsync=1 "${args[@]}" >/dev/null
+    fi
+    python3 -c "print(round(($(date +%s%N) - $t) / 1e9, 3))"
+    rm -rf "$mnt/alone"
+}
 for n in 1 10 50; do
     for round in $(seq "$rounds"); do
         order=(reflink cow32)
         ((round % 2)) || order=(cow32 reflink)
         for side in "${order[@]}"; do
             in_room "${dirs[storm-$side]}" reset --all >/dev/null
+            sync # no round inherits the write-back of the one before
             storms[$side-$n]+="$(storm "$side" "$n") "
         done
+        for mode in clone append; do storms[alone-$mode-$n]+="$(storm_writes_alone "$mode" "$n") "; done
     done
-    echo "bench-reflink: storm of $n PCs: clones ${storms[reflink-$n]}s, COWs ${storms[cow32-$n]}s" >&2
+    echo "bench-reflink: storm of $n PCs: clones ${storms[reflink-$n]}s, COWs ${storms[cow32-$n]}s; $fs alone: ${storms[alone-clone-$n]}s into clones, ${storms[alone-append-$n]}s appended" >&2
 done
 for side in reflink cow32; do in_room "${dirs[storm-$side]}" down >/dev/null; done
 
@@ -308,12 +332,13 @@ for job, label in labels.items():
     ratios = [ratio("reflink", s, job) for s in ("cow32", "cow4", "tgt", "fs")]
     print(f"| {label} | " + " | ".join(cells + ratios) + " |")
 print()
-print(f"| boot storm on {fs}, N PCs at once (300 MiB read + 50 MiB written each; median of {rounds} rounds) | clones: last PC done | COWs, 32 KiB chunks: last PC done | clones ÷ COWs, time (range) |")
-print("|---|---|---|---|")
+print(f"| boot storm on {fs}, N PCs at once (300 MiB read + 50 MiB written each; median of {rounds} rounds) | clones: last PC done | COWs, 32 KiB chunks: last PC done | clones ÷ COWs, time (range) | {fs} alone, the writes only (fio): into N clones | {fs} alone: appended to N new files | {fs} alone: clones ÷ appends |")
+print("|---|---|---|---|---|---|---|")
 for n in (1, 10, 50):
     c, w = storms.get(f"reflink-{n}"), storms.get(f"cow32-{n}")
-    each = sorted(a / b for a, b in zip(c, w))
-    print(f"| {n} | {med(c):.3f} s | {med(w):.3f} s | {med(c) / med(w):.2f}× ({each[0]:.2f}–{each[-1]:.2f}) |")
+    a, b = storms.get(f"alone-clone-{n}"), storms.get(f"alone-append-{n}")
+    each = sorted(x / y for x, y in zip(c, w))
+    print(f"| {n} | {med(c):.3f} s | {med(w):.3f} s | {med(c) / med(w):.2f}× ({each[0]:.2f}–{each[-1]:.2f}) | {med(a):.3f} s | {med(b):.3f} s | {med(a) / med(b):.2f}× |")
 print()
 PY
 echo "| one PC | reflink clone | COW, 32 KiB chunks | COW, 4 KiB chunks |"
