@@ -114,6 +114,10 @@ fn a_cow_is_never_the_golden_image_or_another_file_cowctl_owns_however_it_is_spe
             format!("{}/sub/pc-2.cow.golden", d.display()),
             "pc-2's golden-image record",
         ),
+        (
+            format!("{}/sub/pc-2.cow.cloning", d.display()),
+            "the clone a reset of pc-2 makes",
+        ),
     ] {
         let out = validate(d, &cow, &good);
         assert!(!out.status.success(), "{cow} validated");

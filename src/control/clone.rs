@@ -94,14 +94,11 @@ fn sectors_of(disk: &Path) -> Result<u64> {
 }
 
 /// A reflink PC's fill as the kernel serves it: the bytes where its clone is no longer
-/// its image (FIEMAP, after its dirty pages are written), against its quota. vblade writes
-/// through the linear device's page cache, so that is flushed into the clone first.
+/// its image (FIEMAP, after its dirty pages are written), against its quota. What vblade
+/// wrote into the linear device's page cache counts once written back, as a snapshot's
+/// exceptions do (status never opens the device: it could hang on one suspended, and an
+/// opener kept across a reset would keep the old disk's pages cached).
 pub fn status(ctx: &Ctx, pc: &Pc) -> (PcState, Option<Usage>) {
-    if let Ok(node) = ctx.kernel.dm.node(&dm_name(&pc.name), &ctx.node_dir()) {
-        if let Ok(device) = std::fs::File::open(node) {
-            let _ = device.sync_data(); // status then counts what it could see before
-        }
-    }
     match crate::reflink::extents::own_bytes(&pc.cow, &ctx.image(pc).path) {
         Ok(own) => (
             PcState::Active,

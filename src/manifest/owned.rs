@@ -79,6 +79,13 @@ fn owned_files(
             identity(&cow(".discard")),
             format!("the old COW a reset of {} sets aside", pc.name),
         ));
+        owned.push((
+            identity(&cow(".cloning")),
+            format!(
+                "the clone a reset of {} makes before it takes its place",
+                pc.name
+            ),
+        ));
     }
     if let Some(c) = iscsi.and_then(|i| i.chap.as_ref()) {
         owned.push((identity(&c.secret_file), "the CHAP secret file".into()));
@@ -94,7 +101,7 @@ fn owned_files(
 
 impl Builder {
     /// A PC's COW must be a file of its own: not a golden image, not another PC's COW, not
-    /// a `.golden` record or `.discard` leftover, not a secret — compared after resolving
+    /// a `.golden` record, `.discard` or `.cloning` leftover, not a secret — compared after resolving
     /// `.`, `..`, `//` and symlinks, and by device and inode for files that exist (a hard
     /// link is the same file). A typo here would have cowctl write a snapshot over it.
     pub(super) fn files_of_their_own(
