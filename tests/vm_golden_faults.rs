@@ -61,11 +61,7 @@ impl FailingDisk {
 
     /// Its node from devtmpfs (the VM has no udev to make /dev/mapper's).
     fn path(&self) -> PathBuf {
-        let minor = sh(
-            "dmsetup",
-            &["info", "-c", "--noheadings", "-o", "minor", &self.name],
-        );
-        PathBuf::from(format!("/dev/dm-{}", minor.trim()))
+        common::kernel::dm_node(&self.name)
     }
 }
 

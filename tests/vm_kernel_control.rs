@@ -9,7 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::kernel::{modprobe_room, read_device, require_vm, sh, write_device, Iscsid, Rng};
+use common::kernel::{
+    dm_node, modprobe_room, read_device, require_vm, sh, write_device, Iscsid, Rng,
+};
 use common::room::{Iscsi, Pc, RoomBuilder};
 
 const GOLDEN: usize = 8 << 20;
@@ -329,7 +331,8 @@ fn a_reflink_pc_is_served_by_lio_over_its_clone_and_reset_by_a_table_reload() {
         "the aoe driver reads its writes"
     );
     // vblade writes through the device's page cache: counted once written back.
-    sh("blockdev", &["--flushbufs", &dm_node("cowctl-pc-3")]);
+    let node = dm_node("cowctl-pc-3");
+    sh("blockdev", &["--flushbufs", node.to_str().unwrap()]);
     let used = site.used("pc-3");
     assert!(used >= (1 << 20) / 512, "pc-3's own bytes: {used} sectors");
     let shown = site.ok(&["reset", "pc-3"]);
@@ -410,15 +413,6 @@ fn strangers_and_wrong_chap_secrets_are_refused() {
     iscsid.logout("pc1", TARGET1);
 }
 
-/// The device node of a dm device.
-fn dm_node(name: &str) -> String {
-    let minor = sh(
-        "dmsetup",
-        &["info", "-c", "--noheadings", "-o", "minor", name],
-    );
-    format!("/dev/dm-{}", minor.trim())
-}
-
 /// pc-3's disk (e9.3) as the kernel's aoe driver on `lo` finds it, once it has its whole
 /// size; devices the driver knew from earlier tests are forgotten first.
 fn aoe_on_lo() -> PathBuf {
@@ -443,7 +437,7 @@ fn aoe_on_lo() -> PathBuf {
 fn aoe_on_lo_serves_the_dm_device() {
     let site = Site::new();
     site.ok(&["apply"]);
-    let dm = PathBuf::from(dm_node("cowctl-pc-3"));
+    let dm = dm_node("cowctl-pc-3");
     write_device(&dm, 4096 * 3, &Rng(9).bytes(8192));
     let disk = aoe_on_lo();
     assert!(
@@ -506,11 +500,7 @@ fn a_cow_removed_or_replaced_under_an_applied_pc_is_named_and_the_others_carry_o
         notes("pc-3")
     );
     // The kernel still serves pc-1 from the file it opened: writes and reads go on.
-    let minor = sh(
-        "dmsetup",
-        &["info", "-c", "--noheadings", "-o", "minor", "cowctl-pc-1"],
-    );
-    let dev = PathBuf::from(format!("/dev/dm-{}", minor.trim()));
+    let dev = dm_node("cowctl-pc-1");
     write_device(&dev, 4096, &[0x5a; 4096]);
     assert_eq!(read_device(&dev)[4096..8192], [0x5a; 4096]);
 

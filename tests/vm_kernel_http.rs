@@ -14,7 +14,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::http::get;
-use common::kernel::{modprobe, require_vm, sh, AlignedBuf};
+use common::kernel::{modprobe, require_vm, AlignedBuf};
 use common::room::{Http, Iscsi, Pc, RoomBuilder};
 
 const MIB: u64 = 1 << 20;
@@ -94,11 +94,7 @@ impl Site {
     }
 
     fn disk(&self) -> PathBuf {
-        let minor = sh(
-            "dmsetup",
-            &["info", "-c", "--noheadings", "-o", "minor", "cowctl-pc-1"],
-        );
-        PathBuf::from(format!("/dev/dm-{}", minor.trim()))
+        common::kernel::dm_node("cowctl-pc-1")
     }
 }
 

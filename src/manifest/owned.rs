@@ -101,9 +101,9 @@ fn owned_files(
 
 impl Builder {
     /// A PC's COW must be a file of its own: not a golden image, not another PC's COW, not
-    /// a `.golden` record, `.discard` or `.cloning` leftover, not a secret — compared after resolving
-    /// `.`, `..`, `//` and symlinks, and by device and inode for files that exist (a hard
-    /// link is the same file). A typo here would have cowctl write a snapshot over it.
+    /// a `.golden` record, `.discard` or `.cloning` leftover, not a secret — compared after
+    /// resolving `.`, `..`, `//` and symlinks, and by device and inode for files that exist
+    /// (a hard link is the same file). A typo here would have cowctl write a snapshot over it.
     pub(super) fn files_of_their_own(
         &mut self,
         images: &BTreeMap<String, Image>,

@@ -1,7 +1,7 @@
 //! A PC's disk as the service opens it (its COW's engine, or its clone), and the swap a
 //! live reset makes under the paused PC.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::exports::Served;
@@ -185,8 +185,20 @@ pub(super) fn swap_in_fresh_rbd(
     (Some(served(m, pc, PcDisk::Rbd(fresh), None)), Ok(aside))
 }
 
+/// What a reset makes before the PC's pause: a reflink PC's fresh clone (FICLONE waits for
+/// the image's readers, and syncs), under its partial name. Other disks are made inside it.
+pub(super) fn made_ahead(m: &Manifest, pc: &Pc) -> Result<Option<PathBuf>> {
+    match m.storage_of(pc) {
+        Storage::Reflink => {
+            let image = &m.images[&pc.image].path;
+            Ok(Some(crate::reflink::clone::prepare(image, &pc.cow)?))
+        }
+        Storage::Cow | Storage::Rbd => Ok(None),
+    }
+}
+
 /// A new disk for the PC at its path: an empty COW of `size` bytes, or a clone of its image
-/// (the one `made` ahead, when there is one).
+/// (the one [`made_ahead`], when there is one).
 fn fresh_disk(m: &Manifest, pc: &Pc, size: u64, made: Option<&Path>) -> Result<()> {
     match m.storage_of(pc) {
         Storage::Cow => Ok(crate::cowfile::create_empty(&pc.cow, size)?),

@@ -314,14 +314,7 @@ impl Service {
             return Ok(r);
         }
         let discard = discard_path(&pc.cow);
-        // A clone is made before the pause: FICLONE waits for the image's readers, and syncs.
-        let made = match m.storage_of(&pc) {
-            crate::manifest::Storage::Reflink => {
-                let image = &m.images[&pc.image].path;
-                Some(crate::reflink::clone::prepare(image, &pc.cow)?)
-            }
-            _ => None,
-        };
+        let made = disks::made_ahead(&m, &pc)?;
         let paused = slot
             .quiesce(|old| swap_in_fresh_cow((&m, &pc), old, (&discard, made.as_deref()), onto));
         if let Some(made) = &made {

@@ -116,11 +116,7 @@ impl Snapshot {
             &["create", "--noudevsync", name, "--table", &table],
         );
         // No udev: find the node devtmpfs made for the dm device.
-        let minor = sh(
-            "dmsetup",
-            &["info", "-c", "--noheadings", "-o", "minor", name],
-        );
-        let node = PathBuf::from(format!("/dev/dm-{}", minor.trim()));
+        let node = dm_node(name);
         assert!(node.exists(), "{} missing", node.display());
         let s = Snapshot {
             name: name.to_string(),
@@ -468,6 +464,15 @@ pub fn read_device(dev: &Path) -> Vec<u8> {
     let mut buf = AlignedBuf::new(len);
     f.read_exact_at(buf.as_mut(), 0).unwrap();
     buf.as_ref().to_vec()
+}
+
+/// A dm device's node from devtmpfs (the VM has no udev to make /dev/mapper's).
+pub fn dm_node(name: &str) -> PathBuf {
+    let minor = sh(
+        "dmsetup",
+        &["info", "-c", "--noheadings", "-o", "minor", name],
+    );
+    PathBuf::from(format!("/dev/dm-{}", minor.trim()))
 }
 
 /// Writes with O_DIRECT at a sector-aligned offset.
