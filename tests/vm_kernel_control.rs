@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::kernel::{
-    dm_node, modprobe_room, read_device, require_vm, sh, write_device, Iscsid, Rng,
+    aoe_on_lo, dm_node, modprobe_room, read_device, require_vm, sh, write_device, Iscsid, Rng,
 };
 use common::room::{Iscsi, Pc, RoomBuilder};
 
@@ -317,7 +317,7 @@ fn a_reflink_pc_is_served_by_lio_over_its_clone_and_reset_by_a_table_reload() {
 
     // pc-3 over AoE: vblade exports its linear device, and the kernel's aoe driver reads the
     // clone, writes into it and, holding the disk, sees a reset bring the image back.
-    let aoe = aoe_on_lo();
+    let aoe = aoe_on_lo("e9.3", GOLDEN as u64);
     assert!(
         read_device(&aoe) == site.golden,
         "pc-3 over AoE reads its image"
@@ -413,25 +413,6 @@ fn strangers_and_wrong_chap_secrets_are_refused() {
     iscsid.logout("pc1", TARGET1);
 }
 
-/// pc-3's disk (e9.3) as the kernel's aoe driver on `lo` finds it, once it has its whole
-/// size; devices the driver knew from earlier tests are forgotten first.
-fn aoe_on_lo() -> PathBuf {
-    sh("modprobe", &["aoe", "aoe_iflist=lo"]);
-    let _ = Command::new("aoe-flush").arg("-a").output();
-    let disk = PathBuf::from("/dev/etherd/e9.3");
-    for _ in 0..150 {
-        let _ = Command::new("aoe-discover").output();
-        let size = std::fs::File::open(&disk)
-            .ok()
-            .and_then(|f| cowctl::engine::backing::file_or_device_size(&f).ok());
-        if size == Some(GOLDEN as u64) {
-            return disk;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    panic!("the aoe driver found no e9.3 of {GOLDEN} bytes on lo");
-}
-
 #[test]
 #[ignore = "needs the real kernel: scripts/test-kernel.sh"]
 fn aoe_on_lo_serves_the_dm_device() {
@@ -439,7 +420,7 @@ fn aoe_on_lo_serves_the_dm_device() {
     site.ok(&["apply"]);
     let dm = dm_node("cowctl-pc-3");
     write_device(&dm, 4096 * 3, &Rng(9).bytes(8192));
-    let disk = aoe_on_lo();
+    let disk = aoe_on_lo("e9.3", GOLDEN as u64);
     assert!(
         read_device(&disk) == read_device(&dm),
         "the AoE disk differs from the dm device"

@@ -6,20 +6,25 @@
 //! swaps in a fresh clone while the initiator stays logged in; down unmaps everything and
 //! keeps the clone, whose bytes the next apply serves again; a second cowctl cannot serve
 //! a PC the kernel maps; a PC taken out of the manifest is unmapped by the next apply; an
-//! admin's reset over HTTP (`cowctl serve` on the kernel backend) swaps the clone too.
+//! admin's reset over HTTP (`cowctl serve` on the kernel backend) swaps the clone too;
+//! the kernel's aoe driver reads and writes a PC vblade exports and sees its reset; the
+//! client's key reaches the kernel through the keyring, never in the line it keeps.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use common::ceph::Cluster;
-use common::kernel::{modprobe, modprobe_room, read_device, require_vm, sh, Iscsid};
+use common::kernel::{
+    aoe_on_lo, dm_node, modprobe, modprobe_room, read_device, require_vm, sh, write_device, Iscsid,
+};
 use common::room::{Golden, Http, Iscsi, Pc, RoomBuilder};
 
 const MIB: usize = 1 << 20;
 const TARGET: &str = "iqn.2024-01.lan.krbd:pc-1";
 const TOKEN: &str = "vm-rbd-token-1234567890";
 
+/// The kernel's mappings by image name, with their devices.
 fn mapped() -> Vec<(String, PathBuf)> {
     let Ok(dir) = std::fs::read_dir("/sys/bus/rbd/devices") else {
         return Vec::new();
@@ -41,7 +46,7 @@ fn region(dev: &Path, at: usize, len: usize) -> Vec<u8> {
 }
 
 fn write_through(dev: &Path, at: usize, byte: u8) {
-    common::kernel::write_device(dev, at as u64, &vec![byte; MIB]);
+    write_device(dev, at as u64, &vec![byte; MIB]);
     sh("sync", &[]);
 }
 
@@ -69,7 +74,9 @@ fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
                 .admin("127.0.0.1")
                 .token(TOKEN),
         )
+        .aoe("lo")
         .pc(Pc::new("pc-{1..2}"))
+        .pc(Pc::new("pc-3").aoe(9, 3).mac("00:00:00:00:00:00"))
         .build();
 
     let applied = room.cowctl(&["apply"]);
@@ -83,7 +90,15 @@ fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
     assert_eq!(c.parent("kroom.pc-1").as_deref(), Some("rbd/kgold@base"));
     let mut names: Vec<String> = mapped().into_iter().map(|(n, _)| n).collect();
     names.sort();
-    assert_eq!(names, ["kroom.pc-1", "kroom.pc-2"]);
+    assert_eq!(names, ["kroom.pc-1", "kroom.pc-2", "kroom.pc-3"]);
+    // The line the kernel keeps (root may read it) names the key and does not carry it.
+    for dev in std::fs::read_dir("/sys/bus/rbd/devices").unwrap().flatten() {
+        let line = std::fs::read_to_string(dev.path().join("config_info")).unwrap();
+        assert!(
+            line.contains("key=client.") && !line.contains("secret="),
+            "{line}"
+        );
+    }
     let plan = room.cowctl(&["plan"]);
     assert!(
         !plan.contains("map "),
@@ -110,9 +125,9 @@ fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
     std::fs::write(&room.manifest, room.text.replace("pc-{1..2}", "pc-1")).unwrap();
     let applied = room.cowctl(&["apply"]);
     assert!(applied.contains("unmap /dev/rbd"), "{applied}");
-    let maps = mapped();
-    assert_eq!(maps.len(), 1, "{maps:?}");
-    assert_eq!(maps[0].0, "kroom.pc-1");
+    let mut maps: Vec<String> = mapped().into_iter().map(|(n, _)| n).collect();
+    maps.sort();
+    assert_eq!(maps, ["kroom.pc-1", "kroom.pc-3"]);
     assert!(
         c.images().contains(&"kroom.pc-2".to_string()),
         "its clone stays"
@@ -155,7 +170,7 @@ fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
     );
     assert_eq!(
         mapped().len(),
-        1,
+        2,
         "the old clone is unmapped: {:?}",
         mapped()
     );
@@ -185,6 +200,33 @@ fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
     assert_eq!(region(&disk, 3 * MIB, MIB), vec![7; MIB], "reset over HTTP");
     assert_eq!(c.du("kroom.pc-1"), 0);
 
+    // pc-3 over AoE: vblade exports its linear device; the kernel's aoe driver reads the
+    // clone, writes into it and, holding the disk, sees a reset bring the image back.
+    let aoe = aoe_on_lo("e9.3", 16 * MIB as u64);
+    assert!(
+        read_device(&aoe) == vec![7; 16 * MIB],
+        "pc-3 reads its image"
+    );
+    write_device(&aoe, 4 * MIB as u64, &vec![0x44; MIB]);
+    assert_eq!(region(&aoe, 4 * MIB, MIB), vec![0x44; MIB]);
+    // vblade writes through the device's page cache: counted once written back.
+    sh(
+        "blockdev",
+        &["--flushbufs", dm_node("cowctl-pc-3").to_str().unwrap()],
+    );
+    assert_eq!(
+        c.du("kroom.pc-3"),
+        MIB as u64,
+        "pc-3's write is in its clone"
+    );
+    let reset = room.cowctl(&["reset", "pc-3"]);
+    assert!(reset.contains("paused"), "a live reset: {reset}");
+    assert!(
+        read_device(&aoe) == vec![7; 16 * MIB],
+        "pc-3 reset under AoE"
+    );
+    assert_eq!(c.du("kroom.pc-3"), 0);
+
     // Down unmaps and keeps the clone; the next apply serves its bytes again.
     write_through(&disk, 2 * MIB, 0x22);
     iscsid.logout("pc", TARGET);
@@ -202,8 +244,9 @@ fn the_kernel_maps_each_pcs_clone_and_lio_exports_it() {
     );
     room.cowctl(&["apply"]);
     let maps = mapped();
-    assert_eq!(maps.len(), 1, "{maps:?}");
-    assert_eq!(region(&maps[0].1, 2 * MIB, MIB), vec![0x22; MIB]);
+    assert_eq!(maps.len(), 2, "{maps:?}");
+    let pc1 = &maps.iter().find(|(n, _)| n == "kroom.pc-1").unwrap().1;
+    assert_eq!(region(pc1, 2 * MIB, MIB), vec![0x22; MIB]);
     room.cowctl(&["down"]);
     assert!(mapped().is_empty());
 }

@@ -1,7 +1,8 @@
 //! Layer 0: units and formats with no policy that every layer above may use: sizes, file
-//! identity and durable writes, log text, the run directory, sockets handed to the next process, IQNs, portal and MAC
+//! identity and durable writes, base64, log text, the run directory, sockets handed to the next process, IQNs, portal and MAC
 //! addresses, a disk's SCSI identity, the chunk map.
 
+pub mod base64;
 pub mod chunkmap;
 pub mod diskid;
 pub mod durable;

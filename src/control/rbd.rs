@@ -253,7 +253,7 @@ pub fn live_reset(
     // Everything that can fail without the cluster is done before the PC pauses: the
     // fresh clone made and marked, the request that maps it built and checked.
     let req = map_request(&cluster, &m, &clone)?;
-    req.line()?;
+    req.check()?;
     let next = cluster.prepare_fresh(&m, &pc)?;
     cluster.mark_kernel(&m, &next)?;
     let mut aside = None;

@@ -55,7 +55,7 @@ pub fn decode_binary(v: &str) -> Option<Vec<u8>> {
             }
             out
         }
-        "0b" | "0B" => base64(body)?,
+        "0b" | "0B" => crate::base::base64::decode(body)?,
         _ => return None,
     };
     (!bytes.is_empty() && bytes.len() <= MAX_BINARY).then_some(bytes)
@@ -72,29 +72,6 @@ pub fn encode_hex(bytes: &[u8]) -> String {
 
 fn hex(c: u8) -> Option<u8> {
     (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
-}
-
-fn base64(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff).to_be_bytes()[3]);
-        }
-    }
-    Some(out)
 }
 
 /// Compares without stopping at the first difference.

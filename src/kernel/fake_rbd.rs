@@ -13,7 +13,7 @@ impl RbdMaps for Fake {
     }
 
     fn map(&self, req: &MapRequest) -> Result<Mapped, RbdMapError> {
-        req.line()?;
+        req.check()?;
         let mut s = self.call(format!("rbd map {}/{}", req.pool, req.image))?;
         let id = (0..)
             .find(|i| !s.rbd.iter().any(|m| m.id == *i))

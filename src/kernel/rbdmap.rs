@@ -2,14 +2,16 @@
 //! sysfs (`/sys/bus/rbd/add_single_major`, `remove_single_major`, `devices/N/*`), as
 //! `rbd device map` does, without its wait for udev (the test VM has none). A mapping
 //! takes the image's exclusive lock and keeps it (`exclusive`): no other client writes
-//! the image while the kernel serves it.
+//! the image while the kernel serves it. The client's key goes to the kernel through this
+//! process's keyring, as `rbd device map` hands it over: the add line, which the kernel
+//! keeps and shows in `config_info`, names the key instead of carrying it.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::error::RbdMapError;
-use super::DevNum;
+use super::{keyring, DevNum};
 
 /// An image mapped by the kernel, as sysfs shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,23 +66,38 @@ fn plain(what: &'static str, value: &str) -> Result<(), RbdMapError> {
     Ok(())
 }
 
+/// How the add line hands the kernel the client's secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// `key=client.NAME`: the secret waits in this process's keyring (`hand_over_key`).
+    Keyring,
+    /// `secret=…` in the line itself: for a kernel without keyrings.
+    Inline,
+}
+
 impl MapRequest {
-    /// The line written to `add_single_major`: "MONS OPTIONS POOL IMAGE -" (no snapshot:
-    /// the image itself, read-write). Checked field by field first.
-    pub fn line(&self) -> Result<String, RbdMapError> {
+    /// Each field fits the add line: a value with a space or comma would change its meaning.
+    pub fn check(&self) -> Result<(), RbdMapError> {
         if self.monitors.is_empty() {
             return Err(RbdMapError::Field { what: "monitors" });
         }
         plain("client name", &self.client)?;
         plain("secret", &self.secret)?;
         plain("pool", &self.pool)?;
-        plain("image", &self.image)?;
+        plain("image", &self.image)
+    }
+
+    /// The line written to `add_single_major`: "MONS OPTIONS POOL IMAGE -" (no snapshot:
+    /// the image itself, read-write). Checked field by field first.
+    pub fn line(&self, credential: Credential) -> Result<String, RbdMapError> {
+        self.check()?;
         let mons: Vec<String> = self.monitors.iter().map(ToString::to_string).collect();
+        let key = match credential {
+            Credential::Keyring => format!("key=client.{}", self.client),
+            Credential::Inline => format!("secret={}", self.secret),
+        };
         // A lock held by a live peer is refused (EROFS) rather than waited for forever.
-        let mut options = format!(
-            "name={},secret={},exclusive,lock_timeout=30",
-            self.client, self.secret
-        );
+        let mut options = format!("name={},{key},exclusive,lock_timeout=30", self.client);
         if self.msgr2 {
             options.push_str(",ms_mode=prefer-crc");
         }
@@ -90,6 +107,32 @@ impl MapRequest {
             self.pool,
             self.image
         ))
+    }
+
+    /// Puts the client's key where libceph looks it up by name (this process's keyring,
+    /// key type "ceph", the decoded secret), as `rbd device map` does. A kernel without
+    /// keyrings, or whose libceph is not loaded, gets the secret in the line instead.
+    fn hand_over_key(&self) -> Result<Credential, RbdMapError> {
+        let bad = || RbdMapError::Secret {
+            client: self.client.clone(),
+        };
+        let payload = crate::base::base64::decode(&self.secret)
+            .filter(|p| !p.is_empty())
+            .ok_or_else(bad)?;
+        let name = format!("client.{}", self.client);
+        match keyring::add_to_process("ceph", &name, &payload) {
+            Ok(()) => Ok(Credential::Keyring),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOSYS)) => {
+                tracing::debug!(
+                    "no kernel keyring for {name} ({e}): its secret goes in the add line"
+                );
+                Ok(Credential::Inline)
+            }
+            Err(source) => Err(RbdMapError::Keyring {
+                client: self.client.clone(),
+                source,
+            }),
+        }
     }
 }
 
@@ -242,8 +285,10 @@ impl RbdMaps for SysRbd {
     }
 
     fn map(&self, req: &MapRequest) -> Result<Mapped, RbdMapError> {
-        let line = req.line()?;
+        req.check()?;
+        // libceph, loaded with rbd, brings the key type "ceph".
         super::modprobe("rbd");
+        let line = req.line(req.hand_over_key()?)?;
         let before: Vec<u32> = self.list()?.iter().map(|m| m.id).collect();
         self.write("add_single_major", &line)
             .map_err(|e| RbdMapError::Map {
@@ -314,7 +359,11 @@ mod tests {
             image: "room.pc-1".into(),
         };
         assert_eq!(
-            req.line().unwrap(),
+            req.line(Credential::Keyring).unwrap(),
+            "10.0.0.1:3300 name=admin,key=client.admin,exclusive,lock_timeout=30,ms_mode=prefer-crc rbd room.pc-1 -"
+        );
+        assert_eq!(
+            req.line(Credential::Inline).unwrap(),
             "10.0.0.1:3300 name=admin,secret=AQAo==,exclusive,lock_timeout=30,ms_mode=prefer-crc rbd room.pc-1 -"
         );
         assert!(
@@ -323,16 +372,22 @@ mod tests {
         );
         req.image = "a b".into();
         assert!(matches!(
-            req.line(),
+            req.line(Credential::Keyring),
             Err(RbdMapError::Field { what: "image" })
         ));
         req.image = "x".into();
         req.client = "admin,secret=x".into();
         assert!(matches!(
-            req.line(),
+            req.line(Credential::Inline),
             Err(RbdMapError::Field {
                 what: "client name"
             })
+        ));
+        req.client = "admin".into();
+        req.secret = "not*base64".into();
+        assert!(matches!(
+            req.hand_over_key(),
+            Err(RbdMapError::Secret { .. })
         ));
     }
 

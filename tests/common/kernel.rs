@@ -475,6 +475,25 @@ pub fn dm_node(name: &str) -> PathBuf {
     PathBuf::from(format!("/dev/dm-{}", minor.trim()))
 }
 
+/// An AoE disk (`shelf_slot` as "e9.3") as the kernel's aoe driver on `lo` finds it, once it
+/// has its whole `size`; devices the driver knew from earlier tests are forgotten first.
+pub fn aoe_on_lo(shelf_slot: &str, size: u64) -> PathBuf {
+    sh("modprobe", &["aoe", "aoe_iflist=lo"]);
+    let _ = Command::new("aoe-flush").arg("-a").output();
+    let disk = Path::new("/dev/etherd").join(shelf_slot);
+    for _ in 0..150 {
+        let _ = Command::new("aoe-discover").output();
+        let found = File::open(&disk)
+            .ok()
+            .and_then(|f| cowctl::engine::backing::file_or_device_size(&f).ok());
+        if found == Some(size) {
+            return disk;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("the aoe driver found no {shelf_slot} of {size} bytes on lo");
+}
+
 /// Writes with O_DIRECT at a sector-aligned offset.
 pub fn write_device(dev: &Path, offset: u64, data: &[u8]) {
     let f = OpenOptions::new()
