@@ -9,7 +9,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use common::kernel::Mounted;
-use cowctl::reflink::clone::{clone_new, partial_path, probe};
+use cowctl::reflink::clone::{clone_new, install, partial_path, prepare, probe};
 use cowctl::reflink::extents::sharing;
 use cowctl::reflink::fs::{self, FsKind};
 use cowctl::reflink::ReflinkError;
@@ -97,6 +97,31 @@ fn a_clone_shares_everything_until_written(m: &Mounted, kind: FsKind) {
         vec![0xEE; 4096],
         "a refused clone leaves the PC's disk alone"
     );
+}
+
+/// A reset's clone is made before the PC's pause and opened inside it: what serves its
+/// unwritten blocks is the very file it was cloned from, even when the image's name has
+/// been given to another file in between.
+#[test]
+fn a_clone_made_ahead_keeps_the_image_file_it_was_made_from() {
+    use std::os::unix::fs::FileExt;
+    let m = xfs(true);
+    let dir = m.mnt();
+    let image = golden(&dir, 2);
+    let before = std::fs::read(&image).unwrap();
+    let disk = dir.join("pc-1.img");
+    let made = prepare(&image, &disk).unwrap();
+    assert_eq!(made.partial, partial_path(&disk));
+    assert!(!disk.exists(), "prepare leaves the PC's name alone");
+    let other = dir.join("other.img");
+    std::fs::write(&other, vec![0xee; 2 * MIB as usize]).unwrap();
+    std::fs::rename(&other, &image).unwrap();
+    let mut served = vec![0; before.len()];
+    made.source.read_exact_at(&mut served, 0).unwrap();
+    assert!(served == before, "the source is the file that was cloned");
+    install(&made.partial, &disk).unwrap();
+    assert!(std::fs::read(&disk).unwrap() == before);
+    assert!(!made.partial.exists());
 }
 
 #[test]

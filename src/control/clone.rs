@@ -143,7 +143,7 @@ pub fn live_reset(
     }
     let discard = discard_path(&pc.cow);
     // Cloned before the pause: FICLONE waits for the image's readers, and syncs.
-    let fresh = crate::reflink::clone::prepare(image, &pc.cow)?;
+    let fresh = crate::reflink::clone::prepare(image, &pc.cow)?.partial;
     // The initiator retries its login while the export is paused.
     let paused = while_paused(ctx, obs, pc, &name, || {
         swap(ctx, pc, &old_loop, &fresh, &discard, onto)

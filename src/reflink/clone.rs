@@ -26,14 +26,23 @@ pub fn clone_new(source: &Path, clone: &Path) -> Result<(), ReflinkError> {
             clone: clone.to_path_buf(),
         });
     }
-    let partial = prepare(source, clone)?;
-    install(&partial, clone)
+    let prepared = prepare(source, clone)?;
+    install(&prepared.partial, clone)
+}
+
+/// A clone made ahead under its partial name, and the image file it was made from: what
+/// serves the clone's unwritten blocks must be that file, even if the image's name has
+/// been given to another file since.
+#[derive(Debug)]
+pub struct Prepared {
+    pub partial: PathBuf,
+    pub source: File,
 }
 
 /// A fresh clone of `source` for `clone`'s place, made and synced under its partial name
 /// (a reset makes it before the PC's pause: cloning waits for the image's readers and
 /// syncs); [`install`] puts it in place. `clone` itself is not looked at.
-pub fn prepare(source: &Path, clone: &Path) -> Result<PathBuf, ReflinkError> {
+pub fn prepare(source: &Path, clone: &Path) -> Result<Prepared, ReflinkError> {
     let dir = parent(clone);
     let (from, to) = (fs::of(source)?, fs::of(dir)?);
     if from.dev != to.dev {
@@ -46,7 +55,7 @@ pub fn prepare(source: &Path, clone: &Path) -> Result<PathBuf, ReflinkError> {
     }
     let partial = partial_path(clone);
     match clone_into(source, &partial) {
-        Ok(()) => Ok(partial),
+        Ok(source) => Ok(Prepared { partial, source }),
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
             match e {
@@ -113,8 +122,8 @@ pub fn remove_aside(aside: &Path) -> Result<(), ReflinkError> {
     })
 }
 
-/// FICLONE of `source` into a new file at `partial`, synced.
-fn clone_into(source: &Path, partial: &Path) -> Result<(), ReflinkError> {
+/// FICLONE of `source` into a new file at `partial`, synced; returns `source` opened.
+fn clone_into(source: &Path, partial: &Path) -> Result<File, ReflinkError> {
     let err = |source_err: std::io::Error| ReflinkError::Clone {
         source_file: source.to_path_buf(),
         clone: partial.to_path_buf(),
@@ -124,7 +133,8 @@ fn clone_into(source: &Path, partial: &Path) -> Result<(), ReflinkError> {
     let src = File::open(source).map_err(err)?;
     let dst = new_private_file(partial).map_err(err)?;
     ficlone(&src, &dst).map_err(err)?;
-    dst.sync_all().map_err(err)
+    dst.sync_all().map_err(err)?;
+    Ok(src)
 }
 
 /// A file made new for cowctl alone (0600), never through a symlink.

@@ -1,7 +1,8 @@
 //! A PC's disk as the service opens it (its COW's engine, or its clone), and the swap a
 //! live reset makes under the paused PC.
 
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::Path;
 use std::sync::Arc;
 
 use super::exports::Served;
@@ -10,17 +11,19 @@ use crate::engine::clonefile::{CloneFile, BLOCK};
 use crate::engine::{CommitMode, EngineOptions, PcDisk};
 use crate::image::golden_record;
 use crate::manifest::{Manifest, Pc, Storage};
+use crate::reflink::clone::Prepared;
 
 /// Opens a PC's disk as the service runs it. A COW's engine commits exceptions at flush
 /// (NBD's contract), with the manifest's overflow rule; a clone is served as it is, its
 /// quota `cow_size`. Both read-only when asked.
 pub(super) fn open(m: &Manifest, pc: &Pc) -> Result<Served> {
-    open_as(m, pc, false)
+    open_as(m, pc, false, None)
 }
 
 /// [`open`]; a `fresh` clone (just made by a reset) is its image everywhere, so its extents
-/// need no comparing, which keeps that work out of the reset's pause.
-fn open_as(m: &Manifest, pc: &Pc, fresh: bool) -> Result<Served> {
+/// need no comparing, which keeps that work out of the reset's pause. `image`, when given,
+/// is the image file opened already (the one the fresh clone was made from).
+fn open_as(m: &Manifest, pc: &Pc, fresh: bool, image: Option<&File>) -> Result<Served> {
     let image_path = m.images[&pc.image].path.clone();
     let disk = match m.storage_of(pc) {
         Storage::Cow => {
@@ -37,7 +40,7 @@ fn open_as(m: &Manifest, pc: &Pc, fresh: bool) -> Result<Served> {
                 options,
             )?)
         }
-        Storage::Reflink => PcDisk::Clone(open_clone(pc, &image_path, fresh)?),
+        Storage::Reflink => PcDisk::Clone(open_clone(pc, (&image_path, image), fresh)?),
         Storage::Rbd => {
             let cluster = crate::rbdpc::cluster_of(m, pc)?;
             PcDisk::Rbd(cluster.open(m, pc, fresh)?)
@@ -71,8 +74,9 @@ pub(super) fn served(m: &Manifest, pc: &Pc, disk: PcDisk, cow_file: Option<(u64,
 }
 
 /// A reflink PC's clone of `image`, with the blocks where it is no longer the image
-/// (FIEMAP: other physical blocks, or a hole) counted as its own.
-fn open_clone(pc: &Pc, image: &Path, fresh: bool) -> Result<CloneFile> {
+/// (FIEMAP: other physical blocks, or a hole) counted as its own. The image is opened by
+/// its path unless it comes `opened`.
+fn open_clone(pc: &Pc, (image, opened): (&Path, Option<&File>), fresh: bool) -> Result<CloneFile> {
     let read = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Read { path, source }
@@ -82,7 +86,11 @@ fn open_clone(pc: &Pc, image: &Path, fresh: bool) -> Result<CloneFile> {
         .write(!pc.read_only)
         .open(&pc.cow)
         .map_err(read(&pc.cow))?;
-    let golden = std::fs::File::open(image).map_err(read(image))?;
+    let golden = match opened {
+        Some(f) => f.try_clone(),
+        None => File::open(image),
+    }
+    .map_err(read(image))?;
     let size = file.metadata().map_err(read(&pc.cow))?.len();
     let same = if fresh {
         vec![(0, size)]
@@ -100,7 +108,7 @@ fn open_clone(pc: &Pc, image: &Path, fresh: bool) -> Result<CloneFile> {
 pub(super) fn swap_in_fresh_cow(
     (m, pc): (&Manifest, &Pc),
     old: Option<Served>,
-    (discard, made): (&Path, Option<&Path>),
+    (discard, made): (&Path, Option<&Prepared>),
     onto: Option<&golden_record::Golden>,
 ) -> (Option<Served>, Result<()>) {
     let Some(old) = old else {
@@ -127,8 +135,8 @@ pub(super) fn swap_in_fresh_cow(
     }
     let old_record = golden_record::read(&pc.cow).ok().flatten();
     // The fresh COW's record names the image it is over before the PC can write to it.
-    let fresh = fresh_disk(m, pc, size, made)
-        .and_then(|()| open_as(m, pc, true))
+    let fresh = fresh_disk(m, pc, size, made.map(|p| p.partial.as_path()))
+        .and_then(|()| open_as(m, pc, true, made.map(|p| &p.source)))
         .and_then(|s| Ok(golden_record::note_reset(&pc.cow, onto).map(|()| s)?));
     match fresh {
         Ok(s) => {
@@ -187,7 +195,7 @@ pub(super) fn swap_in_fresh_rbd(
 
 /// What a reset makes before the PC's pause: a reflink PC's fresh clone (FICLONE waits for
 /// the image's readers, and syncs), under its partial name. Other disks are made inside it.
-pub(super) fn made_ahead(m: &Manifest, pc: &Pc) -> Result<Option<PathBuf>> {
+pub(super) fn made_ahead(m: &Manifest, pc: &Pc) -> Result<Option<Prepared>> {
     match m.storage_of(pc) {
         Storage::Reflink => {
             let image = &m.images[&pc.image].path;

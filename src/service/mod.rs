@@ -315,10 +315,10 @@ impl Service {
         }
         let discard = discard_path(&pc.cow);
         let made = disks::made_ahead(&m, &pc)?;
-        let paused = slot
-            .quiesce(|old| swap_in_fresh_cow((&m, &pc), old, (&discard, made.as_deref()), onto));
+        let paused =
+            slot.quiesce(|old| swap_in_fresh_cow((&m, &pc), old, (&discard, made.as_ref()), onto));
         if let Some(made) = &made {
-            let _ = std::fs::remove_file(made); // still there only when the swap failed
+            let _ = std::fs::remove_file(&made.partial); // still there only when the swap failed
         }
         let paused = paused.map_err(|e| Error::Resetting {
             pc: pc.name.clone(),
