@@ -114,7 +114,7 @@ fn a_clone_made_ahead_keeps_the_image_file_it_was_made_from() {
     assert_eq!(made.partial, partial_path(&disk));
     assert!(!disk.exists(), "prepare leaves the PC's name alone");
     let other = dir.join("other.img");
-    std::fs::write(&other, vec![0xee; 2 * MIB as usize]).unwrap();
+    std::fs::write(&other, vec![0xee; before.len()]).unwrap();
     std::fs::rename(&other, &image).unwrap();
     let mut served = vec![0; before.len()];
     made.source.read_exact_at(&mut served, 0).unwrap();
