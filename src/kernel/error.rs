@@ -302,12 +302,6 @@ pub enum RbdMapError {
     },
     #[error("client.{client}'s key in the keyring is not base64")]
     Secret { client: String },
-    #[error("cannot hand client.{client}'s key to the kernel's keyring")]
-    Keyring {
-        client: String,
-        #[source]
-        source: io::Error,
-    },
     #[error("the kernel mapped {image}, but no device shows it")]
     Vanished { image: String },
     #[error("the kernel could not unmap /dev/rbd{id} (is something still holding it open?)")]

@@ -5,11 +5,12 @@
 use std::ffi::CString;
 use std::io;
 
-/// Adds `payload` as a key of type `kind` named `description` to this process's keyring
-/// (or replaces the payload of the one there): only this process and root see it, and it
-/// goes when the process ends. A kernel driver called by this process finds it by name.
-/// ENODEV means the kernel has no key type `kind` (its module is not loaded), ENOSYS
-/// that it has no keyrings.
+/// Adds `payload` as a key of type `kind` named `description` to the process keyring (it
+/// takes the place of one of that name there). Since Linux 3.8 that keyring hangs on the
+/// calling thread's credentials: a kernel driver this same thread calls next (a sysfs
+/// write) finds the key by name; another thread may not. Only root and this process see
+/// it, and it goes with the thread. ENODEV means the kernel has no key type `kind` (its
+/// module is not loaded), ENOSYS that it has no keyrings.
 pub fn add_to_process(kind: &str, description: &str, payload: &[u8]) -> io::Result<()> {
     let text = |s: &str| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
     let (kind, description) = (text(kind)?, text(description)?);
@@ -22,7 +23,7 @@ pub fn add_to_process(kind: &str, description: &str, payload: &[u8]) -> io::Resu
             description.as_ptr(),
             payload.as_ptr(),
             payload.len(),
-            libc::KEY_SPEC_PROCESS_KEYRING,
+            libc::c_long::from(libc::KEY_SPEC_PROCESS_KEYRING),
         )
     };
     if serial < 0 {

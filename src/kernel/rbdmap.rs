@@ -84,7 +84,17 @@ impl MapRequest {
         plain("client name", &self.client)?;
         plain("secret", &self.secret)?;
         plain("pool", &self.pool)?;
-        plain("image", &self.image)
+        plain("image", &self.image)?;
+        self.secret_bytes().map(|_| ())
+    }
+
+    /// The key itself: the keyring's base64 decoded.
+    fn secret_bytes(&self) -> Result<Vec<u8>, RbdMapError> {
+        crate::base::base64::decode(&self.secret)
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| RbdMapError::Secret {
+                client: self.client.clone(),
+            })
     }
 
     /// The line written to `add_single_major`: "MONS OPTIONS POOL IMAGE -" (no snapshot:
@@ -109,29 +119,22 @@ impl MapRequest {
         ))
     }
 
-    /// Puts the client's key where libceph looks it up by name (this process's keyring,
-    /// key type "ceph", the decoded secret), as `rbd device map` does. A kernel without
-    /// keyrings, or whose libceph is not loaded, gets the secret in the line instead.
+    /// Puts the client's key where libceph looks it up by name (the process keyring, key
+    /// type "ceph", the decoded secret), as `rbd device map` does; the add line must be
+    /// written by this thread next. A kernel whose keyring refuses it (none built in,
+    /// libceph not loaded) gets the secret in the line instead: a PC mapped, with its
+    /// secret in `config_info` (root's), rather than one left unmapped in a reset's pause.
     fn hand_over_key(&self) -> Result<Credential, RbdMapError> {
-        let bad = || RbdMapError::Secret {
-            client: self.client.clone(),
-        };
-        let payload = crate::base::base64::decode(&self.secret)
-            .filter(|p| !p.is_empty())
-            .ok_or_else(bad)?;
+        let payload = self.secret_bytes()?;
         let name = format!("client.{}", self.client);
         match keyring::add_to_process("ceph", &name, &payload) {
             Ok(()) => Ok(Credential::Keyring),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOSYS)) => {
-                tracing::debug!(
-                    "no kernel keyring for {name} ({e}): its secret goes in the add line"
+            Err(e) => {
+                tracing::warn!(
+                    "the kernel's keyring refused {name}'s key ({e}): the rbd mapping carries it in its add line, which the kernel shows root in config_info"
                 );
                 Ok(Credential::Inline)
             }
-            Err(source) => Err(RbdMapError::Keyring {
-                client: self.client.clone(),
-                source,
-            }),
         }
     }
 }
@@ -385,10 +388,10 @@ mod tests {
         ));
         req.client = "admin".into();
         req.secret = "not*base64".into();
-        assert!(matches!(
-            req.hand_over_key(),
-            Err(RbdMapError::Secret { .. })
-        ));
+        assert!(
+            matches!(req.check(), Err(RbdMapError::Secret { .. })),
+            "checked before a reset's pause, not in it"
+        );
     }
 
     #[test]
