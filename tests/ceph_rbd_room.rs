@@ -9,6 +9,8 @@
 //! and a qemu PC boots from a clone with its iPXE ROM.
 
 mod common;
+#[path = "ceph_rbd_room/doctor.rs"]
+mod doctor;
 #[path = "ceph_rbd_room/gateways.rs"]
 mod gateways;
 #[path = "ceph_rbd_room/nbd_pipelined.rs"]

@@ -6,6 +6,7 @@
 //! small files in the directory it checks and removes them.
 
 pub mod backend;
+pub mod ceph;
 pub mod clock;
 pub mod modules;
 pub mod ports;
@@ -55,6 +56,7 @@ pub enum Area {
     Space,
     Secret,
     Clock,
+    Ceph,
 }
 
 impl fmt::Display for Area {
@@ -71,6 +73,7 @@ impl fmt::Display for Area {
             Area::Space => "space",
             Area::Secret => "secret",
             Area::Clock => "clock",
+            Area::Ceph => "ceph",
         })
     }
 }
@@ -219,6 +222,7 @@ pub fn run(m: &Manifest, host: &Host) -> Vec<Check> {
     out.extend(space::checks(m));
     out.extend(secrets::checks(m));
     out.extend(clock::checks(m, host.clock));
+    out.extend(ceph::checks(m, host, resolved));
     out
 }
 

@@ -89,6 +89,8 @@ calls! {
     rados rados_shutdown: fn(Rados);
     rados rados_ioctx_create: fn(Rados, *const c_char, *mut IoCtx) -> c_int;
     rados rados_ioctx_destroy: fn(IoCtx);
+    rados rados_mon_command: fn(Rados, *const *const c_char, usize, *const c_char, usize, *mut *mut c_char, *mut usize, *mut *mut c_char, *mut usize) -> c_int;
+    rados rados_buffer_free: fn(*mut c_char);
     rbd rbd_open: fn(IoCtx, *const c_char, *mut RbdImage, *const c_char) -> c_int;
     rbd rbd_open_read_only: fn(IoCtx, *const c_char, *mut RbdImage, *const c_char) -> c_int;
     rbd rbd_close: fn(RbdImage) -> c_int;

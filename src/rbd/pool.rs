@@ -26,6 +26,9 @@ impl Drop for Cluster {
     }
 }
 
+/// The longest monitor answer taken (`ceph df` of a big cluster is some KiB).
+pub const MON_ANSWER_MAX: usize = 4 << 20;
+
 /// One pool of one cluster. Cheap to share (`Arc`); images opened from it keep it alive.
 pub struct Pool {
     cluster: Arc<Cluster>,
@@ -55,6 +58,12 @@ impl Pool {
     /// its pool. The client's cache is off: a write is acknowledged only once the cluster
     /// has it (the durability contract), so a crash of cowctl loses nothing it answered.
     pub fn connect(settings: &Settings) -> Result<Arc<Pool>> {
+        Self::connect_within(settings, 15)
+    }
+
+    /// [`connect`](Self::connect), giving up on a cluster that does not answer (and on
+    /// each monitor command) after `seconds`.
+    pub fn connect_within(settings: &Settings, seconds: u32) -> Result<Arc<Pool>> {
         let calls = calls()?;
         let name = cstr(&format!("client.{}", settings.client), "the client id")?;
         let cluster_name = cstr("ceph", "")?;
@@ -85,8 +94,9 @@ impl Pool {
         }
         set("rbd_cache", b"false")?;
         // A cluster that is not there fails the command instead of hanging it.
-        set("client_mount_timeout", b"15")?;
-        set("rados_mon_op_timeout", b"15")?;
+        let timeout = seconds.to_string();
+        set("client_mount_timeout", timeout.as_bytes())?;
+        set("rados_mon_op_timeout", timeout.as_bytes())?;
         // SAFETY: a configured handle.
         let ret = unsafe { (calls.rados_connect)(handle) };
         check(ret.into(), "connect to the cluster of", || {
@@ -125,6 +135,54 @@ impl Pool {
         check(ret.into(), "read the option", || key.to_string())?;
         let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
         Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+    }
+
+    /// A monitor command (JSON, as `ceph` sends it: `{"prefix": "health", "format":
+    /// "json"}`) and its answer, refused past [`MON_ANSWER_MAX`] bytes.
+    pub fn mon_command(&self, command: &str) -> Result<String> {
+        let calls = self.cluster.calls;
+        let cmd = cstr(command, "the monitor command")?;
+        let cmds = [cmd.as_ptr()];
+        let (mut out, mut out_len): (*mut std::ffi::c_char, usize) = (ptr::null_mut(), 0);
+        let (mut status, mut status_len): (*mut std::ffi::c_char, usize) = (ptr::null_mut(), 0);
+        // SAFETY: a connected handle; one command string that outlives the call; out-pointers
+        // librados fills with buffers of its own, freed below with rados_buffer_free.
+        let ret = unsafe {
+            (calls.rados_mon_command)(
+                self.cluster.handle,
+                cmds.as_ptr(),
+                1,
+                ptr::null(),
+                0,
+                &mut out,
+                &mut out_len,
+                &mut status,
+                &mut status_len,
+            )
+        };
+        let take = |buf: *mut std::ffi::c_char, len: usize| {
+            let text = if buf.is_null() || len > MON_ANSWER_MAX {
+                None
+            } else {
+                // SAFETY: librados's buffer of `len` bytes, read before it is freed.
+                let bytes = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) };
+                Some(String::from_utf8_lossy(bytes).into_owned())
+            };
+            if !buf.is_null() {
+                // SAFETY: a buffer librados allocated for this call, freed once.
+                unsafe { (calls.rados_buffer_free)(buf) }
+            }
+            text
+        };
+        let (answer, said) = (take(out, out_len), take(status, status_len));
+        check(ret.into(), "ask the monitors", || {
+            format!("{command} ({})", said.unwrap_or_default().trim())
+        })?;
+        answer.ok_or_else(|| Error::Call {
+            op: "read the monitors' answer to",
+            what: command.to_string(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+        })
     }
 
     pub(super) fn calls(&self) -> &'static Calls {
