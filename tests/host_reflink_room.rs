@@ -268,3 +268,40 @@ fn a_file_system_that_cannot_clone_is_refused_naming_its_mount() {
     assert!(said.contains(&m.mnt().display().to_string()), "{said}");
     assert!(!room.path("cow/pc-1.img").exists(), "nothing is made");
 }
+
+/// Status of clones nothing serves counts a clone's extents once it has settled, keeps the
+/// count in the run directory (`run/fill/<pc>.fill`), reads it back while the clone and its
+/// image are exactly as they were, and counts again once the clone is written.
+#[test]
+fn status_of_unserved_clones_counts_again_only_what_was_written() {
+    use std::os::unix::fs::FileExt;
+    let m = Mounted::xfs(true);
+    let room = room_on(&m.mnt());
+    room.cowctl(&["apply"]);
+    assert!(wrote(&qemu_io(
+        &room.nbd_uri("pc-1"),
+        "write -P 0x33 1M 1M"
+    )));
+    room.cowctl(&["down"]);
+    let entry = room.path("run/fill/pc-1.fill");
+    assert_eq!(used(&room, "pc-1"), MIB);
+    assert!(!entry.exists(), "written in the last moments: not kept");
+
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(used(&room, "pc-1"), MIB);
+    let text = std::fs::read_to_string(&entry).unwrap();
+    let (head, count) = text.trim_end().rsplit_once(' ').unwrap();
+    assert_eq!(count, MIB.to_string(), "{text}");
+    // The entry is what status reads while the files are as it says: a count put in shows.
+    std::fs::write(&entry, format!("{head} 8192\n")).unwrap();
+    assert_eq!(used(&room, "pc-1"), 8192, "read back, not counted");
+
+    // A write into the clone moves its times: counted again, the put count gone.
+    let disk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(room.path("cow/pc-1.img"))
+        .unwrap();
+    disk.write_all_at(&[0x99; 4096], 8 * MIB).unwrap();
+    disk.sync_all().unwrap();
+    assert_eq!(used(&room, "pc-1"), MIB + 4096);
+}

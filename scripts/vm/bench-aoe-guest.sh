@@ -9,7 +9,9 @@
 # 32 KiB (cowctl's default), or BENCH_AOE_CHUNK_KIB for both COW paths.
 # The COWs are twice the disk, so random writes touching every chunk never fill one.
 # Reflink storage too: cowctl serve with `storage: reflink` (the PC's disk a clone of the
-# image on xfs made on a loop file) against vblade serving a plain copy on that same xfs.
+# image on xfs made on a loop file) against vblade serving a plain copy on that same xfs and
+# cowctl serve with a COW file on that same xfs (the first table's COW is on the VM's tmpfs,
+# where a sync costs nothing).
 set -euo pipefail
 repo=${COWCTL_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 cowctl=$repo/target/release/cowctl
@@ -25,13 +27,13 @@ modprobe loop
 modprobe dm-snapshot
 head -c "${mb}M" /dev/urandom >"$work/golden.img"
 cp "$work/golden.img" "$work/vblade.img"
-truncate -s "$((6 * mb))M" "$work/xfs.img"
+truncate -s "$((8 * mb))M" "$work/xfs.img"
 mkfs.xfs -q -f -m reflink=1 "$work/xfs.img"
 mkdir "$work/x"
 mount -o loop "$work/xfs.img" "$work/x"
 cp "$work/golden.img" "$work/x/golden.img"
 cp "$work/golden.img" "$work/x/vblade.img"
-mkdir "$work/x/disks"
+mkdir "$work/x/disks" "$work/x/cow"
 
 wait_disk() {
     for _ in $(seq 60); do
@@ -125,6 +127,10 @@ pcs:
     mac: $mac
 YAML
 reflink_room() { COWCTL_RUN_DIR=$work/run-reflink COWCTL_MANIFEST=$work/room-reflink.yaml "$cowctl" "$@"; }
+sed -e "s#$work/golden.img#$work/x/golden.img#" -e "s#cow_dir: $work/cow#cow_dir: $work/x/cow#" \
+    -e "s#shelf: 2#shelf: 6#" -e "s#10809#10811#" -e "s#$work/nbd.sock#$work/nbd-xfs.sock#" \
+    "$work/room.yaml" >"$work/room-xfs.yaml"
+xfs_cow_room() { COWCTL_RUN_DIR=$work/run-xfs COWCTL_MANIFEST=$work/room-xfs.yaml "$cowctl" "$@"; }
 export COWCTL_RUN_DIR=$work/run COWCTL_MANIFEST=$work/room.yaml
 # Rounds run the three targets one after another, only one at a time (each would wake for the
 # other's frames); cowctl's PC gets a fresh COW each round.
@@ -176,6 +182,13 @@ for round in $(seq "$rounds"); do
     wait_disk /dev/etherd/e4.1
     for j in "${jobs[@]}"; do run_fio reflink "$j" /dev/etherd/e4.1; done
     reflink_room down >/dev/null
+
+    # cowctl serve with a fresh COW on that same xfs, as e6.1.
+    xfs_cow_room reset pc-01 >/dev/null 2>&1 || true
+    xfs_cow_room apply >/dev/null
+    wait_disk /dev/etherd/e6.1
+    for j in "${jobs[@]}"; do run_fio cowctl_xfs "$j" /dev/etherd/e6.1; done
+    xfs_cow_room down >/dev/null
 done
 umount "$work/x" 
 aoe-flush -a || true
@@ -208,10 +221,10 @@ print("|---|---|---|---|---|---|")
 for j in jobs:
     print(f"| {labels[j]} | {cell('cowctl', j)} | {cell('vblade', j)} | {ratio(j, 'vblade')} | {cell('kernel', j)} | {ratio(j, 'kernel')} |")
 print()
-print(f"| reflink storage on xfs ({mb} MiB, median of {rounds} rounds × {seconds} s) | cowctl serve, a fresh clone | vblade, plain file on the same xfs | clone ÷ vblade, median (range) | cowctl serve, COW ({chunk} KiB chunks) | clone ÷ COW, median (range) |")
+print(f"| reflink storage on xfs ({mb} MiB, median of {rounds} rounds × {seconds} s) | cowctl serve, a fresh clone | vblade, plain file on the same xfs | clone ÷ vblade, median (range) | cowctl serve, COW ({chunk} KiB chunks) on the same xfs | clone ÷ COW, median (range) |")
 print("|---|---|---|---|---|---|")
 for j in jobs:
     label = labels[j].replace("fresh COW", "fresh disk").replace("written chunks", "written blocks")
-    print(f"| {label} | {cell('reflink', j)} | {cell('vblade_xfs', j)} | {ratio(j, 'vblade_xfs', 'reflink')} | {cell('cowctl', j)} | {ratio(j, 'cowctl', 'reflink')} |")
+    print(f"| {label} | {cell('reflink', j)} | {cell('vblade_xfs', j)} | {ratio(j, 'vblade_xfs', 'reflink')} | {cell('cowctl_xfs', j)} | {ratio(j, 'cowctl_xfs', 'reflink')} |")
 PY
 rm -rf "$work"

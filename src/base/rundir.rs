@@ -62,6 +62,11 @@ pub enum RunDirError {
 
 type Result<T, E = RunDirError> = std::result::Result<T, E>;
 
+/// The run directory: `$COWCTL_RUN_DIR`, else `/run/cowctl`.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("COWCTL_RUN_DIR").map_or_else(|| PathBuf::from("/run/cowctl"), PathBuf::from)
+}
+
 /// Creates the directory (mode 0700) or checks the one that is there.
 pub fn ensure(dir: &Path) -> Result<()> {
     match std::fs::symlink_metadata(dir) {

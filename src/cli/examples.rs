@@ -176,7 +176,7 @@ pub(super) const PAGES: &[Page] = &[
     Page {
         name: "cowctl-doctor",
         examples: &[
-            ("cowctl doctor", "One line per check, each with its fix: backend, ports, PXE, space, secrets, clock."),
+            ("cowctl doctor", "One line per check, each with its fix: backend, ports, PXE, space, secrets, clock, Ceph."),
             ("cowctl doctor --json", "The same findings as a JSON array, for scripts; the exit status is 1 when one FAILs."),
         ],
         see_also: &["cowctl-validate", "cowctl-apply"],

@@ -50,7 +50,8 @@ pub enum Command {
     Pcs(pcs::PcsCommand),
     /// Check the manifest and list every error at once.
     Validate,
-    /// Check this machine against the manifest: backend, ports, PXE, space, secrets, clock;
+    /// Check this machine against the manifest: backend, ports, PXE, space, secrets, clock,
+    /// the Ceph cluster of rbd images;
     /// one line each with the fix. Exits 1 when a check fails (warnings exit 0).
     Doctor,
     /// Show what `apply` would change in the kernel.

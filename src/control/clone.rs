@@ -97,9 +97,11 @@ fn sectors_of(disk: &Path) -> Result<u64> {
 /// its image (FIEMAP, after its dirty pages are written), against its quota. What vblade
 /// wrote into the linear device's page cache counts once written back, as a snapshot's
 /// exceptions do (status never opens the device: it could hang on one suspended, and an
-/// opener kept across a reset would keep the old disk's pages cached).
+/// opener kept across a reset would keep the old disk's pages cached). Counted again only
+/// for clones written since the last count (`reflink::fillcache`).
 pub fn status(ctx: &Ctx, pc: &Pc) -> (PcState, Option<Usage>) {
-    match crate::reflink::extents::own_bytes(&pc.cow, &ctx.image(pc).path) {
+    let image = &ctx.image(pc).path;
+    match crate::reflink::fillcache::own_bytes(&ctx.run_dir, &pc.name, &pc.cow, image) {
         Ok(own) => (
             PcState::Active,
             Some(Usage {

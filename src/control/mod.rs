@@ -17,7 +17,7 @@ pub mod status;
 pub use crate::dm::{dm_name, PREFIX};
 pub use error::{Error, Result};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -67,6 +67,5 @@ impl Ctx<'_> {
 }
 
 pub fn default_run_dir() -> PathBuf {
-    std::env::var_os("COWCTL_RUN_DIR")
-        .map_or_else(|| Path::new("/run/cowctl").to_path_buf(), PathBuf::from)
+    crate::base::rundir::default_dir()
 }

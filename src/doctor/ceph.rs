@@ -1,7 +1,8 @@
-//! A room with rbd images and its Ceph cluster: reached as the manifest's client (within a
-//! few seconds), its health as the monitors say it, the pool's free space against what the
-//! PCs' quotas let them write, the client's keyring private, and on the kernel path the
-//! kernel's rbd driver. Reading only: a connection and two monitor commands.
+//! A room with rbd images and its Ceph cluster: reached as the manifest's client (monitors
+//! that do not answer within a few seconds are a finding, not a hang), its health as the
+//! monitors say it, the pool's free space against what the PCs' quotas let them write, the
+//! client's keyring private, and on the kernel path the kernel's rbd driver. Reading only:
+//! a connection and two monitor commands (`health`, `df`), no image opened.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -21,9 +22,21 @@ pub fn checks(m: &Manifest, host: &Host, backend: BackendKind) -> Vec<Check> {
         return Vec::new();
     };
     let settings = &ceph.settings;
+    let ask = ceph_command(settings);
     let mut out = Vec::new();
     if backend == BackendKind::Kernel {
         out.push(rbd_module(host));
+    }
+    if let Some(k) = settings.keyring.as_ref().filter(|k| !k.exists()) {
+        out.push(Check::fail(
+            Area::Secret,
+            format!("ceph.keyring {} does not exist", k.display()),
+            format!(
+                "ceph auth get client.{} -o {}",
+                settings.client,
+                k.display()
+            ),
+        ));
     }
     let pool = match Pool::connect_within(settings, CONNECT_SECONDS) {
         Ok(pool) => pool,
@@ -31,23 +44,56 @@ pub fn checks(m: &Manifest, host: &Host, backend: BackendKind) -> Vec<Check> {
             out.push(Check::fail(
                 Area::Ceph,
                 format!(
-                    "cannot reach pool {} as client.{} within {CONNECT_SECONDS} s: {e}",
+                    "cannot reach pool {} as client.{}: {e}",
                     settings.pool, settings.client
                 ),
                 format!(
-                    "see that the monitors in {} run and answer (ceph -s), and that the pool and the client's key exist",
-                    settings.conf.display()
+                    "{ask} -s tells whether the monitors in {} answer this client; {ask} osd pool ls whether pool {} exists",
+                    settings.conf.display(),
+                    settings.pool
                 ),
             ));
             return out;
         }
     };
-    out.push(health(&pool, settings));
-    out.push(space(&pool, m));
+    let who = format!("client.{} reaches pool {}", settings.client, settings.pool);
+    out.push(health(
+        &who,
+        pool.mon_command(r#"{"prefix": "health", "format": "json"}"#),
+        &ask,
+    ));
+    out.push(space(
+        pool.name(),
+        pool.mon_command(r#"{"prefix": "df", "format": "json"}"#),
+        writable(m),
+        &ask,
+    ));
     if let Some(c) = keyring(&pool, settings) {
         out.push(c);
     }
     out
+}
+
+/// The `ceph` command as this client of this cluster (for the fixes).
+fn ceph_command(settings: &Settings) -> String {
+    format!(
+        "ceph -c {} --id {}",
+        settings.conf.display(),
+        settings.client
+    )
+}
+
+/// What the room's rbd PCs may write at most: each one's quota, or its autoextend maximum.
+fn writable(m: &Manifest) -> u64 {
+    m.pcs
+        .iter()
+        .filter(|p| m.storage_of(p) == Storage::Rbd)
+        .map(|p| {
+            p.autoextend.map_or(p.cow_size.bytes(), |a| {
+                a.max.bytes().max(p.cow_size.bytes())
+            })
+        })
+        .sum()
 }
 
 fn rbd_module(host: &Host) -> Check {
@@ -66,26 +112,53 @@ fn rbd_module(host: &Host) -> Check {
     }
 }
 
-/// `ceph health`: HEALTH_OK, or each of the monitors' warnings and errors.
-fn health(pool: &Pool, settings: &Settings) -> Check {
-    let who = format!("client.{} reaches pool {}", settings.client, settings.pool);
-    let answer = match pool.mon_command(r#"{"prefix": "health", "format": "json"}"#) {
+/// `ceph health`: HEALTH_OK, or each of the monitors' warnings and errors (muted ones left
+/// out, as `ceph health` leaves them).
+fn health(who: &str, answer: crate::rbd::Result<String>, ask: &str) -> Check {
+    let detail = format!("see {ask} health detail");
+    let answer = match answer {
         Ok(a) => a,
         Err(e) => {
             return Check::warn(
                 Area::Ceph,
-                format!("{who}, but the monitors do not tell its health: {e}"),
-                "give the client `mon 'allow r'` (ceph auth caps)",
+                format!("{who}, but the monitors did not tell its health: {e}"),
+                detail,
             )
         }
     };
-    let h: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
-    let status = h["status"].as_str().unwrap_or("no status");
+    let Some((status, said)) = read_health(&answer) else {
+        return Check::warn(
+            Area::Ceph,
+            format!("{who}, but the monitors' answer to `health` is not what Ceph 16 writes"),
+            detail,
+        );
+    };
+    let says = if said.is_empty() {
+        format!("{who}; the cluster says {status}")
+    } else {
+        format!("{who}; the cluster says {status} ({})", said.join("; "))
+    };
+    match status.as_str() {
+        "HEALTH_OK" => Check::ok(Area::Ceph, says),
+        "HEALTH_WARN" => Check::warn(Area::Ceph, says, detail),
+        _ => Check::fail(
+            Area::Ceph,
+            says,
+            format!("{detail}: PCs' I/O may stop while the cluster is in error"),
+        ),
+    }
+}
+
+/// The status and each check that is not muted ("NAME: message"), from `health`'s JSON.
+fn read_health(answer: &str) -> Option<(String, Vec<String>)> {
+    let h: serde_json::Value = serde_json::from_str(answer).ok()?;
+    let status = h["status"].as_str()?.to_string();
     let mut said: Vec<String> = h["checks"]
         .as_object()
         .map(|checks| {
             checks
                 .iter()
+                .filter(|(_, c)| c["muted"].as_bool() != Some(true))
                 .map(|(name, c)| {
                     let message = c["summary"]["message"].as_str().unwrap_or("");
                     format!("{name}: {message}")
@@ -94,56 +167,26 @@ fn health(pool: &Pool, settings: &Settings) -> Check {
         })
         .unwrap_or_default();
     said.sort();
-    let says = if said.is_empty() {
-        format!("{who}; the cluster says {status}")
-    } else {
-        format!("{who}; the cluster says {status} ({})", said.join("; "))
-    };
-    match status {
-        "HEALTH_OK" => Check::ok(Area::Ceph, says),
-        "HEALTH_WARN" => Check::warn(Area::Ceph, says, "see ceph health detail"),
-        _ => Check::fail(
-            Area::Ceph,
-            says,
-            "see ceph health detail: PCs' I/O may stop while the cluster is in error",
-        ),
-    }
+    Some((status, said))
 }
 
-/// The pool's free space (`ceph df`'s max_avail, replicas counted) against the room's rbd
-/// PCs' quotas (`cow_size`): what they may still write, at most.
-fn space(pool: &Pool, m: &Manifest) -> Check {
-    let quotas: u64 = m
-        .pcs
-        .iter()
-        .filter(|p| m.storage_of(p) == Storage::Rbd)
-        .map(|p| p.cow_size.bytes())
-        .sum();
-    let df: serde_json::Value = pool
-        .mon_command(r#"{"prefix": "df", "format": "json"}"#)
-        .ok()
-        .and_then(|a| serde_json::from_str(&a).ok())
-        .unwrap_or_default();
-    let avail = df["pools"].as_array().and_then(|pools| {
-        pools
-            .iter()
-            .find(|p| p["name"].as_str() == Some(pool.name()))
-            .and_then(|p| p["stats"]["max_avail"].as_u64())
-    });
+/// The pool's free space (`ceph df`'s max_avail, replicas counted) against what the room's
+/// rbd PCs may write at most (`writable`).
+fn space(pool: &str, answer: crate::rbd::Result<String>, writable: u64, ask: &str) -> Check {
+    let avail = answer.ok().and_then(|a| max_avail(&a, pool));
     let Some(avail) = avail else {
         return Check::warn(
             Area::Ceph,
-            format!("the monitors do not tell pool {}'s free space", pool.name()),
-            "give the client `mon 'allow r'` (ceph auth caps), or see ceph df",
+            format!("the monitors did not tell pool {pool}'s free space"),
+            format!("see {ask} df"),
         );
     };
     let says = format!(
-        "pool {} has {} free; the room's rbd PCs may write up to {} (their cow_size)",
-        pool.name(),
+        "pool {pool} has {} free; the room's rbd PCs may write up to {} (their cow_size, or autoextend.max)",
         human(avail),
-        human(quotas)
+        human(writable)
     );
-    if avail >= quotas {
+    if avail >= writable {
         Check::ok(Area::Ceph, says)
     } else {
         Check::warn(
@@ -154,6 +197,16 @@ fn space(pool: &Pool, m: &Manifest) -> Check {
     }
 }
 
+/// `ceph df`'s max_avail of `pool`.
+fn max_avail(answer: &str, pool: &str) -> Option<u64> {
+    let df: serde_json::Value = serde_json::from_str(answer).ok()?;
+    df["pools"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"].as_str() == Some(pool))?["stats"]["max_avail"]
+        .as_u64()
+}
+
 /// The keyring the client's key is read from, readable by its owner only (as Ceph makes
 /// it); None when it names no file here (a key given another way).
 fn keyring(pool: &Pool, settings: &Settings) -> Option<Check> {
@@ -162,15 +215,20 @@ fn keyring(pool: &Pool, settings: &Settings) -> Option<Check> {
         None => pool
             .conf("keyring")
             .ok()?
-            .split([',', ';'])
-            .map(|p| PathBuf::from(p.trim()))
+            .split(|c: char| c == ',' || c == ';' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
             .collect(),
     };
     let (path, mode) = named.iter().find_map(|p| {
         let mode = std::fs::metadata(p).ok()?.permissions().mode() & 0o7777;
         Some((p, mode))
     })?;
-    let at = format!("the keyring {}", path.display());
+    let at = format!(
+        "the keyring {} of client.{}",
+        path.display(),
+        settings.client
+    );
     Some(if mode & 0o077 == 0 {
         Check::ok(Area::Secret, format!("{at} is readable by its owner only"))
     } else {
@@ -188,6 +246,55 @@ mod tests {
     use crate::doctor::clock::Synced;
     use crate::doctor::testing::{host, FakeClock, FakeDm, FakeNet};
     use crate::doctor::Status;
+
+    #[test]
+    fn health_says_each_check_that_is_not_muted() {
+        let ok = read_health(r#"{"status":"HEALTH_OK","checks":{},"mutes":[]}"#).unwrap();
+        assert_eq!(ok, ("HEALTH_OK".to_string(), Vec::new()));
+        let warn = r#"{"status":"HEALTH_WARN","checks":{
+            "POOL_NO_REDUNDANCY":{"severity":"HEALTH_WARN","summary":{"message":"1 pool(s) have no replicas configured","count":1},"muted":false},
+            "MON_DISK_LOW":{"severity":"HEALTH_WARN","summary":{"message":"mon a is low on available space","count":1},"muted":true}}}"#;
+        let c = health(
+            "client.admin reaches pool rbd",
+            Ok(warn.to_string()),
+            "ceph",
+        );
+        assert_eq!(c.status, Status::Warn);
+        assert_eq!(
+            c.says,
+            "client.admin reaches pool rbd; the cluster says HEALTH_WARN (POOL_NO_REDUNDANCY: 1 pool(s) have no replicas configured)"
+        );
+        let err = health(
+            "x",
+            Ok(r#"{"status":"HEALTH_ERR","checks":{}}"#.into()),
+            "ceph",
+        );
+        assert_eq!(err.status, Status::Fail);
+        let odd = health("x", Ok("not json".into()), "ceph");
+        assert_eq!(
+            odd.status,
+            Status::Warn,
+            "an answer not read is no error of the cluster's"
+        );
+    }
+
+    #[test]
+    fn space_is_the_pools_max_avail_against_what_the_pcs_may_write() {
+        let df = r#"{"stats":{},"pools":[{"name":"other","id":1,"stats":{"max_avail":1}},{"name":"rbd","id":2,"stats":{"stored":0,"max_avail":3758096384}}]}"#;
+        assert_eq!(max_avail(df, "rbd"), Some(3_758_096_384));
+        assert_eq!(max_avail(df, "nope"), None);
+        let c = space("rbd", Ok(df.into()), 8 << 30, "ceph");
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.says.starts_with("pool rbd has 3.5 GiB free"), "{c}");
+        assert_eq!(
+            space("rbd", Ok(df.into()), 1 << 30, "ceph").status,
+            Status::Ok
+        );
+        assert_eq!(
+            space("rbd", Ok("{}".into()), 1, "ceph").status,
+            Status::Warn
+        );
+    }
 
     #[test]
     fn the_kernel_path_needs_the_rbd_driver() {

@@ -4,11 +4,13 @@
 //! makes the file system copy that one block, not a COW chunk; what a PC has changed is what
 //! its file no longer shares. This module holds the three file-system facts that storage
 //! rests on: which file system a path is on ([`fs`]), a durable clone ([`clone`]) and the
-//! bytes a clone no longer shares ([`extents`]). `cowctl serve` serves the clones
+//! bytes a clone no longer shares ([`extents`], kept between commands by [`fillcache`]).
+//! `cowctl serve` serves the clones
 //! (`engine::clonefile`) of images with `storage: reflink`.
 
 pub mod clone;
 pub mod extents;
+pub mod fillcache;
 pub mod fs;
 
 use std::path::PathBuf;

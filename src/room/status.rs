@@ -147,9 +147,11 @@ pub fn from_cow_file(m: &Manifest, pc: &Pc) -> (PcState, Option<Usage>) {
         return (PcState::NotApplied, usage.ok());
     }
     if m.storage_of(pc) == Storage::Reflink {
-        // A clone's fill: the bytes where it is no longer its image.
+        // A clone's fill: the bytes where it is no longer its image (counted again only
+        // when it was written since the last count).
         let image = &m.images[&pc.image].path;
-        return match crate::reflink::extents::own_bytes(&pc.cow, image) {
+        let run_dir = crate::base::rundir::default_dir();
+        return match crate::reflink::fillcache::own_bytes(&run_dir, &pc.name, &pc.cow, image) {
             Ok(own) => (
                 PcState::NotApplied,
                 Some(Usage {

@@ -44,9 +44,9 @@ fn doctor_reads_the_clusters_health_space_and_keyring() {
         .find(|(_, s)| s.starts_with("pool rbd has "))
         .unwrap_or_else(|| panic!("{ceph:?}"));
     assert!(
-        space
-            .1
-            .ends_with("the room's rbd PCs may write up to 12.0 MiB (their cow_size)"),
+        space.1.ends_with(
+            "the room's rbd PCs may write up to 12.0 MiB (their cow_size, or autoextend.max)"
+        ),
         "three PCs of 4 MiB: {space:?}"
     );
     assert_eq!(space.0, "ok", "a 4 GiB OSD holds 12 MiB: {space:?}");
@@ -55,7 +55,7 @@ fn doctor_reads_the_clusters_health_space_and_keyring() {
         findings(&out, "secret").contains(&(
             "ok".into(),
             format!(
-                "the keyring {} is readable by its owner only",
+                "the keyring {} of client.admin is readable by its owner only",
                 keyring.display()
             )
         )),
@@ -85,11 +85,12 @@ fn doctor_reads_the_clusters_health_space_and_keyring() {
     let start = std::time::Instant::now();
     let out = room.output(&["--json", "doctor"]);
     assert_eq!(out.status.code(), Some(1), "a FAIL makes doctor exit 1");
-    assert!(start.elapsed().as_secs() < 30, "{:?}", start.elapsed());
+    // Connecting gives up after 5 s (the service's own connections wait 15).
+    assert!(start.elapsed().as_secs() < 12, "{:?}", start.elapsed());
     let ceph = findings(&out, "ceph");
     assert!(
         ceph.iter().any(|(st, s)| st == "fail"
-            && s.starts_with("cannot reach pool rbd as client.admin within 5 s")),
+            && s.starts_with("cannot reach pool rbd as client.admin: ")),
         "{ceph:?}"
     );
 }
