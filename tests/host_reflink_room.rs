@@ -284,6 +284,11 @@ fn status_of_unserved_clones_counts_again_only_what_was_written() {
     )));
     room.cowctl(&["down"]);
     let entry = room.path("run/fill/pc-1.fill");
+    let disk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(room.path("cow/pc-1.img"))
+        .unwrap();
+    disk.write_all_at(&[0x33; 4096], MIB).unwrap();
     assert_eq!(used(&room, "pc-1"), MIB);
     assert!(!entry.exists(), "written in the last moments: not kept");
 
@@ -297,10 +302,6 @@ fn status_of_unserved_clones_counts_again_only_what_was_written() {
     assert_eq!(used(&room, "pc-1"), 8192, "read back, not counted");
 
     // A write into the clone moves its times: counted again, the put count gone.
-    let disk = std::fs::OpenOptions::new()
-        .write(true)
-        .open(room.path("cow/pc-1.img"))
-        .unwrap();
     disk.write_all_at(&[0x99; 4096], 8 * MIB).unwrap();
     disk.sync_all().unwrap();
     assert_eq!(used(&room, "pc-1"), MIB + 4096);

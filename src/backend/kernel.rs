@@ -1,6 +1,7 @@
 //! The kernel backend: loop devices, dm-snapshot and LIO/vblade exports, planned from
 //! what the kernel shows (`control::observe`) and applied by `control::apply`. The kernel
-//! is the record: nothing is kept between commands but the lock while one runs.
+//! is the record: nothing is kept between commands but the lock while one runs (and reflink
+//! clones' fill counts, a cache checked against the files: `reflink::fillcache`).
 
 use std::path::PathBuf;
 

@@ -5,11 +5,14 @@
 //! for a 20 GiB disk a PC wrote a few MiB into, a quarter of a second for 200 of them.
 //!
 //! An entry is the clone's and the image's identity and times (device, inode, size,
-//! mtime, ctime), and the count. It is used only while both are exactly as recorded: every
-//! write, discard or truncation moves the clone's mtime and ctime. The kernel stamps times
-//! from a clock that moves in ticks, so a clone written within the last moments could be
-//! written again within the same tick without its times moving: such a clone's count is
-//! not kept. Nothing here is a record of the room: losing the directory loses nothing.
+//! mtime, ctime), when it was counted, and the count. It is used only while both files are
+//! exactly as recorded: every write, discard or truncation moves the clone's mtime and
+//! ctime. The kernel stamps times from a clock that moves in ticks, so a file written
+//! within the last moments could be written again within the same tick without its times
+//! moving: such a count is not kept. What changes extents without touching times (a
+//! deduplication, btrfs's defragmentation) is caught up with by counting again once an
+//! entry is [`MAX_AGE`] old. Nothing here is a record of the room: losing the directory
+//! loses nothing, and status keeps entries only in a run directory that is there.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -18,11 +21,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{extents, ReflinkError};
 
-/// How old a clone's times must be for its count to be kept.
+/// How old a file's times must be for a count over it to be kept.
 const SETTLED: Duration = Duration::from_secs(2);
+/// How long a count stands for a clone whose times have not moved.
+pub const MAX_AGE: Duration = Duration::from_secs(300);
 /// The longest entry read back (a line of numbers).
 const ENTRY_MAX: u64 = 512;
-const MAGIC: &str = "cowctl-fill 1";
+const MAGIC: &str = "cowctl-fill 2";
+
+/// Unix time in ns.
+fn ns_of(t: SystemTime) -> i128 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+}
+
+fn ns(d: Duration) -> i128 {
+    i128::try_from(d.as_nanos()).unwrap_or(i128::MAX)
+}
 
 /// What a file is now: which one, how long, when last written and changed (ns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,13 +52,13 @@ struct Stamp {
 impl Stamp {
     fn of(path: &Path) -> std::io::Result<Stamp> {
         let m = std::fs::metadata(path)?;
-        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        let at = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
         Ok(Stamp {
             dev: m.dev(),
             ino: m.ino(),
             size: m.size(),
-            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+            mtime_ns: at(m.mtime(), m.mtime_nsec()),
+            ctime_ns: at(m.ctime(), m.ctime_nsec()),
         })
     }
 
@@ -72,11 +87,7 @@ impl Stamp {
 
     /// Last written and changed at least [`SETTLED`] before `now`.
     fn settled(&self, now: SystemTime) -> bool {
-        let now_ns = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
-        let settled_ns = i128::try_from(SETTLED.as_nanos()).unwrap_or(i128::MAX);
-        self.mtime_ns.max(self.ctime_ns) + settled_ns <= now_ns
+        self.mtime_ns.max(self.ctime_ns) + ns(SETTLED) <= ns_of(now)
     }
 }
 
@@ -88,62 +99,84 @@ fn file_name(key: &str) -> Option<String> {
 }
 
 /// [`extents::own_bytes`] of `clone` against `image`, from the entry `key` (the PC's name)
-/// in `run_dir/fill` when both files are as it recorded them, else counted anew (and kept
-/// when the clone has settled). The cache is best effort: a directory that cannot be
-/// used only means counting every time.
+/// in `run_dir/fill` when both files are as it recorded them and it is young, else counted
+/// anew (and kept when both files have settled). The cache is best effort: a run directory
+/// that is not there or not cowctl's own only means counting every time.
 pub fn own_bytes(
     run_dir: &Path,
     key: &str,
     clone: &Path,
     image: &Path,
 ) -> Result<u64, ReflinkError> {
+    // The clock and the times read before counting: a write while counting moves the
+    // times, and the next look counts again.
+    let now = SystemTime::now();
     let stamps = Stamp::of(clone).ok().zip(Stamp::of(image).ok());
     let dir = run_dir.join("fill");
-    let name = file_name(key);
-    if let (Some((c, i)), Some(name)) = (stamps, &name) {
-        if let Some(own) = read(&dir.join(name), c, i) {
+    // Only a run directory (and cache) that is cowctl's own by the run directory's rule is
+    // read or written; status makes the cache's directory, never the run directory.
+    let ours = || {
+        run_dir.is_dir()
+            && crate::base::rundir::ensure(run_dir).is_ok()
+            && crate::base::rundir::ensure(&dir).is_ok()
+    };
+    let usable = match (stamps, file_name(key)) {
+        (Some(s), Some(name)) if ours() => Some((s, name)),
+        _ => None,
+    };
+    if let Some(((c, i), name)) = &usable {
+        if let Some(own) = read(&dir.join(name), (*c, *i), now) {
             return Ok(own);
         }
     }
     let own = extents::own_bytes(clone, image)?;
-    if let (Some((c, i)), Some(name)) = (stamps, &name) {
-        // Times taken before counting: a write while counting moves them, and the next
-        // look counts again.
-        if c.settled(SystemTime::now()) && crate::base::rundir::ensure(run_dir).is_ok() {
-            let _ = write(&dir, name, c, i, own);
+    if let Some(((c, i), name)) = &usable {
+        if c.settled(now) && i.settled(now) {
+            let _ = write(&dir, name, (*c, *i), now, own);
         }
     }
     Ok(own)
 }
 
-fn read(path: &Path, clone: Stamp, image: Stamp) -> Option<u64> {
+fn read(path: &Path, (clone, image): (Stamp, Stamp), now: SystemTime) -> Option<u64> {
+    // Never through a link, never waiting on a pipe: a regular file only.
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
         .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
     let mut text = String::new();
     f.take(ENTRY_MAX).read_to_string(&mut text).ok()?;
     let rest = text.trim_end().strip_prefix(MAGIC)?;
     let words: Vec<&str> = rest.split_whitespace().collect();
-    let [c @ .., own] = words.as_slice() else {
+    let [stamps @ .., counted, own] = words.as_slice() else {
         return None;
     };
-    if c.len() != 10 {
+    if stamps.len() != 10 {
         return None;
     }
-    let (was_clone, was_image) = (Stamp::parse(&c[..5])?, Stamp::parse(&c[5..])?);
-    (was_clone == clone && was_image == image)
+    let (was_clone, was_image) = (Stamp::parse(&stamps[..5])?, Stamp::parse(&stamps[5..])?);
+    let age = ns_of(now) - counted.parse::<i128>().ok()?;
+    (was_clone == clone && was_image == image && (0..ns(MAX_AGE)).contains(&age))
         .then(|| own.parse().ok())
         .flatten()
 }
 
-fn write(dir: &Path, name: &str, clone: Stamp, image: Stamp, own: u64) -> std::io::Result<()> {
-    crate::base::rundir::ensure(dir).map_err(std::io::Error::other)?;
+fn write(
+    dir: &Path,
+    name: &str,
+    (clone, image): (Stamp, Stamp),
+    counted: SystemTime,
+    own: u64,
+) -> std::io::Result<()> {
     let line = format!(
-        "{MAGIC} {} {} {own}\n",
+        "{MAGIC} {} {} {} {own}\n",
         clone.words().join(" "),
-        image.words().join(" ")
+        image.words().join(" "),
+        ns_of(counted)
     );
     // A temporary name of this process's, renamed over the entry: a reader sees a whole
     // line or none, and two commands counting at once do not mix theirs.
@@ -177,31 +210,44 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_used_only_while_both_files_are_as_recorded() {
+    fn an_entry_is_used_only_while_both_files_are_as_recorded_and_it_is_young() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("fill");
-        write(&dir, "pc-1.fill", stamp(5), stamp(9), 123_456).unwrap();
+        crate::base::rundir::ensure(&dir).unwrap();
+        let counted = SystemTime::now();
+        let both = (stamp(5), stamp(9));
+        write(&dir, "pc-1.fill", both, counted, 123_456).unwrap();
         let path = dir.join("pc-1.fill");
-        assert_eq!(read(&path, stamp(5), stamp(9)), Some(123_456));
-        assert_eq!(read(&path, stamp(6), stamp(9)), None, "the clone changed");
-        assert_eq!(read(&path, stamp(5), stamp(8)), None, "the image changed");
-        std::fs::write(&path, "cowctl-fill 1 1 2 3\n").unwrap();
-        assert_eq!(read(&path, stamp(5), stamp(9)), None, "a short entry");
+        let soon = counted + Duration::from_secs(1);
+        assert_eq!(read(&path, both, soon), Some(123_456));
+        assert_eq!(
+            read(&path, (stamp(6), stamp(9)), soon),
+            None,
+            "the clone changed"
+        );
+        assert_eq!(
+            read(&path, (stamp(5), stamp(8)), soon),
+            None,
+            "the image changed"
+        );
+        assert_eq!(read(&path, both, counted + MAX_AGE), None, "too old");
+        std::fs::write(&path, format!("{MAGIC} 1 2 3\n")).unwrap();
+        assert_eq!(read(&path, both, soon), None, "a short entry");
         std::fs::write(&path, "something else\n").unwrap();
-        assert_eq!(read(&path, stamp(5), stamp(9)), None);
+        assert_eq!(read(&path, both, soon), None);
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(read(&path, both, soon), None, "a pipe, not waited on");
     }
 
     #[test]
-    fn a_clone_written_in_the_last_moments_is_not_settled() {
+    fn a_file_written_in_the_last_moments_is_not_settled() {
         let now = SystemTime::now();
-        let ns = |t: SystemTime| {
-            i128::try_from(t.duration_since(UNIX_EPOCH).unwrap().as_nanos()).unwrap()
-        };
         let mut s = stamp(1);
-        s.mtime_ns = ns(now) - 500_000_000;
+        s.mtime_ns = ns_of(now) - 500_000_000;
         s.ctime_ns = s.mtime_ns;
         assert!(!s.settled(now));
-        s.mtime_ns = ns(now) - 3_000_000_000;
+        s.mtime_ns = ns_of(now) - 3_000_000_000;
         assert!(!s.settled(now), "its ctime is still recent");
         s.ctime_ns = s.mtime_ns;
         assert!(s.settled(now));
