@@ -132,15 +132,11 @@ impl Backend for ServiceClient {
         let wanted: Vec<String> = m.select(pcs)?.iter().map(|p| p.name.clone()).collect();
         let rows = match self.ask(&Request::Status)? {
             Some(r) => r.status,
-            None => m
-                .pcs
-                .iter()
-                .map(|pc| {
-                    let (state, usage) = status::from_cow_file(m, pc);
-                    let export = service::export_uri(m.nbd.listen, &pc.name);
-                    status::row(m, pc, state, usage, export, Vec::new())
-                })
-                .collect(),
+            None => status::in_parallel(&m.pcs, |pc| {
+                let (state, usage) = status::from_cow_file(m, pc);
+                let export = service::export_uri(m.nbd.listen, &pc.name);
+                status::row(m, pc, state, usage, export, Vec::new())
+            }),
         };
         Ok(rows
             .into_iter()

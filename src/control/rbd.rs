@@ -216,8 +216,8 @@ fn linear_over(mapped: &Mapped) -> Target {
 }
 
 /// The PC's fill as the cluster counts it (its clone's objects), against its quota.
-pub fn status(ctx: &Ctx, pc: &Pc) -> (PcState, Option<Usage>) {
-    let usage = crate::rbdpc::cluster_of(ctx.manifest, pc).and_then(|c| c.usage(ctx.manifest, pc));
+pub fn usage_of(m: &Manifest, pc: &Pc) -> (PcState, Option<Usage>) {
+    let usage = crate::rbdpc::cluster_of(m, pc).and_then(|c| c.usage(m, pc));
     match usage {
         Ok(u) => (PcState::Active, Some(u)),
         Err(_) => (PcState::Unknown, None),

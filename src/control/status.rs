@@ -3,15 +3,30 @@
 
 use super::observe::Observed;
 use super::{dm_name, Ctx};
+use crate::cow::Usage;
 use crate::dm::SnapshotStatus;
+use crate::manifest::Storage;
 use crate::manifest::{Export, Pc};
-use crate::room::status::{cow_file_problem, from_cow_file, row, PcState, PcStatus};
+use crate::room::status::{cow_file_problem, from_cow_file, in_parallel, row, PcState, PcStatus};
 
 pub fn collect(ctx: &Ctx, obs: &Observed, pcs: &[&Pc]) -> Vec<PcStatus> {
-    pcs.iter().map(|pc| one(ctx, obs, pc)).collect()
+    // Mapped rbd clones' fill asks the cluster: all of them at once, before the rows.
+    let m = ctx.manifest;
+    let mapped: Vec<Option<&Pc>> = pcs
+        .iter()
+        .map(|pc| {
+            (m.storage_of(pc) == Storage::Rbd && obs.linear.contains_key(&dm_name(&pc.name)))
+                .then_some(*pc)
+        })
+        .collect();
+    let fills = in_parallel(&mapped, |pc| pc.map(|pc| super::rbd::usage_of(m, pc)));
+    pcs.iter()
+        .zip(fills)
+        .map(|(pc, fill)| one(ctx, obs, pc, fill))
+        .collect()
 }
 
-fn one(ctx: &Ctx, obs: &Observed, pc: &Pc) -> PcStatus {
+fn one(ctx: &Ctx, obs: &Observed, pc: &Pc, rbd_fill: Option<(PcState, Option<Usage>)>) -> PcStatus {
     let name = dm_name(&pc.name);
     let (state, usage) = if obs.parked.contains_key(&name) {
         (PcState::Parked, None)
@@ -24,8 +39,9 @@ fn one(ctx: &Ctx, obs: &Observed, pc: &Pc) -> PcStatus {
             Ok(SnapshotStatus::Unknown) | Err(_) => (PcState::Unknown, None),
         }
     } else if obs.linear.contains_key(&name) {
-        match ctx.manifest.storage_of(pc) {
-            crate::manifest::Storage::Rbd => super::rbd::status(ctx, pc),
+        match (ctx.manifest.storage_of(pc), rbd_fill) {
+            (Storage::Rbd, Some(fill)) => fill,
+            (Storage::Rbd, None) => super::rbd::usage_of(ctx.manifest, pc),
             _ => super::clone::status(ctx, pc),
         }
     } else {

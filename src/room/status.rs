@@ -138,6 +138,29 @@ fn clone_space_problem(pc: &Pc, u: Usage) -> Option<String> {
     })
 }
 
+/// How many PCs' status is read at once: an rbd clone's waits on the cluster (about 8 ms
+/// each here), a reflink clone's on the file system's shared-extent tree.
+const STATUS_WORKERS: usize = 8;
+
+/// `f` of each item, in their order, on up to [`STATUS_WORKERS`] threads.
+pub fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() < 2 {
+        return items.iter().map(&f).collect();
+    }
+    let per = items.len().div_ceil(STATUS_WORKERS);
+    std::thread::scope(|s| {
+        let f = &f;
+        let workers: Vec<_> = items
+            .chunks(per)
+            .map(|chunk| s.spawn(move || chunk.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a status worker"))
+            .collect()
+    })
+}
+
 /// State and usage of a PC that is not being served, read from its COW file (or, for a
 /// clone, from the extents it no longer shares).
 pub fn from_cow_file(m: &Manifest, pc: &Pc) -> (PcState, Option<Usage>) {
@@ -388,4 +411,23 @@ pub fn render(rows: &[PcStatus], warn_percent: f64) -> String {
         out.push_str(&format!("WARNING: {} {why}\n", r.name));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_parallel;
+
+    #[test]
+    fn rows_read_in_parallel_keep_the_pcs_order() {
+        let items: Vec<u32> = (0..203).collect();
+        let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+        let out = in_parallel(&items, |i| {
+            seen.lock().unwrap().insert(std::thread::current().id());
+            i * 2
+        });
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        assert!(seen.lock().unwrap().len() > 1, "more than one thread");
+        assert_eq!(in_parallel(&[7u32], |i| i + 1), vec![8]);
+        assert!(in_parallel(&Vec::<u32>::new(), |i| *i).is_empty());
+    }
 }
