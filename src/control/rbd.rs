@@ -79,12 +79,7 @@ fn map_request(cluster: &Cluster, m: &Manifest, image: &str) -> Result<MapReques
         .as_ref()
         .expect("an rbd room has a ceph section")
         .settings;
-    let keyrings: Vec<std::path::PathBuf> = match &settings.keyring {
-        Some(k) => vec![k.clone()],
-        None => (conf("keyring")?.split([',', ';']))
-            .map(|p| std::path::PathBuf::from(p.trim()))
-            .collect(),
-    };
+    let keyrings = pool.keyrings(settings).map_err(crate::rbdpc::Error::from)?;
     let secret = keyrings
         .iter()
         .filter_map(|k| std::fs::read_to_string(k).ok())

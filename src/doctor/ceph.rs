@@ -5,7 +5,6 @@
 //! a connection and two monitor commands (`health`, `df`), no image opened.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 
 use super::modules;
 use super::{Area, Check, Host};
@@ -210,16 +209,7 @@ fn max_avail(answer: &str, pool: &str) -> Option<u64> {
 /// The keyring the client's key is read from, readable by its owner only (as Ceph makes
 /// it); None when it names no file here (a key given another way).
 fn keyring(pool: &Pool, settings: &Settings) -> Option<Check> {
-    let named: Vec<PathBuf> = match &settings.keyring {
-        Some(k) => vec![k.clone()],
-        None => pool
-            .conf("keyring")
-            .ok()?
-            .split(|c: char| c == ',' || c == ';' || c.is_whitespace())
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .collect(),
-    };
+    let named = pool.keyrings(settings).ok()?;
     let (path, mode) = named.iter().find_map(|p| {
         let mode = std::fs::metadata(p).ok()?.permissions().mode() & 0o7777;
         Some((p, mode))

@@ -185,6 +185,20 @@ impl Pool {
         })
     }
 
+    /// The keyrings the client's key is read from: the settings' own, else those the
+    /// configuration names (`keyring`, a list as Ceph reads it: `,` `;` or blanks between).
+    pub fn keyrings(&self, settings: &Settings) -> Result<Vec<std::path::PathBuf>> {
+        if let Some(k) = &settings.keyring {
+            return Ok(vec![k.clone()]);
+        }
+        Ok(self
+            .conf("keyring")?
+            .split(|c: char| c == ',' || c == ';' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from)
+            .collect())
+    }
+
     pub(super) fn calls(&self) -> &'static Calls {
         self.cluster.calls
     }
