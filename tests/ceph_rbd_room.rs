@@ -11,6 +11,8 @@
 mod common;
 #[path = "ceph_rbd_room/doctor.rs"]
 mod doctor;
+#[path = "ceph_rbd_room/floating.rs"]
+mod floating;
 #[path = "ceph_rbd_room/gateways.rs"]
 mod gateways;
 #[path = "ceph_rbd_room/nbd_pipelined.rs"]

@@ -694,3 +694,45 @@ fn gateways_order_each_pc_and_boot_scripts_name_them_in_that_order() {
         .unwrap_err()
         .contains("gw-a, gw-b"));
 }
+
+#[test]
+fn floating_portals_need_an_interface_on_every_gateway_and_an_ipv4_address() {
+    let room = |a: &str, b: &str| {
+        format!("images:\n  w:\n    storage: rbd\n    rbd: golden-w@v1\nceph:\n  pool: lab\ngateways:\n  - name: gw-a\n    iscsi: {a}\n  - name: gw-b\n    iscsi: {b}\niscsi:\n  iqn_prefix: iqn.2024-01.lan.x\n  portals: [0.0.0.0]\n  acl: open\nbackend: userspace\ndefaults:\n  image: w\n  cow_size: 2GiB\npcs:\n  - name: pc-{{1..4}}\n")
+    };
+    let m = parse(&room(
+        "10.0.0.1\n    interface: eth0",
+        "10.0.0.2\n    interface: enp3s0",
+    ))
+    .unwrap();
+    assert_eq!(m.gateways[1].interface.as_deref(), Some("enp3s0"));
+    // A floating portal is listened on once held, not bound from the start.
+    let at_a = m.clone().as_gateway("gw-a").unwrap();
+    assert!(at_a.iscsi.as_ref().unwrap().portals.is_empty());
+
+    let half = parse(&room("10.0.0.1\n    interface: eth0", "10.0.0.2")).unwrap_err();
+    assert!(
+        half.to_string()
+            .contains("either every gateway's portal floats"),
+        "{half}"
+    );
+    let v6 = parse(&room(
+        "\"[fd00::1]:3260\"\n    interface: eth0",
+        "10.0.0.2\n    interface: eth0",
+    ))
+    .unwrap_err();
+    assert!(
+        v6.to_string().contains("gateways[0].interface")
+            && v6.to_string().contains("only an IPv4 portal can float"),
+        "{v6}"
+    );
+    let bad = parse(&room(
+        "10.0.0.1\n    interface: \"eth0/1\"",
+        "10.0.0.2\n    interface: eth0",
+    ))
+    .unwrap_err();
+    assert!(
+        bad.to_string().contains("not a network interface name"),
+        "{bad}"
+    );
+}

@@ -326,6 +326,29 @@ pub enum NetError {
     Links(#[source] rtnetlink::Error),
     #[error("cannot list addresses")]
     Addresses(#[source] rtnetlink::Error),
+    #[error("no network interface {interface:?}")]
+    NoInterface { interface: String },
+    #[error("cannot add {ip}/32 to {interface}")]
+    AddAddress {
+        ip: std::net::Ipv4Addr,
+        interface: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("cannot remove {ip} from {interface}")]
+    RemoveAddress {
+        ip: std::net::Ipv4Addr,
+        interface: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("cannot announce {ip} on {interface} (gratuitous ARP)")]
+    Announce {
+        ip: std::net::Ipv4Addr,
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 #[cfg(test)]

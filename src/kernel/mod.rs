@@ -8,6 +8,7 @@ pub mod devmapper;
 pub mod error;
 pub mod fake;
 mod fake_rbd;
+pub mod hostaddr;
 pub mod keyring;
 pub mod lio;
 pub mod loopdev;

@@ -20,6 +20,8 @@ pub struct RawGateway {
     pub http: Option<String>,
     pub admin: Option<String>,
     pub nbd: Option<String>,
+    /// The interface its portal address floats on (see [`Gateway::interface`]).
+    pub interface: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,6 +31,11 @@ pub struct Gateway {
     pub http: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub nbd: Option<SocketAddr>,
+    /// With an interface, the portal's address is not the machine's own but floats: the
+    /// gateway adds it to this interface while it holds it (a lease in the cluster), and
+    /// another gateway takes it over, on its own interface, when this one is gone, so an
+    /// OS's initiator that reconnects to the address finds a live gateway.
+    pub interface: Option<String>,
 }
 
 /// A PC's rank at a gateway: the higher, the earlier the gateway serves it.
@@ -68,7 +75,12 @@ impl Manifest {
             ));
         };
         if let Some(iscsi) = self.iscsi.as_mut() {
-            iscsi.portals = vec![g.portal];
+            // A floating portal is listened on while this gateway holds it, not from the start.
+            iscsi.portals = if g.interface.is_some() {
+                Vec::new()
+            } else {
+                vec![g.portal]
+            };
         }
         if let Some(http) = self.http.as_mut() {
             http.listen = g.http.unwrap_or(http.listen);
@@ -137,14 +149,51 @@ impl Builder {
             let http = addr(self, "http", r.http);
             let admin = addr(self, "admin", r.admin);
             let nbd = addr(self, "nbd", r.nbd);
+            let interface = r
+                .interface
+                .filter(|i| self.interface_ok(&at("interface"), &r.name, i, portal));
             out.push(Gateway {
                 name: r.name,
                 portal,
                 http,
                 admin,
                 nbd,
+                interface,
             });
         }
+        let floating = out.iter().filter(|g| g.interface.is_some()).count();
+        if floating > 0 && floating < out.len() {
+            self.error(
+                "gateways",
+                "either every gateway's portal floats (each has an interface) or none does: a gateway without one could not take a dead one's address over",
+            );
+        }
         out
+    }
+
+    /// A floating portal's interface: a Linux interface name, and an IPv4 address to move.
+    fn interface_ok(&mut self, at: &str, gateway: &str, interface: &str, portal: Portal) -> bool {
+        let name_ok = !interface.is_empty()
+            && interface.len() < 16
+            && !interface.contains(['/', ':'])
+            && !interface.chars().any(char::is_whitespace);
+        if !name_ok {
+            self.error(
+                at,
+                format!("{gateway}: {interface:?} is not a network interface name"),
+            );
+            return false;
+        }
+        if !portal.0.is_ipv4() {
+            self.error(
+                at,
+                format!(
+                    "{gateway}: only an IPv4 portal can float (gratuitous ARP moves it), not {}",
+                    portal.0
+                ),
+            );
+            return false;
+        }
+        true
     }
 }

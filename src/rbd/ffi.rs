@@ -91,6 +91,11 @@ calls! {
     rados rados_ioctx_destroy: fn(IoCtx);
     rados rados_mon_command: fn(Rados, *const *const c_char, usize, *const c_char, usize, *mut *mut c_char, *mut usize, *mut *mut c_char, *mut usize) -> c_int;
     rados rados_buffer_free: fn(*mut c_char);
+    rados rados_get_instance_id: fn(Rados) -> u64;
+    rados rados_lock_exclusive: fn(IoCtx, *const c_char, *const c_char, *const c_char, *const c_char, *mut libc::timeval, u8) -> c_int;
+    rados rados_unlock: fn(IoCtx, *const c_char, *const c_char, *const c_char) -> c_int;
+    rados rados_break_lock: fn(IoCtx, *const c_char, *const c_char, *const c_char, *const c_char) -> c_int;
+    rados rados_list_lockers: fn(IoCtx, *const c_char, *const c_char, *mut c_int, *mut c_char, *mut usize, *mut c_char, *mut usize, *mut c_char, *mut usize, *mut c_char, *mut usize) -> isize;
     rbd rbd_open: fn(IoCtx, *const c_char, *mut RbdImage, *const c_char) -> c_int;
     rbd rbd_open_read_only: fn(IoCtx, *const c_char, *mut RbdImage, *const c_char) -> c_int;
     rbd rbd_close: fn(RbdImage) -> c_int;

@@ -6,10 +6,12 @@
 mod aio;
 mod ffi;
 mod image;
+mod lease;
 mod pool;
 
 pub use aio::{ReadDone, WriteDone};
 pub use image::{Image, Parent};
+pub use lease::Locker;
 pub use pool::Pool;
 
 use std::path::PathBuf;

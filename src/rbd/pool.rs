@@ -199,6 +199,13 @@ impl Pool {
             .collect())
     }
 
+    /// This connection's client instance as lockers name it (`client.4123`).
+    pub(super) fn instance(&self) -> String {
+        // SAFETY: a connected handle.
+        let id = unsafe { (self.cluster.calls.rados_get_instance_id)(self.cluster.handle) };
+        format!("client.{id}")
+    }
+
     pub(super) fn calls(&self) -> &'static Calls {
         self.cluster.calls
     }

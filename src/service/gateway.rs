@@ -26,7 +26,7 @@ use crate::manifest::{Pc, Storage};
 const GRACE: Duration = Duration::from_secs(30);
 
 /// How often the PCs are looked at: `COWCTL_TAKEOVER_INTERVAL_MS` (a test knob), else 2 s.
-fn interval() -> Duration {
+pub(super) fn interval() -> Duration {
     std::env::var("COWCTL_TAKEOVER_INTERVAL_MS")
         .ok()
         .and_then(|v| v.parse().ok())

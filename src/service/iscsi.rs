@@ -51,6 +51,14 @@ pub struct IscsiService {
     /// Who holds each rbd PC not served here, as the gateway loop last saw it, and when:
     /// a login is redirected from this, never from a look at the cluster on its thread.
     holders: Mutex<HashMap<String, (String, Instant)>>,
+    /// Floating portals this gateway holds now, each with its listener's stop switch.
+    floating: Mutex<BTreeMap<SocketAddr, Floating>>,
+}
+
+/// A floating portal's listener: stopped by a flag and a shutdown that wakes its accept.
+struct Floating {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    socket: std::os::fd::OwnedFd,
 }
 
 /// How long the gateway loop's word on a PC's holder is good for a redirect.
@@ -74,6 +82,7 @@ impl IscsiService {
             handover,
             manifest: RwLock::new(None),
             holders: Mutex::new(HashMap::new()),
+            floating: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -174,15 +183,80 @@ impl IscsiService {
     fn accept(self: Arc<Self>, l: TcpListener) {
         for stream in l.incoming() {
             let Ok(stream) = stream else { continue };
-            super::limits::keepalive(&stream);
-            let Ok(peer) = stream.peer_addr() else {
-                continue;
-            };
-            let permit = self.limits.admit(peer.ip(), super::limits::closer(&stream));
-            self.clone().spawn(peer, permit, move |portal, admission| {
-                crate::iscsi::serve(stream, portal, admission)
-            });
+            self.clone().take(stream);
         }
+    }
+
+    fn take(self: Arc<Self>, stream: std::net::TcpStream) {
+        super::limits::keepalive(&stream);
+        let Ok(peer) = stream.peer_addr() else {
+            return;
+        };
+        let permit = self.limits.admit(peer.ip(), super::limits::closer(&stream));
+        self.spawn(peer, permit, move |portal, admission| {
+            crate::iscsi::serve(stream, portal, admission)
+        });
+    }
+
+    /// Listens on a floating portal this gateway has just taken (its address is on an
+    /// interface here now); nothing if it listens there already.
+    pub fn listen_floating(self: &Arc<Self>, portal: SocketAddr) -> std::io::Result<()> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mut floating = self.floating.lock().unwrap_or_else(|p| p.into_inner());
+        if floating.contains_key(&portal) {
+            return Ok(());
+        }
+        let l = TcpListener::bind(portal)?;
+        let socket = std::os::fd::OwnedFd::from(l.try_clone()?);
+        let stop = Arc::new(AtomicBool::new(false));
+        floating.insert(
+            portal,
+            Floating {
+                stop: stop.clone(),
+                socket,
+            },
+        );
+        let me = self.clone();
+        std::thread::spawn(move || {
+            for stream in l.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                match stream {
+                    Ok(stream) => me.clone().take(stream),
+                    // A listener shut down under it, or out of descriptors for a moment.
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Stops listening on a floating portal this gateway gives up (its address leaves).
+    pub fn close_floating(&self, portal: SocketAddr) {
+        use std::os::fd::AsRawFd;
+        let taken = (self.floating.lock().unwrap_or_else(|p| p.into_inner())).remove(&portal);
+        if let Some(f) = taken {
+            f.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            // Wakes the accept blocked on it, which then sees the flag.
+            // SAFETY: shutdown on a socket descriptor owned here.
+            unsafe { libc::shutdown(f.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+
+    /// The manifest's portals and the floating ones held now.
+    fn all_portals(&self) -> Vec<SocketAddr> {
+        let mut all = self.portals.clone();
+        all.extend(self.floating_portals());
+        all
+    }
+
+    /// The floating portals listened on now.
+    pub fn floating_portals(&self) -> Vec<SocketAddr> {
+        (self.floating.lock().unwrap_or_else(|p| p.into_inner()))
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Sessions logged in to a PC's target right now.
@@ -291,7 +365,7 @@ impl Directory for IscsiService {
         let g =
             (m.gateways.iter()).find(|g| g.name == holder && m.here.as_ref() != Some(&g.name))?;
         let portal: SocketAddr = g.portal.to_string().parse().ok()?;
-        let own = self.portals.contains(&portal);
+        let own = self.all_portals().contains(&portal);
         (portal.is_ipv4() && !own).then(|| portal.to_string())
     }
 
@@ -400,7 +474,7 @@ impl Portal for Arc<IscsiService> {
     }
 
     fn portals(&self) -> Vec<SocketAddr> {
-        self.portals.clone()
+        self.all_portals()
     }
 
     fn handoff(&self) -> Option<&dyn Handoff> {

@@ -103,6 +103,8 @@ pub fn run(opts: &Options) -> Result<()> {
     {
         let s = service.clone();
         std::thread::spawn(move || gateway::watch(s));
+        let s = service.clone();
+        std::thread::spawn(move || super::floating::watch(s));
     }
     let nbd = listen::Nbd {
         registry: registry.clone(),
@@ -362,6 +364,8 @@ fn upgrade(service: &Service, exe: &Path, monitor: &Monitor) -> handover::Refuse
 
 /// Stops serving every PC (committing its COW), removes the sockets and pid file, exits.
 fn shut_down(service: &Service, sockets: &[PathBuf], code: i32) -> ! {
+    // No address of a floating portal stays on a machine that stopped answering there.
+    service.let_floating_portals_go();
     // The COWs and clone files first, each on its own and without waiting for a command
     // under way (one may be stuck in librbd): their commit is what must not be cut short.
     let on_rbd = |slot: &super::exports::Slot| {

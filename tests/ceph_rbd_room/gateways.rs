@@ -13,10 +13,10 @@ use super::common::ceph::cluster;
 use super::common::free_port;
 use super::common::room::{Golden, Iscsi, Pc, Room, RoomBuilder};
 
-struct Gateway {
-    name: &'static str,
-    room: Room,
-    nbd: u16,
+pub(super) struct Gateway {
+    pub(super) name: &'static str,
+    pub(super) room: Room,
+    pub(super) nbd: u16,
 }
 
 impl Gateway {
@@ -29,7 +29,7 @@ impl Gateway {
             .unwrap()
     }
 
-    fn cowctl(&self, args: &[&str]) -> String {
+    pub(super) fn cowctl(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
             out.status.success(),
@@ -40,7 +40,7 @@ impl Gateway {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn row(&self, pc: &str) -> serde_json::Value {
+    pub(super) fn row(&self, pc: &str) -> serde_json::Value {
         let all: serde_json::Value =
             serde_json::from_str(&self.cowctl(&["--json", "status"])).unwrap();
         all.as_array()
@@ -63,7 +63,7 @@ impl Drop for Gateway {
     }
 }
 
-fn qemu_io(target: &str, cmds: &[&str]) -> bool {
+pub(super) fn qemu_io(target: &str, cmds: &[&str]) -> bool {
     let mut c = Command::new("qemu-io");
     c.args(["-f", "raw"]);
     for cmd in cmds {
