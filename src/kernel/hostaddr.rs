@@ -55,7 +55,8 @@ pub fn add(interface: &str, ip: Ipv4Addr) -> Result<()> {
     })
 }
 
-/// Removes `ip` from `interface`; nothing if it is not there.
+/// Removes `ip`/32 from `interface`; nothing if it is not there. The same address with
+/// another prefix (a machine's own, on its subnet) is not this and stays.
 pub fn remove(interface: &str, ip: Ipv4Addr) -> Result<()> {
     use futures_util::TryStreamExt;
     let idx = index(interface)?;
@@ -65,6 +66,7 @@ pub fn remove(interface: &str, ip: Ipv4Addr) -> Result<()> {
         let mut found = (handle.address().get())
             .set_link_index_filter(idx)
             .set_address_filter(IpAddr::V4(ip))
+            .set_prefix_length_filter(32)
             .execute();
         let mut messages = Vec::new();
         while let Some(m) = found.try_next().await.map_err(NetError::Addresses)? {
@@ -86,7 +88,7 @@ pub fn remove(interface: &str, ip: Ipv4Addr) -> Result<()> {
     })
 }
 
-/// Whether `interface` has `ip`.
+/// Whether `interface` has `ip`/32.
 pub fn has(interface: &str, ip: Ipv4Addr) -> Result<bool> {
     use futures_util::TryStreamExt;
     let idx = index(interface)?;
@@ -96,6 +98,7 @@ pub fn has(interface: &str, ip: Ipv4Addr) -> Result<bool> {
         let mut found = (handle.address().get())
             .set_link_index_filter(idx)
             .set_address_filter(IpAddr::V4(ip))
+            .set_prefix_length_filter(32)
             .execute();
         Ok(found
             .try_next()

@@ -9,15 +9,19 @@
 //!   gets its portal: an OS whose initiator reconnects to the address it booted from finds
 //!   a live gateway there, which serves the PC (once it has taken it over) or redirects the
 //!   login to the gateway that took it.
-//! - When the gateway comes back, the one holding its portal gives it back.
-//! - A gateway that cannot renew a lease (cut off from the cluster) drops the address
-//!   before the lease can run out for the others, so no two machines answer for it.
+//! - When the gateway comes back, the one holding its portal gives it back, and ends the
+//!   connections made there (their initiators connect again, to the owner, which
+//!   redirects them on).
+//! - A gateway that has not renewed a lease for [`fence`] drops the address, well before
+//!   the lease runs out for the others, even while its call to the cluster hangs: a
+//!   watchdog thread checks, not the thread that renews.
 //! - Leases are taken with the gateway's name as cookie: a gateway that restarts breaks
 //!   the ones its previous process left, and goes on at once.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{gateway, Service};
@@ -33,12 +37,39 @@ fn lease_time() -> Duration {
     (gateway::interval() * 5).max(Duration::from_secs(3))
 }
 
+/// How long a held portal may go unrenewed before its address is dropped: a look and a
+/// second less than the lease, so it is gone before anyone else can take it.
+fn fence() -> Duration {
+    lease_time().saturating_sub(gateway::interval() + Duration::from_secs(1))
+}
+
+/// The floating portals this gateway holds, shared by the loop, its watchdog and the exit.
+#[derive(Default)]
+pub struct Floating {
+    held: Mutex<BTreeMap<String, Held>>,
+    stopped: AtomicBool,
+}
+
+/// A portal held: when its lease was last renewed (the call's start), and where it is.
+#[derive(Clone)]
+struct Held {
+    renewed: Instant,
+    portal: SocketAddr,
+    interface: String,
+}
+
+impl Floating {
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The object whose locks are `gateway`'s leases.
 fn object(m: &Manifest, gateway: &str) -> Option<String> {
     Some(format!("{}.portal.{gateway}", m.ceph.as_ref()?.prefix))
 }
 
-/// This gateway's interface for floating portals, when the manifest has them.
+/// This gateway's name and its interface for floating portals, when the manifest has them.
 fn interface_here(m: &Manifest) -> Option<(String, String)> {
     let here = m.here.clone()?;
     let interface = m
@@ -50,15 +81,25 @@ fn interface_here(m: &Manifest) -> Option<(String, String)> {
     Some((here, interface))
 }
 
+fn ipv4(portal: SocketAddr) -> Option<Ipv4Addr> {
+    match portal.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    }
+}
+
 /// Runs for the life of the service; returns at once when no portal floats.
 pub fn watch(service: Arc<Service>) {
     if interface_here(&service.manifest()).is_none() {
         return;
     }
-    // Each held portal, with when its lease was last renewed (the renewal's start).
-    let mut held: BTreeMap<String, Instant> = BTreeMap::new();
-    loop {
-        service.float_round(&mut held);
+    let s = service.clone();
+    std::thread::spawn(move || loop {
+        s.fence_unrenewed();
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    while !service.floating.stopped.load(Ordering::SeqCst) {
+        service.float_round();
         std::thread::sleep(gateway::interval());
     }
 }
@@ -85,101 +126,41 @@ fn take_lease(pool: &Pool, object: &str, lock: &str, cookie: &str) -> crate::rbd
     pool.lease(object, lock, cookie, lease_time())
 }
 
-fn portal_ip(g: &Gateway) -> Option<std::net::Ipv4Addr> {
-    match g.portal.0.ip() {
-        IpAddr::V4(ip) => Some(ip),
-        IpAddr::V6(_) => None,
-    }
-}
-
 impl Service {
-    fn float_round(&self, held: &mut BTreeMap<String, Instant>) {
+    fn float_round(&self) {
         let m = self.manifest();
         let Some((here, interface)) = interface_here(&m) else {
+            // A manifest without floating portals was applied since.
+            self.let_held_go();
             return;
         };
-        let start = Instant::now();
-        if let Ok(Some(cluster)) = crate::rbdpc::shared(&m) {
-            let pool = cluster.pool();
-            if let Some(mine) = object(&m, &here) {
-                if let Err(e) = take_lease(pool, &mine, ALIVE, &here) {
-                    tracing::warn!("gateway {here}: cannot renew its alive lease: {e}");
-                }
-            }
-            for g in &m.gateways {
-                let Some(obj) = object(&m, &g.name) else {
-                    continue;
-                };
-                if g.name != here {
-                    match pool.lockers(&obj, ALIVE) {
-                        Ok(alive) if alive.is_empty() => {}
-                        Ok(_) => {
-                            if held.remove(&g.name).is_some() {
-                                self.let_portal_go(&interface, g);
-                                if let Err(e) = pool.unlock(&obj, PORTAL, &here) {
-                                    tracing::warn!("gateway {here}: {e}");
-                                }
-                                tracing::info!(
-                                    "gateway {} is back: gave its portal {} back",
-                                    g.name,
-                                    g.portal
-                                );
-                            }
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::debug!("gateway {here}: {e}");
-                            continue;
-                        }
-                    }
-                }
-                match take_lease(pool, &obj, PORTAL, &here) {
-                    Ok(true) => {
-                        let new = held.insert(g.name.clone(), start).is_none();
-                        if new && !self.hold_portal(&interface, g) {
-                            held.remove(&g.name);
-                            let _ = pool.unlock(&obj, PORTAL, &here);
-                        } else if new {
-                            let whose = if g.name == here {
-                                "its own".to_string()
-                            } else {
-                                format!("gateway {}'s", g.name)
-                            };
-                            tracing::info!(
-                                "gateway {here} holds {whose} portal {} on {interface}",
-                                g.portal
-                            );
-                        }
-                    }
-                    Ok(false) => {
-                        if held.remove(&g.name).is_some() {
-                            self.let_portal_go(&interface, g);
-                            tracing::warn!("gateway {here}: another gateway holds {}'s portal {} now: let it go", g.name, g.portal);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("gateway {here}: cannot lease {}'s portal: {e}", g.name)
-                    }
-                }
-            }
+        // A manifest applied since may have moved or removed a portal this gateway holds.
+        let moved: Vec<Held> = {
+            let mut held = self.floating.held();
+            let gone = |name: &String, h: &Held| {
+                let g = m.gateways.iter().find(|g| g.name == *name);
+                !g.is_some_and(|g| g.portal.0 == h.portal && h.interface == interface)
+            };
+            let out = held
+                .iter()
+                .filter(|(n, h)| gone(n, h))
+                .map(|(_, h)| h.clone())
+                .collect();
+            held.retain(|n, h| !gone(n, h));
+            out
+        };
+        for h in moved {
+            self.let_portal_go(&h.interface, h.portal);
         }
-        // Not renewed in time: the lease may run out for the others before long.
-        let fence = lease_time().saturating_sub(gateway::interval());
-        held.retain(|name, renewed| {
-            if renewed.elapsed() < fence {
-                return true;
-            }
-            if let Some(g) = m.gateways.iter().find(|g| g.name == *name) {
-                self.let_portal_go(&interface, g);
-                tracing::warn!("gateway {here}: could not renew the lease on {}'s portal {} for {} ms: took the address off {interface}", g.name, g.portal, renewed.elapsed().as_millis());
-            }
-            false
-        });
+        if let Ok(Some(cluster)) = crate::rbdpc::shared(&m) {
+            self.lease_round(&m, cluster.pool(), &here, &interface);
+        }
         // Left by an earlier process, or by one that lost its lease: not this gateway's now.
-        for g in m.gateways.iter().filter(|g| !held.contains_key(&g.name)) {
-            let Some(ip) = portal_ip(g) else { continue };
+        let held: Vec<SocketAddr> = self.floating.held().values().map(|h| h.portal).collect();
+        for g in m.gateways.iter().filter(|g| !held.contains(&g.portal.0)) {
+            let Some(ip) = ipv4(g.portal.0) else { continue };
             if hostaddr::has(&interface, ip).unwrap_or(false) {
-                self.let_portal_go(&interface, g);
+                self.let_portal_go(&interface, g.portal.0);
                 tracing::info!(
                     "gateway {here}: took {ip} off {interface} (it does not hold {}'s portal)",
                     g.name
@@ -188,22 +169,107 @@ impl Service {
         }
     }
 
-    /// Puts a portal it just leased on its interface, listens there and announces it.
-    fn hold_portal(&self, interface: &str, g: &Gateway) -> bool {
-        let Some(ip) = portal_ip(g) else { return false };
-        if let Err(e) = hostaddr::add(interface, ip) {
-            tracing::error!(
-                "cannot hold {}'s portal: {}",
-                g.name,
-                crate::base::logtext::chain(&e)
-            );
-            return false;
+    /// Renews this gateway's `alive`, gives back the portals of gateways that came back,
+    /// and takes or renews every other it may hold.
+    fn lease_round(&self, m: &Manifest, pool: &Pool, here: &str, interface: &str) {
+        if let Some(mine) = object(m, here) {
+            if let Err(e) = take_lease(pool, &mine, ALIVE, here) {
+                tracing::warn!("gateway {here}: cannot renew its alive lease: {e}");
+            }
         }
-        if let Err(e) = self.iscsi.listen_floating(g.portal.0) {
-            tracing::error!("cannot listen on {}'s portal {}: {e}", g.name, g.portal);
-            let _ = hostaddr::remove(interface, ip);
-            return false;
+        for g in &m.gateways {
+            let Some(obj) = object(m, &g.name) else {
+                continue;
+            };
+            if g.name != here {
+                match pool.lockers(&obj, ALIVE) {
+                    Ok(alive) if alive.is_empty() => {}
+                    Ok(_) => {
+                        if self.floating.held().remove(&g.name).is_some() {
+                            self.let_portal_go(interface, g.portal.0);
+                            if let Err(e) = pool.unlock(&obj, PORTAL, here) {
+                                tracing::warn!("gateway {here}: {e}");
+                            }
+                            tracing::info!(
+                                "gateway {} is back: gave its portal {} back",
+                                g.name,
+                                g.portal
+                            );
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!("gateway {here}: {e}");
+                        continue;
+                    }
+                }
+            }
+            let asked = Instant::now();
+            match take_lease(pool, &obj, PORTAL, here) {
+                Ok(true) => self.hold(g, here, interface, asked, || {
+                    let _ = pool.unlock(&obj, PORTAL, here);
+                }),
+                Ok(false) => {
+                    if self.floating.held().remove(&g.name).is_some() {
+                        self.let_portal_go(interface, g.portal.0);
+                        tracing::warn!(
+                            "gateway {here}: another gateway holds {}'s portal {} now: let it go",
+                            g.name,
+                            g.portal
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("gateway {here}: cannot lease {}'s portal: {e}", g.name),
+            }
         }
+    }
+
+    /// A lease on `g`'s portal taken or renewed at `asked`: its address on the interface
+    /// and a listener there (again, if something took them away), announced when new.
+    /// `unlock` hands the lease back when the address cannot be held.
+    fn hold(
+        &self,
+        g: &Gateway,
+        here: &str,
+        interface: &str,
+        asked: Instant,
+        unlock: impl FnOnce(),
+    ) {
+        if self.floating.stopped.load(Ordering::SeqCst) {
+            return unlock();
+        }
+        let new = !self.floating.held().contains_key(&g.name);
+        let portal = g.portal.0;
+        let Some(ip) = ipv4(portal) else { return };
+        let placed = hostaddr::add(interface, ip).map_err(|e| crate::base::logtext::chain(&e));
+        let listening = placed.and_then(|()| {
+            (self.iscsi.listen_floating(portal, g.name == here))
+                .map_err(|e| format!("cannot listen on {portal}: {e}"))
+        });
+        if let Err(e) = listening {
+            tracing::error!("gateway {here} cannot hold {}'s portal: {e}", g.name);
+            if self.floating.held().remove(&g.name).is_some() || new {
+                self.let_portal_go(interface, portal);
+            }
+            return unlock();
+        }
+        self.floating.held().insert(
+            g.name.clone(),
+            Held {
+                renewed: asked,
+                portal,
+                interface: interface.to_string(),
+            },
+        );
+        if !new {
+            return;
+        }
+        let whose = if g.name == here {
+            "its own".to_string()
+        } else {
+            format!("gateway {}'s", g.name)
+        };
+        tracing::info!("gateway {here} holds {whose} portal {portal} on {interface}");
         // Twice: one frame may be lost; the second tells a switch that learnt late.
         for _ in 0..2 {
             if let Err(e) = hostaddr::announce(interface, ip) {
@@ -211,29 +277,60 @@ impl Service {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        true
+    }
+
+    /// The watchdog: a portal not renewed for [`fence`] leaves this machine.
+    fn fence_unrenewed(&self) {
+        let late: Vec<(String, Held)> = {
+            let mut held = self.floating.held();
+            let late: Vec<_> = (held.iter())
+                .filter(|(_, h)| h.renewed.elapsed() >= fence())
+                .map(|(n, h)| (n.clone(), h.clone()))
+                .collect();
+            held.retain(|n, _| !late.iter().any(|(l, _)| l == n));
+            late
+        };
+        for (name, h) in late {
+            self.let_portal_go(&h.interface, h.portal);
+            tracing::warn!(
+                "could not renew the lease on {name}'s portal {} for {} ms: took the address off {}",
+                h.portal,
+                h.renewed.elapsed().as_millis(),
+                h.interface
+            );
+        }
+    }
+
+    fn let_held_go(&self) {
+        let held: Vec<Held> = std::mem::take(&mut *self.floating.held())
+            .into_values()
+            .collect();
+        for h in held {
+            self.let_portal_go(&h.interface, h.portal);
+        }
     }
 
     /// Stops listening on a portal and takes its address off the interface.
-    fn let_portal_go(&self, interface: &str, g: &Gateway) {
-        self.iscsi.close_floating(g.portal.0);
-        if let Some(ip) = portal_ip(g) {
+    fn let_portal_go(&self, interface: &str, portal: SocketAddr) {
+        self.iscsi.close_floating(portal);
+        if let Some(ip) = ipv4(portal) {
             if let Err(e) = hostaddr::remove(interface, ip) {
                 tracing::warn!("{}", crate::base::logtext::chain(&e));
             }
         }
     }
 
-    /// On the way out: every floating portal leaves this machine. The leases are left to
-    /// run out (a cluster that does not answer must not hold up the exit).
+    /// On the way out: every floating portal leaves this machine, and no round takes one
+    /// again. The leases are left to run out (a cluster that does not answer must not hold
+    /// up the exit).
     pub fn let_floating_portals_go(&self) {
+        self.floating.stopped.store(true, Ordering::SeqCst);
+        self.let_held_go();
         let m = self.manifest();
-        let Some((_, interface)) = interface_here(&m) else {
-            return;
-        };
-        let held: Vec<SocketAddr> = self.iscsi.floating_portals();
-        for g in m.gateways.iter().filter(|g| held.contains(&g.portal.0)) {
-            self.let_portal_go(&interface, g);
+        if let Some((_, interface)) = interface_here(&m) {
+            for g in &m.gateways {
+                self.let_portal_go(&interface, g.portal.0);
+            }
         }
     }
 }

@@ -59,6 +59,41 @@ pub struct IscsiService {
 struct Floating {
     stop: Arc<std::sync::atomic::AtomicBool>,
     socket: std::os::fd::OwnedFd,
+    /// This gateway's own portal (not one it holds for a gateway that is gone).
+    own: bool,
+    /// The connections accepted on it, ended when the address leaves.
+    connections: Arc<Connections>,
+}
+
+/// Live connections by number: a copy of each stream, to shut it down from outside.
+#[derive(Default)]
+struct Connections {
+    live: Mutex<HashMap<u64, std::net::TcpStream>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// Forgets its connection when the connection's thread ends.
+struct Tracked(Arc<Connections>, u64);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        (self.0.live.lock().unwrap_or_else(|p| p.into_inner())).remove(&self.1);
+    }
+}
+
+impl Connections {
+    fn track(self: &Arc<Self>, stream: &std::net::TcpStream) -> Option<Tracked> {
+        let copy = stream.try_clone().ok()?;
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (self.live.lock().unwrap_or_else(|p| p.into_inner())).insert(id, copy);
+        Some(Tracked(self.clone(), id))
+    }
+
+    fn end_all(&self) {
+        for s in (self.live.lock().unwrap_or_else(|p| p.into_inner())).values() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// How long the gateway loop's word on a PC's holder is good for a redirect.
@@ -183,24 +218,26 @@ impl IscsiService {
     fn accept(self: Arc<Self>, l: TcpListener) {
         for stream in l.incoming() {
             let Ok(stream) = stream else { continue };
-            self.clone().take(stream);
+            self.clone().take(stream, None);
         }
     }
 
-    fn take(self: Arc<Self>, stream: std::net::TcpStream) {
+    fn take(self: Arc<Self>, stream: std::net::TcpStream, tracked: Option<&Arc<Connections>>) {
         super::limits::keepalive(&stream);
         let Ok(peer) = stream.peer_addr() else {
             return;
         };
+        let tracked = tracked.and_then(|c| c.track(&stream));
         let permit = self.limits.admit(peer.ip(), super::limits::closer(&stream));
         self.spawn(peer, permit, move |portal, admission| {
+            let _tracked = tracked;
             crate::iscsi::serve(stream, portal, admission)
         });
     }
 
     /// Listens on a floating portal this gateway has just taken (its address is on an
-    /// interface here now); nothing if it listens there already.
-    pub fn listen_floating(self: &Arc<Self>, portal: SocketAddr) -> std::io::Result<()> {
+    /// interface here now), its `own` or a gone gateway's; nothing if it listens there already.
+    pub fn listen_floating(self: &Arc<Self>, portal: SocketAddr, own: bool) -> std::io::Result<()> {
         use std::sync::atomic::{AtomicBool, Ordering};
         let mut floating = self.floating.lock().unwrap_or_else(|p| p.into_inner());
         if floating.contains_key(&portal) {
@@ -209,11 +246,14 @@ impl IscsiService {
         let l = TcpListener::bind(portal)?;
         let socket = std::os::fd::OwnedFd::from(l.try_clone()?);
         let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Connections::default());
         floating.insert(
             portal,
             Floating {
                 stop: stop.clone(),
                 socket,
+                own,
+                connections: connections.clone(),
             },
         );
         let me = self.clone();
@@ -223,7 +263,7 @@ impl IscsiService {
                     break;
                 }
                 match stream {
-                    Ok(stream) => me.clone().take(stream),
+                    Ok(stream) => me.clone().take(stream, Some(&connections)),
                     // A listener shut down under it, or out of descriptors for a moment.
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
                 }
@@ -232,7 +272,9 @@ impl IscsiService {
         Ok(())
     }
 
-    /// Stops listening on a floating portal this gateway gives up (its address leaves).
+    /// Stops listening on a floating portal this gateway gives up (its address leaves), and
+    /// ends the connections made there: their initiators connect again, to whoever holds the
+    /// address now, instead of talking to a socket no packet reaches any more.
     pub fn close_floating(&self, portal: SocketAddr) {
         use std::os::fd::AsRawFd;
         let taken = (self.floating.lock().unwrap_or_else(|p| p.into_inner())).remove(&portal);
@@ -241,6 +283,7 @@ impl IscsiService {
             // Wakes the accept blocked on it, which then sees the flag.
             // SAFETY: shutdown on a socket descriptor owned here.
             unsafe { libc::shutdown(f.socket.as_raw_fd(), libc::SHUT_RDWR) };
+            f.connections.end_all();
         }
     }
 
@@ -248,6 +291,15 @@ impl IscsiService {
     fn all_portals(&self) -> Vec<SocketAddr> {
         let mut all = self.portals.clone();
         all.extend(self.floating_portals());
+        all
+    }
+
+    /// What discovery reports: the manifest's portals and this gateway's own floating one,
+    /// never a gone gateway's it holds for a while (an initiator would keep that address).
+    fn reported_portals(&self) -> Vec<SocketAddr> {
+        let mut all = self.portals.clone();
+        let floating = self.floating.lock().unwrap_or_else(|p| p.into_inner());
+        all.extend(floating.iter().filter(|(_, f)| f.own).map(|(p, _)| *p));
         all
     }
 
@@ -474,7 +526,7 @@ impl Portal for Arc<IscsiService> {
     }
 
     fn portals(&self) -> Vec<SocketAddr> {
-        self.all_portals()
+        self.reported_portals()
     }
 
     fn handoff(&self) -> Option<&dyn Handoff> {

@@ -62,6 +62,8 @@ pub struct Service {
     run_dir: PathBuf,
     /// Where connections park for a planned restart.
     handover: Arc<handover::Handover>,
+    /// The floating portals this gateway holds.
+    floating: floating::Floating,
 }
 
 impl Service {
@@ -88,6 +90,7 @@ impl Service {
             registry,
             ops: Mutex::new(()),
             run_dir: run_dir.to_path_buf(),
+            floating: floating::Floating::default(),
         }
     }
 

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::common::ceph::cluster;
+use super::common::realos::{self, Firmware, Job};
 use super::common::room::{Golden, Iscsi, Pc, RoomBuilder};
 use super::gateways::Gateway;
 
@@ -42,8 +43,9 @@ struct Room {
 }
 
 impl Room {
-    fn new() -> Room {
-        let id = std::process::id() % 10_000;
+    /// Room `n` of this test process (each test its own names and subnet).
+    fn new(n: u32) -> Room {
+        let id = std::process::id() % 1000 * 10 + n;
         let room = Room {
             id,
             ns: format!("cwfl{id}"),
@@ -170,14 +172,14 @@ fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool, log: impl
     eprintln!("{what}: {:.1} s", start.elapsed().as_secs_f64());
 }
 
-#[test]
-fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
+/// gw-a and gw-b, each on its machine's interface in `net`, serving four PCs over iSCSI from
+/// clones of `golden`, both applied and holding their own portals.
+fn gateways(net: &Room, golden: &str, cow: &str, iqn: &str) -> (Gateway, Gateway) {
     let c = cluster();
-    c.golden("float", "base", &vec![3; 4 << 20]);
-    let net = Room::new();
+    let prefix = golden.split('@').next().unwrap();
     let section = format!(
         "{}gateways:\n  - name: gw-a\n    iscsi: {}:3260\n    interface: {}\n    nbd: 127.0.0.1:{}\n  - name: gw-b\n    iscsi: {}:3260\n    interface: {}\n    nbd: 127.0.0.1:{}\n",
-        c.section("float"),
+        c.section(prefix),
         net.portal("a"),
         net.nic("a"),
         super::common::free_port(),
@@ -189,10 +191,10 @@ fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
         name,
         nbd: 0,
         room: RoomBuilder::userspace()
-            .golden(Golden::Rbd("float@base".into()))
+            .golden(Golden::Rbd(golden.into()))
             .extra(&section)
-            .cow("8MiB", "4KiB")
-            .iscsi(Iscsi::new("iqn.2024-01.lan.float").acl("open"))
+            .cow(cow, "4KiB")
+            .iscsi(Iscsi::new(iqn).acl("open"))
             .export("iscsi")
             .pc(Pc::new("pc-{1..4}"))
             .build(),
@@ -200,26 +202,52 @@ fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
     let (a, b) = (gateway("gw-a"), gateway("gw-b"));
     a.cowctl(&["apply"]);
     b.cowctl(&["apply"]);
-    let logs = || {
-        format!(
-            "gw-a:\n{}\ngw-b:\n{}",
-            a.room.log_so_far(),
-            b.room.log_so_far()
-        )
-    };
     let (pa, pb) = (net.portal("a"), net.portal("b"));
     until(
         "each gateway holds its own portal",
         Duration::from_secs(20),
         || net.has("a", &pa) && net.has("b", &pb),
-        logs,
+        || logs(&a, &b),
     );
+    (a, b)
+}
 
+fn logs(a: &Gateway, b: &Gateway) -> String {
+    format!(
+        "gw-a:\n{}\ngw-b:\n{}",
+        a.room.log_so_far(),
+        b.room.log_so_far()
+    )
+}
+
+/// A PC whose first gateway is gw-a.
+fn first_at_a(a: &Gateway) -> &'static str {
     let m = cowctl::manifest::Manifest::load(&a.room.manifest).unwrap();
-    let pc = ["pc-1", "pc-2", "pc-3", "pc-4"]
+    ["pc-1", "pc-2", "pc-3", "pc-4"]
         .into_iter()
         .find(|p| m.gateway_order(p)[0].name == "gw-a")
-        .expect("gw-a serves one of four PCs first");
+        .expect("gw-a serves one of four PCs first")
+}
+
+/// gw-a's machine dies: the process, and the machine's link.
+fn kill_machine_a(net: &Room, a: &Gateway) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.room.serve_pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    ip(&["link", "set", &net.nic("a"), "down"]);
+}
+
+#[test]
+fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
+    let c = cluster();
+    c.golden("float", "base", &vec![3; 4 << 20]);
+    let net = Room::new(1);
+    let (a, b) = gateways(&net, "float@base", "8MiB", "iqn.2024-01.lan.float");
+    let logs = || logs(&a, &b);
+    let pa = net.portal("a");
+    let pc = first_at_a(&a);
     let uri = format!("iscsi://{pa}/iqn.2024-01.lan.float:{pc}/0");
     assert!(
         net.qemu_io(&uri, &["write -P 7 0 64k", "flush"]),
@@ -235,13 +263,7 @@ fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
         ip(&["-n", &net.ns, "neigh"])
     );
 
-    // gw-a's machine dies: the process, and the machine's link.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(a.room.serve_pid()),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    ip(&["link", "set", &net.nic("a"), "down"]);
+    kill_machine_a(&net, &a);
     until(
         "gw-b holds gw-a's portal",
         Duration::from_secs(30),
@@ -291,5 +313,96 @@ fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
     assert!(
         a.room.log_so_far().contains("gave its portal")
             || b.room.log_so_far().contains("gave its portal")
+    );
+}
+
+/// A real Linux on a BIOS PC on the client machine boots (iPXE sanboot, then its own
+/// open-iscsi from the iBFT) from gw-a's floating address and writes and syncs files. gw-a's
+/// machine dies under it: the OS's initiator, reconnecting to the one address it knows,
+/// reaches gw-b there, which took the PC over. gw-a comes back and takes its address back:
+/// the OS reconnects again and is redirected to gw-b. No I/O error, and writes go on.
+#[test]
+fn a_real_linux_rides_out_its_gateways_death_and_return_at_the_one_address_it_knows() {
+    let c = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let golden = dir.path().join("golden.img");
+    realos::golden(&golden);
+    c.golden_from("floatos", "base", &golden);
+    let net = Room::new(2);
+    let (a, b) = gateways(&net, "floatos@base", "256MiB", "iqn.2024-01.lan.fos");
+    let logs = || logs(&a, &b);
+    let (pa, pc) = (net.portal("a"), first_at_a(&a));
+    let tftp = dir.path().join("tftp");
+    std::fs::create_dir_all(&tftp).unwrap();
+    std::fs::write(
+        tftp.join("boot.ipxe"),
+        format!("#!ipxe\nset initiator-iqn iqn.2024-01.lan.os:init-{pc}\nsanboot iscsi:{pa}::::iqn.2024-01.lan.fos:{pc}\n"),
+    )
+    .unwrap();
+    let nics = realos::user_nic(&tftp, "boot.ipxe");
+    let mut os = realos::Pc::start_in(
+        Some(&net.ns),
+        dir.path(),
+        Firmware::Bios,
+        &nics,
+        Job::Write(30),
+    );
+    let wrote = |os: &mut realos::Pc, k: u32| {
+        let line = format!("cowctl-os synced boot-1-w{k} ");
+        assert!(
+            os.wait_for(&line, Duration::from_secs(240)),
+            "no {line:?}:\n{}\n{}",
+            os.log(),
+            logs()
+        );
+    };
+    wrote(&mut os, 3);
+    kill_machine_a(&net, &a);
+    let killed = Instant::now();
+    until(
+        "gw-b holds gw-a's portal",
+        Duration::from_secs(30),
+        || net.has("b", &pa),
+        logs,
+    );
+    wrote(&mut os, 8);
+    eprintln!(
+        "the OS synced again {:.1} s after gw-a died",
+        killed.elapsed().as_secs_f64()
+    );
+    let row = b.row(pc);
+    assert_eq!(
+        (row["state"].as_str(), row["gateway"].as_str()),
+        (Some("active"), Some("gw-b")),
+        "{row}"
+    );
+
+    ip(&["link", "set", &net.nic("a"), "up"]);
+    a.cowctl(&["apply"]);
+    until(
+        "gw-a holds its portal again",
+        Duration::from_secs(20),
+        || net.has("a", &pa) && !net.has("b", &pa),
+        logs,
+    );
+    wrote(&mut os, 13);
+    let report = os.finish(Duration::from_secs(240));
+    assert_eq!(report.boot(), Some((1, 0, 0)), "{}\n{}", report.log, logs());
+    assert_eq!(report.io_errors(), Vec::<String>::new(), "{}", report.log);
+    let row = a.row(pc);
+    assert_eq!(
+        (row["state"].as_str(), row["gateway"].as_str()),
+        (Some("elsewhere"), Some("gw-b")),
+        "{row}"
+    );
+    assert!(
+        a.room.log_so_far().contains("is sent there"),
+        "the OS's login at gw-a was redirected to gw-b\n{}",
+        logs()
+    );
+    eprintln!(
+        "the OS synced {} files; its longest wait for a sync: {:.1} s",
+        report.synced().len(),
+        report.longest_stall()
     );
 }

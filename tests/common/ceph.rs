@@ -107,7 +107,12 @@ impl Cluster {
     pub fn golden(&self, name: &str, snap: &str, bytes: &[u8]) {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), bytes).unwrap();
-        let path = file.path().to_str().unwrap();
+        self.golden_from(name, snap, file.path());
+    }
+
+    /// A golden image `name` imported from a file (its holes stay unwritten), snapshot `snap`.
+    pub fn golden_from(&self, name: &str, snap: &str, file: &Path) {
+        let path = file.to_str().unwrap();
         self.rbd(&["import", "--no-progress", path, &format!("rbd/{name}")]);
         self.rbd(&["snap", "create", &format!("rbd/{name}@{snap}")]);
         self.rbd(&["snap", "protect", &format!("rbd/{name}@{snap}")]);

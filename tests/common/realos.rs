@@ -82,13 +82,31 @@ pub struct Report {
 impl Pc {
     /// Powers on a PC in `dir` with these NICs (`-netdev`/`-device` arguments).
     pub fn start(dir: &Path, firmware: Firmware, nics: &[String], job: Job) -> Pc {
+        Pc::start_in(None, dir, firmware, nics, job)
+    }
+
+    /// The same, on another machine of the network: in network namespace `netns`.
+    pub fn start_in(
+        netns: Option<&str>,
+        dir: &Path,
+        firmware: Firmware,
+        nics: &[String],
+        job: Job,
+    ) -> Pc {
         let serial = dir.join("serial.log");
         let _ = std::fs::remove_file(&serial);
         let job = match job {
             Job::Boot => "boot".to_string(),
             Job::Write(s) => format!("write={s}"),
         };
-        let mut qemu = Command::new("qemu-system-x86_64");
+        let mut qemu = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+                c
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
         qemu.args(["-accel", "tcg", "-m", "512", "-display", "none"])
             .args(["-no-reboot", "-nodefaults", "-boot", "n"])
             .arg("-serial")
