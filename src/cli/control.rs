@@ -267,6 +267,16 @@ pub fn serve(flag: Option<&Path>, start_empty: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cowctl serve --release-portals`: this gateway's floating portal addresses leave its
+/// interface.
+pub fn release_portals(flag: Option<&Path>) -> Result<ExitCode> {
+    let m = load(flag)?;
+    for ip in crate::service::floating::release_addresses(&m)? {
+        outln!("took {ip} off this gateway's interface");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `cowctl chap`: the credentials each named PC's initiator (and, for mutual CHAP, its
 /// target) uses.
 pub fn chap(flag: Option<&Path>, pcs: &[String], json: bool) -> Result<ExitCode> {

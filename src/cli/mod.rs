@@ -117,6 +117,10 @@ pub enum Command {
         /// Serve nothing until the first `cowctl apply` (how apply starts the service).
         #[arg(long, hide = true)]
         start_empty: bool,
+        /// Serve nothing: take this gateway's floating portal addresses off its interface
+        /// and exit (systemd's ExecStopPost, after a serve that was killed).
+        #[arg(long, conflicts_with = "start_empty")]
+        release_portals: bool,
     },
     /// Man pages and shell completion scripts, from these definitions.
     #[command(subcommand, hide = true)]
@@ -154,7 +158,11 @@ pub fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             pxe::wake(&control::load(f)?, &pcs, cli.json)
         }
         Command::Chap { pcs } => control::chap(f, &pcs, cli.json),
-        Command::Serve { start_empty } => control::serve(f, start_empty),
+        Command::Serve {
+            release_portals: true,
+            ..
+        } => control::release_portals(f),
+        Command::Serve { start_empty, .. } => control::serve(f, start_empty),
         Command::Generate(c) => generate::run(c),
     }
 }

@@ -334,3 +334,21 @@ impl Service {
         }
     }
 }
+
+/// For a serve that ended without letting go (killed, crashed; systemd's `ExecStopPost`
+/// runs `cowctl serve --release-portals`): takes every floating portal's address of the
+/// manifest off this gateway's interface, so a machine whose cowctl is gone never answers
+/// for an address another gateway takes over. Returns the addresses it took off.
+pub fn release_addresses(m: &Manifest) -> Result<Vec<Ipv4Addr>, crate::kernel::error::NetError> {
+    let Some((_, interface)) = interface_here(m) else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    for ip in m.gateways.iter().filter_map(|g| ipv4(g.portal.0)) {
+        if hostaddr::has(&interface, ip)? {
+            hostaddr::remove(&interface, ip)?;
+            removed.push(ip);
+        }
+    }
+    Ok(removed)
+}

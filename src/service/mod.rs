@@ -12,7 +12,7 @@ pub mod error;
 pub mod events;
 pub mod exports;
 pub mod feed;
-mod floating;
+pub mod floating;
 pub mod gateway;
 pub mod handover;
 pub mod history;

@@ -1,11 +1,14 @@
 //! Floating portals: two gateways, each on a "machine" of its own (its own interface on a
-//! switch), whose iSCSI portal addresses float. A client machine (a network namespace on
-//! the switch) writes through gw-a's address. gw-a is killed and its machine goes off the
-//! switch: gw-b puts gw-a's address on its own interface and announces it (the client's ARP
-//! entry moves to gw-b's interface before the client sends anything), takes the PC over,
-//! and the client, dialling the same address it always did, reads every flushed write and
-//! writes on. gw-a comes back: it gets its address back, and the login there is redirected
-//! to gw-b, which still holds the PC; gw-a never serves it.
+//! switch), whose iSCSI portal addresses float; a client machine (a network namespace) on
+//! the switch.
+//! - libiscsi writes through gw-a's address. gw-a's cowctl is killed (its machine stays up;
+//!   `serve --release-portals`, systemd's ExecStopPost, takes the address off): gw-b puts
+//!   the address on its own interface and announces it (the client's ARP entry moves before
+//!   the client sends anything), takes the PC over, and the client, dialling the address it
+//!   always did, reads its flushed write and writes on. gw-a starts again: it gets its
+//!   address back, the login there is redirected to gw-b, and gw-a never serves the PC.
+//! - A real Linux booted from gw-a's address rides out gw-a's machine dying (process and
+//!   link) and coming back, with no I/O error.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -229,13 +232,17 @@ fn first_at_a(a: &Gateway) -> &'static str {
         .expect("gw-a serves one of four PCs first")
 }
 
-/// gw-a's machine dies: the process, and the machine's link.
-fn kill_machine_a(net: &Room, a: &Gateway) {
+fn kill_serve(a: &Gateway) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(a.room.serve_pid()),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+}
+
+/// gw-a's machine dies: the process, and the machine's link.
+fn kill_machine_a(net: &Room, a: &Gateway) {
+    kill_serve(a);
     ip(&["link", "set", &net.nic("a"), "down"]);
 }
 
@@ -263,7 +270,12 @@ fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
         ip(&["-n", &net.ns, "neigh"])
     );
 
-    kill_machine_a(&net, &a);
+    // gw-a's cowctl is killed; its machine stays up, and systemd's ExecStopPost takes the
+    // address off (else this machine would answer for it beside gw-b).
+    kill_serve(&a);
+    let released = a.cowctl(&["serve", "--release-portals"]);
+    assert!(released.contains(&format!("took {pa} off")), "{released}");
+    assert!(!net.has("a", &pa));
     until(
         "gw-b holds gw-a's portal",
         Duration::from_secs(30),
@@ -289,8 +301,7 @@ fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
         "{row}"
     );
 
-    // gw-a's machine comes back: its address goes back to it; gw-b keeps the PC.
-    ip(&["link", "set", &net.nic("a"), "up"]);
+    // gw-a's cowctl starts again: its address goes back to it; gw-b keeps the PC.
     a.cowctl(&["apply"]);
     until(
         "gw-a holds its portal again, and gw-b does not",
