@@ -58,6 +58,44 @@ pub fn checks(m: &Manifest, host: &Host) -> Vec<Check> {
             );
         }
     }
+    out.extend(floating(m, host, &ifaces, nix::unistd::geteuid().is_root()));
+    out
+}
+
+/// Floating portals: this gateway's interface is there and up, with an address of the
+/// machine's own beside the portals it will hold, and cowctl may add addresses (root).
+fn floating(m: &Manifest, host: &Host, ifaces: &[Interface], root: bool) -> Vec<Check> {
+    let Some(here) = m.here.as_deref() else {
+        return Vec::new();
+    };
+    let Some(name) = (m.gateways.iter())
+        .find(|g| g.name == here)
+        .and_then(|g| g.interface.as_deref())
+    else {
+        return Vec::new();
+    };
+    let field = format!("gateways ({here}).interface");
+    let mut out = vec![interface(host, ifaces, &field, name)];
+    let portals: Vec<IpAddr> = m.gateways.iter().map(|g| g.portal.0.ip()).collect();
+    let own = (ifaces.iter().find(|i| i.name == name)).is_some_and(|i| {
+        i.addresses
+            .iter()
+            .any(|a| a.is_ipv4() && !portals.contains(a))
+    });
+    if !own {
+        out.push(Check::warn(
+            Area::Interface,
+            format!("{field} {name} has no IPv4 address of this machine's own: a floating portal's /32 alone gives no route to the PCs' subnet"),
+            format!("ip addr add <this machine's address>/<prefix> dev {name}"),
+        ));
+    }
+    if !root {
+        out.push(Check::fail(
+            Area::Interface,
+            "holding a floating portal means adding its address to an interface, which needs root (CAP_NET_ADMIN)",
+            "run cowctl serve as root (the systemd unit does)",
+        ));
+    }
     out
 }
 
@@ -168,6 +206,56 @@ mod tests {
     use super::super::testing::*;
     use super::super::{clock::Synced, Status};
     use super::*;
+
+    #[test]
+    fn a_floating_portals_interface_needs_an_address_of_its_own_and_root() {
+        let d = tempfile::tempdir().unwrap();
+        let iface = |addrs: &[&str]| Interface {
+            name: "eth0".into(),
+            up: true,
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        let (dm, clock) = (
+            FakeDm(None),
+            FakeClock {
+                synced: Synced::Yes,
+                now: 0,
+            },
+        );
+        let yaml = "images:\n  w:\n    storage: rbd\n    rbd: golden-w@v1\nceph:\n  pool: lab\ngateways:\n  - name: gw-a\n    iscsi: 10.0.0.101\n    interface: eth0\n  - name: gw-b\n    iscsi: 10.0.0.102\n    interface: eth0\niscsi:\n  iqn_prefix: iqn.2024-01.lan.x\n  portals: [0.0.0.0]\n  acl: open\nbackend: userspace\ndefaults:\n  image: w\n  cow_size: 2GiB\npcs:\n  - name: pc-1\n";
+        let m = manifest(d.path(), yaml).as_gateway("gw-a").unwrap();
+        let statuses = |net: &FakeNet, root: bool| -> Vec<(Status, String)> {
+            let h = host(d.path(), net, &dm, &clock);
+            floating(&m, &h, &net.0, root)
+                .into_iter()
+                .map(|c| (c.status, c.says))
+                .collect()
+        };
+        let good = FakeNet(vec![iface(&["10.0.0.11", "10.0.0.101"])]);
+        assert!(
+            statuses(&good, true).iter().all(|(s, _)| *s == Status::Ok),
+            "{:?}",
+            statuses(&good, true)
+        );
+        let only_portal = FakeNet(vec![iface(&["10.0.0.101"])]);
+        assert!(statuses(&only_portal, true)
+            .iter()
+            .any(|(s, says)| *s == Status::Warn
+                && says.contains("no IPv4 address of this machine's own")));
+        let c = statuses(&good, false);
+        assert!(
+            c.iter()
+                .any(|(s, says)| *s == Status::Fail && says.contains("needs root")),
+            "{c:?}"
+        );
+        let missing = FakeNet(vec![]);
+        let c = statuses(&missing, true);
+        assert!(
+            c.iter()
+                .any(|(s, says)| *s == Status::Fail && says.contains("eth0 does not exist")),
+            "{c:?}"
+        );
+    }
 
     #[test]
     fn dnsmasq_loaders_interface_and_chain() {
