@@ -269,10 +269,19 @@ pub fn serve(flag: Option<&Path>, start_empty: bool) -> Result<ExitCode> {
 
 /// `cowctl serve --release-portals`: this gateway's floating portal addresses leave its
 /// interface.
+/// The manifest is read but not resolved: resolving versions asks the cluster, which may
+/// be what is gone.
 pub fn release_portals(flag: Option<&Path>) -> Result<ExitCode> {
-    let m = load(flag)?;
-    for ip in crate::service::floating::release_addresses(&m)? {
+    let mut m = Manifest::load(&resolve_path(flag))?;
+    if let Some(here) = m.gateway_name() {
+        m = m.as_gateway(&here).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let (removed, failed) = crate::service::floating::release_addresses(&m);
+    for ip in removed {
         outln!("took {ip} off this gateway's interface");
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -88,9 +88,9 @@ fn ipv4(portal: SocketAddr) -> Option<Ipv4Addr> {
     }
 }
 
-/// Runs for the life of the service; returns at once when no portal floats.
+/// Runs for the life of the service; returns at once without gateways.
 pub fn watch(service: Arc<Service>) {
-    if interface_here(&service.manifest()).is_none() {
+    if service.manifest().gateways.is_empty() {
         return;
     }
     let s = service.clone();
@@ -124,6 +124,17 @@ fn take_lease(pool: &Pool, object: &str, lock: &str, cookie: &str) -> crate::rbd
         pool.break_lock(object, lock, l)?;
     }
     pool.lease(object, lock, cookie, lease_time())
+}
+
+/// Tells the link that `ip` is here now: twice, as one frame may be lost and a switch may
+/// learn late.
+fn announce(interface: &str, ip: Ipv4Addr) {
+    for _ in 0..2 {
+        if let Err(e) = hostaddr::announce(interface, ip) {
+            tracing::warn!("{}", crate::base::logtext::chain(&e));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 impl Service {
@@ -238,9 +249,15 @@ impl Service {
         if self.floating.stopped.load(Ordering::SeqCst) {
             return unlock();
         }
+        // Answered too late to count: the watchdog drops it (or has), and the next look asks again.
+        if asked.elapsed() >= fence() {
+            return;
+        }
         let new = !self.floating.held().contains_key(&g.name);
         let portal = g.portal.0;
         let Some(ip) = ipv4(portal) else { return };
+        // Announced whenever it was not there: new, or put back after something took it off.
+        let absent = !hostaddr::has(interface, ip).unwrap_or(false);
         let placed = hostaddr::add(interface, ip).map_err(|e| crate::base::logtext::chain(&e));
         let listening = placed.and_then(|()| {
             (self.iscsi.listen_floating(portal, g.name == here))
@@ -261,6 +278,13 @@ impl Service {
                 interface: interface.to_string(),
             },
         );
+        // The exit let go of everything meanwhile: this too.
+        if self.floating.stopped.load(Ordering::SeqCst) {
+            return self.let_held_go();
+        }
+        if absent {
+            announce(interface, ip);
+        }
         if !new {
             return;
         }
@@ -270,13 +294,6 @@ impl Service {
             format!("gateway {}'s", g.name)
         };
         tracing::info!("gateway {here} holds {whose} portal {portal} on {interface}");
-        // Twice: one frame may be lost; the second tells a switch that learnt late.
-        for _ in 0..2 {
-            if let Err(e) = hostaddr::announce(interface, ip) {
-                tracing::warn!("{}", crate::base::logtext::chain(&e));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// The watchdog: a portal not renewed for [`fence`] leaves this machine.
@@ -338,17 +355,24 @@ impl Service {
 /// For a serve that ended without letting go (killed, crashed; systemd's `ExecStopPost`
 /// runs `cowctl serve --release-portals`): takes every floating portal's address of the
 /// manifest off this gateway's interface, so a machine whose cowctl is gone never answers
-/// for an address another gateway takes over. Returns the addresses it took off.
-pub fn release_addresses(m: &Manifest) -> Result<Vec<Ipv4Addr>, crate::kernel::error::NetError> {
+/// for an address another gateway takes over. Returns the addresses it took off, and the
+/// last error of those it could not (it goes on past each).
+pub fn release_addresses(m: &Manifest) -> (Vec<Ipv4Addr>, Option<crate::kernel::error::NetError>) {
     let Some((_, interface)) = interface_here(m) else {
-        return Ok(Vec::new());
+        return (Vec::new(), None);
     };
-    let mut removed = Vec::new();
+    let (mut removed, mut failed) = (Vec::new(), None);
     for ip in m.gateways.iter().filter_map(|g| ipv4(g.portal.0)) {
-        if hostaddr::has(&interface, ip)? {
-            hostaddr::remove(&interface, ip)?;
-            removed.push(ip);
+        match hostaddr::has(&interface, ip).and_then(|there| {
+            if there {
+                hostaddr::remove(&interface, ip)?;
+            }
+            Ok(there)
+        }) {
+            Ok(true) => removed.push(ip),
+            Ok(false) => {}
+            Err(e) => failed = Some(e),
         }
     }
-    Ok(removed)
+    (removed, failed)
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::{Error, Result};
 
+use super::conns::Connections;
 use super::exports::Registry;
 use super::handover::Handover;
 use super::limits::{ConnLimits, Permit};
@@ -53,6 +54,8 @@ pub struct IscsiService {
     holders: Mutex<HashMap<String, (String, Instant)>>,
     /// Floating portals this gateway holds now, each with its listener's stop switch.
     floating: Mutex<BTreeMap<SocketAddr, Floating>>,
+    /// Every connection, by the address it was made to.
+    connections: Arc<Connections>,
 }
 
 /// A floating portal's listener: stopped by a flag and a shutdown that wakes its accept.
@@ -61,39 +64,6 @@ struct Floating {
     socket: std::os::fd::OwnedFd,
     /// This gateway's own portal (not one it holds for a gateway that is gone).
     own: bool,
-    /// The connections accepted on it, ended when the address leaves.
-    connections: Arc<Connections>,
-}
-
-/// Live connections by number: a copy of each stream, to shut it down from outside.
-#[derive(Default)]
-struct Connections {
-    live: Mutex<HashMap<u64, std::net::TcpStream>>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-/// Forgets its connection when the connection's thread ends.
-struct Tracked(Arc<Connections>, u64);
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        (self.0.live.lock().unwrap_or_else(|p| p.into_inner())).remove(&self.1);
-    }
-}
-
-impl Connections {
-    fn track(self: &Arc<Self>, stream: &std::net::TcpStream) -> Option<Tracked> {
-        let copy = stream.try_clone().ok()?;
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (self.live.lock().unwrap_or_else(|p| p.into_inner())).insert(id, copy);
-        Some(Tracked(self.clone(), id))
-    }
-
-    fn end_all(&self) {
-        for s in (self.live.lock().unwrap_or_else(|p| p.into_inner())).values() {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-    }
 }
 
 /// How long the gateway loop's word on a PC's holder is good for a redirect.
@@ -118,6 +88,7 @@ impl IscsiService {
             manifest: RwLock::new(None),
             holders: Mutex::new(HashMap::new()),
             floating: Mutex::new(BTreeMap::new()),
+            connections: Arc::default(),
         })
     }
 
@@ -218,16 +189,16 @@ impl IscsiService {
     fn accept(self: Arc<Self>, l: TcpListener) {
         for stream in l.incoming() {
             let Ok(stream) = stream else { continue };
-            self.clone().take(stream, None);
+            self.clone().take(stream);
         }
     }
 
-    fn take(self: Arc<Self>, stream: std::net::TcpStream, tracked: Option<&Arc<Connections>>) {
+    fn take(self: Arc<Self>, stream: std::net::TcpStream) {
         super::limits::keepalive(&stream);
         let Ok(peer) = stream.peer_addr() else {
             return;
         };
-        let tracked = tracked.and_then(|c| c.track(&stream));
+        let tracked = self.connections.track(&stream);
         let permit = self.limits.admit(peer.ip(), super::limits::closer(&stream));
         self.spawn(peer, permit, move |portal, admission| {
             let _tracked = tracked;
@@ -246,14 +217,13 @@ impl IscsiService {
         let l = TcpListener::bind(portal)?;
         let socket = std::os::fd::OwnedFd::from(l.try_clone()?);
         let stop = Arc::new(AtomicBool::new(false));
-        let connections = Arc::new(Connections::default());
+        self.connections.open(portal);
         floating.insert(
             portal,
             Floating {
                 stop: stop.clone(),
                 socket,
                 own,
-                connections: connections.clone(),
             },
         );
         let me = self.clone();
@@ -263,7 +233,7 @@ impl IscsiService {
                     break;
                 }
                 match stream {
-                    Ok(stream) => me.clone().take(stream, Some(&connections)),
+                    Ok(stream) => me.clone().take(stream),
                     // A listener shut down under it, or out of descriptors for a moment.
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
                 }
@@ -283,8 +253,9 @@ impl IscsiService {
             // Wakes the accept blocked on it, which then sees the flag.
             // SAFETY: shutdown on a socket descriptor owned here.
             unsafe { libc::shutdown(f.socket.as_raw_fd(), libc::SHUT_RDWR) };
-            f.connections.end_all();
         }
+        // Sessions a planned restart handed over may be there without a listener.
+        self.connections.end_at(portal);
     }
 
     /// The manifest's portals and the floating ones held now.
@@ -327,7 +298,9 @@ impl IscsiService {
             };
             // Logged in already: straight into the members' pool, as it was.
             let permit = self.limits.admit_member(peer.ip());
+            let tracked = self.connections.track(&parked.stream);
             self.clone().spawn(peer, permit, move |portal, admission| {
+                let _tracked = tracked;
                 crate::iscsi::connection::resume(parked, portal, admission)
             });
         }

@@ -6,6 +6,7 @@
 pub mod aoe;
 pub mod autoextend;
 mod commit_rbd;
+mod conns;
 pub mod control;
 mod disks;
 pub mod error;

@@ -94,6 +94,12 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     let monitor = carried_monitor(&mut taken);
     start_http_and_autoextend(&manifest, service.clone(), opts.http, monitor.clone())?;
+    {
+        // Before the apply: after a planned restart, the leases of the floating portals
+        // this machine still has the addresses of are renewed at once, not after the PCs.
+        let s = service.clone();
+        std::thread::spawn(move || super::floating::watch(s));
+    }
     if !opts.start_empty {
         for step in service.apply(manifest)? {
             tracing::info!("{step}");
@@ -103,8 +109,6 @@ pub fn run(opts: &Options) -> Result<()> {
     {
         let s = service.clone();
         std::thread::spawn(move || gateway::watch(s));
-        let s = service.clone();
-        std::thread::spawn(move || super::floating::watch(s));
     }
     let nbd = listen::Nbd {
         registry: registry.clone(),
