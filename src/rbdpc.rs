@@ -66,6 +66,14 @@ fn host_name() -> String {
 }
 
 /// This gateway as others name it: its name in the gateways section, else its host name.
+/// This process, as others see it in a lease it holds: `host:pid`, and a number that
+/// tells apart the leases one process takes one after another.
+pub fn process_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}:{}:{n}", host_name(), std::process::id())
+}
+
 fn gateway_name(m: &Manifest) -> String {
     m.here.clone().unwrap_or_else(host_name)
 }

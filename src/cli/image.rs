@@ -183,7 +183,7 @@ fn import(m: &Manifest, c: ImageCommand, json: bool) -> Result<ExitCode> {
     else {
         unreachable!("an import")
     };
-    let versions = Versions::open(m, &image)?;
+    let versions = Versions::open_to_change(m, &image)?;
     let v = versions.import(&src, name(version)?, &note)?;
     if json {
         return print_json(&v).map(|()| ExitCode::SUCCESS);
@@ -254,7 +254,7 @@ fn promote(
     pcs: &[String],
     json: bool,
 ) -> Result<ExitCode> {
-    let versions = Versions::open(m, family)?;
+    let versions = Versions::open_to_change(m, family)?;
     let v: VersionName = version.parse().map_err(|e: String| anyhow!(e))?;
     for pc in pcs {
         match m.pc(pc) {
@@ -465,7 +465,7 @@ fn print_table(rows: &[Row]) {
 }
 
 fn prune(m: &Manifest, family: &str, dry_run: bool, json: bool) -> Result<ExitCode> {
-    if let Some(store) = image::open_rbd(m, family)? {
+    if let Some(store) = image::open_rbd_to_change(m, family)? {
         return super::image_rbd::prune(m, family, &store, dry_run, json);
     }
     let store = image::open(m, family)?;

@@ -131,6 +131,8 @@ pub enum Error {
         "image {family} keeps its versions in a Ceph pool, but the manifest has no ceph section"
     )]
     NoCeph { family: String },
+    #[error("another cowctl is changing the versions of {family} ({holders}: an import, commit, promote or prune) and did not finish within a minute: try again when it has")]
+    VersionsBusy { family: String, holders: String },
     #[error("the version record {what} in the cluster is unreadable: {reason}")]
     RbdRecord { what: String, reason: String },
     #[error(transparent)]

@@ -167,9 +167,22 @@ pub fn golden_for(disk: &Path) -> Result<Golden> {
 
 /// The store of a family whose versions are in a Ceph pool; None for any other image.
 pub fn open_rbd(m: &Manifest, image: &str) -> Result<Option<RbdStore>> {
+    open_rbd_with(m, image, RbdStore::open)
+}
+
+/// The same, to change it: under the family's change lease ([`RbdStore::open_to_change`]).
+pub fn open_rbd_to_change(m: &Manifest, image: &str) -> Result<Option<RbdStore>> {
+    open_rbd_with(m, image, RbdStore::open_to_change)
+}
+
+fn open_rbd_with(
+    m: &Manifest,
+    image: &str,
+    open: fn(&Manifest, &Image) -> Result<RbdStore>,
+) -> Result<Option<RbdStore>> {
     let family = image.split('@').next().unwrap_or(image);
     match m.images.values().find(|i| i.family == family) {
-        Some(i) if i.rbd_versions.is_some() => Ok(Some(RbdStore::open(m, i)?)),
+        Some(i) if i.rbd_versions.is_some() => Ok(Some(open(m, i)?)),
         _ => Ok(None),
     }
 }
@@ -353,7 +366,7 @@ pub fn commit_pc(
             });
         }
         // Nobody serves it here: its clone is opened (and locked) for the commit.
-        let store = RbdStore::open(m, image)?;
+        let store = RbdStore::open_to_change(m, image)?;
         let disk = store.cluster.open(m, pc, false)?;
         return store.commit(m, pc, &disk, name, note).map(|(c, _fresh)| c);
     }

@@ -28,6 +28,25 @@ pub struct RbdStore {
     pub view: Store,
     pub cluster: Arc<Cluster>,
     pub base: String,
+    /// The family's change lease, for a store opened to change it.
+    _change: Option<crate::rbd::Held>,
+}
+
+/// How long a change waits for another to finish: `COWCTL_VERSIONS_WAIT_MS` (a test knob),
+/// else a minute.
+fn change_wait() -> std::time::Duration {
+    std::env::var("COWCTL_VERSIONS_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_millis,
+        )
+}
+
+/// The object whose lock is a family's change lease.
+fn change_object(base: &str) -> String {
+    format!("cowctl.versions.{base}.change")
 }
 
 fn promoted_key(base: &str) -> String {
@@ -53,6 +72,18 @@ fn bad_record(what: String) -> impl FnOnce(serde_json::Error) -> Error {
 impl RbdStore {
     /// The store of a family with `rbd_versions`, read from the cluster.
     pub fn open(m: &Manifest, image: &Image) -> Result<RbdStore> {
+        Self::open_with(m, image, false)
+    }
+
+    /// The same, to change it (import, commit, promote, prune): read under the family's
+    /// change lease, held in the cluster until the store is dropped, so no other cowctl
+    /// (another gateway, another admin) changes the versions meanwhile and a change made
+    /// from an older read never undoes another's. Waits a minute for one under way.
+    pub fn open_to_change(m: &Manifest, image: &Image) -> Result<RbdStore> {
+        Self::open_with(m, image, true)
+    }
+
+    fn open_with(m: &Manifest, image: &Image, change: bool) -> Result<RbdStore> {
         let base = image.rbd_versions.clone().ok_or_else(|| Error::OneFile {
             family: image.family.clone(),
             path: image.path.clone(),
@@ -61,11 +92,27 @@ impl RbdStore {
         let cluster = crate::rbdpc::shared(m)?.ok_or_else(|| Error::NoCeph {
             family: image.family.clone(),
         })?;
+        let held = if change {
+            let cookie = crate::rbdpc::process_name();
+            let pool = cluster.pool();
+            match rbd(pool.hold(&change_object(&base), "change", &cookie, change_wait()))? {
+                Ok(held) => Some(held),
+                Err(holders) => {
+                    return Err(Error::VersionsBusy {
+                        family: image.family.clone(),
+                        holders: holders.join(", "),
+                    })
+                }
+            }
+        } else {
+            None
+        };
         let view = read(&cluster, &base)?;
         Ok(RbdStore {
             view,
             cluster,
             base,
+            _change: held,
         })
     }
 

@@ -30,6 +30,15 @@ impl Versions {
         }
     }
 
+    /// The same, to change them (import, promote): the versions of a Ceph pool are read
+    /// under the family's change lease, held until this is dropped.
+    pub fn open_to_change(m: &Manifest, family: &str) -> Result<Versions> {
+        match super::open_rbd_to_change(m, family)? {
+            Some(r) => Ok(Versions::Rbd(r)),
+            None => Ok(Versions::Files(super::open(m, family)?)),
+        }
+    }
+
     /// Read again (after a change).
     pub fn reread(self, m: &Manifest, family: &str) -> Result<Versions> {
         match self {

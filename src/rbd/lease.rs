@@ -3,7 +3,8 @@
 //! alive and nothing in the cluster watches (a floating portal address), not for images:
 //! those have RBD's exclusive lock.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{check, cstr, Pool, Result};
 
@@ -164,5 +165,72 @@ impl Pool {
     /// Whether `locker` is this connection.
     pub fn is_this_client(&self, locker: &Locker) -> bool {
         locker.client == self.instance()
+    }
+}
+
+/// How long a [`Held`] lease lasts unrenewed: a killed holder's runs out after this.
+const HELD_LEASE: Duration = Duration::from_secs(30);
+
+/// A lease renewed by a thread of its own until dropped, for work that may outlast one
+/// lease (an import of a large image).
+pub struct Held {
+    /// Whether it was let go; the renewing thread holds this lock across each renewal,
+    /// so none can land after the unlock.
+    stopped: Arc<Mutex<bool>>,
+    pool: Arc<Pool>,
+    object: String,
+    lock: String,
+    cookie: String,
+}
+
+impl Pool {
+    /// Takes `lock` on `object` as `cookie` and keeps it renewed until the [`Held`] is
+    /// dropped. While somebody else holds it, asks again every half second for up to
+    /// `wait`, then gives the holders' cookies.
+    pub fn hold(
+        self: &Arc<Self>,
+        object: &str,
+        lock: &str,
+        cookie: &str,
+        wait: Duration,
+    ) -> Result<std::result::Result<Held, Vec<String>>> {
+        let end = Instant::now() + wait;
+        while !self.lease(object, lock, cookie, HELD_LEASE)? {
+            if Instant::now() >= end {
+                let holders = self.lockers(object, lock)?;
+                return Ok(Err(holders.into_iter().map(|l| l.cookie).collect()));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let held = Held {
+            stopped: Arc::new(Mutex::new(false)),
+            pool: self.clone(),
+            object: object.to_string(),
+            lock: lock.to_string(),
+            cookie: cookie.to_string(),
+        };
+        let (stopped, pool) = (held.stopped.clone(), self.clone());
+        let (o, l, c) = (held.object.clone(), held.lock.clone(), held.cookie.clone());
+        std::thread::spawn(move || loop {
+            std::thread::sleep(HELD_LEASE / 3);
+            let stopped = stopped.lock().unwrap_or_else(|p| p.into_inner());
+            if *stopped {
+                return;
+            }
+            if let Err(e) = pool.lease(&o, &l, &c, HELD_LEASE) {
+                tracing::warn!("cannot renew the {l} lease on {o}: {e}");
+            }
+        });
+        Ok(Ok(held))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        *stopped = true;
+        if let Err(e) = self.pool.unlock(&self.object, &self.lock, &self.cookie) {
+            tracing::warn!("{e}");
+        }
     }
 }

@@ -11,7 +11,7 @@ mod pool;
 
 pub use aio::{ReadDone, WriteDone};
 pub use image::{Image, Parent};
-pub use lease::Locker;
+pub use lease::{Held, Locker};
 pub use pool::Pool;
 
 use std::path::PathBuf;

@@ -3,6 +3,8 @@
 //! with a fresh clone of it), promote moves PCs at their next reset, promoting the older
 //! version rolls back, prune removes what nothing runs on or clones.
 
+use std::time::{Duration, Instant};
+
 use super::{cluster, qemu_io, reads, used, wrote, Golden, Pc, RoomBuilder, MIB};
 
 #[test]
@@ -136,4 +138,65 @@ fn versions_in_the_pool_import_commit_promote_roll_back_and_prune() {
     room.cowctl(&["apply"]);
     assert!(reads(&pc2, 0, 64 << 10, 0x66), "pc-2 goes on on v3");
     room.cowctl(&["down"]);
+}
+
+/// A change of a family's versions (import, commit, promote, prune) holds the family's
+/// change lease in the cluster while it reads and writes them: another cowctl (another
+/// gateway, another admin) waits for it, and after the wait says who holds it.
+#[test]
+fn a_change_of_the_versions_waits_for_another_under_way() {
+    let c = cluster();
+    let room = RoomBuilder::userspace()
+        .golden(Golden::Rbd("lockver".into()))
+        .extra(&c.section("lockpcs"))
+        .cow("8MiB", "4KiB")
+        .export("nbd")
+        .pc(Pc::new("pc-1"))
+        .build();
+    let raw = room.path("disk.raw");
+    std::fs::write(&raw, vec![0x05; 4 << 20]).unwrap();
+    room.cowctl(&["image", "import", raw.to_str().unwrap(), "--image", "g"]);
+
+    // Another cowctl's change under way: the test holds the family's lease.
+    let settings = cowctl::rbd::Settings {
+        conf: c.conf(),
+        keyring: None,
+        client: "admin".into(),
+        pool: "rbd".into(),
+    };
+    let pool = cowctl::rbd::Pool::connect(&settings).unwrap();
+    let object = "cowctl.versions.lockver.change";
+    let held = pool
+        .hold(object, "change", "elsewhere:4242:1", Duration::from_secs(5))
+        .unwrap()
+        .expect("nobody else holds it");
+    let out = room
+        .command(&["image", "promote", "g", "v1"])
+        .env("COWCTL_VERSIONS_WAIT_MS", "1500")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("another cowctl is changing the versions of g (elsewhere:4242:1"),
+        "{err}"
+    );
+
+    // It finishes 2 s later: a promote asked meanwhile waits for it, then goes ahead.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        drop(held);
+    });
+    let asked = Instant::now();
+    room.cowctl(&["image", "promote", "g", "v1"]);
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1500),
+        "it waited: {:?}",
+        asked.elapsed()
+    );
+    release.join().unwrap();
+    assert!(
+        pool.lockers(object, "change").unwrap().is_empty(),
+        "and let go"
+    );
 }
