@@ -55,24 +55,33 @@ pub fn add(interface: &str, ip: Ipv4Addr) -> Result<()> {
     })
 }
 
+/// The addresses `ip`/32 on interface `idx` (none or one).
+async fn found(
+    handle: &rtnetlink::Handle,
+    idx: u32,
+    ip: Ipv4Addr,
+) -> Result<Vec<rtnetlink::packet_route::address::AddressMessage>> {
+    use futures_util::TryStreamExt;
+    let mut found = (handle.address().get())
+        .set_link_index_filter(idx)
+        .set_address_filter(IpAddr::V4(ip))
+        .set_prefix_length_filter(32)
+        .execute();
+    let mut messages = Vec::new();
+    while let Some(m) = found.try_next().await.map_err(NetError::Addresses)? {
+        messages.push(m);
+    }
+    Ok(messages)
+}
+
 /// Removes `ip`/32 from `interface`; nothing if it is not there. The same address with
 /// another prefix (a machine's own, on its subnet) is not this and stays.
 pub fn remove(interface: &str, ip: Ipv4Addr) -> Result<()> {
-    use futures_util::TryStreamExt;
     let idx = index(interface)?;
     runtime()?.block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
         tokio::spawn(conn);
-        let mut found = (handle.address().get())
-            .set_link_index_filter(idx)
-            .set_address_filter(IpAddr::V4(ip))
-            .set_prefix_length_filter(32)
-            .execute();
-        let mut messages = Vec::new();
-        while let Some(m) = found.try_next().await.map_err(NetError::Addresses)? {
-            messages.push(m);
-        }
-        for m in messages {
+        for m in found(&handle, idx, ip).await? {
             match handle.address().del(m).execute().await {
                 Err(e) if !errno_is(&e, libc::EADDRNOTAVAIL) => {
                     return Err(NetError::RemoveAddress {
@@ -90,21 +99,11 @@ pub fn remove(interface: &str, ip: Ipv4Addr) -> Result<()> {
 
 /// Whether `interface` has `ip`/32.
 pub fn has(interface: &str, ip: Ipv4Addr) -> Result<bool> {
-    use futures_util::TryStreamExt;
     let idx = index(interface)?;
     runtime()?.block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
         tokio::spawn(conn);
-        let mut found = (handle.address().get())
-            .set_link_index_filter(idx)
-            .set_address_filter(IpAddr::V4(ip))
-            .set_prefix_length_filter(32)
-            .execute();
-        Ok(found
-            .try_next()
-            .await
-            .map_err(NetError::Addresses)?
-            .is_some())
+        Ok(!found(&handle, idx, ip).await?.is_empty())
     })
 }
 

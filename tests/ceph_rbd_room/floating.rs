@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::common::ceph::cluster;
 use super::common::realos::{self, Firmware, Job};
-use super::common::room::{Golden, Iscsi, Pc, RoomBuilder};
-use super::gateways::Gateway;
+use super::gateways::{first_at_a, iscsi_pair, Gateway};
 
 fn ip(args: &[&str]) -> String {
     let out = Command::new("ip")
@@ -190,21 +189,7 @@ fn gateways(net: &Room, golden: &str, cow: &str, iqn: &str) -> (Gateway, Gateway
         net.nic("b"),
         super::common::free_port(),
     );
-    let gateway = |name: &'static str| Gateway {
-        name,
-        nbd: 0,
-        room: RoomBuilder::userspace()
-            .golden(Golden::Rbd(golden.into()))
-            .extra(&section)
-            .cow(cow, "4KiB")
-            .iscsi(Iscsi::new(iqn).acl("open"))
-            .export("iscsi")
-            .pc(Pc::new("pc-{1..4}"))
-            .build(),
-    };
-    let (a, b) = (gateway("gw-a"), gateway("gw-b"));
-    a.cowctl(&["apply"]);
-    b.cowctl(&["apply"]);
+    let (a, b) = iscsi_pair(&section, golden, cow, iqn);
     let (pa, pb) = (net.portal("a"), net.portal("b"));
     until(
         "each gateway holds its own portal",
@@ -221,15 +206,6 @@ fn logs(a: &Gateway, b: &Gateway) -> String {
         a.room.log_so_far(),
         b.room.log_so_far()
     )
-}
-
-/// A PC whose first gateway is gw-a.
-fn first_at_a(a: &Gateway) -> &'static str {
-    let m = cowctl::manifest::Manifest::load(&a.room.manifest).unwrap();
-    ["pc-1", "pc-2", "pc-3", "pc-4"]
-        .into_iter()
-        .find(|p| m.gateway_order(p)[0].name == "gw-a")
-        .expect("gw-a serves one of four PCs first")
 }
 
 fn kill_serve(a: &Gateway) {
@@ -294,12 +270,7 @@ fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
         || net.qemu_io(&uri, &["read -P 7 0 64k", "write -P 8 64k 64k", "flush"]),
         logs,
     );
-    let row = b.row(pc);
-    assert_eq!(
-        (row["state"].as_str(), row["gateway"].as_str()),
-        (Some("active"), Some("gw-b")),
-        "{row}"
-    );
+    b.shows(pc, "active", "gw-b");
 
     // gw-a's cowctl starts again: its address goes back to it; gw-b keeps the PC.
     a.cowctl(&["apply"]);
@@ -315,12 +286,7 @@ fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
         || net.qemu_io(&uri, &["read -P 7 0 64k", "read -P 8 64k 64k"]),
         logs,
     );
-    let row = a.row(pc);
-    assert_eq!(
-        (row["state"].as_str(), row["gateway"].as_str()),
-        (Some("elsewhere"), Some("gw-b")),
-        "{row}"
-    );
+    a.shows(pc, "elsewhere", "gw-b");
     assert!(
         a.room.log_so_far().contains("gave its portal")
             || b.room.log_so_far().contains("gave its portal")
@@ -381,12 +347,7 @@ fn a_real_linux_rides_out_its_gateways_death_and_return_at_the_one_address_it_kn
         "the OS synced again {:.1} s after gw-a died",
         killed.elapsed().as_secs_f64()
     );
-    let row = b.row(pc);
-    assert_eq!(
-        (row["state"].as_str(), row["gateway"].as_str()),
-        (Some("active"), Some("gw-b")),
-        "{row}"
-    );
+    b.shows(pc, "active", "gw-b");
 
     ip(&["link", "set", &net.nic("a"), "up"]);
     a.cowctl(&["apply"]);
@@ -400,12 +361,7 @@ fn a_real_linux_rides_out_its_gateways_death_and_return_at_the_one_address_it_kn
     let report = os.finish(Duration::from_secs(240));
     assert_eq!(report.boot(), Some((1, 0, 0)), "{}\n{}", report.log, logs());
     assert_eq!(report.io_errors(), Vec::<String>::new(), "{}", report.log);
-    let row = a.row(pc);
-    assert_eq!(
-        (row["state"].as_str(), row["gateway"].as_str()),
-        (Some("elsewhere"), Some("gw-b")),
-        "{row}"
-    );
+    a.shows(pc, "elsewhere", "gw-b");
     assert!(
         a.room.log_so_far().contains("is sent there"),
         "the OS's login at gw-a was redirected to gw-b\n{}",

@@ -40,6 +40,17 @@ impl Gateway {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Asserts how this gateway's status shows `pc`: its state, and the gateway holding it.
+    pub(super) fn shows(&self, pc: &str, state: &str, gateway: &str) {
+        let row = self.row(pc);
+        assert_eq!(
+            (row["state"].as_str(), row["gateway"].as_str()),
+            (Some(state), Some(gateway)),
+            "{} shows {pc}: {row}",
+            self.name
+        );
+    }
+
     pub(super) fn row(&self, pc: &str) -> serde_json::Value {
         let all: serde_json::Value =
             serde_json::from_str(&self.cowctl(&["--json", "status"])).unwrap();
@@ -110,18 +121,8 @@ fn a_killed_gateways_pc_is_taken_over_with_every_flushed_write_and_never_served_
         .into_iter()
         .find(|p| m.gateway_order(p)[0].name == "gw-a")
         .expect("gw-a serves one of six PCs first");
-    let row = a.row(pc);
-    assert_eq!(
-        (row["state"].as_str(), row["gateway"].as_str()),
-        (Some("active"), Some("gw-a")),
-        "{row}"
-    );
-    let row = b.row(pc);
-    assert_eq!(
-        (row["state"].as_str(), row["gateway"].as_str()),
-        (Some("elsewhere"), Some("gw-a")),
-        "{row}"
-    );
+    a.shows(pc, "active", "gw-a");
+    b.shows(pc, "elsewhere", "gw-a");
     assert!(
         !qemu_io(&b.uri(pc), &["read 0 4k"]),
         "gw-b does not serve it"
@@ -185,12 +186,7 @@ fn a_killed_gateways_pc_is_taken_over_with_every_flushed_write_and_never_served_
     // gw-a comes back: it serves its other PCs, not this one, which gw-b holds.
     a.cowctl(&["apply"]);
     std::thread::sleep(Duration::from_secs(1));
-    let row = a.row(pc);
-    assert_eq!(
-        (row["state"].as_str(), row["gateway"].as_str()),
-        (Some("elsewhere"), Some("gw-b")),
-        "{row}"
-    );
+    a.shows(pc, "elsewhere", "gw-b");
     assert!(
         !qemu_io(&a.uri(pc), &["read 0 4k"]),
         "gw-a does not serve it twice"
@@ -215,26 +211,8 @@ fn a_login_at_a_gateway_that_does_not_serve_the_pc_is_redirected_to_the_one_that
         free_port(),
         free_port()
     );
-    let gateway = |name: &'static str| Gateway {
-        name,
-        nbd: 0,
-        room: RoomBuilder::userspace()
-            .golden(Golden::Rbd("redir@base".into()))
-            .extra(&section)
-            .cow("8MiB", "4KiB")
-            .iscsi(Iscsi::new("iqn.2024-01.lan.redir").acl("open"))
-            .export("iscsi")
-            .pc(Pc::new("pc-{1..4}"))
-            .build(),
-    };
-    let (a, b) = (gateway("gw-a"), gateway("gw-b"));
-    a.cowctl(&["apply"]);
-    b.cowctl(&["apply"]);
-    let m = cowctl::manifest::Manifest::load(&a.room.manifest).unwrap();
-    let pc = ["pc-1", "pc-2", "pc-3", "pc-4"]
-        .into_iter()
-        .find(|p| m.gateway_order(p)[0].name == "gw-a")
-        .expect("gw-a serves one of four PCs first");
+    let (a, b) = iscsi_pair(&section, "redir@base", "8MiB", "iqn.2024-01.lan.redir");
+    let pc = first_at_a(&a);
     assert_eq!(b.row(pc)["state"], "elsewhere");
     // gw-b redirects from what its gateway loop saw (every 300 ms here), not from a look
     // at the cluster on the login's thread.
@@ -252,4 +230,34 @@ fn a_login_at_a_gateway_that_does_not_serve_the_pc_is_redirected_to_the_one_that
     );
     let log = b.room.log_so_far();
     assert!(log.contains("is sent there"), "{log}");
+}
+
+/// gw-a and gw-b of `section` (the ceph and gateways sections), serving four PCs over iSCSI
+/// from clones of `golden`, both applied.
+pub(super) fn iscsi_pair(section: &str, golden: &str, cow: &str, iqn: &str) -> (Gateway, Gateway) {
+    let gateway = |name: &'static str| Gateway {
+        name,
+        nbd: 0,
+        room: RoomBuilder::userspace()
+            .golden(Golden::Rbd(golden.into()))
+            .extra(section)
+            .cow(cow, "4KiB")
+            .iscsi(Iscsi::new(iqn).acl("open"))
+            .export("iscsi")
+            .pc(Pc::new("pc-{1..4}"))
+            .build(),
+    };
+    let (a, b) = (gateway("gw-a"), gateway("gw-b"));
+    a.cowctl(&["apply"]);
+    b.cowctl(&["apply"]);
+    (a, b)
+}
+
+/// A PC of [`iscsi_pair`]'s whose first gateway is gw-a.
+pub(super) fn first_at_a(a: &Gateway) -> &'static str {
+    let m = cowctl::manifest::Manifest::load(&a.room.manifest).unwrap();
+    ["pc-1", "pc-2", "pc-3", "pc-4"]
+        .into_iter()
+        .find(|p| m.gateway_order(p)[0].name == "gw-a")
+        .expect("gw-a serves one of four PCs first")
 }
