@@ -54,6 +54,17 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// The clone's metadata keys naming the gateway that serves it, and its host and process
 /// (to tell this gateway's dead predecessor from a live gateway).
+/// The leases of a gateway with floating portals (`service/floating.rs`), on the object
+/// [`portal_object`]: its portal's, held by whoever has the address, and `alive`, held by the
+/// gateway itself while it runs.
+pub const PORTAL_LEASE: &str = "portal";
+pub const ALIVE_LEASE: &str = "alive";
+
+/// The object whose locks are `gateway`'s leases.
+pub fn portal_object(m: &Manifest, gateway: &str) -> Option<String> {
+    Some(format!("{}.portal.{gateway}", m.ceph.as_ref()?.prefix))
+}
+
 const GATEWAY_KEY: &str = "cowctl.gateway";
 const HOST_KEY: &str = "cowctl.host";
 const PID_KEY: &str = "cowctl.pid";

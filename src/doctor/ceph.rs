@@ -70,7 +70,51 @@ pub fn checks(m: &Manifest, host: &Host, backend: BackendKind) -> Vec<Check> {
     if let Some(c) = keyring(&pool, settings) {
         out.push(c);
     }
+    out.extend(floating_portals(m, &pool));
     out
+}
+
+/// Where each floating portal is: at its gateway, held for it by another, or nowhere.
+fn floating_portals(m: &Manifest, pool: &Pool) -> Vec<Check> {
+    let floating = m.gateways.iter().filter(|g| g.interface.is_some());
+    floating
+        .filter_map(|g| {
+            let object = crate::rbdpc::portal_object(m, &g.name)?;
+            let holders: Vec<String> = match pool.lockers(&object, crate::rbdpc::PORTAL_LEASE) {
+                Ok(l) => l.into_iter().map(|l| l.cookie).collect(),
+                Err(e) => {
+                    return Some(Check::warn(
+                        Area::Ceph,
+                        format!(
+                            "cannot tell who holds {}'s portal {}: {e}",
+                            g.name, g.portal
+                        ),
+                        "see that this client may read the pool's objects",
+                    ))
+                }
+            };
+            Some(portal_check(&g.name, &g.portal.to_string(), &holders))
+        })
+        .collect()
+}
+
+/// A floating portal's place, from who holds its lease (gateway names).
+fn portal_check(gateway: &str, portal: &str, holders: &[String]) -> Check {
+    match holders.first() {
+        Some(h) if h == gateway => {
+            Check::ok(Area::Ceph, format!("{gateway}'s portal {portal} is at {gateway}"))
+        }
+        Some(h) => Check::warn(
+            Area::Ceph,
+            format!("{gateway}'s portal {portal} is held by {h}: {gateway} is gone (its PCs reach {h} there)"),
+            format!("start cowctl serve on {gateway}: it gets its portal back"),
+        ),
+        None => Check::fail(
+            Area::Ceph,
+            format!("nobody holds {gateway}'s portal {portal}: PCs that dial it reach no gateway"),
+            format!("start cowctl serve on {gateway} (or on any gateway: it takes over the portal of one that is gone)"),
+        ),
+    }
 }
 
 /// The `ceph` command as this client of this cluster (for the fixes).
@@ -236,6 +280,26 @@ mod tests {
     use crate::doctor::clock::Synced;
     use crate::doctor::testing::{host, FakeClock, FakeDm, FakeNet};
     use crate::doctor::Status;
+
+    #[test]
+    fn a_floating_portal_is_at_its_gateway_held_for_it_or_nowhere() {
+        let at = |holders: &[&str]| {
+            let h: Vec<String> = holders.iter().map(|s| s.to_string()).collect();
+            let c = portal_check("gw-a", "10.0.0.101:3260", &h);
+            (c.status, c.says)
+        };
+        assert_eq!(at(&["gw-a"]).0, Status::Ok);
+        let (s, says) = at(&["gw-b"]);
+        assert!(
+            s == Status::Warn && says.contains("held by gw-b: gw-a is gone"),
+            "{says}"
+        );
+        let (s, says) = at(&[]);
+        assert!(
+            s == Status::Fail && says.contains("nobody holds gw-a's portal"),
+            "{says}"
+        );
+    }
 
     #[test]
     fn health_says_each_check_that_is_not_muted() {

@@ -29,8 +29,7 @@ use crate::kernel::hostaddr;
 use crate::manifest::{Gateway, Manifest};
 use crate::rbd::Pool;
 
-const PORTAL: &str = "portal";
-const ALIVE: &str = "alive";
+use crate::rbdpc::{portal_object as object, ALIVE_LEASE as ALIVE, PORTAL_LEASE as PORTAL};
 
 /// How long a lease lasts unrenewed: five looks, and never under 3 s.
 fn lease_time() -> Duration {
@@ -62,11 +61,6 @@ impl Floating {
     fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// The object whose locks are `gateway`'s leases.
-fn object(m: &Manifest, gateway: &str) -> Option<String> {
-    Some(format!("{}.portal.{gateway}", m.ceph.as_ref()?.prefix))
 }
 
 /// This gateway's name and its interface for floating portals, when the manifest has them.

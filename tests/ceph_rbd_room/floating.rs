@@ -271,6 +271,11 @@ fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
         logs,
     );
     b.shows(pc, "active", "gw-b");
+    let doctor = String::from_utf8_lossy(&b.run(&["doctor"]).stdout).into_owned();
+    assert!(
+        doctor.contains(&format!("gw-a's portal {pa}:3260 is held by gw-b")),
+        "{doctor}"
+    );
 
     // gw-a's cowctl starts again: its address goes back to it; gw-b keeps the PC.
     a.cowctl(&["apply"]);

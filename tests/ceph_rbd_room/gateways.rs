@@ -20,7 +20,7 @@ pub(super) struct Gateway {
 }
 
 impl Gateway {
-    fn run(&self, args: &[&str]) -> std::process::Output {
+    pub(super) fn run(&self, args: &[&str]) -> std::process::Output {
         self.room
             .command(args)
             .env("COWCTL_GATEWAY", self.name)
