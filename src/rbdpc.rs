@@ -52,8 +52,6 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// The clone's metadata keys naming the gateway that serves it, and its host and process
-/// (to tell this gateway's dead predecessor from a live gateway).
 /// The leases of a gateway with floating portals (`service/floating.rs`), on the object
 /// [`portal_object`]: its portal's, held by whoever has the address, and `alive`, held by the
 /// gateway itself while it runs.
@@ -65,6 +63,8 @@ pub fn portal_object(m: &Manifest, gateway: &str) -> Option<String> {
     Some(format!("{}.portal.{gateway}", m.ceph.as_ref()?.prefix))
 }
 
+/// The clone's metadata keys naming the gateway that serves it, and its host and process
+/// (to tell this gateway's dead predecessor from a live gateway).
 const GATEWAY_KEY: &str = "cowctl.gateway";
 const HOST_KEY: &str = "cowctl.host";
 const PID_KEY: &str = "cowctl.pid";
@@ -76,7 +76,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// This gateway as others name it: its name in the gateways section, else its host name.
 /// This process, as others see it in a lease it holds: `host:pid`, and a number that
 /// tells apart the leases one process takes one after another.
 pub fn process_name() -> String {
@@ -85,6 +84,7 @@ pub fn process_name() -> String {
     format!("{}:{}:{n}", host_name(), std::process::id())
 }
 
+/// This gateway as others name it: its name in the gateways section, else its host name.
 fn gateway_name(m: &Manifest) -> String {
     m.here.clone().unwrap_or_else(host_name)
 }

@@ -182,7 +182,13 @@ impl Backend for ServiceClient {
         };
         match self.ask(&request)? {
             Some(r) => r.committed.ok_or(Error::NothingCommitted),
-            None => Ok(crate::image::commit_pc(m, pc, version, note)?),
+            None => Ok(crate::image::commit_pc(
+                m,
+                pc,
+                version,
+                note,
+                crate::image::rbdstore::Wait::AWhile,
+            )?),
         }
     }
 

@@ -183,7 +183,8 @@ fn import(m: &Manifest, c: ImageCommand, json: bool) -> Result<ExitCode> {
     else {
         unreachable!("an import")
     };
-    let versions = Versions::open_to_change(m, &image)?;
+    // The import takes the family's change lease itself, for its last step only.
+    let versions = Versions::open(m, &image)?;
     let v = versions.import(&src, name(version)?, &note)?;
     if json {
         return print_json(&v).map(|()| ExitCode::SUCCESS);

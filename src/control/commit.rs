@@ -31,7 +31,13 @@ pub fn commit(
         }
     }
     if !obs.dm.contains_key(&name) && !obs.linear.contains_key(&name) {
-        return Ok(crate::image::commit_pc(ctx.manifest, pc, version, note)?);
+        return Ok(crate::image::commit_pc(
+            ctx.manifest,
+            pc,
+            version,
+            note,
+            crate::image::rbdstore::Wait::AWhile,
+        )?);
     }
     let in_use = match &pc.export {
         Export::Iscsi { target, .. } => obs
@@ -53,11 +59,23 @@ pub fn commit(
     }
     if in_use.is_none() {
         // Nothing reaches the device: its COW file is quiet as it is.
-        return Ok(crate::image::commit_pc(ctx.manifest, pc, version, note)?);
+        return Ok(crate::image::commit_pc(
+            ctx.manifest,
+            pc,
+            version,
+            note,
+            crate::image::rbdstore::Wait::AWhile,
+        )?);
     }
     // A commit killed here leaves the device suspended; `cowctl apply` resumes it.
     k.dm.suspend(&name)?;
-    let committed = crate::image::commit_pc(ctx.manifest, pc, version, note);
+    let committed = crate::image::commit_pc(
+        ctx.manifest,
+        pc,
+        version,
+        note,
+        crate::image::rbdstore::Wait::AWhile,
+    );
     let resumed = k.dm.resume(&name);
     let committed = committed?;
     resumed?;

@@ -131,8 +131,10 @@ pub enum Error {
         "image {family} keeps its versions in a Ceph pool, but the manifest has no ceph section"
     )]
     NoCeph { family: String },
-    #[error("another cowctl is changing the versions of {family} ({holders}: an import, commit, promote or prune) and did not finish within a minute: try again when it has")]
+    #[error("another cowctl is changing the versions of {family} ({holders}: an import, commit, promote or prune) and has not finished: try again when it has")]
     VersionsBusy { family: String, holders: String },
+    #[error("the lease on {family}'s versions ran out before this change was written (the cluster did not answer its renewals in time): nothing more was written; run the command again")]
+    VersionsLeaseLost { family: String },
     #[error("the version record {what} in the cluster is unreadable: {reason}")]
     RbdRecord { what: String, reason: String },
     #[error(transparent)]

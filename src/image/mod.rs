@@ -172,7 +172,9 @@ pub fn open_rbd(m: &Manifest, image: &str) -> Result<Option<RbdStore>> {
 
 /// The same, to change it: under the family's change lease ([`RbdStore::open_to_change`]).
 pub fn open_rbd_to_change(m: &Manifest, image: &str) -> Result<Option<RbdStore>> {
-    open_rbd_with(m, image, RbdStore::open_to_change)
+    open_rbd_with(m, image, |m, i| {
+        RbdStore::open_to_change(m, i, rbdstore::Wait::AWhile)
+    })
 }
 
 fn open_rbd_with(
@@ -356,6 +358,7 @@ pub fn commit_pc(
     pc: &Pc,
     name: Option<VersionName>,
     note: &str,
+    wait: rbdstore::Wait,
 ) -> Result<Committed> {
     let image = &m.images[&pc.image];
     if image.storage == Storage::Rbd {
@@ -366,7 +369,7 @@ pub fn commit_pc(
             });
         }
         // Nobody serves it here: its clone is opened (and locked) for the commit.
-        let store = RbdStore::open_to_change(m, image)?;
+        let store = RbdStore::open_to_change(m, image, wait)?;
         let disk = store.cluster.open(m, pc, false)?;
         return store.commit(m, pc, &disk, name, note).map(|(c, _fresh)| c);
     }

@@ -32,17 +32,13 @@ pub(super) fn import(
         converted
     };
     let made_from = format!("import of {} ({format})", src.display());
-    let v = import_raw(store, &raw, &name, note, made_from)?;
-    if store.view.current().is_none() {
-        let mut p = store.view.promoted.clone();
-        p.current = Some(v.name.clone());
-        store.write_promoted(&p)?;
-    }
-    Ok(v)
+    import_raw(store, &raw, &name, note, made_from)
 }
 
 /// Writes `raw`'s data (its holes and zero blocks skipped) into a new image under a
-/// name no version has, snapshots it, and only then names it as the version.
+/// name no version has, snapshots it, and only then names it as the version (current when
+/// it is the first): that last step under the family's change lease, not the copy, which
+/// may take long.
 fn import_raw(
     store: &RbdStore,
     raw: &Path,
@@ -93,7 +89,22 @@ fn import_raw(
         rbd(image.set_metadata(RECORD_KEY, &text))?;
         rbd(image.snapshot_protected(name.as_str()))?;
         drop(image);
-        rbd(pool.rename(&incoming, &store.image_name(name)))?;
+        let changing = store.reopen_to_change()?;
+        changing.check_free(name)?;
+        if let Some(other) = changing.view.versions.values().find(|v| v.size != size) {
+            return Err(Error::SizeDiffers {
+                size,
+                other: other.name.to_string(),
+                other_size: other.size,
+            });
+        }
+        changing.still_changing()?;
+        rbd(pool.rename(&incoming, &changing.image_name(name)))?;
+        if changing.view.current().is_none() {
+            let mut p = changing.view.promoted.clone();
+            p.current = Some(v.name.clone());
+            changing.write_promoted(&p)?;
+        }
         Ok(v)
     })();
     if made.is_err() {

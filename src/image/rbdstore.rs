@@ -32,16 +32,41 @@ pub struct RbdStore {
     _change: Option<crate::rbd::Held>,
 }
 
-/// How long a change waits for another to finish: `COWCTL_VERSIONS_WAIT_MS` (a test knob),
-/// else a minute.
-fn change_wait() -> std::time::Duration {
-    std::env::var("COWCTL_VERSIONS_WAIT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(
-            std::time::Duration::from_secs(60),
-            std::time::Duration::from_millis,
-        )
+/// Whether a change waits for another under way to finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Up to a minute (`COWCTL_VERSIONS_WAIT_MS`, a test knob): a command of the admin's.
+    AWhile,
+    /// Not at all: the service, which must not hold up its other work.
+    No,
+}
+
+impl Wait {
+    fn time(self) -> std::time::Duration {
+        match self {
+            Wait::No => std::time::Duration::ZERO,
+            Wait::AWhile => std::env::var("COWCTL_VERSIONS_WAIT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(
+                    std::time::Duration::from_secs(60),
+                    std::time::Duration::from_millis,
+                ),
+        }
+    }
+}
+
+/// Takes the change lease of the versions `base` (of image `family`, for messages).
+fn lease(cluster: &Cluster, base: &str, family: &str, wait: Wait) -> Result<crate::rbd::Held> {
+    let cookie = crate::rbdpc::process_name();
+    let object = change_object(base);
+    match rbd(cluster.pool().hold(&object, "change", &cookie, wait.time()))? {
+        Ok(held) => Ok(held),
+        Err(holders) => Err(Error::VersionsBusy {
+            family: family.to_string(),
+            holders: holders.join(", "),
+        }),
+    }
 }
 
 /// The object whose lock is a family's change lease.
@@ -72,18 +97,18 @@ fn bad_record(what: String) -> impl FnOnce(serde_json::Error) -> Error {
 impl RbdStore {
     /// The store of a family with `rbd_versions`, read from the cluster.
     pub fn open(m: &Manifest, image: &Image) -> Result<RbdStore> {
-        Self::open_with(m, image, false)
+        Self::open_with(m, image, None)
     }
 
     /// The same, to change it (import, commit, promote, prune): read under the family's
     /// change lease, held in the cluster until the store is dropped, so no other cowctl
     /// (another gateway, another admin) changes the versions meanwhile and a change made
-    /// from an older read never undoes another's. Waits a minute for one under way.
-    pub fn open_to_change(m: &Manifest, image: &Image) -> Result<RbdStore> {
-        Self::open_with(m, image, true)
+    /// from an older read never undoes another's.
+    pub fn open_to_change(m: &Manifest, image: &Image, wait: Wait) -> Result<RbdStore> {
+        Self::open_with(m, image, Some(wait))
     }
 
-    fn open_with(m: &Manifest, image: &Image, change: bool) -> Result<RbdStore> {
+    fn open_with(m: &Manifest, image: &Image, change: Option<Wait>) -> Result<RbdStore> {
         let base = image.rbd_versions.clone().ok_or_else(|| Error::OneFile {
             family: image.family.clone(),
             path: image.path.clone(),
@@ -92,20 +117,9 @@ impl RbdStore {
         let cluster = crate::rbdpc::shared(m)?.ok_or_else(|| Error::NoCeph {
             family: image.family.clone(),
         })?;
-        let held = if change {
-            let cookie = crate::rbdpc::process_name();
-            let pool = cluster.pool();
-            match rbd(pool.hold(&change_object(&base), "change", &cookie, change_wait()))? {
-                Ok(held) => Some(held),
-                Err(holders) => {
-                    return Err(Error::VersionsBusy {
-                        family: image.family.clone(),
-                        holders: holders.join(", "),
-                    })
-                }
-            }
-        } else {
-            None
+        let held = match change {
+            Some(wait) => Some(lease(&cluster, &base, &image.family, wait)?),
+            None => None,
         };
         let view = read(&cluster, &base)?;
         Ok(RbdStore {
@@ -113,6 +127,17 @@ impl RbdStore {
             cluster,
             base,
             _change: held,
+        })
+    }
+
+    /// The same store read again under the family's change lease (waiting a while).
+    pub(super) fn reopen_to_change(&self) -> Result<RbdStore> {
+        let held = lease(&self.cluster, &self.base, &self.base, Wait::AWhile)?;
+        Ok(RbdStore {
+            view: read(&self.cluster, &self.base)?,
+            cluster: self.cluster.clone(),
+            base: self.base.clone(),
+            _change: Some(held),
         })
     }
 
@@ -146,7 +171,19 @@ impl RbdStore {
         }
     }
 
+    /// A store opened to change: its lease is still held (renewed in time), so what it
+    /// read is still what the cluster has.
+    pub(super) fn still_changing(&self) -> Result<()> {
+        match &self._change {
+            Some(held) if held.lost() => Err(Error::VersionsLeaseLost {
+                family: self.view.dir.display().to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn write_promoted(&self, p: &Promoted) -> Result<()> {
+        self.still_changing()?;
         let text = serde_json::to_string(p).expect("serializable");
         let pool = self.cluster.pool();
         rbd(pool.set_metadata(&promoted_key(&self.base), &text))
@@ -228,6 +265,7 @@ impl RbdStore {
             hashed_later: None,
         };
         let text = serde_json::to_string(&version).expect("serializable");
+        self.still_changing()?;
         let fresh = self.cluster.commit_clone(
             m,
             pc,
@@ -261,6 +299,7 @@ impl RbdStore {
     /// reused), its record dropped (it is no version from then on), then its snapshot and
     /// image go; the cluster refuses a snapshot with clones, so a PC made meanwhile keeps it.
     pub fn remove(&self, v: &VersionName) -> Result<()> {
+        self.still_changing()?;
         let now = read(&self.cluster, &self.base)?;
         if now.current() == Some(v) || now.promoted.pcs.values().any(|p| p == v) {
             return Err(Error::PromotedMeanwhile {
@@ -272,12 +311,14 @@ impl RbdStore {
             pruned.push(v.clone());
         }
         let pool = self.cluster.pool();
-        let text = serde_json::to_string(&pruned).expect("serializable");
-        rbd(pool.set_metadata(&pruned_key(&self.base), &text))?;
         let name = self.image_name(v);
         let image = rbd(pool.open(&name))?;
-        rbd(image.remove_metadata(RECORD_KEY))?;
+        // The snapshot first: refused while anything is cloned from it, so a PC reset onto
+        // this version a moment ago keeps a version under it.
         rbd(image.remove_snapshot(v.as_str()))?;
+        let text = serde_json::to_string(&pruned).expect("serializable");
+        rbd(pool.set_metadata(&pruned_key(&self.base), &text))?;
+        rbd(image.remove_metadata(RECORD_KEY))?;
         drop(image);
         rbd(pool.remove(&name))
     }

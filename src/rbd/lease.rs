@@ -177,6 +177,8 @@ pub struct Held {
     /// Whether it was let go; the renewing thread holds this lock across each renewal,
     /// so none can land after the unlock.
     stopped: Arc<Mutex<bool>>,
+    /// A renewal failed, or came later than the lease lasts: somebody else may hold it now.
+    lost: Arc<std::sync::atomic::AtomicBool>,
     pool: Arc<Pool>,
     object: String,
     lock: String,
@@ -204,24 +206,45 @@ impl Pool {
         }
         let held = Held {
             stopped: Arc::new(Mutex::new(false)),
+            lost: Arc::default(),
             pool: self.clone(),
             object: object.to_string(),
             lock: lock.to_string(),
             cookie: cookie.to_string(),
         };
-        let (stopped, pool) = (held.stopped.clone(), self.clone());
+        let (stopped, lost, pool) = (held.stopped.clone(), held.lost.clone(), self.clone());
         let (o, l, c) = (held.object.clone(), held.lock.clone(), held.cookie.clone());
-        std::thread::spawn(move || loop {
-            std::thread::sleep(HELD_LEASE / 3);
-            let stopped = stopped.lock().unwrap_or_else(|p| p.into_inner());
-            if *stopped {
-                return;
-            }
-            if let Err(e) = pool.lease(&o, &l, &c, HELD_LEASE) {
-                tracing::warn!("cannot renew the {l} lease on {o}: {e}");
+        std::thread::spawn(move || {
+            let mut renewed = Instant::now();
+            loop {
+                std::thread::sleep(HELD_LEASE / 3);
+                let stopped = stopped.lock().unwrap_or_else(|p| p.into_inner());
+                if *stopped {
+                    return;
+                }
+                let asked = Instant::now();
+                let kept = match pool.lease(&o, &l, &c, HELD_LEASE) {
+                    Ok(kept) => kept,
+                    Err(e) => {
+                        tracing::warn!("cannot renew the {l} lease on {o}: {e}");
+                        false
+                    }
+                };
+                if !kept || asked.duration_since(renewed) >= HELD_LEASE {
+                    lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                renewed = asked;
             }
         });
         Ok(Ok(held))
+    }
+}
+
+impl Held {
+    /// Whether the lease may have run out: a renewal failed or came too late.
+    pub fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

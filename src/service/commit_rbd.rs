@@ -17,7 +17,8 @@ pub(super) fn commit(
     version: Option<VersionName>,
     note: &str,
 ) -> Result<(Committed, Image)> {
-    let store = RbdStore::open_to_change(m, &m.images[&pc.image])?;
+    let store =
+        RbdStore::open_to_change(m, &m.images[&pc.image], crate::image::rbdstore::Wait::No)?;
     let mut out = None;
     slot.quiesce(|served| {
         let Some(old) = served else {

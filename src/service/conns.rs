@@ -38,12 +38,12 @@ impl Connections {
     /// Counts a connection in, until the returned guard drops.
     pub fn track(self: &Arc<Self>, stream: &TcpStream) -> Option<Tracked> {
         let local = stream.local_addr().ok()?;
-        let copy = stream.try_clone().ok()?;
         let mut inner = self.lock();
         if inner.closed.contains(&local) {
-            let _ = copy.shutdown(Shutdown::Both);
+            let _ = stream.shutdown(Shutdown::Both);
             return None;
         }
+        let copy = stream.try_clone().ok()?;
         let id = inner.next;
         inner.next += 1;
         inner.live.insert(id, (local, copy));

@@ -392,7 +392,13 @@ impl Service {
             .map(|v| v.parse().map_err(Error::Version))
             .transpose()?;
         let Some(slot) = self.registry.get(name) else {
-            return Ok(crate::image::commit_pc(&m, pc, version, note)?);
+            return Ok(crate::image::commit_pc(
+                &m,
+                pc,
+                version,
+                note,
+                crate::image::rbdstore::Wait::No,
+            )?);
         };
         let mut peers = slot.peers();
         peers.extend(self.aoe.peers(name));
@@ -416,7 +422,15 @@ impl Service {
                     pc: name.to_string(),
                     error,
                 });
-            out = Some(flushed.and_then(|()| Ok(crate::image::commit_pc(&m, pc, version, note)?)));
+            out = Some(flushed.and_then(|()| {
+                Ok(crate::image::commit_pc(
+                    &m,
+                    pc,
+                    version,
+                    note,
+                    crate::image::rbdstore::Wait::No,
+                )?)
+            }));
             (served, Ok(()))
         })?;
         out.expect("ran")

@@ -97,6 +97,9 @@ pub fn run(opts: &Options) -> Result<()> {
     {
         // Before the apply: after a planned restart, the leases of the floating portals
         // this machine still has the addresses of are renewed at once, not after the PCs.
+        // The targets are known first, so a login meanwhile is told to come back (not that
+        // its target does not exist).
+        service.iscsi().set_manifest(&manifest)?;
         let s = service.clone();
         std::thread::spawn(move || super::floating::watch(s));
     }
