@@ -15,6 +15,16 @@ pub fn commit(
     pause: bool,
 ) -> Result<Committed> {
     let k = ctx.kernel;
+    // Each way below commits once: as the file is, or with the device suspended around it.
+    let commit_pc = move || {
+        crate::image::commit_pc(
+            ctx.manifest,
+            pc,
+            version,
+            note,
+            crate::image::rbdstore::Wait::AWhile,
+        )
+    };
     let obs = Observed::read(k)?;
     let name = dm_name(&pc.name);
     if obs.parked.contains_key(&name) {
@@ -31,13 +41,7 @@ pub fn commit(
         }
     }
     if !obs.dm.contains_key(&name) && !obs.linear.contains_key(&name) {
-        return Ok(crate::image::commit_pc(
-            ctx.manifest,
-            pc,
-            version,
-            note,
-            crate::image::rbdstore::Wait::AWhile,
-        )?);
+        return Ok(commit_pc()?);
     }
     let in_use = match &pc.export {
         Export::Iscsi { target, .. } => obs
@@ -59,23 +63,11 @@ pub fn commit(
     }
     if in_use.is_none() {
         // Nothing reaches the device: its COW file is quiet as it is.
-        return Ok(crate::image::commit_pc(
-            ctx.manifest,
-            pc,
-            version,
-            note,
-            crate::image::rbdstore::Wait::AWhile,
-        )?);
+        return Ok(commit_pc()?);
     }
     // A commit killed here leaves the device suspended; `cowctl apply` resumes it.
     k.dm.suspend(&name)?;
-    let committed = crate::image::commit_pc(
-        ctx.manifest,
-        pc,
-        version,
-        note,
-        crate::image::rbdstore::Wait::AWhile,
-    );
+    let committed = commit_pc();
     let resumed = k.dm.resume(&name);
     let committed = committed?;
     resumed?;

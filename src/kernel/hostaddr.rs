@@ -33,8 +33,9 @@ fn errno_is(e: &rtnetlink::Error, errno: i32) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
 }
 
-/// Adds `ip`/32 to `interface`; nothing if it is there.
-pub fn add(interface: &str, ip: Ipv4Addr) -> Result<()> {
+/// Adds `ip`/32 to `interface`; nothing if it is there. Whether it was added (it was not
+/// there).
+pub fn add(interface: &str, ip: Ipv4Addr) -> Result<bool> {
     let idx = index(interface)?;
     runtime()?.block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Socket)?;
@@ -45,12 +46,13 @@ pub fn add(interface: &str, ip: Ipv4Addr) -> Result<()> {
             .execute()
             .await
         {
-            Err(e) if !errno_is(&e, libc::EEXIST) => Err(NetError::AddAddress {
+            Ok(()) => Ok(true),
+            Err(e) if errno_is(&e, libc::EEXIST) => Ok(false),
+            Err(e) => Err(NetError::AddAddress {
                 ip,
                 interface: interface.to_string(),
                 source: e,
             }),
-            _ => Ok(()),
         }
     })
 }

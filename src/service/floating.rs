@@ -251,19 +251,22 @@ impl Service {
         let portal = g.portal.0;
         let Some(ip) = ipv4(portal) else { return };
         // Announced whenever it was not there: new, or put back after something took it off.
-        let absent = !hostaddr::has(interface, ip).unwrap_or(false);
         let placed = hostaddr::add(interface, ip).map_err(|e| crate::base::logtext::chain(&e));
-        let listening = placed.and_then(|()| {
+        let listening = placed.and_then(|added| {
             (self.iscsi.listen_floating(portal, g.name == here))
+                .map(|()| added)
                 .map_err(|e| format!("cannot listen on {portal}: {e}"))
         });
-        if let Err(e) = listening {
-            tracing::error!("gateway {here} cannot hold {}'s portal: {e}", g.name);
-            if self.floating.held().remove(&g.name).is_some() || new {
-                self.let_portal_go(interface, portal);
+        let added = match listening {
+            Ok(added) => added,
+            Err(e) => {
+                tracing::error!("gateway {here} cannot hold {}'s portal: {e}", g.name);
+                if self.floating.held().remove(&g.name).is_some() || new {
+                    self.let_portal_go(interface, portal);
+                }
+                return unlock();
             }
-            return unlock();
-        }
+        };
         self.floating.held().insert(
             g.name.clone(),
             Held {
@@ -276,7 +279,7 @@ impl Service {
         if self.floating.stopped.load(Ordering::SeqCst) {
             return self.let_held_go();
         }
-        if absent {
+        if added {
             announce(interface, ip);
         }
         if !new {

@@ -14,22 +14,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::common::ceph::cluster;
+use super::common::net::ip;
 use super::common::realos::{self, Firmware, Job};
 use super::gateways::{first_at_a, iscsi_pair, Gateway};
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn sysctl(key: &str, value: &str) {
     std::fs::write(format!("/proc/sys/{}", key.replace('.', "/")), value)

@@ -3,7 +3,8 @@
 
 use std::process::Command;
 
-fn ip(args: &[&str]) {
+/// `ip ARGS`; its stdout, and a panic when it fails.
+pub fn ip(args: &[&str]) -> String {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -14,6 +15,7 @@ fn ip(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A name no other test run uses: `prefix` and this process's id.
