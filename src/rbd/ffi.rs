@@ -22,6 +22,12 @@ pub const IMAGE_OPTION_FEATURES_SET: c_int = 8;
 pub const FEATURE_LAYERING: u64 = 1;
 /// `RBD_FEATURE_EXCLUSIVE_LOCK`.
 pub const FEATURE_EXCLUSIVE_LOCK: u64 = 1 << 2;
+/// `RBD_FEATURE_OBJECT_MAP`: which objects exist, kept by the lock holder.
+pub const FEATURE_OBJECT_MAP: u64 = 1 << 3;
+/// `RBD_FEATURE_FAST_DIFF`: `rbd du` and diffs from the object map alone.
+pub const FEATURE_FAST_DIFF: u64 = 1 << 4;
+/// `RBD_FEATURE_DEEP_FLATTEN`: a flatten frees the image's snapshots from the parent too.
+pub const FEATURE_DEEP_FLATTEN: u64 = 1 << 5;
 /// `RBD_MAX_BLOCK_NAME_SIZE` and `RBD_MAX_IMAGE_NAME_SIZE`.
 const BLOCK_NAME_SIZE: usize = 24;
 const IMAGE_NAME_SIZE: usize = 96;

@@ -378,12 +378,20 @@ fn with_order<T>(
         (ffi::IMAGE_OPTION_ORDER, u64::from(order)),
         (ffi::IMAGE_OPTION_STRIPE_UNIT, 1u64 << order),
         (ffi::IMAGE_OPTION_STRIPE_COUNT, 1),
-        // The exclusive lock keeps two gateways off one PC, whatever the cluster's
-        // default features (a cluster set up for the kernel's rbd may have only layering).
-        // Layering: a commit's version is a PC's clone, and clones are made of it.
+        // Added to the cluster's default features, which may be layering alone (set up
+        // for an old kernel's rbd). The exclusive lock keeps two gateways off one PC.
+        // Layering: a commit's version is a PC's clone, and clones are made of it. The
+        // object map sends reads of what a clone does not hold straight to its parent and
+        // counts a PC's fill at once (a 20 GiB clone without one takes 13 s to count,
+        // object by object, at every open and takeover). Deep flatten lets an admin's
+        // `rbd flatten` free a version's snapshot from the one under it too.
         (
             ffi::IMAGE_OPTION_FEATURES_SET,
-            ffi::FEATURE_LAYERING | ffi::FEATURE_EXCLUSIVE_LOCK,
+            ffi::FEATURE_LAYERING
+                | ffi::FEATURE_EXCLUSIVE_LOCK
+                | ffi::FEATURE_OBJECT_MAP
+                | ffi::FEATURE_FAST_DIFF
+                | ffi::FEATURE_DEEP_FLATTEN,
         ),
     ];
     let set = options.iter().try_for_each(|&(key, value)| {
