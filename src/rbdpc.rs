@@ -3,6 +3,7 @@
 //! snapshot the manifest names (the guard), opening it under the exclusive lock that keeps
 //! any other cowctl from writing it, counting its fill, and the swap a reset makes.
 
+use crate::base::machine::host_name;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,13 +69,8 @@ pub fn portal_object(m: &Manifest, gateway: &str) -> Option<String> {
 const GATEWAY_KEY: &str = "cowctl.gateway";
 const HOST_KEY: &str = "cowctl.host";
 const PID_KEY: &str = "cowctl.pid";
-
-fn host_name() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "?".into())
-}
+/// The boot of the machine it ran on: a host name is shared by gateways cloned from one disk.
+const BOOT_KEY: &str = "cowctl.boot";
 
 /// This process, as others see it in a lease it holds: `host:pid`, and a number that
 /// tells apart the leases one process takes one after another.
@@ -294,11 +290,12 @@ impl Cluster {
         held_here().extend(image.lock_owners().unwrap_or_default());
         image.set_metadata(GATEWAY_KEY, &gateway_name(m))?;
         image.set_metadata(HOST_KEY, &host_name())?;
+        image.set_metadata(BOOT_KEY, &crate::base::machine::boot_id())?;
         image.set_metadata(PID_KEY, &std::process::id().to_string())?;
         Ok(())
     }
 
-    /// The lock was this gateway's, in a process of this host that is gone, or this very
+    /// The lock was this gateway's, in a process of this boot of this machine that is gone, or this very
     /// process: before a planned restart's exec (which holds no lock yet), or as the client
     /// it was before the cluster cut it off (the owners are clients this process held the
     /// lock as; another gateway that locked it since has not yet written its name).
@@ -309,7 +306,7 @@ impl Cluster {
             u32::try_from(pid) == Ok(std::process::id())
                 && (held.is_empty() || owners.iter().all(|o| held.contains(o)))
         };
-        said(HOST_KEY).is_some_and(|h| h == host_name())
+        crate::base::machine::ran_here(said(BOOT_KEY).as_deref(), said(HOST_KEY).as_deref())
             && said(PID_KEY)
                 .and_then(|p| p.parse::<i32>().ok())
                 .is_some_and(|pid| this(pid) || !alive(pid))
@@ -388,7 +385,7 @@ impl Cluster {
         // served it, or its clones would name a holder they never had.
         let prepared = (|| -> Result<()> {
             disk.flush()?;
-            for key in [GATEWAY_KEY, HOST_KEY, PID_KEY] {
+            for key in [GATEWAY_KEY, HOST_KEY, BOOT_KEY, PID_KEY] {
                 disk.remove_metadata(key)?;
             }
             disk.set_metadata(record.0, record.1)?;
@@ -442,6 +439,7 @@ impl Cluster {
     pub fn mark_kernel(&self, m: &Manifest, clone: &str) -> Result<()> {
         let image = self.pool.open(clone)?;
         image.remove_metadata(HOST_KEY)?;
+        image.remove_metadata(BOOT_KEY)?;
         image.remove_metadata(PID_KEY)?;
         image.set_metadata(GATEWAY_KEY, &format!("{} (its kernel)", gateway_name(m)))?;
         Ok(())

@@ -81,7 +81,9 @@ fn floating_portals(m: &Manifest, pool: &Pool) -> Vec<Check> {
         .filter_map(|g| {
             let object = crate::rbdpc::portal_object(m, &g.name)?;
             let holders: Vec<String> = match pool.lockers(&object, crate::rbdpc::PORTAL_LEASE) {
-                Ok(l) => l.into_iter().map(|l| l.cookie).collect(),
+                Ok(l) => (l.iter())
+                    .map(|l| crate::base::machine::cookie_gateway(&l.cookie).to_string())
+                    .collect(),
                 Err(e) => {
                     return Some(Check::warn(
                         Area::Ceph,
@@ -95,7 +97,33 @@ fn floating_portals(m: &Manifest, pool: &Pool) -> Vec<Check> {
             };
             Some(portal_check(&g.name, &g.portal.to_string(), &holders))
         })
+        .chain(twin(m, pool))
         .collect()
+}
+
+/// Another machine running as this one's gateway: it holds the gateway's alive lease with
+/// another boot's cookie (a clone of this machine, say, with its host name).
+fn twin(m: &Manifest, pool: &Pool) -> Option<Check> {
+    let here = m.here.as_deref()?;
+    m.gateways
+        .iter()
+        .find(|g| g.name == here)?
+        .interface
+        .as_ref()?;
+    let object = crate::rbdpc::portal_object(m, here)?;
+    let ours = crate::base::machine::lease_cookie(here);
+    let holders = pool.lockers(&object, crate::rbdpc::ALIVE_LEASE).ok()?;
+    let other = holders
+        .iter()
+        .find(|l| crate::base::machine::cookie_gateway(&l.cookie) == here && l.cookie != ours)?;
+    Some(Check::fail(
+        Area::Ceph,
+        format!(
+            "another machine runs as gateway {here} (it holds {here}'s alive lease as {}): the two would take each other's PCs and portal",
+            other.cookie
+        ),
+        "give one of them another name (COWCTL_GATEWAY, or its host name), or stop cowctl serve there".to_string(),
+    ))
 }
 
 /// A floating portal's place, from who holds its lease (gateway names).

@@ -15,8 +15,10 @@
 //! - A gateway that has not renewed a lease for [`fence`] drops the address, well before
 //!   the lease runs out for the others, even while its call to the cluster hangs: a
 //!   watchdog thread checks, not the thread that renews.
-//! - Leases are taken with the gateway's name as cookie: a gateway that restarts breaks
-//!   the ones its previous process left, and goes on at once.
+//! - Leases are taken with the gateway's name and this boot of its machine as cookie
+//!   (`gw-a@boot-id`): a gateway that restarts breaks the ones its previous process left,
+//!   and goes on at once; a second machine run under the same name (a clone of the first,
+//!   with its host name) breaks none of them, and says so.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -25,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{gateway, Service};
+use crate::base::machine::lease_cookie;
 use crate::kernel::hostaddr;
 use crate::manifest::{Gateway, Manifest};
 use crate::rbd::Pool;
@@ -47,6 +50,8 @@ fn fence() -> Duration {
 pub struct Floating {
     held: Mutex<BTreeMap<String, Held>>,
     stopped: AtomicBool,
+    /// Another machine holds this gateway's alive lease under its name (said once).
+    twin: AtomicBool,
 }
 
 /// A portal held: when its lease was last renewed (the call's start), and where it is.
@@ -98,8 +103,8 @@ pub fn watch(service: Arc<Service>) {
     }
 }
 
-/// Takes or renews a lease with `cookie`; one a previous process of this gateway left (same
-/// cookie, another client) is broken first.
+/// Takes or renews a lease with `cookie`; one a previous process of this gateway on this
+/// boot left (same cookie, another client) is broken first.
 fn take_lease(pool: &Pool, object: &str, lock: &str, cookie: &str) -> crate::rbd::Result<bool> {
     if pool.lease(object, lock, cookie, lease_time())? {
         return Ok(true);
@@ -177,9 +182,18 @@ impl Service {
     /// Renews this gateway's `alive`, gives back the portals of gateways that came back,
     /// and takes or renews every other it may hold.
     fn lease_round(&self, m: &Manifest, pool: &Pool, here: &str, interface: &str) {
+        let cookie = &lease_cookie(here);
         if let Some(mine) = object(m, here) {
-            if let Err(e) = take_lease(pool, &mine, ALIVE, here) {
-                tracing::warn!("gateway {here}: cannot renew its alive lease: {e}");
+            match take_lease(pool, &mine, ALIVE, cookie) {
+                Ok(true) => self.floating.twin.store(false, Ordering::SeqCst),
+                Ok(false) => {
+                    if !self.floating.twin.swap(true, Ordering::SeqCst) {
+                        tracing::error!(
+                            "gateway {here}: another machine runs as gateway {here} too (it holds {here}'s alive lease): give one of them another name (COWCTL_GATEWAY, or its host name)"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("gateway {here}: cannot renew its alive lease: {e}"),
             }
         }
         for g in &m.gateways {
@@ -192,7 +206,7 @@ impl Service {
                     Ok(_) => {
                         if self.floating.held().remove(&g.name).is_some() {
                             self.let_portal_go(interface, g.portal.0);
-                            if let Err(e) = pool.unlock(&obj, PORTAL, here) {
+                            if let Err(e) = pool.unlock(&obj, PORTAL, cookie) {
                                 tracing::warn!("gateway {here}: {e}");
                             }
                             tracing::info!(
@@ -210,9 +224,9 @@ impl Service {
                 }
             }
             let asked = Instant::now();
-            match take_lease(pool, &obj, PORTAL, here) {
+            match take_lease(pool, &obj, PORTAL, cookie) {
                 Ok(true) => self.hold(g, here, interface, asked, || {
-                    let _ = pool.unlock(&obj, PORTAL, here);
+                    let _ = pool.unlock(&obj, PORTAL, cookie);
                 }),
                 Ok(false) => {
                     if self.floating.held().remove(&g.name).is_some() {

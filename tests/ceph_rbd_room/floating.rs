@@ -233,6 +233,20 @@ fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
         ip(&["-n", &net.ns, "neigh"])
     );
 
+    // A second machine set up as gw-a (a clone of it, say) is told apart from gw-a itself.
+    let doctor = |boot: Option<&str>| {
+        let mut cmd = a.room.command(&["doctor"]);
+        cmd.env("COWCTL_GATEWAY", "gw-a");
+        if let Some(boot) = boot {
+            cmd.env("COWCTL_TEST_BOOT_ID", boot);
+        }
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    };
+    let twin = "another machine runs as gateway gw-a";
+    assert!(!doctor(None).contains(twin), "{}", doctor(None));
+    let other = doctor(Some("a-clone-of-gw-a"));
+    assert!(other.contains(twin), "{other}");
+
     // gw-a's cowctl is killed; its machine stays up, and systemd's ExecStopPost takes the
     // address off (else this machine would answer for it beside gw-b).
     kill_serve(&a);
