@@ -263,8 +263,8 @@ impl Cluster {
     }
 
     /// Takes the clone's exclusive lock for this gateway, and says so in its metadata (the
-    /// lock names only an address). A lock of this gateway's dead predecessor (this host,
-    /// a process that is gone, or this very process before a restart) is broken; anybody
+    /// lock names only an address). A lock of this gateway's dead predecessor (this boot of
+    /// this machine, a process that is gone, or this very process before a restart) is broken; anybody
     /// else's is refused, naming the holder.
     fn lock(&self, m: &Manifest, pc: &Pc, image: &Image) -> Result<()> {
         // Who holds it is asked first: asking a dead holder for its lock waits for the
@@ -289,8 +289,9 @@ impl Cluster {
         }
         held_here().extend(image.lock_owners().unwrap_or_default());
         image.set_metadata(GATEWAY_KEY, &gateway_name(m))?;
-        image.set_metadata(HOST_KEY, &host_name())?;
+        // The boot before the host: until the host is this one, nobody takes it for theirs.
         image.set_metadata(BOOT_KEY, &crate::base::machine::boot_id())?;
+        image.set_metadata(HOST_KEY, &host_name())?;
         image.set_metadata(PID_KEY, &std::process::id().to_string())?;
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! Which machine, and which boot of it, this process runs on: what a gateway writes beside
 //! a lock it takes, so that a later process can tell its own dead predecessor (whose lock
 //! it may break at once) from a live gateway elsewhere (whose lock it must not). A host
-//! name cannot tell: gateways cloned from one disk often share it (and a machine id).
+//! name alone cannot tell (gateways cloned from one disk share it, and a machine id), nor
+//! can a boot id alone (containers on one kernel share it): both must match.
 
 /// The host name, for people to read.
 pub fn host_name() -> String {
@@ -25,18 +26,15 @@ pub fn boot_id() -> String {
         .unwrap_or_else(host_name)
 }
 
-/// Whether a lock's holder ran on this boot of this machine, from what it wrote: its boot
-/// id, or only its host name (a cowctl from before boot ids).
+/// Whether a lock's holder ran on this boot of this machine, from what it wrote: its host
+/// name and boot id (only its host name: a cowctl from before boot ids).
 pub fn ran_here(said_boot: Option<&str>, said_host: Option<&str>) -> bool {
-    match said_boot {
-        Some(boot) => boot == boot_id(),
-        None => said_host.is_some_and(|h| h == host_name()),
-    }
+    said_host.is_some_and(|h| h == host_name()) && said_boot.is_none_or(|b| b == boot_id())
 }
 
-/// A lease's cookie for `gateway` on this boot of this machine: `gateway@boot-id`.
+/// A lease's cookie for `gateway` on this boot of this machine: `gateway@host:boot-id`.
 pub fn lease_cookie(gateway: &str) -> String {
-    format!("{gateway}@{}", boot_id())
+    format!("{gateway}@{}:{}", host_name(), boot_id())
 }
 
 /// The gateway a lease's cookie names (the whole cookie when it names no boot).
@@ -57,6 +55,9 @@ mod tests {
             Some("00000000-1111-2222-3333-444444444444"),
             Some(&host)
         ));
+        // A container on this kernel: same boot, another host name.
+        assert!(!ran_here(Some(&boot), Some("a-container")));
+        assert!(!ran_here(Some(&boot), None));
         // Written by a cowctl that named the host only.
         assert!(ran_here(None, Some(&host)));
         assert!(!ran_here(None, Some("another-host")));
@@ -67,7 +68,7 @@ mod tests {
     fn a_cookie_names_its_gateway_and_boot() {
         let c = lease_cookie("gw-a");
         assert_eq!(cookie_gateway(&c), "gw-a");
-        assert!(c.ends_with(&boot_id()));
+        assert!(c.ends_with(&format!("{}:{}", host_name(), boot_id())));
         assert_eq!(cookie_gateway("gw-b"), "gw-b");
         assert_ne!(lease_cookie("gw-a"), format!("gw-a@{}", "another-boot"));
     }

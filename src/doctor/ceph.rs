@@ -102,7 +102,8 @@ fn floating_portals(m: &Manifest, pool: &Pool) -> Vec<Check> {
 }
 
 /// Another machine running as this one's gateway: it holds the gateway's alive lease with
-/// another boot's cookie (a clone of this machine, say, with its host name).
+/// another machine's cookie (a clone of this machine, say, with its host name). A bare
+/// name is a cowctl from before cookies named the machine: this one's, likely.
 fn twin(m: &Manifest, pool: &Pool) -> Option<Check> {
     let here = m.here.as_deref()?;
     m.gateways
@@ -113,13 +114,15 @@ fn twin(m: &Manifest, pool: &Pool) -> Option<Check> {
     let object = crate::rbdpc::portal_object(m, here)?;
     let ours = crate::base::machine::lease_cookie(here);
     let holders = pool.lockers(&object, crate::rbdpc::ALIVE_LEASE).ok()?;
-    let other = holders
-        .iter()
-        .find(|l| crate::base::machine::cookie_gateway(&l.cookie) == here && l.cookie != ours)?;
+    let other = holders.iter().find(|l| {
+        l.cookie.contains('@')
+            && crate::base::machine::cookie_gateway(&l.cookie) == here
+            && l.cookie != ours
+    })?;
     Some(Check::fail(
         Area::Ceph,
         format!(
-            "another machine runs as gateway {here} (it holds {here}'s alive lease as {}): the two would take each other's PCs and portal",
+            "another machine runs as gateway {here} (it holds {here}'s alive lease as {}): this one cannot hold {here}'s portal or tell the others it runs",
             other.cookie
         ),
         "give one of them another name (COWCTL_GATEWAY, or its host name), or stop cowctl serve there".to_string(),

@@ -289,7 +289,7 @@ pub enum RbdMapError {
         #[source]
         source: io::Error,
     },
-    #[error("the kernel could not map {image} (is the rbd module there, the cluster reachable, the image's lock free?)")]
+    #[error("the kernel could not map {image} (is the rbd module there and the kernel 5.3 or later, for the object map; the cluster reachable; the image's lock free?)")]
     Map {
         image: String,
         #[source]

@@ -15,8 +15,8 @@
 //! - A gateway that has not renewed a lease for [`fence`] drops the address, well before
 //!   the lease runs out for the others, even while its call to the cluster hangs: a
 //!   watchdog thread checks, not the thread that renews.
-//! - Leases are taken with the gateway's name and this boot of its machine as cookie
-//!   (`gw-a@boot-id`): a gateway that restarts breaks the ones its previous process left,
+//! - Leases are taken with the gateway's name, its host name and the machine's boot as
+//!   cookie (`gw-a@host:boot-id`): a gateway that restarts breaks the ones its previous process left,
 //!   and goes on at once; a second machine run under the same name (a clone of the first,
 //!   with its host name) breaks none of them, and says so.
 
@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{gateway, Service};
-use crate::base::machine::lease_cookie;
+use crate::base::machine::{cookie_gateway, lease_cookie};
 use crate::kernel::hostaddr;
 use crate::manifest::{Gateway, Manifest};
 use crate::rbd::Pool;
@@ -104,13 +104,15 @@ pub fn watch(service: Arc<Service>) {
 }
 
 /// Takes or renews a lease with `cookie`; one a previous process of this gateway on this
-/// boot left (same cookie, another client) is broken first.
+/// boot left (same cookie, another client) is broken first, as is one a cowctl from before
+/// cookies named the machine left (the gateway's bare name: a reload across the upgrade).
 fn take_lease(pool: &Pool, object: &str, lock: &str, cookie: &str) -> crate::rbd::Result<bool> {
     if pool.lease(object, lock, cookie, lease_time())? {
         return Ok(true);
     }
+    let bare = cookie_gateway(cookie);
     let stale: Vec<_> = (pool.lockers(object, lock)?.into_iter())
-        .filter(|l| l.cookie == cookie && !pool.is_this_client(l))
+        .filter(|l| (l.cookie == cookie || l.cookie == bare) && !pool.is_this_client(l))
         .collect();
     if stale.is_empty() {
         return Ok(false);

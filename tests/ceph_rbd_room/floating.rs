@@ -213,6 +213,18 @@ fn kill_machine_a(net: &Room, a: &Gateway) {
 fn a_dead_gateways_portal_address_moves_to_a_live_one_and_comes_back_with_it() {
     let c = cluster();
     c.golden("float", "base", &vec![3; 4 << 20]);
+    // gw-a's leases as a cowctl from before cookies named the machine left them (its bare
+    // name), a minute long: a reload across the upgrade takes them over at once.
+    for lease in ["alive", "portal"] {
+        let took = Command::new("rados")
+            .arg("-c")
+            .arg(c.conf())
+            .args(["-p", "rbd", "lock", "get", "float.portal.gw-a", lease])
+            .args(["--lock-cookie", "gw-a", "--lock-duration", "60"])
+            .status()
+            .unwrap();
+        assert!(took.success());
+    }
     let net = Room::new(1);
     let (a, b) = gateways(&net, "float@base", "8MiB", "iqn.2024-01.lan.float");
     let logs = || logs(&a, &b);
