@@ -22,10 +22,9 @@ mod pipelined;
 #[path = "ceph_rbd_room/versions.rs"]
 mod versions;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::ceph::cluster;
+use common::ceph::{cluster, rbd_at, section_at};
 use common::pc::{self, Boot, HOST};
 use common::qemuio::{qemu_io, reads, wrote};
 use common::room::{Golden, Http, Iscsi, Pc, Room, RoomBuilder};
@@ -370,16 +369,7 @@ fn clones_have_an_object_map_whatever_the_clusters_default_features() {
     let mut text = std::fs::read_to_string(c.conf()).unwrap();
     text.push_str("[client.admin]\nrbd default features = layering\n");
     std::fs::write(&conf, text).unwrap();
-    let rbd = |args: &[&str]| {
-        let out = Command::new("rbd")
-            .arg("-c")
-            .arg(&conf)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "rbd {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let rbd = |args: &[&str]| rbd_at(&conf, args);
     let features = |image: &str| {
         let out = rbd(&["info", "--format", "json", &format!("rbd/{image}")]);
         serde_json::from_str::<serde_json::Value>(&out).unwrap()["features"].to_string()
@@ -399,10 +389,7 @@ fn clones_have_an_object_map_whatever_the_clusters_default_features() {
     assert_eq!(features("feat.by-hand"), r#"["layering"]"#);
     let room = RoomBuilder::userspace()
         .golden(Golden::Rbd("feat@base".into()))
-        .extra(&format!(
-            "ceph:\n  conf: {}\n  pool: rbd\n  prefix: feat\n",
-            conf.display()
-        ))
+        .extra(&section_at(&conf, "feat"))
         .cow("4MiB", "4KiB")
         .export("nbd")
         .pc(Pc::new("pc-1"))

@@ -4,12 +4,16 @@
 //! name alone cannot tell (gateways cloned from one disk share it, and a machine id), nor
 //! can a boot id alone (containers on one kernel share it): both must match.
 
-/// The host name, for people to read.
+/// The host name, for people to read ("?" when the kernel does not say).
 pub fn host_name() -> String {
+    known_host_name().unwrap_or_else(|| "?".into())
+}
+
+/// The host name, when the kernel says it (and it is text).
+pub fn known_host_name() -> Option<String> {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "?".into())
 }
 
 /// This boot of this machine: the kernel's random boot id, new at every boot (the host

@@ -16,7 +16,12 @@ pub enum Versions {
 impl Versions {
     /// The versions of the manifest's image `family` (or `family@version`).
     pub fn open(m: &Manifest, family: &str) -> Result<Versions> {
-        match super::open_rbd(m, family)? {
+        Self::rbd_or_files(super::open_rbd(m, family)?, m, family)
+    }
+
+    /// The pool's store when the family has one, else its directory's.
+    fn rbd_or_files(rbd: Option<RbdStore>, m: &Manifest, family: &str) -> Result<Versions> {
+        match rbd {
             Some(r) => Ok(Versions::Rbd(r)),
             None => Ok(Versions::Files(super::open(m, family)?)),
         }
@@ -33,10 +38,7 @@ impl Versions {
     /// The same, to change them (import, promote): the versions of a Ceph pool are read
     /// under the family's change lease, held until this is dropped.
     pub fn open_to_change(m: &Manifest, family: &str) -> Result<Versions> {
-        match super::open_rbd_to_change(m, family)? {
-            Some(r) => Ok(Versions::Rbd(r)),
-            None => Ok(Versions::Files(super::open(m, family)?)),
-        }
+        Self::rbd_or_files(super::open_rbd_to_change(m, family)?, m, family)
     }
 
     /// Read again (after a change).

@@ -97,11 +97,9 @@ impl Manifest {
         if self.gateways.is_empty() {
             return None;
         }
-        std::env::var("COWCTL_GATEWAY").ok().or_else(|| {
-            nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-        })
+        std::env::var("COWCTL_GATEWAY")
+            .ok()
+            .or_else(crate::base::machine::known_host_name)
     }
 }
 

@@ -519,10 +519,7 @@ fn aoe_interface(m: &Manifest) -> Option<String> {
 /// How a client names a PC's export: `nbd://HOST:PORT/NAME`.
 pub fn export_uri(listen: SocketAddr, pc: &str) -> String {
     let host = if listen.ip().is_unspecified() {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "localhost".into())
+        crate::base::machine::known_host_name().unwrap_or_else(|| "localhost".into())
     } else {
         match listen.ip() {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),

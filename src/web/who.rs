@@ -59,10 +59,7 @@ pub fn host_allowed(host: &str, extra: &[String]) -> bool {
     name.parse::<IpAddr>().is_ok()
         || name == "localhost"
         || extra.contains(&name)
-        || nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .is_some_and(|h| h.eq_ignore_ascii_case(&name))
+        || crate::base::machine::known_host_name().is_some_and(|h| h.eq_ignore_ascii_case(&name))
 }
 
 /// A request a web page on another site made a browser send: its `Origin` is not this

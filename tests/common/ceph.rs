@@ -11,6 +11,35 @@ pub struct Cluster {
     dir: PathBuf,
 }
 
+/// A manifest's `ceph` section for the cluster as the configuration `conf` reaches it, its
+/// clones named `<prefix>.<pc>`.
+pub fn section_at(conf: &Path, prefix: &str) -> String {
+    format!(
+        "ceph:\n  conf: {}\n  pool: rbd\n  prefix: {prefix}\n",
+        conf.display()
+    )
+}
+
+/// `rbd -c CONF ARGS`; its stdout, and a panic when it fails.
+pub fn rbd_at(conf: &Path, args: &[&str]) -> String {
+    let out = rbd_output_at(conf, args);
+    assert!(
+        out.status.success(),
+        "rbd {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rbd_output_at(conf: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("rbd")
+        .arg("-c")
+        .arg(conf)
+        .args(args)
+        .output()
+        .expect("rbd runs")
+}
+
 /// The binary's cluster; the first caller waits for it (about 10 s).
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -52,21 +81,12 @@ impl Cluster {
 
     /// The manifest's `ceph` section for this cluster, its clones named `<prefix>.<pc>`.
     pub fn section(&self, prefix: &str) -> String {
-        format!(
-            "ceph:\n  conf: {}\n  pool: rbd\n  prefix: {prefix}\n",
-            self.conf().display()
-        )
+        section_at(&self.conf(), prefix)
     }
 
     /// `rbd ARGS` against the cluster; its stdout, and a panic when it fails.
     pub fn rbd(&self, args: &[&str]) -> String {
-        let out = self.rbd_output(args);
-        assert!(
-            out.status.success(),
-            "rbd {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        rbd_at(&self.conf(), args)
     }
 
     /// `ceph ARGS` against the cluster; its stdout, and a panic when it fails.
@@ -95,12 +115,7 @@ impl Cluster {
     }
 
     pub fn rbd_output(&self, args: &[&str]) -> std::process::Output {
-        Command::new("rbd")
-            .arg("-c")
-            .arg(self.conf())
-            .args(args)
-            .output()
-            .expect("rbd runs")
+        rbd_output_at(&self.conf(), args)
     }
 
     /// A golden image `name` in pool rbd with these bytes, and its protected snapshot `snap`.
